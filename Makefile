@@ -1,0 +1,65 @@
+# Tierstream developer commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install Tierstream with dev tools
+
+.PHONY: run
+run: $(STAMP) ## Run the whole pipeline on this machine (embedded broker + Postgres, demo data)
+	$(BIN)/tierstream run
+
+.PHONY: test
+test: $(STAMP) ## Run the whole test suite: unit, integration and e2e against real broker and Postgres
+	@-$(MAKE) --no-print-directory promtool
+	$(BIN)/python -m pytest tests
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## Run only the pure-domain unit tests (milliseconds)
+	$(BIN)/python -m pytest tests/unit
+
+.PHONY: test-faults
+test-faults: $(STAMP) ## Long fault-injection and soak runs
+	$(BIN)/python -m pytest tests -m faults -o addopts='-ra'
+
+.PHONY: bench
+bench: $(STAMP) ## Benchmark against this machine's raw limits; writes bench-results.json
+	$(BIN)/python -m bench
+
+.PHONY: lint
+lint: $(STAMP) ## ruff + mypy --strict + pip-audit
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared services cli
+	-$(BIN)/pip-audit --skip-editable --progress-spinner off
+
+.PHONY: fmt
+fmt: $(STAMP) ## Format and auto-fix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: promtool
+promtool: ## Install promtool (Debian package prometheus) where this machine allows it
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1) \
+	  || echo "promtool not installed; metric checks will be skipped"; }
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Tierstream's shared code: contracts, topics, settings, plumbing and the pure domain."""

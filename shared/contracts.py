@@ -1,0 +1,164 @@
+"""Event contracts: what ingest accepts, what travels on Kafka, what the scorer emits.
+
+Pydantic v2 models, strict about unknown fields (a typo must not pass silently).
+Amounts are `Decimal` and serialise as JSON strings, never binary floats.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+)
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+AttributeValue = str | int | float | bool | None
+Attributes = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], AttributeValue], Field(max_length=64)]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class _EventBase(_Contract):
+    event_id: Id = Field(description="Client-supplied idempotency key, 1-128 characters.")
+    customer_id: Id = Field(description="The customer this event belongs to, 1-128 characters.")
+    occurred_at: AwareDatetime = Field(
+        description="Event time, ISO 8601 with a timezone (naive timestamps are rejected)."
+    )
+    source: ShortText | None = Field(
+        None, description="Sending system; filled from the API key's source name when absent."
+    )
+    attributes: Attributes | None = Field(
+        None, description="Flat map of customer attributes (region, industry, size, ...)."
+    )
+
+
+class LineItem(_Contract):
+    sku: ShortText
+    quantity: int = Field(1, ge=1, le=1_000_000)
+    price: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=6)
+    category: ShortText | None = None
+
+
+class PurchaseMade(_EventBase):
+    """A purchase (or a refund, when `refund_of` names the refunded order)."""
+
+    type: Literal["purchase"] = "purchase"
+    order_id: Id
+    amount: Decimal = Field(
+        ge=0, max_digits=18, decimal_places=6,
+        description="Order value, >= 0, as a JSON number or string.",
+    )
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
+        description="ISO 4217 code, three capital letters."
+    )
+    items: Annotated[list[LineItem], Field(max_length=1000)] | None = None
+    category: ShortText | None = None
+    refund_of: Id | None = Field(None, description="order_id this purchase refunds.")
+
+
+class LoginChannel(StrEnum):
+    WEB = "web"
+    APP = "app"
+    API = "api"
+    OTHER = "other"
+
+
+class CustomerLoggedIn(_EventBase):
+    """A login through some channel."""
+
+    type: Literal["login"] = "login"
+    channel: ShortText = Field(description="web, app, api, ...")
+    device: ShortText | None = None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = Field(
+        None, description="ISO 3166-1 alpha-2 country of the login."
+    )
+
+
+class SupportAction(StrEnum):
+    OPENED = "opened"
+    REPLIED = "replied"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+
+
+class SupportTicketUpdated(_EventBase):
+    """A support ticket event, optionally carrying CSAT (1-5) or NPS (0-10)."""
+
+    type: Literal["support"] = "support"
+    ticket_id: Id
+    action: SupportAction
+    satisfaction: int | None = Field(None, ge=1, le=5, description="CSAT 1-5.")
+    nps: int | None = Field(None, ge=0, le=10, description="NPS 0-10.")
+
+
+CustomerEvent = Annotated[
+    PurchaseMade | CustomerLoggedIn | SupportTicketUpdated, Field(discriminator="type")
+]
+EVENT_MODELS: dict[str, type[PurchaseMade | CustomerLoggedIn | SupportTicketUpdated]] = {
+    "purchase": PurchaseMade,
+    "login": CustomerLoggedIn,
+    "support": SupportTicketUpdated,
+}
+customer_event_adapter: TypeAdapter[PurchaseMade | CustomerLoggedIn | SupportTicketUpdated] = (
+    TypeAdapter(CustomerEvent)
+)
+
+
+def parse_event(raw: bytes | str) -> PurchaseMade | CustomerLoggedIn | SupportTicketUpdated:
+    """Decode one event from its JSON wire form (raises pydantic.ValidationError)."""
+    return customer_event_adapter.validate_json(raw)
+
+
+class Dimension(StrEnum):
+    VALUE_TIER = "value_tier"
+    ACTIVITY_LEVEL = "activity_level"
+    LIFECYCLE_STAGE = "lifecycle_stage"
+
+
+class ChangeCause(StrEnum):
+    EVENT = "event"
+    TIME = "time"
+    REBUCKET = "rebucket"
+    RULE_CHANGE = "rule_change"
+
+
+class TierChanged(_Contract):
+    """One customer moved from one class to another on one dimension."""
+
+    id: str = Field(description="Stable id of this change; subscribers de-duplicate by it.")
+    customer_id: Id
+    dimension: Dimension
+    from_: str | None = Field(alias="from", description="Previous class (null when first classified).")
+    to: str
+    cause: ChangeCause
+    rule: str = Field(description="Name of the rule that matched.")
+    features: dict[str, Any] = Field(description="The feature values the rule read.")
+    rules_version: str
+    occurred_at: datetime = Field(description="Event time of the trigger, or the evaluation time.")
+    emitted_at: datetime
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+TIER_CHANGED_TYPE = "com.tierstream.tier-changed.v1"
+
+
+def event_ce_type(event_type: str) -> str:
+    """CloudEvents `type` for a customer event type."""
+    return f"com.tierstream.{event_type}.v1"

@@ -1,0 +1,38 @@
+"""Async SQLAlchemy engine and session factories (asyncpg), built on demand, never at import."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine, AsyncSession
+
+
+def async_url(database_url: str) -> str:
+    """Normalise `postgresql://` / `postgres://` URLs to the asyncpg dialect."""
+    url = make_url(database_url.replace("postgres://", "postgresql://", 1))
+    return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """A plain libpq-style DSN for raw asyncpg connections (bulk paths)."""
+    url = make_url(database_url.replace("postgres://", "postgresql://", 1))
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_engine(database_url: str, *, pool_size: int = 5, application_name: str = "tierstream") -> AsyncEngine:
+    """An engine whose connections are checked before use (survives a Postgres restart)."""
+    return create_async_engine(
+        async_url(database_url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "server_settings": {"application_name": application_name},
+            "timeout": 10,
+            "command_timeout": 60,
+        },
+    )
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

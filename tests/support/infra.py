@@ -1,0 +1,65 @@
+"""Real infrastructure for tests: a broker and a Postgres server per session,
+a fresh database and topic namespace per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import asyncpg
+
+from shared.db import asyncpg_dsn
+from shared.embedded import EmbeddedKafka, EmbeddedPostgres
+
+
+@contextmanager
+def session_broker() -> Iterator[str]:
+    """KAFKA_BOOTSTRAP_SERVERS when set, else an embedded tansu on a free port."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    with EmbeddedKafka() as broker:
+        yield broker.bootstrap_servers
+
+
+@contextmanager
+def session_postgres() -> Iterator[str]:
+    """DATABASE_URL's server when set, else an embedded Postgres. Yields a server URL."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    with EmbeddedPostgres() as pg:
+        yield pg.url
+
+
+def with_database(server_url: str, database: str) -> str:
+    """The same server URL pointing at another database (keeps ?host=... query)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(server_url).set(database=database).render_as_string(hide_password=False)
+
+
+@asynccontextmanager
+async def fresh_database(server_url: str) -> AsyncIterator[str]:
+    """A throw-away database on the server; dropped afterwards."""
+    name = f"ts_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(asyncpg_dsn(with_database(server_url, "postgres")))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(server_url, name)
+    finally:
+        admin = await asyncpg.connect(asyncpg_dsn(with_database(server_url, "postgres")))
+        try:
+            await asyncio.wait_for(admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'), 30)
+        finally:
+            await admin.close()
+
+
+def unique_namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
