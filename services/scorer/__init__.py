@@ -1,0 +1,1 @@
+"""The scorer: consume events -> fold into per-customer state -> classify -> outbox -> publish."""

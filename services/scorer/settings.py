@@ -1,0 +1,49 @@
+"""Scorer settings: env prefix `SCORER_`, plus the shared variables of `ServiceSettings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+def _default_rules_file() -> Path:
+    from shared.domain.rules import default_rules_path
+
+    return Path(default_rules_path())
+
+
+class ScorerSettings(ServiceSettings):
+    """Everything the scorer reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SCORER_", frozen=True, populate_by_name=True, extra="ignore"
+    )
+
+    port: int = 8081
+    api_keys: Annotated[SecretStr, NoDecode] = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("SCORER_API_KEYS", "TIERSTREAM_API_KEYS"),
+        description="Comma-separated `key` or `source:key` entries.",
+    )
+    rules_file: Path = Field(
+        default_factory=_default_rules_file,
+        description="YAML rules file; validated at start (the scorer refuses an invalid one).",
+    )
+    batch_max_records: int = Field(5000, ge=1, description="Records per consumed batch.")
+    poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")
+    sweep_interval_s: float = Field(
+        30.0, gt=0, description="How often the sweeper re-evaluates customers that came due."
+    )
+    sweep_batch: int = Field(1000, ge=1, description="Customers re-evaluated per sweep tx.")
+    relay_batch: int = Field(1000, ge=1, description="Outbox rows published per relay round.")
+    relay_interval_s: float = Field(0.5, gt=0, description="Relay poll interval when idle.")
+    population_interval_s: float = Field(
+        3600.0, gt=0, description="How often population-mode cut points are recomputed."
+    )
+    gauge_interval_s: float = Field(15.0, gt=0, description="Refresh of the customers gauge.")
+    db_pool_size: int = Field(8, ge=2, description="Postgres connections of this process.")
