@@ -19,15 +19,33 @@ def demo_events(now: datetime) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
 
     def add(kind: str, customer: str, days_ago: float, **fields: Any) -> None:
-        events.append({
-            "type": kind, "event_id": f"demo-{run}-{len(events)}", "customer_id": customer,
-            "occurred_at": (now - timedelta(days=days_ago)).isoformat(), **fields,
-        })
+        events.append(
+            {
+                "type": kind,
+                "event_id": f"demo-{run}-{len(events)}",
+                "customer_id": customer,
+                "occurred_at": (now - timedelta(days=days_ago)).isoformat(),
+                **fields,
+            }
+        )
 
     for i in range(10):
-        add("purchase", "demo-vip", 45 - i * 4.5, order_id=f"vip-{run}-{i}", amount="1000.00",
-            currency="EUR")
-    add("purchase", "demo-newcomer", 2, order_id=f"new-{run}", amount=str(Decimal("89.90")), currency="EUR")
+        add(
+            "purchase",
+            "demo-vip",
+            45 - i * 4.5,
+            order_id=f"vip-{run}-{i}",
+            amount="1000.00",
+            currency="EUR",
+        )
+    add(
+        "purchase",
+        "demo-newcomer",
+        2,
+        order_id=f"new-{run}",
+        amount=str(Decimal("89.90")),
+        currency="EUR",
+    )
     add("login", "demo-newcomer", 1, channel="web")
     add("purchase", "demo-lapsed", 120, order_id=f"lapsed-{run}", amount="450.00", currency="EUR")
     add("support", "demo-lapsed", 100, ticket_id=f"t-{run}", action="opened", nps=4)
@@ -45,7 +63,9 @@ def main() -> int:
     headers = {"Authorization": f"Bearer {key}"}
     for attempt in range(30):
         try:
-            response = httpx.post(f"{url}/v1/events/batch", json={"events": events}, headers=headers, timeout=10)
+            response = httpx.post(
+                f"{url}/v1/events/batch", json={"events": events}, headers=headers, timeout=10
+            )
         except httpx.HTTPError:
             response = None
         if response is not None and response.status_code == 202:

@@ -10,10 +10,13 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(
-    help="Tierstream: real-time customer tiering and action (ingest -> Kafka -> scorer -> actions).",
-    no_args_is_help=True, rich_markup_mode="rich",
+    help="Tierstream: real-time customer tiering and action (ingest -> Kafka -> scorer).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
-rules_app = typer.Typer(help="Validate rules files and try them against today's customers.", no_args_is_help=True)
+rules_app = typer.Typer(
+    help="Validate rules files and try them against today's customers.", no_args_is_help=True
+)
 playbooks_app = typer.Typer(help="Validate playbook files.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(playbooks_app, name="playbooks")
@@ -33,6 +36,7 @@ def ingest() -> None:
 def scorer() -> None:
     """Run the scorer (consumer, outbox relay, sweeper, read API on 8081); SCORER_* env."""
     from services.scorer.main import run
+
     from services.scorer.settings import ScorerSettings
 
     asyncio.run(run(ScorerSettings()))
@@ -40,7 +44,7 @@ def scorer() -> None:
 
 @app.command()
 def actions() -> None:
-    """Run the actions service (consumer, dispatcher, sequences, task API on 8082); ACTIONS_* env."""
+    """Run the actions service (dispatcher, sequences, task API on 8082); ACTIONS_* env."""
     from services.actions.main import run
     from services.actions.settings import ActionsSettings
 
@@ -60,7 +64,7 @@ def migrate() -> None:
 
 @app.command()
 def infra() -> None:
-    """Start the embedded Kafka broker and embedded Postgres, print their addresses, wait for Ctrl-C."""
+    """Start the embedded Kafka broker and Postgres, print their addresses, wait for Ctrl-C."""
     from cli.run import run_infra
 
     run_infra(console)
@@ -68,7 +72,9 @@ def infra() -> None:
 
 @app.command()
 def run(
-    no_demo: Annotated[bool, typer.Option("--no-demo", help="Do not send the demo events.")] = False,
+    no_demo: Annotated[
+        bool, typer.Option("--no-demo", help="Do not send the demo events.")
+    ] = False,
 ) -> None:
     """Run the whole system on this machine: embedded broker and Postgres (unless
     KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are set), migrations, topics, the three services
@@ -101,7 +107,9 @@ def rules_diff(file: Annotated[Path, typer.Argument(help="Candidate rules YAML f
 
 
 @playbooks_app.command("check")
-def playbooks_check(file: Annotated[Path, typer.Argument(help="Playbooks YAML file to validate.")]) -> None:
+def playbooks_check(
+    file: Annotated[Path, typer.Argument(help="Playbooks YAML file to validate.")],
+) -> None:
     """Validate a playbooks file; prints a summary or the precise error (exit 1)."""
     from shared.domain.playbooks import check_playbooks
 

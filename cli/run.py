@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from cli.infra import Infra, start_infra
-from cli.supervisor import SERVICES, Supervisor, _die_with_parent
+from cli.supervisor import Supervisor, _die_with_parent, service_ports
 
 
 class _Stop:
@@ -51,15 +51,18 @@ def _bootstrap(env: dict[str, str]) -> None:
     from shared.settings import ServiceSettings
     from shared.topics import Topics
 
-    settings = ServiceSettings(_env_file=None, kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],  # type: ignore[call-arg]
-                               database_url=env["DATABASE_URL"])
+    settings = ServiceSettings(
+        kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], database_url=env["DATABASE_URL"]
+    )
     asyncio.run(upgrade_all(settings.database_url))
     asyncio.run(ensure_topics(settings, Topics(settings.topic_namespace).all()))
 
 
-def _wait_ready(supervisor: Supervisor, stop: _Stop, timeout: float = 90.0) -> bool:
+def _wait_ready(
+    supervisor: Supervisor, stop: _Stop, ports: dict[str, int], timeout: float = 90.0
+) -> bool:
     deadline = time.monotonic() + timeout
-    pending = dict(SERVICES)
+    pending = dict(ports)
     while pending and time.monotonic() < deadline and not stop.requested:
         supervisor.tick()
         for name, port in list(pending.items()):
@@ -72,25 +75,34 @@ def _wait_ready(supervisor: Supervisor, stop: _Stop, timeout: float = 90.0) -> b
     return not pending
 
 
-def _banner(console: Console, infra: Infra, key: str) -> None:
+def _banner(console: Console, infra: Infra, key: str, ports: dict[str, int]) -> None:
+    i, s, a = ports["ingest"], ports["scorer"], ports["actions"]
     lines = [
-        f"ingest   http://127.0.0.1:8080/docs   (POST /v1/events, /v1/events/batch)",
-        f"scorer   http://127.0.0.1:8081/docs   (GET /v1/customers/{{id}}, /v1/stats/tiers)",
-        f"actions  http://127.0.0.1:8082/docs   (GET /v1/tasks, /v1/sequences/enrollments)",
-        "metrics  http://127.0.0.1:{8080,8081,8082}/metrics",
+        f"ingest   http://127.0.0.1:{i}/docs   (POST /v1/events, /v1/events/batch)",
+        f"scorer   http://127.0.0.1:{s}/docs   (GET /v1/customers/{{id}}, /v1/stats/tiers)",
+        f"actions  http://127.0.0.1:{a}/docs   (GET /v1/tasks, /v1/sequences/enrollments)",
+        f"metrics  http://127.0.0.1:{{{i},{s},{a}}}/metrics",
         f"kafka    {infra.kafka_bootstrap_servers}{' (embedded)' if infra.embedded_kafka else ''}",
         f"postgres {infra.database_url}{' (embedded)' if infra.embedded_postgres else ''}",
         "",
         f"API key  {key}",
-        f"try:     curl -H 'Authorization: Bearer {key}' http://127.0.0.1:8081/v1/stats/tiers",
+        f"try:     curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{s}/v1/stats/tiers",
         "Ctrl-C stops everything.",
     ]
     console.print(Panel("\n".join(lines), title="Tierstream is running", expand=False))
 
 
-def _start_demo(env: dict[str, str], key: str) -> subprocess.Popen[bytes]:
+def _start_demo(env: dict[str, str], key: str, ingest_port: int) -> subprocess.Popen[bytes]:
     demo_env = {**env, "TIERSTREAM_API_KEY": key}
-    return subprocess.Popen([sys.executable, "-m", "cli.demo"], env=demo_env, preexec_fn=_die_with_parent)  # noqa: S603
+    demo_env.setdefault("TIERSTREAM_INGEST_URL", f"http://127.0.0.1:{ingest_port}")
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.demo"], env=demo_env, preexec_fn=_die_with_parent
+    )
+
+
+def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
 
 
 def run_system(console: Console, *, demo: bool = True) -> int:
@@ -104,16 +116,17 @@ def run_system(console: Console, *, demo: bool = True) -> int:
         supervisor = Supervisor(env, log=console.print)
         stack.callback(supervisor.stop)  # LIFO: services stop before the infrastructure
         supervisor.start()
-        if not _wait_ready(supervisor, stop):
+        ports = service_ports(env)
+        if not _wait_ready(supervisor, stop, ports):
             if stop.requested:
                 return 0
             console.print("[red]services did not become ready in time[/red]")
             return 1
         key = env["TIERSTREAM_API_KEYS"].split(",")[0].split(":")[-1]
-        _banner(console, infra, key)
-        demo_proc = _start_demo(env, key) if demo else None
+        _banner(console, infra, key, ports)
+        demo_proc = _start_demo(env, key, ports["ingest"]) if demo else None
         if demo_proc is not None:
-            stack.callback(lambda: demo_proc.poll() is None and demo_proc.kill())
+            stack.callback(_kill_if_running, demo_proc)
         while not stop.requested:
             supervisor.tick()
             time.sleep(0.3)
@@ -126,10 +139,13 @@ def run_infra(console: Console) -> None:
     stop = _Stop()
     with ExitStack() as stack:
         infra = start_infra(stack, env={})
-        console.print(Panel(
-            f"KAFKA_BOOTSTRAP_SERVERS={infra.kafka_bootstrap_servers}\n"
-            f"DATABASE_URL='{infra.database_url}'\nCtrl-C stops both.",
-            title="embedded infrastructure", expand=False,
-        ))
+        console.print(
+            Panel(
+                f"KAFKA_BOOTSTRAP_SERVERS={infra.kafka_bootstrap_servers}\n"
+                f"DATABASE_URL='{infra.database_url}'\nCtrl-C stops both.",
+                title="embedded infrastructure",
+                expand=False,
+            )
+        )
         while not stop.requested:
             time.sleep(0.3)

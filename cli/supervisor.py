@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 SERVICES = {"ingest": 8080, "scorer": 8081, "actions": 8082}
+
+
+def service_ports(env: Mapping[str, str]) -> dict[str, int]:
+    """Each service's HTTP port, honouring INGEST_PORT / SCORER_PORT / ACTIONS_PORT."""
+    return {name: int(env.get(f"{name.upper()}_PORT", port)) for name, port in SERVICES.items()}
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -39,7 +45,9 @@ class Child:
     def start(self) -> None:
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", f"services.{self.name}"],
-            env=dict(self.env), preexec_fn=_die_with_parent, start_new_session=True,
+            env=dict(self.env),
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
         self.started_at = time.monotonic()
 
@@ -78,7 +86,9 @@ class Child:
 class Supervisor:
     """Starts the services, keeps them alive, and stops them all within the grace period."""
 
-    def __init__(self, env: Mapping[str, str], *, log: Callable[[str], None] = print, grace_s: float = 8.0) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, log: Callable[[str], None] = print, grace_s: float = 8.0
+    ) -> None:
         self.children = [Child(name, env, log=log) for name in SERVICES]
         self.grace_s = grace_s
         self.stopping = False

@@ -23,7 +23,10 @@ from pydantic import (
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 AttributeValue = str | int | float | bool | None
-Attributes = Annotated[dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], AttributeValue], Field(max_length=64)]
+Attributes = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], AttributeValue],
+    Field(max_length=64),
+]
 
 
 class _Contract(BaseModel):
@@ -57,7 +60,9 @@ class PurchaseMade(_EventBase):
     type: Literal["purchase"] = "purchase"
     order_id: Id
     amount: Decimal = Field(
-        ge=0, max_digits=18, decimal_places=6,
+        ge=0,
+        max_digits=18,
+        decimal_places=6,
         description="Order value, >= 0, as a JSON number or string.",
     )
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
@@ -140,7 +145,9 @@ class TierChanged(_Contract):
     id: str = Field(description="Stable id of this change; subscribers de-duplicate by it.")
     customer_id: Id
     dimension: Dimension
-    from_: str | None = Field(alias="from", description="Previous class (null when first classified).")
+    from_: str | None = Field(
+        alias="from", description="Previous class (null when first classified)."
+    )
     to: str
     cause: ChangeCause
     rule: str = Field(description="Name of the rule that matched.")

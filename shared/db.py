@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine, AsyncSession
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 
 def async_url(database_url: str) -> str:
@@ -18,7 +23,9 @@ def asyncpg_dsn(database_url: str) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def make_engine(database_url: str, *, pool_size: int = 5, application_name: str = "tierstream") -> AsyncEngine:
+def make_engine(
+    database_url: str, *, pool_size: int = 5, application_name: str = "tierstream"
+) -> AsyncEngine:
     """An engine whose connections are checked before use (survives a Postgres restart)."""
     return create_async_engine(
         async_url(database_url),

@@ -22,8 +22,13 @@ class ProblemError(Exception):
     """Raise to answer with an RFC 9457 problem document."""
 
     def __init__(
-        self, status: int, title: str, detail: str = "", *,
-        errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
         type_: str | None = None,
     ) -> None:
         super().__init__(detail or title)
@@ -32,8 +37,13 @@ class ProblemError(Exception):
 
 
 def problem(
-    status: int, title: str, detail: str = "", *, errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None, type_: str | None = None,
+    status: int,
+    title: str,
+    detail: str = "",
+    *,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    type_: str | None = None,
 ) -> JSONResponse:
     """An `application/problem+json` response (RFC 9457)."""
     body: dict[str, Any] = {
@@ -52,7 +62,13 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        out.append({"field": ".".join(loc) or "body", "reason": err.get("msg", "invalid"), "type": err.get("type")})
+        out.append(
+            {
+                "field": ".".join(loc) or "body",
+                "reason": err.get("msg", "invalid"),
+                "type": err.get("type"),
+            }
+        )
     return out
 
 
@@ -61,11 +77,20 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> Response:
-        return problem(exc.status, exc.title, exc.detail, errors=exc.errors, headers=exc.headers, type_=exc.type_)
+        return problem(
+            exc.status,
+            exc.title,
+            exc.detail,
+            errors=exc.errors,
+            headers=exc.headers,
+            type_=exc.type_,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-        return problem(422, "Invalid request", "The request failed validation.", errors=validation_errors(exc))
+        return problem(
+            422, "Invalid request", "The request failed validation.", errors=validation_errors(exc)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
@@ -90,7 +115,10 @@ class ApiKeys:
             return None
         candidate = token.strip().encode()
         found: str | None = None
-        for key, source in self._keys:  # check every key: the time taken does not depend on which matched
+        for (
+            key,
+            source,
+        ) in self._keys:  # check every key: the time taken does not depend on which matched
             if hmac.compare_digest(key, candidate):
                 found = source
         return found
@@ -99,7 +127,9 @@ class ApiKeys:
         source = self.source_for(request.headers.get("authorization"))
         if source is None:
             raise ProblemError(
-                401, "Unauthorized", "Send a valid API key as 'Authorization: Bearer <key>'.",
+                401,
+                "Unauthorized",
+                "Send a valid API key as 'Authorization: Bearer <key>'.",
                 headers={"WWW-Authenticate": 'Bearer realm="tierstream"'},
             )
         return source
@@ -119,7 +149,9 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def probes_router(registry: CollectorRegistry, ready: ReadyCheck, *, open_probes: bool) -> APIRouter:
+def probes_router(
+    registry: CollectorRegistry, ready: ReadyCheck, *, open_probes: bool
+) -> APIRouter:
     """/healthz (alive), /readyz (dependencies reachable) and /metrics."""
     deps = [] if open_probes else [Depends(require_key)]
     router = APIRouter(dependencies=deps, tags=["operations"])
@@ -128,12 +160,18 @@ def probes_router(registry: CollectorRegistry, ready: ReadyCheck, *, open_probes
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Readiness: dependencies are reachable",
-                responses={503: {"description": "A dependency is unreachable"}})
+    @router.get(
+        "/readyz",
+        summary="Readiness: dependencies are reachable",
+        responses={503: {"description": "A dependency is unreachable"}},
+    )
     async def readyz() -> Response:
         checks = await ready()
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics() -> Response:

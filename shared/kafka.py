@@ -51,7 +51,9 @@ def make_consumer(
         "auto_offset_reset": "earliest",
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 5),
-        "request_timeout_ms": max(settings.kafka_request_timeout_ms, 40_000) if group_id else settings.kafka_request_timeout_ms,
+        "request_timeout_ms": max(settings.kafka_request_timeout_ms, 40_000)
+        if group_id
+        else settings.kafka_request_timeout_ms,
         "max_poll_interval_ms": 300_000,
         "fetch_max_bytes": 16 * 1024 * 1024,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
@@ -113,11 +115,17 @@ def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None
 
 
 def dlq_headers(
-    *, topic: str, partition: int, offset: int, error: str, original: Sequence[tuple[str, bytes]] | None
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    error: str,
+    original: Sequence[tuple[str, bytes]] | None,
 ) -> Headers:
     """Headers of a dead-lettered record: where it came from and why it failed."""
     kept = [(k, v) for k, v in (original or ()) if not k.startswith("dlq_")]
-    return kept + [
+    return [
+        *kept,
         ("dlq_original_topic", topic.encode()),
         ("dlq_original_partition", str(partition).encode()),
         ("dlq_original_offset", str(offset).encode()),

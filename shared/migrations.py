@@ -47,14 +47,20 @@ def run_env(context: Any) -> None:
     def do_run(connection: Connection) -> None:
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         context.configure(
-            connection=connection, version_table_schema=schema, include_schemas=True,
+            connection=connection,
+            version_table_schema=schema,
+            include_schemas=True,
             version_table=f"alembic_version_{schema}",
         )
         with context.begin_transaction():
             context.run_migrations()
 
     async def run() -> None:
-        engine = make_engine(cfg.get_main_option("sqlalchemy.url"), pool_size=1, application_name="tierstream-migrate")
+        engine = make_engine(
+            cfg.get_main_option("sqlalchemy.url"),
+            pool_size=1,
+            application_name="tierstream-migrate",
+        )
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(do_run)

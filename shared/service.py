@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -13,7 +14,15 @@ from fastapi import FastAPI
 from shared.logging import get_logger
 
 log = get_logger(__name__)
-Loop = Callable[[asyncio.Event], Awaitable[None]]
+Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal capture: our stop event owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -25,18 +34,26 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 
 
 async def serve(
-    app: FastAPI, *, host: str, port: int, loops: Sequence[Loop] = (), stop: asyncio.Event | None = None,
+    app: FastAPI,
+    *,
+    host: str,
+    port: int,
+    loops: Sequence[Loop] = (),
+    stop: asyncio.Event | None = None,
     install_signals: bool = True,
 ) -> None:
     """Serve `app` and run `loops` until `stop` is set or one loop fails."""
     stop = stop or asyncio.Event()
     if install_signals:
         install_stop_signals(stop)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = _Server(config)
     tasks = [asyncio.create_task(server.serve(), name="http")]
-    tasks += [asyncio.create_task(loop(stop), name=getattr(loop, "__name__", "loop")) for loop in loops]
+    tasks += [
+        asyncio.create_task(loop(stop), name=getattr(loop, "__name__", "loop")) for loop in loops
+    ]
     stopper = asyncio.create_task(stop.wait(), name="stop")
     try:
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)

@@ -37,46 +37,59 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
     kafka_bootstrap_servers: str = Field(
-        "127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS",
+        "127.0.0.1:9092",
+        validation_alias="KAFKA_BOOTSTRAP_SERVERS",
         description="Comma-separated Kafka bootstrap servers.",
     )
     topic_namespace: str = Field(
-        "tierstream", validation_alias="TIERSTREAM_TOPIC_NAMESPACE",
+        "tierstream",
+        validation_alias="TIERSTREAM_TOPIC_NAMESPACE",
         description="Prefix of every topic name (tests use a unique one per test).",
     )
     partitions: int = Field(
-        6, ge=1, validation_alias="TIERSTREAM_PARTITIONS",
+        6,
+        ge=1,
+        validation_alias="TIERSTREAM_PARTITIONS",
         description="Partition count of the event and tier-changed topics when created.",
     )
     kafka_session_timeout_ms: int = Field(
-        10_000, validation_alias="KAFKA_SESSION_TIMEOUT_MS",
+        10_000,
+        validation_alias="KAFKA_SESSION_TIMEOUT_MS",
         description="Consumer group session timeout; a first join waits about half of it.",
     )
     kafka_request_timeout_ms: int = Field(
-        10_000, validation_alias="KAFKA_REQUEST_TIMEOUT_MS",
+        10_000,
+        validation_alias="KAFKA_REQUEST_TIMEOUT_MS",
         description="Upper bound for any single broker request.",
     )
     database_url: str = Field(
-        DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL",
+        DEFAULT_DATABASE_URL,
+        validation_alias="DATABASE_URL",
         description="Postgres URL (postgresql://user:pass@host:port/db).",
     )
     now: datetime | None = Field(
-        None, validation_alias="TIERSTREAM_NOW",
+        None,
+        validation_alias="TIERSTREAM_NOW",
         description="Fixed 'now' (ISO 8601 with zone) for replays, demos and tests.",
     )
-    log_level: str = Field("INFO", validation_alias=AliasChoices("TIERSTREAM_LOG_LEVEL", "LOG_LEVEL"))
+    log_level: str = Field(
+        "INFO", validation_alias=AliasChoices("TIERSTREAM_LOG_LEVEL", "LOG_LEVEL")
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: Annotated[SecretStr, NoDecode] = Field(
-        SecretStr(""), validation_alias="TIERSTREAM_API_KEYS",
+        SecretStr(""),
+        validation_alias="TIERSTREAM_API_KEYS",
         description="Comma-separated `key` or `source:key` entries.",
     )
     allow_anonymous: bool = Field(
-        False, validation_alias="TIERSTREAM_ALLOW_ANONYMOUS",
+        False,
+        validation_alias="TIERSTREAM_ALLOW_ANONYMOUS",
         description="Serve without API keys (development only).",
     )
     open_probes: bool = Field(
-        True, validation_alias="TIERSTREAM_OPEN_PROBES",
+        True,
+        validation_alias="TIERSTREAM_OPEN_PROBES",
         description="Serve /healthz, /readyz and /metrics without an API key.",
     )
 
