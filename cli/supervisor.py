@@ -43,7 +43,7 @@ class Child:
     log: Callable[[str], None] = field(default=print)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
             env=dict(self.env),
             preexec_fn=_die_with_parent,

