@@ -1,0 +1,219 @@
+"""Rule conditions: data (validated by pydantic), evaluated without `eval`.
+
+A condition is one of
+  {feature|attribute: X, op: lt|le|gt|ge|eq|ne, value: V}
+  {feature|attribute: X, between: [a, b]}          (a <= x <= b)
+  {feature|attribute: X, in: [v1, v2, ...]}
+  {all: [...]}, {any: [...]}, {not: {...}}, or the string "always".
+A comparison with a missing (None) value is false.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from shared.domain.features import FEATURES, SCORE_FEATURES, FeatureValue
+
+Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
+Scalar = bool | int | float | str | None
+Number = int | float
+
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "eq": operator.eq,
+    "ne": operator.ne,
+}
+# Tags are stripped from error locations; the prefix keeps them apart from field names.
+TAG_PREFIX = "cond:"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class _Leaf(_Model):
+    feature: str | None = None
+    attribute: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> _Leaf:
+        if (self.feature is None) == (self.attribute is None):
+            raise ValueError("give exactly one of `feature` or `attribute`")
+        if self.feature is not None and self.feature not in FEATURES:
+            raise ValueError(f"unknown feature {self.feature!r}")
+        return self
+
+    def key(self) -> str:
+        """The name this leaf reads, as it appears in a Classification's `read` values."""
+        return self.feature if self.feature is not None else f"attributes.{self.attribute}"
+
+    def lookup(self, features: Mapping[str, FeatureValue], attributes: Mapping[str, Any]) -> Any:
+        if self.feature is not None:
+            return features.get(self.feature)
+        return attributes.get(self.attribute or "")
+
+
+class Compare(_Leaf):
+    op: Op
+    value: Scalar
+
+    @model_validator(mode="after")
+    def _orderable(self) -> Compare:
+        if self.op in ("lt", "le", "gt", "ge") and not _is_number(self.value):
+            raise ValueError(f"operator {self.op!r} needs a number as `value`")
+        return self
+
+
+class Between(_Leaf):
+    between: tuple[Number, Number]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Between:
+        if self.between[0] > self.between[1]:
+            raise ValueError("`between` needs [low, high] with low <= high")
+        return self
+
+
+class Member(_Leaf):
+    in_: Annotated[list[Scalar], Field(alias="in", min_length=1)]
+
+
+class All(_Model):
+    all: Annotated[list[Condition], Field(min_length=1)]
+
+
+class AnyOf(_Model):
+    any: Annotated[list[Condition], Field(min_length=1)]
+
+
+class Not(_Model):
+    not_: Condition = Field(alias="not")
+
+
+Always = Literal["always"]
+_KEYS = {
+    "op": "compare",
+    "between": "between",
+    "in": "in",
+    "all": "all",
+    "any": "any",
+    "not": "not",
+}
+
+
+def _condition_kind(raw: Any) -> str | None:
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(raw, str):
+        return TAG_PREFIX + "always"
+    if isinstance(raw, dict):
+        kinds = [kind for key, kind in _KEYS.items() if key in raw]
+        if len(kinds) == 1:
+            return TAG_PREFIX + kinds[0]
+    return None
+
+
+Condition = Annotated[
+    Annotated[Compare, Tag(TAG_PREFIX + "compare")]
+    | Annotated[Between, Tag(TAG_PREFIX + "between")]
+    | Annotated[Member, Tag(TAG_PREFIX + "in")]
+    | Annotated[All, Tag(TAG_PREFIX + "all")]
+    | Annotated[AnyOf, Tag(TAG_PREFIX + "any")]
+    | Annotated[Not, Tag(TAG_PREFIX + "not")]
+    | Annotated[Always, Tag(TAG_PREFIX + "always")],
+    Discriminator(
+        _condition_kind,
+        custom_error_type="invalid_condition",
+        custom_error_message=(
+            "a condition needs exactly one of `op`+`value`, `between`, `in`, `all`, `any`,"
+            " `not`, or is the word `always`"
+        ),
+    ),
+]
+for _model in (All, AnyOf, Not):
+    _model.model_rebuild()
+
+
+def evaluate(
+    condition: Condition, features: Mapping[str, FeatureValue], attributes: Mapping[str, Any]
+) -> bool:
+    """Whether the condition holds for these feature and attribute values."""
+    match condition:
+        case "always":
+            return True
+        case All(all=parts):
+            return all(evaluate(p, features, attributes) for p in parts)
+        case AnyOf(any=parts):
+            return any(evaluate(p, features, attributes) for p in parts)
+        case Not(not_=inner):
+            return not evaluate(inner, features, attributes)
+        case _Leaf():
+            return _evaluate_leaf(condition, condition.lookup(features, attributes))
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+def _evaluate_leaf(leaf: _Leaf, actual: Any) -> bool:
+    if actual is None:
+        return False
+    try:
+        match leaf:
+            case Compare(op=op, value=value):
+                return OPERATORS[op](actual, align(actual, value))
+            case Between(between=(low, high)):
+                return bool(align(actual, low) <= actual <= align(actual, high))
+            case Member(in_=options):
+                return any(actual == align(actual, option) for option in options)
+    except TypeError:
+        # e.g. a string attribute compared with a number: the comparison is simply false.
+        return False
+    return False
+
+
+def align(actual: Any, threshold: Any) -> Any:
+    """Compare like with like: a YAML float against a Decimal amount is read as decimal."""
+    if isinstance(actual, Decimal) and isinstance(threshold, float):
+        return Decimal(repr(threshold))
+    return threshold
+
+
+def leaves(condition: Condition) -> Iterator[_Leaf]:
+    """Every leaf comparison in the condition, depth first."""
+    match condition:
+        case All(all=parts) | AnyOf(any=parts):
+            for part in parts:
+                yield from leaves(part)
+        case Not(not_=inner):
+            yield from leaves(inner)
+        case _Leaf():
+            yield condition
+
+
+def thresholds(leaf: _Leaf) -> list[float]:
+    """The numeric values a leaf compares its feature against (for time boundaries)."""
+    match leaf:
+        case Compare(value=value):
+            values: list[Any] = [value]
+        case Between(between=pair):
+            values = list(pair)
+        case Member(in_=options):
+            values = list(options)
+        case _:
+            values = []
+    return [float(v) for v in values if _is_number(v)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def reads_scores(condition: Condition) -> bool:
+    """Whether the condition reads a score feature (not allowed inside score bands)."""
+    return any(leaf.feature in SCORE_FEATURES for leaf in leaves(condition))

@@ -1,0 +1,152 @@
+"""The feature catalogue rules may reference, computed exactly from a customer's state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from shared.contracts import SupportAction
+from shared.domain.state import CustomerState, PurchaseFact
+
+FeatureValue = int | float | Decimal | str | bool | None
+
+DAY = timedelta(days=1)
+PURCHASE_WINDOWS = (30, 90, 365)
+LOGIN_WINDOWS = (7, 30, 90)
+TICKET_WINDOWS = (90,)
+_CENT = Decimal("0.000001")
+
+_REFUND_NOTE = "; refunds (refund_of set) are subtracted"
+
+FEATURES: dict[str, str] = {
+    "days_since_last_purchase": "Exact age in days of the latest purchase (refunds excluded).",
+    "days_since_first_purchase": "Exact age in days of the first purchase.",
+    "days_since_last_activity": "Exact age in days of the latest event of any kind.",
+    "days_since_last_login": "Exact age in days of the latest login.",
+    "days_since_last_support": "Exact age in days of the latest support ticket event.",
+    **{
+        f"purchases_{n}d": f"Purchases (not refunds) aged at most {n} days."
+        for n in PURCHASE_WINDOWS
+    },
+    **{
+        f"spend_{n}d": f"Spend of purchases aged at most {n} days{_REFUND_NOTE}."
+        for n in PURCHASE_WINDOWS
+    },
+    "lifetime_orders": "Purchases ever (refunds are not orders).",
+    "lifetime_spend": f"Spend ever{_REFUND_NOTE}.",
+    "avg_order_value": "lifetime_spend / lifetime_orders (None before the first order).",
+    "last_order_value": "Amount of the latest purchase.",
+    "days_between_last_two_purchases": "Days from the second-latest to the latest purchase.",
+    **{f"logins_{n}d": f"Logins aged at most {n} days." for n in LOGIN_WINDOWS},
+    "lifetime_logins": "Logins ever.",
+    "open_tickets": "Tickets whose latest action is not `resolved`.",
+    **{f"tickets_{n}d": f"Distinct tickets opened at most {n} days ago." for n in TICKET_WINDOWS},
+    "latest_csat": "Latest CSAT rating (1-5).",
+    "avg_csat": "Average CSAT rating.",
+    "latest_nps": "Latest NPS rating (0-10).",
+    "avg_nps": "Average NPS rating.",
+    "tenure_days": "Exact age in days of the customer's first event.",
+    "has_purchased": "At least one purchase ever.",
+    "has_logged_in": "At least one login ever.",
+    "has_events": "At least one event ever.",
+    "r_score": "Recency score 1-5 (0 = never purchased), from the rules' `scores` section.",
+    "f_score": "Frequency score 1-5 (0 = no purchase in the window).",
+    "m_score": "Monetary score 1-5 (0 = no spend in the window).",
+    "rfm_score": "r_score + f_score + m_score (0-15).",
+}
+
+# Features that the rules compute from the others (scores); not in compute_features output.
+SCORE_FEATURES = ("r_score", "f_score", "m_score", "rfm_score")
+
+
+def age_days(at: datetime, now: datetime) -> float:
+    """Exact age of `at` in fractional days (timedelta division is correctly rounded)."""
+    return (now - at) / DAY
+
+
+def _age(at: datetime | None, now: datetime) -> float | None:
+    return None if at is None else age_days(at, now)
+
+
+def _within(at: datetime, now: datetime, days: int) -> bool:
+    return now - at <= timedelta(days=days)
+
+
+def compute_features(state: CustomerState, *, now: datetime) -> dict[str, FeatureValue]:
+    """All catalogue features (except scores) of one customer as of `now`."""
+    return {
+        **_recency(state, now),
+        **_purchase_windows(state.purchases, now),
+        **_lifetime(state),
+        **_logins(state, now),
+        **_service(state, now),
+    }
+
+
+def _recency(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
+    last = state.latest_purchases[-1] if state.latest_purchases else None
+    return {
+        "days_since_last_purchase": _age(last.occurred_at if last else None, now),
+        "days_since_first_purchase": _age(state.first_purchase_at, now),
+        "days_since_last_activity": _age(state.last_activity_at, now),
+        "days_since_last_login": _age(state.last_login_at, now),
+        "days_since_last_support": _age(state.last_support_at, now),
+        "tenure_days": _age(state.first_seen_at, now),
+        "has_purchased": state.lifetime_orders > 0,
+        "has_logged_in": state.lifetime_logins > 0,
+        "has_events": state.event_count > 0,
+    }
+
+
+def _purchase_windows(facts: list[PurchaseFact], now: datetime) -> dict[str, FeatureValue]:
+    features: dict[str, FeatureValue] = {}
+    for days in PURCHASE_WINDOWS:
+        inside = [f for f in facts if _within(f.occurred_at, now, days)]
+        features[f"purchases_{days}d"] = sum(1 for f in inside if not f.refund)
+        features[f"spend_{days}d"] = sum(
+            (-f.amount if f.refund else f.amount for f in inside), Decimal(0)
+        )
+    return features
+
+
+def _lifetime(state: CustomerState) -> dict[str, FeatureValue]:
+    orders, latest = state.lifetime_orders, state.latest_purchases
+    between = (latest[1].occurred_at - latest[0].occurred_at) / DAY if len(latest) == 2 else None
+    return {
+        "lifetime_orders": orders,
+        "lifetime_spend": state.lifetime_spend,
+        "avg_order_value": (state.lifetime_spend / orders).quantize(_CENT) if orders else None,
+        "last_order_value": latest[-1].amount if latest else None,
+        "days_between_last_two_purchases": between,
+    }
+
+
+def _logins(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
+    features: dict[str, FeatureValue] = {
+        f"logins_{days}d": sum(1 for at in state.logins if _within(at, now, days))
+        for days in LOGIN_WINDOWS
+    }
+    features["lifetime_logins"] = state.lifetime_logins
+    return features
+
+
+def _service(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
+    resolved = SupportAction.RESOLVED.value
+    features: dict[str, FeatureValue] = {
+        "open_tickets": sum(1 for t in state.tickets.values() if t.value != resolved),
+    }
+    for days in TICKET_WINDOWS:
+        opened = {o.ticket_id for o in state.ticket_openings if _within(o.occurred_at, now, days)}
+        features[f"tickets_{days}d"] = len(opened)
+    for name, stats in (("csat", state.csat), ("nps", state.nps)):
+        features[f"latest_{name}"] = stats.latest.value if stats.latest else None
+        features[f"avg_{name}"] = stats.total / stats.count if stats.count else None
+    return features
+
+
+def features_to_json(
+    features: Mapping[str, FeatureValue],
+) -> dict[str, int | float | str | bool | None]:
+    """JSON-safe feature values (Decimals as JSON numbers)."""
+    return {name: float(v) if isinstance(v, Decimal) else v for name, v in features.items()}

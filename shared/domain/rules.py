@@ -1,0 +1,206 @@
+"""Declarative classification rules: load and validate a YAML file, classify a customer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from shared.contracts import Dimension
+from shared.domain.conditions import OPERATORS, TAG_PREFIX, align, evaluate, leaves
+from shared.domain.features import FeatureValue
+from shared.domain.population import CutPoints, quintile_score
+from shared.domain.review import next_review_at
+from shared.domain.rules_model import Rule, RuleProblem, Rules, RulesFile, ScoreRules
+
+__all__ = [
+    "Classification",
+    "Rules",
+    "RulesError",
+    "classify",
+    "default_rules_path",
+    "load_rules",
+    "next_review_at",
+    "parse_rules",
+    "score_rfm",
+]
+
+
+class RulesError(ValueError):
+    """An invalid rules file; the message names the file, the rule and the field."""
+
+    def __init__(
+        self, message: str, *, source: str, rule: str | None = None, field: str = ""
+    ) -> None:
+        where = f"rule {rule!r}, " if rule else ""
+        super().__init__(f"{source}: {where}field {field or '(file)'}: {message}")
+        self.source, self.rule, self.field = source, rule, field
+
+
+def default_rules_path() -> Path:
+    """The shipped rules file implementing DOMAIN.md's default table."""
+    return Path(__file__).with_name("default_rules.yaml")
+
+
+def load_rules(path: str | Path) -> Rules:
+    """Read and validate a rules file (raises RulesError)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    return parse_rules(text, source=str(path))
+
+
+def parse_rules(text: str, *, source: str) -> Rules:
+    """Validate rules YAML; the version is a hash of its content (comments aside)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RulesError(f"not valid YAML: {exc}", source=source) from exc
+    if not isinstance(data, dict):
+        raise RulesError("the file must be a YAML mapping", source=source)
+    try:
+        parsed = RulesFile.model_validate(data)
+    except ValidationError as exc:
+        raise _rules_error(exc, data, source) from exc
+    canonical = json.dumps(parsed.model_dump(mode="json", by_alias=True), sort_keys=True)
+    version = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return Rules.model_validate(
+        {**parsed.model_dump(by_alias=True), "version": version, "source": source}
+    )
+
+
+def _rules_error(exc: ValidationError, data: dict[str, Any], source: str) -> RulesError:
+    error = exc.errors()[0]
+    loc = [part for part in error["loc"] if not str(part).startswith(TAG_PREFIX)]
+    problem = (error.get("ctx") or {}).get("error")
+    if isinstance(problem, RuleProblem):
+        field = ".".join(
+            str(p) for p in [*loc, "rules" if problem.rule else "", problem.field] if p
+        )
+        return RulesError(str(problem), source=source, rule=problem.rule, field=field)
+    rule = None
+    if len(loc) >= 3 and loc[1] == "rules" and isinstance(loc[2], int):
+        rule = _rule_name(data, str(loc[0]), loc[2])
+    field = ".".join(str(part) for part in loc)
+    return RulesError(error["msg"], source=source, rule=rule, field=field)
+
+
+def _rule_name(data: dict[str, Any], dimension: str, index: int) -> str:
+    try:
+        name = data[dimension]["rules"][index]["name"]
+    except (KeyError, IndexError, TypeError):
+        name = None
+    return str(name) if name else f"#{index + 1}"
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A customer's classes, R/F/M scores, and for each dimension the rule that decided it."""
+
+    value_tier: str
+    activity_level: str
+    lifecycle_stage: str
+    r_score: int
+    f_score: int
+    m_score: int
+    rules_version: str
+    matched: dict[Dimension, str]
+    read: dict[Dimension, dict[str, FeatureValue]]
+
+    def classes(self) -> dict[Dimension, str]:
+        """The class per dimension."""
+        return {
+            Dimension.VALUE_TIER: self.value_tier,
+            Dimension.ACTIVITY_LEVEL: self.activity_level,
+            Dimension.LIFECYCLE_STAGE: self.lifecycle_stage,
+        }
+
+    @property
+    def rfm_score(self) -> int:
+        """The combined score, r + f + m (0-15)."""
+        return self.r_score + self.f_score + self.m_score
+
+
+def classify(
+    features: Mapping[str, FeatureValue],
+    attributes: Mapping[str, Any],
+    rules: Rules,
+    *,
+    cut_points: CutPoints | None = None,
+) -> Classification:
+    """Score R/F/M, then take the first matching rule of each dimension."""
+    r, f, m = score_rfm(features, rules, cut_points=cut_points)
+    values = {**features, "r_score": r, "f_score": f, "m_score": m, "rfm_score": r + f + m}
+    matched: dict[Dimension, str] = {}
+    read: dict[Dimension, dict[str, FeatureValue]] = {}
+    classes: dict[Dimension, str] = {}
+    for dimension in Dimension:
+        rule = _first_match(rules.dimension(dimension).rules, values, attributes)
+        matched[dimension], classes[dimension] = rule.name, rule.then
+        read[dimension] = _read_values(rule, values, attributes)
+    return Classification(
+        value_tier=classes[Dimension.VALUE_TIER],
+        activity_level=classes[Dimension.ACTIVITY_LEVEL],
+        lifecycle_stage=classes[Dimension.LIFECYCLE_STAGE],
+        r_score=r,
+        f_score=f,
+        m_score=m,
+        rules_version=rules.version,
+        matched=matched,
+        read=read,
+    )
+
+
+def _first_match(
+    rules: Sequence[Rule], values: Mapping[str, FeatureValue], attributes: Mapping[str, Any]
+) -> Rule:
+    for rule in rules:
+        if evaluate(rule.when, values, attributes):
+            return rule
+    # Validation guarantees a final `when: always`; reaching here means a hand-built Rules.
+    raise ValueError("no rule matched; the last rule of a dimension must be `when: always`")
+
+
+def _read_values(
+    rule: Rule, values: Mapping[str, FeatureValue], attributes: Mapping[str, Any]
+) -> dict[str, FeatureValue]:
+    return {leaf.key(): leaf.lookup(values, attributes) for leaf in leaves(rule.when)}
+
+
+def score_rfm(
+    features: Mapping[str, FeatureValue], rules: Rules, *, cut_points: CutPoints | None = None
+) -> tuple[int, int, int]:
+    """R, F and M scores (0-5) from threshold bands or, in population mode, quintiles."""
+    scores = rules.scores
+    population = scores.mode == "population" and cut_points is not None
+    cuts = (
+        (cut_points.recency, cut_points.frequency, cut_points.monetary)
+        if population and cut_points is not None
+        else ((), (), ())
+    )
+    specs = (scores.recency, scores.frequency, scores.monetary)
+    r, f, m = (
+        _score(spec, features.get(spec.feature), c) for spec, c in zip(specs, cuts, strict=True)
+    )
+    return r, f, m
+
+
+def _score(spec: ScoreRules, value: FeatureValue, cuts: tuple[float, ...]) -> int:
+    if value is None or isinstance(value, str | bool):
+        return spec.otherwise
+    if cuts:
+        # Nothing in the window (no spend, no purchase) scores `otherwise`, as in the bands.
+        if spec.better == "higher" and value <= 0:
+            return spec.otherwise
+        return quintile_score(float(value), cuts, higher_is_better=spec.better == "higher")
+    for band in spec.bands:
+        if OPERATORS[band.op](value, align(value, band.value)):
+            return band.score
+    return spec.otherwise

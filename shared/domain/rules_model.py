@@ -1,0 +1,124 @@
+"""The rules file schema (pydantic): scores, three dimensions, optional hysteresis."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.contracts import Dimension
+from shared.domain.conditions import Condition
+from shared.domain.features import FEATURES, SCORE_FEATURES
+
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class RuleProblem(ValueError):
+    """A cross-field problem in a dimension, naming the rule and field it concerns."""
+
+    def __init__(self, message: str, *, rule: str | None, field: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.field = field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Rule(_Model):
+    """One `{name, when, then}` rule; the first matching rule of a dimension wins."""
+
+    name: Name
+    when: Condition
+    then: Name
+
+
+class DimensionRules(_Model):
+    """Classes of one dimension, best first (a move later in the list is a downgrade)."""
+
+    classes: Annotated[list[Name], Field(min_length=1)]
+    rules: Annotated[list[Rule], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DimensionRules:
+        if len(set(self.classes)) != len(self.classes):
+            raise RuleProblem("a class is listed twice", rule=None, field="classes")
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise RuleProblem("two rules share this name", rule=rule.name, field="name")
+            seen.add(rule.name)
+            if rule.then not in self.classes:
+                raise RuleProblem(f"unknown class {rule.then!r}", rule=rule.name, field="then")
+        last = self.rules[-1]
+        if last.when != "always":
+            message = "the last rule must be `when: always`, so every customer gets a class"
+            raise RuleProblem(message, rule=last.name, field="when")
+        return self
+
+    def rank(self, class_name: str) -> int | None:
+        """Position of a class (0 = best), None when the class is not declared."""
+        return self.classes.index(class_name) if class_name in self.classes else None
+
+
+class Band(_Model):
+    """`score` when `<feature> <op> <value>`; bands are tried in order."""
+
+    op: Literal["lt", "le", "gt", "ge", "eq"]
+    value: float
+    score: Annotated[int, Field(ge=1, le=5)]
+
+
+class ScoreRules(_Model):
+    """How one of R, F, M is scored from one feature."""
+
+    feature: str
+    better: Literal["higher", "lower"]
+    bands: Annotated[list[Band], Field(min_length=1)]
+    otherwise: Annotated[int, Field(ge=0, le=5)] = 0
+
+    @field_validator("feature")
+    @classmethod
+    def _known(cls, feature: str) -> str:
+        if feature not in FEATURES or feature in SCORE_FEATURES:
+            raise ValueError(f"unknown feature {feature!r} (scores read non-score features)")
+        return feature
+
+
+class Scores(_Model):
+    """R/F/M scoring: fixed threshold bands, or population quintiles when available."""
+
+    mode: Literal["thresholds", "population"] = "thresholds"
+    recency: ScoreRules
+    frequency: ScoreRules
+    monetary: ScoreRules
+
+
+class Hysteresis(_Model):
+    """Minimum time in a class before a downgrade on that dimension takes effect."""
+
+    min_dwell_days: Annotated[float, Field(ge=0)]
+
+
+class RulesFile(_Model):
+    """The YAML document as written by people."""
+
+    description: str | None = None
+    scores: Scores
+    value_tier: DimensionRules
+    activity_level: DimensionRules
+    lifecycle_stage: DimensionRules
+    hysteresis: dict[Dimension, Hysteresis] = Field(default_factory=dict)
+
+
+class Rules(RulesFile):
+    """A validated rules file with its content-hash version and where it came from."""
+
+    version: str
+    source: str
+
+    def dimension(self, dimension: Dimension) -> DimensionRules:
+        """The rules of one dimension."""
+        rules: DimensionRules = getattr(self, dimension.value)
+        return rules

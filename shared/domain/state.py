@@ -1,0 +1,228 @@
+"""Exact per-customer state, folded from distinct events in event time.
+
+The state equals processing each distinct event once, in any order: per-event facts
+are kept (sorted) for the trailing windows, lifetime values are sums or maxima, and
+every "latest" value is chosen by the total order (occurred_at, event_id).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import cache
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from shared.contracts import (
+    AttributeValue,
+    CustomerLoggedIn,
+    PurchaseMade,
+    SupportAction,
+    SupportTicketUpdated,
+)
+
+# The longest trailing window each kind of per-event fact is needed for.
+PURCHASE_WINDOW = timedelta(days=365)
+LOGIN_WINDOW = timedelta(days=90)
+TICKET_WINDOW = timedelta(days=90)
+
+Event = PurchaseMade | CustomerLoggedIn | SupportTicketUpdated
+
+
+@dataclass(slots=True)
+class PurchaseFact:
+    """One purchase (or refund, with `refund` set) kept for the trailing windows."""
+
+    occurred_at: datetime
+    event_id: str
+    amount: Decimal
+    refund: bool = False
+
+    def key(self) -> tuple[datetime, str]:
+        return (self.occurred_at, self.event_id)
+
+
+@dataclass(slots=True)
+class Stamped:
+    """A value chosen latest-by-(occurred_at, event_id)."""
+
+    occurred_at: datetime
+    event_id: str
+    value: AttributeValue
+
+    def key(self) -> tuple[datetime, str]:
+        return (self.occurred_at, self.event_id)
+
+
+@dataclass(slots=True)
+class TicketOpening:
+    """A ticket `opened` action, kept for the 90-day window."""
+
+    occurred_at: datetime
+    event_id: str
+    ticket_id: str
+
+    def key(self) -> tuple[datetime, str]:
+        return (self.occurred_at, self.event_id)
+
+
+@dataclass(slots=True)
+class RatingStats:
+    """Sum, count and latest of CSAT or NPS ratings."""
+
+    total: int = 0
+    count: int = 0
+    latest: Stamped | None = None
+
+
+@dataclass
+class CustomerState:
+    """Everything needed to compute a customer's features exactly at any later `now`."""
+
+    customer_id: str
+    # Purchases and refunds within PURCHASE_WINDOW, sorted by (occurred_at, event_id).
+    purchases: list[PurchaseFact] = field(default_factory=list)
+    lifetime_orders: int = 0
+    lifetime_refunds: int = 0
+    lifetime_spend: Decimal = Decimal(0)
+    first_purchase_at: datetime | None = None
+    # The two latest non-refund purchases ever (may be older than any window), newest last.
+    latest_purchases: list[PurchaseFact] = field(default_factory=list)
+    # Login times within LOGIN_WINDOW, sorted.
+    logins: list[datetime] = field(default_factory=list)
+    lifetime_logins: int = 0
+    last_login_at: datetime | None = None
+    # Latest action per ticket; `value` is the action name.
+    tickets: dict[str, Stamped] = field(default_factory=dict)
+    ticket_openings: list[TicketOpening] = field(default_factory=list)
+    last_support_at: datetime | None = None
+    csat: RatingStats = field(default_factory=RatingStats)
+    nps: RatingStats = field(default_factory=RatingStats)
+    event_count: int = 0
+    first_seen_at: datetime | None = None
+    last_activity_at: datetime | None = None
+    attributes: dict[str, Stamped] = field(default_factory=dict)
+
+
+def new_state(customer_id: str) -> CustomerState:
+    """An empty state for a customer never seen before."""
+    return CustomerState(customer_id=customer_id)
+
+
+def fold(state: CustomerState, event: Event, *, now: datetime) -> None:
+    """Apply one distinct event (the caller de-duplicates by event_id)."""
+    at = event.occurred_at.astimezone(UTC)
+    state.event_count += 1
+    state.first_seen_at = _min(state.first_seen_at, at)
+    state.last_activity_at = _max(state.last_activity_at, at)
+    for name, value in (event.attributes or {}).items():
+        merge_attribute(state, name, Stamped(at, event.event_id, value))
+    match event:
+        case PurchaseMade():
+            _fold_purchase(state, event, at, now)
+        case CustomerLoggedIn():
+            _fold_login(state, at, now)
+        case SupportTicketUpdated():
+            _fold_support(state, event, at, now)
+
+
+def merge_attribute(state: CustomerState, name: str, stamped: Stamped) -> None:
+    """Keep the attribute value with the latest (occurred_at, event_id)."""
+    current = state.attributes.get(name)
+    if current is None or stamped.key() > current.key():
+        state.attributes[name] = stamped
+
+
+def attributes_of(state: CustomerState) -> dict[str, AttributeValue]:
+    """The customer's current attribute values."""
+    return {name: stamped.value for name, stamped in sorted(state.attributes.items())}
+
+
+def prune(state: CustomerState, *, now: datetime) -> None:
+    """Drop per-event facts older than the longest window (features are unchanged)."""
+    state.purchases = [p for p in state.purchases if _within(p.occurred_at, now, PURCHASE_WINDOW)]
+    state.logins = [t for t in state.logins if _within(t, now, LOGIN_WINDOW)]
+    state.ticket_openings = [
+        o for o in state.ticket_openings if _within(o.occurred_at, now, TICKET_WINDOW)
+    ]
+
+
+def _fold_purchase(state: CustomerState, event: PurchaseMade, at: datetime, now: datetime) -> None:
+    fact = PurchaseFact(at, event.event_id, event.amount, refund=event.refund_of is not None)
+    if fact.refund:
+        # A refund is not an order and not a purchase for recency; it reduces spend.
+        state.lifetime_refunds += 1
+        state.lifetime_spend -= event.amount
+    else:
+        state.lifetime_orders += 1
+        state.lifetime_spend += event.amount
+        state.first_purchase_at = _min(state.first_purchase_at, at)
+        latest = [*state.latest_purchases, fact]
+        state.latest_purchases = sorted(latest, key=PurchaseFact.key)[-2:]
+    if _within(at, now, PURCHASE_WINDOW):
+        bisect.insort(state.purchases, fact, key=PurchaseFact.key)
+
+
+def _fold_login(state: CustomerState, at: datetime, now: datetime) -> None:
+    state.lifetime_logins += 1
+    state.last_login_at = _max(state.last_login_at, at)
+    if _within(at, now, LOGIN_WINDOW):
+        bisect.insort(state.logins, at)
+
+
+def _fold_support(
+    state: CustomerState, event: SupportTicketUpdated, at: datetime, now: datetime
+) -> None:
+    state.last_support_at = _max(state.last_support_at, at)
+    merge_ticket = Stamped(at, event.event_id, event.action.value)
+    current = state.tickets.get(event.ticket_id)
+    if current is None or merge_ticket.key() > current.key():
+        state.tickets[event.ticket_id] = merge_ticket
+    if event.action is SupportAction.OPENED and _within(at, now, TICKET_WINDOW):
+        opening = TicketOpening(at, event.event_id, event.ticket_id)
+        bisect.insort(state.ticket_openings, opening, key=TicketOpening.key)
+    if event.satisfaction is not None:
+        _rate(state.csat, Stamped(at, event.event_id, event.satisfaction))
+    if event.nps is not None:
+        _rate(state.nps, Stamped(at, event.event_id, event.nps))
+
+
+def _rate(stats: RatingStats, rating: Stamped) -> None:
+    assert isinstance(rating.value, int)
+    stats.total += rating.value
+    stats.count += 1
+    if stats.latest is None or rating.key() > stats.latest.key():
+        stats.latest = rating
+
+
+def _within(at: datetime, now: datetime, window: timedelta) -> bool:
+    """ "Within N days" means an age of at most N days (future events count as within)."""
+    return now - at <= window
+
+
+def _min(current: datetime | None, at: datetime) -> datetime:
+    return at if current is None else min(current, at)
+
+
+def _max(current: datetime | None, at: datetime) -> datetime:
+    return at if current is None else max(current, at)
+
+
+@cache
+def _adapter() -> TypeAdapter[CustomerState]:
+    # Built on first use, not at import.
+    return TypeAdapter(CustomerState)
+
+
+def state_to_json(state: CustomerState) -> dict[str, Any]:
+    """A JSON-safe dict (Decimals as strings, datetimes as ISO 8601)."""
+    data: dict[str, Any] = _adapter().dump_python(state, mode="json")
+    return data
+
+
+def state_from_json(data: dict[str, Any]) -> CustomerState:
+    """The state back from `state_to_json` output."""
+    return _adapter().validate_python(data)
