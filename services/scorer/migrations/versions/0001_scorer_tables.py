@@ -69,7 +69,10 @@ def _customer() -> None:
         schema=S,
     )
     op.create_index(
-        "customer_next_review_at_idx", "customer", ["next_review_at"], schema=S,
+        "customer_next_review_at_idx",
+        "customer",
+        ["next_review_at"],
+        schema=S,
         postgresql_where=sa.text("next_review_at IS NOT NULL"),
     )
     for column in ("value_tier", "activity_level", "lifecycle_stage"):
@@ -96,7 +99,10 @@ def _tier_change() -> None:
         schema=S,
     )
     op.create_index(
-        "tier_change_unpublished_idx", "tier_change", ["seq"], schema=S,
+        "tier_change_unpublished_idx",
+        "tier_change",
+        ["seq"],
+        schema=S,
         postgresql_where=sa.text("published_at IS NULL"),
     )
     op.create_index("tier_change_customer_idx", "tier_change", ["customer_id", "seq"], schema=S)

@@ -1,0 +1,228 @@
+"""Pure scorer logic around the domain: fold a batch, re-evaluate a customer, build rows.
+
+No I/O here: the repository loads `CustomerRecord`s, these functions return the rows
+to write (`CustomerUpdate`, `ChangeRecord`), the repository writes them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.contracts import AttributeValue, ChangeCause, Dimension, TierChanged
+from shared.domain.changes import decide
+from shared.domain.features import compute_features, features_to_json
+from shared.domain.population import CutPoints
+from shared.domain.rules import Classification, Rules, classify, next_review_at
+from shared.domain.state import (
+    CustomerState,
+    Event,
+    attributes_of,
+    fold,
+    new_state,
+    prune,
+    state_from_json,
+    state_to_json,
+)
+
+# Never schedule a review in the past: a customer due again at once would spin the sweeper.
+MIN_REVIEW_DELAY = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What classification depends on besides the state: the rules and the cut points."""
+
+    rules: Rules
+    cut_points: CutPoints | None = None
+
+
+@dataclass
+class CustomerRecord:
+    """A customer row loaded for update (state None: a row created by this transaction)."""
+
+    customer_id: str
+    state: CustomerState
+    classes: dict[Dimension, str] | None
+    class_since: dict[Dimension, datetime]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> CustomerRecord:
+        """Decode a `scorer.customer` row (JSON columns already parsed)."""
+        customer_id = str(row["customer_id"])
+        raw_state = row.get("state")
+        state = state_from_json(raw_state) if raw_state else new_state(customer_id)
+        classes = {d: row[d.value] for d in Dimension if row.get(d.value) is not None}
+        since = {
+            Dimension(d): datetime.fromisoformat(at)
+            for d, at in (row.get("class_since") or {}).items()
+        }
+        return cls(customer_id, state, classes if len(classes) == len(Dimension) else None, since)
+
+
+@dataclass(frozen=True)
+class CustomerUpdate:
+    """The new values of one customer row."""
+
+    customer_id: str
+    state: dict[str, Any]
+    classes: dict[Dimension, str]
+    classification: Classification
+    class_since: dict[Dimension, datetime]
+    cut_points_version: str | None
+    next_review_at: datetime | None
+    updated_at: datetime
+
+    def as_row(self) -> tuple[Any, ...]:
+        """Column values in `store.save_customers` order (JSON as text)."""
+        c = self.classification
+        since = {d.value: at.isoformat() for d, at in self.class_since.items()}
+        return (
+            self.customer_id, _json(self.state), self.classes[Dimension.VALUE_TIER],
+            self.classes[Dimension.ACTIVITY_LEVEL], self.classes[Dimension.LIFECYCLE_STAGE],
+            c.r_score, c.f_score, c.m_score, _json(since), c.rules_version,
+            self.cut_points_version, self.next_review_at, self.updated_at,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    """One tier change as stored in the outbox and published as `TierChanged`."""
+
+    id: str
+    customer_id: str
+    dimension: Dimension
+    from_class: str | None
+    to_class: str
+    cause: ChangeCause
+    rule: str
+    features: dict[str, Any]
+    attributes: dict[str, AttributeValue]
+    rules_version: str
+    occurred_at: datetime
+    emitted_at: datetime
+
+    def as_row(self) -> tuple[Any, ...]:
+        """Column values in `store.insert_changes` order (JSON as text)."""
+        return (
+            self.id, self.customer_id, self.dimension.value, self.from_class, self.to_class,
+            self.cause.value, self.rule, _json(self.features), _json(self.attributes),
+            self.rules_version, self.occurred_at, self.emitted_at,
+        )  # fmt: skip
+
+    def to_event(self) -> TierChanged:
+        """The wire event."""
+        return TierChanged.model_validate(
+            {
+                "id": self.id, "customer_id": self.customer_id, "dimension": self.dimension,
+                "from": self.from_class, "to": self.to_class, "cause": self.cause,
+                "rule": self.rule, "features": self.features, "rules_version": self.rules_version,
+                "occurred_at": self.occurred_at, "emitted_at": self.emitted_at,
+                "attributes": self.attributes,
+            }
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to write after evaluating some customers."""
+
+    updates: list[CustomerUpdate]
+    changes: list[ChangeRecord]
+
+
+def evaluate(
+    record: CustomerRecord,
+    scoring: Scoring,
+    *,
+    now: datetime,
+    cause: ChangeCause,
+    occurred_at: datetime,
+) -> tuple[CustomerUpdate, list[ChangeRecord]]:
+    """Re-classify one customer at `now`; the changes carry `cause` and `occurred_at`."""
+    state, rules = record.state, scoring.rules
+    prune(state, now=now)
+    attributes = attributes_of(state)
+    features = compute_features(state, now=now)
+    classification = classify(features, attributes, rules, cut_points=scoring.cut_points)
+    decision = decide(record.classes, record.class_since, classification, rules, now=now)
+    review = next_review_at(state, rules, now=now, cut_points=scoring.cut_points)
+    review = _earliest(review, decision.hold_until)
+    if review is not None and review <= now:
+        review = now + MIN_REVIEW_DELAY
+    update = CustomerUpdate(
+        record.customer_id, state_to_json(state), decision.classes, classification,
+        decision.class_since, scoring.cut_points.version if scoring.cut_points else None,
+        review, now,
+    )  # fmt: skip
+    changes = [
+        ChangeRecord(
+            str(uuid.uuid4()),
+            record.customer_id,
+            c.dimension,
+            c.from_,
+            c.to,
+            cause,
+            c.rule,
+            features_to_json(c.features),
+            attributes,
+            rules.version,
+            occurred_at,
+            now,
+        )
+        for c in decision.changes
+    ]
+    return update, changes
+
+
+def evaluate_all(
+    records: Iterable[CustomerRecord], scoring: Scoring, *, now: datetime, cause: ChangeCause
+) -> Outcome:
+    """Re-evaluate customers because time passed or cut points moved (occurred_at = now)."""
+    outcome = Outcome([], [])
+    for record in records:
+        update, changes = evaluate(record, scoring, now=now, cause=cause, occurred_at=now)
+        outcome.updates.append(update)
+        outcome.changes.extend(changes)
+    return outcome
+
+
+def fold_batch(
+    records: Iterable[CustomerRecord], events: Iterable[Event], scoring: Scoring, *, now: datetime
+) -> Outcome:
+    """Fold distinct events into their customers and re-classify each (cause `event`)."""
+    by_id = {r.customer_id: r for r in records}
+    latest: dict[str, datetime] = {}
+    for event in events:
+        fold(by_id[event.customer_id].state, event, now=now)
+        at = event.occurred_at
+        latest[event.customer_id] = max(latest.get(event.customer_id, at), at)
+    outcome = Outcome([], [])
+    for customer_id, occurred_at in latest.items():
+        update, changes = evaluate(
+            by_id[customer_id], scoring, now=now, cause=ChangeCause.EVENT, occurred_at=occurred_at
+        )
+        outcome.updates.append(update)
+        outcome.changes.extend(changes)
+    return outcome
+
+
+def distinct_events(events: Iterable[Event]) -> list[Event]:
+    """The first occurrence of each event_id (later copies in one batch are redeliveries)."""
+    seen: dict[str, Event] = {}
+    for event in events:
+        seen.setdefault(event.event_id, event)
+    return list(seen.values())
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return min((x for x in (a, b) if x is not None), default=None)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str)

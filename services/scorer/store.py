@@ -1,0 +1,203 @@
+"""SQL of the write path: inbox, customer rows, tier-change outbox, fenced offsets.
+
+Every function runs bulk statements on a connection inside the caller's transaction;
+none makes a round trip per event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from services.scorer.db import Connection
+from services.scorer.evaluation import ChangeRecord, CustomerRecord, CustomerUpdate
+
+
+class Fenced(Exception):
+    """Another consumer advanced a partition's offset: this batch must be rolled back."""
+
+
+@dataclass(frozen=True)
+class OffsetMove:
+    """Advance one partition from `expected` (None: no row yet) to `next_offset`."""
+
+    topic: str
+    partition: int
+    expected: int | None
+    next_offset: int
+
+
+async def claim_events(conn: Connection, event_ids: Sequence[str]) -> set[str]:
+    """Insert ids into the inbox; returns those not seen before (redeliveries drop out)."""
+    # Sorted so that two transactions claiming the same ids lock them in the same order.
+    rows = await conn.fetch(
+        "INSERT INTO scorer.inbox (event_id) SELECT e FROM unnest($1::text[]) AS e ORDER BY e"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        sorted(set(event_ids)),
+    )
+    return {row["event_id"] for row in rows}
+
+
+_SELECT_CUSTOMER = (
+    "SELECT customer_id, state, value_tier, activity_level, lifecycle_stage, class_since"
+    " FROM scorer.customer"
+)
+
+
+async def lock_customers(
+    conn: Connection, customer_ids: Sequence[str], *, now: datetime
+) -> list[CustomerRecord]:
+    """Create missing rows, then lock every given customer in id order (no deadlocks)."""
+    ids = sorted(set(customer_ids))
+    # The placeholder insert makes a concurrent first event of the same customer wait
+    # for us instead of overwriting our row with a state that missed our events.
+    await conn.execute(
+        "INSERT INTO scorer.customer (customer_id, created_at, updated_at)"
+        " SELECT c, $2, $2 FROM unnest($1::text[]) AS c ORDER BY c ON CONFLICT DO NOTHING",
+        ids,
+        now,
+    )
+    rows = await conn.fetch(
+        f"{_SELECT_CUSTOMER} WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
+        ids,
+    )
+    return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+
+
+async def claim_due_customers(
+    conn: Connection, *, now: datetime, limit: int
+) -> list[CustomerRecord]:
+    """Lock customers whose next review time has come; skip those another tx holds."""
+    rows = await conn.fetch(
+        f"{_SELECT_CUSTOMER} WHERE next_review_at <= $1 ORDER BY next_review_at"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now,
+        limit,
+    )
+    return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+
+
+async def lock_customer_page(conn: Connection, *, after: str, limit: int) -> list[CustomerRecord]:
+    """Lock the next page of classified customers in id order (re-bucketing walks them all)."""
+    rows = await conn.fetch(
+        f"{_SELECT_CUSTOMER} WHERE customer_id > $1 AND state IS NOT NULL"
+        " ORDER BY customer_id LIMIT $2 FOR UPDATE",
+        after,
+        limit,
+    )
+    return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+
+
+def _decoded(row: Any) -> dict[str, Any]:
+    data = dict(row)
+    for column in ("state", "class_since"):
+        if isinstance(data.get(column), str):
+            data[column] = json.loads(data[column])
+    return data
+
+
+async def save_customers(conn: Connection, updates: Sequence[CustomerUpdate]) -> None:
+    """Write the new state and classification of every updated customer (one statement)."""
+    if not updates:
+        return
+    columns = list(zip(*(u.as_row() for u in updates), strict=True))
+    await conn.execute(
+        """
+        UPDATE scorer.customer AS c SET
+            state = u.state, value_tier = u.value_tier, activity_level = u.activity_level,
+            lifecycle_stage = u.lifecycle_stage, r_score = u.r_score, f_score = u.f_score,
+            m_score = u.m_score, class_since = u.class_since, rules_version = u.rules_version,
+            cut_points_version = u.cut_points_version, next_review_at = u.next_review_at,
+            updated_at = u.updated_at
+        FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::text[], $6::int2[],
+                    $7::int2[], $8::int2[], $9::jsonb[], $10::text[], $11::text[],
+                    $12::timestamptz[], $13::timestamptz[])
+            AS u(customer_id, state, value_tier, activity_level, lifecycle_stage, r_score,
+                 f_score, m_score, class_since, rules_version, cut_points_version,
+                 next_review_at, updated_at)
+        WHERE c.customer_id = u.customer_id
+        """,
+        *[list(column) for column in columns],
+    )
+
+
+async def insert_changes(conn: Connection, changes: Sequence[ChangeRecord]) -> None:
+    """Append tier changes to the outbox (= the history); `seq` follows list order."""
+    if not changes:
+        return
+    columns = list(zip(*(c.as_row() for c in changes), strict=True))
+    await conn.execute(
+        """
+        INSERT INTO scorer.tier_change (id, customer_id, dimension, from_class, to_class, cause,
+            rule, features, attributes, rules_version, occurred_at, emitted_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+            $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::text[], $11::timestamptz[],
+            $12::timestamptz[])
+        """,
+        *[list(column) for column in columns],
+    )
+
+
+async def load_offsets(
+    conn: Connection, group_id: str, partitions: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """Stored next offsets of the given (topic, partition)s; absent ones have no row."""
+    rows = await conn.fetch(
+        "SELECT topic, partition, next_offset FROM scorer.consumer_offset"
+        " WHERE group_id = $1 AND (topic, partition) IN"
+        " (SELECT * FROM unnest($2::text[], $3::int[]))",
+        group_id,
+        [t for t, _ in partitions],
+        [p for _, p in partitions],
+    )
+    return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
+
+
+async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
+    """Fenced offset update: raises Fenced unless every partition still has `expected`."""
+    moves = sorted(moves, key=lambda m: (m.topic, m.partition))
+    updates = [m for m in moves if m.expected is not None]
+    inserts = [m for m in moves if m.expected is None]
+    done = 0
+    if updates:
+        status = await conn.execute(
+            """
+            UPDATE scorer.consumer_offset AS o SET next_offset = m.next_offset, updated_at = now()
+            FROM unnest($2::text[], $3::int[], $4::int8[], $5::int8[])
+                AS m(topic, partition, expected, next_offset)
+            WHERE o.group_id = $1 AND o.topic = m.topic AND o.partition = m.partition
+              AND o.next_offset = m.expected
+            """,
+            group_id,
+            *_offset_columns(updates),
+        )
+        done += _row_count(status)
+    if inserts:
+        status = await conn.execute(
+            "INSERT INTO scorer.consumer_offset (group_id, topic, partition, next_offset)"
+            " SELECT $1, m.topic, m.partition, m.next_offset"
+            " FROM unnest($2::text[], $3::int[], $4::int8[], $5::int8[])"
+            " AS m(topic, partition, expected, next_offset) ON CONFLICT DO NOTHING",
+            group_id,
+            *_offset_columns(inserts),
+        )
+        done += _row_count(status)
+    if done != len(moves):
+        raise Fenced(f"{len(moves) - done} of {len(moves)} partitions moved on without us")
+
+
+def _offset_columns(moves: Sequence[OffsetMove]) -> list[list[Any]]:
+    return [
+        [m.topic for m in moves],
+        [m.partition for m in moves],
+        [m.expected for m in moves],
+        [m.next_offset for m in moves],
+    ]
+
+
+def _row_count(status: str) -> int:
+    """Rows affected, from a command tag such as `UPDATE 3` or `INSERT 0 3`."""
+    return int(status.rsplit(" ", 1)[-1])
