@@ -1,0 +1,1 @@
+"""Ingest: HTTP -> validate -> publish to Kafka; nothing else."""

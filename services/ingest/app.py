@@ -1,0 +1,187 @@
+"""The ingest HTTP API: thin routes over EventIntake; nothing is built at import time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from prometheus_client import CollectorRegistry, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.ingest.intake import EventIntake
+from services.ingest.metrics import IngestMetrics
+from services.ingest.openapi import (
+    EVENT_RESPONSES,
+    LOGIN_EXAMPLE,
+    PURCHASE_EXAMPLE,
+    SCHEMA_RESPONSES,
+    SUPPORT_EXAMPLE,
+    Accepted,
+    install_openapi,
+    request_body,
+)
+from services.ingest.parsing import EventParser, read_limited, require_json
+from services.ingest.publisher import KafkaPublisher, Publisher
+from services.ingest.settings import IngestSettings
+from shared.clock import Clock, clock_for
+from shared.contracts import EVENT_MODELS
+from shared.http import ApiKeys, ProblemError, SourceDep, install_problem_handlers, probes_router
+from shared.metrics import new_registry
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+DESCRIPTION = (
+    "Upstream order, login and support systems POST customer events here. A 202 means the "
+    "broker acknowledged every event; errors are RFC 9457 problem documents."
+)
+
+
+def create_app(
+    settings: IngestSettings,
+    *,
+    publisher: Publisher | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: Clock | None = None,
+) -> FastAPI:
+    """The ingest app; a publisher passed in is the caller's to start and stop."""
+    registry = registry or new_registry()
+    metrics = IngestMetrics.create(registry)
+    owned = publisher is None
+    publisher = publisher or KafkaPublisher(
+        settings, timeout_s=settings.publish_timeout_s, check_timeout_s=settings.ready_timeout_s
+    )
+    metrics.broker_available.set_function(lambda: float(publisher.available))
+    parser = EventParser.create(
+        max_events=settings.max_batch_events, max_future_seconds=settings.max_future_seconds
+    )
+    intake = EventIntake(
+        parser, publisher, metrics, clock or clock_for(settings.now), settings.retry_after_s
+    )
+    app = FastAPI(
+        title="Tierstream ingest",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=_lifespan(publisher) if owned else None,
+    )
+    app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
+    install_problem_handlers(app)
+
+    async def ready() -> dict[str, bool]:
+        return {"kafka": await publisher.check()}
+
+    app.include_router(probes_router(registry, ready, open_probes=settings.open_probes))
+    app.include_router(events_router(intake, settings.max_body_bytes))
+    app.include_router(schemas_router())
+    app.add_middleware(RequestTimer, histogram=metrics.request_seconds)
+    install_openapi(app, parser.batch_model)
+    return app
+
+
+def _lifespan(publisher: Publisher) -> Any:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await publisher.start()
+        try:
+            yield
+        finally:
+            await publisher.stop()
+
+    return lifespan
+
+
+def events_router(intake: EventIntake, max_body_bytes: int) -> APIRouter:
+    """POST /v1/events and /v1/events/batch."""
+    router = APIRouter(prefix="/v1/events", tags=["events"])
+
+    async def body_of(request: Request) -> bytes:
+        require_json(request.headers.get("content-type"))
+        return await read_limited(
+            request.stream(), request.headers.get("content-length"), max_body_bytes
+        )
+
+    @router.post(
+        "",
+        status_code=202,
+        response_model=Accepted,
+        responses=EVENT_RESPONSES,
+        summary="Send one event",
+        openapi_extra=request_body(
+            "CustomerEvent",
+            {"purchase": PURCHASE_EXAMPLE, "login": LOGIN_EXAMPLE, "support": SUPPORT_EXAMPLE},
+        ),
+    )
+    async def post_event(request: Request, source: SourceDep) -> Accepted:
+        ids = await intake.accept(await body_of(request), source=source, batch=False)
+        return Accepted(accepted=len(ids), event_ids=ids)
+
+    @router.post(
+        "/batch",
+        status_code=202,
+        response_model=Accepted,
+        responses=EVENT_RESPONSES,
+        summary="Send a batch of events, all or nothing",
+        openapi_extra=request_body(
+            "EventBatch", {"mixed": {"events": [PURCHASE_EXAMPLE, LOGIN_EXAMPLE, SUPPORT_EXAMPLE]}}
+        ),
+    )
+    async def post_batch(request: Request, source: SourceDep) -> Accepted:
+        ids = await intake.accept(await body_of(request), source=source, batch=True)
+        return Accepted(accepted=len(ids), event_ids=ids)
+
+    return router
+
+
+@cache
+def event_schema(event_type: str) -> dict[str, Any]:
+    """The JSON Schema (validation mode) of one event type."""
+    return EVENT_MODELS[event_type].model_json_schema(mode="validation")
+
+
+def schemas_router() -> APIRouter:
+    """GET /v1/schemas and /v1/schemas/{event_type}: the JSON Schema of each event type."""
+    router = APIRouter(prefix="/v1/schemas", tags=["schemas"])
+
+    @router.get("", summary="JSON Schema of every event type")
+    async def all_schemas() -> dict[str, dict[str, Any]]:
+        return {name: event_schema(name) for name in EVENT_MODELS}
+
+    @router.get(
+        "/{event_type}", summary="JSON Schema of one event type", responses=SCHEMA_RESPONSES
+    )
+    async def one_schema(event_type: str) -> dict[str, Any]:
+        if event_type not in EVENT_MODELS:
+            raise ProblemError(
+                404, "Unknown event type", f"Known types: {', '.join(EVENT_MODELS)}."
+            )
+        return event_schema(event_type)
+
+    return router
+
+
+class RequestTimer:
+    """ASGI middleware: request duration by route template (never the raw path), method, status."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app, self.histogram = app, histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            self.histogram.labels(route, method, str(status)).observe(time.perf_counter() - started)

@@ -1,0 +1,74 @@
+"""The ingest use case: parse a body, stamp the source, publish, count the outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.ingest.metrics import IngestMetrics
+from services.ingest.parsing import EventParser, loose_types
+from services.ingest.publisher import BrokerUnavailableError, Event, Publisher
+from shared.clock import Clock
+from shared.http import ProblemError
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def with_source(events: Sequence[Event], source: str) -> list[Event]:
+    """Events whose missing `source` is filled with the API key's source name."""
+    return [e if e.source else e.model_copy(update={"source": source}) for e in events]
+
+
+@dataclass(frozen=True)
+class EventIntake:
+    """Accepts events only once the broker acknowledged every one of them."""
+
+    parser: EventParser
+    publisher: Publisher
+    metrics: IngestMetrics
+    clock: Clock
+    retry_after_s: int
+
+    async def accept(self, raw: bytes, *, source: str, batch: bool) -> list[str]:
+        """Validate and publish one body; returns the accepted event ids or raises ProblemError."""
+        events = with_source(self._parse(raw, source=source, batch=batch), source)
+        self.metrics.batch_events.observe(len(events))
+        await self._publish(events, source=source)
+        ids = [e.event_id for e in events]
+        log.info("events accepted", count=len(ids), source=source)
+        log.debug("accepted event ids", event_ids=ids)
+        return ids
+
+    def _parse(self, raw: bytes, *, source: str, batch: bool) -> list[Event]:
+        now = self.clock.now()
+        try:
+            return (
+                self.parser.parse_batch(raw, now=now)
+                if batch
+                else [self.parser.parse_one(raw, now=now)]
+            )
+        except ProblemError as exc:
+            if exc.status == 422:
+                types = loose_types(raw, batch=batch)
+                self.metrics.batch_events.observe(len(types))
+                self.metrics.count_events(types, source=source, outcome="rejected")
+            raise
+
+    async def _publish(self, events: list[Event], *, source: str) -> None:
+        types = [e.type for e in events]
+        started = time.perf_counter()
+        try:
+            await self.publisher.publish(events)
+        except BrokerUnavailableError:
+            self.metrics.publish_seconds.labels("failed").observe(time.perf_counter() - started)
+            self.metrics.count_events(types, source=source, outcome="failed")
+            raise ProblemError(
+                503,
+                "Broker unavailable",
+                f"Events were not accepted; retry after {self.retry_after_s} s.",
+                headers={"Retry-After": str(self.retry_after_s)},
+            ) from None
+        self.metrics.publish_seconds.labels("ok").observe(time.perf_counter() - started)
+        self.metrics.count_events(types, source=source, outcome="accepted")

@@ -1,0 +1,193 @@
+"""Request parsing for ingest: bounded body reads, content type, strict event validation.
+
+JSON is decoded by pydantic in strict mode straight from the bytes, so a JSON number such
+as 0.1 becomes Decimal('0.1') exactly (never a binary float) and a value whose JSON type
+differs from the documented schema (a number for a timestamp, a string for an integer) is
+rejected instead of coerced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError, from_json
+
+from services.ingest.publisher import Event
+from shared.contracts import EVENT_MODELS, CustomerEvent
+from shared.http import ProblemError
+
+FUTURE_ERROR = "occurred_at_in_future"
+_TAG_ERRORS = {"union_tag_invalid", "union_tag_not_found"}
+
+
+def _not_in_future(event: Event, info: ValidationInfo) -> Event:
+    """Reject events stamped later than the `not_after` instant passed as context."""
+    not_after: datetime | None = (info.context or {}).get("not_after")
+    if not_after is not None and event.occurred_at > not_after:
+        raise PydanticCustomError(
+            FUTURE_ERROR, "occurred_at lies more than the allowed skew in the future"
+        )
+    return event
+
+
+IncomingEvent = Annotated[CustomerEvent, AfterValidator(_not_in_future)]
+
+
+class EventBatch(BaseModel):
+    """`POST /v1/events/batch` body: up to the configured number of events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: list[IncomingEvent] = Field(min_length=1, description="The events, all or nothing.")
+
+
+def batch_model(max_events: int) -> type[EventBatch]:
+    """An EventBatch whose `events` list is capped at `max_events` (schema and validation)."""
+    limited = Annotated[
+        list[IncomingEvent],
+        Field(min_length=1, max_length=max_events, description="The events, all or nothing."),
+    ]
+    return create_model("EventBatch", __base__=EventBatch, events=(limited, ...))
+
+
+class FieldError(BaseModel):
+    """One reason an event was rejected."""
+
+    field: str = Field(description="Path of the offending field, e.g. `events[3].amount`.")
+    reason: str
+    type: str | None = Field(None, description="Machine-readable error kind.")
+    index: int | None = Field(None, description="Index of the offending event in a batch.")
+
+
+@dataclass(frozen=True)
+class EventParser:
+    """Strict decoding of one event or a batch, with every error located."""
+
+    batch_model: type[EventBatch]
+    batch: TypeAdapter[EventBatch]
+    single: TypeAdapter[Event]
+    max_future: timedelta
+
+    @classmethod
+    def create(cls, *, max_events: int, max_future_seconds: float) -> EventParser:
+        """A parser for batches of at most `max_events`, times at most this far ahead."""
+        model = batch_model(max_events)
+        single: TypeAdapter[Event] = TypeAdapter(IncomingEvent)
+        return cls(model, TypeAdapter(model), single, timedelta(seconds=max_future_seconds))
+
+    def parse_one(self, raw: bytes, *, now: datetime) -> Event:
+        """One event from a request body; ProblemError 400 or 422 when it is not one."""
+        try:
+            return self.single.validate_json(raw, strict=True, context=self._context(now))
+        except ValidationError as exc:
+            raise _problem_for(exc, batch=False) from None
+
+    def parse_batch(self, raw: bytes, *, now: datetime) -> list[Event]:
+        """Every event of a batch body, or ProblemError listing every bad one."""
+        try:
+            batch = self.batch.validate_json(raw, strict=True, context=self._context(now))
+        except ValidationError as exc:
+            raise _problem_for(exc, batch=True) from None
+        return list(batch.events)
+
+    def _context(self, now: datetime) -> dict[str, Any]:
+        return {"not_after": now + self.max_future}
+
+
+def _problem_for(exc: ValidationError, *, batch: bool) -> ProblemError:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    malformed = [e for e in errors if e["type"] == "json_invalid"]
+    if malformed:
+        detail = str(malformed[0]["msg"])
+        return ProblemError(400, "Malformed JSON", detail)
+    located = [describe_error(e, batch=batch).model_dump(exclude_none=True) for e in errors]
+    return ProblemError(
+        422,
+        "Invalid events",
+        f"{len(located)} validation error(s); nothing was published.",
+        errors=located,
+    )
+
+
+def describe_error(error: ErrorDetails, *, batch: bool) -> FieldError:
+    """A pydantic error as a dotted field path (`events[3].items[0].sku`) and a reason."""
+    loc: list[str | int] = list(error["loc"])
+    head: list[str | int] = []
+    index: int | None = None
+    if batch and len(loc) >= 2 and loc[0] == "events" and isinstance(loc[1], int):
+        index = loc[1]
+        head, loc = loc[:2], loc[2:]
+    if loc and loc[0] in EVENT_MODELS:  # the discriminated union's tag is not a field
+        loc = loc[1:]
+    if error["type"] in _TAG_ERRORS:
+        loc = [*loc, "type"]
+    elif error["type"] == FUTURE_ERROR:
+        loc = [*loc, "occurred_at"]
+    return FieldError(
+        field=_dotted([*head, *loc]), reason=error["msg"], type=error["type"], index=index
+    )
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+def require_json(content_type: str | None) -> None:
+    """415 unless the body is declared as JSON (`application/json` or `application/*+json`)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return
+    raise ProblemError(
+        415, "Unsupported media type", "Send the body as 'Content-Type: application/json'."
+    )
+
+
+async def read_limited(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
+    """The body, refused (413) as soon as it exceeds `limit` bytes, whatever it declared."""
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:  # stop reading now: never buffer more than the limit
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(413, "Request body too large", f"The body must not exceed {limit} bytes.")
+
+
+def loose_types(raw: bytes, *, batch: bool) -> list[str]:
+    """Best-effort event types of a rejected body, for the events counter only."""
+    try:
+        parsed = from_json(raw)
+    except ValueError:
+        return []
+    items = parsed.get("events") if batch and isinstance(parsed, dict) else [parsed]
+    if not isinstance(items, list):
+        return []
+    return [_type_of(item) for item in items]
+
+
+def _type_of(item: object) -> str:
+    kind = item.get("type") if isinstance(item, dict) else None
+    return kind if isinstance(kind, str) and kind in EVENT_MODELS else "unknown"

@@ -1,0 +1,156 @@
+"""Publish accepted events to Kafka: keyed by customer, CloudEvents headers, bounded time.
+
+The producer is created lazily and thrown away after any broker failure: a fresh producer
+re-bootstraps from the configured servers, so ingest recovers when the broker returns
+without being restarted, and a half-broken client never lingers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportTicketUpdated, event_ce_type
+from shared.kafka import Headers, cloudevent_headers, make_producer
+from shared.logging import get_logger
+from shared.settings import ServiceSettings
+from shared.topics import Topics
+
+log = get_logger(__name__)
+Event = PurchaseMade | CustomerLoggedIn | SupportTicketUpdated
+
+
+class BrokerUnavailableError(Exception):
+    """The broker did not acknowledge every event in time: nothing may be reported accepted."""
+
+
+class Publisher(Protocol):
+    """Port: where accepted events go."""
+
+    @property
+    def available(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, events: Sequence[Event]) -> None: ...
+
+    async def check(self) -> bool: ...
+
+
+def record_for(event: Event) -> tuple[bytes, bytes, Headers]:
+    """Key, value and CloudEvents binary-mode headers of one event's Kafka record."""
+    headers = cloudevent_headers(
+        ce_id=event.event_id,
+        ce_source=event.source or "unknown",
+        ce_type=event_ce_type(event.type),
+        ce_time=event.occurred_at,
+    )
+    return event.customer_id.encode(), event.model_dump_json().encode(), headers
+
+
+class KafkaPublisher:
+    """Publishes events with acks=all; any failure or timeout raises BrokerUnavailableError."""
+
+    def __init__(
+        self, settings: ServiceSettings, *, timeout_s: float, check_timeout_s: float = 2.0
+    ) -> None:
+        self._settings = settings
+        self._topics = Topics(settings.topic_namespace)
+        self._timeout_s = timeout_s
+        self._check_timeout_s = check_timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._available = False
+
+    @property
+    def available(self) -> bool:
+        """Whether the last contact with the broker succeeded."""
+        return self._available
+
+    async def start(self) -> None:
+        """Connect now if the broker is there; a missing broker is retried on first use."""
+        with contextlib.suppress(BrokerUnavailableError):
+            await self._bounded(self._ensure_producer(), self._timeout_s)
+
+    async def stop(self) -> None:
+        """Flush and close the producer and any producer retired after a failure."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._close(producer)
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._available = False
+
+    async def publish(self, events: Sequence[Event]) -> None:
+        """Send every event and wait for the broker's ack of each, within the timeout."""
+        if events:
+            await self._bounded(self._send_all(events), self._timeout_s)
+
+    async def check(self) -> bool:
+        """Ask the broker for cluster metadata: the readiness probe."""
+        try:
+            await self._bounded(self._fetch_metadata(), self._check_timeout_s)
+        except BrokerUnavailableError:
+            return False
+        return True
+
+    async def _send_all(self, events: Sequence[Event]) -> None:
+        producer = await self._ensure_producer()
+        futures = []
+        for event in events:  # send() only enqueues: the producer batches per partition
+            key, value, headers = record_for(event)
+            topic = self._topics.for_event(event.type)
+            futures.append(await producer.send(topic, value, key=key, headers=headers))
+        await asyncio.gather(*futures)
+
+    async def _fetch_metadata(self) -> None:
+        producer = await self._ensure_producer()
+        await producer.client.fetch_all_metadata()
+
+    async def _bounded(self, work: Awaitable[object], timeout_s: float) -> None:
+        """Run broker work within `timeout_s`; on any failure retire the producer."""
+        try:
+            await asyncio.wait_for(work, timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self._available = False
+            self._retire()
+            log.warning("broker unavailable", error=type(exc).__name__)
+            raise BrokerUnavailableError(str(exc) or type(exc).__name__) from exc
+        self._available = True
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = make_producer(self._settings)
+                try:
+                    await producer.start()
+                except BaseException:
+                    await self._close(producer)
+                    raise
+                self._producer = producer
+            return self._producer
+
+    def _retire(self) -> None:
+        """Drop the current producer; close it in the background (its flush may wait)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            task = asyncio.create_task(self._close(producer), name="retire-producer")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        # A stopping producer waits for pending batches to expire (request timeout) at most.
+        try:
+            await asyncio.wait_for(
+                producer.stop(), self._settings.kafka_request_timeout_ms / 1000 + 5
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("producer close failed", error=type(exc).__name__)
