@@ -9,7 +9,9 @@ import asyncpg
 from shared.db import asyncpg_dsn
 
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
-Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+Connection: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
 
 # Errors that mean "Postgres is away or the transaction lost a race": retry, do not crash.
 TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (

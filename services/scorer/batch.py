@@ -1,0 +1,55 @@
+"""One consumed batch, applied in one Postgres transaction (the effectively-once unit)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.scorer import store
+from services.scorer.db import Pool
+from services.scorer.evaluation import ChangeRecord, Scoring, distinct_events, fold_batch
+from services.scorer.store import OffsetMove
+from shared.domain.state import Event
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a committed batch did: events counted per (type, outcome) and the changes."""
+
+    outcomes: Counter[tuple[str, str]]
+    changes: list[ChangeRecord]
+
+
+async def apply_batch(
+    pool: Pool,
+    events: Sequence[Event],
+    moves: Sequence[OffsetMove],
+    *,
+    group_id: str,
+    scoring: Scoring,
+    now: datetime,
+) -> BatchResult:
+    """Claim, fold, classify, write state + outbox, advance offsets: all or nothing.
+
+    Raises `store.Fenced` (and rolls back) when another consumer owns a partition.
+    """
+    unique = distinct_events(events)
+    async with pool.acquire() as conn, conn.transaction():
+        fresh_ids = (
+            await store.claim_events(conn, [e.event_id for e in unique]) if unique else set()
+        )
+        fresh = [e for e in unique if e.event_id in fresh_ids]
+        customer_ids = [e.customer_id for e in fresh]
+        records = await store.lock_customers(conn, customer_ids, now=now) if fresh else []
+        outcome = fold_batch(records, fresh, scoring, now=now)
+        await store.save_customers(conn, outcome.updates)
+        await store.insert_changes(conn, outcome.changes)
+        await store.advance_offsets(conn, group_id, moves)
+    processed = Counter(e.type for e in fresh)
+    duplicates = Counter(e.type for e in events) - processed
+    counts: Counter[tuple[str, str]] = Counter()
+    counts.update({(t, "processed"): n for t, n in processed.items()})
+    counts.update({(t, "duplicate"): n for t, n in duplicates.items()})
+    return BatchResult(counts, outcome.changes)

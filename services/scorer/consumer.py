@@ -1,0 +1,231 @@
+"""The event consumer: batches from Kafka -> decode (poison to the DLQ) -> `apply_batch`.
+
+Offsets live in Postgres, not in the consumer group: on assignment we seek to the stored
+offsets, and every batch advances them with a fenced update in the batch's transaction.
+Order of a batch: dead-letter the poison records (acked), then one transaction for the
+state, the outbox and the offsets; only then is anything counted as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from pydantic import ValidationError
+
+from services.scorer import store
+from services.scorer.batch import apply_batch
+from services.scorer.db import Pool
+from services.scorer.evaluation import ChangeRecord, Scoring
+from services.scorer.metrics import ScorerMetrics
+from services.scorer.store import Fenced, OffsetMove
+from shared.clock import Clock
+from shared.contracts import parse_event
+from shared.domain.state import Event
+from shared.kafka import dlq_headers
+from shared.logging import get_logger
+from shared.topics import Topics
+
+log = get_logger(__name__)
+
+# A dead-lettered payload larger than this is cut (and flagged) so the DLQ write cannot fail.
+DLQ_MAX_BYTES = 900_000
+Record: TypeAlias = Any  # aiokafka's ConsumerRecord (the library ships no types)
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A record that could not be decoded or validated, and why."""
+
+    record: Record
+    error: str
+
+
+def decode(records: Iterable[Record]) -> tuple[list[Event], list[Poison]]:
+    """Parse records into events; the rest are poison with a short error text."""
+    events: list[Event] = []
+    poison: list[Poison] = []
+    for record in records:
+        try:
+            events.append(parse_event(record.value))
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+            poison.append(Poison(record, text or str(exc)))
+        except (ValueError, TypeError) as exc:
+            poison.append(Poison(record, f"{type(exc).__name__}: {exc}"))
+    return events, poison
+
+
+class EventConsumer:
+    """Consumes the three event topics into customer state, effectively once."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        pool: Pool,
+        *,
+        group_id: str,
+        scoring: Callable[[], Scoring],
+        clock: Clock,
+        metrics: ScorerMetrics,
+        max_records: int,
+        poll_timeout_ms: int,
+        on_changes: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.consumer, self.producer, self.pool = consumer, producer, pool
+        self.group_id, self.scoring, self.clock, self.metrics = group_id, scoring, clock, metrics
+        self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
+        self.on_changes = on_changes
+        # Per owned partition: the stored next offset our next commit expects (None: no row).
+        self.fences: dict[TopicPartition, int | None] = {}
+        self.needs_resync = False
+
+    def listener(self) -> ConsumerRebalanceListener:
+        """The rebalance listener to subscribe with."""
+        return _Listener(self)
+
+    async def step(self) -> bool:
+        """Poll and apply one batch; True when records were handled."""
+        try:
+            return await self._step()
+        except Fenced as exc:
+            self.metrics.fenced_batches.inc()
+            log.info("batch fenced; re-seeking to stored offsets", reason=str(exc))
+            self.needs_resync = True
+            return True
+        except BaseException:
+            self.needs_resync = True  # whatever happened, positions may be ahead of Postgres
+            raise
+
+    async def _step(self) -> bool:
+        if self.needs_resync:
+            await self.resync(self.consumer.assignment())
+        batch = await self.consumer.getmany(
+            timeout_ms=self.poll_timeout_ms, max_records=self.max_records
+        )
+        self._update_lag()
+        if not batch:
+            return False
+        if self.needs_resync or any(tp not in self.fences for tp in batch):
+            self.needs_resync = True  # fetched before our seek: drop it, resync first
+            return True
+        await self._process(batch)
+        return True
+
+    async def resync(self, partitions: Iterable[TopicPartition]) -> None:
+        """Seek `partitions` to the offsets stored in Postgres (no row: the beginning)."""
+        tps = sorted(partitions)
+        async with self.pool.acquire() as conn:
+            stored = await store.load_offsets(
+                conn, self.group_id, [(t.topic, t.partition) for t in tps]
+            )
+        for tp in tps:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+            self.fences[tp] = offset
+        self.needs_resync = False
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop state of revoked partitions."""
+        for tp in partitions:
+            self.fences.pop(tp, None)
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    async def _process(self, batch: dict[TopicPartition, list[Record]]) -> None:
+        started = asyncio.get_running_loop().time()
+        records = [r for tp in sorted(batch) for r in batch[tp]]
+        events, poison = decode(records)
+        await self._dead_letter(poison)
+        expected = {tp: self.fences[tp] for tp in batch}
+        moves = [
+            OffsetMove(tp.topic, tp.partition, expected[tp], batch[tp][-1].offset + 1)
+            for tp in sorted(batch)
+        ]
+        result = await apply_batch(
+            self.pool, events, moves, group_id=self.group_id, scoring=self.scoring(),
+            now=self.clock.now(),
+        )  # fmt: skip
+        for move in moves:
+            tp = TopicPartition(move.topic, move.partition)
+            if self.fences.get(tp, -1) == expected[tp]:  # unless a rebalance re-seeked meanwhile
+                self.fences[tp] = move.next_offset
+        self._count(result.outcomes, poison, result.changes)
+        self.metrics.batch_size.observe(len(records))
+        self.metrics.batch_duration.observe(asyncio.get_running_loop().time() - started)
+        if result.changes:
+            self.on_changes()
+
+    async def _dead_letter(self, poison: Sequence[Poison]) -> None:
+        """Write poison records to `<topic>.dlq` and wait for the broker's acks."""
+        futures = []
+        for item in poison:
+            r = item.record
+            value = r.value if r.value is not None else b""
+            headers = dlq_headers(
+                topic=r.topic, partition=r.partition, offset=r.offset, error=item.error,
+                original=list(r.headers or ()),
+            )  # fmt: skip
+            if len(value) > DLQ_MAX_BYTES:
+                value, headers = value[:DLQ_MAX_BYTES], [*headers, ("dlq_truncated", b"true")]
+            futures.append(
+                await self.producer.send(
+                    Topics.dlq(r.topic), value=value, key=r.key, headers=headers
+                )
+            )
+        if futures:
+            await asyncio.gather(*futures)
+            log.warning("records dead-lettered", count=len(poison), first_error=poison[0].error)
+
+    def _count(
+        self,
+        outcomes: dict[tuple[str, str], int],
+        poison: Sequence[Poison],
+        changes: Sequence[ChangeRecord],
+    ) -> None:
+        for (event_type, outcome), n in outcomes.items():
+            if n:
+                self.metrics.events.labels(event_type, outcome).inc(n)
+        if poison:
+            self.metrics.events.labels("unknown", "dead_lettered").inc(len(poison))
+        for change in changes:
+            c = change  # ChangeRecord; typed loosely to keep this helper small
+            self.metrics.transitions.labels(
+                c.dimension.value,
+                c.from_class or "none",
+                c.to_class,
+                c.cause.value,  # type: ignore[attr-defined]
+            ).inc()
+
+    def _update_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high, committed = self.consumer.highwater(tp), self.fences.get(tp)
+            if high is not None and tp in self.fences:
+                lag = high - committed if committed is not None else high
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Seeks newly assigned partitions to the offsets stored in Postgres."""
+
+    def __init__(self, owner: EventConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.owner.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        try:
+            await self.owner.resync(assigned)
+        except Exception as exc:  # Postgres away: the main loop retries before using them
+            log.warning("cannot read stored offsets at assignment", error=repr(exc))
+            self.owner.needs_resync = True
