@@ -135,10 +135,11 @@ class ApiKeys:
         return source
 
 
-def require_key(request: Request) -> Awaitable[str]:
+async def require_key(request: Request) -> str:
     """FastAPI dependency: the caller's source name, or 401."""
+    # Must be `async def`: FastAPI runs a plain def in a thread and would inject the coroutine.
     keys: ApiKeys = request.app.state.api_keys
-    return keys(request)
+    return await keys(request)
 
 
 SourceDep = Annotated[str, Depends(require_key)]
