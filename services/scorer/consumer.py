@@ -197,14 +197,9 @@ class EventConsumer:
                 self.metrics.events.labels(event_type, outcome).inc(n)
         if poison:
             self.metrics.events.labels("unknown", "dead_lettered").inc(len(poison))
-        for change in changes:
-            c = change  # ChangeRecord; typed loosely to keep this helper small
-            self.metrics.transitions.labels(
-                c.dimension.value,
-                c.from_class or "none",
-                c.to_class,
-                c.cause.value,  # type: ignore[attr-defined]
-            ).inc()
+        for c in changes:
+            labels = (c.dimension.value, c.from_class or "none", c.to_class, c.cause.value)
+            self.metrics.transitions.labels(*labels).inc()
 
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():
@@ -214,7 +209,7 @@ class EventConsumer:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Seeks newly assigned partitions to the offsets stored in Postgres."""
 
     def __init__(self, owner: EventConsumer) -> None:
