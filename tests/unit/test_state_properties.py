@@ -1,0 +1,125 @@
+"""Properties of folding: order, arrival time, pruning and JSON never change the features."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportAction, SupportTicketUpdated
+from shared.domain.features import compute_features
+from shared.domain.state import (
+    CustomerState,
+    attributes_of,
+    fold,
+    new_state,
+    prune,
+    state_from_json,
+    state_to_json,
+)
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+Event = PurchaseMade | CustomerLoggedIn | SupportTicketUpdated
+MICROS_PER_DAY = 86_400 * 10**6
+
+# A few shared instants make ties on occurred_at (broken by event_id) likely.
+_TIES = [NOW - timedelta(days=d) for d in (0, 7, 30, 90, 365, 400)]
+occurred = st.one_of(
+    st.sampled_from(_TIES),
+    st.integers(-700 * MICROS_PER_DAY, 3 * MICROS_PER_DAY).map(
+        lambda us: NOW + timedelta(microseconds=us)
+    ),
+)
+attributes = st.one_of(
+    st.none(), st.dictionaries(st.sampled_from(["region", "industry"]), st.sampled_from(["a", "b"]))
+)
+
+
+@st.composite
+def events(draw: st.DrawFn, index: int) -> Event:
+    common = {
+        "event_id": f"e{index}",
+        "customer_id": "c",
+        "occurred_at": draw(occurred),
+        "attributes": draw(attributes),
+    }
+    kind = draw(st.sampled_from(["purchase", "refund", "login", "support"]))
+    if kind in ("purchase", "refund"):
+        amount = Decimal(draw(st.integers(0, 10**6))) / 100
+        refund_of = "o1" if kind == "refund" else None
+        return PurchaseMade(
+            **common, order_id=f"o{index}", amount=amount, currency="EUR", refund_of=refund_of
+        )
+    if kind == "login":
+        return CustomerLoggedIn(**common, channel="web")
+    return SupportTicketUpdated(
+        **common,
+        ticket_id=draw(st.sampled_from(["t1", "t2", "t3"])),
+        action=draw(st.sampled_from(list(SupportAction))),
+        nps=draw(st.none() | st.integers(0, 10)),
+        satisfaction=draw(st.none() | st.integers(1, 5)),
+    )
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Event]:
+    size = draw(st.integers(0, 25))
+    return [draw(events(i)) for i in range(size)]
+
+
+def folded(history: list[Event], now: datetime = NOW) -> CustomerState:
+    state = new_state("c")
+    for event in history:
+        fold(state, event, now=now)
+    return state
+
+
+def observe(state: CustomerState, now: datetime = NOW) -> tuple[object, ...]:
+    return compute_features(state, now=now), attributes_of(state)
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=histories(), data=st.data())
+def test_folding_distinct_events_in_any_order_gives_the_same_features(
+    history: list[Event], data: st.DataObject
+) -> None:
+    shuffled = data.draw(st.permutations(history))
+    assert observe(folded(shuffled)) == observe(folded(history))
+    assert state_to_json(folded(shuffled)) == state_to_json(folded(history))
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=histories(), data=st.data())
+def test_events_arriving_over_time_with_pruning_give_the_same_features_as_a_replay(
+    history: list[Event], data: st.DataObject
+) -> None:
+    offsets = data.draw(
+        st.lists(st.integers(0, 400 * MICROS_PER_DAY), min_size=len(history), max_size=len(history))
+    )
+    arrivals = sorted(NOW - timedelta(microseconds=us) for us in offsets)
+    state = new_state("c")
+    for event, arrived in zip(data.draw(st.permutations(history)), arrivals, strict=True):
+        fold(state, event, now=arrived)
+        prune(state, now=arrived)
+    assert observe(state) == observe(folded(history))
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=histories(), later_days=st.integers(0, 800))
+def test_prune_never_changes_features_now_or_later(history: list[Event], later_days: int) -> None:
+    pruned = folded(history)
+    prune(pruned, now=NOW)
+    later = NOW + timedelta(days=later_days, microseconds=later_days)
+    assert observe(pruned) == observe(folded(history))
+    assert observe(pruned, later) == observe(folded(history), later)
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=histories())
+def test_json_round_trip_preserves_the_state_and_its_features(history: list[Event]) -> None:
+    state = folded(history)
+    restored = state_from_json(state_to_json(state))
+    assert restored == state
+    assert observe(restored) == observe(state)
