@@ -15,9 +15,18 @@ from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from shared.domain.features import FEATURES, SCORE_FEATURES, FeatureValue
+from shared.domain.features import FEATURES, FeatureValue
 
 Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
 Scalar = bool | int | float | str | None
@@ -43,12 +52,17 @@ class _Leaf(_Model):
     feature: str | None = None
     attribute: Annotated[str, Field(min_length=1)] | None = None
 
+    @field_validator("feature")
+    @classmethod
+    def _known(cls, feature: str | None) -> str | None:
+        if feature is not None and feature not in FEATURES:
+            raise ValueError(f"unknown feature {feature!r}")
+        return feature
+
     @model_validator(mode="after")
     def _one_target(self) -> _Leaf:
         if (self.feature is None) == (self.attribute is None):
             raise ValueError("give exactly one of `feature` or `attribute`")
-        if self.feature is not None and self.feature not in FEATURES:
-            raise ValueError(f"unknown feature {self.feature!r}")
         return self
 
     def key(self) -> str:
@@ -65,11 +79,13 @@ class Compare(_Leaf):
     op: Op
     value: Scalar
 
-    @model_validator(mode="after")
-    def _orderable(self) -> Compare:
-        if self.op in ("lt", "le", "gt", "ge") and not _is_number(self.value):
-            raise ValueError(f"operator {self.op!r} needs a number as `value`")
-        return self
+    @field_validator("value")
+    @classmethod
+    def _orderable(cls, value: Scalar, info: ValidationInfo) -> Scalar:
+        op = info.data.get("op")
+        if op in ("lt", "le", "gt", "ge") and not _is_number(value):
+            raise ValueError(f"operator {op!r} needs a number as `value`")
+        return value
 
 
 class Between(_Leaf):
@@ -196,24 +212,29 @@ def leaves(condition: Condition) -> Iterator[_Leaf]:
             yield condition
 
 
-def thresholds(leaf: _Leaf) -> list[float]:
-    """The numeric values a leaf compares its feature against (for time boundaries)."""
+# Where a comparison `x op v` can flip as x grows: on reaching v (x >= v) or passing it (x > v).
+Boundary = tuple[float, Literal["reach", "pass"]]
+OP_BOUNDARIES: dict[str, tuple[Literal["reach", "pass"], ...]] = {
+    "lt": ("reach",),
+    "ge": ("reach",),
+    "le": ("pass",),
+    "gt": ("pass",),
+    "eq": ("reach", "pass"),
+    "ne": ("reach", "pass"),
+}
+
+
+def boundaries(leaf: _Leaf) -> list[Boundary]:
+    """The values at which this leaf may flip as its (growing) feature crosses them."""
     match leaf:
-        case Compare(value=value):
-            values: list[Any] = [value]
-        case Between(between=pair):
-            values = list(pair)
+        case Compare(op=op, value=value) if _is_number(value):
+            return [(float(value), kind) for kind in OP_BOUNDARIES[op]]  # type: ignore[arg-type]
+        case Between(between=(low, high)):
+            return [(float(low), "reach"), (float(high), "pass")]
         case Member(in_=options):
-            values = list(options)
-        case _:
-            values = []
-    return [float(v) for v in values if _is_number(v)]
+            return [(float(v), k) for v in options if _is_number(v) for k in ("reach", "pass")]  # type: ignore[arg-type]
+    return []
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def reads_scores(condition: Condition) -> bool:
-    """Whether the condition reads a score feature (not allowed inside score bands)."""
-    return any(leaf.feature in SCORE_FEATURES for leaf in leaves(condition))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
-from shared.domain.conditions import leaves, thresholds
+from shared.domain.conditions import OP_BOUNDARIES, Boundary, boundaries, leaves
 from shared.domain.features import (
     LOGIN_WINDOWS,
     PURCHASE_WINDOWS,
@@ -49,21 +49,23 @@ def _window_facts(state: CustomerState) -> dict[str, tuple[list[datetime], timed
     return windows
 
 
-def feature_thresholds(rules: Rules, cut_points: CutPoints | None) -> dict[str, set[float]]:
-    """Every numeric value each feature is compared with, in conditions, bands and cut points."""
-    found: dict[str, set[float]] = {}
+def feature_boundaries(rules: Rules, cut_points: CutPoints | None) -> dict[str, set[Boundary]]:
+    """Every value each feature is compared with, in conditions, score bands and cut points."""
+    found: dict[str, set[Boundary]] = {}
     for dimension in (rules.value_tier, rules.activity_level, rules.lifecycle_stage):
         for rule in dimension.rules:
             for leaf in leaves(rule.when):
                 if leaf.feature is not None:
-                    found.setdefault(leaf.feature, set()).update(thresholds(leaf))
+                    found.setdefault(leaf.feature, set()).update(boundaries(leaf))
     scores = rules.scores
     specs = (scores.recency, scores.frequency, scores.monetary)
     cuts: tuple[tuple[float, ...], ...] = ((), (), ())
     if scores.mode == "population" and cut_points is not None:
         cuts = (cut_points.recency, cut_points.frequency, cut_points.monetary)
     for spec, spec_cuts in zip(specs, cuts, strict=True):
-        found.setdefault(spec.feature, set()).update({b.value for b in spec.bands} | set(spec_cuts))
+        wanted = found.setdefault(spec.feature, set())
+        wanted.update((band.value, kind) for band in spec.bands for kind in OP_BOUNDARIES[band.op])
+        wanted.update((cut, kind) for cut in spec_cuts for kind in ("reach", "pass"))
     return found
 
 
@@ -72,36 +74,41 @@ def next_review_at(
 ) -> datetime | None:
     """The earliest instant after `now` at which a rule boundary may be crossed without events.
 
-    A conservative superset: every age threshold crossing and every window exit of a
-    feature the rules read; None when nothing can change any more.
+    Exact for ages (the first microsecond at which an age threshold is reached or passed)
+    and windows (the microsecond an event leaves a window), over the features the rules
+    read; possibly early (a crossing need not change a class); None when nothing can change.
     """
-    wanted = feature_thresholds(rules, cut_points)
-    candidates = list(_age_crossings(state, wanted)) + list(_window_exits(state, wanted))
-    future = [at for at in candidates if at > now]
-    return min(future, default=None)
+    wanted = feature_boundaries(rules, cut_points)
+    candidates = [*_age_crossings(state, wanted), *_window_exits(state, wanted)]
+    return min((at for at in candidates if at > now), default=None)
 
 
-def _age_crossings(state: CustomerState, wanted: dict[str, set[float]]) -> Iterator[datetime]:
+def _age_crossings(state: CustomerState, wanted: dict[str, set[Boundary]]) -> Iterator[datetime]:
     for feature, anchor in _age_anchors(state).items():
         if anchor is None or feature not in wanted:
             continue
-        for days in wanted[feature]:
-            if abs(days) <= _MAX_DAYS:
-                yield from _crossings(anchor, days)
+        for days, kind in wanted[feature]:
+            crossing = _crossing(anchor, days, kind)
+            if crossing is not None:
+                yield crossing
 
 
-def _crossings(anchor: datetime, days: float) -> Iterator[datetime]:
-    """The first instants at which age >= days and age > days (exactly as features compute)."""
+def _crossing(anchor: datetime, days: float, kind: str) -> datetime | None:
+    """The first microsecond at which the age of `anchor` reaches (or passes) `days`."""
+    if abs(days) > _MAX_DAYS:
+        return None
     try:
         guess = anchor + timedelta(days=days)
-        yield _first(anchor, guess, lambda age: age >= days)
-        yield _first(anchor, guess, lambda age: age > days)
+        if kind == "reach":
+            return _first(anchor, guess, lambda age: age >= days)
+        return _first(anchor, guess, lambda age: age > days)
     except OverflowError:
-        return
+        return None
 
 
 def _first(anchor: datetime, guess: datetime, holds: Callable[[float], bool]) -> datetime:
     """Smallest microsecond instant near `guess` where `holds(age)` (age grows with time)."""
+    # timedelta(days=float) rounds; a few microsecond steps land exactly on the flip.
     at = guess
     while holds(age_days(anchor, at - MICROSECOND)):
         at -= MICROSECOND

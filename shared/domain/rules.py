@@ -81,15 +81,14 @@ def _rules_error(exc: ValidationError, data: dict[str, Any], source: str) -> Rul
     loc = [part for part in error["loc"] if not str(part).startswith(TAG_PREFIX)]
     problem = (error.get("ctx") or {}).get("error")
     if isinstance(problem, RuleProblem):
-        field = ".".join(
-            str(p) for p in [*loc, "rules" if problem.rule else "", problem.field] if p
-        )
+        field = ".".join(str(part) for part in [*loc, problem.field])
         return RulesError(str(problem), source=source, rule=problem.rule, field=field)
     rule = None
     if len(loc) >= 3 and loc[1] == "rules" and isinstance(loc[2], int):
         rule = _rule_name(data, str(loc[0]), loc[2])
     field = ".".join(str(part) for part in loc)
-    return RulesError(error["msg"], source=source, rule=rule, field=field)
+    message = error["msg"].removeprefix("Value error, ")
+    return RulesError(message, source=source, rule=rule, field=field)
 
 
 def _rule_name(data: dict[str, Any], dimension: str, index: int) -> str:

@@ -19,7 +19,7 @@ class RuleProblem(ValueError):
     def __init__(self, message: str, *, rule: str | None, field: str) -> None:
         super().__init__(message)
         self.rule = rule
-        self.field = field
+        self.field = field  # relative to the dimension, e.g. "rules.2.then"
 
 
 class _Model(BaseModel):
@@ -45,16 +45,19 @@ class DimensionRules(_Model):
         if len(set(self.classes)) != len(self.classes):
             raise RuleProblem("a class is listed twice", rule=None, field="classes")
         seen: set[str] = set()
-        for rule in self.rules:
+        for index, rule in enumerate(self.rules):
             if rule.name in seen:
-                raise RuleProblem("two rules share this name", rule=rule.name, field="name")
+                raise RuleProblem(
+                    "two rules share this name", rule=rule.name, field=f"rules.{index}.name"
+                )
             seen.add(rule.name)
             if rule.then not in self.classes:
-                raise RuleProblem(f"unknown class {rule.then!r}", rule=rule.name, field="then")
-        last = self.rules[-1]
-        if last.when != "always":
+                message = f"unknown class {rule.then!r} (declared: {', '.join(self.classes)})"
+                raise RuleProblem(message, rule=rule.name, field=f"rules.{index}.then")
+        if self.rules[-1].when != "always":
             message = "the last rule must be `when: always`, so every customer gets a class"
-            raise RuleProblem(message, rule=last.name, field="when")
+            field = f"rules.{len(self.rules) - 1}.when"
+            raise RuleProblem(message, rule=self.rules[-1].name, field=field)
         return self
 
     def rank(self, class_name: str) -> int | None:
