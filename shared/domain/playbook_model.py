@@ -1,0 +1,272 @@
+"""The playbooks file schema (pydantic): templates, sequences, transition -> action playbooks."""
+
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from shared.contracts import ChangeCause, Dimension
+from shared.domain.conditions import Condition
+from shared.domain.playbook_templates import check_template
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+_DURATION = re.compile(
+    r"^(?:(\d+(?:\.\d+)?)w)?(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?"
+    r"(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$"
+)
+_UNITS = ("weeks", "days", "hours", "minutes", "seconds")
+
+
+def parse_duration(raw: Any) -> Any:
+    """'2d', '24h', '1d12h', '90m', '0d' -> timedelta; anything else goes to pydantic (ISO 8601)."""
+    if isinstance(raw, str):
+        match = _DURATION.match(raw.strip())
+        if match and any(match.groups()):
+            parts = {unit: float(v) for unit, v in zip(_UNITS, match.groups(), strict=True) if v}
+            return timedelta(**parts)
+    return raw
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("a duration must not be negative")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_not_negative)]
+Template = Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(check_template)]
+
+
+def _one_or_many(raw: Any) -> Any:
+    return [raw] if isinstance(raw, str) else raw
+
+
+Classes = Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
+Causes = Annotated[tuple[ChangeCause, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
+
+
+class Channel(StrEnum):
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+    LOG = "log"
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class Reentry(StrEnum):
+    """May a customer enrol again once a previous enrolment ended?"""
+
+    ALLOW = "allow"
+    NEVER = "never"
+
+
+class GoalEvent(StrEnum):
+    PURCHASE = "purchase"
+
+
+class PlaybookProblem(ValueError):
+    """A cross-field problem, naming where it is (playbook or sequence) and the field."""
+
+    def __init__(self, message: str, *, where: str, field: str) -> None:
+        super().__init__(message)
+        self.where, self.field = where, field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Message(_Model):
+    """A named message template: an optional subject line and a text body (Jinja2)."""
+
+    subject: Template | None = None
+    text: Template
+
+
+class _Content(_Model):
+    """Either a reference to a named template or an inline subject/text."""
+
+    template: Name | None = None
+    subject: Template | None = None
+    text: Template | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Any:
+        if (self.template is None) == (self.text is None):
+            raise ValueError("give either `template` (a name) or an inline `text`")
+        if self.template is not None and self.subject is not None:
+            raise ValueError("`subject` comes from the template; do not give both")
+        return self
+
+
+class Transition(_Model):
+    """Which tier changes match: dimension, optional from/to/cause, optional condition (`if`)."""
+
+    dimension: Dimension
+    from_: Classes | None = Field(None, alias="from")
+    to: Classes | None = None
+    cause: Causes | None = None
+    if_: Condition | None = Field(None, alias="if")
+
+
+class TaskAction(_Model):
+    kind: Literal["task"]
+    title: Template
+    queue: Name
+    priority: Priority = Priority.NORMAL
+    due_in: Duration
+    assignee: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class AlertAction(_Content):
+    kind: Literal["alert"]
+    channel: Channel
+    audience: Name = Field(description="Who the alert is for (vip, retention, care, ...).")
+    to: Template | None = Field(None, description="E-mail recipient (template).")
+
+
+class EnrolAction(_Model):
+    kind: Literal["enrol"]
+    sequence: Name
+
+
+Action = Annotated[TaskAction | AlertAction | EnrolAction, Field(discriminator="kind")]
+
+
+class Playbook(_Model):
+    """When a change matches `when`, run every action."""
+
+    name: Name
+    description: str | None = None
+    when: Transition
+    actions: Annotated[list[Action], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _one_task(self) -> Playbook:
+        # Tasks are unique per customer and playbook, so two task actions would overwrite.
+        if sum(isinstance(a, TaskAction) for a in self.actions) > 1:
+            raise PlaybookProblem(
+                "at most one task action per playbook",
+                where=f"playbook {self.name!r}",
+                field="actions",
+            )
+        return self
+
+
+class Step(_Content):
+    """One step of a sequence, sent `offset` after enrolment."""
+
+    name: Name
+    offset: Duration
+    channel: Channel
+    to: Template | None = Field(
+        None, description="E-mail recipient; default the customer's e-mail."
+    )
+
+
+class QuietHours(_Model):
+    """Steps due inside [start, end) local time are sent at `end` instead."""
+
+    start: time
+    end: time
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("`start` and `end` must differ")
+        return self
+
+
+class ExitOn(_Model):
+    """What ends an enrolment early: matching tier changes, or goal events (e.g. a purchase)."""
+
+    changes: list[Transition] = Field(default_factory=list)
+    events: list[GoalEvent] = Field(default_factory=list)
+
+
+class SequenceDef(_Model):
+    """A durable multi-step schedule."""
+
+    description: str | None = None
+    steps: Annotated[list[Step], Field(min_length=1, max_length=100)]
+    exit_on: ExitOn = Field(default_factory=ExitOn)
+    reentry: Reentry = Reentry.ALLOW
+    reentry_after: Duration | None = Field(None, description="Cool-down before re-entry.")
+    quiet_hours: QuietHours | None = None
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_steps(cls, steps: list[Step]) -> list[Step]:
+        names = [s.name for s in steps]
+        if len(set(names)) != len(names):
+            raise ValueError("two steps share a name")
+        return steps
+
+
+class PlaybooksFile(_Model):
+    """The YAML document as written by people."""
+
+    description: str | None = None
+    templates: dict[Name, Message] = Field(default_factory=dict)
+    sequences: dict[Name, SequenceDef] = Field(default_factory=dict)
+    playbooks: Annotated[list[Playbook], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _references(self) -> PlaybooksFile:
+        seen: set[str] = set()
+        for book in self.playbooks:
+            if book.name in seen:
+                raise PlaybookProblem(
+                    "two playbooks share this name", where=f"playbook {book.name!r}", field="name"
+                )
+            seen.add(book.name)
+            for i, action in enumerate(book.actions):
+                self._check_action(f"playbook {book.name!r}", i, action)
+        for name, sequence in self.sequences.items():
+            for i, step in enumerate(sequence.steps):
+                self._check_template(step.template, f"sequence {name!r}", f"steps.{i}.template")
+        return self
+
+    def _check_action(
+        self, book: str, index: int, action: TaskAction | AlertAction | EnrolAction
+    ) -> None:
+        if isinstance(action, EnrolAction) and action.sequence not in self.sequences:
+            raise PlaybookProblem(
+                f"unknown sequence {action.sequence!r}",
+                where=book,
+                field=f"actions.{index}.sequence",
+            )
+        if isinstance(action, AlertAction):
+            self._check_template(action.template, book, f"actions.{index}.template")
+
+    def _check_template(self, name: str | None, where: str, field: str) -> None:
+        if name is not None and name not in self.templates:
+            raise PlaybookProblem(f"unknown template {name!r}", where=where, field=field)

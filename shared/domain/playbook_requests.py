@@ -1,0 +1,96 @@
+"""What planning produces: action requests (pure data) and when sequence steps fall due."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from shared.domain.playbook_model import Channel, Priority, QuietHours, Reentry
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """Open (or refresh) the customer's task of this playbook."""
+
+    playbook: str
+    title: str
+    queue: str
+    priority: Priority
+    due_in: timedelta
+    assignee: str | None
+    kind: str = "task"
+
+
+@dataclass(frozen=True)
+class AlertRequest:
+    """Send one alert through a channel; `to` is an e-mail recipient when known."""
+
+    playbook: str
+    action: int
+    channel: Channel
+    audience: str
+    to: str | None
+    subject: str
+    text: str
+    kind: str = "alert"
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One rendered step of an enrolment, due `offset` after it starts."""
+
+    index: int
+    name: str
+    offset: timedelta
+    channel: Channel
+    to: str | None
+    subject: str
+    text: str
+
+
+@dataclass(frozen=True)
+class EnrolRequest:
+    """Enrol the customer in a sequence (unless an enrolment is active or re-entry forbids it)."""
+
+    playbook: str
+    sequence: str
+    steps: tuple[PlannedStep, ...]
+    reentry: Reentry
+    reentry_after: timedelta | None
+    quiet_hours: QuietHours | None
+    goal_events: tuple[str, ...]
+    kind: str = "enrol"
+
+
+@dataclass(frozen=True)
+class ExitRequest:
+    """End the customer's active enrolment in a sequence and cancel its remaining steps."""
+
+    sequence: str
+    reason: str
+    kind: str = "exit"
+
+
+ActionRequest = TaskRequest | AlertRequest | EnrolRequest | ExitRequest
+
+
+def step_due_at(enrolled_at: datetime, step: PlannedStep, quiet: QuietHours | None) -> datetime:
+    """When a step is due: its offset after enrolment, moved past quiet hours if needed."""
+    due = enrolled_at + step.offset
+    return due if quiet is None else defer_past_quiet_hours(due, quiet)
+
+
+def defer_past_quiet_hours(at: datetime, quiet: QuietHours) -> datetime:
+    """`at`, or the end of the quiet period it falls into (local time of the sequence)."""
+    zone = ZoneInfo(quiet.timezone)
+    local = at.astimezone(zone)
+    clock = local.time().replace(tzinfo=None)
+    wraps = quiet.start > quiet.end  # e.g. 21:00-08:00 spans midnight
+    inside = (
+        (clock >= quiet.start or clock < quiet.end) if wraps else quiet.start <= clock < quiet.end
+    )
+    if not inside:
+        return at
+    day = local.date() if clock < quiet.end else local.date() + timedelta(days=1)
+    return datetime.combine(day, quiet.end, tzinfo=zone).astimezone(UTC)

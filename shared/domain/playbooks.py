@@ -1,0 +1,292 @@
+"""Playbooks: which tier changes call for which actions. Loading, validation and pure planning.
+
+`plan_actions(change, playbooks)` is the whole decision: it reads no clock and does no I/O;
+the actions service turns its requests into rows (tasks, deliveries, enrolments) in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from shared.contracts import TierChanged
+from shared.domain.conditions import TAG_PREFIX, evaluate
+from shared.domain.playbook_model import (
+    AlertAction,
+    Channel,
+    EnrolAction,
+    Message,
+    Playbook,
+    PlaybookProblem,
+    PlaybooksFile,
+    Priority,
+    Reentry,
+    SequenceDef,
+    Step,
+    TaskAction,
+    Transition,
+)
+from shared.domain.playbook_requests import (
+    ActionRequest,
+    AlertRequest,
+    EnrolRequest,
+    ExitRequest,
+    PlannedStep,
+    TaskRequest,
+    defer_past_quiet_hours,
+    step_due_at,
+)
+from shared.domain.playbook_templates import render_body, render_plain
+
+__all__ = [
+    "ActionRequest",
+    "AlertRequest",
+    "Channel",
+    "EnrolRequest",
+    "ExitRequest",
+    "PlannedStep",
+    "Playbooks",
+    "PlaybooksError",
+    "Priority",
+    "Reentry",
+    "TaskRequest",
+    "check_playbooks",
+    "default_playbooks_path",
+    "defer_past_quiet_hours",
+    "load_playbooks",
+    "parse_playbooks",
+    "plan_actions",
+    "plan_goal_exits",
+    "step_due_at",
+]
+
+DEFAULT_RECIPIENT = "{{ customer.email }}"
+
+
+class PlaybooksError(ValueError):
+    """An invalid playbooks file; the message names the file, the playbook and the field."""
+
+    def __init__(
+        self, message: str, *, source: str, where: str | None = None, field: str = ""
+    ) -> None:
+        place = f"{where}, " if where else ""
+        super().__init__(f"{source}: {place}field {field or '(file)'}: {message}")
+        self.source, self.where, self.field = source, where, field
+
+
+class Playbooks(PlaybooksFile):
+    """A validated playbooks file with its content-hash version and where it came from."""
+
+    version: str
+    source: str
+
+    def message(self, content: AlertAction | Step) -> Message:
+        """The subject/text of an alert or step, inline or from the named template."""
+        if content.template is not None:
+            return self.templates[content.template]
+        return Message(subject=content.subject, text=content.text or "")
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def default_playbooks_path() -> Path:
+    """The shipped playbooks file implementing DOMAIN.md's playbook table."""
+    return Path(__file__).with_name("default_playbooks.yaml")
+
+
+def load_playbooks(path: str | Path) -> Playbooks:
+    """Read and validate a playbooks file (raises PlaybooksError)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlaybooksError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    return parse_playbooks(text, source=str(path))
+
+
+def check_playbooks(path: str | Path) -> str:
+    """Validate a file and summarise it in one line (raises PlaybooksError)."""
+    books = load_playbooks(path)
+    return (
+        f"{path}: valid (version {books.version}, {len(books.playbooks)} playbooks, "
+        f"{len(books.sequences)} sequences, {len(books.templates)} templates)"
+    )
+
+
+def parse_playbooks(text: str, *, source: str) -> Playbooks:
+    """Validate playbooks YAML; the version is a hash of its content (comments aside)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PlaybooksError(f"not valid YAML: {exc}", source=source) from exc
+    if not isinstance(data, dict):
+        raise PlaybooksError("the file must be a YAML mapping", source=source)
+    try:
+        parsed = PlaybooksFile.model_validate(data)
+    except ValidationError as exc:
+        raise _playbooks_error(exc, data, source) from exc
+    canonical = json.dumps(parsed.model_dump(mode="json", by_alias=True), sort_keys=True)
+    version = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    return Playbooks.model_validate(
+        {**parsed.model_dump(by_alias=True), "version": version, "source": source}
+    )
+
+
+def _playbooks_error(exc: ValidationError, data: dict[str, Any], source: str) -> PlaybooksError:
+    error = exc.errors()[0]
+    loc = [p for p in error["loc"] if not str(p).startswith(TAG_PREFIX) and p not in _KINDS]
+    problem = (error.get("ctx") or {}).get("error")
+    if isinstance(problem, PlaybookProblem):
+        return PlaybooksError(str(problem), source=source, where=problem.where, field=problem.field)
+    where, rest = _where(loc, data)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return PlaybooksError(message, source=source, where=where, field=".".join(map(str, rest)))
+
+
+_KINDS = ("task", "alert", "enrol")
+
+
+def _where(loc: list[Any], data: dict[str, Any]) -> tuple[str | None, list[Any]]:
+    """Split an error location into 'playbook x' / 'sequence y' / 'template z' and the field."""
+    if len(loc) >= 2 and loc[0] == "playbooks" and isinstance(loc[1], int):
+        try:
+            name = data["playbooks"][loc[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            name = None
+        return f"playbook {name if name else f'#{loc[1] + 1}'!r}", loc[2:]
+    if len(loc) >= 2 and loc[0] in ("sequences", "templates"):
+        return f"{loc[0][:-1]} {loc[1]!r}", loc[2:]
+    return None, loc
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def plan_actions(change: TierChanged, playbooks: Playbooks) -> list[ActionRequest]:
+    """What a tier change calls for: sequence exits first, then each matching playbook's actions."""
+    context = template_context(change)
+    requests: list[ActionRequest] = [
+        ExitRequest(name, reason=f"{change.dimension.value}:{change.to}")
+        for name, sequence in playbooks.sequences.items()
+        if any(matches(t, change) for t in sequence.exit_on.changes)
+    ]
+    for book in playbooks.playbooks:
+        if matches(book.when, change):
+            context["playbook"] = book.name
+            requests += [_plan(book, i, playbooks, context) for i in range(len(book.actions))]
+    return requests
+
+
+def plan_goal_exits(event_type: str, playbooks: Playbooks) -> list[ExitRequest]:
+    """The enrolments a goal event (e.g. a purchase) ends."""
+    return [
+        ExitRequest(name, reason=f"goal:{event_type}")
+        for name, sequence in playbooks.sequences.items()
+        if event_type in sequence.exit_on.events
+    ]
+
+
+def matches(transition: Transition, change: TierChanged) -> bool:
+    """Whether a change matches a transition pattern."""
+    if transition.dimension != change.dimension:
+        return False
+    if transition.from_ is not None and change.from_ not in transition.from_:
+        return False
+    if transition.to is not None and change.to not in transition.to:
+        return False
+    if transition.cause is not None and change.cause not in transition.cause:
+        return False
+    if transition.if_ is None:
+        return True
+    return evaluate(transition.if_, _numeric(change.features), change.attributes)
+
+
+def _numeric(features: Mapping[str, Any]) -> dict[str, Any]:
+    """Feature values travel as JSON; decimal strings ("1000.00") compare as numbers again."""
+    out: dict[str, Any] = {}
+    for key, value in features.items():
+        out[key] = value
+        if isinstance(value, str):
+            with contextlib.suppress(InvalidOperation):
+                out[key] = Decimal(value)
+    return out
+
+
+def template_context(change: TierChanged) -> dict[str, Any]:
+    """What templates see: the customer (id and attributes), the change and its features."""
+    data = change.model_dump(mode="json", by_alias=True)
+    return {
+        **data,
+        "customer": {**change.attributes, "id": change.customer_id},
+        "change": data,
+    }
+
+
+def _plan(book: Playbook, index: int, playbooks: Playbooks, ctx: dict[str, Any]) -> ActionRequest:
+    action = book.actions[index]
+    match action:
+        case TaskAction():
+            title = render_plain(action.title, ctx)
+            return TaskRequest(
+                book.name, title, action.queue, action.priority, action.due_in, action.assignee
+            )
+        case AlertAction():
+            message = playbooks.message(action)
+            ctx = {**ctx, "audience": action.audience}
+            return AlertRequest(
+                book.name,
+                index,
+                action.channel,
+                action.audience,
+                _recipient(action.to, ctx),
+                render_plain(message.subject or "", ctx),
+                render_body(message.text, ctx),
+            )
+        case EnrolAction():
+            return _plan_enrolment(book.name, action.sequence, playbooks, ctx)
+    raise TypeError(f"unknown action {action!r}")
+
+
+def _plan_enrolment(
+    book: str, name: str, playbooks: Playbooks, ctx: dict[str, Any]
+) -> EnrolRequest:
+    sequence: SequenceDef = playbooks.sequences[name]
+    steps = []
+    for i, step in enumerate(sequence.steps):
+        message = playbooks.message(step)
+        step_ctx = {**ctx, "sequence": name, "step": step.name}
+        steps.append(
+            PlannedStep(
+                i,
+                step.name,
+                step.offset,
+                step.channel,
+                _recipient(step.to or DEFAULT_RECIPIENT, step_ctx),
+                render_plain(message.subject or "", step_ctx),
+                render_body(message.text, step_ctx),
+            )
+        )
+    return EnrolRequest(
+        book,
+        name,
+        tuple(steps),
+        sequence.reentry,
+        sequence.reentry_after,
+        sequence.quiet_hours,
+        tuple(e.value for e in sequence.exit_on.events),
+    )
+
+
+def _recipient(template: str | None, ctx: dict[str, Any]) -> str | None:
+    if template is None:
+        return None
+    return render_plain(template, ctx) or None

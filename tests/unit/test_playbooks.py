@@ -1,0 +1,230 @@
+"""plan_actions against every row of DOMAIN.md's playbook table (the shipped defaults)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.contracts import TierChanged
+from shared.domain.playbooks import (
+    AlertRequest,
+    Channel,
+    EnrolRequest,
+    ExitRequest,
+    Playbooks,
+    Priority,
+    TaskRequest,
+    default_playbooks_path,
+    load_playbooks,
+    parse_playbooks,
+    plan_actions,
+    plan_goal_exits,
+)
+
+AT = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def defaults() -> Playbooks:
+    return load_playbooks(default_playbooks_path())
+
+
+def change(dimension: str, from_: str | None, to: str, **extra: Any) -> TierChanged:
+    data: dict[str, Any] = {
+        "id": "chg-1",
+        "customer_id": "c-42",
+        "dimension": dimension,
+        "from": from_,
+        "to": to,
+        "cause": "event",
+        "rule": "r",
+        "features": {},
+        "rules_version": "v1",
+        "occurred_at": AT,
+        "emitted_at": AT,
+        "attributes": {"email": "ann@example.com"},
+    }
+    return TierChanged.model_validate({**data, **extra})
+
+
+def summary(requests: list[Any]) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for r in requests:
+        match r:
+            case TaskRequest():
+                out.append(("task", r.playbook, r.queue, r.priority.value, str(r.due_in)))
+            case AlertRequest():
+                out.append(("alert", r.playbook, r.channel.value, r.audience))
+            case EnrolRequest():
+                out.append(("enrol", r.playbook, r.sequence))
+            case ExitRequest():
+                out.append(("exit", r.sequence, r.reason))
+    return out
+
+
+@pytest.mark.parametrize("from_", ["silver", "bronze", "none", None])
+def test_value_tier_to_gold_opens_a_senior_task_alerts_vip_and_enrols_in_vip_welcome(
+    defaults: Playbooks, from_: str | None
+) -> None:
+    assert summary(plan_actions(change("value_tier", from_, "gold"), defaults)) == [
+        ("task", "gold_upgrade", "senior-sales", "high", "2 days, 0:00:00"),
+        ("alert", "gold_upgrade", "webhook", "vip"),
+        ("enrol", "gold_upgrade", "vip_welcome"),
+    ]
+
+
+def test_lifecycle_to_at_risk_sends_care_email_opens_callback_task_and_starts_win_back(
+    defaults: Playbooks,
+) -> None:
+    assert summary(plan_actions(change("lifecycle_stage", "established", "at_risk"), defaults)) == [
+        ("exit", "welcome", "lifecycle_stage:at_risk"),
+        ("alert", "at_risk", "email", "care"),
+        ("task", "at_risk", "support", "high", "1 day, 0:00:00"),
+        ("enrol", "at_risk", "win_back"),
+    ]
+
+
+def test_lifecycle_to_new_enrols_in_the_14_day_welcome(defaults: Playbooks) -> None:
+    requests = plan_actions(change("lifecycle_stage", "lead", "new"), defaults)
+    assert summary(requests) == [("enrol", "new_customer", "welcome")]
+    enrol = requests[0]
+    assert isinstance(enrol, EnrolRequest)
+    assert [(s.name, s.offset) for s in enrol.steps] == [
+        ("quick_start", 1 * DAY),
+        ("best_practices", 3 * DAY),
+        ("faq", 7 * DAY),
+        ("check_in", 14 * DAY),
+    ]
+    assert {s.channel for s in enrol.steps} == {Channel.EMAIL}
+    assert {s.to for s in enrol.steps} == {"ann@example.com"}
+
+
+def test_lifecycle_to_churned_alerts_retention_and_enrols_in_win_back(defaults: Playbooks) -> None:
+    assert summary(plan_actions(change("lifecycle_stage", "at_risk", "churned"), defaults)) == [
+        ("exit", "welcome", "lifecycle_stage:churned"),
+        ("alert", "churned", "webhook", "retention"),
+        ("enrol", "churned", "win_back"),
+    ]
+
+
+def test_win_back_steps_are_day_0_care_day_3_offer_day_7_survey_and_exit_on_purchase(
+    defaults: Playbooks,
+) -> None:
+    enrol = plan_actions(change("lifecycle_stage", "established", "at_risk"), defaults)[-1]
+    assert isinstance(enrol, EnrolRequest)
+    assert [(s.name, s.offset) for s in enrol.steps] == [
+        ("care_message", 0 * DAY),
+        ("offer", 3 * DAY),
+        ("survey", 7 * DAY),
+    ]
+    assert enrol.goal_events == ("purchase",)
+    assert plan_goal_exits("purchase", defaults) == [ExitRequest("win_back", "goal:purchase")]
+    assert plan_goal_exits("login", defaults) == []
+
+
+@pytest.mark.parametrize("to", ["silver", "bronze", "none"])
+def test_value_tier_down_from_gold_opens_a_review_task_and_ends_vip_welcome(
+    defaults: Playbooks, to: str
+) -> None:
+    requests = plan_actions(change("value_tier", "gold", to), defaults)
+    assert summary(requests) == [
+        ("exit", "vip_welcome", f"value_tier:{to}"),
+        ("task", "gold_downgrade", "account-management", "normal", "3 days, 0:00:00"),
+    ]
+    task = requests[1]
+    assert (
+        isinstance(task, TaskRequest)
+        and task.title == f"Account manager: review c-42, down from gold to {to}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("dimension", "from_", "to"),
+    [
+        ("value_tier", "bronze", "silver"),
+        ("value_tier", None, "bronze"),
+        ("activity_level", "active", "inactive"),
+        ("lifecycle_stage", "new", "established"),
+        ("lifecycle_stage", "at_risk", "reactivated"),
+        ("lifecycle_stage", None, "lead"),
+    ],
+)
+def test_changes_without_a_playbook_row_plan_nothing(
+    defaults: Playbooks, dimension: str, from_: str | None, to: str
+) -> None:
+    assert plan_actions(change(dimension, from_, to), defaults) == []
+
+
+def test_message_bodies_escape_customer_fields_but_titles_do_not(defaults: Playbooks) -> None:
+    requests = plan_actions(change("value_tier", "silver", "gold", customer_id="<b>&co"), defaults)
+    task, alert = requests[0], requests[1]
+    assert isinstance(task, TaskRequest) and isinstance(alert, AlertRequest)
+    assert "<b>&co" in task.title
+    assert "&lt;b&gt;&amp;co" in alert.text and "<b>" not in alert.text
+
+
+def test_a_missing_email_leaves_the_step_without_a_recipient(defaults: Playbooks) -> None:
+    enrol = plan_actions(change("lifecycle_stage", "lead", "new", attributes={}), defaults)[0]
+    assert isinstance(enrol, EnrolRequest)
+    assert {s.to for s in enrol.steps} == {None}
+
+
+CUSTOM = """
+playbooks:
+  - name: focus_new
+    when:
+      dimension: lifecycle_stage
+      to: new
+      cause: [event]
+      if:
+        all:
+          - {attribute: industry, in: [retail, media]}
+          - {feature: last_order_value, between: [50000, 100000]}
+    actions:
+      - kind: task
+        title: "New potential {{ customer.id }} ({{ customer.industry }})"
+        queue: sales
+        due_in: 1d12h
+        assignee: dana
+"""
+
+
+@pytest.mark.parametrize(
+    ("industry", "value", "cause", "planned"),
+    [
+        ("retail", "75000.00", "event", True),
+        ("media", 50000, "event", True),
+        ("banking", "75000.00", "event", False),
+        ("retail", "100000.01", "event", False),
+        ("retail", "75000.00", "time", False),
+        (None, "75000.00", "event", False),
+    ],
+)
+def test_conditions_read_attributes_features_and_cause(
+    industry: str | None, value: Any, cause: str, planned: bool
+) -> None:
+    books = parse_playbooks(CUSTOM, source="custom.yaml")
+    attrs = {"industry": industry} if industry else {}
+    c = change(
+        "lifecycle_stage",
+        "lead",
+        "new",
+        cause=cause,
+        attributes=attrs,
+        features={"last_order_value": value},
+    )
+    requests = plan_actions(c, books)
+    assert bool(requests) is planned
+    if planned:
+        task = requests[0]
+        assert isinstance(task, TaskRequest)
+        assert (task.queue, task.priority, task.due_in, task.assignee) == (
+            "sales",
+            Priority.NORMAL,
+            timedelta(days=1, hours=12),
+            "dana",
+        )
+        assert task.title == f"New potential c-42 ({industry})"

@@ -1,0 +1,208 @@
+"""Invalid playbook files are refused with an error naming the file, the playbook and the field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+
+import pytest
+
+from shared.domain.playbook_model import Channel, QuietHours
+from shared.domain.playbooks import (
+    PlannedStep,
+    PlaybooksError,
+    check_playbooks,
+    default_playbooks_path,
+    load_playbooks,
+    parse_playbooks,
+    step_due_at,
+)
+
+GOOD_ACTION = "{kind: task, title: t, queue: q, due_in: 1d}"
+
+
+def book(
+    actions: str = GOOD_ACTION, extra: str = "", when: str = "{dimension: value_tier, to: gold}"
+) -> str:
+    return f"""
+{extra}
+playbooks:
+  - name: first
+    when: {{dimension: lifecycle_stage, to: new}}
+    actions: [{GOOD_ACTION}]
+  - name: vip
+    when: {when}
+    actions: [{actions}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "field", "message"),
+    [
+        (
+            book("{kind: task, title: t, queue: q, due_in: two days}"),
+            "playbook 'vip'",
+            "actions.0.due_in",
+            "duration",
+        ),
+        (
+            book("{kind: alert, channel: pigeon, audience: vip, text: hi}"),
+            "playbook 'vip'",
+            "actions.0.channel",
+            "webhook",
+        ),
+        (
+            book("{kind: enrol, sequence: nowhere}"),
+            "playbook 'vip'",
+            "actions.0.sequence",
+            "unknown sequence 'nowhere'",
+        ),
+        (
+            book("{kind: alert, channel: log, audience: vip, template: nope}"),
+            "playbook 'vip'",
+            "actions.0.template",
+            "unknown template 'nope'",
+        ),
+        (
+            book("{kind: alert, channel: log, audience: vip, text: 'Hi {{ customer.id '}"),
+            "playbook 'vip'",
+            "actions.0.text",
+            "template syntax error",
+        ),
+        (
+            book("{kind: alert, channel: log, audience: vip}"),
+            "playbook 'vip'",
+            "actions.0",
+            "either `template`",
+        ),
+        (
+            book(f"{GOOD_ACTION}, {GOOD_ACTION}"),
+            "playbook 'vip'",
+            "actions",
+            "at most one task action",
+        ),
+        (
+            book("{kind: task, title: t, queue: q, due_in: 1d, colour: red}"),
+            "playbook 'vip'",
+            "actions.0.colour",
+            "Extra inputs",
+        ),
+        (
+            book(when="{dimension: value_teir, to: gold}"),
+            "playbook 'vip'",
+            "when.dimension",
+            "value_tier",
+        ),
+        (
+            book(when="{dimension: value_tier, if: {feature: no_such_feature, op: gt, value: 1}}"),
+            "playbook 'vip'",
+            "when.if.feature",
+            "unknown feature",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: -1d, channel: email, text: x}]}}"
+            ),
+            "sequence 's'",
+            "steps.0.offset",
+            "negative",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, template: t}]}}"
+            ),
+            "sequence 's'",
+            "steps.0.template",
+            "unknown template 't'",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
+                " quiet_hours: {start: '21:00', end: '08:00', timezone: Mars/Olympus}}}"
+            ),
+            "sequence 's'",
+            "quiet_hours.timezone",
+            "unknown time zone",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
+                " exit_on: {events: [login]}}}"
+            ),
+            "sequence 's'",
+            "exit_on.events.0",
+            "purchase",
+        ),
+    ],
+)
+def test_an_invalid_playbook_is_refused_naming_file_playbook_and_field(
+    text: str, where: str, field: str, message: str
+) -> None:
+    with pytest.raises(PlaybooksError) as caught:
+        parse_playbooks(text, source="team.yaml")
+    error = caught.value
+    assert (error.source, error.where, error.field) == ("team.yaml", where, field)
+    assert message in str(error)
+    assert str(error).startswith(f"team.yaml: {where}, field {field}: ")
+
+
+def test_two_playbooks_with_one_name_are_refused() -> None:
+    text = book().replace("name: vip", "name: first")
+    with pytest.raises(PlaybooksError, match="playbook 'first', field name: two playbooks share"):
+        parse_playbooks(text, source="team.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- just\n- a list\n", "must be a YAML mapping"),
+        ("playbooks: [\n", "not valid YAML"),
+        ("playbooks: []\n", "at least 1 item"),
+    ],
+)
+def test_a_malformed_file_is_refused(text: str, message: str) -> None:
+    with pytest.raises(PlaybooksError, match=message):
+        parse_playbooks(text, source="x.yaml")
+
+
+def test_an_unreadable_file_names_its_path(tmp_path: Path) -> None:
+    with pytest.raises(PlaybooksError, match=r"missing\.yaml: field \(file\): cannot read"):
+        load_playbooks(tmp_path / "missing.yaml")
+
+
+def test_check_summarises_the_default_file_and_its_version_is_a_content_hash(
+    tmp_path: Path,
+) -> None:
+    summary = check_playbooks(default_playbooks_path())
+    assert "valid" in summary and "5 playbooks, 3 sequences" in summary
+    copy = tmp_path / "copy.yaml"
+    copy.write_text("# a comment changes nothing\n" + default_playbooks_path().read_text())
+    assert load_playbooks(copy).version == load_playbooks(default_playbooks_path()).version
+
+
+QUIET = QuietHours(start=time(21, 0), end=time(8, 0), timezone="Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    ("enrolled", "offset_h", "quiet", "due"),
+    [
+        (datetime(2026, 1, 5, 10, tzinfo=UTC), 24, None, datetime(2026, 1, 6, 10, tzinfo=UTC)),
+        # 22:00 Berlin is quiet: moved to 08:00 Berlin (07:00 UTC) the next morning.
+        (datetime(2026, 1, 5, 21, tzinfo=UTC), 0, QUIET, datetime(2026, 1, 6, 7, tzinfo=UTC)),
+        # 03:00 Berlin is quiet: moved to 08:00 the same morning.
+        (datetime(2026, 1, 6, 2, tzinfo=UTC), 0, QUIET, datetime(2026, 1, 6, 7, tzinfo=UTC)),
+        # 12:00 Berlin is not quiet.
+        (datetime(2026, 1, 6, 11, tzinfo=UTC), 0, QUIET, datetime(2026, 1, 6, 11, tzinfo=UTC)),
+        (
+            datetime(2026, 1, 6, 12, 30, tzinfo=UTC),
+            0,
+            QuietHours(start=time(12, 0), end=time(13, 0)),
+            datetime(2026, 1, 6, 13, tzinfo=UTC),
+        ),
+    ],
+)
+def test_steps_are_due_at_their_offset_and_never_inside_quiet_hours(
+    enrolled: datetime, offset_h: int, quiet: QuietHours | None, due: datetime
+) -> None:
+    step = PlannedStep(0, "s", timedelta(hours=offset_h), Channel.LOG, None, "", "x")
+    assert step_due_at(enrolled, step, quiet) == due
