@@ -197,9 +197,7 @@ class EventConsumer:
                 self.metrics.events.labels(event_type, outcome).inc(n)
         if poison:
             self.metrics.events.labels("unknown", "dead_lettered").inc(len(poison))
-        for c in changes:
-            labels = (c.dimension.value, c.from_class or "none", c.to_class, c.cause.value)
-            self.metrics.transitions.labels(*labels).inc()
+        self.metrics.count_transitions(changes)
 
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from services.scorer.evaluation import ChangeRecord
 
 # Event time to emission spans seconds (live) up to days (late or replayed events).
 EMIT_LATENCY_BUCKETS = (0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 * 86400)
@@ -29,6 +34,12 @@ class ScorerMetrics:
     emit_latency: Histogram
     fenced_batches: Counter
     loop_errors: Counter
+
+    def count_transitions(self, changes: Iterable[ChangeRecord]) -> None:
+        """Count decided changes by dimension, from, to and cause."""
+        for c in changes:
+            labels = (c.dimension.value, c.from_class or "none", c.to_class, c.cause.value)
+            self.transitions.labels(*labels).inc()
 
 
 def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:

@@ -1,0 +1,142 @@
+"""Population mode: recompute R/F/M quintile cut points, re-bucket customers (cause `rebucket`).
+
+Only used when the rules say `scores.mode: population`. One process at a time computes
+(a session advisory lock); every process picks the newest stored version up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from decimal import Decimal
+
+from services.scorer import store
+from services.scorer.db import Connection, Pool
+from services.scorer.evaluation import Scoring, evaluate_all
+from services.scorer.metrics import ScorerMetrics
+from shared.clock import Clock
+from shared.contracts import ChangeCause
+from shared.domain.features import FeatureValue, compute_features
+from shared.domain.population import CutPoints, compute_cut_points
+from shared.domain.rules import Rules
+from shared.domain.state import prune, state_from_json
+
+REBUCKET_LOCK_KEY = 0x7469_6572_7265_6C02
+PAGE = 1000
+
+
+class ScoringHolder:
+    """The rules and the newest cut points, shared by the consumer, sweeper and API."""
+
+    def __init__(self, rules: Rules, cut_points: CutPoints | None = None) -> None:
+        self._scoring = Scoring(rules, cut_points)
+
+    def __call__(self) -> Scoring:
+        return self._scoring
+
+    @property
+    def population_mode(self) -> bool:
+        return self._scoring.rules.scores.mode == "population"
+
+    def use(self, cut_points: CutPoints | None) -> None:
+        """Switch to other cut points."""
+        self._scoring = Scoring(self._scoring.rules, cut_points)
+
+
+async def latest_cut_points(conn: Connection) -> CutPoints | None:
+    """The newest stored cut points, if any."""
+    data = await conn.fetchval(
+        "SELECT data FROM scorer.cut_points ORDER BY created_at DESC, version LIMIT 1"
+    )
+    if data is None:
+        return None
+    raw = json.loads(data)
+    return CutPoints(
+        version=raw["version"], recency=tuple(raw["recency"]),
+        frequency=tuple(raw["frequency"]), monetary=tuple(raw["monetary"]),
+    )  # fmt: skip
+
+
+class Rebucketer:
+    """Periodic cut-point recomputation and re-bucketing."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        holder: ScoringHolder,
+        *,
+        clock: Clock,
+        metrics: ScorerMetrics,
+        on_changes: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.pool, self.holder, self.clock, self.metrics = pool, holder, clock, metrics
+        self.on_changes = on_changes
+
+    async def step(self) -> bool:
+        """Recompute cut points when we hold the lock, else adopt the newest stored ones."""
+        if not self.holder.population_mode:
+            return False
+        async with self.pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REBUCKET_LOCK_KEY):
+                self.holder.use(await latest_cut_points(conn))
+                return False
+            try:
+                await self._recompute(conn)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", REBUCKET_LOCK_KEY)
+        return False
+
+    async def _recompute(self, conn: Connection) -> None:
+        current = await latest_cut_points(conn)
+        cut_points = await self._population_cut_points(conn)
+        if current is not None and current.version == cut_points.version:
+            self.holder.use(current)
+            return
+        await conn.execute(
+            "INSERT INTO scorer.cut_points (version, data) VALUES ($1, $2::jsonb)"
+            " ON CONFLICT (version) DO UPDATE SET created_at = now()",
+            cut_points.version,
+            json.dumps(dataclasses.asdict(cut_points)),
+        )
+        self.holder.use(cut_points)
+        await self._rebucket_all()
+
+    async def _population_cut_points(self, conn: Connection) -> CutPoints:
+        scores, now = self.holder().rules.scores, self.clock.now()
+        names = (scores.recency.feature, scores.frequency.feature, scores.monetary.feature)
+        columns: tuple[list[float], list[float], list[float]] = ([], [], [])
+        async with conn.transaction():
+            query = "SELECT state FROM scorer.customer WHERE state IS NOT NULL"
+            async for row in conn.cursor(query, prefetch=PAGE):
+                state = state_from_json(json.loads(row["state"]))
+                prune(state, now=now)
+                features = compute_features(state, now=now)
+                for column, name in zip(columns, names, strict=True):
+                    value = _number(features.get(name))
+                    if value is not None:
+                        column.append(value)
+        return compute_cut_points(*columns)
+
+    async def _rebucket_all(self) -> None:
+        after, now = "", self.clock.now()
+        while True:
+            async with self.pool.acquire() as conn, conn.transaction():
+                records = await store.lock_customer_page(conn, after=after, limit=PAGE)
+                outcome = evaluate_all(records, self.holder(), now=now, cause=ChangeCause.REBUCKET)
+                await store.save_customers(conn, outcome.updates)
+                await store.insert_changes(conn, outcome.changes)
+            self.metrics.sweep_customers.labels(ChangeCause.REBUCKET.value).inc(len(records))
+            self.metrics.count_transitions(outcome.changes)
+            if outcome.changes:
+                self.on_changes()
+            if len(records) < PAGE:
+                return
+            after = records[-1].customer_id
+
+
+def _number(value: FeatureValue) -> float | None:
+    """A numeric feature value as float; None for missing, text or booleans."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return None
+    return float(value)

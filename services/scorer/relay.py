@@ -1,0 +1,108 @@
+"""The outbox relay: publish unpublished `tier_change` rows in seq order, then mark them.
+
+One relay at a time per database (an advisory lock), so each customer's changes reach
+the topic in the order they were decided. A crash between the broker's ack and the
+`published_at` update republishes rows with the same id; subscribers de-duplicate by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from services.scorer.db import Connection, Pool
+from services.scorer.evaluation import ChangeRecord
+from services.scorer.metrics import ScorerMetrics
+from shared.clock import Clock
+from shared.contracts import TIER_CHANGED_TYPE, ChangeCause, Dimension
+from shared.kafka import cloudevent_headers
+
+# Arbitrary constant naming "the scorer's outbox relay" among advisory locks.
+RELAY_LOCK_KEY = 0x7469_6572_7265_6C01
+CE_SOURCE = "tierstream/scorer"
+
+
+class OutboxRelay:
+    """Publishes the outbox to the tier-changed topic."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        producer: AIOKafkaProducer,
+        *,
+        topic: str,
+        batch: int,
+        clock: Clock,
+        metrics: ScorerMetrics,
+    ) -> None:
+        self.pool, self.producer, self.topic, self.batch = pool, producer, topic, batch
+        self.clock, self.metrics = clock, metrics
+
+    async def step(self) -> bool:
+        """Publish one batch of unpublished changes; True when a full batch went out."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY):
+                return False  # another scorer process relays right now
+            changes = await _unpublished(conn, self.batch)
+            if changes:
+                await self._publish(changes)
+                await conn.execute(
+                    "UPDATE scorer.tier_change SET published_at = now() WHERE id = ANY($1::text[])",
+                    [c.id for c in changes],
+                )
+            backlog = await conn.fetchval(
+                "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
+            )
+        self.metrics.outbox_backlog.set(backlog or 0)
+        return len(changes) >= self.batch
+
+    async def _publish(self, changes: list[ChangeRecord]) -> None:
+        futures = []
+        for change in changes:
+            headers = cloudevent_headers(
+                ce_id=change.id, ce_source=CE_SOURCE, ce_type=TIER_CHANGED_TYPE,
+                ce_time=change.emitted_at,
+            )  # fmt: skip
+            value = change.to_event().to_json()
+            key = change.customer_id.encode()
+            futures.append(
+                await self.producer.send(self.topic, value=value, key=key, headers=headers)
+            )
+        await asyncio.gather(*futures)
+        now = self.clock.now()
+        for change in changes:
+            self.metrics.emit_latency.observe(max(0.0, (now - change.occurred_at).total_seconds()))
+        self.metrics.published.inc(len(changes))
+
+
+async def _unpublished(conn: Connection, limit: int) -> list[ChangeRecord]:
+    rows = await conn.fetch(
+        "SELECT id, customer_id, dimension, from_class, to_class, cause, rule, features,"
+        " attributes, rules_version, occurred_at, emitted_at FROM scorer.tier_change"
+        " WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        limit,
+    )
+    return [change_from_row(row) for row in rows]
+
+
+def change_from_row(row: asyncpg.Record) -> ChangeRecord:
+    """A `tier_change` row as a ChangeRecord (JSON columns arrive as text)."""
+    occurred_at: datetime = row["occurred_at"]
+    return ChangeRecord(
+        id=row["id"],
+        customer_id=row["customer_id"],
+        dimension=Dimension(row["dimension"]),
+        from_class=row["from_class"],
+        to_class=row["to_class"],
+        cause=ChangeCause(row["cause"]),
+        rule=row["rule"],
+        features=json.loads(row["features"]),
+        attributes=json.loads(row["attributes"]),
+        rules_version=row["rules_version"],
+        occurred_at=occurred_at,
+        emitted_at=row["emitted_at"],
+    )

@@ -1,0 +1,65 @@
+"""The time sweeper: re-evaluates customers whose next review time has come (cause `time`).
+
+It reads the `next_review_at` index only, so a sweep costs the customers that are due,
+not the whole population. Rows a consumer holds are skipped (SKIP LOCKED): that consumer
+re-evaluates them anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+
+from services.scorer import store
+from services.scorer.db import Pool
+from services.scorer.evaluation import Scoring, evaluate_all
+from services.scorer.metrics import ScorerMetrics
+from shared.clock import Clock
+from shared.contracts import ChangeCause
+
+# Bound one sweep's work; the rest waits for the next sweep (or the next call when busy).
+MAX_ROUNDS_PER_STEP = 20
+
+
+class Sweeper:
+    """Periodically re-classifies due customers."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        scoring: Callable[[], Scoring],
+        clock: Clock,
+        batch: int,
+        metrics: ScorerMetrics,
+        on_changes: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.pool, self.scoring, self.clock, self.batch = pool, scoring, clock, batch
+        self.metrics, self.on_changes = metrics, on_changes
+
+    async def step(self) -> bool:
+        """Sweep everything due now; True when work was left for an immediate next step."""
+        started = asyncio.get_running_loop().time()
+        now = self.clock.now()
+        swept = 0
+        for _ in range(MAX_ROUNDS_PER_STEP):
+            count = await self.sweep_batch(now)
+            swept += count
+            if count < self.batch:
+                break
+        self.metrics.sweep_duration.observe(asyncio.get_running_loop().time() - started)
+        return swept >= self.batch * MAX_ROUNDS_PER_STEP
+
+    async def sweep_batch(self, now: datetime) -> int:
+        """Re-evaluate up to `batch` due customers in one transaction; returns how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            records = await store.claim_due_customers(conn, now=now, limit=self.batch)
+            outcome = evaluate_all(records, self.scoring(), now=now, cause=ChangeCause.TIME)
+            await store.save_customers(conn, outcome.updates)
+            await store.insert_changes(conn, outcome.changes)
+        self.metrics.sweep_customers.labels(ChangeCause.TIME.value).inc(len(records))
+        self.metrics.count_transitions(outcome.changes)
+        if outcome.changes:
+            self.on_changes()
+        return len(records)
