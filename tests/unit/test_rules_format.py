@@ -1,0 +1,289 @@
+"""The rules file format: validation errors, versions, conditions, DOMAIN.md's example rules."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.contracts import Dimension
+from shared.domain.features import FEATURES, FeatureValue
+from shared.domain.rules import RulesError, classify, default_rules_path, load_rules, parse_rules
+
+DEFAULT = default_rules_path().read_text(encoding="utf-8")
+
+# DOMAIN.md's four example rules, written in the rules format.
+EXAMPLES = """
+scores:
+  recency:
+    {feature: days_since_last_purchase, better: lower, bands: [{op: le, value: 30, score: 5}]}
+  frequency: {feature: purchases_365d, better: higher, bands: [{op: ge, value: 1, score: 1}]}
+  monetary: {feature: spend_365d, better: higher, bands: [{op: gt, value: 0, score: 1}]}
+value_tier:
+  classes: [high_value_active, high_value, other]
+  rules:
+    - name: purchased in the last 30 days and lifetime spend over 5,000
+      when:
+        all:
+          - {feature: days_since_last_purchase, op: le, value: 30}
+          - {feature: lifetime_spend, op: gt, value: 5000}
+      then: high_value_active
+    - name: annual spend over 500,000 with a ticket or usage in 3 months
+      when:
+        all:
+          - {feature: spend_365d, op: gt, value: 500000}
+          - any:
+              - {feature: tickets_90d, op: ge, value: 1}
+              - {feature: logins_90d, op: ge, value: 1}
+      then: high_value
+    - {name: other, when: always, then: other}
+activity_level:
+  classes: [any]
+  rules: [{name: any, when: always, then: any}]
+lifecycle_stage:
+  classes: [churn_risk, new_potential, other]
+  rules:
+    - name: 30 days without login or NPS below 6
+      when:
+        any:
+          - {feature: days_since_last_login, op: gt, value: 30}
+          - {feature: latest_nps, op: lt, value: 6}
+      then: churn_risk
+    - name: first purchase of 50,000-100,000 in a focus industry
+      when:
+        all:
+          - {feature: lifetime_orders, op: eq, value: 1}
+          - {feature: last_order_value, between: [50000, 100000]}
+          - {attribute: industry, in: [manufacturing, logistics]}
+      then: new_potential
+    - {name: other, when: always, then: other}
+"""
+
+
+def features(**values: FeatureValue) -> dict[str, FeatureValue]:
+    return {name: None for name in FEATURES} | values
+
+
+def classes_of(
+    values: dict[str, FeatureValue], attributes: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    result = classify(values, attributes or {}, parse_rules(EXAMPLES, source="examples.yaml"))
+    return result.value_tier, result.lifecycle_stage
+
+
+def test_the_shipped_rules_load_with_a_short_content_hash_version() -> None:
+    rules = load_rules(default_rules_path())
+    assert len(rules.version) == 12
+    assert int(rules.version, 16) >= 0
+    assert rules.source == str(default_rules_path())
+    assert rules.dimension(Dimension.VALUE_TIER).classes == ["gold", "silver", "bronze", "none"]
+
+
+def test_comments_and_layout_do_not_change_the_version_but_content_does() -> None:
+    base = parse_rules(DEFAULT, source="a").version
+    assert parse_rules("# a comment\n" + DEFAULT, source="b").version == base
+    changed = DEFAULT.replace("{op: ge, value: 20, score: 5}", "{op: ge, value: 21, score: 5}")
+    assert parse_rules(changed, source="a").version != base
+
+
+def test_high_spend_with_recent_usage_is_high_value() -> None:
+    assert classes_of(features(spend_365d=Decimal("500000.01"), logins_90d=1))[0] == "high_value"
+    assert classes_of(features(spend_365d=Decimal("500000.01"), tickets_90d=2))[0] == "high_value"
+    assert classes_of(features(spend_365d=Decimal(500000), logins_90d=1))[0] == "other"
+    assert (
+        classes_of(features(spend_365d=Decimal(900000), logins_90d=0, tickets_90d=0))[0] == "other"
+    )
+
+
+def test_recent_buyer_with_lifetime_spend_over_5000_is_high_value_active() -> None:
+    recent = features(days_since_last_purchase=30.0, lifetime_spend=Decimal("5000.01"))
+    assert classes_of(recent)[0] == "high_value_active"
+    assert classes_of(recent | {"days_since_last_purchase": 30.5})[0] == "other"
+    assert classes_of(recent | {"lifetime_spend": Decimal(5000)})[0] == "other"
+
+
+def test_no_login_for_30_days_or_a_detractor_is_churn_risk() -> None:
+    assert classes_of(features(days_since_last_login=30.01))[1] == "churn_risk"
+    assert classes_of(features(days_since_last_login=2.0, latest_nps=5))[1] == "churn_risk"
+    assert classes_of(features(days_since_last_login=30.0, latest_nps=6))[1] == "other"
+
+
+@pytest.mark.parametrize(
+    ("order_value", "orders", "industry", "stage"),
+    [
+        (Decimal(50000), 1, "manufacturing", "new_potential"),
+        (Decimal(100000), 1, "logistics", "new_potential"),
+        (Decimal("49999.99"), 1, "manufacturing", "other"),
+        (Decimal("100000.01"), 1, "manufacturing", "other"),
+        (Decimal(70000), 2, "manufacturing", "other"),
+        (Decimal(70000), 1, "retail", "other"),
+        (Decimal(70000), 1, None, "other"),
+    ],
+)
+def test_first_purchase_in_range_from_a_focus_industry_is_new_potential(
+    order_value: Decimal, orders: int, industry: str | None, stage: str
+) -> None:
+    values = features(last_order_value=order_value, lifetime_orders=orders)
+    attributes = {} if industry is None else {"industry": industry}
+    assert classes_of(values, attributes)[1] == stage
+
+
+def test_a_comparison_with_a_missing_value_is_false_and_its_negation_true() -> None:
+    text = DEFAULT.replace(
+        "when: {feature: has_purchased, op: eq, value: true}",
+        "when: {not: {feature: latest_nps, op: ge, value: 0}}",
+    )
+    rules = parse_rules(text, source="t")
+    assert classify(features(), {}, rules).value_tier == "bronze"
+    assert classify(features(latest_nps=4), {}, rules).value_tier == "none"
+
+
+def test_decimal_amounts_compare_exactly_with_decimal_thresholds_in_yaml() -> None:
+    text = DEFAULT.replace("{op: gt, value: 0, score: 1}", "{op: ge, value: 0.3, score: 1}")
+    rules = parse_rules(text, source="t")
+    assert classify(features(spend_365d=Decimal("0.3")), {}, rules).m_score == 1
+    assert classify(features(spend_365d=Decimal("0.29")), {}, rules).m_score == 0
+
+
+def test_an_attribute_of_the_wrong_type_makes_a_comparison_false_not_an_error() -> None:
+    text = DEFAULT.replace(
+        "when: {feature: has_purchased, op: eq, value: true}",
+        "when: {attribute: size, op: ge, value: 100}",
+    )
+    rules = parse_rules(text, source="t")
+    assert classify(features(), {"size": "large"}, rules).value_tier == "none"
+    assert classify(features(), {"size": 250}, rules).value_tier == "bronze"
+    assert classify(features(), {"size": 250}, rules).read[Dimension.VALUE_TIER] == {
+        "attributes.size": 250
+    }
+
+
+def _broken(old: str, new: str) -> str:
+    assert old in DEFAULT
+    return DEFAULT.replace(old, new, 1)
+
+
+ERRORS = {
+    "an unknown feature": (
+        _broken("{feature: m_score, op: ge, value: 4}", "{feature: m_scor, op: ge, value: 4}"),
+        "gold",
+        "value_tier.rules.0.when.all.0.feature",
+        "unknown feature 'm_scor'",
+    ),
+    "a bad operator": (
+        _broken("{feature: has_purchased, op: eq,", "{feature: has_purchased, op: equals,"),
+        "bronze",
+        "value_tier.rules.2.when.op",
+        "'lt', 'le'",
+    ),
+    "an unknown class in then": (
+        _broken("then: semi_active", "then: semi"),
+        "semi_active",
+        "activity_level.rules.1.then",
+        "unknown class 'semi'",
+    ),
+    "an empty dimension": (
+        DEFAULT[: DEFAULT.index("activity_level:")]
+        + "activity_level: {classes: [active], rules: []}\n"
+        + DEFAULT[DEFAULT.index("lifecycle_stage:") :],
+        None,
+        "activity_level.rules",
+        "at least 1 item",
+    ),
+    "a condition of no known kind": (
+        _broken(
+            "when: {feature: lifetime_orders, op: eq, value: 1}", "when: {feature: lifetime_orders}"
+        ),
+        "new",
+        "lifecycle_stage.rules.3.when",
+        "a condition needs exactly one of",
+    ),
+    "an ordering operator with a text value": (
+        _broken(
+            "{feature: lifetime_orders, op: eq, value: 1}",
+            "{feature: lifetime_orders, op: lt, value: one}",
+        ),
+        "new",
+        "lifecycle_stage.rules.3.when.value",
+        "needs a number",
+    ),
+    "an unknown feature nested under not": (
+        _broken(
+            "{feature: latest_nps, op: lt, value: 6}",
+            "{not: {feature: latest_npx, op: lt, value: 6}}",
+        ),
+        "at_risk",
+        "lifecycle_stage.rules.1.when.any.2.not.feature",
+        "unknown feature 'latest_npx'",
+    ),
+    "a last rule that is not always": (
+        _broken(
+            "    - name: lead\n      when: always",
+            "    - name: lead\n      when: {feature: has_events, op: eq, value: false}",
+        ),
+        "lead",
+        "lifecycle_stage.rules.5.when",
+        "`when: always`",
+    ),
+    "a score reading a score": (
+        _broken("feature: purchases_365d", "feature: f_score"),
+        None,
+        "scores.frequency.feature",
+        "unknown feature 'f_score'",
+    ),
+    "an unknown top-level key": (
+        DEFAULT + "\nvalue_teir: {}\n",
+        None,
+        "value_teir",
+        "Extra inputs",
+    ),
+    "an unknown hysteresis dimension": (
+        _broken("hysteresis: {}", "hysteresis: {tier: {min_dwell_days: 3}}"),
+        None,
+        "hysteresis.tier",
+        "",
+    ),
+    "a rule without a name": (
+        _broken("- name: bronze\n", "- when2: x\n"),
+        "#3",
+        "value_tier.rules.2",
+        "",
+    ),
+    "a class declared twice": (
+        _broken("[gold, silver, bronze, none]", "[gold, gold, silver, bronze, none]"),
+        None,
+        "value_tier.classes",
+        "listed twice",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "rule", "field", "message"), ERRORS.values(), ids=ERRORS.keys())
+def test_an_invalid_rules_file_is_refused_naming_file_rule_and_field(
+    text: str, rule: str | None, field: str, message: str
+) -> None:
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text, source="candidate.yaml")
+    error = caught.value
+    assert (error.source, error.rule) == ("candidate.yaml", rule)
+    assert error.field.startswith(field)
+    assert str(error).startswith("candidate.yaml: ")
+    assert message in str(error)
+    assert field in str(error)
+    if rule is not None:
+        assert f"rule {rule!r}" in str(error)
+
+
+@pytest.mark.parametrize(
+    "text", ["a: [", "- just a list", ""], ids=["broken YAML", "a list", "empty"]
+)
+def test_a_file_that_is_not_a_yaml_mapping_is_refused(text: str) -> None:
+    with pytest.raises(RulesError, match=r"^odd\.yaml: "):
+        parse_rules(text, source="odd.yaml")
+
+
+def test_a_missing_file_is_refused_with_its_path(tmp_path: Path) -> None:
+    with pytest.raises(RulesError, match=r"nope\.yaml"):
+        load_rules(tmp_path / "nope.yaml")
