@@ -1,0 +1,220 @@
+"""A small HTTP client for the three services, configured from TIERSTREAM_* variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import httpx
+
+Service = Literal["ingest", "scorer", "actions"]
+DEFAULT_URLS: dict[Service, str] = {
+    "ingest": "http://127.0.0.1:8080",
+    "scorer": "http://127.0.0.1:8081",
+    "actions": "http://127.0.0.1:8082",
+}
+MAX_BATCH_EVENTS = 1000
+MAX_BATCH_BYTES = 1024 * 1024
+_ENVELOPE_BYTES = 64  # '{"events": [...]}' and some slack
+_JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Base URLs of the services and the API key the CLI sends."""
+
+    ingest: str
+    scorer: str
+    actions: str
+    api_key: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Endpoints:
+        """TIERSTREAM_{INGEST,SCORER,ACTIONS}_URL (default local ports) and TIERSTREAM_API_KEY."""
+        env = os.environ if env is None else env
+        urls = {s: env.get(f"TIERSTREAM_{s.upper()}_URL", u) for s, u in DEFAULT_URLS.items()}
+        key = env.get("TIERSTREAM_API_KEY", "")
+        return cls(urls["ingest"], urls["scorer"], urls["actions"], key)
+
+    def url(self, service: Service) -> str:
+        """The base URL of one service, without a trailing slash."""
+        base: str = getattr(self, service)
+        return base.rstrip("/")
+
+
+class ApiError(Exception):
+    """A service answered with an error (or could not be reached in time)."""
+
+    def __init__(self, status: int, detail: str, body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"HTTP {status}: {detail}" if status else detail)
+        self.status, self.detail, self.body = status, detail, dict(body or {})
+
+
+class BatchRejected(ApiError):
+    """Ingest refused a batch (422): `errors` lists each bad item's index, field and reason."""
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """The problem document's per-item errors."""
+        found = self.body.get("errors")
+        return list(found) if isinstance(found, list) else []
+
+
+def split_batches(
+    events: Sequence[Mapping[str, Any]],
+    *,
+    max_events: int = MAX_BATCH_EVENTS,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> Iterator[list[Mapping[str, Any]]]:
+    """Consecutive chunks within ingest's count and body-size limits."""
+    chunk: list[Mapping[str, Any]] = []
+    size = _ENVELOPE_BYTES
+    for event in events:
+        length = len(json.dumps(event, default=str)) + 2
+        if chunk and (len(chunk) >= max_events or size + length > max_bytes):
+            yield chunk
+            chunk, size = [], _ENVELOPE_BYTES
+        chunk.append(event)
+        size += length
+    if chunk:
+        yield chunk
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"detail": response.text[:200]}
+    return body if isinstance(body, dict) else {"detail": str(body)[:200]}
+
+
+def _retry_after(response: httpx.Response | None, attempt: int) -> float:
+    """Seconds to wait: the server's Retry-After when given, else a capped back-off."""
+    header = response.headers.get("Retry-After") if response is not None else None
+    if header is not None:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            pass
+    return float(min(5.0, 0.25 * 2**attempt))
+
+
+class ApiClient:
+    """Synchronous calls to ingest, scorer and actions with the configured key."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        *,
+        timeout: float = 15.0,
+        retry_for: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {endpoints.api_key}"} if endpoints.api_key else {}
+        self.endpoints = endpoints
+        self.retry_for = retry_for  # how long a send keeps retrying 503s / connection errors
+        self._sleep = sleep
+        self._http = httpx.Client(headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._http.close()
+
+    def send_batch(self, events: Sequence[Mapping[str, Any]]) -> list[str]:
+        """POST one batch; retries 503 (honouring Retry-After) and connection errors.
+
+        Returns the accepted event ids; raises `BatchRejected` on 422, `ApiError` otherwise.
+        """
+        url = f"{self.endpoints.url('ingest')}/v1/events/batch"
+        deadline = time.monotonic() + self.retry_for
+        attempt = 0
+        while True:
+            response = self._post_once(url, {"events": list(events)})
+            if response is not None and response.status_code != 503:
+                return self._accepted(response, events)
+            if time.monotonic() >= deadline:
+                status = response.status_code if response is not None else 0
+                raise ApiError(status, f"ingest unavailable at {url} for {self.retry_for:.0f}s")
+            self._sleep(_retry_after(response, attempt))
+            attempt += 1
+
+    def _post_once(self, url: str, body: dict[str, Any]) -> httpx.Response | None:
+        try:
+            content = json.dumps(body, default=str).encode()
+            return self._http.post(url, content=content, headers=_JSON)
+        except httpx.TransportError:
+            return None
+
+    @staticmethod
+    def _accepted(response: httpx.Response, events: Sequence[Mapping[str, Any]]) -> list[str]:
+        body = _problem(response)
+        if response.status_code == 202:
+            ids = body.get("accepted")
+            sent = [str(e.get("event_id")) for e in events]
+            return [str(i) for i in ids] if isinstance(ids, list) else sent
+        detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
+        if response.status_code == 422:
+            raise BatchRejected(422, detail, body)
+        raise ApiError(response.status_code, detail, body)
+
+    def get(
+        self, service: Service, path: str, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """GET a JSON document; `ApiError` on a non-2xx answer or when unreachable."""
+        url = f"{self.endpoints.url(service)}{path}"
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.get(url, params=clean)
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"{service} unreachable at {url}: {exc}") from exc
+        body = _problem(response)
+        if response.status_code >= 300:
+            raise ApiError(response.status_code, str(body.get("detail", "")), body)
+        return body
+
+    def get_or_none(self, service: Service, path: str) -> dict[str, Any] | None:
+        """GET a JSON document, None on 404."""
+        try:
+            return self.get(service, path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def paginate(
+        self, service: Service, path: str, params: Mapping[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a `{"items": [...], "next_cursor": ...}` listing."""
+        query = dict(params or {})
+        while True:
+            page = self.get(service, path, query)
+            yield from page.get("items", [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+            query["cursor"] = cursor
+
+
+def reference_now(env: Mapping[str, str] | None = None) -> datetime:
+    """TIERSTREAM_NOW (the system's fixed 'now' for demos and tests) or the wall clock."""
+    raw = (os.environ if env is None else env).get("TIERSTREAM_NOW")
+    if not raw:
+        return datetime.now(UTC)
+    at = datetime.fromisoformat(raw)
+    if at.tzinfo is None:
+        raise ValueError("TIERSTREAM_NOW must carry a timezone, e.g. 2026-01-01T00:00:00Z")
+    return at
