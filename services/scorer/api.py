@@ -1,0 +1,228 @@
+"""The read API: customers as of the scorer's now, their change history, class counts."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from services.scorer import queries
+from services.scorer.db import Pool
+from services.scorer.queries import StoredChange, StoredCustomer
+from shared.clock import Clock
+from shared.contracts import AttributeValue, Dimension
+from shared.domain.features import compute_features, features_to_json
+from shared.domain.state import attributes_of, prune
+from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
+
+JsonValue = int | float | str | bool | None
+CustomerId = Annotated[str, Path(min_length=1, max_length=128)]
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
+Cursor = Annotated[
+    str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+]
+ClassFilter = Annotated[str | None, Query(min_length=1, max_length=64)]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown customer", "content": {PROBLEM_JSON: {}}}
+}
+
+
+class CustomerView(BaseModel):
+    """A customer's features as of the scorer's now and its stored classification."""
+
+    customer_id: str
+    recency_days: float | None = Field(description="Days since the latest purchase.")
+    frequency_365d: int
+    monetary_365d: float
+    lifetime_orders: int
+    lifetime_spend: float
+    avg_order_value: float | None
+    logins_30d: int
+    last_login_at: datetime | None
+    last_activity_at: datetime | None
+    open_tickets: int
+    latest_nps: int | None
+    r_score: int
+    f_score: int
+    m_score: int
+    value_tier: str
+    activity_level: str
+    lifecycle_stage: str
+    rules_version: str
+    updated_at: datetime
+    attributes: dict[str, AttributeValue]
+    features: dict[str, JsonValue] = Field(description="Every catalogue feature as of now.")
+
+
+class CustomerPage(BaseModel):
+    items: list[CustomerView]
+    next_cursor: str | None
+
+
+class ChangeView(BaseModel):
+    """One tier change from the customer's history."""
+
+    id: str
+    customer_id: str
+    dimension: Dimension
+    from_: str | None = Field(alias="from", serialization_alias="from")
+    to: str
+    cause: str
+    rule: str
+    features: dict[str, Any]
+    rules_version: str
+    occurred_at: datetime
+    emitted_at: datetime
+    published_at: datetime | None
+
+
+class ChangePage(BaseModel):
+    items: list[ChangeView]
+    next_cursor: str | None
+
+
+class TierStats(BaseModel):
+    """How many customers hold each class, per dimension."""
+
+    customers: int
+    value_tier: dict[str, int]
+    activity_level: dict[str, int]
+    lifecycle_stage: dict[str, int]
+
+
+def customer_view(stored: StoredCustomer, *, now: datetime) -> CustomerView:
+    """Features at `now` plus the stored classification."""
+    state, row = stored.record.state, stored.row
+    prune(state, now=now)
+    f = compute_features(state, now=now)
+    return CustomerView(
+        customer_id=state.customer_id, recency_days=_float(f["days_since_last_purchase"]),
+        frequency_365d=int(f["purchases_365d"] or 0), monetary_365d=_float(f["spend_365d"]) or 0.0,
+        lifetime_orders=int(f["lifetime_orders"] or 0),
+        lifetime_spend=_float(f["lifetime_spend"]) or 0.0,
+        avg_order_value=_float(f["avg_order_value"]), logins_30d=int(f["logins_30d"] or 0),
+        last_login_at=state.last_login_at, last_activity_at=state.last_activity_at,
+        open_tickets=int(f["open_tickets"] or 0), latest_nps=_int(f["latest_nps"]),
+        r_score=row["r_score"], f_score=row["f_score"], m_score=row["m_score"],
+        value_tier=row["value_tier"], activity_level=row["activity_level"],
+        lifecycle_stage=row["lifecycle_stage"], rules_version=row["rules_version"],
+        updated_at=row["updated_at"], attributes=attributes_of(state), features=features_to_json(f),
+    )  # fmt: skip
+
+
+def change_view(stored: StoredChange) -> ChangeView:
+    c = stored.change
+    return ChangeView.model_validate(
+        {"id": c.id, "customer_id": c.customer_id, "dimension": c.dimension, "from": c.from_class,
+         "to": c.to_class, "cause": c.cause.value, "rule": c.rule, "features": c.features,
+         "rules_version": c.rules_version, "occurred_at": c.occurred_at,
+         "emitted_at": c.emitted_at, "published_at": stored.published_at}
+    )  # fmt: skip
+
+
+def encode_cursor(value: str) -> str:
+    """An opaque cursor for a position."""
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The position in a cursor; 422 when it was not made by `encode_cursor`."""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ProblemError(
+            422, "Invalid cursor", "Pass `next_cursor` from a previous page."
+        ) from exc
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float | Decimal) else None
+
+
+def _int(value: object) -> int | None:
+    return int(value) if isinstance(value, int) else None
+
+
+def _pool(request: Request) -> Pool:
+    pool: Pool = request.app.state.pool
+    return pool
+
+
+def _now(request: Request) -> datetime:
+    clock: Clock = request.app.state.clock
+    return clock.now()
+
+
+def read_router() -> APIRouter:
+    """Routes of the read API (API key required)."""
+    router = APIRouter(prefix="/v1", tags=["customers"], responses=PROBLEM_RESPONSES)
+
+    @router.get("/customers/{customer_id}", responses=NOT_FOUND, summary="One customer")
+    async def get_customer(customer_id: CustomerId, request: Request, _: SourceDep) -> CustomerView:
+        stored = await queries.fetch_customer(_pool(request), customer_id)
+        if stored is None:
+            raise ProblemError(404, "Customer not found", f"No customer {customer_id!r} is known.")
+        return customer_view(stored, now=_now(request))
+
+    @router.get("/customers", summary="Customers, filtered by class, in id order")
+    async def list_customers(
+        request: Request, _: SourceDep, value_tier: ClassFilter = None,
+        lifecycle_stage: ClassFilter = None, activity_level: ClassFilter = None,
+        limit: Limit = 50, cursor: Cursor = None,
+    ) -> CustomerPage:  # fmt: skip
+        wanted = {Dimension.VALUE_TIER: value_tier, Dimension.LIFECYCLE_STAGE: lifecycle_stage,
+                  Dimension.ACTIVITY_LEVEL: activity_level}  # fmt: skip
+        classes = {d: v for d, v in wanted.items() if v is not None}
+        after = decode_cursor(cursor) if cursor else None
+        rows = await queries.list_customers(
+            _pool(request), classes=classes, after=after, limit=limit + 1
+        )
+        now = _now(request)
+        items = [customer_view(row, now=now) for row in rows[:limit]]
+        more = len(rows) > limit
+        return CustomerPage(
+            items=items, next_cursor=encode_cursor(items[-1].customer_id) if more else None
+        )
+
+    @router.get(
+        "/customers/{customer_id}/changes", responses=NOT_FOUND, summary="Tier-change history"
+    )
+    async def list_changes(
+        customer_id: CustomerId,
+        request: Request,
+        _: SourceDep,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> ChangePage:
+        pool = _pool(request)
+        if await queries.fetch_customer(pool, customer_id) is None:
+            raise ProblemError(404, "Customer not found", f"No customer {customer_id!r} is known.")
+        after = _seq(decode_cursor(cursor)) if cursor else None
+        rows = await queries.list_changes(pool, customer_id, after_seq=after, limit=limit + 1)
+        items = [change_view(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return ChangePage(
+            items=items, next_cursor=encode_cursor(str(rows[limit - 1].seq)) if more else None
+        )
+
+    @router.get("/stats/tiers", summary="Customers per class and dimension")
+    async def tier_stats(request: Request, _: SourceDep) -> TierStats:
+        total, counts = await queries.count_classes(_pool(request))
+        return TierStats(
+            customers=total, value_tier=counts[Dimension.VALUE_TIER],
+            activity_level=counts[Dimension.ACTIVITY_LEVEL],
+            lifecycle_stage=counts[Dimension.LIFECYCLE_STAGE],
+        )  # fmt: skip
+
+    return router
+
+
+def _seq(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise ProblemError(422, "Invalid cursor", "Pass `next_cursor` from a previous page.")
+    return int(text)

@@ -1,0 +1,130 @@
+"""Run the scorer: consumer, outbox relay, sweeper, re-bucketing and the read API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from services.scorer import queries
+from services.scorer.app import create_app
+from services.scorer.consumer import EventConsumer
+from services.scorer.db import Pool, create_pool
+from services.scorer.loops import Step, run_loop
+from services.scorer.metrics import ScorerMetrics, scorer_metrics
+from services.scorer.rebucket import Rebucketer, ScoringHolder, latest_cut_points
+from services.scorer.relay import OutboxRelay
+from services.scorer.settings import ScorerSettings
+from services.scorer.sweeper import Sweeper
+from shared.clock import Clock, clock_for
+from shared.domain.rules import Rules, RulesError, load_rules
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.logging import get_logger
+from shared.metrics import new_registry
+from shared.service import Loop, serve
+from shared.topics import SCORER_GROUP, Topics
+
+log = get_logger(__name__)
+
+
+def load_rules_or_exit(settings: ScorerSettings) -> Rules:
+    """The validated rules file; an invalid one stops the scorer with RulesError's message."""
+    try:
+        return load_rules(settings.rules_file)
+    except RulesError as exc:
+        raise SystemExit(f"scorer: invalid rules file: {exc}") from exc
+
+
+async def run(
+    settings: ScorerSettings, *, stop: asyncio.Event | None = None, clock: Clock | None = None
+) -> None:
+    """Serve the scorer until `stop` is set (or SIGTERM / SIGINT when no `stop` is given)."""
+    settings.require_keys()
+    rules = load_rules_or_exit(settings)
+    clock = clock or clock_for(settings.now)
+    topics = Topics(settings.topic_namespace)
+    await ensure_topics(settings, topics.all())
+    pool = await create_pool(
+        settings.database_url, size=settings.db_pool_size, application_name="tierstream-scorer"
+    )
+    producer = make_producer(settings)
+    consumer = make_consumer(settings, SCORER_GROUP, max_poll_records=settings.batch_max_records)
+    try:
+        await producer.start()
+        holder = ScoringHolder(rules)
+        if holder.population_mode:
+            async with pool.acquire() as conn:
+                holder.use(await latest_cut_points(conn))
+        await _serve(settings, stop, clock, pool, producer, consumer, holder)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await pool.close()
+
+
+async def _serve(
+    settings: ScorerSettings, stop: asyncio.Event | None, clock: Clock, pool: Pool,
+    producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, holder: ScoringHolder,
+) -> None:  # fmt: skip
+    registry = new_registry()
+    metrics = scorer_metrics(registry)
+    topics = Topics(settings.topic_namespace)
+    outbox_ready = asyncio.Event()
+    events = EventConsumer(
+        consumer, producer, pool, group_id=SCORER_GROUP, scoring=holder, clock=clock,
+        metrics=metrics, max_records=settings.batch_max_records,
+        poll_timeout_ms=settings.poll_timeout_ms, on_changes=outbox_ready.set,
+    )  # fmt: skip
+    consumer.subscribe(list(topics.events), listener=events.listener())
+    await consumer.start()
+    relay = OutboxRelay(pool, producer, topic=topics.tier_changed, batch=settings.relay_batch,
+                        clock=clock, metrics=metrics)  # fmt: skip
+    sweeper = Sweeper(pool, scoring=holder, clock=clock, batch=settings.sweep_batch,
+                      metrics=metrics, on_changes=outbox_ready.set)  # fmt: skip
+    rebucket = Rebucketer(pool, holder, clock=clock, metrics=metrics, on_changes=outbox_ready.set)
+    loops = [
+        _loop("consumer", events.step, 0.0, metrics),
+        _loop("relay", relay.step, settings.relay_interval_s, metrics, wake=outbox_ready),
+        _loop("sweeper", sweeper.step, settings.sweep_interval_s, metrics),
+        _loop("rebucket", rebucket.step, settings.population_interval_s, metrics),
+        _loop("gauges", _gauge_step(pool, metrics), settings.gauge_interval_s, metrics),
+    ]
+    app = create_app(settings, pool=pool, clock=clock, registry=registry)
+    log.info(
+        "scorer listening", host=settings.host, port=settings.port, rules=holder().rules.version
+    )
+    await serve(app, host=settings.host, port=settings.port, loops=loops, stop=stop,
+                install_signals=stop is None)  # fmt: skip
+
+
+def _loop(
+    name: str,
+    step: Step,
+    idle_s: float,
+    metrics: ScorerMetrics,
+    *,
+    wake: asyncio.Event | None = None,
+) -> Loop:
+    async def loop(stop: asyncio.Event) -> None:
+        await run_loop(name, step, stop, idle_s=idle_s, errors=metrics.loop_errors, wake=wake)
+
+    loop.__name__ = name
+    return loop
+
+
+def _gauge_step(pool: Pool, metrics: ScorerMetrics) -> Callable[[], Awaitable[bool]]:
+    """Refresh the customers-by-class gauge (classes that emptied drop to 0)."""
+    seen: set[tuple[str, str]] = set()
+
+    async def step() -> bool:
+        _, counts = await queries.count_classes(pool)
+        current = {(d.value, c): n for d, per in counts.items() for c, n in per.items()}
+        for labels in seen - current.keys():
+            metrics.customers.labels(*labels).set(0)
+        for labels, n in current.items():
+            metrics.customers.labels(*labels).set(n)
+        seen.update(current)
+        return False
+
+    return step

@@ -1,0 +1,111 @@
+"""SQL of the read side: one customer, filtered pages, change history, class counts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.scorer.db import Pool
+from services.scorer.evaluation import ChangeRecord, CustomerRecord
+from services.scorer.relay import change_from_row
+from shared.contracts import Dimension
+
+_CUSTOMER_COLUMNS = (
+    "customer_id, state, value_tier, activity_level, lifecycle_stage, class_since,"
+    " r_score, f_score, m_score, rules_version, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class StoredCustomer:
+    """A classified customer as stored: the record plus its scores and bookkeeping."""
+
+    record: CustomerRecord
+    row: asyncpg.Record
+
+
+@dataclass(frozen=True)
+class StoredChange:
+    """A tier change from the history, with its position and publication time."""
+
+    seq: int
+    change: ChangeRecord
+    published_at: object
+
+
+def _stored(row: asyncpg.Record) -> StoredCustomer:
+    data = dict(row)
+    data["state"] = json.loads(data["state"])
+    data["class_since"] = json.loads(data["class_since"])
+    return StoredCustomer(CustomerRecord.from_row(data), row)
+
+
+async def fetch_customer(pool: Pool, customer_id: str) -> StoredCustomer | None:
+    """One classified customer, or None."""
+    row = await pool.fetchrow(
+        f"SELECT {_CUSTOMER_COLUMNS} FROM scorer.customer"
+        " WHERE customer_id = $1 AND state IS NOT NULL",
+        customer_id,
+    )
+    return _stored(row) if row is not None else None
+
+
+async def list_customers(
+    pool: Pool, *, classes: Mapping[Dimension, str], after: str | None, limit: int
+) -> list[StoredCustomer]:
+    """Classified customers in id order, filtered by class, after a cursor id."""
+    where: list[str] = ["state IS NOT NULL"]
+    args: list[object] = []
+    for dimension, value in sorted(classes.items()):
+        args.append(value)
+        where.append(f"{dimension.value} = ${len(args)}")  # column names come from the enum
+    if after is not None:
+        args.append(after)
+        where.append(f"customer_id > ${len(args)}")
+    args.append(limit)
+    rows = await pool.fetch(
+        f"SELECT {_CUSTOMER_COLUMNS} FROM scorer.customer WHERE {' AND '.join(where)}"
+        f" ORDER BY customer_id LIMIT ${len(args)}",
+        *args,
+    )
+    return [_stored(row) for row in rows]
+
+
+async def list_changes(
+    pool: Pool, customer_id: str, *, after_seq: int | None, limit: int
+) -> list[StoredChange]:
+    """A customer's tier changes, oldest first, after a cursor position."""
+    rows = await pool.fetch(
+        "SELECT seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
+        " attributes, rules_version, occurred_at, emitted_at, published_at"
+        " FROM scorer.tier_change WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        customer_id,
+        after_seq if after_seq is not None else 0,
+        limit,
+    )
+    return [StoredChange(row["seq"], change_from_row(row), row["published_at"]) for row in rows]
+
+
+async def count_classes(pool: Pool) -> tuple[int, dict[Dimension, dict[str, int]]]:
+    """Classified customers in total and per dimension and class (one scan)."""
+    rows = await pool.fetch(
+        "SELECT value_tier, activity_level, lifecycle_stage, count(*) AS n,"
+        " GROUPING(value_tier) AS gv, GROUPING(activity_level) AS ga,"
+        " GROUPING(lifecycle_stage) AS gl"
+        " FROM scorer.customer WHERE state IS NOT NULL"
+        " GROUP BY GROUPING SETS ((value_tier), (activity_level), (lifecycle_stage), ())"
+    )
+    counts: dict[Dimension, dict[str, int]] = {d: {} for d in Dimension}
+    total = 0
+    flags = {Dimension.VALUE_TIER: "gv", Dimension.ACTIVITY_LEVEL: "ga",
+             Dimension.LIFECYCLE_STAGE: "gl"}  # fmt: skip
+    for row in rows:
+        grouped = [d for d, flag in flags.items() if row[flag] == 0]
+        if not grouped:
+            total = row["n"]
+        for dimension in grouped:
+            counts[dimension][row[dimension.value]] = row["n"]
+    return total, counts
