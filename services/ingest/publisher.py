@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -23,6 +24,7 @@ from shared.topics import Topics
 
 log = get_logger(__name__)
 Event = PurchaseMade | CustomerLoggedIn | SupportTicketUpdated
+Work = Callable[[AIOKafkaProducer], Awaitable[None]]
 
 
 class BrokerUnavailableError(Exception):
@@ -78,7 +80,7 @@ class KafkaPublisher:
     async def start(self) -> None:
         """Connect now if the broker is there; a missing broker is retried on first use."""
         with contextlib.suppress(BrokerUnavailableError):
-            await self._bounded(self._ensure_producer(), self._timeout_s)
+            await self._guarded(_connected, self._timeout_s)
 
     async def stop(self) -> None:
         """Flush and close the producer and any producer retired after a failure."""
@@ -86,24 +88,23 @@ class KafkaPublisher:
         if producer is not None:
             await self._close(producer)
         if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+            await asyncio.wait(set(self._retiring))
         self._available = False
 
     async def publish(self, events: Sequence[Event]) -> None:
         """Send every event and wait for the broker's ack of each, within the timeout."""
         if events:
-            await self._bounded(self._send_all(events), self._timeout_s)
+            await self._guarded(partial(self._send_all, events), self._timeout_s)
 
     async def check(self) -> bool:
         """Ask the broker for cluster metadata: the readiness probe."""
         try:
-            await self._bounded(self._fetch_metadata(), self._check_timeout_s)
+            await self._guarded(_fetch_metadata, self._check_timeout_s)
         except BrokerUnavailableError:
             return False
         return True
 
-    async def _send_all(self, events: Sequence[Event]) -> None:
-        producer = await self._ensure_producer()
+    async def _send_all(self, events: Sequence[Event], producer: AIOKafkaProducer) -> None:
         futures = []
         for event in events:  # send() only enqueues: the producer batches per partition
             key, value, headers = record_for(event)
@@ -111,17 +112,20 @@ class KafkaPublisher:
             futures.append(await producer.send(topic, value, key=key, headers=headers))
         await asyncio.gather(*futures)
 
-    async def _fetch_metadata(self) -> None:
-        producer = await self._ensure_producer()
-        await producer.client.fetch_all_metadata()
+    async def _guarded(self, work: Work, timeout_s: float) -> None:
+        """Run `work` on the producer within `timeout_s`; on failure retire that producer."""
+        used: list[AIOKafkaProducer] = []
 
-    async def _bounded(self, work: Awaitable[object], timeout_s: float) -> None:
-        """Run broker work within `timeout_s`; on any failure retire the producer."""
+        async def attempt() -> None:
+            used.append(await self._ensure_producer())
+            await work(used[0])
+
         try:
-            await asyncio.wait_for(work, timeout_s)
+            await asyncio.wait_for(attempt(), timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
             self._available = False
-            self._retire()
+            if used:
+                self._retire(used[0])
             log.warning("broker unavailable", error=type(exc).__name__)
             raise BrokerUnavailableError(str(exc) or type(exc).__name__) from exc
         self._available = True
@@ -129,6 +133,8 @@ class KafkaPublisher:
     async def _ensure_producer(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
+                if self._retiring:  # one producer at a time: the old one flushes first
+                    await asyncio.wait(set(self._retiring))
                 producer = make_producer(self._settings)
                 try:
                     await producer.start()
@@ -138,13 +144,14 @@ class KafkaPublisher:
                 self._producer = producer
             return self._producer
 
-    def _retire(self) -> None:
-        """Drop the current producer; close it in the background (its flush may wait)."""
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            task = asyncio.create_task(self._close(producer), name="retire-producer")
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+    def _retire(self, producer: AIOKafkaProducer) -> None:
+        """Drop a failed producer; close it in the background (its flush may wait)."""
+        if self._producer is not producer:
+            return  # already retired by a concurrent failure
+        self._producer = None
+        task = asyncio.create_task(self._close(producer), name="retire-producer")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def _close(self, producer: AIOKafkaProducer) -> None:
         # A stopping producer waits for pending batches to expire (request timeout) at most.
@@ -154,3 +161,11 @@ class KafkaPublisher:
             )
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("producer close failed", error=type(exc).__name__)
+
+
+async def _connected(producer: AIOKafkaProducer) -> None:
+    """Nothing to do: obtaining a started producer is the work."""
+
+
+async def _fetch_metadata(producer: AIOKafkaProducer) -> None:
+    await producer.client.fetch_all_metadata()
