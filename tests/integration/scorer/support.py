@@ -1,0 +1,178 @@
+"""Helpers for scorer integration tests: events, producing, running the scorer, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from services.scorer.main import run
+from services.scorer.settings import ScorerSettings
+from shared.clock import FixedClock
+from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportAction, SupportTicketUpdated
+from shared.db import asyncpg_dsn
+from shared.domain.features import compute_features
+from shared.domain.rules import classify, load_rules
+from shared.domain.state import Event, attributes_of, fold, new_state, prune, state_to_json
+from shared.embedded import free_port
+from shared.topics import Topics
+
+T = TypeVar("T")
+NOW = datetime.fromisoformat("2026-03-01T12:00:00+00:00")
+
+
+def purchase(event_id: str, customer_id: str, days_ago: float, amount: str = "100") -> PurchaseMade:
+    return PurchaseMade(
+        event_id=event_id, customer_id=customer_id, occurred_at=NOW - timedelta(days=days_ago),
+        order_id=f"o-{event_id}", amount=Decimal(amount), currency="EUR",
+    )
+
+
+def login(event_id: str, customer_id: str, days_ago: float) -> CustomerLoggedIn:
+    return CustomerLoggedIn(
+        event_id=event_id, customer_id=customer_id, occurred_at=NOW - timedelta(days=days_ago),
+        channel="web",
+    )
+
+
+def support(event_id: str, customer_id: str, days_ago: float, nps: int | None = None) -> SupportTicketUpdated:
+    return SupportTicketUpdated(
+        event_id=event_id, customer_id=customer_id, occurred_at=NOW - timedelta(days=days_ago),
+        ticket_id=f"t-{customer_id}", action=SupportAction.OPENED, nps=nps,
+    )
+
+
+def scorer_settings(env: dict[str, str], **overrides: Any) -> ScorerSettings:
+    """Settings from the test's environment dict (aliases) plus field overrides."""
+    fields: dict[str, Any] = {"port": free_port(), "sweep_interval_s": 0.2, "relay_interval_s": 0.1,
+                              "poll_timeout_ms": 100, "gauge_interval_s": 0.5}
+    fields.update(overrides)
+    return ScorerSettings(**env, **fields)
+
+
+@contextlib.asynccontextmanager
+async def running_scorer(settings: ScorerSettings, clock: FixedClock) -> AsyncIterator[asyncio.Task[None]]:
+    """The scorer's run() as a task of this event loop; stopped (and awaited) afterwards."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop=stop, clock=clock))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def produce(bootstrap: str, topic_for: Callable[[Event], str], events: Iterable[Event]) -> None:
+    """Publish events as ingest does: JSON value, keyed by customer id, acked."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic_for(e), value=e.model_dump_json().encode(), key=e.customer_id.encode())
+            for e in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def produce_raw(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+    """Publish raw (key, value) records straight to a topic."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, value=v, key=k) for k, v in records])
+    finally:
+        await producer.stop()
+
+
+def topic_router(namespace: str) -> Callable[[Event], str]:
+    topics = Topics(namespace)
+    return lambda e: topics.for_event(e.type)
+
+
+async def read_topic(bootstrap: str, topic: str, *, expect: int, within: float = 20.0) -> list[Any]:
+    """Read a topic from the beginning until `expect` records arrived (or time is up)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + within
+    try:
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            records.extend(r for rs in batch.values() for r in rs)
+        # A short extra poll: anything beyond `expect` would be a duplicate.
+        batch = await consumer.getmany(timeout_ms=300)
+        records.extend(r for rs in batch.values() for r in rs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def wait_until(probe: Callable[[], Awaitable[T]], *, within: float = 30.0, every: float = 0.1) -> T:
+    """Poll `probe` until it returns something truthy; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    last: T = await probe()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s (last: {last!r})")
+        await asyncio.sleep(every)
+        last = await probe()
+    return last
+
+
+@contextlib.asynccontextmanager
+async def connect(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def customer_rows(database_url: str) -> dict[str, dict[str, Any]]:
+    async with connect(database_url) as conn:
+        rows = await conn.fetch("SELECT * FROM scorer.customer WHERE state IS NOT NULL")
+    return {r["customer_id"]: {**dict(r), "state": json.loads(r["state"])} for r in rows}
+
+
+async def count(database_url: str, sql: str, *args: Any) -> int:
+    async with connect(database_url) as conn:
+        return int(await conn.fetchval(sql, *args))
+
+
+def reference(events: Iterable[Event], *, now: datetime) -> dict[str, dict[str, Any]]:
+    """Each customer's state and classes from the pure domain, each distinct event once."""
+    rules = load_rules(ScorerSettings().rules_file)
+    states: dict[str, Any] = {}
+    seen: set[str] = set()
+    for event in events:
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        fold(states.setdefault(event.customer_id, new_state(event.customer_id)), event, now=now)
+    out = {}
+    for customer_id, state in states.items():
+        prune(state, now=now)
+        c = classify(compute_features(state, now=now), attributes_of(state), rules)
+        out[customer_id] = {"state": state_to_json(state), "value_tier": c.value_tier,
+                            "activity_level": c.activity_level, "lifecycle_stage": c.lifecycle_stage}
+    return out
+
+
+def assert_matches_reference(rows: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]) -> None:
+    assert set(rows) == set(expected)
+    for customer_id, want in expected.items():
+        got = rows[customer_id]
+        assert got["state"] == want["state"], customer_id
+        for column in ("value_tier", "activity_level", "lifecycle_stage"):
+            assert got[column] == want[column], (customer_id, column)

@@ -1,0 +1,63 @@
+"""The consumer applies every distinct event exactly once, whatever the order or duplication."""
+
+from __future__ import annotations
+
+import random
+
+from shared.clock import FixedClock
+from tests.integration.scorer.support import (
+    NOW,
+    assert_matches_reference,
+    count,
+    customer_rows,
+    login,
+    produce,
+    purchase,
+    reference,
+    running_scorer,
+    scorer_settings,
+    support,
+    topic_router,
+    wait_until,
+)
+
+OFFSETS_SUM = "SELECT coalesce(sum(next_offset), 0) FROM scorer.consumer_offset"
+
+
+async def test_redelivered_event_ids_are_counted_once(
+    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+) -> None:
+    events = [purchase(f"p{i}", "c1", days_ago=10 + i, amount="1000") for i in range(4)]
+    route = topic_router(topic_namespace)
+    async with running_scorer(scorer_settings(base_env), clock):
+        await produce(kafka_bootstrap, route, events + events[:2])  # duplicates in one batch
+        await wait_until(lambda: _consumed(scorer_db, 6))
+        await produce(kafka_bootstrap, route, events)  # and redelivered later
+        await wait_until(lambda: _consumed(scorer_db, 10))
+    rows = await customer_rows(scorer_db)
+    assert rows["c1"]["state"]["lifetime_orders"] == 4
+    assert rows["c1"]["state"]["lifetime_spend"] == "4000"
+    assert await count(scorer_db, "SELECT count(*) FROM scorer.inbox") == 4
+    assert_matches_reference(rows, reference(events, now=NOW))
+
+
+async def test_out_of_order_events_give_the_exact_state(
+    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+) -> None:
+    rng = random.Random(7)
+    events = [
+        maker(f"e{i}", f"c{i % 7}", days_ago=rng.uniform(0, 400))
+        for i, maker in enumerate([purchase, login, support] * 40)
+    ]
+    events.append(support("nps", "c3", days_ago=1, nps=3))
+    rng.shuffle(events)  # event time order and arrival order disagree
+    async with running_scorer(scorer_settings(base_env), clock):
+        await produce(kafka_bootstrap, topic_router(topic_namespace), events)
+        await wait_until(lambda: _consumed(scorer_db, len(events)))
+    rows = await customer_rows(scorer_db)
+    assert_matches_reference(rows, reference(events, now=NOW))
+    assert rows["c3"]["lifecycle_stage"] == "at_risk"  # the detractor NPS decided it
+
+
+async def _consumed(database_url: str, records: int) -> bool:
+    return await count(database_url, OFFSETS_SUM) >= records
