@@ -58,9 +58,9 @@ def decide(
         before = (previous or {}).get(dimension)
         held = _held_until(dimension, before, target, class_since.get(dimension), rules)
         if before is not None and (before == target or (held is not None and held > now)):
+            # Unchanged, or a downgrade held back until the minimum dwell time has passed.
             classes[dimension], since[dimension] = before, class_since.get(dimension, now)
-            if before != target and held is not None:
-                holds.append(held)
+            holds.extend([held] if held is not None else [])
             continue
         classes[dimension], since[dimension] = target, now
         rule, read = current.matched[dimension], current.read[dimension]
@@ -73,12 +73,8 @@ def _held_until(
 ) -> datetime | None:
     """Until when a downgrade from `before` to `target` is held (None: not held at all)."""
     setting = rules.hysteresis.get(dimension)
-    if setting is None or before is None or since is None:
+    if setting is None or since is None or not is_downgrade(dimension, before, target, rules):
         return None
-    order = rules.dimension(dimension)
-    was, becomes = order.rank(before), order.rank(target)
-    if was is None or becomes is None or becomes <= was:
-        return None  # not a downgrade (or a class the rules no longer know)
     return since + timedelta(days=setting.min_dwell_days)
 
 
