@@ -28,6 +28,7 @@ __all__ = [
     "load_rules",
     "next_review_at",
     "parse_rules",
+    "score_inputs",
     "score_rfm",
 ]
 
@@ -189,6 +190,20 @@ def score_rfm(
         _score(spec, features.get(spec.feature), c) for spec, c in zip(specs, cuts, strict=True)
     )
     return r, f, m
+
+
+def score_inputs(
+    features: Mapping[str, FeatureValue], rules: Rules
+) -> tuple[float | None, float | None, float | None]:
+    """One customer's recency, frequency and monetary inputs, for compute_cut_points."""
+    scores = rules.scores
+    specs = (scores.recency, scores.frequency, scores.monetary)
+    r, f, m = (_number(features.get(spec.feature)) for spec in specs)
+    return r, f, m
+
+
+def _number(value: FeatureValue) -> float | None:
+    return None if value is None or isinstance(value, str | bool) else float(value)
 
 
 def _score(spec: ScoreRules, value: FeatureValue, cuts: tuple[float, ...]) -> int:
