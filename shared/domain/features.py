@@ -15,7 +15,7 @@ DAY = timedelta(days=1)
 PURCHASE_WINDOWS = (30, 90, 365)
 LOGIN_WINDOWS = (7, 30, 90)
 TICKET_WINDOWS = (90,)
-_CENT = Decimal("0.000001")
+_SIX_PLACES = Decimal("0.000001")
 
 _REFUND_NOTE = "; refunds (refund_of set) are subtracted"
 
@@ -116,7 +116,7 @@ def _lifetime(state: CustomerState) -> dict[str, FeatureValue]:
     return {
         "lifetime_orders": orders,
         "lifetime_spend": state.lifetime_spend,
-        "avg_order_value": (state.lifetime_spend / orders).quantize(_CENT) if orders else None,
+        "avg_order_value": (state.lifetime_spend / orders).quantize(_SIX_PLACES) if orders else None,
         "last_order_value": latest[-1].amount if latest else None,
         "days_between_last_two_purchases": between,
     }
