@@ -41,7 +41,9 @@ def render() -> str:
     parts = [HEADER]
     for key, path in SOURCES.items():
         body = content(path)
-        indented = "".join(f"    {line}" if line.strip() else "\n" for line in body.splitlines(True))
+        indented = "".join(
+            f"    {line}" if line.strip() else "\n" for line in body.splitlines(True)
+        )
         parts.append(f"  {key}: |\n{indented}")
     return "".join(parts)
 
