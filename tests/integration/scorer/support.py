@@ -31,35 +31,54 @@ NOW = datetime.fromisoformat("2026-03-01T12:00:00+00:00")
 
 def purchase(event_id: str, customer_id: str, days_ago: float, amount: str = "100") -> PurchaseMade:
     return PurchaseMade(
-        event_id=event_id, customer_id=customer_id, occurred_at=NOW - timedelta(days=days_ago),
-        order_id=f"o-{event_id}", amount=Decimal(amount), currency="EUR",
+        event_id=event_id,
+        customer_id=customer_id,
+        occurred_at=NOW - timedelta(days=days_ago),
+        order_id=f"o-{event_id}",
+        amount=Decimal(amount),
+        currency="EUR",
     )
 
 
 def login(event_id: str, customer_id: str, days_ago: float) -> CustomerLoggedIn:
     return CustomerLoggedIn(
-        event_id=event_id, customer_id=customer_id, occurred_at=NOW - timedelta(days=days_ago),
+        event_id=event_id,
+        customer_id=customer_id,
+        occurred_at=NOW - timedelta(days=days_ago),
         channel="web",
     )
 
 
-def support(event_id: str, customer_id: str, days_ago: float, nps: int | None = None) -> SupportTicketUpdated:
+def support(
+    event_id: str, customer_id: str, days_ago: float, nps: int | None = None
+) -> SupportTicketUpdated:
     return SupportTicketUpdated(
-        event_id=event_id, customer_id=customer_id, occurred_at=NOW - timedelta(days=days_ago),
-        ticket_id=f"t-{customer_id}", action=SupportAction.OPENED, nps=nps,
+        event_id=event_id,
+        customer_id=customer_id,
+        occurred_at=NOW - timedelta(days=days_ago),
+        ticket_id=f"t-{customer_id}",
+        action=SupportAction.OPENED,
+        nps=nps,
     )
 
 
 def scorer_settings(env: dict[str, str], **overrides: Any) -> ScorerSettings:
     """Settings from the test's environment dict (aliases) plus field overrides."""
-    fields: dict[str, Any] = {"port": free_port(), "sweep_interval_s": 0.2, "relay_interval_s": 0.1,
-                              "poll_timeout_ms": 100, "gauge_interval_s": 0.5}
+    fields: dict[str, Any] = {
+        "port": free_port(),
+        "sweep_interval_s": 0.2,
+        "relay_interval_s": 0.1,
+        "poll_timeout_ms": 100,
+        "gauge_interval_s": 0.5,
+    }
     fields.update(overrides)
     return ScorerSettings(**env, **fields)
 
 
 @contextlib.asynccontextmanager
-async def running_scorer(settings: ScorerSettings, clock: FixedClock) -> AsyncIterator[asyncio.Task[None]]:
+async def running_scorer(
+    settings: ScorerSettings, clock: FixedClock
+) -> AsyncIterator[asyncio.Task[None]]:
     """The scorer's run() as a task of this event loop; stopped (and awaited) afterwards."""
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop=stop, clock=clock))
@@ -70,13 +89,17 @@ async def running_scorer(settings: ScorerSettings, clock: FixedClock) -> AsyncIt
         await asyncio.wait_for(task, 30)
 
 
-async def produce(bootstrap: str, topic_for: Callable[[Event], str], events: Iterable[Event]) -> None:
+async def produce(
+    bootstrap: str, topic_for: Callable[[Event], str], events: Iterable[Event]
+) -> None:
     """Publish events as ingest does: JSON value, keyed by customer id, acked."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
     await producer.start()
     try:
         futures = [
-            await producer.send(topic_for(e), value=e.model_dump_json().encode(), key=e.customer_id.encode())
+            await producer.send(
+                topic_for(e), value=e.model_dump_json().encode(), key=e.customer_id.encode()
+            )
             for e in events
         ]
         await asyncio.gather(*futures)
@@ -84,7 +107,9 @@ async def produce(bootstrap: str, topic_for: Callable[[Event], str], events: Ite
         await producer.stop()
 
 
-async def produce_raw(bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+async def produce_raw(
+    bootstrap: str, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+) -> None:
     """Publish raw (key, value) records straight to a topic."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
     await producer.start()
@@ -101,8 +126,13 @@ def topic_router(namespace: str) -> Callable[[Event], str]:
 
 async def read_topic(bootstrap: str, topic: str, *, expect: int, within: float = 20.0) -> list[Any]:
     """Read a topic from the beginning until `expect` records arrived (or time is up)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     records: list[Any] = []
     deadline = time.monotonic() + within
@@ -118,7 +148,9 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, within: float =
     return records
 
 
-async def wait_until(probe: Callable[[], Awaitable[T]], *, within: float = 30.0, every: float = 0.1) -> T:
+async def wait_until(
+    probe: Callable[[], Awaitable[T]], *, within: float = 30.0, every: float = 0.1
+) -> T:
     """Poll `probe` until it returns something truthy; fail after `within` seconds."""
     deadline = time.monotonic() + within
     last: T = await probe()
@@ -164,12 +196,18 @@ def reference(events: Iterable[Event], *, now: datetime) -> dict[str, dict[str, 
     for customer_id, state in states.items():
         prune(state, now=now)
         c = classify(compute_features(state, now=now), attributes_of(state), rules)
-        out[customer_id] = {"state": state_to_json(state), "value_tier": c.value_tier,
-                            "activity_level": c.activity_level, "lifecycle_stage": c.lifecycle_stage}
+        out[customer_id] = {
+            "state": state_to_json(state),
+            "value_tier": c.value_tier,
+            "activity_level": c.activity_level,
+            "lifecycle_stage": c.lifecycle_stage,
+        }
     return out
 
 
-def assert_matches_reference(rows: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]) -> None:
+def assert_matches_reference(
+    rows: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]
+) -> None:
     assert set(rows) == set(expected)
     for customer_id, want in expected.items():
         got = rows[customer_id]

@@ -25,7 +25,11 @@ OFFSETS_SUM = "SELECT coalesce(sum(next_offset), 0) FROM scorer.consumer_offset"
 
 
 async def test_redelivered_event_ids_are_counted_once(
-    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
 ) -> None:
     events = [purchase(f"p{i}", "c1", days_ago=10 + i, amount="1000") for i in range(4)]
     route = topic_router(topic_namespace)
@@ -42,7 +46,11 @@ async def test_redelivered_event_ids_are_counted_once(
 
 
 async def test_out_of_order_events_give_the_exact_state(
-    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
 ) -> None:
     rng = random.Random(7)
     events = [

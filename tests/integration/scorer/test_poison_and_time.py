@@ -1,0 +1,110 @@
+"""Poison records go to the dead-letter topic; time alone re-classifies silent customers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import httpx
+
+from shared.clock import FixedClock
+from shared.kafka import header
+from shared.topics import Topics
+from tests.integration.scorer.support import (
+    connect,
+    customer_rows,
+    login,
+    produce,
+    produce_raw,
+    purchase,
+    read_topic,
+    running_scorer,
+    scorer_settings,
+    topic_router,
+    wait_until,
+)
+
+
+async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    topic = Topics(topic_namespace).purchases
+    good = purchase("good-1", "c1", days_ago=1)
+    missing_amount = {k: v for k, v in json.loads(good.model_dump_json()).items() if k != "amount"}
+    poison = [
+        b"{not json",
+        b'{"type": "refund", "event_id": "x"}',
+        json.dumps(missing_amount).encode(),
+    ]
+    settings = scorer_settings(base_env)
+    async with running_scorer(settings, clock):
+        # Same key: one partition, the poison first and the good event behind it.
+        await produce_raw(kafka_bootstrap, topic, [(b"c1", value) for value in poison])
+        await produce(kafka_bootstrap, topic_router(topic_namespace), [good])
+        rows = await wait_until(lambda: customer_rows(scorer_db))
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{settings.port}/metrics")).text
+    assert rows["c1"]["state"]["lifetime_orders"] == 1
+    dead = await read_topic(kafka_bootstrap, Topics.dlq(topic), expect=3)
+    assert [r.value for r in dead] == poison
+    assert {header(r.headers, "dlq_original_topic") for r in dead} == {topic}
+    assert [int(header(r.headers, "dlq_original_offset") or -1) for r in dead] == [0, 1, 2]
+    async with connect(scorer_db) as conn:  # the partition that carried all four records
+        partition = await conn.fetchval(
+            "SELECT partition FROM scorer.consumer_offset WHERE topic = $1 AND next_offset = 4",
+            topic,
+        )
+    assert {header(r.headers, "dlq_original_partition") for r in dead} == {str(partition)}
+    assert "amount" in (header(dead[2].headers, "dlq_error") or "")
+    assert 'tierstream_scorer_events_total{outcome="dead_lettered",type="unknown"} 3.0' in metrics
+    assert 'tierstream_scorer_events_total{outcome="processed",type="purchase"} 1.0' in metrics
+
+
+async def test_a_customer_silent_for_over_30_days_becomes_at_risk_by_time_alone(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    events = [purchase("p1", "quiet", days_ago=20), login("l1", "quiet", days_ago=20)]
+    async with running_scorer(scorer_settings(base_env, sweep_interval_s=0.1), clock):
+        await produce(kafka_bootstrap, topic_router(topic_namespace), events)
+        rows = await wait_until(lambda: _folded(scorer_db, "quiet", events=2))
+        assert rows["quiet"]["lifecycle_stage"] == "new"
+        review = rows["quiet"]["next_review_at"]
+        assert review is not None and review > clock.now()
+        clock.advance(timedelta(days=9, hours=23))  # last login 29.96 days ago: not yet
+        await _settle()
+        assert (await customer_rows(scorer_db))["quiet"]["lifecycle_stage"] == "new"
+        clock.advance(timedelta(hours=2))  # 30.04 days: past the 30-day silence
+        change = await wait_until(lambda: _time_change(scorer_db))
+    assert (change["from_class"], change["to_class"], change["rule"]) == (
+        "new",
+        "at_risk",
+        "at_risk",
+    )
+    assert json.loads(change["features"])["days_since_last_login"] > 30
+    assert (await customer_rows(scorer_db))["quiet"]["lifecycle_stage"] == "at_risk"
+
+
+async def _folded(database_url: str, customer_id: str, *, events: int) -> object:
+    rows = await customer_rows(database_url)
+    done = customer_id in rows and rows[customer_id]["state"]["event_count"] == events
+    return rows if done else None
+
+
+async def _settle() -> None:
+    await asyncio.sleep(0.5)  # several sweep intervals
+
+
+async def _time_change(database_url: str) -> object:
+    async with connect(database_url) as conn:
+        return await conn.fetchrow(
+            "SELECT * FROM scorer.tier_change WHERE cause = 'time' AND dimension = 'lifecycle_stage'"
+        )
