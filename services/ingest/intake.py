@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.ingest.metrics import IngestMetrics
-from services.ingest.parsing import EventParser, loose_types
+from services.ingest.parsing import EventParser, decode_json, loose_types
 from services.ingest.publisher import BrokerUnavailableError, Event, Publisher
 from shared.clock import Clock
 from shared.http import ProblemError
@@ -42,18 +42,13 @@ class EventIntake:
         return ids
 
     def _parse(self, raw: bytes, *, source: str, batch: bool) -> list[Event]:
-        now = self.clock.now()
+        data = decode_json(raw)
         try:
-            return (
-                self.parser.parse_batch(raw, now=now)
-                if batch
-                else [self.parser.parse_one(raw, now=now)]
-            )
-        except ProblemError as exc:
-            if exc.status == 422:
-                types = loose_types(raw, batch=batch)
-                self.metrics.batch_events.observe(len(types))
-                self.metrics.count_events(types, source=source, outcome="rejected")
+            return self.parser.validate(data, now=self.clock.now(), batch=batch)
+        except ProblemError:
+            types = loose_types(data, batch=batch)
+            self.metrics.batch_events.observe(len(types))
+            self.metrics.count_events(types, source=source, outcome="rejected")
             raise
 
     async def _publish(self, events: list[Event], *, source: str) -> None:

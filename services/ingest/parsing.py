@@ -1,16 +1,18 @@
-"""Request parsing for ingest: bounded body reads, content type, strict event validation.
+"""Request parsing for ingest: bounded body reads, content type, event validation.
 
-JSON is decoded by pydantic in strict mode straight from the bytes, so a JSON number such
-as 0.1 becomes Decimal('0.1') exactly (never a binary float) and a value whose JSON type
-differs from the documented schema (a number for a timestamp, a string for an integer) is
-rejected instead of coerced.
+JSON is decoded in two steps: pydantic-core's parser is the syntax gate (valid UTF-8, no
+lone surrogates, no NaN, bounded nesting, precise error positions), then the stdlib parser
+builds the values with every non-integer number as an exact `Decimal` (0.1 stays
+Decimal('0.1'); pydantic's own JSON mode would go through a binary float).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -88,38 +90,31 @@ class EventParser:
         single: TypeAdapter[Event] = TypeAdapter(IncomingEvent)
         return cls(model, TypeAdapter(model), single, timedelta(seconds=max_future_seconds))
 
-    def parse_one(self, raw: bytes, *, now: datetime) -> Event:
-        """One event from a request body; ProblemError 400 or 422 when it is not one."""
+    def validate(self, data: object, *, now: datetime, batch: bool) -> list[Event]:
+        """Every event of a decoded body, or ProblemError 422 locating every error."""
+        context = {"not_after": now + self.max_future}
         try:
-            return self.single.validate_json(raw, strict=True, context=self._context(now))
+            if batch:
+                return list(self.batch.validate_python(data, context=context).events)
+            return [self.single.validate_python(data, context=context)]
         except ValidationError as exc:
-            raise _problem_for(exc, batch=False) from None
-
-    def parse_batch(self, raw: bytes, *, now: datetime) -> list[Event]:
-        """Every event of a batch body, or ProblemError listing every bad one."""
-        try:
-            batch = self.batch.validate_json(raw, strict=True, context=self._context(now))
-        except ValidationError as exc:
-            raise _problem_for(exc, batch=True) from None
-        return list(batch.events)
-
-    def _context(self, now: datetime) -> dict[str, Any]:
-        return {"not_after": now + self.max_future}
+            errors = exc.errors(include_url=False, include_input=False, include_context=False)
+            located = [describe_error(e, batch=batch).model_dump(exclude_none=True) for e in errors]
+            raise ProblemError(
+                422,
+                "Invalid events",
+                f"{len(located)} validation error(s); nothing was published.",
+                errors=located,
+            ) from None
 
 
-def _problem_for(exc: ValidationError, *, batch: bool) -> ProblemError:
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    malformed = [e for e in errors if e["type"] == "json_invalid"]
-    if malformed:
-        detail = str(malformed[0]["msg"])
-        return ProblemError(400, "Malformed JSON", detail)
-    located = [describe_error(e, batch=batch).model_dump(exclude_none=True) for e in errors]
-    return ProblemError(
-        422,
-        "Invalid events",
-        f"{len(located)} validation error(s); nothing was published.",
-        errors=located,
-    )
+def decode_json(raw: bytes) -> Any:
+    """JSON text to Python values with exact Decimals; ProblemError 400 when malformed."""
+    try:
+        from_json(raw, allow_inf_nan=False)
+        return json.loads(raw, parse_float=Decimal)
+    except ValueError as exc:  # also: UnicodeDecodeError, oversized integers
+        raise ProblemError(400, "Malformed JSON", f"Invalid JSON: {exc}") from None
 
 
 def describe_error(error: ErrorDetails, *, batch: bool) -> FieldError:
@@ -176,16 +171,10 @@ def _too_large(limit: int) -> ProblemError:
     return ProblemError(413, "Request body too large", f"The body must not exceed {limit} bytes.")
 
 
-def loose_types(raw: bytes, *, batch: bool) -> list[str]:
+def loose_types(data: object, *, batch: bool) -> list[str]:
     """Best-effort event types of a rejected body, for the events counter only."""
-    try:
-        parsed = from_json(raw)
-    except ValueError:
-        return []
-    items = parsed.get("events") if batch and isinstance(parsed, dict) else [parsed]
-    if not isinstance(items, list):
-        return []
-    return [_type_of(item) for item in items]
+    items = data.get("events") if batch and isinstance(data, dict) else [data]
+    return [_type_of(item) for item in items] if isinstance(items, list) else []
 
 
 def _type_of(item: object) -> str:
