@@ -14,19 +14,35 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    FiniteFloat,
+    StrictInt,
     StringConstraints,
     TypeAdapter,
 )
+from pydantic_core import PydanticCustomError
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 AttributeValue = str | int | float | bool | None
+# Event attributes: a JSON number must be finite (NaN / Infinity would not survive a round trip).
+EventAttributeValue = str | int | FiniteFloat | bool | None
 Attributes = Annotated[
-    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], AttributeValue],
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], EventAttributeValue],
     Field(max_length=64),
 ]
+
+
+def _time_as_text(value: object) -> object:
+    """Event times travel as ISO 8601 text; a bare number (epoch seconds?) is refused."""
+    if isinstance(value, int | float | Decimal):
+        raise PydanticCustomError("datetime_type", "Input should be an ISO 8601 date-time string")
+    return value
+
+
+EventTime = Annotated[AwareDatetime, BeforeValidator(_time_as_text)]
 
 
 class _Contract(BaseModel):
@@ -36,7 +52,7 @@ class _Contract(BaseModel):
 class _EventBase(_Contract):
     event_id: Id = Field(description="Client-supplied idempotency key, 1-128 characters.")
     customer_id: Id = Field(description="The customer this event belongs to, 1-128 characters.")
-    occurred_at: AwareDatetime = Field(
+    occurred_at: EventTime = Field(
         description="Event time, ISO 8601 with a timezone (naive timestamps are rejected)."
     )
     source: ShortText | None = Field(
@@ -49,7 +65,7 @@ class _EventBase(_Contract):
 
 class LineItem(_Contract):
     sku: ShortText
-    quantity: int = Field(1, ge=1, le=1_000_000)
+    quantity: StrictInt = Field(1, ge=1, le=1_000_000)
     price: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=6)
     category: ShortText | None = None
 
@@ -104,8 +120,8 @@ class SupportTicketUpdated(_EventBase):
     type: Literal["support"] = "support"
     ticket_id: Id
     action: SupportAction
-    satisfaction: int | None = Field(None, ge=1, le=5, description="CSAT 1-5.")
-    nps: int | None = Field(None, ge=0, le=10, description="NPS 0-10.")
+    satisfaction: StrictInt | None = Field(None, ge=1, le=5, description="CSAT 1-5.")
+    nps: StrictInt | None = Field(None, ge=0, le=10, description="NPS 0-10.")
 
 
 CustomerEvent = Annotated[
