@@ -163,7 +163,7 @@ class ApiClient:
     def _accepted(response: httpx.Response, events: Sequence[Mapping[str, Any]]) -> list[str]:
         body = _problem(response)
         if response.status_code == 202:
-            ids = body.get("accepted")
+            ids = body.get("event_ids")
             sent = [str(e.get("event_id")) for e in events]
             return [str(i) for i in ids] if isinstance(ids, list) else sent
         detail = str(body.get("detail") or body.get("title") or response.reason_phrase)

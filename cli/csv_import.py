@@ -26,6 +26,8 @@ EventModel = PurchaseMade | CustomerLoggedIn | SupportTicketUpdated
 ATTRIBUTE_PREFIX = "attributes."
 _DATE_ONLY = (re.compile(r"^(\d{4})-(\d{2})-(\d{2})$"), re.compile(r"^(\d{4})(\d{2})(\d{2})$"))
 _SLASHED = re.compile(r"^(\d{4})/(\d{2})/(\d{2})$")
+_INTEGER = re.compile(r"^[+-]?\d{1,9}$")
+_INTEGER_FIELDS = frozenset({"satisfaction", "nps"})
 
 
 class RowError(ValueError):
@@ -99,6 +101,8 @@ def _raw_event(kind: str, row: Mapping[str, str], columns: Mapping[str, str]) ->
             event[name] = parse_timestamp(value)
         elif name in ("items", "attributes"):
             event[name] = _json_cell(name, value)
+        elif name in _INTEGER_FIELDS and _INTEGER.match(value):
+            event[name] = int(value)  # the contracts take strict ints; a CSV cell is text
         else:
             event[name] = value
     if attributes:

@@ -36,7 +36,7 @@ from cli.csv_import import (
 )
 from cli.simulate import progress_bar
 
-_INDEX_IN_FIELD = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+_INDEX_IN_FIELD = re.compile(r"^events\[(\d+)\]\.?")
 
 
 @dataclass
@@ -107,11 +107,12 @@ def _bad_indexes(exc: BatchRejected, size: int) -> dict[int, str]:
     """{index in batch: reason} from ingest's 422 errors list."""
     found: dict[int, str] = {}
     for err in exc.errors:
-        index = err.get("index")
-        if not isinstance(index, int) and (match := _INDEX_IN_FIELD.search(str(err.get("field")))):
-            index = int(match.group(1))
+        index, where = err.get("index"), str(err.get("field", ""))
+        if match := _INDEX_IN_FIELD.match(where):
+            index = int(match.group(1)) if index is None else index
+            where = where[match.end() :]
         if isinstance(index, int) and 0 <= index < size:
-            reason = f"{err.get('field', '')}: {err.get('reason', 'invalid')}".lstrip(": ")
+            reason = f"{where}: {err.get('reason', 'invalid')}".lstrip(": ")
             found[index] = "; ".join(filter(None, (found.get(index), f"ingest: {reason}")))
     return found
 

@@ -98,12 +98,83 @@ def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to va
 
 
 @rules_app.command("diff")
-def rules_diff(file: Annotated[Path, typer.Argument(help="Candidate rules YAML file.")]) -> None:
+def rules_diff(
+    file: Annotated[Path, typer.Argument(help="Candidate rules YAML file.")],
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the matrices as heatmaps into this PNG.")
+    ] = None,
+) -> None:
     """Classify today's customers (DATABASE_URL) with a candidate rules file, changing nothing,
     and print the migration matrix per dimension."""
+    if plot is not None:
+        from cli.rules_plot import diff_and_plot
+
+        raise typer.Exit(diff_and_plot(file, plot, console))
     from cli.rules import print_rules_diff
 
     raise typer.Exit(print_rules_diff(file, console))
+
+
+@app.command()
+def simulate(
+    customers: Annotated[int, typer.Option(min=1, help="Population size.")] = 1000,
+    days: Annotated[float, typer.Option(min=1, help="Simulated period, ending now.")] = 365,
+    seed: Annotated[int, typer.Option(help="Same seed, same events (ids included).")] = 42,
+    rate: Annotated[float | None, typer.Option(min=0.1, help="At most this many events/s.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Events per request.")] = 500,
+    prefix: Annotated[str | None, typer.Option(help="Customer id prefix (sim<seed>-).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Generate, send nothing.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Also write the events as JSONL.")] = None,
+) -> None:
+    """Send a realistic synthetic population through ingest (TIERSTREAM_INGEST_URL, _API_KEY):
+    archetypes with their own buying, login and support habits over the last DAYS days."""
+    from cli.simulate import SimulateOptions, run_simulate
+
+    options = SimulateOptions(customers, days, seed, rate, batch_size, prefix, dry_run, output)
+    raise typer.Exit(run_simulate(options, console))
+
+
+@app.command("import")
+def import_csv(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV, header row.")],
+    type_: Annotated[
+        str, typer.Option("--type", help="Event type of every row: purchase, login or support.")
+    ],
+    column: Annotated[
+        list[str] | None,
+        typer.Option(help="field=csv_column, for columns not named as the event field."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Rows per request.")] = 500,
+) -> None:
+    """Backfill history from a CSV through ingest. Bad rows go to FILE.rejects.csv (exit 2);
+    an interrupted import resumes from FILE.checkpoint when run again."""
+    from cli.importer import ImportOptions, run_import
+
+    if type_ not in ("purchase", "login", "support"):
+        raise typer.BadParameter("purchase, login or support", param_hint="--type")
+    options = ImportOptions(file, type_, tuple(column or ()), batch_size)
+    raise typer.Exit(run_import(options, console))
+
+
+@app.command()
+def report(
+    since: Annotated[
+        str | None, typer.Option(help="Period start (YYYY-MM-DD or ISO 8601); default 30 d ago.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG with the pictures.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+) -> None:
+    """Distribution per class, value-tier migration, churn and reactivation, open and overdue
+    tasks, sequence enrolments: read from the scorer and actions APIs."""
+    from cli.csv_import import RowError, parse_timestamp
+    from cli.report import run_report
+
+    try:
+        start = parse_timestamp(since) if since else None
+    except RowError as exc:
+        hint = str(exc).removeprefix("occurred_at: ")
+        raise typer.BadParameter(hint, param_hint="--since") from exc
+    raise typer.Exit(run_report(start, plot, as_json, console))
 
 
 @playbooks_app.command("check")

@@ -103,11 +103,10 @@ def run_simulate(options: SimulateOptions, console: Console) -> int:
     )
     started = time.monotonic()
     accepted: int | None = None
-    if options.dry_run:
-        if options.output is not None:
-            write_jsonl(population.events, options.output)
-            console.print(f"wrote {len(population.events)} events to {options.output}")
-    else:
+    if options.output is not None:
+        write_jsonl(population.events, options.output)
+        console.print(f"wrote {len(population.events)} events to {options.output}")
+    if not options.dry_run:
         try:
             accepted = _send_with_progress(population, options, console)
         except ApiError as exc:

@@ -1,0 +1,87 @@
+"""Resuming an import: the checkpoint, and a reject file without duplicates."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from cli.csv_import import (
+    Checkpoint,
+    checkpoint_path,
+    input_fingerprint,
+    load_checkpoint,
+    rejects_path,
+    save_checkpoint,
+)
+from cli.importer import RejectFile, Row
+
+
+def source(tmp_path: Path, text: str = "customer_id,occurred_at,channel\n") -> Path:
+    path = tmp_path / "logins.csv"
+    path.write_text(text)
+    return path
+
+
+def test_files_sit_next_to_the_input(tmp_path: Path) -> None:
+    path = source(tmp_path)
+    assert checkpoint_path(path) == tmp_path / "logins.csv.checkpoint"
+    assert rejects_path(path) == tmp_path / "logins.csv.rejects.csv"
+
+
+def test_a_saved_checkpoint_is_loaded_for_the_same_file_and_options(tmp_path: Path) -> None:
+    path = source(tmp_path)
+    fingerprint = input_fingerprint(path, "login", {})
+    save_checkpoint(checkpoint_path(path), Checkpoint(41, fingerprint))
+    assert load_checkpoint(checkpoint_path(path), fingerprint) == 41
+    assert not (tmp_path / "logins.csv.checkpoint.tmp").exists()
+
+
+def test_no_or_a_broken_checkpoint_means_start_at_the_top(tmp_path: Path) -> None:
+    path = source(tmp_path)
+    fingerprint = input_fingerprint(path, "login", {})
+    assert load_checkpoint(checkpoint_path(path), fingerprint) == 0
+    checkpoint_path(path).write_text("{not json")
+    assert load_checkpoint(checkpoint_path(path), fingerprint) == 0
+
+
+def test_a_changed_file_or_other_options_ignore_the_checkpoint(tmp_path: Path) -> None:
+    path = source(tmp_path)
+    before = input_fingerprint(path, "login", {})
+    save_checkpoint(checkpoint_path(path), Checkpoint(10, before))
+    assert input_fingerprint(path, "support", {}) != before
+    assert input_fingerprint(path, "login", {"channel": "Kanal"}) != before
+    path.write_text("customer_id,occurred_at,channel\nc1,2024-01-01,web\n")
+    os.utime(path, ns=(1, 1))
+    after = input_fingerprint(path, "login", {})
+    assert after != before
+    assert load_checkpoint(checkpoint_path(path), after) == 0
+
+
+def read_rejects(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_a_resumed_reject_file_keeps_rows_up_to_the_checkpoint_only(tmp_path: Path) -> None:
+    path = rejects_path(source(tmp_path))
+    header = ["customer_id", "occurred_at", "channel"]
+    first = RejectFile(path, header, keep_upto=0)
+    first.add([Row(3, ["c3", "x", "web"], reason="bad date"), Row(9, ["c9"], reason="short")])
+    first.close()  # the run died after line 9's reject, before its checkpoint moved past 9
+    resumed = RejectFile(path, header, keep_upto=5)
+    assert resumed.earlier == 1
+    resumed.add([Row(9, ["c9"], reason="short")])
+    resumed.close()
+    assert read_rejects(path) == [
+        ["line", "reason", *header],
+        ["3", "bad date", "c3", "x", "web"],
+        ["9", "short", "c9"],
+    ]
+
+
+def test_a_fresh_import_starts_a_new_reject_file(tmp_path: Path) -> None:
+    path = rejects_path(source(tmp_path))
+    path.write_text("line,reason\n2,old\n")
+    RejectFile(path, ["a"], keep_upto=0).close()
+    assert read_rejects(path) == [["line", "reason", "a"]]

@@ -1,0 +1,171 @@
+"""CSV rows to events: date formats, column mapping, deterministic ids, precise reasons."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from cli.csv_import import (
+    RowError,
+    columns_for,
+    derive_event_id,
+    parse_mapping,
+    parse_timestamp,
+    row_to_event,
+    unused_columns,
+)
+from cli.importer import read_rows
+
+PURCHASE_HEADER = ["customer_id", "occurred_at", "order_id", "amount", "currency"]
+
+
+def purchase(**cells: str) -> dict[str, str]:
+    row = {
+        "customer_id": "c1",
+        "occurred_at": "2024-03-05",
+        "order_id": "o1",
+        "amount": "12.50",
+        "currency": "EUR",
+    }
+    return {**row, **cells}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2024-03-05", datetime(2024, 3, 5, tzinfo=UTC)),
+        ("20240305", datetime(2024, 3, 5, tzinfo=UTC)),
+        ("2024/03/05", datetime(2024, 3, 5, tzinfo=UTC)),
+        ("2024-03-05T10:15:00Z", datetime(2024, 3, 5, 10, 15, tzinfo=UTC)),
+        (
+            "2024-03-05T10:15:00+02:00",
+            datetime(2024, 3, 5, 10, 15, tzinfo=timezone(timedelta(hours=2))),
+        ),
+        ("20240305T101500Z", datetime(2024, 3, 5, 10, 15, tzinfo=UTC)),
+        (" 2024-03-05 ", datetime(2024, 3, 5, tzinfo=UTC)),
+    ],
+)
+def test_dates_and_timestamps_are_read_with_dates_at_midnight_utc(
+    raw: str, expected: datetime
+) -> None:
+    assert parse_timestamp(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("2024-02-30", "not a valid date"),
+        ("20241301", "not a valid date"),
+        ("05/03/2024", "not ISO 8601"),
+        ("2024-03-05T10:15:00", "no timezone"),
+        ("yesterday", "not ISO 8601"),
+    ],
+)
+def test_unreadable_or_ambiguous_dates_are_refused_with_a_reason(raw: str, reason: str) -> None:
+    with pytest.raises(RowError, match=reason):
+        parse_timestamp(raw)
+
+
+def test_a_row_becomes_a_validated_event() -> None:
+    event = row_to_event("purchase", purchase(), columns_for("purchase", PURCHASE_HEADER, {}))
+    assert event.customer_id == "c1"
+    assert event.amount == Decimal("12.50")  # type: ignore[union-attr]
+    assert event.occurred_at == datetime(2024, 3, 5, tzinfo=UTC)
+
+
+def test_columns_can_be_mapped_and_attribute_columns_are_collected() -> None:
+    mapping = parse_mapping(
+        ["customer_id=Kunde", "amount=Total", "attributes.tier=Tier"], "purchase"
+    )
+    header = ["Kunde", "occurred_at", "order_id", "Total", "currency", "attributes.region", "Tier"]
+    row = dict(zip(header, ["k9", "20240101", "o9", "99", "EUR", "north", "A"], strict=True))
+    event = row_to_event("purchase", row, columns_for("purchase", header, mapping))
+    assert event.customer_id == "k9"
+    assert event.amount == Decimal("99")  # type: ignore[union-attr]
+    assert event.attributes == {"region": "north", "tier": "A"}
+
+
+def test_a_mapping_to_an_unknown_field_or_without_equals_is_refused() -> None:
+    with pytest.raises(ValueError, match="no field 'amout'"):
+        parse_mapping(["amout=Total"], "purchase")
+    with pytest.raises(ValueError, match="field=csv_column"):
+        parse_mapping(["amount"], "purchase")
+
+
+def test_a_header_missing_a_required_field_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match="amount"):
+        columns_for("purchase", ["customer_id", "occurred_at", "order_id", "currency"], {})
+
+
+def test_unknown_columns_are_listed() -> None:
+    assert unused_columns("login", ["customer_id", "occurred_at", "channel", "note"], {}) == [
+        "note"
+    ]
+
+
+def test_derived_event_ids_depend_on_content_not_on_its_spelling() -> None:
+    columns = columns_for("purchase", PURCHASE_HEADER, {})
+    one = row_to_event("purchase", purchase(occurred_at="2024-03-05"), columns)
+    same = row_to_event("purchase", purchase(occurred_at="20240305"), columns)
+    other = row_to_event("purchase", purchase(amount="13.50"), columns)
+    assert one.event_id == same.event_id
+    assert one.event_id != other.event_id
+    assert one.event_id.startswith("csv-purchase-")
+
+
+def test_the_type_is_part_of_the_derived_id() -> None:
+    payload = {"customer_id": "c1", "occurred_at": "2024-01-01T00:00:00Z"}
+    assert derive_event_id("login", payload) != derive_event_id("support", payload)
+
+
+def test_a_given_event_id_is_kept() -> None:
+    header = [*PURCHASE_HEADER, "event_id"]
+    event = row_to_event(
+        "purchase", purchase(event_id="mine-1"), columns_for("purchase", header, {})
+    )
+    assert event.event_id == "mine-1"
+
+
+@pytest.mark.parametrize(
+    ("cells", "reason"),
+    [
+        ({"amount": "-3"}, "amount"),
+        ({"amount": "lots"}, "amount"),
+        ({"currency": "euro"}, "currency"),
+        ({"customer_id": ""}, "customer_id: Field required"),
+        ({"occurred_at": "2024-13-01"}, "occurred_at"),
+    ],
+)
+def test_bad_rows_are_refused_naming_the_field(cells: dict[str, str], reason: str) -> None:
+    with pytest.raises(RowError, match=reason):
+        row_to_event("purchase", purchase(**cells), columns_for("purchase", PURCHASE_HEADER, {}))
+
+
+def test_support_rows_parse_numbers() -> None:
+    header = ["customer_id", "occurred_at", "ticket_id", "action", "nps"]
+    row = dict(zip(header, ["c1", "2024-01-01", "t1", "resolved", "4"], strict=True))
+    event = row_to_event("support", row, columns_for("support", header, {}))
+    assert event.nps == 4  # type: ignore[union-attr]
+    with pytest.raises(RowError, match="nps: Input should be a valid integer"):
+        row_to_event("support", {**row, "nps": "4.5"}, columns_for("support", header, {}))
+
+
+def test_rows_carry_their_starting_line_even_across_blank_and_multiline_records() -> None:
+    text = (
+        "customer_id,occurred_at,channel,device\n"
+        "c1,2024-01-01,web,a\n"
+        "\n"
+        'c2,2024-01-02,app,"two\nlines"\n'
+        "c3,not-a-date,web,b\n"
+        "c4,2024-01-03,web\n"
+    )
+    header, rows = read_rows(io.StringIO(text, newline=""), "login", {})
+    parsed = list(rows)
+    assert header == ["customer_id", "occurred_at", "channel", "device"]
+    assert [r.line for r in parsed] == [2, 4, 6, 7]
+    assert [r.event is not None for r in parsed] == [True, True, False, False]
+    assert "occurred_at" in parsed[2].reason
+    assert parsed[3].reason == "3 fields, the header has 4"

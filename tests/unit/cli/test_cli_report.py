@@ -1,0 +1,136 @@
+"""The report's arithmetic: period migration, churn and reactivation, tasks, enrolments."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+
+from cli.plots import matrix_axes, ordered, plot_report, plot_rules_diff
+from cli.report import (
+    CustomerHistory,
+    customers_moved_to,
+    enrolments_by_status,
+    period_migration,
+    start_class,
+    tasks_per_queue,
+)
+
+SINCE = datetime(2026, 5, 1, tzinfo=UTC)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def change(dimension: str, before: str | None, after: str, day: str) -> dict[str, Any]:
+    return {"dimension": dimension, "from": before, "to": after, "occurred_at": f"{day}T00:00:00Z"}
+
+
+def customer(cid: str, tier: str, *changes: dict[str, Any], stage: str = "new") -> CustomerHistory:
+    classes = {"value_tier": tier, "activity_level": "active", "lifecycle_stage": stage}
+    return CustomerHistory(cid, classes, list(changes))
+
+
+HISTORIES = [
+    # moved bronze -> silver -> gold inside the period: counts once, bronze -> gold
+    customer(
+        "a",
+        "gold",
+        change("value_tier", None, "bronze", "2026-01-01"),
+        change("value_tier", "bronze", "silver", "2026-05-03"),
+        change("value_tier", "silver", "gold", "2026-05-20"),
+    ),
+    # changed before the period only: stays on the diagonal
+    customer("b", "silver", change("value_tier", None, "silver", "2026-02-01")),
+    # first classified inside the period
+    customer(
+        "c",
+        "bronze",
+        change("value_tier", None, "bronze", "2026-05-10"),
+        change("lifecycle_stage", "at_risk", "reactivated", "2026-05-11"),
+        stage="reactivated",
+    ),
+    customer(
+        "d",
+        "bronze",
+        change("lifecycle_stage", "at_risk", "churned", "2026-04-30"),
+        change("lifecycle_stage", "churned", "reactivated", "2026-05-02"),
+        change("lifecycle_stage", "reactivated", "churned", "2026-05-25"),
+        stage="churned",
+    ),
+]
+
+
+def test_a_customer_starts_the_period_in_the_from_class_of_its_first_change_in_it() -> None:
+    assert start_class(HISTORIES[0], "value_tier", SINCE) == "bronze"
+    assert start_class(HISTORIES[1], "value_tier", SINCE) == "silver"
+    assert start_class(HISTORIES[2], "value_tier", SINCE) is None
+
+
+def test_the_migration_matrix_pairs_start_and_current_classes() -> None:
+    assert period_migration(HISTORIES, "value_tier", SINCE) == {
+        "(unclassified)": {"bronze": 1},
+        "bronze": {"bronze": 1, "gold": 1},
+        "silver": {"silver": 1},
+    }
+
+
+def test_churn_and_reactivation_count_customers_who_moved_there_in_the_period() -> None:
+    assert customers_moved_to(HISTORIES, "churned", SINCE) == 1
+    assert customers_moved_to(HISTORIES, "reactivated", SINCE) == 2
+    assert customers_moved_to(HISTORIES, "churned", datetime(2026, 4, 1, tzinfo=UTC)) == 1
+
+
+def test_tasks_are_counted_per_queue() -> None:
+    open_tasks = [{"queue": "support"}, {"queue": "support"}, {"queue": "senior-sales"}]
+    assert tasks_per_queue(open_tasks, [{"queue": "support"}]) == {
+        "senior-sales": {"open": 1, "overdue": 0},
+        "support": {"open": 2, "overdue": 1},
+    }
+
+
+def test_enrolments_are_counted_per_sequence_and_status() -> None:
+    items = [
+        {"sequence": "welcome", "status": "active"},
+        {"sequence": "welcome", "status": "exited"},
+        {"sequence": "welcome", "status": "active"},
+        {"sequence": "win_back", "status": "completed"},
+    ]
+    assert enrolments_by_status(items) == {
+        "welcome": {"active": 2, "exited": 1},
+        "win_back": {"completed": 1},
+    }
+
+
+def test_classes_are_shown_in_business_order() -> None:
+    assert ordered(["none", "bronze", "gold", "vip", "silver"]) == [
+        "gold", "silver", "bronze", "none", "vip",
+    ]  # fmt: skip
+    rows, cols, grid = matrix_axes({"silver": {"gold": 2}, "gold": {"bronze": 1, "silver": 3}})
+    assert rows == cols == ["gold", "silver", "bronze"]
+    assert grid == [[0, 3, 1], [2, 0, 0], [0, 0, 0]]
+    rows, cols, grid = matrix_axes({"(unclassified)": {"gold": 2}, "gold": {"gold": 1}})
+    assert (rows, cols, grid) == (["(unclassified)", "gold"], ["gold"], [[2], [1]])
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 300 and image.shape[1] > 300
+
+
+def test_the_report_picture_is_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "report.png"
+    distribution = {
+        "value_tier": {"gold": 2, "silver": 5, "bronze": 9, "none": 4},
+        "activity_level": {"active": 10, "inactive": 10},
+        "lifecycle_stage": {"new": 3, "established": 12, "at_risk": 5},
+    }
+    plot_report(distribution, period_migration(HISTORIES, "value_tier", SINCE), path, title="t")
+    assert_png(path)
+
+
+def test_the_rules_diff_picture_is_a_png_even_when_empty(tmp_path: Path) -> None:
+    path = tmp_path / "diff.png"
+    plot_rules_diff({"value_tier": {"gold": {"silver": 1}}, "activity_level": {}}, path, title="t")
+    assert_png(path)
