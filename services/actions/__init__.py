@@ -1,0 +1,1 @@
+"""The actions service: tier changes -> playbooks -> tasks, deliveries and sequences."""

@@ -1,0 +1,247 @@
+"""The task, sequence and alert API (`/v1`): thin routes over `queries`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.actions import queries
+from services.actions.db import Pool
+from services.actions.queries import TaskFilter, TransitionRefused
+from services.actions.tasks import TaskCommand, TaskStatus
+from shared.clock import Clock
+from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
+
+MAX_ID = 2**63 - 1
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Task id.")]
+CustomerQuery = Annotated[str | None, Query(min_length=1, max_length=128)]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+Cursor = Annotated[
+    str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
+]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such task", "content": {PROBLEM_JSON: {}}}
+}
+_PAST = {"assign": "assigned", "complete": "completed", "cancel": "cancelled"}
+_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"description": "Transition not allowed", "content": {PROBLEM_JSON: {}}}
+}
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class TaskOut(_Out):
+    id: int
+    customer_id: str
+    tier_change_id: str
+    playbook: str
+    title: str
+    queue: str
+    assignee: str | None
+    priority: Literal["low", "normal", "high", "urgent"]
+    status: TaskStatus
+    due_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    overdue: bool
+
+
+class TaskPage(_Out):
+    items: list[TaskOut]
+    next_cursor: str | None
+
+
+class StepOut(_Out):
+    index: int
+    name: str
+    channel: str
+    due_at: datetime
+    status: Literal["scheduled", "sent", "cancelled", "failed"]
+    sent_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+class EnrolmentOut(_Out):
+    id: int
+    customer_id: str
+    sequence: str
+    playbook: str
+    tier_change_id: str
+    status: Literal["active", "completed", "exited"]
+    exit_reason: str | None
+    enrolled_at: datetime
+    ended_at: datetime | None
+    steps: list[StepOut]
+
+
+class EnrolmentPage(_Out):
+    items: list[EnrolmentOut]
+    next_cursor: str | None
+
+
+class AlertOut(_Out):
+    id: int
+    customer_id: str
+    tier_change_id: str | None
+    playbook: str | None
+    audience: str | None
+    channel: str
+    status: Literal["pending", "sent", "dead", "cancelled"]
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    idempotency_key: str
+
+
+class AlertPage(_Out):
+    items: list[AlertOut]
+    next_cursor: str | None
+
+
+class AssignTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["assign"]
+    assignee: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class CompleteTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["complete"]
+
+
+class CancelTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["cancel"]
+
+
+TaskPatch = Annotated[AssignTask | CompleteTask | CancelTask, Field(discriminator="action")]
+
+
+def encode_cursor(last_id: int) -> str:
+    """An opaque cursor for the page after `last_id`."""
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The id a cursor points after; 422 for anything we did not hand out."""
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, number = text.partition(":")
+        value = int(number)
+        if kind == "id" and 0 <= value <= MAX_ID:
+            return value
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    error = {"field": "cursor", "reason": "invalid cursor", "type": "cursor"}
+    raise ProblemError(
+        422, "Invalid request", "The cursor is not one this API handed out.", errors=[error]
+    )
+
+
+def _page(rows: list[dict[str, object]], limit: int) -> tuple[list[dict[str, object]], str | None]:
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = rows[-1]["id"]
+    assert isinstance(last, int)
+    return rows, encode_cursor(last)
+
+
+def _pool(request: Request) -> Pool:
+    pool: Pool = request.app.state.pool
+    return pool
+
+
+def _now(request: Request) -> datetime:
+    clock: Clock = request.app.state.clock
+    return clock.now()
+
+
+def _task(row: dict[str, object], now: datetime) -> TaskOut:
+    due = row["due_at"]
+    overdue = row["status"] == "open" and isinstance(due, datetime) and due < now
+    return TaskOut.model_validate({**row, "overdue": overdue})
+
+
+def api_router() -> APIRouter:
+    """Routes of /v1 (every one needs an API key)."""
+    router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+
+    @router.get("/tasks", tags=["tasks"], summary="List tasks (filters, cursor pagination)")
+    async def list_tasks(
+        request: Request, _: SourceDep, customer_id: CustomerQuery = None,
+        queue: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+        status: TaskStatus | None = None,
+        overdue: Annotated[bool | None, Query(description="Open and past due.")] = None,
+        limit: Limit = 50, cursor: Cursor = None,
+    ) -> TaskPage:  # fmt: skip
+        now = _now(request)
+        rows = await queries.list_tasks(
+            _pool(request), TaskFilter(customer_id, queue, status, overdue), now=now,
+            after=decode_cursor(cursor), limit=limit,
+        )  # fmt: skip
+        items, next_cursor = _page(rows, limit)
+        return TaskPage(items=[_task(r, now) for r in items], next_cursor=next_cursor)
+
+    @router.get("/tasks/{task_id}", tags=["tasks"], summary="One task", responses=_NOT_FOUND)
+    async def get_task(request: Request, _: SourceDep, task_id: TaskId) -> TaskOut:
+        row = await queries.get_task(_pool(request), task_id)
+        if row is None:
+            raise ProblemError(404, "Not found", f"No task {task_id}.")
+        return _task(row, _now(request))
+
+    @router.patch(
+        "/tasks/{task_id}", tags=["tasks"], summary="Assign, complete or cancel a task",
+        responses={**_NOT_FOUND, **_CONFLICT},
+    )  # fmt: skip
+    async def patch_task(
+        request: Request, _: SourceDep, task_id: TaskId, patch: Annotated[TaskPatch, Body()]
+    ) -> TaskOut:
+        now = _now(request)
+        assignee = patch.assignee if isinstance(patch, AssignTask) else None
+        try:
+            row = await queries.update_task(
+                _pool(request), task_id, TaskCommand(patch.action), assignee=assignee, now=now
+            )
+        except TransitionRefused as exc:
+            detail = f"Task {task_id} is {exc.status}; it cannot be {_PAST[patch.action]}."
+            raise ProblemError(409, "Conflict", detail) from exc
+        if row is None:
+            raise ProblemError(404, "Not found", f"No task {task_id}.")
+        return _task(row, now)
+
+    @router.get("/sequences/enrollments", tags=["sequences"], summary="Enrolments and steps")
+    async def enrollments(
+        request: Request, _: SourceDep, customer_id: CustomerQuery = None, limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> EnrolmentPage:  # fmt: skip
+        rows = await queries.list_enrolments(
+            _pool(request), customer_id, after=decode_cursor(cursor), limit=limit
+        )
+        items, next_cursor = _page(rows, limit)
+        return EnrolmentPage.model_validate({"items": items, "next_cursor": next_cursor})
+
+    @router.get("/alerts", tags=["alerts"], summary="Alert deliveries and their outcome")
+    async def alerts(
+        request: Request, _: SourceDep, customer_id: CustomerQuery = None, limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> AlertPage:  # fmt: skip
+        rows = await queries.list_alerts(
+            _pool(request), customer_id, after=decode_cursor(cursor), limit=limit
+        )
+        items, next_cursor = _page(rows, limit)
+        return AlertPage.model_validate({"items": items, "next_cursor": next_cursor})
+
+    return router

@@ -1,0 +1,111 @@
+"""One consumed batch, applied in one Postgres transaction (the effectively-once unit).
+
+Order inside the transaction: inbox claim (redeliveries drop out), enrolment exits, new
+enrolments with their steps, tasks, alert and task-push deliveries, goal events (which may
+end enrolments created just before), and last the fenced offset update.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from services.actions import store
+from services.actions.db import Connection, Pool
+from services.actions.effects import (
+    ChannelConfig,
+    DeliveryRow,
+    collect_effects,
+    step_rows,
+    task_push_row,
+)
+from services.actions.store import OffsetMove
+from shared.contracts import TierChanged
+from shared.domain.playbooks import ActionRequest, Playbooks, plan_goal_exits
+
+GOAL_PURCHASE = "purchase"
+
+
+@dataclass(frozen=True)
+class PlannedChange:
+    """A decoded tier change and what its playbooks call for (planned before the transaction)."""
+
+    change: TierChanged
+    requests: list[ActionRequest]
+
+    @property
+    def message_id(self) -> str:
+        return f"tier-changed:{self.change.id}"
+
+
+@dataclass(frozen=True)
+class GoalHit:
+    """A goal event (a purchase) of a customer at an event time."""
+
+    customer_id: str
+    occurred_at: datetime
+
+
+@dataclass
+class BatchResult:
+    """What a committed batch did, for the metrics."""
+
+    fresh: int = 0
+    duplicates: int = 0
+    planned: Counter[tuple[str, str]] = field(default_factory=Counter)
+    enrolled: Counter[str] = field(default_factory=Counter)
+    cancelled_steps: Counter[str] = field(default_factory=Counter)
+
+
+async def apply_batch(
+    pool: Pool,
+    changes: Sequence[PlannedChange],
+    goals: Sequence[GoalHit],
+    moves: Sequence[OffsetMove],
+    *,
+    group_id: str,
+    playbooks: Playbooks,
+    channels: ChannelConfig,
+    now: datetime,
+) -> BatchResult:
+    """Write every effect of the batch and advance the offsets: all or nothing.
+
+    Raises `store.Fenced` (and rolls back) when another consumer owns a partition.
+    """
+    unique = list({c.message_id: c for c in reversed(changes)}.values())[::-1]
+    result = BatchResult()
+    async with pool.acquire() as conn, conn.transaction():
+        fresh_ids = (
+            await store.claim_messages(conn, [c.message_id for c in unique]) if unique else set()
+        )
+        fresh = [c for c in unique if c.message_id in fresh_ids]
+        effects = collect_effects(((c.change, c.requests) for c in fresh), channels, now=now)
+        result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
+        allowed = await store.admissible(conn, list(effects.enrols.values()), now=now)
+        enrolled = await store.insert_enrolments(conn, allowed, now=now)
+        steps = [s for eid, row in enrolled for s in step_rows(eid, row, channels, enrolled_at=now)]
+        created = await store.upsert_tasks(conn, list(effects.tasks.values()), now=now)
+        pushes = [task_push_row(t, now=now) for t in created] if channels.crm else []
+        deliveries: list[DeliveryRow] = [*effects.alerts, *pushes, *steps]
+        await store.insert_deliveries(conn, deliveries, now=now)
+        result.cancelled_steps += await _record_goals(conn, goals, playbooks, now=now)
+        await store.advance_offsets(conn, group_id, moves)
+    result.fresh, result.duplicates = len(fresh), len(changes) - len(fresh)
+    result.planned = effects.planned
+    result.enrolled = Counter(row.request.sequence for _, row in enrolled)
+    return result
+
+
+async def _record_goals(
+    conn: Connection, goals: Sequence[GoalHit], playbooks: Playbooks, *, now: datetime
+) -> Counter[str]:
+    if not goals:
+        return Counter()
+    latest: dict[str, datetime] = {}
+    for hit in goals:
+        if hit.customer_id not in latest or hit.occurred_at > latest[hit.customer_id]:
+            latest[hit.customer_id] = hit.occurred_at
+    sequences = [e.sequence for e in plan_goal_exits(GOAL_PURCHASE, playbooks)]
+    return await store.record_goals(conn, GOAL_PURCHASE, latest, sequences, now=now)

@@ -1,0 +1,177 @@
+"""Channels that send a delivery out: a signed webhook, SMTP e-mail, or the log.
+
+Every send carries the delivery's idempotency key (the `Idempotency-Key` header for
+webhooks, the Message-ID for e-mail) so a resend after a crash can be recognised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import json
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any, Protocol
+
+import aiosmtplib
+import httpx
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+SIGNATURE_HEADER = "X-Tierstream-Signature"
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+class DeliveryError(Exception):
+    """A send failed; it is retried with back-off."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A send failed in a way retrying cannot fix (e.g. 4xx, a refused recipient)."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a channel needs to send one message."""
+
+    id: int
+    key: str
+    kind: str
+    customer_id: str
+    channel: str
+    recipient: str | None
+    subject: str
+    body: str
+    payload: dict[str, Any]
+    playbook: str | None = None
+    audience: str | None = None
+
+    def webhook_body(self) -> bytes:
+        """Slack-compatible `text` plus the structured details, as compact JSON bytes."""
+        document = {
+            "text": self.body, "kind": self.kind, "customer_id": self.customer_id,
+            "playbook": self.playbook, "audience": self.audience, "subject": self.subject or None,
+            "idempotency_key": self.key, **self.payload,
+        }  # fmt: skip
+        return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
+
+
+class Channel(Protocol):
+    async def send(self, delivery: Delivery) -> None: ...
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """`sha256=<hex HMAC-SHA256 of the raw body>`."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class WebhookChannel:
+    """POSTs the JSON body, signed, with the delivery's `Idempotency-Key`."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, secret: bytes) -> None:
+        self.client, self.url, self.secret = client, url, secret
+
+    async def send(self, delivery: Delivery) -> None:
+        body = delivery.webhook_body()
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": delivery.key,
+            SIGNATURE_HEADER: sign(self.secret, body),
+            "User-Agent": "tierstream-actions",
+        }
+        try:
+            response = await self.client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        message = f"HTTP {status}: {response.text[:200]}"
+        if 400 <= status < 500 and status not in RETRYABLE_STATUS:
+            raise PermanentDeliveryError(message)
+        raise DeliveryError(message)
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    sender: str
+    user: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    timeout_s: float = 10.0
+
+
+class SmtpChannel:
+    """Sends an HTML + plain-text e-mail; the Message-ID derives from the idempotency key."""
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+
+    def message(self, delivery: Delivery) -> EmailMessage:
+        """The e-mail for a delivery (bodies are HTML-escaped when rendered)."""
+        if not delivery.recipient:
+            raise PermanentDeliveryError("no recipient address")
+        msg = EmailMessage()
+        msg["From"] = self.config.sender
+        msg["To"] = delivery.recipient
+        msg["Subject"] = delivery.subject or "Tierstream"
+        msg["Message-ID"] = f"<{delivery.key}@tierstream>"
+        msg["X-Tierstream-Idempotency-Key"] = delivery.key
+        msg.set_content(html.unescape(delivery.body))
+        paragraphs = "".join(f"<p>{p}</p>" for p in delivery.body.split("\n") if p.strip())
+        msg.add_alternative(f"<html><body>{paragraphs}</body></html>", subtype="html")
+        return msg
+
+    async def send(self, delivery: Delivery) -> None:
+        c = self.config
+        try:
+            await aiosmtplib.send(
+                self.message(delivery), hostname=c.host, port=c.port, username=c.user,
+                password=c.password, start_tls=c.starttls, timeout=c.timeout_s,
+            )  # fmt: skip
+        except aiosmtplib.SMTPResponseException as exc:
+            text = f"SMTP {exc.code}: {exc.message}"
+            raise (PermanentDeliveryError if 500 <= exc.code < 600 else DeliveryError)(
+                text
+            ) from exc
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            raise PermanentDeliveryError(f"recipient refused: {exc}") from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+
+
+class LogChannel:
+    """Writes the delivery to the log (development, and channels that are not configured)."""
+
+    async def send(self, delivery: Delivery) -> None:
+        log.info(
+            "delivery", kind=delivery.kind, customer_id=delivery.customer_id,
+            playbook=delivery.playbook, audience=delivery.audience, subject=delivery.subject,
+            text=delivery.body[:500], idempotency_key=delivery.key,
+        )  # fmt: skip
+
+
+class Channels:
+    """The channel for each delivery: alerts and steps by their channel, task pushes to the CRM."""
+
+    def __init__(
+        self, *, webhook: Channel | None = None, crm: Channel | None = None,
+        email: Channel | None = None, log_channel: Channel | None = None,
+    ) -> None:  # fmt: skip
+        self.webhook, self.crm, self.email = webhook, crm, email
+        self.log = log_channel or LogChannel()
+
+    def for_delivery(self, delivery: Delivery) -> Channel:
+        """The channel to use; a channel no longer configured is a permanent failure."""
+        if delivery.channel == "log":
+            return self.log
+        found = {"webhook": self.crm if delivery.kind == "task" else self.webhook,
+                 "email": self.email}.get(delivery.channel)  # fmt: skip
+        if found is None:
+            raise PermanentDeliveryError(f"channel {delivery.channel!r} is not configured")
+        return found

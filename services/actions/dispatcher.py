@@ -1,0 +1,161 @@
+"""The dispatcher: sends due deliveries with bounded concurrency, timeouts and back-off.
+
+One instance sends alerts and task pushes, another sequence steps (the scheduler), so a
+slow receiver of one kind never starves the other, and neither blocks the consumer. A
+hanging receiver holds at most one slot for at most the delivery timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.actions import deliveries
+from services.actions.channels import Channels, Delivery, DeliveryError, PermanentDeliveryError
+from services.actions.db import Pool
+from services.actions.loops import run_loop
+from services.actions.metrics import ActionsMetrics
+from services.actions.settings import ActionsSettings
+from shared.clock import Clock
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    """How deliveries are sent: slots, timeouts, lease, attempts and back-off."""
+
+    concurrency: int
+    timeout_s: float
+    lease_s: float
+    max_attempts: int
+    backoff_base_s: float
+    backoff_cap_s: float
+    interval_s: float
+
+    @classmethod
+    def from_settings(cls, s: ActionsSettings) -> DispatchPolicy:
+        """The policy configured by ACTIONS_* settings."""
+        return cls(
+            s.dispatch_concurrency, s.delivery_timeout_s, s.lease_s, s.max_attempts,
+            s.backoff_base_s, s.backoff_cap_s, s.dispatch_interval_s,
+        )  # fmt: skip
+
+
+class Dispatcher:
+    """Claims due deliveries of some kinds (FOR UPDATE SKIP LOCKED) and sends each once."""
+
+    def __init__(
+        self, name: str, pool: Pool, channels: Channels, *, kinds: Sequence[str],
+        policy: DispatchPolicy, clock: Clock, metrics: ActionsMetrics,
+    ) -> None:  # fmt: skip
+        self.name, self.pool, self.channels, self.kinds = name, pool, channels, tuple(kinds)
+        self.policy, self.clock, self.metrics = policy, clock, metrics
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Send until `stop`, then give in-flight sends a moment to finish."""
+        try:
+            await run_loop(self.name, self.step, stop, idle_s=self.policy.interval_s,
+                           errors=self.metrics.loop_errors, wake=self.wake)  # fmt: skip
+        finally:
+            await self.drain(timeout_s=min(self.policy.timeout_s, 5.0))
+
+    async def step(self) -> bool:
+        """Claim as many due deliveries as there are free slots; True when all slots filled."""
+        free = self.policy.concurrency - len(self.in_flight)
+        if free <= 0:
+            return False  # a finishing send sets `wake`
+        claimed = await deliveries.claim_due(
+            self.pool, self.kinds, now=self.clock.now(), limit=free, lease_s=self.policy.lease_s
+        )
+        for delivery, attempt in claimed:
+            task = asyncio.create_task(self.deliver(delivery, attempt), name=f"send-{delivery.id}")
+            self.in_flight.add(task)
+            task.add_done_callback(self._finished)
+        return len(claimed) == free
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        self.wake.set()
+
+    async def drain(self, *, timeout_s: float) -> None:
+        """Wait for in-flight sends; cancel what is still running (its lease will expire)."""
+        if not self.in_flight:
+            return
+        _, pending = await asyncio.wait(set(self.in_flight), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def deliver(self, delivery: Delivery, attempt: int) -> None:
+        """Send one delivery and record the outcome (a failure to record is retried by lease)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            channel = self.channels.for_delivery(delivery)
+            await asyncio.wait_for(channel.send(delivery), self.policy.timeout_s)
+        except PermanentDeliveryError as exc:
+            await self._failed(delivery, attempt, str(exc), permanent=True)
+        except TimeoutError:
+            await self._failed(delivery, attempt, f"no answer within {self.policy.timeout_s:g} s")
+        except Exception as exc:  # DeliveryError, or a channel bug: retried like any failure
+            detail = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+            await self._failed(delivery, attempt, detail)
+        else:
+            await self._sent(delivery, attempt)
+        finally:
+            self.metrics.delivery_duration.labels(delivery.channel).observe(loop.time() - started)
+
+    async def _sent(self, delivery: Delivery, attempt: int) -> None:
+        try:
+            sequence = await deliveries.record_sent(self.pool, delivery.id, now=self.clock.now())
+        except Exception as exc:
+            log.warning("sent but not recorded; the lease will resend it with the same key",
+                        delivery_id=delivery.id, error=repr(exc))  # fmt: skip
+            return
+        m = self.metrics
+        m.deliveries.labels(delivery.kind, delivery.channel, "sent").inc()
+        m.delivery_attempts.labels(delivery.kind).observe(attempt)
+        if sequence is not None:
+            m.steps.labels(sequence, "sent").inc()
+
+    async def _failed(
+        self, delivery: Delivery, attempt: int, error: str, *, permanent: bool = False
+    ) -> None:
+        give_up = permanent or attempt >= self.policy.max_attempts
+        retry_in = None if give_up else self._backoff(attempt)
+        try:
+            sequence = await deliveries.record_failure(
+                self.pool, delivery.id, error, retry_in_s=retry_in, now=self.clock.now()
+            )
+        except Exception as exc:
+            log.warning("failure not recorded", delivery_id=delivery.id, error=repr(exc))
+            return
+        self._count_failure(delivery, attempt, error, give_up=give_up, sequence=sequence)
+
+    def _count_failure(
+        self, delivery: Delivery, attempt: int, error: str, *, give_up: bool, sequence: str | None
+    ) -> None:
+        m = self.metrics
+        m.deliveries.labels(delivery.kind, delivery.channel, "dead" if give_up else "retry").inc()
+        if not give_up:
+            log.info("delivery failed; will retry", delivery_id=delivery.id, attempt=attempt,
+                     error=error)  # fmt: skip
+            return
+        log.warning(
+            "delivery dead-lettered", delivery_id=delivery.id, attempts=attempt, error=error
+        )
+        m.dead_letters.labels(delivery.kind, delivery.channel).inc()
+        m.delivery_attempts.labels(delivery.kind).observe(attempt)
+        if sequence is not None:
+            m.steps.labels(sequence, "failed").inc()
+
+    def _backoff(self, attempt: int) -> float:
+        p = self.policy
+        return deliveries.backoff_s(attempt, base=p.backoff_base_s, cap=p.backoff_cap_s,
+                                    jitter=random.random())  # fmt: skip

@@ -1,0 +1,195 @@
+"""From planned action requests to the rows one batch writes (pure: no I/O, time passed in).
+
+The domain decides *what* a change calls for; this module decides *how it is stored*:
+channel fallbacks for unconfigured channels, stable idempotency keys, due times, and
+the net effect of several changes of one customer inside one batch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shared.contracts import TierChanged
+from shared.domain.playbooks import (
+    ActionRequest,
+    AlertRequest,
+    Channel,
+    EnrolRequest,
+    ExitRequest,
+    TaskRequest,
+    step_due_at,
+)
+
+_KEYS = uuid.UUID("0b7e3a52-61c4-4c36-9d0e-6a2f1f7f3c11")
+
+
+def idempotency_key(*parts: object) -> str:
+    """A stable key for one external effect: the same inputs always give the same key."""
+    return str(uuid.uuid5(_KEYS, "\x1f".join(str(p) for p in parts)))
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Which channels are configured; an unconfigured one falls back to the log."""
+
+    webhook: bool
+    email: bool
+    crm: bool
+    alert_email_to: str | None = None
+
+    def resolve(self, channel: Channel, recipient: str | None) -> tuple[str, str | None]:
+        """The channel actually used and the recipient (e-mail needs a server and an address)."""
+        if channel is Channel.WEBHOOK and self.webhook:
+            return "webhook", None
+        if channel is Channel.EMAIL and self.email and recipient:
+            return "email", recipient
+        return "log", recipient
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One external message to send (an alert, a task push or a sequence step)."""
+
+    key: str
+    kind: str
+    customer_id: str
+    tier_change_id: str | None
+    playbook: str | None
+    audience: str | None
+    channel: str
+    recipient: str | None
+    subject: str
+    body: str
+    payload: dict[str, Any]
+    due_at: datetime
+    enrolment_id: int | None = None
+    step_index: int | None = None
+    step_name: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    customer_id: str
+    tier_change_id: str
+    playbook: str
+    title: str
+    queue: str
+    priority: str
+    assignee: str | None
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class EnrolRow:
+    customer_id: str
+    tier_change_id: str
+    trigger_at: datetime
+    request: EnrolRequest
+
+
+@dataclass(frozen=True)
+class ExitRow:
+    customer_id: str
+    sequence: str
+    reason: str
+
+
+@dataclass
+class Effects:
+    """The net effect of a batch of fresh tier changes."""
+
+    tasks: dict[tuple[str, str], TaskRow] = field(default_factory=dict)
+    alerts: list[DeliveryRow] = field(default_factory=list)
+    enrols: dict[tuple[str, str], EnrolRow] = field(default_factory=dict)
+    exits: list[ExitRow] = field(default_factory=list)
+    planned: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def collect_effects(
+    planned: Iterable[tuple[TierChanged, list[ActionRequest]]],
+    channels: ChannelConfig,
+    *,
+    now: datetime,
+) -> Effects:
+    """Fold each change's requests, in consumption order, into the rows to write."""
+    effects = Effects()
+    for change, requests in planned:
+        for request in requests:
+            _add(effects, change, request, channels, now)
+    return effects
+
+
+def _add(
+    effects: Effects, change: TierChanged, request: ActionRequest, channels: ChannelConfig,
+    now: datetime,
+) -> None:  # fmt: skip
+    customer = change.customer_id
+    match request:
+        case ExitRequest(sequence=sequence, reason=reason):
+            # Enrolled and exited within one batch: the enrolment never starts.
+            effects.enrols.pop((customer, sequence), None)
+            effects.exits.append(ExitRow(customer, sequence, reason))
+            return
+        case EnrolRequest(sequence=sequence):
+            key = (customer, sequence)
+            if key not in effects.enrols:  # a second enrolment would be refused anyway
+                effects.enrols[key] = EnrolRow(customer, change.id, change.occurred_at, request)
+        case TaskRequest():
+            effects.tasks[(customer, request.playbook)] = TaskRow(
+                customer, change.id, request.playbook, request.title, request.queue,
+                request.priority.value, request.assignee, now + request.due_in,
+            )  # fmt: skip
+        case AlertRequest():
+            effects.alerts.append(alert_row(change, request, channels, now=now))
+    if not isinstance(request, ExitRequest):
+        effects.planned[(request.kind, request.playbook)] += 1
+
+
+def alert_row(
+    change: TierChanged, alert: AlertRequest, channels: ChannelConfig, *, now: datetime
+) -> DeliveryRow:
+    """The delivery of one alert; e-mail alerts without a recipient go to the team address."""
+    to = alert.to or (channels.alert_email_to if alert.channel is Channel.EMAIL else None)
+    channel, recipient = channels.resolve(alert.channel, to)
+    return DeliveryRow(
+        key=idempotency_key("alert", change.id, alert.playbook, alert.action),
+        kind="alert", customer_id=change.customer_id, tier_change_id=change.id,
+        playbook=alert.playbook, audience=alert.audience, channel=channel, recipient=recipient,
+        subject=alert.subject, body=alert.text,
+        payload={"change": change.model_dump(mode="json", by_alias=True)}, due_at=now,
+    )  # fmt: skip
+
+
+def step_rows(
+    enrolment_id: int, row: EnrolRow, channels: ChannelConfig, *, enrolled_at: datetime
+) -> list[DeliveryRow]:
+    """The scheduled steps of a new enrolment, each due at its offset (after quiet hours)."""
+    request = row.request
+    out = []
+    for step in request.steps:
+        channel, recipient = channels.resolve(step.channel, step.to)
+        out.append(DeliveryRow(
+            key=idempotency_key("step", enrolment_id, step.index),
+            kind="step", customer_id=row.customer_id, tier_change_id=row.tier_change_id,
+            playbook=request.playbook, audience=None, channel=channel, recipient=recipient,
+            subject=step.subject, body=step.text,
+            payload={"sequence": request.sequence, "step": step.name, "enrolment_id": enrolment_id},
+            due_at=step_due_at(enrolled_at, step, request.quiet_hours),
+            enrolment_id=enrolment_id, step_index=step.index, step_name=step.name,
+        ))  # fmt: skip
+    return out
+
+
+def task_push_row(task: dict[str, Any], *, now: datetime) -> DeliveryRow:
+    """A new task pushed to the CRM webhook."""
+    return DeliveryRow(
+        key=idempotency_key("task", task["id"], task["tier_change_id"]),
+        kind="task", customer_id=task["customer_id"], tier_change_id=task["tier_change_id"],
+        playbook=task["playbook"], audience=task["queue"], channel="webhook", recipient=None,
+        subject=task["title"], body=task["title"], payload={"task": task}, due_at=now,
+    )  # fmt: skip

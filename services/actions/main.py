@@ -1,0 +1,198 @@
+"""Run the actions service: consumer, dispatcher, sequence scheduler, gauges and the task API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from services.actions import queries
+from services.actions.app import create_app
+from services.actions.channels import Channels, SmtpChannel, SmtpConfig, WebhookChannel
+from services.actions.consumer import ChangeConsumer
+from services.actions.db import Pool, create_pool, database_ready, migrate
+from services.actions.dispatcher import Dispatcher, DispatchPolicy
+from services.actions.effects import ChannelConfig
+from services.actions.loops import run_loop
+from services.actions.metrics import ActionsMetrics, actions_metrics
+from services.actions.settings import ActionsSettings
+from shared.clock import Clock, clock_for
+from shared.domain.playbooks import Playbooks, PlaybooksError, load_playbooks
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.logging import get_logger
+from shared.metrics import new_registry
+from shared.service import Loop, serve
+from shared.topics import ACTIONS_GROUP, Topics
+
+log = get_logger(__name__)
+
+
+def load_playbooks_or_exit(settings: ActionsSettings) -> Playbooks:
+    """The validated playbooks; an invalid file stops the service with the precise error."""
+    try:
+        return load_playbooks(settings.playbooks_file)
+    except PlaybooksError as exc:
+        raise SystemExit(f"actions: invalid playbooks file: {exc}") from exc
+
+
+def channel_config(settings: ActionsSettings) -> ChannelConfig:
+    """Which channels this process can use (the rest fall back to the log)."""
+    return ChannelConfig(
+        webhook=settings.webhook_url is not None, email=settings.smtp_host is not None,
+        crm=settings.crm_webhook_url is not None, alert_email_to=settings.alert_email_to,
+    )  # fmt: skip
+
+
+def build_channels(settings: ActionsSettings, client: httpx.AsyncClient) -> Channels:
+    """The configured channels: signed webhooks, SMTP, and the log."""
+    secret = settings.webhook_secret.get_secret_value().encode()
+    webhook = WebhookChannel(client, settings.webhook_url, secret) if settings.webhook_url else None
+    crm = (
+        WebhookChannel(client, settings.crm_webhook_url, secret)
+        if settings.crm_webhook_url
+        else None
+    )
+    email = None
+    if settings.smtp_host:
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        email = SmtpChannel(SmtpConfig(
+            settings.smtp_host, settings.smtp_port, settings.smtp_from, settings.smtp_user,
+            password, settings.smtp_starttls, settings.delivery_timeout_s,
+        ))  # fmt: skip
+    return Channels(webhook=webhook, crm=crm, email=email)
+
+
+async def run(
+    settings: ActionsSettings, *, stop: asyncio.Event | None = None, clock: Clock | None = None
+) -> None:
+    """Serve the actions service until `stop` is set (or SIGTERM / SIGINT when none is given)."""
+    settings.require_keys()
+    playbooks = load_playbooks_or_exit(settings)
+    clock = clock or clock_for(settings.now)
+    await ensure_topics(settings, Topics(settings.topic_namespace).all())
+    if settings.migrate:
+        await migrate(settings.database_url)
+    async with _resources(settings) as (pool, client):
+        registry = new_registry()
+        metrics = actions_metrics(registry)
+        loops = [
+            _consume(settings, pool, playbooks, clock, metrics),
+            *_dispatchers(settings, pool, build_channels(settings, client), clock, metrics),
+            _loop("gauges", _gauge_step(pool, clock, metrics), settings.gauge_interval_s, metrics),
+        ]  # fmt: skip
+        app = _app(settings, pool, clock, registry)
+        log.info("actions listening", host=settings.host, port=settings.port,
+                 playbooks=playbooks.version)  # fmt: skip
+        await serve(app, host=settings.host, port=settings.port, loops=loops, stop=stop,
+                    install_signals=stop is None)  # fmt: skip
+
+
+@asynccontextmanager
+async def _resources(settings: ActionsSettings) -> AsyncIterator[tuple[Pool, httpx.AsyncClient]]:
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(
+            settings.database_url, size=settings.db_pool_size, application_name="tierstream-actions"
+        )
+        stack.push_async_callback(pool.close)
+        slots = settings.dispatch_concurrency * 2
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.delivery_timeout_s), follow_redirects=False,
+            limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
+        )  # fmt: skip
+        stack.push_async_callback(client.aclose)
+        yield pool, client
+
+
+def _consume(
+    settings: ActionsSettings, pool: Pool, playbooks: Playbooks, clock: Clock,
+    metrics: ActionsMetrics,
+) -> Loop:  # fmt: skip
+    """The consumer loop (it starts and stops its own Kafka clients)."""
+    topics = Topics(settings.topic_namespace)
+    channels = channel_config(settings)
+
+    async def consume(stop: asyncio.Event) -> None:
+        producer = make_producer(settings)
+        consumer = make_consumer(
+            settings, ACTIONS_GROUP, max_poll_records=settings.batch_max_records
+        )
+        changes = ChangeConsumer(
+            consumer, producer, pool, group_id=ACTIONS_GROUP, topics=topics, playbooks=playbooks,
+            channels=channels, clock=clock, metrics=metrics,
+            max_records=settings.batch_max_records, poll_timeout_ms=settings.poll_timeout_ms,
+        )  # fmt: skip
+        consumer.subscribe([topics.tier_changed, topics.purchases], listener=changes.listener())
+        try:
+            await producer.start()
+            await consumer.start()
+            await run_loop("consumer", changes.step, stop, idle_s=0.0, errors=metrics.loop_errors)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    consume.__name__ = "consumer"
+    return consume
+
+
+def _dispatchers(
+    settings: ActionsSettings, pool: Pool, channels: Channels, clock: Clock, metrics: ActionsMetrics
+) -> list[Loop]:
+    """Alerts and task pushes in one loop, sequence steps (the scheduler) in another."""
+    policy = DispatchPolicy.from_settings(settings)
+    out: list[Loop] = []
+    for name, kinds in (("dispatcher", ("alert", "task")), ("scheduler", ("step",))):
+        dispatcher = Dispatcher(name, pool, channels, kinds=kinds, policy=policy, clock=clock,
+                                metrics=metrics)  # fmt: skip
+        out.append(_named(name, dispatcher.run))
+    return out
+
+
+def _app(
+    settings: ActionsSettings, pool: Pool, clock: Clock, registry: CollectorRegistry
+) -> FastAPI:
+    async def ready() -> dict[str, bool]:
+        return {"database": await database_ready(pool)}
+
+    return create_app(settings, pool=pool, clock=clock, registry=registry, ready=ready)
+
+
+def _named(name: str, loop: Loop) -> Loop:
+    async def run_named(stop: asyncio.Event) -> None:
+        await loop(stop)
+
+    run_named.__name__ = name
+    return run_named
+
+
+def _loop(
+    name: str, step: Callable[[], Awaitable[bool]], idle_s: float, metrics: ActionsMetrics
+) -> Loop:
+    async def loop(stop: asyncio.Event) -> None:
+        await run_loop(name, step, stop, idle_s=idle_s, errors=metrics.loop_errors)
+
+    loop.__name__ = name
+    return loop
+
+
+def _gauge_step(pool: Pool, clock: Clock, metrics: ActionsMetrics) -> Callable[[], Awaitable[bool]]:
+    """Refresh tasks open/overdue per queue and enrolments by sequence and status."""
+
+    seen: set[tuple[str, str]] = set()
+
+    async def step() -> bool:
+        for queue, open_, overdue in await queries.task_gauges(pool, now=clock.now()):
+            metrics.tasks_open.labels(queue).set(open_)
+            metrics.tasks_overdue.labels(queue).set(overdue)
+        current = {(s, st): n for s, st, n in await queries.enrolment_gauges(pool)}
+        for labels in seen - current.keys():  # e.g. no active enrolment left: 0, not stale
+            metrics.enrolments.labels(*labels).set(0)
+        for labels, n in current.items():
+            metrics.enrolments.labels(*labels).set(n)
+        seen.update(current)
+        return False
+
+    return step

@@ -1,0 +1,131 @@
+"""The actions service's Prometheus metrics, registered on an injected registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
+
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
+
+
+@dataclass(frozen=True)
+class ActionsMetrics:
+    """Every metric the actions service exports."""
+
+    records: Counter
+    planned: Counter
+    deliveries: Counter
+    delivery_duration: Histogram
+    delivery_attempts: Histogram
+    dead_letters: Counter
+    dlq_records: Counter
+    steps: Counter
+    enrolments_started: Counter
+    tasks_open: Gauge
+    tasks_overdue: Gauge
+    enrolments: Gauge
+    batch_size: Histogram
+    batch_duration: Histogram
+    consumer_lag: Gauge
+    fenced_batches: Counter
+    loop_errors: Counter
+
+
+def _counter(name: str, doc: str, labels: list[str], registry: CollectorRegistry) -> Counter:
+    return Counter(f"tierstream_actions_{name}", doc, labels, registry=registry)
+
+
+def _gauge(name: str, doc: str, labels: list[str], registry: CollectorRegistry) -> Gauge:
+    return Gauge(f"tierstream_actions_{name}", doc, labels, registry=registry)
+
+
+def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
+    """Create the actions service's metrics on `registry`."""
+    r = registry
+    return ActionsMetrics(
+        records=_counter(
+            "records_total",
+            "Consumed records by source (tier_changed, purchases) and outcome"
+            " (processed, duplicate, dead_lettered).",
+            ["source", "outcome"],
+            r,
+        ),
+        planned=_counter(
+            "actions_planned_total",
+            "Actions planned from fresh tier changes, by kind and playbook.",
+            ["kind", "playbook"],
+            r,
+        ),
+        deliveries=_counter(
+            "deliveries_total",
+            "Send attempts by kind, channel and outcome (sent, retry, dead).",
+            ["kind", "channel", "outcome"],
+            r,
+        ),
+        delivery_duration=Histogram(
+            "tierstream_actions_delivery_duration_seconds",
+            "Time one send attempt took.",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ),
+        delivery_attempts=Histogram(
+            "tierstream_actions_delivery_attempts",
+            "Attempts a delivery took until sent or dead.",
+            ["kind"],
+            buckets=ATTEMPT_BUCKETS,
+            registry=r,
+        ),
+        dead_letters=_counter(
+            "dead_letters_total",
+            "Deliveries given up (attempts exhausted or a permanent error).",
+            ["kind", "channel"],
+            r,
+        ),
+        dlq_records=_counter(
+            "dlq_records_total", "Poison records written to the dead-letter topic.", ["topic"], r
+        ),
+        steps=_counter(
+            "sequence_steps_total",
+            "Sequence steps by outcome (sent, cancelled, failed).",
+            ["sequence", "outcome"],
+            r,
+        ),
+        enrolments_started=_counter(
+            "enrolments_started_total", "Enrolments created, by sequence.", ["sequence"], r
+        ),
+        tasks_open=_gauge("tasks_open", "Open tasks per queue.", ["queue"], r),
+        tasks_overdue=_gauge(
+            "tasks_overdue", "Open tasks past their due time, per queue.", ["queue"], r
+        ),
+        enrolments=_gauge(
+            "enrolments", "Enrolments by sequence and status.", ["sequence", "status"], r
+        ),
+        batch_size=Histogram(
+            "tierstream_actions_batch_size_records",
+            "Records per consumed batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        ),
+        batch_duration=Histogram(
+            "tierstream_actions_batch_duration_seconds",
+            "Time to apply one consumed batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ),
+        consumer_lag=_gauge(
+            "consumer_lag_records",
+            "Records not yet applied, per topic and partition.",
+            ["topic", "partition"],
+            r,
+        ),
+        fenced_batches=_counter(
+            "fenced_batches_total", "Batches rolled back because another consumer moved on.", [], r
+        ),
+        loop_errors=_counter(
+            "loop_errors_total", "Failed iterations of a background loop.", ["loop"], r
+        ),
+    )

@@ -1,0 +1,173 @@
+"""SQL of the read API and the gauges: tasks, enrolments with their steps, alerts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from services.actions.db import Pool
+from services.actions.tasks import TaskCommand, TaskStatus, next_status
+
+TASK_COLUMNS = (
+    "id, customer_id, tier_change_id, playbook, title, queue, assignee, priority, status,"
+    " due_at, created_at, updated_at, completed_at"
+)
+_STEP_STATUS = {"pending": "scheduled", "sent": "sent", "cancelled": "cancelled", "dead": "failed"}
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    customer_id: str | None = None
+    queue: str | None = None
+    status: TaskStatus | None = None
+    overdue: bool | None = None
+
+
+class _Where:
+    """A WHERE clause built from optional conditions, every value a bind parameter."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, sql: str, *values: Any) -> None:
+        """`sql` uses `{}` for each value, in order."""
+        numbers = [f"${len(self.args) + i + 1}" for i in range(len(values))]
+        self.parts.append(sql.format(*numbers))
+        self.args.extend(values)
+
+    def sql(self) -> str:
+        return " WHERE " + " AND ".join(self.parts) if self.parts else ""
+
+
+async def list_tasks(
+    pool: Pool, f: TaskFilter, *, now: datetime, after: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """One page of tasks in id order (`limit` + 1 rows tell whether another page exists)."""
+    where = _Where()
+    for column, value in (("customer_id", f.customer_id), ("queue", f.queue), ("status", f.status)):
+        if value is not None:
+            where.add(f"{column} = {{}}", str(value))
+    if f.overdue is not None:
+        overdue = "(status = 'open' AND due_at < {})"
+        where.add(overdue if f.overdue else f"NOT {overdue}", now)
+    if after is not None:
+        where.add("id > {}", after)
+    sql = f"SELECT {TASK_COLUMNS} FROM actions.task{where.sql()} ORDER BY id LIMIT {limit + 1:d}"
+    async with pool.acquire() as conn:
+        return [dict(r) for r in await conn.fetch(sql, *where.args)]
+
+
+async def get_task(pool: Pool, task_id: int) -> dict[str, Any] | None:
+    """One task, or None."""
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM actions.task WHERE id = $1", task_id)
+    return dict(row) if row else None
+
+
+class TransitionRefused(Exception):
+    """The task is not in a state that allows the command."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+async def update_task(
+    pool: Pool, task_id: int, command: TaskCommand, *, assignee: str | None, now: datetime
+) -> dict[str, Any] | None:
+    """Apply a command; None when unknown, TransitionRefused when the state forbids it."""
+    async with pool.acquire() as conn, conn.transaction():
+        current = await conn.fetchval(
+            "SELECT status FROM actions.task WHERE id = $1 FOR UPDATE", task_id
+        )
+        if current is None:
+            return None
+        status = next_status(TaskStatus(current), command)
+        if status is None:
+            raise TransitionRefused(current)
+        row = await conn.fetchrow(
+            "UPDATE actions.task SET status = $2, assignee = COALESCE($3, assignee),"
+            " updated_at = $4, completed_at = CASE WHEN $2 = 'done' THEN $4 END"
+            f" WHERE id = $1 RETURNING {TASK_COLUMNS}",
+            task_id, status.value, assignee, now,
+        )  # fmt: skip
+    return dict(row) if row else None
+
+
+async def list_enrolments(
+    pool: Pool, customer_id: str | None, *, after: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """One page of enrolments in id order, each with its steps."""
+    where = _Where()
+    if customer_id is not None:
+        where.add("customer_id = {}", customer_id)
+    if after is not None:
+        where.add("id > {}", after)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, customer_id, sequence, playbook, tier_change_id, status, exit_reason,"
+            f" enrolled_at, ended_at FROM actions.enrolment{where.sql()}"
+            f" ORDER BY id LIMIT {limit + 1:d}",
+            *where.args,
+        )
+        steps = await conn.fetch(
+            "SELECT enrolment_id, step_index, step_name, channel, due_at, status, sent_at,"
+            " attempts, last_error FROM actions.delivery WHERE enrolment_id = ANY($1::int8[])"
+            " ORDER BY enrolment_id, step_index",
+            [r["id"] for r in rows],
+        )
+    by_enrolment: dict[int, list[dict[str, Any]]] = {}
+    for s in steps:
+        by_enrolment.setdefault(s["enrolment_id"], []).append(_step(s))
+    return [{**dict(r), "steps": by_enrolment.get(r["id"], [])} for r in rows]
+
+
+def _step(row: Any) -> dict[str, Any]:
+    return {
+        "index": row["step_index"], "name": row["step_name"], "channel": row["channel"],
+        "due_at": row["due_at"], "status": _STEP_STATUS[row["status"]], "sent_at": row["sent_at"],
+        "attempts": row["attempts"], "last_error": row["last_error"],
+    }  # fmt: skip
+
+
+async def list_alerts(
+    pool: Pool, customer_id: str | None, *, after: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """One page of alert deliveries in id order."""
+    where = _Where()
+    where.add("kind = {}", "alert")
+    if customer_id is not None:
+        where.add("customer_id = {}", customer_id)
+    if after is not None:
+        where.add("id > {}", after)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, customer_id, tier_change_id, playbook, audience, channel, status,"
+            " attempts, last_error, created_at, sent_at, idempotency_key FROM actions.delivery"
+            f"{where.sql()} ORDER BY id LIMIT {limit + 1:d}",
+            *where.args,
+        )
+    return [dict(r) for r in rows]
+
+
+async def task_gauges(pool: Pool, *, now: datetime) -> list[tuple[str, int, int]]:
+    """(queue, open, overdue) for every queue with tasks."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT queue, count(*) FILTER (WHERE status = 'open') AS open,"
+            " count(*) FILTER (WHERE status = 'open' AND due_at < $1) AS overdue"
+            " FROM actions.task GROUP BY queue",
+            now,
+        )
+    return [(r["queue"], r["open"], r["overdue"]) for r in rows]
+
+
+async def enrolment_gauges(pool: Pool) -> list[tuple[str, str, int]]:
+    """(sequence, status, count) of every enrolment."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT sequence, status, count(*) AS n FROM actions.enrolment GROUP BY 1, 2"
+        )
+    return [(r["sequence"], r["status"], r["n"]) for r in rows]

@@ -1,0 +1,82 @@
+"""Actions settings: env prefix `ACTIONS_`, plus the shared variables of `ServiceSettings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+def _default_playbooks_file() -> Path:
+    from shared.domain.playbooks import default_playbooks_path
+
+    return default_playbooks_path()
+
+
+class ActionsSettings(ServiceSettings):
+    """Everything the actions service reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ACTIONS_", frozen=True, populate_by_name=True, extra="ignore"
+    )
+
+    port: int = 8082
+    api_keys: Annotated[SecretStr, NoDecode] = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("ACTIONS_API_KEYS", "TIERSTREAM_API_KEYS"),
+        description="Comma-separated `key` or `source:key` entries.",
+    )
+    playbooks_file: Path = Field(
+        default_factory=_default_playbooks_file,
+        description="YAML playbooks file; validated at start (an invalid one stops the service).",
+    )
+    webhook_url: str | None = Field(
+        None, description="Where webhook alerts go (Slack-compatible JSON); unset: log instead."
+    )
+    webhook_secret: SecretStr = Field(
+        SecretStr(""),
+        description="HMAC-SHA256 key of X-Tierstream-Signature (required with a URL).",
+    )
+    crm_webhook_url: str | None = Field(None, description="New tasks are pushed here when set.")
+    smtp_host: str | None = Field(None, description="SMTP server; unset: e-mail goes to the log.")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = Field("tierstream@localhost", description="Sender address of e-mails.")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    alert_email_to: str | None = Field(
+        None, description="Recipient of e-mail alerts that name none (e.g. the care team)."
+    )
+    dispatch_interval_s: float = Field(0.5, gt=0, description="Dispatcher poll when idle.")
+    dispatch_concurrency: int = Field(16, ge=1, description="Deliveries in flight per loop.")
+    max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is dead-lettered.")
+    backoff_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles per try).")
+    backoff_cap_s: float = Field(600.0, gt=0, description="Longest retry delay.")
+    delivery_timeout_s: float = Field(10.0, gt=0, description="Upper bound of one send attempt.")
+    lease_margin_s: float = Field(
+        5.0,
+        ge=0,
+        description="A claimed delivery is re-sent when its sender is silent this long"
+        " after the timeout (the process died mid-send).",
+    )
+    batch_max_records: int = Field(1000, ge=1, description="Records per consumed batch.")
+    poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")
+    gauge_interval_s: float = Field(15.0, gt=0, description="Refresh of task/enrolment gauges.")
+    db_pool_size: int = Field(8, ge=2, description="Postgres connections of this process.")
+    migrate: bool = Field(True, description="Apply the actions schema migrations at start.")
+
+    @model_validator(mode="after")
+    def _signed_webhooks(self) -> ActionsSettings:
+        signed = self.webhook_url or self.crm_webhook_url
+        if signed and not self.webhook_secret.get_secret_value():
+            raise ValueError("ACTIONS_WEBHOOK_SECRET is required when a webhook URL is set")
+        return self
+
+    @property
+    def lease_s(self) -> float:
+        """How long a claimed delivery stays invisible to other senders."""
+        return self.delivery_timeout_s + self.lease_margin_s

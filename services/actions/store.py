@@ -1,0 +1,278 @@
+"""SQL of the consumer's write path: inbox, offsets, tasks, enrolments, deliveries, goals.
+
+Every function runs bulk statements (`unnest` of arrays) on a connection inside the
+caller's transaction; none makes a round trip per record.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from services.actions.db import Connection, row_count
+from services.actions.effects import DeliveryRow, EnrolRow, ExitRow, TaskRow
+from shared.domain.playbooks import Reentry
+
+
+class Fenced(Exception):
+    """Another consumer advanced a partition's offset: this batch must be rolled back."""
+
+
+@dataclass(frozen=True)
+class OffsetMove:
+    """Advance one partition from `expected` (None: no row yet) to `next_offset`."""
+
+    topic: str
+    partition: int
+    expected: int | None
+    next_offset: int
+
+
+async def claim_messages(conn: Connection, message_ids: Sequence[str]) -> set[str]:
+    """Insert ids into the inbox; returns those not seen before (redeliveries drop out)."""
+    rows = await conn.fetch(
+        "INSERT INTO actions.inbox (message_id) SELECT m FROM unnest($1::text[]) AS m ORDER BY m"
+        " ON CONFLICT DO NOTHING RETURNING message_id",
+        sorted(set(message_ids)),
+    )
+    return {row["message_id"] for row in rows}
+
+
+async def load_offsets(
+    conn: Connection, group_id: str, partitions: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """Stored next offsets of the given (topic, partition)s; absent ones have no row."""
+    rows = await conn.fetch(
+        "SELECT topic, partition, next_offset FROM actions.consumer_offset"
+        " WHERE group_id = $1 AND (topic, partition) IN"
+        " (SELECT * FROM unnest($2::text[], $3::int[]))",
+        group_id, [t for t, _ in partitions], [p for _, p in partitions],
+    )  # fmt: skip
+    return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
+
+
+async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
+    """Fenced offset update: raises Fenced unless every partition still has `expected`."""
+    moves = sorted(moves, key=lambda m: (m.topic, m.partition))
+    updates = [m for m in moves if m.expected is not None]
+    inserts = [m for m in moves if m.expected is None]
+    done = 0
+    if updates:
+        done += row_count(await conn.execute(
+            "UPDATE actions.consumer_offset AS o"
+            " SET next_offset = m.next_offset, updated_at = now()"
+            " FROM unnest($2::text[], $3::int[], $4::int8[], $5::int8[])"
+            " AS m(topic, partition, expected, next_offset)"
+            " WHERE o.group_id = $1 AND o.topic = m.topic AND o.partition = m.partition"
+            " AND o.next_offset = m.expected",
+            group_id, *_offset_columns(updates),
+        ))  # fmt: skip
+    if inserts:
+        done += row_count(await conn.execute(
+            "INSERT INTO actions.consumer_offset (group_id, topic, partition, next_offset)"
+            " SELECT $1, m.topic, m.partition, m.next_offset"
+            " FROM unnest($2::text[], $3::int[], $4::int8[], $5::int8[])"
+            " AS m(topic, partition, expected, next_offset) ON CONFLICT DO NOTHING",
+            group_id, *_offset_columns(inserts),
+        ))  # fmt: skip
+    if done != len(moves):
+        raise Fenced(f"{len(moves) - done} of {len(moves)} partitions moved on without us")
+
+
+def _offset_columns(moves: Sequence[OffsetMove]) -> list[list[Any]]:
+    return [
+        [m.topic for m in moves], [m.partition for m in moves],
+        [m.expected for m in moves], [m.next_offset for m in moves],
+    ]  # fmt: skip
+
+
+_CANCEL_STEPS = """
+, cancelled AS (
+    UPDATE actions.delivery d SET status = 'cancelled'
+    FROM ended WHERE d.enrolment_id = ended.id AND d.status = 'pending'
+    RETURNING ended.sequence)
+SELECT sequence, count(*) AS n FROM cancelled GROUP BY sequence
+"""
+
+
+async def end_enrolments(
+    conn: Connection, exits: Sequence[ExitRow], *, now: datetime
+) -> Counter[str]:
+    """Exit the active enrolments named; returns cancelled steps per sequence."""
+    if not exits:
+        return Counter()
+    unique = {(e.customer_id, e.sequence): e for e in exits}
+    rows = sorted(unique.values(), key=lambda e: (e.customer_id, e.sequence))
+    result = await conn.fetch(
+        "WITH ended AS (UPDATE actions.enrolment e"
+        " SET status = 'exited', exit_reason = x.reason, ended_at = $4"
+        " FROM unnest($1::text[], $2::text[], $3::text[]) AS x(customer_id, sequence, reason)"
+        " WHERE e.status = 'active' AND e.customer_id = x.customer_id AND e.sequence = x.sequence"
+        " RETURNING e.id, e.sequence)" + _CANCEL_STEPS,
+        [r.customer_id for r in rows], [r.sequence for r in rows], [r.reason for r in rows], now,
+    )  # fmt: skip
+    return Counter({row["sequence"]: row["n"] for row in result})
+
+
+async def record_goals(
+    conn: Connection, event_type: str, hits: dict[str, datetime], sequences: Sequence[str],
+    *, now: datetime,
+) -> Counter[str]:  # fmt: skip
+    """Remember each customer's latest goal event and exit the enrolments it ends.
+
+    Only enrolments triggered before the goal event end: a purchase that predates the
+    change that enrolled the customer does not count as "bought again".
+    """
+    customers = sorted(hits)
+    times = [hits[c] for c in customers]
+    await conn.execute(
+        "INSERT INTO actions.goal_event AS g (customer_id, event_type, last_at)"
+        " SELECT c, $3, t FROM unnest($1::text[], $2::timestamptz[]) AS h(c, t)"
+        " ON CONFLICT (customer_id, event_type)"
+        " DO UPDATE SET last_at = GREATEST(g.last_at, EXCLUDED.last_at)",
+        customers, times, event_type,
+    )  # fmt: skip
+    if not sequences:
+        return Counter()
+    result = await conn.fetch(
+        "WITH ended AS (UPDATE actions.enrolment e"
+        " SET status = 'exited', exit_reason = $4, ended_at = $5"
+        " FROM unnest($1::text[], $2::timestamptz[]) AS h(customer_id, at)"
+        " WHERE e.status = 'active' AND e.customer_id = h.customer_id"
+        " AND e.sequence = ANY($3::text[]) AND e.trigger_at < h.at"
+        " RETURNING e.id, e.sequence)" + _CANCEL_STEPS,
+        customers, times, list(sequences), f"goal:{event_type}", now,
+    )  # fmt: skip
+    return Counter({row["sequence"]: row["n"] for row in result})
+
+
+async def admissible(
+    conn: Connection, enrols: Sequence[EnrolRow], *, now: datetime
+) -> list[EnrolRow]:
+    """The enrolments the re-entry policy and already-reached goals allow."""
+    if not enrols:
+        return []
+    history = {
+        (r["customer_id"], r["sequence"]): r["last_end"]
+        for r in await conn.fetch(
+            "SELECT customer_id, sequence, max(coalesce(ended_at, enrolled_at)) AS last_end"
+            " FROM actions.enrolment WHERE (customer_id, sequence) IN"
+            " (SELECT * FROM unnest($1::text[], $2::text[])) GROUP BY 1, 2",
+            [e.customer_id for e in enrols],
+            [e.request.sequence for e in enrols],
+        )
+    }
+    goals = {
+        (r["customer_id"], r["event_type"]): r["last_at"]
+        for r in await conn.fetch(
+            "SELECT customer_id, event_type, last_at FROM actions.goal_event"
+            " WHERE customer_id = ANY($1::text[])",
+            sorted({e.customer_id for e in enrols}),
+        )
+    }
+    return [e for e in enrols if _admits(e, history, goals, now)]
+
+
+def _admits(
+    enrol: EnrolRow, history: dict[tuple[str, str], datetime],
+    goals: dict[tuple[str, str], datetime], now: datetime,
+) -> bool:  # fmt: skip
+    request = enrol.request
+    last = history.get((enrol.customer_id, request.sequence))
+    if last is not None and request.reentry is Reentry.NEVER:
+        return False
+    if last is not None and request.reentry_after and last + request.reentry_after > now:
+        return False
+    # The goal was reached after the triggering change (e.g. bought again): nothing to win back.
+    reached = [goals.get((enrol.customer_id, g)) for g in request.goal_events]
+    return not any(at is not None and at > enrol.trigger_at for at in reached)
+
+
+async def insert_enrolments(
+    conn: Connection, enrols: Sequence[EnrolRow], *, now: datetime
+) -> list[tuple[int, EnrolRow]]:
+    """Create enrolments; an active one of the same customer and sequence wins (no duplicate)."""
+    if not enrols:
+        return []
+    ordered = sorted(enrols, key=lambda e: (e.customer_id, e.request.sequence))
+    rows = await conn.fetch(
+        "INSERT INTO actions.enrolment"
+        " (customer_id, sequence, playbook, tier_change_id, trigger_at, enrolled_at)"
+        " SELECT c, s, p, t, a, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+        " $5::timestamptz[]) AS x(c, s, p, t, a)"
+        " ON CONFLICT (customer_id, sequence) WHERE status = 'active' DO NOTHING"
+        " RETURNING id, customer_id, sequence",
+        [e.customer_id for e in ordered], [e.request.sequence for e in ordered],
+        [e.request.playbook for e in ordered], [e.tier_change_id for e in ordered],
+        [e.trigger_at for e in ordered], now,
+    )  # fmt: skip
+    by_key = {(e.customer_id, e.request.sequence): e for e in ordered}
+    return [(row["id"], by_key[(row["customer_id"], row["sequence"])]) for row in rows]
+
+
+_TASK_COLUMNS = (
+    "id, customer_id, tier_change_id, playbook, title, queue, assignee, priority, status,"
+    " due_at, created_at, updated_at, completed_at"
+)
+
+
+async def upsert_tasks(
+    conn: Connection, tasks: Sequence[TaskRow], *, now: datetime
+) -> list[dict[str, Any]]:
+    """Open tasks; an open task of the same customer and playbook is refreshed instead.
+
+    Returns the tasks created (not the refreshed ones), for the CRM push. A refresh keeps
+    the earlier due time: a new trigger must not hide an SLA that is already running.
+    """
+    if not tasks:
+        return []
+    rows = sorted(tasks, key=lambda t: (t.customer_id, t.playbook))
+    result = await conn.fetch(
+        "INSERT INTO actions.task AS t (customer_id, tier_change_id, playbook, title, queue,"
+        " priority, assignee, due_at, created_at, updated_at)"
+        " SELECT c, ch, p, ti, q, pr, a, d, $9, $9 FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])"
+        " AS x(c, ch, p, ti, q, pr, a, d)"
+        " ON CONFLICT (customer_id, playbook) WHERE status = 'open' DO UPDATE SET"
+        " tier_change_id = EXCLUDED.tier_change_id, title = EXCLUDED.title,"
+        " queue = EXCLUDED.queue, priority = EXCLUDED.priority,"
+        " assignee = COALESCE(t.assignee, EXCLUDED.assignee),"
+        " due_at = LEAST(t.due_at, EXCLUDED.due_at), updated_at = EXCLUDED.updated_at,"
+        f" triggers = t.triggers + 1 RETURNING {_TASK_COLUMNS}, (xmax = 0) AS created",
+        [r.customer_id for r in rows], [r.tier_change_id for r in rows],
+        [r.playbook for r in rows], [r.title for r in rows], [r.queue for r in rows],
+        [r.priority for r in rows], [r.assignee for r in rows], [r.due_at for r in rows], now,
+    )  # fmt: skip
+    return [_task_json(row) for row in result if row["created"]]
+
+
+def _task_json(row: Any) -> dict[str, Any]:
+    out = {k: row[k] for k in _TASK_COLUMNS.replace(" ", "").split(",")}
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in out.items()}
+
+
+async def insert_deliveries(conn: Connection, rows: Sequence[DeliveryRow], *, now: datetime) -> int:
+    """Queue deliveries; a key already queued is not queued twice."""
+    if not rows:
+        return 0
+    cols = [
+        [r.key for r in rows], [r.kind for r in rows], [r.customer_id for r in rows],
+        [r.tier_change_id for r in rows], [r.playbook for r in rows], [r.audience for r in rows],
+        [r.enrolment_id for r in rows], [r.step_index for r in rows], [r.step_name for r in rows],
+        [r.channel for r in rows], [r.recipient for r in rows], [r.subject for r in rows],
+        [r.body for r in rows], [r.payload for r in rows], [r.due_at for r in rows],
+    ]  # fmt: skip
+    status = await conn.execute(
+        "INSERT INTO actions.delivery (idempotency_key, kind, customer_id, tier_change_id,"
+        " playbook, audience, enrolment_id, step_index, step_name, channel, recipient, subject,"
+        " body, payload, due_at, created_at)"
+        " SELECT *, $16 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],"
+        " $6::text[], $7::int8[], $8::int[], $9::text[], $10::text[], $11::text[], $12::text[],"
+        " $13::text[], $14::jsonb[], $15::timestamptz[])"
+        " ON CONFLICT (idempotency_key) DO NOTHING",
+        *cols, now,
+    )  # fmt: skip
+    return row_count(status)
