@@ -18,9 +18,9 @@ from pydantic import (
     ConfigDict,
     Field,
     FiniteFloat,
-    StrictInt,
     StringConstraints,
     TypeAdapter,
+    ValidationInfo,
 )
 from pydantic_core import PydanticCustomError
 
@@ -44,6 +44,21 @@ def _time_as_text(value: object) -> object:
 
 EventTime = Annotated[AwareDatetime, BeforeValidator(_time_as_text)]
 
+# Validation context under which an integer field takes only a JSON integer (no "3", no true):
+# ingest validates decoded JSON with it; CSV import and Python callers keep lax coercion.
+STRICT_JSON: dict[str, Any] = {"strict_json": True}
+
+
+def _int_from_json(value: object, info: ValidationInfo) -> object:
+    if (info.context or {}).get("strict_json") and (
+        isinstance(value, bool) or not isinstance(value, int)
+    ):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_int_from_json)]
+
 
 class _Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
@@ -65,7 +80,7 @@ class _EventBase(_Contract):
 
 class LineItem(_Contract):
     sku: ShortText
-    quantity: StrictInt = Field(1, ge=1, le=1_000_000)
+    quantity: JsonInt = Field(1, ge=1, le=1_000_000)
     price: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=6)
     category: ShortText | None = None
 
@@ -120,8 +135,8 @@ class SupportTicketUpdated(_EventBase):
     type: Literal["support"] = "support"
     ticket_id: Id
     action: SupportAction
-    satisfaction: StrictInt | None = Field(None, ge=1, le=5, description="CSAT 1-5.")
-    nps: StrictInt | None = Field(None, ge=0, le=10, description="NPS 0-10.")
+    satisfaction: JsonInt | None = Field(None, ge=1, le=5, description="CSAT 1-5.")
+    nps: JsonInt | None = Field(None, ge=0, le=10, description="NPS 0-10.")
 
 
 CustomerEvent = Annotated[
