@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError, from_json
 
 from services.ingest.publisher import Event
-from shared.contracts import EVENT_MODELS, CustomerEvent
+from shared.contracts import EVENT_MODELS, STRICT_JSON, CustomerEvent
 from shared.http import ProblemError
 
 FUTURE_ERROR = "occurred_at_in_future"
@@ -92,7 +92,7 @@ class EventParser:
 
     def validate(self, data: object, *, now: datetime, batch: bool) -> list[Event]:
         """Every event of a decoded body, or ProblemError 422 locating every error."""
-        context = {"not_after": now + self.max_future}
+        context = {**STRICT_JSON, "not_after": now + self.max_future}
         try:
             if batch:
                 return list(self.batch.validate_python(data, context=context).events)
