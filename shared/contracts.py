@@ -64,7 +64,15 @@ class _Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
 
+def _type_is_required(schema: dict[str, Any]) -> None:
+    """`type` has a Python default but is the union's discriminator: senders must send it."""
+    if "type" in schema.get("properties", {}):
+        schema["required"] = ["type", *[r for r in schema.get("required", []) if r != "type"]]
+
+
 class _EventBase(_Contract):
+    model_config = ConfigDict(json_schema_extra=_type_is_required)
+
     event_id: Id = Field(description="Client-supplied idempotency key, 1-128 characters.")
     customer_id: Id = Field(description="The customer this event belongs to, 1-128 characters.")
     occurred_at: EventTime = Field(
