@@ -1,0 +1,262 @@
+"""Real parts for actions tests: a signed-webhook receiver, an SMTP server, producers, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from email import message_from_bytes
+from email.message import Message
+from typing import Any, TypeVar
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from aiosmtpd.controller import Controller
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from services.actions.main import run
+from services.actions.settings import ActionsSettings
+from shared.clock import FixedClock
+from shared.contracts import TIER_CHANGED_TYPE, PurchaseMade, TierChanged
+from shared.db import asyncpg_dsn
+from shared.embedded import free_port
+from shared.kafka import cloudevent_headers
+from shared.topics import Topics
+
+T = TypeVar("T")
+NOW = datetime.fromisoformat("2026-03-02T10:00:00+00:00")
+SECRET = "webhook-test-secret"
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def tier_change(
+    change_id: str, customer_id: str, dimension: str, from_: str | None, to: str,
+    *, at: datetime = NOW, email: str | None = None,
+) -> TierChanged:  # fmt: skip
+    """A tier change as the scorer emits it."""
+    attributes: dict[str, Any] = {"email": email} if email else {}
+    return TierChanged.model_validate({
+        "id": change_id, "customer_id": customer_id, "dimension": dimension, "from": from_,
+        "to": to, "cause": "event", "rule": f"{dimension}.{to}", "features": {"m_score": 4},
+        "rules_version": "test", "occurred_at": at, "emitted_at": at, "attributes": attributes,
+    })  # fmt: skip
+
+
+def purchase(event_id: str, customer_id: str, at: datetime) -> PurchaseMade:
+    return PurchaseMade(
+        event_id=event_id, customer_id=customer_id, occurred_at=at, order_id=f"o-{event_id}",
+        amount=Decimal("120"), currency="EUR",
+    )  # fmt: skip
+
+
+async def produce_changes(bootstrap: str, namespace: str, changes: Iterable[TierChanged]) -> None:
+    """Publish tier changes as the scorer's relay does: keyed by customer, CloudEvents headers."""
+    topic = Topics(namespace).tier_changed
+    records = [
+        (c.customer_id.encode(), c.to_json(), cloudevent_headers(
+            ce_id=c.id, ce_source="tierstream/scorer", ce_type=TIER_CHANGED_TYPE,
+            ce_time=c.emitted_at))
+        for c in changes
+    ]  # fmt: skip
+    await produce_raw(bootstrap, topic, records)
+
+
+async def produce_raw(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    """Publish raw (key, value, headers) records, acknowledged by the broker."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, value=v, key=k, headers=h) for k, v, h in records]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+
+
+def actions_settings(env: dict[str, str], **overrides: Any) -> ActionsSettings:
+    """Settings from the test's environment dict (aliases) plus fast loop intervals."""
+    fields: dict[str, Any] = {
+        "port": free_port(), "dispatch_interval_s": 0.05, "poll_timeout_ms": 100,
+        "gauge_interval_s": 0.2, "backoff_base_s": 0.05, "backoff_cap_s": 0.2,
+        "delivery_timeout_s": 2.0, "lease_margin_s": 0.5,
+    }  # fmt: skip
+    fields.update(overrides)
+    return ActionsSettings(**env, **fields)
+
+
+@contextlib.asynccontextmanager
+async def running_actions(settings: ActionsSettings, clock: FixedClock) -> AsyncIterator[str]:
+    """The actions service's run() as a task of this loop; yields its base URL."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop=stop, clock=clock))
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        await wait_port(settings.port, task)
+        yield url
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_port(port: int, task: asyncio.Task[None], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if task.done():
+            task.result()  # raises what stopped the service
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, within: float = 20.0, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy."""
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+async def fetch(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows of one query against the test database."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
+# --- a real HTTP receiver ----------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    key: str
+    path: str
+    body: dict[str, Any]
+    signature_ok: bool
+    status: int
+    at: float
+
+
+@dataclass
+class WebhookReceiver:
+    """A real HTTP server that checks signatures and counts one success per idempotency key.
+
+    `fail_first` answers 503 to the first N attempts of each key; customers in `hang_for` get
+    no answer at all; `delay_s` slows every answer down.
+    """
+
+    secret: bytes
+    fail_first: int = 0
+    hang_for: set[str] = field(default_factory=set)
+    delay_s: float = 0.0
+    requests: list[Received] = field(default_factory=list)
+    successes: dict[str, int] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        raw = await request.body()
+        response = await self._answer(request, raw)
+        await response(scope, receive, send)
+
+    async def _answer(self, request: Request, raw: bytes) -> Response:
+        expected = "sha256=" + hmac.new(self.secret, raw, hashlib.sha256).hexdigest()
+        signed = hmac.compare_digest(request.headers.get("x-tierstream-signature", ""), expected)
+        key = request.headers.get("idempotency-key", "")
+        body = json.loads(raw)
+        attempts = sum(1 for r in self.requests if r.key == key)
+        status = 401 if not signed else 503 if attempts < self.fail_first else 200
+        self.requests.append(
+            Received(key, request.url.path, body, signed, status, time.monotonic())
+        )
+        if body.get("customer_id") in self.hang_for:
+            await asyncio.sleep(3600)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if status == 200:
+            duplicate = key in self.successes
+            self.successes[key] = self.successes.get(key, 0) + (0 if duplicate else 1)
+            return JSONResponse({"ok": True, "duplicate": duplicate})
+        return JSONResponse({"ok": False}, status_code=status)
+
+    def keys(self, path: str | None = None) -> set[str]:
+        return {r.key for r in self.requests if path is None or r.path == path}
+
+
+@contextlib.asynccontextmanager
+async def serving(receiver: WebhookReceiver) -> AsyncIterator[WebhookReceiver]:
+    """Serve the receiver with uvicorn on its port for the duration of the block."""
+    config = uvicorn.Config(receiver, host="127.0.0.1", port=receiver.port, log_config=None,
+                            lifespan="off", timeout_graceful_shutdown=1)  # fmt: skip
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield receiver
+    finally:
+        server.should_exit = True
+        server.force_exit = True
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+
+
+# --- a real SMTP server ------------------------------------------------------------------------
+
+
+class _Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 Message accepted for delivery"
+
+
+@contextlib.contextmanager
+def smtp_server() -> Any:
+    """An aiosmtpd server on a free port; yields (port, list of received messages)."""
+    mailbox = _Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller.port, mailbox.messages
+    finally:
+        controller.stop()
+
+
+def subjects(messages: list[Message]) -> list[str]:
+    return [str(m["Subject"]) for m in messages]
+
+
+DAY = timedelta(days=1)

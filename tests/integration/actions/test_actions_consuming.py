@@ -1,0 +1,194 @@
+"""Tier changes in, effects out: exactly one task per trigger, signed alerts, poison to the DLQ,
+and a hanging webhook that blocks neither other deliveries nor the consumer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from shared.clock import FixedClock
+from shared.topics import Topics
+from tests.integration.actions.support import (
+    AUTH,
+    DAY,
+    NOW,
+    SECRET,
+    WebhookReceiver,
+    actions_settings,
+    eventually,
+    produce_changes,
+    produce_raw,
+    running_actions,
+    serving,
+    tier_change,
+)
+
+
+async def _get(url: str, path: str, **params: Any) -> Any:
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=5) as client:
+        response = await client.get(path, params=params)
+        response.raise_for_status()
+        return response.json()
+
+
+async def _items(url: str, path: str, **params: Any) -> list[Any]:
+    items: list[Any] = (await _get(url, path, **params))["items"]
+    return items
+
+
+async def _metric(url: str, line_start: str) -> float | None:
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def _dlq(bootstrap: str, topic: str, expect: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + 15
+    try:
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            records.extend(r for rs in batch.values() for r in rs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_gold_change_delivered_twice_gives_one_task_one_signed_alert_and_one_enrolment(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+) -> None:
+    receiver = WebhookReceiver(SECRET.encode())
+    async with serving(receiver):
+        settings = actions_settings(
+            base_env, webhook_url=f"{receiver.url}/alerts", webhook_secret=SECRET
+        )
+        async with running_actions(settings, clock) as url:
+            gold = tier_change(
+                "chg-1", "cust-1", "value_tier", "silver", "gold", email="cust-1@example.com"
+            )
+            topic = Topics(topic_namespace).tier_changed
+            await produce_changes(kafka_bootstrap, topic_namespace, [gold])
+            await produce_raw(kafka_bootstrap, topic, [(b"cust-x", b"{not json", [])])
+            await produce_changes(kafka_bootstrap, topic_namespace, [gold])  # redelivered
+            duplicates = (
+                'tierstream_actions_records_total{outcome="duplicate",source="tier_changed"}'
+            )
+            assert await eventually(lambda: _metric(url, duplicates), what="the duplicate") == 1
+            await eventually(lambda: _async(receiver.successes), what="the alert")
+
+            tasks = (await _get(url, "/v1/tasks", customer_id="cust-1"))["items"]
+            assert [
+                (t["queue"], t["priority"], t["status"], t["tier_change_id"]) for t in tasks
+            ] == [("senior-sales", "high", "open", "chg-1")]
+            assert tasks[0]["due_at"] == (NOW + 2 * DAY).isoformat().replace("+00:00", "Z")
+
+            alerts = (await _get(url, "/v1/alerts", customer_id="cust-1"))["items"]
+            assert [(a["channel"], a["status"], a["attempts"]) for a in alerts] == [
+                ("webhook", "sent", 1)
+            ]
+            [request] = receiver.requests
+            assert request.signature_ok and request.key == alerts[0]["idempotency_key"]
+            assert request.body["change"]["id"] == "chg-1" and "gold" in request.body["text"]
+            assert request.body["audience"] == "vip"
+
+            [enrolment] = (await _get(url, "/v1/sequences/enrollments", customer_id="cust-1"))[
+                "items"
+            ]
+            assert (enrolment["sequence"], enrolment["status"]) == ("vip_welcome", "active")
+            steps = [(s["name"], s["status"], s["channel"]) for s in enrolment["steps"]]
+            assert steps[1] == ("check_in", "scheduled", "log")
+
+            dlq = await _dlq(kafka_bootstrap, Topics.dlq(topic), expect=1)
+            assert [r.value for r in dlq] == [b"{not json"]
+            headers = dict(dlq[0].headers)
+            assert headers["dlq_original_topic"] == topic.encode() and headers["dlq_error"]
+            dead = f'tierstream_actions_dlq_records_total{{topic="{Topics.dlq(topic)}"}}'
+            assert await _metric(url, dead) == 1
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_a_second_trigger_refreshes_the_open_task_instead_of_duplicating_it(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+) -> None:
+    async with running_actions(actions_settings(base_env), clock) as url:
+        first = tier_change("chg-a", "cust-2", "value_tier", "silver", "gold")
+        await produce_changes(kafka_bootstrap, topic_namespace, [first])
+        await eventually(lambda: _items(url, "/v1/tasks", customer_id="cust-2"), what="the task")
+        clock.advance(DAY)
+        down = tier_change("chg-b", "cust-2", "value_tier", "gold", "silver")
+        again = tier_change("chg-c", "cust-2", "value_tier", "silver", "gold")
+        await produce_changes(kafka_bootstrap, topic_namespace, [down, again])
+
+        async def both() -> list[Any]:
+            items = (await _get(url, "/v1/tasks", customer_id="cust-2"))["items"]
+            return items if {t["tier_change_id"] for t in items} == {"chg-c", "chg-b"} else []
+
+        tasks = await eventually(both, what="the refreshed task")
+        by_playbook = {t["playbook"]: t for t in tasks}
+        assert len(tasks) == 2 and set(by_playbook) == {"gold_upgrade", "gold_downgrade"}
+        # The running SLA is kept: the refresh does not push the due time out.
+        assert by_playbook["gold_upgrade"]["due_at"] == (NOW + 2 * DAY).isoformat().replace(
+            "+00:00", "Z"
+        )
+
+
+async def test_a_hanging_webhook_blocks_neither_other_deliveries_nor_the_consumer(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+) -> None:
+    receiver = WebhookReceiver(SECRET.encode(), hang_for={"slow-1"})
+    async with serving(receiver):
+        settings = actions_settings(
+            base_env,
+            webhook_url=f"{receiver.url}/alerts",
+            webhook_secret=SECRET,
+            delivery_timeout_s=1.5,
+            dispatch_concurrency=4,
+        )
+        async with running_actions(settings, clock) as url:
+            slow = tier_change("chg-slow", "slow-1", "value_tier", "silver", "gold")
+            await produce_changes(kafka_bootstrap, topic_namespace, [slow])
+            await eventually(
+                lambda: _async([r for r in receiver.requests if r.body["customer_id"] == "slow-1"]),
+                what="the hanging request",
+            )
+            started = time.monotonic()
+            fast = [
+                tier_change(f"chg-{i}", f"fast-{i}", "lifecycle_stage", "at_risk", "churned")
+                for i in range(5)
+            ]
+            await produce_changes(kafka_bootstrap, topic_namespace, fast)
+            await eventually(
+                lambda: _async(len(receiver.successes) == 5), within=10, what="the others"
+            )
+            assert time.monotonic() - started < settings.delivery_timeout_s + 1
+            assert receiver.successes.keys() == {
+                r.key for r in receiver.requests if r.body["customer_id"] != "slow-1"
+            }
+
+            async def timed_out() -> Any:
+                items = (await _get(url, "/v1/alerts", customer_id="slow-1"))["items"]
+                return items if items and items[0]["last_error"] else None
+
+            [alert] = await timed_out_or_fail(timed_out)
+            assert alert["status"] == "pending" and "no answer within 1.5 s" in alert["last_error"]
+
+
+async def timed_out_or_fail(probe: Any) -> Any:
+    return await eventually(probe, within=10, what="the timeout to be recorded")
