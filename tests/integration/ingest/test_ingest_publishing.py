@@ -52,13 +52,18 @@ async def test_each_type_lands_on_its_topic_keyed_by_customer_with_cloudevents_h
 async def test_published_values_are_exact_json_with_decimals_as_strings(
     client: httpx.AsyncClient, settings: IngestSettings
 ) -> None:
-    event = purchase(amount=0.1, items=[{"sku": "s1", "price": 0.3}])
+    event = purchase(
+        amount=0.1, items=[{"sku": "s1", "price": 0.3}], attributes={"ratio": 2.0, "seats": 3}
+    )
     assert (await client.post("/v1/events", json=event, headers=AUTH)).status_code == 202
     topic = topics_of(settings).purchases
     [record] = await read_records(settings, topic, until=with_event_id(event["event_id"]))
     value = json.loads(record.value)
     assert value["amount"] == "0.1" and value["items"][0]["price"] == "0.3"
     assert value["currency"] == "EUR" and value["order_id"] == event["order_id"]
+    assert value["attributes"] == {"ratio": 2.0, "seats": 3}
+    assert isinstance(value["attributes"]["ratio"], float)
+    assert isinstance(value["attributes"]["seats"], int)
 
 
 async def test_source_is_filled_from_the_api_key_only_when_absent(
