@@ -27,8 +27,17 @@ from pydantic_core import PydanticCustomError
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 AttributeValue = str | int | float | bool | None
+
+
+def _decimal_as_float(value: object) -> object:
+    # Ingest decodes JSON with exact Decimals; in an attribute a non-integer literal is a float.
+    return float(value) if isinstance(value, Decimal) else value
+
+
 # Event attributes: a JSON number must be finite (NaN / Infinity would not survive a round trip).
-EventAttributeValue = str | int | FiniteFloat | bool | None
+EventAttributeValue = Annotated[
+    str | int | FiniteFloat | bool | None, BeforeValidator(_decimal_as_float)
+]
 Attributes = Annotated[
     dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], EventAttributeValue],
     Field(max_length=64),
