@@ -1,0 +1,69 @@
+"""deploy/grafana: the committed dashboard is the generated one, and it uses the provisioned
+datasource and covers what issue 6 asks ops to see."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "deploy/grafana"
+
+
+def _dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((GRAFANA / "dashboards/tierstream.json").read_text())
+    return data
+
+
+def test_committed_dashboard_is_what_the_builder_produces() -> None:
+    script = GRAFANA / "build_dashboard.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_every_query_uses_the_provisioned_prometheus_datasource() -> None:
+    provisioning = GRAFANA / "provisioning/datasources/prometheus.yml"
+    (source,) = yaml.safe_load(provisioning.read_text())["datasources"]
+    assert source["type"] == "prometheus"
+    for panel in _dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"] == {"type": "prometheus", "uid": source["uid"]}
+
+
+def test_dashboard_provider_reads_the_folder_compose_mounts() -> None:
+    provider = yaml.safe_load((GRAFANA / "provisioning/dashboards/tierstream.yml").read_text())
+    (entry,) = provider["providers"]
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert f"./deploy/grafana/dashboards:{entry['options']['path']}:ro" in compose
+
+
+def test_panels_fit_the_grid_with_unique_ids() -> None:
+    panels = _dashboard()["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
+
+
+def test_dashboard_shows_everything_issue_6_lists() -> None:
+    titles = " | ".join(p["title"].lower() for p in _dashboard()["panels"])
+    for topic in (
+        "ingest events",
+        "ingest http errors",
+        "consumer lag",
+        "processing latency",
+        "customers per value tier",
+        "transitions",
+        "actions planned",
+        "deliveries",
+        "overdue",
+        "dead letters",
+    ):
+        assert topic in titles, topic
