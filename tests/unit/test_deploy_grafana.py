@@ -49,7 +49,7 @@ def test_panels_fit_the_grid_with_unique_ids() -> None:
     assert len({p["id"] for p in panels}) == len(panels)
     for panel in panels:
         pos = panel["gridPos"]
-        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
 
 
 def test_dashboard_shows_everything_issue_6_lists() -> None:
