@@ -197,7 +197,25 @@ def align(actual: Any, threshold: Any) -> Any:
     """Compare like with like: a YAML float against a Decimal amount is read as decimal."""
     if isinstance(actual, Decimal) and isinstance(threshold, float):
         return Decimal(repr(threshold))
+    if isinstance(actual, bool) != isinstance(threshold, bool):
+        # Python's True == 1 must not make `lifetime_orders eq true` hold; a sentinel never equals.
+        return _NEVER_EQUAL
     return threshold
+
+
+class _NeverEqual:
+    """Equal to nothing; ordering comparisons with it raise TypeError (read as false)."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_NEVER_EQUAL = _NeverEqual()
 
 
 def leaves(condition: Condition) -> Iterator[_Leaf]:

@@ -112,11 +112,12 @@ def _purchase_windows(facts: list[PurchaseFact], now: datetime) -> dict[str, Fea
 
 def _lifetime(state: CustomerState) -> dict[str, FeatureValue]:
     orders, latest = state.lifetime_orders, state.latest_purchases
+    average = (state.lifetime_spend / orders).quantize(_SIX_PLACES) if orders else None
     between = (latest[1].occurred_at - latest[0].occurred_at) / DAY if len(latest) == 2 else None
     return {
         "lifetime_orders": orders,
         "lifetime_spend": state.lifetime_spend,
-        "avg_order_value": (state.lifetime_spend / orders).quantize(_SIX_PLACES) if orders else None,
+        "avg_order_value": average,
         "last_order_value": latest[-1].amount if latest else None,
         "days_between_last_two_purchases": between,
     }

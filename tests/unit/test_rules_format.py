@@ -287,3 +287,16 @@ def test_a_file_that_is_not_a_yaml_mapping_is_refused(text: str) -> None:
 def test_a_missing_file_is_refused_with_its_path(tmp_path: Path) -> None:
     with pytest.raises(RulesError, match=r"nope\.yaml"):
         load_rules(tmp_path / "nope.yaml")
+
+
+def test_true_and_false_only_ever_equal_boolean_features() -> None:
+    text = DEFAULT.replace(
+        "when: {feature: has_purchased, op: eq, value: true}",
+        "when: {feature: lifetime_orders, op: eq, value: true}",
+    )
+    rules = parse_rules(text, source="t")
+    assert classify(features(lifetime_orders=1), {}, rules).value_tier == "none"
+    assert (
+        classify(features(has_purchased=True), {}, load_rules(default_rules_path())).value_tier
+        == "bronze"
+    )
