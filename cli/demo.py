@@ -1,16 +1,21 @@
-"""A small stream of demo events for `tierstream run`, so a newcomer sees tiers and actions."""
+"""Demo events for `tierstream run`: a few hand-made customers (one certain to become gold)
+and a small simulated population, so a newcomer sees tiers, migrations and actions."""
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import httpx
+from cli.api_client import ApiClient, ApiError, Endpoints, reference_now
+from cli.simulate import send_events
+from cli.simulation import simulate_population
+
+DEMO_SEED = 2026
+DEMO_CUSTOMERS = 200
+DEMO_DAYS = 400
 
 
 def demo_events(now: datetime) -> list[dict[str, Any]]:
@@ -54,26 +59,24 @@ def demo_events(now: datetime) -> list[dict[str, Any]]:
 
 
 def main() -> int:
-    """Post the demo events to ingest; exits 0 when all were accepted."""
-    url = os.environ.get("TIERSTREAM_INGEST_URL", "http://127.0.0.1:8080")
-    key = os.environ.get("TIERSTREAM_API_KEY", "")
-    now_raw = os.environ.get("TIERSTREAM_NOW")
-    now = datetime.fromisoformat(now_raw) if now_raw else datetime.now(UTC)
-    events = demo_events(now)
-    headers = {"Authorization": f"Bearer {key}"}
-    for attempt in range(30):
+    """Post the demo customers and a simulated population to ingest; 0 when all were accepted."""
+    now = reference_now()
+    population = simulate_population(
+        seed=DEMO_SEED, customers=DEMO_CUSTOMERS, days=DEMO_DAYS, end=now, prefix="demo-c"
+    )
+    events = demo_events(now) + population.events  # the hand-made customers first
+    with ApiClient(Endpoints.from_env(), retry_for=90) as client:
         try:
-            response = httpx.post(
-                f"{url}/v1/events/batch", json={"events": events}, headers=headers, timeout=10
-            )
-        except httpx.HTTPError:
-            response = None
-        if response is not None and response.status_code == 202:
-            print(f"demo: {len(events)} events accepted", flush=True)
-            return 0
-        time.sleep(min(2.0, 0.2 * (attempt + 1)))
-    print("demo: ingest did not accept the demo events", file=sys.stderr)
-    return 1
+            sent = send_events(client, events, batch_size=1000)
+        except ApiError as exc:
+            print(f"demo: ingest did not accept the demo events: {exc}", file=sys.stderr)
+            return 1
+    print(
+        f"demo: {sent} events accepted (demo-vip and friends, plus {DEMO_CUSTOMERS} simulated "
+        f"customers over {DEMO_DAYS} days)",
+        flush=True,
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,365 @@
+"""The user's CLI against the real system: ingest + scorer + actions, broker and Postgres.
+
+The three services run in-process on one background event loop (their `run(settings,
+stop=...)`), shared by this module's tests; each test uses its own customers. The CLI runs
+as its own process with the TIERSTREAM_* variables a user would set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import matplotlib.image
+import pytest
+
+from cli.csv_import import Checkpoint, checkpoint_path, input_fingerprint, save_checkpoint
+from shared.embedded import free_port
+from tests.support.infra import fresh_database, unique_namespace
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+KEY = "cli-key"
+T = TypeVar("T")
+
+
+@dataclass
+class System:
+    """The three services on a background loop, and how the CLI reaches them."""
+
+    ports: dict[str, int]
+    env: dict[str, str] = field(default_factory=dict)
+    loop: asyncio.AbstractEventLoop | None = None
+    stop: asyncio.Event | None = None
+    error: BaseException | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def get(self, service: str, path: str, **params: Any) -> Any:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        response = httpx.get(f"{self.url(service)}{path}", params=params, headers=headers)
+        response.raise_for_status()
+        return response.json()
+
+    def items(self, service: str, path: str, **params: Any) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        query = {"limit": 500, **params}
+        while True:
+            page = self.get(service, path, **query)
+            found += page["items"]
+            if not page["next_cursor"]:
+                return found
+            query["cursor"] = page["next_cursor"]
+
+
+async def _serve(system: System, kafka: str, pg_server: str) -> None:
+    from services.actions.main import run as run_actions
+    from services.actions.settings import ActionsSettings
+    from services.ingest.main import run as run_ingest
+    from services.ingest.settings import IngestSettings
+    from services.scorer.main import run as run_scorer
+    from services.scorer.settings import ScorerSettings
+    from shared.migrations import upgrade
+
+    system.loop, system.stop = asyncio.get_running_loop(), asyncio.Event()
+    async with fresh_database(pg_server) as database_url:
+        await asyncio.to_thread(upgrade, database_url, "scorer")
+        env: dict[str, Any] = {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka, "DATABASE_URL": database_url,
+            "TIERSTREAM_TOPIC_NAMESPACE": unique_namespace(), "TIERSTREAM_PARTITIONS": "3",
+            "KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_REQUEST_TIMEOUT_MS": "5000",
+            "TIERSTREAM_API_KEYS": f"cli:{KEY}", "now": NOW,
+        }  # fmt: skip
+        fast = {"poll_timeout_ms": 100}
+        await asyncio.gather(
+            run_ingest(IngestSettings(**env, port=system.ports["ingest"]), stop=system.stop),
+            run_scorer(
+                ScorerSettings(**env, **fast, port=system.ports["scorer"], relay_interval_s=0.1),
+                stop=system.stop,
+            ),
+            run_actions(
+                ActionsSettings(**env, **fast, port=system.ports["actions"]), stop=system.stop
+            ),
+        )
+
+
+def _thread_main(system: System, kafka: str, pg_server: str) -> None:
+    try:
+        asyncio.run(_serve(system, kafka, pg_server))
+    except BaseException as exc:
+        system.error = exc
+
+
+def _ready(system: System) -> bool:
+    try:
+        return all(
+            httpx.get(f"{system.url(s)}/readyz", timeout=2).status_code == 200 for s in system.ports
+        )
+    except httpx.HTTPError:
+        return False
+
+
+def poll(fn: Callable[[], T | None], what: str, timeout: float = 40.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def system(kafka_bootstrap: str, pg_server_url: str) -> Iterator[System]:
+    ports = {name: free_port() for name in ("ingest", "scorer", "actions")}
+    system = System(ports)
+    thread = threading.Thread(
+        target=_thread_main, args=(system, kafka_bootstrap, pg_server_url), daemon=True
+    )
+    thread.start()
+    poll(lambda: system.error is not None or _ready(system), "the services to be ready", 60)
+    assert system.error is None, system.error
+    system.env = {
+        **{f"TIERSTREAM_{s.upper()}_URL": system.url(s) for s in ports},
+        "TIERSTREAM_API_KEY": KEY,
+        "TIERSTREAM_NOW": NOW.isoformat(),
+    }
+    yield system
+    if system.loop is not None and system.stop is not None:
+        system.loop.call_soon_threadsafe(system.stop.set)
+    thread.join(30)
+
+
+@dataclass(frozen=True)
+class Ran:
+    exit_code: int
+    stdout: str
+    output: str  # stdout and stderr
+
+
+def cli(system: System, *args: str) -> Ran:
+    """`tierstream ARGS` as a user runs it: its own process, configured by environment."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env={**os.environ, **system.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return Ran(done.returncode, done.stdout, done.stdout + done.stderr)
+
+
+def customer(system: System, customer_id: str) -> dict[str, Any] | None:
+    response = httpx.get(
+        f"{system.url('scorer')}/v1/customers/{customer_id}",
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    return response.json() if response.status_code == 200 else None
+
+
+def orders_reach(system: System, expected: dict[str, int]) -> Callable[[], dict[str, int] | None]:
+    def check() -> dict[str, int] | None:
+        seen = {c: (customer(system, c) or {}).get("lifetime_orders") for c in expected}
+        return expected if seen == expected else None
+
+    return check
+
+
+PURCHASES = """Kunde,occurred_at,order_id,amount,currency
+imp-a,2026-05-01,a1,100.00,EUR
+imp-a,20260510,a2,250.00,EUR
+imp-b,2026-05-11T10:00:00Z,b1,80,EUR
+imp-b,2026-13-01,b2,10,EUR
+imp-a,2026-05-12,a3,-5,EUR
+
+imp-a,2026-07-01,a4,60,EUR
+imp-b,2026-05-20,b3,40.5,EUR
+imp-b,2026-05-21,b4
+,2026-05-22,c1,10,EUR
+imp-a,2026-05-25T08:00:00+02:00,a5,99.99,EUR
+"""
+REJECTED_LINES = ["5", "6", "8", "10", "11"]
+
+
+def rejects_of(path: Path) -> list[list[str]]:
+    with path.with_name(path.name + ".rejects.csv").open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_import_rejects_bad_rows_by_line_and_counts_the_rest_once(
+    system: System, tmp_path: Path
+) -> None:
+    source = tmp_path / "purchases.csv"
+    source.write_text(PURCHASES)
+    args = ("import", str(source), "--type", "purchase", "--column", "customer_id=Kunde")
+    first = cli(system, *args, "--batch-size", "4")
+    assert first.exit_code == 2, first.output
+    rejects = rejects_of(source)
+    assert rejects[0][:3] == ["line", "reason", "Kunde"]
+    assert [r[0] for r in rejects[1:]] == REJECTED_LINES
+    reasons = {r[0]: r[1] for r in rejects[1:]}
+    assert "occurred_at" in reasons["5"] and "amount" in reasons["6"]
+    assert reasons["8"].startswith("ingest: occurred_at")  # only ingest knows its clock
+    assert reasons["10"] == "3 fields, the header has 5"
+    assert "customer_id" in reasons["11"]
+    assert not checkpoint_path(source).exists()
+    poll(orders_reach(system, {"imp-a": 3, "imp-b": 2}), "the imported orders")
+    assert (customer(system, "imp-a") or {})["lifetime_spend"] == pytest.approx(449.99)
+
+    again = cli(system, *args)
+    assert again.exit_code == 2, again.output
+    assert rejects_of(source) == rejects
+    more = tmp_path / "more.csv"
+    more.write_text("Kunde,occurred_at,order_id,amount,currency\nimp-a,2026-05-30,a6,1,EUR\n")
+    later = cli(system, "import", str(more), "--type", "purchase", "--column", "customer_id=Kunde")
+    assert later.exit_code == 0, later.output
+    assert not (tmp_path / "more.csv.rejects.csv").exists()
+    # same partition as the re-import, so it is counted after the duplicates were dropped
+    poll(orders_reach(system, {"imp-a": 4, "imp-b": 2}), "the later order, and no duplicate")
+
+
+def test_an_interrupted_import_resumes_after_its_checkpoint(system: System, tmp_path: Path) -> None:
+    source = tmp_path / "logins.csv"
+    lines = [f"res-x,2026-05-{day}T09:00:00Z,web" for day in range(10, 16)]
+    source.write_text("customer_id,occurred_at,channel\n" + "\n".join(lines) + "\n")
+    save_checkpoint(
+        checkpoint_path(source), Checkpoint(4, input_fingerprint(source, "login", {}))
+    )  # as if a run died after ingest acknowledged lines 2-4
+    result = cli(system, "import", str(source), "--type", "login")
+    assert result.exit_code == 0, result.output
+    assert "resumed after line" in result.output
+    assert not checkpoint_path(source).exists()
+    sentinel = tmp_path / "sentinel.csv"
+    sentinel.write_text("customer_id,occurred_at,channel\nres-x,2026-05-20,app\n")
+    assert cli(system, "import", str(sentinel), "--type", "login").exit_code == 0
+
+    def after_sentinel() -> dict[str, Any] | None:
+        state = customer(system, "res-x") or {}
+        return state if str(state.get("last_login_at")).startswith("2026-05-20") else None
+
+    assert poll(after_sentinel, "res-x's logins")["logins_30d"] == 4  # lines 5-7 + sentinel
+
+
+def dry_run(system: System, tmp_path: Path, name: str, *args: str) -> list[dict[str, Any]]:
+    out = tmp_path / name
+    result = cli(system, "simulate", "--dry-run", "--output", str(out), *args)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_simulate_is_deterministic_and_its_population_lands_in_the_scorer(
+    system: System, tmp_path: Path
+) -> None:
+    args = ("--customers", "25", "--days", "120", "--seed", "5", "--prefix", "sim-")
+    planned = dry_run(system, tmp_path, "a.jsonl", *args)
+    assert planned == dry_run(system, tmp_path, "b.jsonl", *args)
+    other = dry_run(system, tmp_path, "c.jsonl", *args[:-3], "6", "--prefix", "sim-")
+    assert [e["occurred_at"] for e in other] != [e["occurred_at"] for e in planned]
+
+    sent = cli(system, "simulate", *args, "--batch-size", "100")
+    assert sent.exit_code == 0, sent.output
+    assert "accepted by ingest" in sent.output
+    people = {e["customer_id"] for e in planned}
+    orders = Counter(e["customer_id"] for e in planned if e["type"] == "purchase")
+
+    def landed() -> dict[str, int] | None:
+        found = {
+            c["customer_id"]: c["lifetime_orders"] for c in system.items("scorer", "/v1/customers")
+        }
+        mine = {c: n for c, n in found.items() if c.startswith("sim-")}
+        return mine if mine == {c: orders[c] for c in people} else None
+
+    poll(landed, "every simulated customer with its orders")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def api_numbers(system: System, since: datetime) -> dict[str, Any]:
+    """What the report must say, read straight from the APIs."""
+    stats = system.get("scorer", "/v1/stats/tiers")
+    moved: Counter[str] = Counter()
+    for c in system.items("scorer", "/v1/customers"):
+        changes = system.items("scorer", f"/v1/customers/{c['customer_id']}/changes")
+        moved.update(
+            {ch["to"] for ch in changes if ch["dimension"] == "lifecycle_stage"
+             and datetime.fromisoformat(ch["occurred_at"]) >= since}
+        )  # fmt: skip
+    open_tasks = Counter(t["queue"] for t in system.items("actions", "/v1/tasks", status="open"))
+    overdue = Counter(
+        t["queue"] for t in system.items("actions", "/v1/tasks", status="open", overdue="true")
+    )
+    enrolled: dict[str, Counter[str]] = {}
+    for e in system.items("actions", "/v1/sequences/enrollments"):
+        enrolled.setdefault(e["sequence"], Counter())[e["status"]] += 1
+    return {
+        "customers": stats["customers"],
+        "distribution": {d: stats[d] for d in ("value_tier", "activity_level", "lifecycle_stage")},
+        "churned": moved["churned"],
+        "reactivated": moved["reactivated"],
+        "tasks": {q: {"open": open_tasks[q], "overdue": overdue[q]} for q in open_tasks},
+        "enrolments": {s: dict(c) for s, c in enrolled.items()},
+    }
+
+
+def report_json(system: System, *args: str) -> dict[str, Any]:
+    result = cli(system, "report", "--json", *args)
+    assert result.exit_code == 0, result.output
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_report_numbers_equal_the_apis_and_the_plot_is_a_png(
+    system: System, tmp_path: Path
+) -> None:
+    vip = tmp_path / "vip.csv"
+    days = [(NOW - timedelta(days=45 - 4.5 * i)).isoformat() for i in range(10)]
+    rows = [f"rep-vip,{day},v{i},1000,EUR" for i, day in enumerate(days)]
+    vip.write_text("customer_id,occurred_at,order_id,amount,currency\n" + "\n".join(rows) + "\n")
+    imported = cli(system, "import", str(vip), "--type", "purchase")
+    assert imported.exit_code == 0, imported.output
+    args = ("--customers", "30", "--days", "200", "--seed", "9", "--prefix", "rep-")
+    simulated = cli(system, "simulate", *args)
+    assert simulated.exit_code == 0, simulated.output
+    poll(lambda: system.items("actions", "/v1/tasks", customer_id="rep-vip"), "the VIP's task")
+
+    since = datetime(2026, 5, 1, tzinfo=UTC)
+    keys = ("customers", "distribution", "churned", "reactivated", "tasks", "enrolments")
+
+    def agreed() -> dict[str, Any] | None:  # the pipeline may still be moving: until it rests
+        report = report_json(system, "--since", "2026-05-01")
+        return report if {k: report[k] for k in keys} == api_numbers(system, since) else None
+
+    report = poll(agreed, "the report to equal the APIs", timeout=30)
+    assert report["distribution"]["value_tier"]["gold"] >= 1
+    assert sum(q["open"] for q in report["tasks"].values()) >= 1
+    assert report["enrolments"]
+    columns: Counter[str] = Counter()
+    for row in report["migration"].values():
+        columns.update(row)
+    assert dict(columns) == {k: v for k, v in report["distribution"]["value_tier"].items() if v}
+    everything = report_json(system, "--since", "2000-01-01")
+    for source, row in everything["migration"].items():  # before any event: only first moves
+        assert all(source in ("(unclassified)", target) for target in row), everything
+
+    picture = tmp_path / "report.png"
+    shown = cli(system, "report", "--since", "2026-05-01", "--plot", str(picture))
+    assert shown.exit_code == 0, shown.output
+    assert "value tier migration" in shown.stdout and "open tasks per queue" in shown.stdout
+    assert picture.read_bytes()[:8] == PNG_SIGNATURE
+    assert matplotlib.image.imread(picture).shape[:2] == (950, 1300)
