@@ -98,6 +98,15 @@ class EmbeddedKafka:
             self._proc.wait(5)
         self._proc = None
 
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL), as an outage would; `start()` may bring it back."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        self._proc.wait(5)
+        self._proc = None
+
     def __enter__(self) -> EmbeddedKafka:
         return self.start()
 
