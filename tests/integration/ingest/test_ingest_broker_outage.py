@@ -1,0 +1,134 @@
+"""Broker outage (issue 3; issue 7 scenario 5): 503 + Retry-After in bounded time, then recovery
+on a new broker at the same address with no restart of ingest."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.ingest.app import create_app
+from services.ingest.publisher import KafkaPublisher
+from services.ingest.settings import IngestSettings
+from shared.embedded import EmbeddedKafka
+from shared.kafka import ensure_topics
+from shared.metrics import new_registry
+from tests.integration.ingest.ingest_helpers import (
+    AUTH,
+    ingest_settings,
+    login,
+    read_records,
+    topics_of,
+    with_event_id,
+)
+
+PUBLISH_TIMEOUT_S = 1.5
+
+
+@pytest.fixture
+def private_broker() -> Iterator[EmbeddedKafka]:
+    """A broker of this test's own, which it may stop and replace."""
+    broker = EmbeddedKafka().start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def outage_settings(private_broker: EmbeddedKafka, topic_namespace: str) -> IngestSettings:
+    settings = ingest_settings(
+        private_broker.bootstrap_servers,
+        topic_namespace,
+        publish_timeout_s=PUBLISH_TIMEOUT_S,
+        kafka_request_timeout_ms=2000,
+        retry_after_s=3,
+        ready_timeout_s=1.0,
+    )
+    await ensure_topics(settings, topics_of(settings).all())
+    return settings
+
+
+@pytest.fixture
+async def outage_client(
+    outage_settings: IngestSettings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, CollectorRegistry]]:
+    registry = new_registry()
+    publisher = KafkaPublisher(
+        outage_settings,
+        timeout_s=outage_settings.publish_timeout_s,
+        check_timeout_s=outage_settings.ready_timeout_s,
+    )
+    await publisher.start()
+    app = create_app(outage_settings, publisher=publisher, registry=registry)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://ingest"
+    ) as client:
+        yield client, registry
+    await publisher.stop()
+
+
+async def timed_post(
+    client: httpx.AsyncClient, body: dict[str, object]
+) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = await client.post("/v1/events", json=body, headers=AUTH)
+    return response, time.monotonic() - started
+
+
+async def test_broker_down_gives_503_with_retry_after_and_recovers_without_restart(
+    outage_client: tuple[httpx.AsyncClient, CollectorRegistry],
+    outage_settings: IngestSettings,
+    private_broker: EmbeddedKafka,
+) -> None:
+    client, registry = outage_client
+    assert (await client.post("/v1/events", json=login(), headers=AUTH)).status_code == 202
+
+    private_broker.kill()
+    for _ in range(3):  # the first hits the live connection, later ones a refused bootstrap
+        response, elapsed = await timed_post(client, login())
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "3"
+        assert response.headers["content-type"] == "application/problem+json"
+        assert elapsed < PUBLISH_TIMEOUT_S + 1.0, f"a request hung for {elapsed:.1f}s"
+    batch = await client.post("/v1/events/batch", json={"events": [login()]}, headers=AUTH)
+    assert batch.status_code == 503
+    assert (await client.get("/readyz")).status_code == 503
+    assert registry.get_sample_value("tierstream_ingest_broker_available") == 0
+    failed = {"type": "login", "source": "shop", "outcome": "failed"}
+    assert registry.get_sample_value("tierstream_ingest_events_total", failed) == 4
+
+    # A new broker on the same address; memory storage starts empty, so its topics are
+    # recreated, as a real cluster's would have survived.
+    replacement = EmbeddedKafka(port=private_broker.port).start()
+    try:
+        await ensure_topics(outage_settings, topics_of(outage_settings).all())
+        event = login()
+        response, _ = await timed_post(client, event)
+        assert response.status_code == 202, response.text
+        assert (await client.get("/readyz")).status_code == 200
+        assert registry.get_sample_value("tierstream_ingest_broker_available") == 1
+        topic = topics_of(outage_settings).logins
+        records = await read_records(outage_settings, topic, until=with_event_id(event["event_id"]))
+        assert event["event_id"] in {dict(r.headers)["ce_id"].decode() for r in records}
+    finally:
+        replacement.stop()
+
+
+async def test_a_broker_missing_at_startup_is_retried_on_first_use(topic_namespace: str) -> None:
+    broker = EmbeddedKafka()
+    settings = ingest_settings(
+        broker.bootstrap_servers, topic_namespace, publish_timeout_s=PUBLISH_TIMEOUT_S
+    )
+    publisher = KafkaPublisher(settings, timeout_s=PUBLISH_TIMEOUT_S)
+    await publisher.start()  # nobody listens yet: start() must not raise
+    app = create_app(settings, publisher=publisher)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        assert (await client.post("/v1/events", json=login(), headers=AUTH)).status_code == 503
+        with broker:
+            await ensure_topics(settings, topics_of(settings).all())
+            response = await client.post("/v1/events", json=login(), headers=AUTH)
+            assert response.status_code == 202, response.text
+            await publisher.stop()
