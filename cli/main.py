@@ -86,7 +86,7 @@ def run(
 
 @rules_app.command("check")
 def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to validate.")]) -> None:
-    """Validate a rules file; prints its version or the precise error (exit 1)."""
+    """Validate a rules file; prints its version and rules, or the precise error (exit 1)."""
     from shared.domain.rules import RulesError, load_rules
 
     try:
@@ -95,6 +95,9 @@ def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to va
         console.print(f"[red]invalid:[/red] {exc}")
         raise typer.Exit(1) from exc
     typer.echo(f"{file}: valid (version {rules.version})")
+    from cli.rules_summary import rules_table
+
+    Console().print(rules_table(rules))
 
 
 @rules_app.command("diff")

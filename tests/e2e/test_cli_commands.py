@@ -84,7 +84,7 @@ async def _serve(system: System, kafka: str, pg_server: str) -> None:
             "KAFKA_SESSION_TIMEOUT_MS": "6000", "KAFKA_REQUEST_TIMEOUT_MS": "5000",
             "TIERSTREAM_API_KEYS": f"cli:{KEY}", "now": NOW,
         }  # fmt: skip
-        fast = {"poll_timeout_ms": 100}
+        fast: dict[str, Any] = {"poll_timeout_ms": 100}
         await asyncio.gather(
             run_ingest(IngestSettings(**env, port=system.ports["ingest"]), stop=system.stop),
             run_scorer(
