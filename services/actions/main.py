@@ -26,7 +26,7 @@ from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.logging import get_logger
 from shared.metrics import new_registry
 from shared.service import Loop, serve
-from shared.topics import ACTIONS_GROUP, Topics
+from shared.topics import Topics
 
 log = get_logger(__name__)
 
@@ -116,12 +116,11 @@ def _consume(
     channels = channel_config(settings)
 
     async def consume(stop: asyncio.Event) -> None:
+        group = settings.consumer_group
         producer = make_producer(settings)
-        consumer = make_consumer(
-            settings, ACTIONS_GROUP, max_poll_records=settings.batch_max_records
-        )
+        consumer = make_consumer(settings, group, max_poll_records=settings.batch_max_records)
         changes = ChangeConsumer(
-            consumer, producer, pool, group_id=ACTIONS_GROUP, topics=topics, playbooks=playbooks,
+            consumer, producer, pool, group_id=group, topics=topics, playbooks=playbooks,
             channels=channels, clock=clock, metrics=metrics,
             max_records=settings.batch_max_records, poll_timeout_ms=settings.poll_timeout_ms,
         )  # fmt: skip

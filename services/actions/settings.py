@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.settings import ServiceSettings
+from shared.topics import ACTIONS_GROUP
 
 
 def _default_playbooks_file() -> Path:
@@ -62,6 +63,9 @@ class ActionsSettings(ServiceSettings):
         ge=0,
         description="A claimed delivery is re-sent when its sender is silent this long"
         " after the timeout (the process died mid-send).",
+    )
+    consumer_group: str = Field(
+        ACTIONS_GROUP, description="Kafka consumer group (offsets are kept in Postgres per group)."
     )
     batch_max_records: int = Field(1000, ge=1, description="Records per consumed batch.")
     poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -72,7 +72,9 @@ async def produce_changes(bootstrap: str, namespace: str, changes: Iterable[Tier
 
 
 async def produce_raw(
-    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    bootstrap: str,
+    topic: str,
+    records: Sequence[tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]],
 ) -> None:
     """Publish raw (key, value, headers) records, acknowledged by the broker."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
@@ -87,12 +89,14 @@ async def produce_raw(
 def actions_settings(env: dict[str, str], **overrides: Any) -> ActionsSettings:
     """Settings from the test's environment dict (aliases) plus fast loop intervals."""
     fields: dict[str, Any] = {
+        **env,
+        "consumer_group": f"actions-{env['TIERSTREAM_TOPIC_NAMESPACE']}",
         "port": free_port(), "dispatch_interval_s": 0.05, "poll_timeout_ms": 100,
         "gauge_interval_s": 0.2, "backoff_base_s": 0.05, "backoff_cap_s": 0.2,
         "delivery_timeout_s": 2.0, "lease_margin_s": 0.5,
     }  # fmt: skip
     fields.update(overrides)
-    return ActionsSettings(**env, **fields)
+    return ActionsSettings(**fields)
 
 
 @contextlib.asynccontextmanager
@@ -216,7 +220,6 @@ async def serving(receiver: WebhookReceiver) -> AsyncIterator[WebhookReceiver]:
     config = uvicorn.Config(receiver, host="127.0.0.1", port=receiver.port, log_config=None,
                             lifespan="off", timeout_graceful_shutdown=1)  # fmt: skip
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -235,18 +238,21 @@ async def serving(receiver: WebhookReceiver) -> AsyncIterator[WebhookReceiver]:
 
 
 class _Mailbox:
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float) -> None:
         self.messages: list[Message] = []
+        self.delay_s = delay_s
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         self.messages.append(message_from_bytes(envelope.content))
         return "250 Message accepted for delivery"
 
 
 @contextlib.contextmanager
-def smtp_server() -> Any:
+def smtp_server(delay_s: float = 0.0) -> Any:
     """An aiosmtpd server on a free port; yields (port, list of received messages)."""
-    mailbox = _Mailbox()
+    mailbox = _Mailbox(delay_s)
     controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:

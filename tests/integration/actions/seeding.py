@@ -1,0 +1,24 @@
+"""Seed the actions tables the way the consumer does (real planning, real Postgres), no Kafka."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from services.actions.batch import PlannedChange, apply_batch
+from services.actions.db import Pool
+from services.actions.effects import ChannelConfig
+from shared.contracts import TierChanged
+from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
+
+LOG_ONLY = ChannelConfig(webhook=False, email=False, crm=False)
+
+
+async def apply_changes(
+    pool: Pool, changes: list[TierChanged], *, now: datetime,
+    channels: ChannelConfig = LOG_ONLY,
+) -> None:  # fmt: skip
+    """Plan the changes with the default playbooks and write their effects in one transaction."""
+    books = load_playbooks(default_playbooks_path())
+    planned = [PlannedChange(c, plan_actions(c, books)) for c in changes]
+    await apply_batch(pool, planned, [], [], group_id="seed", playbooks=books, channels=channels,
+                      now=now)  # fmt: skip

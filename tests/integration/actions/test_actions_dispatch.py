@@ -1,0 +1,119 @@
+"""The dispatcher against a real HTTP receiver: retries with one idempotency key, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.actions.channels import Channels, WebhookChannel
+from services.actions.db import Pool, create_pool
+from services.actions.dispatcher import Dispatcher, DispatchPolicy
+from services.actions.effects import ChannelConfig
+from services.actions.metrics import actions_metrics
+from shared.clock import FixedClock
+from tests.integration.actions.seeding import apply_changes
+from tests.integration.actions.support import (
+    NOW,
+    SECRET,
+    WebhookReceiver,
+    eventually,
+    fetch,
+    serving,
+    tier_change,
+)
+
+WEBHOOK = ChannelConfig(webhook=True, email=False, crm=False)
+POLICY = DispatchPolicy(concurrency=4, timeout_s=2.0, lease_s=3.0, max_attempts=3,
+                        backoff_base_s=0.05, backoff_cap_s=0.2, interval_s=0.05)  # fmt: skip
+
+
+@pytest.fixture
+async def pool(actions_db: str) -> AsyncIterator[Pool]:
+    pool = await create_pool(actions_db, size=4, application_name="test")
+    yield pool
+    await pool.close()
+
+
+async def _dispatch_until(
+    pool: Pool, receiver: WebhookReceiver, secret: bytes, registry: CollectorRegistry,
+    done: str, database_url: str,
+) -> None:  # fmt: skip
+    """Run an alert dispatcher against the receiver until the alert's status is `done`."""
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=2) as client:
+        channels = Channels(webhook=WebhookChannel(client, receiver.url + "/alerts", secret))
+        metrics = actions_metrics(registry)
+        dispatcher = Dispatcher("dispatcher", pool, channels, kinds=("alert",), policy=POLICY,
+                                clock=FixedClock(NOW), metrics=metrics)  # fmt: skip
+        task = asyncio.create_task(dispatcher.run(stop))
+        try:
+            sql = "SELECT 1 FROM actions.delivery WHERE kind = 'alert' AND status = $1"
+            await eventually(lambda: fetch(database_url, sql, done), within=10, what=done)
+            await asyncio.sleep(0.3)  # a few more rounds: nothing else may be sent
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+
+async def _alert(database_url: str) -> dict[str, object]:
+    [row] = await fetch(database_url, "SELECT status, attempts, last_error, idempotency_key,"
+                        " sent_at FROM actions.delivery WHERE kind = 'alert'")  # fmt: skip
+    return row
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_a_receiver_failing_twice_gets_the_same_key_three_times_and_one_success(
+    pool: Pool, actions_db: str
+) -> None:
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=WEBHOOK)  # fmt: skip
+    registry = CollectorRegistry()
+    receiver = WebhookReceiver(SECRET.encode(), fail_first=2)
+    async with serving(receiver):
+        await _dispatch_until(pool, receiver, SECRET.encode(), registry, "sent", actions_db)
+    alert = await _alert(actions_db)
+    assert [r.status for r in receiver.requests] == [503, 503, 200]
+    assert {r.key for r in receiver.requests} == {alert["idempotency_key"]}
+    assert all(r.signature_ok for r in receiver.requests)
+    assert receiver.successes == {alert["idempotency_key"]: 1}
+    assert (alert["status"], alert["attempts"], alert["last_error"]) == ("sent", 3, None)
+    assert alert["sent_at"] == NOW
+    total = "tierstream_actions_deliveries_total"
+    assert _value(registry, total, kind="alert", channel="webhook", outcome="retry") == 2
+    assert _value(registry, total, kind="alert", channel="webhook", outcome="sent") == 1
+
+
+async def test_a_delivery_is_dead_lettered_after_max_attempts_with_the_last_error(
+    pool: Pool, actions_db: str
+) -> None:
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=WEBHOOK)  # fmt: skip
+    registry = CollectorRegistry()
+    receiver = WebhookReceiver(SECRET.encode(), fail_first=100)
+    async with serving(receiver):
+        await _dispatch_until(pool, receiver, SECRET.encode(), registry, "dead", actions_db)
+    alert = await _alert(actions_db)
+    assert len(receiver.requests) == POLICY.max_attempts == alert["attempts"]
+    assert alert["status"] == "dead" and str(alert["last_error"]).startswith("HTTP 503")
+    dead = "tierstream_actions_dead_letters_total"
+    assert _value(registry, dead, kind="alert", channel="webhook") == 1
+
+
+async def test_a_rejected_signature_is_not_retried(pool: Pool, actions_db: str) -> None:
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=WEBHOOK)  # fmt: skip
+    receiver = WebhookReceiver(SECRET.encode())
+    async with serving(receiver):
+        await _dispatch_until(
+            pool, receiver, b"wrong-secret", CollectorRegistry(), "dead", actions_db
+        )
+    alert = await _alert(actions_db)
+    assert [(r.status, r.signature_ok) for r in receiver.requests] == [(401, False)]
+    assert alert["attempts"] == 1 and str(alert["last_error"]).startswith("HTTP 401")

@@ -1,0 +1,134 @@
+"""Durable sequences under an advanced clock: on time (never early, never skipped), and ended
+early by an exit condition with the remaining steps cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from shared.clock import FixedClock
+from shared.topics import Topics
+from tests.integration.actions.support import (
+    AUTH,
+    DAY,
+    NOW,
+    actions_settings,
+    eventually,
+    fetch,
+    produce_changes,
+    produce_raw,
+    purchase,
+    running_actions,
+    smtp_server,
+    subjects,
+    tier_change,
+)
+
+WELCOME = [
+    (1, "Welcome! Your quick-start guide"),
+    (3, "Best practices from our customers"),
+    (7, "Your questions, answered"),
+    (14, "Two weeks in: how is it going?"),
+]
+
+
+async def _enrolments(url: str, customer_id: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=5) as client:
+        response = await client.get(
+            "/v1/sequences/enrollments", params={"customer_id": customer_id}
+        )
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def _iso(offset: timedelta) -> str:
+    return (NOW + offset).isoformat().replace("+00:00", "Z")
+
+
+async def test_the_welcome_sequence_sends_on_days_1_3_7_and_14_never_early(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+) -> None:
+    with smtp_server() as (port, mailbox):
+        settings = actions_settings(base_env, smtp_host="127.0.0.1", smtp_port=port)
+        async with running_actions(settings, clock) as url:
+            change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
+                                 email="newbie@example.com")  # fmt: skip
+            await produce_changes(kafka_bootstrap, topic_namespace, [change])
+            [enrolment] = await eventually(lambda: _enrolments(url, "newbie"), what="enrolment")
+            assert [s["due_at"] for s in enrolment["steps"]] == [_iso(d * DAY) for d, _ in WELCOME]
+            for sent, (day, subject) in enumerate(WELCOME):
+                clock.set(NOW + day * DAY - timedelta(seconds=1))
+                await asyncio.sleep(0.3)  # several dispatcher rounds: nothing may go out early
+                assert len(mailbox) == sent, f"a step was sent before day {day}"
+                clock.set(NOW + day * DAY)
+                await eventually(lambda n=sent: _now(len(mailbox) > n), what=f"day {day}")
+                assert subjects(mailbox)[-1] == subject
+            await asyncio.sleep(0.3)
+            assert subjects(mailbox) == [s for _, s in WELCOME]  # each exactly once, in order
+            assert {str(m["To"]) for m in mailbox} == {"newbie@example.com"}
+            assert len({str(m["Message-ID"]) for m in mailbox}) == 4
+
+            [done] = await eventually(lambda: _completed(url, "newbie"), what="completion")
+            assert [(s["status"], s["sent_at"]) for s in done["steps"]] == [
+                ("sent", _iso(d * DAY)) for d, _ in WELCOME
+            ]
+
+
+async def _completed(url: str, customer_id: str) -> list[dict[str, Any]]:
+    items = await _enrolments(url, customer_id)
+    return items if items and items[0]["status"] == "completed" else []
+
+
+async def _now(value: Any) -> Any:
+    return value
+
+
+async def test_a_purchase_ends_win_back_and_cancels_the_remaining_steps(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock,
+    database_url: str,
+) -> None:  # fmt: skip
+    purchases = Topics(topic_namespace).purchases
+
+    async def buy(event_id: str, at_offset: timedelta) -> None:
+        event = purchase(event_id, "lapsed", NOW + at_offset)
+        await produce_raw(
+            kafka_bootstrap, purchases, [(b"lapsed", event.model_dump_json().encode(), [])]
+        )
+
+    with smtp_server() as (port, mailbox):
+        settings = actions_settings(base_env, smtp_host="127.0.0.1", smtp_port=port,
+                                    alert_email_to="care@example.com")  # fmt: skip
+        async with running_actions(settings, clock) as url:
+            # A purchase from before the customer became at risk is not "buying again".
+            await buy("old", -40 * DAY)
+            at_risk = tier_change("chg-risk", "lapsed", "lifecycle_stage", "established",
+                                  "at_risk", email="lapsed@example.com")  # fmt: skip
+            await produce_changes(kafka_bootstrap, topic_namespace, [at_risk])
+            await eventually(lambda: _now(len(mailbox) == 2), what="care alert and day-0 step")
+            assert sorted((str(m["To"]), str(m["Subject"])) for m in mailbox) == [
+                ("care@example.com", "Customer lapsed is at risk"),
+                ("lapsed@example.com", "We miss you"),
+            ]
+            goal = "SELECT 1 FROM actions.goal_event WHERE customer_id = 'lapsed'"
+            await eventually(lambda: fetch(database_url, goal), what="the old purchase consumed")
+            [enrolment] = await _enrolments(url, "lapsed")
+            assert (enrolment["sequence"], enrolment["status"]) == ("win_back", "active")
+
+            clock.advance(DAY)
+            await buy("again", DAY)
+            [ended] = await eventually(lambda: _exited(url, "lapsed"), what="the exit")
+            assert ended["exit_reason"] == "goal:purchase"
+            assert [(s["name"], s["status"]) for s in ended["steps"]] == [
+                ("care_message", "sent"), ("offer", "cancelled"), ("survey", "cancelled"),
+            ]  # fmt: skip
+            clock.advance(10 * DAY)
+            await asyncio.sleep(0.3)
+            assert len(mailbox) == 2  # nothing more went out
+
+
+async def _exited(url: str, customer_id: str) -> list[dict[str, Any]]:
+    items = await _enrolments(url, customer_id)
+    return items if items and items[0]["status"] == "exited" else []
