@@ -91,7 +91,7 @@ async def test_broker_down_gives_503_with_retry_after_and_recovers_without_resta
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "3"
         assert response.headers["content-type"] == "application/problem+json"
-        assert elapsed < PUBLISH_TIMEOUT_S + 1.0, f"a request hung for {elapsed:.1f}s"
+        assert elapsed < PUBLISH_TIMEOUT_S + 1.5, f"a request hung for {elapsed:.1f}s"
     batch = await client.post("/v1/events/batch", json={"events": [login()]}, headers=AUTH)
     assert batch.status_code == 503
     assert (await client.get("/readyz")).status_code == 503
@@ -113,7 +113,7 @@ async def test_broker_down_gives_503_with_retry_after_and_recovers_without_resta
         records = await read_records(outage_settings, topic, until=with_event_id(event["event_id"]))
         assert event["event_id"] in {dict(r.headers)["ce_id"].decode() for r in records}
     finally:
-        replacement.stop()
+        replacement.kill()  # stop() would wait for the still-connected publisher
 
 
 async def test_a_broker_missing_at_startup_is_retried_on_first_use(topic_namespace: str) -> None:
