@@ -16,7 +16,7 @@ from services.actions.settings import ActionsSettings
 from services.ingest.settings import IngestSettings
 from services.scorer.settings import ScorerSettings
 from shared.settings import ServiceSettings
-from shared.topics import ACTIONS_GROUP, SCORER_GROUP, Topics
+from shared.topics import SCORER_GROUP, Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
@@ -126,7 +126,11 @@ def test_metrics_are_announced_on_the_service_port(service: str) -> None:
     ("service", "group", "topics"),
     [
         ("scorer", SCORER_GROUP, set(Topics().events)),
-        ("actions", ACTIONS_GROUP, {Topics().tier_changed, Topics().purchases}),
+        (
+            "actions",
+            ActionsSettings.model_fields["consumer_group"].default,
+            {Topics().tier_changed, Topics().purchases},
+        ),
     ],
 )
 def test_keda_scales_consumers_on_group_lag_up_to_the_partition_count(
