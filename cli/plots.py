@@ -54,6 +54,9 @@ def matrix_axes(matrix: Matrix) -> tuple[list[str], list[str], list[list[int]]]:
 
 
 def _bars(ax: Any, title: str, counts: Mapping[str, int]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # customers come whole
     labels = ordered(counts)
     values = [counts[label] for label in labels]
     bars = ax.bar(labels, values, color="#4C72B0")
