@@ -88,8 +88,9 @@ async def update_task(
         if status is None:
             raise TransitionRefused(current)
         row = await conn.fetchrow(
-            "UPDATE actions.task SET status = $2, assignee = COALESCE($3, assignee),"
-            " updated_at = $4, completed_at = CASE WHEN $2 = 'done' THEN $4 END"
+            "UPDATE actions.task SET status = $2::text, assignee = COALESCE($3, assignee),"
+            " updated_at = $4::timestamptz,"
+            " completed_at = CASE WHEN $2::text = 'done' THEN $4::timestamptz END"
             f" WHERE id = $1 RETURNING {TASK_COLUMNS}",
             task_id, status.value, assignee, now,
         )  # fmt: skip

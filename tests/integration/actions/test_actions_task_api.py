@@ -1,0 +1,191 @@
+"""Task API contract: filters, pagination, transitions, and 401 / 404 / 409 / 422 answers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from services.actions.app import create_app
+from services.actions.db import Pool, create_pool
+from services.actions.settings import ActionsSettings
+from shared.clock import FixedClock
+from tests.integration.actions.seeding import apply_changes
+from tests.integration.actions.support import AUTH, DAY, KEY, NOW, tier_change
+
+CUSTOMERS = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+async def pool(actions_db: str) -> AsyncIterator[Pool]:
+    pool = await create_pool(actions_db, size=4, application_name="test")
+    # a, c, e become gold (senior-sales, due in 2 days); b, d become at risk (support, 24 h).
+    changes = [
+        tier_change(f"g-{c}", c, "value_tier", "silver", "gold") if i % 2 == 0
+        else tier_change(f"r-{c}", c, "lifecycle_stage", "established", "at_risk")
+        for i, c in enumerate(CUSTOMERS)
+    ]  # fmt: skip
+    await apply_changes(pool, changes, now=NOW)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def api(pool: Pool, actions_db: str, clock: FixedClock) -> AsyncIterator[httpx.AsyncClient]:
+    settings = ActionsSettings(database_url=actions_db, api_keys=f"test:{KEY}")
+    app = create_app(settings, pool=pool, clock=clock)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://actions", headers=AUTH
+    ) as client:
+        yield client
+
+
+async def _items(api: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    response = await api.get("/v1/tasks", params=params)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def test_tasks_filter_by_customer_queue_status_and_overdue(
+    api: httpx.AsyncClient, clock: FixedClock
+) -> None:
+    assert [t["customer_id"] for t in await _items(api)] == CUSTOMERS
+    [task] = await _items(api, customer_id="b")
+    assert (task["queue"], task["priority"], task["playbook"]) == ("support", "high", "at_risk")
+    assert task["title"] == "Call the customer back: b is at risk"
+    assert [t["customer_id"] for t in await _items(api, queue="senior-sales")] == ["a", "c", "e"]
+    assert await _items(api, overdue="true") == []
+    clock.advance(DAY + timedelta(seconds=1))  # the 24-hour call-backs are now late
+    assert [t["customer_id"] for t in await _items(api, overdue="true")] == ["b", "d"]
+    assert [t["customer_id"] for t in await _items(api, overdue="false")] == ["a", "c", "e"]
+    await api.patch(f"/v1/tasks/{task['id']}", json={"action": "complete"})
+    assert [t["customer_id"] for t in await _items(api, status="done")] == ["b"]
+    assert [t["customer_id"] for t in await _items(api, status="open", queue="support")] == ["d"]
+    assert [t["customer_id"] for t in await _items(api, overdue="true")] == ["d"]
+
+
+async def test_pages_follow_the_cursor_until_it_is_null(api: httpx.AsyncClient) -> None:
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        body = (await api.get("/v1/tasks", params=params)).json()
+        assert len(body["items"]) <= 2
+        seen += [t["customer_id"] for t in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert (seen, pages) == (CUSTOMERS, 3)
+
+
+async def test_assign_complete_and_cancel_follow_the_allowed_transitions(
+    api: httpx.AsyncClient, pool: Pool
+) -> None:
+    [a] = await _items(api, customer_id="a")
+    url = f"/v1/tasks/{a['id']}"
+    assigned = await api.patch(url, json={"action": "assign", "assignee": "dana"})
+    assert assigned.status_code == 200
+    assert (assigned.json()["assignee"], assigned.json()["status"]) == ("dana", "open")
+    done = (await api.patch(url, json={"action": "complete"})).json()
+    assert done["status"] == "done" and done["completed_at"] == NOW.isoformat().replace(
+        "+00:00", "Z"
+    )
+    for action in (
+        {"action": "complete"},
+        {"action": "cancel"},
+        {"action": "assign", "assignee": "x"},
+    ):
+        refused = await api.patch(url, json=action)
+        assert refused.status_code == 409, action
+        assert refused.headers["content-type"] == "application/problem+json"
+    assert (await api.get(url)).json()["status"] == "done"
+
+    [b] = await _items(api, customer_id="b")
+    cancelled = await api.patch(f"/v1/tasks/{b['id']}", json={"action": "cancel"})
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
+
+    # With the first task done, a new gold trigger opens a new task (one open task at a time).
+    await apply_changes(pool, [tier_change("g-a-2", "a", "value_tier", "silver", "gold")], now=NOW)
+    assert [(t["status"], t["tier_change_id"]) for t in await _items(api, customer_id="a")] == [
+        ("done", "g-a"), ("open", "g-a-2"),
+    ]  # fmt: skip
+
+
+async def test_unknown_tasks_are_404(api: httpx.AsyncClient) -> None:
+    for response in (
+        await api.get("/v1/tasks/999"),
+        await api.patch("/v1/tasks/999", json={"action": "complete"}),
+    ):
+        assert response.status_code == 404
+        assert response.json()["status"] == 404
+
+
+INVALID: list[tuple[str, str, dict[str, str], Any]] = [
+    ("GET", "/v1/tasks", {"limit": "0"}, None),
+    ("GET", "/v1/tasks", {"limit": "501"}, None),
+    ("GET", "/v1/tasks", {"status": "bogus"}, None),
+    ("GET", "/v1/tasks", {"overdue": "maybe"}, None),
+    ("GET", "/v1/tasks", {"cursor": "not-a-cursor"}, None),
+    ("GET", "/v1/tasks", {"customer_id": ""}, None),
+    ("GET", "/v1/sequences/enrollments", {"cursor": "Zm9v"}, None),
+    ("GET", "/v1/alerts", {"limit": "-1"}, None),
+    ("GET", "/v1/tasks/abc", {}, None),
+    ("GET", "/v1/tasks/0", {}, None),
+    ("GET", "/v1/tasks/99999999999999999999", {}, None),
+    ("PATCH", "/v1/tasks/1", {}, {"action": "fly"}),
+    ("PATCH", "/v1/tasks/1", {}, {"action": "assign"}),
+    ("PATCH", "/v1/tasks/1", {}, {"action": "complete", "note": "extra"}),
+    ("PATCH", "/v1/tasks/1", {}, "not json"),
+]
+
+
+async def test_invalid_requests_are_422_problems(api: httpx.AsyncClient) -> None:
+    # One test, many cases: each case needs no state of its own, only the seeded database.
+    for method, path, params, body in INVALID:
+        kwargs: dict[str, Any] = {"params": params}
+        if isinstance(body, str):
+            kwargs.update(content=body, headers={"content-type": "application/json"})
+        elif body is not None:
+            kwargs["json"] = body
+        response = await api.request(method, path, **kwargs)
+        case = f"{method} {path} {params} {body}"
+        assert response.status_code == 422, f"{case}: {response.text}"
+        assert response.headers["content-type"] == "application/problem+json", case
+
+
+ROUTES = [
+    ("GET", "/v1/tasks"), ("GET", "/v1/tasks/1"), ("PATCH", "/v1/tasks/1"),
+    ("GET", "/v1/sequences/enrollments"), ("GET", "/v1/alerts"),
+]  # fmt: skip
+
+
+async def test_every_route_needs_a_valid_api_key(api: httpx.AsyncClient) -> None:
+    api.headers.pop("Authorization")
+    for auth in (None, "Bearer wrong-key", f"Basic {KEY}", "Bearer "):
+        headers = {"Authorization": auth} if auth else {}
+        for method, path in ROUTES:
+            response = await api.request(method, path, headers=headers, json={"action": "complete"})
+            assert response.status_code == 401, (auth, method, path)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    assert (await api.get("/v1/tasks", headers=AUTH)).status_code == 200
+
+
+async def test_enrolments_and_alerts_list_per_customer(api: httpx.AsyncClient) -> None:
+    enrolments = (await api.get("/v1/sequences/enrollments", params={"customer_id": "a"})).json()
+    [vip] = enrolments["items"]
+    assert (vip["sequence"], vip["status"], vip["exit_reason"]) == ("vip_welcome", "active", None)
+    assert [(s["index"], s["name"], s["status"]) for s in vip["steps"]] == [
+        (0, "welcome_note", "scheduled"), (1, "check_in", "scheduled"),
+    ]  # fmt: skip
+    assert vip["steps"][1]["due_at"] == (NOW + 7 * DAY).isoformat().replace("+00:00", "Z")
+    alerts = (await api.get("/v1/alerts", params={"customer_id": "b"})).json()["items"]
+    assert [(a["playbook"], a["audience"], a["channel"], a["status"]) for a in alerts] == [
+        ("at_risk", "care", "log", "pending")
+    ]
