@@ -217,6 +217,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info(
+            "partitions assigned", partitions=sorted(f"{t.topic}/{t.partition}" for t in assigned)
+        )
         try:
             await self.owner.resync(assigned)
         except Exception as exc:  # Postgres away: the main loop retries before using them

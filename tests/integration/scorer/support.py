@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -12,6 +13,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import asyncpg
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.scorer.main import run
@@ -83,10 +85,35 @@ async def running_scorer(
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop=stop, clock=clock))
     try:
+        # Serving HTTP means the topics exist (producing earlier would auto-create them).
+        await wait_until(lambda: _serving(settings, task))
         yield task
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def _serving(settings: ScorerSettings, task: asyncio.Task[None]) -> bool:
+    if task.done():
+        task.result()  # re-raise why the scorer stopped
+        raise AssertionError("the scorer stopped")
+    return await metrics_text(settings) is not None
+
+
+async def metrics_text(settings: ScorerSettings) -> str | None:
+    """The scorer's /metrics page, or None while its HTTP server is not up."""
+    try:
+        async with httpx.AsyncClient() as http:
+            response = await http.get(f"http://127.0.0.1:{settings.port}/metrics")
+    except httpx.TransportError:
+        return None
+    return response.text
+
+
+def assigned_partitions(metrics: str | None) -> set[str]:
+    """The partitions a scorer owns, from its consumer-lag gauge."""
+    lines = re.findall(r'consumer_lag_records\{partition="(\d+)",topic="([^"]+)"\}', metrics or "")
+    return {f"{topic}/{partition}" for partition, topic in lines}
 
 
 async def produce(

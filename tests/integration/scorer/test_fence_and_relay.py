@@ -1,0 +1,114 @@
+"""The offset fence rejects a stale consumer's batch; the relay publishes each change once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.scorer.batch import apply_batch
+from services.scorer.db import create_pool
+from services.scorer.evaluation import Scoring
+from services.scorer.settings import ScorerSettings
+from services.scorer.store import Fenced, OffsetMove
+from shared.clock import FixedClock
+from shared.contracts import TIER_CHANGED_TYPE
+from shared.domain.rules import load_rules
+from shared.kafka import header
+from shared.topics import SCORER_GROUP, Topics
+from tests.integration.scorer.support import (
+    NOW,
+    connect,
+    count,
+    customer_rows,
+    login,
+    produce,
+    purchase,
+    read_topic,
+    running_scorer,
+    scorer_settings,
+    topic_router,
+    wait_until,
+)
+
+
+async def test_the_fence_rolls_back_a_stale_consumers_whole_batch(scorer_db: str) -> None:
+    scoring = Scoring(load_rules(ScorerSettings().rules_file))
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+
+        async def apply(event_id: str, expected: int | None, next_offset: int) -> None:
+            moves = [OffsetMove("t", 0, expected, next_offset)]
+            await apply_batch(
+                pool,
+                [purchase(event_id, "c1", days_ago=1)],
+                moves,
+                group_id=SCORER_GROUP,
+                scoring=scoring,
+                now=NOW,
+            )
+
+        await apply("e1", None, 10)  # the owner's first commit creates the row
+        with pytest.raises(Fenced):
+            await apply("zombie-1", None, 5)  # a stale consumer that also saw no row
+        await apply("e2", 10, 20)
+        with pytest.raises(Fenced):
+            await apply("zombie-2", 10, 15)  # read 10 at assignment; the owner moved on
+    finally:
+        await pool.close()
+    async with connect(scorer_db) as conn:
+        assert await conn.fetchval("SELECT next_offset FROM scorer.consumer_offset") == 20
+        inbox = {r["event_id"] for r in await conn.fetch("SELECT event_id FROM scorer.inbox")}
+    assert inbox == {"e1", "e2"}  # the zombies' claims were rolled back with their offsets
+    assert (await customer_rows(scorer_db))["c1"]["state"]["lifetime_orders"] == 2
+
+
+async def test_the_relay_publishes_every_change_exactly_once(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    events = [purchase(f"p{i}", f"c{i % 5}", days_ago=i * 11, amount="3000") for i in range(15)]
+    events += [login(f"l{i}", f"c{i}", days_ago=40) for i in range(5)]
+    unpublished = "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
+    async with running_scorer(scorer_settings(base_env), clock):
+        await produce(kafka_bootstrap, topic_router(topic_namespace), events)
+        await wait_until(lambda: _offsets_reach(scorer_db, len(events)))
+        await wait_until(lambda: _equals(count(scorer_db, unpublished), 0))
+    async with connect(scorer_db) as conn:
+        rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM scorer.tier_change")}
+    assert len(rows) >= 15  # three dimensions for five customers at least
+    published = await read_topic(
+        kafka_bootstrap, Topics(topic_namespace).tier_changed, expect=len(rows)
+    )
+    ids = [header(r.headers, "ce_id") for r in published]
+    assert sorted(ids) == sorted(rows)  # every change, none twice
+    for record in published:
+        body = json.loads(record.value)
+        row = rows[body["id"]]
+        assert header(record.headers, "ce_type") == TIER_CHANGED_TYPE
+        assert record.key == row["customer_id"].encode()
+        assert (body["dimension"], body["from"], body["to"]) == (
+            row["dimension"],
+            row["from_class"],
+            row["to_class"],
+        )
+        assert body["cause"] == "event" and body["rules_version"] == row["rules_version"]
+    for customer in {row["customer_id"] for row in rows.values()}:  # per customer: decision order
+        on_topic = [i for i in ids if rows[i]["customer_id"] == customer]
+        assert on_topic == sorted(on_topic, key=lambda i: rows[i]["seq"])
+
+
+async def _offsets_reach(database_url: str, records: int) -> bool:
+    return (
+        await count(
+            database_url, "SELECT coalesce(sum(next_offset), 0) FROM scorer.consumer_offset"
+        )
+        >= records
+    )
+
+
+async def _equals(value: object, expected: int) -> bool:
+    return await value == expected  # type: ignore[misc]
