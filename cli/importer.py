@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -194,28 +195,59 @@ def _import(options: ImportOptions, mapping: dict[str, str], console: Console) -
     source, marker = options.source, checkpoint_path(options.source)
     fingerprint = input_fingerprint(source, options.kind, mapping)
     stats = ImportStats(resumed_after=load_checkpoint(marker, fingerprint))
-    total = _count_lines(source)
     with source.open(newline="", encoding="utf-8-sig") as handle:
         header, rows = read_rows(handle, options.kind, mapping)
         _warn_unused(unused_columns(options.kind, header, mapping), console)
-        rejects = RejectFile(rejects_path(source), header, keep_upto=stats.resumed_after)
-        stats.earlier_rejects = rejects.earlier
-        with ApiClient(Endpoints.from_env()) as client, progress_bar(console) as bar:
-            task = bar.add_task("importing", total=total, completed=stats.resumed_after, rate="")
-            for chunk in _chunks(rows, min(options.batch_size, 1000), stats.resumed_after):
-                stats.read += len(chunk)
-                stats.accepted += send_rows(client, chunk)
-                bad = [r for r in chunk if r.event is None]
-                rejects.add(bad)
-                stats.rejected.extend(bad)
-                save_checkpoint(marker, Checkpoint(chunk[-1].line, fingerprint))
-                bar.update(task, completed=chunk[-1].line)
-            bar.update(task, completed=total)
-        rejects.close()
+        with closing(RejectFile(rejects_path(source), header, keep_upto=stats.resumed_after)) as rf:
+            stats.earlier_rejects = rf.earlier
+            chunks = _chunks(rows, min(options.batch_size, 1000), stats.resumed_after)
+            progress = Progress(_count_lines(source), Checkpointer(marker, fingerprint))
+            _send_chunks(chunks, rf, progress, stats, console)
     if not (stats.rejected or stats.earlier_rejects):
-        rejects.path.unlink()  # no rejects, no file: a leftover would mislead
+        rf.path.unlink()  # no rejects, no file: a leftover would mislead
     marker.unlink(missing_ok=True)  # finished: a later run starts over (and sends no new ids)
     return stats
+
+
+@dataclass(frozen=True)
+class Checkpointer:
+    """Where and for which file version progress is recorded."""
+
+    path: Path
+    fingerprint: str
+
+    def advance(self, line: int) -> None:
+        """Every line up to `line` is settled (acknowledged by ingest or rejected)."""
+        save_checkpoint(self.path, Checkpoint(line, self.fingerprint))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The input's line count (for the bar) and its checkpoint."""
+
+    lines: int
+    checkpoint: Checkpointer
+
+
+def _send_chunks(
+    chunks: Iterator[list[Row]],
+    rejects: RejectFile,
+    progress: Progress,
+    stats: ImportStats,
+    console: Console,
+) -> None:
+    total, checkpoint = progress.lines, progress.checkpoint
+    with ApiClient(Endpoints.from_env()) as client, progress_bar(console) as bar:
+        task = bar.add_task("importing", total=total, completed=stats.resumed_after, rate="")
+        for chunk in chunks:
+            stats.read += len(chunk)
+            stats.accepted += send_rows(client, chunk)
+            bad = [r for r in chunk if r.event is None]
+            rejects.add(bad)  # before the checkpoint moves past them
+            stats.rejected.extend(bad)
+            checkpoint.advance(chunk[-1].line)
+            bar.update(task, completed=chunk[-1].line)
+        bar.update(task, completed=total)
 
 
 def _count_lines(source: Path) -> int:
