@@ -32,11 +32,13 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def samples(text: str) -> dict[str, float]:
-    """Sum of every sample value per sample name (e.g. `..._count`), for progress checks."""
+    """Sum of sample values per sample name and per `name{label="value"}`, for progress checks."""
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+            keys = [sample.name, *(f'{sample.name}{{{k}="{v}"}}' for k, v in sample.labels.items())]
+            for key in keys:
+                out[key] = out.get(key, 0.0) + sample.value
     return out
 
 
@@ -123,12 +125,18 @@ async def _drive(client: httpx.AsyncClient, urls: dict[str, str], settings: Any)
         return codes == [200, 200, 200]
 
     async def processed() -> bool:
-        scorer = samples((await client.get(f"{urls['scorer']}/metrics")).text)
-        actions = samples((await client.get(f"{urls['actions']}/metrics")).text)
+        # Every series the tests read, gauges included (they refresh on their own interval).
+        scorer_text = (await client.get(f"{urls['scorer']}/metrics")).text
+        actions_text = (await client.get(f"{urls['actions']}/metrics")).text
+        scorer, actions = samples(scorer_text), samples(actions_text)
         return (
-            scorer.get("tierstream_scorer_published_changes_total", 0) > 0
+            scorer_text.count("tierstream_scorer_consumer_lag_records{") == 3 * 3
+            and actions_text.count("tierstream_actions_consumer_lag_records{") == 2 * 3
+            and scorer.get("tierstream_scorer_published_changes_total", 0) > 0
             and scorer.get("tierstream_scorer_events_total", 0) >= 13
+            and scorer.get('tierstream_scorer_customers{class="gold"}', 0) > 0
             and actions.get("tierstream_actions_tasks_open", 0) > 0
+            and actions.get("tierstream_actions_enrolments", 0) > 0
         )
 
     await _until(ready, 60, "ingest, scorer and actions to be ready")
