@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from cli.api_client import (
     split_batches,
 )
 from cli.importer import Row, send_rows
+from cli.simulate import send_events
 from shared.contracts import CustomerLoggedIn
 
 
@@ -130,3 +132,14 @@ def test_endpoints_and_now_come_from_the_environment() -> None:
     assert endpoints.api_key == "k"
     fixed = reference_now({"TIERSTREAM_NOW": "2026-01-01T00:00:00Z"})
     assert fixed == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_sending_at_a_rate_spreads_batches_over_time(server: tuple[str, Script]) -> None:
+    url, script = server
+    events = [{"event_id": f"e{i}"} for i in range(150)]
+    script.answers = [accepted([f"e{i}" for i in range(n, n + 50)]) for n in (0, 50, 100)]
+    started = time.monotonic()
+    with client_for(url, []) as client:
+        assert send_events(client, events, batch_size=500, rate=500) == 150
+    assert time.monotonic() - started >= 0.29  # 150 events at 500/s
+    assert [len(body["events"]) for body in script.received] == [150 // 3] * 3
