@@ -58,7 +58,7 @@ fmt: $(STAMP) ## Format and auto-fix
 promtool: ## Install promtool (Debian package prometheus) where this machine allows it
 	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1) \
-	  || echo "promtool not installed; metric checks will be skipped"; }
+	  || echo "promtool could not be installed: the promtool tests will fail (install the Debian package prometheus)"; }
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches
