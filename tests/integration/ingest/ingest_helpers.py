@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import uvicorn
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
@@ -150,3 +151,20 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> 
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
+
+
+async def wait_until_serving(url: str, task: asyncio.Task[None], timeout_s: float = 15.0) -> None:
+    """Poll `url`/healthz until it answers; fail early if the service task ended."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=url, timeout=1.0) as client:
+        while True:
+            if task.done():
+                task.result()
+                raise AssertionError("the service stopped before serving")
+            try:
+                if (await client.get("/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"{url} did not start serving"
+            await asyncio.sleep(0.05)
