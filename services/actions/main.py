@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -71,6 +72,7 @@ async def run(
 ) -> None:
     """Serve the actions service until `stop` is set (or SIGTERM / SIGINT when none is given)."""
     settings.require_keys()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per webhook is noise
     playbooks = load_playbooks_or_exit(settings)
     clock = clock or clock_for(settings.now)
     await ensure_topics(settings, Topics(settings.topic_namespace).all())
