@@ -133,7 +133,8 @@ def encode_cursor(value: str) -> str:
 def decode_cursor(cursor: str) -> str:
     """The position in a cursor; 422 when it was not made by `encode_cursor`."""
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ProblemError(
             422, "Invalid cursor", "Pass `next_cursor` from a previous page."

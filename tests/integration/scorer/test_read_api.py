@@ -1,0 +1,130 @@
+"""The read API's contract: auth, 404, filters with cursor pagination, history, stats."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.scorer.app import create_app
+from services.scorer.batch import apply_batch
+from services.scorer.db import create_pool
+from services.scorer.evaluation import Scoring
+from services.scorer.settings import ScorerSettings
+from shared.clock import FixedClock
+from shared.domain.rules import load_rules
+from shared.topics import SCORER_GROUP
+from tests.integration.scorer.support import NOW, login, purchase, support
+
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+@pytest.fixture
+async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The scorer app over a database holding 5 gold and 3 bronze customers."""
+    settings = ScorerSettings(**base_env)
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    events = [
+        purchase(f"g{c}-{i}", f"gold-{c}", days_ago=i * 5, amount="600")
+        for c in range(5)
+        for i in range(10)
+    ]
+    events += [purchase(f"b{c}", f"bronze-{c}", days_ago=200, amount="50") for c in range(3)]
+    events += [login("l1", "gold-0", days_ago=1), support("s1", "gold-0", days_ago=2, nps=9)]
+    scoring = Scoring(load_rules(settings.rules_file))
+    await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=scoring, now=NOW)
+    app = create_app(settings, pool=pool, clock=FixedClock(NOW))
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://scorer"
+        ) as client:
+            yield client
+    finally:
+        await pool.close()
+
+
+async def test_every_route_needs_an_api_key(api: httpx.AsyncClient) -> None:
+    for path in (
+        "/v1/customers/gold-0",
+        "/v1/customers",
+        "/v1/customers/gold-0/changes",
+        "/v1/stats/tiers",
+    ):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            response = await api.get(path, headers=headers)
+            assert response.status_code == 401, path
+            assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_customer_reads_as_of_the_scorers_now_and_unknown_ones_are_404(
+    api: httpx.AsyncClient,
+) -> None:
+    body = (await api.get("/v1/customers/gold-0", headers=AUTH)).json()
+    assert body["customer_id"] == "gold-0"
+    assert (body["value_tier"], body["activity_level"], body["lifecycle_stage"]) == (
+        "gold",
+        "active",
+        "established",
+    )
+    assert body["lifetime_orders"] == 10 and body["lifetime_spend"] == 6000.0
+    assert body["frequency_365d"] == 10 and body["monetary_365d"] == 6000.0
+    assert body["avg_order_value"] == 600.0 and body["recency_days"] == 0.0
+    assert (body["r_score"], body["f_score"], body["m_score"]) == (5, 4, 4)
+    assert body["logins_30d"] == 1 and body["latest_nps"] == 9 and body["open_tickets"] == 1
+    assert body["last_login_at"].startswith("2026-02-28") and body["rules_version"]
+    missing = await api.get("/v1/customers/nobody", headers=AUTH)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["status"] == 404
+
+
+async def test_lists_filter_by_class_and_page_with_a_cursor(api: httpx.AsyncClient) -> None:
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(5):
+        params = {"value_tier": "gold", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await api.get("/v1/customers", params=params, headers=AUTH)).json()
+        seen += [item["customer_id"] for item in page["items"]]
+        assert all(item["value_tier"] == "gold" for item in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"gold-{c}" for c in range(5)]
+    bronze = (
+        await api.get("/v1/customers?value_tier=bronze&lifecycle_stage=at_risk", headers=AUTH)
+    ).json()
+    assert [i["customer_id"] for i in bronze["items"]] == ["bronze-0", "bronze-1", "bronze-2"]
+    assert bronze["next_cursor"] is None
+    assert (await api.get("/v1/customers?cursor=%%%", headers=AUTH)).status_code == 422
+    assert (await api.get("/v1/customers?limit=0", headers=AUTH)).status_code == 422
+
+
+async def test_the_change_history_and_the_tier_stats(api: httpx.AsyncClient) -> None:
+    first = (await api.get("/v1/customers/gold-0/changes?limit=2", headers=AUTH)).json()
+    rest = (
+        await api.get(f"/v1/customers/gold-0/changes?cursor={first['next_cursor']}", headers=AUTH)
+    ).json()
+    changes = first["items"] + rest["items"]
+    assert rest["next_cursor"] is None
+    assert {(c["dimension"], c["from"], c["to"]) for c in changes} == {
+        ("value_tier", None, "gold"), ("activity_level", None, "active"),
+        ("lifecycle_stage", None, "established"),
+    }  # fmt: skip
+    assert all(c["cause"] == "event" and c["published_at"] is None for c in changes)
+    assert (await api.get("/v1/customers/nobody/changes", headers=AUTH)).status_code == 404
+    stats = (await api.get("/v1/stats/tiers", headers=AUTH)).json()
+    assert stats == {
+        "customers": 8,
+        "value_tier": {"gold": 5, "bronze": 3},
+        "activity_level": {"active": 5, "inactive": 3},
+        "lifecycle_stage": {"established": 5, "at_risk": 3},
+    }
+
+
+async def test_probes_report_ready_when_postgres_and_the_broker_answer(
+    api: httpx.AsyncClient,
+) -> None:
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": True, "kafka": True}
