@@ -1,0 +1,185 @@
+"""Pure request-parsing helpers of ingest: no broker, no HTTP, milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.ingest.intake import with_source
+from services.ingest.parsing import (
+    EventParser,
+    decode_json,
+    loose_types,
+    read_limited,
+    require_json,
+)
+from shared.contracts import CustomerLoggedIn, PurchaseMade
+from shared.http import ProblemError
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+PARSER = EventParser.create(max_events=3, max_future_seconds=300)
+
+
+def purchase(**fields: Any) -> dict[str, Any]:
+    body = {
+        "type": "purchase",
+        "event_id": "e1",
+        "customer_id": "c1",
+        "occurred_at": "2026-03-01T11:00:00Z",
+        "order_id": "o1",
+        "amount": "1",
+        "currency": "EUR",
+    }
+    return {**body, **fields}
+
+
+def problem_of(call: Any) -> ProblemError:
+    with pytest.raises(ProblemError) as caught:
+        call()
+    return caught.value
+
+
+@given(st.decimals(min_value=0, max_value=Decimal("999999999999.999999"), places=6))
+def test_a_json_number_amount_is_the_exact_decimal(amount: Decimal) -> None:
+    raw = f'{{"amount": {amount}}}'.encode()
+    data = decode_json(raw)
+    [event] = PARSER.validate(purchase(amount=data["amount"]), now=NOW, batch=False)
+    assert isinstance(event, PurchaseMade) and event.amount == amount
+    assert str(event.amount) == str(amount)
+
+
+def test_decoding_keeps_non_integer_numbers_as_decimals_and_integers_as_ints() -> None:
+    assert decode_json(b'{"a": 0.1, "b": 3, "c": 1e2}') == {
+        "a": Decimal("0.1"),
+        "b": 3,
+        "c": Decimal("1E+2"),
+    }
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"NaN", b'"\\ud800"', b"\xff", b"[" * 300])
+def test_malformed_json_is_a_400_problem(raw: bytes) -> None:
+    assert problem_of(lambda: decode_json(raw)).status == 400
+
+
+def test_batch_errors_name_the_index_and_the_field_path_without_the_union_tag() -> None:
+    bad_items = [purchase(), purchase(items=[{"sku": ""}]), {"type": "nope"}]
+    problem = problem_of(lambda: PARSER.validate({"events": bad_items}, now=NOW, batch=True))
+    assert problem.status == 422
+    assert [(e["index"], e["field"], e["type"]) for e in problem.errors or []] == [
+        (1, "events[1].items[0].sku", "string_too_short"),
+        (2, "events[2].type", "union_tag_invalid"),
+    ]
+
+
+def test_a_single_events_errors_have_plain_field_paths() -> None:
+    problem = problem_of(lambda: PARSER.validate(purchase(amount="-1"), now=NOW, batch=False))
+    assert problem.errors == [
+        {
+            "field": "amount",
+            "reason": "Input should be greater than or equal to 0",
+            "type": "greater_than_equal",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ahead", "accepted"), [(timedelta(seconds=299), True), (timedelta(seconds=301), False)]
+)
+def test_occurred_at_may_lead_now_by_the_allowed_skew_only(
+    ahead: timedelta, accepted: bool
+) -> None:
+    event = purchase(occurred_at=(NOW + ahead).isoformat())
+    if accepted:
+        assert PARSER.validate(event, now=NOW, batch=False)
+    else:
+        problem = problem_of(lambda: PARSER.validate(event, now=NOW, batch=False))
+        assert (problem.errors or [])[0]["field"] == "occurred_at"
+
+
+def test_a_batch_over_the_limit_is_refused_before_its_items_are_checked() -> None:
+    items = [{"junk": True}] * 4
+    problem = problem_of(lambda: PARSER.validate({"events": items}, now=NOW, batch=True))
+    assert [(e["field"], e["type"]) for e in problem.errors or []] == [("events", "too_long")]
+
+
+@pytest.mark.parametrize("value", ["3", True, Decimal("3.0")])
+def test_integers_must_be_json_integers(value: object) -> None:
+    support = {
+        "type": "support",
+        "event_id": "e",
+        "customer_id": "c",
+        "occurred_at": "2026-03-01T11:00:00Z",
+        "ticket_id": "t",
+        "action": "opened",
+        "nps": value,
+    }
+    problem = problem_of(lambda: PARSER.validate(support, now=NOW, batch=False))
+    assert (problem.errors or [])[0]["field"] == "nps"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "ok"),
+    [
+        ("application/json", True),
+        ("application/json; charset=utf-8", True),
+        ("APPLICATION/JSON", True),
+        ("application/vnd.api+json", True),
+        (None, False),
+        ("", False),
+        ("text/json", False),
+        ("application/jsonp", False),
+    ],
+)
+def test_only_json_media_types_pass(content_type: str | None, ok: bool) -> None:
+    if ok:
+        require_json(content_type)
+    else:
+        assert problem_of(lambda: require_json(content_type)).status == 415
+
+
+async def chunks(count: int, size: int, seen: list[int]) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        seen.append(size)
+        yield b"x" * size
+
+
+async def test_reading_stops_at_the_first_chunk_past_the_limit() -> None:
+    seen: list[int] = []
+    with pytest.raises(ProblemError) as caught:
+        await read_limited(chunks(100, 10, seen), None, 35)
+    assert caught.value.status == 413 and len(seen) == 4
+
+
+async def test_a_declared_length_over_the_limit_is_refused_unread() -> None:
+    seen: list[int] = []
+    with pytest.raises(ProblemError):
+        await read_limited(chunks(1, 10, seen), "36", 35)
+    assert seen == []
+
+
+async def test_a_body_within_the_limit_is_returned_whole_even_if_the_length_lied() -> None:
+    assert await read_limited(chunks(3, 10, []), "5", 35) == b"x" * 30
+
+
+def test_source_is_filled_only_where_absent() -> None:
+    given_source = CustomerLoggedIn(
+        event_id="a", customer_id="c", occurred_at=NOW, channel="web", source="crm"
+    )
+    no_source = given_source.model_copy(update={"event_id": "b", "source": None})
+    assert [e.source for e in with_source([given_source, no_source], "shop")] == ["crm", "shop"]
+
+
+def test_loose_types_of_a_rejected_body_never_fail() -> None:
+    assert loose_types({"events": [{"type": "login"}, {"type": "x"}, 5]}, batch=True) == [
+        "login",
+        "unknown",
+        "unknown",
+    ]
+    assert loose_types({"events": "nope"}, batch=True) == []
+    assert loose_types([1], batch=False) == ["unknown"]
