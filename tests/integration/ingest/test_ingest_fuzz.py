@@ -8,6 +8,7 @@ documented schema is refused.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -68,7 +69,7 @@ def test_the_api_honours_its_openapi_document(
         suppress_health_check=list(HealthCheck),
     )
     @given(case=operation.as_strategy(generation_mode=mode))
-    def exercise(case: schemathesis.Case) -> None:
+    def exercise(case: schemathesis.Case[Any]) -> None:
         response = case.call_and_validate(base_url=base_url, headers=AUTH, checks=CHECKS)
         statuses.append(response.status_code)
 
