@@ -1,0 +1,69 @@
+"""`tierstream rules check|diff`: validate a rules file; try it on today's customers.
+
+`diff` classifies every stored customer with a candidate file at the scorer's now, in a
+read-only transaction, and returns the migration matrix per dimension: it changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable
+from pathlib import Path
+
+import asyncpg
+
+from services.scorer.rebucket import latest_cut_points
+from services.scorer.settings import ScorerSettings
+from shared.clock import clock_for
+from shared.contracts import Dimension
+from shared.db import asyncpg_dsn
+from shared.domain.changes import migration_matrix
+from shared.domain.features import compute_features
+from shared.domain.population import CutPoints
+from shared.domain.rules import Rules, classify, load_rules
+from shared.domain.state import attributes_of, prune, state_from_json
+
+Matrix = dict[str, dict[str, int]]
+
+
+def check_rules(path: str | Path) -> str:
+    """Validate a rules file; a summary line when valid (raises RulesError otherwise)."""
+    rules = load_rules(path)
+    counts = ", ".join(f"{d.value}: {len(rules.dimension(d).rules)} rules" for d in Dimension)
+    return f"{path}: valid, version {rules.version} (scores: {rules.scores.mode}; {counts})"
+
+
+async def diff_rules(settings: ScorerSettings, path: str | Path) -> dict[Dimension, Matrix]:
+    """From-class -> to-class counts per dimension if `path` replaced the current rules."""
+    candidate = load_rules(path)
+    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    try:
+        async with conn.transaction(readonly=True):
+            cut_points = await latest_cut_points(conn)
+            rows = conn.cursor(
+                "SELECT state, value_tier, activity_level, lifecycle_stage"
+                " FROM scorer.customer WHERE state IS NOT NULL",
+                prefetch=1000,
+            )
+            pairs = await _moves(rows, candidate, settings, cut_points)
+    finally:
+        await conn.close()
+    return {d: migration_matrix(pairs[d]) for d in Dimension}
+
+
+async def _moves(
+    rows: AsyncIterable[asyncpg.Record],
+    rules: Rules,
+    settings: ScorerSettings,
+    cuts: CutPoints | None,
+) -> dict[Dimension, list[tuple[str | None, str]]]:
+    now = clock_for(settings.now).now()
+    pairs: dict[Dimension, list[tuple[str | None, str]]] = {d: [] for d in Dimension}
+    async for row in rows:
+        state = state_from_json(json.loads(row["state"]))
+        prune(state, now=now)
+        features = compute_features(state, now=now)
+        classes = classify(features, attributes_of(state), rules, cut_points=cuts).classes()
+        for dimension, to in classes.items():
+            pairs[dimension].append((row[dimension.value], to))
+    return pairs

@@ -1,0 +1,74 @@
+"""`rules check` / `rules diff` helpers, and the scorer refusing an invalid rules file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.scorer.batch import apply_batch
+from services.scorer.db import create_pool
+from services.scorer.evaluation import Scoring
+from services.scorer.main import run
+from services.scorer.rules_cli import check_rules, diff_rules
+from services.scorer.settings import ScorerSettings
+from shared.contracts import Dimension
+from shared.domain.rules import RulesError, default_rules_path, load_rules
+from shared.topics import SCORER_GROUP
+from tests.integration.scorer.support import NOW, customer_rows, purchase
+
+GOLD_M = "{feature: m_score, op: ge, value: 4}"
+
+
+def candidate(tmp_path: Path) -> Path:
+    """The default rules, except that gold needs M = 5."""
+    text = default_rules_path().read_text()
+    assert GOLD_M in text
+    path = tmp_path / "candidate.yaml"
+    path.write_text(text.replace(GOLD_M, "{feature: m_score, op: ge, value: 5}"))
+    return path
+
+
+def test_check_names_the_version_of_a_valid_file_and_the_field_of_an_invalid_one(
+    tmp_path: Path,
+) -> None:
+    assert "valid, version" in check_rules(default_rules_path())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        candidate(tmp_path)
+        .read_text()
+        .replace("m_score, op: ge, value: 5", "m_scor, op: ge, value: 5")
+    )
+    with pytest.raises(RulesError, match="bad.yaml.*m_scor"):
+        check_rules(bad)
+
+
+async def test_diff_shows_who_would_move_and_changes_nothing(
+    base_env: dict[str, str], scorer_db: str, tmp_path: Path
+) -> None:
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    events = [
+        purchase(f"g{c}-{i}", f"gold-{c}", days_ago=i * 5, amount="600")
+        for c in range(3)
+        for i in range(10)
+    ]
+    events += [purchase(f"m{i}", "max", days_ago=i, amount="1100") for i in range(10)]
+    scoring = Scoring(load_rules(default_rules_path()))
+    await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=scoring, now=NOW)
+    await pool.close()
+    before = await customer_rows(scorer_db)
+    settings = ScorerSettings(**base_env, TIERSTREAM_NOW=NOW.isoformat())
+    matrices = await diff_rules(settings, candidate(tmp_path))
+    assert matrices[Dimension.VALUE_TIER] == {"gold": {"gold": 1, "silver": 3}}
+    assert matrices[Dimension.LIFECYCLE_STAGE] == {"established": {"established": 4}}
+    assert await customer_rows(scorer_db) == before
+
+
+async def test_the_scorer_refuses_to_start_with_an_invalid_rules_file(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("scores: {}\n")
+    settings = ScorerSettings(**base_env, rules_file=bad)
+    with pytest.raises(SystemExit, match="rules.yaml"):
+        await run(settings)
