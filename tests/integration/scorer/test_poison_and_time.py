@@ -106,5 +106,6 @@ async def _settle() -> None:
 async def _time_change(database_url: str) -> object:
     async with connect(database_url) as conn:
         return await conn.fetchrow(
-            "SELECT * FROM scorer.tier_change WHERE cause = 'time' AND dimension = 'lifecycle_stage'"
+            "SELECT * FROM scorer.tier_change"
+            " WHERE cause = 'time' AND dimension = 'lifecycle_stage'"
         )

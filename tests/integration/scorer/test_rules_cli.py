@@ -39,7 +39,7 @@ def test_check_names_the_version_of_a_valid_file_and_the_field_of_an_invalid_one
         .read_text()
         .replace("m_score, op: ge, value: 5", "m_scor, op: ge, value: 5")
     )
-    with pytest.raises(RulesError, match="bad.yaml.*m_scor"):
+    with pytest.raises(RulesError, match=r"bad\.yaml.*m_scor"):
         check_rules(bad)
 
 
@@ -70,5 +70,5 @@ async def test_the_scorer_refuses_to_start_with_an_invalid_rules_file(
     bad = tmp_path / "rules.yaml"
     bad.write_text("scores: {}\n")
     settings = ScorerSettings(**base_env, rules_file=bad)
-    with pytest.raises(SystemExit, match="rules.yaml"):
+    with pytest.raises(SystemExit, match=r"rules\.yaml"):
         await run(settings)

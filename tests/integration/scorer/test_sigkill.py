@@ -19,6 +19,7 @@ from shared.topics import Topics
 from tests.integration.scorer.support import (
     NOW,
     assert_matches_reference,
+    connect,
     count,
     customer_rows,
     login,
@@ -82,11 +83,10 @@ async def test_sigkill_mid_stream_then_restart_gives_the_exact_state(
     for wave in waves[:2]:
         await produce(kafka_bootstrap, route, wave)
         produced += len(wave)
+        halfway = produced - len(wave) // 2
         with scorer_process(env, log) as proc:
             await wait_until(
-                lambda: _claimed_more_than(scorer_db, produced - len(wave) // 2),
-                within=60,
-                every=0.05,
+                lambda n=halfway: _claimed_more_than(scorer_db, n), within=60, every=0.05
             )
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
@@ -132,7 +132,5 @@ async def _all_published(database_url: str) -> bool:
 
 
 async def _change_ids(database_url: str) -> set[str]:
-    from tests.integration.scorer.support import connect
-
     async with connect(database_url) as conn:
         return {r["id"] for r in await conn.fetch("SELECT id FROM scorer.tier_change")}
