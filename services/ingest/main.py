@@ -7,6 +7,7 @@ import asyncio
 from services.ingest.app import create_app
 from services.ingest.publisher import Publisher
 from services.ingest.settings import IngestSettings
+from shared.clock import Clock
 from shared.kafka import ensure_topics
 from shared.logging import get_logger
 from shared.service import serve
@@ -20,12 +21,13 @@ async def run(
     *,
     stop: asyncio.Event | None = None,
     publisher: Publisher | None = None,
+    clock: Clock | None = None,
 ) -> None:
-    """Serve ingest until `stop` is set (or SIGTERM / SIGINT)."""
+    """Serve ingest until `stop` is set or SIGTERM / SIGINT; a given publisher stays yours."""
     settings.require_keys()
     if settings.allow_anonymous and not settings.api_key_map():
         log.warning("serving WITHOUT API keys: anyone who reaches this port can send events")
     await ensure_topics(settings, Topics(settings.topic_namespace).all())
-    app = create_app(settings, publisher=publisher)
+    app = create_app(settings, publisher=publisher, clock=clock)
     log.info("ingest listening", host=settings.host, port=settings.port)
     await serve(app, host=settings.host, port=settings.port, stop=stop)

@@ -62,7 +62,7 @@ def test_the_api_honours_its_openapi_document(
     statuses: list[int] = []
 
     @settings(
-        max_examples=25,
+        max_examples=60,
         deadline=None,
         database=None,
         phases=[Phase.explicit, Phase.generate],
