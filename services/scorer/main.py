@@ -87,6 +87,7 @@ async def _serve(
         _loop("consumer", events.step, 0.0, metrics),
         _loop("relay", relay.step, settings.relay_interval_s, metrics, wake=outbox_ready),
         _loop("sweeper", sweeper.step, settings.sweep_interval_s, metrics),
+        _loop("rule_change", sweeper.migrate_step, settings.population_interval_s, metrics),
         _loop("rebucket", rebucket.step, settings.population_interval_s, metrics),
         _loop("gauges", _gauge_step(pool, metrics), settings.gauge_interval_s, metrics),
     ]

@@ -90,7 +90,7 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         ),
         sweep_customers=Counter(
             f"{p}sweep_customers_total",
-            "Customers re-evaluated because time passed (sweeper and re-bucketing).",
+            "Customers re-evaluated without a new event, by cause (time, rebucket, rule_change).",
             ["cause"],
             registry=registry,
         ),

@@ -80,6 +80,19 @@ async def claim_due_customers(
     return [CustomerRecord.from_row(_decoded(row)) for row in rows]
 
 
+async def claim_outdated_customers(
+    conn: Connection, *, rules_version: str, limit: int
+) -> list[CustomerRecord]:
+    """Lock customers last classified under other rules (after a rules file change)."""
+    rows = await conn.fetch(
+        f"{_SELECT_CUSTOMER} WHERE state IS NOT NULL AND rules_version IS DISTINCT FROM $1"
+        " LIMIT $2 FOR UPDATE SKIP LOCKED",
+        rules_version,
+        limit,
+    )
+    return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+
+
 async def lock_customer_page(conn: Connection, *, after: str, limit: int) -> list[CustomerRecord]:
     """Lock the next page of classified customers in id order (re-bucketing walks them all)."""
     rows = await conn.fetch(

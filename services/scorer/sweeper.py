@@ -2,7 +2,8 @@
 
 It reads the `next_review_at` index only, so a sweep costs the customers that are due,
 not the whole population. Rows a consumer holds are skipped (SKIP LOCKED): that consumer
-re-evaluates them anyway.
+re-evaluates them anyway. After a rules file change it also re-classifies the customers
+classified under the old rules (cause `rule_change`).
 """
 
 from __future__ import annotations
@@ -53,12 +54,26 @@ class Sweeper:
 
     async def sweep_batch(self, now: datetime) -> int:
         """Re-evaluate up to `batch` due customers in one transaction; returns how many."""
+        return await self._reevaluate(ChangeCause.TIME, now)
+
+    async def migrate_step(self) -> bool:
+        """Re-classify a batch of customers classified under other rules; True while busy."""
+        return await self._reevaluate(ChangeCause.RULE_CHANGE, self.clock.now()) >= self.batch
+
+    async def _reevaluate(self, cause: ChangeCause, now: datetime) -> int:
+        scoring = self.scoring()
         async with self.pool.acquire() as conn, conn.transaction():
-            records = await store.claim_due_customers(conn, now=now, limit=self.batch)
-            outcome = evaluate_all(records, self.scoring(), now=now, cause=ChangeCause.TIME)
+            if cause is ChangeCause.TIME:
+                records = await store.claim_due_customers(conn, now=now, limit=self.batch)
+            else:
+                version = scoring.rules.version
+                records = await store.claim_outdated_customers(
+                    conn, rules_version=version, limit=self.batch
+                )
+            outcome = evaluate_all(records, scoring, now=now, cause=cause)
             await store.save_customers(conn, outcome.updates)
             await store.insert_changes(conn, outcome.changes)
-        self.metrics.sweep_customers.labels(ChangeCause.TIME.value).inc(len(records))
+        self.metrics.sweep_customers.labels(cause.value).inc(len(records))
         self.metrics.count_transitions(outcome.changes)
         if outcome.changes:
             self.on_changes()

@@ -10,12 +10,16 @@ from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
 from services.scorer.main import run
+from services.scorer.metrics import scorer_metrics
 from services.scorer.rules_cli import check_rules, diff_rules
 from services.scorer.settings import ScorerSettings
+from services.scorer.sweeper import Sweeper
+from shared.clock import FixedClock
 from shared.contracts import Dimension
 from shared.domain.rules import RulesError, default_rules_path, load_rules
+from shared.metrics import new_registry
 from shared.topics import SCORER_GROUP
-from tests.integration.scorer.support import NOW, customer_rows, purchase
+from tests.integration.scorer.support import NOW, connect, customer_rows, purchase
 
 GOLD_M = "{feature: m_score, op: ge, value: 4}"
 
@@ -72,3 +76,27 @@ async def test_the_scorer_refuses_to_start_with_an_invalid_rules_file(
     settings = ScorerSettings(**base_env, rules_file=bad)
     with pytest.raises(SystemExit, match=r"rules\.yaml"):
         await run(settings)
+
+
+async def test_a_new_rules_file_reclassifies_stored_customers_with_cause_rule_change(
+    scorer_db: str, tmp_path: Path
+) -> None:
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+        events = [purchase(f"g{i}", "gold", days_ago=i * 5, amount="600") for i in range(10)]
+        old = Scoring(load_rules(default_rules_path()))
+        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=old, now=NOW)
+        new = Scoring(load_rules(candidate(tmp_path)))
+        sweeper = Sweeper(pool, scoring=lambda: new, clock=FixedClock(NOW), batch=10,
+                          metrics=scorer_metrics(new_registry()))  # fmt: skip
+        assert await sweeper.migrate_step() is False  # one customer: done in one step
+        assert await sweeper.migrate_step() is False
+    finally:
+        await pool.close()
+    async with connect(scorer_db) as conn:
+        rows = await conn.fetch("SELECT * FROM scorer.tier_change WHERE cause = 'rule_change'")
+    assert [(r["dimension"], r["from_class"], r["to_class"]) for r in rows] == [
+        ("value_tier", "gold", "silver")
+    ]
+    stored = (await customer_rows(scorer_db))["gold"]
+    assert (stored["value_tier"], stored["rules_version"]) == ("silver", new.rules.version)
