@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from prometheus_client import CollectorRegistry, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry
 
 from services.ingest.intake import EventIntake
-from services.ingest.metrics import IngestMetrics
+from services.ingest.metrics import IngestMetrics, RequestTimer
 from services.ingest.openapi import (
     EVENT_RESPONSES,
     LOGIN_EXAMPLE,
@@ -32,7 +30,6 @@ from shared.contracts import EVENT_MODELS
 from shared.http import ApiKeys, ProblemError, SourceDep, install_problem_handlers, probes_router
 from shared.metrics import new_registry
 
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 DESCRIPTION = (
     "Upstream order, login and support systems POST customer events here. A 202 means the "
     "broker acknowledged every event; errors are RFC 9457 problem documents."
@@ -66,18 +63,25 @@ def create_app(
         description=DESCRIPTION,
         lifespan=_lifespan(publisher) if owned else None,
     )
+    _install(app, settings, intake, registry)
+    install_openapi(app, parser.batch_model)
+    return app
+
+
+def _install(
+    app: FastAPI, settings: IngestSettings, intake: EventIntake, registry: CollectorRegistry
+) -> None:
+    """Keys, error handlers, routes and request timing."""
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
     install_problem_handlers(app)
 
     async def ready() -> dict[str, bool]:
-        return {"kafka": await publisher.check()}
+        return {"kafka": await intake.publisher.check()}
 
     app.include_router(probes_router(registry, ready, open_probes=settings.open_probes))
     app.include_router(events_router(intake, settings.max_body_bytes))
     app.include_router(schemas_router())
-    app.add_middleware(RequestTimer, histogram=metrics.request_seconds)
-    install_openapi(app, parser.batch_model)
-    return app
+    app.add_middleware(RequestTimer, histogram=intake.metrics.request_seconds)
 
 
 def _lifespan(publisher: Publisher) -> Any:
@@ -159,29 +163,3 @@ def schemas_router() -> APIRouter:
         return event_schema(event_type)
 
     return router
-
-
-class RequestTimer:
-    """ASGI middleware: request duration by route template (never the raw path), method, status."""
-
-    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
-        self.app, self.histogram = app, histogram
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), 500
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed_send)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"] if scope["method"] in METHODS else "OTHER"
-            self.histogram.labels(route, method, str(status)).observe(time.perf_counter() - started)
