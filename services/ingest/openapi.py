@@ -134,7 +134,9 @@ EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "Invalid events (every error listed); nothing was published.", INVALID_EXAMPLE
     ),
     503: _problem_response(
-        "The broker did not acknowledge in time; nothing is reported accepted. Retry later.",
+        "The broker did not acknowledge every event in time: none is reported accepted, though "
+        "some may have been written. Resend them all after Retry-After (same event_ids; "
+        "duplicates are dropped downstream).",
         _problem(503, "Broker unavailable", "Events were not accepted; retry after 5 s."),
         headers={
             "Retry-After": {

@@ -2,7 +2,13 @@
 
 The producer is created lazily and thrown away after any broker failure: a fresh producer
 re-bootstraps from the configured servers, so ingest recovers when the broker returns
-without being restarted, and a half-broken client never lingers.
+without being restarted, and a half-broken client never lingers. The retired producer is
+closed in the background and its successor waits for that, so two producers never write
+the same partition at once (the embedded broker fails such concurrent appends).
+
+A failure means "not acknowledged", not "not written": some events of a failed request may
+still reach the topic (at-least-once). Clients resend with the same event_ids and the
+scorer de-duplicates.
 """
 
 from __future__ import annotations
