@@ -1,0 +1,52 @@
+"""Population mode: quintile cut points are stored, versioned, and moved customers re-bucketed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.scorer.batch import apply_batch
+from services.scorer.db import create_pool
+from services.scorer.metrics import scorer_metrics
+from services.scorer.rebucket import Rebucketer, ScoringHolder
+from shared.clock import FixedClock
+from shared.domain.rules import default_rules_path, load_rules
+from shared.metrics import new_registry
+from shared.topics import SCORER_GROUP
+from tests.integration.scorer.support import NOW, connect, customer_rows, purchase
+
+
+async def test_recomputed_cut_points_rebucket_customers_with_cause_rebucket(
+    scorer_db: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "population.yaml"
+    path.write_text(
+        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
+    )
+    holder = ScoringHolder(load_rules(path))
+    assert holder.population_mode
+    events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+        # Before any cut points exist the bands apply: small spenders are all bronze.
+        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=holder(), now=NOW)
+        assert {r["value_tier"] for r in (await customer_rows(scorer_db)).values()} == {"bronze"}
+        rebucket = Rebucketer(
+            pool, holder, clock=FixedClock(NOW), metrics=scorer_metrics(new_registry())
+        )
+        await rebucket.step()
+        version = holder().cut_points.version if holder().cut_points else None
+        await rebucket.step()  # same population: same version, nothing re-bucketed twice
+    finally:
+        await pool.close()
+    async with connect(scorer_db) as conn:
+        stored = await conn.fetch("SELECT version FROM scorer.cut_points")
+        changes = await conn.fetch("SELECT * FROM scorer.tier_change WHERE cause = 'rebucket'")
+    assert [r["version"] for r in stored] == [version]
+    rows = await customer_rows(scorer_db)
+    gold = {c for c, r in rows.items() if r["value_tier"] == "gold"}
+    assert gold == {"c6", "c7", "c8", "c9"}  # the top two quintiles of spend (M >= 4)
+    tiers = [r for r in changes if r["dimension"] == "value_tier"]
+    moves = {(r["customer_id"], r["from_class"], r["to_class"]) for r in tiers}
+    # Everyone bought once in the window: F is the top quintile for all, so the rest is silver.
+    assert moves == {(c, "bronze", "gold" if c in gold else "silver") for c in rows}
+    assert {r["cut_points_version"] for r in rows.values()} == {version}
