@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -64,7 +65,8 @@ async def test_the_welcome_sequence_sends_on_days_1_3_7_and_14_never_early(
                 await asyncio.sleep(0.3)  # several dispatcher rounds: nothing may go out early
                 assert len(mailbox) == sent, f"a step was sent before day {day}"
                 clock.set(NOW + day * DAY)
-                await eventually(lambda n=sent: _now(len(mailbox) > n), what=f"day {day}")
+                # Wait for the step to be recorded too, before the clock moves on.
+                await eventually(partial(_steps_sent, url, sent + 1), what=f"day {day}")
                 assert subjects(mailbox)[-1] == subject
             await asyncio.sleep(0.3)
             assert subjects(mailbox) == [s for _, s in WELCOME]  # each exactly once, in order
@@ -75,6 +77,12 @@ async def test_the_welcome_sequence_sends_on_days_1_3_7_and_14_never_early(
             assert [(s["status"], s["sent_at"]) for s in done["steps"]] == [
                 ("sent", _iso(d * DAY)) for d, _ in WELCOME
             ]
+
+
+async def _steps_sent(url: str, count: int) -> bool:
+    [enrolment] = await _enrolments(url, "newbie")
+    recorded: int = sum(s["status"] == "sent" for s in enrolment["steps"])
+    return recorded == count
 
 
 async def _completed(url: str, customer_id: str) -> list[dict[str, Any]]:
