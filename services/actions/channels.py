@@ -48,6 +48,7 @@ class Delivery:
     payload: dict[str, Any]
     playbook: str | None = None
     audience: str | None = None
+    enrolment_id: int | None = None
 
     def webhook_body(self) -> bytes:
         """Slack-compatible `text` plus the structured details, as compact JSON bytes."""

@@ -13,6 +13,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -58,6 +59,7 @@ def decode(records: Iterable[Record], topics: Topics, playbooks: Playbooks) -> D
         try:
             if record.topic == topics.tier_changed:
                 change = TierChanged.model_validate_json(record.value)
+                _require_storable(change.model_dump())
                 out.changes.append(PlannedChange(change, plan_actions(change, playbooks)))
             else:
                 _decode_purchase(record, out)
@@ -74,10 +76,28 @@ def _decode_purchase(record: Record, out: Decoded) -> None:
     event = parse_event(record.value)
     if not isinstance(event, PurchaseMade):
         raise ValueError(f"a {event.type} event on the purchases topic")
+    _require_storable(event.customer_id)
     if event.refund_of is None:  # a refund is not "bought again"
         out.goals.append(GoalHit(event.customer_id, event.occurred_at))
     else:
         out.ignored += 1
+
+
+def _require_storable(value: Any) -> None:
+    """Refuse what Postgres would refuse, so one record cannot stall its partition forever:
+    a NUL character in any string, or a timestamp without a time zone."""
+    match value:
+        case str() if "\x00" in value:
+            raise ValueError("a text value contains a NUL character")
+        case datetime() if value.tzinfo is None:
+            raise ValueError("a timestamp has no time zone")
+        case dict():
+            for key, item in value.items():
+                _require_storable(key)
+                _require_storable(item)
+        case list() | tuple():
+            for item in value:
+                _require_storable(item)
 
 
 class ChangeConsumer:

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from asyncpg import Record
-
 from services.actions.channels import Delivery
-from services.actions.db import Connection, Pool
+from services.actions.db import Connection, Pool, row_count
 
 _CLAIM = """
 WITH due AS (
@@ -43,7 +41,7 @@ async def claim_due(
                 id=r["id"], key=r["idempotency_key"], kind=r["kind"], customer_id=r["customer_id"],
                 channel=r["channel"], recipient=r["recipient"], subject=r["subject"],
                 body=r["body"], payload=r["payload"], playbook=r["playbook"],
-                audience=r["audience"],
+                audience=r["audience"], enrolment_id=r["enrolment_id"],
             ),
             r["attempts"],
         )
@@ -51,19 +49,20 @@ async def claim_due(
     ]  # fmt: skip
 
 
-async def record_sent(pool: Pool, delivery_id: int, *, now: datetime) -> str | None:
+async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> str | None:
     """Mark a delivery sent (once); returns its sequence name when it was a step."""
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
+        await _lock_enrolment(conn, delivery)
+        status = await conn.execute(
             "UPDATE actions.delivery SET status = 'sent', sent_at = $2, last_error = NULL"
-            " WHERE id = $1 AND status <> 'sent' RETURNING enrolment_id, payload",
-            delivery_id, now,
+            " WHERE id = $1 AND status <> 'sent'",
+            delivery.id, now,
         )  # fmt: skip
-        return await _finish_step(conn, row, now=now)
+        return await _finish_step(conn, delivery, now=now) if row_count(status) else None
 
 
 async def record_failure(
-    pool: Pool, delivery_id: int, error: str, *, retry_in_s: float | None, now: datetime
+    pool: Pool, delivery: Delivery, error: str, *, retry_in_s: float | None, now: datetime
 ) -> str | None:
     """Schedule a retry after `retry_in_s`, or (None) dead-letter it with the error."""
     async with pool.acquire() as conn, conn.transaction():
@@ -72,28 +71,38 @@ async def record_failure(
                 "UPDATE actions.delivery SET last_error = $2,"
                 " available_at = clock_timestamp() + make_interval(secs => $3)"
                 " WHERE id = $1 AND status = 'pending'",
-                delivery_id, error[:1000], retry_in_s,
+                delivery.id, error[:1000], retry_in_s,
             )  # fmt: skip
             return None
-        row = await conn.fetchrow(
+        await _lock_enrolment(conn, delivery)
+        status = await conn.execute(
             "UPDATE actions.delivery SET status = 'dead', last_error = $2"
-            " WHERE id = $1 AND status = 'pending' RETURNING enrolment_id, payload",
-            delivery_id, error[:1000],
+            " WHERE id = $1 AND status = 'pending'",
+            delivery.id, error[:1000],
         )  # fmt: skip
-        return await _finish_step(conn, row, now=now)
+        return await _finish_step(conn, delivery, now=now) if row_count(status) else None
 
 
-async def _finish_step(conn: Connection, row: Record | None, *, now: datetime) -> str | None:
+async def _lock_enrolment(conn: Connection, delivery: Delivery) -> None:
+    """Lock a step's enrolment before its step, in the order an exit does (no deadlock), and
+    so that two steps finishing together cannot both miss completing it."""
+    if delivery.enrolment_id is not None:
+        await conn.execute(
+            "SELECT 1 FROM actions.enrolment WHERE id = $1 FOR UPDATE", delivery.enrolment_id
+        )
+
+
+async def _finish_step(conn: Connection, delivery: Delivery, *, now: datetime) -> str | None:
     """Complete the enrolment once none of its steps is pending any more."""
-    if row is None or row["enrolment_id"] is None:
+    if delivery.enrolment_id is None:
         return None
     await conn.execute(
         "UPDATE actions.enrolment SET status = 'completed', ended_at = $2"
         " WHERE id = $1 AND status = 'active' AND NOT EXISTS (SELECT 1 FROM actions.delivery"
         " WHERE enrolment_id = $1 AND status = 'pending')",
-        row["enrolment_id"], now,
+        delivery.enrolment_id, now,
     )  # fmt: skip
-    sequence: str = row["payload"]["sequence"]
+    sequence: str = delivery.payload["sequence"]
     return sequence
 
 

@@ -113,7 +113,7 @@ class Dispatcher:
 
     async def _sent(self, delivery: Delivery, attempt: int) -> None:
         try:
-            sequence = await deliveries.record_sent(self.pool, delivery.id, now=self.clock.now())
+            sequence = await deliveries.record_sent(self.pool, delivery, now=self.clock.now())
         except Exception as exc:
             log.warning("sent but not recorded; the lease will resend it with the same key",
                         delivery_id=delivery.id, error=repr(exc))  # fmt: skip
@@ -131,7 +131,7 @@ class Dispatcher:
         retry_in = None if give_up else self._backoff(attempt)
         try:
             sequence = await deliveries.record_failure(
-                self.pool, delivery.id, error, retry_in_s=retry_in, now=self.clock.now()
+                self.pool, delivery, error, retry_in_s=retry_in, now=self.clock.now()
             )
         except Exception as exc:
             log.warning("failure not recorded", delivery_id=delivery.id, error=repr(exc))

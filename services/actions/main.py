@@ -81,9 +81,15 @@ async def run(
     async with _resources(settings) as (pool, client):
         registry = new_registry()
         metrics = actions_metrics(registry)
+        senders = _dispatchers(settings, pool, build_channels(settings, client), clock, metrics)
+
+        def wake_senders() -> None:  # new deliveries were just committed
+            for sender in senders:
+                sender.wake.set()
+
         loops = [
-            _consume(settings, pool, playbooks, clock, metrics),
-            *_dispatchers(settings, pool, build_channels(settings, client), clock, metrics),
+            _consume(settings, pool, playbooks, clock, metrics, on_effects=wake_senders),
+            *[_named(s.name, s.run) for s in senders],
             _loop("gauges", _gauge_step(pool, clock, metrics), settings.gauge_interval_s, metrics),
         ]  # fmt: skip
         app = _app(settings, pool, clock, registry)
@@ -111,7 +117,7 @@ async def _resources(settings: ActionsSettings) -> AsyncIterator[tuple[Pool, htt
 
 def _consume(
     settings: ActionsSettings, pool: Pool, playbooks: Playbooks, clock: Clock,
-    metrics: ActionsMetrics,
+    metrics: ActionsMetrics, *, on_effects: Callable[[], None],
 ) -> Loop:  # fmt: skip
     """The consumer loop (it starts and stops its own Kafka clients)."""
     topics = Topics(settings.topic_namespace)
@@ -125,6 +131,7 @@ def _consume(
             consumer, producer, pool, group_id=group, topics=topics, playbooks=playbooks,
             channels=channels, clock=clock, metrics=metrics,
             max_records=settings.batch_max_records, poll_timeout_ms=settings.poll_timeout_ms,
+            on_effects=on_effects,
         )  # fmt: skip
         consumer.subscribe([topics.tier_changed, topics.purchases], listener=changes.listener())
         try:
@@ -141,15 +148,13 @@ def _consume(
 
 def _dispatchers(
     settings: ActionsSettings, pool: Pool, channels: Channels, clock: Clock, metrics: ActionsMetrics
-) -> list[Loop]:
-    """Alerts and task pushes in one loop, sequence steps (the scheduler) in another."""
+) -> list[Dispatcher]:
+    """Alerts and task pushes in one sender, sequence steps (the scheduler) in another."""
     policy = DispatchPolicy.from_settings(settings)
-    out: list[Loop] = []
-    for name, kinds in (("dispatcher", ("alert", "task")), ("scheduler", ("step",))):
-        dispatcher = Dispatcher(name, pool, channels, kinds=kinds, policy=policy, clock=clock,
-                                metrics=metrics)  # fmt: skip
-        out.append(_named(name, dispatcher.run))
-    return out
+    return [
+        Dispatcher(name, pool, channels, kinds=kinds, policy=policy, clock=clock, metrics=metrics)
+        for name, kinds in (("dispatcher", ("alert", "task")), ("scheduler", ("step",)))
+    ]
 
 
 def _app(

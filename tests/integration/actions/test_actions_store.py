@@ -1,0 +1,86 @@
+"""The batch transaction against real Postgres: the offset fence, re-entry and goal rules."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.actions.batch import GoalHit, PlannedChange, apply_batch
+from services.actions.db import Pool, create_pool
+from services.actions.store import Fenced, OffsetMove
+from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
+from tests.integration.actions.seeding import LOG_ONLY, apply_changes
+from tests.integration.actions.support import DAY, NOW, fetch, tier_change
+
+BOOKS = load_playbooks(default_playbooks_path())
+
+
+@pytest.fixture
+async def pool(actions_db: str) -> AsyncIterator[Pool]:
+    pool = await create_pool(actions_db, size=4, application_name="test")
+    yield pool
+    await pool.close()
+
+
+async def _batch(pool: Pool, change_id: str, customer: str, moves: list[OffsetMove]) -> None:
+    change = tier_change(change_id, customer, "value_tier", "silver", "gold")
+    await apply_batch(pool, [PlannedChange(change, plan_actions(change, BOOKS))], [], moves,
+                      group_id="g", playbooks=BOOKS, channels=LOG_ONLY, now=NOW)  # fmt: skip
+
+
+async def test_a_batch_behind_the_offset_fence_is_rolled_back_entirely(
+    pool: Pool, actions_db: str
+) -> None:
+    await _batch(pool, "c1", "first", [OffsetMove("t", 0, None, 5)])
+    await _batch(pool, "c2", "second", [OffsetMove("t", 0, 5, 9)])
+    with pytest.raises(Fenced):  # a zombie that still thinks the partition is at 5
+        await _batch(pool, "c3", "zombie", [OffsetMove("t", 0, 5, 12)])
+    with pytest.raises(Fenced):  # a zombie that read no stored offset at all
+        await _batch(pool, "c4", "zombie", [OffsetMove("t", 0, None, 12)])
+    tasks = await fetch(actions_db, "SELECT customer_id FROM actions.task ORDER BY id")
+    assert [t["customer_id"] for t in tasks] == ["first", "second"]
+    assert await fetch(actions_db, "SELECT 1 FROM actions.inbox WHERE message_id LIKE '%c3'") == []
+    offsets = await fetch(actions_db, "SELECT next_offset FROM actions.consumer_offset")
+    assert offsets == [{"next_offset": 9}]
+
+
+async def _enrolments(database_url: str, customer: str) -> list[tuple[str, str, str | None]]:
+    rows = await fetch(database_url, "SELECT sequence, status, exit_reason FROM actions.enrolment"
+                       " WHERE customer_id = $1 ORDER BY id", customer)  # fmt: skip
+    return [(r["sequence"], r["status"], r["exit_reason"]) for r in rows]
+
+
+async def test_welcome_is_never_entered_twice_but_win_back_may_be(
+    pool: Pool, actions_db: str
+) -> None:
+    await apply_changes(pool, [tier_change("1", "c", "lifecycle_stage", "lead", "new")], now=NOW)
+    at_risk = tier_change("2", "c", "lifecycle_stage", "new", "at_risk")
+    await apply_changes(pool, [at_risk], now=NOW + DAY)
+    await apply_batch(pool, [], [GoalHit("c", NOW + 2 * DAY)], [], group_id="g", playbooks=BOOKS,
+                      channels=LOG_ONLY, now=NOW + 2 * DAY)  # fmt: skip
+    again = [
+        tier_change("3", "c", "lifecycle_stage", "reactivated", "new", at=NOW + 3 * DAY),
+        tier_change("4", "c", "lifecycle_stage", "new", "churned", at=NOW + 4 * DAY),
+    ]
+    await apply_changes(pool, again, now=NOW + 4 * DAY)
+    assert await _enrolments(actions_db, "c") == [
+        ("welcome", "exited", "lifecycle_stage:at_risk"),
+        ("win_back", "exited", "goal:purchase"),
+        ("win_back", "active", None),
+    ]
+
+
+async def test_a_purchase_after_the_change_means_there_is_nothing_to_win_back(
+    pool: Pool, actions_db: str
+) -> None:
+    # The purchase arrives first (another topic), but happened after the change.
+    await apply_batch(pool, [], [GoalHit("c", NOW + DAY)], [], group_id="g", playbooks=BOOKS,
+                      channels=LOG_ONLY, now=NOW + DAY)  # fmt: skip
+    await apply_changes(pool, [tier_change("1", "c", "lifecycle_stage", "new", "at_risk")], now=NOW)
+    assert await _enrolments(actions_db, "c") == []
+    # An earlier purchase does not count.
+    await apply_batch(pool, [], [GoalHit("d", NOW - DAY)], [], group_id="g", playbooks=BOOKS,
+                      channels=LOG_ONLY, now=NOW)  # fmt: skip
+    await apply_changes(pool, [tier_change("2", "d", "lifecycle_stage", "new", "at_risk")], now=NOW)
+    assert await _enrolments(actions_db, "d") == [("win_back", "active", None)]

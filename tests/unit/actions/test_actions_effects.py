@@ -1,0 +1,120 @@
+"""How planned requests become rows: batch netting, channel fallbacks, keys and due times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from services.actions.effects import (
+    ChannelConfig,
+    collect_effects,
+    idempotency_key,
+    step_rows,
+    task_push_row,
+)
+from shared.contracts import TierChanged
+from shared.domain.playbooks import (
+    ActionRequest,
+    Playbooks,
+    default_playbooks_path,
+    load_playbooks,
+    plan_actions,
+)
+
+NOW = datetime(2026, 5, 1, 8, tzinfo=UTC)
+BOOKS: Playbooks = load_playbooks(default_playbooks_path())
+ALL = ChannelConfig(webhook=True, email=True, crm=True, alert_email_to="care@example.com")
+NONE = ChannelConfig(webhook=False, email=False, crm=False)
+
+
+def change(
+    cid: str, customer: str, dimension: str, from_: str | None, to: str, **attrs: Any
+) -> TierChanged:
+    return TierChanged.model_validate({
+        "id": cid, "customer_id": customer, "dimension": dimension, "from": from_, "to": to,
+        "cause": "event", "rule": "r", "features": {}, "rules_version": "v", "occurred_at": NOW,
+        "emitted_at": NOW, "attributes": attrs,
+    })  # fmt: skip
+
+
+def planned(*changes: TierChanged) -> list[tuple[TierChanged, list[ActionRequest]]]:
+    return [(c, plan_actions(c, BOOKS)) for c in changes]
+
+
+def test_new_then_at_risk_in_one_batch_never_starts_the_welcome_sequence() -> None:
+    effects = collect_effects(planned(
+        change("1", "c", "lifecycle_stage", "lead", "new"),
+        change("2", "c", "lifecycle_stage", "new", "at_risk"),
+    ), ALL, now=NOW)  # fmt: skip
+    assert set(effects.enrols) == {("c", "win_back")}
+    assert [(e.customer_id, e.sequence) for e in effects.exits] == [("c", "welcome")]
+
+
+def test_an_exit_before_an_enrolment_in_one_batch_keeps_the_new_enrolment() -> None:
+    effects = collect_effects(planned(
+        change("1", "c", "value_tier", "gold", "silver"),
+        change("2", "c", "value_tier", "silver", "gold"),
+    ), ALL, now=NOW)  # fmt: skip
+    assert set(effects.enrols) == {("c", "vip_welcome")}
+    assert [e.sequence for e in effects.exits] == ["vip_welcome"]
+
+
+def test_two_triggers_of_one_playbook_in_a_batch_give_one_task_from_the_latest() -> None:
+    effects = collect_effects(planned(
+        change("1", "c", "value_tier", "silver", "gold"),
+        change("2", "c", "value_tier", "bronze", "gold"),
+    ), ALL, now=NOW)  # fmt: skip
+    [task] = effects.tasks.values()
+    assert (task.tier_change_id, task.queue, task.priority) == ("2", "senior-sales", "high")
+    assert task.due_at == NOW + timedelta(days=2)
+    assert effects.planned[("task", "gold_upgrade")] == 2
+
+
+def test_unconfigured_channels_fall_back_to_the_log() -> None:
+    configured = collect_effects(
+        planned(change("1", "c", "lifecycle_stage", "new", "at_risk")), ALL, now=NOW
+    )
+    bare = collect_effects(
+        planned(change("1", "c", "lifecycle_stage", "new", "at_risk")), NONE, now=NOW
+    )
+    [care] = configured.alerts
+    assert (care.channel, care.recipient, care.audience) == ("email", "care@example.com", "care")
+    assert [(a.channel, a.recipient) for a in bare.alerts] == [("log", None)]
+
+
+def test_alert_keys_are_stable_per_change_and_differ_between_changes() -> None:
+    first = collect_effects(planned(change("1", "c", "value_tier", "silver", "gold")), ALL, now=NOW)
+    again = collect_effects(planned(change("1", "c", "value_tier", "silver", "gold")), ALL, now=NOW)
+    other = collect_effects(planned(change("2", "c", "value_tier", "silver", "gold")), ALL, now=NOW)
+    assert first.alerts[0].key == again.alerts[0].key != other.alerts[0].key
+    assert first.alerts[0].payload["change"]["id"] == "1"
+
+
+def test_steps_are_due_at_their_offsets_and_need_an_address_for_email() -> None:
+    effects = collect_effects(planned(
+        change("1", "c", "lifecycle_stage", "lead", "new", email="c@example.com"),
+        change("2", "d", "lifecycle_stage", "lead", "new"),
+    ), ALL, now=NOW)  # fmt: skip
+    with_mail = step_rows(7, effects.enrols[("c", "welcome")], ALL, enrolled_at=NOW)
+    assert [(s.step_name, s.due_at - NOW, s.channel) for s in with_mail] == [
+        ("quick_start", timedelta(days=1), "email"), ("best_practices", timedelta(days=3), "email"),
+        ("faq", timedelta(days=7), "email"), ("check_in", timedelta(days=14), "email"),
+    ]  # fmt: skip
+    assert len({s.key for s in with_mail}) == 4 and with_mail[0].key == idempotency_key(
+        "step", 7, 0
+    )
+    without = step_rows(8, effects.enrols[("d", "welcome")], ALL, enrolled_at=NOW)
+    assert {s.channel for s in without} == {"log"}
+
+
+def test_a_task_push_carries_the_task_and_a_key_per_task_and_trigger() -> None:
+    task = {"id": 5, "tier_change_id": "chg", "customer_id": "c", "playbook": "p", "queue": "q",
+            "title": "Call"}  # fmt: skip
+    row = task_push_row(task, now=NOW)
+    assert (row.kind, row.channel, row.payload, row.body) == (
+        "task",
+        "webhook",
+        {"task": task},
+        "Call",
+    )
+    assert row.key == idempotency_key("task", 5, "chg")

@@ -1,0 +1,158 @@
+"""Small parts of the actions service: back-off, task transitions, cursors, signing, e-mail,
+decoding poison, settings, and refusing to start on an invalid playbooks file."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from services.actions.api import decode_cursor, encode_cursor
+from services.actions.channels import (
+    Delivery,
+    PermanentDeliveryError,
+    SmtpChannel,
+    SmtpConfig,
+    sign,
+)
+from services.actions.consumer import decode
+from services.actions.deliveries import backoff_s
+from services.actions.main import run
+from services.actions.settings import ActionsSettings
+from services.actions.tasks import TaskCommand, TaskStatus, next_status
+from shared.domain.playbooks import default_playbooks_path, load_playbooks
+from shared.http import ProblemError
+from shared.topics import Topics
+
+NOW = datetime(2026, 5, 1, 8, tzinfo=UTC)
+TOPICS = Topics("ns")
+
+
+def test_backoff_doubles_up_to_the_cap_with_half_of_it_random() -> None:
+    assert [backoff_s(a, base=1, cap=10, jitter=1.0) for a in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
+    assert [backoff_s(a, base=1, cap=10, jitter=0.0) for a in (1, 2, 3, 4, 5)] == [0.5, 1, 2, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("status", "command", "after"),
+    [
+        (TaskStatus.OPEN, TaskCommand.ASSIGN, TaskStatus.OPEN),
+        (TaskStatus.OPEN, TaskCommand.COMPLETE, TaskStatus.DONE),
+        (TaskStatus.OPEN, TaskCommand.CANCEL, TaskStatus.CANCELLED),
+        *[(s, c, None) for s in (TaskStatus.DONE, TaskStatus.CANCELLED) for c in TaskCommand],
+    ],
+)
+def test_only_open_tasks_can_be_assigned_completed_or_cancelled(
+    status: TaskStatus, command: TaskCommand, after: TaskStatus | None
+) -> None:
+    assert next_status(status, command) is after
+
+
+def test_cursors_round_trip_and_foreign_ones_are_refused() -> None:
+    assert decode_cursor(encode_cursor(42)) == 42
+    assert decode_cursor(None) is None
+    for bad in ("", "abc", encode_cursor(1)[:-1] + "!", "aWQ6LTE", "eDox"):  # id:-1, x:1
+        with pytest.raises(ProblemError):
+            decode_cursor(bad)
+
+
+def _delivery(**overrides: Any) -> Delivery:
+    fields: dict[str, Any] = {
+        "id": 1, "key": "k-1", "kind": "step", "customer_id": "c", "channel": "email",
+        "recipient": "c@example.com", "subject": "Hello", "body": "Tom &amp; Jerry",
+        "payload": {"sequence": "welcome"},
+    }  # fmt: skip
+    return Delivery(**{**fields, **overrides})
+
+
+def test_webhook_bodies_are_slack_text_plus_details_signed_over_the_raw_bytes() -> None:
+    body = _delivery(kind="alert", audience="vip").webhook_body()
+    document = json.loads(body)
+    assert (document["text"], document["audience"], document["idempotency_key"]) == (
+        "Tom &amp; Jerry", "vip", "k-1")  # fmt: skip
+    expected = hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert sign(b"s3cret", body) == f"sha256={expected}"
+
+
+def test_emails_carry_the_key_as_message_id_and_need_a_recipient() -> None:
+    channel = SmtpChannel(SmtpConfig("localhost", 25, "from@example.com"))
+    message = channel.message(_delivery())
+    assert message["Message-ID"] == "<k-1@tierstream>" and message["To"] == "c@example.com"
+    plain, rich = message.iter_parts()
+    assert plain.get_content().strip() == "Tom & Jerry"
+    assert "<p>Tom &amp; Jerry</p>" in rich.get_content()
+    with pytest.raises(PermanentDeliveryError):
+        channel.message(_delivery(recipient=None))
+
+
+def _record(topic: str, value: bytes) -> SimpleNamespace:
+    return SimpleNamespace(topic=topic, partition=0, offset=0, key=None, value=value, headers=[])
+
+
+def _change(**overrides: Any) -> bytes:
+    data = {
+        "id": "1", "customer_id": "c", "dimension": "value_tier", "from": "silver", "to": "gold",
+        "cause": "event", "rule": "r", "features": {}, "rules_version": "v",
+        "occurred_at": "2026-05-01T08:00:00Z", "emitted_at": "2026-05-01T08:00:00Z",
+    }  # fmt: skip
+    return json.dumps({**data, **overrides}).encode()
+
+
+def _purchase(**overrides: Any) -> bytes:
+    data = {"type": "purchase", "event_id": "e", "customer_id": "c", "order_id": "o",
+            "amount": "10", "currency": "EUR", "occurred_at": "2026-05-01T08:00:00Z"}  # fmt: skip
+    return json.dumps({**data, **overrides}).encode()
+
+
+def test_decoding_plans_good_records_and_names_what_is_wrong_with_the_rest() -> None:
+    books = load_playbooks(default_playbooks_path())
+    records = [
+        _record(TOPICS.tier_changed, _change()),
+        _record(TOPICS.tier_changed, b"{not json"),
+        _record(TOPICS.tier_changed, _change(dimension="mood")),
+        _record(TOPICS.tier_changed, _change(customer_id="c\u0000")),
+        _record(TOPICS.tier_changed, _change(occurred_at="2026-05-01T08:00:00")),
+        _record(TOPICS.purchases, _purchase()),
+        _record(TOPICS.purchases, _purchase(refund_of="o-0")),
+        _record(TOPICS.purchases, _purchase(type="login", channel="web", amount=None)),
+    ]
+    out = decode(records, TOPICS, books)
+    assert [c.change.id for c in out.changes] == ["1"] and len(out.changes[0].requests) == 3
+    assert [(g.customer_id, g.occurred_at) for g in out.goals] == [("c", NOW)]
+    assert out.ignored == 1  # a refund is not "bought again"
+    errors = [p.error for p in out.poison]
+    assert len(errors) == 5
+    assert "dimension" in errors[1] and "NUL" in errors[2] and "time zone" in errors[3]
+
+
+def test_a_webhook_url_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACTIONS_WEBHOOK_URL", "http://hooks.example.com/x")
+    with pytest.raises(ValidationError, match="ACTIONS_WEBHOOK_SECRET is required"):
+        ActionsSettings()
+    monkeypatch.setenv("ACTIONS_WEBHOOK_SECRET", "s")
+    monkeypatch.setenv("ACTIONS_API_KEYS", "ops:k1")
+    monkeypatch.setenv("TIERSTREAM_API_KEYS", "all:k2")
+    settings = ActionsSettings()
+    assert (settings.port, settings.api_key_map()) == (8082, {"k1": "ops"})
+
+
+async def test_the_service_refuses_to_start_with_an_invalid_playbooks_file(tmp_path: Path) -> None:
+    broken = tmp_path / "playbooks.yaml"
+    broken.write_text(
+        "playbooks:\n  - name: x\n    when: {dimension: value_tier}\n    actions: []\n"
+    )
+    settings = ActionsSettings(api_keys="k", playbooks_file=broken)
+    with pytest.raises(SystemExit, match=r"playbooks.yaml: playbook 'x', field actions"):
+        await run(settings)
+
+
+async def test_the_service_refuses_to_start_without_api_keys() -> None:
+    with pytest.raises(SystemExit, match="no API keys"):
+        await run(ActionsSettings(api_keys="", allow_anonymous=False))
