@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from pydantic import ValidationError
 
 from services.scorer import store
-from services.scorer.batch import apply_batch
+from services.scorer.batch import BatchResult, apply_batch
 from services.scorer.db import Pool
-from services.scorer.evaluation import ChangeRecord, Scoring
+from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.store import Fenced, OffsetMove
 from shared.clock import Clock
@@ -45,20 +45,20 @@ class Poison:
     error: str
 
 
-def decode(records: Iterable[Record]) -> tuple[list[Event], list[Poison]]:
-    """Parse records into events; the rest are poison with a short error text."""
-    events: list[Event] = []
+def decode(records: Iterable[Record]) -> tuple[list[tuple[Event, Record]], list[Poison]]:
+    """Parse records into (event, record) pairs; the rest are poison with a short error."""
+    decoded: list[tuple[Event, Record]] = []
     poison: list[Poison] = []
     for record in records:
         try:
-            events.append(parse_event(record.value))
+            decoded.append((parse_event(record.value), record))
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_input=False)
             text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
             poison.append(Poison(record, text or str(exc)))
         except (ValueError, TypeError) as exc:
             poison.append(Poison(record, f"{type(exc).__name__}: {exc}"))
-    return events, poison
+    return decoded, poison
 
 
 class EventConsumer:
@@ -144,17 +144,14 @@ class EventConsumer:
     async def _process(self, batch: dict[TopicPartition, list[Record]]) -> None:
         started = asyncio.get_running_loop().time()
         records = [r for tp in sorted(batch) for r in batch[tp]]
-        events, poison = decode(records)
+        decoded, poison = decode(records)
         await self._dead_letter(poison)
         expected = {tp: self.fences[tp] for tp in batch}
         moves = [
             OffsetMove(tp.topic, tp.partition, expected[tp], batch[tp][-1].offset + 1)
             for tp in sorted(batch)
         ]
-        result = await apply_batch(
-            self.pool, events, moves, group_id=self.group_id, scoring=self.scoring(),
-            now=self.clock.now(),
-        )  # fmt: skip
+        result = await self._apply(decoded, moves, poison)
         for move in moves:
             tp = TopicPartition(move.topic, move.partition)
             if self.fences.get(tp, -1) == expected[tp]:  # unless a rebalance re-seeked meanwhile
@@ -164,6 +161,28 @@ class EventConsumer:
         self.metrics.batch_duration.observe(asyncio.get_running_loop().time() - started)
         if result.changes:
             self.on_changes()
+
+    async def _apply(
+        self, decoded: list[tuple[Event, Record]], moves: list[OffsetMove], poison: list[Poison]
+    ) -> BatchResult:
+        """apply_batch; a customer the domain rejects is dead-lettered and the rest retried."""
+        while True:
+            events = [event for event, _ in decoded]
+            try:
+                return await apply_batch(
+                    self.pool, events, moves, group_id=self.group_id, scoring=self.scoring(),
+                    now=self.clock.now(),
+                )  # fmt: skip
+            except CustomerFailed as failed:
+                log.error("customer quarantined", error=failed.error)
+                rejected = [
+                    Poison(r, failed.error)
+                    for e, r in decoded
+                    if e.customer_id == failed.customer_id
+                ]
+                await self._dead_letter(rejected)
+                poison.extend(rejected)
+                decoded = [(e, r) for e, r in decoded if e.customer_id != failed.customer_id]
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
         """Write poison records to `<topic>.dlq` and wait for the broker's acks."""

@@ -190,21 +190,41 @@ def evaluate_all(
     return outcome
 
 
+class CustomerFailed(Exception):
+    """Folding or classifying one customer's events raised: quarantine those events."""
+
+    def __init__(self, customer_id: str, error: str) -> None:
+        super().__init__(f"customer {customer_id!r}: {error}")
+        self.customer_id, self.error = customer_id, error
+
+
 def fold_batch(
     records: Iterable[CustomerRecord], events: Iterable[Event], scoring: Scoring, *, now: datetime
 ) -> Outcome:
-    """Fold distinct events into their customers and re-classify each (cause `event`)."""
+    """Fold distinct events into their customers and re-classify each (cause `event`).
+
+    Raises CustomerFailed naming the customer when the domain rejects its events, so the
+    caller can dead-letter them instead of retrying a batch that can never pass.
+    """
     by_id = {r.customer_id: r for r in records}
-    latest: dict[str, datetime] = {}
+    grouped: dict[str, list[Event]] = {}
     for event in events:
-        fold(by_id[event.customer_id].state, event, now=now)
-        at = event.occurred_at
-        latest[event.customer_id] = max(latest.get(event.customer_id, at), at)
+        grouped.setdefault(event.customer_id, []).append(event)
     outcome = Outcome([], [])
-    for customer_id, occurred_at in latest.items():
-        update, changes = evaluate(
-            by_id[customer_id], scoring, now=now, cause=ChangeCause.EVENT, occurred_at=occurred_at
-        )
+    for customer_id, mine in grouped.items():
+        try:
+            for event in mine:
+                fold(by_id[customer_id].state, event, now=now)
+            occurred_at = max(e.occurred_at for e in mine)
+            update, changes = evaluate(
+                by_id[customer_id],
+                scoring,
+                now=now,
+                cause=ChangeCause.EVENT,
+                occurred_at=occurred_at,
+            )
+        except Exception as exc:  # a domain bug or an extreme value: isolate this customer
+            raise CustomerFailed(customer_id, f"{type(exc).__name__}: {exc}") from exc
         outcome.updates.append(update)
         outcome.changes.extend(changes)
     return outcome

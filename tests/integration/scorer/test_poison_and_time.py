@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -25,6 +25,8 @@ from tests.integration.scorer.support import (
     wait_until,
 )
 
+FAR = datetime(9999, 12, 31, tzinfo=UTC)
+
 
 async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
     base_env: dict[str, str],
@@ -36,10 +38,15 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
     topic = Topics(topic_namespace).purchases
     good = purchase("good-1", "c1", days_ago=1)
     missing_amount = {k: v for k, v in json.loads(good.model_dump_json()).items() if k != "amount"}
+    # Valid on the wire, but its windows end past datetime.max: the domain cannot fold it.
+    year_9999 = good.model_copy(
+        update={"event_id": "far", "customer_id": "far", "occurred_at": FAR}
+    )
     poison = [
         b"{not json",
         b'{"type": "refund", "event_id": "x"}',
         json.dumps(missing_amount).encode(),
+        year_9999.model_dump_json().encode(),
     ]
     settings = scorer_settings(base_env)
     async with running_scorer(settings, clock):
@@ -50,18 +57,20 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"http://127.0.0.1:{settings.port}/metrics")).text
     assert rows["c1"]["state"]["lifetime_orders"] == 1
-    dead = await read_topic(kafka_bootstrap, Topics.dlq(topic), expect=3)
+    assert "far" not in rows  # quarantined, not half-applied
+    dead = await read_topic(kafka_bootstrap, Topics.dlq(topic), expect=4)
     assert [r.value for r in dead] == poison
     assert {header(r.headers, "dlq_original_topic") for r in dead} == {topic}
-    assert [int(header(r.headers, "dlq_original_offset") or -1) for r in dead] == [0, 1, 2]
-    async with connect(scorer_db) as conn:  # the partition that carried all four records
+    assert [int(header(r.headers, "dlq_original_offset") or -1) for r in dead] == [0, 1, 2, 3]
+    assert "OverflowError" in (header(dead[3].headers, "dlq_error") or "")
+    async with connect(scorer_db) as conn:  # the partition that carried all five records
         partition = await conn.fetchval(
-            "SELECT partition FROM scorer.consumer_offset WHERE topic = $1 AND next_offset = 4",
+            "SELECT partition FROM scorer.consumer_offset WHERE topic = $1 AND next_offset = 5",
             topic,
         )
     assert {header(r.headers, "dlq_original_partition") for r in dead} == {str(partition)}
     assert "amount" in (header(dead[2].headers, "dlq_error") or "")
-    assert 'tierstream_scorer_events_total{outcome="dead_lettered",type="unknown"} 3.0' in metrics
+    assert 'tierstream_scorer_events_total{outcome="dead_lettered",type="unknown"} 4.0' in metrics
     assert 'tierstream_scorer_events_total{outcome="processed",type="purchase"} 1.0' in metrics
 
 

@@ -11,6 +11,7 @@ import pytest
 from services.scorer.api import decode_cursor, encode_cursor
 from services.scorer.consumer import decode
 from services.scorer.evaluation import (
+    CustomerFailed,
     CustomerRecord,
     Scoring,
     distinct_events,
@@ -20,6 +21,7 @@ from services.scorer.evaluation import (
 from services.scorer.store import _row_count
 from shared.contracts import ChangeCause, CustomerLoggedIn, Dimension, PurchaseMade
 from shared.domain.rules import default_rules_path, load_rules
+from shared.domain.rules_model import DimensionRules
 from shared.domain.state import new_state
 from shared.http import ProblemError
 
@@ -79,14 +81,23 @@ def test_unchanged_classes_emit_nothing_and_time_changes_carry_cause_time() -> N
     assert change.to_event().to_json()  # serialisable as the wire contract
 
 
+def test_a_customer_the_domain_cannot_classify_is_named_in_the_error() -> None:
+    broken = SCORING.rules.model_copy(
+        update={"value_tier": DimensionRules.model_construct(classes=["x"], rules=[])}
+    )
+    with pytest.raises(CustomerFailed) as caught:
+        fold_batch([blank("c1")], [buy("e1", "c1", 1)], Scoring(broken), now=NOW)
+    assert caught.value.customer_id == "c1" and "no rule matched" in caught.value.error
+
+
 def test_decode_separates_poison_from_events() -> None:
     good = CustomerLoggedIn(event_id="l1", customer_id="c1", occurred_at=NOW, channel="web")
     records = [
         SimpleNamespace(value=v)
         for v in (good.model_dump_json().encode(), b"{", None, b'{"type":"x"}')
     ]
-    events, poison = decode(records)
-    assert events == [good]
+    decoded, poison = decode(records)
+    assert [event for event, _ in decoded] == [good]
     assert len(poison) == 3 and all(p.error for p in poison)
 
 
