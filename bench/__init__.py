@@ -1,0 +1,1 @@
+"""`make bench`: Tierstream's throughput and latency measured against this machine's raw limits."""

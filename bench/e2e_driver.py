@@ -1,0 +1,188 @@
+"""End-to-end latency driver (runs inside the load-generator process).
+
+Open loop: batches of first purchases of fresh customers (each certain to change a tier)
+are POSTed on a fixed schedule at the target rate, whatever the answers; a consumer of
+the tier-changed topic in the same process notes when each customer's first change
+arrives. Latency = arrival - start of the POST that carried the customer's event, both
+read from this process's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.events import first_purchases
+from bench.kafka_raw import kafka_settings
+from bench.loadgen import client
+from shared.kafka import make_consumer
+
+
+@dataclass(frozen=True)
+class E2eJob:
+    """Where to post and listen, and the load: `rate` events/s for `seconds`."""
+
+    url: str
+    api_key: str
+    bootstrap: str
+    topic: str
+    partitions: int
+    rate: float
+    seconds: float
+    batch: int
+    prefix: str
+    warmup: int = 20
+    deadline_s: float = 30.0
+
+
+class Arrivals:
+    """First arrival time of each customer key on the tier-changed topic."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.first: dict[bytes, float] = {}
+        self.arrived = asyncio.Event()
+
+    async def drain(self, idle_s: float = 1.0) -> None:
+        """Read what is already on the topic (earlier runs) until nothing comes for `idle_s`."""
+        while await self.consumer.getmany(timeout_ms=int(idle_s * 1000), max_records=10_000):
+            pass
+
+    async def listen(self) -> None:
+        """Note arrivals until cancelled."""
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=10_000)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    self.first.setdefault(record.key, now)
+            if batch:
+                self.arrived.set()
+
+    async def wait_for(self, keys: Sequence[bytes], deadline_s: float) -> None:
+        """Return when every key arrived or `deadline_s` passed."""
+        deadline = time.monotonic() + deadline_s
+        missing = [k for k in keys if k not in self.first]
+        while missing and (left := deadline - time.monotonic()) > 0:
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+            missing = [k for k in missing if k not in self.first]
+
+
+def bodies(prefix: str, count: int, batch: int) -> list[tuple[list[bytes], bytes]]:
+    """(customer keys, encoded body) per batch of first purchases stamped now."""
+    events = first_purchases(prefix, count, at=datetime.now(UTC))
+    chunks = [events[i : i + batch] for i in range(0, len(events), batch)]
+    return [
+        ([str(e["customer_id"]).encode() for e in chunk], json.dumps({"events": chunk}).encode())
+        for chunk in chunks
+    ]
+
+
+def _percentile(values: Sequence[float], pct: int) -> float:
+    """Nearest-rank percentile (NaN for no values)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * pct // 100) - 1)]
+
+
+@dataclass
+class Posted:
+    """What the POSTs of one schedule did."""
+
+    span_s: float = 0.0  # length of the schedule (not of the last answer)
+    accepted: int = 0  # events in 202 answers
+    errors: int = 0  # requests answered otherwise
+    http_ms: list[float] = field(default_factory=list)
+
+
+async def _post_schedule(
+    job: E2eJob, plan: list[tuple[list[bytes], bytes]], sent: dict[bytes, float]
+) -> Posted:
+    """POST each batch at its slot, whatever the answers to the earlier ones."""
+    posted = Posted()
+    async with client(job.url, job.api_key, 64) as http:
+
+        async def post(body: bytes, at: float, events: int) -> None:
+            response = await http.post("/v1/events/batch", content=body)
+            posted.http_ms.append(1000 * (time.perf_counter() - at))
+            if response.status_code == 202:
+                posted.accepted += events
+            else:
+                posted.errors += 1
+
+        tasks = []
+        slot = job.batch / job.rate
+        started = time.perf_counter()
+        for index, (keys, body) in enumerate(plan):
+            await asyncio.sleep(max(0.0, started + index * slot - time.perf_counter()))
+            at = time.perf_counter()
+            sent.update(dict.fromkeys(keys, at))
+            tasks.append(asyncio.create_task(post(body, at, len(keys))))
+        posted.span_s = time.perf_counter() - started + slot
+        await asyncio.gather(*tasks)
+    return posted
+
+
+async def _warm_up(job: E2eJob, arrivals: Arrivals) -> int:
+    """A few events end to end first: the scorer has joined its group and is warm."""
+    plan = bodies(f"{job.prefix}-w", job.warmup, job.warmup)
+    posted = await _post_schedule(job, plan, {})
+    await arrivals.wait_for(plan[0][0], 120.0)
+    if any(k not in arrivals.first for k in plan[0][0]):
+        raise TimeoutError("warm-up events never reached the tier-changed topic")
+    return posted.accepted
+
+
+async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
+    """The timed open loop; an event still missing at the deadline counts as arriving then
+    (its latency is a lower bound, and `matched` says how many really arrived)."""
+    warm = await _warm_up(job, arrivals)
+    plan = bodies(f"{job.prefix}-m", int(job.rate * job.seconds), job.batch)
+    sent: dict[bytes, float] = {}
+    posted = await _post_schedule(job, plan, sent)
+    await arrivals.wait_for(list(sent), job.deadline_s)
+    gave_up = time.perf_counter()
+    latencies = [1000 * (arrivals.first.get(k, gave_up) - at) for k, at in sent.items()]
+    return {
+        "sent": len(sent), "matched": sum(k in arrivals.first for k in sent),
+        "accepted_events": posted.accepted + warm, "post_errors": posted.errors,
+        "achieved_rate": len(sent) / posted.span_s,
+        "p50_ms": _percentile(latencies, 50), "p90_ms": _percentile(latencies, 90),
+        "p99_ms": _percentile(latencies, 99), "max_ms": max(latencies),
+        "http_p50_ms": _percentile(posted.http_ms, 50),
+        "http_p99_ms": _percentile(posted.http_ms, 99),
+    }  # fmt: skip
+
+
+async def drive(job: E2eJob) -> dict[str, Any]:
+    """Catch up with the topic, warm up, run the timed open loop, report latencies."""
+    settings = kafka_settings(job.bootstrap, job.partitions)
+    consumer = make_consumer(settings, None, fetch_max_wait_ms=50)
+    await consumer.start()
+    arrivals = Arrivals(consumer)
+    try:
+        partitions = [TopicPartition(job.topic, p) for p in range(job.partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        await arrivals.drain()
+        listener = asyncio.create_task(arrivals.listen())
+        try:
+            result = await _measure(job, arrivals)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+    finally:
+        await consumer.stop()
+    return {**result, "driver_cpu_s": round(time.process_time(), 2)}

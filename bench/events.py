@@ -1,0 +1,88 @@
+"""The benchmark's events: the simulator's seeded population as contract models and records.
+
+Payloads are exactly what ingest publishes: the contract model's JSON, keyed by customer,
+with CloudEvents headers (`services.ingest.publisher.record_for`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from cli.simulation import simulate_population
+from services.ingest.publisher import record_for
+from shared.contracts import CustomerEvent, customer_event_adapter
+from shared.kafka import Headers
+
+Event = CustomerEvent
+# Events per customer-day of the simulator's default population (measured: 676k events
+# for 20,000 customers over 365 days); used to size the simulated period.
+EVENTS_PER_CUSTOMER_DAY = 0.0926
+SOURCE = "bench"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One Kafka record as ingest would publish it."""
+
+    event_type: str
+    key: bytes
+    value: bytes
+    headers: Headers
+
+
+def simulated_events(*, seed: int, customers: int, count: int, end: datetime) -> list[Event]:
+    """A simulated population of at least `count` events (all of them: every customer's
+    history is whole), as contract models in event-time order."""
+    days = 1.05 * count / (customers * EVENTS_PER_CUSTOMER_DAY)
+    while True:
+        population = simulate_population(seed=seed, customers=customers, days=days, end=end)
+        if len(population.events) >= count:
+            break
+        days *= 1.2  # a thin population: simulate a longer period
+    return [
+        customer_event_adapter.validate_python({**e, "source": SOURCE}) for e in population.events
+    ]
+
+
+def first_purchases(prefix: str, count: int, *, at: datetime) -> list[dict[str, object]]:
+    """`count` first purchases of fresh customers: each one is certain to change a tier."""
+    stamp = at.astimezone(UTC).isoformat()
+    return [
+        {
+            "type": "purchase",
+            "event_id": f"{prefix}-e{i}",
+            "customer_id": f"{prefix}-c{i}",
+            "occurred_at": stamp,
+            "order_id": f"{prefix}-o{i}",
+            "amount": str(Decimal(20 + i % 500)),
+            "currency": "EUR",
+        }
+        for i in range(count)
+    ]
+
+
+def to_records(events: Sequence[Event]) -> list[Record]:
+    """The records ingest would publish for `events` (the topic follows the event type)."""
+    records = []
+    for event in events:
+        key, value, headers = record_for(event)
+        records.append(Record(event.type, key, value, headers))
+    return records
+
+
+def event_mix(events: Sequence[Event]) -> dict[str, int]:
+    """Events per type."""
+    return dict(Counter(e.type for e in events))
+
+
+def distinct_customers(events: Sequence[Event]) -> int:
+    return len({e.customer_id for e in events})
+
+
+def recent_end() -> datetime:
+    """The end of the simulated period: a minute ago (ingest refuses future events)."""
+    return datetime.now(UTC) - timedelta(minutes=1)

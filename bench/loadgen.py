@@ -1,0 +1,86 @@
+"""The load generator, run as its own process: `python -m bench.loadgen '<json job>'`.
+
+It posts pre-encoded batch bodies to ingest over HTTP (httpx) and prints one JSON line
+with what it measured. Keeping it out of the benchmark's process means its CPU is not
+hidden inside the service's, and its timing excludes building the bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    """Post every body in `bodies_path` (one JSON body per line) with `concurrency` in flight."""
+
+    url: str
+    api_key: str
+    bodies_path: str
+    concurrency: int
+
+    def bodies(self) -> list[bytes]:
+        return Path(self.bodies_path).read_bytes().splitlines()
+
+
+def client(url: str, api_key: str, concurrency: int) -> httpx.AsyncClient:
+    """An HTTP client for ingest with enough connections for the requests in flight."""
+    return httpx.AsyncClient(
+        base_url=url,
+        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        timeout=httpx.Timeout(60.0),
+        limits=httpx.Limits(
+            max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1
+        ),
+    )
+
+
+async def post_all(job: IngestJob, bodies: list[bytes]) -> dict[str, Any]:
+    """Post the bodies (after one warm-up request); returns events, seconds and errors."""
+    events_per_body = [len(json.loads(b)["events"]) for b in bodies]
+    statuses: list[int] = []
+    async with client(job.url, job.api_key, job.concurrency) as http:
+        await http.post("/v1/events/batch", content=bodies[0])  # connection and producer warm-up
+        queue = iter(bodies)
+
+        async def worker() -> None:
+            for body in queue:
+                statuses.append((await http.post("/v1/events/batch", content=body)).status_code)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(job.concurrency)))
+        seconds = time.perf_counter() - started
+    return {
+        "events": sum(events_per_body),
+        "seconds": seconds,
+        "errors": sum(1 for s in statuses if s != 202),
+        "loadgen_cpu_s": round(time.process_time(), 2),
+    }
+
+
+def main() -> None:
+    """Run the job given as JSON on the command line; print the result as JSON."""
+    spec = json.loads(sys.argv[1])
+    mode = spec.pop("mode")
+    if mode == "ingest":
+        job = IngestJob(**spec)
+        result = asyncio.run(post_all(job, job.bodies()))
+    elif mode == "e2e":
+        from bench.e2e_driver import E2eJob, drive
+
+        result = asyncio.run(drive(E2eJob(**spec)))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

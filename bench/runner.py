@@ -1,0 +1,229 @@
+"""The benchmark's phases in order, each run `settings.runs` times into a `Results`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+
+from bench.cpu import CpuMeter
+from bench.events import (
+    Event,
+    distinct_customers,
+    event_mix,
+    recent_end,
+    simulated_events,
+    to_records,
+)
+from bench.facts import machine_facts
+from bench.infra import Infra, fresh_database, infrastructure, unique_name
+from bench.kafka_raw import DECODERS, Loaded, consume, kafka_settings, produce
+from bench.pg_raw import merge
+from bench.pipeline import run_e2e, run_ingest, write_bodies
+from bench.profiling import py_spy, summarise
+from bench.report import Results
+from bench.scorer_phase import run_scorer
+from bench.settings import BenchSettings
+
+
+class Bench:
+    """One benchmark session on one broker and one Postgres server."""
+
+    def __init__(
+        self, settings: BenchSettings, infra: Infra, workdir: Path, console: Console
+    ) -> None:
+        self.s, self.infra, self.workdir, self.console = settings, infra, workdir, console
+        self.results = Results()
+        self.kafka = kafka_settings(infra.bootstrap, settings.partitions)
+
+    def say(self, text: str) -> None:
+        self.console.print(f"[cyan]{time.strftime('%H:%M:%S')}[/cyan] {text}")
+
+    def _meter(self) -> CpuMeter:
+        return CpuMeter({"bench": os.getpid(), "broker": self.infra.broker_pid})
+
+    async def raw_produce(self, events: Sequence[Event]) -> Loaded:
+        """Time the producer alone; the first run's topics feed the later phases."""
+        records = to_records(events)
+        runs = self.s.runs if self.s.wants("raw_produce") else 1
+        loaded: Loaded | None = None
+        for _ in range(runs):
+            meter = self._meter()
+            meter.start()
+            seconds, this = await produce(self.kafka, unique_name("br"), records)
+            cpu = meter.read()
+            loaded = loaded or this
+            if self.s.wants("raw_produce"):
+                self.results.add("raw_produce_events_per_s", len(records) / seconds,
+                                 per_cpu=len(records) / max(cpu["bench"], 0.01))  # fmt: skip
+                self.results.detail("raw_produce", {"seconds": seconds, "cpu_s": cpu})
+        assert loaded is not None
+        return loaded
+
+    async def raw_consume(self, loaded: Loaded) -> None:
+        for _ in range(self.s.runs):
+            for name, decode in DECODERS.items():
+                meter = self._meter()
+                meter.start()
+                seconds = await consume(self.kafka, loaded, decode)
+                cpu = meter.read()
+                figure = (
+                    "raw_consume_events_per_s"
+                    if name == "pydantic"
+                    else "raw_consume_json_events_per_s"
+                )
+                self.results.add(figure, loaded.total / seconds,
+                                 per_cpu=loaded.total / max(cpu["bench"], 0.01))  # fmt: skip
+                self.results.detail(
+                    "raw_consume", {"decode": name, "seconds": seconds, "cpu_s": cpu}
+                )
+
+    async def raw_pg_merge(self, events: Sequence[Event]) -> None:
+        async with fresh_database(self.infra.pg_server_url) as database_url:
+            for _ in range(self.s.runs):
+                meter = CpuMeter({"bench": os.getpid(), "postgres": self.infra.postgres_pid})
+                meter.start()
+                seconds = await merge(database_url, events, self.s.batch)
+                cpu = meter.read()
+                self.results.add("raw_pg_merge_events_per_s", len(events) / seconds,
+                                 per_cpu=len(events) / max(sum(cpu.values()), 0.01))  # fmt: skip
+                self.results.detail("raw_pg_merge", {"seconds": seconds, "cpu_s": cpu})
+
+    async def ingest(self, events: Sequence[Event]) -> None:
+        bodies = self.workdir / "bodies.jsonl"
+        count = write_bodies(events[: self.s.ingest_events], self.s.ingest_batch, bodies)
+        profile = self.workdir / "ingest.pyspy" if self._profiling() else None
+        runs = await run_ingest(
+            self.infra, bodies, runs=self.s.runs, partitions=self.s.partitions,
+            concurrency=self.s.ingest_concurrency, workdir=self.workdir, profile_to=profile,
+        )  # fmt: skip
+        for run in runs:
+            r = run.result
+            if r["errors"]:
+                self.results.notes.append(f"ingest run answered {r['errors']} non-202 requests")
+            self.results.add("ingest_events_per_s", r["events"] / r["seconds"],
+                             per_cpu=count / max(run.cpu_s["ingest"], 0.01))  # fmt: skip
+            self.results.detail("ingest", {**r, "cpu_s": run.cpu_s})
+        self._add_profile("ingest", profile)
+
+    async def scorer(self, loaded: Loaded) -> None:
+        profiled = [False] * self.s.runs + ([True] if self._profiling() else [])
+        for with_profile in profiled:
+            out = self.workdir / "scorer.pyspy" if with_profile else None
+            run = await run_scorer(
+                self.infra, loaded, partitions=self.s.partitions, workdir=self.workdir,
+                timeout_s=self.s.scorer_timeout_s, profile_to=out,
+            )  # fmt: skip
+            detail = {**run.__dict__, "rate": run.rate, "profiled": with_profile}
+            self.results.detail("scorer", detail)
+            if with_profile:
+                self._add_profile("scorer", out)
+                continue
+            self.results.add("scorer_events_per_s", run.rate,
+                             per_cpu=run.events / max(run.cpu_s["scorer"], 0.01))  # fmt: skip
+            self.results.add("scorer_startup_s", run.startup_s)
+            self.results.add("scorer_rss_mb", run.peak_rss_mb)
+
+    async def e2e(self) -> None:
+        runs, rss = await run_e2e(
+            self.infra, runs=self.s.runs, partitions=self.s.partitions, rate=self.s.e2e_rate,
+            seconds=self.s.e2e_seconds, batch=self.s.e2e_batch, workdir=self.workdir,
+        )  # fmt: skip
+        for run in runs:
+            r = run.result
+            self.results.add("e2e_rate_events_per_s", r["achieved_rate"])
+            self.results.add("e2e_p50_ms", r["p50_ms"])
+            self.results.add("e2e_p99_ms", r["p99_ms"])
+            self.results.detail("e2e", {**r, "cpu_s": run.cpu_s, "scorer_rss_mb_after": rss})
+            if r["matched"] < r["sent"]:
+                self.results.notes.append(
+                    f"e2e: {r['sent'] - r['matched']} of {r['sent']} events had no tier change "
+                    "30 s after the last POST; they count with the latency they had by then, so "
+                    "that run's percentiles are lower bounds"
+                )
+
+    def _profiling(self) -> bool:
+        if self.s.profile and py_spy() is None:
+            self.results.notes.append("profile asked for, but py-spy is not installed")
+        return self.s.profile and py_spy() is not None
+
+    def _add_profile(self, service: str, path: Path | None) -> None:
+        if path is not None and path.exists():
+            self.results.profiles[service] = summarise(path, top=25)
+
+
+def _notes(settings: BenchSettings, events: Sequence[Event]) -> list[str]:
+    return [
+        f"events: {len(events):,} simulated (cli.simulation, seed {settings.seed}) over "
+        f"{distinct_customers(events):,} customers; mix {event_mix(events)}",
+        "scorer_events_per_s: the real scorer process (python -m services.scorer, full "
+        "exactly-once path) on a fresh database, timed from its first committed batch to "
+        "the offsets stored in scorer.consumer_offset reaching the end of every partition; "
+        "start-up and group join (scorer_startup_s) and the first batch's events are excluded",
+        "raw_consume_events_per_s decodes with pydantic (shared.contracts.parse_event, the "
+        "scorer's decode); raw_consume_json_events_per_s with json.loads only",
+        f"raw_pg_merge: batches of {settings.batch} events aggregated per customer in Python "
+        "(inside the timing), COPY into a temp table + one INSERT ... ON CONFLICT merge, one "
+        "transaction per batch",
+        f"ingest: python -m services.ingest, batches of {settings.ingest_batch} from a separate "
+        f"load-generator process (httpx, {settings.ingest_concurrency} requests in flight), "
+        "timed from the first POST to the last 202 (broker acks included)",
+        f"e2e: first purchases of fresh customers POSTed open-loop in batches of "
+        f"{settings.e2e_batch} for {settings.e2e_seconds:g} s per run; latency from the start "
+        "of the POST to the customer's first record on the tier-changed topic",
+        "per CPU-s: events per CPU second of the phase's own process (the bench client for "
+        "raw Kafka, bench + Postgres for the raw merge, the ingest or the scorer process)",
+    ]
+
+
+async def run_bench(settings: BenchSettings, console: Console) -> tuple[Results, dict[str, Any]]:
+    """Every asked-for phase on fresh infrastructure; returns the results and their document."""
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="tierstream-bench-"))
+    with infrastructure(workdir) as infra:
+        bench = Bench(settings, infra, workdir, console)
+        machine = await machine_facts(infra)
+        bench.say(f"broker: {infra.broker_kind}; postgres: {machine['postgres']['version']}")
+        events = simulated_events(
+            seed=settings.seed, customers=settings.customers, count=settings.events,
+            end=recent_end(),
+        )  # fmt: skip
+        bench.say(f"{len(events):,} events over {distinct_customers(events):,} customers")
+        await _phases(bench, events)
+    machine["load_average_at_end"] = [round(x, 2) for x in psutil.getloadavg()]
+    machine["bench_duration_s"] = round(time.monotonic() - started, 1)
+    bench.results.notes.extend(_notes(settings, events))
+    bench.results.notes.append(
+        f"shared machine: load average {machine['load_average_at_start']} at start, "
+        f"{machine['load_average_at_end']} at end (other work competes for the 2 cores)"
+    )
+    return bench.results, bench.results.document(machine, settings.model_dump(mode="json"))
+
+
+async def _phases(bench: Bench, events: Sequence[Event]) -> None:
+    s = bench.s
+    loaded: Loaded | None = None
+    if s.wants("raw_produce") or s.wants("raw_consume") or s.wants("scorer"):
+        bench.say("raw produce (and loading the scorer's topics)")
+        loaded = await bench.raw_produce(events)
+    if s.wants("raw_consume") and loaded:
+        bench.say("raw consume")
+        await bench.raw_consume(loaded)
+    if s.wants("raw_pg_merge"):
+        bench.say("raw Postgres merge")
+        await bench.raw_pg_merge(events)
+    if s.wants("scorer") and loaded:
+        bench.say("scorer")
+        await bench.scorer(loaded)
+    if s.wants("ingest"):
+        bench.say("ingest")
+        await bench.ingest(events)
+    if s.wants("e2e"):
+        bench.say("end to end")
+        await bench.e2e()

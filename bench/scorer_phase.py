@@ -1,0 +1,119 @@
+"""The scorer phase: the real scorer process drains a pre-loaded topic into a fresh database.
+
+Everything production does runs (inbox, fold, classify, customer upsert, outbox, fenced
+offsets, relay, sweeper). The rate is timed from the first committed batch to the moment
+the offsets stored in `scorer.consumer_offset` reach the end of every partition, so
+process start-up and the consumer-group join are left out (and reported apart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from bench.cpu import CpuMeter
+from bench.infra import Infra, Service, fresh_database, running, service_env
+from bench.kafka_raw import Loaded
+from bench.profiling import Profiler
+from shared.db import asyncpg_dsn
+from shared.topics import SCORER_GROUP
+
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class ScorerRun:
+    """One drain of the loaded topic."""
+
+    events: int  # events committed after the first batch (the timed part)
+    seconds: float
+    startup_s: float  # process start to the first committed batch
+    peak_rss_mb: float
+    cpu_s: dict[str, float]
+    outbox_backlog: int  # changes not yet relayed when the offsets reached the end
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+@dataclass
+class _Watch:
+    first_at: float | None = None
+    first_committed: int = 0
+    peak_rss: int = 0
+
+
+async def committed_offsets(conn: asyncpg.Connection[asyncpg.Record]) -> int:
+    """Events the scorer has committed: the sum of its stored next offsets."""
+    value = await conn.fetchval(
+        "SELECT coalesce(sum(next_offset), 0) FROM scorer.consumer_offset WHERE group_id = $1",
+        SCORER_GROUP,
+    )
+    return int(value)
+
+
+async def _drain(
+    conn: asyncpg.Connection[asyncpg.Record], service: Service, loaded: Loaded,
+    meter: CpuMeter, timeout_s: float,
+) -> tuple[_Watch, float]:  # fmt: skip
+    """Poll the stored offsets until they reach the end; returns the watch and the end time."""
+    watch, deadline = _Watch(), time.monotonic() + timeout_s
+    process = service.process()
+    while time.monotonic() < deadline:
+        committed = await committed_offsets(conn)
+        now = time.perf_counter()
+        watch.peak_rss = max(watch.peak_rss, process.memory_info().rss)
+        if committed and watch.first_at is None:
+            watch.first_at, watch.first_committed = now, committed
+            meter.start()
+        if committed >= loaded.total:
+            return watch, now
+        await asyncio.sleep(POLL_S)
+    raise TimeoutError(f"scorer did not drain {loaded.total} events in {timeout_s}s")
+
+
+async def run_scorer(
+    infra: Infra, loaded: Loaded, *, partitions: int, workdir: Path, timeout_s: float,
+    profile_to: Path | None = None,
+) -> ScorerRun:  # fmt: skip
+    """Start a scorer on a fresh database and time it draining `loaded`."""
+    async with fresh_database(infra.pg_server_url, migrate=True) as database_url:
+        env = service_env(
+            infra, namespace=loaded.namespace, database_url=database_url, partitions=partitions
+        )
+        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        try:
+            launched = time.perf_counter()
+            async with running(Service("scorer", env, workdir)) as scorer:
+                meter = CpuMeter(
+                    {"scorer": scorer.pid, "postgres": infra.postgres_pid,
+                     "broker": infra.broker_pid}
+                )  # fmt: skip
+                profiler = Profiler(scorer.pid, profile_to) if profile_to else None
+                if profiler:
+                    profiler.start()
+                try:
+                    watch, ended = await _drain(conn, scorer, loaded, meter, timeout_s)
+                    cpu = meter.read()
+                finally:
+                    if profiler:
+                        await profiler.stop()
+                backlog = await conn.fetchval(
+                    "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
+                )
+        finally:
+            await conn.close()
+    assert watch.first_at is not None
+    return ScorerRun(
+        events=loaded.total - watch.first_committed,
+        seconds=ended - watch.first_at,
+        startup_s=watch.first_at - launched,
+        peak_rss_mb=watch.peak_rss / 2**20,
+        cpu_s=cpu,
+        outbox_backlog=int(backlog or 0),
+    )

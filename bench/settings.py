@@ -1,0 +1,43 @@
+"""What the benchmark runs: sizes, repetitions and phases, from `BENCH_*` variables or flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("raw_produce", "raw_consume", "raw_pg_merge", "ingest", "scorer", "e2e")
+
+
+class BenchSettings(BaseSettings):
+    """Benchmark configuration; defaults meet issue 8 and finish in ~10 minutes on 2 cores."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BENCH_", frozen=True, extra="ignore", cli_kebab_case=True,
+        cli_prog_name="python -m bench", cli_implicit_flags=True,
+    )  # fmt: skip
+
+    runs: int = Field(3, ge=1, description="Timed runs of each phase (median, min, max).")
+    seed: int = Field(7, description="Seed of the simulated population.")
+    phases: str = Field(",".join(PHASES), description="Comma-separated phases to run.")
+    events: int = Field(
+        200_000, ge=1000, description="Mixed events of the scorer and raw phases (>= 200,000)."
+    )
+    customers: int = Field(20_000, ge=1, description="Customers those events belong to.")
+    partitions: int = Field(6, ge=1, description="Partitions per topic (production default).")
+    batch: int = Field(5000, ge=1, description="Events per raw Postgres merge transaction.")
+    ingest_events: int = Field(100_000, ge=1000, description="Events posted per ingest run.")
+    ingest_batch: int = Field(1000, ge=1, description="Events per ingest HTTP request.")
+    ingest_concurrency: int = Field(4, ge=1, description="Ingest requests in flight.")
+    e2e_rate: float = Field(5000.0, gt=0, description="Events per second offered end to end.")
+    e2e_seconds: float = Field(10.0, gt=0, description="Length of each end-to-end run.")
+    e2e_batch: int = Field(50, ge=1, description="Events per end-to-end HTTP request.")
+    scorer_timeout_s: float = Field(600.0, gt=0, description="Longest a scorer drain may take.")
+    profile: bool = Field(True, description="Profile one extra scorer and ingest run (py-spy).")
+    output: Path = Field(REPO_ROOT / "bench-results.json", description="Results file.")
+
+    def wants(self, phase: str) -> bool:
+        """Whether `phase` was asked for."""
+        return phase in {p.strip() for p in self.phases.split(",")}
