@@ -41,6 +41,7 @@ class System:
 
     ports: dict[str, int]
     env: dict[str, str] = field(default_factory=dict)
+    database_url: str = ""
     loop: asyncio.AbstractEventLoop | None = None
     stop: asyncio.Event | None = None
     error: BaseException | None = None
@@ -77,6 +78,7 @@ async def _serve(system: System, kafka: str, pg_server: str) -> None:
 
     system.loop, system.stop = asyncio.get_running_loop(), asyncio.Event()
     async with fresh_database(pg_server) as database_url:
+        system.database_url = database_url
         await asyncio.to_thread(upgrade, database_url, "scorer")
         env: dict[str, Any] = {
             "KAFKA_BOOTSTRAP_SERVERS": kafka, "DATABASE_URL": database_url,
@@ -138,6 +140,7 @@ def system(kafka_bootstrap: str, pg_server_url: str) -> Iterator[System]:
         **{f"TIERSTREAM_{s.upper()}_URL": system.url(s) for s in ports},
         "TIERSTREAM_API_KEY": KEY,
         "TIERSTREAM_NOW": NOW.isoformat(),
+        "DATABASE_URL": system.database_url,  # `rules diff` reads the scorer's tables
     }
     yield system
     if system.loop is not None and system.stop is not None:
@@ -363,3 +366,62 @@ def test_report_numbers_equal_the_apis_and_the_plot_is_a_png(
     assert "value tier migration" in shown.stdout and "open tasks per queue" in shown.stdout
     assert picture.read_bytes()[:8] == PNG_SIGNATURE
     assert matplotlib.image.imread(picture).shape[:2] == (950, 1300)
+
+
+def printed_matrix(stdout: str, title: str) -> dict[str, dict[str, int]]:
+    """A from -> to table as the CLI printed it (rich box drawing)."""
+    lines = iter(stdout.splitlines())
+    next(line for line in lines if line.strip() == title)
+    header = [c.strip() for c in next(line for line in lines if "from" in line).split("┃")[2:-1]]
+    matrix: dict[str, dict[str, int]] = {}
+    for line in lines:
+        if line.startswith("└"):
+            return matrix
+        if line.startswith("│"):
+            source, *counts = (c.strip() for c in line.split("│")[1:-1])
+            matrix[source] = dict(zip(header, map(int, counts), strict=True))
+    raise AssertionError(f"no complete {title} table in {stdout!r}")
+
+
+def test_rules_check_and_diff_show_a_candidate_and_plot_its_migrations(
+    system: System, tmp_path: Path
+) -> None:
+    from shared.domain.rules import default_rules_path
+
+    buyer = tmp_path / "silver.csv"
+    rows = [
+        f"diff-s,{(NOW - timedelta(days=10 * i + 1)).isoformat()},s{i},300,EUR" for i in range(5)
+    ]
+    buyer.write_text("customer_id,occurred_at,order_id,amount,currency\n" + "\n".join(rows) + "\n")
+    assert cli(system, "import", str(buyer), "--type", "purchase").exit_code == 0
+    poll(lambda: (customer(system, "diff-s") or {}).get("value_tier") == "silver", "diff-s")
+
+    text = default_rules_path().read_text()
+    gold = "{feature: m_score, op: ge, value: 4}\n          - {feature: f_score, op: ge, value: 4}"
+    assert gold in text
+    easier = tmp_path / "easier.yaml"
+    easier.write_text(text.replace(gold, gold.replace("value: 4", "value: 2")))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("then: gold", "then: platinum"))
+
+    checked = cli(system, "rules", "check", str(easier))
+    assert checked.exit_code == 0, checked.output
+    assert "m_score >= 2 and f_score >= 2 and days_since_last_purchase <= 90" in checked.stdout
+    refused = cli(system, "rules", "check", str(broken))
+    assert refused.exit_code == 1
+    assert "platinum" in refused.output and "gold" in refused.output
+
+    picture = tmp_path / "diff.png"
+    diffed = cli(system, "rules", "diff", str(easier), "--plot", str(picture))
+    assert diffed.exit_code == 0, diffed.output
+    tiers = printed_matrix(diffed.stdout, "value_tier")
+    assert tiers["silver"]["gold"] >= 1  # diff-s, at least, would be promoted
+    assert all(n == 0 for to, n in tiers.get("gold", {}).items() if to != "gold")  # easier gold
+    stats = system.get("scorer", "/v1/stats/tiers")
+    for dimension in ("value_tier", "activity_level", "lifecycle_stage"):
+        matrix = printed_matrix(diffed.stdout, dimension)
+        assert sum(sum(row.values()) for row in matrix.values()) == stats["customers"]
+    assert picture.read_bytes()[:8] == PNG_SIGNATURE
+    assert matplotlib.image.imread(picture).shape[:2] == (550, 1800)
+    plain = cli(system, "rules", "diff", str(easier))
+    assert plain.exit_code == 0 and plain.stdout == diffed.stdout
