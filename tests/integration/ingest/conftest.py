@@ -18,9 +18,9 @@ from tests.integration.ingest.ingest_helpers import ingest_settings, topics_of
 
 @pytest.fixture
 async def settings(kafka_bootstrap: str, topic_namespace: str) -> IngestSettings:
-    """Ingest settings on this test's own, freshly created topics."""
+    """Ingest settings on this test's own, freshly created event topics."""
     configured = ingest_settings(kafka_bootstrap, topic_namespace)
-    await ensure_topics(configured, topics_of(configured).all())
+    await ensure_topics(configured, topics_of(configured).events)
     return configured
 
 
