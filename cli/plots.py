@@ -133,7 +133,10 @@ def plot_rules_diff(matrices: Mapping[str, Matrix], path: Path, *, title: str) -
     fig.suptitle(title)
     axes = fig.subplots(1, max(1, len(matrices)), squeeze=False)[0]
     for ax, (dimension, matrix) in zip(axes, matrices.items(), strict=False):
-        _heatmap(ax, DIMENSION_TITLES.get(dimension, dimension), matrix)
+        total = sum(sum(row.values()) for row in matrix.values())
+        moved = total - sum(row.get(source, 0) for source, row in matrix.items())
+        name = DIMENSION_TITLES.get(dimension, dimension)
+        _heatmap(ax, f"{name}: {moved} of {total} customers would move", matrix)
         ax.set_xlabel("candidate rules")
         ax.set_ylabel("current")
     fig.savefig(path, format="png", dpi=100)
