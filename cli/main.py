@@ -26,29 +26,25 @@ console = Console(stderr=True)
 @app.command()
 def ingest() -> None:
     """Run the ingest HTTP service (port 8080) in the foreground; configured by INGEST_* env."""
-    from services.ingest.main import run
-    from services.ingest.settings import IngestSettings
+    from services.ingest.__main__ import main
 
-    asyncio.run(run(IngestSettings()))
+    main()
 
 
 @app.command()
 def scorer() -> None:
     """Run the scorer (consumer, outbox relay, sweeper, read API on 8081); SCORER_* env."""
-    from services.scorer.main import run
+    from services.scorer.__main__ import main
 
-    from services.scorer.settings import ScorerSettings
-
-    asyncio.run(run(ScorerSettings()))
+    main()
 
 
 @app.command()
 def actions() -> None:
     """Run the actions service (dispatcher, sequences, task API on 8082); ACTIONS_* env."""
-    from services.actions.main import run
-    from services.actions.settings import ActionsSettings
+    from services.actions.__main__ import main
 
-    asyncio.run(run(ActionsSettings()))
+    main()
 
 
 @app.command()
