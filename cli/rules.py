@@ -24,9 +24,8 @@ def matrix_table(title: str, matrix: dict[str, dict[str, int]]) -> Table:
 def print_rules_diff(file: Path, console: Console) -> int:
     """Print the migration matrix per dimension; exit code 1 on an invalid file."""
     from services.scorer.rules_cli import diff_rules
-    from shared.domain.rules import RulesError
-
     from services.scorer.settings import ScorerSettings
+    from shared.domain.rules import RulesError
 
     try:
         matrices = asyncio.run(diff_rules(ScorerSettings(), file))
