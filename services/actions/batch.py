@@ -17,6 +17,7 @@ from services.actions.db import Connection, Pool
 from services.actions.effects import (
     ChannelConfig,
     DeliveryRow,
+    Effects,
     collect_effects,
     step_rows,
     task_push_row,
@@ -74,28 +75,39 @@ async def apply_batch(
 
     Raises `store.Fenced` (and rolls back) when another consumer owns a partition.
     """
-    unique = list({c.message_id: c for c in reversed(changes)}.values())[::-1]
+    first_seen: dict[str, PlannedChange] = {}
+    for planned in changes:  # a record redelivered within one batch counts once, in order
+        first_seen.setdefault(planned.message_id, planned)
+    unique = list(first_seen.values())
     result = BatchResult()
     async with pool.acquire() as conn, conn.transaction():
-        fresh_ids = (
+        claimed = (
             await store.claim_messages(conn, [c.message_id for c in unique]) if unique else set()
         )
-        fresh = [c for c in unique if c.message_id in fresh_ids]
+        fresh = [c for c in unique if c.message_id in claimed]
         effects = collect_effects(((c.change, c.requests) for c in fresh), channels, now=now)
-        result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
-        allowed = await store.admissible(conn, list(effects.enrols.values()), now=now)
-        enrolled = await store.insert_enrolments(conn, allowed, now=now)
-        steps = [s for eid, row in enrolled for s in step_rows(eid, row, channels, enrolled_at=now)]
-        created = await store.upsert_tasks(conn, list(effects.tasks.values()), now=now)
-        pushes = [task_push_row(t, now=now) for t in created] if channels.crm else []
-        deliveries: list[DeliveryRow] = [*effects.alerts, *pushes, *steps]
-        await store.insert_deliveries(conn, deliveries, now=now)
+        await _write_effects(conn, effects, channels, result, now=now)
         result.cancelled_steps += await _record_goals(conn, goals, playbooks, now=now)
         await store.advance_offsets(conn, group_id, moves)
     result.fresh, result.duplicates = len(fresh), len(changes) - len(fresh)
     result.planned = effects.planned
-    result.enrolled = Counter(row.request.sequence for _, row in enrolled)
     return result
+
+
+async def _write_effects(
+    conn: Connection, effects: Effects, channels: ChannelConfig, result: BatchResult, *,
+    now: datetime,
+) -> None:  # fmt: skip
+    """Exits first, then enrolments (with their steps), tasks and deliveries."""
+    result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
+    allowed = await store.admissible(conn, list(effects.enrols.values()), now=now)
+    enrolled = await store.insert_enrolments(conn, allowed, now=now)
+    steps = [s for eid, row in enrolled for s in step_rows(eid, row, channels, enrolled_at=now)]
+    created = await store.upsert_tasks(conn, list(effects.tasks.values()), now=now)
+    pushes = [task_push_row(t, now=now) for t in created] if channels.crm else []
+    deliveries: list[DeliveryRow] = [*effects.alerts, *pushes, *steps]
+    await store.insert_deliveries(conn, deliveries, now=now)
+    result.enrolled = Counter(row.request.sequence for _, row in enrolled)
 
 
 async def _record_goals(

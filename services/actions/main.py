@@ -81,22 +81,30 @@ async def run(
     async with _resources(settings) as (pool, client):
         registry = new_registry()
         metrics = actions_metrics(registry)
-        senders = _dispatchers(settings, pool, build_channels(settings, client), clock, metrics)
-
-        def wake_senders() -> None:  # new deliveries were just committed
-            for sender in senders:
-                sender.wake.set()
-
-        loops = [
-            _consume(settings, pool, playbooks, clock, metrics, on_effects=wake_senders),
-            *[_named(s.name, s.run) for s in senders],
-            _loop("gauges", _gauge_step(pool, clock, metrics), settings.gauge_interval_s, metrics),
-        ]  # fmt: skip
+        loops = _loops(settings, pool, build_channels(settings, client), playbooks, clock, metrics)
         app = _app(settings, pool, clock, registry)
         log.info("actions listening", host=settings.host, port=settings.port,
                  playbooks=playbooks.version)  # fmt: skip
         await serve(app, host=settings.host, port=settings.port, loops=loops, stop=stop,
                     install_signals=stop is None)  # fmt: skip
+
+
+def _loops(
+    settings: ActionsSettings, pool: Pool, channels: Channels, playbooks: Playbooks,
+    clock: Clock, metrics: ActionsMetrics,
+) -> list[Loop]:  # fmt: skip
+    """Consumer, dispatcher, scheduler and gauges; a committed batch wakes the senders."""
+    senders = _dispatchers(settings, pool, channels, clock, metrics)
+
+    def wake_senders() -> None:
+        for sender in senders:
+            sender.wake.set()
+
+    return [
+        _consume(settings, pool, playbooks, clock, metrics, on_effects=wake_senders),
+        *[_named(s.name, s.run) for s in senders],
+        _loop("gauges", _gauge_step(pool, clock, metrics), settings.gauge_interval_s, metrics),
+    ]
 
 
 @asynccontextmanager

@@ -118,6 +118,14 @@ async def test_gold_change_delivered_twice_gives_one_task_one_signed_alert_and_o
             assert headers["dlq_original_topic"] == topic.encode() and headers["dlq_error"]
             dead = f'tierstream_actions_dlq_records_total{{topic="{Topics.dlq(topic)}"}}'
             assert await _metric(url, dead) == 1
+            planned = (
+                'tierstream_actions_actions_planned_total{kind="task",playbook="gold_upgrade"}'
+            )
+            assert await _metric(url, planned) == 1
+            open_tasks = 'tierstream_actions_tasks_open{queue="senior-sales"}'
+            assert await eventually(lambda: _metric(url, open_tasks), what="the gauge") == 1
+            active = 'tierstream_actions_enrolments{sequence="vip_welcome",status="active"}'
+            assert await eventually(lambda: _metric(url, active), what="the gauge") == 1
 
 
 async def _async(value: Any) -> Any:
