@@ -80,6 +80,14 @@ def run(
     raise typer.Exit(run_system(console, demo=not no_demo))
 
 
+@app.command()
+def config() -> None:
+    """Print every setting of every service (environment variable, default, meaning) as Markdown."""
+    from cli.config_docs import render
+
+    typer.echo(render(), nl=False)
+
+
 @rules_app.command("check")
 def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to validate.")]) -> None:
     """Validate a rules file; prints its version and rules, or the precise error (exit 1)."""

@@ -73,10 +73,14 @@ class ServiceSettings(BaseSettings):
         description="Fixed 'now' (ISO 8601 with zone) for replays, demos and tests.",
     )
     log_level: str = Field(
-        "INFO", validation_alias=AliasChoices("TIERSTREAM_LOG_LEVEL", "LOG_LEVEL")
+        "INFO",
+        validation_alias=AliasChoices("TIERSTREAM_LOG_LEVEL", "LOG_LEVEL"),
+        description="Log level of the JSON logs (DEBUG, INFO, WARNING, ERROR).",
     )
-    host: str = "127.0.0.1"
-    port: int = 8080
+    host: str = Field(
+        "127.0.0.1", description="Address the HTTP API binds to (0.0.0.0 in containers)."
+    )
+    port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")
     api_keys: Annotated[SecretStr, NoDecode] = Field(
         SecretStr(""),
         validation_alias="TIERSTREAM_API_KEYS",
