@@ -19,7 +19,8 @@ from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
 
 MAX_ID = 2**63 - 1
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Task id.")]
-CustomerQuery = Annotated[str | None, Query(min_length=1, max_length=128)]
+NO_NUL = r"^[^\x00]+$"  # Postgres text cannot hold NUL: refuse it as input (422, never a 500)
+CustomerQuery = Annotated[str | None, Query(min_length=1, max_length=128, pattern=NO_NUL)]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 Cursor = Annotated[
     str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
@@ -111,7 +112,7 @@ class AlertPage(_Out):
 class AssignTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["assign"]
-    assignee: Annotated[str, Field(min_length=1, max_length=128)]
+    assignee: Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]
 
 
 class CompleteTask(BaseModel):
@@ -182,7 +183,7 @@ def api_router() -> APIRouter:
     @router.get("/tasks", tags=["tasks"], summary="List tasks (filters, cursor pagination)")
     async def list_tasks(
         request: Request, _: SourceDep, customer_id: CustomerQuery = None,
-        queue: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+        queue: Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)] = None,
         status: TaskStatus | None = None,
         overdue: Annotated[bool | None, Query(description="Open and past due.")] = None,
         limit: Limit = 50, cursor: Cursor = None,

@@ -31,13 +31,15 @@ _UNITS = ("weeks", "days", "hours", "minutes", "seconds")
 
 
 def parse_duration(raw: Any) -> Any:
-    """'2d', '24h', '1d12h', '90m', '0d' -> timedelta; anything else goes to pydantic (ISO 8601)."""
-    if isinstance(raw, str):
-        match = _DURATION.match(raw.strip())
-        if match and any(match.groups()):
-            parts = {unit: float(v) for unit, v in zip(_UNITS, match.groups(), strict=True) if v}
-            return timedelta(**parts)
-    return raw
+    """'2d', '24h', '1d12h', '90m', '0d' -> timedelta; ISO 8601 (P2D) and numbers: pydantic."""
+    if not isinstance(raw, str) or raw.strip().lstrip("+-").upper().startswith("P"):
+        return raw
+    text = raw.strip()
+    match = _DURATION.match(text.lstrip("+-"))
+    if not (match and any(match.groups())):
+        raise ValueError(f"{raw!r} is not a duration; write e.g. 2d, 24h, 90m, 1d12h or P2D")
+    parts = {unit: float(v) for unit, v in zip(_UNITS, match.groups(), strict=True) if v}
+    return -timedelta(**parts) if text.startswith("-") else timedelta(**parts)
 
 
 def _not_negative(value: timedelta) -> timedelta:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.domain.playbook_model import Channel, QuietHours
+from shared.domain.playbook_model import Channel, QuietHours, TaskAction
 from shared.domain.playbooks import (
     PlannedStep,
     PlaybooksError,
@@ -206,3 +206,28 @@ def test_steps_are_due_at_their_offset_and_never_inside_quiet_hours(
 ) -> None:
     step = PlannedStep(0, "s", timedelta(hours=offset_h), Channel.LOG, None, "", "x")
     assert step_due_at(enrolled, step, quiet) == due
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [
+        ("2d", timedelta(days=2)),
+        ("24h", timedelta(hours=24)),
+        ("1d12h", timedelta(hours=36)),
+        ("90m", timedelta(minutes=90)),
+        ("1w", timedelta(weeks=1)),
+        ("0d", timedelta(0)),
+        ("P2D", timedelta(days=2)),
+        (3600, timedelta(hours=1)),
+    ],
+)
+def test_durations_read_as_written(written: object, meant: timedelta) -> None:
+    text = book("{kind: task, title: t, queue: q, due_in: " + str(written) + "}")
+    books = parse_playbooks(text, source="x.yaml")
+    task = books.playbooks[1].actions[0]
+    assert isinstance(task, TaskAction) and task.due_in == meant
+
+
+def test_an_unreadable_duration_says_how_to_write_one() -> None:
+    with pytest.raises(PlaybooksError, match=r"'soon' is not a duration; write e\.g\. 2d"):
+        parse_playbooks(book("{kind: task, title: t, queue: q, due_in: soon}"), source="x.yaml")

@@ -134,6 +134,8 @@ INVALID: list[tuple[str, str, dict[str, str], Any]] = [
     ("GET", "/v1/tasks", {"overdue": "maybe"}, None),
     ("GET", "/v1/tasks", {"cursor": "not-a-cursor"}, None),
     ("GET", "/v1/tasks", {"customer_id": ""}, None),
+    ("GET", "/v1/tasks", {"customer_id": "a\x00b"}, None),
+    ("GET", "/v1/alerts", {"customer_id": "\x00"}, None),
     ("GET", "/v1/sequences/enrollments", {"cursor": "Zm9v"}, None),
     ("GET", "/v1/alerts", {"limit": "-1"}, None),
     ("GET", "/v1/tasks/abc", {}, None),
@@ -141,6 +143,7 @@ INVALID: list[tuple[str, str, dict[str, str], Any]] = [
     ("GET", "/v1/tasks/99999999999999999999", {}, None),
     ("PATCH", "/v1/tasks/1", {}, {"action": "fly"}),
     ("PATCH", "/v1/tasks/1", {}, {"action": "assign"}),
+    ("PATCH", "/v1/tasks/1", {}, {"action": "assign", "assignee": "x\x00"}),
     ("PATCH", "/v1/tasks/1", {}, {"action": "complete", "note": "extra"}),
     ("PATCH", "/v1/tasks/1", {}, "not json"),
 ]
