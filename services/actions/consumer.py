@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,12 +86,14 @@ def _decode_purchase(record: Record, out: Decoded) -> None:
 
 def _require_storable(value: Any) -> None:
     """Refuse what Postgres would refuse, so one record cannot stall its partition forever:
-    a NUL character in any string, or a timestamp without a time zone."""
+    a NUL character in any string, a timestamp without a time zone, NaN or infinity."""
     match value:
         case str() if "\x00" in value:
             raise ValueError("a text value contains a NUL character")
         case datetime() if value.tzinfo is None:
             raise ValueError("a timestamp has no time zone")
+        case float() if not math.isfinite(value):
+            raise ValueError("a number is NaN or infinite (JSON in Postgres cannot hold it)")
         case dict():
             for key, item in value.items():
                 _require_storable(key)

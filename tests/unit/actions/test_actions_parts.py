@@ -119,6 +119,9 @@ def test_decoding_plans_good_records_and_names_what_is_wrong_with_the_rest() -> 
         _record(TOPICS.tier_changed, _change(dimension="mood")),
         _record(TOPICS.tier_changed, _change(customer_id="c\u0000")),
         _record(TOPICS.tier_changed, _change(occurred_at="2026-05-01T08:00:00")),
+        _record(
+            TOPICS.tier_changed, _change().replace(b'"features": {}', b'"features": {"x": NaN}')
+        ),
         _record(TOPICS.purchases, _purchase()),
         _record(TOPICS.purchases, _purchase(refund_of="o-0")),
         _record(TOPICS.purchases, _purchase(type="login", channel="web", amount=None)),
@@ -128,8 +131,9 @@ def test_decoding_plans_good_records_and_names_what_is_wrong_with_the_rest() -> 
     assert [(g.customer_id, g.occurred_at) for g in out.goals] == [("c", NOW)]
     assert out.ignored == 1  # a refund is not "bought again"
     errors = [p.error for p in out.poison]
-    assert len(errors) == 5
+    assert len(errors) == 6
     assert "dimension" in errors[1] and "NUL" in errors[2] and "time zone" in errors[3]
+    assert "NaN" in errors[4]
 
 
 def test_a_webhook_url_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
