@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from typing import Any
 
 import asyncpg
 
 from shared.db import asyncpg_dsn
-from shared.embedded import EmbeddedPostgres
+from shared.embedded import EmbeddedPostgres, free_port, tansu_binary, wait_for_port
 
 
 class PrivatePostgres:
@@ -70,7 +71,7 @@ class TcpGate:
     def __init__(self, port: int, upstream_port: int, host: str = "127.0.0.1") -> None:
         self.host, self.port, self.upstream_port = host, port, upstream_port
         self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.outages = 0
 
     async def open(self) -> None:
@@ -80,29 +81,25 @@ class TcpGate:
         """Stop listening and cut every live connection (clients see resets / EOF)."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
-        for task in list(self._pipes):
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.transport.abort()
         self.outages += 1
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._pipes.add(task)
         try:
             up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream_port)
         except OSError:
-            writer.close()
-            self._pipes.discard(task)
+            writer.transport.abort()
             return
+        pair = {writer, up_writer}
+        self._writers |= pair
         try:
             await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
         finally:
-            for w in (writer, up_writer):
-                w.close()
-            self._pipes.discard(task)
+            for w in pair:
+                w.transport.abort()
+            self._writers -= pair
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -112,3 +109,33 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     with contextlib.suppress(ConnectionError, OSError, RuntimeError):
         writer.write_eof()
+
+
+class GatedBroker:
+    """A private tansu broker reachable only through a `TcpGate` (it advertises the gate)."""
+
+    def __init__(self) -> None:
+        self.inner_port = free_port()
+        self.gate = TcpGate(free_port(), self.inner_port)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.gate.port}"
+
+    async def start(self) -> GatedBroker:
+        advertised = f"tcp://{self.bootstrap_servers}"
+        self._proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url",
+             f"tcp://127.0.0.1:{self.inner_port}", "--advertised-listener-url", advertised],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        await asyncio.to_thread(wait_for_port, "127.0.0.1", self.inner_port)
+        await self.gate.open()
+        return self
+
+    async def stop(self) -> None:
+        await self.gate.close()
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(5)
