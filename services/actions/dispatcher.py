@@ -23,6 +23,9 @@ from shared.logging import get_logger
 
 log = get_logger(__name__)
 
+# On stop, in-flight sends get this long; the rest are cancelled and re-sent (same key) later.
+DRAIN_S = 2.0
+
 
 @dataclass(frozen=True)
 class DispatchPolicy:
@@ -63,7 +66,7 @@ class Dispatcher:
             await run_loop(self.name, self.step, stop, idle_s=self.policy.interval_s,
                            errors=self.metrics.loop_errors, wake=self.wake)  # fmt: skip
         finally:
-            await self.drain(timeout_s=min(self.policy.timeout_s, 5.0))
+            await self.drain(timeout_s=min(self.policy.timeout_s, DRAIN_S))
 
     async def step(self) -> bool:
         """Claim as many due deliveries as there are free slots; True when all slots filled."""
