@@ -82,14 +82,17 @@ def _banner(console: Console, infra: Infra, key: str, ports: dict[str, int]) -> 
         f"scorer   http://127.0.0.1:{s}/docs   (GET /v1/customers/{{id}}, /v1/stats/tiers)",
         f"actions  http://127.0.0.1:{a}/docs   (GET /v1/tasks, /v1/sequences/enrollments)",
         f"metrics  http://127.0.0.1:{{{i},{s},{a}}}/metrics",
-        f"kafka    {infra.kafka_bootstrap_servers}{' (embedded)' if infra.embedded_kafka else ''}",
-        f"postgres {infra.database_url}{' (embedded)' if infra.embedded_postgres else ''}",
         "",
         f"API key  {key}",
         f"try:     curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{s}/v1/stats/tiers",
         "Ctrl-C stops everything.",
     ]
     console.print(Panel("\n".join(lines), title="Tierstream is running", expand=False))
+    # Printed outside the panel, unwrapped, so the addresses can be copied (and parsed).
+    embedded_kafka = " (embedded)" if infra.embedded_kafka else ""
+    embedded_pg = " (embedded)" if infra.embedded_postgres else ""
+    console.print(f"kafka    {infra.kafka_bootstrap_servers}{embedded_kafka}", soft_wrap=True)
+    console.print(f"postgres {infra.database_url}{embedded_pg}", soft_wrap=True, highlight=False)
 
 
 def _start_demo(env: dict[str, str], key: str, ingest_port: int) -> subprocess.Popen[bytes]:

@@ -6,7 +6,6 @@ Amounts are `Decimal` and serialise as JSON strings, never binary floats.
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -201,8 +200,10 @@ class TierChanged(_Contract):
     rule: str = Field(description="Name of the rule that matched.")
     features: dict[str, Any] = Field(description="The feature values the rule read.")
     rules_version: str
-    occurred_at: datetime = Field(description="Event time of the trigger, or the evaluation time.")
-    emitted_at: datetime
+    occurred_at: AwareDatetime = Field(
+        description="Event time of the trigger, or the evaluation time."
+    )
+    emitted_at: AwareDatetime
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

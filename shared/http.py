@@ -12,7 +12,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.logging import get_logger
 from shared.metrics import render
+
+log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -91,6 +94,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem(
             422, "Invalid request", "The request failed validation.", errors=validation_errors(exc)
         )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        # A bug, not bad input: log it with its traceback, answer problem+json without details.
+        log.error("unhandled error", exc_info=exc)
+        return problem(500, "Internal Server Error", "An unexpected error occurred; it was logged.")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:

