@@ -44,9 +44,9 @@ class ActionsSettings(ServiceSettings):
     )
     crm_webhook_url: str | None = Field(None, description="New tasks are pushed here when set.")
     smtp_host: str | None = Field(None, description="SMTP server; unset: e-mail goes to the log.")
-    smtp_port: int = Field(25, ge=1, le=65535)
-    smtp_user: str | None = None
-    smtp_password: SecretStr | None = None
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP server port.")
+    smtp_user: str | None = Field(None, description="SMTP login user (no login when unset).")
+    smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
     smtp_from: str = Field("tierstream@localhost", description="Sender address of e-mails.")
     smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
     alert_email_to: str | None = Field(
