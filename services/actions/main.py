@@ -51,14 +51,12 @@ def channel_config(settings: ActionsSettings) -> ChannelConfig:
 def build_channels(settings: ActionsSettings, client: httpx.AsyncClient) -> Channels:
     """The configured channels: signed webhooks, SMTP, and the log."""
     secret = settings.webhook_secret.get_secret_value().encode()
-    webhook = WebhookChannel(client, settings.webhook_url, secret) if settings.webhook_url else None
-    crm = (
-        WebhookChannel(client, settings.crm_webhook_url, secret)
-        if settings.crm_webhook_url
-        else None
-    )
-    email = None
-    if settings.smtp_host:
+    webhook, crm, email = None, None, None
+    if settings.webhook_url is not None:  # the same test as `channel_config` (empty is None)
+        webhook = WebhookChannel(client, settings.webhook_url, secret)
+    if settings.crm_webhook_url is not None:
+        crm = WebhookChannel(client, settings.crm_webhook_url, secret)
+    if settings.smtp_host is not None:
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         email = SmtpChannel(SmtpConfig(
             settings.smtp_host, settings.smtp_port, settings.smtp_from, settings.smtp_user,

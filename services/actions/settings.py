@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -16,6 +16,12 @@ def _default_playbooks_file() -> Path:
     from shared.domain.playbooks import default_playbooks_path
 
     return default_playbooks_path()
+
+
+# Optional settings where an empty value means "not configured" (None), never "configured as ''".
+_OPTIONAL = (
+    "webhook_url", "crm_webhook_url", "smtp_host", "smtp_user", "smtp_password", "alert_email_to",
+)  # fmt: skip
 
 
 class ActionsSettings(ServiceSettings):
@@ -36,14 +42,19 @@ class ActionsSettings(ServiceSettings):
         description="YAML playbooks file; validated at start (an invalid one stops the service).",
     )
     webhook_url: str | None = Field(
-        None, description="Where webhook alerts go (Slack-compatible JSON); unset: log instead."
+        None,
+        description="Where webhook alerts go (Slack-compatible JSON); unset or empty: log instead.",
     )
     webhook_secret: SecretStr = Field(
         SecretStr(""),
         description="HMAC-SHA256 key of X-Tierstream-Signature (required with a URL).",
     )
-    crm_webhook_url: str | None = Field(None, description="New tasks are pushed here when set.")
-    smtp_host: str | None = Field(None, description="SMTP server; unset: e-mail goes to the log.")
+    crm_webhook_url: str | None = Field(
+        None, description="New tasks are pushed here when set (empty: unset)."
+    )
+    smtp_host: str | None = Field(
+        None, description="SMTP server; unset or empty: e-mail goes to the log."
+    )
     smtp_port: int = Field(25, ge=1, le=65535, description="SMTP server port.")
     smtp_user: str | None = Field(None, description="SMTP login user (no login when unset).")
     smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
@@ -73,9 +84,16 @@ class ActionsSettings(ServiceSettings):
     db_pool_size: int = Field(8, ge=2, description="Postgres connections of this process.")
     migrate: bool = Field(True, description="Apply the actions schema migrations at start.")
 
+    @field_validator(*_OPTIONAL, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # docker-compose passes "" for a variable that is not set: that means "not configured".
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
+
     @model_validator(mode="after")
     def _signed_webhooks(self) -> ActionsSettings:
-        signed = self.webhook_url or self.crm_webhook_url
+        signed = self.webhook_url is not None or self.crm_webhook_url is not None
         if signed and not self.webhook_secret.get_secret_value():
             raise ValueError("ACTIONS_WEBHOOK_SECRET is required when a webhook URL is set")
         return self
