@@ -1,0 +1,231 @@
+"""Scenario 7: hostile HTTP input against the scorer and actions APIs (ingest fuzzes its own).
+
+One pipeline (ingest, scorer, actions subprocesses) for the module, seeded through ingest
+with SQL-looking and odd-unicode customer ids. Pass criteria:
+- the ids come back verbatim from Postgres, the scorer's read API and the task API
+  (and the tables they name still exist: nothing was executed);
+- oversized bodies and query strings, deep JSON, NUL characters and broken encodings get
+  a 4xx problem, never a 5xx, in bounded time;
+- schemathesis: every operation of both OpenAPI documents, positive and negative data:
+  no 5xx and every response conforms to the document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from shared.contracts import PurchaseMade
+from shared.embedded import EmbeddedKafka
+from shared.migrations import upgrade
+from tests.faults.harness import AUTH, Harness, ServiceProcess, pipeline_env
+from tests.faults.verify import connect, eventually, rows, scalar
+from tests.faults.workload import NOW
+from tests.support.infra import fresh_database, unique_namespace
+
+SQL_IDS = ["x'; DROP TABLE scorer.customer; --", "1 OR 1=1", "' OR ''='", "$1::text",
+           "%' AND pg_sleep(30) --", 'Robert"); DELETE FROM actions.task; --', "\\x27\\"]  # fmt: skip
+ODD_IDS = ["café", "cafe\u0301", "🦄 unicorn", "\u202eevil.exe", "zero\u200bwidth", "ア" * 128,
+           "tab\there", "new\nline", "<script>alert(1)</script>", "a/b", "../../etc/passwd",
+           "?x=1&y=2#z", "%2F%00"]  # fmt: skip
+HOSTILE_IDS = SQL_IDS + ODD_IDS
+ODD_ATTRIBUTES = {"name": "Zoë \u202e 🦄", "note": "'; DROP TABLE scorer.inbox; --",
+                  "combining": "e\u0301\u0301\u0301"}  # fmt: skip
+EXAMPLES = int(os.environ.get("TIERSTREAM_FUZZ_EXAMPLES", "20"))
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_headers_conformance, response_schema_conformance]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Seeded:
+    scorer: ServiceProcess
+    actions: ServiceProcess
+    database_url: str
+
+
+def _gold_purchases(customer_id: str, n: int) -> list[dict[str, Any]]:
+    """Ten recent big orders each: gold, so actions opens a task for the customer."""
+    return [
+        PurchaseMade(event_id=f"{HOSTILE_IDS.index(customer_id)}|{customer_id[:60]}|{i}",
+                     customer_id=customer_id,
+                     occurred_at=NOW - timedelta(days=i + 1), order_id=f"o{i}",
+                     amount=Decimal("1250"), currency="EUR",
+                     attributes=ODD_ATTRIBUTES).model_dump(mode="json", exclude_none=True)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def seeded(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    """Ingest, scorer and actions for the module, with every hostile id sent through ingest."""
+    with EmbeddedKafka() as broker, asyncio.Runner() as runner:
+        database = fresh_database(pg_server_url)
+        url = runner.run(database.__aenter__())
+        harness = Harness(Path(tmp_path_factory.mktemp("hostile")))
+        try:
+            yield runner.run(_seed(harness, broker.bootstrap_servers, url))
+        finally:
+            harness.close()
+            runner.run(database.__aexit__(None, None, None))
+
+
+async def _seed(harness: Harness, bootstrap: str, database_url: str) -> Seeded:
+    from services.actions.db import migrate
+
+    await asyncio.to_thread(upgrade, database_url, "scorer")
+    await migrate(database_url)
+    env = pipeline_env(bootstrap, database_url, unique_namespace(), now=NOW)
+    ingest, scorer, actions = (harness.spawn(s, env) for s in ("ingest", "scorer", "actions"))
+    await asyncio.gather(*(s.wait_serving() for s in (ingest, scorer, actions)))
+    events = [e for c in HOSTILE_IDS for e in _gold_purchases(c, 10)]
+    async with httpx.AsyncClient(base_url=ingest.url, headers=AUTH, timeout=30) as http:
+        response = await http.post("/v1/events/batch", json={"events": events})
+        assert response.status_code == 202, response.text
+    sql = "SELECT count(DISTINCT customer_id) FROM actions.task"
+    await eventually(lambda: _equals(scalar(database_url, sql), len(HOSTILE_IDS)), within=90,
+                     what="a task for every hostile customer")  # fmt: skip
+    assert ingest.terminate() == 0
+    return Seeded(scorer, actions, database_url)
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
+
+
+async def test_sql_looking_and_odd_unicode_ids_are_stored_and_read_back_verbatim(
+    seeded: Seeded,
+) -> None:
+    stored = await rows(seeded.database_url, "SELECT customer_id, value_tier FROM scorer.customer")
+    assert {r["customer_id"] for r in stored} == set(HOSTILE_IDS)
+    assert {r["value_tier"] for r in stored} == {"gold"}
+    async with httpx.AsyncClient(headers=AUTH, timeout=10) as http:
+        for customer_id in HOSTILE_IDS:
+            one = await http.get(f"{seeded.scorer.url}/v1/customers/{quote(customer_id, safe='')}")
+            assert one.status_code == 200, (customer_id, one.text)
+            assert one.json()["customer_id"] == customer_id
+            assert one.json()["attributes"] == ODD_ATTRIBUTES
+            tasks = await http.get(f"{seeded.actions.url}/v1/tasks",
+                                   params={"customer_id": customer_id})  # fmt: skip
+            assert [t["customer_id"] for t in tasks.json()["items"]] == [customer_id]
+        listed = await http.get(f"{seeded.scorer.url}/v1/customers", params={"limit": 100})
+    assert {c["customer_id"] for c in listed.json()["items"]} == set(HOSTILE_IDS)
+    async with connect(seeded.database_url) as conn:  # the tables the ids name are all there
+        for table in ("scorer.customer", "scorer.inbox", "actions.task"):
+            assert await conn.fetchval(f"SELECT count(*) > 0 FROM {table}")
+
+
+HOSTILE_REQUESTS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("scorer", "GET", "/v1/customers/" + "x" * 60_000, {}),
+    ("scorer", "GET", "/v1/customers", {"params": {"value_tier": "g" * 60_000}}),
+    ("scorer", "GET", "/v1/customers/nul%00id", {}),
+    ("scorer", "GET", "/v1/customers", {"params": {"value_tier": "gold\x00"}}),
+    ("scorer", "GET", "/v1/customers", {"params": {"cursor": "%%%not-base64\x00"}}),
+    ("scorer", "GET", "/v1/customers/%ff%fe/changes", {}),
+    ("scorer", "GET", "/v1/customers", {"params": {"limit": "9" * 400}}),
+    ("actions", "GET", "/v1/tasks", {"params": {"customer_id": "c\x00"}}),
+    ("actions", "GET", "/v1/tasks/" + "9" * 400, {}),
+    ("actions", "PATCH", "/v1/tasks/1", {"content": b'{"action": "assign", "assignee": "' +
+                                         b"a" * 5_000_000 + b'"}'}),  # fmt: skip
+    ("actions", "PATCH", "/v1/tasks/1", {"content": b"[" * 100_000 + b"]" * 100_000}),
+    ("actions", "PATCH", "/v1/tasks/1", {"content": b'{"action": "assign", "assignee": "\\ud800"}'}),
+    ("actions", "PATCH", "/v1/tasks/1", {"content": b'{"action": "assign", "assignee": "\xff"}'}),
+    ("actions", "PATCH", "/v1/tasks/1", {"json": {"action": "assign", "assignee": "a\x00b"}}),
+    ("actions", "PATCH", "/v1/tasks/1", {"json": {"action": "assign", "assignee": "x", "y": 1}}),
+    ("actions", "GET", "/v1/alerts", {"params": {"cursor": "A" * 10_000}}),
+]
+
+
+@pytest.mark.parametrize(("service", "method", "path", "extra"), HOSTILE_REQUESTS)
+async def test_hostile_requests_get_a_4xx_problem_never_a_5xx(
+    seeded: Seeded, service: str, method: str, path: str, extra: dict[str, Any]
+) -> None:
+    target = seeded.scorer if service == "scorer" else seeded.actions
+    headers = {**AUTH, "content-type": "application/json"}
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=target.url, timeout=20) as http:
+        response = await http.request(method, path, headers=headers, **extra)
+    elapsed = time.monotonic() - started
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    if response.status_code not in (414, 431):  # uvicorn's own limits answer before the app
+        assert response.headers["content-type"] == "application/problem+json", response.text[:300]
+    assert elapsed < 10, f"{elapsed:.1f}s"
+    assert target.alive
+
+
+async def test_odd_unicode_in_an_assignee_is_stored_verbatim(seeded: Seeded) -> None:
+    [task] = await rows(seeded.database_url, "SELECT id FROM actions.task LIMIT 1")
+    assignee = "Zoë \u202e🦄 e\u0301 '; DROP TABLE actions.task; --"
+    async with httpx.AsyncClient(base_url=seeded.actions.url, headers=AUTH, timeout=10) as http:
+        patched = await http.patch(f"/v1/tasks/{task['id']}",
+                                   json={"action": "assign", "assignee": assignee})  # fmt: skip
+        again = await http.get(f"/v1/tasks/{task['id']}")
+    assert patched.status_code == 200, patched.text
+    assert again.json()["assignee"] == assignee
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+                         ids=["positive", "negative"])  # fmt: skip
+@pytest.mark.parametrize("service", ["scorer", "actions"])
+def test_every_operation_honours_its_openapi_document(
+    seeded: Seeded, service: str, mode: GenerationMode
+) -> None:
+    _fuzz(seeded, service, mode, EXAMPLES)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("service", ["scorer", "actions"])
+def test_every_operation_honours_its_openapi_document_at_length(
+    seeded: Seeded, service: str
+) -> None:
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        _fuzz(seeded, service, mode, EXAMPLES * 10)
+
+
+def _has_inputs(operation: Any) -> bool:
+    return bool(list(operation.iter_parameters()) or operation.get_request_payload_content_types())
+
+
+def _fuzz(seeded: Seeded, service: str, mode: GenerationMode, examples: int) -> None:
+    """Every operation of the service's OpenAPI document, `examples` generated cases each."""
+    base_url = (seeded.scorer if service == "scorer" else seeded.actions).url
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
+    statuses: list[int] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if mode is GenerationMode.NEGATIVE and not _has_inputs(operation):
+            continue  # nothing to make invalid (e.g. /healthz)
+
+        @settings(max_examples=examples, deadline=None, database=None,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def exercise(case: schemathesis.Case) -> None:
+            response = case.call_and_validate(base_url=base_url, headers=AUTH, checks=checks)
+            statuses.append(response.status_code)
+
+        exercise()
+    assert statuses and max(statuses) < 500
+    print(f"\nFAULTS-OUTCOME fuzz {service} {mode.value}: {len(statuses)} requests,"
+          f" statuses {sorted(set(statuses))}")  # fmt: skip
