@@ -19,7 +19,7 @@ from services.actions.db import Pool, create_pool, database_ready, migrate
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig
 from services.actions.loops import run_loop
-from services.actions.metrics import ActionsMetrics, actions_metrics
+from services.actions.metrics import ActionsMetrics, actions_metrics, prime_metrics
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock, clock_for
 from shared.domain.playbooks import Playbooks, PlaybooksError, load_playbooks
@@ -80,11 +80,23 @@ async def run(
         registry = new_registry()
         metrics = actions_metrics(registry)
         loops = _loops(settings, pool, build_channels(settings, client), playbooks, clock, metrics)
+        _prime(metrics, settings, playbooks, loops)
         app = _app(settings, pool, clock, registry)
         log.info("actions listening", host=settings.host, port=settings.port,
                  playbooks=playbooks.version)  # fmt: skip
         await serve(app, host=settings.host, port=settings.port, loops=loops, stop=stop,
                     install_signals=stop is None)  # fmt: skip
+
+
+def _prime(
+    metrics: ActionsMetrics, settings: ActionsSettings, playbooks: Playbooks, loops: list[Loop]
+) -> None:
+    """Known label combinations start at 0 (dead letters, outcomes, loop errors, ...)."""
+    topics = Topics(settings.topic_namespace)
+    prime_metrics(
+        metrics, playbooks=playbooks, loops=[getattr(loop, "__name__", "loop") for loop in loops],
+        dlq_topics=[Topics.dlq(topics.tier_changed), Topics.dlq(topics.purchases)],
+    )  # fmt: skip
 
 
 def _loops(

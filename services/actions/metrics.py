@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.domain.playbooks import Playbooks
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
+RECORD_SOURCES = ("tier_changed", "purchases")
+RECORD_OUTCOMES = ("processed", "duplicate", "dead_lettered")
+# (kind, channel) pairs a delivery can have: task pushes only go to the CRM webhook.
+DELIVERY_ROUTES = (
+    ("alert", "webhook"), ("alert", "email"), ("alert", "log"), ("task", "webhook"),
+    ("step", "webhook"), ("step", "email"), ("step", "log"),
+)  # fmt: skip
+DELIVERY_OUTCOMES = ("sent", "retry", "dead")
+STEP_OUTCOMES = ("sent", "cancelled", "failed")
+PRUNED_TABLES = ("inbox", "goal_event")
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class ActionsMetrics:
     consumer_lag: Gauge
     fenced_batches: Counter
     loop_errors: Counter
+    pruned_rows: Counter
 
 
 def _counter(name: str, doc: str, labels: list[str], registry: CollectorRegistry) -> Counter:
@@ -128,4 +141,33 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         loop_errors=_counter(
             "loop_errors_total", "Failed iterations of a background loop.", ["loop"], r
         ),
+        pruned_rows=_counter(
+            "pruned_rows_total", "Rows deleted by the retention loop, by table.", ["table"], r
+        ),
     )
+
+
+def prime_metrics(
+    m: ActionsMetrics, *, playbooks: Playbooks, dlq_topics: Iterable[str], loops: Iterable[str]
+) -> None:
+    """Create every known label combination at 0, so `increase()` also sees a first increment."""
+    for source in RECORD_SOURCES:
+        for outcome in RECORD_OUTCOMES:
+            m.records.labels(source, outcome)
+    for topic in dlq_topics:
+        m.dlq_records.labels(topic)
+    for kind, channel in DELIVERY_ROUTES:
+        m.dead_letters.labels(kind, channel)
+        for outcome in DELIVERY_OUTCOMES:
+            m.deliveries.labels(kind, channel, outcome)
+    for book in playbooks.playbooks:
+        for kind in sorted({action.kind for action in book.actions}):
+            m.planned.labels(kind, book.name)
+    for sequence in playbooks.sequences:
+        m.enrolments_started.labels(sequence)
+        for outcome in STEP_OUTCOMES:
+            m.steps.labels(sequence, outcome)
+    for name in loops:
+        m.loop_errors.labels(name)
+    for table in PRUNED_TABLES:
+        m.pruned_rows.labels(table)

@@ -122,6 +122,8 @@ async def test_gold_change_delivered_twice_gives_one_task_one_signed_alert_and_o
                 'tierstream_actions_actions_planned_total{kind="task",playbook="gold_upgrade"}'
             )
             assert await _metric(url, planned) == 1
+            primed = 'tierstream_actions_dead_letters_total{channel="email",kind="step"}'
+            assert await _metric(url, primed) == 0  # present before the first dead letter
             open_tasks = 'tierstream_actions_tasks_open{queue="senior-sales"}'
             assert await eventually(lambda: _metric(url, open_tasks), what="the gauge") == 1
             active = 'tierstream_actions_enrolments{sequence="vip_welcome",status="active"}'
