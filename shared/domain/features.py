@@ -69,19 +69,21 @@ def _age(at: datetime | None, now: datetime) -> float | None:
     return None if at is None else age_days(at, now)
 
 
-def _within(at: datetime, now: datetime, days: int) -> bool:
-    return now - at <= timedelta(days=days)
+# The windows as durations, built once (constructing a timedelta per comparison is costly).
+_PURCHASE_SPANS = tuple((days, timedelta(days=days)) for days in PURCHASE_WINDOWS)
+_LOGIN_SPANS = tuple((days, timedelta(days=days)) for days in LOGIN_WINDOWS)
+_TICKET_SPANS = tuple((days, timedelta(days=days)) for days in TICKET_WINDOWS)
+_RESOLVED = SupportAction.RESOLVED.value
 
 
 def compute_features(state: CustomerState, *, now: datetime) -> dict[str, FeatureValue]:
     """All catalogue features (except scores) of one customer as of `now`."""
-    return {
-        **_recency(state, now),
-        **_purchase_windows(state.purchases, now),
-        **_lifetime(state),
-        **_logins(state, now),
-        **_service(state, now),
-    }
+    features = _recency(state, now)
+    _purchase_windows(features, state.purchases, now)
+    _lifetime(features, state)
+    _logins(features, state, now)
+    _service(features, state, now)
+    return features
 
 
 def _recency(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
@@ -99,51 +101,50 @@ def _recency(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
     }
 
 
-def _purchase_windows(facts: list[PurchaseFact], now: datetime) -> dict[str, FeatureValue]:
-    features: dict[str, FeatureValue] = {}
-    for days in PURCHASE_WINDOWS:
-        inside = [f for f in facts if _within(f.occurred_at, now, days)]
-        features[f"purchases_{days}d"] = sum(1 for f in inside if not f.refund)
-        features[f"spend_{days}d"] = sum(
-            (-f.amount if f.refund else f.amount for f in inside), Decimal(0)
-        )
-    return features
+def _purchase_windows(
+    features: dict[str, FeatureValue], facts: list[PurchaseFact], now: datetime
+) -> None:
+    # One pass; each window sums in list order from Decimal(0), like sum() over the window.
+    ages = [now - f.occurred_at for f in facts]
+    for days, span in _PURCHASE_SPANS:
+        count, spend = 0, Decimal(0)
+        for fact, age in zip(facts, ages, strict=True):
+            if age <= span:
+                if fact.refund:
+                    spend += -fact.amount
+                else:
+                    count += 1
+                    spend += fact.amount
+        features[f"purchases_{days}d"] = count
+        features[f"spend_{days}d"] = spend
 
 
-def _lifetime(state: CustomerState) -> dict[str, FeatureValue]:
+def _lifetime(features: dict[str, FeatureValue], state: CustomerState) -> None:
     orders, latest = state.lifetime_orders, state.latest_purchases
     average = (state.lifetime_spend / orders).quantize(_SIX_PLACES) if orders else None
     between = (latest[1].occurred_at - latest[0].occurred_at) / DAY if len(latest) == 2 else None
-    return {
-        "lifetime_orders": orders,
-        "lifetime_spend": state.lifetime_spend,
-        "avg_order_value": average,
-        "last_order_value": latest[-1].amount if latest else None,
-        "days_between_last_two_purchases": between,
-    }
+    features["lifetime_orders"] = orders
+    features["lifetime_spend"] = state.lifetime_spend
+    features["avg_order_value"] = average
+    features["last_order_value"] = latest[-1].amount if latest else None
+    features["days_between_last_two_purchases"] = between
 
 
-def _logins(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
-    features: dict[str, FeatureValue] = {
-        f"logins_{days}d": sum(1 for at in state.logins if _within(at, now, days))
-        for days in LOGIN_WINDOWS
-    }
+def _logins(features: dict[str, FeatureValue], state: CustomerState, now: datetime) -> None:
+    ages = [now - at for at in state.logins]
+    for days, span in _LOGIN_SPANS:
+        features[f"logins_{days}d"] = sum(1 for age in ages if age <= span)
     features["lifetime_logins"] = state.lifetime_logins
-    return features
 
 
-def _service(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
-    resolved = SupportAction.RESOLVED.value
-    features: dict[str, FeatureValue] = {
-        "open_tickets": sum(1 for t in state.tickets.values() if t.value != resolved),
-    }
-    for days in TICKET_WINDOWS:
-        opened = {o.ticket_id for o in state.ticket_openings if _within(o.occurred_at, now, days)}
+def _service(features: dict[str, FeatureValue], state: CustomerState, now: datetime) -> None:
+    features["open_tickets"] = sum(1 for t in state.tickets.values() if t.value != _RESOLVED)
+    for days, span in _TICKET_SPANS:
+        opened = {o.ticket_id for o in state.ticket_openings if now - o.occurred_at <= span}
         features[f"tickets_{days}d"] = len(opened)
     for name, stats in (("csat", state.csat), ("nps", state.nps)):
         features[f"latest_{name}"] = stats.latest.value if stats.latest else None
         features[f"avg_{name}"] = stats.total / stats.count if stats.count else None
-    return features
 
 
 def features_to_json(

@@ -13,11 +13,12 @@ import yaml
 from pydantic import ValidationError
 
 from shared.contracts import Dimension
-from shared.domain.conditions import OPERATORS, TAG_PREFIX, align, evaluate, leaves
+from shared.domain.compiled import CompiledRule, CompiledRules, CompiledScore, compiled_rules
+from shared.domain.conditions import TAG_PREFIX
 from shared.domain.features import FeatureValue
 from shared.domain.population import CutPoints, quintile_score
 from shared.domain.review import next_review_at
-from shared.domain.rules_model import Rule, RuleProblem, Rules, RulesFile, ScoreRules
+from shared.domain.rules_model import RuleProblem, Rules, RulesFile
 
 __all__ = [
     "Classification",
@@ -136,15 +137,19 @@ def classify(
     cut_points: CutPoints | None = None,
 ) -> Classification:
     """Score R/F/M, then take the first matching rule of each dimension."""
-    r, f, m = score_rfm(features, rules, cut_points=cut_points)
+    compiled = compiled_rules(rules)
+    r, f, m = _scores(compiled, features, rules, cut_points)
     values = {**features, "r_score": r, "f_score": f, "m_score": m, "rfm_score": r + f + m}
     matched: dict[Dimension, str] = {}
     read: dict[Dimension, dict[str, FeatureValue]] = {}
     classes: dict[Dimension, str] = {}
-    for dimension in Dimension:
-        rule = _first_match(rules.dimension(dimension).rules, values, attributes)
+    for dimension, dimension_rules in compiled.dimensions:
+        rule = _first_match(dimension_rules, values, attributes)
         matched[dimension], classes[dimension] = rule.name, rule.then
-        read[dimension] = _read_values(rule, values, attributes)
+        read[dimension] = {
+            key: (values if from_features else attributes).get(name)
+            for key, name, from_features in rule.reads
+        }
     return Classification(
         value_tier=classes[Dimension.VALUE_TIER],
         activity_level=classes[Dimension.ACTIVITY_LEVEL],
@@ -159,35 +164,34 @@ def classify(
 
 
 def _first_match(
-    rules: Sequence[Rule], values: Mapping[str, FeatureValue], attributes: Mapping[str, Any]
-) -> Rule:
+    rules: Sequence[CompiledRule], values: Mapping[str, FeatureValue], attributes: Mapping[str, Any]
+) -> CompiledRule:
     for rule in rules:
-        if evaluate(rule.when, values, attributes):
+        if rule.check(values, attributes):
             return rule
     # Validation guarantees a final `when: always`; reaching here means a hand-built Rules.
     raise ValueError("no rule matched; the last rule of a dimension must be `when: always`")
-
-
-def _read_values(
-    rule: Rule, values: Mapping[str, FeatureValue], attributes: Mapping[str, Any]
-) -> dict[str, FeatureValue]:
-    return {leaf.key(): leaf.lookup(values, attributes) for leaf in leaves(rule.when)}
 
 
 def score_rfm(
     features: Mapping[str, FeatureValue], rules: Rules, *, cut_points: CutPoints | None = None
 ) -> tuple[int, int, int]:
     """R, F and M scores (0-5) from threshold bands or, in population mode, quintiles."""
-    scores = rules.scores
-    population = scores.mode == "population" and cut_points is not None
-    cuts = (
-        (cut_points.recency, cut_points.frequency, cut_points.monetary)
-        if population and cut_points is not None
-        else ((), (), ())
-    )
-    specs = (scores.recency, scores.frequency, scores.monetary)
+    return _scores(compiled_rules(rules), features, rules, cut_points)
+
+
+def _scores(
+    compiled: CompiledRules,
+    features: Mapping[str, FeatureValue],
+    rules: Rules,
+    cut_points: CutPoints | None,
+) -> tuple[int, int, int]:
+    cuts: tuple[tuple[float, ...], ...] = ((), (), ())
+    if rules.scores.mode == "population" and cut_points is not None:
+        cuts = (cut_points.recency, cut_points.frequency, cut_points.monetary)
     r, f, m = (
-        _score(spec, features.get(spec.feature), c) for spec, c in zip(specs, cuts, strict=True)
+        _score(score, features.get(score.spec.feature), c)
+        for score, c in zip(compiled.scores, cuts, strict=True)
     )
     return r, f, m
 
@@ -206,7 +210,8 @@ def _number(value: FeatureValue) -> float | None:
     return None if value is None or isinstance(value, str | bool) else float(value)
 
 
-def _score(spec: ScoreRules, value: FeatureValue, cuts: tuple[float, ...]) -> int:
+def _score(score: CompiledScore, value: FeatureValue, cuts: tuple[float, ...]) -> int:
+    spec = score.spec
     if value is None or isinstance(value, str | bool):
         return spec.otherwise
     if cuts:
@@ -214,7 +219,7 @@ def _score(spec: ScoreRules, value: FeatureValue, cuts: tuple[float, ...]) -> in
         if spec.better == "higher" and value <= 0:
             return spec.otherwise
         return quintile_score(float(value), cuts, higher_is_better=spec.better == "higher")
-    for band in spec.bands:
-        if OPERATORS[band.op](value, align(value, band.value)):
-            return band.score
+    for operator, align, band_score in score.bands:
+        if operator(value, align(value)):
+            return band_score
     return spec.otherwise

@@ -18,6 +18,7 @@ from shared.contracts import (
 )
 from shared.domain.features import compute_features
 from shared.domain.population import CutPoints
+from shared.domain.review import feature_boundaries
 from shared.domain.rules import (
     Rules,
     classify,
@@ -208,3 +209,63 @@ def test_nothing_changes_between_now_and_the_next_review(
     span = due - US - NOW
     for instant in [due - US, *(NOW + span * fraction for fraction in fractions)]:
         assert snapshot(state, rules, instant, cuts) == expected
+
+
+def first_crossing(anchor: datetime, days: float, kind: str) -> datetime:
+    """The first microsecond at which the age of `anchor` reaches (or passes) `days`."""
+    at = anchor + timedelta(days=days)
+
+    def holds(instant: datetime) -> bool:
+        age = (instant - anchor) / DAY
+        return age >= days if kind == "reach" else age > days
+
+    while holds(at - US):
+        at -= US
+    while not holds(at):
+        at += US
+    return at
+
+
+def brute_force_review(
+    state: CustomerState, rules: Rules, now: datetime, cuts: CutPoints | None
+) -> datetime | None:
+    """Every crossing of every boundary and every window exit, one by one; the first after now."""
+    wanted = feature_boundaries(rules, cuts)
+    last = state.latest_purchases[-1].occurred_at if state.latest_purchases else None
+    anchors = {"days_since_last_purchase": last, "days_since_first_purchase":
+               state.first_purchase_at, "days_since_last_activity": state.last_activity_at,
+               "days_since_last_login": state.last_login_at, "days_since_last_support":
+               state.last_support_at, "tenure_days": state.first_seen_at}  # fmt: skip
+    found = [
+        first_crossing(anchor, days, kind)
+        for feature, anchor in anchors.items()
+        if anchor is not None
+        for days, kind in wanted.get(feature, set())
+    ]
+    times = {"purchases": [p.occurred_at for p in state.purchases], "logins": state.logins,
+             "tickets": [o.occurred_at for o in state.ticket_openings]}  # fmt: skip
+    for feature in wanted:
+        source, _, window = feature.rpartition("_")
+        source = "purchases" if source == "spend" else source
+        if source in times and window.endswith("d"):
+            found += [at + timedelta(days=int(window[:-1])) + US for at in times[source]]
+    return min((at for at in found if at > now), default=None)
+
+
+@settings(max_examples=250, deadline=None)
+@given(history=histories(), wide=st.booleans())
+def test_the_next_review_is_exactly_the_first_crossing_found_one_by_one(
+    history: list[Event], wide: bool
+) -> None:
+    rules, cuts = (wide_rules(), CUTS) if wide else (default_rules(), None)
+    state = state_of(*history)
+    assert next_review_at(state, rules, now=NOW, cut_points=cuts) == brute_force_review(
+        state, rules, NOW, cuts
+    )
+
+
+def test_far_future_events_do_not_overflow_the_review() -> None:
+    far = datetime(9999, 12, 31, 6, tzinfo=UTC)  # every default boundary lies past datetime.max
+    state = state_of(buy(far), log_in(far), support(far))
+    assert next_review_at(state, default_rules(), now=NOW) is None
+    assert next_review_at(state, wide_rules(), now=NOW, cut_points=CUTS) == far + DAY / 2

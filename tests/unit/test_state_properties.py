@@ -7,11 +7,13 @@ from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportAction, SupportTicketUpdated
 from shared.domain.features import compute_features
 from shared.domain.state import (
     CustomerState,
+    Stamped,
     attributes_of,
     fold,
     new_state,
@@ -123,3 +125,24 @@ def test_json_round_trip_preserves_the_state_and_its_features(history: list[Even
     restored = state_from_json(state_to_json(state))
     assert restored == state
     assert observe(restored) == observe(state)
+
+
+# Numeric attributes too: the hand-written JSON must keep ints, floats and bools apart.
+rich_attributes = st.dictionaries(
+    st.sampled_from(["region", "size", "score", "b2b"]),
+    st.one_of(st.text(max_size=5), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+              st.booleans(), st.none()),
+)  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=histories(), extra=rich_attributes)
+def test_the_hand_written_json_equals_pydantics_dump_and_reads_back_the_same(
+    history: list[Event], extra: dict[str, object]
+) -> None:
+    state = folded(history)
+    for name, value in extra.items():
+        state.attributes[name] = Stamped(NOW, "e-attr", value)  # type: ignore[arg-type]
+    reference = TypeAdapter(CustomerState)
+    assert state_to_json(state) == reference.dump_python(state, mode="json")
+    assert state_from_json(state_to_json(state)) == reference.validate_python(state_to_json(state))
