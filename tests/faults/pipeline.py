@@ -5,7 +5,6 @@ Scenarios 1-3 share it: they differ in what they break while the stream flows.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -73,8 +72,10 @@ class Pipeline:
     @property
     def env(self) -> dict[str, str]:
         env = pipeline_env(self.bootstrap, self.database_url, self.namespace, now=NOW)
-        webhook = {"ACTIONS_WEBHOOK_URL": f"{self.receiver.url}/alerts",
-                   "ACTIONS_WEBHOOK_SECRET": SECRET}  # fmt: skip
+        webhook = {
+            "ACTIONS_WEBHOOK_URL": f"{self.receiver.url}/alerts",
+            "ACTIONS_WEBHOOK_SECRET": SECRET,
+        }
         return {**env, **webhook, **self.extra_env}
 
     @property
@@ -98,8 +99,11 @@ def new_receiver() -> WebhookReceiver:
 
 
 async def wait_scorer_done(p: Pipeline, records: int, *, within: float = 120.0) -> None:
-    await eventually(lambda: scorer_caught_up(p.database_url, records), within=within,
-                     what=f"scorer committed {records} records and published every change")  # fmt: skip
+    await eventually(
+        lambda: scorer_caught_up(p.database_url, records),
+        within=within,
+        what=f"scorer committed {records} records and published every change",
+    )
 
 
 async def wait_actions_done(p: Pipeline, topic_records: int, purchases: int) -> None:
@@ -149,8 +153,10 @@ async def check_actions(p: Pipeline, records: list[Any], outcome: Outcome) -> No
     outcome.alerts = sum(stored.values())
     assert outcome.duplicates == dict.fromkeys(outcome.duplicates, 0), outcome.duplicates
     assert stored == expected, (stored - expected, expected - stored)
-    sql = "SELECT idempotency_key AS key, status FROM actions.delivery WHERE kind = 'alert'" \
-          " AND channel = 'webhook'"  # fmt: skip
+    sql = (
+        "SELECT idempotency_key AS key, status FROM actions.delivery WHERE kind = 'alert'"
+        " AND channel = 'webhook'"
+    )
     webhooks = await rows(p.database_url, sql)
     assert {r["status"] for r in webhooks} <= {"sent"}, Counter(r["status"] for r in webhooks)
     ok = Counter(r.key for r in p.receiver.requests if r.status == 200)
@@ -169,12 +175,20 @@ async def kill_when(
     """SIGKILL `process` once `ready()` holds and it has made progress since it started,
     then restart it at once (the supervisor's job)."""
     baseline = await progress()
-    while not ready():
-        await asyncio.sleep(0.05)
-    await eventually(lambda: _moved(progress, baseline), within=90, every=0.05,
-                     what=f"{process.name} making progress before its kill")  # fmt: skip
+    await eventually(lambda: holds(ready), within=600, every=0.05, what="the moment to kill")
+    await eventually(
+        lambda: _moved(progress, baseline),
+        within=90,
+        every=0.05,
+        what=f"{process.name} making progress before its kill",
+    )
     log.append({"process": process.name, **await describe()})
     process.restart_after_kill()
+
+
+async def holds(condition: Callable[[], bool]) -> bool:
+    """`condition()` as an awaitable probe for `eventually`."""
+    return condition()
 
 
 async def _moved(progress: Callable[[], Awaitable[int]], baseline: int) -> bool:

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -35,8 +36,12 @@ from tests.integration.actions.support import serving
 
 PUBLISH_TIMEOUT_S = 2.0
 MARGIN_S = 1.5  # scheduling slack on a loaded 2-core machine
-INGEST_ENV = {"INGEST_PUBLISH_TIMEOUT_S": str(PUBLISH_TIMEOUT_S), "INGEST_RETRY_AFTER_S": "1",
-              "INGEST_READY_TIMEOUT_S": "1", "KAFKA_REQUEST_TIMEOUT_MS": "2000"}  # fmt: skip
+INGEST_ENV = {
+    "INGEST_PUBLISH_TIMEOUT_S": str(PUBLISH_TIMEOUT_S),
+    "INGEST_RETRY_AFTER_S": "1",
+    "INGEST_READY_TIMEOUT_S": "1",
+    "KAFKA_REQUEST_TIMEOUT_MS": "2000",
+}
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Sender:
                 self.accepted += len(part)
                 await asyncio.sleep(self.pause_s)
 
-    async def _send(self, http: httpx.AsyncClient, body: dict[str, object]) -> bool:
+    async def _send(self, http: httpx.AsyncClient, body: dict[str, Any]) -> bool:
         started = time.monotonic()
         response = await http.post("/v1/events/batch", json=body, headers=AUTH)
         elapsed = time.monotonic() - started
@@ -96,13 +101,17 @@ async def gated_broker() -> AsyncIterator[GatedBroker]:
     "size", [QUICK, pytest.param(DEEP, marks=pytest.mark.faults)], ids=["quick", "deep"]
 )
 async def test_a_broker_outage_gives_503s_and_everything_recovers_without_restarts(
-    size: Size, gated_broker: GatedBroker, pipeline_db: str, harness: Harness,
+    size: Size,
+    gated_broker: GatedBroker,
+    pipeline_db: str,
+    harness: Harness,
     topic_namespace: str,
-) -> None:  # fmt: skip
+) -> None:
     sent = with_redeliveries(mixed_events(size.events, size.customers, seed=51), 0.05, seed=52)
     receiver = new_receiver()
-    p = Pipeline(harness, gated_broker.bootstrap_servers, pipeline_db, topic_namespace, receiver,
-                 INGEST_ENV)  # fmt: skip
+    p = Pipeline(
+        harness, gated_broker.bootstrap_servers, pipeline_db, topic_namespace, receiver, INGEST_ENV
+    )
     await p.create_topics()
     outcome = Outcome("broker-outage", records=len(sent))
     async with serving(receiver):
@@ -111,8 +120,11 @@ async def test_a_broker_outage_gives_503s_and_everything_recovers_without_restar
         )
         sender = Sender(ingest.url, sent)
         sending = asyncio.create_task(sender.run())
-        await eventually(lambda: _inbox_over(pipeline_db, len(sent) // 5), within=60,
-                         what="the scorer a fifth through the stream")  # fmt: skip
+        await eventually(
+            lambda: _inbox_over(pipeline_db, len(sent) // 5),
+            within=60,
+            what="the scorer a fifth through the stream",
+        )
         accepted_before = sender.accepted
         await gated_broker.gate.close()
         during = await _watch_outage(ingest, scorer, actions, size.outage_s)
@@ -129,9 +141,14 @@ async def test_a_broker_outage_gives_503s_and_everything_recovers_without_restar
     await check_actions(p, records, outcome)
     refused = [r for r in sender.responses if r[0] == 503]
     slowest = max(r[1] for r in sender.responses)
-    outcome.notes = {"outage_s": size.outage_s, "503s": len(refused), "slowest_request_s":
-                     round(slowest, 2), "accepted_before_outage": accepted_before,
-                     "requests": len(sender.responses), **during}  # fmt: skip
+    outcome.notes = {
+        "outage_s": size.outage_s,
+        "503s": len(refused),
+        "slowest_request_s": round(slowest, 2),
+        "accepted_before_outage": accepted_before,
+        "requests": len(sender.responses),
+        **during,
+    }
     outcome.print()
     assert refused and answers_in_outage > 0
     assert all(r[2] == "1" and r[3] == "application/problem+json" for r in refused), refused[:3]

@@ -29,6 +29,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Err
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -45,17 +46,44 @@ from tests.faults.verify import connect, eventually, rows, scalar
 from tests.faults.workload import NOW
 from tests.support.infra import fresh_database, unique_namespace
 
-SQL_IDS = ["x'; DROP TABLE scorer.customer; --", "1 OR 1=1", "' OR ''='", "$1::text",
-           "%' AND pg_sleep(30) --", 'Robert"); DELETE FROM actions.task; --', "\\x27\\"]  # fmt: skip
-ODD_IDS = ["café", "cafe\u0301", "🦄 unicorn", "\u202eevil.exe", "zero\u200bwidth", "ア" * 128,
-           "tab\there", "new\nline", "<script>alert(1)</script>", "a/b", "../../etc/passwd",
-           "?x=1&y=2#z", "%2F%00"]  # fmt: skip
+SQL_IDS = [
+    "x'; DROP TABLE scorer.customer; --",
+    "1 OR 1=1",
+    "' OR ''='",
+    "$1::text",
+    "%' AND pg_sleep(30) --",
+    'Robert"); DELETE FROM actions.task; --',
+    "\\x27\\",
+]
+ODD_IDS = [
+    "café",
+    "cafe\u0301",
+    "🦄 unicorn",
+    "\u202eevil.exe",
+    "zero\u200bwidth",
+    "ア" * 128,
+    "tab\there",
+    "new\nline",
+    "<script>alert(1)</script>",
+    "a/b",
+    "../../etc/passwd",
+    "?x=1&y=2#z",
+    "%2F%00",
+]
 HOSTILE_IDS = SQL_IDS + ODD_IDS
-ODD_ATTRIBUTES = {"name": "Zoë \u202e 🦄", "note": "'; DROP TABLE scorer.inbox; --",
-                  "combining": "e\u0301\u0301\u0301"}  # fmt: skip
+ODD_ATTRIBUTES = {
+    "name": "Zoë \u202e 🦄",
+    "note": "'; DROP TABLE scorer.inbox; --",
+    "combining": "e\u0301\u0301\u0301",
+}
 EXAMPLES = int(os.environ.get("TIERSTREAM_FUZZ_EXAMPLES", "20"))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]  # fmt: skip
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @dataclass(frozen=True)
@@ -68,13 +96,17 @@ class Seeded:
 def _gold_purchases(customer_id: str, n: int) -> list[dict[str, Any]]:
     """Ten recent big orders each: gold, so actions opens a task for the customer."""
     return [
-        PurchaseMade(event_id=f"{HOSTILE_IDS.index(customer_id)}|{customer_id[:60]}|{i}",
-                     customer_id=customer_id,
-                     occurred_at=NOW - timedelta(days=i + 1), order_id=f"o{i}",
-                     amount=Decimal("1250"), currency="EUR",
-                     attributes=ODD_ATTRIBUTES).model_dump(mode="json", exclude_none=True)
+        PurchaseMade(
+            event_id=f"{HOSTILE_IDS.index(customer_id)}|{customer_id[:60]}|{i}",
+            customer_id=customer_id,
+            occurred_at=NOW - timedelta(days=i + 1),
+            order_id=f"o{i}",
+            amount=Decimal("1250"),
+            currency="EUR",
+            attributes=ODD_ATTRIBUTES,
+        ).model_dump(mode="json", exclude_none=True)
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +136,11 @@ async def _seed(harness: Harness, bootstrap: str, database_url: str) -> Seeded:
         response = await http.post("/v1/events/batch", json={"events": events})
         assert response.status_code == 202, response.text
     sql = "SELECT count(DISTINCT customer_id) FROM actions.task"
-    await eventually(lambda: _equals(scalar(database_url, sql), len(HOSTILE_IDS)), within=90,
-                     what="a task for every hostile customer")  # fmt: skip
+    await eventually(
+        lambda: _equals(scalar(database_url, sql), len(HOSTILE_IDS)),
+        within=90,
+        what="a task for every hostile customer",
+    )
     assert ingest.terminate() == 0
     return Seeded(scorer, actions, database_url)
 
@@ -126,8 +161,9 @@ async def test_sql_looking_and_odd_unicode_ids_are_stored_and_read_back_verbatim
             assert one.status_code == 200, (customer_id, one.text)
             assert one.json()["customer_id"] == customer_id
             assert one.json()["attributes"] == ODD_ATTRIBUTES
-            tasks = await http.get(f"{seeded.actions.url}/v1/tasks",
-                                   params={"customer_id": customer_id})  # fmt: skip
+            tasks = await http.get(
+                f"{seeded.actions.url}/v1/tasks", params={"customer_id": customer_id}
+            )
             assert [t["customer_id"] for t in tasks.json()["items"]] == [customer_id]
         listed = await http.get(f"{seeded.scorer.url}/v1/customers", params={"limit": 100})
     assert {c["customer_id"] for c in listed.json()["items"]} == set(HOSTILE_IDS)
@@ -146,10 +182,19 @@ HOSTILE_REQUESTS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("scorer", "GET", "/v1/customers", {"params": {"limit": "9" * 400}}),
     ("actions", "GET", "/v1/tasks", {"params": {"customer_id": "c\x00"}}),
     ("actions", "GET", "/v1/tasks/" + "9" * 400, {}),
-    ("actions", "PATCH", "/v1/tasks/1", {"content": b'{"action": "assign", "assignee": "' +
-                                         b"a" * 5_000_000 + b'"}'}),  # fmt: skip
+    (
+        "actions",
+        "PATCH",
+        "/v1/tasks/1",
+        {"content": b'{"action": "assign", "assignee": "' + b"a" * 5_000_000 + b'"}'},
+    ),
     ("actions", "PATCH", "/v1/tasks/1", {"content": b"[" * 100_000 + b"]" * 100_000}),
-    ("actions", "PATCH", "/v1/tasks/1", {"content": b'{"action": "assign", "assignee": "\\ud800"}'}),
+    (
+        "actions",
+        "PATCH",
+        "/v1/tasks/1",
+        {"content": b'{"action": "assign", "assignee": "\\ud800"}'},
+    ),
     ("actions", "PATCH", "/v1/tasks/1", {"content": b'{"action": "assign", "assignee": "\xff"}'}),
     ("actions", "PATCH", "/v1/tasks/1", {"json": {"action": "assign", "assignee": "a\x00b"}}),
     ("actions", "PATCH", "/v1/tasks/1", {"json": {"action": "assign", "assignee": "x", "y": 1}}),
@@ -178,15 +223,17 @@ async def test_odd_unicode_in_an_assignee_is_stored_verbatim(seeded: Seeded) -> 
     [task] = await rows(seeded.database_url, "SELECT id FROM actions.task LIMIT 1")
     assignee = "Zoë \u202e🦄 e\u0301 '; DROP TABLE actions.task; --"
     async with httpx.AsyncClient(base_url=seeded.actions.url, headers=AUTH, timeout=10) as http:
-        patched = await http.patch(f"/v1/tasks/{task['id']}",
-                                   json={"action": "assign", "assignee": assignee})  # fmt: skip
+        patched = await http.patch(
+            f"/v1/tasks/{task['id']}", json={"action": "assign", "assignee": assignee}
+        )
         again = await http.get(f"/v1/tasks/{task['id']}")
     assert patched.status_code == 200, patched.text
     assert again.json()["assignee"] == assignee
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
-                         ids=["positive", "negative"])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["positive", "negative"]
+)
 @pytest.mark.parametrize("service", ["scorer", "actions"])
 def test_every_operation_honours_its_openapi_document(
     seeded: Seeded, service: str, mode: GenerationMode
@@ -214,18 +261,27 @@ def _fuzz(seeded: Seeded, service: str, mode: GenerationMode, examples: int) -> 
     checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
     statuses: list[int] = []
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()  # the document itself does not parse
         operation = result.ok()
         if mode is GenerationMode.NEGATIVE and not _has_inputs(operation):
             continue  # nothing to make invalid (e.g. /healthz)
 
-        @settings(max_examples=examples, deadline=None, database=None,
-                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=mode))
-        def exercise(case: schemathesis.Case) -> None:
+        def exercise(case: schemathesis.Case[Any]) -> None:
             response = case.call_and_validate(base_url=base_url, headers=AUTH, checks=checks)
             statuses.append(response.status_code)
 
         exercise()
     assert statuses and max(statuses) < 500
-    print(f"\nFAULTS-OUTCOME fuzz {service} {mode.value}: {len(statuses)} requests,"
-          f" statuses {sorted(set(statuses))}")  # fmt: skip
+    print(
+        f"\nFAULTS-OUTCOME fuzz {service} {mode.value}: {len(statuses)} requests,"
+        f" statuses {sorted(set(statuses))}"
+    )

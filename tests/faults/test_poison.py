@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -32,9 +33,15 @@ from tests.faults.verify import (
 )
 from tests.faults.workload import NOW, mixed_events
 
-VALID_PURCHASE = {"type": "purchase", "event_id": "x", "customer_id": "cust-1",
-                  "occurred_at": "2026-02-01T00:00:00+00:00", "order_id": "o", "amount": "5",
-                  "currency": "EUR"}  # fmt: skip
+VALID_PURCHASE = {
+    "type": "purchase",
+    "event_id": "x",
+    "customer_id": "cust-1",
+    "occurred_at": "2026-02-01T00:00:00+00:00",
+    "order_id": "o",
+    "amount": "5",
+    "currency": "EUR",
+}
 POISON: dict[str, bytes | None] = {
     "invalid-json": b"{not json",
     "unknown-type": json.dumps({**VALID_PURCHASE, "type": "refund"}).encode(),
@@ -49,18 +56,24 @@ POISON: dict[str, bytes | None] = {
 }
 BAD_CHANGES: dict[str, bytes | None] = {
     "invalid-json": b"{not json",
-    "unknown-dimension": json.dumps({"id": "z", "customer_id": "c", "dimension": "mood",
-                                     "from": None, "to": "happy"}).encode(),  # fmt: skip
+    "unknown-dimension": json.dumps(
+        {"id": "z", "customer_id": "c", "dimension": "mood", "from": None, "to": "happy"}
+    ).encode(),
     "huge": json.dumps({"id": "h", "pad": "x" * 1_200_000}).encode(),
     "tombstone": None,
 }
 Position = tuple[str, int, int]
+Record = tuple[str, bytes | None, bytes | None]
 
 
-async def _produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes | None]]) -> list[Position]:
+async def _produce(bootstrap: str, records: Sequence[Record]) -> list[Position]:
     """Send (topic, key, value) records in order; returns where each one landed."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all",
-                                max_request_size=4 * 1024 * 1024)  # fmt: skip
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=False,
+        acks="all",
+        max_request_size=4 * 1024 * 1024,
+    )
     await producer.start()
     try:
         sent = [await producer.send(t, value=v, key=k) for t, k, v in records]
@@ -73,11 +86,15 @@ async def _produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes 
 async def test_poison_records_go_to_the_dlq_with_their_origin_and_the_partitions_keep_flowing(
     private_broker: EmbeddedKafka, pipeline_db: str, harness: Harness, topic_namespace: str
 ) -> None:
-    p = Pipeline(harness, private_broker.bootstrap_servers, pipeline_db, topic_namespace,
-                 new_receiver())  # fmt: skip
+    p = Pipeline(
+        harness, private_broker.bootstrap_servers, pipeline_db, topic_namespace, new_receiver()
+    )
     await p.create_topics()
     topics = p.topics
-    before, after = mixed_events(300, 40, seed=61, prefix="a"), mixed_events(300, 40, seed=62, prefix="b")
+    before, after = (
+        mixed_events(300, 40, seed=61, prefix="a"),
+        mixed_events(300, 40, seed=62, prefix="b"),
+    )
     scorer, actions = await asyncio.gather(p.start("scorer"), p.start("actions"))
     await p.stream(before, chunk=300, pause_s=0).run()
     poison = [(t, b"cust-1", v) for t in topics.events for v in POISON.values()]
@@ -87,18 +104,30 @@ async def test_poison_records_go_to_the_dlq_with_their_origin_and_the_partitions
     records = len(before) + len(after) + len(POISON) * 3
     await wait_scorer_done(p, records)
     changes = await _valid_changes(p, topics)
-    await eventually(lambda: _actions_consumed(p, len(changes) + len(BAD_CHANGES)), within=60,
-                     what="actions past the poison on the tier-changed topic")  # fmt: skip
+    await eventually(
+        lambda: _actions_consumed(p, len(changes) + len(BAD_CHANGES)),
+        within=60,
+        what="actions past the poison on the tier-changed topic",
+    )
     scorer_dead = await scorer.metric("tierstream_scorer_events_total", outcome="dead_lettered")
     actions_dead = await actions.metric("tierstream_actions_dlq_records_total")
     assert scorer.terminate() == 0 and actions.terminate() == 0
     dead = await _dead_letters(p, topics)
     mismatches = await state_mismatches(pipeline_db, [*before, *after], now=NOW)
-    outcome = Outcome("poison", events=len(before) + len(after), records=records + len(BAD_CHANGES),
-                      mismatches=len(mismatches), changes=len(changes),
-                      duplicates=await actions_duplicates(pipeline_db))  # fmt: skip
-    outcome.notes = {"poison_records": len(poison), "dlq_records": len(dead),
-                     "scorer_dlq_metric": scorer_dead, "actions_dlq_metric": actions_dead}  # fmt: skip
+    outcome = Outcome(
+        "poison",
+        events=len(before) + len(after),
+        records=records + len(BAD_CHANGES),
+        mismatches=len(mismatches),
+        changes=len(changes),
+        duplicates=await actions_duplicates(pipeline_db),
+    )
+    outcome.notes = {
+        "poison_records": len(poison),
+        "dlq_records": len(dead),
+        "scorer_dlq_metric": scorer_dead,
+        "actions_dlq_metric": actions_dead,
+    }
     outcome.print()
     assert mismatches == []
     assert await consumed_changes(pipeline_db) == set(changes)
@@ -125,16 +154,20 @@ async def _dead_letters(p: Pipeline, topics: Topics) -> list[Any]:
 
 
 def _assert_dead_lettered(
-    dead: list[Any], positions: list[Position], poison: list[tuple[str, bytes | None, bytes | None]],
+    dead: list[Any],
+    positions: list[Position],
+    poison: Sequence[Record],
     topics: Topics,
-) -> None:  # fmt: skip
+) -> None:
     """Each poison record dead-lettered with its origin and an error; by both consumers of
     the purchases topic (scorer and actions), by the one consumer of any other topic."""
     origins: Counter[Position] = Counter()
     for record in dead:
-        origin = (header(record.headers, "dlq_original_topic") or "",
-                  int(header(record.headers, "dlq_original_partition") or -1),
-                  int(header(record.headers, "dlq_original_offset") or -1))  # fmt: skip
+        origin = (
+            header(record.headers, "dlq_original_topic") or "",
+            int(header(record.headers, "dlq_original_partition") or -1),
+            int(header(record.headers, "dlq_original_offset") or -1),
+        )
         origins[origin] += 1
         assert header(record.headers, "dlq_error"), record.headers
         assert record.topic == Topics.dlq(origin[0])

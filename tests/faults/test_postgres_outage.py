@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -62,24 +62,36 @@ async def private_pg() -> AsyncIterator[PrivatePostgres]:
     "size", [QUICK, pytest.param(DEEP, marks=pytest.mark.faults)], ids=["quick", "deep"]
 )
 async def test_a_postgres_outage_pauses_the_services_and_they_resume_exactly(
-    size: Size, private_broker: EmbeddedKafka, private_pg: PrivatePostgres, harness: Harness,
+    size: Size,
+    private_broker: EmbeddedKafka,
+    private_pg: PrivatePostgres,
+    harness: Harness,
     topic_namespace: str,
-) -> None:  # fmt: skip
+) -> None:
     database_url = await private_pg.create_database("tierstream")
     await asyncio.to_thread(upgrade, database_url, "scorer")
     await migrate_actions(database_url)
     sent = with_redeliveries(mixed_events(size.events, size.customers, seed=41), 0.05, seed=42)
     receiver = new_receiver()
-    p = Pipeline(harness, private_broker.bootstrap_servers, database_url, topic_namespace, receiver,
-                 {"SCORER_BATCH_MAX_RECORDS": "100"})  # fmt: skip
+    p = Pipeline(
+        harness,
+        private_broker.bootstrap_servers,
+        database_url,
+        topic_namespace,
+        receiver,
+        {"SCORER_BATCH_MAX_RECORDS": "100"},
+    )
     await p.create_topics()
     outcome = Outcome("postgres-outage", records=len(sent))
     async with serving(receiver):
         scorer, actions = await asyncio.gather(p.start("scorer"), p.start("actions"))
         stream = p.stream(sent, chunk=size.chunk, pause_s=size.pause_s)
         producing = asyncio.create_task(stream.run())
-        await eventually(lambda: _past(scorer_progress(p), stream.produced // 4), within=60,
-                         what="the scorer a quarter through the stream")  # fmt: skip
+        await eventually(
+            lambda: _past(scorer_progress(p), stream.produced // 4),
+            within=60,
+            what="the scorer a quarter through the stream",
+        )
         errors_before = await _loop_errors(scorer, actions)
         await asyncio.to_thread(private_pg.crash)
         during = await _watch_outage([scorer, actions], size.outage_s)
@@ -96,15 +108,19 @@ async def test_a_postgres_outage_pauses_the_services_and_they_resume_exactly(
         assert [s.starts for s in (scorer, actions)] == [1, 1]  # never restarted: no crash loop
         assert scorer.terminate() == 0 and actions.terminate() == 0
     await check_actions(p, records, outcome)
-    outcome.notes = {"outage_s": size.outage_s, "recovered_in_s": round(recovered_in, 1),
-                     "loop_errors_in_outage": errors, **during}  # fmt: skip
+    outcome.notes = {
+        "outage_s": size.outage_s,
+        "recovered_in_s": round(recovered_in, 1),
+        "loop_errors_in_outage": errors,
+        **during,
+    }
     outcome.print()
     # Back-off, not a hot loop: a few failed iterations per loop, not thousands.
     assert all(n < 10 * size.outage_s for n in errors.values()), errors
 
 
-async def _past(progress: object, n: int) -> bool:
-    return await progress() > n  # type: ignore[operator]
+async def _past(progress: Callable[[], Awaitable[int]], n: int) -> bool:
+    return await progress() > n
 
 
 async def _watch_outage(services: list[ServiceProcess], seconds: float) -> dict[str, object]:

@@ -18,7 +18,14 @@ import pytest
 
 from shared.embedded import EmbeddedKafka
 from tests.faults.harness import Harness, ServiceProcess
-from tests.faults.pipeline import Outcome, Pipeline, check_pipeline, new_receiver, wait_scorer_done
+from tests.faults.pipeline import (
+    Outcome,
+    Pipeline,
+    check_pipeline,
+    holds,
+    new_receiver,
+    wait_scorer_done,
+)
 from tests.faults.verify import eventually
 from tests.faults.workload import Stream, mixed_events, with_redeliveries
 from tests.integration.scorer.support import assigned_partitions
@@ -45,12 +52,21 @@ DEEP = Size(events=20_000, customers=2000, cycles=3, zombie=True, chunk=200, pau
     "size", [QUICK, pytest.param(DEEP, marks=pytest.mark.faults)], ids=["quick", "deep"]
 )
 async def test_scaling_scorers_one_three_one_mid_stream_keeps_the_state_exact(
-    size: Size, private_broker: EmbeddedKafka, pipeline_db: str, harness: Harness,
+    size: Size,
+    private_broker: EmbeddedKafka,
+    pipeline_db: str,
+    harness: Harness,
     topic_namespace: str,
-) -> None:  # fmt: skip
+) -> None:
     sent = with_redeliveries(mixed_events(size.events, size.customers, seed=21), 0.1, seed=22)
-    p = Pipeline(harness, private_broker.bootstrap_servers, pipeline_db, topic_namespace,
-                 new_receiver(), {"SCORER_BATCH_MAX_RECORDS": "50"})  # fmt: skip
+    p = Pipeline(
+        harness,
+        private_broker.bootstrap_servers,
+        pipeline_db,
+        topic_namespace,
+        new_receiver(),
+        {"SCORER_BATCH_MAX_RECORDS": "50"},
+    )
     await p.create_topics()
     outcome = Outcome("rebalance", records=len(sent))
     first = await p.start("scorer")
@@ -72,14 +88,20 @@ async def test_scaling_scorers_one_three_one_mid_stream_keeps_the_state_exact(
     fenced += await first.metric(FENCED)
     assert first.terminate() == 0
     await check_pipeline(p, sent, outcome)
-    outcome.notes = {"cycles": size.cycles, "fenced_batches": fenced, "splits": splits,
-                     "zombie": size.zombie}  # fmt: skip
+    outcome.notes = {
+        "cycles": size.cycles,
+        "fenced_batches": fenced,
+        "splits": splits,
+        "zombie": size.zombie,
+    }
     outcome.print()
 
 
 async def _reach(stream: Stream, fraction: float) -> None:
-    while stream.fraction < fraction and not stream.done.is_set():
-        await asyncio.sleep(0.05)
+    def reached() -> bool:
+        return stream.fraction >= fraction or stream.done.is_set()
+
+    await eventually(lambda: holds(reached), within=600, every=0.05, what=f"{fraction:.0%} sent")
 
 
 async def _wait_split(scorers: list[ServiceProcess]) -> list[int]:
@@ -89,7 +111,11 @@ async def _wait_split(scorers: list[ServiceProcess]) -> list[int]:
         owned = [assigned_partitions((await s.get("/metrics")).text) for s in scorers]
         union = set().union(*owned)
         disjoint = sum(len(o) for o in owned) == len(union)
-        return [len(o) for o in owned] if all(owned) and disjoint and len(union) == PARTITIONS else None
+        return (
+            [len(o) for o in owned]
+            if all(owned) and disjoint and len(union) == PARTITIONS
+            else None
+        )
 
     return await eventually(split, within=60, what=f"{len(scorers)} scorers splitting partitions")
 

@@ -44,9 +44,14 @@ class TopicWatcher:
     """Reads the tier-changed topic as it fills: which change ids are on it, how often."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                         auto_offset_reset="earliest", enable_auto_commit=False,
-                                         fetch_max_wait_ms=10)  # fmt: skip
+        self.consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,
+        )
         self.ids: Counter[str] = Counter()
 
     async def run(self) -> None:
@@ -74,17 +79,24 @@ async def test_a_crash_between_commit_and_publish_loses_no_change_and_keeps_its_
 ) -> None:
     sent = with_redeliveries(mixed_events(1500, 150, seed=31), 0.05, seed=32)
     receiver = new_receiver()
-    p = Pipeline(harness, private_broker.bootstrap_servers, pipeline_db, topic_namespace, receiver,
-                 {"SCORER_RELAY_BATCH": "200", "SCORER_BATCH_MAX_RECORDS": "200"})  # fmt: skip
+    p = Pipeline(
+        harness,
+        private_broker.bootstrap_servers,
+        pipeline_db,
+        topic_namespace,
+        receiver,
+        {"SCORER_RELAY_BATCH": "200", "SCORER_BATCH_MAX_RECORDS": "200"},
+    )
     await p.create_topics()
-    outcome, kill_log = Outcome("relay-crash", records=len(sent)), []
+    outcome, kill_log = Outcome("relay-crash", records=len(sent)), list[dict[str, Any]]()
     async with serving(receiver), watching(p.bootstrap, p.topics.tier_changed) as watcher:
         async with connect(pipeline_db) as lock, connect(pipeline_db) as blocker:
             await lock.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK_KEY)  # the relay idles
             scorer, actions = await asyncio.gather(p.start("scorer"), p.start("actions"))
             await p.stream(sent, chunk=500, pause_s=0).run()
-            await eventually(lambda: _committed(pipeline_db, len(sent)), within=90,
-                             what="every record committed")  # fmt: skip
+            await eventually(
+                lambda: _committed(pipeline_db, len(sent)), within=90, what="every record committed"
+            )
             assert not await rows(pipeline_db, PUBLISHED)  # all committed, not one published
             kill_log.append({"unpublished": await scalar(pipeline_db, TOTAL)})
             async with blocker.transaction():
@@ -93,7 +105,7 @@ async def test_a_crash_between_commit_and_publish_loses_no_change_and_keeps_its_
                 scorer.restart_after_kill()  # crash 1: all committed, none published
                 await lock.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
                 kill_log.append(await _kill_between_ack_and_mark(scorer, watcher, pipeline_db))
-        caught = set(kill_log[-1].pop("ids"))
+        caught: set[str] = set(kill_log[-1].pop("ids"))
         await wait_scorer_done(p, len(sent))
         records = await check_pipeline(p, sent, outcome)
         purchases = sum(1 for e in sent if e.type == "purchase")
@@ -109,8 +121,9 @@ async def test_a_crash_between_commit_and_publish_loses_no_change_and_keeps_its_
     outcome.print()
     assert outcome.kills == {"scorer": 2, "actions": 0}
     assert caught, "no change was caught between the broker's ack and the mark"
-    republished = {i for i, n in Counter(header(r.headers, "ce_id") for r in records).items()
-                   if n > 1}  # fmt: skip
+    republished = {
+        i for i, n in Counter(header(r.headers, "ce_id") for r in records).items() if n > 1
+    }
     assert caught <= republished  # caught in the window: sent again
     assert dropped == outcome.topic_records - outcome.changes  # ... and dropped by actions
 
@@ -124,8 +137,11 @@ async def _kill_between_ack_and_mark(
 ) -> dict[str, Any]:
     """SIGKILL the scorer while changes are on the topic and not marked published (the
     caller's SHARE lock holds the relay's UPDATE back for as long as it wishes)."""
-    await eventually(lambda: _in_window(watcher, database_url), within=60,
-                     what="changes on the topic not yet marked published")  # fmt: skip
+    await eventually(
+        lambda: _in_window(watcher, database_url),
+        within=60,
+        what="changes on the topic not yet marked published",
+    )
     await asyncio.sleep(0.5)  # the rest of the batch reaches the watcher
     caught = await _in_window(watcher, database_url)
     scorer.restart_after_kill()

@@ -47,27 +47,41 @@ class Size:
 QUICK = Size(events=2500, customers=300, scorer_kills=3, actions_kills=1, chunk=50, pause_s=0.25)
 DEEP = Size(events=30_000, customers=3000, scorer_kills=8, actions_kills=3, chunk=250, pause_s=0.2)
 # Small transactions, so that a kill lands inside one more often than between two.
-SMALL_BATCHES = {"SCORER_BATCH_MAX_RECORDS": "50", "SCORER_RELAY_BATCH": "40",
-                 "ACTIONS_BATCH_MAX_RECORDS": "40", "ACTIONS_DELIVERY_TIMEOUT_S": "2",
-                 "ACTIONS_LEASE_MARGIN_S": "0.5", "ACTIONS_BACKOFF_BASE_S": "0.1",
-                 "ACTIONS_BACKOFF_CAP_S": "0.5"}  # fmt: skip
+SMALL_BATCHES = {
+    "SCORER_BATCH_MAX_RECORDS": "50",
+    "SCORER_RELAY_BATCH": "40",
+    "ACTIONS_BATCH_MAX_RECORDS": "40",
+    "ACTIONS_DELIVERY_TIMEOUT_S": "2",
+    "ACTIONS_LEASE_MARGIN_S": "0.5",
+    "ACTIONS_BACKOFF_BASE_S": "0.1",
+    "ACTIONS_BACKOFF_CAP_S": "0.5",
+}
 
 
 @pytest.mark.parametrize(
     "size", [QUICK, pytest.param(DEEP, marks=pytest.mark.faults)], ids=["quick", "deep"]
 )
 async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
-    size: Size, private_broker: EmbeddedKafka, pipeline_db: str, harness: Harness,
+    size: Size,
+    private_broker: EmbeddedKafka,
+    pipeline_db: str,
+    harness: Harness,
     topic_namespace: str,
-) -> None:  # fmt: skip
+) -> None:
     rng = random.Random(7)
     events = mixed_events(size.events, size.customers, seed=11)
     sent = with_redeliveries(events, 0.1, seed=12)
     receiver = new_receiver()
-    p = Pipeline(harness, private_broker.bootstrap_servers, pipeline_db, topic_namespace, receiver,
-                 SMALL_BATCHES)  # fmt: skip
+    p = Pipeline(
+        harness,
+        private_broker.bootstrap_servers,
+        pipeline_db,
+        topic_namespace,
+        receiver,
+        SMALL_BATCHES,
+    )
     await p.create_topics()
-    outcome, kill_log = Outcome("sigkill", records=len(sent)), []
+    outcome, kill_log = Outcome("sigkill", records=len(sent)), list[dict[str, Any]]()
     async with serving(receiver):
         scorer, actions = await asyncio.gather(p.start("scorer"), p.start("actions"))
         stream = p.stream(sent, chunk=size.chunk, pause_s=size.pause_s)
@@ -78,13 +92,23 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
 
         async def kill_scorer() -> None:
             for at in sorted(rng.uniform(0.1, 0.9) for _ in range(size.scorer_kills)):
-                await kill_when(scorer, lambda at=at: stream.fraction >= at,  # type: ignore[misc]
-                                scorer_progress(p), kill_log, describe)  # fmt: skip
+                await kill_when(
+                    scorer,
+                    lambda at=at: stream.fraction >= at,  # type: ignore[misc]
+                    scorer_progress(p),
+                    kill_log,
+                    describe,
+                )
 
         async def kill_actions() -> None:
             for at in sorted(rng.uniform(0.2, 0.8) for _ in range(size.actions_kills)):
-                await kill_when(actions, lambda at=at: stream.fraction >= at,  # type: ignore[misc]
-                                actions_progress(p), kill_log, describe)  # fmt: skip
+                await kill_when(
+                    actions,
+                    lambda at=at: stream.fraction >= at,  # type: ignore[misc]
+                    actions_progress(p),
+                    kill_log,
+                    describe,
+                )
 
         await asyncio.gather(producing, kill_scorer(), kill_actions())
         await wait_scorer_done(p, len(sent), within=180)

@@ -10,6 +10,7 @@ of attempts with the timeout as its last error.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -42,46 +43,80 @@ async def test_hanging_receivers_block_nothing_and_time_out_and_retry_as_configu
     with smtp_server(delay_s=2 * TIMEOUT_S) as (smtp_port, mailbox):
         async with serving(receiver):
             settings = actions_settings(
-                base_env, webhook_url=f"{receiver.url}/alerts", webhook_secret=SECRET,
-                smtp_host="127.0.0.1", smtp_port=smtp_port, alert_email_to="care@example.com",
-                delivery_timeout_s=TIMEOUT_S, max_attempts=ATTEMPTS, backoff_base_s=BACKOFF_S,
-                backoff_cap_s=BACKOFF_S * 2, dispatch_concurrency=8,
-            )  # fmt: skip
+                base_env,
+                webhook_url=f"{receiver.url}/alerts",
+                webhook_secret=SECRET,
+                smtp_host="127.0.0.1",
+                smtp_port=smtp_port,
+                alert_email_to="care@example.com",
+                delivery_timeout_s=TIMEOUT_S,
+                max_attempts=ATTEMPTS,
+                backoff_base_s=BACKOFF_S,
+                backoff_cap_s=BACKOFF_S * 2,
+                dispatch_concurrency=8,
+            )
             async with running_actions(settings, FixedClock(NOW)):
-                hanging = [tier_change(f"chg-{c}", c, "value_tier", "silver", "gold") for c in HANGING]
-                hanging += [tier_change(f"chg-{c}", c, "lifecycle_stage", "established", "at_risk",
-                                        email=f"{c}@example.com") for c in SLOW_MAIL]  # fmt: skip
+                hanging = [
+                    tier_change(f"chg-{c}", c, "value_tier", "silver", "gold") for c in HANGING
+                ]
+                hanging += [
+                    tier_change(
+                        f"chg-{c}",
+                        c,
+                        "lifecycle_stage",
+                        "established",
+                        "at_risk",
+                        email=f"{c}@example.com",
+                    )
+                    for c in SLOW_MAIL
+                ]
                 await produce_changes(kafka_bootstrap, topic_namespace, hanging)
-                await eventually(lambda: _all_hanging(receiver, database_url), within=30,
-                                 what="every hanging send under way")  # fmt: skip
+                await eventually(
+                    lambda: _all_hanging(receiver, database_url),
+                    within=30,
+                    what="every hanging send under way",
+                )
                 hang_started = time.monotonic()
-                fast = [tier_change(f"chg-{c}", c, "lifecycle_stage", "at_risk", "churned")
-                        for c in FAST]  # fmt: skip
+                fast = [
+                    tier_change(f"chg-{c}", c, "lifecycle_stage", "at_risk", "churned")
+                    for c in FAST
+                ]
                 await produce_changes(kafka_bootstrap, topic_namespace, fast)
-                await eventually(lambda: _delivered(receiver, FAST), within=TIMEOUT_S * 3,
-                                 what="the fast webhooks")  # fmt: skip
+                await eventually(
+                    lambda: _delivered(receiver, FAST),
+                    within=TIMEOUT_S * 3,
+                    what="the fast webhooks",
+                )
                 fast_done_after = time.monotonic() - hang_started
                 first_attempts = await _attempts(database_url, [*HANGING, *SLOW_MAIL])
-                await eventually(lambda: _dead(database_url, [*HANGING, *SLOW_MAIL]),
-                                 within=ATTEMPTS * (TIMEOUT_S + 2) + 10, what="hanging sends dead")  # fmt: skip
+                await eventually(
+                    lambda: _dead(database_url, [*HANGING, *SLOW_MAIL]),
+                    within=ATTEMPTS * (TIMEOUT_S + 2) + 10,
+                    what="hanging sends dead",
+                )
     assert set(first_attempts.values()) == {1}, first_attempts  # fast ones came first
     dead = await _alerts(database_url, [*HANGING, *SLOW_MAIL])
     assert {(d["attempts"], d["status"]) for d in dead} == {(ATTEMPTS, "dead")}, [
-        (d["customer_id"], d["channel"], d["attempts"], d["last_error"]) for d in dead]
+        (d["customer_id"], d["channel"], d["attempts"], d["last_error"]) for d in dead
+    ]
     assert all(f"{TIMEOUT_S:g} s" in str(d["last_error"]) for d in dead), dead
     gaps = _retry_gaps(receiver, HANGING)
     assert all(gap >= TIMEOUT_S + BACKOFF_S * 0.5 for gap in gaps), gaps  # cut, then backed off
     ids = Counter(str(m["Message-ID"]) for m in mailbox)
     email_keys = {f"<{d['key']}@tierstream>" for d in dead if d["channel"] == "email"}
     assert set(ids) <= email_keys  # every copy the slow server took carries its delivery's key
-    print(f"\nFAULTS-OUTCOME slow-receivers: fast webhooks done {fast_done_after:.2f}s after the"
-          f" hangs began; hanging attempts {[d['attempts'] for d in dead]}; retry gaps"
-          f" {[round(g, 2) for g in gaps]}; slow SMTP copies per key {sorted(ids.values())}")  # fmt: skip
+    print(
+        f"\nFAULTS-OUTCOME slow-receivers: fast webhooks done {fast_done_after:.2f}s after the"
+        f" hangs began; hanging attempts {[d['attempts'] for d in dead]}; retry gaps"
+        f" {[round(g, 2) for g in gaps]}; slow SMTP copies per key {sorted(ids.values())}"
+    )
 
 
 async def _alerts(database_url: str, customers: Iterable[str]) -> Alerts:
-    sql = "SELECT customer_id, idempotency_key AS key, channel, status, attempts, last_error" \
-          " FROM actions.delivery WHERE kind = 'alert' AND customer_id = ANY($1::text[])"  # fmt: skip
+    sql = (
+        "SELECT customer_id, idempotency_key AS key, channel, status, attempts, last_error"
+        " FROM actions.delivery WHERE kind = 'alert' AND customer_id = ANY($1::text[])"
+    )
     return await rows(database_url, sql, list(customers))
 
 
@@ -112,5 +147,5 @@ def _retry_gaps(receiver: WebhookReceiver, customers: list[str]) -> list[float]:
         attempts = [r for r in receiver.requests if r.body["customer_id"] == customer]
         assert len({r.key for r in attempts}) == 1 and len(attempts) == ATTEMPTS, attempts
         times = sorted(r.at for r in attempts)
-        gaps += [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps += [b - a for a, b in itertools.pairwise(times)]
     return gaps

@@ -34,14 +34,17 @@ async def _send_steadily(url: str, events: list[Event], rate: int) -> None:
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as http:
         for n, start in enumerate(range(0, len(events), batch)):
-            part = [e.model_dump(mode="json", exclude_none=True) for e in events[start : start + batch]]
+            part = [
+                e.model_dump(mode="json", exclude_none=True) for e in events[start : start + batch]
+            ]
             response = await http.post("/v1/events/batch", json={"events": part})
             assert response.status_code == 202, response.text
             await asyncio.sleep(max(0.0, started + (n + 1) * 0.1 - time.monotonic()))
 
 
-async def _sample_rss(services: list[ServiceProcess], samples: dict[str, list[int]],
-                      stop: asyncio.Event) -> None:  # fmt: skip
+async def _sample_rss(
+    services: list[ServiceProcess], samples: dict[str, list[int]], stop: asyncio.Event
+) -> None:
     while not stop.is_set():
         for s in services:
             samples[s.name].append(s.rss_bytes())
@@ -57,8 +60,9 @@ async def test_a_steady_stream_for_minutes_keeps_memory_bounded_and_lag_returns_
     private_broker: EmbeddedKafka, pipeline_db: str, harness: Harness, topic_namespace: str
 ) -> None:
     events = mixed_events(int(DURATION_S * RATE), max(500, int(DURATION_S * RATE) // 20), seed=91)
-    p = Pipeline(harness, private_broker.bootstrap_servers, pipeline_db, topic_namespace,
-                 new_receiver())  # fmt: skip
+    p = Pipeline(
+        harness, private_broker.bootstrap_servers, pipeline_db, topic_namespace, new_receiver()
+    )
     await p.create_topics()
     services = list(await asyncio.gather(p.start("ingest"), p.start("scorer"), p.start("actions")))
     samples: dict[str, list[int]] = {s.name: [] for s in services}
@@ -75,8 +79,11 @@ async def test_a_steady_stream_for_minutes_keeps_memory_bounded_and_lag_returns_
     report = {}
     for name, rss in samples.items():
         warm = rss[len(rss) // 4]  # after a quarter of the run: caches and pools are filled
-        report[name] = {"warm_mb": round(warm / MB), "max_mb": round(max(rss) / MB),
-                        "end_mb": round(rss[-1] / MB)}  # fmt: skip
+        report[name] = {
+            "warm_mb": round(warm / MB),
+            "max_mb": round(max(rss) / MB),
+            "end_mb": round(rss[-1] / MB),
+        }
     inbox = await scalar(pipeline_db, "SELECT count(*) FROM scorer.inbox")
     outcome.notes = {"duration_s": DURATION_S, "rate": RATE, "rss": report, "inbox_rows": inbox}
     outcome.print()

@@ -24,8 +24,8 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.contracts import TierChanged
 from shared.db import asyncpg_dsn
-from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
 from shared.domain.playbook_requests import AlertRequest
+from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
 from shared.domain.state import Event
 from shared.kafka import header
 from tests.integration.scorer.support import reference
@@ -34,7 +34,7 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, within: float, what: str, every: float = 0.2
+    probe: Callable[[], Awaitable[T | None]], *, within: float, what: str, every: float = 0.2
 ) -> T:
     """Poll `probe` until it returns something truthy; fail after `within` seconds."""
     deadline = time.monotonic() + within
@@ -107,8 +107,13 @@ async def state_mismatches(
 
 async def read_topic(bootstrap: str, topic: str, *, at_least: int, within: float) -> list[Any]:
     """Every record of a topic: read until `at_least` arrived and nothing more comes."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     records: list[Any] = []
     deadline = time.monotonic() + within
@@ -146,8 +151,7 @@ async def compare_published(database_url: str, records: list[Any]) -> Published:
 
 
 DUPLICATE_QUERIES = {
-    "task": "SELECT tier_change_id, playbook FROM actions.task"
-    " GROUP BY 1, 2 HAVING count(*) > 1",
+    "task": "SELECT tier_change_id, playbook FROM actions.task GROUP BY 1, 2 HAVING count(*) > 1",
     "alert": "SELECT tier_change_id, playbook, audience FROM actions.delivery"
     " WHERE kind = 'alert' GROUP BY 1, 2, 3 HAVING count(*) > 1",
     "enrolment": "SELECT tier_change_id, sequence FROM actions.enrolment"

@@ -34,8 +34,14 @@ def mixed_events(count: int, customers: int, *, seed: int, prefix: str = "e") ->
         if kind < 0.5:
             events.append(_purchase(f"{prefix}{i}", customer, at, rng))
         elif kind < 0.8:
-            events.append(CustomerLoggedIn(event_id=f"{prefix}{i}", customer_id=customer,
-                                           occurred_at=at, channel=rng.choice(["web", "app"])))  # fmt: skip
+            events.append(
+                CustomerLoggedIn(
+                    event_id=f"{prefix}{i}",
+                    customer_id=customer,
+                    occurred_at=at,
+                    channel=rng.choice(["web", "app"]),
+                )
+            )
         else:
             events.append(_support(f"{prefix}{i}", customer, at, rng))
     return events
@@ -43,19 +49,26 @@ def mixed_events(count: int, customers: int, *, seed: int, prefix: str = "e") ->
 
 def _purchase(event_id: str, customer: str, at: datetime, rng: random.Random) -> PurchaseMade:
     return PurchaseMade(
-        event_id=event_id, customer_id=customer, occurred_at=at, order_id=f"o-{event_id}",
-        amount=Decimal(rng.choice(AMOUNTS)), currency="EUR",
-    )  # fmt: skip
+        event_id=event_id,
+        customer_id=customer,
+        occurred_at=at,
+        order_id=f"o-{event_id}",
+        amount=Decimal(rng.choice(AMOUNTS)),
+        currency="EUR",
+    )
 
 
 def _support(
     event_id: str, customer: str, at: datetime, rng: random.Random
 ) -> SupportTicketUpdated:
     return SupportTicketUpdated(
-        event_id=event_id, customer_id=customer, occurred_at=at,
-        ticket_id=f"t-{customer}-{rng.randrange(3)}", action=rng.choice(list(SupportAction)),
+        event_id=event_id,
+        customer_id=customer,
+        occurred_at=at,
+        ticket_id=f"t-{customer}-{rng.randrange(3)}",
+        action=rng.choice(list(SupportAction)),
         nps=rng.choice([None, None, 2, 5, 7, 9, 10]),
-    )  # fmt: skip
+    )
 
 
 def with_redeliveries(events: Sequence[Event], share: float, *, seed: int) -> list[Event]:
@@ -89,10 +102,13 @@ class Stream:
             for start in range(0, len(self.events), self.chunk):
                 part = self.events[start : start + self.chunk]
                 futures = [
-                    await producer.send(topics.for_event(e.type), value=e.model_dump_json().encode(),
-                                        key=e.customer_id.encode())
+                    await producer.send(
+                        topics.for_event(e.type),
+                        value=e.model_dump_json().encode(),
+                        key=e.customer_id.encode(),
+                    )
                     for e in part
-                ]  # fmt: skip
+                ]
                 await asyncio.gather(*futures)
                 self.produced += len(part)
                 await asyncio.sleep(self.pause_s)
