@@ -35,14 +35,21 @@ class Record:
 
 
 def simulated_events(*, seed: int, customers: int, count: int, end: datetime) -> list[Event]:
-    """A simulated population of at least `count` events (all of them: every customer's
-    history is whole), as contract models in event-time order."""
+    """At least `count` events of at least `customers` customers with events, in event time.
+
+    The simulated period is sized for `count`; customers who joined too late to act in it
+    have no events, so the population grows until enough customers do. Every customer's
+    history inside the period is whole (nothing is cut off at `count`).
+    """
     days = 1.05 * count / (customers * EVENTS_PER_CUSTOMER_DAY)
+    size = customers
     while True:
-        population = simulate_population(seed=seed, customers=customers, days=days, end=end)
-        if len(population.events) >= count:
+        population = simulate_population(seed=seed, customers=size, days=days, end=end)
+        active = len({e["customer_id"] for e in population.events})
+        if len(population.events) >= count and active >= customers:
             break
-        days *= 1.2  # a thin population: simulate a longer period
+        days *= 1.2 if len(population.events) < count else 1.0
+        size += max(0, customers - active) * 11 // 10
     return [
         customer_event_adapter.validate_python({**e, "source": SOURCE}) for e in population.events
     ]

@@ -18,7 +18,6 @@ import asyncpg
 
 from bench.events import Event
 from shared.contracts import CustomerLoggedIn, PurchaseMade
-from shared.db import asyncpg_dsn
 
 _COLUMNS = ("customer_id", "purchases", "spend", "logins", "tickets", "last_purchase_at",
             "last_event_at")  # fmt: skip
@@ -75,19 +74,19 @@ def aggregate(events: Sequence[Event]) -> list[tuple[object, ...]]:
     ]
 
 
-async def merge(database_url: str, events: Sequence[Event], batch: int) -> float:
+async def merge(
+    conn: asyncpg.Connection[asyncpg.Record], events: Sequence[Event], batch: int
+) -> float:
     """Absorb `events` batch by batch into a fresh table; returns seconds."""
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        await conn.execute("DROP TABLE IF EXISTS bench_customer")
-        await conn.execute(_TABLE)
-        await conn.execute(_STAGE)
-        started = time.perf_counter()
-        for start in range(0, len(events), batch):
-            rows = aggregate(events[start : start + batch])
-            async with conn.transaction():
-                await conn.copy_records_to_table("bench_stage", records=rows, columns=_COLUMNS)
-                await conn.execute(_MERGE)
-        return time.perf_counter() - started
-    finally:
-        await conn.close()
+    await conn.execute("DROP TABLE IF EXISTS bench_customer")
+    await conn.execute(_TABLE)
+    await conn.execute(_STAGE)
+    started = time.perf_counter()
+    for start in range(0, len(events), batch):
+        rows = aggregate(events[start : start + batch])
+        async with conn.transaction():
+            await conn.copy_records_to_table("bench_stage", records=rows, columns=_COLUMNS)
+            await conn.execute(_MERGE)
+    seconds = time.perf_counter() - started
+    await conn.execute("DROP TABLE bench_stage")
+    return seconds

@@ -122,6 +122,14 @@ def results_table(results: Results) -> Table:
     return table
 
 
+# Entry points and loop drivers: always near 100% inclusive, they say nothing.
+_WRAPPERS = ("<module> (", "main (services/", "run_loop (", "_loop.<locals>.loop (")
+
+
+def _wrapper(function: str) -> bool:
+    return function.startswith(_WRAPPERS)
+
+
 def print_report(console: Console, results: Results, doc: dict[str, Any]) -> None:
     """The table, the ratios, the hot spots and the notes."""
     console.print(results_table(results))
@@ -129,7 +137,8 @@ def print_report(console: Console, results: Results, doc: dict[str, Any]) -> Non
         console.print(f"  {name}: {ratio:.3f}")
     for service, profile in results.profiles.items():
         console.print(f"[bold]{service} profile[/bold] ({profile['samples']} samples, CPU only):")
-        for row in profile["project_inclusive"][:12]:
+        rows = [r for r in profile["project_inclusive"] if not _wrapper(str(r["function"]))]
+        for row in rows[:12]:
             console.print(
                 f"  {row['total_pct']:5.1f}% incl {row['self_pct']:5.1f}% self  {row['function']}"
             )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 from rich.console import Console
 
@@ -30,6 +32,7 @@ from bench.profiling import py_spy, summarise
 from bench.report import Results
 from bench.scorer_phase import run_scorer
 from bench.settings import BenchSettings
+from shared.db import asyncpg_dsn
 
 
 class Bench:
@@ -87,10 +90,14 @@ class Bench:
     async def raw_pg_merge(self, events: Sequence[Event]) -> None:
         async with fresh_database(self.infra.pg_server_url) as database_url:
             for _ in range(self.s.runs):
-                meter = CpuMeter({"bench": os.getpid(), "postgres": self.infra.postgres_pid})
-                meter.start()
-                seconds = await merge(database_url, events, self.s.batch)
-                cpu = meter.read()
+                conn = await asyncpg.connect(asyncpg_dsn(database_url))
+                try:  # the backend's CPU is read while it still lives
+                    meter = CpuMeter({"bench": os.getpid(), "postgres": self.infra.postgres_pid})
+                    meter.start()
+                    seconds = await merge(conn, events, self.s.batch)
+                    cpu = meter.read()
+                finally:
+                    await conn.close()
                 self.results.add("raw_pg_merge_events_per_s", len(events) / seconds,
                                  per_cpu=len(events) / max(sum(cpu.values()), 0.01))  # fmt: skip
                 self.results.detail("raw_pg_merge", {"seconds": seconds, "cpu_s": cpu})
@@ -119,6 +126,7 @@ class Bench:
             run = await run_scorer(
                 self.infra, loaded, partitions=self.s.partitions, workdir=self.workdir,
                 timeout_s=self.s.scorer_timeout_s, profile_to=out,
+                window_s=self.s.profile_s if with_profile else None,
             )  # fmt: skip
             detail = {**run.__dict__, "rate": run.rate, "profiled": with_profile}
             self.results.detail("scorer", detail)
@@ -154,8 +162,12 @@ class Bench:
         return self.s.profile and py_spy() is not None
 
     def _add_profile(self, service: str, path: Path | None) -> None:
-        if path is not None and path.exists():
+        if path is None:
+            return
+        if path.exists():
             self.results.profiles[service] = summarise(path, top=25)
+        else:
+            self.results.notes.append(f"py-spy wrote no {service} profile (ptrace not allowed?)")
 
 
 def _notes(settings: BenchSettings, events: Sequence[Event]) -> list[str]:
@@ -186,6 +198,7 @@ async def run_bench(settings: BenchSettings, console: Console) -> tuple[Results,
     """Every asked-for phase on fresh infrastructure; returns the results and their document."""
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="tierstream-bench-"))
+    console.print(f"[dim]work directory (service logs, profiles): {workdir}[/dim]")
     with infrastructure(workdir) as infra:
         bench = Bench(settings, infra, workdir, console)
         machine = await machine_facts(infra)
@@ -196,6 +209,8 @@ async def run_bench(settings: BenchSettings, console: Console) -> tuple[Results,
         )  # fmt: skip
         bench.say(f"{len(events):,} events over {distinct_customers(events):,} customers")
         await _phases(bench, events)
+    if not settings.keep_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)  # kept when a phase failed: logs are there
     machine["load_average_at_end"] = [round(x, 2) for x in psutil.getloadavg()]
     machine["bench_duration_s"] = round(time.monotonic() - started, 1)
     bench.results.notes.extend(_notes(settings, events))

@@ -45,6 +45,7 @@ class ScorerRun:
 class _Watch:
     first_at: float | None = None
     first_committed: int = 0
+    committed: int = 0
     peak_rss: int = 0
 
 
@@ -59,19 +60,22 @@ async def committed_offsets(conn: asyncpg.Connection[asyncpg.Record]) -> int:
 
 async def _drain(
     conn: asyncpg.Connection[asyncpg.Record], service: Service, loaded: Loaded,
-    meter: CpuMeter, timeout_s: float,
+    meter: CpuMeter, timeout_s: float, window_s: float | None,
 ) -> tuple[_Watch, float]:  # fmt: skip
-    """Poll the stored offsets until they reach the end; returns the watch and the end time."""
+    """Poll the stored offsets until they reach the end (or `window_s` after the first
+    commit, when given); returns the watch and the end time."""
     watch, deadline = _Watch(), time.monotonic() + timeout_s
     process = service.process()
     while time.monotonic() < deadline:
-        committed = await committed_offsets(conn)
+        watch.committed = await committed_offsets(conn)
         now = time.perf_counter()
         watch.peak_rss = max(watch.peak_rss, process.memory_info().rss)
-        if committed and watch.first_at is None:
-            watch.first_at, watch.first_committed = now, committed
+        if watch.committed and watch.first_at is None:
+            watch.first_at, watch.first_committed = now, watch.committed
             meter.start()
-        if committed >= loaded.total:
+        if watch.committed >= loaded.total:
+            return watch, now
+        if window_s and watch.first_at is not None and now - watch.first_at >= window_s:
             return watch, now
         await asyncio.sleep(POLL_S)
     raise TimeoutError(f"scorer did not drain {loaded.total} events in {timeout_s}s")
@@ -79,9 +83,10 @@ async def _drain(
 
 async def run_scorer(
     infra: Infra, loaded: Loaded, *, partitions: int, workdir: Path, timeout_s: float,
-    profile_to: Path | None = None,
+    profile_to: Path | None = None, window_s: float | None = None,
 ) -> ScorerRun:  # fmt: skip
-    """Start a scorer on a fresh database and time it draining `loaded`."""
+    """Start a scorer on a fresh database and time it draining `loaded` (or only its first
+    `window_s` seconds after the first commit: enough for a profile)."""
     async with fresh_database(infra.pg_server_url, migrate=True) as database_url:
         env = service_env(
             infra, namespace=loaded.namespace, database_url=database_url, partitions=partitions
@@ -98,7 +103,7 @@ async def run_scorer(
                 if profiler:
                     profiler.start()
                 try:
-                    watch, ended = await _drain(conn, scorer, loaded, meter, timeout_s)
+                    watch, ended = await _drain(conn, scorer, loaded, meter, timeout_s, window_s)
                     cpu = meter.read()
                 finally:
                     if profiler:
@@ -110,7 +115,7 @@ async def run_scorer(
             await conn.close()
     assert watch.first_at is not None
     return ScorerRun(
-        events=loaded.total - watch.first_committed,
+        events=watch.committed - watch.first_committed,
         seconds=ended - watch.first_at,
         startup_s=watch.first_at - launched,
         peak_rss_mb=watch.peak_rss / 2**20,

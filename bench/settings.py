@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +32,21 @@ class BenchSettings(BaseSettings):
     ingest_batch: int = Field(1000, ge=1, description="Events per ingest HTTP request.")
     ingest_concurrency: int = Field(4, ge=1, description="Ingest requests in flight.")
     e2e_rate: float = Field(5000.0, gt=0, description="Events per second offered end to end.")
-    e2e_seconds: float = Field(10.0, gt=0, description="Length of each end-to-end run.")
+    e2e_seconds: float = Field(5.0, gt=0, description="Length of each end-to-end run.")
     e2e_batch: int = Field(50, ge=1, description="Events per end-to-end HTTP request.")
     scorer_timeout_s: float = Field(600.0, gt=0, description="Longest a scorer drain may take.")
     profile: bool = Field(True, description="Profile one extra scorer and ingest run (py-spy).")
+    profile_s: float = Field(20.0, gt=0, description="Seconds of the profiled scorer run.")
+    keep_workdir: bool = Field(False, description="Keep service logs and profiles afterwards.")
     output: Path = Field(REPO_ROOT / "bench-results.json", description="Results file.")
+
+    @field_validator("phases")
+    @classmethod
+    def _known_phases(cls, value: str) -> str:
+        unknown = {p.strip() for p in value.split(",")} - set(PHASES)
+        if unknown:
+            raise ValueError(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
+        return value
 
     def wants(self, phase: str) -> bool:
         """Whether `phase` was asked for."""
