@@ -47,6 +47,7 @@ class GoalHit:
 
     customer_id: str
     occurred_at: datetime
+    event_id: str | None = None
 
 
 @dataclass
@@ -55,6 +56,7 @@ class BatchResult:
 
     fresh: int = 0
     duplicates: int = 0
+    redelivered: list[str] = field(default_factory=list)  # tier change ids already applied
     planned: Counter[tuple[str, str]] = field(default_factory=Counter)
     enrolled: Counter[str] = field(default_factory=Counter)
     cancelled_steps: Counter[str] = field(default_factory=Counter)
@@ -90,6 +92,7 @@ async def apply_batch(
         result.cancelled_steps += await _record_goals(conn, goals, playbooks, now=now)
         await store.advance_offsets(conn, group_id, moves)
     result.fresh, result.duplicates = len(fresh), len(changes) - len(fresh)
+    result.redelivered = [c.change.id for c in unique if c.message_id not in claimed]
     result.planned = effects.planned
     return result
 

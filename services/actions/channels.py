@@ -49,6 +49,7 @@ class Delivery:
     playbook: str | None = None
     audience: str | None = None
     enrolment_id: int | None = None
+    tier_change_id: str | None = None
 
     def webhook_body(self) -> bytes:
         """Slack-compatible `text` plus the structured details, as compact JSON bytes."""
@@ -62,6 +63,12 @@ class Delivery:
 
 class Channel(Protocol):
     async def send(self, delivery: Delivery) -> None: ...
+
+
+def redact_url(url: str) -> str:
+    """Scheme and host of a URL only: its path and query may carry a token."""
+    parts = httpx.URL(url)
+    return f"{parts.scheme}://{parts.host}/..." if parts.host else "<url>"
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -86,7 +93,9 @@ class WebhookChannel:
         try:
             response = await self.client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+            # The URL may be a secret (a Slack webhook's path is): keep it out of errors and logs.
+            detail = str(exc).replace(self.url, redact_url(self.url))
+            raise DeliveryError(f"{type(exc).__name__}: {detail}") from exc
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -147,13 +156,21 @@ class SmtpChannel:
 
 
 class LogChannel:
-    """Writes the delivery to the log (development, and channels that are not configured)."""
+    """Writes the delivery to the log (development, and channels that are not configured).
+
+    Subject and text are rendered with customer fields, so they, like the customer id, only
+    appear at debug level; the info line says what was sent, for which change.
+    """
 
     async def send(self, delivery: Delivery) -> None:
         log.info(
-            "delivery", kind=delivery.kind, customer_id=delivery.customer_id,
-            playbook=delivery.playbook, audience=delivery.audience, subject=delivery.subject,
-            text=delivery.body[:500], idempotency_key=delivery.key,
+            "delivery written to the log", kind=delivery.kind, playbook=delivery.playbook,
+            audience=delivery.audience, tier_change_id=delivery.tier_change_id,
+            idempotency_key=delivery.key,
+        )  # fmt: skip
+        log.debug(
+            "delivery content", idempotency_key=delivery.key, customer_id=delivery.customer_id,
+            subject=delivery.subject, text=delivery.body[:500],
         )  # fmt: skip
 
 

@@ -1,106 +1,40 @@
 """The consumer: tier changes (and purchases, for sequence goals) -> plan -> `apply_batch`.
 
-Offsets live in Postgres, not in the consumer group: on assignment we seek to the stored
-offsets, and every batch advances them with a fenced update in the batch's transaction.
-Order of a batch: decode and plan (poison to the DLQ, acked), then one transaction for
-the effects and the offsets; only then is anything counted as done.
+Offsets live in Postgres: on assignment we seek to the stored offsets, and every batch
+advances them with a fenced update in the batch's transaction. Order of a batch: decode and
+plan (poison to the DLQ, acked), then one transaction for the effects and the offsets; only
+then is anything counted as done, and the new offsets copied (best effort, in the
+background) to the Kafka consumer group for lag-based tooling.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from pydantic import ValidationError
 
 from services.actions import store
-from services.actions.batch import BatchResult, GoalHit, PlannedChange, apply_batch
+from services.actions.batch import BatchResult, apply_batch
 from services.actions.db import Pool
+from services.actions.decoding import Decoded, Poison, Record, decode
 from services.actions.effects import ChannelConfig
+from services.actions.group_commit import GroupCommitter
 from services.actions.metrics import ActionsMetrics
 from services.actions.store import Fenced, OffsetMove
 from shared.clock import Clock
-from shared.contracts import PurchaseMade, TierChanged, parse_event
-from shared.domain.playbooks import Playbooks, plan_actions
+from shared.domain.playbooks import Playbooks
 from shared.kafka import dlq_headers
 from shared.logging import get_logger
 from shared.topics import Topics
+from shared.tracing import Tracer
 
 log = get_logger(__name__)
 
 DLQ_MAX_BYTES = 900_000  # a larger poison payload is cut (and flagged) so the DLQ write succeeds
-Record: TypeAlias = Any  # aiokafka's ConsumerRecord (the library ships no types)
-
-
-@dataclass(frozen=True)
-class Poison:
-    record: Record
-    error: str
-
-
-@dataclass
-class Decoded:
-    changes: list[PlannedChange] = field(default_factory=list)
-    goals: list[GoalHit] = field(default_factory=list)
-    poison: list[Poison] = field(default_factory=list)
-    ignored: int = 0
-
-
-def decode(records: Iterable[Record], topics: Topics, playbooks: Playbooks) -> Decoded:
-    """Parse and plan each record; what cannot be parsed or planned is poison."""
-    out = Decoded()
-    for record in records:
-        try:
-            if record.topic == topics.tier_changed:
-                change = TierChanged.model_validate_json(record.value)
-                _require_storable(change.model_dump())
-                out.changes.append(PlannedChange(change, plan_actions(change, playbooks)))
-            else:
-                _decode_purchase(record, out)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_input=False)
-            text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-            out.poison.append(Poison(record, text or str(exc)))
-        except Exception as exc:  # a template that fails on this change, bad bytes, ...
-            out.poison.append(Poison(record, f"{type(exc).__name__}: {exc}"))
-    return out
-
-
-def _decode_purchase(record: Record, out: Decoded) -> None:
-    event = parse_event(record.value)
-    if not isinstance(event, PurchaseMade):
-        raise ValueError(f"a {event.type} event on the purchases topic")
-    _require_storable(event.customer_id)
-    if event.refund_of is None:  # a refund is not "bought again"
-        out.goals.append(GoalHit(event.customer_id, event.occurred_at))
-    else:
-        out.ignored += 1
-
-
-def _require_storable(value: Any) -> None:
-    """Refuse what Postgres would refuse, so one record cannot stall its partition forever:
-    a NUL character in any string, a timestamp without a time zone, NaN or infinity."""
-    match value:
-        case str() if "\x00" in value:
-            raise ValueError("a text value contains a NUL character")
-        case datetime() if value.tzinfo is None:
-            raise ValueError("a timestamp has no time zone")
-        case float() if not math.isfinite(value):
-            raise ValueError("a number is NaN or infinite (JSON in Postgres cannot hold it)")
-        case dict():
-            for key, item in value.items():
-                _require_storable(key)
-                _require_storable(item)
-        case list() | tuple():
-            for item in value:
-                _require_storable(item)
 
 
 class ChangeConsumer:
@@ -110,13 +44,14 @@ class ChangeConsumer:
         self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, pool: Pool, *,
         group_id: str, topics: Topics, playbooks: Playbooks, channels: ChannelConfig,
         clock: Clock, metrics: ActionsMetrics, max_records: int, poll_timeout_ms: int,
-        on_effects: Callable[[], None] = lambda: None,
+        on_effects: Callable[[], None] = lambda: None, tracer: Tracer | None = None,
     ) -> None:  # fmt: skip
         self.consumer, self.producer, self.pool = consumer, producer, pool
         self.group_id, self.topics, self.playbooks = group_id, topics, playbooks
         self.channels, self.clock, self.metrics = channels, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
-        self.on_effects = on_effects
+        self.on_effects, self.tracer = on_effects, tracer
+        self.group_commits = GroupCommitter(consumer)
         # Per owned partition: the stored next offset our next commit expects (None: no row).
         self.fences: dict[TopicPartition, int | None] = {}
         self.needs_resync = False
@@ -169,8 +104,13 @@ class ChangeConsumer:
             self.fences[tp] = offset
         self.needs_resync = False
 
+    async def close(self) -> None:
+        """Stop background work (call before the Kafka consumer stops)."""
+        await self.group_commits.close()
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop state of revoked partitions."""
+        self.group_commits.forget(partitions)
         for tp in partitions:
             self.fences.pop(tp, None)
             with contextlib.suppress(KeyError):
@@ -179,7 +119,7 @@ class ChangeConsumer:
     async def _process(self, batch: dict[TopicPartition, list[Record]]) -> None:
         started = asyncio.get_running_loop().time()
         records = [r for tp in sorted(batch) for r in batch[tp]]
-        decoded = decode(records, self.topics, self.playbooks)
+        decoded = decode(records, self.topics, self.playbooks, self.tracer)
         await self._dead_letter(decoded.poison)
         expected = {tp: self.fences[tp] for tp in batch}
         moves = [
@@ -194,7 +134,11 @@ class ChangeConsumer:
             tp = TopicPartition(move.topic, move.partition)
             if self.fences.get(tp, -1) == expected[tp]:  # unless a rebalance re-seeked meanwhile
                 self.fences[tp] = move.next_offset
+        self.group_commits.offer(
+            {TopicPartition(m.topic, m.partition): m.next_offset for m in moves}
+        )
         self._count(result, decoded)
+        self._log(result, decoded)
         self.metrics.batch_size.observe(len(records))
         self.metrics.batch_duration.observe(asyncio.get_running_loop().time() - started)
         self.on_effects()
@@ -214,9 +158,13 @@ class ChangeConsumer:
             dlq = Topics.dlq(r.topic)
             futures.append(await self.producer.send(dlq, value=value, key=r.key, headers=headers))
             self.metrics.dlq_records.labels(dlq).inc()
-        if futures:
-            await asyncio.gather(*futures)
-            log.warning("records dead-lettered", count=len(poison), first_error=poison[0].error)
+        await asyncio.gather(*futures)
+        for item in poison:  # once the DLQ holds them: where each came from, and why
+            r = item.record
+            log.warning(
+                "record dead-lettered", topic=r.topic, partition=r.partition, offset=r.offset,
+                dlq_topic=Topics.dlq(r.topic), error=item.error,
+            )  # fmt: skip
 
     def _count(self, result: BatchResult, decoded: Decoded) -> None:
         records = self.metrics.records
@@ -232,6 +180,23 @@ class ChangeConsumer:
             self.metrics.enrolments_started.labels(sequence).inc(n)
         for sequence, n in result.cancelled_steps.items():
             self.metrics.steps.labels(sequence, "cancelled").inc(n)
+
+    def _log(self, result: BatchResult, decoded: Decoded) -> None:
+        """Ids of what was applied; customer ids only at debug level."""
+        for change_id in result.redelivered:
+            log.info("tier change already applied; redelivery dropped", tier_change_id=change_id)
+        if not log.isEnabledFor(logging.DEBUG):  # skip building per-record lines nobody sees
+            return
+        for planned in decoded.changes:
+            change = planned.change
+            log.debug(
+                "tier change planned", tier_change_id=change.id, customer_id=change.customer_id,
+                dimension=change.dimension.value, to=change.to,
+                actions=[request.kind for request in planned.requests],
+            )  # fmt: skip
+        for hit in decoded.goals:
+            log.debug("purchase recorded as a goal event", event_id=hit.event_id,
+                      customer_id=hit.customer_id)  # fmt: skip
 
     def _source(self, topic: str) -> str:
         return "tier_changed" if topic == self.topics.tier_changed else "purchases"

@@ -25,7 +25,8 @@ UPDATE actions.delivery d
 SET attempts = d.attempts + 1, available_at = clock_timestamp() + make_interval(secs => $4)
 FROM due WHERE d.id = due.id
 RETURNING d.id, d.idempotency_key, d.kind, d.customer_id, d.channel, d.recipient, d.subject,
-          d.body, d.payload, d.playbook, d.audience, d.attempts, d.enrolment_id, d.step_name
+          d.body, d.payload, d.playbook, d.audience, d.attempts, d.enrolment_id, d.step_name,
+          d.tier_change_id
 """
 
 
@@ -42,6 +43,7 @@ async def claim_due(
                 channel=r["channel"], recipient=r["recipient"], subject=r["subject"],
                 body=r["body"], payload=r["payload"], playbook=r["playbook"],
                 audience=r["audience"], enrolment_id=r["enrolment_id"],
+                tier_change_id=r["tier_change_id"],
             ),
             r["attempts"],
         )

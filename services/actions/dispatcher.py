@@ -119,8 +119,10 @@ class Dispatcher:
             sequence = await deliveries.record_sent(self.pool, delivery, now=self.clock.now())
         except Exception as exc:
             log.warning("sent but not recorded; the lease will resend it with the same key",
-                        delivery_id=delivery.id, error=repr(exc))  # fmt: skip
+                        **_fields(delivery), error=repr(exc))  # fmt: skip
             return
+        log.debug("delivery sent", **_fields(delivery), attempt=attempt,
+                  customer_id=delivery.customer_id)  # fmt: skip
         m = self.metrics
         m.deliveries.labels(delivery.kind, delivery.channel, "sent").inc()
         m.delivery_attempts.labels(delivery.kind).observe(attempt)
@@ -137,7 +139,7 @@ class Dispatcher:
                 self.pool, delivery, error, retry_in_s=retry_in, now=self.clock.now()
             )
         except Exception as exc:
-            log.warning("failure not recorded", delivery_id=delivery.id, error=repr(exc))
+            log.warning("failure not recorded", **_fields(delivery), error=repr(exc))
             return
         self._count_failure(delivery, attempt, error, give_up=give_up, sequence=sequence)
 
@@ -147,12 +149,10 @@ class Dispatcher:
         m = self.metrics
         m.deliveries.labels(delivery.kind, delivery.channel, "dead" if give_up else "retry").inc()
         if not give_up:
-            log.info("delivery failed; will retry", delivery_id=delivery.id, attempt=attempt,
+            log.info("delivery failed; will retry", **_fields(delivery), attempt=attempt,
                      error=error)  # fmt: skip
             return
-        log.warning(
-            "delivery dead-lettered", delivery_id=delivery.id, attempts=attempt, error=error
-        )
+        log.warning("delivery dead-lettered", **_fields(delivery), attempts=attempt, error=error)
         m.dead_letters.labels(delivery.kind, delivery.channel).inc()
         m.delivery_attempts.labels(delivery.kind).observe(attempt)
         if sequence is not None:
@@ -162,3 +162,11 @@ class Dispatcher:
         p = self.policy
         return deliveries.backoff_s(attempt, base=p.backoff_base_s, cap=p.backoff_cap_s,
                                     jitter=random.random())  # fmt: skip
+
+
+def _fields(delivery: Delivery) -> dict[str, object]:
+    """What a log line says about a delivery: ids and route, never the customer or content."""
+    return {
+        "delivery_id": delivery.id, "kind": delivery.kind, "channel": delivery.channel,
+        "tier_change_id": delivery.tier_change_id, "idempotency_key": delivery.key,
+    }  # fmt: skip

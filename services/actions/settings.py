@@ -81,6 +81,25 @@ class ActionsSettings(ServiceSettings):
     batch_max_records: int = Field(1000, ge=1, description="Records per consumed batch.")
     poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")
     gauge_interval_s: float = Field(15.0, gt=0, description="Refresh of task/enrolment gauges.")
+    ready_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Upper bound of each /readyz check (a database query, the broker's answer"
+        " to the consumer's metadata request); both run at once.",
+    )
+    inbox_retention_days: int = Field(
+        30,
+        ge=0,
+        description="Days a consumed tier change's id stays in the de-duplication inbox; 0 keeps"
+        " it forever. Pruning is safe because the consumed offsets are stored in Postgres with"
+        " the inbox (the service never re-reads what it applied), so a duplicate can only come"
+        " from the topic within its Kafka retention: keep this at least that long. Goal events"
+        " (latest purchases) older than this and than the longest sequence are pruned too.",
+    )
+    prune_interval_s: float = Field(
+        3600.0, gt=0, description="How often the retention loop deletes expired rows."
+    )
     db_pool_size: int = Field(8, ge=2, description="Postgres connections of this process.")
     migrate: bool = Field(True, description="Apply the actions schema migrations at start.")
 

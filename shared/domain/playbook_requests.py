@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from shared.domain.playbook_model import Channel, Priority, QuietHours, Reentry
+from shared.domain.playbook_model import Channel, Priority, QuietHours, Reentry, SequenceDef
+
+QUIET_HOURS_SLACK = timedelta(days=1)  # quiet hours defer a step by less than a day
 
 
 @dataclass(frozen=True)
@@ -94,3 +97,13 @@ def defer_past_quiet_hours(at: datetime, quiet: QuietHours) -> datetime:
         return at
     day = local.date() if clock < quiet.end else local.date() + timedelta(days=1)
     return datetime.combine(day, quiet.end, tzinfo=zone).astimezone(UTC)
+
+
+def longest_sequence(sequences: Mapping[str, SequenceDef]) -> timedelta:
+    """The latest a step of any sequence can fall due after enrolment (0 without sequences)."""
+    spans = [
+        max(step.offset for step in sequence.steps)
+        + (QUIET_HOURS_SLACK if sequence.quiet_hours else timedelta(0))
+        for sequence in sequences.values()
+    ]
+    return max(spans, default=timedelta(0))

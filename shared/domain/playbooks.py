@@ -43,6 +43,7 @@ from shared.domain.playbook_requests import (
     PlannedStep,
     TaskRequest,
     defer_past_quiet_hours,
+    longest_sequence,
     step_due_at,
 )
 from shared.domain.playbook_templates import render_body, render_plain
@@ -63,6 +64,7 @@ __all__ = [
     "default_playbooks_path",
     "defer_past_quiet_hours",
     "load_playbooks",
+    "longest_sequence",
     "parse_playbooks",
     "plan_actions",
     "plan_goal_exits",

@@ -18,6 +18,7 @@ from shared.domain.playbooks import (
     TaskRequest,
     default_playbooks_path,
     load_playbooks,
+    longest_sequence,
     parse_playbooks,
     plan_actions,
     plan_goal_exits,
@@ -228,3 +229,19 @@ def test_conditions_read_attributes_features_and_cause(
             "dana",
         )
         assert task.title == f"New potential c-42 ({industry})"
+
+
+def test_the_longest_sequence_is_its_last_step_plus_a_day_when_quiet_hours_may_defer_it(
+    defaults: Playbooks,
+) -> None:
+    assert longest_sequence(defaults.sequences) == 14 * DAY  # the welcome's day-14 check-in
+    quiet = parse_playbooks(
+        "sequences:\n  s:\n    quiet_hours: {start: '21:00', end: '08:00'}\n"
+        "    steps: [{name: a, offset: 20d, channel: log, text: hi},"
+        " {name: b, offset: 2d, channel: log, text: hi}]\n"
+        "playbooks:\n  - name: p\n    when: {dimension: value_tier, to: gold}\n"
+        "    actions: [{kind: enrol, sequence: s}]\n",
+        source="inline",
+    )
+    assert longest_sequence(quiet.sequences) == 21 * DAY
+    assert longest_sequence({}) == timedelta(0)

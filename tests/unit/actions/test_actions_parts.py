@@ -22,7 +22,7 @@ from services.actions.channels import (
     SmtpConfig,
     sign,
 )
-from services.actions.consumer import decode
+from services.actions.decoding import decode
 from services.actions.deliveries import backoff_s
 from services.actions.main import run
 from services.actions.settings import ActionsSettings

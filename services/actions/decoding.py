@@ -1,0 +1,102 @@
+"""Decoding consumed records: tier changes are parsed and planned, purchases become goal
+events, and anything that cannot be parsed, planned or stored is poison (for the DLQ)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from pydantic import ValidationError
+
+from services.actions.batch import GoalHit, PlannedChange
+from shared.contracts import PurchaseMade, TierChanged, parse_event
+from shared.domain.playbooks import ActionRequest, Playbooks, plan_actions
+from shared.topics import Topics
+from shared.tracing import SpanKind, Tracer
+
+Record: TypeAlias = Any  # aiokafka's ConsumerRecord (the library ships no types)
+
+
+@dataclass(frozen=True)
+class Poison:
+    record: Record
+    error: str
+
+
+@dataclass
+class Decoded:
+    changes: list[PlannedChange] = field(default_factory=list)
+    goals: list[GoalHit] = field(default_factory=list)
+    poison: list[Poison] = field(default_factory=list)
+    ignored: int = 0
+
+
+def decode(
+    records: Iterable[Record], topics: Topics, playbooks: Playbooks, tracer: Tracer | None = None
+) -> Decoded:
+    """Parse and plan each record; what cannot be parsed or planned is poison."""
+    out = Decoded()
+    for record in records:
+        try:
+            if record.topic == topics.tier_changed:
+                change = TierChanged.model_validate_json(record.value)
+                _require_storable(change.model_dump())
+                out.changes.append(PlannedChange(change, _plan(change, record, playbooks, tracer)))
+            else:
+                _decode_purchase(record, out)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+            out.poison.append(Poison(record, text or str(exc)))
+        except Exception as exc:  # a template that fails on this change, bad bytes, ...
+            out.poison.append(Poison(record, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def _plan(
+    change: TierChanged, record: Record, playbooks: Playbooks, tracer: Tracer | None
+) -> list[ActionRequest]:
+    """Plan one change; with tracing on, in a span continuing the trace of the record."""
+    if tracer is None or not tracer.enabled:
+        return plan_actions(change, playbooks)
+    attributes = {
+        "tierstream.tier_change_id": change.id, "messaging.destination.name": record.topic,
+        "messaging.kafka.destination.partition": record.partition,
+        "messaging.kafka.message.offset": record.offset,
+    }  # fmt: skip
+    with tracer.span("actions.plan", parent=record.headers, kind=SpanKind.CONSUMER,
+                     attributes=attributes):  # fmt: skip
+        return plan_actions(change, playbooks)
+
+
+def _decode_purchase(record: Record, out: Decoded) -> None:
+    event = parse_event(record.value)
+    if not isinstance(event, PurchaseMade):
+        raise ValueError(f"a {event.type} event on the purchases topic")
+    _require_storable(event.customer_id)
+    if event.refund_of is None:  # a refund is not "bought again"
+        out.goals.append(GoalHit(event.customer_id, event.occurred_at, event.event_id))
+    else:
+        out.ignored += 1
+
+
+def _require_storable(value: Any) -> None:
+    """Refuse what Postgres would refuse, so one record cannot stall its partition forever:
+    a NUL character in any string, a timestamp without a time zone, NaN or infinity."""
+    match value:
+        case str() if "\x00" in value:
+            raise ValueError("a text value contains a NUL character")
+        case datetime() if value.tzinfo is None:
+            raise ValueError("a timestamp has no time zone")
+        case float() if not math.isfinite(value):
+            raise ValueError("a number is NaN or infinite (JSON in Postgres cannot hold it)")
+        case dict():
+            for key, item in value.items():
+                _require_storable(key)
+                _require_storable(item)
+        case list() | tuple():
+            for item in value:
+                _require_storable(item)
