@@ -1,12 +1,17 @@
-"""Actions settings as docker-compose passes them: an empty value means "not configured"."""
+"""Actions settings: an empty value (as docker-compose passes it) means "not configured";
+retention derived from the settings and the playbooks."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import httpx
 import pytest
 
 from services.actions.main import build_channels, channel_config
+from services.actions.retention import Retention, retention_for
 from services.actions.settings import ActionsSettings
+from shared.domain.playbooks import default_playbooks_path, load_playbooks
 
 OPTIONAL = ("WEBHOOK_URL", "CRM_WEBHOOK_URL", "SMTP_HOST", "SMTP_USER", "SMTP_PASSWORD",
             "ALERT_EMAIL_TO")  # fmt: skip
@@ -49,3 +54,14 @@ def test_an_empty_webhook_url_does_not_demand_a_secret_but_a_set_one_does() -> N
     assert ActionsSettings(webhook_url="", webhook_secret="").webhook_url is None
     with pytest.raises(ValueError, match="ACTIONS_WEBHOOK_SECRET is required"):
         ActionsSettings(crm_webhook_url="http://crm.example.com", webhook_secret="")
+
+
+def test_retention_is_off_at_0_and_keeps_goal_events_for_the_longest_sequence_at_least(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    books = load_playbooks(default_playbooks_path())
+    assert retention_for(ActionsSettings(inbox_retention_days=0), books) is None
+    assert retention_for(ActionsSettings(), books) == Retention(30, timedelta(days=30))
+    monkeypatch.setenv("ACTIONS_INBOX_RETENTION_DAYS", "7")
+    # The welcome sequence's day-14 check-in outlives a 7-day inbox retention.
+    assert retention_for(ActionsSettings(), books) == Retention(7, timedelta(days=14))
