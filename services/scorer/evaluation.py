@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.scorer import codec
 from shared.contracts import AttributeValue, ChangeCause, Dimension, TierChanged
 from shared.domain.changes import decide
 from shared.domain.features import compute_features, features_to_json
@@ -25,9 +26,12 @@ from shared.domain.state import (
     new_state,
     prune,
     state_from_json,
-    state_to_json,
+    state_to_record,
 )
 
+# Each dimension with its column name (Enum lookups are slow on a per-customer path).
+_COLUMNS = tuple((d, d.value) for d in Dimension)
+_DIMENSION = {d.value: d for d in Dimension}
 # Never schedule a review in the past: a customer due again at once would spin the sweeper.
 MIN_REVIEW_DELAY = timedelta(seconds=1)
 
@@ -55,12 +59,12 @@ class CustomerRecord:
         customer_id = str(row["customer_id"])
         raw_state = row.get("state")
         state = state_from_json(raw_state) if raw_state else new_state(customer_id)
-        classes = {d: row[d.value] for d in Dimension if row.get(d.value) is not None}
+        classes = {d: row[c] for d, c in _COLUMNS if row.get(c) is not None}
         since = {
-            Dimension(d): datetime.fromisoformat(at)
+            _DIMENSION[d]: datetime.fromisoformat(at)
             for d, at in (row.get("class_since") or {}).items()
         }
-        return cls(customer_id, state, classes if len(classes) == len(Dimension) else None, since)
+        return cls(customer_id, state, classes if len(classes) == len(_COLUMNS) else None, since)
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ def evaluate(
     if review is not None and review <= now:
         review = now + MIN_REVIEW_DELAY
     update = CustomerUpdate(
-        record.customer_id, state_to_json(state), decision.classes, classification,
+        record.customer_id, state_to_record(state), decision.classes, classification,
         decision.class_since, scoring.cut_points.version if scoring.cut_points else None,
         review, now,
     )  # fmt: skip
@@ -243,6 +247,4 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
 
 
 def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return codec.dumps(value)

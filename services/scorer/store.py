@@ -6,12 +6,12 @@ none makes a round trip per event.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from services.scorer import codec
 from services.scorer.db import Connection
 from services.scorer.evaluation import ChangeRecord, CustomerRecord, CustomerUpdate
 
@@ -106,9 +106,10 @@ async def lock_customer_page(conn: Connection, *, after: str, limit: int) -> lis
 
 def _decoded(row: Any) -> dict[str, Any]:
     data = dict(row)
-    for column in ("state", "class_since"):
-        if isinstance(data.get(column), str):
-            data[column] = json.loads(data[column])
+    if isinstance(data.get("state"), str):
+        data["state"] = codec.loads(data["state"], user_values=codec.state_attributes)
+    if isinstance(data.get("class_since"), str):
+        data["class_since"] = codec.loads(data["class_since"])
     return data
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
+from operator import attrgetter
+from typing import Any
 
 from shared.contracts import SupportAction
 from shared.domain.state import CustomerState, PurchaseFact
@@ -74,6 +77,7 @@ _PURCHASE_SPANS = tuple((days, timedelta(days=days)) for days in PURCHASE_WINDOW
 _LOGIN_SPANS = tuple((days, timedelta(days=days)) for days in LOGIN_WINDOWS)
 _TICKET_SPANS = tuple((days, timedelta(days=days)) for days in TICKET_WINDOWS)
 _RESOLVED = SupportAction.RESOLVED.value
+_AT = attrgetter("occurred_at")
 
 
 def compute_features(state: CustomerState, *, now: datetime) -> dict[str, FeatureValue]:
@@ -104,19 +108,28 @@ def _recency(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
 def _purchase_windows(
     features: dict[str, FeatureValue], facts: list[PurchaseFact], now: datetime
 ) -> None:
-    # One pass; each window sums in list order from Decimal(0), like sum() over the window.
-    ages = [now - f.occurred_at for f in facts]
+    # Facts are sorted by time: a window is a tail of the list. Each window sums in list
+    # order from Decimal(0), like sum() over the window.
     for days, span in _PURCHASE_SPANS:
         count, spend = 0, Decimal(0)
-        for fact, age in zip(facts, ages, strict=True):
-            if age <= span:
-                if fact.refund:
-                    spend += -fact.amount
-                else:
-                    count += 1
-                    spend += fact.amount
+        for fact in facts[_first_within(facts, now, span, _AT) :]:
+            if fact.refund:
+                spend += -fact.amount
+            else:
+                count += 1
+                spend += fact.amount
         features[f"purchases_{days}d"] = count
         features[f"spend_{days}d"] = spend
+
+
+def _first_within(
+    times: list[Any], now: datetime, span: timedelta, key: Callable[[Any], datetime] | None
+) -> int:
+    """Index of the first fact aged at most `span` (an age is `now - at`; times sorted)."""
+    try:
+        return bisect.bisect_left(times, now - span, key=key)
+    except OverflowError:  # `now - span` precedes datetime.min: every fact is within
+        return 0
 
 
 def _lifetime(features: dict[str, FeatureValue], state: CustomerState) -> None:
@@ -131,9 +144,9 @@ def _lifetime(features: dict[str, FeatureValue], state: CustomerState) -> None:
 
 
 def _logins(features: dict[str, FeatureValue], state: CustomerState, now: datetime) -> None:
-    ages = [now - at for at in state.logins]
+    logins = state.logins
     for days, span in _LOGIN_SPANS:
-        features[f"logins_{days}d"] = sum(1 for age in ages if age <= span)
+        features[f"logins_{days}d"] = len(logins) - _first_within(logins, now, span, None)
     features["lifetime_logins"] = state.lifetime_logins
 
 

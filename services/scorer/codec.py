@@ -1,0 +1,50 @@
+"""JSON on the hot path: orjson where it is exact, the standard library where not.
+
+orjson reads an integer beyond 64 bits as a float and cannot write one; customer
+attributes may carry such integers, so those go through `json` instead. Everything
+else takes the fast path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+# orjson turns a larger integer into a float: such a float may have been an integer.
+_LOSSY = float(2**63)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text: datetimes as ISO 8601 ("Z" for UTC), Decimals as strings."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z).decode()
+    except TypeError:  # e.g. an integer orjson cannot represent
+        return json.dumps(value, separators=(",", ":"), default=_text)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, datetime):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return str(value)
+
+
+def loads(text: str | bytes, *, user_values: Callable[[Any], Iterable[Any]] = lambda _: ()) -> Any:
+    """The value of a JSON text; `user_values(value)` are where unbounded integers may be.
+
+    Only customer attributes can carry integers beyond 64 bits; when one of them came back
+    as a big float, the text is read again with the exact (slower) standard parser.
+    """
+    value = orjson.loads(text)
+    if any(isinstance(v, float) and abs(v) >= _LOSSY for v in user_values(value)):
+        return json.loads(text)
+    return value
+
+
+def state_attributes(state: dict[str, Any]) -> Iterable[Any]:
+    """The attribute values inside a stored customer state."""
+    return (stamped["value"] for stamped in state["attributes"].values())
