@@ -31,6 +31,7 @@ from shared.db import asyncpg_dsn
 from shared.embedded import free_port
 from shared.kafka import cloudevent_headers
 from shared.topics import Topics
+from shared.tracing import Tracer
 
 T = TypeVar("T")
 NOW = datetime.fromisoformat("2026-03-02T10:00:00+00:00")
@@ -59,13 +60,17 @@ def purchase(event_id: str, customer_id: str, at: datetime) -> PurchaseMade:
     )  # fmt: skip
 
 
-async def produce_changes(bootstrap: str, namespace: str, changes: Iterable[TierChanged]) -> None:
-    """Publish tier changes as the scorer's relay does: keyed by customer, CloudEvents headers."""
+async def produce_changes(
+    bootstrap: str, namespace: str, changes: Iterable[TierChanged],
+    trace: list[tuple[str, bytes]] | None = None,
+) -> None:  # fmt: skip
+    """Publish tier changes as the scorer's relay does: keyed by customer, CloudEvents headers
+    (plus the W3C `trace` headers, when given)."""
     topic = Topics(namespace).tier_changed
     records = [
         (c.customer_id.encode(), c.to_json(), cloudevent_headers(
             ce_id=c.id, ce_source="tierstream/scorer", ce_type=TIER_CHANGED_TYPE,
-            ce_time=c.emitted_at))
+            ce_time=c.emitted_at, extra=trace))
         for c in changes
     ]  # fmt: skip
     await produce_raw(bootstrap, topic, records)
@@ -100,10 +105,12 @@ def actions_settings(env: dict[str, str], **overrides: Any) -> ActionsSettings:
 
 
 @contextlib.asynccontextmanager
-async def running_actions(settings: ActionsSettings, clock: FixedClock) -> AsyncIterator[str]:
+async def running_actions(
+    settings: ActionsSettings, clock: FixedClock, tracer: Tracer | None = None
+) -> AsyncIterator[str]:
     """The actions service's run() as a task of this loop; yields its base URL."""
     stop = asyncio.Event()
-    task = asyncio.create_task(run(settings, stop=stop, clock=clock))
+    task = asyncio.create_task(run(settings, stop=stop, clock=clock, tracer=tracer))
     url = f"http://127.0.0.1:{settings.port}"
     try:
         await wait_port(settings.port, task)

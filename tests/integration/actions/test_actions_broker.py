@@ -1,5 +1,6 @@
 """The broker side of the actions service: the consumer group sees the offsets stored in
-Postgres (for lag-based scaling), and /readyz reports the broker, quickly, both ways."""
+Postgres (for lag-based scaling), /readyz reports the broker, quickly, both ways, and the
+trace carried by a tier change's headers continues in the planning span."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from shared.clock import FixedClock
 from shared.topics import Topics
+from shared.tracing import make_tracer
 from tests.faults.outages import GatedBroker
 from tests.integration.actions.support import (
     actions_settings,
@@ -24,6 +27,7 @@ from tests.integration.actions.support import (
 )
 
 READY_TIMEOUT_S = 0.5
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 @pytest.fixture
@@ -63,13 +67,15 @@ async def test_group_offsets_follow_postgres_and_readyz_reports_the_broker(
     env = {**base_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     settings = actions_settings(env, ready_timeout_s=READY_TIMEOUT_S)
     topic = Topics(topic_namespace).tier_changed
-    async with running_actions(settings, clock) as url:
+    spans = InMemorySpanExporter()
+    async with running_actions(settings, clock, make_tracer("actions", exporter=spans)) as url:
         assert await eventually(lambda: _ready_checks(url), what="ready", within=30) == {
             "database": True, "kafka": True}  # fmt: skip
 
         changes = [tier_change(f"chg-{i}", f"cust-{i}", "value_tier", "silver", "gold")
                    for i in range(6)]  # fmt: skip
-        await produce_changes(bootstrap, topic_namespace, changes)
+        trace = [("traceparent", f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode())]
+        await produce_changes(bootstrap, topic_namespace, changes, trace=trace)
 
         async def stored() -> dict[int, int] | None:
             rows = await fetch(settings.database_url, "SELECT partition, next_offset"
@@ -79,6 +85,8 @@ async def test_group_offsets_follow_postgres_and_readyz_reports_the_broker(
 
         in_postgres = await eventually(stored, what="the batch in Postgres")
         assert in_postgres is not None
+        planned = [s for s in spans.get_finished_spans() if s.name == "actions.plan"]
+        assert [f"{s.context.trace_id:032x}" for s in planned] == [TRACE_ID] * len(changes)
         tps = [TopicPartition(topic, p) for p in range(3)]
         expected = [in_postgres.get(p) for p in range(3)]
 
