@@ -185,7 +185,7 @@ class ChangeConsumer:
         """Ids of what was applied; customer ids only at debug level."""
         for change_id in result.redelivered:
             log.info("tier change already applied; redelivery dropped", tier_change_id=change_id)
-        if not log.isEnabledFor(logging.DEBUG):  # skip building per-record lines nobody sees
+        if not logging.getLogger(__name__).isEnabledFor(logging.DEBUG):  # lines nobody sees
             return
         for planned in decoded.changes:
             change = planned.change

@@ -124,6 +124,8 @@ async def test_gold_change_delivered_twice_gives_one_task_one_signed_alert_and_o
             assert await _metric(url, planned) == 1
             primed = 'tierstream_actions_dead_letters_total{channel="email",kind="step"}'
             assert await _metric(url, primed) == 0  # present before the first dead letter
+            consumer_errors = 'tierstream_actions_loop_errors_total{loop="consumer"}'
+            assert await _metric(url, consumer_errors) == 0
             open_tasks = 'tierstream_actions_tasks_open{queue="senior-sales"}'
             assert await eventually(lambda: _metric(url, open_tasks), what="the gauge") == 1
             active = 'tierstream_actions_enrolments{sequence="vip_welcome",status="active"}'
