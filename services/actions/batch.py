@@ -92,9 +92,21 @@ async def apply_batch(
         result.cancelled_steps += await _record_goals(conn, goals, playbooks, now=now)
         await store.advance_offsets(conn, group_id, moves)
     result.fresh, result.duplicates = len(fresh), len(changes) - len(fresh)
-    result.redelivered = [c.change.id for c in unique if c.message_id not in claimed]
+    result.redelivered = _redelivered(changes, claimed)
     result.planned = effects.planned
     return result
+
+
+def _redelivered(changes: Sequence[PlannedChange], claimed: set[str]) -> list[str]:
+    """Ids of the changes applied before, or a second time within this batch."""
+    first: set[str] = set()
+    out = []
+    for planned in changes:
+        if planned.message_id in claimed and planned.message_id not in first:
+            first.add(planned.message_id)
+        else:
+            out.append(planned.change.id)
+    return out
 
 
 async def _write_effects(

@@ -84,3 +84,16 @@ async def test_a_purchase_after_the_change_means_there_is_nothing_to_win_back(
                       channels=LOG_ONLY, now=NOW)  # fmt: skip
     await apply_changes(pool, [tier_change("2", "d", "lifecycle_stage", "new", "at_risk")], now=NOW)
     assert await _enrolments(actions_db, "d") == [("win_back", "active", None)]
+
+
+async def test_a_batch_names_the_changes_it_had_already_applied(pool: Pool) -> None:
+    change = tier_change("r1", "cust", "value_tier", "silver", "gold")
+    planned = PlannedChange(change, plan_actions(change, BOOKS))
+
+    async def apply(*changes: PlannedChange) -> tuple[int, list[str]]:
+        result = await apply_batch(pool, changes, [], [], group_id="g", playbooks=BOOKS,
+                                   channels=LOG_ONLY, now=NOW)  # fmt: skip
+        return result.fresh, result.redelivered
+
+    assert await apply(planned, planned) == (1, ["r1"])  # twice within one batch
+    assert await apply(planned) == (0, ["r1"])  # again in a later batch
