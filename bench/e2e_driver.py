@@ -44,11 +44,13 @@ class E2eJob:
 
 
 class Arrivals:
-    """First arrival time of each customer key on the tier-changed topic."""
+    """First arrival time of each customer key on the tier-changed topic, and when the
+    scorer decided that change (its `emitted_at`, wall clock)."""
 
     def __init__(self, consumer: AIOKafkaConsumer) -> None:
         self.consumer = consumer
         self.first: dict[bytes, float] = {}
+        self.decided: dict[bytes, float] = {}
         self.arrived = asyncio.Event()
 
     async def drain(self, idle_s: float = 1.0) -> None:
@@ -63,7 +65,9 @@ class Arrivals:
             now = time.perf_counter()
             for records in batch.values():
                 for record in records:
-                    self.first.setdefault(record.key, now)
+                    if record.key not in self.first:
+                        self.first[record.key] = now
+                        self.decided[record.key] = _emitted_at(record.value)
             if batch:
                 self.arrived.set()
 
@@ -76,6 +80,14 @@ class Arrivals:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), left)
             missing = [k for k in missing if k not in self.first]
+
+
+def _emitted_at(value: bytes) -> float:
+    """The change's `emitted_at` as epoch seconds (NaN when unreadable)."""
+    try:
+        return datetime.fromisoformat(json.loads(value)["emitted_at"]).timestamp()
+    except (ValueError, KeyError, TypeError):
+        return float("nan")
 
 
 def bodies(prefix: str, count: int, batch: int) -> list[tuple[list[bytes], bytes]]:
@@ -107,11 +119,11 @@ class Posted:
 
 
 async def _post_schedule(
-    job: E2eJob, plan: list[tuple[list[bytes], bytes]], sent: dict[bytes, float]
+    job: E2eJob, plan: list[tuple[list[bytes], bytes]], sent: dict[bytes, tuple[float, float]]
 ) -> Posted:
     """POST each batch at its slot, whatever the answers to the earlier ones."""
     posted = Posted()
-    async with client(job.url, job.api_key, 64) as http:
+    async with client(job.url, job.api_key, 32) as http:
 
         async def post(body: bytes, at: float, events: int) -> None:
             response = await http.post("/v1/events/batch", content=body)
@@ -127,7 +139,7 @@ async def _post_schedule(
         for index, (keys, body) in enumerate(plan):
             await asyncio.sleep(max(0.0, started + index * slot - time.perf_counter()))
             at = time.perf_counter()
-            sent.update(dict.fromkeys(keys, at))
+            sent.update(dict.fromkeys(keys, (at, time.time())))
             tasks.append(asyncio.create_task(post(body, at, len(keys))))
         posted.span_s = time.perf_counter() - started + slot
         await asyncio.gather(*tasks)
@@ -149,11 +161,15 @@ async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
     (its latency is a lower bound, and `matched` says how many really arrived)."""
     warm = await _warm_up(job, arrivals)
     plan = bodies(f"{job.prefix}-m", int(job.rate * job.seconds), job.batch)
-    sent: dict[bytes, float] = {}
+    sent: dict[bytes, tuple[float, float]] = {}
     posted = await _post_schedule(job, plan, sent)
     await arrivals.wait_for(list(sent), job.deadline_s)
     gave_up = time.perf_counter()
-    latencies = [1000 * (arrivals.first.get(k, gave_up) - at) for k, at in sent.items()]
+    latencies = [1000 * (arrivals.first.get(k, gave_up) - at) for k, (at, _) in sent.items()]
+    # Split at the scorer's decision: POST -> decided, and decided -> on the topic.
+    decided = [
+        1000 * (arrivals.decided[k] - wall) for k, (_, wall) in sent.items() if k in arrivals.first
+    ]
     return {
         "sent": len(sent), "matched": sum(k in arrivals.first for k in sent),
         "accepted_events": posted.accepted + warm, "post_errors": posted.errors,
@@ -162,6 +178,8 @@ async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
         "p99_ms": _percentile(latencies, 99), "max_ms": max(latencies),
         "http_p50_ms": _percentile(posted.http_ms, 50),
         "http_p99_ms": _percentile(posted.http_ms, 99),
+        "to_decision_p50_ms": _percentile(decided, 50),
+        "to_decision_p99_ms": _percentile(decided, 99),
     }  # fmt: skip
 
 

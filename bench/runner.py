@@ -149,6 +149,11 @@ class Bench:
             self.results.add("e2e_p50_ms", r["p50_ms"])
             self.results.add("e2e_p99_ms", r["p99_ms"])
             self.results.detail("e2e", {**r, "cpu_s": run.cpu_s, "scorer_rss_mb_after": rss})
+            if r["achieved_rate"] < 0.95 * self.s.e2e_rate:
+                self.results.notes.append(
+                    f"e2e: the load generator held only {r['achieved_rate']:,.0f} of "
+                    f"{self.s.e2e_rate:,.0f} events/s (its process was short of CPU)"
+                )
             if r["matched"] < r["sent"]:
                 self.results.notes.append(
                     f"e2e: {r['sent'] - r['matched']} of {r['sent']} events had no tier change "

@@ -33,7 +33,7 @@ class BenchSettings(BaseSettings):
     ingest_concurrency: int = Field(4, ge=1, description="Ingest requests in flight.")
     e2e_rate: float = Field(5000.0, gt=0, description="Events per second offered end to end.")
     e2e_seconds: float = Field(5.0, gt=0, description="Length of each end-to-end run.")
-    e2e_batch: int = Field(50, ge=1, description="Events per end-to-end HTTP request.")
+    e2e_batch: int = Field(100, ge=1, description="Events per end-to-end HTTP request.")
     scorer_timeout_s: float = Field(600.0, gt=0, description="Longest a scorer drain may take.")
     profile: bool = Field(True, description="Profile one extra scorer and ingest run (py-spy).")
     profile_s: float = Field(20.0, gt=0, description="Seconds of the profiled scorer run.")
