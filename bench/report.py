@@ -24,6 +24,8 @@ FIGURES: dict[str, tuple[str, float | None, bool]] = {
     "e2e_rate_events_per_s": ("events/s", 5_000, True),
     "e2e_p50_ms": ("ms", None, False),
     "e2e_p99_ms": ("ms", 250, False),
+    "e2e_http_p99_ms": ("ms", None, False),
+    "e2e_to_decision_p99_ms": ("ms", None, False),
 }
 RATIOS = {
     "scorer_vs_raw_consume": ("scorer_events_per_s", "raw_consume_events_per_s"),

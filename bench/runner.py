@@ -148,6 +148,8 @@ class Bench:
             self.results.add("e2e_rate_events_per_s", r["achieved_rate"])
             self.results.add("e2e_p50_ms", r["p50_ms"])
             self.results.add("e2e_p99_ms", r["p99_ms"])
+            self.results.add("e2e_http_p99_ms", r["http_p99_ms"])
+            self.results.add("e2e_to_decision_p99_ms", r["to_decision_p99_ms"])
             self.results.detail("e2e", {**r, "cpu_s": run.cpu_s, "scorer_rss_mb_after": rss})
             if r["achieved_rate"] < 0.95 * self.s.e2e_rate:
                 self.results.notes.append(
@@ -193,7 +195,8 @@ def _notes(settings: BenchSettings, events: Sequence[Event]) -> list[str]:
         "timed from the first POST to the last 202 (broker acks included)",
         f"e2e: first purchases of fresh customers POSTed open-loop in batches of "
         f"{settings.e2e_batch} for {settings.e2e_seconds:g} s per run; latency from the start "
-        "of the POST to the customer's first record on the tier-changed topic",
+        "of the POST to the customer's first record on the tier-changed topic; http = POST "
+        "to 202, to_decision = POST to the scorer's emitted_at (its clock when it decided)",
         "per CPU-s: events per CPU second of the phase's own process (the bench client for "
         "raw Kafka, bench + Postgres for the raw merge, the ingest or the scorer process)",
     ]
