@@ -11,54 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from pydantic import ValidationError
 
 from services.scorer import store
 from services.scorer.batch import BatchResult, apply_batch
 from services.scorer.db import Pool
+from services.scorer.dead_letters import Poison, Record, dead_letter, decode
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
+from services.scorer.group_commit import GroupCommitter
 from services.scorer.metrics import ScorerMetrics
+from services.scorer.polling import Batch, gather_batch, gc_paused
 from services.scorer.store import Fenced, OffsetMove
 from shared.clock import Clock
-from shared.contracts import parse_event
 from shared.domain.state import Event
-from shared.kafka import dlq_headers
 from shared.logging import get_logger
-from shared.topics import Topics
 
 log = get_logger(__name__)
-
-# A dead-lettered payload larger than this is cut (and flagged) so the DLQ write cannot fail.
-DLQ_MAX_BYTES = 900_000
-Record: TypeAlias = Any  # aiokafka's ConsumerRecord (the library ships no types)
-
-
-@dataclass(frozen=True)
-class Poison:
-    """A record that could not be decoded or validated, and why."""
-
-    record: Record
-    error: str
-
-
-def decode(records: Iterable[Record]) -> tuple[list[tuple[Event, Record]], list[Poison]]:
-    """Parse records into (event, record) pairs; the rest are poison with a short error."""
-    decoded: list[tuple[Event, Record]] = []
-    poison: list[Poison] = []
-    for record in records:
-        try:
-            decoded.append((parse_event(record.value), record))
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_input=False)
-            text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-            poison.append(Poison(record, text or str(exc)))
-        except (ValueError, TypeError) as exc:
-            poison.append(Poison(record, f"{type(exc).__name__}: {exc}"))
-    return decoded, poison
 
 
 class EventConsumer:
@@ -76,12 +45,14 @@ class EventConsumer:
         metrics: ScorerMetrics,
         max_records: int,
         poll_timeout_ms: int,
+        linger_ms: int = 0,
         on_changes: Callable[[], None] = lambda: None,
     ) -> None:
         self.consumer, self.producer, self.pool = consumer, producer, pool
         self.group_id, self.scoring, self.clock, self.metrics = group_id, scoring, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
-        self.on_changes = on_changes
+        self.linger_ms, self.on_changes = linger_ms, on_changes
+        self.group_commits = GroupCommitter(consumer)
         # Per owned partition: the stored next offset our next commit expects (None: no row).
         self.fences: dict[TopicPartition, int | None] = {}
         self.needs_resync = False
@@ -106,17 +77,23 @@ class EventConsumer:
     async def _step(self) -> bool:
         if self.needs_resync:
             await self.resync(self.consumer.assignment())
-        batch = await self.consumer.getmany(
-            timeout_ms=self.poll_timeout_ms, max_records=self.max_records
-        )
+        batch = await gather_batch(
+            self.consumer, max_records=self.max_records, wait_ms=self.poll_timeout_ms,
+            linger_ms=self.linger_ms,
+        )  # fmt: skip
         self._update_lag()
         if not batch:
             return False
         if self.needs_resync or any(tp not in self.fences for tp in batch):
             self.needs_resync = True  # fetched before our seek: drop it, resync first
             return True
-        await self._process(batch)
+        with gc_paused():
+            await self._process(batch)
         return True
+
+    async def close(self) -> None:
+        """Stop background group commits (call before the Kafka consumer stops)."""
+        await self.group_commits.close()
 
     async def resync(self, partitions: Iterable[TopicPartition]) -> None:
         """Seek `partitions` to the offsets stored in Postgres (no row: the beginning)."""
@@ -136,12 +113,14 @@ class EventConsumer:
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Drop state of revoked partitions."""
+        partitions = list(partitions)
+        self.group_commits.forget(partitions)
         for tp in partitions:
             self.fences.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
-    async def _process(self, batch: dict[TopicPartition, list[Record]]) -> None:
+    async def _process(self, batch: Batch) -> None:
         started = asyncio.get_running_loop().time()
         records = [r for tp in sorted(batch) for r in batch[tp]]
         decoded, poison = decode(records)
@@ -156,6 +135,9 @@ class EventConsumer:
             tp = TopicPartition(move.topic, move.partition)
             if self.fences.get(tp, -1) == expected[tp]:  # unless a rebalance re-seeked meanwhile
                 self.fences[tp] = move.next_offset
+        self.group_commits.offer(
+            {TopicPartition(m.topic, m.partition): m.next_offset for m in moves}
+        )
         self._count(result.outcomes, poison, result.changes)
         self.metrics.batch_size.observe(len(records))
         self.metrics.batch_duration.observe(asyncio.get_running_loop().time() - started)
@@ -174,36 +156,20 @@ class EventConsumer:
                     now=self.clock.now(),
                 )  # fmt: skip
             except CustomerFailed as failed:
-                log.error("customer quarantined", error=failed.error)
                 rejected = [
                     Poison(r, failed.error)
                     for e, r in decoded
                     if e.customer_id == failed.customer_id
                 ]
+                log.error("customer's events quarantined", error=failed.error, events=len(rejected))
+                log.debug("quarantined customer", customer_id=failed.customer_id)
                 await self._dead_letter(rejected)
                 poison.extend(rejected)
                 decoded = [(e, r) for e, r in decoded if e.customer_id != failed.customer_id]
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
-        """Write poison records to `<topic>.dlq` and wait for the broker's acks."""
-        futures = []
-        for item in poison:
-            r = item.record
-            value = r.value if r.value is not None else b""
-            headers = dlq_headers(
-                topic=r.topic, partition=r.partition, offset=r.offset, error=item.error,
-                original=list(r.headers or ()),
-            )  # fmt: skip
-            if len(value) > DLQ_MAX_BYTES:
-                value, headers = value[:DLQ_MAX_BYTES], [*headers, ("dlq_truncated", b"true")]
-            futures.append(
-                await self.producer.send(
-                    Topics.dlq(r.topic), value=value, key=r.key, headers=headers
-                )
-            )
-        if futures:
-            await asyncio.gather(*futures)
-            log.warning("records dead-lettered", count=len(poison), first_error=poison[0].error)
+        if poison:
+            await dead_letter(self.producer, poison)
 
     def _count(
         self,

@@ -74,7 +74,8 @@ async def _serve(
     events = EventConsumer(
         consumer, producer, pool, group_id=SCORER_GROUP, scoring=holder, clock=clock,
         metrics=metrics, max_records=settings.batch_max_records,
-        poll_timeout_ms=settings.poll_timeout_ms, on_changes=outbox_ready.set,
+        poll_timeout_ms=settings.poll_timeout_ms, linger_ms=settings.batch_linger_ms,
+        on_changes=outbox_ready.set,
     )  # fmt: skip
     consumer.subscribe(list(topics.events), listener=events.listener())
     await consumer.start()
@@ -95,8 +96,11 @@ async def _serve(
     log.info(
         "scorer listening", host=settings.host, port=settings.port, rules=holder().rules.version
     )
-    await serve(app, host=settings.host, port=settings.port, loops=loops, stop=stop,
-                install_signals=stop is None)  # fmt: skip
+    try:
+        await serve(app, host=settings.host, port=settings.port, loops=loops, stop=stop,
+                    install_signals=stop is None)  # fmt: skip
+    finally:
+        await events.close()
 
 
 def _loop(

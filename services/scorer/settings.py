@@ -34,7 +34,12 @@ class ScorerSettings(ServiceSettings):
         default_factory=_default_rules_file,
         description="YAML rules file; validated at start (the scorer refuses an invalid one).",
     )
-    batch_max_records: int = Field(5000, ge=1, description="Records per consumed batch.")
+    batch_max_records: int = Field(
+        20000, ge=1, description="Most records per consumed batch (one transaction)."
+    )
+    batch_linger_ms: int = Field(
+        50, ge=0, description="How long a batch keeps gathering records after the first one."
+    )
     poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")
     sweep_interval_s: float = Field(
         30.0, gt=0, description="How often the sweeper re-evaluates customers that came due."

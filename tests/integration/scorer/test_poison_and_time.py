@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 
@@ -26,6 +27,8 @@ from tests.integration.scorer.support import (
 )
 
 FAR = datetime(9999, 12, 31, tzinfo=UTC)
+# Valid on the wire, but in UTC it falls before year 1: the domain cannot fold it.
+BEFORE_YEAR_1 = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
 
 
 async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
@@ -38,7 +41,10 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
     topic = Topics(topic_namespace).purchases
     good = purchase("good-1", "c1", days_ago=1)
     missing_amount = {k: v for k, v in json.loads(good.model_dump_json()).items() if k != "amount"}
-    # Valid on the wire, but its windows end past datetime.max: the domain cannot fold it.
+    unfoldable = good.model_copy(
+        update={"event_id": "early", "customer_id": "early", "occurred_at": BEFORE_YEAR_1}
+    )
+    # Its windows end past datetime.max: it folds, and is never due for a review.
     year_9999 = good.model_copy(
         update={"event_id": "far", "customer_id": "far", "occurred_at": FAR}
     )
@@ -46,32 +52,38 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
         b"{not json",
         b'{"type": "refund", "event_id": "x"}',
         json.dumps(missing_amount).encode(),
-        year_9999.model_dump_json().encode(),
+        unfoldable.model_dump_json().encode(),
     ]
     settings = scorer_settings(base_env)
     async with running_scorer(settings, clock):
         # Same key: one partition, the poison first and the good event behind it.
         await produce_raw(kafka_bootstrap, topic, [(b"c1", value) for value in poison])
-        await produce(kafka_bootstrap, topic_router(topic_namespace), [good])
-        rows = await wait_until(lambda: customer_rows(scorer_db))
+        await produce(kafka_bootstrap, topic_router(topic_namespace), [good, year_9999])
+        rows = await wait_until(lambda: _rows_of(scorer_db, {"c1", "far"}))
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(f"http://127.0.0.1:{settings.port}/metrics")).text
     assert rows["c1"]["state"]["lifetime_orders"] == 1
-    assert "far" not in rows  # quarantined, not half-applied
+    assert rows["far"]["next_review_at"] is None
+    assert "early" not in rows  # quarantined, not half-applied
     dead = await read_topic(kafka_bootstrap, Topics.dlq(topic), expect=4)
     assert [r.value for r in dead] == poison
     assert {header(r.headers, "dlq_original_topic") for r in dead} == {topic}
     assert [int(header(r.headers, "dlq_original_offset") or -1) for r in dead] == [0, 1, 2, 3]
     assert "OverflowError" in (header(dead[3].headers, "dlq_error") or "")
-    async with connect(scorer_db) as conn:  # the partition that carried all five records
+    async with connect(scorer_db) as conn:  # the partition that carried c1's five records
         partition = await conn.fetchval(
-            "SELECT partition FROM scorer.consumer_offset WHERE topic = $1 AND next_offset = 5",
+            "SELECT partition FROM scorer.consumer_offset WHERE topic = $1 AND next_offset >= 5",
             topic,
         )
     assert {header(r.headers, "dlq_original_partition") for r in dead} == {str(partition)}
     assert "amount" in (header(dead[2].headers, "dlq_error") or "")
     assert 'tierstream_scorer_events_total{outcome="dead_lettered",type="unknown"} 4.0' in metrics
-    assert 'tierstream_scorer_events_total{outcome="processed",type="purchase"} 1.0' in metrics
+    assert 'tierstream_scorer_events_total{outcome="processed",type="purchase"} 2.0' in metrics
+
+
+async def _rows_of(database_url: str, customers: set[str]) -> dict[str, dict[str, Any]]:
+    rows = await customer_rows(database_url)
+    return rows if customers <= rows.keys() else {}
 
 
 async def test_a_customer_silent_for_over_30_days_becomes_at_risk_by_time_alone(

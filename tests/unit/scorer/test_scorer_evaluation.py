@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from services.scorer.api import decode_cursor, encode_cursor
-from services.scorer.consumer import decode
+from services.scorer.dead_letters import decode
 from services.scorer.evaluation import (
     CustomerFailed,
     CustomerRecord,

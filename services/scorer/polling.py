@@ -1,0 +1,58 @@
+"""Batch shaping for the consumer: gather records across partitions, pause the cyclic GC.
+
+Bigger batches are cheaper per event (each customer is loaded, classified and written
+once per batch, however many of its events the batch holds), so the consumer keeps
+gathering until `max_records` or `linger_ms` after the first record. Under a backlog
+the buffers are full and batches fill at once; under a trickle a record waits at most
+`linger_ms` longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+Batch = dict[TopicPartition, list[Any]]
+
+
+async def gather_batch(
+    consumer: AIOKafkaConsumer, *, max_records: int, wait_ms: int, linger_ms: int
+) -> Batch:
+    """Wait up to `wait_ms` for records, then keep adding for up to `linger_ms`."""
+    batch: Batch = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
+    total = sum(len(records) for records in batch.values())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + linger_ms / 1000
+    while batch and total < max_records:
+        left_ms = int((deadline - loop.time()) * 1000)
+        if left_ms <= 0:
+            break
+        more: Batch = await consumer.getmany(timeout_ms=left_ms, max_records=max_records - total)
+        if not more:
+            break
+        for tp, records in more.items():
+            batch.setdefault(tp, []).extend(records)
+            total += len(records)
+    return batch
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Run a batch without cyclic garbage collections, then let them resume.
+
+    A batch allocates hundreds of thousands of short-lived, acyclic objects (freed by
+    reference counting); the collector would walk them thousands of times per batch
+    (a third of the CPU time, measured). Cycles made meanwhile are collected afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
