@@ -92,6 +92,7 @@ async def _serve(
         _loop("rebucket", rebucket.step, settings.population_interval_s, metrics),
         _loop("gauges", _gauge_step(pool, metrics), settings.gauge_interval_s, metrics),
     ]
+    metrics.start_at_zero(loop.__name__ for loop in loops)
     app = create_app(settings, pool=pool, clock=clock, registry=registry)
     log.info(
         "scorer listening", host=settings.host, port=settings.port, rules=holder().rules.version

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client as prom
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from shared.contracts import EVENT_MODELS, ChangeCause
+from shared.domain.changes import UNCLASSIFIED
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from services.scorer.evaluation import ChangeRecord
 
+EVENT_TYPES = tuple(EVENT_MODELS)
 # Event time to emission spans seconds (live) up to days (late or replayed events).
 EMIT_LATENCY_BUCKETS = (0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 * 86400)
 
@@ -21,32 +26,48 @@ EMIT_LATENCY_BUCKETS = (0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 
 class ScorerMetrics:
     """Every metric the scorer exports."""
 
-    events: Counter
+    events: prom.Counter
     batch_size: Histogram
     batch_duration: Histogram
     consumer_lag: Gauge
-    transitions: Counter
+    transitions: prom.Counter
     customers: Gauge
     sweep_duration: Histogram
-    sweep_customers: Counter
+    sweep_customers: prom.Counter
     outbox_backlog: Gauge
-    published: Counter
+    published: prom.Counter
     emit_latency: Histogram
-    fenced_batches: Counter
-    loop_errors: Counter
+    fenced_batches: prom.Counter
+    loop_errors: prom.Counter
 
     def count_transitions(self, changes: Iterable[ChangeRecord]) -> None:
         """Count decided changes by dimension, from, to and cause."""
-        for c in changes:
-            labels = (c.dimension.value, c.from_class or "none", c.to_class, c.cause.value)
-            self.transitions.labels(*labels).inc()
+        counts = Counter(
+            (c.dimension.value, c.from_class or UNCLASSIFIED, c.to_class, c.cause.value)
+            for c in changes
+            if c.from_class != c.to_class
+        )
+        for labels, n in counts.items():
+            self.transitions.labels(*labels).inc(n)
+
+    def start_at_zero(self, loops: Iterable[str]) -> None:
+        """Create the known label combinations, so `increase()` sees their first count."""
+        for event_type in EVENT_TYPES:
+            for outcome in ("processed", "duplicate"):
+                self.events.labels(event_type, outcome)
+        self.events.labels("unknown", "dead_lettered")
+        for cause in ChangeCause:
+            if cause is not ChangeCause.EVENT:
+                self.sweep_customers.labels(cause.value)
+        for loop in loops:
+            self.loop_errors.labels(loop)
 
 
 def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
     """Create the scorer's metrics on `registry`."""
     p = "tierstream_scorer_"
     return ScorerMetrics(
-        events=Counter(
+        events=prom.Counter(
             f"{p}events_total",
             "Events consumed, by type and outcome (processed, duplicate, dead_lettered).",
             ["type", "outcome"],
@@ -70,7 +91,7 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
             ["topic", "partition"],
             registry=registry,
         ),
-        transitions=Counter(
+        transitions=prom.Counter(
             f"{p}transitions_total",
             "Class changes decided.",
             ["dimension", "from", "to", "cause"],
@@ -88,7 +109,7 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         ),
-        sweep_customers=Counter(
+        sweep_customers=prom.Counter(
             f"{p}sweep_customers_total",
             "Customers re-evaluated without a new event, by cause (time, rebucket, rule_change).",
             ["cause"],
@@ -97,7 +118,7 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         outbox_backlog=Gauge(
             f"{p}outbox_backlog_changes", "Tier changes not yet published.", registry=registry
         ),
-        published=Counter(
+        published=prom.Counter(
             f"{p}published_changes_total", "Tier changes published (acked).", registry=registry
         ),
         emit_latency=Histogram(
@@ -106,12 +127,12 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
             buckets=EMIT_LATENCY_BUCKETS,
             registry=registry,
         ),
-        fenced_batches=Counter(
+        fenced_batches=prom.Counter(
             f"{p}fenced_batches_total",
             "Batches rolled back because another consumer owns the partition.",
             registry=registry,
         ),
-        loop_errors=Counter(
+        loop_errors=prom.Counter(
             f"{p}loop_errors_total",
             "Failures of a background loop iteration (retried with back-off).",
             ["loop"],
