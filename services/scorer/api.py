@@ -163,13 +163,6 @@ def read_router() -> APIRouter:
     """Routes of the read API (API key required)."""
     router = APIRouter(prefix="/v1", tags=["customers"], responses=PROBLEM_RESPONSES)
 
-    @router.get("/customers/{customer_id}", responses=NOT_FOUND, summary="One customer")
-    async def get_customer(customer_id: CustomerId, request: Request, _: SourceDep) -> CustomerView:
-        stored = await queries.fetch_customer(_pool(request), customer_id)
-        if stored is None:
-            raise ProblemError(404, "Customer not found", f"No customer {customer_id!r} is known.")
-        return customer_view(stored, now=_now(request))
-
     @router.get("/customers", summary="Customers, filtered by class, in id order")
     async def list_customers(
         request: Request, _: SourceDep, value_tier: ClassFilter = None,
@@ -190,8 +183,10 @@ def read_router() -> APIRouter:
             items=items, next_cursor=encode_cursor(items[-1].customer_id) if more else None
         )
 
+    # Ids may contain `/` (`:path`); the history route goes first, or the customer route
+    # would read `<id>/changes` as an id. An id ending in `/changes` is read as history.
     @router.get(
-        "/customers/{customer_id}/changes", responses=NOT_FOUND, summary="Tier-change history"
+        "/customers/{customer_id:path}/changes", responses=NOT_FOUND, summary="Tier-change history"
     )
     async def list_changes(
         customer_id: CustomerId,
@@ -210,6 +205,13 @@ def read_router() -> APIRouter:
         return ChangePage(
             items=items, next_cursor=encode_cursor(str(rows[limit - 1].seq)) if more else None
         )
+
+    @router.get("/customers/{customer_id:path}", responses=NOT_FOUND, summary="One customer")
+    async def get_customer(customer_id: CustomerId, request: Request, _: SourceDep) -> CustomerView:
+        stored = await queries.fetch_customer(_pool(request), customer_id)
+        if stored is None:
+            raise ProblemError(404, "Customer not found", f"No customer {customer_id!r} is known.")
+        return customer_view(stored, now=_now(request))
 
     @router.get("/stats/tiers", summary="Customers per class and dimension")
     async def tier_stats(request: Request, _: SourceDep) -> TierStats:

@@ -18,11 +18,12 @@ from shared.topics import SCORER_GROUP
 from tests.integration.scorer.support import NOW, login, purchase, support
 
 AUTH = {"Authorization": "Bearer test-key"}
+SLASHED = "acme/eu/42"  # upstream ids may contain slashes
 
 
 @pytest.fixture
 async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The scorer app over a database holding 5 gold and 3 bronze customers."""
+    """The scorer app over a database holding 5 gold, 3 bronze and one lead customer."""
     settings = ScorerSettings(**base_env)
     pool = await create_pool(scorer_db, size=2, application_name="test")
     events = [
@@ -32,6 +33,7 @@ async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.A
     ]
     events += [purchase(f"b{c}", f"bronze-{c}", days_ago=200, amount="50") for c in range(3)]
     events += [login("l1", "gold-0", days_ago=1), support("s1", "gold-0", days_ago=2, nps=9)]
+    events += [login("l2", SLASHED, days_ago=1)]
     scoring = Scoring(load_rules(settings.rules_file))
     await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=scoring, now=NOW)
     app = create_app(settings, pool=pool, clock=FixedClock(NOW))
@@ -115,11 +117,21 @@ async def test_the_change_history_and_the_tier_stats(api: httpx.AsyncClient) -> 
     assert (await api.get("/v1/customers/nobody/changes", headers=AUTH)).status_code == 404
     stats = (await api.get("/v1/stats/tiers", headers=AUTH)).json()
     assert stats == {
-        "customers": 8,
-        "value_tier": {"gold": 5, "bronze": 3},
-        "activity_level": {"active": 5, "inactive": 3},
-        "lifecycle_stage": {"established": 5, "at_risk": 3},
+        "customers": 9,
+        "value_tier": {"gold": 5, "bronze": 3, "none": 1},
+        "activity_level": {"active": 6, "inactive": 3},
+        "lifecycle_stage": {"established": 5, "at_risk": 3, "lead": 1},
     }
+
+
+async def test_a_customer_id_with_slashes_reads_through_both_routes(api: httpx.AsyncClient) -> None:
+    body = (await api.get(f"/v1/customers/{SLASHED}", headers=AUTH)).json()
+    assert (body["customer_id"], body["lifecycle_stage"]) == (SLASHED, "lead")
+    history = (await api.get(f"/v1/customers/{SLASHED}/changes", headers=AUTH)).json()
+    assert {c["customer_id"] for c in history["items"]} == {SLASHED}
+    assert {c["to"] for c in history["items"]} == {"none", "active", "lead"}
+    missing = await api.get("/v1/customers/acme/eu/43/changes", headers=AUTH)
+    assert missing.status_code == 404 and "acme/eu/43" in missing.json()["detail"]
 
 
 async def test_probes_report_ready_when_postgres_and_the_broker_answer(
