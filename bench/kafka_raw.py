@@ -17,8 +17,6 @@ from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.settings import ServiceSettings
 from shared.topics import Topics
 
-# Records per poll: the scorer's default batch size, so both read alike.
-POLL_RECORDS = 5000
 Decoder = Callable[[bytes], Any]
 DECODERS: dict[str, Decoder] = {"json": json.loads, "pydantic": parse_event}
 
@@ -66,10 +64,12 @@ async def produce(
     return seconds, Loaded(namespace, ends)
 
 
-async def consume(settings: ServiceSettings, loaded: Loaded, decode: Decoder) -> float:
+async def consume(
+    settings: ServiceSettings, loaded: Loaded, decode: Decoder, poll_records: int
+) -> float:
     """Read every loaded record from the beginning and decode its value; returns seconds."""
     topics = Topics(loaded.namespace)
-    consumer = make_consumer(settings, None)
+    consumer = make_consumer(settings, None, max_poll_records=poll_records)
     await consumer.start()
     try:
         partitions = [
@@ -80,7 +80,7 @@ async def consume(settings: ServiceSettings, loaded: Loaded, decode: Decoder) ->
         started = time.perf_counter()
         seen = 0
         while seen < loaded.total:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=POLL_RECORDS)
+            batch = await consumer.getmany(timeout_ms=1000, max_records=poll_records)
             for records in batch.values():
                 for record in records:
                     decode(record.value)

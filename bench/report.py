@@ -21,12 +21,13 @@ FIGURES: dict[str, tuple[str, float | None, bool]] = {
     "scorer_events_per_s": ("events/s", 50_000, True),
     "scorer_startup_s": ("s", None, False),
     "scorer_rss_mb": ("MB", None, False),
-    "e2e_rate_events_per_s": ("events/s", 5_000, True),
+    "e2e_rate_events_per_s": ("events/s", None, True),
     "e2e_p50_ms": ("ms", None, False),
     "e2e_p99_ms": ("ms", 250, False),
     "e2e_http_p99_ms": ("ms", None, False),
     "e2e_to_decision_p99_ms": ("ms", None, False),
 }
+E2E_TARGET_RATE = 5_000
 RATIOS = {
     "scorer_vs_raw_consume": ("scorer_events_per_s", "raw_consume_events_per_s"),
     "scorer_vs_raw_pg_merge": ("scorer_events_per_s", "raw_pg_merge_events_per_s"),
@@ -79,6 +80,11 @@ class Results:
             if target is not None and value is not None:
                 met = value >= target if higher else value <= target
                 out[figure] = {"target": target, "measured": round(value, 1), "met": met}
+        rate = self.median("e2e_rate_events_per_s")
+        if "e2e_p99_ms" in out and rate is not None:
+            # The latency target holds only at the target rate (held within 2 %).
+            held = rate >= E2E_TARGET_RATE * 0.98
+            out["e2e_p99_ms"].update(at_rate=round(rate), met=out["e2e_p99_ms"]["met"] and held)
         return out
 
     def document(self, machine: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

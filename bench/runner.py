@@ -74,7 +74,7 @@ class Bench:
             for name, decode in DECODERS.items():
                 meter = self._meter()
                 meter.start()
-                seconds = await consume(self.kafka, loaded, decode)
+                seconds = await consume(self.kafka, loaded, decode, self.s.merge_batch())
                 cpu = meter.read()
                 figure = (
                     "raw_consume_events_per_s"
@@ -94,7 +94,7 @@ class Bench:
                 try:  # the backend's CPU is read while it still lives
                     meter = CpuMeter({"bench": os.getpid(), "postgres": self.infra.postgres_pid})
                     meter.start()
-                    seconds = await merge(conn, events, self.s.batch)
+                    seconds = await merge(conn, events, self.s.merge_batch())
                     cpu = meter.read()
                 finally:
                     await conn.close()
@@ -186,10 +186,11 @@ def _notes(settings: BenchSettings, events: Sequence[Event]) -> list[str]:
         "the offsets stored in scorer.consumer_offset reaching the end of every partition; "
         "start-up and group join (scorer_startup_s) and the first batch's events are excluded",
         "raw_consume_events_per_s decodes with pydantic (shared.contracts.parse_event, the "
-        "scorer's decode); raw_consume_json_events_per_s with json.loads only",
-        f"raw_pg_merge: batches of {settings.batch} events aggregated per customer in Python "
-        "(inside the timing), COPY into a temp table + one INSERT ... ON CONFLICT merge, one "
-        "transaction per batch",
+        "scorer's decode); raw_consume_json_events_per_s with json.loads only; polls of "
+        f"{settings.merge_batch()} records (the scorer's batch size)",
+        f"raw_pg_merge: batches of {settings.merge_batch()} events (the scorer's batch size) "
+        "aggregated per customer in Python (inside the timing), COPY into a temp table + one "
+        "INSERT ... ON CONFLICT merge, one transaction per batch",
         f"ingest: python -m services.ingest, batches of {settings.ingest_batch} from a separate "
         f"load-generator process (httpx, {settings.ingest_concurrency} requests in flight), "
         "timed from the first POST to the last 202 (broker acks included)",

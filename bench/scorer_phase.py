@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cpu import CpuMeter
 from bench.infra import Infra, Service, fresh_database, running, service_env
@@ -23,6 +25,7 @@ from shared.db import asyncpg_dsn
 from shared.topics import SCORER_GROUP
 
 POLL_S = 0.05
+BATCH_METRIC = "tierstream_scorer_batch_"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class ScorerRun:
     peak_rss_mb: float
     cpu_s: dict[str, float]
     outbox_backlog: int  # changes not yet relayed when the offsets reached the end
+    batches: dict[str, float]  # from the scorer's own /metrics: count, mean size, mean seconds
 
     @property
     def rate(self) -> float:
@@ -111,6 +115,7 @@ async def run_scorer(
                 backlog = await conn.fetchval(
                     "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
                 )
+                batches = await batch_stats(scorer.url)
         finally:
             await conn.close()
     assert watch.first_at is not None
@@ -121,4 +126,27 @@ async def run_scorer(
         peak_rss_mb=watch.peak_rss / 2**20,
         cpu_s=cpu,
         outbox_backlog=int(backlog or 0),
+        batches=batches,
     )
+
+
+async def batch_stats(url: str) -> dict[str, float]:
+    """Batches the scorer committed, their mean size and duration, from its /metrics."""
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            text = (await http.get(f"{url}/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(BATCH_METRIC) and sample.name.endswith(("_sum", "_count")):
+                sums[sample.name.removeprefix(BATCH_METRIC)] = sample.value
+    count = sums.get("size_events_count", 0.0)
+    if not count:
+        return {}
+    return {
+        "count": count,
+        "mean_events": round(sums.get("size_events_sum", 0.0) / count, 1),
+        "mean_seconds": round(sums.get("duration_seconds_sum", 0.0) / count, 4),
+    }

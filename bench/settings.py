@@ -27,7 +27,9 @@ class BenchSettings(BaseSettings):
     )
     customers: int = Field(20_000, ge=1, description="Customers those events belong to.")
     partitions: int = Field(6, ge=1, description="Partitions per topic (production default).")
-    batch: int = Field(5000, ge=1, description="Events per raw Postgres merge transaction.")
+    batch: int | None = Field(
+        None, ge=1, description="Events per raw Postgres merge transaction (default: the scorer's)."
+    )
     ingest_events: int = Field(100_000, ge=1000, description="Events posted per ingest run.")
     ingest_batch: int = Field(1000, ge=1, description="Events per ingest HTTP request.")
     ingest_concurrency: int = Field(4, ge=1, description="Ingest requests in flight.")
@@ -47,6 +49,13 @@ class BenchSettings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
         return value
+
+    def merge_batch(self) -> int:
+        """Events per raw merge transaction: as asked, else the scorer's batch size."""
+        from services.scorer.settings import ScorerSettings
+
+        default = ScorerSettings.model_fields["batch_max_records"].default
+        return self.batch or int(default)
 
     def wants(self, phase: str) -> bool:
         """Whether `phase` was asked for."""
