@@ -108,13 +108,14 @@ class ChangeRecord:
     rules_version: str
     occurred_at: datetime
     emitted_at: datetime
+    traceparent: str | None = None  # W3C trace context of the triggering event, if it had one
 
     def as_row(self) -> tuple[Any, ...]:
         """Column values in `store.insert_changes` order (JSON as text)."""
         return (
             self.id, self.customer_id, self.dimension.value, self.from_class, self.to_class,
             self.cause.value, self.rule, _json(self.features), _json(self.attributes),
-            self.rules_version, self.occurred_at, self.emitted_at,
+            self.rules_version, self.occurred_at, self.emitted_at, self.traceparent,
         )  # fmt: skip
 
     def to_event(self) -> TierChanged:

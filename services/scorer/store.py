@@ -126,7 +126,7 @@ async def save_customers(conn: Connection, updates: Sequence[CustomerUpdate]) ->
             m_score = u.m_score, class_since = u.class_since, rules_version = u.rules_version,
             cut_points_version = u.cut_points_version, next_review_at = u.next_review_at,
             updated_at = u.updated_at
-        FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::text[], $6::int2[],
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[],
                     $7::int2[], $8::int2[], $9::jsonb[], $10::text[], $11::text[],
                     $12::timestamptz[], $13::timestamptz[])
             AS u(customer_id, state, value_tier, activity_level, lifecycle_stage, r_score,
@@ -138,21 +138,21 @@ async def save_customers(conn: Connection, updates: Sequence[CustomerUpdate]) ->
     )
 
 
+_CHANGE_COLUMNS = (
+    "id", "customer_id", "dimension", "from_class", "to_class", "cause", "rule", "features",
+    "attributes", "rules_version", "occurred_at", "emitted_at", "traceparent",
+)  # fmt: skip
+
+
 async def insert_changes(conn: Connection, changes: Sequence[ChangeRecord]) -> None:
     """Append tier changes to the outbox (= the history); `seq` follows list order."""
     if not changes:
         return
-    columns = list(zip(*(c.as_row() for c in changes), strict=True))
-    await conn.execute(
-        """
-        INSERT INTO scorer.tier_change (id, customer_id, dimension, from_class, to_class, cause,
-            rule, features, attributes, rules_version, occurred_at, emitted_at)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-            $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::text[], $11::timestamptz[],
-            $12::timestamptz[])
-        """,
-        *[list(column) for column in columns],
-    )
+    # COPY (binary) takes rows about twice as fast as INSERT ... SELECT FROM unnest(...).
+    await conn.copy_records_to_table(
+        "tier_change", schema_name="scorer", columns=_CHANGE_COLUMNS,
+        records=[c.as_row() for c in changes],
+    )  # fmt: skip
 
 
 async def load_offsets(
