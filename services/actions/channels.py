@@ -6,6 +6,7 @@ webhooks, the Message-ID for e-mail) so a resend after a crash can be recognised
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import html
@@ -139,11 +140,16 @@ class SmtpChannel:
 
     async def send(self, delivery: Delivery) -> None:
         c = self.config
+        message = self.message(delivery)
+        client = aiosmtplib.SMTP(
+            hostname=c.host, port=c.port, username=c.user, password=c.password,
+            start_tls=c.starttls, timeout=c.timeout_s,
+        )  # fmt: skip
         try:
-            await aiosmtplib.send(
-                self.message(delivery), hostname=c.host, port=c.port, username=c.user,
-                password=c.password, start_tls=c.starttls, timeout=c.timeout_s,
-            )  # fmt: skip
+            await client.connect()
+            await client.send_message(message)
+            with contextlib.suppress(aiosmtplib.SMTPException):
+                await client.quit()
         except aiosmtplib.SMTPResponseException as exc:
             text = f"SMTP {exc.code}: {exc.message}"
             raise (PermanentDeliveryError if 500 <= exc.code < 600 else DeliveryError)(
@@ -153,6 +159,11 @@ class SmtpChannel:
             raise PermanentDeliveryError(f"recipient refused: {exc}") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            # Not `async with` / aiosmtplib.send: on cancellation (the dispatcher's timeout)
+            # they QUIT and wait for a stuck server, so an attempt outlived its timeout and
+            # its lease, and the delivery was claimed again while still being sent.
+            client.close()
 
 
 class LogChannel:
