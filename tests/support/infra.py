@@ -56,7 +56,9 @@ async def fresh_database(server_url: str) -> AsyncIterator[str]:
     finally:
         admin = await asyncpg.connect(asyncpg_dsn(with_database(server_url, "postgres")))
         try:
-            await asyncio.wait_for(admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'), 30)
+            await asyncio.wait_for(
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'), 30
+            )
         finally:
             await admin.close()
 
