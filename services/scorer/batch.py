@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +30,7 @@ async def apply_batch(
     group_id: str,
     scoring: Scoring,
     now: datetime,
+    trace_of: Callable[[Event], str | None] = lambda _: None,
 ) -> BatchResult:
     """Claim, fold, classify, write state + outbox, advance offsets: all or nothing.
 
@@ -43,7 +44,7 @@ async def apply_batch(
         fresh = [e for e in unique if e.event_id in fresh_ids]
         customer_ids = [e.customer_id for e in fresh]
         records = await store.lock_customers(conn, customer_ids, now=now) if fresh else []
-        outcome = fold_batch(records, fresh, scoring, now=now)
+        outcome = fold_batch(records, fresh, scoring, now=now, trace_of=trace_of)
         await store.save_customers(conn, outcome.updates)
         await store.insert_changes(conn, outcome.changes)
         await store.advance_offsets(conn, group_id, moves)

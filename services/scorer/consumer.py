@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from services.scorer import store
 from services.scorer.batch import BatchResult, apply_batch
 from services.scorer.db import Pool
-from services.scorer.dead_letters import Poison, Record, dead_letter, decode
+from services.scorer.dead_letters import Poison, Record, dead_letter, decode, traceparent_of
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
 from services.scorer.group_commit import GroupCommitter
 from services.scorer.metrics import ScorerMetrics
@@ -153,7 +153,7 @@ class EventConsumer:
             try:
                 return await apply_batch(
                     self.pool, events, moves, group_id=self.group_id, scoring=self.scoring(),
-                    now=self.clock.now(),
+                    now=self.clock.now(), trace_of=_traces(decoded),
                 )  # fmt: skip
             except CustomerFailed as failed:
                 rejected = [
@@ -190,6 +190,12 @@ class EventConsumer:
             if high is not None and tp in self.fences:
                 lag = high - committed if committed is not None else high
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+
+
+def _traces(decoded: Sequence[tuple[Event, Record]]) -> Callable[[Event], str | None]:
+    """The trace context each event's record carried (headers read only when asked)."""
+    record_of = {event.event_id: record for event, record in decoded}
+    return lambda event: traceparent_of(record_of[event.event_id])
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -23,6 +24,7 @@ log = get_logger(__name__)
 DLQ_MAX_BYTES = 900_000
 Record: TypeAlias = Any  # aiokafka's ConsumerRecord (the library ships no types)
 _NUL = b"\\u0000"  # how JSON spells the one character Postgres text cannot hold
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,15 @@ def _has_nul(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return any(_has_nul(v) for v in value)
     return False
+
+
+def traceparent_of(record: Record) -> str | None:
+    """The record's W3C `traceparent` header when it is well formed (passed on unchanged)."""
+    for key, value in record.headers or ():
+        if key == "traceparent" and value is not None:
+            text = value.decode("ascii", errors="replace")
+            return text if _TRACEPARENT.fullmatch(text) else None
+    return None
 
 
 def event_id_of(record: Record) -> str | None:

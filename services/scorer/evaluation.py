@@ -7,7 +7,7 @@ to write (`CustomerUpdate`, `ChangeRecord`), the repository writes them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -146,8 +146,9 @@ def evaluate(
     now: datetime,
     cause: ChangeCause,
     occurred_at: datetime,
+    traceparent: str | None = None,
 ) -> tuple[CustomerUpdate, list[ChangeRecord]]:
-    """Re-classify one customer at `now`; the changes carry `cause` and `occurred_at`."""
+    """Re-classify one customer at `now`; the changes carry `cause`, `occurred_at` and trace."""
     state, rules = record.state, scoring.rules
     prune(state, now=now)
     attributes = attributes_of(state)
@@ -177,6 +178,7 @@ def evaluate(
             rules.version,
             occurred_at,
             now,
+            traceparent,
         )
         for c in decision.changes
     ]
@@ -204,10 +206,16 @@ class CustomerFailed(Exception):
 
 
 def fold_batch(
-    records: Iterable[CustomerRecord], events: Iterable[Event], scoring: Scoring, *, now: datetime
+    records: Iterable[CustomerRecord],
+    events: Iterable[Event],
+    scoring: Scoring,
+    *,
+    now: datetime,
+    trace_of: Callable[[Event], str | None] = lambda _: None,
 ) -> Outcome:
     """Fold distinct events into their customers and re-classify each (cause `event`).
 
+    A customer's changes carry the time and trace context (`trace_of`) of its latest event.
     Raises CustomerFailed naming the customer when the domain rejects its events, so the
     caller can dead-letter them instead of retrying a batch that can never pass.
     """
@@ -220,14 +228,11 @@ def fold_batch(
         try:
             for event in mine:
                 fold(by_id[customer_id].state, event, now=now)
-            occurred_at = max(e.occurred_at for e in mine)
+            trigger = max(mine, key=_time_order)
             update, changes = evaluate(
-                by_id[customer_id],
-                scoring,
-                now=now,
-                cause=ChangeCause.EVENT,
-                occurred_at=occurred_at,
-            )
+                by_id[customer_id], scoring, now=now, cause=ChangeCause.EVENT,
+                occurred_at=trigger.occurred_at, traceparent=trace_of(trigger),
+            )  # fmt: skip
         except Exception as exc:  # a domain bug or an extreme value: isolate this customer
             raise CustomerFailed(customer_id, f"{type(exc).__name__}: {exc}") from exc
         outcome.updates.append(update)
@@ -241,6 +246,10 @@ def distinct_events(events: Iterable[Event]) -> list[Event]:
     for event in events:
         seen.setdefault(event.event_id, event)
     return list(seen.values())
+
+
+def _time_order(event: Event) -> tuple[datetime, str]:
+    return (event.occurred_at, event.event_id)
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:

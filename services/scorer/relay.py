@@ -69,9 +69,11 @@ class OutboxRelay:
     async def _publish(self, changes: list[asyncpg.Record]) -> None:
         futures = []
         for change in changes:
+            trace = change["traceparent"]
             headers = cloudevent_headers(
                 ce_id=change["id"], ce_source=CE_SOURCE, ce_type=TIER_CHANGED_TYPE,
                 ce_time=change["emitted_at"],
+                extra=[("traceparent", trace.encode())] if trace else None,
             )  # fmt: skip
             key = change["customer_id"].encode()
             futures.append(
@@ -98,7 +100,7 @@ class OutboxRelay:
 async def _unpublished(conn: Connection, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, customer_id, dimension, from_class, to_class, cause, rule, features,"
-        " attributes, rules_version, occurred_at, emitted_at FROM scorer.tier_change"
+        " attributes, rules_version, occurred_at, emitted_at, traceparent FROM scorer.tier_change"
         " WHERE published_at IS NULL ORDER BY seq LIMIT $1",
         limit,
     )

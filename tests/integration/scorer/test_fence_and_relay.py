@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
@@ -14,7 +15,7 @@ from services.scorer.store import Fenced, OffsetMove
 from shared.clock import FixedClock
 from shared.contracts import TIER_CHANGED_TYPE
 from shared.domain.rules import load_rules
-from shared.kafka import header
+from shared.kafka import ensure_topics, header
 from shared.topics import SCORER_GROUP, Topics
 from tests.integration.scorer.support import (
     NOW,
@@ -112,3 +113,44 @@ async def _offsets_reach(database_url: str, records: int) -> bool:
 
 async def _equals(value: object, expected: int) -> bool:
     return await value == expected  # type: ignore[misc]
+
+
+TRACE_OLD = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TRACE_NEW = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_a_change_carries_the_trace_context_of_its_latest_event(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    topics = Topics(topic_namespace)
+    sent = [
+        (purchase("p-old", "traced", days_ago=5), TRACE_OLD),
+        (purchase("p-new", "traced", days_ago=1), TRACE_NEW),  # the trigger: latest event time
+        (purchase("p-plain", "untraced", days_ago=1), None),
+        (purchase("p-bad", "garbled", days_ago=1), "not-a-traceparent"),
+    ]
+    # Produced before the scorer starts: the customer's two records (one partition) arrive in
+    # one batch, so one evaluation decides its changes, triggered by the later event.
+    await ensure_topics(ScorerSettings(**base_env), topics.all())
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for event, trace in sent:
+            headers = [("traceparent", trace.encode())] if trace else []
+            await producer.send_and_wait(
+                topics.purchases, value=event.model_dump_json().encode(),
+                key=event.customer_id.encode(), headers=headers,
+            )  # fmt: skip
+    finally:
+        await producer.stop()
+    async with running_scorer(scorer_settings(base_env), clock):
+        await wait_until(lambda: _offsets_reach(scorer_db, len(sent)))
+        published = await read_topic(kafka_bootstrap, topics.tier_changed, expect=9)
+    traces = {
+        (json.loads(r.value)["customer_id"], header(r.headers, "traceparent")) for r in published
+    }
+    assert traces == {("traced", TRACE_NEW), ("untraced", None), ("garbled", None)}
