@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 import sys
 from datetime import UTC, datetime
 from importlib import metadata
@@ -14,6 +16,7 @@ import asyncpg
 import psutil
 
 from bench.infra import Infra, with_database
+from bench.settings import REPO_ROOT
 from shared.db import asyncpg_dsn
 
 PACKAGES = ("aiokafka", "asyncpg", "pydantic", "pydantic-core", "fastapi", "uvicorn", "httpx")
@@ -50,11 +53,39 @@ async def postgres_facts(infra: Infra) -> dict[str, Any]:
     return facts
 
 
+def git_revision() -> str | None:
+    """The checkout's commit, with `-dirty` when files differ from it (None outside git)."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    try:
+        head = subprocess.run(
+            [git, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
 async def machine_facts(infra: Infra) -> dict[str, Any]:
     """Cores, CPU, memory, load, Python and library versions, broker and Postgres."""
     memory = psutil.virtual_memory().total
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_revision": git_revision(),
         "cores_logical": os.cpu_count(),
         "cores_physical": psutil.cpu_count(logical=False),
         "cpu_model": cpu_model(),
