@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from services.scorer import queries
 from services.scorer.db import Pool
@@ -21,12 +22,14 @@ from shared.domain.state import attributes_of, prune
 from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
 
 JsonValue = int | float | str | bool | None
-CustomerId = Annotated[str, Path(min_length=1, max_length=128)]
+# Postgres text cannot hold NUL: refuse it as input (422) instead of failing the query (500).
+NO_NUL = r"^[^\x00]*$"
+CustomerId = Annotated[str, Path(min_length=1, max_length=128, pattern=NO_NUL)]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[
     str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
 ]
-ClassFilter = Annotated[str | None, Query(min_length=1, max_length=64)]
+ClassFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown customer", "content": {PROBLEM_JSON: {}}}
 }
@@ -134,7 +137,10 @@ def decode_cursor(cursor: str) -> str:
     """The position in a cursor; 422 when it was not made by `encode_cursor`."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        position = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        if "\x00" in position:
+            raise ValueError("NUL in a cursor")
+        return position
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ProblemError(
             422, "Invalid cursor", "Pass `next_cursor` from a previous page."
@@ -159,8 +165,22 @@ def _now(request: Request) -> datetime:
     return clock.now()
 
 
+class CustomerIdConvertor(Convertor[str]):
+    """Starlette's `path` convertor (ids may hold a slash) that also matches a newline:
+    `path` is `.*`, and `.` stops at a newline, which a customer id may contain."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
 def read_router() -> APIRouter:
     """Routes of the read API (API key required)."""
+    register_url_convertor("customer_id", CustomerIdConvertor())  # idempotent; before the routes
     router = APIRouter(prefix="/v1", tags=["customers"], responses=PROBLEM_RESPONSES)
 
     @router.get("/customers", summary="Customers, filtered by class, in id order")
@@ -183,10 +203,13 @@ def read_router() -> APIRouter:
             items=items, next_cursor=encode_cursor(items[-1].customer_id) if more else None
         )
 
-    # Ids may contain `/` (`:path`); the history route goes first, or the customer route
-    # would read `<id>/changes` as an id. An id ending in `/changes` is read as history.
+    # Ids may contain `/` and newlines (CustomerIdConvertor); the history route goes first, or
+    # the customer route would read `<id>/changes` as an id. An id ending in `/changes` is
+    # read as history.
     @router.get(
-        "/customers/{customer_id:path}/changes", responses=NOT_FOUND, summary="Tier-change history"
+        "/customers/{customer_id:customer_id}/changes",
+        responses=NOT_FOUND,
+        summary="Tier-change history",
     )
     async def list_changes(
         customer_id: CustomerId,
@@ -206,7 +229,7 @@ def read_router() -> APIRouter:
             items=items, next_cursor=encode_cursor(str(rows[limit - 1].seq)) if more else None
         )
 
-    @router.get("/customers/{customer_id:path}", responses=NOT_FOUND, summary="One customer")
+    @router.get("/customers/{customer_id:customer_id}", responses=NOT_FOUND, summary="One customer")
     async def get_customer(customer_id: CustomerId, request: Request, _: SourceDep) -> CustomerView:
         stored = await queries.fetch_customer(_pool(request), customer_id)
         if stored is None:
