@@ -32,6 +32,10 @@ _PAST = {"assign": "assigned", "complete": "completed", "cancel": "cancelled"}
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"description": "Transition not allowed", "content": {PROBLEM_JSON: {}}}
 }
+# FastAPI answers 400 (problem+json) when a body is not JSON at all; say so in the document.
+_NOT_JSON: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not valid JSON", "content": {PROBLEM_JSON: {}}}
+}
 
 
 class _Out(BaseModel):
@@ -205,7 +209,7 @@ def api_router() -> APIRouter:
 
     @router.patch(
         "/tasks/{task_id}", tags=["tasks"], summary="Assign, complete or cancel a task",
-        responses={**_NOT_FOUND, **_CONFLICT},
+        responses={**_NOT_JSON, **_NOT_FOUND, **_CONFLICT},
     )  # fmt: skip
     async def patch_task(
         request: Request, _: SourceDep, task_id: TaskId, patch: Annotated[TaskPatch, Body()]
