@@ -50,6 +50,7 @@ def make_consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "heartbeat_interval_ms": max(100, settings.kafka_session_timeout_ms // 5),
         "request_timeout_ms": max(settings.kafka_request_timeout_ms, 40_000)
         if group_id

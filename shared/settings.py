@@ -62,6 +62,14 @@ class ServiceSettings(BaseSettings):
         validation_alias="KAFKA_REQUEST_TIMEOUT_MS",
         description="Upper bound for any single broker request.",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        20,
+        ge=1,
+        le=5000,
+        validation_alias="KAFKA_FETCH_MAX_WAIT_MS",
+        description="Longest wait of a consumer fetch for data; low values cut end-to-end latency "
+        "(some brokers, like the embedded one, answer a waiting fetch only at its deadline).",
+    )
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         validation_alias="DATABASE_URL",
