@@ -109,15 +109,21 @@ class ServiceProcess:
 
     def terminate(self, within: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code (SIGKILL if it does not stop in time)."""
+        self.signal_stop()
+        return self.wait_exit(within)
+
+    def signal_stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_exit(self, within: float = 30.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(within)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        try:
+            self.proc.wait(within)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
         return int(self.proc.returncode)
 
     def rss_bytes(self) -> int:
@@ -157,6 +163,19 @@ class ServiceProcess:
                 if sample.name == name and labels.items() <= sample.labels.items():
                     total += sample.value
         return total
+
+
+def terminate_all(*processes: ServiceProcess) -> list[int]:
+    """SIGTERM every process at once, then collect the exit codes (graceful drains overlap)."""
+    for process in processes:
+        process.signal_stop()
+    return [process.wait_exit() for process in processes]
+
+
+async def stop_all(*processes: ServiceProcess) -> list[int]:
+    """`terminate_all` off the event loop: a draining service may still be talking to a
+    receiver that this test's loop serves."""
+    return await asyncio.to_thread(terminate_all, *processes)
 
 
 class Harness:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from shared.domain.state import Event
-from tests.faults.harness import AUTH, Harness, ServiceProcess
+from tests.faults.harness import AUTH, Harness, ServiceProcess, stop_all
 from tests.faults.outages import GatedBroker
 from tests.faults.pipeline import (
     Outcome,
@@ -137,7 +137,7 @@ async def test_a_broker_outage_gives_503s_and_everything_recovers_without_restar
         records = await check_pipeline(p, sent, outcome)
         await wait_actions_done(p, len(records), sizes[p.topics.purchases])
         assert [s.starts for s in (ingest, scorer, actions)] == [1, 1, 1]
-        assert [s.terminate() for s in (ingest, scorer, actions)] == [0, 0, 0]
+        assert await stop_all(ingest, scorer, actions) == [0, 0, 0]
     await check_actions(p, records, outcome)
     refused = [r for r in sender.responses if r[0] == 503]
     slowest = max(r[1] for r in sender.responses)

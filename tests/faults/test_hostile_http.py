@@ -42,7 +42,7 @@ from schemathesis.specs.openapi.checks import (
 from shared.contracts import PurchaseMade
 from shared.embedded import EmbeddedKafka
 from shared.migrations import upgrade
-from tests.faults.harness import AUTH, Harness, ServiceProcess, pipeline_env
+from tests.faults.harness import AUTH, Harness, ServiceProcess, pipeline_env, stop_all
 from tests.faults.verify import connect, eventually, rows, scalar
 from tests.faults.workload import NOW
 from tests.support.infra import fresh_database, unique_namespace
@@ -142,7 +142,7 @@ async def _seed(harness: Harness, bootstrap: str, database_url: str) -> Seeded:
         within=90,
         what="a task for every hostile customer",
     )
-    assert ingest.terminate() == 0
+    assert await stop_all(ingest) == [0]
     return Seeded(scorer, actions, database_url)
 
 

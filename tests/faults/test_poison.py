@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from shared.embedded import EmbeddedKafka
 from shared.kafka import header
 from shared.topics import Topics
-from tests.faults.harness import Harness
+from tests.faults.harness import Harness, stop_all
 from tests.faults.pipeline import Outcome, Pipeline, new_receiver, wait_scorer_done
 from tests.faults.verify import (
     actions_duplicates,
@@ -111,7 +111,7 @@ async def test_poison_records_go_to_the_dlq_with_their_origin_and_the_partitions
     )
     scorer_dead = await scorer.metric("tierstream_scorer_events_total", outcome="dead_lettered")
     actions_dead = await actions.metric("tierstream_actions_dlq_records_total")
-    assert scorer.terminate() == 0 and actions.terminate() == 0
+    assert await stop_all(scorer, actions) == [0, 0]
     dead = await _dead_letters(p, topics)
     mismatches = await state_mismatches(pipeline_db, [*before, *after], now=NOW)
     outcome = Outcome(

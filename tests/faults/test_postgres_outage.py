@@ -18,7 +18,7 @@ import pytest
 from services.actions.db import migrate as migrate_actions
 from shared.embedded import EmbeddedKafka
 from shared.migrations import upgrade
-from tests.faults.harness import Harness, ServiceProcess
+from tests.faults.harness import Harness, ServiceProcess, stop_all
 from tests.faults.outages import PrivatePostgres
 from tests.faults.pipeline import (
     Outcome,
@@ -106,7 +106,7 @@ async def test_a_postgres_outage_pauses_the_services_and_they_resume_exactly(
         purchases = sum(1 for e in sent if e.type == "purchase")
         await wait_actions_done(p, len(records), purchases)
         assert [s.starts for s in (scorer, actions)] == [1, 1]  # never restarted: no crash loop
-        assert scorer.terminate() == 0 and actions.terminate() == 0
+        assert await stop_all(scorer, actions) == [0, 0]
     await check_actions(p, records, outcome)
     outcome.notes = {
         "outage_s": size.outage_s,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from shared.embedded import EmbeddedKafka
-from tests.faults.harness import Harness, ServiceProcess
+from tests.faults.harness import Harness, ServiceProcess, stop_all
 from tests.faults.pipeline import (
     Outcome,
     Pipeline,
@@ -81,12 +81,12 @@ async def test_scaling_scorers_one_three_one_mid_stream_keeps_the_state_exact(
             await _freeze_and_thaw(extra[0], [first, extra[1]])
         await _reach(stream, (cycle + 0.6) / size.cycles)
         fenced += sum([await s.metric(FENCED) for s in [first, *extra]])
-        assert [s.terminate() for s in extra] == [0, 0]  # scale down: SIGTERM, drain, exit 0
+        assert await stop_all(*extra) == [0, 0]  # scale down: SIGTERM, drain, exit 0
         await _wait_split([first])
     await producing
     await wait_scorer_done(p, len(sent))
     fenced += await first.metric(FENCED)
-    assert first.terminate() == 0
+    assert await stop_all(first) == [0]
     await check_pipeline(p, sent, outcome)
     outcome.notes = {
         "cycles": size.cycles,

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from services.scorer.relay import RELAY_LOCK_KEY
 from shared.embedded import EmbeddedKafka
 from shared.kafka import header
-from tests.faults.harness import Harness, ServiceProcess
+from tests.faults.harness import Harness, ServiceProcess, stop_all
 from tests.faults.pipeline import (
     Outcome,
     Pipeline,
@@ -77,7 +77,7 @@ async def watching(bootstrap: str, topic: str) -> AsyncIterator[TopicWatcher]:
 async def test_a_crash_between_commit_and_publish_loses_no_change_and_keeps_its_id(
     private_broker: EmbeddedKafka, pipeline_db: str, harness: Harness, topic_namespace: str
 ) -> None:
-    sent = with_redeliveries(mixed_events(1500, 150, seed=31), 0.05, seed=32)
+    sent = with_redeliveries(mixed_events(1200, 150, seed=31), 0.05, seed=32)
     receiver = new_receiver()
     p = Pipeline(
         harness,
@@ -113,7 +113,7 @@ async def test_a_crash_between_commit_and_publish_loses_no_change_and_keeps_its_
         dropped = await actions.metric(
             "tierstream_actions_records_total", source="tier_changed", outcome="duplicate"
         )
-        assert scorer.terminate() == 0 and actions.terminate() == 0
+        assert await stop_all(scorer, actions) == [0, 0]
     _assert_stable_ids(records)
     await check_actions(p, records, outcome)
     outcome.kills = harness.kills

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shared.embedded import EmbeddedKafka
-from tests.faults.harness import Harness
+from tests.faults.harness import Harness, stop_all
 from tests.faults.pipeline import (
     Outcome,
     Pipeline,
@@ -44,7 +44,7 @@ class Size:
     pause_s: float
 
 
-QUICK = Size(events=2500, customers=300, scorer_kills=3, actions_kills=1, chunk=50, pause_s=0.25)
+QUICK = Size(events=2000, customers=250, scorer_kills=3, actions_kills=1, chunk=50, pause_s=0.25)
 DEEP = Size(events=30_000, customers=3000, scorer_kills=8, actions_kills=3, chunk=250, pause_s=0.2)
 # Small transactions, so that a kill lands inside one more often than between two.
 SMALL_BATCHES = {
@@ -115,7 +115,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
         records = await check_pipeline(p, sent, outcome)
         purchases = sum(1 for e in sent if e.type == "purchase")
         await wait_actions_done(p, len(records), purchases)
-        assert scorer.terminate() == 0 and actions.terminate() == 0
+        assert await stop_all(scorer, actions) == [0, 0]
     outcome.kills, outcome.notes = harness.kills, {"kill_log": kill_log}
     await check_actions(p, records, outcome)
     outcome.print()

@@ -17,7 +17,7 @@ import pytest
 
 from shared.domain.state import Event
 from shared.embedded import EmbeddedKafka
-from tests.faults.harness import AUTH, Harness, ServiceProcess
+from tests.faults.harness import AUTH, Harness, ServiceProcess, stop_all
 from tests.faults.pipeline import Outcome, Pipeline, check_pipeline, new_receiver, wait_scorer_done
 from tests.faults.verify import eventually, scalar
 from tests.faults.workload import mixed_events
@@ -87,7 +87,7 @@ async def test_a_steady_stream_for_minutes_keeps_memory_bounded_and_lag_returns_
     inbox = await scalar(pipeline_db, "SELECT count(*) FROM scorer.inbox")
     outcome.notes = {"duration_s": DURATION_S, "rate": RATE, "rss": report, "inbox_rows": inbox}
     outcome.print()
-    assert [s.terminate() for s in services] == [0, 0, 0]
+    assert await stop_all(*services) == [0, 0, 0]
     for name, r in report.items():
         assert r["max_mb"] < ABSOLUTE_LIMIT_MB, (name, r)
         assert r["max_mb"] - r["warm_mb"] < GROWTH_LIMIT_MB, (name, r)
