@@ -41,6 +41,27 @@ async def gather_batch(
     return batch
 
 
+def split_lanes(batch: Batch, lanes: int) -> list[Batch]:
+    """Split a batch into up to `lanes` parts of about equal size, by partition number.
+
+    Producers key events by customer id, so one customer's events share a partition
+    number on every topic: parts split this way touch disjoint customers, and their
+    transactions do not wait for each other (if they did, row locks keep them correct).
+    """
+    sizes: dict[int, int] = {}
+    for tp, records in batch.items():
+        sizes[tp.partition] = sizes.get(tp.partition, 0) + len(records)
+    loads = [0] * max(1, min(lanes, len(sizes)))
+    lane_of: dict[int, int] = {}
+    for partition, size in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
+        lane = loads.index(min(loads))  # the least loaded lane takes the next biggest
+        lane_of[partition], loads[lane] = lane, loads[lane] + size
+    parts: list[Batch] = [{} for _ in loads]
+    for tp, records in batch.items():
+        parts[lane_of[tp.partition]][tp] = records
+    return parts
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """Run a batch without cyclic garbage collections, then let them resume.

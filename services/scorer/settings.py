@@ -40,6 +40,9 @@ class ScorerSettings(ServiceSettings):
     batch_linger_ms: int = Field(
         50, ge=0, description="How long a batch keeps gathering records after the first one."
     )
+    batch_lanes: int = Field(
+        2, ge=1, le=8, description="Concurrent transactions a batch is split into (by partition)."
+    )
     poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")
     sweep_interval_s: float = Field(
         30.0, gt=0, description="How often the sweeper re-evaluates customers that came due."

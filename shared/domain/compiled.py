@@ -34,6 +34,8 @@ Values = Mapping[str, FeatureValue]
 Attributes = Mapping[str, Any]
 Check = Callable[[Values, Attributes], bool]
 Aligner = Callable[[Any], Any]
+# Exact types for which `align` is the identity when both sides have one of them.
+PLAIN_NUMBERS = frozenset((int, float))
 # Compiled forms of the few rules objects a process uses at a time (keyed by identity).
 _CACHE_SIZE = 8
 
@@ -96,11 +98,18 @@ def aligner(threshold: Any) -> Aligner:
 def _leaf(leaf: Compare | Between | Member) -> Check:
     test = _leaf_test(leaf)
     name, from_features = _target(leaf)
+    # Fast path: a plain int/float against a plain number threshold needs no alignment.
+    direct = isinstance(leaf, Compare) and type(leaf.value) in PLAIN_NUMBERS
+    operator, threshold = (
+        (OPERATORS[leaf.op], leaf.value) if isinstance(leaf, Compare) else (None, None)
+    )
 
     def check(values: Values, attributes: Attributes) -> bool:
         actual = (values if from_features else attributes).get(name)
         if actual is None:
             return False
+        if direct and type(actual) in PLAIN_NUMBERS:
+            return operator(actual, threshold)  # type: ignore[misc]
         try:
             return test(actual)
         except TypeError:  # e.g. a text attribute against a number: simply false
@@ -144,7 +153,7 @@ class CompiledScore:
     """One of R, F, M: its feature and its bands as (operator, aligned threshold, score)."""
 
     spec: ScoreRules
-    bands: tuple[tuple[Callable[[Any, Any], bool], Aligner, int], ...]
+    bands: tuple[tuple[Callable[[Any, Any], bool], float, Aligner, int], ...]
 
 
 @dataclass(frozen=True)
@@ -179,7 +188,7 @@ def compiled_rules(rules: Rules) -> CompiledRules:
 
 
 def _compile_score(spec: ScoreRules) -> CompiledScore:
-    bands = tuple((OPERATORS[b.op], aligner(b.value), b.score) for b in spec.bands)
+    bands = tuple((OPERATORS[b.op], b.value, aligner(b.value), b.score) for b in spec.bands)
     return CompiledScore(spec, bands)
 
 

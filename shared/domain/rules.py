@@ -13,7 +13,13 @@ import yaml
 from pydantic import ValidationError
 
 from shared.contracts import Dimension
-from shared.domain.compiled import CompiledRule, CompiledRules, CompiledScore, compiled_rules
+from shared.domain.compiled import (
+    PLAIN_NUMBERS,
+    CompiledRule,
+    CompiledRules,
+    CompiledScore,
+    compiled_rules,
+)
 from shared.domain.conditions import TAG_PREFIX
 from shared.domain.features import FeatureValue
 from shared.domain.population import CutPoints, quintile_score
@@ -219,7 +225,8 @@ def _score(score: CompiledScore, value: FeatureValue, cuts: tuple[float, ...]) -
         if spec.better == "higher" and value <= 0:
             return spec.otherwise
         return quintile_score(float(value), cuts, higher_is_better=spec.better == "higher")
-    for operator, align, band_score in score.bands:
-        if operator(value, align(value)):
+    plain = type(value) in PLAIN_NUMBERS  # then a band's float threshold needs no alignment
+    for operator, threshold, align, band_score in score.bands:
+        if operator(value, threshold if plain else align(value)):
             return band_score
     return spec.otherwise

@@ -1,0 +1,29 @@
+"""Batch shaping: lanes split by partition number, about equal in size."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+from services.scorer.polling import Batch, split_lanes
+
+
+def batch_of(sizes: dict[tuple[str, int], int]) -> Batch:
+    return {TopicPartition(t, p): list(range(n)) for (t, p), n in sizes.items()}
+
+
+def test_a_partition_number_stays_in_one_lane_across_topics_and_lanes_balance() -> None:
+    batch = batch_of({("logins", 0): 900, ("purchases", 0): 100, ("logins", 1): 600,
+                      ("logins", 2): 500, ("support", 1): 50})  # fmt: skip
+    lanes = split_lanes(batch, 2)
+    numbers = [{tp.partition for tp in lane} for lane in lanes]
+    assert numbers == [{0}, {1, 2}]  # 1000 records against 1150
+    assert sorted(tp for lane in lanes for tp in lane) == sorted(batch)
+    assert lanes[0][TopicPartition("purchases", 0)] is batch[TopicPartition("purchases", 0)]
+
+
+def test_one_lane_or_one_partition_gives_the_batch_back_whole() -> None:
+    batch = batch_of({("logins", 3): 10, ("purchases", 3): 5})
+    assert split_lanes(batch, 4) == [batch]
+    assert split_lanes(batch_of({("a", 0): 1, ("a", 1): 1}), 1) == [
+        batch_of({("a", 0): 1, ("a", 1): 1})
+    ]
