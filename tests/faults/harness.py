@@ -37,7 +37,8 @@ def pipeline_env(
         "DATABASE_URL": database_url,
         "TIERSTREAM_TOPIC_NAMESPACE": namespace,
         "TIERSTREAM_PARTITIONS": "3",
-        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        # A SIGKILLed member holds its partitions until its session expires: keep it short.
+        "KAFKA_SESSION_TIMEOUT_MS": "4000",
         "KAFKA_REQUEST_TIMEOUT_MS": "5000",
         "TIERSTREAM_API_KEYS": f"faults:{API_KEY}",
         "TIERSTREAM_LOG_LEVEL": "INFO",

@@ -101,7 +101,9 @@ async def test_hanging_receivers_block_nothing_and_time_out_and_retry_as_configu
     ]
     assert all(f"{TIMEOUT_S:g} s" in str(d["last_error"]) for d in dead), dead
     gaps = _retry_gaps(receiver, HANGING)
-    assert all(gap >= TIMEOUT_S + BACKOFF_S * 0.5 for gap in gaps), gaps  # cut, then backed off
+    # Each attempt cut at the timeout, then retried after the back-off (at most the cap, plus
+    # a dispatcher poll and scheduling slack on a busy machine).
+    assert all(TIMEOUT_S <= gap < TIMEOUT_S + 2 * BACKOFF_S + 2.0 for gap in gaps), gaps
     ids = Counter(str(m["Message-ID"]) for m in mailbox)
     email_keys = {f"<{d['key']}@tierstream>" for d in dead if d["channel"] == "email"}
     assert set(ids) <= email_keys  # every copy the slow server took carries its delivery's key
