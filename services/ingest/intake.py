@@ -43,6 +43,7 @@ class EventIntake:
 
     def _parse(self, raw: bytes, *, source: str, batch: bool) -> list[Event]:
         data = decode_json(raw)
+        self.parser.fill_source(data, source, batch=batch)
         try:
             return self.parser.validate(data, now=self.clock.now(), batch=batch)
         except ProblemError:

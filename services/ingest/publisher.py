@@ -6,6 +6,9 @@ without being restarted, and a half-broken client never lingers. The retired pro
 closed in the background and its successor waits for that, so two producers never write
 the same partition at once (the embedded broker fails such concurrent appends).
 
+A request's events go through the producer's batch path (`services.ingest.batching`): one
+batch per partition, keyed and partitioned exactly as `send()` would.
+
 A failure means "not acknowledged", not "not written": some events of a failed request may
 still reach the topic (at-least-once). Clients resend with the same event_ids and the
 scorer de-duplicates.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Protocol
@@ -22,7 +26,14 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportTicketUpdated, event_ce_type
+from services.ingest.batching import KeyPartitioner, Record, send_groups
+from shared.contracts import (
+    EVENT_MODELS,
+    CustomerLoggedIn,
+    PurchaseMade,
+    SupportTicketUpdated,
+    event_ce_type,
+)
 from shared.kafka import Headers, cloudevent_headers, make_producer
 from shared.logging import get_logger
 from shared.settings import ServiceSettings
@@ -60,7 +71,12 @@ def record_for(event: Event) -> tuple[bytes, bytes, Headers]:
         ce_type=event_ce_type(event.type),
         ce_time=event.occurred_at,
     )
-    return event.customer_id.encode(), event.model_dump_json().encode(), headers
+    return event.customer_id.encode(), event_json(event), headers
+
+
+def event_json(event: Event) -> bytes:
+    """The event's JSON, byte for byte what `model_dump_json()` writes, without a str between."""
+    return event.__pydantic_serializer__.to_json(event)
 
 
 class KafkaPublisher:
@@ -70,7 +86,9 @@ class KafkaPublisher:
         self, settings: ServiceSettings, *, timeout_s: float, check_timeout_s: float = 2.0
     ) -> None:
         self._settings = settings
-        self._topics = Topics(settings.topic_namespace)
+        topics = Topics(settings.topic_namespace)
+        self._topic_of = {kind: topics.for_event(kind) for kind in EVENT_MODELS}
+        self._partitioner = KeyPartitioner()
         self._timeout_s = timeout_s
         self._check_timeout_s = check_timeout_s
         self._producer: AIOKafkaProducer | None = None
@@ -111,12 +129,22 @@ class KafkaPublisher:
         return True
 
     async def _send_all(self, events: Sequence[Event], producer: AIOKafkaProducer) -> None:
-        futures = []
-        for event in events:  # send() only enqueues: the producer batches per partition
-            key, value, headers = record_for(event)
-            topic = self._topics.for_event(event.type)
-            futures.append(await producer.send(topic, value, key=key, headers=headers))
-        await asyncio.gather(*futures)
+        groups = await self._grouped(events, producer)
+        await asyncio.gather(*await send_groups(producer, groups))
+
+    async def _grouped(
+        self, events: Sequence[Event], producer: AIOKafkaProducer
+    ) -> dict[tuple[str, int], list[Record]]:
+        """Each event's record under its topic and partition, in request order."""
+        partitions: dict[str, list[int]] = {}
+        groups: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
+        for event in events:
+            topic = self._topic_of[event.type]
+            if topic not in partitions:  # waits for the topic's metadata, as send() does
+                partitions[topic] = sorted(await producer.partitions_for(topic))
+            record = record_for(event)
+            groups[topic, self._partitioner.partition(record[0], partitions[topic])].append(record)
+        return groups
 
     async def _guarded(self, work: Work, timeout_s: float) -> None:
         """Run `work` on the producer within `timeout_s`; on failure retire that producer."""
