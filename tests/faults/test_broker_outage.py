@@ -97,8 +97,11 @@ async def gated_broker() -> AsyncIterator[GatedBroker]:
     await broker.stop()
 
 
+DEEP_MARKS = [pytest.mark.faults, pytest.mark.timeout(1200)]
+
+
 @pytest.mark.parametrize(
-    "size", [QUICK, pytest.param(DEEP, marks=pytest.mark.faults)], ids=["quick", "deep"]
+    "size", [QUICK, pytest.param(DEEP, marks=DEEP_MARKS)], ids=["quick", "deep"]
 )
 async def test_a_broker_outage_gives_503s_and_everything_recovers_without_restarts(
     size: Size,

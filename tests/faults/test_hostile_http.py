@@ -244,6 +244,7 @@ def test_every_operation_honours_its_openapi_document(
 
 
 @pytest.mark.faults
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("service", ["scorer", "actions"])
 def test_every_operation_honours_its_openapi_document_at_length(
     seeded: Seeded, service: str

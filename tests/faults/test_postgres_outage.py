@@ -58,8 +58,11 @@ async def private_pg() -> AsyncIterator[PrivatePostgres]:
     await asyncio.to_thread(pg.stop)
 
 
+DEEP_MARKS = [pytest.mark.faults, pytest.mark.timeout(1200)]
+
+
 @pytest.mark.parametrize(
-    "size", [QUICK, pytest.param(DEEP, marks=pytest.mark.faults)], ids=["quick", "deep"]
+    "size", [QUICK, pytest.param(DEEP, marks=DEEP_MARKS)], ids=["quick", "deep"]
 )
 async def test_a_postgres_outage_pauses_the_services_and_they_resume_exactly(
     size: Size,

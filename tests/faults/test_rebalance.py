@@ -48,8 +48,11 @@ QUICK = Size(events=2000, customers=200, cycles=1, zombie=False, chunk=50, pause
 DEEP = Size(events=20_000, customers=2000, cycles=3, zombie=True, chunk=200, pause_s=0.1)
 
 
+DEEP_MARKS = [pytest.mark.faults, pytest.mark.timeout(1200)]
+
+
 @pytest.mark.parametrize(
-    "size", [QUICK, pytest.param(DEEP, marks=pytest.mark.faults)], ids=["quick", "deep"]
+    "size", [QUICK, pytest.param(DEEP, marks=DEEP_MARKS)], ids=["quick", "deep"]
 )
 async def test_scaling_scorers_one_three_one_mid_stream_keeps_the_state_exact(
     size: Size,

@@ -58,8 +58,11 @@ SMALL_BATCHES = {
 }
 
 
+DEEP_MARKS = [pytest.mark.faults, pytest.mark.timeout(1200)]
+
+
 @pytest.mark.parametrize(
-    "size", [QUICK, pytest.param(DEEP, marks=pytest.mark.faults)], ids=["quick", "deep"]
+    "size", [QUICK, pytest.param(DEEP, marks=DEEP_MARKS)], ids=["quick", "deep"]
 )
 async def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(
     size: Size,

@@ -56,6 +56,7 @@ async def _lag(service: ServiceProcess) -> float:
 
 
 @pytest.mark.faults
+@pytest.mark.timeout(DURATION_S + 900)
 async def test_a_steady_stream_for_minutes_keeps_memory_bounded_and_lag_returns_to_zero(
     private_broker: EmbeddedKafka, pipeline_db: str, harness: Harness, topic_namespace: str
 ) -> None:
