@@ -47,7 +47,7 @@ class Size:
 
 
 QUICK = Size(events=1500, customers=200, outage_s=8, chunk=50, pause_s=0.5)
-DEEP = Size(events=8000, customers=800, outage_s=20, chunk=100, pause_s=0.25)
+DEEP = Size(events=8000, customers=800, outage_s=20, chunk=100, pause_s=0.5)
 
 
 @pytest.fixture
