@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from services.actions import deliveries
 from services.actions.channels import Channels, Delivery, DeliveryError, PermanentDeliveryError
 from services.actions.db import Pool
-from services.actions.loops import run_loop
 from services.actions.metrics import ActionsMetrics
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock
 from shared.logging import get_logger
+from shared.loops import run_loop
 
 log = get_logger(__name__)
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.actions.db import Pool, row_count
-from services.actions.loops import Step
 from services.actions.metrics import ActionsMetrics
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock
 from shared.domain.playbooks import Playbooks, longest_sequence
 from shared.logging import get_logger
+from shared.loops import Step
 
 log = get_logger(__name__)
 

@@ -12,7 +12,6 @@ from services.actions.consumer import ChangeConsumer
 from services.actions.db import Pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig
-from services.actions.loops import Step, run_loop
 from services.actions.metrics import ActionsMetrics, prime_metrics
 from services.actions.readiness import BrokerCheck
 from services.actions.retention import prune_step, retention_for
@@ -20,6 +19,7 @@ from services.actions.settings import ActionsSettings
 from shared.clock import Clock
 from shared.domain.playbooks import Playbooks
 from shared.kafka import make_consumer, make_producer
+from shared.loops import Step, run_loop
 from shared.service import Loop
 from shared.topics import Topics
 from shared.tracing import Tracer

@@ -11,7 +11,6 @@ from services.scorer import queries
 from services.scorer.app import create_app
 from services.scorer.consumer import EventConsumer
 from services.scorer.db import Pool, create_pool
-from services.scorer.loops import Step, run_loop
 from services.scorer.metrics import ScorerMetrics, scorer_metrics
 from services.scorer.rebucket import Rebucketer, ScoringHolder, latest_cut_points
 from services.scorer.relay import OutboxRelay
@@ -21,6 +20,7 @@ from shared.clock import Clock, clock_for
 from shared.domain.rules import Rules, RulesError, load_rules
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.logging import get_logger
+from shared.loops import Step, run_loop
 from shared.metrics import new_registry
 from shared.service import Loop, serve
 from shared.topics import SCORER_GROUP, Topics

@@ -40,8 +40,9 @@ async def run_loop(
 ) -> None:
     """Call `step` until `stop`; it returns True when busy (call again at once).
 
-    An idle step waits `idle_s` (or until `wake` is set); a failing step is logged, counted
-    and retried with exponential back-off, so an outage pauses the loop instead of the process.
+    An idle step waits `idle_s` (or until `wake` is set). A failing step is logged,
+    counted and retried with exponential back-off: a Postgres or broker outage pauses
+    the loop instead of crashing the process.
     """
     delay = BACKOFF_START_S
     wakers = [stop] if wake is None else [stop, wake]
