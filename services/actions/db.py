@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TypeAlias
 
 import asyncpg
 
 from shared.db import asyncpg_dsn
 from shared.migrations import upgrade
+from shared.pg import Connection, Pool, database_ready, row_count
+from shared.pg import create_pool as create_raw_pool
 
-Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
-Connection: TypeAlias = (
-    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-)
 _MIGRATION_LOCK = 0x7469_6572_6163  # any constant shared by every actions process
+
+__all__ = ["Connection", "Pool", "create_pool", "database_ready", "migrate", "row_count"]
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
@@ -23,28 +22,10 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 
 
 async def create_pool(database_url: str, *, size: int, application_name: str) -> Pool:
-    """A pool of raw asyncpg connections (jsonb as Python objects), made lazily."""
-    pool: Pool = await asyncpg.create_pool(
-        asyncpg_dsn(database_url),
-        min_size=0,
-        max_size=size,
-        command_timeout=60,
-        timeout=10,
-        max_inactive_connection_lifetime=300,
-        init=_init_connection,
-        server_settings={"application_name": application_name},
+    """The actions pool: jsonb columns arrive as Python objects."""
+    return await create_raw_pool(
+        database_url, size=size, application_name=application_name, init=_init_connection
     )
-    return pool
-
-
-async def database_ready(pool: Pool, *, within: float = 2.0) -> bool:
-    """True when a trivial query answers within `within` seconds."""
-    try:
-        async with pool.acquire(timeout=within) as conn:
-            await conn.fetchval("SELECT 1", timeout=within)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-        return False
-    return True
 
 
 async def migrate(database_url: str) -> None:
@@ -58,8 +39,3 @@ async def migrate(database_url: str) -> None:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     finally:
         await conn.close()
-
-
-def row_count(status: str) -> int:
-    """Rows affected, from a command tag such as `UPDATE 3` or `INSERT 0 3`."""
-    return int(status.rsplit(" ", 1)[-1])

@@ -2,54 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from shared.pg import TRANSIENT_DB_ERRORS, Connection, Pool, database_ready
+from shared.pg import create_pool as create_raw_pool
 
-import asyncpg
-
-from shared.db import asyncpg_dsn
-
-Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
-Connection: TypeAlias = (
-    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-)
-
-# Errors that mean "Postgres is away or the transaction lost a race": retry, do not crash.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.LockNotAvailableError,
-)
-
-_READY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError)
+__all__ = ["TRANSIENT_DB_ERRORS", "Connection", "Pool", "create_pool", "database_ready"]
 
 
 async def create_pool(database_url: str, *, size: int, application_name: str) -> Pool:
-    """A pool of raw asyncpg connections; connections are made lazily and on demand."""
-    pool: Pool = await asyncpg.create_pool(
-        asyncpg_dsn(database_url),
-        min_size=0,
-        max_size=size,
-        command_timeout=60,
-        timeout=10,
-        max_inactive_connection_lifetime=300,
-        # A batch joins ~10k customer rows with its arrays: enough memory keeps it off disk.
-        server_settings={"application_name": application_name, "work_mem": "32MB"},
+    """The scorer's pool: a batch joins ~10k customer rows with its arrays, and enough
+    work_mem keeps that join off disk."""
+    return await create_raw_pool(
+        database_url,
+        size=size,
+        application_name=application_name,
+        server_settings={"work_mem": "32MB"},
     )
-    return pool
-
-
-async def database_ready(pool: Pool, *, within: float = 2.0) -> bool:
-    """True when a trivial query answers within `within` seconds."""
-    try:
-        async with pool.acquire(timeout=within) as conn:
-            await conn.fetchval("SELECT 1", timeout=within)
-    except _READY_ERRORS:
-        return False
-    return True
