@@ -22,11 +22,11 @@ from services.actions.batch import BatchResult, apply_batch
 from services.actions.db import Pool
 from services.actions.decoding import Decoded, Poison, Record, decode
 from services.actions.effects import ChannelConfig
-from services.actions.group_commit import GroupCommitter
 from services.actions.metrics import ActionsMetrics
 from services.actions.store import Fenced, OffsetMove
 from shared.clock import Clock
 from shared.domain.playbooks import Playbooks
+from shared.group_commit import GroupCommitter
 from shared.kafka import dlq_headers
 from shared.logging import get_logger
 from shared.topics import Topics

@@ -19,12 +19,12 @@ from services.scorer.batch import BatchResult, apply_batch
 from services.scorer.db import Pool
 from services.scorer.dead_letters import Poison, Record, dead_letter, decode, traceparent_of
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
-from services.scorer.group_commit import GroupCommitter
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.polling import Batch, gather_batch, gc_paused, split_lanes
 from services.scorer.store import Fenced, OffsetMove
 from shared.clock import Clock
 from shared.domain.state import Event
+from shared.group_commit import GroupCommitter
 from shared.logging import get_logger
 
 log = get_logger(__name__)
