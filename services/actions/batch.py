@@ -22,9 +22,9 @@ from services.actions.effects import (
     step_rows,
     task_push_row,
 )
-from services.actions.store import OffsetMove
 from shared.contracts import TierChanged
 from shared.domain.playbooks import ActionRequest, Playbooks, plan_goal_exits
+from shared.offsets import OffsetMove
 
 GOAL_PURCHASE = "purchase"
 
@@ -75,7 +75,7 @@ async def apply_batch(
 ) -> BatchResult:
     """Write every effect of the batch and advance the offsets: all or nothing.
 
-    Raises `store.Fenced` (and rolls back) when another consumer owns a partition.
+    Raises `shared.offsets.Fenced` (and rolls back) when another consumer owns a partition.
     """
     first_seen: dict[str, PlannedChange] = {}
     for planned in changes:  # a record redelivered within one batch counts once, in order

@@ -23,12 +23,12 @@ from services.actions.db import Pool
 from services.actions.decoding import Decoded, Poison, Record, decode
 from services.actions.effects import ChannelConfig
 from services.actions.metrics import ActionsMetrics
-from services.actions.store import Fenced, OffsetMove
 from shared.clock import Clock
 from shared.domain.playbooks import Playbooks
 from shared.group_commit import GroupCommitter
 from shared.kafka import dlq_headers
 from shared.logging import get_logger
+from shared.offsets import Fenced, OffsetMove
 from shared.topics import Topics
 from shared.tracing import Tracer
 

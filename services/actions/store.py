@@ -8,27 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from services.actions.db import Connection, row_count
 from services.actions.effects import DeliveryRow, EnrolRow, ExitRow, TaskRow
+from shared import offsets
 from shared.domain.playbooks import Reentry
-
-
-class Fenced(Exception):
-    """Another consumer advanced a partition's offset: this batch must be rolled back."""
-
-
-@dataclass(frozen=True)
-class OffsetMove:
-    """Advance one partition from `expected` (None: no row yet) to `next_offset`."""
-
-    topic: str
-    partition: int
-    expected: int | None
-    next_offset: int
+from shared.offsets import OffsetMove
 
 
 async def claim_messages(conn: Connection, message_ids: Sequence[str]) -> set[str]:
@@ -44,49 +31,13 @@ async def claim_messages(conn: Connection, message_ids: Sequence[str]) -> set[st
 async def load_offsets(
     conn: Connection, group_id: str, partitions: Sequence[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
-    """Stored next offsets of the given (topic, partition)s; absent ones have no row."""
-    rows = await conn.fetch(
-        "SELECT topic, partition, next_offset FROM actions.consumer_offset"
-        " WHERE group_id = $1 AND (topic, partition) IN"
-        " (SELECT * FROM unnest($2::text[], $3::int[]))",
-        group_id, [t for t, _ in partitions], [p for _, p in partitions],
-    )  # fmt: skip
-    return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
+    """Stored next offsets of this service's consumers (see shared/offsets.py)."""
+    return await offsets.load_offsets(conn, "actions", group_id, partitions)
 
 
 async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
-    """Fenced offset update: raises Fenced unless every partition still has `expected`."""
-    moves = sorted(moves, key=lambda m: (m.topic, m.partition))
-    updates = [m for m in moves if m.expected is not None]
-    inserts = [m for m in moves if m.expected is None]
-    done = 0
-    if updates:
-        done += row_count(await conn.execute(
-            "UPDATE actions.consumer_offset AS o"
-            " SET next_offset = m.next_offset, updated_at = now()"
-            " FROM unnest($2::text[], $3::int[], $4::int8[], $5::int8[])"
-            " AS m(topic, partition, expected, next_offset)"
-            " WHERE o.group_id = $1 AND o.topic = m.topic AND o.partition = m.partition"
-            " AND o.next_offset = m.expected",
-            group_id, *_offset_columns(updates),
-        ))  # fmt: skip
-    if inserts:
-        done += row_count(await conn.execute(
-            "INSERT INTO actions.consumer_offset (group_id, topic, partition, next_offset)"
-            " SELECT $1, m.topic, m.partition, m.next_offset"
-            " FROM unnest($2::text[], $3::int[], $4::int8[], $5::int8[])"
-            " AS m(topic, partition, expected, next_offset) ON CONFLICT DO NOTHING",
-            group_id, *_offset_columns(inserts),
-        ))  # fmt: skip
-    if done != len(moves):
-        raise Fenced(f"{len(moves) - done} of {len(moves)} partitions moved on without us")
-
-
-def _offset_columns(moves: Sequence[OffsetMove]) -> list[list[Any]]:
-    return [
-        [m.topic for m in moves], [m.partition for m in moves],
-        [m.expected for m in moves], [m.next_offset for m in moves],
-    ]  # fmt: skip
+    """Fenced offset update in this service's schema (see shared/offsets.py)."""
+    await offsets.advance_offsets(conn, "actions", group_id, moves)
 
 
 _CANCEL_STEPS = """

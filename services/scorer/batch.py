@@ -10,8 +10,8 @@ from datetime import datetime
 from services.scorer import store
 from services.scorer.db import Pool
 from services.scorer.evaluation import ChangeRecord, Scoring, distinct_events, fold_batch
-from services.scorer.store import OffsetMove
 from shared.domain.state import Event
+from shared.offsets import OffsetMove
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ async def apply_batch(
 ) -> BatchResult:
     """Claim, fold, classify, write state + outbox, advance offsets: all or nothing.
 
-    Raises `store.Fenced` (and rolls back) when another consumer owns a partition.
+    Raises `shared.offsets.Fenced` (and rolls back) when another consumer owns a partition.
     """
     unique = distinct_events(events)
     async with pool.acquire() as conn, conn.transaction():

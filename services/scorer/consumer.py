@@ -21,11 +21,11 @@ from services.scorer.dead_letters import Poison, Record, dead_letter, decode, tr
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.polling import Batch, gather_batch, gc_paused, split_lanes
-from services.scorer.store import Fenced, OffsetMove
 from shared.clock import Clock
 from shared.domain.state import Event
 from shared.group_commit import GroupCommitter
 from shared.logging import get_logger
+from shared.offsets import Fenced, OffsetMove
 
 log = get_logger(__name__)
 

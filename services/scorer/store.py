@@ -7,27 +7,14 @@ none makes a round trip per event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from services.scorer import codec
 from services.scorer.db import Connection
 from services.scorer.evaluation import ChangeRecord, CustomerRecord, CustomerUpdate
-
-
-class Fenced(Exception):
-    """Another consumer advanced a partition's offset: this batch must be rolled back."""
-
-
-@dataclass(frozen=True)
-class OffsetMove:
-    """Advance one partition from `expected` (None: no row yet) to `next_offset`."""
-
-    topic: str
-    partition: int
-    expected: int | None
-    next_offset: int
+from shared import offsets
+from shared.offsets import OffsetMove
 
 
 async def claim_events(conn: Connection, event_ids: Sequence[str]) -> set[str]:
@@ -158,60 +145,10 @@ async def insert_changes(conn: Connection, changes: Sequence[ChangeRecord]) -> N
 async def load_offsets(
     conn: Connection, group_id: str, partitions: Sequence[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
-    """Stored next offsets of the given (topic, partition)s; absent ones have no row."""
-    rows = await conn.fetch(
-        "SELECT topic, partition, next_offset FROM scorer.consumer_offset"
-        " WHERE group_id = $1 AND (topic, partition) IN"
-        " (SELECT * FROM unnest($2::text[], $3::int[]))",
-        group_id,
-        [t for t, _ in partitions],
-        [p for _, p in partitions],
-    )
-    return {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
+    """Stored next offsets of this service's consumers (see shared/offsets.py)."""
+    return await offsets.load_offsets(conn, "scorer", group_id, partitions)
 
 
 async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
-    """Fenced offset update: raises Fenced unless every partition still has `expected`."""
-    moves = sorted(moves, key=lambda m: (m.topic, m.partition))
-    updates = [m for m in moves if m.expected is not None]
-    inserts = [m for m in moves if m.expected is None]
-    done = 0
-    if updates:
-        status = await conn.execute(
-            """
-            UPDATE scorer.consumer_offset AS o SET next_offset = m.next_offset, updated_at = now()
-            FROM unnest($2::text[], $3::int[], $4::int8[], $5::int8[])
-                AS m(topic, partition, expected, next_offset)
-            WHERE o.group_id = $1 AND o.topic = m.topic AND o.partition = m.partition
-              AND o.next_offset = m.expected
-            """,
-            group_id,
-            *_offset_columns(updates),
-        )
-        done += _row_count(status)
-    if inserts:
-        status = await conn.execute(
-            "INSERT INTO scorer.consumer_offset (group_id, topic, partition, next_offset)"
-            " SELECT $1, m.topic, m.partition, m.next_offset"
-            " FROM unnest($2::text[], $3::int[], $4::int8[], $5::int8[])"
-            " AS m(topic, partition, expected, next_offset) ON CONFLICT DO NOTHING",
-            group_id,
-            *_offset_columns(inserts),
-        )
-        done += _row_count(status)
-    if done != len(moves):
-        raise Fenced(f"{len(moves) - done} of {len(moves)} partitions moved on without us")
-
-
-def _offset_columns(moves: Sequence[OffsetMove]) -> list[list[Any]]:
-    return [
-        [m.topic for m in moves],
-        [m.partition for m in moves],
-        [m.expected for m in moves],
-        [m.next_offset for m in moves],
-    ]
-
-
-def _row_count(status: str) -> int:
-    """Rows affected, from a command tag such as `UPDATE 3` or `INSERT 0 3`."""
-    return int(status.rsplit(" ", 1)[-1])
+    """Fenced offset update in this service's schema (see shared/offsets.py)."""
+    await offsets.advance_offsets(conn, "scorer", group_id, moves)

@@ -8,8 +8,8 @@ import pytest
 
 from services.actions.batch import GoalHit, PlannedChange, apply_batch
 from services.actions.db import Pool, create_pool
-from services.actions.store import Fenced, OffsetMove
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
+from shared.offsets import Fenced, OffsetMove
 from tests.integration.actions.seeding import LOG_ONLY, apply_changes
 from tests.integration.actions.support import DAY, NOW, fetch, tier_change
 

@@ -11,11 +11,11 @@ from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
 from services.scorer.settings import ScorerSettings
-from services.scorer.store import Fenced, OffsetMove
 from shared.clock import FixedClock
 from shared.contracts import TIER_CHANGED_TYPE
 from shared.domain.rules import load_rules
 from shared.kafka import ensure_topics, header
+from shared.offsets import Fenced, OffsetMove
 from shared.topics import SCORER_GROUP, Topics
 from tests.integration.scorer.support import (
     NOW,

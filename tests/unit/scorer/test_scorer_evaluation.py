@@ -18,12 +18,12 @@ from services.scorer.evaluation import (
     evaluate_all,
     fold_batch,
 )
-from services.scorer.store import _row_count
 from shared.contracts import ChangeCause, CustomerLoggedIn, Dimension, PurchaseMade
 from shared.domain.rules import default_rules_path, load_rules
 from shared.domain.rules_model import DimensionRules
 from shared.domain.state import new_state
 from shared.http import ProblemError
+from shared.pg import row_count as _row_count
 
 NOW = datetime.fromisoformat("2026-03-01T00:00:00+00:00")
 SCORING = Scoring(load_rules(default_rules_path()))
