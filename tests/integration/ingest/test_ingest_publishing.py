@@ -9,6 +9,7 @@ import httpx
 
 from services.ingest.settings import IngestSettings
 from shared.contracts import event_ce_type, parse_event
+from shared.kafka import make_producer
 from tests.integration.ingest.ingest_helpers import (
     AUTH,
     ce_id,
@@ -110,3 +111,39 @@ async def test_one_customers_events_keep_their_order_on_one_partition(
     records = await read_records(settings, topic, until=lambda rs: len(rs) >= 20)
     assert [ce_id(r) for r in records] == [e["event_id"] for e in events]
     assert len({r.partition for r in records}) == 1
+
+
+async def test_a_request_larger_than_one_producer_batch_keeps_its_order_on_one_partition(
+    client: httpx.AsyncClient, settings: IngestSettings
+) -> None:
+    events = [login(customer_id="cust-big", device="d" * 250) for _ in range(1000)]
+    response = await client.post("/v1/events/batch", json={"events": events}, headers=AUTH)
+    assert response.status_code == 202, response.text
+    records = await read_records(
+        settings, topics_of(settings).logins, until=lambda rs: len(rs) >= 1000
+    )
+    assert sum(len(r.value) for r in records) > 256 * 1024  # more than one batch of the producer
+    assert [ce_id(r) for r in records] == [e["event_id"] for e in events]
+    assert len({r.partition for r in records}) == 1
+
+
+async def test_events_land_on_the_partition_a_plain_aiokafka_send_picks_for_their_key(
+    client: httpx.AsyncClient, settings: IngestSettings
+) -> None:
+    customers = [f"cust-{i}-\u00e9" for i in range(300)]
+    events = [login(customer_id=c) for c in customers]
+    response = await client.post("/v1/events/batch", json={"events": events}, headers=AUTH)
+    assert response.status_code == 202, response.text
+    reference_topic = topics_of(settings).purchases  # same partition count, written by send()
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        sent = [await producer.send(reference_topic, b"x", key=c.encode()) for c in customers]
+        expected = {c: (await ack).partition for c, ack in zip(customers, sent, strict=True)}
+    finally:
+        await producer.stop()
+    records = await read_records(
+        settings, topics_of(settings).logins, until=lambda rs: len(rs) >= 300
+    )
+    assert {r.key.decode(): r.partition for r in records} == expected
+    assert len(set(expected.values())) == settings.partitions
