@@ -20,7 +20,7 @@ from services.scorer.db import Pool
 from services.scorer.dead_letters import Poison, Record, dead_letter, decode, traceparent_of
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
 from services.scorer.metrics import ScorerMetrics
-from services.scorer.polling import Batch, gather_batch, gc_paused, split_lanes
+from services.scorer.polling import Batch, drop_repeats, gather_batch, gc_paused, split_lanes
 from shared.clock import Clock
 from shared.domain.state import Event
 from shared.group_commit import GroupCommitter
@@ -87,6 +87,9 @@ class EventConsumer:
             return False
         if self.needs_resync or any(tp not in self.fences for tp in batch):
             self.needs_resync = True  # fetched before our seek: drop it, resync first
+            return True
+        batch = drop_repeats(batch, self.fences)
+        if not batch:
             return True
         with gc_paused():
             await self._process(batch)

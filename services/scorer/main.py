@@ -49,7 +49,12 @@ async def run(
         settings.database_url, size=settings.db_pool_size, application_name="tierstream-scorer"
     )
     producer = make_producer(settings)
-    consumer = make_consumer(settings, SCORER_GROUP, max_poll_records=settings.batch_max_records)
+    # A short fetch wait: some brokers (the embedded tansu) answer a waiting fetch only when
+    # the wait ends, not when data arrives; a real Kafka answers at once either way.
+    consumer = make_consumer(
+        settings, SCORER_GROUP, max_poll_records=settings.batch_max_records,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    )  # fmt: skip
     try:
         await producer.start()
         holder = ScoringHolder(rules)

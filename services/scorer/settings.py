@@ -44,11 +44,14 @@ class ScorerSettings(ServiceSettings):
         2, ge=1, le=8, description="Concurrent transactions a batch is split into (by partition)."
     )
     poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, description="Longest the broker may hold a fetch with no data (latency bound)."
+    )
     sweep_interval_s: float = Field(
         30.0, gt=0, description="How often the sweeper re-evaluates customers that came due."
     )
     sweep_batch: int = Field(1000, ge=1, description="Customers re-evaluated per sweep tx.")
-    relay_batch: int = Field(1000, ge=1, description="Outbox rows published per relay round.")
+    relay_batch: int = Field(5000, ge=1, description="Outbox rows published per relay round.")
     relay_interval_s: float = Field(0.5, gt=0, description="Relay poll interval when idle.")
     population_interval_s: float = Field(
         3600.0, gt=0, description="How often population-mode cut points are recomputed."

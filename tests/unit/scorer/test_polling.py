@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from aiokafka import TopicPartition
 
-from services.scorer.polling import Batch, split_lanes
+from services.scorer.polling import Batch, drop_repeats, split_lanes
 
 
 def batch_of(sizes: dict[tuple[str, int], int]) -> Batch:
@@ -27,3 +29,14 @@ def test_one_lane_or_one_partition_gives_the_batch_back_whole() -> None:
     assert split_lanes(batch_of({("a", 0): 1, ("a", 1): 1}), 1) == [
         batch_of({("a", 0): 1, ("a", 1): 1})
     ]
+
+
+def records(*offsets: int) -> list[SimpleNamespace]:
+    return [SimpleNamespace(offset=o) for o in offsets]
+
+
+def test_repeated_and_already_applied_records_are_dropped() -> None:
+    a, b, c = TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("t", 2)
+    batch: Batch = {a: records(0, 1, 2, 3, 0, 1, 2, 3, 4), b: records(5, 6, 7), c: records(1, 2)}
+    kept = drop_repeats(batch, {a: None, b: 7, c: 9})
+    assert {tp: [r.offset for r in rs] for tp, rs in kept.items()} == {a: [0, 1, 2, 3, 4], b: [7]}
