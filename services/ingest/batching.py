@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -40,32 +41,42 @@ class KeyPartitioner:
         return partitions[(hashed & 0x7FFFFFFF) % len(partitions)]
 
 
-async def send_groups(producer: AIOKafkaProducer, groups: Groups) -> list[asyncio.Future[Any]]:
-    """Queue every group as whole batches, in order; the futures resolve on the broker's acks."""
-    futures: list[asyncio.Future[Any]] = []
+@dataclass(frozen=True)
+class PartitionBatch:
+    """A closed BatchBuilder and where it goes."""
+
+    topic: str
+    partition: int
+    builder: Any  # aiokafka.producer.message_accumulator.BatchBuilder
+
+
+def build_batches(producer: AIOKafkaProducer, groups: Groups) -> list[PartitionBatch]:
+    """Every group's records as closed batches in order; a group over one batch size gets more."""
+    batches: list[PartitionBatch] = []
     for (topic, partition), records in groups.items():
-        futures += await _send_partition(producer, topic, partition, records)
-    return futures
+        builder = producer.create_batch()
+        for key, value, headers in records:
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                batches.append(_closed(topic, partition, builder))  # full: start the next one
+                builder = producer.create_batch()
+                # An empty batch takes any record, however large, as send() would put it alone.
+                builder.append(key=key, value=value, timestamp=None, headers=headers)
+        batches.append(_closed(topic, partition, builder))
+    return batches
 
 
-async def _send_partition(
-    producer: AIOKafkaProducer, topic: str, partition: int, records: Sequence[Record]
+def _closed(topic: str, partition: int, builder: Any) -> PartitionBatch:
+    builder.close()  # complete: sent with the next request instead of lingering for more
+    return PartitionBatch(topic, partition, builder)
+
+
+async def send_batches(
+    producer: AIOKafkaProducer, batches: Sequence[PartitionBatch]
 ) -> list[asyncio.Future[Any]]:
-    futures = []
-    batch = producer.create_batch()
-    for key, value, headers in records:
-        if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-            futures.append(await _submit(producer, batch, topic, partition))  # full: next batch
-            batch = producer.create_batch()
-            # An empty batch takes any record, however large, as send() would put it alone.
-            batch.append(key=key, value=value, timestamp=None, headers=headers)
-    futures.append(await _submit(producer, batch, topic, partition))
+    """Queue the batches in order; the futures resolve on the broker's acks."""
+    futures: list[asyncio.Future[Any]] = []
+    for batch in batches:
+        futures.append(
+            await producer.send_batch(batch.builder, batch.topic, partition=batch.partition)
+        )
     return futures
-
-
-async def _submit(
-    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int
-) -> asyncio.Future[Any]:
-    batch.close()  # complete: send it with the next request instead of lingering for more
-    future: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
-    return future

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.ingest.gcpause import gc_paused
 from services.ingest.metrics import IngestMetrics
 from services.ingest.parsing import EventParser, decode_json, loose_types
 from services.ingest.publisher import BrokerUnavailableError, Event, Publisher
@@ -42,15 +43,16 @@ class EventIntake:
         return ids
 
     def _parse(self, raw: bytes, *, source: str, batch: bool) -> list[Event]:
-        data = decode_json(raw)
-        self.parser.fill_source(data, source, batch=batch)
-        try:
-            return self.parser.validate(data, now=self.clock.now(), batch=batch)
-        except ProblemError:
-            types = loose_types(data, batch=batch)
-            self.metrics.batch_events.observe(len(types))
-            self.metrics.count_events(types, source=source, outcome="rejected")
-            raise
+        with gc_paused():
+            data = decode_json(raw)
+            self.parser.fill_source(data, source, batch=batch)
+            try:
+                return self.parser.validate(data, now=self.clock.now(), batch=batch)
+            except ProblemError:
+                types = loose_types(data, batch=batch)
+                self.metrics.batch_events.observe(len(types))
+                self.metrics.count_events(types, source=source, outcome="rejected")
+                raise
 
     async def _publish(self, events: list[Event], *, source: str) -> None:
         types = [e.type for e in events]

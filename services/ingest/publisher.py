@@ -26,7 +26,8 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from services.ingest.batching import KeyPartitioner, Record, send_groups
+from services.ingest.batching import KeyPartitioner, Record, build_batches, send_batches
+from services.ingest.gcpause import gc_paused
 from shared.contracts import (
     EVENT_MODELS,
     CustomerLoggedIn,
@@ -129,19 +130,20 @@ class KafkaPublisher:
         return True
 
     async def _send_all(self, events: Sequence[Event], producer: AIOKafkaProducer) -> None:
-        groups = await self._grouped(events, producer)
-        await asyncio.gather(*await send_groups(producer, groups))
+        topics = {self._topic_of[event.type] for event in events}
+        # Waits for each topic's metadata, as send() does.
+        partitions = {topic: sorted(await producer.partitions_for(topic)) for topic in topics}
+        with gc_paused():
+            batches = build_batches(producer, self._grouped(events, partitions))
+        await asyncio.gather(*await send_batches(producer, batches))
 
-    async def _grouped(
-        self, events: Sequence[Event], producer: AIOKafkaProducer
+    def _grouped(
+        self, events: Sequence[Event], partitions: dict[str, list[int]]
     ) -> dict[tuple[str, int], list[Record]]:
         """Each event's record under its topic and partition, in request order."""
-        partitions: dict[str, list[int]] = {}
         groups: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
         for event in events:
             topic = self._topic_of[event.type]
-            if topic not in partitions:  # waits for the topic's metadata, as send() does
-                partitions[topic] = sorted(await producer.partitions_for(topic))
             record = record_for(event)
             groups[topic, self._partitioner.partition(record[0], partitions[topic])].append(record)
         return groups
