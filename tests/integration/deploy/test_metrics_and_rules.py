@@ -79,7 +79,12 @@ def test_business_gauges_and_transitions_are_exported(scraped: dict[str, str]) -
     }
     assert {"class": "gold", "dimension": "value_tier"} in customers
     moves = _series(scraped["scorer"], "tierstream_scorer_transitions_total")
-    assert {"dimension": "value_tier", "from": "none", "to": "gold", "cause": "event"} in moves
+    assert {
+        "dimension": "value_tier",
+        "from": "(unclassified)",
+        "to": "gold",
+        "cause": "event",
+    } in moves
     assert _series(scraped["actions"], "tierstream_actions_tasks_open") == [
         {"queue": "senior-sales"}
     ]
