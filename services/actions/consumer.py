@@ -20,21 +20,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from services.actions import store
 from services.actions.batch import BatchResult, apply_batch
 from services.actions.db import Pool
-from services.actions.decoding import Decoded, Poison, Record, decode
+from services.actions.decoding import Decoded, Record, decode
 from services.actions.effects import ChannelConfig
 from services.actions.metrics import ActionsMetrics
 from shared.clock import Clock
+from shared.dead_letters import Poison, dead_letter
 from shared.domain.playbooks import Playbooks
 from shared.group_commit import GroupCommitter
-from shared.kafka import dlq_headers
 from shared.logging import get_logger
 from shared.offsets import Fenced, OffsetMove
 from shared.topics import Topics
 from shared.tracing import Tracer
 
 log = get_logger(__name__)
-
-DLQ_MAX_BYTES = 900_000  # a larger poison payload is cut (and flagged) so the DLQ write succeeds
 
 
 class ChangeConsumer:
@@ -144,27 +142,9 @@ class ChangeConsumer:
         self.on_effects()
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
-        """Write poison records to `<topic>.dlq` and wait for the broker's acks."""
-        futures = []
-        for item in poison:
-            r = item.record
-            value = r.value if r.value is not None else b""
-            headers = dlq_headers(
-                topic=r.topic, partition=r.partition, offset=r.offset, error=item.error,
-                original=list(r.headers or ()),
-            )  # fmt: skip
-            if len(value) > DLQ_MAX_BYTES:
-                value, headers = value[:DLQ_MAX_BYTES], [*headers, ("dlq_truncated", b"true")]
-            dlq = Topics.dlq(r.topic)
-            futures.append(await self.producer.send(dlq, value=value, key=r.key, headers=headers))
+        """Write poison records to `<topic>.dlq` (acknowledged) and count them."""
+        for dlq in await dead_letter(self.producer, poison):
             self.metrics.dlq_records.labels(dlq).inc()
-        await asyncio.gather(*futures)
-        for item in poison:  # once the DLQ holds them: where each came from, and why
-            r = item.record
-            log.warning(
-                "record dead-lettered", topic=r.topic, partition=r.partition, offset=r.offset,
-                dlq_topic=Topics.dlq(r.topic), error=item.error,
-            )  # fmt: skip
 
     def _count(self, result: BatchResult, decoded: Decoded) -> None:
         records = self.metrics.records

@@ -13,17 +13,12 @@ from pydantic import ValidationError
 
 from services.actions.batch import GoalHit, PlannedChange
 from shared.contracts import PurchaseMade, TierChanged, parse_event
+from shared.dead_letters import Poison
 from shared.domain.playbooks import ActionRequest, Playbooks, plan_actions
 from shared.topics import Topics
 from shared.tracing import SpanKind, Tracer
 
 Record: TypeAlias = Any  # aiokafka's ConsumerRecord (the library ships no types)
-
-
-@dataclass(frozen=True)
-class Poison:
-    record: Record
-    error: str
 
 
 @dataclass

@@ -17,11 +17,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from services.scorer import store
 from services.scorer.batch import BatchResult, apply_batch
 from services.scorer.db import Pool
-from services.scorer.dead_letters import Poison, Record, dead_letter, decode, traceparent_of
+from services.scorer.dead_letters import decode, traceparent_of
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.polling import Batch, drop_repeats, gather_batch, gc_paused, split_lanes
 from shared.clock import Clock
+from shared.dead_letters import Poison, Record, dead_letter
 from shared.domain.state import Event
 from shared.group_commit import GroupCommitter
 from shared.logging import get_logger

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeAlias
+from collections.abc import Iterable
+from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from shared.contracts import customer_event_adapter
+from shared.dead_letters import Poison, Record
 from shared.domain.state import Event
-from shared.kafka import dlq_headers
 from shared.logging import get_logger
-from shared.topics import Topics
 
 log = get_logger(__name__)
 
-# A dead-lettered payload larger than this is cut (and flagged) so the DLQ write cannot fail.
-DLQ_MAX_BYTES = 900_000
-Record: TypeAlias = Any  # aiokafka's ConsumerRecord (the library ships no types)
 _NUL = b"\\u0000"  # how JSON spells the one character Postgres text cannot hold
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-
-
-@dataclass(frozen=True)
-class Poison:
-    """A record that could not be decoded or validated, and why."""
-
-    record: Record
-    error: str
 
 
 def decode(records: Iterable[Record]) -> tuple[list[tuple[Event, Record]], list[Poison]]:
@@ -73,37 +57,3 @@ def traceparent_of(record: Record) -> str | None:
             text = value.decode("ascii", errors="replace")
             return text if _TRACEPARENT.fullmatch(text) else None
     return None
-
-
-def event_id_of(record: Record) -> str | None:
-    """The `event_id` a poison record claims, if it has a readable one (for the logs)."""
-    try:
-        data = orjson.loads(record.value)
-    except (orjson.JSONDecodeError, TypeError):
-        return None
-    event_id = data.get("event_id") if isinstance(data, dict) else None
-    return event_id[:128] if isinstance(event_id, str) else None
-
-
-async def dead_letter(producer: AIOKafkaProducer, poison: Sequence[Poison]) -> None:
-    """Write poison records to `<topic>.dlq` and wait for the broker's acks."""
-    futures = []
-    for item in poison:
-        r = item.record
-        value = r.value if r.value is not None else b""
-        headers = dlq_headers(
-            topic=r.topic, partition=r.partition, offset=r.offset, error=item.error,
-            original=list(r.headers or ()),
-        )  # fmt: skip
-        if len(value) > DLQ_MAX_BYTES:
-            value, headers = value[:DLQ_MAX_BYTES], [*headers, ("dlq_truncated", b"true")]
-        futures.append(
-            await producer.send(Topics.dlq(r.topic), value=value, key=r.key, headers=headers)
-        )
-    await asyncio.gather(*futures)
-    for item in poison:
-        r = item.record
-        log.warning(
-            "record dead-lettered", event_id=event_id_of(r), topic=r.topic,
-            partition=r.partition, offset=r.offset, error=item.error,
-        )  # fmt: skip
