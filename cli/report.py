@@ -3,8 +3,8 @@
 The value-tier migration of a period pairs each customer's class at the period start with
 its class now: the start class is the `from` of its first value-tier change that occurred
 in the period; a customer that did not change is on the diagonal; one first classified in
-the period comes from "(unclassified)". The scorer has no cross-customer change feed, so
-the changes are read per customer (a few parallel requests).
+the period comes from "(unclassified)". The period's changes come from the scorer's
+change feed (`GET /v1/changes?since=`) in one paginated read.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -102,24 +101,28 @@ def enrolments_by_status(enrolments: Iterable[Change]) -> dict[str, dict[str, in
     return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
 
 
-def _history(client: ApiClient, customer: Mapping[str, Any]) -> CustomerHistory:
-    cid = str(customer["customer_id"])
-    changes = list(client.paginate("scorer", f"/v1/customers/{cid}/changes", {"limit": 500}))
-    classes = {d: str(customer[d]) for d in DIMENSIONS}
-    return CustomerHistory(cid, classes, changes)
-
-
-def fetch_histories(client: ApiClient, workers: int = 8) -> list[CustomerHistory]:
-    """Every customer with its change history."""
+def fetch_histories(client: ApiClient, since: datetime) -> list[CustomerHistory]:
+    """Every customer with the changes that occurred in the period (oldest first)."""
     customers = list(client.paginate("scorer", "/v1/customers", {"limit": 500}))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda c: _history(client, c), customers))
+    in_period: dict[str, list[Change]] = defaultdict(list)
+    for change in client.paginate(
+        "scorer", "/v1/changes", {"since": since.isoformat(), "limit": 500}
+    ):
+        in_period[str(change["customer_id"])].append(change)
+    return [
+        CustomerHistory(
+            str(c["customer_id"]),
+            {d: str(c[d]) for d in DIMENSIONS},
+            in_period[str(c["customer_id"])],
+        )
+        for c in customers
+    ]
 
 
 def collect_report(client: ApiClient, *, since: datetime, now: datetime) -> Report:
     """Read the scorer and actions APIs and put the report together."""
     stats = client.get("scorer", "/v1/stats/tiers")
-    histories = fetch_histories(client)
+    histories = fetch_histories(client, since)
     open_tasks = client.paginate("actions", "/v1/tasks", {"status": "open", "limit": 100})
     overdue = client.paginate(
         "actions", "/v1/tasks", {"status": "open", "overdue": "true", "limit": 100}

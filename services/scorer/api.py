@@ -203,6 +203,31 @@ def read_router() -> APIRouter:
             items=items, next_cursor=encode_cursor(items[-1].customer_id) if more else None
         )
 
+    @router.get("/changes", summary="Tier changes of every customer, oldest first")
+    async def list_all_changes(
+        request: Request,
+        _: SourceDep,
+        since: Annotated[
+            datetime | None,
+            Query(description="Only changes that occurred at or after this instant (with zone)."),
+        ] = None,
+        dimension: Annotated[Dimension | None, Query(description="Only this dimension.")] = None,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> ChangePage:
+        if since is not None and since.tzinfo is None:
+            raise ProblemError(422, "Invalid since", "`since` needs a timezone, e.g. ...T00:00:00Z")
+        after = _seq(decode_cursor(cursor)) if cursor else None
+        rows = await queries.list_all_changes(
+            _pool(request), since=since, dimension=dimension.value if dimension else None,
+            after_seq=after, limit=limit + 1,
+        )  # fmt: skip
+        items = [change_view(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return ChangePage(
+            items=items, next_cursor=encode_cursor(str(rows[limit - 1].seq)) if more else None
+        )
+
     # Ids may contain `/` and newlines (CustomerIdConvertor); the history route goes first, or
     # the customer route would read `<id>/changes` as an id. An id ending in `/changes` is
     # read as history.

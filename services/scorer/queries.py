@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -86,6 +87,26 @@ async def list_changes(
         after_seq if after_seq is not None else 0,
         limit,
     )
+    return [StoredChange(row["seq"], change_from_row(row), row["published_at"]) for row in rows]
+
+
+async def list_all_changes(
+    pool: Pool,
+    *,
+    since: datetime | None,
+    dimension: str | None,
+    after_seq: int | None,
+    limit: int,
+) -> list[StoredChange]:
+    """Every customer's tier changes in emission order, optionally since an event time."""
+    rows = await pool.fetch(
+        "SELECT seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
+        " attributes, rules_version, occurred_at, emitted_at, published_at"
+        " FROM scorer.tier_change WHERE seq > $1"
+        " AND ($2::timestamptz IS NULL OR occurred_at >= $2)"
+        " AND ($3::text IS NULL OR dimension = $3) ORDER BY seq LIMIT $4",
+        after_seq if after_seq is not None else 0, since, dimension, limit,
+    )  # fmt: skip
     return [StoredChange(row["seq"], change_from_row(row), row["published_at"]) for row in rows]
 
 

@@ -52,6 +52,7 @@ async def test_every_route_needs_an_api_key(api: httpx.AsyncClient) -> None:
         "/v1/customers",
         "/v1/customers/gold-0/changes",
         "/v1/stats/tiers",
+        "/v1/changes",
     ):
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             response = await api.get(path, headers=headers)
@@ -140,3 +141,42 @@ async def test_probes_report_ready_when_postgres_and_the_broker_answer(
     ready = await api.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"database": True, "kafka": True}
+
+
+async def test_the_change_feed_spans_customers_filters_by_time_and_dimension_and_pages(
+    api: httpx.AsyncClient,
+) -> None:
+    everything = []
+    cursor = None
+    while True:
+        params = {"limit": "7", **({"cursor": cursor} if cursor else {})}
+        page = (await api.get("/v1/changes", params=params, headers=AUTH)).json()
+        everything += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    per_customer = []
+    for customer in {c["customer_id"] for c in everything}:
+        history = await api.get(
+            f"/v1/customers/{customer}/changes", params={"limit": 500}, headers=AUTH
+        )
+        per_customer += history.json()["items"]
+    assert sorted(c["id"] for c in everything) == sorted(c["id"] for c in per_customer)
+    customers = (await api.get("/v1/customers", params={"limit": 500}, headers=AUTH)).json()
+    assert {c["customer_id"] for c in everything} == {c["customer_id"] for c in customers["items"]}
+
+    tiers = (
+        await api.get("/v1/changes", params={"dimension": "value_tier", "limit": 500}, headers=AUTH)
+    ).json()
+    assert tiers["items"] and {c["dimension"] for c in tiers["items"]} == {"value_tier"}
+    latest = max(c["occurred_at"] for c in everything)
+    recent = (
+        await api.get("/v1/changes", params={"since": latest, "limit": 500}, headers=AUTH)
+    ).json()
+    assert recent["items"] and all(c["occurred_at"] >= latest for c in recent["items"])
+    assert len(recent["items"]) < len(everything)
+
+    naive = await api.get("/v1/changes", params={"since": "2026-01-01T00:00:00"}, headers=AUTH)
+    assert naive.status_code == 422
+    bad = await api.get("/v1/changes", params={"dimension": "shoe_size"}, headers=AUTH)
+    assert bad.status_code == 422
