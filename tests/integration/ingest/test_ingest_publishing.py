@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 
@@ -147,3 +148,24 @@ async def test_events_land_on_the_partition_a_plain_aiokafka_send_picks_for_thei
     )
     assert {r.key.decode(): r.partition for r in records} == expected
     assert len(set(expected.values())) == settings.partitions
+
+
+async def test_concurrent_requests_for_the_same_partitions_are_all_published_in_request_order(
+    client: httpx.AsyncClient, settings: IngestSettings
+) -> None:
+    customers = [f"cust-shared-{i}" for i in range(5)]
+    requests = [[login(customer_id=customers[i % 5]) for i in range(100)] for _ in range(8)]
+    responses = await asyncio.gather(
+        *(client.post("/v1/events/batch", json={"events": b}, headers=AUTH) for b in requests)
+    )
+    assert [r.status_code for r in responses] == [202] * 8
+    records = await read_records(
+        settings, topics_of(settings).logins, until=lambda rs: len(rs) >= 800
+    )
+    published = [ce_id(r) for r in records]
+    assert sorted(published) == sorted(e["event_id"] for b in requests for e in b)
+    position = {event_id: i for i, event_id in enumerate(published)}
+    for batch in requests:  # within a request, each customer's events keep their order
+        for customer in customers:
+            ids = [e["event_id"] for e in batch if e["customer_id"] == customer]
+            assert [position[i] for i in ids] == sorted(position[i] for i in ids)
