@@ -42,10 +42,14 @@ def message_id_of(record: Record) -> str | None:
     return found[:128] if isinstance(found, str) else None
 
 
-async def dead_letter(producer: AIOKafkaProducer, poison: Sequence[Poison]) -> list[str]:
+async def dead_letter(
+    producer: AIOKafkaProducer, poison: Sequence[Poison], *, group_id: str
+) -> list[str]:
     """Write poison records to `<topic>.dlq`, wait for the broker's acks, log each one.
 
-    Returns the DLQ topic of each record, in order, for the caller's metrics.
+    `group_id` names the consumer group that refused the record (`dlq_consumer_group`
+    header): a topic read by two groups can dead-letter one record twice. Returns the DLQ
+    topic of each record, in order, for the caller's metrics.
     """
     futures, topics = [], []
     for item in poison:
@@ -55,6 +59,7 @@ async def dead_letter(producer: AIOKafkaProducer, poison: Sequence[Poison]) -> l
             topic=r.topic, partition=r.partition, offset=r.offset, error=item.error,
             original=list(r.headers or ()),
         )  # fmt: skip
+        headers.append(("dlq_consumer_group", group_id.encode()))
         if len(value) > DLQ_MAX_BYTES:
             value, headers = value[:DLQ_MAX_BYTES], [*headers, ("dlq_truncated", b"true")]
         topics.append(Topics.dlq(r.topic))

@@ -143,7 +143,7 @@ class ChangeConsumer:
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
         """Write poison records to `<topic>.dlq` (acknowledged) and count them."""
-        for dlq in await dead_letter(self.producer, poison):
+        for dlq in await dead_letter(self.producer, poison, group_id=self.group_id):
             self.metrics.dlq_records.labels(dlq).inc()
 
     def _count(self, result: BatchResult, decoded: Decoded) -> None:

@@ -197,7 +197,7 @@ class EventConsumer:
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
         if poison:
-            await dead_letter(self.producer, poison)
+            await dead_letter(self.producer, poison, group_id=self.group_id)
 
     def _count(
         self,

@@ -162,6 +162,7 @@ def _assert_dead_lettered(
     """Each poison record dead-lettered with its origin and an error; by both consumers of
     the purchases topic (scorer and actions), by the one consumer of any other topic."""
     origins: Counter[Position] = Counter()
+    refusers: dict[Position, set[str]] = {}
     for record in dead:
         origin = (
             header(record.headers, "dlq_original_topic") or "",
@@ -169,6 +170,7 @@ def _assert_dead_lettered(
             int(header(record.headers, "dlq_original_offset") or -1),
         )
         origins[origin] += 1
+        refusers.setdefault(origin, set()).add(header(record.headers, "dlq_consumer_group") or "")
         assert header(record.headers, "dlq_error"), record.headers
         assert record.topic == Topics.dlq(origin[0])
         value = dict(zip(positions, (v for _, _, v in poison), strict=True))[origin] or b""
@@ -176,3 +178,5 @@ def _assert_dead_lettered(
         assert (header(record.headers, "dlq_truncated") == "true") == (len(value) > 900_000)
     expected = Counter({pos: 2 if pos[0] == topics.purchases else 1 for pos in positions})
     assert origins == expected
+    # the header names who refused each copy: the two groups reading purchases, once each
+    assert all(len(refusers[pos]) == expected[pos] and "" not in refusers[pos] for pos in positions)
