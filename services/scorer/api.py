@@ -25,6 +25,8 @@ JsonValue = int | float | str | bool | None
 # Postgres text cannot hold NUL: refuse it as input (422) instead of failing the query (500).
 NO_NUL = r"^[^\x00]*$"
 CustomerId = Annotated[str, Path(min_length=1, max_length=128, pattern=NO_NUL)]
+# An instant with a zone, as RFC 3339 spells it (no bare dates, no epoch numbers).
+RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[
     str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
@@ -208,20 +210,26 @@ def read_router() -> APIRouter:
         request: Request,
         _: SourceDep,
         since: Annotated[
-            datetime | None,
-            Query(description="Only changes that occurred at or after this instant (with zone)."),
+            str | None,
+            Query(
+                pattern=RFC3339,
+                description="Only changes that occurred at or after this instant "
+                "(RFC 3339 with a zone, e.g. 2026-01-01T00:00:00Z).",
+                json_schema_extra={"format": "date-time"},
+            ),
         ] = None,
         dimension: Annotated[Dimension | None, Query(description="Only this dimension.")] = None,
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> ChangePage:
-        if since is not None and since.tzinfo is None:
-            raise ProblemError(422, "Invalid since", "`since` needs a timezone, e.g. ...T00:00:00Z")
         after = _seq(decode_cursor(cursor)) if cursor else None
         rows = await queries.list_all_changes(
-            _pool(request), since=since, dimension=dimension.value if dimension else None,
-            after_seq=after, limit=limit + 1,
-        )  # fmt: skip
+            _pool(request),
+            since=_instant(since) if since else None,
+            dimension=dimension.value if dimension else None,
+            after_seq=after,
+            limit=limit + 1,
+        )
         items = [change_view(row) for row in rows[:limit]]
         more = len(rows) > limit
         return ChangePage(
@@ -271,6 +279,13 @@ def read_router() -> APIRouter:
         )  # fmt: skip
 
     return router
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:  # matched the pattern, yet no such instant (e.g. month 13)
+        raise ProblemError(422, "Invalid since", f"{text!r} is not an instant.") from exc
 
 
 def _seq(text: str) -> int:

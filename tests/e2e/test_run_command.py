@@ -67,12 +67,13 @@ def system(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, 
             **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},
         }
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "run", "--no-demo"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("wb") as out:  # a file, not a pipe: nobody reads it while the system runs
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "run", "--no-demo"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield proc, ports, log
     finally:
