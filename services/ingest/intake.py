@@ -6,11 +6,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.ingest.gcpause import gc_paused
 from services.ingest.metrics import IngestMetrics
 from services.ingest.parsing import EventParser, decode_json, loose_types
 from services.ingest.publisher import BrokerUnavailableError, Event, Publisher
 from shared.clock import Clock
+from shared.gcpause import gc_paused
 from shared.http import ProblemError
 from shared.logging import get_logger
 

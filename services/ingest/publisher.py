@@ -27,7 +27,6 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.ingest.batching import KeyPartitioner, Record, build_batches, send_batches
-from services.ingest.gcpause import gc_paused
 from shared.contracts import (
     EVENT_MODELS,
     CustomerLoggedIn,
@@ -35,6 +34,7 @@ from shared.contracts import (
     SupportTicketUpdated,
     event_ce_type,
 )
+from shared.gcpause import gc_paused
 from shared.kafka import Headers, cloudevent_headers, make_producer
 from shared.logging import get_logger
 from shared.settings import ServiceSettings

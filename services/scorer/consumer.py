@@ -20,10 +20,11 @@ from services.scorer.db import Pool
 from services.scorer.dead_letters import decode, traceparent_of
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
 from services.scorer.metrics import ScorerMetrics
-from services.scorer.polling import Batch, drop_repeats, gather_batch, gc_paused, split_lanes
+from services.scorer.polling import Batch, drop_repeats, gather_batch, split_lanes
 from shared.clock import Clock
 from shared.dead_letters import Poison, Record, dead_letter
 from shared.domain.state import Event
+from shared.gcpause import gc_paused
 from shared.group_commit import GroupCommitter
 from shared.logging import get_logger
 from shared.offsets import Fenced, OffsetMove

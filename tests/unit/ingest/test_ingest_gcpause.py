@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.ingest.gcpause import gc_paused
+from shared.gcpause import gc_paused
 
 
 @pytest.fixture(autouse=True)
