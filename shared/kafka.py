@@ -20,6 +20,7 @@ from shared.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+TraceHeaders = Sequence[tuple[str, bytes]]  # W3C trace context headers to add to records
 TOPIC_ALREADY_EXISTS = 36
 
 

@@ -29,6 +29,7 @@ from shared.clock import Clock, clock_for
 from shared.contracts import EVENT_MODELS
 from shared.http import ApiKeys, ProblemError, SourceDep, install_problem_handlers, probes_router
 from shared.metrics import new_registry
+from shared.tracing import SpanKind, Tracer, http_trace_headers, make_tracer
 
 DESCRIPTION = (
     "Upstream order, login and support systems POST customer events here. A 202 means the "
@@ -42,8 +43,9 @@ def create_app(
     publisher: Publisher | None = None,
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
+    tracer: Tracer | None = None,
 ) -> FastAPI:
-    """The ingest app; a publisher passed in is the caller's to start and stop."""
+    """The ingest app; a publisher or tracer passed in is the caller's to start and stop."""
     registry = registry or new_registry()
     metrics = IngestMetrics.create(registry)
     owned = publisher is None
@@ -63,13 +65,17 @@ def create_app(
         description=DESCRIPTION,
         lifespan=_lifespan(publisher) if owned else None,
     )
-    _install(app, settings, intake, registry)
+    _install(app, settings, intake, registry, tracer or make_tracer("ingest"))
     install_openapi(app, parser.batch_model)
     return app
 
 
 def _install(
-    app: FastAPI, settings: IngestSettings, intake: EventIntake, registry: CollectorRegistry
+    app: FastAPI,
+    settings: IngestSettings,
+    intake: EventIntake,
+    registry: CollectorRegistry,
+    tracer: Tracer,
 ) -> None:
     """Keys, error handlers, routes and request timing."""
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
@@ -79,7 +85,7 @@ def _install(
         return {"kafka": await intake.publisher.check()}
 
     app.include_router(probes_router(registry, ready, open_probes=settings.open_probes))
-    app.include_router(events_router(intake, settings.max_body_bytes))
+    app.include_router(events_router(intake, settings.max_body_bytes, tracer))
     app.include_router(schemas_router())
     app.add_middleware(RequestTimer, histogram=intake.metrics.request_seconds)
 
@@ -96,7 +102,7 @@ def _lifespan(publisher: Publisher) -> Any:
     return lifespan
 
 
-def events_router(intake: EventIntake, max_body_bytes: int) -> APIRouter:
+def events_router(intake: EventIntake, max_body_bytes: int, tracer: Tracer) -> APIRouter:
     """POST /v1/events and /v1/events/batch."""
     router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -118,7 +124,7 @@ def events_router(intake: EventIntake, max_body_bytes: int) -> APIRouter:
         ),
     )
     async def post_event(request: Request, source: SourceDep) -> Accepted:
-        ids = await intake.accept(await body_of(request), source=source, batch=False)
+        ids = await _accept(request, source, batch=False)
         return Accepted(accepted=len(ids), event_ids=ids)
 
     @router.post(
@@ -132,8 +138,15 @@ def events_router(intake: EventIntake, max_body_bytes: int) -> APIRouter:
         ),
     )
     async def post_batch(request: Request, source: SourceDep) -> Accepted:
-        ids = await intake.accept(await body_of(request), source=source, batch=True)
+        ids = await _accept(request, source, batch=True)
         return Accepted(accepted=len(ids), event_ids=ids)
+
+    async def _accept(request: Request, source: str, *, batch: bool) -> list[str]:
+        """Accept a body inside a span continuing the caller's `traceparent`, if any."""
+        body = await body_of(request)
+        parent = http_trace_headers(request.headers)
+        with tracer.span("ingest.publish", parent=parent, kind=SpanKind.PRODUCER) as trace:
+            return await intake.accept(body, source=source, batch=batch, trace=trace)
 
     return router
 

@@ -12,6 +12,7 @@ from services.ingest.publisher import BrokerUnavailableError, Event, Publisher
 from shared.clock import Clock
 from shared.gcpause import gc_paused
 from shared.http import ProblemError
+from shared.kafka import TraceHeaders
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -32,11 +33,16 @@ class EventIntake:
     clock: Clock
     retry_after_s: int
 
-    async def accept(self, raw: bytes, *, source: str, batch: bool) -> list[str]:
-        """Validate and publish one body; returns the accepted event ids or raises ProblemError."""
+    async def accept(
+        self, raw: bytes, *, source: str, batch: bool, trace: TraceHeaders = ()
+    ) -> list[str]:
+        """Validate and publish one body; returns the accepted event ids or raises ProblemError.
+
+        `trace`: W3C trace headers put on every record, so the trace reaches the scorer.
+        """
         events = with_source(self._parse(raw, source=source, batch=batch), source)
         self.metrics.batch_events.observe(len(events))
-        await self._publish(events, source=source)
+        await self._publish(events, source=source, trace=trace)
         ids = [e.event_id for e in events]
         log.info("events accepted", count=len(ids), source=source)
         log.debug("accepted event ids", event_ids=ids)
@@ -54,11 +60,11 @@ class EventIntake:
                 self.metrics.count_events(types, source=source, outcome="rejected")
                 raise
 
-    async def _publish(self, events: list[Event], *, source: str) -> None:
+    async def _publish(self, events: list[Event], *, source: str, trace: TraceHeaders) -> None:
         types = [e.type for e in events]
         started = time.perf_counter()
         try:
-            await self.publisher.publish(events)
+            await self.publisher.publish(events, trace=trace)
         except BrokerUnavailableError:
             self.metrics.publish_seconds.labels("failed").observe(time.perf_counter() - started)
             self.metrics.count_events(types, source=source, outcome="failed")

@@ -35,7 +35,7 @@ from shared.contracts import (
     event_ce_type,
 )
 from shared.gcpause import gc_paused
-from shared.kafka import Headers, cloudevent_headers, make_producer
+from shared.kafka import Headers, TraceHeaders, cloudevent_headers, make_producer
 from shared.logging import get_logger
 from shared.settings import ServiceSettings
 from shared.topics import Topics
@@ -59,18 +59,20 @@ class Publisher(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(self, events: Sequence[Event]) -> None: ...
+    async def publish(self, events: Sequence[Event], *, trace: TraceHeaders = ()) -> None: ...
 
     async def check(self) -> bool: ...
 
 
-def record_for(event: Event) -> tuple[bytes, bytes, Headers]:
-    """Key, value and CloudEvents binary-mode headers of one event's Kafka record."""
+def record_for(event: Event, trace: TraceHeaders = ()) -> tuple[bytes, bytes, Headers]:
+    """Key, value and CloudEvents binary-mode headers (plus any W3C trace context) of one
+    event's Kafka record."""
     headers = cloudevent_headers(
         ce_id=event.event_id,
         ce_source=event.source or "unknown",
         ce_type=event_ce_type(event.type),
         ce_time=event.occurred_at,
+        extra=list(trace),
     )
     return event.customer_id.encode(), event_json(event), headers
 
@@ -116,10 +118,10 @@ class KafkaPublisher:
             await asyncio.wait(set(self._retiring))
         self._available = False
 
-    async def publish(self, events: Sequence[Event]) -> None:
+    async def publish(self, events: Sequence[Event], *, trace: TraceHeaders = ()) -> None:
         """Send every event and wait for the broker's ack of each, within the timeout."""
         if events:
-            await self._guarded(partial(self._send_all, events), self._timeout_s)
+            await self._guarded(partial(self._send_all, events, trace), self._timeout_s)
 
     async def check(self) -> bool:
         """Ask the broker for cluster metadata: the readiness probe."""
@@ -129,22 +131,24 @@ class KafkaPublisher:
             return False
         return True
 
-    async def _send_all(self, events: Sequence[Event], producer: AIOKafkaProducer) -> None:
+    async def _send_all(
+        self, events: Sequence[Event], trace: TraceHeaders, producer: AIOKafkaProducer
+    ) -> None:
         topics = {self._topic_of[event.type] for event in events}
         # Waits for each topic's metadata, as send() does.
         partitions = {topic: sorted(await producer.partitions_for(topic)) for topic in topics}
         with gc_paused():
-            batches = build_batches(producer, self._grouped(events, partitions))
+            batches = build_batches(producer, self._grouped(events, partitions, trace))
         await asyncio.gather(*await send_batches(producer, batches))
 
     def _grouped(
-        self, events: Sequence[Event], partitions: dict[str, list[int]]
+        self, events: Sequence[Event], partitions: dict[str, list[int]], trace: TraceHeaders
     ) -> dict[tuple[str, int], list[Record]]:
         """Each event's record under its topic and partition, in request order."""
         groups: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
         for event in events:
             topic = self._topic_of[event.type]
-            record = record_for(event)
+            record = record_for(event, trace)
             groups[topic, self._partitioner.partition(record[0], partitions[topic])].append(record)
         return groups
 
