@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.panel import Panel
 
 from cli.infra import Infra, start_infra
-from cli.supervisor import Supervisor, _die_with_parent, service_ports
+from cli.supervisor import Supervisor, service_ports
+from shared.embedded import die_with_parent
 
 
 class _Stop:
@@ -99,7 +100,7 @@ def _start_demo(env: dict[str, str], key: str, ingest_port: int) -> subprocess.P
     demo_env = {**env, "TIERSTREAM_API_KEY": key}
     demo_env.setdefault("TIERSTREAM_INGEST_URL", f"http://127.0.0.1:{ingest_port}")
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.demo"], env=demo_env, preexec_fn=_die_with_parent
+        [sys.executable, "-m", "cli.demo"], env=demo_env, preexec_fn=die_with_parent
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import subprocess
 import sys
@@ -10,24 +9,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from shared.embedded import die_with_parent
+
 SERVICES = {"ingest": 8080, "scorer": 8081, "actions": 8082}
 
 
 def service_ports(env: Mapping[str, str]) -> dict[str, int]:
     """Each service's HTTP port, honouring INGEST_PORT / SCORER_PORT / ACTIONS_PORT."""
     return {name: int(env.get(f"{name.upper()}_PORT", port)) for name, port in SERVICES.items()}
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the supervisor dies, so no process is left behind."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # pragma: no cover - not Linux
-        pass
 
 
 @dataclass
@@ -46,7 +35,7 @@ class Child:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
             env=dict(self.env),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             start_new_session=True,
         )
         self.started_at = time.monotonic()

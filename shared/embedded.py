@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +36,20 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child (preexec_fn): get `sig` when the parent dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        # prctl is variadic: pass a full unsigned long, or the kernel may read garbage bits.
+        if libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(sig), 0, 0, 0) != 0:
+            os.write(2, b"tierstream: prctl(PR_SET_PDEATHSIG) failed\n")
+    except OSError:  # pragma: no cover - not Linux: the parent's own cleanup must do
+        pass
 
 
 def tansu_binary() -> Path:
@@ -78,6 +94,9 @@ class EmbeddedKafka:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # A killed owner must not leave a broker behind; it keeps nothing on disk, and
+            # an orphaned tansu does not finish a SIGTERM shutdown, so SIGKILL it.
+            preexec_fn=partial(die_with_parent, signal.SIGKILL),
         )
         wait_for_port(self.host, self.port)
         return self

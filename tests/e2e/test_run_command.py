@@ -77,9 +77,13 @@ def system(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, 
     try:
         yield proc, ports, log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        if proc.poll() is None:  # a failed test: stop it as Ctrl-C would, so nothing leaks
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def _purchases(customer: str) -> list[dict[str, Any]]:
