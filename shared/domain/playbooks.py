@@ -8,18 +8,16 @@ transaction.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from shared.contracts import TierChanged
 from shared.domain.conditions import TAG_PREFIX, evaluate
+from shared.domain.documents import content_version, yaml_mapping
 from shared.domain.playbook_model import (
     AlertAction,
     Channel,
@@ -126,18 +124,12 @@ def check_playbooks(path: str | Path) -> str:
 
 def parse_playbooks(text: str, *, source: str) -> Playbooks:
     """Validate playbooks YAML; the version is a hash of its content (comments aside)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PlaybooksError(f"not valid YAML: {exc}", source=source) from exc
-    if not isinstance(data, dict):
-        raise PlaybooksError("the file must be a YAML mapping", source=source)
+    data = yaml_mapping(text, fail=lambda reason: PlaybooksError(reason, source=source))
     try:
         parsed = PlaybooksFile.model_validate(data)
     except ValidationError as exc:
         raise _playbooks_error(exc, data, source) from exc
-    canonical = json.dumps(parsed.model_dump(mode="json", by_alias=True), sort_keys=True)
-    version = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    version = content_version(parsed)
     return Playbooks.model_validate(
         {**parsed.model_dump(by_alias=True), "version": version, "source": source}
     )

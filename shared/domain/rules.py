@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from shared.contracts import Dimension
@@ -21,6 +18,7 @@ from shared.domain.compiled import (
     compiled_rules,
 )
 from shared.domain.conditions import TAG_PREFIX
+from shared.domain.documents import content_version, yaml_mapping
 from shared.domain.features import FeatureValue
 from shared.domain.population import CutPoints, quintile_score
 from shared.domain.review import next_review_at
@@ -67,18 +65,12 @@ def load_rules(path: str | Path) -> Rules:
 
 def parse_rules(text: str, *, source: str) -> Rules:
     """Validate rules YAML; the version is a hash of its content (comments aside)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RulesError(f"not valid YAML: {exc}", source=source) from exc
-    if not isinstance(data, dict):
-        raise RulesError("the file must be a YAML mapping", source=source)
+    data = yaml_mapping(text, fail=lambda reason: RulesError(reason, source=source))
     try:
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:
         raise _rules_error(exc, data, source) from exc
-    canonical = json.dumps(parsed.model_dump(mode="json", by_alias=True), sort_keys=True)
-    version = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    version = content_version(parsed)
     return Rules.model_validate(
         {**parsed.model_dump(by_alias=True), "version": version, "source": source}
     )
