@@ -10,14 +10,12 @@ background) to the Kafka consumer group for lag-based tooling.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.actions import store
 from services.actions.batch import BatchResult, apply_batch
 from services.actions.db import Pool
 from services.actions.decoding import Decoded, Record, decode
@@ -26,16 +24,16 @@ from services.actions.metrics import ActionsMetrics
 from shared.clock import Clock
 from shared.dead_letters import Poison, dead_letter
 from shared.domain.playbooks import Playbooks
-from shared.group_commit import GroupCommitter
+from shared.fenced_consumer import Batch, FencedConsumer
 from shared.logging import get_logger
-from shared.offsets import Fenced, OffsetMove
+from shared.offsets import OffsetMove
 from shared.topics import Topics
 from shared.tracing import Tracer
 
 log = get_logger(__name__)
 
 
-class ChangeConsumer:
+class ChangeConsumer(FencedConsumer):
     """Consumes tier changes and purchases into tasks, deliveries and enrolments, exactly once."""
 
     def __init__(
@@ -44,75 +42,22 @@ class ChangeConsumer:
         clock: Clock, metrics: ActionsMetrics, max_records: int, poll_timeout_ms: int,
         on_effects: Callable[[], None] = lambda: None, tracer: Tracer | None = None,
     ) -> None:  # fmt: skip
-        self.consumer, self.producer, self.pool = consumer, producer, pool
-        self.group_id, self.topics, self.playbooks = group_id, topics, playbooks
+        super().__init__(consumer, pool, group_id=group_id, schema="actions", metrics=metrics)
+        self.producer, self.topics, self.playbooks = producer, topics, playbooks
         self.channels, self.clock, self.metrics = channels, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
         self.on_effects, self.tracer = on_effects, tracer
-        self.group_commits = GroupCommitter(consumer)
-        # Per owned partition: the stored next offset our next commit expects (None: no row).
-        self.fences: dict[TopicPartition, int | None] = {}
-        self.needs_resync = False
 
-    def listener(self) -> ConsumerRebalanceListener:
-        """The rebalance listener to subscribe with."""
-        return _Listener(self)
-
-    async def step(self) -> bool:
-        """Poll and apply one batch; True when records were handled."""
-        try:
-            return await self._step()
-        except Fenced as exc:
-            self.metrics.fenced_batches.inc()
-            log.info("batch fenced; re-seeking to stored offsets", reason=str(exc))
-            self.needs_resync = True
-            return True
-        except BaseException:
-            self.needs_resync = True  # whatever happened, positions may be ahead of Postgres
-            raise
-
-    async def _step(self) -> bool:
-        if self.needs_resync:
-            await self.resync(self.consumer.assignment())
-        batch = await self.consumer.getmany(
+    async def poll(self) -> Batch:
+        """One fetch of up to the batch size."""
+        batch: Batch = await self.consumer.getmany(
             timeout_ms=self.poll_timeout_ms, max_records=self.max_records
         )
-        self._update_lag()
-        if not batch:
-            return False
-        if self.needs_resync or any(tp not in self.fences for tp in batch):
-            self.needs_resync = True  # fetched before our seek: drop it, resync first
-            return True
+        return batch
+
+    async def handle(self, batch: Batch) -> None:
+        """Plan and apply the batch in one transaction."""
         await self._process(batch)
-        return True
-
-    async def resync(self, partitions: Iterable[TopicPartition]) -> None:
-        """Seek `partitions` to the offsets stored in Postgres (no row: the beginning)."""
-        tps = sorted(partitions)
-        async with self.pool.acquire() as conn:
-            stored = await store.load_offsets(
-                conn, self.group_id, [(t.topic, t.partition) for t in tps]
-            )
-        for tp in tps:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, offset)
-            self.fences[tp] = offset
-        self.needs_resync = False
-
-    async def close(self) -> None:
-        """Stop background work (call before the Kafka consumer stops)."""
-        await self.group_commits.close()
-
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Drop state of revoked partitions."""
-        self.group_commits.forget(partitions)
-        for tp in partitions:
-            self.fences.pop(tp, None)
-            with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
     async def _process(self, batch: dict[TopicPartition, list[Record]]) -> None:
         started = asyncio.get_running_loop().time()
@@ -180,27 +125,3 @@ class ChangeConsumer:
 
     def _source(self, topic: str) -> str:
         return "tier_changed" if topic == self.topics.tier_changed else "purchases"
-
-    def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
-            high, committed = self.consumer.highwater(tp), self.fences.get(tp)
-            if high is not None and tp in self.fences:
-                lag = high - committed if committed is not None else high
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Seeks newly assigned partitions to the offsets stored in Postgres."""
-
-    def __init__(self, owner: ChangeConsumer) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.owner.forget(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        try:
-            await self.owner.resync(assigned)
-        except Exception as exc:  # Postgres away: the main loop retries before using them
-            log.warning("cannot read stored offsets at assignment", error=repr(exc))
-            self.owner.needs_resync = True

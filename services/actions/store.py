@@ -28,13 +28,6 @@ async def claim_messages(conn: Connection, message_ids: Sequence[str]) -> set[st
     return {row["message_id"] for row in rows}
 
 
-async def load_offsets(
-    conn: Connection, group_id: str, partitions: Sequence[tuple[str, int]]
-) -> dict[tuple[str, int], int]:
-    """Stored next offsets of this service's consumers (see shared/offsets.py)."""
-    return await offsets.load_offsets(conn, "actions", group_id, partitions)
-
-
 async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
     """Fenced offset update in this service's schema (see shared/offsets.py)."""
     await offsets.advance_offsets(conn, "actions", group_id, moves)

@@ -9,12 +9,10 @@ state, the outbox and the offsets; only then is anything counted as done.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.scorer import store
 from services.scorer.batch import BatchResult, apply_batch
 from services.scorer.db import Pool
 from services.scorer.dead_letters import decode, traceparent_of
@@ -24,15 +22,15 @@ from services.scorer.polling import Batch, drop_repeats, gather_batch, split_lan
 from shared.clock import Clock
 from shared.dead_letters import Poison, Record, dead_letter
 from shared.domain.state import Event
+from shared.fenced_consumer import FencedConsumer
 from shared.gcpause import gc_paused
-from shared.group_commit import GroupCommitter
 from shared.logging import get_logger
-from shared.offsets import Fenced, OffsetMove
+from shared.offsets import OffsetMove
 
 log = get_logger(__name__)
 
 
-class EventConsumer:
+class EventConsumer(FencedConsumer):
     """Consumes the three event topics into customer state, effectively once."""
 
     def __init__(
@@ -51,80 +49,24 @@ class EventConsumer:
         lanes: int = 1,
         on_changes: Callable[[], None] = lambda: None,
     ) -> None:
-        self.consumer, self.producer, self.pool = consumer, producer, pool
-        self.group_id, self.scoring, self.clock, self.metrics = group_id, scoring, clock, metrics
+        super().__init__(consumer, pool, group_id=group_id, schema="scorer", metrics=metrics)
+        self.producer, self.scoring, self.clock, self.metrics = producer, scoring, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
         self.linger_ms, self.lanes, self.on_changes = linger_ms, lanes, on_changes
-        self.group_commits = GroupCommitter(consumer)
-        # Per owned partition: the stored next offset our next commit expects (None: no row).
-        self.fences: dict[TopicPartition, int | None] = {}
-        self.needs_resync = False
 
-    def listener(self) -> ConsumerRebalanceListener:
-        """The rebalance listener to subscribe with."""
-        return _Listener(self)
-
-    async def step(self) -> bool:
-        """Poll and apply one batch; True when records were handled."""
-        try:
-            return await self._step()
-        except Fenced as exc:
-            self.metrics.fenced_batches.inc()
-            log.info("batch fenced; re-seeking to stored offsets", reason=str(exc))
-            self.needs_resync = True
-            return True
-        except BaseException:
-            self.needs_resync = True  # whatever happened, positions may be ahead of Postgres
-            raise
-
-    async def _step(self) -> bool:
-        if self.needs_resync:
-            await self.resync(self.consumer.assignment())
-        batch = await gather_batch(
+    async def poll(self) -> Batch:
+        """Gather records across partitions up to the batch size or the linger time."""
+        return await gather_batch(
             self.consumer, max_records=self.max_records, wait_ms=self.poll_timeout_ms,
             linger_ms=self.linger_ms,
         )  # fmt: skip
-        self._update_lag()
-        if not batch:
-            return False
-        if self.needs_resync or any(tp not in self.fences for tp in batch):
-            self.needs_resync = True  # fetched before our seek: drop it, resync first
-            return True
+
+    async def handle(self, batch: Batch) -> None:
+        """Drop records handed out twice, then apply the batch with the cyclic GC paused."""
         batch = drop_repeats(batch, self.fences)
-        if not batch:
-            return True
-        with gc_paused():
-            await self._process(batch)
-        return True
-
-    async def close(self) -> None:
-        """Stop background group commits (call before the Kafka consumer stops)."""
-        await self.group_commits.close()
-
-    async def resync(self, partitions: Iterable[TopicPartition]) -> None:
-        """Seek `partitions` to the offsets stored in Postgres (no row: the beginning)."""
-        tps = sorted(partitions)
-        async with self.pool.acquire() as conn:
-            stored = await store.load_offsets(
-                conn, self.group_id, [(t.topic, t.partition) for t in tps]
-            )
-        for tp in tps:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, offset)
-            self.fences[tp] = offset
-        self.needs_resync = False
-
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Drop state of revoked partitions."""
-        partitions = list(partitions)
-        self.group_commits.forget(partitions)
-        for tp in partitions:
-            self.fences.pop(tp, None)
-            with contextlib.suppress(KeyError):
-                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        if batch:
+            with gc_paused():
+                await self._process(batch)
 
     async def _process(self, batch: Batch) -> None:
         """Apply a batch as up to `lanes` concurrent transactions over disjoint partitions.
@@ -213,35 +155,8 @@ class EventConsumer:
             self.metrics.events.labels("unknown", "dead_lettered").inc(len(poison))
         self.metrics.count_transitions(changes)
 
-    def _update_lag(self) -> None:
-        for tp in self.consumer.assignment():
-            high, committed = self.consumer.highwater(tp), self.fences.get(tp)
-            if high is not None and tp in self.fences:
-                lag = high - committed if committed is not None else high
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
-
 
 def _traces(decoded: Sequence[tuple[Event, Record]]) -> Callable[[Event], str | None]:
     """The trace context each event's record carried (headers read only when asked)."""
     record_of = {event.event_id: record for event, record in decoded}
     return lambda event: traceparent_of(record_of[event.event_id])
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Seeks newly assigned partitions to the offsets stored in Postgres."""
-
-    def __init__(self, owner: EventConsumer) -> None:
-        self.owner = owner
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.owner.forget(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        log.info(
-            "partitions assigned", partitions=sorted(f"{t.topic}/{t.partition}" for t in assigned)
-        )
-        try:
-            await self.owner.resync(assigned)
-        except Exception as exc:  # Postgres away: the main loop retries before using them
-            log.warning("cannot read stored offsets at assignment", error=repr(exc))
-            self.owner.needs_resync = True

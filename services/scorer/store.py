@@ -142,13 +142,6 @@ async def insert_changes(conn: Connection, changes: Sequence[ChangeRecord]) -> N
     )  # fmt: skip
 
 
-async def load_offsets(
-    conn: Connection, group_id: str, partitions: Sequence[tuple[str, int]]
-) -> dict[tuple[str, int], int]:
-    """Stored next offsets of this service's consumers (see shared/offsets.py)."""
-    return await offsets.load_offsets(conn, "scorer", group_id, partitions)
-
-
 async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
     """Fenced offset update in this service's schema (see shared/offsets.py)."""
     await offsets.advance_offsets(conn, "scorer", group_id, moves)
