@@ -6,7 +6,7 @@ without being restarted, and a half-broken client never lingers. The retired pro
 closed in the background and its successor waits for that, so two producers never write
 the same partition at once (the embedded broker fails such concurrent appends).
 
-A request's events go through the producer's batch path (`services.ingest.batching`): one
+A request's events go through the producer's batch path (`shared.kafka_batches`): one
 batch per partition, keyed and partitioned exactly as `send()` would.
 
 A failure means "not acknowledged", not "not written": some events of a failed request may
@@ -26,7 +26,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from services.ingest.batching import KeyPartitioner, Record, build_batches, send_batches
+from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches
 from shared.contracts import (
     EVENT_MODELS,
     CustomerLoggedIn,

@@ -6,7 +6,6 @@ to write (`CustomerUpdate`, `ChangeRecord`), the repository writes them.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from shared.domain.state import (
     state_from_json,
     state_to_record,
 )
+from shared.ids import uuid4_texts
 
 # Each dimension with its column name (Enum lookups are slow on a per-customer path).
 _COLUMNS = tuple((d, d.value) for d in Dimension)
@@ -164,9 +164,10 @@ def evaluate(
         decision.class_since, scoring.cut_points.version if scoring.cut_points else None,
         review, now,
     )  # fmt: skip
+    ids = uuid4_texts(len(decision.changes))
     changes = [
         ChangeRecord(
-            str(uuid.uuid4()),
+            change_id,
             record.customer_id,
             c.dimension,
             c.from_,
@@ -180,7 +181,7 @@ def evaluate(
             now,
             traceparent,
         )
-        for c in decision.changes
+        for change_id, c in zip(ids, decision.changes, strict=True)
     ]
     return update, changes
 

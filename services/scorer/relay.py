@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import defaultdict
 from datetime import datetime
 
 import asyncpg
@@ -22,6 +23,7 @@ from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import TIER_CHANGED_TYPE, ChangeCause, Dimension
 from shared.kafka import cloudevent_headers
+from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -47,6 +49,7 @@ class OutboxRelay:
     ) -> None:
         self.pool, self.producer, self.topic, self.batch = pool, producer, topic, batch
         self.clock, self.metrics = clock, metrics
+        self.partitioner = KeyPartitioner()
 
     async def step(self) -> bool:
         """Publish one batch of unpublished changes; True when a full batch went out."""
@@ -67,7 +70,10 @@ class OutboxRelay:
         return len(changes) >= self.batch
 
     async def _publish(self, changes: list[asyncpg.Record]) -> None:
-        futures = []
+        # Grouped per partition in seq order and sent as whole batches (shared.kafka_batches):
+        # each customer keeps its partition, so its changes still arrive in decision order.
+        partitions = sorted(await self.producer.partitions_for(self.topic))
+        groups: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
         for change in changes:
             trace = change["traceparent"]
             headers = cloudevent_headers(
@@ -76,12 +82,10 @@ class OutboxRelay:
                 extra=[("traceparent", trace.encode())] if trace else None,
             )  # fmt: skip
             key = change["customer_id"].encode()
-            futures.append(
-                await self.producer.send(
-                    self.topic, value=wire_value(change), key=key, headers=headers
-                )
-            )
-        await asyncio.gather(*futures)
+            partition = self.partitioner.partition(key, partitions)
+            groups[(self.topic, partition)].append((key, wire_value(change), headers))
+        batches = build_batches(self.producer, groups)
+        await asyncio.gather(*await send_batches(self.producer, batches))
         now = self.clock.now()
         for change in changes:
             self.metrics.emit_latency.observe(

@@ -9,7 +9,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.ingest.batching import KeyPartitioner
+from shared.kafka_batches import KeyPartitioner
 from services.ingest.publisher import Event, event_json, record_for
 from shared.contracts import CustomerLoggedIn, LineItem, PurchaseMade, SupportTicketUpdated
 from shared.kafka import cloudevent_headers

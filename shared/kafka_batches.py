@@ -1,9 +1,10 @@
-"""The producer's batch path: a request's records grouped per partition, one batch per group.
+"""The producer's batch path: records grouped per partition, one batch per group (ingest, relay).
 
 aiokafka's `send()` costs a partitioner call, an accumulator look-up and a future per
-record. A request already holds all of its records, so ingest groups them by topic and
-partition itself and hands each group to the producer as whole `BatchBuilder`s
-(`send_batch`): one future per batch, and no lingering, since a closed batch is sent at once.
+record. A caller that already holds all of its records (an ingest request, a relay
+round) groups them by topic and partition itself and hands each group to the producer as
+whole `BatchBuilder`s (`send_batch`): one future per batch, and no lingering, since a
+closed batch is sent at once.
 
 The partition is the one aiokafka's DefaultPartitioner (like the Java client) picks for a
 keyed record: murmur2 of the key bytes over all of the topic's partitions. Keeping that
