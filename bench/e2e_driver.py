@@ -1,10 +1,16 @@
 """End-to-end latency driver (runs inside the load-generator process).
 
-Open loop: batches of first purchases of fresh customers (each certain to change a tier)
-are POSTed on a fixed schedule at the target rate, whatever the answers; a consumer of
-the tier-changed topic in the same process notes when each customer's first change
-arrives. Latency = arrival - start of the POST that carried the customer's event, both
-read from this process's monotonic clock.
+Open loop: batches of events are POSTed on a fixed schedule at the target rate, whatever
+the answers; a consumer of the tier-changed topic in the same process notes when each
+customer's first change arrives. Latency = arrival - start of the POST that carried the
+customer's event, both read from this process's monotonic clock.
+
+What is measured are probes: first purchases of fresh customers, each certain to change
+a tier. `new_share` of the events are probes; the rest is the traffic of customers who
+already exist (`population` of them, created before the timed run): logins and repeat
+purchases, which go through the same ingest requests, partitions and scorer batches as
+the probes. With `new_share` 1 every event is a new customer (a sign-up storm: three tier
+changes per event).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.events import first_purchases
+from bench.events import first_purchases, returning_customers
 from bench.kafka_raw import kafka_settings
 from bench.loadgen import client
 from shared.kafka import make_consumer
@@ -39,6 +45,9 @@ class E2eJob:
     seconds: float
     batch: int
     prefix: str
+    new_share: float = 1.0
+    population: int = 0
+    seed: int = 7
     warmup: int = 20
     deadline_s: float = 30.0
 
@@ -90,14 +99,41 @@ def _emitted_at(value: bytes) -> float:
         return float("nan")
 
 
-def bodies(prefix: str, count: int, batch: int) -> list[tuple[list[bytes], bytes]]:
+def bodies(prefix: str, count: int, batch: int) -> list[Planned]:
     """(customer keys, encoded body) per batch of first purchases stamped now."""
-    events = first_purchases(prefix, count, at=datetime.now(UTC))
+    return _chunked(first_purchases(prefix, count, at=datetime.now(UTC)), batch, prefix)
+
+
+def mixed_bodies(job: E2eJob, prefix: str, count: int) -> list[Planned]:
+    """(probe keys, encoded body) per batch: `new_share` first purchases of fresh customers
+    spread evenly, the rest logins and repeat purchases of the existing population."""
+    every = max(1, round(1 / job.new_share))
+    probes = first_purchases(prefix, -(-count // every), at=datetime.now(UTC))
+    others = returning_customers(
+        f"{job.prefix}-p", job.population, count - len(probes), at=datetime.now(UTC),
+        seed=job.seed, event_prefix=f"{prefix}-x",
+    )  # fmt: skip
+    events = [probes[i // every] if i % every == 0 else others.pop() for i in range(count)]
+    return _chunked(events, job.batch, prefix)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request of a schedule: the probe keys it carries, its body, its events."""
+
+    keys: list[bytes]
+    body: bytes
+    events: int
+
+
+def _chunked(events: list[dict[str, object]], batch: int, probe_prefix: str) -> list[Planned]:
     chunks = [events[i : i + batch] for i in range(0, len(events), batch)]
-    return [
-        ([str(e["customer_id"]).encode() for e in chunk], json.dumps({"events": chunk}).encode())
-        for chunk in chunks
-    ]
+    plan = []
+    for chunk in chunks:
+        ids = (str(e["customer_id"]) for e in chunk)
+        keys = [c.encode() for c in ids if c.startswith(probe_prefix)]
+        plan.append(Planned(keys, json.dumps({"events": chunk}).encode(), len(chunk)))
+    return plan
 
 
 def _percentile(values: Sequence[float], pct: int) -> float:
@@ -119,7 +155,7 @@ class Posted:
 
 
 async def _post_schedule(
-    job: E2eJob, plan: list[tuple[list[bytes], bytes]], sent: dict[bytes, tuple[float, float]]
+    job: E2eJob, plan: list[Planned], sent: dict[bytes, tuple[float, float]]
 ) -> Posted:
     """POST each batch at its slot, whatever the answers to the earlier ones."""
     posted = Posted()
@@ -136,31 +172,50 @@ async def _post_schedule(
         tasks = []
         slot = job.batch / job.rate
         started = time.perf_counter()
-        for index, (keys, body) in enumerate(plan):
+        for index, request in enumerate(plan):
             await asyncio.sleep(max(0.0, started + index * slot - time.perf_counter()))
             at = time.perf_counter()
-            sent.update(dict.fromkeys(keys, (at, time.time())))
-            tasks.append(asyncio.create_task(post(body, at, len(keys))))
+            sent.update(dict.fromkeys(request.keys, (at, time.time())))
+            tasks.append(asyncio.create_task(post(request.body, at, request.events)))
         posted.span_s = time.perf_counter() - started + slot
         await asyncio.gather(*tasks)
     return posted
 
 
 async def _warm_up(job: E2eJob, arrivals: Arrivals) -> int:
-    """A few events end to end first: the scorer has joined its group and is warm."""
+    """A few events end to end first (the scorer has joined its group and is warm), then
+    the existing population is created, as fast as ingest takes it."""
     plan = bodies(f"{job.prefix}-w", job.warmup, job.warmup)
     posted = await _post_schedule(job, plan, {})
-    await arrivals.wait_for(plan[0][0], 120.0)
-    if any(k not in arrivals.first for k in plan[0][0]):
+    await arrivals.wait_for(plan[0].keys, 120.0)
+    if any(k not in arrivals.first for k in plan[0].keys):
         raise TimeoutError("warm-up events never reached the tier-changed topic")
-    return posted.accepted
+    accepted = posted.accepted
+    if job.population:
+        population = bodies(f"{job.prefix}-p", job.population, 1000)
+        for request in population:  # one request at a time: a backlog, not an overload
+            accepted += await _post_one(job, request.body, request.events)
+        keys = [k for request in population for k in request.keys]
+        await arrivals.wait_for(keys, 120.0)
+        if any(k not in arrivals.first for k in keys):
+            raise TimeoutError("the existing population never reached the tier-changed topic")
+    return accepted
+
+
+async def _post_one(job: E2eJob, body: bytes, events: int) -> int:
+    async with client(job.url, job.api_key, 1) as http:
+        response = await http.post("/v1/events/batch", content=body)
+    if response.status_code != 202:
+        raise RuntimeError(f"population POST answered {response.status_code}: {response.text}")
+    return events
 
 
 async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
     """The timed open loop; an event still missing at the deadline counts as arriving then
     (its latency is a lower bound, and `matched` says how many really arrived)."""
     warm = await _warm_up(job, arrivals)
-    plan = bodies(f"{job.prefix}-m", int(job.rate * job.seconds), job.batch)
+    count = int(job.rate * job.seconds)
+    plan = mixed_bodies(job, f"{job.prefix}-m", count)
     sent: dict[bytes, tuple[float, float]] = {}
     posted = await _post_schedule(job, plan, sent)
     await arrivals.wait_for(list(sent), job.deadline_s)
@@ -171,9 +226,9 @@ async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
         1000 * (arrivals.decided[k] - wall) for k, (_, wall) in sent.items() if k in arrivals.first
     ]
     return {
-        "sent": len(sent), "matched": sum(k in arrivals.first for k in sent),
+        "sent": count, "matched": sum(k in arrivals.first for k in sent),
         "accepted_events": posted.accepted + warm, "post_errors": posted.errors,
-        "achieved_rate": len(sent) / posted.span_s,
+        "probes": len(sent), "achieved_rate": count / posted.span_s,
         "p50_ms": _percentile(latencies, 50), "p90_ms": _percentile(latencies, 90),
         "p99_ms": _percentile(latencies, 99), "max_ms": max(latencies),
         "http_p50_ms": _percentile(posted.http_ms, 50),

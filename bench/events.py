@@ -6,6 +6,7 @@ with CloudEvents headers (`services.ingest.publisher.record_for`).
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +71,27 @@ def first_purchases(prefix: str, count: int, *, at: datetime) -> list[dict[str, 
         }
         for i in range(count)
     ]
+
+
+def returning_customers(
+    prefix: str, customers: int, count: int, *, at: datetime, seed: int, event_prefix: str
+) -> list[dict[str, object]]:
+    """`count` logins (4 in 5) and repeat purchases of the customers that
+    `first_purchases(prefix, customers)` created, chosen at random (seeded)."""
+    rng = random.Random(seed)
+    stamp = at.astimezone(UTC).isoformat()
+    events: list[dict[str, object]] = []
+    for i in range(count):
+        customer = f"{prefix}-c{rng.randrange(customers)}"
+        common = {"event_id": f"{event_prefix}{i}", "customer_id": customer, "occurred_at": stamp}
+        if rng.random() < 0.8:
+            events.append({"type": "login", **common, "channel": rng.choice(("web", "app"))})
+        else:
+            events.append(
+                {"type": "purchase", **common, "order_id": f"{event_prefix}o{i}",
+                 "amount": str(Decimal(rng.randrange(5, 400))), "currency": "EUR"}
+            )  # fmt: skip
+    return events
 
 
 def to_records(events: Sequence[Event]) -> list[Record]:

@@ -196,6 +196,16 @@ def append_to(path: Path) -> Iterator[BinaryIO]:
 
 
 @asynccontextmanager
+async def running_all(services: list[Service]) -> AsyncIterator[list[Service]]:
+    """Services started together (so consumers join one group generation), all stopped."""
+    try:
+        await asyncio.gather(*(service.start() for service in services))
+        yield services
+    finally:
+        await asyncio.gather(*(service.stop() for service in services))
+
+
+@asynccontextmanager
 async def running(service: Service) -> AsyncIterator[Service]:
     """A started service, stopped on the way out whatever happened."""
     try:

@@ -96,7 +96,8 @@ async def run_ingest(
 
 async def run_e2e(
     infra: Infra, *, runs: int, partitions: int, rate: float, seconds: float, batch: int,
-    workdir: Path, catch_up_s: float = 180.0,
+    workdir: Path, new_share: float = 1.0, population: int = 0, seed: int = 7,
+    catch_up_s: float = 180.0,
 ) -> tuple[list[PhaseRun], float]:  # fmt: skip
     """Ingest and scorer on fresh topics and database; `runs` timed open-loop runs, each
     started only once the scorer has caught up with the one before.
@@ -119,6 +120,7 @@ async def run_e2e(
                     "mode": "e2e", "url": ingest.url, "api_key": API_KEY,
                     "bootstrap": infra.bootstrap, "topic": Topics(namespace).tier_changed,
                     "partitions": partitions, "rate": rate, "seconds": seconds, "batch": batch,
+                    "new_share": new_share, "population": population, "seed": seed,
                 }  # fmt: skip
                 posted = 0
                 for index in range(runs):

@@ -21,16 +21,26 @@ FIGURES: dict[str, tuple[str, float | None, bool]] = {
     "scorer_events_per_s": ("events/s", 50_000, True),
     "scorer_startup_s": ("s", None, False),
     "scorer_rss_mb": ("MB", None, False),
+    "scorer_group_events_per_s": ("events/s", 50_000, True),
+    "scorer_group_rss_mb": ("MB", None, False),
     "e2e_rate_events_per_s": ("events/s", None, True),
     "e2e_p50_ms": ("ms", None, False),
     "e2e_p99_ms": ("ms", 250, False),
     "e2e_http_p99_ms": ("ms", None, False),
     "e2e_to_decision_p99_ms": ("ms", None, False),
+    # The same latency target, held against a sign-up storm (every event a new customer).
+    "e2e_storm_rate_events_per_s": ("events/s", None, True),
+    "e2e_storm_p50_ms": ("ms", None, False),
+    "e2e_storm_p99_ms": ("ms", 250, False),
+    "e2e_storm_http_p99_ms": ("ms", None, False),
+    "e2e_storm_to_decision_p99_ms": ("ms", None, False),
 }
 E2E_TARGET_RATE = 5_000
 RATIOS = {
     "scorer_vs_raw_consume": ("scorer_events_per_s", "raw_consume_events_per_s"),
     "scorer_vs_raw_pg_merge": ("scorer_events_per_s", "raw_pg_merge_events_per_s"),
+    "scorer_group_vs_raw_consume": ("scorer_group_events_per_s", "raw_consume_events_per_s"),
+    "scorer_group_vs_raw_pg_merge": ("scorer_group_events_per_s", "raw_pg_merge_events_per_s"),
     "ingest_vs_raw_produce": ("ingest_events_per_s", "raw_produce_events_per_s"),
 }
 
@@ -80,11 +90,12 @@ class Results:
             if target is not None and value is not None:
                 met = value >= target if higher else value <= target
                 out[figure] = {"target": target, "measured": round(value, 1), "met": met}
-        rate = self.median("e2e_rate_events_per_s")
-        if "e2e_p99_ms" in out and rate is not None:
-            # The latency target holds only at the target rate (held within 2 %).
-            held = rate >= E2E_TARGET_RATE * 0.98
-            out["e2e_p99_ms"].update(at_rate=round(rate), met=out["e2e_p99_ms"]["met"] and held)
+        for series in ("e2e", "e2e_storm"):
+            rate, p99 = self.median(f"{series}_rate_events_per_s"), f"{series}_p99_ms"
+            if p99 in out and rate is not None:
+                # The latency target holds only at the target rate (held within 2 %).
+                held = rate >= E2E_TARGET_RATE * 0.98
+                out[p99].update(at_rate=round(rate), met=out[p99]["met"] and held)
         return out
 
     def document(self, machine: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

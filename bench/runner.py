@@ -137,30 +137,51 @@ class Bench:
                              per_cpu=run.events / max(run.cpu_s["scorer"], 0.01))  # fmt: skip
             self.results.add("scorer_startup_s", run.startup_s)
             self.results.add("scorer_rss_mb", run.peak_rss_mb)
+        if self.s.scorer_processes > 1:
+            await self._scorer_group(loaded)
+
+    async def _scorer_group(self, loaded: Loaded) -> None:
+        """The same drain by a consumer group of `scorer_processes` scorers."""
+        for _ in range(self.s.runs):
+            run = await run_scorer(
+                self.infra, loaded, partitions=self.s.partitions, workdir=self.workdir,
+                timeout_s=self.s.scorer_timeout_s, processes=self.s.scorer_processes,
+            )  # fmt: skip
+            self.results.detail("scorer_group", {**run.__dict__, "rate": run.rate})
+            self.results.add("scorer_group_events_per_s", run.rate,
+                             per_cpu=run.events / max(run.cpu_s["scorer"], 0.01))  # fmt: skip
+            self.results.add("scorer_group_rss_mb", run.peak_rss_mb)
 
     async def e2e(self) -> None:
+        await self._e2e("e2e", self.s.e2e_new_share, self.s.e2e_population)
+        if self.s.e2e_storm:
+            await self._e2e("e2e_storm", 1.0, 0)
+
+    async def _e2e(self, name: str, new_share: float, population: int) -> None:
+        """One series of e2e runs; figures named `{name}_*`."""
         runs, rss = await run_e2e(
             self.infra, runs=self.s.runs, partitions=self.s.partitions, rate=self.s.e2e_rate,
             seconds=self.s.e2e_seconds, batch=self.s.e2e_batch, workdir=self.workdir,
+            new_share=new_share, population=population, seed=self.s.seed,
         )  # fmt: skip
         for run in runs:
             r = run.result
-            self.results.add("e2e_rate_events_per_s", r["achieved_rate"])
-            self.results.add("e2e_p50_ms", r["p50_ms"])
-            self.results.add("e2e_p99_ms", r["p99_ms"])
-            self.results.add("e2e_http_p99_ms", r["http_p99_ms"])
-            self.results.add("e2e_to_decision_p99_ms", r["to_decision_p99_ms"])
-            self.results.detail("e2e", {**r, "cpu_s": run.cpu_s, "scorer_rss_mb_after": rss})
+            self.results.add(f"{name}_rate_events_per_s", r["achieved_rate"])
+            self.results.add(f"{name}_p50_ms", r["p50_ms"])
+            self.results.add(f"{name}_p99_ms", r["p99_ms"])
+            self.results.add(f"{name}_http_p99_ms", r["http_p99_ms"])
+            self.results.add(f"{name}_to_decision_p99_ms", r["to_decision_p99_ms"])
+            self.results.detail(name, {**r, "cpu_s": run.cpu_s, "scorer_rss_mb_after": rss})
             if r["achieved_rate"] < 0.95 * self.s.e2e_rate:
                 self.results.notes.append(
-                    f"e2e: the load generator held only {r['achieved_rate']:,.0f} of "
+                    f"{name}: the load generator held only {r['achieved_rate']:,.0f} of "
                     f"{self.s.e2e_rate:,.0f} events/s (its process was short of CPU)"
                 )
-            if r["matched"] < r["sent"]:
+            if r["matched"] < r["probes"]:
                 self.results.notes.append(
-                    f"e2e: {r['sent'] - r['matched']} of {r['sent']} events had no tier change "
-                    "30 s after the last POST; they count with the latency they had by then, so "
-                    "that run's percentiles are lower bounds"
+                    f"{name}: {r['probes'] - r['matched']} of {r['probes']} probes had no tier "
+                    "change 30 s after the last POST; they count with the latency they had by "
+                    "then, so that run's percentiles are lower bounds"
                 )
 
     def _profiling(self) -> bool:
@@ -185,6 +206,9 @@ def _notes(settings: BenchSettings, events: Sequence[Event]) -> list[str]:
         "exactly-once path) on a fresh database, timed from its first committed batch to "
         "the offsets stored in scorer.consumer_offset reaching the end of every partition; "
         "start-up and group join (scorer_startup_s) and the first batch's events are excluded",
+        f"scorer_group_events_per_s: the same drain by {settings.scorer_processes} scorer "
+        "processes in one consumer group (the partitions shared between them), as a "
+        "deployment with one scorer per core runs; CPU and RSS are the group's sums",
         "raw_consume_events_per_s decodes with pydantic (shared.contracts.parse_event, the "
         "scorer's decode); raw_consume_json_events_per_s with json.loads only; polls of "
         f"{settings.merge_batch()} records (the scorer's batch size)",
@@ -194,10 +218,16 @@ def _notes(settings: BenchSettings, events: Sequence[Event]) -> list[str]:
         f"ingest: python -m services.ingest, batches of {settings.ingest_batch} from a separate "
         f"load-generator process (httpx, {settings.ingest_concurrency} requests in flight), "
         "timed from the first POST to the last 202 (broker acks included)",
-        f"e2e: first purchases of fresh customers POSTed open-loop in batches of "
-        f"{settings.e2e_batch} for {settings.e2e_seconds:g} s per run; latency from the start "
-        "of the POST to the customer's first record on the tier-changed topic; http = POST "
-        "to 202, to_decision = POST to the scorer's emitted_at (its clock when it decided)",
+        f"e2e: {settings.e2e_rate:,.0f} events/s POSTed open-loop in batches of "
+        f"{settings.e2e_batch} for {settings.e2e_seconds:g} s per run; "
+        f"{settings.e2e_new_share:.0%} of them first purchases of fresh customers (the probes "
+        "whose latency is measured), the rest logins (4 in 5) and repeat purchases of "
+        f"{settings.e2e_population:,} customers created before the run; latency from the "
+        "start of the POST to the probe customer's first record on the tier-changed topic; "
+        "http = POST to 202, to_decision = POST to the scorer's emitted_at (its clock when it "
+        "decided)",
+        "e2e_storm: the same with every event a first purchase of a new customer (a sign-up "
+        "storm; each event makes three tier changes)",
         "per CPU-s: events per CPU second of the phase's own process (the bench client for "
         "raw Kafka, bench + Postgres for the raw merge, the ingest or the scorer process)",
     ]

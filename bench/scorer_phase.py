@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cpu import CpuMeter
-from bench.infra import Infra, Service, fresh_database, running, service_env
+from bench.infra import Infra, Service, fresh_database, running_all, service_env
 from bench.kafka_raw import Loaded
 from bench.profiling import Profiler
 from shared.db import asyncpg_dsn
@@ -63,17 +64,18 @@ async def committed_offsets(conn: asyncpg.Connection[asyncpg.Record]) -> int:
 
 
 async def _drain(
-    conn: asyncpg.Connection[asyncpg.Record], service: Service, loaded: Loaded,
+    conn: asyncpg.Connection[asyncpg.Record], services: Sequence[Service], loaded: Loaded,
     meter: CpuMeter, timeout_s: float, window_s: float | None,
 ) -> tuple[_Watch, float]:  # fmt: skip
     """Poll the stored offsets until they reach the end (or `window_s` after the first
     commit, when given); returns the watch and the end time."""
     watch, deadline = _Watch(), time.monotonic() + timeout_s
-    process = service.process()
+    processes = [service.process() for service in services]
     while time.monotonic() < deadline:
         watch.committed = await committed_offsets(conn)
         now = time.perf_counter()
-        watch.peak_rss = max(watch.peak_rss, process.memory_info().rss)
+        rss = sum(process.memory_info().rss for process in processes)
+        watch.peak_rss = max(watch.peak_rss, rss)
         if watch.committed and watch.first_at is None:
             watch.first_at, watch.first_committed = now, watch.committed
             meter.start()
@@ -87,10 +89,11 @@ async def _drain(
 
 async def run_scorer(
     infra: Infra, loaded: Loaded, *, partitions: int, workdir: Path, timeout_s: float,
-    profile_to: Path | None = None, window_s: float | None = None,
+    profile_to: Path | None = None, window_s: float | None = None, processes: int = 1,
 ) -> ScorerRun:  # fmt: skip
-    """Start a scorer on a fresh database and time it draining `loaded` (or only its first
-    `window_s` seconds after the first commit: enough for a profile)."""
+    """Start `processes` scorers (one consumer group) on a fresh database and time them
+    draining `loaded` (or only the first `window_s` seconds after the first commit: enough
+    for a profile of the first process). CPU and RSS are the group's sums."""
     async with fresh_database(infra.pg_server_url, migrate=True) as database_url:
         env = service_env(
             infra, namespace=loaded.namespace, database_url=database_url, partitions=partitions
@@ -98,24 +101,26 @@ async def run_scorer(
         conn = await asyncpg.connect(asyncpg_dsn(database_url))
         try:
             launched = time.perf_counter()
-            async with running(Service("scorer", env, workdir)) as scorer:
+            async with running_all(
+                [Service("scorer", env, workdir) for _ in range(processes)]
+            ) as group:
                 meter = CpuMeter(
-                    {"scorer": scorer.pid, "postgres": infra.postgres_pid,
-                     "broker": infra.broker_pid}
+                    {**{f"scorer{i}": s.pid for i, s in enumerate(group)},
+                     "postgres": infra.postgres_pid, "broker": infra.broker_pid}
                 )  # fmt: skip
-                profiler = Profiler(scorer.pid, profile_to) if profile_to else None
+                profiler = Profiler(group[0].pid, profile_to) if profile_to else None
                 if profiler:
                     profiler.start()
                 try:
-                    watch, ended = await _drain(conn, scorer, loaded, meter, timeout_s, window_s)
-                    cpu = meter.read()
+                    watch, ended = await _drain(conn, group, loaded, meter, timeout_s, window_s)
+                    cpu = _group_cpu(meter.read())
                 finally:
                     if profiler:
                         await profiler.stop()
                 backlog = await conn.fetchval(
                     "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
                 )
-                batches = await batch_stats(scorer.url)
+                batches = await batch_stats(group[0].url)
         finally:
             await conn.close()
     assert watch.first_at is not None
@@ -128,6 +133,12 @@ async def run_scorer(
         outbox_backlog=int(backlog or 0),
         batches=batches,
     )
+
+
+def _group_cpu(cpu: dict[str, float]) -> dict[str, float]:
+    """The scorer processes' CPU summed under "scorer" (each also kept on its own)."""
+    scorers = {name: s for name, s in cpu.items() if name.startswith("scorer")}
+    return {**cpu, "scorer": round(sum(scorers.values()), 2)}
 
 
 async def batch_stats(url: str) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -27,6 +28,10 @@ class BenchSettings(BaseSettings):
     )
     customers: int = Field(20_000, ge=1, description="Customers those events belong to.")
     partitions: int = Field(6, ge=1, description="Partitions per topic (production default).")
+    scorer_processes: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1,
+        description="Scorer processes of the group run (scorer_group_*; 1 skips it).",
+    )  # fmt: skip
     batch: int | None = Field(
         None, ge=1, description="Events per raw Postgres merge transaction (default: the scorer's)."
     )
@@ -36,6 +41,17 @@ class BenchSettings(BaseSettings):
     e2e_rate: float = Field(5000.0, gt=0, description="Events per second offered end to end.")
     e2e_seconds: float = Field(5.0, gt=0, description="Length of each end-to-end run.")
     e2e_batch: int = Field(100, ge=1, description="Events per end-to-end HTTP request.")
+    e2e_new_share: float = Field(
+        0.1, gt=0, le=1,
+        description="Share of e2e events that are first purchases of new customers (the "
+        "measured probes); the rest are logins and purchases of existing customers.",
+    )  # fmt: skip
+    e2e_population: int = Field(
+        5000, ge=1, description="Existing customers created before each e2e run."
+    )
+    e2e_storm: bool = Field(
+        True, description="Also run e2e with every event a new customer (e2e_storm_* figures)."
+    )
     scorer_timeout_s: float = Field(600.0, gt=0, description="Longest a scorer drain may take.")
     profile: bool = Field(True, description="Profile one extra scorer and ingest run (py-spy).")
     profile_s: float = Field(20.0, gt=0, description="Seconds of the profiled scorer run.")
