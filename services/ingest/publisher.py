@@ -26,7 +26,6 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches
 from shared.contracts import (
     EVENT_MODELS,
     CustomerLoggedIn,
@@ -36,6 +35,7 @@ from shared.contracts import (
 )
 from shared.gcpause import gc_paused
 from shared.kafka import Headers, TraceHeaders, cloudevent_headers, make_producer
+from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches
 from shared.logging import get_logger
 from shared.settings import ServiceSettings
 from shared.topics import Topics

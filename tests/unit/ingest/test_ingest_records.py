@@ -9,10 +9,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.kafka_batches import KeyPartitioner
 from services.ingest.publisher import Event, event_json, record_for
 from shared.contracts import CustomerLoggedIn, LineItem, PurchaseMade, SupportTicketUpdated
 from shared.kafka import cloudevent_headers
+from shared.kafka_batches import KeyPartitioner
 
 AIOKAFKA = DefaultPartitioner()
 AT = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
