@@ -19,7 +19,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cpu import CpuMeter
-from bench.infra import Infra, Service, fresh_database, running_all, service_env
+from bench.infra import Infra, Service, fresh_database, running_all, service_env, unique_name
 from bench.kafka_raw import Loaded
 from bench.profiling import Profiler
 from shared.db import asyncpg_dsn
@@ -54,25 +54,27 @@ class _Watch:
     peak_rss: int = 0
 
 
-async def committed_offsets(conn: asyncpg.Connection[asyncpg.Record]) -> int:
+async def committed_offsets(
+    conn: asyncpg.Connection[asyncpg.Record], group_id: str = SCORER_GROUP
+) -> int:
     """Events the scorer has committed: the sum of its stored next offsets."""
     value = await conn.fetchval(
         "SELECT coalesce(sum(next_offset), 0) FROM scorer.consumer_offset WHERE group_id = $1",
-        SCORER_GROUP,
+        group_id,
     )
     return int(value)
 
 
 async def _drain(
     conn: asyncpg.Connection[asyncpg.Record], services: Sequence[Service], loaded: Loaded,
-    meter: CpuMeter, timeout_s: float, window_s: float | None,
+    meter: CpuMeter, timeout_s: float, window_s: float | None, group_id: str,
 ) -> tuple[_Watch, float]:  # fmt: skip
     """Poll the stored offsets until they reach the end (or `window_s` after the first
     commit, when given); returns the watch and the end time."""
     watch, deadline = _Watch(), time.monotonic() + timeout_s
     processes = [service.process() for service in services]
     while time.monotonic() < deadline:
-        watch.committed = await committed_offsets(conn)
+        watch.committed = await committed_offsets(conn, group_id)
         now = time.perf_counter()
         rss = sum(process.memory_info().rss for process in processes)
         watch.peak_rss = max(watch.peak_rss, rss)
@@ -98,6 +100,9 @@ async def run_scorer(
         env = service_env(
             infra, namespace=loaded.namespace, database_url=database_url, partitions=partitions
         )
+        # A group of its own per drain: tansu was seen never answering a two-member group's
+        # join after an earlier two-member generation of the same group had left.
+        group_id = env["SCORER_GROUP_ID"] = unique_name("bench-scorer")
         conn = await asyncpg.connect(asyncpg_dsn(database_url))
         try:
             launched = time.perf_counter()
@@ -112,7 +117,9 @@ async def run_scorer(
                 if profiler:
                     profiler.start()
                 try:
-                    watch, ended = await _drain(conn, group, loaded, meter, timeout_s, window_s)
+                    watch, ended = await _drain(
+                        conn, group, loaded, meter, timeout_s, window_s, group_id
+                    )
                     cpu = _group_cpu(meter.read())
                 finally:
                     if profiler:

@@ -23,7 +23,7 @@ from shared.logging import get_logger
 from shared.loops import Step, run_loop
 from shared.metrics import new_registry
 from shared.service import Loop, serve
-from shared.topics import SCORER_GROUP, Topics
+from shared.topics import Topics
 
 log = get_logger(__name__)
 
@@ -52,7 +52,7 @@ async def run(
     # A short fetch wait: some brokers (the embedded tansu) answer a waiting fetch only when
     # the wait ends, not when data arrives; a real Kafka answers at once either way.
     consumer = make_consumer(
-        settings, SCORER_GROUP, max_poll_records=settings.batch_max_records,
+        settings, settings.group_id, max_poll_records=settings.batch_max_records,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )  # fmt: skip
     try:
@@ -77,7 +77,7 @@ async def _serve(
     topics = Topics(settings.topic_namespace)
     outbox_ready = asyncio.Event()
     events = EventConsumer(
-        consumer, producer, pool, group_id=SCORER_GROUP, scoring=holder, clock=clock,
+        consumer, producer, pool, group_id=settings.group_id, scoring=holder, clock=clock,
         metrics=metrics, max_records=settings.batch_max_records,
         poll_timeout_ms=settings.poll_timeout_ms, linger_ms=settings.batch_linger_ms,
         lanes=settings.batch_lanes,

@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.settings import ServiceSettings
+from shared.topics import SCORER_GROUP
 
 
 def _default_rules_file() -> Path:
@@ -30,6 +31,11 @@ class ScorerSettings(ServiceSettings):
         validation_alias=AliasChoices("SCORER_API_KEYS", "TIERSTREAM_API_KEYS"),
         description="Comma-separated `key` or `source:key` entries.",
     )
+    group_id: str = Field(
+        SCORER_GROUP, min_length=1,
+        description="Consumer group of the scorer processes; stored offsets are kept per group. "
+        "Only two scorer deployments that must not share work (on one broker) need another.",
+    )  # fmt: skip
     rules_file: Path = Field(
         default_factory=_default_rules_file,
         description="YAML rules file; validated at start (the scorer refuses an invalid one).",
