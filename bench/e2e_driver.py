@@ -100,13 +100,13 @@ def _emitted_at(value: bytes) -> float:
 
 
 def bodies(prefix: str, count: int, batch: int) -> list[Planned]:
-    """(customer keys, encoded body) per batch of first purchases stamped now."""
+    """One request per `batch` first purchases stamped now (every customer a probe)."""
     return _chunked(first_purchases(prefix, count, at=datetime.now(UTC)), batch, prefix)
 
 
 def mixed_bodies(job: E2eJob, prefix: str, count: int) -> list[Planned]:
-    """(probe keys, encoded body) per batch: `new_share` first purchases of fresh customers
-    spread evenly, the rest logins and repeat purchases of the existing population."""
+    """One request per `job.batch` events: `new_share` first purchases of fresh customers
+    (the probes) spread evenly, the rest logins and repeat purchases of the population."""
     every = max(1, round(1 / job.new_share))
     probes = first_purchases(prefix, -(-count // every), at=datetime.now(UTC))
     others = returning_customers(
@@ -193,21 +193,19 @@ async def _warm_up(job: E2eJob, arrivals: Arrivals) -> int:
     accepted = posted.accepted
     if job.population:
         population = bodies(f"{job.prefix}-p", job.population, 1000)
-        for request in population:  # one request at a time: a backlog, not an overload
-            accepted += await _post_one(job, request.body, request.events)
+        async with client(job.url, job.api_key, 1) as http:
+            for request in population:  # one request at a time: a backlog, not an overload
+                response = await http.post("/v1/events/batch", content=request.body)
+                if response.status_code != 202:
+                    raise RuntimeError(
+                        f"population POST answered {response.status_code}: {response.text}"
+                    )
+                accepted += request.events
         keys = [k for request in population for k in request.keys]
         await arrivals.wait_for(keys, 120.0)
         if any(k not in arrivals.first for k in keys):
             raise TimeoutError("the existing population never reached the tier-changed topic")
     return accepted
-
-
-async def _post_one(job: E2eJob, body: bytes, events: int) -> int:
-    async with client(job.url, job.api_key, 1) as http:
-        response = await http.post("/v1/events/batch", content=body)
-    if response.status_code != 202:
-        raise RuntimeError(f"population POST answered {response.status_code}: {response.text}")
-    return events
 
 
 async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:

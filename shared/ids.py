@@ -14,6 +14,8 @@ _VARIANT = "89ab"  # the RFC 4122 variant: the first hex digit of the fourth gro
 
 def uuid4_texts(n: int) -> list[str]:
     """`n` distinct-with-overwhelming-probability random UUIDs, e.g. '0f1c...-4...-a...'."""
+    if not n:  # most evaluations decide no change: no system call for them
+        return []
     hexes = os.urandom(16 * n).hex()
     out = []
     for i in range(0, 32 * n, 32):
