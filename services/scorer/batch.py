@@ -9,7 +9,14 @@ from datetime import datetime
 
 from services.scorer import store
 from services.scorer.db import Pool
-from services.scorer.evaluation import ChangeRecord, Scoring, distinct_events, fold_batch
+from services.scorer.evaluation import (
+    ChangeRecord,
+    Scoring,
+    distinct_events,
+    fold_batch,
+    saved_records,
+)
+from services.scorer.state_cache import StateCache
 from shared.domain.state import Event
 from shared.offsets import OffsetMove
 
@@ -31,9 +38,12 @@ async def apply_batch(
     scoring: Scoring,
     now: datetime,
     trace_of: Callable[[Event], str | None] = lambda _: None,
+    cache: StateCache | None = None,
 ) -> BatchResult:
     """Claim, fold, classify, write state + outbox, advance offsets: all or nothing.
 
+    With a `cache`, customers it holds at their stored version skip the state read, and
+    the committed records go back into it (services/scorer/state_cache.py).
     Raises `shared.offsets.Fenced` (and rolls back) when another consumer owns a partition.
     """
     unique = distinct_events(events)
@@ -43,11 +53,15 @@ async def apply_batch(
         )
         fresh = [e for e in unique if e.event_id in fresh_ids]
         customer_ids = [e.customer_id for e in fresh]
-        records = await store.lock_customers(conn, customer_ids, now=now) if fresh else []
+        records = (
+            await store.lock_customers(conn, customer_ids, now=now, cache=cache) if fresh else []
+        )
         outcome = fold_batch(records, fresh, scoring, now=now, trace_of=trace_of)
         await store.save_customers(conn, outcome.updates)
         await store.insert_changes(conn, outcome.changes)
         await store.advance_offsets(conn, group_id, moves)
+    if cache is not None:  # committed: these are now the stored states
+        cache.put(saved_records(records, outcome))
     processed = Counter(e.type for e in fresh)
     duplicates = Counter(e.type for e in events) - processed
     counts: Counter[tuple[str, str]] = Counter()

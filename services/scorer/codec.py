@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from shared.domain.state import CustomerState, state_to_record
+
 # orjson turns a larger integer into a float: such a float may have been an integer.
 _LOSSY = float(2**63)
 
@@ -24,6 +26,19 @@ def dumps(value: Any) -> str:
         return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z).decode()
     except TypeError:  # e.g. an integer orjson cannot represent
         return json.dumps(value, separators=(",", ":"), default=_text)
+
+
+def dumps_state(state: CustomerState) -> str:
+    """`dumps(state_to_record(state))`, several times faster.
+
+    The state's dataclasses are laid out as its JSON (field for key, in order), so orjson
+    writes them directly and only Decimals come back to Python (as `str`). An attribute
+    integer beyond 64 bits makes orjson refuse; that state takes the exact path.
+    """
+    try:
+        return orjson.dumps(state, default=str, option=orjson.OPT_UTC_Z).decode()
+    except TypeError:
+        return dumps(state_to_record(state))
 
 
 def _text(value: Any) -> str:

@@ -19,6 +19,7 @@ from services.scorer.dead_letters import decode, traceparent_of
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
 from services.scorer.metrics import ScorerMetrics
 from services.scorer.polling import Batch, drop_repeats, gather_batch, split_lanes
+from services.scorer.state_cache import StateCache
 from shared.clock import Clock
 from shared.dead_letters import Poison, Record, dead_letter
 from shared.domain.state import Event
@@ -47,12 +48,14 @@ class EventConsumer(FencedConsumer):
         poll_timeout_ms: int,
         linger_ms: int = 0,
         lanes: int = 1,
+        state_cache_size: int = 0,
         on_changes: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(consumer, pool, group_id=group_id, schema="scorer", metrics=metrics)
         self.producer, self.scoring, self.clock, self.metrics = producer, scoring, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
         self.linger_ms, self.lanes, self.on_changes = linger_ms, lanes, on_changes
+        self.cache = StateCache(state_cache_size) if state_cache_size > 0 else None
 
     async def poll(self) -> Batch:
         """Gather records across partitions up to the batch size or the linger time."""
@@ -124,7 +127,7 @@ class EventConsumer(FencedConsumer):
             try:
                 return await apply_batch(
                     self.pool, events, moves, group_id=self.group_id, scoring=self.scoring(),
-                    now=self.clock.now(), trace_of=_traces(decoded),
+                    now=self.clock.now(), trace_of=_traces(decoded), cache=self.cache,
                 )  # fmt: skip
             except CustomerFailed as failed:
                 rejected = [
@@ -154,6 +157,12 @@ class EventConsumer(FencedConsumer):
         if poison:
             self.metrics.events.labels("unknown", "dead_lettered").inc(len(poison))
         self.metrics.count_transitions(changes)
+        if self.cache is not None:
+            counts = self.cache.drain_counts()
+            for result, n in (("hit", counts.hits), ("miss", counts.misses),
+                              ("stale", counts.stale)):  # fmt: skip
+                if n:
+                    self.metrics.state_cache.labels(result).inc(n)
 
 
 def _traces(decoded: Sequence[tuple[Event, Record]]) -> Callable[[Event], str | None]:

@@ -25,7 +25,6 @@ from shared.domain.state import (
     new_state,
     prune,
     state_from_json,
-    state_to_record,
 )
 from shared.ids import uuid4_texts
 
@@ -46,12 +45,17 @@ class Scoring:
 
 @dataclass
 class CustomerRecord:
-    """A customer row loaded for update (state None: a row created by this transaction)."""
+    """A customer row loaded for update (state None: a row created by this transaction).
+
+    `version` is the row's write count when it was read; saving the record makes it
+    `version + 1` (see services/scorer/state_cache.py).
+    """
 
     customer_id: str
     state: CustomerState
     classes: dict[Dimension, str] | None
     class_since: dict[Dimension, datetime]
+    version: int = 0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CustomerRecord:
@@ -64,7 +68,13 @@ class CustomerRecord:
             _DIMENSION[d]: datetime.fromisoformat(at)
             for d, at in (row.get("class_since") or {}).items()
         }
-        return cls(customer_id, state, classes if len(classes) == len(_COLUMNS) else None, since)
+        complete = classes if len(classes) == len(_COLUMNS) else None
+        return cls(customer_id, state, complete, since, row.get("version") or 0)
+
+    @classmethod
+    def empty(cls, customer_id: str, version: int) -> CustomerRecord:
+        """A customer never classified (its row was just created as a placeholder)."""
+        return cls(customer_id, new_state(customer_id), None, {}, version)
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ class CustomerUpdate:
     """The new values of one customer row."""
 
     customer_id: str
-    state: dict[str, Any]
+    state_text: str  # the state's JSON (codec.dumps_state)
     classes: dict[Dimension, str]
     classification: Classification
     class_since: dict[Dimension, datetime]
@@ -83,9 +93,9 @@ class CustomerUpdate:
     def as_row(self) -> tuple[Any, ...]:
         """Column values in `store.save_customers` order (JSON as text)."""
         c = self.classification
-        since = {d.value: at.isoformat() for d, at in self.class_since.items()}
+        since = {d.value: at for d, at in self.class_since.items()}  # the encoder writes ISO
         return (
-            self.customer_id, _json(self.state), self.classes[Dimension.VALUE_TIER],
+            self.customer_id, self.state_text, self.classes[Dimension.VALUE_TIER],
             self.classes[Dimension.ACTIVITY_LEVEL], self.classes[Dimension.LIFECYCLE_STAGE],
             c.r_score, c.f_score, c.m_score, _json(since), c.rules_version,
             self.cut_points_version, self.next_review_at, self.updated_at,
@@ -160,7 +170,7 @@ def evaluate(
     if review is not None and review <= now:
         review = now + MIN_REVIEW_DELAY
     update = CustomerUpdate(
-        record.customer_id, state_to_record(state), decision.classes, classification,
+        record.customer_id, codec.dumps_state(state), decision.classes, classification,
         decision.class_since, scoring.cut_points.version if scoring.cut_points else None,
         review, now,
     )  # fmt: skip
@@ -184,6 +194,25 @@ def evaluate(
         for change_id, c in zip(ids, decision.changes, strict=True)
     ]
     return update, changes
+
+
+def saved_records(records: Iterable[CustomerRecord], outcome: Outcome) -> list[CustomerRecord]:
+    """The records as `outcome` left them once committed: new classes, version + 1.
+
+    Valid only after `outcome` was evaluated from `records` (their states are the folded
+    ones) and its updates were written.
+    """
+    by_id = {r.customer_id: r for r in records}
+    saved = []
+    for update in outcome.updates:
+        record = by_id[update.customer_id]
+        saved.append(
+            CustomerRecord(
+                record.customer_id, record.state, dict(update.classes),
+                dict(update.class_since), record.version + 1,
+            )
+        )  # fmt: skip
+    return saved
 
 
 def evaluate_all(

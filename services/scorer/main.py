@@ -80,7 +80,7 @@ async def _serve(
         consumer, producer, pool, group_id=settings.group_id, scoring=holder, clock=clock,
         metrics=metrics, max_records=settings.batch_max_records,
         poll_timeout_ms=settings.poll_timeout_ms, linger_ms=settings.batch_linger_ms,
-        lanes=settings.batch_lanes,
+        lanes=settings.batch_lanes, state_cache_size=settings.state_cache_size,
         on_changes=outbox_ready.set,
     )  # fmt: skip
     consumer.subscribe(list(topics.events), listener=events.listener())

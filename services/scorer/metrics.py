@@ -39,6 +39,7 @@ class ScorerMetrics:
     emit_latency: Histogram
     fenced_batches: prom.Counter
     loop_errors: prom.Counter
+    state_cache: prom.Counter
 
     def count_transitions(self, changes: Iterable[ChangeRecord]) -> None:
         """Count decided changes by dimension, from, to and cause."""
@@ -61,6 +62,8 @@ class ScorerMetrics:
                 self.sweep_customers.labels(cause.value)
         for loop in loops:
             self.loop_errors.labels(loop)
+        for result in ("hit", "miss", "stale"):
+            self.state_cache.labels(result)
 
 
 def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
@@ -136,6 +139,13 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
             f"{p}loop_errors_total",
             "Failures of a background loop iteration (retried with back-off).",
             ["loop"],
+            registry=registry,
+        ),
+        state_cache=prom.Counter(
+            f"{p}state_cache_total",
+            "Stored customers a batch locked, by where their state came from: hit (memory),"
+            " miss (read from Postgres), stale (held, but the row was written elsewhere).",
+            ["result"],
             registry=registry,
         ),
     )

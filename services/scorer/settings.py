@@ -63,4 +63,9 @@ class ScorerSettings(ServiceSettings):
         3600.0, gt=0, description="How often population-mode cut points are recomputed."
     )
     gauge_interval_s: float = Field(15.0, gt=0, description="Refresh of the customers gauge.")
+    state_cache_size: int = Field(
+        50000, ge=0,
+        description="Customers whose decoded state the consumer keeps in memory between "
+        "batches (checked against the row's version; 0 turns the cache off).",
+    )  # fmt: skip
     db_pool_size: int = Field(8, ge=2, description="Postgres connections of this process.")

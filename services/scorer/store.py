@@ -13,6 +13,7 @@ from typing import Any
 from services.scorer import codec
 from services.scorer.db import Connection
 from services.scorer.evaluation import ChangeRecord, CustomerRecord, CustomerUpdate
+from services.scorer.state_cache import StateCache
 from shared import offsets
 from shared.offsets import OffsetMove
 
@@ -28,16 +29,22 @@ async def claim_events(conn: Connection, event_ids: Sequence[str]) -> set[str]:
     return {row["event_id"] for row in rows}
 
 
-_SELECT_CUSTOMER = (
-    "SELECT customer_id, state, value_tier, activity_level, lifecycle_stage, class_since"
-    " FROM scorer.customer"
-)
+_COLUMNS = "customer_id, version, state, value_tier, activity_level, lifecycle_stage, class_since"
+_SELECT_CUSTOMER = f"SELECT {_COLUMNS} FROM scorer.customer"
 
 
 async def lock_customers(
-    conn: Connection, customer_ids: Sequence[str], *, now: datetime
+    conn: Connection,
+    customer_ids: Sequence[str],
+    *,
+    now: datetime,
+    cache: StateCache | None = None,
 ) -> list[CustomerRecord]:
-    """Create missing rows, then lock every given customer in id order (no deadlocks)."""
+    """Create missing rows, then lock every given customer in id order (no deadlocks).
+
+    A record `cache` holds at the locked row's version is used as it is; only the other
+    customers' stored state is read (and decoded).
+    """
     ids = sorted(set(customer_ids))
     # The placeholder insert makes a concurrent first event of the same customer wait
     # for us instead of overwriting our row with a state that missed our events.
@@ -47,11 +54,34 @@ async def lock_customers(
         ids,
         now,
     )
-    rows = await conn.fetch(
-        f"{_SELECT_CUSTOMER} WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
+    # Lock first and learn each row's version (after any wait, FOR UPDATE sees the row as
+    # its last writer committed it); the state text is read only where needed.
+    locked = await conn.fetch(
+        "SELECT customer_id, version, state IS NULL AS empty FROM scorer.customer"
+        " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
         ids,
     )
-    return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+    held = cache.take(ids) if cache is not None else {}
+    records: dict[str, CustomerRecord] = {}
+    unread: list[str] = []
+    hits = 0
+    for row in locked:
+        customer_id, version = row["customer_id"], row["version"]
+        record = held.get(customer_id)
+        if record is not None and record.version == version:
+            records[customer_id] = record
+            hits += 1
+        elif row["empty"]:
+            records[customer_id] = CustomerRecord.empty(customer_id, version)
+        else:
+            unread.append(customer_id)
+    if cache is not None:  # stale: held, but another writer has changed the row since
+        misses = sum(1 for customer_id in unread if customer_id not in held)
+        cache.count(hits=hits, misses=misses, stale=len(held) - hits)
+    if unread:  # locked by us above: this read sees exactly what we locked
+        rows = await conn.fetch(f"{_SELECT_CUSTOMER} WHERE customer_id = ANY($1::text[])", unread)
+        records.update((row["customer_id"], CustomerRecord.from_row(_decoded(row))) for row in rows)
+    return [records[row["customer_id"]] for row in locked]
 
 
 async def claim_due_customers(
@@ -112,7 +142,7 @@ async def save_customers(conn: Connection, updates: Sequence[CustomerUpdate]) ->
             lifecycle_stage = u.lifecycle_stage, r_score = u.r_score, f_score = u.f_score,
             m_score = u.m_score, class_since = u.class_since, rules_version = u.rules_version,
             cut_points_version = u.cut_points_version, next_review_at = u.next_review_at,
-            updated_at = u.updated_at
+            updated_at = u.updated_at, version = c.version + 1
         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[],
                     $7::int2[], $8::int2[], $9::jsonb[], $10::text[], $11::text[],
                     $12::timestamptz[], $13::timestamptz[])

@@ -51,6 +51,7 @@ def test_the_fast_text_of_a_state_reads_back_as_its_json_and_its_state(
     for name, value in attributes.items():
         state.attributes[name] = Stamped(NOW, "e", value)  # type: ignore[arg-type]
     text = codec.dumps(state_to_record(state))
+    assert codec.dumps_state(state) == text  # the fast path writes the very same text
     assert json.loads(text) == state_to_json(state)
     loaded = codec.loads(text, user_values=codec.state_attributes)
     assert loaded == state_to_json(state)
