@@ -85,7 +85,7 @@ def _any(checks: tuple[Check, ...]) -> Check:
 def aligner(threshold: Any) -> Aligner:
     """`conditions.align(actual, threshold)` with the threshold's conversions done once."""
     threshold_is_bool = isinstance(threshold, bool)
-    as_decimal = Decimal(repr(threshold)) if isinstance(threshold, float) else threshold
+    as_decimal = _as_decimal(threshold)
 
     def aligned(actual: Any) -> Any:
         if isinstance(actual, bool) != threshold_is_bool:
@@ -98,24 +98,35 @@ def aligner(threshold: Any) -> Aligner:
 def _leaf(leaf: Compare | Between | Member) -> Check:
     test = _leaf_test(leaf)
     name, from_features = _target(leaf)
-    # Fast path: a plain int/float against a plain number threshold needs no alignment.
+    # Fast path: a plain number threshold against an int/float (no alignment needed) or a
+    # Decimal (aligned once here, as `aligner` would align it on every call).
     direct = isinstance(leaf, Compare) and type(leaf.value) in PLAIN_NUMBERS
     operator, threshold = (
         (OPERATORS[leaf.op], leaf.value) if isinstance(leaf, Compare) else (None, None)
     )
+    decimal_threshold = _as_decimal(threshold)
 
     def check(values: Values, attributes: Attributes) -> bool:
         actual = (values if from_features else attributes).get(name)
         if actual is None:
             return False
-        if direct and type(actual) in PLAIN_NUMBERS:
-            return operator(actual, threshold)  # type: ignore[misc]
+        if direct:
+            kind = type(actual)
+            if kind is int or kind is float:
+                return operator(actual, threshold)  # type: ignore[misc]
+            if kind is Decimal:
+                return operator(actual, decimal_threshold)  # type: ignore[misc]
         try:
             return test(actual)
         except TypeError:  # e.g. a text attribute against a number: simply false
             return False
 
     return check
+
+
+def _as_decimal(threshold: Any) -> Any:
+    """What `aligner(threshold)` compares a Decimal with."""
+    return Decimal(repr(threshold)) if isinstance(threshold, float) else threshold
 
 
 def _target(leaf: _Leaf) -> tuple[str, bool]:
@@ -150,10 +161,11 @@ class CompiledRule:
 
 @dataclass(frozen=True)
 class CompiledScore:
-    """One of R, F, M: its feature and its bands as (operator, aligned threshold, score)."""
+    """One of R, F, M: its feature and its bands as (operator, threshold, the threshold a
+    Decimal is compared with, aligner, score)."""
 
     spec: ScoreRules
-    bands: tuple[tuple[Callable[[Any, Any], bool], float, Aligner, int], ...]
+    bands: tuple[tuple[Callable[[Any, Any], bool], float, Any, Aligner, int], ...]
 
 
 @dataclass(frozen=True)
@@ -188,7 +200,10 @@ def compiled_rules(rules: Rules) -> CompiledRules:
 
 
 def _compile_score(spec: ScoreRules) -> CompiledScore:
-    bands = tuple((OPERATORS[b.op], b.value, aligner(b.value), b.score) for b in spec.bands)
+    bands = tuple(
+        (OPERATORS[b.op], b.value, _as_decimal(b.value), aligner(b.value), b.score)
+        for b in spec.bands
+    )
     return CompiledScore(spec, bands)
 
 

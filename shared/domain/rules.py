@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -184,14 +185,16 @@ def _scores(
     rules: Rules,
     cut_points: CutPoints | None,
 ) -> tuple[int, int, int]:
-    cuts: tuple[tuple[float, ...], ...] = ((), (), ())
+    recency, frequency, monetary = compiled.scores
+    cuts_r: tuple[float, ...] = ()
+    cuts_f, cuts_m = cuts_r, cuts_r
     if rules.scores.mode == "population" and cut_points is not None:
-        cuts = (cut_points.recency, cut_points.frequency, cut_points.monetary)
-    r, f, m = (
-        _score(score, features.get(score.spec.feature), c)
-        for score, c in zip(compiled.scores, cuts, strict=True)
+        cuts_r, cuts_f, cuts_m = cut_points.recency, cut_points.frequency, cut_points.monetary
+    return (
+        _score(recency, features.get(recency.spec.feature), cuts_r),
+        _score(frequency, features.get(frequency.spec.feature), cuts_f),
+        _score(monetary, features.get(monetary.spec.feature), cuts_m),
     )
-    return r, f, m
 
 
 def score_inputs(
@@ -217,8 +220,26 @@ def _score(score: CompiledScore, value: FeatureValue, cuts: tuple[float, ...]) -
         if spec.better == "higher" and value <= 0:
             return spec.otherwise
         return quintile_score(float(value), cuts, higher_is_better=spec.better == "higher")
-    plain = type(value) in PLAIN_NUMBERS  # then a band's float threshold needs no alignment
-    for operator, threshold, align, band_score in score.bands:
-        if operator(value, threshold if plain else align(value)):
+    kind = type(value)
+    if kind in PLAIN_NUMBERS:  # a plain number against a band's float: no alignment
+        for operator, threshold, _, _, band_score in score.bands:
+            if operator(value, threshold):
+                return band_score
+    elif kind is Decimal:  # against the band's threshold as a Decimal, aligned once
+        for operator, _, as_decimal, _, band_score in score.bands:
+            if operator(value, as_decimal):
+                return band_score
+    else:
+        for operator, _, _, align, band_score in score.bands:
+            if operator(value, align(value)):
+                return band_score
+    return spec.otherwise
+    if kind is Decimal:
+        for operator, threshold, as_decimal, align, band_score in score.bands:
+            if operator(value, as_decimal if type(threshold) in PLAIN_NUMBERS else align(value)):
+                return band_score
+        return spec.otherwise
+    for operator, _, _, align, band_score in score.bands:
+        if operator(value, align(value)):
             return band_score
     return spec.otherwise
