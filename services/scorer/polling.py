@@ -10,7 +10,7 @@ the buffers are full and batches fill at once; under a trickle a record waits at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,13 +21,19 @@ Batch = dict[TopicPartition, list[Any]]
 async def gather_batch(
     consumer: AIOKafkaConsumer, *, max_records: int, wait_ms: int, linger_ms: int
 ) -> Batch:
-    """Wait up to `wait_ms` for records, then keep adding for up to `linger_ms`."""
+    """Wait up to `wait_ms` for records, then keep adding for up to `linger_ms`.
+
+    Behind (the broker holds at least enough further records to fill the batch), the
+    batch keeps filling for up to `wait_ms` instead: catching up, bigger batches are
+    cheaper per event, and nothing is waiting for the linger to end.
+    """
     batch: Batch = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
     total = sum(len(records) for records in batch.values())
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + linger_ms / 1000
+    started = loop.time()
     while batch and total < max_records:
-        left_ms = int((deadline - loop.time()) * 1000)
+        behind = records_behind(batch, consumer.highwater) >= max_records - total
+        left_ms = int((started + (wait_ms if behind else linger_ms) / 1000 - loop.time()) * 1000)
         if left_ms <= 0:
             break
         more: Batch = await consumer.getmany(timeout_ms=left_ms, max_records=max_records - total)
@@ -37,6 +43,16 @@ async def gather_batch(
             batch.setdefault(tp, []).extend(records)
             total += len(records)
     return batch
+
+
+def records_behind(batch: Batch, highwater: Callable[[TopicPartition], int | None]) -> int:
+    """Records the broker holds beyond this batch on the batch's partitions (as last fetched)."""
+    behind = 0
+    for tp, records in batch.items():
+        end = highwater(tp)
+        if end is not None and records:
+            behind += max(0, end - records[-1].offset - 1)
+    return behind
 
 
 def drop_repeats(batch: Batch, floors: Mapping[TopicPartition, int | None]) -> Batch:

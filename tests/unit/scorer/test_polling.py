@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
-from services.scorer.polling import Batch, drop_repeats, split_lanes
+from services.scorer.polling import Batch, drop_repeats, records_behind, split_lanes
 
 
 def batch_of(sizes: dict[tuple[str, int], int]) -> Batch:
@@ -40,3 +40,12 @@ def test_repeated_and_already_applied_records_are_dropped() -> None:
     batch: Batch = {a: records(0, 1, 2, 3, 0, 1, 2, 3, 4), b: records(5, 6, 7), c: records(1, 2)}
     kept = drop_repeats(batch, {a: None, b: 7, c: 9})
     assert {tp: [r.offset for r in rs] for tp, rs in kept.items()} == {a: [0, 1, 2, 3, 4], b: [7]}
+
+
+def test_records_behind_counts_what_the_broker_holds_past_each_partitions_last_record() -> None:
+    a, b, c = TopicPartition("t", 0), TopicPartition("t", 1), TopicPartition("t", 2)
+    batch: Batch = {a: records(10, 11), b: records(5), c: []}
+    highwater = {a: 112, b: 6, c: 50}
+    # a: offsets 12..111 are still to come; b is at its end; c has no record to count from.
+    assert records_behind(batch, highwater.get) == 100
+    assert records_behind(batch, lambda tp: None) == 0  # nothing fetched yet: unknown
