@@ -76,17 +76,17 @@ async def _serve(
     metrics = scorer_metrics(registry)
     topics = Topics(settings.topic_namespace)
     outbox_ready = asyncio.Event()
+    relay = OutboxRelay(pool, producer, topic=topics.tier_changed, batch=settings.relay_batch,
+                        clock=clock, metrics=metrics)  # fmt: skip
     events = EventConsumer(
         consumer, producer, pool, group_id=settings.group_id, scoring=holder, clock=clock,
         metrics=metrics, max_records=settings.batch_max_records,
         poll_timeout_ms=settings.poll_timeout_ms, linger_ms=settings.batch_linger_ms,
         lanes=settings.batch_lanes, state_cache_size=settings.state_cache_size,
-        on_changes=outbox_ready.set,
+        on_changes=outbox_ready.set, publish=relay.drain,
     )  # fmt: skip
     consumer.subscribe(list(topics.events), listener=events.listener())
     await consumer.start()
-    relay = OutboxRelay(pool, producer, topic=topics.tier_changed, batch=settings.relay_batch,
-                        clock=clock, metrics=metrics)  # fmt: skip
     sweeper = Sweeper(pool, scoring=holder, clock=clock, batch=settings.sweep_batch,
                       metrics=metrics, on_changes=outbox_ready.set)  # fmt: skip
     rebucket = Rebucketer(pool, holder, clock=clock, metrics=metrics, on_changes=outbox_ready.set)

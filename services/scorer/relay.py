@@ -69,6 +69,11 @@ class OutboxRelay:
         self.metrics.outbox_backlog.set(backlog or 0)
         return len(changes) >= self.batch
 
+    async def drain(self) -> None:
+        """Publish until the outbox is empty (or another process is relaying right now)."""
+        while await self.step():
+            pass
+
     async def _publish(self, changes: list[asyncpg.Record]) -> None:
         # Grouped per partition in seq order and sent as whole batches (shared.kafka_batches):
         # each customer keeps its partition, so its changes still arrive in decision order.
