@@ -44,12 +44,17 @@ class ScorerSettings(ServiceSettings):
         20000, ge=1, description="Most records per consumed batch (one transaction)."
     )
     batch_linger_ms: int = Field(
-        50, ge=0, description="How long a batch keeps gathering records after the first one."
+        50,
+        ge=0,
+        description="How long a batch keeps gathering records after the first one (a batch "
+        "that is behind keeps filling up to its size, for up to SCORER_POLL_TIMEOUT_MS).",
     )
     batch_lanes: int = Field(
         2, ge=1, le=8, description="Concurrent transactions a batch is split into (by partition)."
     )
-    poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")
+    poll_timeout_ms: int = Field(
+        500, ge=10, description="Longest wait for a batch, and for a batch that is behind to fill."
+    )
     fetch_max_wait_ms: int = Field(
         20, ge=0, description="Longest the broker may hold a fetch with no data (latency bound)."
     )
