@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+E2E_P99_TARGET_MS = 250
 # Figure -> (unit, target, True when higher is better).
 FIGURES: dict[str, tuple[str, float | None, bool]] = {
     "raw_produce_events_per_s": ("events/s", None, True),
@@ -25,15 +26,17 @@ FIGURES: dict[str, tuple[str, float | None, bool]] = {
     "scorer_group_rss_mb": ("MB", None, False),
     "e2e_rate_events_per_s": ("events/s", None, True),
     "e2e_p50_ms": ("ms", None, False),
-    "e2e_p99_ms": ("ms", 250, False),
+    "e2e_p99_ms": ("ms", E2E_P99_TARGET_MS, False),
     "e2e_http_p99_ms": ("ms", None, False),
     "e2e_to_decision_p99_ms": ("ms", None, False),
     # The same latency target, held against a sign-up storm (every event a new customer).
     "e2e_storm_rate_events_per_s": ("events/s", None, True),
     "e2e_storm_p50_ms": ("ms", None, False),
-    "e2e_storm_p99_ms": ("ms", 250, False),
+    "e2e_storm_p99_ms": ("ms", E2E_P99_TARGET_MS, False),
     "e2e_storm_http_p99_ms": ("ms", None, False),
     "e2e_storm_to_decision_p99_ms": ("ms", None, False),
+    # The highest offered rate (of the ladder, one run each) whose p99 meets the target.
+    "e2e_sustained_rate_events_per_s": ("events/s", None, True),
 }
 E2E_TARGET_RATE = 5_000
 RATIOS = {

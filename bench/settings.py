@@ -52,6 +52,12 @@ class BenchSettings(BaseSettings):
     e2e_storm: bool = Field(
         True, description="Also run e2e with every event a new customer (e2e_storm_* figures)."
     )
+    e2e_ladder: str = Field(
+        "1000,2000,3000,4000",
+        description="Offered rates (events/s, ascending) tried once each on the mixed stream, "
+        "up to the first whose p99 misses the 250 ms target; the highest that meets it is "
+        "e2e_sustained_rate_events_per_s. Empty skips the search.",
+    )
     scorer_timeout_s: float = Field(600.0, gt=0, description="Longest a scorer drain may take.")
     profile: bool = Field(True, description="Profile one extra scorer and ingest run (py-spy).")
     profile_s: float = Field(20.0, gt=0, description="Seconds of the profiled scorer run.")
@@ -65,6 +71,21 @@ class BenchSettings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
         return value
+
+    @field_validator("e2e_ladder")
+    @classmethod
+    def _ascending_rates(cls, value: str) -> str:
+        try:
+            rates = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError as exc:
+            raise ValueError(f"not a comma-separated list of rates: {value!r}") from exc
+        if any(rate <= 0 for rate in rates) or rates != sorted(set(rates)):
+            raise ValueError(f"rates must be positive and ascending: {value!r}")
+        return value
+
+    def ladder(self) -> list[float]:
+        """The rates of the sustained-rate search (may be empty)."""
+        return [float(part) for part in self.e2e_ladder.split(",") if part.strip()]
 
     def merge_batch(self) -> int:
         """Events per raw merge transaction: as asked, else the scorer's batch size."""
