@@ -10,7 +10,7 @@ from operator import attrgetter
 from typing import Any
 
 from shared.contracts import SupportAction
-from shared.domain.state import CustomerState, PurchaseFact
+from shared.domain.state import CustomerState, PurchaseFact, RatingStats
 
 FeatureValue = int | float | Decimal | str | bool | None
 
@@ -72,10 +72,14 @@ def _age(at: datetime | None, now: datetime) -> float | None:
     return None if at is None else age_days(at, now)
 
 
-# The windows as durations, built once (constructing a timedelta per comparison is costly).
-_PURCHASE_SPANS = tuple((days, timedelta(days=days)) for days in PURCHASE_WINDOWS)
-_LOGIN_SPANS = tuple((days, timedelta(days=days)) for days in LOGIN_WINDOWS)
-_TICKET_SPANS = tuple((days, timedelta(days=days)) for days in TICKET_WINDOWS)
+# The windows as durations and their feature names, built once (constructing a timedelta
+# or formatting a name per customer is costly on the hot path).
+_PURCHASE_SPANS = tuple(
+    (f"purchases_{days}d", f"spend_{days}d", timedelta(days=days)) for days in PURCHASE_WINDOWS
+)
+_LOGIN_SPANS = tuple((f"logins_{days}d", timedelta(days=days)) for days in LOGIN_WINDOWS)
+_TICKET_SPANS = tuple((f"tickets_{days}d", timedelta(days=days)) for days in TICKET_WINDOWS)
+_RATINGS = (("latest_csat", "avg_csat", "csat"), ("latest_nps", "avg_nps", "nps"))
 _RESOLVED = SupportAction.RESOLVED.value
 _AT = attrgetter("occurred_at")
 
@@ -110,7 +114,7 @@ def _purchase_windows(
 ) -> None:
     # Facts are sorted by time: a window is a tail of the list. Each window sums in list
     # order from Decimal(0), like sum() over the window.
-    for days, span in _PURCHASE_SPANS:
+    for purchases_key, spend_key, span in _PURCHASE_SPANS:
         count, spend = 0, Decimal(0)
         for fact in facts[_first_within(facts, now, span, _AT) :]:
             if fact.refund:
@@ -118,8 +122,8 @@ def _purchase_windows(
             else:
                 count += 1
                 spend += fact.amount
-        features[f"purchases_{days}d"] = count
-        features[f"spend_{days}d"] = spend
+        features[purchases_key] = count
+        features[spend_key] = spend
 
 
 def _first_within(
@@ -145,19 +149,20 @@ def _lifetime(features: dict[str, FeatureValue], state: CustomerState) -> None:
 
 def _logins(features: dict[str, FeatureValue], state: CustomerState, now: datetime) -> None:
     logins = state.logins
-    for days, span in _LOGIN_SPANS:
-        features[f"logins_{days}d"] = len(logins) - _first_within(logins, now, span, None)
+    for key, span in _LOGIN_SPANS:
+        features[key] = len(logins) - _first_within(logins, now, span, None)
     features["lifetime_logins"] = state.lifetime_logins
 
 
 def _service(features: dict[str, FeatureValue], state: CustomerState, now: datetime) -> None:
     features["open_tickets"] = sum(1 for t in state.tickets.values() if t.value != _RESOLVED)
-    for days, span in _TICKET_SPANS:
-        opened = {o.ticket_id for o in state.ticket_openings if now - o.occurred_at <= span}
-        features[f"tickets_{days}d"] = len(opened)
-    for name, stats in (("csat", state.csat), ("nps", state.nps)):
-        features[f"latest_{name}"] = stats.latest.value if stats.latest else None
-        features[f"avg_{name}"] = stats.total / stats.count if stats.count else None
+    for key, span in _TICKET_SPANS:
+        openings = state.ticket_openings
+        features[key] = len({o.ticket_id for o in openings if now - o.occurred_at <= span})
+    for latest_key, average_key, name in _RATINGS:
+        stats: RatingStats = getattr(state, name)
+        features[latest_key] = stats.latest.value if stats.latest else None
+        features[average_key] = stats.total / stats.count if stats.count else None
 
 
 def features_to_json(
