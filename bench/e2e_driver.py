@@ -52,6 +52,9 @@ class E2eJob:
     deadline_s: float = 30.0
 
 
+PROBE_FETCH_WAIT_MS = 10
+
+
 class Arrivals:
     """First arrival time of each customer key on the tier-changed topic, and when the
     scorer decided that change (its `emitted_at`, wall clock)."""
@@ -239,7 +242,9 @@ async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
 async def drive(job: E2eJob) -> dict[str, Any]:
     """Catch up with the topic, warm up, run the timed open loop, report latencies."""
     settings = kafka_settings(job.bootstrap, job.partitions)
-    consumer = make_consumer(settings, None, fetch_max_wait_ms=50)
+    # tansu answers a waiting fetch only when the wait ends, not when data arrives: the
+    # probe consumer's wait is added to what it measures, so keep it short.
+    consumer = make_consumer(settings, None, fetch_max_wait_ms=PROBE_FETCH_WAIT_MS)
     await consumer.start()
     arrivals = Arrivals(consumer)
     try:

@@ -44,7 +44,7 @@ class ScorerSettings(ServiceSettings):
         20000, ge=1, description="Most records per consumed batch (one transaction)."
     )
     batch_linger_ms: int = Field(
-        50,
+        20,
         ge=0,
         description="How long a batch keeps gathering records after the first one (a batch "
         "that is behind keeps filling up to its size, for up to SCORER_POLL_TIMEOUT_MS).",
