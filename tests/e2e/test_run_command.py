@@ -44,10 +44,18 @@ def _processes_mentioning(text: str) -> list[psutil.Process]:
 
 
 def _embedded_pg_dir(log: Path) -> str:
-    """The embedded Postgres data directory, read from the banner `tierstream run` printed."""
-    match = re.search(r"host=([^\s&]*tierstream-pg-[^/\s&]+)", log.read_text())
-    assert match, f"no embedded Postgres in the banner:\n{log.read_text()[-2000:]}"
-    return match.group(1)
+    """The embedded Postgres data directory, read from the banner `tierstream run` prints.
+
+    The banner comes once `run` itself has seen every service ready, which may be after
+    the test has (a fast pipeline finishes the test's work first): wait for it.
+    """
+
+    def banner() -> str | None:
+        match = re.search(r"host=([^\s&]*tierstream-pg-[^/\s&]+)", log.read_text())
+        return match.group(1) if match else None
+
+    found: str = _poll(banner, 30, f"the embedded Postgres in the banner of {log}")
+    return found
 
 
 @pytest.fixture
