@@ -234,12 +234,3 @@ def _score(score: CompiledScore, value: FeatureValue, cuts: tuple[float, ...]) -
             if operator(value, align(value)):
                 return band_score
     return spec.otherwise
-    if kind is Decimal:
-        for operator, threshold, as_decimal, align, band_score in score.bands:
-            if operator(value, as_decimal if type(threshold) in PLAIN_NUMBERS else align(value)):
-                return band_score
-        return spec.otherwise
-    for operator, _, _, align, band_score in score.bands:
-        if operator(value, align(value)):
-            return band_score
-    return spec.otherwise
