@@ -27,7 +27,7 @@ from bench.facts import machine_facts
 from bench.infra import Infra, fresh_database, infrastructure, unique_name
 from bench.kafka_raw import DECODERS, Loaded, consume, kafka_settings, produce
 from bench.pg_raw import merge
-from bench.pipeline import run_e2e, run_ingest, write_bodies
+from bench.pipeline import PhaseRun, run_e2e, run_ingest, write_bodies
 from bench.profiling import py_spy, summarise
 from bench.report import E2E_P99_TARGET_MS, Results
 from bench.scorer_phase import run_scorer
@@ -164,11 +164,9 @@ class Bench:
         sustained = 0.0
         for rate in rates:
             self.console.print(f"[dim]  sustained-rate search: {rate:,.0f} events/s[/dim]")
-            runs, _ = await run_e2e(
-                self.infra, runs=1, partitions=self.s.partitions, rate=rate,
-                seconds=self.s.e2e_seconds, batch=self.s.e2e_batch, workdir=self.workdir,
-                new_share=self.s.e2e_new_share, population=self.s.e2e_population,
-                seed=self.s.seed,
+            runs, _ = await self._run_e2e(
+                runs=1, rate=rate, new_share=self.s.e2e_new_share,
+                population=self.s.e2e_population,
             )  # fmt: skip
             r = runs[0].result
             # Held: the generator kept the rate and every probe arrived before the deadline.
@@ -186,11 +184,9 @@ class Bench:
 
     async def _e2e(self, name: str, new_share: float, population: int) -> None:
         """One series of e2e runs; figures named `{name}_*`."""
-        runs, rss = await run_e2e(
-            self.infra, runs=self.s.runs, partitions=self.s.partitions, rate=self.s.e2e_rate,
-            seconds=self.s.e2e_seconds, batch=self.s.e2e_batch, workdir=self.workdir,
-            new_share=new_share, population=population, seed=self.s.seed,
-        )  # fmt: skip
+        runs, rss = await self._run_e2e(
+            runs=self.s.runs, rate=self.s.e2e_rate, new_share=new_share, population=population
+        )
         for run in runs:
             r = run.result
             self.results.add(f"{name}_rate_events_per_s", r["achieved_rate"])
@@ -210,6 +206,16 @@ class Bench:
                     "change 30 s after the last POST; they count with the latency they had by "
                     "then, so that run's percentiles are lower bounds"
                 )
+
+    async def _run_e2e(
+        self, *, runs: int, rate: float, new_share: float, population: int
+    ) -> tuple[list[PhaseRun], float]:
+        """`run_e2e` with this bench's infrastructure and settings."""
+        return await run_e2e(
+            self.infra, runs=runs, partitions=self.s.partitions, rate=rate,
+            seconds=self.s.e2e_seconds, batch=self.s.e2e_batch, workdir=self.workdir,
+            new_share=new_share, population=population, seed=self.s.seed,
+        )  # fmt: skip
 
     def _profiling(self) -> bool:
         if self.s.profile and py_spy() is None:

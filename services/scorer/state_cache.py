@@ -73,7 +73,3 @@ class StateCache:
             entries.move_to_end(record.customer_id)
         while len(entries) > self.capacity:
             entries.popitem(last=False)
-
-    def clear(self) -> None:
-        """Forget everything (e.g. when partitions are revoked)."""
-        self._entries.clear()
