@@ -46,14 +46,17 @@ async def lock_customers(
     customers' stored state is read (and decoded).
     """
     ids = sorted(set(customer_ids))
+    held = cache.take(ids) if cache is not None else {}
     # The placeholder insert makes a concurrent first event of the same customer wait
-    # for us instead of overwriting our row with a state that missed our events.
-    await conn.execute(
-        "INSERT INTO scorer.customer (customer_id, created_at, updated_at)"
-        " SELECT c, $2, $2 FROM unnest($1::text[]) AS c ORDER BY c ON CONFLICT DO NOTHING",
-        ids,
-        now,
-    )
+    # for us instead of overwriting our row with a state that missed our events. A held
+    # customer's row exists already (this process committed it; rows are never deleted).
+    if new_ids := [customer_id for customer_id in ids if customer_id not in held]:
+        await conn.execute(
+            "INSERT INTO scorer.customer (customer_id, created_at, updated_at)"
+            " SELECT c, $2, $2 FROM unnest($1::text[]) AS c ORDER BY c ON CONFLICT DO NOTHING",
+            new_ids,
+            now,
+        )
     # Lock first and learn each row's version (after any wait, FOR UPDATE sees the row as
     # its last writer committed it); the state text is read only where needed.
     locked = await conn.fetch(
@@ -61,7 +64,8 @@ async def lock_customers(
         " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
         ids,
     )
-    held = cache.take(ids) if cache is not None else {}
+    if len(locked) != len(ids):  # only if someone deleted customer rows under a running scorer
+        raise RuntimeError(f"{len(ids) - len(locked)} customer rows disappeared while scoring")
     records: dict[str, CustomerRecord] = {}
     unread: list[str] = []
     hits = 0

@@ -97,3 +97,31 @@ async def test_a_rolled_back_batch_leaves_no_half_applied_state_behind(scorer_db
         await pool.close()
     assert (await customer_rows(scorer_db))["c1"]["state"]["lifetime_orders"] == 2
     assert cache.counts.misses == 1  # after the rollback c1 was read from Postgres again
+
+
+async def test_a_held_customer_whose_row_was_deleted_fails_loudly_once_then_starts_afresh(
+    scorer_db: str,
+) -> None:
+    """A held customer gets no placeholder insert; should its row be deleted by hand, the
+    batch fails with a clear error instead of losing the customer, and the retry (the
+    record is no longer held) creates the row again."""
+    cache = StateCache(100)
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+
+        async def apply(event_id: str) -> None:
+            await apply_batch(
+                pool, [purchase(event_id, "c1", days_ago=1)], [], group_id=SCORER_GROUP,
+                scoring=SCORING, now=NOW, cache=cache,
+            )  # fmt: skip
+
+        await apply("e1")
+        async with connect(scorer_db) as conn:
+            await conn.execute("DELETE FROM scorer.customer WHERE customer_id = 'c1'")
+        with pytest.raises(RuntimeError, match="1 customer rows disappeared"):
+            await apply("e2")
+        await apply("e2")
+    finally:
+        await pool.close()
+    row = (await customer_rows(scorer_db))["c1"]
+    assert row["state"]["lifetime_orders"] == 1  # only e2: the deleted row took e1 with it
