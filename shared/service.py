@@ -17,6 +17,30 @@ log = get_logger(__name__)
 Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
+def run_service(main: Coroutine[Any, Any, None], *, event_loop: str) -> None:
+    """Run a service's main coroutine to the end on the chosen event loop
+    (`ServiceSettings.event_loop`, which holds the default)."""
+    factory = loop_factory(event_loop)
+    log.info("event loop", loop="asyncio" if factory is None else "uvloop")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory for `auto` (when installed) and `uvloop`; None: asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit(
+                "TIERSTREAM_EVENT_LOOP=uvloop, but uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal capture: our stop event owns SIGTERM/SIGINT."""
 

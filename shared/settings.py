@@ -8,7 +8,7 @@ Each service subclasses `ServiceSettings` with its own env prefix (`INGEST_`, `S
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -69,6 +69,13 @@ class ServiceSettings(BaseSettings):
         validation_alias="KAFKA_FETCH_MAX_WAIT_MS",
         description="Longest wait of a consumer fetch for data; low values cut end-to-end latency "
         "(some brokers, like the embedded one, answer a waiting fetch only at its deadline).",
+    )
+    event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
+        "asyncio",
+        validation_alias="TIERSTREAM_EVENT_LOOP",
+        description="Event loop of the service process: asyncio's own, or uvloop (`uvloop`, "
+        "or `auto`: uvloop when installed). uvloop is opt-in until a fault-test failure seen "
+        "once with it is explained (docs/PERFORMANCE.md).",
     )
     database_url: str = Field(
         DEFAULT_DATABASE_URL,

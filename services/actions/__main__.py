@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.actions.main import run
 from services.actions.settings import ActionsSettings
 from shared.logging import configure_logging
+from shared.service import run_service
 
 
 def main() -> None:
     """Entry point."""
     settings = ActionsSettings()
     configure_logging("actions", settings.log_level)
-    asyncio.run(run(settings))
+    run_service(run(settings), event_loop=settings.event_loop)
 
 
 if __name__ == "__main__":

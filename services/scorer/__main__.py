@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.scorer.main import run
 from services.scorer.settings import ScorerSettings
 from shared.logging import configure_logging
+from shared.service import run_service
 
 
 def main() -> None:
     """Configure logging and run until SIGTERM / SIGINT."""
     settings = ScorerSettings()
     configure_logging("scorer", settings.log_level)
-    asyncio.run(run(settings))
+    run_service(run(settings), event_loop=settings.event_loop)
 
 
 if __name__ == "__main__":
