@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from shared.clock import FixedClock
+from shared.domain.rules import default_rules_path
 from shared.kafka import header
 from shared.topics import Topics
 from tests.integration.scorer.support import (
@@ -130,3 +132,49 @@ async def _time_change(database_url: str) -> object:
             "SELECT * FROM scorer.tier_change"
             " WHERE cause = 'time' AND dimension = 'lifecycle_stage'"
         )
+
+
+async def test_hysteresis_holds_a_downgrade_until_the_minimum_dwell_time(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+    tmp_path: Path,
+) -> None:
+    """The scorer keeps a class for `min_dwell_days`, reviews the customer when the hold
+    ends, and only then emits the downgrade (rules: the defaults plus hysteresis)."""
+    rules = tmp_path / "rules.yaml"
+    text = default_rules_path().read_text(encoding="utf-8")
+    assert "\nhysteresis: {}\n" in text
+    rules.write_text(
+        text.replace(
+            "\nhysteresis: {}\n", "\nhysteresis:\n  lifecycle_stage: {min_dwell_days: 15}\n"
+        ),
+        encoding="utf-8",
+    )
+    events = [purchase("p1", "quiet", days_ago=20), login("l1", "quiet", days_ago=20)]
+    settings = scorer_settings(base_env, sweep_interval_s=0.1, rules_file=rules)
+    async with running_scorer(settings, clock):
+        classified_at = clock.now()
+        await produce(kafka_bootstrap, topic_router(topic_namespace), events)
+        rows = await wait_until(lambda: _folded(scorer_db, "quiet", events=2))
+        assert rows["quiet"]["lifecycle_stage"] == "new"
+        clock.advance(timedelta(days=10, hours=1))  # login 30.04 days ago: at_risk, but held
+        hold_ends = classified_at + timedelta(days=15)
+        row = await wait_until(lambda: _review_at(scorer_db, "quiet", hold_ends))
+        assert row["lifecycle_stage"] == "new"
+        assert await _time_change(scorer_db) is None
+        clock.advance(timedelta(days=4, hours=22))  # still inside the dwell time
+        await _settle()
+        assert await _time_change(scorer_db) is None
+        clock.advance(timedelta(hours=2))  # the dwell time is over
+        change = await wait_until(lambda: _time_change(scorer_db))
+    assert (change["from_class"], change["to_class"], change["cause"]) == ("new", "at_risk", "time")
+    assert (await customer_rows(scorer_db))["quiet"]["lifecycle_stage"] == "at_risk"
+
+
+async def _review_at(database_url: str, customer_id: str, at: datetime) -> object:
+    """The customer's row once its next review is `at` (to the microsecond), else None."""
+    row = (await customer_rows(database_url)).get(customer_id)
+    return row if row is not None and row["next_review_at"] == at else None
