@@ -23,11 +23,12 @@ from bench.infra import (
     append_to,
     fresh_database,
     running,
+    running_all,
     service_env,
     unique_name,
 )
 from bench.profiling import Profiler
-from bench.scorer_phase import committed_offsets
+from bench.scorer_phase import committed_offsets, group_cpu
 from bench.settings import REPO_ROOT
 from shared.db import asyncpg_dsn
 from shared.topics import Topics
@@ -97,12 +98,13 @@ async def run_ingest(
 async def run_e2e(
     infra: Infra, *, runs: int, partitions: int, rate: float, seconds: float, batch: int,
     workdir: Path, new_share: float = 1.0, population: int = 0, seed: int = 7,
-    catch_up_s: float = 180.0,
+    scorers: int = 1, catch_up_s: float = 180.0,
 ) -> tuple[list[PhaseRun], float]:  # fmt: skip
-    """Ingest and scorer on fresh topics and database; `runs` timed open-loop runs, each
-    started only once the scorer has caught up with the one before.
+    """Ingest and `scorers` scorer processes (one consumer group) on fresh topics and
+    database; `runs` timed open-loop runs, each started only once the scorers have caught
+    up with the one before.
 
-    Returns the runs and the scorer's RSS (MB) at the end.
+    Returns the runs and the scorers' summed RSS (MB) at the end.
     """
     namespace = unique_name("be")
     results: list[PhaseRun] = []
@@ -110,10 +112,12 @@ async def run_e2e(
         env = service_env(
             infra, namespace=namespace, database_url=database_url, partitions=partitions
         )
+        # A group of its own per series (see bench/scorer_phase.py: tansu and repeated joins).
+        group_id = env["SCORER_GROUP_ID"] = unique_name("bench-e2e")
         conn = await asyncpg.connect(asyncpg_dsn(database_url))
         try:
             async with (
-                running(Service("scorer", env, workdir)) as scorer,
+                running_all([Service("scorer", env, workdir) for _ in range(scorers)]) as group,
                 running(Service("ingest", env, workdir)) as ingest,
             ):
                 job = {
@@ -125,27 +129,27 @@ async def run_e2e(
                 posted = 0
                 for index in range(runs):
                     meter = CpuMeter(
-                        {"ingest": ingest.pid, "scorer": scorer.pid,
+                        {"ingest": ingest.pid, **{f"scorer{i}": s.pid for i, s in enumerate(group)},
                          "postgres": infra.postgres_pid, "broker": infra.broker_pid}
                     )  # fmt: skip
                     meter.start()
                     log = workdir / "e2e.log"
                     result = await loadgen({**job, "prefix": f"{namespace}r{index}"}, log)
-                    results.append(PhaseRun(result, meter.read()))
+                    results.append(PhaseRun(result, group_cpu(meter.read())))
                     posted += result["accepted_events"]
-                    await _caught_up(conn, posted, catch_up_s)
-                rss = scorer.process().memory_info().rss / 2**20
+                    await _caught_up(conn, group_id, posted, catch_up_s)
+                rss = sum(s.process().memory_info().rss for s in group) / 2**20
         finally:
             await conn.close()
     return results, rss
 
 
 async def _caught_up(
-    conn: asyncpg.Connection[asyncpg.Record], events: int, within_s: float
+    conn: asyncpg.Connection[asyncpg.Record], group_id: str, events: int, within_s: float
 ) -> None:
-    """Wait until the scorer has committed `events` events (the next run starts clean)."""
+    """Wait until the scorers have committed `events` events (the next run starts clean)."""
     deadline = time.monotonic() + within_s
-    while await committed_offsets(conn) < events:
+    while await committed_offsets(conn, group_id) < events:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the scorer did not catch up with {events} events in {within_s}s")
         await asyncio.sleep(0.2)

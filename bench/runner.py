@@ -215,6 +215,7 @@ class Bench:
             self.infra, runs=runs, partitions=self.s.partitions, rate=rate,
             seconds=self.s.e2e_seconds, batch=self.s.e2e_batch, workdir=self.workdir,
             new_share=new_share, population=population, seed=self.s.seed,
+            scorers=self.s.e2e_scorers,
         )  # fmt: skip
 
     def _profiling(self) -> bool:

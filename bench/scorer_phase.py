@@ -120,7 +120,7 @@ async def run_scorer(
                     watch, ended = await _drain(
                         conn, group, loaded, meter, timeout_s, window_s, group_id
                     )
-                    cpu = _group_cpu(meter.read())
+                    cpu = group_cpu(meter.read())
                 finally:
                     if profiler:
                         await profiler.stop()
@@ -142,7 +142,7 @@ async def run_scorer(
     )
 
 
-def _group_cpu(cpu: dict[str, float]) -> dict[str, float]:
+def group_cpu(cpu: dict[str, float]) -> dict[str, float]:
     """The scorer processes' CPU summed under "scorer" (each also kept on its own)."""
     scorers = {name: s for name, s in cpu.items() if name.startswith("scorer")}
     return {**cpu, "scorer": round(sum(scorers.values()), 2)}

@@ -41,6 +41,12 @@ class BenchSettings(BaseSettings):
     e2e_rate: float = Field(5000.0, gt=0, description="Events per second offered end to end.")
     e2e_seconds: float = Field(5.0, gt=0, description="Length of each end-to-end run.")
     e2e_batch: int = Field(100, ge=1, description="Events per end-to-end HTTP request.")
+    e2e_scorers: int = Field(
+        1, ge=1,
+        description="Scorer processes (one consumer group) behind ingest in the e2e runs. "
+        "More than one stalls the embedded broker under the full e2e series (see "
+        "docs/PERFORMANCE.md); try it against a real Kafka.",
+    )  # fmt: skip
     e2e_new_share: float = Field(
         0.1, gt=0, le=1,
         description="Share of e2e events that are first purchases of new customers (the "
