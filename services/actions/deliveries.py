@@ -8,6 +8,7 @@ test clock never freezes retries, and a process killed mid-send leaves a lease t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from services.actions.channels import Delivery
@@ -63,26 +64,44 @@ async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> str |
         return await _finish_step(conn, delivery, now=now) if row_count(status) else None
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What recording a failed attempt did: `applied` is False when a newer attempt holds the
+    delivery (this attempt's lease ran out and it was claimed again), so the newer attempt's
+    outcome is the one that counts; `sequence` names a step's sequence when it was dead-lettered.
+    """
+
+    applied: bool
+    sequence: str | None = None
+
+
 async def record_failure(
-    pool: Pool, delivery: Delivery, error: str, *, retry_in_s: float | None, now: datetime
-) -> str | None:
-    """Schedule a retry after `retry_in_s`, or (None) dead-letter it with the error."""
+    pool: Pool, delivery: Delivery, attempt: int, error: str, *, retry_in_s: float | None,
+    now: datetime,
+) -> Recorded:  # fmt: skip
+    """Schedule a retry after `retry_in_s`, or (None) dead-letter it with the error.
+
+    Only while `attempt` is still the delivery's latest: an attempt that outlived its lease must
+    not reschedule (and so un-lease) the attempt that replaced it.
+    """
     async with pool.acquire() as conn, conn.transaction():
         if retry_in_s is not None:
-            await conn.execute(
+            status = await conn.execute(
                 "UPDATE actions.delivery SET last_error = $2,"
                 " available_at = clock_timestamp() + make_interval(secs => $3)"
-                " WHERE id = $1 AND status = 'pending'",
-                delivery.id, error[:1000], retry_in_s,
+                " WHERE id = $1 AND status = 'pending' AND attempts = $4",
+                delivery.id, error[:1000], retry_in_s, attempt,
             )  # fmt: skip
-            return None
+            return Recorded(applied=row_count(status) > 0)
         await _lock_enrolment(conn, delivery)
         status = await conn.execute(
             "UPDATE actions.delivery SET status = 'dead', last_error = $2"
-            " WHERE id = $1 AND status = 'pending'",
-            delivery.id, error[:1000],
+            " WHERE id = $1 AND status = 'pending' AND attempts = $3",
+            delivery.id, error[:1000], attempt,
         )  # fmt: skip
-        return await _finish_step(conn, delivery, now=now) if row_count(status) else None
+        if not row_count(status):
+            return Recorded(applied=False)
+        return Recorded(applied=True, sequence=await _finish_step(conn, delivery, now=now))
 
 
 async def _lock_enrolment(conn: Connection, delivery: Delivery) -> None:

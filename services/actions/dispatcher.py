@@ -135,13 +135,20 @@ class Dispatcher:
         give_up = permanent or attempt >= self.policy.max_attempts
         retry_in = None if give_up else self._backoff(attempt)
         try:
-            sequence = await deliveries.record_failure(
-                self.pool, delivery, error, retry_in_s=retry_in, now=self.clock.now()
+            recorded = await deliveries.record_failure(
+                self.pool, delivery, attempt, error, retry_in_s=retry_in, now=self.clock.now()
             )
         except Exception as exc:
             log.warning("failure not recorded", **_fields(delivery), error=repr(exc))
             return
-        self._count_failure(delivery, attempt, error, give_up=give_up, sequence=sequence)
+        if not recorded.applied:
+            # Its lease ran out and a newer attempt (or a finished one) owns the outcome.
+            log.info("outcome of a superseded attempt ignored", **_fields(delivery),
+                     attempt=attempt, error=error)  # fmt: skip
+            self.metrics.deliveries.labels(delivery.kind, delivery.channel, "superseded").inc()
+            return
+        self._count_failure(delivery, attempt, error, give_up=give_up,
+                            sequence=recorded.sequence)  # fmt: skip
 
     def _count_failure(
         self, delivery: Delivery, attempt: int, error: str, *, give_up: bool, sequence: str | None

@@ -18,7 +18,7 @@ DELIVERY_ROUTES = (
     ("alert", "webhook"), ("alert", "email"), ("alert", "log"), ("task", "webhook"),
     ("step", "webhook"), ("step", "email"), ("step", "log"),
 )  # fmt: skip
-DELIVERY_OUTCOMES = ("sent", "retry", "dead")
+DELIVERY_OUTCOMES = ("sent", "retry", "dead", "superseded")
 STEP_OUTCOMES = ("sent", "cancelled", "failed")
 PRUNED_TABLES = ("inbox", "goal_event")
 
@@ -74,7 +74,8 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         ),
         deliveries=_counter(
             "deliveries_total",
-            "Send attempts by kind, channel and outcome (sent, retry, dead).",
+            "Send attempts by kind, channel and outcome (sent, retry, dead; superseded: a failure"
+            " that came after its lease ran out and the delivery was claimed again).",
             ["kind", "channel", "outcome"],
             r,
         ),

@@ -184,6 +184,8 @@ class WebhookReceiver:
     requests: list[Received] = field(default_factory=list)
     successes: dict[str, int] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    # Set when serving ends, so hanging handlers return instead of dying as cancelled tasks.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -208,7 +210,8 @@ class WebhookReceiver:
             Received(key, request.url.path, body, signed, status, time.monotonic())
         )
         if body.get("customer_id") in self.hang_for:
-            await asyncio.sleep(3600)
+            await self.released.wait()
+            return JSONResponse({"ok": False}, status_code=503)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if status == 200:
@@ -235,6 +238,7 @@ async def serving(receiver: WebhookReceiver) -> AsyncIterator[WebhookReceiver]:
     try:
         yield receiver
     finally:
+        receiver.released.set()
         server.should_exit = True
         server.force_exit = True
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):

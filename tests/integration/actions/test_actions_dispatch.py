@@ -9,7 +9,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.actions.channels import Channels, WebhookChannel
+from services.actions import deliveries
+from services.actions.channels import Channels, Delivery, WebhookChannel
 from services.actions.db import Pool, create_pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig
@@ -117,3 +118,33 @@ async def test_a_rejected_signature_is_not_retried(pool: Pool, actions_db: str) 
     alert = await _alert(actions_db)
     assert [(r.status, r.signature_ok) for r in receiver.requests] == [(401, False)]
     assert alert["attempts"] == 1 and str(alert["last_error"]).startswith("HTTP 401")
+
+
+async def test_a_failure_reported_after_its_lease_ran_out_leaves_the_newer_attempt_alone(
+    pool: Pool, actions_db: str
+) -> None:
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=WEBHOOK)  # fmt: skip
+
+    async def claim(lease_s: float) -> list[tuple[Delivery, int]]:
+        return await deliveries.claim_due(pool, ("alert",), now=NOW, limit=1, lease_s=lease_s)
+
+    [(late, first)] = await claim(0.05)
+    await asyncio.sleep(0.2)  # the first attempt's lease runs out while it still waits
+    [(current, second)] = await claim(60)
+    assert (first, second) == (1, 2)
+
+    for retry_in_s in (0.0, None):  # neither a retry nor a dead letter from the late attempt
+        outcome = await deliveries.record_failure(
+            pool, late, first, "no answer", retry_in_s=retry_in_s, now=NOW
+        )
+        assert not outcome.applied
+    assert await claim(60) == []  # still leased to the second attempt
+    alert = await _alert(actions_db)
+    assert (alert["status"], alert["attempts"], alert["last_error"]) == ("pending", 2, None)
+
+    outcome = await deliveries.record_failure(pool, current, second, "HTTP 503", retry_in_s=0.0,
+                                              now=NOW)  # fmt: skip
+    assert outcome.applied
+    [(_, third)] = await claim(60)
+    assert third == 3 and (await _alert(actions_db))["last_error"] == "HTTP 503"
