@@ -51,7 +51,7 @@ PIP_AUDIT_IGNORE ?=
 lint: $(STAMP) ## ruff + mypy --strict + pip-audit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy shared services cli bench
+	$(BIN)/mypy shared services cli bench tests
 	$(BIN)/pip-audit --skip-editable --progress-spinner off --desc on $(if $(CI),--strict) $(PIP_AUDIT_IGNORE)
 
 .PHONY: fmt

@@ -25,7 +25,7 @@ def _listening(port: int) -> bool:
 
 def _gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)  # psutil: untyped
     except psutil.NoSuchProcess:
         return True
 

@@ -7,10 +7,10 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import httpx
@@ -29,6 +29,12 @@ from shared.topics import Topics
 
 T = TypeVar("T")
 NOW = datetime.fromisoformat("2026-03-01T12:00:00+00:00")
+
+
+class EventMaker(Protocol):
+    """`purchase`, `login` or `support`: an event of a customer some days before NOW."""
+
+    def __call__(self, event_id: str, customer_id: str, days_ago: float) -> Event: ...
 
 
 def purchase(event_id: str, customer_id: str, days_ago: float, amount: str = "100") -> PurchaseMade:
@@ -64,6 +70,12 @@ def support(
     )
 
 
+def settings_from_env(env: Mapping[str, object]) -> ScorerSettings:
+    """Settings from an environment-like dict (aliases or field names), validated like
+    `ScorerSettings(**env)`: the process environment still fills the missing values."""
+    return ScorerSettings.model_validate(env)
+
+
 def scorer_settings(env: dict[str, str], **overrides: Any) -> ScorerSettings:
     """Settings from the test's environment dict (aliases) plus field overrides."""
     fields: dict[str, Any] = {
@@ -74,7 +86,7 @@ def scorer_settings(env: dict[str, str], **overrides: Any) -> ScorerSettings:
         "gauge_interval_s": 0.5,
     }
     fields.update(overrides)
-    return ScorerSettings(**env, **fields)
+    return settings_from_env({**env, **fields})
 
 
 @contextlib.asynccontextmanager
@@ -176,11 +188,11 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, within: float =
 
 
 async def wait_until(
-    probe: Callable[[], Awaitable[T]], *, within: float = 30.0, every: float = 0.1
+    probe: Callable[[], Awaitable[T | None]], *, within: float = 30.0, every: float = 0.1
 ) -> T:
-    """Poll `probe` until it returns something truthy; fail after `within` seconds."""
+    """Poll `probe` until it returns something truthy (so never None); fail after `within` s."""
     deadline = time.monotonic() + within
-    last: T = await probe()
+    last: T | None = await probe()
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s (last: {last!r})")

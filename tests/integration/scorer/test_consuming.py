@@ -7,6 +7,7 @@ import random
 from shared.clock import FixedClock
 from tests.integration.scorer.support import (
     NOW,
+    EventMaker,
     assert_matches_reference,
     count,
     customer_rows,
@@ -53,9 +54,10 @@ async def test_out_of_order_events_give_the_exact_state(
     clock: FixedClock,
 ) -> None:
     rng = random.Random(7)
+    makers: list[EventMaker] = [purchase, login, support]
     events = [
         maker(f"e{i}", f"c{i % 7}", days_ago=rng.uniform(0, 400))
-        for i, maker in enumerate([purchase, login, support] * 40)
+        for i, maker in enumerate(makers * 40)
     ]
     events.append(support("nps", "c3", days_ago=1, nps=3))
     rng.shuffle(events)  # event time order and arrival order disagree

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -14,6 +15,7 @@ from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.contracts import TIER_CHANGED_TYPE
 from shared.domain.rules import load_rules
+from shared.domain.state import Event
 from shared.kafka import ensure_topics, header
 from shared.offsets import Fenced, OffsetMove
 from shared.topics import SCORER_GROUP, Topics
@@ -28,6 +30,7 @@ from tests.integration.scorer.support import (
     read_topic,
     running_scorer,
     scorer_settings,
+    settings_from_env,
     topic_router,
     wait_until,
 )
@@ -71,7 +74,9 @@ async def test_the_relay_publishes_every_change_exactly_once(
     topic_namespace: str,
     clock: FixedClock,
 ) -> None:
-    events = [purchase(f"p{i}", f"c{i % 5}", days_ago=i * 11, amount="3000") for i in range(15)]
+    events: list[Event] = [
+        purchase(f"p{i}", f"c{i % 5}", days_ago=i * 11, amount="3000") for i in range(15)
+    ]
     events += [login(f"l{i}", f"c{i}", days_ago=40) for i in range(5)]
     unpublished = "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
     async with running_scorer(scorer_settings(base_env), clock):
@@ -84,7 +89,11 @@ async def test_the_relay_publishes_every_change_exactly_once(
     published = await read_topic(
         kafka_bootstrap, Topics(topic_namespace).tier_changed, expect=len(rows)
     )
-    ids = [header(r.headers, "ce_id") for r in published]
+    ids: list[str] = []
+    for record in published:
+        ce_id = header(record.headers, "ce_id")
+        assert ce_id is not None, record
+        ids.append(ce_id)
     assert sorted(ids) == sorted(rows)  # every change, none twice
     for record in published:
         body = json.loads(record.value)
@@ -111,8 +120,8 @@ async def _offsets_reach(database_url: str, records: int) -> bool:
     )
 
 
-async def _equals(value: object, expected: int) -> bool:
-    return await value == expected  # type: ignore[misc]
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
 
 
 TRACE_OLD = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -135,7 +144,7 @@ async def test_a_change_carries_the_trace_context_of_its_latest_event(
     ]
     # Produced before the scorer starts: the customer's two records (one partition) arrive in
     # one batch, so one evaluation decides its changes, triggered by the later event.
-    await ensure_topics(ScorerSettings(**base_env), topics.all())
+    await ensure_topics(settings_from_env(base_env), topics.all())
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
     await producer.start()
     try:

@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from shared.clock import FixedClock
 from shared.domain.rules import default_rules_path
+from shared.domain.state import Event
 from shared.kafka import header
 from shared.topics import Topics
 from tests.integration.scorer.support import (
@@ -95,7 +97,7 @@ async def test_a_customer_silent_for_over_30_days_becomes_at_risk_by_time_alone(
     topic_namespace: str,
     clock: FixedClock,
 ) -> None:
-    events = [purchase("p1", "quiet", days_ago=20), login("l1", "quiet", days_ago=20)]
+    events: list[Event] = [purchase("p1", "quiet", days_ago=20), login("l1", "quiet", days_ago=20)]
     async with running_scorer(scorer_settings(base_env, sweep_interval_s=0.1), clock):
         await produce(kafka_bootstrap, topic_router(topic_namespace), events)
         rows = await wait_until(lambda: _folded(scorer_db, "quiet", events=2))
@@ -116,7 +118,9 @@ async def test_a_customer_silent_for_over_30_days_becomes_at_risk_by_time_alone(
     assert (await customer_rows(scorer_db))["quiet"]["lifecycle_stage"] == "at_risk"
 
 
-async def _folded(database_url: str, customer_id: str, *, events: int) -> object:
+async def _folded(
+    database_url: str, customer_id: str, *, events: int
+) -> dict[str, dict[str, Any]] | None:
     rows = await customer_rows(database_url)
     done = customer_id in rows and rows[customer_id]["state"]["event_count"] == events
     return rows if done else None
@@ -126,7 +130,7 @@ async def _settle() -> None:
     await asyncio.sleep(0.5)  # several sweep intervals
 
 
-async def _time_change(database_url: str) -> object:
+async def _time_change(database_url: str) -> asyncpg.Record | None:
     async with connect(database_url) as conn:
         return await conn.fetchrow(
             "SELECT * FROM scorer.tier_change"
@@ -153,7 +157,7 @@ async def test_hysteresis_holds_a_downgrade_until_the_minimum_dwell_time(
         ),
         encoding="utf-8",
     )
-    events = [purchase("p1", "quiet", days_ago=20), login("l1", "quiet", days_ago=20)]
+    events: list[Event] = [purchase("p1", "quiet", days_ago=20), login("l1", "quiet", days_ago=20)]
     settings = scorer_settings(base_env, sweep_interval_s=0.1, rules_file=rules)
     async with running_scorer(settings, clock):
         classified_at = clock.now()
@@ -174,7 +178,7 @@ async def test_hysteresis_holds_a_downgrade_until_the_minimum_dwell_time(
     assert (await customer_rows(scorer_db))["quiet"]["lifecycle_stage"] == "at_risk"
 
 
-async def _review_at(database_url: str, customer_id: str, at: datetime) -> object:
+async def _review_at(database_url: str, customer_id: str, at: datetime) -> dict[str, Any] | None:
     """The customer's row once its next review is `at` (to the microsecond), else None."""
     row = (await customer_rows(database_url)).get(customer_id)
     return row if row is not None and row["next_review_at"] == at else None

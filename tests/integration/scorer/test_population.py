@@ -34,7 +34,8 @@ async def test_recomputed_cut_points_rebucket_customers_with_cause_rebucket(
             pool, holder, clock=FixedClock(NOW), metrics=scorer_metrics(new_registry())
         )
         await rebucket.step()
-        version = holder().cut_points.version if holder().cut_points else None
+        cut_points = holder().cut_points
+        version = cut_points.version if cut_points else None
         await rebucket.step()  # same population: same version, nothing re-bucketed twice
     finally:
         await pool.close()

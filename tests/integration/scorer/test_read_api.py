@@ -11,11 +11,11 @@ from services.scorer.app import create_app
 from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
-from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.domain.rules import load_rules
+from shared.domain.state import Event
 from shared.topics import SCORER_GROUP
-from tests.integration.scorer.support import NOW, login, purchase, support
+from tests.integration.scorer.support import NOW, login, purchase, settings_from_env, support
 
 AUTH = {"Authorization": "Bearer test-key"}
 SLASHED = "acme/eu/42"  # upstream ids may contain slashes
@@ -24,9 +24,9 @@ SLASHED = "acme/eu/42"  # upstream ids may contain slashes
 @pytest.fixture
 async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.AsyncClient]:
     """The scorer app over a database holding 5 gold, 3 bronze and one lead customer."""
-    settings = ScorerSettings(**base_env)
+    settings = settings_from_env(base_env)
     pool = await create_pool(scorer_db, size=2, application_name="test")
-    events = [
+    events: list[Event] = [
         purchase(f"g{c}-{i}", f"gold-{c}", days_ago=i * 5, amount="600")
         for c in range(5)
         for i in range(10)
@@ -86,7 +86,11 @@ async def test_lists_filter_by_class_and_page_with_a_cursor(api: httpx.AsyncClie
     seen: list[str] = []
     cursor: str | None = None
     for _ in range(5):
-        params = {"value_tier": "gold", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {
+            "value_tier": "gold",
+            "limit": 2,
+            **({"cursor": cursor} if cursor else {}),
+        }
         page = (await api.get("/v1/customers", params=params, headers=AUTH)).json()
         seen += [item["customer_id"] for item in page["items"]]
         assert all(item["value_tier"] == "gold" for item in page["items"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -12,12 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.scorer.settings import ScorerSettings
 from shared.embedded import free_port
 from shared.kafka import ensure_topics, header
 from shared.topics import Topics
 from tests.integration.scorer.support import (
     NOW,
+    EventMaker,
     assert_matches_reference,
     connect,
     count,
@@ -27,6 +28,7 @@ from tests.integration.scorer.support import (
     purchase,
     read_topic,
     reference,
+    settings_from_env,
     support,
     topic_router,
     wait_until,
@@ -62,7 +64,7 @@ async def test_sigkill_mid_stream_then_restart_gives_the_exact_state(
     tmp_path: Path,
 ) -> None:
     rng = random.Random(42)
-    makers = [purchase, purchase, login, support]
+    makers: list[EventMaker] = [purchase, purchase, login, support]
     events = [
         rng.choice(makers)(f"e{i}", f"c{rng.randrange(150)}", days_ago=rng.uniform(0, 400))
         for i in range(2400)
@@ -77,7 +79,7 @@ async def test_sigkill_mid_stream_then_restart_gives_the_exact_state(
         "SCORER_BATCH_MAX_RECORDS": "40",
         "SCORER_RELAY_BATCH": "25",
     }  # small txs: kills land inside
-    await ensure_topics(ScorerSettings(**base_env), Topics(topic_namespace).all())
+    await ensure_topics(settings_from_env(base_env), Topics(topic_namespace).all())
     route, log, produced = topic_router(topic_namespace), tmp_path / "scorer.log", 0
     kills = 0
     for wave in waves[:2]:
@@ -86,7 +88,7 @@ async def test_sigkill_mid_stream_then_restart_gives_the_exact_state(
         halfway = produced - len(wave) // 2
         with scorer_process(env, log) as proc:
             await wait_until(
-                lambda n=halfway: _claimed_more_than(scorer_db, n), within=60, every=0.05
+                functools.partial(_claimed_more_than, scorer_db, halfway), within=60, every=0.05
             )
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

@@ -8,6 +8,7 @@ from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from tests.integration.scorer.support import (
     NOW,
+    EventMaker,
     assert_matches_reference,
     assigned_partitions,
     count,
@@ -34,9 +35,10 @@ async def test_two_scorers_sharing_the_partitions_produce_the_exact_state(
     topic_namespace: str,
     clock: FixedClock,
 ) -> None:
+    makers: list[EventMaker] = [purchase, login, support]
     waves = [
         [maker(f"w{w}-{i}", f"c{i % 40}", days_ago=(i * 7 + w) % 200)
-         for i, maker in enumerate([purchase, login, support] * 40)]
+         for i, maker in enumerate(makers * 40)]
         for w in range(3)
     ]  # fmt: skip
     route = topic_router(topic_namespace)
