@@ -83,7 +83,7 @@ class Pipeline:
         return Topics(self.namespace)
 
     async def create_topics(self) -> None:
-        await ensure_topics(ScorerSettings(**self.env), self.topics.all())  # type: ignore[arg-type]
+        await ensure_topics(ScorerSettings.model_validate(self.env), self.topics.all())
 
     async def start(self, service: str) -> ServiceProcess:
         process = self.harness.spawn(service, self.env)
