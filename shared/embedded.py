@@ -141,22 +141,26 @@ class EmbeddedKafka:
 # that started it ends, not the process.
 _PG_WATCHDOG = """
 import os, shutil, signal, sys, time
-owner, postmaster, remove = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+owner, data_dir, remove = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 while os.getppid() == owner:
     time.sleep(0.5)
-def alive():
+def postmaster():
+    # The running server's pid (it changes when a test crashes and restarts the server).
     try:
-        os.kill(postmaster, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            pid = int(f.readline())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
 for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGQUIT, 10)):
-    if alive():
-        os.kill(postmaster, sig)
+    pid = postmaster()
+    if pid is not None:
+        os.kill(pid, sig)
     deadline = time.monotonic() + wait_s
-    while alive() and time.monotonic() < deadline:
+    while postmaster() is not None and time.monotonic() < deadline:
         time.sleep(0.1)
-if remove and not alive():
+if remove and postmaster() is None:
     shutil.rmtree(remove, ignore_errors=True)
 """
 
@@ -186,10 +190,11 @@ class EmbeddedPostgres:
             # Running as root the server runs as its own user: it must reach the directory.
             self.data_dir.parent.chmod(0o755)
         self._server = get_server(self.data_dir, cleanup_mode="stop")
+        if self._watchdog is not None:  # start() on a running instance: its watchdog stays
+            return self
         remove = self._tmp if self._tmp and not self.keep else ""
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-c", _PG_WATCHDOG, str(os.getpid()),
-             str(self._server.get_pid()), remove],
+            [sys.executable, "-c", _PG_WATCHDOG, str(os.getpid()), str(self.data_dir), remove],
             stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C is for the owner
         )  # fmt: skip
         return self
