@@ -59,7 +59,7 @@ class BenchSettings(BaseSettings):
         True, description="Also run e2e with every event a new customer (e2e_storm_* figures)."
     )
     e2e_ladder: str = Field(
-        "1000,2000,2500,3000,3500,4000",
+        "1000,2000,3000,4000,5000,6000,7000,8000,10000",
         description="Offered rates (events/s, ascending) tried once each on the mixed stream, "
         "up to the first whose p99 misses the 250 ms target; the highest that meets it is "
         "e2e_sustained_rate_events_per_s. Empty skips the search.",
