@@ -49,9 +49,7 @@ def test_a_broker_dies_with_its_owner_killed_by_sigkill() -> None:
     assert _listening(port) and not _gone(pid)
     owner.kill()
     owner.wait(5)
-    deadline = time.monotonic() + 5
-    while (not _gone(pid) or _listening(port)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_until(lambda: _gone(pid) and not _listening(port), within_s=5)
     assert _gone(pid), "the embedded broker outlived its owner"
     assert not _listening(port), "something still answers on the broker's port"
 

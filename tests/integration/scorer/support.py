@@ -7,7 +7,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
@@ -70,12 +70,6 @@ def support(
     )
 
 
-def settings_from_env(env: Mapping[str, object]) -> ScorerSettings:
-    """Settings from an environment-like dict (aliases or field names), validated like
-    `ScorerSettings(**env)`: the process environment still fills the missing values."""
-    return ScorerSettings.model_validate(env)
-
-
 def scorer_settings(env: dict[str, str], **overrides: Any) -> ScorerSettings:
     """Settings from the test's environment dict (aliases) plus field overrides."""
     fields: dict[str, Any] = {
@@ -86,7 +80,7 @@ def scorer_settings(env: dict[str, str], **overrides: Any) -> ScorerSettings:
         "gauge_interval_s": 0.5,
     }
     fields.update(overrides)
-    return settings_from_env({**env, **fields})
+    return ScorerSettings.model_validate({**env, **fields})
 
 
 @contextlib.asynccontextmanager

@@ -30,7 +30,6 @@ from tests.integration.scorer.support import (
     read_topic,
     running_scorer,
     scorer_settings,
-    settings_from_env,
     topic_router,
     wait_until,
 )
@@ -144,7 +143,7 @@ async def test_a_change_carries_the_trace_context_of_its_latest_event(
     ]
     # Produced before the scorer starts: the customer's two records (one partition) arrive in
     # one batch, so one evaluation decides its changes, triggered by the later event.
-    await ensure_topics(settings_from_env(base_env), topics.all())
+    await ensure_topics(ScorerSettings.model_validate(base_env), topics.all())
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
     await producer.start()
     try:

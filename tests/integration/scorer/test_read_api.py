@@ -11,11 +11,12 @@ from services.scorer.app import create_app
 from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
+from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.domain.rules import load_rules
 from shared.domain.state import Event
 from shared.topics import SCORER_GROUP
-from tests.integration.scorer.support import NOW, login, purchase, settings_from_env, support
+from tests.integration.scorer.support import NOW, login, purchase, support
 
 AUTH = {"Authorization": "Bearer test-key"}
 SLASHED = "acme/eu/42"  # upstream ids may contain slashes
@@ -24,7 +25,7 @@ SLASHED = "acme/eu/42"  # upstream ids may contain slashes
 @pytest.fixture
 async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.AsyncClient]:
     """The scorer app over a database holding 5 gold, 3 bronze and one lead customer."""
-    settings = settings_from_env(base_env)
+    settings = ScorerSettings.model_validate(base_env)
     pool = await create_pool(scorer_db, size=2, application_name="test")
     events: list[Event] = [
         purchase(f"g{c}-{i}", f"gold-{c}", days_ago=i * 5, amount="600")

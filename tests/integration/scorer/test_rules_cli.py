@@ -12,6 +12,7 @@ from services.scorer.evaluation import Scoring
 from services.scorer.main import run
 from services.scorer.metrics import scorer_metrics
 from services.scorer.rules_cli import check_rules, diff_rules
+from services.scorer.settings import ScorerSettings
 from services.scorer.sweeper import Sweeper
 from shared.clock import FixedClock
 from shared.contracts import Dimension
@@ -23,7 +24,6 @@ from tests.integration.scorer.support import (
     connect,
     customer_rows,
     purchase,
-    settings_from_env,
 )
 
 GOLD_M = "{feature: m_score, op: ge, value: 4}"
@@ -66,7 +66,7 @@ async def test_diff_shows_who_would_move_and_changes_nothing(
     await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=scoring, now=NOW)
     await pool.close()
     before = await customer_rows(scorer_db)
-    settings = settings_from_env({**base_env, "TIERSTREAM_NOW": NOW.isoformat()})
+    settings = ScorerSettings.model_validate({**base_env, "TIERSTREAM_NOW": NOW.isoformat()})
     matrices = await diff_rules(settings, candidate(tmp_path))
     assert matrices[Dimension.VALUE_TIER] == {"gold": {"gold": 1, "silver": 3}}
     assert matrices[Dimension.LIFECYCLE_STAGE] == {"established": {"established": 4}}
@@ -78,7 +78,7 @@ async def test_the_scorer_refuses_to_start_with_an_invalid_rules_file(
 ) -> None:
     bad = tmp_path / "rules.yaml"
     bad.write_text("scores: {}\n")
-    settings = settings_from_env({**base_env, "rules_file": bad})
+    settings = ScorerSettings.model_validate({**base_env, "rules_file": bad})
     with pytest.raises(SystemExit, match=r"rules\.yaml"):
         await run(settings)
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.scorer.settings import ScorerSettings
 from shared.embedded import free_port
 from shared.kafka import ensure_topics, header
 from shared.topics import Topics
@@ -28,7 +29,6 @@ from tests.integration.scorer.support import (
     purchase,
     read_topic,
     reference,
-    settings_from_env,
     support,
     topic_router,
     wait_until,
@@ -79,7 +79,7 @@ async def test_sigkill_mid_stream_then_restart_gives_the_exact_state(
         "SCORER_BATCH_MAX_RECORDS": "40",
         "SCORER_RELAY_BATCH": "25",
     }  # small txs: kills land inside
-    await ensure_topics(settings_from_env(base_env), Topics(topic_namespace).all())
+    await ensure_topics(ScorerSettings.model_validate(base_env), Topics(topic_namespace).all())
     route, log, produced = topic_router(topic_namespace), tmp_path / "scorer.log", 0
     kills = 0
     for wave in waves[:2]:
