@@ -20,6 +20,10 @@ _CUSTOMER_COLUMNS = (
 )
 
 
+# The change history with each change's publication time (null while it is pending).
+_HISTORY = "scorer.tier_change LEFT JOIN scorer.tier_change_published USING (seq)"
+
+
 @dataclass(frozen=True)
 class StoredCustomer:
     """A classified customer as stored: the record plus its scores and bookkeeping."""
@@ -82,7 +86,7 @@ async def list_changes(
     rows = await pool.fetch(
         "SELECT seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
         " attributes, rules_version, occurred_at, emitted_at, published_at"
-        " FROM scorer.tier_change WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        f" FROM {_HISTORY} WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         customer_id,
         after_seq if after_seq is not None else 0,
         limit,
@@ -102,7 +106,7 @@ async def list_all_changes(
     rows = await pool.fetch(
         "SELECT seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
         " attributes, rules_version, occurred_at, emitted_at, published_at"
-        " FROM scorer.tier_change WHERE seq > $1"
+        f" FROM {_HISTORY} WHERE seq > $1"
         " AND ($2::timestamptz IS NULL OR occurred_at >= $2)"
         " AND ($3::text IS NULL OR dimension = $3) ORDER BY seq LIMIT $4",
         after_seq if after_seq is not None else 0, since, dimension, limit,

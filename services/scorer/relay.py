@@ -1,8 +1,10 @@
-"""The outbox relay: publish unpublished `tier_change` rows in seq order, then mark them.
+"""The outbox relay: publish pending `tier_change` rows in seq order, then mark them.
 
 One relay at a time per database (an advisory lock), so each customer's changes reach
-the topic in the order they were decided. A crash between the broker's ack and the
-`published_at` update republishes rows with the same id; subscribers de-duplicate by it.
+the topic in the order they were decided. Publishing moves a change's seq from
+`tier_change_pending` to `tier_change_published` (with the time) in the same transaction;
+a crash between the broker's ack and that commit republishes rows with the same id, and
+subscribers de-duplicate by it.
 """
 
 from __future__ import annotations
@@ -59,13 +61,8 @@ class OutboxRelay:
             changes = await _unpublished(conn, self.batch)
             if changes:
                 await self._publish(changes)
-                await conn.execute(
-                    "UPDATE scorer.tier_change SET published_at = now() WHERE id = ANY($1::text[])",
-                    [c["id"] for c in changes],
-                )
-            backlog = await conn.fetchval(
-                "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
-            )
+                await conn.execute(_MARK_PUBLISHED, [c["seq"] for c in changes])
+            backlog = await conn.fetchval("SELECT count(*) FROM scorer.tier_change_pending")
         self.metrics.outbox_backlog.set(backlog or 0)
         return len(changes) >= self.batch
 
@@ -106,11 +103,20 @@ class OutboxRelay:
                 )  # fmt: skip
 
 
+# Two narrow rows per change (services/scorer/migrations/versions/0004_outbox_pending.py).
+_MARK_PUBLISHED = (
+    "WITH sent AS (DELETE FROM scorer.tier_change_pending WHERE seq = ANY($1::bigint[])"
+    " RETURNING seq) INSERT INTO scorer.tier_change_published (seq, published_at)"
+    " SELECT seq, now() FROM sent"
+)
+
+
 async def _unpublished(conn: Connection, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, customer_id, dimension, from_class, to_class, cause, rule, features,"
-        " attributes, rules_version, occurred_at, emitted_at, traceparent FROM scorer.tier_change"
-        " WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        "SELECT seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
+        " attributes, rules_version, occurred_at, emitted_at, traceparent"
+        " FROM scorer.tier_change_pending JOIN scorer.tier_change USING (seq)"
+        " ORDER BY seq LIMIT $1",
         limit,
     )
 

@@ -36,7 +36,7 @@ from tests.faults.verify import connect, eventually, rows, scalar, scorer_offset
 from tests.faults.workload import mixed_events, with_redeliveries
 from tests.integration.actions.support import serving
 
-PUBLISHED = "SELECT id FROM scorer.tier_change WHERE published_at IS NOT NULL"
+PUBLISHED = "SELECT id FROM scorer.tier_change JOIN scorer.tier_change_published USING (seq)"
 TOTAL = "SELECT count(*) FROM scorer.tier_change"
 
 

@@ -73,7 +73,7 @@ async def scorer_offsets(database_url: str) -> int:
 
 async def scorer_caught_up(database_url: str, records: int) -> bool:
     """Every produced record committed and every tier change published."""
-    unpublished = "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
+    unpublished = "SELECT count(*) FROM scorer.tier_change_pending"
     return await scorer_offsets(database_url) >= records and not await scalar(
         database_url, unpublished
     )

@@ -125,12 +125,7 @@ async def _offsets_at(database_url: str, n: int) -> bool:
 
 
 async def _all_published(database_url: str) -> bool:
-    return (
-        await count(
-            database_url, "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
-        )
-        == 0
-    )
+    return await count(database_url, "SELECT count(*) FROM scorer.tier_change_pending") == 0
 
 
 async def _change_ids(database_url: str) -> set[str]:

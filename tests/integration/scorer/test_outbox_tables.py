@@ -1,0 +1,101 @@
+"""The outbox: a change is pending from its insert until the relay publishes it, in seq
+order; the history shows when each went out; migration 0004 carries older rows over."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import command
+
+from services.scorer.batch import apply_batch
+from services.scorer.db import create_pool
+from services.scorer.evaluation import Scoring
+from services.scorer.metrics import scorer_metrics
+from services.scorer.queries import list_all_changes
+from services.scorer.relay import OutboxRelay
+from services.scorer.settings import ScorerSettings
+from shared.clock import FixedClock
+from shared.domain.rules import load_rules
+from shared.kafka import ensure_topics, make_producer
+from shared.metrics import new_registry
+from shared.migrations import alembic_config, upgrade
+from shared.topics import SCORER_GROUP, Topics
+from tests.integration.scorer.support import (
+    NOW,
+    connect,
+    purchase,
+    read_topic,
+    scorer_settings,
+)
+
+
+async def _seqs(database_url: str, table: str) -> list[int]:
+    async with connect(database_url) as conn:
+        return [r["seq"] for r in await conn.fetch(f"SELECT seq FROM scorer.{table} ORDER BY seq")]
+
+
+async def test_changes_stay_pending_until_the_relay_publishes_them_in_seq_order(
+    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
+) -> None:
+    settings = scorer_settings(base_env)
+    topic = Topics(topic_namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await apply_batch(
+            pool, [purchase("p1", "a", 3), purchase("p2", "b", 3, "5000")], [],
+            group_id=SCORER_GROUP, scoring=Scoring(load_rules(ScorerSettings().rules_file)),
+            now=NOW,
+        )  # fmt: skip
+        seqs = await _seqs(scorer_db, "tier_change")
+        assert len(seqs) == 6  # three dimensions for each of the two new customers
+        assert await _seqs(scorer_db, "tier_change_pending") == seqs  # the COPY's trigger
+        relay = OutboxRelay(
+            pool, producer, topic=topic, batch=4, clock=FixedClock(NOW),
+            metrics=scorer_metrics(new_registry()),
+        )  # fmt: skip
+        assert await relay.step() is True  # a full batch: the four oldest
+        assert await _seqs(scorer_db, "tier_change_published") == seqs[:4]
+        assert await _seqs(scorer_db, "tier_change_pending") == seqs[4:]
+        history = await list_all_changes(pool, since=None, dimension=None, after_seq=None, limit=10)
+        assert [c.seq for c in history] == seqs
+        assert [c.published_at is not None for c in history] == [True] * 4 + [False] * 2
+        assert await relay.step() is False  # the rest, and the outbox is empty
+        assert await _seqs(scorer_db, "tier_change_pending") == []
+        assert await _seqs(scorer_db, "tier_change_published") == seqs
+        assert len(await read_topic(kafka_bootstrap, topic, expect=6)) == 6
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def test_migration_0004_moves_published_times_and_pending_changes_and_back(
+    database_url: str,
+) -> None:
+    await asyncio.to_thread(upgrade, database_url, "scorer", "0003")
+    columns = (
+        "id, customer_id, dimension, to_class, cause, rule, features, rules_version,"
+        " occurred_at, emitted_at, published_at"
+    )
+    async with connect(database_url) as conn:
+        for change_id, published_at in (("sent", NOW), ("waiting", None)):
+            await conn.execute(
+                f"INSERT INTO scorer.tier_change ({columns})"
+                " VALUES ($1, 'a', 'value_tier', 'gold', 'event', 'r', '{}', 'v', $2, $2, $3)",
+                change_id, NOW, published_at,
+            )  # fmt: skip
+    await asyncio.to_thread(upgrade, database_url, "scorer")
+    async with connect(database_url) as conn:
+        seq_of = {
+            r["id"]: r["seq"] for r in await conn.fetch("SELECT id, seq FROM scorer.tier_change")
+        }
+        published = await conn.fetch("SELECT seq, published_at FROM scorer.tier_change_published")
+        assert [(r["seq"], r["published_at"]) for r in published] == [(seq_of["sent"], NOW)]
+        assert await _seqs(database_url, "tier_change_pending") == [seq_of["waiting"]]
+    config = alembic_config(database_url, "scorer")
+    await asyncio.to_thread(command.downgrade, config, "0003")
+    async with connect(database_url) as conn:
+        rows = await conn.fetch("SELECT id, published_at FROM scorer.tier_change ORDER BY id")
+    assert [(r["id"], r["published_at"]) for r in rows] == [("sent", NOW), ("waiting", None)]
