@@ -124,9 +124,7 @@ async def run_scorer(
                 finally:
                     if profiler:
                         await profiler.stop()
-                backlog = await conn.fetchval(
-                    "SELECT count(*) FROM scorer.tier_change WHERE published_at IS NULL"
-                )
+                backlog = await conn.fetchval("SELECT count(*) FROM scorer.tier_change_pending")
                 batches = await batch_stats(group[0].url)
         finally:
             await conn.close()
