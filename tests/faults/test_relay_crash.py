@@ -100,8 +100,9 @@ async def test_a_crash_between_commit_and_publish_loses_no_change_and_keeps_its_
             assert not await rows(pipeline_db, PUBLISHED)  # all committed, not one published
             kill_log.append({"unpublished": await scalar(pipeline_db, TOTAL)})
             async with blocker.transaction():
-                # SHARE mode: the relay can read and publish, but its UPDATE waits.
-                await blocker.execute("LOCK TABLE scorer.tier_change IN SHARE MODE")
+                # SHARE mode: the relay can read and publish, but its mark waits (the
+                # consumer's inserts, and their pending rows, go on).
+                await blocker.execute("LOCK TABLE scorer.tier_change_published IN SHARE MODE")
                 scorer.restart_after_kill()  # crash 1: all committed, none published
                 await lock.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
                 kill_log.append(await _kill_between_ack_and_mark(scorer, watcher, pipeline_db))
@@ -136,7 +137,7 @@ async def _kill_between_ack_and_mark(
     scorer: ServiceProcess, watcher: TopicWatcher, database_url: str
 ) -> dict[str, Any]:
     """SIGKILL the scorer while changes are on the topic and not marked published (the
-    caller's SHARE lock holds the relay's UPDATE back for as long as it wishes)."""
+    caller's SHARE lock holds the relay's mark back for as long as it wishes)."""
     await eventually(
         lambda: _in_window(watcher, database_url),
         within=60,
