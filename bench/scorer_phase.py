@@ -129,6 +129,11 @@ async def run_scorer(
         finally:
             await conn.close()
     assert watch.first_at is not None
+    if watch.committed == watch.first_committed:  # the timing starts after the first batch
+        raise RuntimeError(
+            f"the scorer committed all {watch.committed} events in its first batch, so no "
+            "drain was left to time: give --events several times SCORER_BATCH_MAX_RECORDS"
+        )
     return ScorerRun(
         events=watch.committed - watch.first_committed,
         seconds=ended - watch.first_at,

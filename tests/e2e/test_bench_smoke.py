@@ -31,7 +31,12 @@ def test_the_bench_runs_every_phase_and_writes_every_figure(
         "--ingest-events", "2000", "--e2e-rate", "300", "--e2e-seconds", "2",
         "--e2e-population", "50", "--no-e2e-storm", "--e2e-ladder", "", "--no-profile",
     ]  # fmt: skip
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": pg_server_url}
+    env = {
+        **os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "DATABASE_URL": pg_server_url,
+        # Small batches: the scorer's drain is timed from its first batch on, and the
+        # default batch would hold all 3,000 events.
+        "SCORER_BATCH_MAX_RECORDS": "500",
+    }  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "bench", *small, "--output", str(out)],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
@@ -42,4 +47,6 @@ def test_the_bench_runs_every_phase_and_writes_every_figure(
     assert not missing, (missing, results)
     assert all(results["ratios"][name] > 0 for name in RATIOS), results["ratios"]
     assert results["machine"]["cores_logical"] >= 1
-    assert results["details"]["scorer"][0]["outbox_backlog"] >= 0
+    drain = results["details"]["scorer"][0]
+    assert drain["batches"]["count"] > 1 and drain["batches"]["mean_events"] <= 500, drain
+    assert drain["outbox_backlog"] >= 0
