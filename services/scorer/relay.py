@@ -112,11 +112,14 @@ _MARK_PUBLISHED = (
 
 
 async def _unpublished(conn: Connection, limit: int) -> list[asyncpg.Record]:
+    # The oldest pending seqs first (an InitPlan, run once), then their rows by the seq
+    # index. As a plain join, the planner walked `tier_change` (the whole history) to
+    # find a few pending rows: 11 ms a relay round at 5,000 events/s instead of under 1.
     return await conn.fetch(
         "SELECT seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
-        " attributes, rules_version, occurred_at, emitted_at, traceparent"
-        " FROM scorer.tier_change_pending JOIN scorer.tier_change USING (seq)"
-        " ORDER BY seq LIMIT $1",
+        " attributes, rules_version, occurred_at, emitted_at, traceparent FROM scorer.tier_change"
+        " WHERE seq = ANY(ARRAY(SELECT seq FROM scorer.tier_change_pending ORDER BY seq LIMIT $1))"
+        " ORDER BY seq",
         limit,
     )
 
