@@ -20,8 +20,14 @@ _CUSTOMER_COLUMNS = (
 )
 
 
-# The change history with each change's publication time (null while it is pending).
-_HISTORY = "scorer.tier_change LEFT JOIN scorer.tier_change_published USING (seq)"
+# A change's publication time (null while it is pending), looked up for the page's rows
+# only: as a join, the planner merged the whole published table up to the cursor (37 ms
+# for a page 150,000 changes in, growing with the history) instead of 0.1 ms.
+_CHANGE_COLUMNS = (
+    "seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
+    " attributes, rules_version, occurred_at, emitted_at, (SELECT p.published_at"
+    " FROM scorer.tier_change_published AS p WHERE p.seq = c.seq) AS published_at"
+)
 
 
 @dataclass(frozen=True)
@@ -84,9 +90,8 @@ async def list_changes(
 ) -> list[StoredChange]:
     """A customer's tier changes, oldest first, after a cursor position."""
     rows = await pool.fetch(
-        "SELECT seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
-        " attributes, rules_version, occurred_at, emitted_at, published_at"
-        f" FROM {_HISTORY} WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        f"SELECT {_CHANGE_COLUMNS} FROM scorer.tier_change AS c"
+        " WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         customer_id,
         after_seq if after_seq is not None else 0,
         limit,
@@ -104,9 +109,7 @@ async def list_all_changes(
 ) -> list[StoredChange]:
     """Every customer's tier changes in emission order, optionally since an event time."""
     rows = await pool.fetch(
-        "SELECT seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
-        " attributes, rules_version, occurred_at, emitted_at, published_at"
-        f" FROM {_HISTORY} WHERE seq > $1"
+        f"SELECT {_CHANGE_COLUMNS} FROM scorer.tier_change AS c WHERE seq > $1"
         " AND ($2::timestamptz IS NULL OR occurred_at >= $2)"
         " AND ($3::text IS NULL OR dimension = $3) ORDER BY seq LIMIT $4",
         after_seq if after_seq is not None else 0, since, dimension, limit,
