@@ -22,6 +22,7 @@ from bench.cpu import CpuMeter
 from bench.infra import Infra, Service, fresh_database, running_all, service_env, unique_name
 from bench.kafka_raw import Loaded
 from bench.profiling import Profiler
+from services.scorer.relay import BACKLOG_QUERY
 from shared.db import asyncpg_dsn
 from shared.topics import SCORER_GROUP
 
@@ -124,7 +125,7 @@ async def run_scorer(
                 finally:
                     if profiler:
                         await profiler.stop()
-                backlog = await conn.fetchval("SELECT count(*) FROM scorer.tier_change_pending")
+                backlog = await conn.fetchval(BACKLOG_QUERY)
                 batches = await batch_stats(group[0].url)
         finally:
             await conn.close()

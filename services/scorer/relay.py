@@ -62,7 +62,7 @@ class OutboxRelay:
             if changes:
                 await self._publish(changes)
                 await conn.execute(_MARK_PUBLISHED, [c["seq"] for c in changes])
-            backlog = await conn.fetchval("SELECT count(*) FROM scorer.tier_change_pending")
+            backlog = await conn.fetchval(BACKLOG_QUERY)
         self.metrics.outbox_backlog.set(backlog or 0)
         return len(changes) >= self.batch
 
@@ -103,6 +103,8 @@ class OutboxRelay:
                 )  # fmt: skip
 
 
+# Changes not yet published: the outbox backlog (the gauge, the bench and the tests).
+BACKLOG_QUERY = "SELECT count(*) FROM scorer.tier_change_pending"
 # Two narrow rows per change (services/scorer/migrations/versions/0004_outbox_pending.py).
 _MARK_PUBLISHED = (
     "WITH sent AS (DELETE FROM scorer.tier_change_pending WHERE seq = ANY($1::bigint[])"

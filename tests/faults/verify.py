@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
+from services.scorer.relay import BACKLOG_QUERY
 from shared.contracts import TierChanged
 from shared.db import asyncpg_dsn
 from shared.domain.playbook_requests import AlertRequest
@@ -73,9 +74,8 @@ async def scorer_offsets(database_url: str) -> int:
 
 async def scorer_caught_up(database_url: str, records: int) -> bool:
     """Every produced record committed and every tier change published."""
-    unpublished = "SELECT count(*) FROM scorer.tier_change_pending"
     return await scorer_offsets(database_url) >= records and not await scalar(
-        database_url, unpublished
+        database_url, BACKLOG_QUERY
     )
 
 

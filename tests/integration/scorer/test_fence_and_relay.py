@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
+from services.scorer.relay import BACKLOG_QUERY
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.contracts import TIER_CHANGED_TYPE
@@ -77,11 +78,10 @@ async def test_the_relay_publishes_every_change_exactly_once(
         purchase(f"p{i}", f"c{i % 5}", days_ago=i * 11, amount="3000") for i in range(15)
     ]
     events += [login(f"l{i}", f"c{i}", days_ago=40) for i in range(5)]
-    unpublished = "SELECT count(*) FROM scorer.tier_change_pending"
     async with running_scorer(scorer_settings(base_env), clock):
         await produce(kafka_bootstrap, topic_router(topic_namespace), events)
         await wait_until(lambda: _offsets_reach(scorer_db, len(events)))
-        await wait_until(lambda: _equals(count(scorer_db, unpublished), 0))
+        await wait_until(lambda: _equals(count(scorer_db, BACKLOG_QUERY), 0))
     async with connect(scorer_db) as conn:
         rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM scorer.tier_change")}
         published = await conn.fetch("SELECT seq, published_at FROM scorer.tier_change_published")

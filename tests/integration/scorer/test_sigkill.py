@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.scorer.relay import BACKLOG_QUERY
 from services.scorer.settings import ScorerSettings
 from shared.embedded import free_port
 from shared.kafka import ensure_topics, header
@@ -125,7 +126,7 @@ async def _offsets_at(database_url: str, n: int) -> bool:
 
 
 async def _all_published(database_url: str) -> bool:
-    return await count(database_url, "SELECT count(*) FROM scorer.tier_change_pending") == 0
+    return await count(database_url, BACKLOG_QUERY) == 0
 
 
 async def _change_ids(database_url: str) -> set[str]:
