@@ -56,7 +56,7 @@ class OutboxRelay:
     async def step(self) -> bool:
         """Publish one batch of unpublished changes; True when a full batch went out."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK_KEY):
+            if not await conn.fetchval(_LOCK_AND_REPLAN, RELAY_LOCK_KEY):
                 return False  # another scorer process relays right now
             changes = await _unpublished(conn, self.batch)
             if changes:
@@ -103,6 +103,16 @@ class OutboxRelay:
                 )  # fmt: skip
 
 
+# The relay's lock, and custom plans for the rest of its transaction. A prepared statement
+# switches to a generic plan after five runs, and that plan keeps the table sizes it was
+# made with until the next ANALYZE: made while the outbox was still small (a new database,
+# the first minute before autovacuum), the read below scanned the whole change history and
+# compared every row with every pending seq (140 ms a round at 25,000 changes, instead
+# of 1.3 ms through the seq index). Planning each round costs about 0.2 ms.
+_LOCK_AND_REPLAN = (
+    "SELECT pg_try_advisory_xact_lock($1)"
+    " AND set_config('plan_cache_mode', 'force_custom_plan', true) IS NOT NULL"
+)
 # Changes not yet published: the outbox backlog (the gauge, the bench and the tests).
 BACKLOG_QUERY = "SELECT count(*) FROM scorer.tier_change_pending"
 # Two narrow rows per change (services/scorer/migrations/versions/0004_outbox_pending.py).

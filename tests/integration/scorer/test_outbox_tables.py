@@ -71,6 +71,42 @@ async def test_changes_stay_pending_until_the_relay_publishes_them_in_seq_order(
         await pool.close()
 
 
+async def test_the_relay_read_is_planned_afresh_every_round(
+    base_env: dict[str, str], scorer_db: str, topic_namespace: str
+) -> None:
+    # A generic plan (chosen after five runs of a prepared statement) keeps the table sizes
+    # it was made with until the next ANALYZE: made on a small outbox, the read scanned the
+    # whole history every round once it had grown (services/scorer/relay.py).
+    settings = scorer_settings(base_env)
+    topic = Topics(topic_namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(scorer_db, size=1, application_name="test")  # one session
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        relay = OutboxRelay(
+            pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
+            metrics=scorer_metrics(new_registry()),
+        )  # fmt: skip
+        for round_ in range(8):
+            await apply_batch(
+                pool, [purchase(f"p{round_}", f"c{round_}", 3)], [], group_id=SCORER_GROUP,
+                scoring=Scoring(load_rules(ScorerSettings().rules_file)), now=NOW,
+            )  # fmt: skip
+            await relay.step()
+        async with pool.acquire() as conn:
+            plans = await conn.fetchrow(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%FROM scorer.tier_change_pending ORDER BY seq LIMIT%'"
+            )
+        assert plans is not None, "the relay's read was not a prepared statement"
+        assert (plans["generic_plans"], plans["custom_plans"]) == (0, 8)
+        assert await _seqs(scorer_db, "tier_change_pending") == []
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
 async def test_migration_0004_moves_published_times_and_pending_changes_and_back(
     database_url: str,
 ) -> None:
