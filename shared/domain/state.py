@@ -29,8 +29,13 @@ TICKET_WINDOW = timedelta(days=90)
 
 Event = PurchaseMade | CustomerLoggedIn | SupportTicketUpdated
 
+# The facts below are plain dataclasses, not slotted ones: the scorer writes every state it
+# touches as JSON (services/scorer/codec.dumps_state), and orjson writes a dataclass that
+# has a __dict__ about 2.5 times faster (1.1 against 0.44 µs a purchase fact; a third of
+# the state encoding's time), for about 30 % more memory per state.
 
-@dataclass(slots=True)
+
+@dataclass
 class PurchaseFact:
     """One purchase (or refund, with `refund` set) kept for the trailing windows."""
 
@@ -43,7 +48,7 @@ class PurchaseFact:
         return (self.occurred_at, self.event_id)
 
 
-@dataclass(slots=True)
+@dataclass
 class Stamped:
     """A value chosen latest-by-(occurred_at, event_id)."""
 
@@ -55,7 +60,7 @@ class Stamped:
         return (self.occurred_at, self.event_id)
 
 
-@dataclass(slots=True)
+@dataclass
 class TicketOpening:
     """A ticket `opened` action, kept for the 90-day window."""
 
@@ -67,7 +72,7 @@ class TicketOpening:
         return (self.occurred_at, self.event_id)
 
 
-@dataclass(slots=True)
+@dataclass
 class RatingStats:
     """Sum, count and latest of CSAT or NPS ratings."""
 
