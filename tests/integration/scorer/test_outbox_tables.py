@@ -88,10 +88,11 @@ async def test_the_relay_read_is_planned_afresh_every_round(
             pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
             metrics=scorer_metrics(new_registry()),
         )  # fmt: skip
+        scoring = Scoring(load_rules(ScorerSettings().rules_file))
         for round_ in range(8):
             await apply_batch(
                 pool, [purchase(f"p{round_}", f"c{round_}", 3)], [], group_id=SCORER_GROUP,
-                scoring=Scoring(load_rules(ScorerSettings().rules_file)), now=NOW,
+                scoring=scoring, now=NOW,
             )  # fmt: skip
             await relay.step()
         async with pool.acquire() as conn:
