@@ -31,6 +31,16 @@ async def claim_events(conn: Connection, event_ids: Sequence[str]) -> set[str]:
 
 _COLUMNS = "customer_id, version, state, value_tier, activity_level, lifecycle_stage, class_since"
 _SELECT_CUSTOMER = f"SELECT {_COLUMNS} FROM scorer.customer"
+# Customer rows by id as a join with the id array, not `customer_id = ANY($1)`: a prepared
+# statement may keep a generic plan made while the table was small (until its first
+# ANALYZE), and for `= ANY($1)` that plan scans the whole table and compares every row
+# with every id (450 ms for 1,000 of 25,000 customers); a join's plan stays linear (6 ms).
+_BY_IDS = "FROM unnest($1::text[]) AS wanted(id) JOIN scorer.customer ON customer_id = wanted.id"
+LOCK_CUSTOMERS = (
+    f"SELECT customer_id, version, state IS NULL AS empty {_BY_IDS}"
+    " ORDER BY customer_id FOR UPDATE OF customer"
+)
+READ_CUSTOMERS = f"SELECT {_COLUMNS} {_BY_IDS}"
 
 
 async def lock_customers(
@@ -59,11 +69,7 @@ async def lock_customers(
         )
     # Lock first and learn each row's version (after any wait, FOR UPDATE sees the row as
     # its last writer committed it); the state text is read only where needed.
-    locked = await conn.fetch(
-        "SELECT customer_id, version, state IS NULL AS empty FROM scorer.customer"
-        " WHERE customer_id = ANY($1::text[]) ORDER BY customer_id FOR UPDATE",
-        ids,
-    )
+    locked = await conn.fetch(LOCK_CUSTOMERS, ids)
     if len(locked) != len(ids):  # only if someone deleted customer rows under a running scorer
         raise RuntimeError(f"{len(ids) - len(locked)} customer rows disappeared while scoring")
     records: dict[str, CustomerRecord] = {}
@@ -83,7 +89,7 @@ async def lock_customers(
         misses = sum(1 for customer_id in unread if customer_id not in held)
         cache.count(hits=hits, misses=misses, stale=len(held) - hits)
     if unread:  # locked by us above: this read sees exactly what we locked
-        rows = await conn.fetch(f"{_SELECT_CUSTOMER} WHERE customer_id = ANY($1::text[])", unread)
+        rows = await conn.fetch(READ_CUSTOMERS, unread)
         records.update((row["customer_id"], CustomerRecord.from_row(_decoded(row))) for row in rows)
     return [records[row["customer_id"]] for row in locked]
 
