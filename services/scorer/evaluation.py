@@ -77,7 +77,7 @@ class CustomerRecord:
         return cls(customer_id, new_state(customer_id), None, {}, version)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, for speed: see Classification (shared/domain/rules.py)
 class CustomerUpdate:
     """The new values of one customer row."""
 
@@ -91,18 +91,21 @@ class CustomerUpdate:
     updated_at: datetime
 
     def as_row(self) -> tuple[Any, ...]:
-        """Column values in `store.save_customers` order (JSON as text)."""
+        """Per-customer column values in `store.save_customers` order (JSON as text)."""
         c = self.classification
         since = {d.value: at for d, at in self.class_since.items()}  # the encoder writes ISO
         return (
             self.customer_id, self.state_text, self.classes[Dimension.VALUE_TIER],
             self.classes[Dimension.ACTIVITY_LEVEL], self.classes[Dimension.LIFECYCLE_STAGE],
-            c.r_score, c.f_score, c.m_score, _json(since), c.rules_version,
-            self.cut_points_version, self.next_review_at, self.updated_at,
+            c.r_score, c.f_score, c.m_score, _json(since), self.next_review_at,
         )  # fmt: skip
 
+    def shared_values(self) -> tuple[str, str | None, datetime]:
+        """The values one evaluation pass gives every customer: rules, cut points, time."""
+        return (self.classification.rules_version, self.cut_points_version, self.updated_at)
 
-@dataclass(frozen=True)
+
+@dataclass(slots=True)  # not frozen, for speed: see Classification (shared/domain/rules.py)
 class ChangeRecord:
     """One tier change as stored in the outbox and published as `TierChanged`."""
 

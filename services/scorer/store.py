@@ -142,28 +142,33 @@ def _decoded(row: Any) -> dict[str, Any]:
 
 
 async def save_customers(conn: Connection, updates: Sequence[CustomerUpdate]) -> None:
-    """Write the new state and classification of every updated customer (one statement)."""
-    if not updates:
-        return
-    columns = list(zip(*(u.as_row() for u in updates), strict=True))
-    await conn.execute(
-        """
-        UPDATE scorer.customer AS c SET
-            state = u.state, value_tier = u.value_tier, activity_level = u.activity_level,
-            lifecycle_stage = u.lifecycle_stage, r_score = u.r_score, f_score = u.f_score,
-            m_score = u.m_score, class_since = u.class_since, rules_version = u.rules_version,
-            cut_points_version = u.cut_points_version, next_review_at = u.next_review_at,
-            updated_at = u.updated_at, version = c.version + 1
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[],
-                    $7::int2[], $8::int2[], $9::jsonb[], $10::text[], $11::text[],
-                    $12::timestamptz[], $13::timestamptz[])
-            AS u(customer_id, state, value_tier, activity_level, lifecycle_stage, r_score,
-                 f_score, m_score, class_since, rules_version, cut_points_version,
-                 next_review_at, updated_at)
-        WHERE c.customer_id = u.customer_id
-        """,
-        *[list(column) for column in columns],
-    )
+    """Write the new state and classification of every updated customer.
+
+    One statement per distinct (rules version, cut points version, update time): one for
+    the updates of one evaluation pass. Those three go as single parameters, not arrays:
+    asyncpg checks every array element in Python before encoding it.
+    """
+    groups: dict[tuple[str, str | None, datetime], list[CustomerUpdate]] = {}
+    for update in updates:
+        groups.setdefault(update.shared_values(), []).append(update)
+    for shared, group in groups.items():
+        columns = zip(*(u.as_row() for u in group), strict=True)
+        await conn.execute(_SAVE_CUSTOMERS, *[list(column) for column in columns], *shared)
+
+
+_SAVE_CUSTOMERS = """
+    UPDATE scorer.customer AS c SET
+        state = u.state, value_tier = u.value_tier, activity_level = u.activity_level,
+        lifecycle_stage = u.lifecycle_stage, r_score = u.r_score, f_score = u.f_score,
+        m_score = u.m_score, class_since = u.class_since, rules_version = $11,
+        cut_points_version = $12, next_review_at = u.next_review_at, updated_at = $13,
+        version = c.version + 1
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int2[],
+                $7::int2[], $8::int2[], $9::jsonb[], $10::timestamptz[])
+        AS u(customer_id, state, value_tier, activity_level, lifecycle_stage, r_score,
+             f_score, m_score, class_since, next_review_at)
+    WHERE c.customer_id = u.customer_id
+"""
 
 
 _CHANGE_COLUMNS = (

@@ -16,7 +16,7 @@ from shared.domain.rules_model import Rules
 UNCLASSIFIED = "(unclassified)"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, for speed: see Classification (shared/domain/rules.py)
 class ClassChange:
     """One dimension moved from one class to another, and why."""
 
@@ -27,7 +27,7 @@ class ClassChange:
     features: dict[str, FeatureValue]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, for speed: see Classification (shared/domain/rules.py)
 class Decision:
     """Effective classes after hysteresis, the changes to emit, and since when each class holds.
 

@@ -100,7 +100,11 @@ def _rule_name(data: dict[str, Any], dimension: str, index: int) -> str:
     return str(name) if name else f"#{index + 1}"
 
 
-@dataclass(frozen=True)
+# The records made per evaluated customer (this one, Decision, ClassChange, CustomerUpdate,
+# ChangeRecord) are slotted and not frozen: a frozen dataclass sets each field through
+# object.__setattr__, 3.0 against 0.6 µs for nine fields, and the scorer makes several
+# per event. Nothing mutates them after construction.
+@dataclass(slots=True)
 class Classification:
     """A customer's classes, R/F/M scores, and for each dimension the rule that decided it."""
 
