@@ -14,6 +14,7 @@ from typing import Any
 from services.scorer import codec
 from shared.contracts import AttributeValue, ChangeCause, Dimension, TierChanged
 from shared.domain.changes import decide
+from shared.domain.compiled import compiled_rules
 from shared.domain.features import compute_features, features_to_json
 from shared.domain.population import CutPoints
 from shared.domain.rules import Classification, Rules, classify, next_review_at
@@ -165,7 +166,7 @@ def evaluate(
     state, rules = record.state, scoring.rules
     prune(state, now=now)
     attributes = attributes_of(state)
-    features = compute_features(state, now=now)
+    features = compute_features(state, now=now, plan=compiled_rules(rules).features)
     classification = classify(features, attributes, rules, cut_points=scoring.cut_points)
     decision = decide(record.classes, record.class_since, classification, rules, now=now)
     review = next_review_at(state, rules, now=now, cut_points=scoring.cut_points)

@@ -27,7 +27,7 @@ from shared.domain.conditions import (
     _Leaf,
     leaves,
 )
-from shared.domain.features import FeatureValue
+from shared.domain.features import SCORE_FEATURES, FeaturePlan, FeatureValue, feature_plan
 from shared.domain.rules_model import Rule, Rules, ScoreRules
 
 Values = Mapping[str, FeatureValue]
@@ -170,10 +170,12 @@ class CompiledScore:
 
 @dataclass(frozen=True)
 class CompiledRules:
-    """Every dimension's rules, in order, and the R, F, M scores, compiled."""
+    """Every dimension's rules, in order, and the R, F, M scores, compiled; `features`: the
+    part of the feature catalogue that conditions and scores read."""
 
     dimensions: tuple[tuple[Dimension, tuple[CompiledRule, ...]], ...]
     scores: tuple[CompiledScore, CompiledScore, CompiledScore]
+    features: FeaturePlan
 
 
 _cache: dict[int, tuple[Rules, CompiledRules]] = {}
@@ -192,11 +194,26 @@ def compiled_rules(rules: Rules) -> CompiledRules:
         ),
         (_compile_score(scores.recency), _compile_score(scores.frequency),
          _compile_score(scores.monetary)),
+        feature_plan(features_read(rules)),
     )  # fmt: skip
     if len(_cache) >= _CACHE_SIZE:
         _cache.pop(next(iter(_cache)))
     _cache[id(rules)] = (rules, result)  # holding `rules` keeps its id from being reused
     return result
+
+
+def features_read(rules: Rules) -> frozenset[str]:
+    """The catalogue features `rules` read: in conditions, and as the R, F, M inputs."""
+    read = {
+        leaf.feature
+        for dimension in Dimension
+        for rule in rules.dimension(dimension).rules
+        for leaf in leaves(rule.when)
+        if leaf.feature is not None
+    }
+    scores = rules.scores
+    read.update((scores.recency.feature, scores.frequency.feature, scores.monetary.feature))
+    return frozenset(read - set(SCORE_FEATURES))
 
 
 def _compile_score(spec: ScoreRules) -> CompiledScore:
