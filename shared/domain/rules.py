@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from shared.contracts import Dimension
 from shared.domain.compiled import (
     PLAIN_NUMBERS,
-    CompiledRule,
     CompiledRules,
     CompiledScore,
     compiled_rules,
@@ -146,8 +145,10 @@ def classify(
     matched: dict[Dimension, str] = {}
     read: dict[Dimension, dict[str, FeatureValue]] = {}
     classes: dict[Dimension, str] = {}
-    for dimension, dimension_rules in compiled.dimensions:
-        rule = _first_match(dimension_rules, values, attributes)
+    for dimension, first_match in compiled.matchers:
+        rule = first_match(values, attributes)
+        if rule is None:  # validation guarantees a final `when: always`: a hand-built Rules
+            raise ValueError("no rule matched; the last rule of a dimension must be `when: always`")
         matched[dimension], classes[dimension] = rule.name, rule.then
         read[dimension] = {
             key: (values if from_features else attributes).get(name)
@@ -164,16 +165,6 @@ def classify(
         matched=matched,
         read=read,
     )
-
-
-def _first_match(
-    rules: Sequence[CompiledRule], values: Mapping[str, FeatureValue], attributes: Mapping[str, Any]
-) -> CompiledRule:
-    for rule in rules:
-        if rule.check(values, attributes):
-            return rule
-    # Validation guarantees a final `when: always`; reaching here means a hand-built Rules.
-    raise ValueError("no rule matched; the last rule of a dimension must be `when: always`")
 
 
 def score_rfm(

@@ -5,12 +5,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from shared.domain.compiled import compile_condition
+from shared.domain.compiled import CompiledRule, compile_condition, first_matcher
 from shared.domain.conditions import Condition, evaluate
+from shared.domain.rules_model import Rule
 
 NAMES = ["lifetime_spend", "logins_30d", "latest_nps"]
 numbers = st.one_of(
@@ -68,3 +70,42 @@ def test_a_compiled_condition_agrees_with_the_interpreter(
     condition: Condition = TypeAdapter(Condition).validate_python(raw)
     expected = evaluate(condition, features, attributes)
     assert compile_condition(condition)(features, attributes) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raws=st.lists(conditions, min_size=1, max_size=4),
+    features=st.fixed_dictionaries({name: actuals for name in NAMES}),
+    attributes=st.fixed_dictionaries({"region": actuals, "size": actuals}),
+)
+def test_a_dimensions_generated_matcher_picks_the_first_rule_that_holds(
+    raws: list[Any], features: dict[str, Any], attributes: dict[str, Any]
+) -> None:
+    rules = [Rule(name=f"r{i}", when=raw, then=f"c{i}") for i, raw in enumerate(raws)]
+    compiled = [CompiledRule(r.name, r.then, compile_condition(r.when), ()) for r in rules]
+    holds = [evaluate(r.when, features, attributes) for r in rules]
+    expected = next((c for c, held in zip(compiled, holds, strict=True) if held), None)
+    assert first_matcher(rules, compiled)(features, attributes) is expected
+
+
+def test_names_and_values_from_the_rules_file_never_become_code() -> None:
+    hostile = "x') or __import__('os').getpid() or ('"
+    condition: Condition = TypeAdapter(Condition).validate_python(
+        {"attribute": hostile, "op": "eq", "value": "') or True or ('"}
+    )
+    check = compile_condition(condition)
+    assert check({}, {}) is False
+    assert check({}, {hostile: "') or True or ('"}) is True
+
+
+@pytest.mark.parametrize("threshold", [True, False])
+@pytest.mark.parametrize(
+    "actual", [True, False, 1, 0, 1.0, 0.0, Decimal(1), Decimal(0), "true", None]
+)
+def test_equality_with_a_bool_holds_for_that_bool_only(threshold: bool, actual: Any) -> None:
+    condition: Condition = TypeAdapter(Condition).validate_python(
+        {"feature": "has_purchased", "op": "eq", "value": threshold}
+    )
+    features = {"has_purchased": actual}
+    assert compile_condition(condition)(features, {}) is (actual is threshold)
+    assert evaluate(condition, features, {}) is (actual is threshold)
