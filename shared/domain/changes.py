@@ -56,11 +56,14 @@ def decide(
     holds: list[datetime] = []
     for dimension, target in current.classes().items():
         before = (previous or {}).get(dimension)
-        held = _held_until(dimension, before, target, class_since.get(dimension), rules)
-        if before is not None and (before == target or (held is not None and held > now)):
-            # Unchanged, or a downgrade held back until the minimum dwell time has passed.
+        if before == target:  # unchanged (the common case): nothing can be held either
             classes[dimension], since[dimension] = before, class_since.get(dimension, now)
-            holds.extend([held] if held is not None else [])
+            continue
+        held = _held_until(dimension, before, target, class_since.get(dimension), rules)
+        if before is not None and held is not None and held > now:
+            # A downgrade held back until the minimum dwell time has passed.
+            classes[dimension], since[dimension] = before, class_since.get(dimension, now)
+            holds.append(held)
             continue
         classes[dimension], since[dimension] = target, now
         rule, read = current.matched[dimension], current.read[dimension]

@@ -66,10 +66,12 @@ def first_matcher(rules: Sequence[Rule], compiled: Sequence[CompiledRule]) -> Ma
     return matcher
 
 
-def _generated(body: list[str], constants: dict[str, Any]) -> Any:
-    # Names and thresholds reach the source only as repr() of strings or as constants
-    # bound in the namespace, never as text taken from the rules file.
-    source = "def generated(values, attributes):\n" + "".join(f"    {line}\n" for line in body)
+def _generated(
+    body: list[str], constants: dict[str, Any], params: str = "values, attributes"
+) -> Any:
+    # Names and thresholds reach the source only as repr() of strings and ints or as
+    # constants bound in the namespace, never as text taken from the rules file.
+    source = f"def generated({params}):\n" + "".join(f"    {line}\n" for line in body)
     namespace: dict[str, Any] = {"Decimal": Decimal, **constants}
     exec(compile(source, "<compiled rules>", "exec"), namespace)  # noqa: S102
     return namespace["generated"]
@@ -206,11 +208,13 @@ class CompiledRule:
 
 @dataclass(frozen=True)
 class CompiledScore:
-    """One of R, F, M: its feature and its bands as (operator, threshold, the threshold a
-    Decimal is compared with, aligner, score)."""
+    """One of R, F, M: its feature, its bands as (operator, threshold, the threshold a
+    Decimal is compared with, aligner, score), and `banded`: the score of a value by the
+    bands (a generated function, the comparisons inline)."""
 
     spec: ScoreRules
     bands: tuple[tuple[Callable[[Any, Any], bool], float, Any, Aligner, int], ...]
+    banded: Callable[[Any], int]
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,34 @@ def _compile_score(spec: ScoreRules) -> CompiledScore:
         (OPERATORS[b.op], b.value, _as_decimal(b.value), aligner(b.value), b.score)
         for b in spec.bands
     )
-    return CompiledScore(spec, bands)
+    # int and float against the thresholds as they are, a Decimal against them as
+    # Decimals, anything else (None, text, bool) through the aligned comparisons.
+    constants: dict[str, Any] = {"_rest": _banded_rest(bands, spec.otherwise)}
+    numbers, decimals = [], []
+    for index, band in enumerate(spec.bands):
+        op, score = _SYMBOLS[band.op], band.score
+        constants[f"_t{index}"], constants[f"_d{index}"] = band.value, _as_decimal(band.value)
+        numbers.append(f"    if value {op} _t{index}: return {score!r}")
+        decimals.append(f"    if value {op} _d{index}: return {score!r}")
+    body = [
+        "k = type(value)", "if k is int or k is float:", *numbers, f"    return {spec.otherwise!r}",
+        "if k is Decimal:", *decimals, f"    return {spec.otherwise!r}", "return _rest(value)",
+    ]  # fmt: skip
+    return CompiledScore(spec, bands, _generated(body, constants, params="value"))
+
+
+def _banded_rest(
+    bands: tuple[tuple[Callable[[Any, Any], bool], float, Any, Aligner, int], ...], otherwise: int
+) -> Callable[[Any], int]:
+    def score(value: Any) -> int:
+        if value is None or isinstance(value, str | bool):
+            return otherwise
+        for operator, _, _, align, band_score in bands:
+            if operator(value, align(value)):
+                return band_score
+        return otherwise
+
+    return score
 
 
 def _compile_rule(rule: Rule) -> CompiledRule:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ from pydantic import ValidationError
 
 from shared.contracts import Dimension
 from shared.domain.compiled import (
-    PLAIN_NUMBERS,
     CompiledRules,
     CompiledScore,
     compiled_rules,
@@ -207,25 +205,12 @@ def _number(value: FeatureValue) -> float | None:
 
 
 def _score(score: CompiledScore, value: FeatureValue, cuts: tuple[float, ...]) -> int:
+    if not cuts:
+        return score.banded(value)
     spec = score.spec
     if value is None or isinstance(value, str | bool):
         return spec.otherwise
-    if cuts:
-        # Nothing in the window (no spend, no purchase) scores `otherwise`, as in the bands.
-        if spec.better == "higher" and value <= 0:
-            return spec.otherwise
-        return quintile_score(float(value), cuts, higher_is_better=spec.better == "higher")
-    kind = type(value)
-    if kind in PLAIN_NUMBERS:  # a plain number against a band's float: no alignment
-        for operator, threshold, _, _, band_score in score.bands:
-            if operator(value, threshold):
-                return band_score
-    elif kind is Decimal:  # against the band's threshold as a Decimal, aligned once
-        for operator, _, as_decimal, _, band_score in score.bands:
-            if operator(value, as_decimal):
-                return band_score
-    else:
-        for operator, _, _, align, band_score in score.bands:
-            if operator(value, align(value)):
-                return band_score
-    return spec.otherwise
+    # Nothing in the window (no spend, no purchase) scores `otherwise`, as in the bands.
+    if spec.better == "higher" and value <= 0:
+        return spec.otherwise
+    return quintile_score(float(value), cuts, higher_is_better=spec.better == "higher")

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from shared.domain.compiled import CompiledRule, compile_condition, first_matcher
-from shared.domain.conditions import Condition, evaluate
-from shared.domain.rules_model import Rule
+from shared.domain.compiled import CompiledRule, _compile_score, compile_condition, first_matcher
+from shared.domain.conditions import Compare, Condition, evaluate
+from shared.domain.rules_model import Rule, ScoreRules
 
 NAMES = ["lifetime_spend", "logins_30d", "latest_nps"]
 numbers = st.one_of(
@@ -109,3 +109,34 @@ def test_equality_with_a_bool_holds_for_that_bool_only(threshold: bool, actual: 
     features = {"has_purchased": actual}
     assert compile_condition(condition)(features, {}) is (actual is threshold)
     assert evaluate(condition, features, {}) is (actual is threshold)
+
+
+bands = st.lists(
+    st.fixed_dictionaries(
+        {
+            "op": st.sampled_from(["lt", "le", "gt", "ge", "eq"]),
+            "value": st.one_of(numbers, st.integers(-5, 5)),
+            "score": st.integers(1, 5),
+        }
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=bands, otherwise=st.integers(0, 5), value=actuals)
+def test_a_generated_band_score_is_the_first_band_whose_comparison_holds(
+    raw: list[dict[str, Any]], otherwise: int, value: Any
+) -> None:
+    spec = ScoreRules(feature="spend_365d", better="higher", bands=raw, otherwise=otherwise)
+    features = {"spend_365d": value}
+    expected = next(
+        (
+            band.score
+            for band in spec.bands
+            if evaluate(Compare(feature="spend_365d", op=band.op, value=band.value), features, {})
+        ),
+        otherwise,
+    )
+    assert _compile_score(spec).banded(value) == expected
