@@ -287,7 +287,9 @@ def _time_order(event: Event) -> tuple[datetime, str]:
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return min((x for x in (a, b) if x is not None), default=None)
+    if a is None or b is None:
+        return b if a is None else a
+    return min(a, b)
 
 
 def _json(value: Any) -> str:

@@ -125,11 +125,17 @@ def next_review_at(
     read; possibly early (a crossing need not change a class); None when nothing can change.
     """
     plan = review_plan(rules, cut_points)
-    found = [
-        *(_next_crossing(anchor(state), offsets, now) for anchor, offsets in plan.ages),
-        *(_next_exit(facts.of(state), facts.key, length, now) for facts, length in plan.windows),
-    ]
-    return min((at for at in found if at is not None), default=None)
+    earliest: datetime | None = None
+    # Plain loops: generators and min() over them cost frames per customer on the hot path.
+    for anchor, offsets in plan.ages:
+        at = _next_crossing(anchor(state), offsets, now)
+        if at is not None and (earliest is None or at < earliest):
+            earliest = at
+    for facts, length in plan.windows:
+        at = _next_exit(facts.of(state), facts.key, length, now)
+        if at is not None and (earliest is None or at < earliest):
+            earliest = at
+    return earliest
 
 
 def _offsets(boundaries: Iterable[Boundary]) -> tuple[timedelta, ...]:
