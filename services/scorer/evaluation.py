@@ -262,7 +262,7 @@ def fold_batch(
         try:
             for event in mine:
                 fold(by_id[customer_id].state, event, now=now)
-            trigger = max(mine, key=_time_order)
+            trigger = mine[0] if len(mine) == 1 else max(mine, key=_time_order)
             update, changes = evaluate(
                 by_id[customer_id], scoring, now=now, cause=ChangeCause.EVENT,
                 occurred_at=trigger.occurred_at, traceparent=trace_of(trigger),

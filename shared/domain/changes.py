@@ -67,8 +67,8 @@ def decide(
             continue
         classes[dimension], since[dimension] = target, now
         rule, read = current.matched[dimension], current.read[dimension]
-        changes.append(ClassChange(dimension, before, target, rule, dict(read)))
-    return Decision(classes, changes, since, min(holds, default=None))
+        changes.append(ClassChange(dimension, before, target, rule, read))
+    return Decision(classes, changes, since, min(holds) if holds else None)
 
 
 def _held_until(

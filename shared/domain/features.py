@@ -65,15 +65,6 @@ FEATURES: dict[str, str] = {
 SCORE_FEATURES = ("r_score", "f_score", "m_score", "rfm_score")
 
 
-def age_days(at: datetime, now: datetime) -> float:
-    """Exact age of `at` in fractional days (timedelta division is correctly rounded)."""
-    return (now - at) / DAY
-
-
-def _age(at: datetime | None, now: datetime) -> float | None:
-    return None if at is None else age_days(at, now)
-
-
 # The windows as durations and their feature names, built once (constructing a timedelta
 # or formatting a name per customer is costly on the hot path).
 _PURCHASE_SPANS = tuple(
@@ -154,14 +145,18 @@ def compute_features(
 
 
 def _recency(state: CustomerState, now: datetime) -> dict[str, FeatureValue]:
-    last = state.latest_purchases[-1] if state.latest_purchases else None
+    # An age is exact fractional days: `(now - at) / DAY` (timedelta division is correctly
+    # rounded), written out here because a helper call per age cost more than the division.
+    last = state.latest_purchases[-1].occurred_at if state.latest_purchases else None
+    first, active = state.first_purchase_at, state.last_activity_at
+    login, support, seen = state.last_login_at, state.last_support_at, state.first_seen_at
     return {
-        "days_since_last_purchase": _age(last.occurred_at if last else None, now),
-        "days_since_first_purchase": _age(state.first_purchase_at, now),
-        "days_since_last_activity": _age(state.last_activity_at, now),
-        "days_since_last_login": _age(state.last_login_at, now),
-        "days_since_last_support": _age(state.last_support_at, now),
-        "tenure_days": _age(state.first_seen_at, now),
+        "days_since_last_purchase": None if last is None else (now - last) / DAY,
+        "days_since_first_purchase": None if first is None else (now - first) / DAY,
+        "days_since_last_activity": None if active is None else (now - active) / DAY,
+        "days_since_last_login": None if login is None else (now - login) / DAY,
+        "days_since_last_support": None if support is None else (now - support) / DAY,
+        "tenure_days": None if seen is None else (now - seen) / DAY,
         "has_purchased": state.lifetime_orders > 0,
         "has_logged_in": state.lifetime_logins > 0,
         "has_events": state.event_count > 0,

@@ -129,6 +129,11 @@ class Classification:
         return self.r_score + self.f_score + self.m_score
 
 
+_VALUE_TIER, _ACTIVITY_LEVEL, _LIFECYCLE_STAGE = (
+    Dimension.VALUE_TIER, Dimension.ACTIVITY_LEVEL, Dimension.LIFECYCLE_STAGE
+)  # fmt: skip
+
+
 def classify(
     features: Mapping[str, FeatureValue],
     attributes: Mapping[str, Any],
@@ -153,16 +158,9 @@ def classify(
             for key, name, from_features in rule.reads
         }
     return Classification(
-        value_tier=classes[Dimension.VALUE_TIER],
-        activity_level=classes[Dimension.ACTIVITY_LEVEL],
-        lifecycle_stage=classes[Dimension.LIFECYCLE_STAGE],
-        r_score=r,
-        f_score=f,
-        m_score=m,
-        rules_version=rules.version,
-        matched=matched,
-        read=read,
-    )
+        classes[_VALUE_TIER], classes[_ACTIVITY_LEVEL], classes[_LIFECYCLE_STAGE], r, f, m,
+        rules.version, matched, read,
+    )  # fmt: skip
 
 
 def score_rfm(

@@ -141,6 +141,8 @@ def merge_attribute(state: CustomerState, name: str, stamped: Stamped) -> None:
 
 def attributes_of(state: CustomerState) -> dict[str, AttributeValue]:
     """The customer's current attribute values."""
+    if not state.attributes:  # most customers: no sort, no comprehension frame
+        return {}
     return {name: stamped.value for name, stamped in sorted(state.attributes.items())}
 
 
