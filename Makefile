@@ -42,6 +42,10 @@ test-faults: $(STAMP) ## Long fault-injection and soak runs
 bench: $(STAMP) ## Benchmark against this machine's raw limits; writes bench-results.json
 	$(BIN)/python -m bench
 
+.PHONY: bench-cpu
+bench-cpu: $(STAMP) ## Instructions per event of the scorer's Python work (valgrind; minutes)
+	$(BIN)/python -m bench.cpu_model --callgrind
+
 # pip-audit in `lint` fails on any known vulnerability. Packages it cannot look up (no
 # network) are listed and skipped locally; under CI (CI set) --strict fails instead.
 # Vulnerabilities accepted on purpose, e.g. `--ignore-vuln GHSA-xxxx` (say why in SECURITY.md):

@@ -1,0 +1,142 @@
+"""The scorer's per-event Python work on an end-to-end-shaped stream, without I/O.
+
+`python -m bench.cpu_model` decodes records as the consumer gets them, folds and
+evaluates them in batches (`fold_batch`) and builds the rows the store would write, for
+a population that made a first purchase three days ago and then logs in and buys again
+while new customers arrive (the e2e phase's mix: 1 in 10 events a new customer). It
+prints the process CPU per event of the timed batches.
+
+Run under valgrind's callgrind with `--batches 0` and with `--batches N`, the difference
+of the two instruction counts over N x batch events is the instructions per event: the
+same count for the same code whatever else the machine is doing, which this machine's
+clock is not (docs/BENCHMARKS.md, "Instructions per event").
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from rich.console import Console
+
+from bench.events import first_purchases, returning_customers
+from services.scorer.dead_letters import decode
+from services.scorer.evaluation import CustomerRecord, Scoring, fold_batch, saved_records
+from shared.domain.rules import default_rules_path, load_rules
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # fixed: the same work on every run
+
+
+class _Record(NamedTuple):
+    """What the consumer reads of a Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    timestamp: int
+
+
+def _records(events: Sequence[dict[str, object]]) -> list[_Record]:
+    return [
+        _Record("events", 0, i, b"", json.dumps({**e, "source": "bench"}).encode(), [], 0)
+        for i, e in enumerate(events)
+    ]
+
+
+def _apply(
+    records: Sequence[_Record], by_id: dict[str, CustomerRecord], scoring: Scoring, now: datetime
+) -> int:
+    """decode -> fold_batch -> row tuples -> records as committed; returns the rows built."""
+    decoded, poison = decode(records)
+    if poison:
+        raise ValueError(f"the model's own events did not decode: {poison[0].error}")
+    events = [event for event, _ in decoded]
+    for event in events:
+        if event.customer_id not in by_id:
+            by_id[event.customer_id] = CustomerRecord.empty(event.customer_id, 0)
+    mine = list({e.customer_id: by_id[e.customer_id] for e in events}.values())
+    outcome = fold_batch(mine, events, scoring, now=now)
+    rows: list[tuple[Any, ...]] = [u.as_row() for u in outcome.updates]
+    rows += [c.as_row() for c in outcome.changes]
+    by_id.update((r.customer_id, r) for r in saved_records(mine, outcome))
+    return len(rows)
+
+
+def run(*, population: int, batches: int, batch: int) -> float:
+    """Seconds of process CPU per event over `batches` timed batches of `batch` events."""
+    scoring = Scoring(load_rules(default_rules_path()))
+    by_id: dict[str, CustomerRecord] = {}
+    created = NOW - timedelta(days=3)
+    first = first_purchases("m-p", population, at=created)
+    for start in range(0, population, 1000):
+        _apply(_records(first[start : start + 1000]), by_id, scoring, created)
+    plans = []
+    for index in range(batches):  # encoded before the timing, as the broker hands them over
+        probes = first_purchases(f"m-n{index}", -(-batch // 10), at=NOW)
+        others = returning_customers(
+            "m-p", population, batch - len(probes), at=NOW, seed=index,
+            event_prefix=f"m-x{index}-",
+        )  # fmt: skip
+        mixed = [probes[i // 10] if i % 10 == 0 else others.pop() for i in range(batch)]
+        plans.append(_records(mixed))
+    gc.collect()
+    gc.disable()  # as the consumer does around a batch (shared/gcpause.py)
+    started = time.process_time()
+    for index, records in enumerate(plans):
+        _apply(records, by_id, scoring, NOW + timedelta(seconds=index))
+    spent = time.process_time() - started
+    gc.enable()
+    return spent / max(1, batches * batch)
+
+
+def instructions(*, population: int, batches: int, batch: int) -> int:
+    """Instructions callgrind counts for one run of this model (setup included)."""
+    command = [
+        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+        "-m", "bench.cpu_model", f"--population={population}", f"--batches={batches}",
+        f"--batch={batch}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts on every run
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in callgrind's output: {done.stderr[-500:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu_model", description=__doc__)
+    parser.add_argument("--population", type=int, default=5000, help="existing customers")
+    parser.add_argument("--batches", type=int, default=10, help="timed batches (0: setup only)")
+    parser.add_argument("--batch", type=int, default=2000, help="events per batch")
+    parser.add_argument(
+        "--callgrind", action="store_true",
+        help="count instructions per event instead (two runs under valgrind, minutes each)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    sizes = {"population": args.population, "batch": args.batch}
+    if args.callgrind:
+        with Console(stderr=True).status("callgrind: the setup alone, then with the batches"):
+            setup = instructions(**sizes, batches=0)
+            total = instructions(**sizes, batches=args.batches)
+        print(f"instructions_per_event {(total - setup) / (args.batches * args.batch):,.0f}")
+        return
+    per_event = run(**sizes, batches=args.batches)
+    if args.batches:
+        print(f"cpu_us_per_event {1e6 * per_event:.1f}")
+
+
+if __name__ == "__main__":
+    main()
