@@ -198,7 +198,7 @@ def _leaf_test(leaf: Compare | Between | Member) -> Callable[[Any], bool]:
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """One rule: its name and class, its condition as a closure, and what it reads."""
+    """One rule: its name and class, its condition as a function, and what it reads."""
 
     name: str
     then: str
