@@ -86,7 +86,7 @@ def _expression(condition: Condition, constants: dict[str, Any]) -> str:
     match condition:
         case "always":
             return "True"
-        case All(all=parts):  # short-circuits in order, as `_all` does
+        case All(all=parts):  # `and`/`or` short-circuit in order, as all()/any() do
             return "(" + " and ".join(_expression(p, constants) for p in parts) + ")"
         case AnyOf(any=parts):
             return "(" + " or ".join(_expression(p, constants) for p in parts) + ")"
