@@ -52,8 +52,8 @@ def compile_condition(condition: Condition) -> Check:
 def first_matcher(rules: Sequence[Rule], compiled: Sequence[CompiledRule]) -> Matcher:
     """One function for a dimension's rule list: the first rule whose condition holds.
 
-    The same checks in the same order as calling each rule's `check` in turn, but as one
-    generated function of `if` statements whose number comparisons are written inline: no
+    The same checks in the same order as evaluating each rule's condition in turn, but as
+    one generated function of `if` statements whose number comparisons are written inline: no
     Python call per condition, per `all`/`any` or per plain number comparison (classifying
     was a third of the scorer's time per customer).
     """
@@ -198,11 +198,10 @@ def _leaf_test(leaf: Compare | Between | Member) -> Callable[[Any], bool]:
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """One rule: its name and class, its condition as a function, and what it reads."""
+    """One rule as a dimension's matcher returns it: its name, its class, what it reads."""
 
     name: str
     then: str
-    check: Check
     reads: tuple[tuple[str, str, bool], ...]  # (key in `read`, name, from features)
 
 
@@ -219,10 +218,9 @@ class CompiledScore:
 
 @dataclass(frozen=True)
 class CompiledRules:
-    """Every dimension's rules, in order, and the R, F, M scores, compiled; `features`: the
-    part of the feature catalogue that conditions and scores read."""
+    """Every dimension's rules as one matcher, and the R, F, M scores, compiled;
+    `features`: the part of the feature catalogue that conditions and scores read."""
 
-    dimensions: tuple[tuple[Dimension, tuple[CompiledRule, ...]], ...]
     matchers: tuple[tuple[Dimension, Matcher], ...]  # each dimension's `first_matcher`
     scores: tuple[CompiledScore, CompiledScore, CompiledScore]
     features: FeaturePlan
@@ -237,13 +235,8 @@ def compiled_rules(rules: Rules) -> CompiledRules:
     if hit is not None and hit[0] is rules:
         return hit[1]
     scores = rules.scores
-    dimensions = tuple(
-        (dimension, tuple(_compile_rule(r) for r in rules.dimension(dimension).rules))
-        for dimension in Dimension
-    )
     result = CompiledRules(
-        dimensions,
-        tuple((d, first_matcher(rules.dimension(d).rules, done)) for d, done in dimensions),
+        tuple((d, _matcher(rules.dimension(d).rules)) for d in Dimension),
         (_compile_score(scores.recency), _compile_score(scores.frequency),
          _compile_score(scores.monetary)),
         feature_plan(features_read(rules)),
@@ -303,6 +296,10 @@ def _banded_rest(
     return score
 
 
+def _matcher(rules: Sequence[Rule]) -> Matcher:
+    return first_matcher(rules, [_compile_rule(rule) for rule in rules])
+
+
 def _compile_rule(rule: Rule) -> CompiledRule:
     reads = tuple((leaf.key(), *_target(leaf)) for leaf in leaves(rule.when))
-    return CompiledRule(rule.name, rule.then, compile_condition(rule.when), reads)
+    return CompiledRule(rule.name, rule.then, reads)

@@ -82,7 +82,7 @@ def test_a_dimensions_generated_matcher_picks_the_first_rule_that_holds(
     raws: list[Any], features: dict[str, Any], attributes: dict[str, Any]
 ) -> None:
     rules = [Rule(name=f"r{i}", when=raw, then=f"c{i}") for i, raw in enumerate(raws)]
-    compiled = [CompiledRule(r.name, r.then, compile_condition(r.when), ()) for r in rules]
+    compiled = [CompiledRule(r.name, r.then, ()) for r in rules]
     holds = [evaluate(r.when, features, attributes) for r in rules]
     expected = next((c for c, held in zip(compiled, holds, strict=True) if held), None)
     assert first_matcher(rules, compiled)(features, attributes) is expected
