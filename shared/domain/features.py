@@ -128,7 +128,7 @@ def compute_features(
     """The catalogue features (except scores) of one customer as of `now`.
 
     With a `plan` (`feature_plan(names)`), only what it names: the scorer computes the
-    features its rules read, about half of the catalogue with the default rules.
+    features its rules read (11 of the 30 with the default rules).
     """
     features = _recency(state, now) if plan.recency else {}
     if plan.purchase_spans:
