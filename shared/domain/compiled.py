@@ -104,19 +104,19 @@ def _leaf_expression(leaf: Compare | Between | Member, constants: dict[str, Any]
     if isinstance(leaf, Compare) and type(leaf.value) is bool and leaf.op == "eq":
         # Only a bool equals a bool threshold (align), and bools are singletons.
         return f"({actual} is {leaf.value!r})"
+    # A missing value is false; anything else goes through the aligned test.
+    constants[f"_s{at}"] = _tolerant(_leaf_test(leaf))
     if isinstance(leaf, Compare) and type(leaf.value) in PLAIN_NUMBERS:
-        # `_leaf`'s fast path inline: int/float as they are, a Decimal against the
-        # threshold as a Decimal, anything else through the aligned test.
+        # Inline where alignment changes nothing: int/float against the threshold as it
+        # is, a Decimal against the threshold as a Decimal (aligned once, here).
         op = _SYMBOLS[leaf.op]
         constants[f"_t{at}"], constants[f"_d{at}"] = leaf.value, _as_decimal(leaf.value)
-        constants[f"_s{at}"] = _tolerant(_leaf_test(leaf))
         return (
             f"(False if (a := {actual}) is None else a {op} _t{at}"
             f" if (k := type(a)) is int or k is float"
             f" else a {op} _d{at} if k is Decimal else _s{at}(a))"
         )
-    constants[f"_c{at}"] = _leaf(leaf)
-    return f"_c{at}(values, attributes)"
+    return f"(False if (a := {actual}) is None else _s{at}(a))"
 
 
 def _tolerant(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -140,35 +140,6 @@ def aligner(threshold: Any) -> Aligner:
         return as_decimal if isinstance(actual, Decimal) else threshold
 
     return aligned
-
-
-def _leaf(leaf: Compare | Between | Member) -> Check:
-    test = _leaf_test(leaf)
-    name, from_features = _target(leaf)
-    # Fast path: a plain number threshold against an int/float (no alignment needed) or a
-    # Decimal (aligned once here, as `aligner` would align it on every call).
-    direct = isinstance(leaf, Compare) and type(leaf.value) in PLAIN_NUMBERS
-    operator, threshold = (
-        (OPERATORS[leaf.op], leaf.value) if isinstance(leaf, Compare) else (None, None)
-    )
-    decimal_threshold = _as_decimal(threshold)
-
-    def check(values: Values, attributes: Attributes) -> bool:
-        actual = (values if from_features else attributes).get(name)
-        if actual is None:
-            return False
-        if direct:
-            kind = type(actual)
-            if kind is int or kind is float:
-                return operator(actual, threshold)  # type: ignore[misc]
-            if kind is Decimal:
-                return operator(actual, decimal_threshold)  # type: ignore[misc]
-        try:
-            return test(actual)
-        except TypeError:  # e.g. a text attribute against a number: simply false
-            return False
-
-    return check
 
 
 def _as_decimal(threshold: Any) -> Any:
