@@ -186,6 +186,16 @@ class EventConsumer(FencedConsumer):
 
 
 def _traces(decoded: Sequence[tuple[Event, Record]]) -> Callable[[Event], str | None]:
-    """The trace context each event's record carried (headers read only when asked)."""
-    record_of = {event.event_id: record for event, record in decoded}
-    return lambda event: traceparent_of(record_of[event.event_id])
+    """The trace context each event's record carried (headers read only when asked).
+
+    Asked only for events whose customer changed class: the look-up table is built on the
+    first question, not for every batch.
+    """
+    record_of: dict[str, Record] = {}
+
+    def trace_of(event: Event) -> str | None:
+        if not record_of:
+            record_of.update((e.event_id, record) for e, record in decoded)
+        return traceparent_of(record_of[event.event_id])
+
+    return trace_of

@@ -160,9 +160,11 @@ def evaluate(
     now: datetime,
     cause: ChangeCause,
     occurred_at: datetime,
-    traceparent: str | None = None,
 ) -> tuple[CustomerUpdate, list[ChangeRecord]]:
-    """Re-classify one customer at `now`; the changes carry `cause`, `occurred_at` and trace."""
+    """Re-classify one customer at `now`; the changes carry `cause` and `occurred_at`.
+
+    Their trace context is left unset: `fold_batch` adds the trigger's.
+    """
     state, rules = record.state, scoring.rules
     prune(state, now=now)
     attributes = attributes_of(state)
@@ -193,7 +195,6 @@ def evaluate(
             rules.version,
             occurred_at,
             now,
-            traceparent,
         )
         for change_id, c in zip(ids, decision.changes, strict=True)
     ]
@@ -265,8 +266,12 @@ def fold_batch(
             trigger = mine[0] if len(mine) == 1 else max(mine, key=_time_order)
             update, changes = evaluate(
                 by_id[customer_id], scoring, now=now, cause=ChangeCause.EVENT,
-                occurred_at=trigger.occurred_at, traceparent=trace_of(trigger),
+                occurred_at=trigger.occurred_at,
             )  # fmt: skip
+            if changes:  # most evaluations change nothing: read the trace only when needed
+                traceparent = trace_of(trigger)
+                for change in changes:
+                    change.traceparent = traceparent
         except Exception as exc:  # a domain bug or an extreme value: isolate this customer
             raise CustomerFailed(customer_id, f"{type(exc).__name__}: {exc}") from exc
         outcome.updates.append(update)

@@ -21,7 +21,7 @@ from services.scorer.evaluation import (
 from shared.contracts import ChangeCause, CustomerLoggedIn, Dimension, PurchaseMade
 from shared.domain.rules import default_rules_path, load_rules
 from shared.domain.rules_model import DimensionRules
-from shared.domain.state import new_state
+from shared.domain.state import Event, new_state
 from shared.http import ProblemError
 from shared.pg import row_count as _row_count
 
@@ -79,6 +79,25 @@ def test_unchanged_classes_emit_nothing_and_time_changes_carry_cause_time() -> N
     assert change.cause is ChangeCause.TIME and change.occurred_at == NOW + timedelta(days=10)
     assert change.features == {"days_since_last_activity": 11.0}
     assert change.to_event().to_json()  # serialisable as the wire contract
+
+
+def test_changes_carry_the_trace_of_their_trigger_read_only_for_customers_that_changed() -> None:
+    changed, steady = blank("c1"), blank("c2")
+    first = fold_batch([steady], [buy("e0", "c2", 2)], SCORING, now=NOW)
+    steady.classes, steady.class_since = first.updates[0].classes, first.updates[0].class_since
+    asked: list[str] = []
+
+    def trace_of(event: Event) -> str:
+        asked.append(event.event_id)
+        return f"trace-{event.event_id}"
+
+    login = CustomerLoggedIn(
+        event_id="e3", customer_id="c2", occurred_at=NOW - timedelta(days=1), channel="web"
+    )
+    events: list[Event] = [buy("e1", "c1", 3), buy("e2", "c1", 1), login]
+    outcome = fold_batch([changed, steady], events, SCORING, now=NOW, trace_of=trace_of)
+    assert {(c.customer_id, c.traceparent) for c in outcome.changes} == {("c1", "trace-e2")}
+    assert asked == ["e2"]  # the latest event of the one customer whose classes changed
 
 
 def test_a_customer_the_domain_cannot_classify_is_named_in_the_error() -> None:
