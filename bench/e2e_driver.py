@@ -56,13 +56,15 @@ PROBE_FETCH_WAIT_MS = 10
 
 
 class Arrivals:
-    """First arrival time of each customer key on the tier-changed topic, and when the
-    scorer decided that change (its `emitted_at`, wall clock)."""
+    """First arrival time of each customer key on the tier-changed topic, when the scorer
+    decided that change (its `emitted_at`) and when it was published (the record's
+    timestamp, the relay's clock as it wrote the record); wall clock, epoch seconds."""
 
     def __init__(self, consumer: AIOKafkaConsumer) -> None:
         self.consumer = consumer
         self.first: dict[bytes, float] = {}
         self.decided: dict[bytes, float] = {}
+        self.published: dict[bytes, float] = {}
         self.arrived = asyncio.Event()
 
     async def drain(self, idle_s: float = 1.0) -> None:
@@ -80,6 +82,7 @@ class Arrivals:
                     if record.key not in self.first:
                         self.first[record.key] = now
                         self.decided[record.key] = _emitted_at(record.value)
+                        self.published[record.key] = record.timestamp / 1000
             if batch:
                 self.arrived.set()
 
@@ -222,9 +225,15 @@ async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
     await arrivals.wait_for(list(sent), job.deadline_s)
     gave_up = time.perf_counter()
     latencies = [1000 * (arrivals.first.get(k, gave_up) - at) for k, (at, _) in sent.items()]
-    # Split at the scorer's decision: POST -> decided, and decided -> on the topic.
+    # Split at the scorer's decision and at the relay's write: POST -> decided (the batch
+    # began), POST -> published (the batch committed and the relay wrote the record).
     decided = [
         1000 * (arrivals.decided[k] - wall) for k, (_, wall) in sent.items() if k in arrivals.first
+    ]
+    published = [
+        1000 * (arrivals.published[k] - wall)
+        for k, (_, wall) in sent.items()
+        if k in arrivals.first
     ]
     return {
         "sent": count, "matched": sum(k in arrivals.first for k in sent),
@@ -236,6 +245,8 @@ async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
         "http_p99_ms": _percentile(posted.http_ms, 99),
         "to_decision_p50_ms": _percentile(decided, 50),
         "to_decision_p99_ms": _percentile(decided, 99),
+        "to_publish_p50_ms": _percentile(published, 50),
+        "to_publish_p99_ms": _percentile(published, 99),
     }  # fmt: skip
 
 

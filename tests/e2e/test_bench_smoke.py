@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FIGURES = (
     "raw_produce_events_per_s", "raw_consume_events_per_s", "raw_pg_merge_events_per_s",
     "ingest_events_per_s", "scorer_events_per_s", "scorer_rss_mb", "e2e_rate_events_per_s",
-    "e2e_p50_ms", "e2e_p99_ms",
+    "e2e_p50_ms", "e2e_p99_ms", "e2e_to_decision_p99_ms", "e2e_to_publish_p99_ms",
 )  # fmt: skip
 RATIOS = ("scorer_vs_raw_consume", "scorer_vs_raw_pg_merge", "ingest_vs_raw_produce")
 
@@ -50,3 +50,5 @@ def test_the_bench_runs_every_phase_and_writes_every_figure(
     drain = results["details"]["scorer"][0]
     assert drain["batches"]["count"] > 1 and drain["batches"]["mean_events"] <= 500, drain
     assert drain["outbox_backlog"] >= 0
+    # Each probe is decided before its change is published (both wall clocks, one machine).
+    assert results["e2e_to_decision_p99_ms"] <= results["e2e_to_publish_p99_ms"], results
