@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from shared.contracts import Dimension
 from shared.domain.compiled import (
-    CompiledRule,
     CompiledRules,
     CompiledScore,
     compiled_rules,
@@ -114,9 +113,7 @@ class Classification:
     m_score: int
     rules_version: str
     matched: dict[Dimension, str]
-    # What each dimension's deciding rule read: wanted only for a change (its `features`),
-    # so `classify` gives a `ReadValues` that looks them up when asked.
-    read: Mapping[Dimension, dict[str, FeatureValue]]
+    read: dict[Dimension, dict[str, FeatureValue]]
 
     def classes(self) -> dict[Dimension, str]:
         """The class per dimension."""
@@ -149,48 +146,21 @@ def classify(
     r, f, m = _scores(compiled, features, rules, cut_points)
     values = {**features, "r_score": r, "f_score": f, "m_score": m, "rfm_score": r + f + m}
     matched: dict[Dimension, str] = {}
-    deciding: dict[Dimension, CompiledRule] = {}
+    read: dict[Dimension, dict[str, FeatureValue]] = {}
     classes: dict[Dimension, str] = {}
     for dimension, first_match in compiled.matchers:
         rule = first_match(values, attributes)
         if rule is None:  # validation guarantees a final `when: always`: a hand-built Rules
             raise ValueError("no rule matched; the last rule of a dimension must be `when: always`")
-        matched[dimension], classes[dimension], deciding[dimension] = rule.name, rule.then, rule
+        matched[dimension], classes[dimension] = rule.name, rule.then
+        read[dimension] = {
+            key: (values if from_features else attributes).get(name)
+            for key, name, from_features in rule.reads
+        }
     return Classification(
         classes[_VALUE_TIER], classes[_ACTIVITY_LEVEL], classes[_LIFECYCLE_STAGE], r, f, m,
-        rules.version, matched, ReadValues(deciding, values, attributes),
+        rules.version, matched, read,
     )  # fmt: skip
-
-
-class ReadValues(Mapping[Dimension, dict[str, FeatureValue]]):
-    """Per dimension, the values its deciding rule read, looked up when asked.
-
-    Most evaluations change no class, and only a change carries what its rule read: three
-    dictionaries per evaluation were built for nothing. The values and attributes a
-    classification saw are not changed afterwards (`evaluate` makes them per call).
-    """
-
-    __slots__ = ("_attributes", "_rules", "_values")
-
-    def __init__(
-        self,
-        rules: Mapping[Dimension, CompiledRule],
-        values: Mapping[str, FeatureValue],
-        attributes: Mapping[str, Any],
-    ) -> None:
-        self._rules, self._values, self._attributes = rules, values, attributes
-
-    def __getitem__(self, dimension: Dimension) -> dict[str, FeatureValue]:
-        return {
-            key: (self._values if from_features else self._attributes).get(name)
-            for key, name, from_features in self._rules[dimension].reads
-        }
-
-    def __iter__(self) -> Iterator[Dimension]:
-        return iter(self._rules)
-
-    def __len__(self) -> int:
-        return len(self._rules)
 
 
 def score_rfm(
