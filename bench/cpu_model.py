@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from rich.console import Console
 
 from bench.events import first_purchases, returning_customers
+from services.scorer.consumer import trace_lookup
 from services.scorer.dead_letters import decode
 from services.scorer.evaluation import CustomerRecord, Scoring, fold_batch, saved_records
 from shared.domain.rules import default_rules_path, load_rules
@@ -49,8 +50,11 @@ class _Record(NamedTuple):
 
 
 def _records(events: Sequence[dict[str, object]]) -> list[_Record]:
+    # The CloudEvents headers ingest writes (no trace context: the bench sends none).
+    headers = [(name, b"x") for name in ("ce_specversion", "ce_id", "ce_source", "ce_type",
+                                         "ce_time", "content-type")]  # fmt: skip
     return [
-        _Record("events", 0, i, b"", json.dumps({**e, "source": "bench"}).encode(), [], 0)
+        _Record("events", 0, i, b"", json.dumps({**e, "source": "bench"}).encode(), headers, 0)
         for i, e in enumerate(events)
     ]
 
@@ -67,7 +71,7 @@ def _apply(
         if event.customer_id not in by_id:
             by_id[event.customer_id] = CustomerRecord.empty(event.customer_id, 0)
     mine = list({e.customer_id: by_id[e.customer_id] for e in events}.values())
-    outcome = fold_batch(mine, events, scoring, now=now)
+    outcome = fold_batch(mine, events, scoring, now=now, trace_of=trace_lookup(decoded))
     rows: list[tuple[Any, ...]] = [u.as_row() for u in outcome.updates]
     rows += [c.as_row() for c in outcome.changes]
     by_id.update((r.customer_id, r) for r in saved_records(mine, outcome))

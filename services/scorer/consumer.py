@@ -147,7 +147,7 @@ class EventConsumer(FencedConsumer):
             try:
                 return await apply_batch(
                     self.pool, events, moves, group_id=self.group_id, scoring=self.scoring(),
-                    now=self.clock.now(), trace_of=_traces(decoded), cache=self.cache,
+                    now=self.clock.now(), trace_of=trace_lookup(decoded), cache=self.cache,
                 )  # fmt: skip
             except CustomerFailed as failed:
                 rejected = [
@@ -185,7 +185,7 @@ class EventConsumer(FencedConsumer):
                     self.metrics.state_cache.labels(result).inc(n)
 
 
-def _traces(decoded: Sequence[tuple[Event, Record]]) -> Callable[[Event], str | None]:
+def trace_lookup(decoded: Sequence[tuple[Event, Record]]) -> Callable[[Event], str | None]:
     """The trace context each event's record carried (headers read only when asked).
 
     Asked only for events whose customer changed class: the look-up table is built on the
