@@ -206,7 +206,10 @@ async def connect(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 async def customer_rows(database_url: str) -> dict[str, dict[str, Any]]:
     async with connect(database_url) as conn:
-        rows = await conn.fetch("SELECT * FROM scorer.customer WHERE state IS NOT NULL")
+        rows = await conn.fetch(
+            "SELECT c.*, r.next_review_at FROM scorer.customer AS c"
+            " JOIN scorer.customer_review AS r USING (customer_id) WHERE c.state IS NOT NULL"
+        )
     return {r["customer_id"]: {**dict(r), "state": json.loads(r["state"])} for r in rows}
 
 
