@@ -1,9 +1,9 @@
 """The time sweeper: re-evaluates customers whose next review time has come (cause `time`).
 
 It reads the review-time index of `customer_review` only, so a sweep costs the customers
-that are due, not the whole population. Rows a consumer holds are skipped (SKIP LOCKED): that consumer
-re-evaluates them anyway. After a rules file change it also re-classifies the customers
-classified under the old rules (cause `rule_change`).
+that are due, not the whole population. Rows a consumer holds are skipped (SKIP LOCKED):
+that consumer re-evaluates them anyway. After a rules file change it also re-classifies
+the customers classified under the old rules (cause `rule_change`).
 """
 
 from __future__ import annotations
