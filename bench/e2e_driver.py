@@ -225,16 +225,13 @@ async def _measure(job: E2eJob, arrivals: Arrivals) -> dict[str, Any]:
     await arrivals.wait_for(list(sent), job.deadline_s)
     gave_up = time.perf_counter()
     latencies = [1000 * (arrivals.first.get(k, gave_up) - at) for k, (at, _) in sent.items()]
+
     # Split at the scorer's decision and at the relay's write: POST -> decided (the batch
     # began), POST -> published (the batch committed and the relay wrote the record).
-    decided = [
-        1000 * (arrivals.decided[k] - wall) for k, (_, wall) in sent.items() if k in arrivals.first
-    ]
-    published = [
-        1000 * (arrivals.published[k] - wall)
-        for k, (_, wall) in sent.items()
-        if k in arrivals.first
-    ]
+    def after_post(stamps: dict[bytes, float]) -> list[float]:
+        return [1000 * (stamps[k] - wall) for k, (_, wall) in sent.items() if k in arrivals.first]
+
+    decided, published = after_post(arrivals.decided), after_post(arrivals.published)
     return {
         "sent": count, "matched": sum(k in arrivals.first for k in sent),
         "accepted_events": posted.accepted + warm, "post_errors": posted.errors,
