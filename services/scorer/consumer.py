@@ -32,7 +32,12 @@ log = get_logger(__name__)
 
 
 class EventConsumer(FencedConsumer):
-    """Consumes the three event topics into customer state, effectively once."""
+    """Consumes the three event topics into customer state, effectively once.
+
+    With `publish` (the relay's drain) each batch's committed changes go out from this
+    task before the next batch; `on_changes` (waking the relay loop) is called instead when
+    there is no `publish`, or when it failed.
+    """
 
     def __init__(
         self,
@@ -89,6 +94,7 @@ class EventConsumer(FencedConsumer):
             log.warning(
                 "publishing after the batch failed; the relay loop retries", error=repr(exc)
             )
+            self.on_changes()
 
     async def _process(self, batch: Batch) -> int:
         """Apply a batch as up to `lanes` concurrent transactions over disjoint partitions.
@@ -134,9 +140,14 @@ class EventConsumer(FencedConsumer):
             {TopicPartition(m.topic, m.partition): m.next_offset for m in moves}
         )
         self._count(result.outcomes, poison, result.changes)
-        if result.changes:
-            self.on_changes()
+        self._wake_relay_for(len(result.changes))
         return len(result.changes)
+
+    def _wake_relay_for(self, changes: int) -> None:
+        # With `publish` this task sends the changes itself after the batch: waking the
+        # relay loop as well made a second relay round per batch, mostly finding nothing.
+        if changes and self.publish is None:
+            self.on_changes()
 
     async def _apply(
         self, decoded: list[tuple[Event, Record]], moves: list[OffsetMove], poison: list[Poison]
