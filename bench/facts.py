@@ -19,7 +19,9 @@ from bench.infra import Infra, with_database
 from bench.settings import REPO_ROOT
 from shared.db import asyncpg_dsn
 
-PACKAGES = ("aiokafka", "asyncpg", "pydantic", "pydantic-core", "fastapi", "uvicorn", "httpx")
+PACKAGES = (
+    "aiokafka", "asyncpg", "pydantic", "pydantic-core", "fastapi", "uvicorn", "httpx", "aiohttp",
+)  # fmt: skip
 PG_SETTINGS = ("shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_connections")
 
 

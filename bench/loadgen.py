@@ -1,6 +1,6 @@
 """The load generator, run as its own process: `python -m bench.loadgen '<json job>'`.
 
-It posts pre-encoded batch bodies to ingest over HTTP (httpx) and prints one JSON line
+It posts pre-encoded batch bodies to ingest over HTTP (aiohttp) and prints one JSON line
 with what it measured. Keeping it out of the benchmark's process means its CPU is not
 hidden inside the service's, and its timing excludes building the bodies.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,43 @@ class IngestJob:
         return Path(self.bodies_path).read_bytes().splitlines()
 
 
-def client(url: str, api_key: str, concurrency: int) -> httpx.AsyncClient:
-    """An HTTP client for ingest with enough connections for the requests in flight."""
-    return httpx.AsyncClient(
-        base_url=url,
-        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
-        timeout=httpx.Timeout(60.0),
-        limits=httpx.Limits(
-            max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1
-        ),
-    )
+BATCH_PATH = "/v1/events/batch"
+
+
+class IngestClient:
+    """POSTs batch bodies to ingest over kept-alive connections.
+
+    aiohttp rather than httpx: the load generator shares the machine's two cores with the
+    services it measures, and for the same 100-event body httpx used 2.0-3.3 ms of CPU per
+    request, aiohttp 0.3-0.4 (docs/BENCHMARKS.md, "The load generator").
+    """
+
+    def __init__(self, url: str, api_key: str, concurrency: int) -> None:
+        self.url, self.concurrency = url, concurrency
+        self.headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> IngestClient:
+        self.session = aiohttp.ClientSession(
+            self.url, headers=self.headers, timeout=aiohttp.ClientTimeout(total=60.0),
+            connector=aiohttp.TCPConnector(limit=self.concurrency + 1),
+        )  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def post(self, body: bytes) -> tuple[int, str]:
+        """POST one batch body; the status and the answer's text."""
+        assert self.session is not None, "use IngestClient in `async with`"
+        async with self.session.post(BATCH_PATH, data=body) as response:
+            return response.status, await response.text()
+
+
+def client(url: str, api_key: str, concurrency: int) -> IngestClient:
+    """An ingest client with enough connections for the requests in flight."""
+    return IngestClient(url, api_key, concurrency)
 
 
 async def post_all(job: IngestJob, bodies: list[bytes]) -> dict[str, Any]:
@@ -48,12 +75,12 @@ async def post_all(job: IngestJob, bodies: list[bytes]) -> dict[str, Any]:
     events_per_body = [len(json.loads(b)["events"]) for b in bodies]
     statuses: list[int] = []
     async with client(job.url, job.api_key, job.concurrency) as http:
-        await http.post("/v1/events/batch", content=bodies[0])  # connection and producer warm-up
+        await http.post(bodies[0])  # connection and producer warm-up
         queue = iter(bodies)
 
         async def worker() -> None:
             for body in queue:
-                statuses.append((await http.post("/v1/events/batch", content=body)).status_code)
+                statuses.append((await http.post(body))[0])
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(job.concurrency)))

@@ -252,7 +252,7 @@ def _notes(settings: BenchSettings, events: Sequence[Event]) -> list[str]:
         "aggregated per customer in Python (inside the timing), COPY into a temp table + one "
         "INSERT ... ON CONFLICT merge, one transaction per batch",
         f"ingest: python -m services.ingest, batches of {settings.ingest_batch} from a separate "
-        f"load-generator process (httpx, {settings.ingest_concurrency} requests in flight), "
+        f"load-generator process (aiohttp, {settings.ingest_concurrency} requests in flight), "
         "timed from the first POST to the last 202 (broker acks included)",
         f"e2e: {settings.e2e_rate:,.0f} events/s POSTed open-loop in batches of "
         f"{settings.e2e_batch} for {settings.e2e_seconds:g} s per run; "
