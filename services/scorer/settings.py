@@ -66,7 +66,12 @@ class ScorerSettings(ServiceSettings):
     )
     sweep_batch: int = Field(1000, ge=1, description="Customers re-evaluated per sweep tx.")
     relay_batch: int = Field(5000, ge=1, description="Outbox rows published per relay round.")
-    relay_interval_s: float = Field(0.5, gt=0, description="Relay poll interval when idle.")
+    relay_interval_s: float = Field(
+        0.5, gt=0,
+        description="Relay poll interval when idle. A batch's changes are published by the "
+        "consumer right after it commits; the relay loop takes the sweeper's, re-bucketing's "
+        "and any whose publish failed.",
+    )  # fmt: skip
     population_interval_s: float = Field(
         3600.0, gt=0, description="How often population-mode cut points are recomputed."
     )
