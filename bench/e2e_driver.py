@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.events import first_purchases, returning_customers
 from bench.kafka_raw import kafka_settings
-from bench.loadgen import client
+from bench.loadgen import IngestClient
 from shared.kafka import make_consumer
 
 
@@ -165,7 +165,7 @@ async def _post_schedule(
 ) -> Posted:
     """POST each batch at its slot, whatever the answers to the earlier ones."""
     posted = Posted()
-    async with client(job.url, job.api_key, 32) as http:
+    async with IngestClient(job.url, job.api_key, 32) as http:
 
         async def post(body: bytes, at: float, events: int) -> None:
             status, _ = await http.post(body)
@@ -199,7 +199,7 @@ async def _warm_up(job: E2eJob, arrivals: Arrivals) -> int:
     accepted = posted.accepted
     if job.population:
         population = bodies(f"{job.prefix}-p", job.population, 1000)
-        async with client(job.url, job.api_key, 1) as http:
+        async with IngestClient(job.url, job.api_key, 1) as http:
             for request in population:  # one request at a time: a backlog, not an overload
                 status, text = await http.post(request.body)
                 if status != 202:

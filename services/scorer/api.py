@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -283,9 +283,15 @@ def read_router() -> APIRouter:
 
 def _instant(text: str) -> datetime:
     try:
-        return datetime.fromisoformat(text)
+        value = datetime.fromisoformat(text)
     except ValueError as exc:  # matched the pattern, yet no such instant (e.g. month 13)
         raise ProblemError(422, "Invalid since", f"{text!r} is not an instant.") from exc
+    try:  # Postgres stores UTC: an offset can carry year 1 or 9999 out of range
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ProblemError(
+            422, "Invalid since", f"{text!r} is outside years 1-9999 in UTC."
+        ) from exc
 
 
 def _seq(text: str) -> int:

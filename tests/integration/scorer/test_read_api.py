@@ -183,5 +183,14 @@ async def test_the_change_feed_spans_customers_filters_by_time_and_dimension_and
 
     naive = await api.get("/v1/changes", params={"since": "2026-01-01T00:00:00"}, headers=AUTH)
     assert naive.status_code == 422
+    # Valid text whose UTC instant leaves datetime's range (found by schemathesis: a 500).
+    for edge in ("0001-01-01T00:01:00+01:02", "9999-12-31T23:59:59-00:01"):
+        outside = await api.get("/v1/changes", params={"since": edge}, headers=AUTH)
+        assert outside.status_code == 422, outside.text
+        assert "outside years 1-9999" in outside.json()["detail"]
+    oldest = await api.get(
+        "/v1/changes", params={"since": "0001-01-01T01:00:00+01:00"}, headers=AUTH
+    )
+    assert oldest.status_code == 200 and len(oldest.json()["items"]) == min(50, len(everything))
     bad = await api.get("/v1/changes", params={"dimension": "shoe_size"}, headers=AUTH)
     assert bad.status_code == 422
