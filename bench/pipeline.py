@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import asyncpg
 
 from bench.cpu import CpuMeter
 from bench.events import Event
@@ -28,9 +25,8 @@ from bench.infra import (
     unique_name,
 )
 from bench.profiling import Profiler
-from bench.scorer_phase import committed_offsets, group_cpu
+from bench.scorer_phase import group_cpu
 from bench.settings import REPO_ROOT
-from shared.db import asyncpg_dsn
 from shared.topics import Topics
 
 
@@ -96,60 +92,42 @@ async def run_ingest(
 
 
 async def run_e2e(
-    infra: Infra, *, runs: int, partitions: int, rate: float, seconds: float, batch: int,
-    workdir: Path, new_share: float = 1.0, population: int = 0, seed: int = 7,
-    scorers: int = 1, catch_up_s: float = 180.0,
-) -> tuple[list[PhaseRun], float]:  # fmt: skip
-    """Ingest and `scorers` scorer processes (one consumer group) on fresh topics and
-    database; `runs` timed open-loop runs, each started only once the scorers have caught
-    up with the one before.
+    infra: Infra, *, partitions: int, rate: float, seconds: float, batch: int, workdir: Path,
+    new_share: float = 1.0, population: int = 0, seed: int = 7, scorers: int = 1,
+) -> tuple[PhaseRun, float]:  # fmt: skip
+    """One timed open-loop run against ingest and `scorers` scorer processes (one consumer
+    group), all started for it on fresh topics and a fresh database.
 
-    Returns the runs and the scorers' summed RSS (MB) at the end.
+    Fresh for every run because the embedded broker's cost per produce and fetch grows with
+    what a partition already holds (docs/BENCHMARKS.md, "The embedded broker"): a second
+    run on the same topics measured the broker's storage more than Tierstream.
+
+    Returns the run and the scorers' summed RSS (MB) at its end.
     """
     namespace = unique_name("be")
-    results: list[PhaseRun] = []
     async with fresh_database(infra.pg_server_url, migrate=True) as database_url:
         env = service_env(
             infra, namespace=namespace, database_url=database_url, partitions=partitions
         )
-        # A group of its own per series (see bench/scorer_phase.py: tansu and repeated joins).
-        group_id = env["SCORER_GROUP_ID"] = unique_name("bench-e2e")
-        conn = await asyncpg.connect(asyncpg_dsn(database_url))
-        try:
-            async with (
-                running_all([Service("scorer", env, workdir) for _ in range(scorers)]) as group,
-                running(Service("ingest", env, workdir)) as ingest,
-            ):
-                job = {
-                    "mode": "e2e", "url": ingest.url, "api_key": API_KEY,
-                    "bootstrap": infra.bootstrap, "topic": Topics(namespace).tier_changed,
-                    "partitions": partitions, "rate": rate, "seconds": seconds, "batch": batch,
-                    "new_share": new_share, "population": population, "seed": seed,
-                }  # fmt: skip
-                posted = 0
-                for index in range(runs):
-                    meter = CpuMeter(
-                        {"ingest": ingest.pid, **{f"scorer{i}": s.pid for i, s in enumerate(group)},
-                         "postgres": infra.postgres_pid, "broker": infra.broker_pid}
-                    )  # fmt: skip
-                    meter.start()
-                    log = workdir / "e2e.log"
-                    result = await loadgen({**job, "prefix": f"{namespace}r{index}"}, log)
-                    results.append(PhaseRun(result, group_cpu(meter.read())))
-                    posted += result["accepted_events"]
-                    await _caught_up(conn, group_id, posted, catch_up_s)
-                rss = sum(s.process().memory_info().rss for s in group) / 2**20
-        finally:
-            await conn.close()
-    return results, rss
-
-
-async def _caught_up(
-    conn: asyncpg.Connection[asyncpg.Record], group_id: str, events: int, within_s: float
-) -> None:
-    """Wait until the scorers have committed `events` events (the next run starts clean)."""
-    deadline = time.monotonic() + within_s
-    while await committed_offsets(conn, group_id) < events:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the scorer did not catch up with {events} events in {within_s}s")
-        await asyncio.sleep(0.2)
+        # A group of its own per run (see bench/scorer_phase.py: tansu and repeated joins).
+        env["SCORER_GROUP_ID"] = unique_name("bench-e2e")
+        async with (
+            running_all([Service("scorer", env, workdir) for _ in range(scorers)]) as group,
+            running(Service("ingest", env, workdir)) as ingest,
+        ):
+            job = {
+                "mode": "e2e", "url": ingest.url, "api_key": API_KEY,
+                "bootstrap": infra.bootstrap, "topic": Topics(namespace).tier_changed,
+                "partitions": partitions, "rate": rate, "seconds": seconds, "batch": batch,
+                "new_share": new_share, "population": population, "seed": seed,
+                "prefix": namespace,
+            }  # fmt: skip
+            meter = CpuMeter(
+                {"ingest": ingest.pid, **{f"scorer{i}": s.pid for i, s in enumerate(group)},
+                 "postgres": infra.postgres_pid, "broker": infra.broker_pid}
+            )  # fmt: skip
+            meter.start()
+            result = await loadgen(job, workdir / "e2e.log")
+            run = PhaseRun(result, group_cpu(meter.read()))
+            rss = sum(s.process().memory_info().rss for s in group) / 2**20
+    return run, rss

@@ -164,11 +164,10 @@ class Bench:
         sustained = 0.0
         for rate in rates:
             self.console.print(f"[dim]  sustained-rate search: {rate:,.0f} events/s[/dim]")
-            runs, _ = await self._run_e2e(
-                runs=1, rate=rate, new_share=self.s.e2e_new_share,
-                population=self.s.e2e_population,
-            )  # fmt: skip
-            r = runs[0].result
+            run, _ = await self._run_e2e(
+                rate=rate, new_share=self.s.e2e_new_share, population=self.s.e2e_population
+            )
+            r = run.result
             # Held: the generator kept the rate and every probe arrived before the deadline.
             held = r["achieved_rate"] >= 0.98 * rate and r["matched"] == r["probes"]
             met = held and r["p99_ms"] <= E2E_P99_TARGET_MS
@@ -176,7 +175,7 @@ class Bench:
                 "rate": rate, "met": met, "achieved_rate": r["achieved_rate"],
                 "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
                 "to_decision_p99_ms": r["to_decision_p99_ms"],
-                "to_publish_p99_ms": r["to_publish_p99_ms"], "cpu_s": runs[0].cpu_s,
+                "to_publish_p99_ms": r["to_publish_p99_ms"], "cpu_s": run.cpu_s,
             })  # fmt: skip
             if not met:
                 break
@@ -184,11 +183,11 @@ class Bench:
         self.results.add("e2e_sustained_rate_events_per_s", sustained)
 
     async def _e2e(self, name: str, new_share: float, population: int) -> None:
-        """One series of e2e runs; figures named `{name}_*`."""
-        runs, rss = await self._run_e2e(
-            runs=self.s.runs, rate=self.s.e2e_rate, new_share=new_share, population=population
-        )
-        for run in runs:
+        """One series of e2e runs, each on fresh services; figures named `{name}_*`."""
+        for _ in range(self.s.runs):
+            run, rss = await self._run_e2e(
+                rate=self.s.e2e_rate, new_share=new_share, population=population
+            )
             r = run.result
             self.results.add(f"{name}_rate_events_per_s", r["achieved_rate"])
             self.results.add(f"{name}_p50_ms", r["p50_ms"])
@@ -210,11 +209,11 @@ class Bench:
                 )
 
     async def _run_e2e(
-        self, *, runs: int, rate: float, new_share: float, population: int
-    ) -> tuple[list[PhaseRun], float]:
+        self, *, rate: float, new_share: float, population: int
+    ) -> tuple[PhaseRun, float]:
         """`run_e2e` with this bench's infrastructure and settings."""
         return await run_e2e(
-            self.infra, runs=runs, partitions=self.s.partitions, rate=rate,
+            self.infra, partitions=self.s.partitions, rate=rate,
             seconds=self.s.e2e_seconds, batch=self.s.e2e_batch, workdir=self.workdir,
             new_share=new_share, population=population, seed=self.s.seed,
             scorers=self.s.e2e_scorers,

@@ -106,6 +106,13 @@ class EmbeddedKafka:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The broker's process id (it must be running)."""
+        if self._proc is None:
+            raise RuntimeError("the broker is not running")
+        return self._proc.pid
+
     def stop(self) -> None:
         if self._proc is None:
             return

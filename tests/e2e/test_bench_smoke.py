@@ -52,3 +52,16 @@ def test_the_bench_runs_every_phase_and_writes_every_figure(
     assert drain["outbox_backlog"] >= 0
     # Each probe is decided before its change is published (both wall clocks, one machine).
     assert results["e2e_to_decision_p99_ms"] <= results["e2e_to_publish_p99_ms"], results
+
+
+def test_the_broker_growth_tool_runs_its_rounds_and_prints_them() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.broker_growth", "--rounds", "2", "--fresh-rounds", "1",
+         "--events", "300", "--interval-ms", "1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows = [line for line in done.stdout.splitlines() if "growth" in line or "fresh-2" in line]
+    # Round 1 follows round 0 on the same topic: it starts with round 0's 300 records held,
+    # plus the one record each round sends first (to have the topic before following it).
+    assert len(rows) == 3 and "302" in rows[1] and "fresh-2" in rows[2], done.stdout

@@ -17,7 +17,7 @@ OWNER = """
 import time
 from shared.embedded import EmbeddedKafka
 broker = EmbeddedKafka().start()
-print(broker._proc.pid, broker.port, flush=True)
+print(broker.pid, broker.port, flush=True)
 time.sleep(120)
 """
 
