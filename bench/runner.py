@@ -254,7 +254,8 @@ def _notes(settings: BenchSettings, events: Sequence[Event]) -> list[str]:
         f"load-generator process (aiohttp, {settings.ingest_concurrency} requests in flight), "
         "timed from the first POST to the last 202 (broker acks included)",
         f"e2e: {settings.e2e_rate:,.0f} events/s POSTed open-loop in batches of "
-        f"{settings.e2e_batch} for {settings.e2e_seconds:g} s per run; "
+        f"{settings.e2e_batch} for {settings.e2e_seconds:g} s per run, each run on fresh "
+        "services, topics and database; "
         f"{settings.e2e_new_share:.0%} of them first purchases of fresh customers (the probes "
         "whose latency is measured), the rest logins (4 in 5) and repeat purchases of "
         f"{settings.e2e_population:,} customers created before the run; latency from the "
