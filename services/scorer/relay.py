@@ -61,8 +61,9 @@ class OutboxRelay:
             changes = await _unpublished(conn, self.batch)
             if changes:
                 await self._publish(changes)
-                await conn.execute(_MARK_PUBLISHED, [c["seq"] for c in changes])
-            backlog = await conn.fetchval(BACKLOG_QUERY)
+                backlog = await conn.fetchval(_MARK_PUBLISHED, [c["seq"] for c in changes])
+            else:
+                backlog = await conn.fetchval(BACKLOG_QUERY)
         self.metrics.outbox_backlog.set(backlog or 0)
         return len(changes) >= self.batch
 
@@ -115,11 +116,15 @@ _LOCK_AND_REPLAN = (
 )
 # Changes not yet published: the outbox backlog (the gauge, the bench and the tests).
 BACKLOG_QUERY = "SELECT count(*) FROM scorer.tier_change_pending"
-# Two narrow rows per change (services/scorer/migrations/versions/0004_outbox_pending.py).
+# Two narrow rows per change (services/scorer/migrations/versions/0004_outbox_pending.py),
+# and the backlog left, in the same round trip (one a relay round fewer). The outer count
+# sees the table as the statement began, the deleted rows still in it, so they are
+# subtracted.
 _MARK_PUBLISHED = (
     "WITH sent AS (DELETE FROM scorer.tier_change_pending WHERE seq = ANY($1::bigint[])"
-    " RETURNING seq) INSERT INTO scorer.tier_change_published (seq, published_at)"
-    " SELECT seq, now() FROM sent"
+    " RETURNING seq), marked AS (INSERT INTO scorer.tier_change_published (seq, published_at)"
+    " SELECT seq, now() FROM sent)"
+    " SELECT (SELECT count(*) FROM scorer.tier_change_pending) - (SELECT count(*) FROM sent)"
 )
 
 

@@ -28,6 +28,8 @@ from tests.integration.scorer.support import (
     scorer_settings,
 )
 
+BACKLOG_GAUGE = "tierstream_scorer_outbox_backlog_changes"
+
 
 async def _seqs(database_url: str, table: str) -> list[int]:
     async with connect(database_url) as conn:
@@ -52,17 +54,20 @@ async def test_changes_stay_pending_until_the_relay_publishes_them_in_seq_order(
         seqs = await _seqs(scorer_db, "tier_change")
         assert len(seqs) == 6  # three dimensions for each of the two new customers
         assert await _seqs(scorer_db, "tier_change_pending") == seqs  # the COPY's trigger
+        registry = new_registry()
         relay = OutboxRelay(
             pool, producer, topic=topic, batch=4, clock=FixedClock(NOW),
-            metrics=scorer_metrics(new_registry()),
+            metrics=scorer_metrics(registry),
         )  # fmt: skip
         assert await relay.step() is True  # a full batch: the four oldest
+        assert registry.get_sample_value(BACKLOG_GAUGE) == 2  # the two still pending
         assert await _seqs(scorer_db, "tier_change_published") == seqs[:4]
         assert await _seqs(scorer_db, "tier_change_pending") == seqs[4:]
         history = await list_all_changes(pool, since=None, dimension=None, after_seq=None, limit=10)
         assert [c.seq for c in history] == seqs
         assert [c.published_at is not None for c in history] == [True] * 4 + [False] * 2
         assert await relay.step() is False  # the rest, and the outbox is empty
+        assert registry.get_sample_value(BACKLOG_GAUGE) == 0
         assert await _seqs(scorer_db, "tier_change_pending") == []
         assert await _seqs(scorer_db, "tier_change_published") == seqs
         assert len(await read_topic(kafka_bootstrap, topic, expect=6)) == 6
