@@ -20,12 +20,14 @@ import json
 import time
 from dataclasses import dataclass
 
-import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from bench.cpu import CpuMeter
+from bench.kafka_raw import kafka_settings
 from shared.embedded import EmbeddedKafka
+from shared.kafka import make_consumer, make_producer
 
 REQUEST = 100  # records a request carries, as the e2e phase's batches
 PAYLOAD = json.dumps({"customer_id": "c-000001", "type": "login", "pad": "x" * 300}).encode()
@@ -47,11 +49,12 @@ async def _follow(consumer: AIOKafkaConsumer, count: int) -> None:
 
 
 async def one_round(
-    bootstrap: str, broker: psutil.Process, topic: str, events: int, interval_s: float
+    bootstrap: str, broker_pid: int, topic: str, events: int, interval_s: float
 ) -> Round:
-    """Append `events` records to partition 0 of `topic` while following its end."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks="all")
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=20)
+    """Append `events` records to partition 0 of `topic` while following its end (the
+    services' producer and consumer settings)."""
+    settings = kafka_settings(bootstrap, partitions=1)
+    producer, consumer = make_producer(settings), make_consumer(settings, None)
     await producer.start()
     await consumer.start()
     try:
@@ -60,16 +63,15 @@ async def one_round(
         consumer.assign([tp])
         held = (await consumer.end_offsets([tp]))[tp]
         consumer.seek(tp, held)
-        cpu_before, started = sum(broker.cpu_times()[:2]), time.perf_counter()
+        meter, started = CpuMeter({"broker": broker_pid}), time.perf_counter()
+        meter.start()
         follower = asyncio.create_task(_follow(consumer, events))
         for _ in range(events // REQUEST):
             for _ in range(REQUEST):
                 await producer.send(topic, PAYLOAD, partition=0)
             await asyncio.sleep(interval_s)
         await follower
-        return Round(
-            topic, held, sum(broker.cpu_times()[:2]) - cpu_before, time.perf_counter() - started
-        )
+        return Round(topic, held, meter.read()["broker"], time.perf_counter() - started)
     finally:
         await consumer.stop()
         await producer.stop()
@@ -79,11 +81,10 @@ async def measure(rounds: int, fresh_rounds: int, events: int, interval_s: float
     """`rounds` rounds on one topic, then `fresh_rounds` on a new topic each."""
     results = []
     with EmbeddedKafka() as kafka:
-        broker = psutil.Process(kafka.pid)
         for index in range(rounds + fresh_rounds):
             topic = "growth" if index < rounds else f"fresh-{index}"
             results.append(
-                await one_round(kafka.bootstrap_servers, broker, topic, events, interval_s)
+                await one_round(kafka.bootstrap_servers, kafka.pid, topic, events, interval_s)
             )
     return results
 

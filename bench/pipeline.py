@@ -98,8 +98,8 @@ async def run_e2e(
     """One timed open-loop run against ingest and `scorers` scorer processes (one consumer
     group), all started for it on fresh topics and a fresh database.
 
-    Fresh for every run because the embedded broker's cost per produce and fetch grows with
-    what a partition already holds (docs/BENCHMARKS.md, "The embedded broker"): a second
+    Fresh for every run because the embedded broker's cost per fetch grows with what a
+    partition already holds (docs/BENCHMARKS.md, "The embedded broker"): a second
     run on the same topics measured the broker's storage more than Tierstream.
 
     Returns the run and the scorers' summed RSS (MB) at its end.

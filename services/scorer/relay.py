@@ -124,7 +124,7 @@ _MARK_PUBLISHED = (
     "WITH sent AS (DELETE FROM scorer.tier_change_pending WHERE seq = ANY($1::bigint[])"
     " RETURNING seq), marked AS (INSERT INTO scorer.tier_change_published (seq, published_at)"
     " SELECT seq, now() FROM sent)"
-    " SELECT (SELECT count(*) FROM scorer.tier_change_pending) - (SELECT count(*) FROM sent)"
+    f" SELECT ({BACKLOG_QUERY}) - (SELECT count(*) FROM sent)"
 )
 
 
