@@ -7,7 +7,7 @@ indexes of the table. The review time now lives in `customer_review (customer_id
 next_review_at)` with the sweeper's index, and the customer table keeps free space on its
 pages (fillfactor 70) for the new row versions. A write that changes no class touches no
 index of the wide table any more; only the narrow table's two indexes take an entry, and
-only when the review time changed (docs/PERFORMANCE.md, ninth pass: 68-71 against 41-42 µs
+only when the review time changed (docs/performance-log.md, ninth pass: 68-71 against 41-42 µs
 a customer for the write).
 
 Revision ID: 0005
