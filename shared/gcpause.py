@@ -17,8 +17,9 @@ def gc_paused() -> Iterator[None]:
     walk them, and everything else the process holds, many times over: a third of the CPU
     time of both ingest and the scorer, measured. Cycles made meanwhile are collected
     afterwards. Ingest wraps only code without `await`; the scorer holds it across a whole
-    batch, awaits included, so its other tasks (relay, API) run uncollected for that long,
-    a bounded pause of cycle collection, not of memory reclamation.
+    consumer step (poll, batch, publish), awaits included, so its other tasks (relay, API)
+    run uncollected for that long (at most a poll's wait when idle), a bounded pause of
+    cycle collection, not of memory reclamation.
     """
     was_enabled = gc.isenabled()
     gc.disable()

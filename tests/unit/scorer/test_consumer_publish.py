@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import datetime
 from typing import Any
 
@@ -64,3 +65,31 @@ async def test_the_relay_loop_is_woken_for_changes_only_without_publish(publishi
     events._wake_relay_for(changes=3)
     events._wake_relay_for(changes=0)
     assert wakes == ([] if publishing else ["relay loop"])
+
+
+async def test_a_step_polls_and_handles_with_the_collector_paused_and_resumes_it() -> None:
+    seen: list[tuple[str, bool]] = []
+    events = consumer([], None)
+
+    async def poll() -> dict[Any, Any]:
+        seen.append(("poll", gc.isenabled()))
+        return {}
+
+    events.poll = poll  # type: ignore[method-assign]
+    assert gc.isenabled()
+    assert await events.step() is False
+    assert seen == [("poll", False)]
+    assert gc.isenabled()
+
+
+async def test_a_failing_step_still_resumes_the_collector() -> None:
+    events = consumer([], None)
+
+    async def poll() -> dict[Any, Any]:
+        raise ConnectionError("broker away")
+
+    events.poll = poll  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await events.step()
+    assert gc.isenabled()
+    assert events.needs_resync
