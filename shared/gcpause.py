@@ -18,8 +18,9 @@ def gc_paused() -> Iterator[None]:
     time of both ingest and the scorer, measured. Cycles made meanwhile are collected
     afterwards. Ingest wraps only code without `await`; the scorer holds it across a whole
     consumer step (poll, batch, publish), awaits included, so its other tasks (relay, API)
-    run uncollected for that long (at most a poll's wait when idle), a bounded pause of
-    cycle collection, not of memory reclamation.
+    run uncollected for that long: a poll's wait when idle, a batch's transactions under
+    load, up to the producer's or the pool's timeouts in an outage (a step that fails
+    re-enables it). It pauses cycle collection only, not memory reclamation.
     """
     was_enabled = gc.isenabled()
     gc.disable()
