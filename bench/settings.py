@@ -13,7 +13,7 @@ PHASES = ("raw_produce", "raw_consume", "raw_pg_merge", "ingest", "scorer", "e2e
 
 
 class BenchSettings(BaseSettings):
-    """Benchmark configuration; defaults meet issue 8 and finish in ~10 minutes on 2 cores."""
+    """Benchmark configuration; defaults meet issue 8 and finish in 5-7 minutes on 2 cores."""
 
     model_config = SettingsConfigDict(
         env_prefix="BENCH_", frozen=True, extra="ignore", cli_kebab_case=True,
