@@ -70,7 +70,7 @@ class EventConsumer(FencedConsumer):
         The collector then runs once the step is over, when the fetched records and the
         batch's temporaries are gone and only what the batch left alive (the state cache)
         is young. Paused for the batch alone, it ran several young collections per batch
-        inside the poll, each walking the records just fetched: 1.2-1.7 s of young and
+        inside the poll, each walking the records just fetched: 1.1-1.8 s of young and
         middle collections per bench drain against 0.2-0.35 s (docs/performance-log.md,
         twelfth pass).
         """

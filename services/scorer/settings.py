@@ -40,9 +40,8 @@ class ScorerSettings(ServiceSettings):
         default_factory=_default_rules_file,
         description="YAML rules file; validated at start (the scorer refuses an invalid one).",
     )
-    # A bigger catch-up batch evaluates each customer once for more of its events: 50,000
-    # drained the bench's backlog 7-11 % faster in three interleaved pairs, with peak RSS
-    # 445 MB against 309 (docs/PERFORMANCE.md); live batches are far smaller either way.
+    # The description's figures: docs/performance-log.md, twelfth pass (three interleaved
+    # drains a side); live batches are far smaller than either size.
     batch_max_records: int = Field(
         20000,
         ge=1,
