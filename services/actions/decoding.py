@@ -12,7 +12,7 @@ from typing import Any, TypeAlias
 from pydantic import ValidationError
 
 from services.actions.batch import GoalHit, PlannedChange
-from shared.contracts import PurchaseMade, TierChanged, parse_event
+from shared.contracts import PurchaseMade, TierChanged, exists_in_utc, parse_event
 from shared.dead_letters import Poison
 from shared.domain.playbooks import ActionRequest, Playbooks, plan_actions
 from shared.topics import Topics
@@ -80,12 +80,15 @@ def _decode_purchase(record: Record, out: Decoded) -> None:
 
 def _require_storable(value: Any) -> None:
     """Refuse what Postgres would refuse, so one record cannot stall its partition forever:
-    a NUL character in any string, a timestamp without a time zone, NaN or infinity."""
+    a NUL character in any string, a timestamp without a time zone or outside years 1-9999
+    in UTC, NaN or infinity."""
     match value:
         case str() if "\x00" in value:
             raise ValueError("a text value contains a NUL character")
         case datetime() if value.tzinfo is None:
             raise ValueError("a timestamp has no time zone")
+        case datetime() if not exists_in_utc(value):
+            raise ValueError("a timestamp lies outside years 1-9999 in UTC")
         case float() if not math.isfinite(value):
             raise ValueError("a number is NaN or infinite (JSON in Postgres cannot hold it)")
         case dict():

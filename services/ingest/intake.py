@@ -10,6 +10,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.parsing import EventParser, decode_json, loose_types
 from services.ingest.publisher import BrokerUnavailableError, Event, Publisher
 from shared.clock import Clock
+from shared.contracts import NUL_ESCAPE
 from shared.gcpause import gc_paused
 from shared.http import ProblemError
 from shared.kafka import TraceHeaders
@@ -53,7 +54,10 @@ class EventIntake:
             data = decode_json(raw)
             self.parser.fill_source(data, source, batch=batch)
             try:
-                return self.parser.validate(data, now=self.clock.now(), batch=batch)
+                events = self.parser.validate(data, now=self.clock.now(), batch=batch)
+                if NUL_ESCAPE in raw:
+                    self.parser.refuse_nul(data, batch=batch)
+                return events
             except ProblemError:
                 types = loose_types(data, batch=batch)
                 self.metrics.batch_events.observe(len(types))

@@ -31,10 +31,13 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from services.ingest.publisher import Event
-from shared.contracts import EVENT_MODELS, STRICT_JSON, CustomerEvent, ShortText
+from shared.contracts import EVENT_MODELS, STRICT_JSON, CustomerEvent, ShortText, nul_paths
 from shared.http import ProblemError
 
 FUTURE_ERROR = "occurred_at_in_future"
+# A 422 lists at most this many errors: a megabyte of wrong line items would otherwise
+# answer with tens of megabytes, and build them on the event loop.
+MAX_REPORTED_ERRORS = 100
 _TAG_ERRORS = {"union_tag_invalid", "union_tag_not_found"}
 
 
@@ -77,7 +80,10 @@ class _UncheckedTimes(BaseModel):
 
 
 def _fast_batch(max_events: int) -> TypeAdapter[_UncheckedTimes]:
-    limited = Annotated[list[CustomerEvent], Field(min_length=1, max_length=max_events)]
+    # Stopping at the first invalid event: this path only decides, the slow path reports.
+    limited = Annotated[
+        list[CustomerEvent], Field(min_length=1, max_length=max_events, fail_fast=True)
+    ]
     model = create_model("EventBatch", __base__=_UncheckedTimes, events=(limited, ...))
     return TypeAdapter(model)
 
@@ -156,14 +162,60 @@ class EventParser:
                 return list(self.batch.validate_python(data, context=context).events)
             return [self.single.validate_python(data, context=context)]
         except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_input=False, include_context=False)
-            located = [describe_error(e, batch=batch).model_dump(exclude_none=True) for e in errors]
-            raise ProblemError(
-                422,
-                "Invalid events",
-                f"{len(located)} validation error(s); nothing was published.",
-                errors=located,
-            ) from None
+            total = exc.error_count()
+            errors = self._first_errors(data, context) if total > MAX_REPORTED_ERRORS else []
+            if not errors:  # the error list of a few hundred thousand takes seconds to build
+                errors = _details(exc)[:MAX_REPORTED_ERRORS]
+            raise _invalid([describe_error(e, batch=batch) for e in errors], total=total) from None
+
+    def _first_errors(self, data: object, context: dict[str, Any]) -> list[ErrorDetails]:
+        """About the first MAX_REPORTED_ERRORS errors of a batch, found event by event."""
+        items = data.get("events") if isinstance(data, dict) else None
+        found: list[ErrorDetails] = []
+        for index, item in enumerate(items if isinstance(items, list) else ()):
+            if len(found) >= MAX_REPORTED_ERRORS:
+                break
+            try:
+                self.single.validate_python(item, context=context)
+            except ValidationError as exc:
+                for error in _details(exc)[: MAX_REPORTED_ERRORS - len(found)]:
+                    error["loc"] = ("events", index, *error["loc"])
+                    found.append(error)
+        return found
+
+    def refuse_nul(self, data: object, *, batch: bool) -> None:
+        """ProblemError 422 for every text value of a valid body that holds a NUL character.
+
+        Postgres text cannot hold one: accepted, such an event could only be dead-lettered.
+        """
+        paths = nul_paths(data)
+        if paths:
+            errors = [_nul_error(path, batch=batch) for path in paths[:MAX_REPORTED_ERRORS]]
+            raise _invalid(errors, total=len(paths))
+
+
+def _details(exc: ValidationError) -> list[ErrorDetails]:
+    return exc.errors(include_url=False, include_input=False, include_context=False)
+
+
+def _nul_error(path: tuple[str | int, ...], *, batch: bool) -> FieldError:
+    index = path[1] if batch and len(path) >= 2 and isinstance(path[1], int) else None
+    return FieldError(
+        field=_dotted(path),
+        reason="Text must not contain a NUL character (U+0000)",
+        type="string_nul",
+        index=index,
+    )
+
+
+def _invalid(errors: list[FieldError], *, total: int) -> ProblemError:
+    listed = "" if total == len(errors) else f" ({len(errors)} are listed)"
+    return ProblemError(
+        422,
+        "Invalid events",
+        f"{total} validation error(s){listed}; nothing was published.",
+        errors=[e.model_dump(exclude_none=True) for e in errors],
+    )
 
 
 def decode_json(raw: bytes) -> Any:

@@ -31,7 +31,7 @@ from tests.integration.scorer.support import (
 )
 
 FAR = datetime(9999, 12, 31, tzinfo=UTC)
-# Valid on the wire, but in UTC it falls before year 1: the domain cannot fold it.
+# In UTC it falls before year 1: the contract refuses it (the domain could not fold it).
 BEFORE_YEAR_1 = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
 
 
@@ -73,7 +73,9 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
     assert [r.value for r in dead] == poison
     assert {header(r.headers, "dlq_original_topic") for r in dead} == {topic}
     assert [int(header(r.headers, "dlq_original_offset") or -1) for r in dead] == [0, 1, 2, 3]
-    assert "OverflowError" in (header(dead[3].headers, "dlq_error") or "")
+    assert "occurred_at: Input should lie between years 1 and 9999" in (
+        header(dead[3].headers, "dlq_error") or ""
+    )
     async with connect(scorer_db) as conn:  # the partition that carried c1's five records
         partition = await conn.fetchval(
             "SELECT partition FROM scorer.consumer_offset WHERE topic = $1 AND next_offset >= 5",

@@ -137,6 +137,21 @@ def test_decoding_plans_good_records_and_names_what_is_wrong_with_the_rest() -> 
     assert "NaN" in errors[4]
 
 
+def test_times_without_a_utc_equivalent_are_poison_not_a_stalled_partition() -> None:
+    # Postgres would refuse them inside the batch's transaction, on every retry.
+    books = load_playbooks(default_playbooks_path())
+    records = [
+        _record(TOPICS.tier_changed, _change(occurred_at="0001-01-01T00:00:00+01:00")),
+        _record(TOPICS.purchases, _purchase(occurred_at="0001-01-01T00:00:00+01:00")),
+        _record(TOPICS.tier_changed, _change(occurred_at="0001-01-01T01:00:00+01:00")),
+    ]
+    out = decode(records, TOPICS, books)
+    first, second = (p.error for p in out.poison)
+    assert first == "ValueError: a timestamp lies outside years 1-9999 in UTC"
+    assert "occurred_at" in second and "between years 1 and 9999" in second
+    assert len(out.changes) == 1
+
+
 def test_a_webhook_url_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACTIONS_WEBHOOK_URL", "http://hooks.example.com/x")
     with pytest.raises(ValidationError, match="ACTIONS_WEBHOOK_SECRET is required"):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from services.ingest.intake import with_source
 from services.ingest.parsing import (
+    MAX_REPORTED_ERRORS,
     EventParser,
     decode_json,
     loose_types,
@@ -100,6 +102,59 @@ def test_occurred_at_may_lead_now_by_the_allowed_skew_only(
     else:
         problem = problem_of(lambda: PARSER.validate(event, now=NOW, batch=False))
         assert (problem.errors or [])[0]["field"] == "occurred_at"
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "kind"),
+    [
+        ("1772362800", "datetime_type"),  # pydantic alone reads digits as Unix seconds
+        ("1772362800000", "datetime_type"),
+        ("-99999999999", "datetime_type"),
+        ("0", "datetime_type"),
+        ("0001-01-01T00:59:59+01:00", "datetime_range"),  # before year 1 in UTC
+        ("9999-12-31T23:00:00-01:00", "datetime_range"),  # after year 9999 in UTC
+    ],
+)
+def test_occurred_at_is_iso_text_that_exists_in_utc(occurred_at: str, kind: str) -> None:
+    problem = problem_of(
+        lambda: PARSER.validate(purchase(occurred_at=occurred_at), now=NOW, batch=False)
+    )
+    assert [(e["field"], e["type"]) for e in problem.errors or []] == [("occurred_at", kind)]
+
+
+def test_the_calendars_first_hour_in_utc_is_a_valid_event_time() -> None:
+    event = purchase(occurred_at="0001-01-01T01:00:00+01:00")
+    [parsed] = PARSER.validate(event, now=NOW, batch=False)
+    assert parsed.occurred_at.astimezone(UTC) == datetime(1, 1, 1, tzinfo=UTC)
+
+
+def test_an_event_time_without_a_utc_equivalent_is_refused_from_python_too() -> None:
+    at = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    with pytest.raises(ValidationError, match="between years 1 and 9999"):
+        PurchaseMade.model_validate(purchase(occurred_at=at))
+
+
+def test_nul_characters_are_located_in_a_valid_batch() -> None:
+    events = [purchase(), purchase(customer_id="c\x00", items=[{"sku": "a", "category": "\x00"}])]
+    problem = problem_of(lambda: PARSER.refuse_nul({"events": events}, batch=True))
+    assert problem.status == 422
+    assert [(e["index"], e["field"], e["type"]) for e in problem.errors or []] == [
+        (1, "events[1].customer_id", "string_nul"),
+        (1, "events[1].items[0].category", "string_nul"),
+    ]
+    PARSER.refuse_nul({"events": [purchase()]}, batch=True)  # nothing to refuse
+
+
+def test_a_422_lists_at_most_a_hundred_errors_and_counts_them_all() -> None:
+    empty_items = [{}] * 1000  # each lacks its sku: 3,000 errors in all
+    events = [purchase(event_id=f"e{i}", items=empty_items) for i in range(3)]
+    problem = problem_of(lambda: PARSER.validate({"events": events}, now=NOW, batch=True))
+    assert len(problem.errors or []) == MAX_REPORTED_ERRORS == 100
+    assert problem.detail.startswith("3000 validation error(s) (100 are listed)")
+    assert [e["field"] for e in (problem.errors or [])[:2]] == [
+        "events[0].items[0].sku",
+        "events[0].items[1].sku",
+    ]
 
 
 def test_a_batch_over_the_limit_is_refused_before_its_items_are_checked() -> None:
