@@ -131,7 +131,8 @@ EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         ),
     ),
     422: _problem_response(
-        "Invalid events (every error listed); nothing was published.", INVALID_EXAMPLE
+        "Invalid events (up to 100 errors listed, all counted); nothing was published.",
+        INVALID_EXAMPLE,
     ),
     503: _problem_response(
         "The broker did not acknowledge every event in time: none is reported accepted, though "

@@ -99,7 +99,7 @@ class FieldError(BaseModel):
 
 @dataclass(frozen=True)
 class EventParser:
-    """Strict decoding of one event or a batch, with every error located."""
+    """Strict decoding of one event or a batch, with its errors located (up to 100)."""
 
     batch_model: type[EventBatch]
     batch: TypeAdapter[EventBatch]
@@ -126,7 +126,7 @@ class EventParser:
         )
 
     def validate(self, data: object, *, now: datetime, batch: bool) -> list[Event]:
-        """Every event of a decoded body, or ProblemError 422 locating every error."""
+        """Every event of a decoded body, or ProblemError 422 locating its errors."""
         not_after = now + self.max_future
         try:
             if batch:
