@@ -120,6 +120,7 @@ class Dispatcher:
         except Exception as exc:
             log.warning("sent but not recorded; the lease will resend it with the same key",
                         **_fields(delivery), error=repr(exc))  # fmt: skip
+            self._count_unrecorded(delivery)
             return
         log.debug("delivery sent", **_fields(delivery), attempt=attempt,
                   customer_id=delivery.customer_id)  # fmt: skip
@@ -140,6 +141,7 @@ class Dispatcher:
             )
         except Exception as exc:
             log.warning("failure not recorded", **_fields(delivery), error=repr(exc))
+            self._count_unrecorded(delivery)
             return
         if not recorded.applied:
             # Its lease ran out and a newer attempt (or a finished one) owns the outcome.
@@ -149,6 +151,10 @@ class Dispatcher:
             return
         self._count_failure(delivery, attempt, error, give_up=give_up,
                             sequence=recorded.sequence)  # fmt: skip
+
+    def _count_unrecorded(self, delivery: Delivery) -> None:
+        # The lease re-sends it; counted apart so `sent` and `retry` stay true to the database.
+        self.metrics.deliveries.labels(delivery.kind, delivery.channel, "unrecorded").inc()
 
     def _count_failure(
         self, delivery: Delivery, attempt: int, error: str, *, give_up: bool, sequence: str | None

@@ -18,7 +18,7 @@ DELIVERY_ROUTES = (
     ("alert", "webhook"), ("alert", "email"), ("alert", "log"), ("task", "webhook"),
     ("step", "webhook"), ("step", "email"), ("step", "log"),
 )  # fmt: skip
-DELIVERY_OUTCOMES = ("sent", "retry", "dead", "superseded")
+DELIVERY_OUTCOMES = ("sent", "retry", "dead", "superseded", "unrecorded")
 STEP_OUTCOMES = ("sent", "cancelled", "failed")
 PRUNED_TABLES = ("inbox", "goal_event")
 
@@ -75,7 +75,8 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         deliveries=_counter(
             "deliveries_total",
             "Send attempts by kind, channel and outcome (sent, retry, dead; superseded: a failure"
-            " that came after its lease ran out and the delivery was claimed again).",
+            " that came after its lease ran out and the delivery was claimed again; unrecorded:"
+            " the outcome could not be written, so the lease sends it again with the same key).",
             ["kind", "channel", "outcome"],
             r,
         ),

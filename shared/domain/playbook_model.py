@@ -28,6 +28,10 @@ _DURATION = re.compile(
     r"(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$"
 )
 _UNITS = ("weeks", "days", "hours", "minutes", "seconds")
+# Ten years: longer than any sensible step or cool-down, and `now + duration` (plus a day of
+# quiet-hours slack) stays far inside what a datetime can hold.
+MAX_DURATION = timedelta(days=3650)
+_TOO_LONG = f"a duration must be at most {MAX_DURATION.days}d (ten years)"
 
 
 def parse_duration(raw: Any) -> Any:
@@ -39,16 +43,22 @@ def parse_duration(raw: Any) -> Any:
     if not (match and any(match.groups())):
         raise ValueError(f"{raw!r} is not a duration; write e.g. 2d, 24h, 90m, 1d12h or P2D")
     parts = {unit: float(v) for unit, v in zip(_UNITS, match.groups(), strict=True) if v}
-    return -timedelta(**parts) if text.startswith("-") else timedelta(**parts)
+    try:
+        value = timedelta(**parts)
+    except OverflowError:  # beyond what a timedelta holds: far past the bound anyway
+        raise ValueError(f"{raw!r} is too long; {_TOO_LONG}") from None
+    return -value if text.startswith("-") else value
 
 
-def _not_negative(value: timedelta) -> timedelta:
+def _bounded(value: timedelta) -> timedelta:
     if value < timedelta(0):
         raise ValueError("a duration must not be negative")
+    if value > MAX_DURATION:
+        raise ValueError(_TOO_LONG)
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_not_negative)]
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_bounded)]
 Template = Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(check_template)]
 
 
@@ -58,6 +68,37 @@ def _one_or_many(raw: Any) -> Any:
 
 Classes = Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
 Causes = Annotated[tuple[ChangeCause, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
+
+
+_CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
+_ZONED_TIME = re.compile(r"^\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$")
+_TIME_FORMAT = 'write "HH:MM" or "HH:MM:SS", quoted, e.g. start: "21:00"'
+_NO_ZONE = "a quiet-hours time takes no zone of its own; set the sequence's `timezone` instead"
+
+
+def parse_local_time(raw: Any) -> time:
+    """'21:00' or '21:00:30' -> a naive time of day; numbers and zoned times are refused."""
+    if isinstance(raw, time):
+        if raw.tzinfo is not None:
+            raise ValueError(_NO_ZONE)
+        return raw
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        # YAML 1.1 reads an unquoted 21:00 as the base-60 number 1260 (and 08:00 as a string).
+        raise ValueError(
+            f"{raw!r} is a number, not a time of day (YAML reads an unquoted 21:00 as one);"
+            f" {_TIME_FORMAT}"
+        )
+    text = raw.strip() if isinstance(raw, str) else ""
+    if _ZONED_TIME.match(text):
+        raise ValueError(f"{raw!r}: {_NO_ZONE}")
+    match = _CLOCK_TIME.match(text)
+    if match is None:
+        raise ValueError(f"{raw!r} is not a time of day; {_TIME_FORMAT}")
+    hour, minute, second = match.groups()
+    return time(int(hour), int(minute), int(second or 0))
+
+
+LocalTime = Annotated[time, BeforeValidator(parse_local_time)]
 
 
 class Channel(StrEnum):
@@ -185,10 +226,13 @@ class Step(_Content):
 
 
 class QuietHours(_Model):
-    """Steps due inside [start, end) local time are sent at `end` instead."""
+    """Steps due inside [start, end) local time are sent at `end` instead.
 
-    start: time
-    end: time
+    `start` and `end` are wall-clock times ("21:00") in `timezone`, an IANA zone name.
+    """
+
+    start: LocalTime
+    end: LocalTime
     timezone: str = "UTC"
 
     @field_validator("timezone")

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from shared.domain.playbook_model import Channel, QuietHours, TaskAction
 from shared.domain.playbooks import (
@@ -125,6 +126,55 @@ playbooks:
             "unknown time zone",
         ),
         (
+            book("{kind: task, title: t, queue: q, due_in: 3651d}"),
+            "playbook 'vip'",
+            "actions.0.due_in",
+            "a duration must be at most 3650d (ten years)",
+        ),
+        (
+            book("{kind: task, title: t, queue: q, due_in: 1000000000000d}"),
+            "playbook 'vip'",
+            "actions.0.due_in",
+            "'1000000000000d' is too long; a duration must be at most 3650d",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 3000000d, channel: log,"
+                " text: x}]}}"
+            ),
+            "sequence 's'",
+            "steps.0.offset",
+            "at most 3650d",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
+                " quiet_hours: {start: 21:00, end: 08:00, timezone: Europe/Berlin}}}"
+            ),
+            "sequence 's'",
+            "quiet_hours.start",
+            "1260 is a number, not a time of day (YAML reads an unquoted 21:00 as one);"
+            ' write "HH:MM" or "HH:MM:SS", quoted, e.g. start: "21:00"',
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
+                " quiet_hours: {start: '21:00+02:00', end: '08:00+02:00'}}}"
+            ),
+            "sequence 's'",
+            "quiet_hours.start",
+            "takes no zone of its own; set the sequence's `timezone` instead",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
+                " quiet_hours: {start: '21:00', end: '25:00'}}}"
+            ),
+            "sequence 's'",
+            "quiet_hours.end",
+            "'25:00' is not a time of day",
+        ),
+        (
             book(
                 extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
                 " exit_on: {events: [login]}}}"
@@ -180,6 +230,30 @@ def test_check_summarises_the_default_file_and_its_version_is_a_content_hash(
     assert load_playbooks(copy).version == load_playbooks(default_playbooks_path()).version
 
 
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        ("'21:00'", '"08:00"'),
+        ("'21:00:00'", "'08:00:00'"),
+    ],
+)
+def test_quoted_quiet_hours_are_naive_wall_clock_times_in_the_sequence_zone(
+    start: str, end: str
+) -> None:
+    text = book(
+        extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
+        f" quiet_hours: {{start: {start}, end: {end}, timezone: Europe/Berlin}}}}}}"
+    )
+    quiet = parse_playbooks(text, source="x.yaml").sequences["s"].quiet_hours
+    assert quiet is not None and (quiet.start.tzinfo, quiet.end.tzinfo) == (None, None)
+    assert quiet == QuietHours(start=time(21, 0), end=time(8, 0), timezone="Europe/Berlin")
+
+
+def test_a_quiet_hours_time_with_a_zone_is_refused_in_code_too() -> None:
+    with pytest.raises(ValidationError, match="takes no zone of its own"):
+        QuietHours(start=time(21, 0, tzinfo=UTC), end=time(8, 0))
+
+
 QUIET = QuietHours(start=time(21, 0), end=time(8, 0), timezone="Europe/Berlin")
 
 
@@ -217,6 +291,7 @@ def test_steps_are_due_at_their_offset_and_never_inside_quiet_hours(
         ("90m", timedelta(minutes=90)),
         ("1w", timedelta(weeks=1)),
         ("0d", timedelta(0)),
+        ("3650d", timedelta(days=3650)),
         ("P2D", timedelta(days=2)),
         (3600, timedelta(hours=1)),
     ],

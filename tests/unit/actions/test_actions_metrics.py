@@ -1,10 +1,20 @@
-"""Counters with labels exist at 0 from the start, so Prometheus' increase() sees a first event."""
+"""Actions metrics: labelled counters start at 0 (so increase() sees a first event), and every
+send moves one, even when its outcome cannot be recorded."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import cast
+
+import pytest
 from prometheus_client import CollectorRegistry
 
+from services.actions import deliveries
+from services.actions.channels import Channels, Delivery, DeliveryError
+from services.actions.db import Pool
+from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.metrics import actions_metrics, prime_metrics
+from shared.clock import FixedClock
 from shared.domain.playbooks import default_playbooks_path, load_playbooks
 
 
@@ -20,6 +30,7 @@ def test_dead_letter_and_outcome_series_start_at_zero() -> None:
     assert value("dead_letters_total", kind="step", channel="email") == 0
     assert value("dead_letters_total", kind="task", channel="webhook") == 0
     assert value("deliveries_total", kind="alert", channel="webhook", outcome="dead") == 0
+    assert value("deliveries_total", kind="step", channel="email", outcome="unrecorded") == 0
     assert value("records_total", source="purchases", outcome="dead_lettered") == 0
     assert value("records_total", source="tier_changed", outcome="duplicate") == 0
     assert value("dlq_records_total", topic="t.dlq") == 0
@@ -29,3 +40,45 @@ def test_dead_letter_and_outcome_series_start_at_zero() -> None:
     assert value("pruned_rows_total", table="inbox") == 0
     # Only routes that exist: a task push never goes by e-mail.
     assert value("dead_letters_total", kind="task", channel="email") is None
+
+
+class _Receiver:
+    """A channel that accepts every message, or refuses every one."""
+
+    def __init__(self, *, fails: bool) -> None:
+        self.fails = fails
+
+    async def send(self, delivery: Delivery) -> None:
+        if self.fails:
+            raise DeliveryError("receiver down")
+
+
+@pytest.mark.parametrize("receiver_fails", [False, True])
+async def test_a_send_whose_outcome_cannot_be_recorded_is_counted_as_unrecorded(
+    monkeypatch: pytest.MonkeyPatch, receiver_fails: bool
+) -> None:
+    async def database_down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("postgres went away")
+
+    monkeypatch.setattr(deliveries, "record_sent", database_down)
+    monkeypatch.setattr(deliveries, "record_failure", database_down)
+    registry = CollectorRegistry()
+    metrics = actions_metrics(registry)
+    prime_metrics(
+        metrics, playbooks=load_playbooks(default_playbooks_path()), dlq_topics=[], loops=[]
+    )
+    dispatcher = Dispatcher(
+        "dispatcher", cast(Pool, None), Channels(log_channel=_Receiver(fails=receiver_fails)),
+        kinds=["alert"], policy=DispatchPolicy(4, 1.0, 2.0, 3, 0.1, 0.2, 0.1),
+        clock=FixedClock(datetime(2026, 5, 1, 8, tzinfo=UTC)), metrics=metrics,
+    )  # fmt: skip
+    delivery = Delivery(id=1, key="k-1", kind="alert", customer_id="c", channel="log",
+                        recipient=None, subject="", body="hi", payload={})  # fmt: skip
+    await dispatcher.deliver(delivery, 1)
+
+    def outcome(name: str) -> float | None:
+        labels = {"kind": "alert", "channel": "log", "outcome": name}
+        return registry.get_sample_value("tierstream_actions_deliveries_total", labels)
+
+    assert outcome("unrecorded") == 1
+    assert (outcome("sent"), outcome("retry"), outcome("dead")) == (0, 0, 0)
