@@ -67,6 +67,7 @@ def render() -> str:
     from services.ingest.settings import IngestSettings
     from services.scorer.settings import ScorerSettings
     from shared.settings import ServiceSettings
+    from shared.tracing import TracingSettings
 
     shared = set(ServiceSettings.model_fields) - {"host", "port", "api_keys", "allow_anonymous"}
     parts = [
@@ -80,4 +81,10 @@ def render() -> str:
         ("Actions", ActionsSettings),
     ):
         parts += [f"\n## {title}\n", settings_table(cls, skip=shared)]
+    parts += [
+        "\n## Tracing (all services)\n",
+        settings_table(TracingSettings),
+        "\nWith `otlp`, the OpenTelemetry SDK reads its own variables as well, "
+        "`OTEL_EXPORTER_OTLP_ENDPOINT` first (deploy/README.md, Tracing).",
+    ]
     return "\n".join(parts) + "\n"

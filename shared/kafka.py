@@ -66,7 +66,7 @@ def make_consumer(
 
 
 async def ensure_topics(settings: ServiceSettings, topics: Iterable[str]) -> None:
-    """Create the topics that are missing, with the configured partition count."""
+    """Create the topics that are missing, with the configured partitions and replication."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         request_timeout_ms=settings.kafka_request_timeout_ms,
@@ -77,10 +77,17 @@ async def ensure_topics(settings: ServiceSettings, topics: Iterable[str]) -> Non
         wanted = [t for t in dict.fromkeys(topics) if t not in existing]
         if not wanted:
             return
+        configs = (
+            {"min.insync.replicas": str(settings.min_insync_replicas)}
+            if settings.min_insync_replicas is not None
+            else None
+        )
+        new = [
+            NewTopic(t, settings.partitions, settings.replication_factor, topic_configs=configs)
+            for t in wanted
+        ]
         with contextlib.suppress(TopicAlreadyExistsError):
-            response = await admin.create_topics(
-                [NewTopic(t, settings.partitions, 1) for t in wanted]
-            )
+            response = await admin.create_topics(new)
             for topic, code, message in _topic_errors(response):
                 if code not in (0, TOPIC_ALREADY_EXISTS):
                     raise RuntimeError(f"cannot create topic {topic}: {code} {message}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tierstream"
@@ -51,6 +51,21 @@ class ServiceSettings(BaseSettings):
         ge=1,
         validation_alias="TIERSTREAM_PARTITIONS",
         description="Partition count of the event and tier-changed topics when created.",
+    )
+    replication_factor: int = Field(
+        1,
+        ge=1,
+        validation_alias="TIERSTREAM_REPLICATION_FACTOR",
+        description="Replication factor of the topics when created: 1 for the embedded broker "
+        "or a single-broker cluster; use 3 in production, where with 1 a lost broker loses "
+        "events that were already acknowledged.",
+    )
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        validation_alias="TIERSTREAM_MIN_INSYNC_REPLICAS",
+        description="`min.insync.replicas` of the topics when created (2 with a replication "
+        "factor of 3); unset keeps the broker's default.",
     )
     kafka_session_timeout_ms: int = Field(
         10_000,
@@ -111,6 +126,17 @@ class ServiceSettings(BaseSettings):
         validation_alias="TIERSTREAM_OPEN_PROBES",
         description="Serve /healthz, /readyz and /metrics without an API key.",
     )
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> ServiceSettings:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                "TIERSTREAM_MIN_INSYNC_REPLICAS must not exceed TIERSTREAM_REPLICATION_FACTOR "
+                "(no write could ever be acknowledged)"
+            )
+        return self
 
     @field_validator("now")
     @classmethod

@@ -146,7 +146,7 @@ def test_nul_characters_are_located_in_a_valid_batch() -> None:
 
 
 def test_a_422_lists_at_most_a_hundred_errors_and_counts_them_all() -> None:
-    empty_items = [{}] * 1000  # each lacks its sku: 3,000 errors in all
+    empty_items: list[dict[str, Any]] = [{}] * 1000  # each lacks its sku: 3,000 errors in all
     events = [purchase(event_id=f"e{i}", items=empty_items) for i in range(3)]
     problem = problem_of(lambda: PARSER.validate({"events": events}, now=NOW, batch=True))
     assert len(problem.errors or []) == MAX_REPORTED_ERRORS == 100
