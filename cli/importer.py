@@ -162,7 +162,7 @@ def _earlier_rejects(path: Path, upto: int) -> list[list[str]]:
             records = list(csv.reader(handle))[1:]
     except OSError:
         return []
-    return [r for r in records if r and r[0].isdigit() and int(r[0]) <= upto]
+    return [r for r in records if r and r[0].isascii() and r[0].isdigit() and int(r[0]) <= upto]
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,8 @@ def require_json(content_type: str | None) -> None:
 
 async def read_limited(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
     """The body, refused (413) as soon as it exceeds `limit` bytes, whatever it declared."""
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    length = (declared or "").strip()
+    if length.isascii() and length.isdigit() and int(length) > limit:
         raise _too_large(limit)
     body = bytearray()
     async for chunk in chunks:

@@ -295,6 +295,6 @@ def _instant(text: str) -> datetime:
 
 
 def _seq(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # "²".isdigit() too
         raise ProblemError(422, "Invalid cursor", "Pass `next_cursor` from a previous page.")
     return int(text)

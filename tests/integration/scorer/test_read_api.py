@@ -121,6 +121,10 @@ async def test_the_change_history_and_the_tier_stats(api: httpx.AsyncClient) -> 
     }  # fmt: skip
     assert all(c["cause"] == "event" and c["published_at"] is None for c in changes)
     assert (await api.get("/v1/customers/nobody/changes", headers=AUTH)).status_code == 404
+    for cursor in ("²", "1①", "١٢"):  # digits to str.isdigit, not to int()
+        for path in ("/v1/changes", "/v1/customers/gold-0/changes"):
+            response = await api.get(path, params={"cursor": cursor}, headers=AUTH)
+            assert response.status_code == 422, (path, cursor, response.text)
     stats = (await api.get("/v1/stats/tiers", headers=AUTH)).json()
     assert stats == {
         "customers": 9,

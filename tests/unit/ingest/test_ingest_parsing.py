@@ -211,6 +211,13 @@ async def test_reading_stops_at_the_first_chunk_past_the_limit() -> None:
     assert caught.value.status == 413 and len(seen) == 4
 
 
+@pytest.mark.parametrize("declared", ["\u00b2", "1\u00b9", " ", "-5", "abc"])
+async def test_a_declared_length_that_is_no_number_is_ignored(declared: str) -> None:
+    # "²" (latin-1 0xB2 in a header) is a digit to str.isdigit but not to int()
+    seen: list[int] = []
+    assert await read_limited(chunks(2, 10, seen), declared, 35) == b"x" * 20
+
+
 async def test_a_declared_length_over_the_limit_is_refused_unread() -> None:
     seen: list[int] = []
     with pytest.raises(ProblemError):
