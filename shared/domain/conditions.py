@@ -10,6 +10,7 @@ A comparison with a missing (None) value is false.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -29,8 +31,19 @@ from pydantic import (
 from shared.domain.features import FEATURES, FeatureValue
 
 Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
-Scalar = bool | int | float | str | None
-Number = int | float
+
+
+def _finite(value: object) -> object:
+    # YAML's .nan and .inf are floats: as thresholds they would fail only later, in the
+    # scorer, for every customer they reach. Refused here, not by each branch of the union
+    # ("value.bool: Input should be a valid boolean").
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("Input should be a finite number, not NaN or infinity")
+    return value
+
+
+Scalar = Annotated[bool | int | float | str | None, BeforeValidator(_finite)]
+Number = Annotated[int | float, BeforeValidator(_finite)]
 
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "lt": operator.lt,

@@ -23,7 +23,11 @@ class RuleProblem(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # YAML's .nan and .inf are floats too: a NaN threshold or an infinite dwell would fail
+    # only later, in the scorer, for every customer it reaches.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class Rule(_Model):
@@ -101,7 +105,7 @@ class Scores(_Model):
 class Hysteresis(_Model):
     """Minimum time in a class before a downgrade on that dimension takes effect."""
 
-    min_dwell_days: Annotated[float, Field(ge=0)]
+    min_dwell_days: Annotated[float, Field(ge=0, le=3650)]  # ten years: dates stay in range
 
 
 class RulesFile(_Model):

@@ -251,6 +251,42 @@ ERRORS = {
         "value_tier.rules.2",
         "",
     ),
+    "a NaN score threshold": (
+        _broken("{op: le, value: 30, score: 5}", "{op: le, value: .nan, score: 5}"),
+        None,
+        "scores.recency.bands.0.value",
+        "finite number",
+    ),
+    "an infinite condition value": (
+        _broken("{feature: m_score, op: ge, value: 4}", "{feature: m_score, op: ge, value: .inf}"),
+        "gold",
+        "value_tier.rules.0.when.all.0.value",
+        "finite number",
+    ),
+    "a NaN bound of between": (
+        _broken("{feature: m_score, op: ge, value: 4}", "{feature: m_score, between: [.nan, 5]}"),
+        "gold",
+        "value_tier.rules.0.when.all.0.between.0",
+        "finite number",
+    ),
+    "an infinite member of in": (
+        _broken("{feature: m_score, op: ge, value: 4}", "{feature: m_score, in: [1, .inf]}"),
+        "gold",
+        "value_tier.rules.0.when.all.0.in.1",
+        "finite number",
+    ),
+    "an infinite dwell": (
+        _broken("hysteresis: {}", "hysteresis: {value_tier: {min_dwell_days: .inf}}"),
+        None,
+        "hysteresis.value_tier.min_dwell_days",
+        "",
+    ),
+    "a dwell over ten years": (
+        _broken("hysteresis: {}", "hysteresis: {value_tier: {min_dwell_days: 3651}}"),
+        None,
+        "hysteresis.value_tier.min_dwell_days",
+        "less than or equal to 3650",
+    ),
     "a class declared twice": (
         _broken("[gold, silver, bronze, none]", "[gold, gold, silver, bronze, none]"),
         None,
