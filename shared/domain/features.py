@@ -35,7 +35,9 @@ FEATURES: dict[str, str] = {
         for n in PURCHASE_WINDOWS
     },
     **{
-        f"spend_{n}d": f"Spend of purchases aged at most {n} days{_REFUND_NOTE}."
+        f"spend_{n}d": f"Spend of purchases aged at most {n} days, minus refunds (refund_of "
+        f"set) aged at most {n} days: a refund counts at its own date, as in period accounting, "
+        "even when it refunds an older order, so a window's spend can be negative."
         for n in PURCHASE_WINDOWS
     },
     "lifetime_orders": "Purchases ever (refunds are not orders).",

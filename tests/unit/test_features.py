@@ -35,6 +35,18 @@ def test_refund_handling_is_documented_on_the_spend_features() -> None:
         assert "refunds" in FEATURES[name]
 
 
+def test_a_refund_counts_in_the_windows_of_its_own_date() -> None:
+    state = new_state("c")
+    fold(state, buy("old", timedelta(days=400), "10000"), now=NOW)
+    fold(state, buy("recent", timedelta(days=10), "6000"), now=NOW)
+    refund = buy("r", timedelta(days=1), "10000").model_copy(update={"refund_of": "old"})
+    fold(state, refund, now=NOW)
+    features = compute_features(state, now=NOW)
+    assert features["spend_365d"] == Decimal("-4000")  # as documented: period accounting
+    assert features["lifetime_spend"] == Decimal("6000")
+    assert features["purchases_365d"] == 1
+
+
 def test_days_since_is_the_exact_fractional_age() -> None:
     state = new_state("c")
     fold(state, buy("p", timedelta(days=2, hours=6), "1"), now=NOW)
