@@ -241,6 +241,11 @@ def business_panels() -> list[Panel]:
                 "sum by (kind, channel) (increase(tierstream_actions_dead_letters_total[1h]))",
                 "delivery given up {{kind}} {{channel}}",
             ),
+            query(
+                "sum by (kind, playbook)"
+                " (increase(tierstream_actions_template_failures_total[1h]))",
+                "template failed {{kind}} {{playbook}}",
+            ),
         ),
         timeseries(
             "Background loop errors/s",

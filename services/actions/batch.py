@@ -1,6 +1,7 @@
 """One consumed batch, applied in one Postgres transaction (the effectively-once unit).
 
-Order inside the transaction: inbox claim (redeliveries drop out), enrolment exits, new
+Order inside the transaction: inbox claim (redeliveries drop out), the advisory locks of
+the batch's customers (another process may hold their purchases), enrolment exits, new
 enrolments with their steps, tasks, alert and task-push deliveries, goal events (which may
 end enrolments created just before), and last the fenced offset update.
 """
@@ -23,7 +24,13 @@ from services.actions.effects import (
     task_push_row,
 )
 from shared.contracts import TierChanged
-from shared.domain.playbooks import ActionRequest, Playbooks, plan_goal_exits
+from shared.domain.playbooks import (
+    ActionFailure,
+    ActionRequest,
+    Plan,
+    Playbooks,
+    plan_goal_exits,
+)
 from shared.offsets import OffsetMove
 
 GOAL_PURCHASE = "purchase"
@@ -34,7 +41,11 @@ class PlannedChange:
     """A decoded tier change and what its playbooks call for (planned before the transaction)."""
 
     change: TierChanged
-    requests: list[ActionRequest]
+    plan: Plan
+
+    @property
+    def requests(self) -> list[ActionRequest]:
+        return self.plan.requests
 
     @property
     def message_id(self) -> str:
@@ -58,6 +69,8 @@ class BatchResult:
     duplicates: int = 0
     redelivered: list[str] = field(default_factory=list)  # tier change ids already applied
     planned: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Actions of fresh changes whose templates failed, with the id of their change.
+    failed: list[tuple[str, ActionFailure]] = field(default_factory=list)
     enrolled: Counter[str] = field(default_factory=Counter)
     cancelled_steps: Counter[str] = field(default_factory=Counter)
 
@@ -87,6 +100,9 @@ async def apply_batch(
             await store.claim_messages(conn, [c.message_id for c in unique]) if unique else set()
         )
         fresh = [c for c in unique if c.message_id in claimed]
+        await store.lock_customers(
+            conn, [c.change.customer_id for c in fresh] + [g.customer_id for g in goals]
+        )
         effects = collect_effects(((c.change, c.requests) for c in fresh), channels, now=now)
         await _write_effects(conn, effects, channels, result, now=now)
         result.cancelled_steps += await _record_goals(conn, goals, playbooks, now=now)
@@ -94,6 +110,7 @@ async def apply_batch(
     result.fresh, result.duplicates = len(fresh), len(changes) - len(fresh)
     result.redelivered = _redelivered(changes, claimed)
     result.planned = effects.planned
+    result.failed = [(c.change.id, failure) for c in fresh for failure in c.plan.failures]
     return result
 
 

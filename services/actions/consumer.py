@@ -101,6 +101,8 @@ class ChangeConsumer(FencedConsumer):
             records.labels(source, "dead_lettered").inc(n)
         for (kind, playbook), n in result.planned.items():
             self.metrics.planned.labels(kind, playbook).inc(n)
+        for _, failure in result.failed:
+            self.metrics.template_failures.labels(failure.kind, failure.playbook).inc()
         for sequence, n in result.enrolled.items():
             self.metrics.enrolments_started.labels(sequence).inc(n)
         for sequence, n in result.cancelled_steps.items():
@@ -110,6 +112,12 @@ class ChangeConsumer(FencedConsumer):
         """Ids of what was applied; customer ids only at debug level."""
         for change_id in result.redelivered:
             log.info("tier change already applied; redelivery dropped", tier_change_id=change_id)
+        for change_id, failure in result.failed:
+            log.error(
+                "action template failed", tier_change_id=change_id, playbook=failure.playbook,
+                action=failure.action, kind=failure.kind, error=failure.error,
+                outcome="task opened with a fallback title" if failure.fallback else "left out",
+            )  # fmt: skip
         if not logging.getLogger(__name__).isEnabledFor(logging.DEBUG):  # lines nobody sees
             return
         for planned in decoded.changes:

@@ -1,5 +1,9 @@
 """Decoding consumed records: tier changes are parsed and planned, purchases become goal
-events, and anything that cannot be parsed, planned or stored is poison (for the DLQ)."""
+events, and anything that cannot be parsed or stored is poison (for the DLQ).
+
+A template that fails on a change's data is not poison: planning leaves out only that action
+and reports it in the plan (`Plan.failures`), so the change's exits and other actions apply.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pydantic import ValidationError
 from services.actions.batch import GoalHit, PlannedChange
 from shared.contracts import PurchaseMade, TierChanged, exists_in_utc, parse_event
 from shared.dead_letters import Poison
-from shared.domain.playbooks import ActionRequest, Playbooks, plan_actions
+from shared.domain.playbooks import Plan, Playbooks, plan_actions
 from shared.topics import Topics
 from shared.tracing import SpanKind, Tracer
 
@@ -32,7 +36,7 @@ class Decoded:
 def decode(
     records: Iterable[Record], topics: Topics, playbooks: Playbooks, tracer: Tracer | None = None
 ) -> Decoded:
-    """Parse and plan each record; what cannot be parsed or planned is poison."""
+    """Parse and plan each record; what cannot be parsed or stored is poison."""
     out = Decoded()
     for record in records:
         try:
@@ -46,14 +50,12 @@ def decode(
             errors = exc.errors(include_url=False, include_input=False)
             text = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
             out.poison.append(Poison(record, text or str(exc)))
-        except Exception as exc:  # a template that fails on this change, bad bytes, ...
+        except Exception as exc:  # bad bytes, an unexpected event type, ...
             out.poison.append(Poison(record, f"{type(exc).__name__}: {exc}"))
     return out
 
 
-def _plan(
-    change: TierChanged, record: Record, playbooks: Playbooks, tracer: Tracer | None
-) -> list[ActionRequest]:
+def _plan(change: TierChanged, record: Record, playbooks: Playbooks, tracer: Tracer | None) -> Plan:
     """Plan one change; with tracing on, in a span continuing the trace of the record."""
     if tracer is None or not tracer.enabled:
         return plan_actions(change, playbooks)

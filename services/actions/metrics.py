@@ -29,6 +29,7 @@ class ActionsMetrics:
 
     records: Counter
     planned: Counter
+    template_failures: Counter
     deliveries: Counter
     delivery_duration: Histogram
     delivery_attempts: Histogram
@@ -69,6 +70,13 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         planned=_counter(
             "actions_planned_total",
             "Actions planned from fresh tier changes, by kind and playbook.",
+            ["kind", "playbook"],
+            r,
+        ),
+        template_failures=_counter(
+            "template_failures_total",
+            "Actions of fresh tier changes whose templates failed on the change's data, by kind"
+            " and playbook (the alert or enrolment was left out; a task got a fallback title).",
             ["kind", "playbook"],
             r,
         ),
@@ -165,6 +173,7 @@ def prime_metrics(
     for book in playbooks.playbooks:
         for kind in sorted({action.kind for action in book.actions}):
             m.planned.labels(kind, book.name)
+            m.template_failures.labels(kind, book.name)
     for sequence in playbooks.sequences:
         m.enrolments_started.labels(sequence)
         for outcome in STEP_OUTCOMES:

@@ -28,6 +28,22 @@ async def claim_messages(conn: Connection, message_ids: Sequence[str]) -> set[st
     return {row["message_id"] for row in rows}
 
 
+async def lock_customers(conn: Connection, customer_ids: Sequence[str]) -> None:
+    """Hold each customer's advisory lock until the transaction ends, in one sorted order.
+
+    A customer's tier changes and purchases sit on different topics, whose partitions a
+    group may give to different processes. Without the lock, a change's enrolment and a
+    purchase's goal, committed side by side, each miss the other: win-back would keep
+    going after the customer bought again. Sorted, two batches cannot deadlock on them.
+    """
+    if customer_ids:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(c, 0))"
+            " FROM unnest($1::text[]) WITH ORDINALITY AS x(c, n) ORDER BY n",
+            sorted(set(customer_ids)),
+        )
+
+
 async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
     """Fenced offset update in this service's schema (see shared/offsets.py)."""
     await offsets.advance_offsets(conn, "actions", group_id, moves)

@@ -1,4 +1,4 @@
-"""What planning produces: action requests (pure data) and when sequence steps fall due."""
+"""What planning produces: action requests and failures (pure data), and when steps fall due."""
 
 from __future__ import annotations
 
@@ -76,6 +76,29 @@ class ExitRequest:
 
 
 ActionRequest = TaskRequest | AlertRequest | EnrolRequest | ExitRequest
+
+
+@dataclass(frozen=True)
+class ActionFailure:
+    """An action whose templates failed on one change's data.
+
+    The alert or enrolment is left out of the plan; a task is still planned, with a fallback
+    title (`fallback`), because the title is all that failed and the task itself is the point.
+    """
+
+    playbook: str
+    action: int  # its index in the playbook's actions
+    kind: str
+    error: str
+    fallback: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a tier change calls for, and the actions that could not be planned on its data."""
+
+    requests: list[ActionRequest]
+    failures: list[ActionFailure]
 
 
 def step_due_at(enrolled_at: datetime, step: PlannedStep, quiet: QuietHours | None) -> datetime:

@@ -2,6 +2,8 @@
 
 Bodies are escaped because they end up in HTML e-mail and Slack `text` (which needs `&`, `<`
 and `>` escaped); subjects, task titles and recipients are plain strings with no markup.
+Rendering can fail on one change's data (an attribute of an unexpected type, say); every such
+failure is raised as `TemplateFailed`, so planning can leave out just the action it belongs to.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from typing import Any
 
 from jinja2 import Template, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class TemplateFailed(ValueError):
+    """A template that could not be rendered with a change's data; the message names `what`."""
 
 
 @cache
@@ -33,12 +39,18 @@ def check_template(source: str) -> str:
     return source
 
 
-def render_body(source: str, context: Mapping[str, Any]) -> str:
+def render_body(source: str, context: Mapping[str, Any], *, what: str) -> str:
     """Render a message body with every substituted value HTML-escaped."""
-    return _compiled(source, True).render(context)
+    return _render(source, context, escape=True, what=what)
 
 
-def render_plain(source: str, context: Mapping[str, Any]) -> str:
+def render_plain(source: str, context: Mapping[str, Any], *, what: str) -> str:
     """Render a one-line value (subject, title, recipient): no escaping, line breaks removed."""
-    text = _compiled(source, False).render(context)
-    return " ".join(text.split())
+    return " ".join(_render(source, context, escape=False, what=what).split())
+
+
+def _render(source: str, context: Mapping[str, Any], *, escape: bool, what: str) -> str:
+    try:
+        return _compiled(source, escape).render(context)
+    except Exception as exc:  # Jinja's UndefinedError or SecurityError, or the data's TypeError...
+        raise TemplateFailed(f"{what}: {type(exc).__name__}: {exc}") from exc

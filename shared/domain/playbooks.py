@@ -2,7 +2,8 @@
 
 `plan_actions(change, playbooks)` is the whole decision: it reads no clock and does no I/O;
 the actions service turns its requests into rows (tasks, deliveries, enrolments) in one
-transaction.
+transaction. Each action is planned on its own: a template that fails on one change's data
+costs only its action, never the change's sequence exits or the other actions.
 """
 
 from __future__ import annotations
@@ -34,30 +35,35 @@ from shared.domain.playbook_model import (
     Transition,
 )
 from shared.domain.playbook_requests import (
+    ActionFailure,
     ActionRequest,
     AlertRequest,
     EnrolRequest,
     ExitRequest,
+    Plan,
     PlannedStep,
     TaskRequest,
     defer_past_quiet_hours,
     longest_sequence,
     step_due_at,
 )
-from shared.domain.playbook_templates import render_body, render_plain
+from shared.domain.playbook_templates import TemplateFailed, render_body, render_plain
 
 __all__ = [
+    "ActionFailure",
     "ActionRequest",
     "AlertRequest",
     "Channel",
     "EnrolRequest",
     "ExitRequest",
+    "Plan",
     "PlannedStep",
     "Playbooks",
     "PlaybooksError",
     "Priority",
     "Reentry",
     "TaskRequest",
+    "TemplateFailed",
     "check_playbooks",
     "default_playbooks_path",
     "defer_past_quiet_hours",
@@ -70,6 +76,7 @@ __all__ = [
 ]
 
 DEFAULT_RECIPIENT = "{{ customer.email }}"
+FALLBACK_TITLE_CHARS = 500  # a task title that names a template failure, error included
 
 
 class PlaybooksError(ValueError):
@@ -165,19 +172,27 @@ def _where(loc: list[Any], data: dict[str, Any]) -> tuple[str | None, list[Any]]
 # --- planning ----------------------------------------------------------------------------------
 
 
-def plan_actions(change: TierChanged, playbooks: Playbooks) -> list[ActionRequest]:
-    """What a tier change calls for: sequence exits first, then each matching playbook's actions."""
+def plan_actions(change: TierChanged, playbooks: Playbooks) -> Plan:
+    """What a tier change calls for: sequence exits first, then each matching playbook's actions.
+
+    An action whose templates fail on this change's data is reported in `Plan.failures` and
+    left out (a task is kept with a fallback title); the exits and other actions still apply.
+    """
     context = template_context(change)
     requests: list[ActionRequest] = [
         ExitRequest(name, reason=f"{change.dimension.value}:{change.to}")
         for name, sequence in playbooks.sequences.items()
         if any(matches(t, change) for t in sequence.exit_on.changes)
     ]
+    failures: list[ActionFailure] = []
     for book in playbooks.playbooks:
         if matches(book.when, change):
             context["playbook"] = book.name
-            requests += [_plan(book, i, playbooks, context) for i in range(len(book.actions))]
-    return requests
+            for index in range(len(book.actions)):
+                request, failure = _plan_one(book, index, playbooks, context)
+                requests += [request] if request is not None else []
+                failures += [failure] if failure is not None else []
+    return Plan(requests, failures)
 
 
 def plan_goal_exits(event_type: str, playbooks: Playbooks) -> list[ExitRequest]:
@@ -225,14 +240,27 @@ def template_context(change: TierChanged) -> dict[str, Any]:
     }
 
 
+def _plan_one(
+    book: Playbook, index: int, playbooks: Playbooks, ctx: dict[str, Any]
+) -> tuple[ActionRequest | None, ActionFailure | None]:
+    """One action's request, or its failure (with a fallback request for a task)."""
+    try:
+        return _plan(book, index, playbooks, ctx), None
+    except TemplateFailed as exc:
+        action = book.actions[index]
+        if not isinstance(action, TaskAction):
+            return None, ActionFailure(book.name, index, action.kind, str(exc))
+        # Only the title failed: the task is still opened, and its title says what went wrong.
+        title = f"{book.name}: task for customer {ctx['customer_id']} (template failed, {exc})"
+        fallback = _task(book.name, action, " ".join(title.split())[:FALLBACK_TITLE_CHARS])
+        return fallback, ActionFailure(book.name, index, action.kind, str(exc), fallback=True)
+
+
 def _plan(book: Playbook, index: int, playbooks: Playbooks, ctx: dict[str, Any]) -> ActionRequest:
     action = book.actions[index]
     match action:
         case TaskAction():
-            title = render_plain(action.title, ctx)
-            return TaskRequest(
-                book.name, title, action.queue, action.priority, action.due_in, action.assignee
-            )
+            return _task(book.name, action, render_plain(action.title, ctx, what="title"))
         case AlertAction():
             message = playbooks.message(action)
             ctx = {**ctx, "audience": action.audience}
@@ -241,13 +269,17 @@ def _plan(book: Playbook, index: int, playbooks: Playbooks, ctx: dict[str, Any])
                 index,
                 action.channel,
                 action.audience,
-                _recipient(action.to, ctx),
-                render_plain(message.subject or "", ctx),
-                render_body(message.text, ctx),
+                _recipient(action.to, ctx, what="to"),
+                render_plain(message.subject or "", ctx, what="subject"),
+                render_body(message.text, ctx, what="text"),
             )
         case EnrolAction():
             return _plan_enrolment(book.name, action.sequence, playbooks, ctx)
     raise TypeError(f"unknown action {action!r}")
+
+
+def _task(book: str, action: TaskAction, title: str) -> TaskRequest:
+    return TaskRequest(book, title, action.queue, action.priority, action.due_in, action.assignee)
 
 
 def _plan_enrolment(
@@ -258,15 +290,16 @@ def _plan_enrolment(
     for i, step in enumerate(sequence.steps):
         message = playbooks.message(step)
         step_ctx = {**ctx, "sequence": name, "step": step.name}
+        where = f"step {step.name}"
         steps.append(
             PlannedStep(
                 i,
                 step.name,
                 step.offset,
                 step.channel,
-                _recipient(step.to or DEFAULT_RECIPIENT, step_ctx),
-                render_plain(message.subject or "", step_ctx),
-                render_body(message.text, step_ctx),
+                _recipient(step.to or DEFAULT_RECIPIENT, step_ctx, what=f"{where} to"),
+                render_plain(message.subject or "", step_ctx, what=f"{where} subject"),
+                render_body(message.text, step_ctx, what=f"{where} text"),
             )
         )
     return EnrolRequest(
@@ -280,7 +313,7 @@ def _plan_enrolment(
     )
 
 
-def _recipient(template: str | None, ctx: dict[str, Any]) -> str | None:
+def _recipient(template: str | None, ctx: dict[str, Any], *, what: str) -> str | None:
     if template is None:
         return None
-    return render_plain(template, ctx) or None
+    return render_plain(template, ctx, what=what) or None

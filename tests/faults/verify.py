@@ -182,7 +182,7 @@ def expected_alerts(changes: Iterable[TierChanged]) -> Counter[tuple[str, str, s
     return Counter(
         (change.id, request.playbook, request.audience)
         for change in changes
-        for request in plan_actions(change, books)
+        for request in plan_actions(change, books).requests
         if isinstance(request, AlertRequest)
     )
 

@@ -70,7 +70,7 @@ def summary(requests: list[Any]) -> list[tuple[str, ...]]:
 def test_value_tier_to_gold_opens_a_senior_task_alerts_vip_and_enrols_in_vip_welcome(
     defaults: Playbooks, from_: str | None
 ) -> None:
-    assert summary(plan_actions(change("value_tier", from_, "gold"), defaults)) == [
+    assert summary(plan_actions(change("value_tier", from_, "gold"), defaults).requests) == [
         ("task", "gold_upgrade", "senior-sales", "high", "2 days, 0:00:00"),
         ("alert", "gold_upgrade", "webhook", "vip"),
         ("enrol", "gold_upgrade", "vip_welcome"),
@@ -80,7 +80,9 @@ def test_value_tier_to_gold_opens_a_senior_task_alerts_vip_and_enrols_in_vip_wel
 def test_lifecycle_to_at_risk_sends_care_email_opens_callback_task_and_starts_win_back(
     defaults: Playbooks,
 ) -> None:
-    assert summary(plan_actions(change("lifecycle_stage", "established", "at_risk"), defaults)) == [
+    assert summary(
+        plan_actions(change("lifecycle_stage", "established", "at_risk"), defaults).requests
+    ) == [
         ("exit", "welcome", "lifecycle_stage:at_risk"),
         ("alert", "at_risk", "email", "care"),
         ("task", "at_risk", "support", "high", "1 day, 0:00:00"),
@@ -89,7 +91,7 @@ def test_lifecycle_to_at_risk_sends_care_email_opens_callback_task_and_starts_wi
 
 
 def test_lifecycle_to_new_enrols_in_the_14_day_welcome(defaults: Playbooks) -> None:
-    requests = plan_actions(change("lifecycle_stage", "lead", "new"), defaults)
+    requests = plan_actions(change("lifecycle_stage", "lead", "new"), defaults).requests
     assert summary(requests) == [("enrol", "new_customer", "welcome")]
     enrol = requests[0]
     assert isinstance(enrol, EnrolRequest)
@@ -104,7 +106,9 @@ def test_lifecycle_to_new_enrols_in_the_14_day_welcome(defaults: Playbooks) -> N
 
 
 def test_lifecycle_to_churned_alerts_retention_and_enrols_in_win_back(defaults: Playbooks) -> None:
-    assert summary(plan_actions(change("lifecycle_stage", "at_risk", "churned"), defaults)) == [
+    assert summary(
+        plan_actions(change("lifecycle_stage", "at_risk", "churned"), defaults).requests
+    ) == [
         ("exit", "welcome", "lifecycle_stage:churned"),
         ("alert", "churned", "webhook", "retention"),
         ("enrol", "churned", "win_back"),
@@ -114,7 +118,7 @@ def test_lifecycle_to_churned_alerts_retention_and_enrols_in_win_back(defaults: 
 def test_win_back_steps_are_day_0_care_day_3_offer_day_7_survey_and_exit_on_purchase(
     defaults: Playbooks,
 ) -> None:
-    enrol = plan_actions(change("lifecycle_stage", "established", "at_risk"), defaults)[-1]
+    enrol = plan_actions(change("lifecycle_stage", "established", "at_risk"), defaults).requests[-1]
     assert isinstance(enrol, EnrolRequest)
     assert [(s.name, s.offset) for s in enrol.steps] == [
         ("care_message", 0 * DAY),
@@ -130,7 +134,7 @@ def test_win_back_steps_are_day_0_care_day_3_offer_day_7_survey_and_exit_on_purc
 def test_value_tier_down_from_gold_opens_a_review_task_and_ends_vip_welcome(
     defaults: Playbooks, to: str
 ) -> None:
-    requests = plan_actions(change("value_tier", "gold", to), defaults)
+    requests = plan_actions(change("value_tier", "gold", to), defaults).requests
     assert summary(requests) == [
         ("exit", "vip_welcome", f"value_tier:{to}"),
         ("task", "gold_downgrade", "account-management", "normal", "3 days, 0:00:00"),
@@ -156,11 +160,13 @@ def test_value_tier_down_from_gold_opens_a_review_task_and_ends_vip_welcome(
 def test_changes_without_a_playbook_row_plan_nothing(
     defaults: Playbooks, dimension: str, from_: str | None, to: str
 ) -> None:
-    assert plan_actions(change(dimension, from_, to), defaults) == []
+    assert plan_actions(change(dimension, from_, to), defaults).requests == []
 
 
 def test_message_bodies_escape_customer_fields_but_titles_do_not(defaults: Playbooks) -> None:
-    requests = plan_actions(change("value_tier", "silver", "gold", customer_id="<b>&co"), defaults)
+    requests = plan_actions(
+        change("value_tier", "silver", "gold", customer_id="<b>&co"), defaults
+    ).requests
     task, alert = requests[0], requests[1]
     assert isinstance(task, TaskRequest) and isinstance(alert, AlertRequest)
     assert "<b>&co" in task.title
@@ -168,7 +174,9 @@ def test_message_bodies_escape_customer_fields_but_titles_do_not(defaults: Playb
 
 
 def test_a_missing_email_leaves_the_step_without_a_recipient(defaults: Playbooks) -> None:
-    enrol = plan_actions(change("lifecycle_stage", "lead", "new", attributes={}), defaults)[0]
+    enrol = plan_actions(
+        change("lifecycle_stage", "lead", "new", attributes={}), defaults
+    ).requests[0]
     assert isinstance(enrol, EnrolRequest)
     assert {s.to for s in enrol.steps} == {None}
 
@@ -217,7 +225,7 @@ def test_conditions_read_attributes_features_and_cause(
         attributes=attrs,
         features={"last_order_value": value},
     )
-    requests = plan_actions(c, books)
+    requests = plan_actions(c, books).requests
     assert bool(requests) is planned
     if planned:
         task = requests[0]
@@ -245,3 +253,88 @@ def test_the_longest_sequence_is_its_last_step_plus_a_day_when_quiet_hours_may_d
     )
     assert longest_sequence(quiet.sequences) == 21 * DAY
     assert longest_sequence({}) == timedelta(0)
+
+
+def _care_subject(subject: str) -> Playbooks:
+    """The shipped playbooks with the at-risk care alert's subject replaced."""
+    text = default_playbooks_path().read_text(encoding="utf-8")
+    old = 'subject: "Customer {{ customer_id }} is at risk"'
+    assert old in text
+    return parse_playbooks(text.replace(old, f'subject: "{subject}"'), source="edited.yaml")
+
+
+@pytest.mark.parametrize(
+    ("segment", "kinds", "errors"),
+    [
+        ("smb", ["exit", "alert", "task", "enrol"], []),
+        (
+            7,
+            ["exit", "task", "enrol"],
+            ["subject: UndefinedError: 'int object' has no attribute 'title'"],
+        ),
+    ],
+)
+def test_an_alert_template_failing_on_the_data_costs_only_that_alert(
+    segment: object, kinds: list[str], errors: list[str]
+) -> None:
+    books = _care_subject("{{ customer.segment.title() }} customer at risk")
+    c = change("lifecycle_stage", "new", "at_risk", attributes={"segment": segment})
+    plan = plan_actions(c, books)
+    assert [r.kind for r in plan.requests] == kinds
+    assert summary(plan.requests)[0] == ("exit", "welcome", "lifecycle_stage:at_risk")
+    assert [(f.playbook, f.action, f.kind, f.error, f.fallback) for f in plan.failures] == [
+        ("at_risk", 0, "alert", error, False) for error in errors
+    ]
+
+
+BROKEN = """
+sequences:
+  nudge:
+    steps:
+      - {name: hello, offset: 0d, channel: log, text: "Hi"}
+      - {name: ratio, offset: 1d, channel: log, text: "{{ 100 / customer.visits }} per visit"}
+playbooks:
+  - name: lapsed
+    when: {dimension: lifecycle_stage, to: at_risk}
+    actions:
+      - kind: task
+        title: "Call {{ customer.name.upper() }}"
+        queue: support
+        priority: urgent
+        due_in: 4h
+        assignee: kim
+      - {kind: enrol, sequence: nudge}
+      - {kind: alert, channel: log, audience: ops, text: "{{ customer_id }} lapsed"}
+"""
+
+
+def test_a_failing_task_title_still_opens_the_task_with_a_title_naming_the_failure() -> None:
+    books = parse_playbooks(BROKEN, source="broken.yaml")
+    plan = plan_actions(
+        change("lifecycle_stage", "new", "at_risk", attributes={"name": 7, "visits": 4}), books
+    )
+    task, enrol, alert = plan.requests
+    assert isinstance(task, TaskRequest) and isinstance(enrol, EnrolRequest)
+    assert isinstance(alert, AlertRequest) and alert.text == "c-42 lapsed"
+    assert (task.playbook, task.queue, task.priority, task.due_in, task.assignee) == (
+        "lapsed",
+        "support",
+        Priority.URGENT,
+        timedelta(hours=4),
+        "kim",
+    )
+    error = "title: UndefinedError: 'int object' has no attribute 'upper'"
+    assert task.title == f"lapsed: task for customer c-42 (template failed, {error})"
+    assert [(f.kind, f.action, f.error, f.fallback) for f in plan.failures] == [
+        ("task", 0, error, True)
+    ]
+
+
+def test_a_failing_sequence_step_leaves_out_the_enrolment_and_nothing_else() -> None:
+    books = parse_playbooks(BROKEN, source="broken.yaml")
+    c = change("lifecycle_stage", "new", "at_risk", attributes={"name": "ann", "visits": 0})
+    plan = plan_actions(c, books)
+    assert [r.kind for r in plan.requests] == ["task", "alert"]
+    assert [(f.playbook, f.action, f.kind, f.error) for f in plan.failures] == [
+        ("lapsed", 1, "enrol", "step ratio text: ZeroDivisionError: division by zero")
+    ]

@@ -4,12 +4,14 @@ and a hanging webhook that blocks neither other deliveries nor the consumer."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer
 
 from shared.clock import FixedClock
+from shared.domain.playbooks import default_playbooks_path
 from shared.topics import Topics
 from tests.integration.actions.support import (
     AUTH,
@@ -159,6 +161,42 @@ async def test_a_second_trigger_refreshes_the_open_task_instead_of_duplicating_i
         assert by_playbook["gold_upgrade"]["due_at"] == (NOW + 2 * DAY).isoformat().replace(
             "+00:00", "Z"
         )
+
+
+async def test_a_template_failing_on_a_change_costs_only_its_action_not_the_exits(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    edited = tmp_path / "playbooks.yaml"
+    edited.write_text(default_playbooks_path().read_text(encoding="utf-8").replace(
+        'subject: "Customer {{ customer_id }} is at risk"',
+        'subject: "{{ customer.segment.title() }} customer at risk"',
+    ))  # fmt: skip
+    async with running_actions(actions_settings(base_env, playbooks_file=edited), clock) as url:
+        new = tier_change("chg-n", "cust-t", "lifecycle_stage", "lead", "new")
+        risk = tier_change("chg-r", "cust-t", "lifecycle_stage", "new", "at_risk")
+        odd = {"attributes": {"segment": 7}}  # the care alert's subject cannot render on it
+        await produce_changes(kafka_bootstrap, topic_namespace, [new.model_copy(update=odd)])
+        await eventually(lambda: _items(url, "/v1/sequences/enrollments", customer_id="cust-t"),
+                         what="the welcome enrolment")  # fmt: skip
+        clock.advance(DAY / 2)
+        await produce_changes(kafka_bootstrap, topic_namespace, [risk.model_copy(update=odd)])
+        tasks = await eventually(lambda: _items(url, "/v1/tasks", customer_id="cust-t"),
+                                 what="the call-back task")  # fmt: skip
+        assert [(t["playbook"], t["queue"], t["tier_change_id"]) for t in tasks] == [
+            ("at_risk", "support", "chg-r")
+        ]
+        enrolments = await _items(url, "/v1/sequences/enrollments", customer_id="cust-t")
+        assert sorted((e["sequence"], e["status"], e["exit_reason"]) for e in enrolments) == [
+            ("welcome", "exited", "lifecycle_stage:at_risk"), ("win_back", "active", None),
+        ]  # fmt: skip
+        [welcome] = [e for e in enrolments if e["sequence"] == "welcome"]
+        assert {s["status"] for s in welcome["steps"]} == {"cancelled"}
+        assert await _items(url, "/v1/alerts", customer_id="cust-t") == []  # the one that failed
+        failed = 'tierstream_actions_template_failures_total{kind="alert",playbook="at_risk"}'
+        assert await eventually(lambda: _metric(url, failed), what="the count") == 1
+        poison = 'tierstream_actions_records_total{outcome="dead_lettered",source="tier_changed"}'
+        assert await _metric(url, poison) == 0
 
 
 async def test_a_hanging_webhook_blocks_neither_other_deliveries_nor_the_consumer(

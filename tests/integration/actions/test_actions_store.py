@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
+from services.actions import store
 from services.actions.batch import GoalHit, PlannedChange, apply_batch
-from services.actions.db import Pool, create_pool
+from services.actions.db import Connection, Pool, create_pool
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
 from shared.offsets import Fenced, OffsetMove
 from tests.integration.actions.seeding import LOG_ONLY, apply_changes
@@ -97,3 +99,44 @@ async def test_a_batch_names_the_changes_it_had_already_applied(pool: Pool) -> N
 
     assert await apply(planned, planned) == (1, ["r1"])  # twice within one batch
     assert await apply(planned) == (0, ["r1"])  # again in a later batch
+
+
+async def test_a_purchase_on_another_process_during_the_enrolment_still_ends_win_back(
+    pool: Pool, actions_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tier changes and purchases are different topics: a group may give the customer's two
+    # partitions to two processes, whose transactions then overlap.
+    change = tier_change("c1", "cust", "lifecycle_stage", "established", "at_risk", at=NOW)
+    inside, release = asyncio.Event(), asyncio.Event()
+    advance = store.advance_offsets
+
+    async def held_open(conn: Connection, group_id: str, moves: list[OffsetMove]) -> None:
+        if group_id == "changes":  # the enrolment is written, not yet committed
+            inside.set()
+            await release.wait()
+        await advance(conn, group_id, moves)
+
+    monkeypatch.setattr(store, "advance_offsets", held_open)
+    enrolling = asyncio.create_task(
+        apply_batch(pool, [PlannedChange(change, plan_actions(change, BOOKS))], [], [],
+                    group_id="changes", playbooks=BOOKS, channels=LOG_ONLY, now=NOW)
+    )  # fmt: skip
+    await inside.wait()
+    bought = asyncio.create_task(
+        apply_batch(pool, [], [GoalHit("cust", NOW + DAY / 24)], [], group_id="purchases",
+                    playbooks=BOOKS, channels=LOG_ONLY, now=NOW + DAY / 24)
+    )  # fmt: skip
+    await _until_waiting_for_a_lock(actions_db)
+    release.set()
+    await asyncio.gather(enrolling, bought)
+    assert ("win_back", "exited", "goal:purchase") in await _enrolments(actions_db, "cust")
+    steps = await fetch(actions_db, "SELECT status FROM actions.delivery WHERE kind = 'step'")
+    assert steps and {s["status"] for s in steps} == {"cancelled"}
+
+
+async def _until_waiting_for_a_lock(database_url: str) -> None:
+    for _ in range(500):
+        if await fetch(database_url, "SELECT 1 FROM pg_locks WHERE NOT granted"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the purchase's batch never waited for the change's")

@@ -38,7 +38,7 @@ def change(
 
 
 def planned(*changes: TierChanged) -> list[tuple[TierChanged, list[ActionRequest]]]:
-    return [(c, plan_actions(c, BOOKS)) for c in changes]
+    return [(c, plan_actions(c, BOOKS).requests) for c in changes]
 
 
 def test_new_then_at_risk_in_one_batch_never_starts_the_welcome_sequence() -> None:

@@ -4,14 +4,22 @@ info level, never a webhook URL's secret path."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any, cast
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from services.actions.batch import BatchResult
 from services.actions.channels import Delivery, LogChannel, redact_url
-from services.actions.decoding import decode
-from shared.domain.playbooks import default_playbooks_path, load_playbooks
+from services.actions.consumer import ChangeConsumer
+from services.actions.decoding import Decoded, decode
+from services.actions.effects import ChannelConfig
+from services.actions.metrics import actions_metrics, prime_metrics
+from shared.clock import FixedClock
+from shared.domain.playbooks import ActionFailure, default_playbooks_path, load_playbooks
 from shared.topics import Topics
 from shared.tracing import make_tracer
 
@@ -73,3 +81,39 @@ def test_webhook_urls_are_cut_to_scheme_and_host_in_errors() -> None:
     url = "https://hooks.slack.com/services/T000/B000/s3cr3tT0ken?x=1"
     assert redact_url(url) == "https://hooks.slack.com/..."
     assert redact_url("not a url") == "<url>"
+
+
+def test_a_failed_action_template_is_logged_as_an_error_with_ids_and_counted() -> None:
+    registry = CollectorRegistry()
+    metrics = actions_metrics(registry)
+    prime_metrics(metrics, playbooks=BOOKS, dlq_topics=[], loops=[])
+    consumer = ChangeConsumer(
+        cast(Any, None), cast(Any, None), cast(Any, None), group_id="g", topics=TOPICS,
+        playbooks=BOOKS, channels=ChannelConfig(webhook=False, email=False, crm=False),
+        clock=FixedClock(datetime(2026, 5, 1, tzinfo=UTC)), metrics=metrics, max_records=1,
+        poll_timeout_ms=1,
+    )  # fmt: skip
+    error = "subject: UndefinedError: 'int object' has no attribute 'title'"
+    result = BatchResult(fresh=1, failed=[
+        ("chg-7", ActionFailure("at_risk", 0, "alert", error)),
+        ("chg-8", ActionFailure("at_risk", 1, "task", "title: ...", fallback=True)),
+    ])  # fmt: skip
+    with capture_logs() as logs:
+        consumer._count(result, Decoded())
+        consumer._log(result, Decoded())
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [
+        (e["event"], e["tier_change_id"], e["playbook"], e["action"], e["kind"]) for e in errors
+    ] == [
+        ("action template failed", "chg-7", "at_risk", 0, "alert"),
+        ("action template failed", "chg-8", "at_risk", 1, "task"),
+    ]
+    assert errors[0]["error"] == error and errors[0]["outcome"] == "left out"
+    assert errors[1]["outcome"] == "task opened with a fallback title"
+
+    def failures(kind: str, playbook: str) -> float | None:
+        labels = {"kind": kind, "playbook": playbook}
+        return registry.get_sample_value("tierstream_actions_template_failures_total", labels)
+
+    assert (failures("alert", "at_risk"), failures("task", "at_risk")) == (1, 1)
+    assert failures("enrol", "gold_upgrade") == 0  # primed: increase() sees the first one

@@ -27,7 +27,7 @@ from services.actions.deliveries import backoff_s
 from services.actions.main import run
 from services.actions.settings import ActionsSettings
 from services.actions.tasks import TaskCommand, TaskStatus, next_status
-from shared.domain.playbooks import default_playbooks_path, load_playbooks
+from shared.domain.playbooks import default_playbooks_path, load_playbooks, parse_playbooks
 from shared.http import ProblemError
 from shared.topics import Topics
 
@@ -150,6 +150,32 @@ def test_times_without_a_utc_equivalent_are_poison_not_a_stalled_partition() -> 
     assert first == "ValueError: a timestamp lies outside years 1-9999 in UTC"
     assert "occurred_at" in second and "between years 1 and 9999" in second
     assert len(out.changes) == 1
+
+
+def test_a_template_failing_on_a_change_is_not_poison_its_exits_and_other_actions_apply() -> None:
+    text = (
+        default_playbooks_path()
+        .read_text(encoding="utf-8")
+        .replace(
+            'subject: "Customer {{ customer_id }} is at risk"',
+            'subject: "{{ customer.segment.title() }} customer at risk"',
+        )
+    )
+    books = parse_playbooks(text, source="edited.yaml")
+    at_risk = {"dimension": "lifecycle_stage", "from": "new", "to": "at_risk"}
+    records = [
+        _record(TOPICS.tier_changed, _change(**at_risk, attributes={"segment": "smb"})),
+        _record(TOPICS.tier_changed, _change(**at_risk, id="2", attributes={"segment": 7})),
+    ]
+    out = decode(records, TOPICS, books)
+    assert out.poison == []
+    good, bad = (c.plan for c in out.changes)
+    assert [r.kind for r in good.requests] == ["exit", "alert", "task", "enrol"]
+    assert good.failures == []
+    assert [r.kind for r in bad.requests] == ["exit", "task", "enrol"]
+    assert [(f.playbook, f.kind, f.error) for f in bad.failures] == [
+        ("at_risk", "alert", "subject: UndefinedError: 'int object' has no attribute 'title'")
+    ]
 
 
 def test_a_webhook_url_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
