@@ -119,10 +119,13 @@ class Rebucketer:
         return compute_cut_points(*columns)
 
     async def _rebucket_all(self) -> None:
-        after, now = "", self.clock.now()
+        after = ""
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
                 records = await store.lock_customer_page(conn, after=after, limit=PAGE)
+                # Read after the lock: a walk takes minutes, and an older `now` would undo
+                # the time-driven moves the consumer or sweeper made meanwhile.
+                now = self.clock.now()
                 outcome = evaluate_all(records, self.holder(), now=now, cause=ChangeCause.REBUCKET)
                 await store.save_customers(conn, outcome.updates)
                 await store.insert_changes(conn, outcome.changes)

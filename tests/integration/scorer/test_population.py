@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from services.scorer import rebucket as rebucket_module
+from services.scorer import store
 from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
 from services.scorer.metrics import scorer_metrics
@@ -51,3 +57,39 @@ async def test_recomputed_cut_points_rebucket_customers_with_cause_rebucket(
     # Everyone bought once in the window: F is the top quintile for all, so the rest is silver.
     assert moves == {(c, "bronze", "gold" if c in gold else "silver") for c in rows}
     assert {r["cut_points_version"] for r in rows.values()} == {version}
+
+
+async def test_each_page_of_a_rebucket_is_evaluated_at_the_time_it_is_locked(
+    scorer_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A walk over every customer takes minutes; evaluating late pages at the walk's start
+    # would undo the time-driven moves the consumer and sweeper made meanwhile.
+    path = tmp_path / "population.yaml"
+    path.write_text(
+        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
+    )
+    holder = ScoringHolder(load_rules(path))
+    clock = FixedClock(NOW)
+    pages = 0
+    lock_page = store.lock_customer_page
+
+    async def slow_walk(conn: Any, *, after: str, limit: int) -> Any:
+        nonlocal pages
+        pages += 1
+        if pages == 2:
+            clock.advance(timedelta(days=10))  # the first page took its time
+        return await lock_page(conn, after=after, limit=limit)
+
+    monkeypatch.setattr(rebucket_module, "PAGE", 1)
+    monkeypatch.setattr(store, "lock_customer_page", slow_walk)
+    events = [purchase(f"p{i}", f"c{i}", days_ago=5) for i in range(2)]
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=holder(), now=NOW)
+        rebucket = Rebucketer(pool, holder, clock=clock, metrics=scorer_metrics(new_registry()))
+        await rebucket.step()
+    finally:
+        await pool.close()
+    rows = await customer_rows(scorer_db)
+    assert rows["c0"]["activity_level"] == "active"  # 5 days without an event at NOW
+    assert rows["c1"]["activity_level"] == "semi_active"  # 15 days at NOW + 10 days
