@@ -12,6 +12,7 @@ import hmac
 import html
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from typing import Any, Protocol
 
@@ -51,6 +52,7 @@ class Delivery:
     audience: str | None = None
     enrolment_id: int | None = None
     tier_change_id: str | None = None
+    due_at: datetime | None = None  # business time it fell due (for the lateness metric)
 
     def webhook_body(self) -> bytes:
         """Slack-compatible `text` plus the structured details, as compact JSON bytes."""

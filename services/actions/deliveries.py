@@ -27,7 +27,7 @@ SET attempts = d.attempts + 1, available_at = clock_timestamp() + make_interval(
 FROM due WHERE d.id = due.id
 RETURNING d.id, d.idempotency_key, d.kind, d.customer_id, d.channel, d.recipient, d.subject,
           d.body, d.payload, d.playbook, d.audience, d.attempts, d.enrolment_id, d.step_name,
-          d.tier_change_id
+          d.tier_change_id, d.due_at
 """
 
 
@@ -44,7 +44,7 @@ async def claim_due(
                 channel=r["channel"], recipient=r["recipient"], subject=r["subject"],
                 body=r["body"], payload=r["payload"], playbook=r["playbook"],
                 audience=r["audience"], enrolment_id=r["enrolment_id"],
-                tier_change_id=r["tier_change_id"],
+                tier_change_id=r["tier_change_id"], due_at=r["due_at"],
             ),
             r["attempts"],
         )
@@ -52,8 +52,20 @@ async def claim_due(
     ]  # fmt: skip
 
 
-async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> str | None:
-    """Mark a delivery sent (once); returns its sequence name when it was a step."""
+@dataclass(frozen=True)
+class Recorded:
+    """What recording an attempt did: `applied` is False when a newer attempt holds the
+    delivery (this attempt's lease ran out and it was claimed again), so the newer attempt's
+    outcome is the one that counts; `sequence` names a step's sequence when it finished.
+    """
+
+    applied: bool
+    sequence: str | None = None
+
+
+async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> Recorded:
+    """Mark a delivery sent (once): `applied` is False when another attempt, whose lease
+    replaced this one's, had already recorded it sent; `sequence` names a step's sequence."""
     async with pool.acquire() as conn, conn.transaction():
         await _lock_enrolment(conn, delivery)
         status = await conn.execute(
@@ -61,18 +73,9 @@ async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> str |
             " WHERE id = $1 AND status <> 'sent'",
             delivery.id, now,
         )  # fmt: skip
-        return await _finish_step(conn, delivery, now=now) if row_count(status) else None
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What recording a failed attempt did: `applied` is False when a newer attempt holds the
-    delivery (this attempt's lease ran out and it was claimed again), so the newer attempt's
-    outcome is the one that counts; `sequence` names a step's sequence when it was dead-lettered.
-    """
-
-    applied: bool
-    sequence: str | None = None
+        if not row_count(status):
+            return Recorded(applied=False)
+        return Recorded(applied=True, sequence=await _finish_step(conn, delivery, now=now))
 
 
 async def record_failure(

@@ -115,20 +115,30 @@ class Dispatcher:
             self.metrics.delivery_duration.labels(delivery.channel).observe(loop.time() - started)
 
     async def _sent(self, delivery: Delivery, attempt: int) -> None:
+        now = self.clock.now()
         try:
-            sequence = await deliveries.record_sent(self.pool, delivery, now=self.clock.now())
+            recorded = await deliveries.record_sent(self.pool, delivery, now=now)
         except Exception as exc:
             log.warning("sent but not recorded; the lease will resend it with the same key",
                         **_fields(delivery), error=repr(exc))  # fmt: skip
             self._count_unrecorded(delivery)
             return
+        m = self.metrics
+        if not recorded.applied:
+            # Its lease ran out and a newer attempt had already recorded it sent: the
+            # receiver got the same idempotency key twice; count the delivery once.
+            log.info("delivery already recorded sent", **_fields(delivery), attempt=attempt)
+            m.deliveries.labels(delivery.kind, delivery.channel, "superseded").inc()
+            return
         log.debug("delivery sent", **_fields(delivery), attempt=attempt,
                   customer_id=delivery.customer_id)  # fmt: skip
-        m = self.metrics
         m.deliveries.labels(delivery.kind, delivery.channel, "sent").inc()
         m.delivery_attempts.labels(delivery.kind).observe(attempt)
-        if sequence is not None:
-            m.steps.labels(sequence, "sent").inc()
+        if delivery.due_at is not None:
+            late = (now - delivery.due_at).total_seconds()
+            m.delivery_lateness.labels(delivery.kind).observe(max(0.0, late))
+        if recorded.sequence is not None:
+            m.steps.labels(recorded.sequence, "sent").inc()
 
     async def _failed(
         self, delivery: Delivery, attempt: int, error: str, *, permanent: bool = False

@@ -11,6 +11,8 @@ from shared.domain.playbooks import Playbooks
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
+# Seconds to a day: the scheduler's poll, retry back-off, then an outage's backlog.
+LATENESS_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400)
 RECORD_SOURCES = ("tier_changed", "purchases")
 RECORD_OUTCOMES = ("processed", "duplicate", "dead_lettered")
 # (kind, channel) pairs a delivery can have: task pushes only go to the CRM webhook.
@@ -33,6 +35,7 @@ class ActionsMetrics:
     deliveries: Counter
     delivery_duration: Histogram
     delivery_attempts: Histogram
+    delivery_lateness: Histogram
     dead_letters: Counter
     dlq_records: Counter
     steps: Counter
@@ -82,7 +85,7 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         ),
         deliveries=_counter(
             "deliveries_total",
-            "Send attempts by kind, channel and outcome (sent, retry, dead; superseded: a failure"
+            "Send attempts by kind, channel and outcome (sent, retry, dead; superseded: an outcome"
             " that came after its lease ran out and the delivery was claimed again; unrecorded:"
             " the outcome could not be written, so the lease sends it again with the same key).",
             ["kind", "channel", "outcome"],
@@ -100,6 +103,13 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
             "Attempts a delivery took until sent or dead.",
             ["kind"],
             buckets=ATTEMPT_BUCKETS,
+            registry=r,
+        ),
+        delivery_lateness=Histogram(
+            "tierstream_actions_delivery_lateness_seconds",
+            "From a delivery's due time to its recorded send, retries included (business time).",
+            ["kind"],
+            buckets=LATENESS_BUCKETS,
             registry=r,
         ),
         dead_letters=_counter(

@@ -3,7 +3,7 @@ send moves one, even when its outcome cannot be recorded."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from services.actions import deliveries
 from services.actions.channels import Channels, Delivery, DeliveryError
 from services.actions.db import Pool
+from services.actions.deliveries import Recorded
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.metrics import actions_metrics, prime_metrics
 from shared.clock import FixedClock
@@ -82,3 +83,45 @@ async def test_a_send_whose_outcome_cannot_be_recorded_is_counted_as_unrecorded(
 
     assert outcome("unrecorded") == 1
     assert (outcome("sent"), outcome("retry"), outcome("dead")) == (0, 0, 0)
+
+
+class _Recorded:
+    """record_sent as Postgres answers it: the first success applies, a later one does not."""
+
+    def __init__(self) -> None:
+        self.sent: set[int] = set()
+
+    async def __call__(self, pool: object, delivery: Delivery, *, now: datetime) -> Recorded:
+        applied = delivery.id not in self.sent
+        self.sent.add(delivery.id)
+        return Recorded(applied=applied)
+
+
+async def test_a_send_counts_its_lateness_once_and_a_second_success_as_superseded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(deliveries, "record_sent", _Recorded())
+    registry = CollectorRegistry()
+    metrics = actions_metrics(registry)
+    now = datetime(2026, 5, 1, 8, tzinfo=UTC)
+    dispatcher = Dispatcher(
+        "dispatcher", cast(Pool, None), Channels(log_channel=_Receiver(fails=False)),
+        kinds=["alert"], policy=DispatchPolicy(4, 1.0, 2.0, 3, 0.1, 0.2, 0.1),
+        clock=FixedClock(now), metrics=metrics,
+    )  # fmt: skip
+    delivery = Delivery(id=1, key="k-1", kind="alert", customer_id="c", channel="log",
+                        recipient=None, subject="", body="hi", payload={},
+                        due_at=now - timedelta(minutes=3))  # fmt: skip
+    await dispatcher.deliver(delivery, 1)
+    await dispatcher.deliver(delivery, 2)  # the lease ran out during the first attempt
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"tierstream_actions_{name}", labels)
+
+    outcomes = {"kind": "alert", "channel": "log"}
+    assert sample("deliveries_total", **outcomes, outcome="sent") == 1
+    assert sample("deliveries_total", **outcomes, outcome="superseded") == 1
+    assert sample("delivery_lateness_seconds_count", kind="alert") == 1
+    assert sample("delivery_lateness_seconds_sum", kind="alert") == 180
+    assert sample("delivery_lateness_seconds_bucket", kind="alert", le="60.0") == 0
+    assert sample("delivery_lateness_seconds_bucket", kind="alert", le="300.0") == 1
