@@ -1,7 +1,8 @@
 """One consumed batch, applied in one Postgres transaction (the effectively-once unit).
 
 Order inside the transaction: inbox claim (redeliveries drop out), the advisory locks of
-the batch's customers (another process may hold their purchases), enrolment exits, new
+the batch's customers (another process may hold their purchases), enrolments that began
+and ended within the batch (stored as history), enrolment exits, new
 enrolments with their steps, tasks, alert and task-push deliveries, goal events (which may
 end enrolments created just before), and last the fenced offset update.
 """
@@ -130,7 +131,17 @@ async def _write_effects(
     conn: Connection, effects: Effects, channels: ChannelConfig, result: BatchResult, *,
     now: datetime,
 ) -> None:  # fmt: skip
-    """Exits first, then enrolments (with their steps), tasks and deliveries."""
+    """Exits, then enrolments (with their steps), tasks and deliveries.
+
+    Enrolments that began and ended within the batch are stored as ended first (unless one
+    was active already, which would have refused them), so the re-entry policy reads them as
+    it would one change at a time.
+    """
+    ended = await store.admissible(conn, [row for row, _ in effects.ended.values()], now=now)
+    reasons = {(row.customer_id, row.request.sequence): why for row, why in effects.ended.values()}
+    await store.insert_ended_enrolments(
+        conn, [(row, reasons[row.customer_id, row.request.sequence]) for row in ended], now=now
+    )
     result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
     allowed = await store.admissible(conn, list(effects.enrols.values()), now=now)
     enrolled = await store.insert_enrolments(conn, allowed, now=now)

@@ -108,6 +108,9 @@ class Effects:
     enrols: dict[tuple[str, str], EnrolRow] = field(default_factory=dict)
     exits: list[ExitRow] = field(default_factory=list)
     planned: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Enrolled and exited within this batch, with the exit's reason: never started, but
+    # stored as ended, since one change at a time it would be history the re-entry policy reads.
+    ended: dict[tuple[str, str], tuple[EnrolRow, str]] = field(default_factory=dict)
 
 
 def collect_effects(
@@ -131,8 +134,10 @@ def _add(
     customer = change.customer_id
     match request:
         case ExitRequest(sequence=sequence, reason=reason):
-            # Enrolled and exited within one batch: the enrolment never starts.
-            effects.enrols.pop((customer, sequence), None)
+            # Enrolled and exited within one batch: the enrolment never starts (no steps).
+            started = effects.enrols.pop((customer, sequence), None)
+            if started is not None and (customer, sequence) not in effects.ended:
+                effects.ended[(customer, sequence)] = (started, reason)
             effects.exits.append(ExitRow(customer, sequence, reason))
             return
         case EnrolRequest(sequence=sequence):

@@ -173,6 +173,27 @@ async def insert_enrolments(
     return [(row["id"], by_key[(row["customer_id"], row["sequence"])]) for row in rows]
 
 
+async def insert_ended_enrolments(
+    conn: Connection, ended: Sequence[tuple[EnrolRow, str]], *, now: datetime
+) -> None:
+    """Record enrolments that began and ended within one batch: exited, with no steps; not
+    where one is active (it would have refused them)."""
+    if not ended:
+        return
+    ordered = sorted(ended, key=lambda e: (e[0].customer_id, e[0].request.sequence))
+    await conn.execute(
+        "INSERT INTO actions.enrolment (customer_id, sequence, playbook, tier_change_id,"
+        " trigger_at, enrolled_at, status, exit_reason, ended_at)"
+        " SELECT c, s, p, t, a, $7, 'exited', r, $7 FROM unnest($1::text[], $2::text[],"
+        " $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS x(c, s, p, t, a, r)"
+        " WHERE NOT EXISTS (SELECT 1 FROM actions.enrolment e"
+        " WHERE e.customer_id = x.c AND e.sequence = x.s AND e.status = 'active')",
+        [e.customer_id for e, _ in ordered], [e.request.sequence for e, _ in ordered],
+        [e.request.playbook for e, _ in ordered], [e.tier_change_id for e, _ in ordered],
+        [e.trigger_at for e, _ in ordered], [reason for _, reason in ordered], now,
+    )  # fmt: skip
+
+
 _TASK_COLUMNS = (
     "id, customer_id, tier_change_id, playbook, title, queue, assignee, priority, status,"
     " due_at, created_at, updated_at, completed_at"

@@ -73,6 +73,46 @@ async def test_welcome_is_never_entered_twice_but_win_back_may_be(
     ]
 
 
+async def test_a_batch_with_enrolment_exit_and_reentry_decides_as_one_change_at_a_time(
+    pool: Pool, actions_db: str
+) -> None:
+    # lead -> new -> at_risk -> new in one batch: welcome began and ended (history, no
+    # steps), so `reentry: never` refuses the second; win_back (`reentry: allow`) started.
+    batch = [
+        tier_change("1", "c", "lifecycle_stage", "lead", "new", at=NOW),
+        tier_change("2", "c", "lifecycle_stage", "new", "at_risk", at=NOW),
+        tier_change("3", "c", "lifecycle_stage", "at_risk", "new", at=NOW),
+    ]
+    await apply_changes(pool, batch, now=NOW)
+    assert await _enrolments(actions_db, "c") == [
+        ("welcome", "exited", "lifecycle_stage:at_risk"),
+        ("win_back", "active", None),
+    ]
+    steps = await fetch(actions_db, "SELECT e.sequence FROM actions.delivery d JOIN"
+                        " actions.enrolment e ON e.id = d.enrolment_id")  # fmt: skip
+    assert {s["sequence"] for s in steps} == {"win_back"}
+    # A later batch reads the same history: still no second welcome.
+    later = [tier_change("4", "c", "lifecycle_stage", "new", "at_risk", at=NOW + DAY),
+             tier_change("5", "c", "lifecycle_stage", "at_risk", "new", at=NOW + DAY)]  # fmt: skip
+    await apply_changes(pool, later, now=NOW + DAY)
+    assert [e for e in await _enrolments(actions_db, "c") if e[0] == "welcome"] == [
+        ("welcome", "exited", "lifecycle_stage:at_risk")
+    ]
+
+
+async def test_an_enrolment_begun_and_ended_in_a_batch_leaves_an_active_one_alone(
+    pool: Pool, actions_db: str
+) -> None:
+    await apply_changes(pool, [tier_change("1", "c", "lifecycle_stage", "lead", "new")], now=NOW)
+    # Welcome is active: the batch's own enrolment would be refused, its exit ends the first.
+    batch = [tier_change("2", "c", "lifecycle_stage", "at_risk", "new", at=NOW + DAY),
+             tier_change("3", "c", "lifecycle_stage", "new", "churned", at=NOW + DAY)]  # fmt: skip
+    await apply_changes(pool, batch, now=NOW + DAY)
+    assert [e for e in await _enrolments(actions_db, "c") if e[0] == "welcome"] == [
+        ("welcome", "exited", "lifecycle_stage:churned")
+    ]
+
+
 async def test_a_purchase_after_the_change_means_there_is_nothing_to_win_back(
     pool: Pool, actions_db: str
 ) -> None:

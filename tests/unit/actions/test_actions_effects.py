@@ -48,6 +48,13 @@ def test_new_then_at_risk_in_one_batch_never_starts_the_welcome_sequence() -> No
     ), ALL, now=NOW)  # fmt: skip
     assert set(effects.enrols) == {("c", "win_back")}
     assert [(e.customer_id, e.sequence) for e in effects.exits] == [("c", "welcome")]
+    # Kept as history for the re-entry policy, never started.
+    [(began, reason)] = effects.ended.values()
+    assert (began.customer_id, began.tier_change_id, reason) == (
+        "c",
+        "1",
+        "lifecycle_stage:at_risk",
+    )
 
 
 def test_an_exit_before_an_enrolment_in_one_batch_keeps_the_new_enrolment() -> None:
