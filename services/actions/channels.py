@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
+from email.utils import getaddresses
 from typing import Any, Protocol
 
 import aiosmtplib
@@ -129,6 +130,11 @@ class SmtpChannel:
         """The e-mail for a delivery (bodies are HTML-escaped when rendered)."""
         if not delivery.recipient:
             raise PermanentDeliveryError("no recipient address")
+        # One recipient, as the playbook format says: a customer attribute such as
+        # "a@x, b@y" must not send one customer's message to two mailboxes.
+        addresses = getaddresses([delivery.recipient])
+        if len(addresses) != 1 or "@" not in addresses[0][1]:
+            raise PermanentDeliveryError(f"recipient {delivery.recipient!r} is not one address")
         msg = EmailMessage()
         msg["From"] = self.config.sender
         msg["To"] = delivery.recipient

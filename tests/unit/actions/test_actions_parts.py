@@ -90,6 +90,16 @@ def test_emails_carry_the_key_as_message_id_and_need_a_recipient() -> None:
     assert "<p>Tom &amp; Jerry</p>" in rich.get_content()
     with pytest.raises(PermanentDeliveryError):
         channel.message(_delivery(recipient=None))
+    assert (
+        channel.message(_delivery(recipient="Tom <t@example.com>"))["To"] == "Tom <t@example.com>"
+    )
+
+
+@pytest.mark.parametrize("recipient", ["a@example.com, b@example.com", "a@x; b@y", "nobody", "<>"])
+def test_an_email_goes_to_exactly_one_address(recipient: str) -> None:
+    channel = SmtpChannel(SmtpConfig("localhost", 25, "from@example.com"))
+    with pytest.raises(PermanentDeliveryError, match="is not one address"):
+        channel.message(_delivery(recipient=recipient))
 
 
 def _record(topic: str, value: bytes) -> SimpleNamespace:
