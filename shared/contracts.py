@@ -59,8 +59,7 @@ def _time_as_text(value: object) -> object:
         if value.startswith(_EDGE_DAYS):
             _check_utc_range(value)
     elif isinstance(value, datetime):
-        if value.year in (MINYEAR, MAXYEAR):
-            _check_utc_range(value)
+        _check_utc_range(value)
     else:
         raise _not_iso()
     return value

@@ -138,9 +138,8 @@ async def _write_effects(
     it would one change at a time.
     """
     ended = await store.admissible(conn, [row for row, _ in effects.ended.values()], now=now)
-    reasons = {(row.customer_id, row.request.sequence): why for row, why in effects.ended.values()}
     await store.insert_ended_enrolments(
-        conn, [(row, reasons[row.customer_id, row.request.sequence]) for row in ended], now=now
+        conn, [effects.ended[row.customer_id, row.request.sequence] for row in ended], now=now
     )
     result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
     allowed = await store.admissible(conn, list(effects.enrols.values()), now=now)
