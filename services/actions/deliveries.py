@@ -107,6 +107,19 @@ async def record_failure(
         return Recorded(applied=True, sequence=await _finish_step(conn, delivery, now=now))
 
 
+async def defer(pool: Pool, delivery: Delivery, attempt: int, *, due_at: datetime) -> bool:
+    """Put a claimed delivery back unsent, due at `due_at`, its claim not counted as an
+    attempt; False when a newer attempt (its lease ran out) already holds it."""
+    async with pool.acquire() as conn:
+        status = await conn.execute(
+            "UPDATE actions.delivery SET due_at = $2, attempts = attempts - 1,"
+            " available_at = clock_timestamp()"
+            " WHERE id = $1 AND status = 'pending' AND attempts = $3",
+            delivery.id, due_at, attempt,
+        )  # fmt: skip
+    return row_count(status) > 0
+
+
 async def _lock_enrolment(conn: Connection, delivery: Delivery) -> None:
     """Lock a step's enrolment before its step, in the order an exit does (no deadlock), and
     so that two steps finishing together cannot both miss completing it."""

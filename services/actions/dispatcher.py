@@ -11,6 +11,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from services.actions import deliveries
 from services.actions.channels import Channels, Delivery, DeliveryError, PermanentDeliveryError
@@ -18,6 +19,7 @@ from services.actions.db import Pool
 from services.actions.metrics import ActionsMetrics
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock
+from shared.domain.playbook_requests import quiet_until
 from shared.logging import get_logger
 from shared.loops import run_loop
 
@@ -96,7 +98,12 @@ class Dispatcher:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def deliver(self, delivery: Delivery, attempt: int) -> None:
-        """Send one delivery and record the outcome (a failure to record is retried by lease)."""
+        """Send one delivery and record the outcome (a failure to record is retried by lease);
+        a step claimed inside its quiet hours is put back until they end, unsent."""
+        resume = quiet_until(self.clock.now(), delivery.payload.get("quiet_hours"))
+        if resume is not None:
+            await self._defer(delivery, attempt, resume)
+            return
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -139,6 +146,19 @@ class Dispatcher:
             m.delivery_lateness.labels(delivery.kind).observe(max(0.0, late))
         if recorded.sequence is not None:
             m.steps.labels(recorded.sequence, "sent").inc()
+
+    async def _defer(self, delivery: Delivery, attempt: int, resume: datetime) -> None:
+        try:
+            deferred = await deliveries.defer(self.pool, delivery, attempt, due_at=resume)
+        except Exception as exc:
+            log.warning("quiet-hours deferral not recorded; the lease will check again",
+                        **_fields(delivery), error=repr(exc))  # fmt: skip
+            self._count_unrecorded(delivery)
+            return
+        outcome = "deferred" if deferred else "superseded"
+        log.info("step deferred past quiet hours", **_fields(delivery), until=resume.isoformat(),
+                 applied=deferred)  # fmt: skip
+        self.metrics.deliveries.labels(delivery.kind, delivery.channel, outcome).inc()
 
     async def _failed(
         self, delivery: Delivery, attempt: int, error: str, *, permanent: bool = False

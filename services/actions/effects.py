@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.contracts import TierChanged
+from shared.domain.playbook_requests import quiet_hours_record
 from shared.domain.playbooks import (
     ActionRequest,
     AlertRequest,
@@ -175,6 +176,9 @@ def step_rows(
 ) -> list[DeliveryRow]:
     """The scheduled steps of a new enrolment, each due at its offset (after quiet hours)."""
     request = row.request
+    payload: dict[str, Any] = {"sequence": request.sequence}
+    if request.quiet_hours is not None:  # checked again when the step is sent
+        payload["quiet_hours"] = quiet_hours_record(request.quiet_hours)
     out = []
     for step in request.steps:
         channel, recipient = channels.resolve(step.channel, step.to)
@@ -183,7 +187,7 @@ def step_rows(
             kind="step", customer_id=row.customer_id, tier_change_id=row.tier_change_id,
             playbook=request.playbook, audience=None, channel=channel, recipient=recipient,
             subject=step.subject, body=step.text,
-            payload={"sequence": request.sequence, "step": step.name, "enrolment_id": enrolment_id},
+            payload={**payload, "step": step.name, "enrolment_id": enrolment_id},
             due_at=step_due_at(enrolled_at, step, request.quiet_hours),
             enrolment_id=enrolment_id, step_index=step.index, step_name=step.name,
         ))  # fmt: skip

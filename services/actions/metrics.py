@@ -20,7 +20,7 @@ DELIVERY_ROUTES = (
     ("alert", "webhook"), ("alert", "email"), ("alert", "log"), ("task", "webhook"),
     ("step", "webhook"), ("step", "email"), ("step", "log"),
 )  # fmt: skip
-DELIVERY_OUTCOMES = ("sent", "retry", "dead", "superseded", "unrecorded")
+DELIVERY_OUTCOMES = ("sent", "retry", "dead", "superseded", "unrecorded", "deferred")
 STEP_OUTCOMES = ("sent", "cancelled", "failed")
 PRUNED_TABLES = ("inbox", "goal_event")
 
@@ -87,7 +87,8 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
             "deliveries_total",
             "Send attempts by kind, channel and outcome (sent, retry, dead; superseded: an outcome"
             " that came after its lease ran out and the delivery was claimed again; unrecorded:"
-            " the outcome could not be written, so the lease sends it again with the same key).",
+            " the outcome could not be written, so the lease sends it again with the same key;"
+            " deferred: a step claimed inside its quiet hours, put back until they end).",
             ["kind", "channel", "outcome"],
             r,
         ),

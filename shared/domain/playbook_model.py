@@ -226,7 +226,8 @@ class Step(_Content):
 
 
 class QuietHours(_Model):
-    """Steps due inside [start, end) local time are sent at `end` instead.
+    """Steps due inside [start, end) local time are sent at `end` instead; so is a step
+    that a retry, an expired lease or a backlog brings inside them (checked when it is sent).
 
     `start` and `end` are wall-clock times ("21:00") in `timezone`, an IANA zone name.
     """

@@ -122,6 +122,21 @@ def defer_past_quiet_hours(at: datetime, quiet: QuietHours) -> datetime:
     return datetime.combine(day, quiet.end, tzinfo=zone).astimezone(UTC)
 
 
+def quiet_hours_record(quiet: QuietHours) -> dict[str, str]:
+    """A step's quiet hours as JSON, stored with the step so the send-time check does not
+    depend on whichever playbooks are loaded when it falls due."""
+    return quiet.model_dump(mode="json")
+
+
+def quiet_until(now: datetime, record: Mapping[str, str] | None) -> datetime | None:
+    """When a step claimed at `now` may go out, if `now` is inside its quiet hours (a retry,
+    an expired lease or a backlog can bring a step due before quiet hours into them)."""
+    if record is None:
+        return None
+    resume = defer_past_quiet_hours(now, QuietHours.model_validate(record))
+    return resume if resume != now else None
+
+
 def longest_sequence(sequences: Mapping[str, SequenceDef]) -> timedelta:
     """The latest a step of any sequence can fall due after enrolment (0 without sequences)."""
     spans = [

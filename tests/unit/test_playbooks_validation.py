@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.domain.playbook_model import Channel, QuietHours, TaskAction
+from shared.domain.playbook_requests import quiet_hours_record, quiet_until
 from shared.domain.playbooks import (
     PlannedStep,
     PlaybooksError,
@@ -280,6 +282,24 @@ def test_steps_are_due_at_their_offset_and_never_inside_quiet_hours(
 ) -> None:
     step = PlannedStep(0, "s", timedelta(hours=offset_h), Channel.LOG, None, "", "x")
     assert step_due_at(enrolled, step, quiet) == due
+
+
+@pytest.mark.parametrize(
+    ("now", "until"),
+    [
+        (datetime(2026, 1, 5, 19, 59, tzinfo=UTC), None),  # 20:59 Berlin: send
+        (datetime(2026, 1, 5, 20, tzinfo=UTC), datetime(2026, 1, 6, 7, tzinfo=UTC)),  # 21:00
+        (datetime(2026, 1, 6, 6, 59, tzinfo=UTC), datetime(2026, 1, 6, 7, tzinfo=UTC)),
+        (datetime(2026, 1, 6, 7, tzinfo=UTC), None),  # 08:00 Berlin: quiet hours are over
+    ],
+)
+def test_a_step_claimed_inside_its_quiet_hours_waits_for_their_end(
+    now: datetime, until: datetime | None
+) -> None:
+    record = quiet_hours_record(QUIET)
+    assert json.loads(json.dumps(record)) == record  # it is stored as JSON with the step
+    assert quiet_until(now, record) == until
+    assert quiet_until(now, None) is None  # a step without quiet hours goes out when claimed
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from shared.clock import FixedClock
+from shared.domain.playbooks import default_playbooks_path
 from shared.topics import Topics
 from tests.integration.actions.support import (
     AUTH,
@@ -77,6 +79,43 @@ async def test_the_welcome_sequence_sends_on_days_1_3_7_and_14_never_early(
             assert [(s["status"], s["sent_at"]) for s in done["steps"]] == [
                 ("sent", _iso(d * DAY)) for d, _ in WELCOME
             ]
+
+
+async def test_a_step_picked_up_inside_quiet_hours_waits_for_their_end(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    # Quiet 21:00-08:00 UTC. The day-1 step falls due at 10:00, outside them, but the service
+    # only gets to it at 22:00 (down, or behind): it must wait for 08:00, not go out at once.
+    quiet = 'quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}\n    reentry: never'
+    edited = tmp_path / "playbooks.yaml"
+    text = default_playbooks_path().read_text(encoding="utf-8")
+    edited.write_text(text.replace("reentry: never", quiet, 1))
+    with smtp_server() as (port, mailbox):
+        settings = actions_settings(base_env, smtp_host="127.0.0.1", smtp_port=port,
+                                    playbooks_file=edited)  # fmt: skip
+        async with running_actions(settings, clock) as url:
+            change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
+                                 email="newbie@example.com")  # fmt: skip
+            await produce_changes(kafka_bootstrap, topic_namespace, [change])
+            [enrolment] = await eventually(lambda: _enrolments(url, "newbie"), what="enrolment")
+            assert enrolment["steps"][0]["due_at"] == _iso(DAY)  # 10:00: not quiet
+            clock.set(NOW + DAY + timedelta(hours=12))  # 22:00
+            moved = _iso(DAY + timedelta(hours=22))  # 08:00 the next morning
+            await eventually(partial(_first_step_due, url, moved), what="the deferral")
+            await asyncio.sleep(0.3)  # several dispatcher rounds
+            assert mailbox == []
+            clock.set(NOW + DAY + timedelta(hours=22))
+            await eventually(partial(_steps_sent, url, 1), what="the step at 08:00")
+            assert subjects(mailbox) == [WELCOME[0][1]]
+            [enrolment] = await _enrolments(url, "newbie")
+            assert enrolment["steps"][0]["sent_at"] == moved
+
+
+async def _first_step_due(url: str, due_at: str) -> bool:
+    [enrolment] = await _enrolments(url, "newbie")
+    moved: bool = enrolment["steps"][0]["due_at"] == due_at
+    return moved
 
 
 async def _steps_sent(url: str, count: int) -> bool:

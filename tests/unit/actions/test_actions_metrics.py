@@ -125,3 +125,47 @@ async def test_a_send_counts_its_lateness_once_and_a_second_success_as_supersede
     assert sample("delivery_lateness_seconds_sum", kind="alert") == 180
     assert sample("delivery_lateness_seconds_bucket", kind="alert", le="60.0") == 0
     assert sample("delivery_lateness_seconds_bucket", kind="alert", le="300.0") == 1
+
+
+async def test_a_step_claimed_inside_its_quiet_hours_is_put_back_unsent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A retry, an expired lease or a backlog can bring a step due at 20:00 to 23:00.
+    put_back: list[tuple[int, int, datetime]] = []
+
+    async def defer(pool: object, delivery: Delivery, attempt: int, *, due_at: datetime) -> bool:
+        put_back.append((delivery.id, attempt, due_at))
+        return True
+
+    monkeypatch.setattr(deliveries, "defer", defer)
+    monkeypatch.setattr(deliveries, "record_sent", _Recorded())
+    sent: list[int] = []
+
+    class _Mailer:
+        async def send(self, delivery: Delivery) -> None:
+            sent.append(delivery.id)
+
+    registry = CollectorRegistry()
+    clock = FixedClock(datetime(2026, 5, 1, 23, tzinfo=UTC))
+    dispatcher = Dispatcher(
+        "scheduler", cast(Pool, None), Channels(log_channel=_Mailer()), kinds=["step"],
+        policy=DispatchPolicy(4, 1.0, 2.0, 3, 0.1, 0.2, 0.1), clock=clock,
+        metrics=actions_metrics(registry),
+    )  # fmt: skip
+    quiet = {"start": "21:00:00", "end": "08:00:00", "timezone": "UTC"}
+    delivery = Delivery(id=7, key="k-7", kind="step", customer_id="c", channel="log",
+                        recipient=None, subject="", body="hi",
+                        payload={"sequence": "s", "quiet_hours": quiet},
+                        due_at=datetime(2026, 5, 1, 20, tzinfo=UTC))  # fmt: skip
+    await dispatcher.deliver(delivery, 3)
+    assert (sent, put_back) == ([], [(7, 3, datetime(2026, 5, 2, 8, tzinfo=UTC))])
+    labels = {"kind": "step", "channel": "log"}
+    assert (
+        registry.get_sample_value(
+            "tierstream_actions_deliveries_total", {**labels, "outcome": "deferred"}
+        )
+        == 1
+    )
+    clock.set(datetime(2026, 5, 2, 8, tzinfo=UTC))
+    await dispatcher.deliver(delivery, 4)
+    assert sent == [7]
