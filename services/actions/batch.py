@@ -144,7 +144,7 @@ async def _write_effects(
     result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
     allowed = await store.admissible(conn, list(effects.enrols.values()), now=now)
     enrolled = await store.insert_enrolments(conn, allowed, now=now)
-    steps = [s for eid, row in enrolled for s in step_rows(eid, row, channels, enrolled_at=now)]
+    steps = [s for eid, row in enrolled for s in step_rows(eid, row, channels)]
     created = await store.upsert_tasks(conn, list(effects.tasks.values()), now=now)
     pushes = [task_push_row(t, now=now) for t in created] if channels.crm else []
     deliveries: list[DeliveryRow] = [*effects.alerts, *pushes, *steps]

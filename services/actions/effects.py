@@ -89,7 +89,8 @@ class TaskRow:
 class EnrolRow:
     customer_id: str
     tier_change_id: str
-    trigger_at: datetime
+    trigger_at: datetime  # the trigger's event time: a goal reached after it ends the enrolment
+    decided_at: datetime  # when the scorer decided the change: the steps count from it
     request: EnrolRequest
 
 
@@ -144,11 +145,13 @@ def _add(
         case EnrolRequest(sequence=sequence):
             key = (customer, sequence)
             if key not in effects.enrols:  # a second enrolment would be refused anyway
-                effects.enrols[key] = EnrolRow(customer, change.id, change.occurred_at, request)
+                effects.enrols[key] = EnrolRow(
+                    customer, change.id, change.occurred_at, change.emitted_at, request
+                )
         case TaskRequest():
             effects.tasks[(customer, request.playbook)] = TaskRow(
                 customer, change.id, request.playbook, request.title, request.queue,
-                request.priority.value, request.assignee, now + request.due_in,
+                request.priority.value, request.assignee, change.emitted_at + request.due_in,
             )  # fmt: skip
         case AlertRequest():
             effects.alerts.append(alert_row(change, request, channels, now=now))
@@ -171,10 +174,9 @@ def alert_row(
     )  # fmt: skip
 
 
-def step_rows(
-    enrolment_id: int, row: EnrolRow, channels: ChannelConfig, *, enrolled_at: datetime
-) -> list[DeliveryRow]:
-    """The scheduled steps of a new enrolment, each due at its offset (after quiet hours)."""
+def step_rows(enrolment_id: int, row: EnrolRow, channels: ChannelConfig) -> list[DeliveryRow]:
+    """The scheduled steps of a new enrolment, each due at its offset (after quiet hours) from
+    the moment the scorer decided the change (not when it was consumed here)."""
     request = row.request
     payload: dict[str, Any] = {"sequence": request.sequence}
     if request.quiet_hours is not None:  # checked again when the step is sent
@@ -188,7 +190,7 @@ def step_rows(
             playbook=request.playbook, audience=None, channel=channel, recipient=recipient,
             subject=step.subject, body=step.text,
             payload={**payload, "step": step.name, "enrolment_id": enrolment_id},
-            due_at=step_due_at(enrolled_at, step, request.quiet_hours),
+            due_at=step_due_at(row.decided_at, step, request.quiet_hours),
             enrolment_id=enrolment_id, step_index=step.index, step_name=step.name,
         ))  # fmt: skip
     return out

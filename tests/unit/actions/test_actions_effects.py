@@ -28,12 +28,13 @@ NONE = ChannelConfig(webhook=False, email=False, crm=False)
 
 
 def change(
-    cid: str, customer: str, dimension: str, from_: str | None, to: str, **attrs: Any
-) -> TierChanged:
+    cid: str, customer: str, dimension: str, from_: str | None, to: str,
+    decided: datetime = NOW, **attrs: Any,
+) -> TierChanged:  # fmt: skip
     return TierChanged.model_validate({
         "id": cid, "customer_id": customer, "dimension": dimension, "from": from_, "to": to,
-        "cause": "event", "rule": "r", "features": {}, "rules_version": "v", "occurred_at": NOW,
-        "emitted_at": NOW, "attributes": attrs,
+        "cause": "event", "rule": "r", "features": {}, "rules_version": "v",
+        "occurred_at": decided - timedelta(days=30), "emitted_at": decided, "attributes": attrs,
     })  # fmt: skip
 
 
@@ -77,6 +78,16 @@ def test_two_triggers_of_one_playbook_in_a_batch_give_one_task_from_the_latest()
     assert effects.planned[("task", "gold_upgrade")] == 2
 
 
+def test_a_task_is_due_its_time_after_the_decision_not_after_it_was_consumed() -> None:
+    changed = NOW - timedelta(hours=6)
+    effects = collect_effects(
+        planned(change("1", "c", "value_tier", "silver", "gold", changed)), ALL, now=NOW
+    )
+    [task] = effects.tasks.values()
+    assert task.due_at == changed + timedelta(days=2)
+    assert [a.due_at for a in effects.alerts] == [NOW]  # an alert goes out when consumed
+
+
 def test_unconfigured_channels_fall_back_to_the_log() -> None:
     configured = collect_effects(
         planned(change("1", "c", "lifecycle_stage", "new", "at_risk")), ALL, now=NOW
@@ -98,19 +109,22 @@ def test_alert_keys_are_stable_per_change_and_differ_between_changes() -> None:
 
 
 def test_steps_are_due_at_their_offsets_and_need_an_address_for_email() -> None:
+    # Consumed six hours after the scorer decided it (a backlog): the schedule counts from the
+    # decision, not from consumption, nor from the event that led to it (which may be old).
+    changed = NOW - timedelta(hours=6)
     effects = collect_effects(planned(
-        change("1", "c", "lifecycle_stage", "lead", "new", email="c@example.com"),
-        change("2", "d", "lifecycle_stage", "lead", "new"),
+        change("1", "c", "lifecycle_stage", "lead", "new", changed, email="c@example.com"),
+        change("2", "d", "lifecycle_stage", "lead", "new", changed),
     ), ALL, now=NOW)  # fmt: skip
-    with_mail = step_rows(7, effects.enrols[("c", "welcome")], ALL, enrolled_at=NOW)
-    assert [(s.step_name, s.due_at - NOW, s.channel) for s in with_mail] == [
+    with_mail = step_rows(7, effects.enrols[("c", "welcome")], ALL)
+    assert [(s.step_name, s.due_at - changed, s.channel) for s in with_mail] == [
         ("quick_start", timedelta(days=1), "email"), ("best_practices", timedelta(days=3), "email"),
         ("faq", timedelta(days=7), "email"), ("check_in", timedelta(days=14), "email"),
     ]  # fmt: skip
     assert len({s.key for s in with_mail}) == 4 and with_mail[0].key == idempotency_key(
         "step", 7, 0
     )
-    without = step_rows(8, effects.enrols[("d", "welcome")], ALL, enrolled_at=NOW)
+    without = step_rows(8, effects.enrols[("d", "welcome")], ALL)
     assert {s.channel for s in without} == {"log"}
 
 
