@@ -77,6 +77,14 @@ class ServiceSettings(BaseSettings):
         validation_alias="KAFKA_REQUEST_TIMEOUT_MS",
         description="Upper bound for any single broker request.",
     )
+    kafka_max_message_bytes: int = Field(
+        1_048_588,
+        ge=4096,
+        validation_alias="KAFKA_MAX_MESSAGE_BYTES",
+        description="The largest record batch the brokers accept (their `message.max.bytes`, or "
+        "the topics' `max.message.bytes`; Apache Kafka's default is 1048588). Ingest answers 413 "
+        "for an event whose record would be larger, instead of a 503 that a retry cannot pass.",
+    )
     kafka_fetch_max_wait_ms: int = Field(
         20,
         ge=1,

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 from services.ingest.metrics import IngestMetrics
 from services.ingest.parsing import EventParser, decode_json, loose_types
-from services.ingest.publisher import BrokerUnavailableError, Event, Publisher
+from services.ingest.publisher import (
+    BrokerUnavailableError,
+    Event,
+    EventTooLargeError,
+    Publisher,
+)
 from shared.clock import Clock
 from shared.contracts import NUL_ESCAPE
 from shared.gcpause import gc_paused
@@ -43,7 +48,7 @@ class EventIntake:
         """
         events = with_source(self._parse(raw, source=source, batch=batch), source)
         self.metrics.batch_events.observe(len(events))
-        await self._publish(events, source=source, trace=trace)
+        await self._publish(events, source=source, batch=batch, trace=trace)
         ids = [e.event_id for e in events]
         log.info("events accepted", count=len(ids), source=source)
         log.debug("accepted event ids", event_ids=ids)
@@ -64,11 +69,16 @@ class EventIntake:
                 self.metrics.count_events(types, source=source, outcome="rejected")
                 raise
 
-    async def _publish(self, events: list[Event], *, source: str, trace: TraceHeaders) -> None:
+    async def _publish(
+        self, events: list[Event], *, source: str, batch: bool, trace: TraceHeaders
+    ) -> None:
         types = [e.type for e in events]
         started = time.perf_counter()
         try:
             await self.publisher.publish(events, trace=trace)
+        except EventTooLargeError as exc:
+            self.metrics.count_events(types, source=source, outcome="rejected")
+            raise too_large_problem(exc, events, batch=batch) from None
         except BrokerUnavailableError:
             self.metrics.publish_seconds.labels("failed").observe(time.perf_counter() - started)
             self.metrics.count_events(types, source=source, outcome="failed")
@@ -80,3 +90,26 @@ class EventIntake:
             ) from None
         self.metrics.publish_seconds.labels("ok").observe(time.perf_counter() - started)
         self.metrics.count_events(types, source=source, outcome="accepted")
+
+
+def too_large_problem(
+    exc: EventTooLargeError, events: Sequence[Event], *, batch: bool
+) -> ProblemError:
+    """413 naming the event whose Kafka record is over the broker's limit (when known)."""
+    if exc.index is None:
+        detail = (
+            "The broker refused an event of this request as too large (its limit is below"
+            f" {exc.limit} bytes); none is reported accepted, though some may have been written."
+        )
+        return ProblemError(413, "Event too large", detail)
+    event = events[exc.index]
+    where = f"events[{exc.index}]" if batch else "event"
+    reason = (
+        f"its Kafka record would take {exc.size} bytes; the broker accepts at most {exc.limit}"
+        " (shorten its attributes or line items)"
+    )
+    return ProblemError(
+        413, "Event too large", f"Event {event.event_id!r} is too large; nothing was published.",
+        errors=[{"field": where, "reason": reason, "type": "record_too_large",
+                 "index": exc.index if batch else None}],
+    )  # fmt: skip

@@ -121,7 +121,9 @@ EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     ),
     413: _problem_response(
-        "The body exceeds the configured size limit.",
+        "The body exceeds the configured size limit, or an event's Kafka record would exceed"
+        " the broker's (KAFKA_MAX_MESSAGE_BYTES; the error names the event). Nothing was"
+        " published; resending the same body cannot succeed.",
         _problem(413, "Request body too large", "The body must not exceed 1048576 bytes."),
     ),
     415: _problem_response(

@@ -24,7 +24,8 @@ from functools import partial
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from shared.contracts import (
     EVENT_MODELS,
@@ -47,6 +48,15 @@ Work = Callable[[AIOKafkaProducer], Awaitable[None]]
 
 class BrokerUnavailableError(Exception):
     """The broker did not acknowledge every event in time: nothing may be reported accepted."""
+
+
+class EventTooLargeError(Exception):
+    """An event whose Kafka record the broker would refuse, whenever it is sent: `index` is
+    its place in the request (None when the broker refused a record of the request)."""
+
+    def __init__(self, index: int | None, size: int | None, limit: int) -> None:
+        super().__init__(f"record of {size} bytes over the limit of {limit}")
+        self.index, self.size, self.limit = index, size, limit
 
 
 class Publisher(Protocol):
@@ -83,7 +93,8 @@ def event_json(event: Event) -> bytes:
 
 
 class KafkaPublisher:
-    """Publishes events with acks=all; any failure or timeout raises BrokerUnavailableError."""
+    """Publishes events with acks=all; any failure or timeout raises BrokerUnavailableError,
+    a record over the broker's size limit EventTooLargeError (before anything is sent)."""
 
     def __init__(
         self, settings: ServiceSettings, *, timeout_s: float, check_timeout_s: float = 2.0
@@ -146,9 +157,12 @@ class KafkaPublisher:
     ) -> dict[tuple[str, int], list[Record]]:
         """Each event's record under its topic and partition, in request order."""
         groups: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
-        for event in events:
+        limit = self._settings.kafka_max_message_bytes
+        for index, event in enumerate(events):
             topic = self._topic_of[event.type]
             record = record_for(event, trace)
+            if len(record[1]) > limit // 2:  # only a large event needs the exact estimate
+                _check_size(index, record, limit)
             groups[topic, self._partitioner.partition(record[0], partitions[topic])].append(record)
         return groups
 
@@ -162,6 +176,12 @@ class KafkaPublisher:
 
         try:
             await asyncio.wait_for(attempt(), timeout_s)
+        except (MessageSizeTooLargeError, RecordListTooLargeError) as exc:
+            # The broker answered (it is there); its limit is below KAFKA_MAX_MESSAGE_BYTES.
+            self._available = True
+            log.warning("broker refused a record as too large", error=type(exc).__name__,
+                        setting=self._settings.kafka_max_message_bytes)  # fmt: skip
+            raise EventTooLargeError(None, None, self._settings.kafka_max_message_bytes) from exc
         except (KafkaError, OSError, TimeoutError) as exc:
             self._available = False
             if used:
@@ -201,6 +221,14 @@ class KafkaPublisher:
             )
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("producer close failed", error=type(exc).__name__)
+
+
+def _check_size(index: int, record: Record, limit: int) -> None:
+    """Refuse a record whose batch, alone, would exceed the broker's limit."""
+    key, value, headers = record
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    if size > limit:
+        raise EventTooLargeError(index, size, limit)
 
 
 async def _connected(producer: AIOKafkaProducer) -> None:

@@ -7,7 +7,13 @@ import json
 from datetime import datetime
 
 import httpx
+import pytest
+from aiokafka.errors import MessageSizeTooLargeError
+from prometheus_client import CollectorRegistry
 
+from services.ingest import publisher as publisher_module
+from services.ingest.app import create_app
+from services.ingest.publisher import KafkaPublisher
 from services.ingest.settings import IngestSettings
 from shared.contracts import event_ce_type, parse_event
 from shared.kafka import make_producer
@@ -169,3 +175,75 @@ async def test_concurrent_requests_for_the_same_partitions_are_all_published_in_
         for customer in customers:
             ids = [e["event_id"] for e in batch if e["customer_id"] == customer]
             assert [position[i] for i in ids] == sorted(position[i] for i in ids)
+
+
+async def test_an_event_over_the_brokers_record_limit_is_a_413_naming_it_not_a_503(
+    client: httpx.AsyncClient, settings: IngestSettings, publisher: KafkaPublisher
+) -> None:
+    # Within the 1 MiB body limit, but its record is over Apache Kafka's default 1,048,588
+    # bytes: a real broker would refuse it on every retry.
+    event = login(customer_id="cust-huge", attributes={"notes": ""})
+    filler = settings.max_body_bytes - len(json.dumps(event).encode())
+    event["attributes"]["notes"] = "n" * filler
+    body = json.dumps(event).encode()
+    assert len(body) == settings.max_body_bytes
+    producer = publisher._producer
+    response = await client.post(
+        "/v1/events", content=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
+    problem = response.json()
+    assert problem["title"] == "Event too large" and event["event_id"] in problem["detail"]
+    [error] = problem["errors"]
+    assert (error["field"], error["type"]) == ("event", "record_too_large")
+    assert f"at most {settings.kafka_max_message_bytes}" in error["reason"]
+    small = login(customer_id="cust-small")
+    assert (await client.post("/v1/events", json=small, headers=AUTH)).status_code == 202
+    assert publisher._producer is producer  # the broker was fine: no producer was retired
+
+
+async def test_a_batch_with_one_event_over_the_limit_publishes_nothing(
+    settings: IngestSettings, registry: CollectorRegistry
+) -> None:
+    tight = settings.model_copy(update={"kafka_max_message_bytes": 8192})
+    big = login(customer_id="cust-b", attributes={"notes": "n" * 9000})
+    events = [login(customer_id="cust-a"), big, login(customer_id="cust-c")]
+    publisher = KafkaPublisher(tight, timeout_s=tight.publish_timeout_s)
+    await publisher.start()
+    try:
+        app = create_app(tight, publisher=publisher, registry=registry)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            response = await client.post("/v1/events/batch", json={"events": events}, headers=AUTH)
+            assert response.status_code == 413, response.text
+            [error] = response.json()["errors"]
+            assert (error["field"], error["index"]) == ("events[1]", 1)
+            marker = login(customer_id="cust-marker")
+            assert (await client.post("/v1/events", json=marker, headers=AUTH)).status_code == 202
+    finally:
+        await publisher.stop()
+    records = await read_records(
+        tight, topics_of(tight).logins, until=with_event_id(marker["event_id"])
+    )
+    assert [ce_id(r) for r in records] == [marker["event_id"]]  # none of the batch's
+
+
+async def test_a_broker_refusing_a_record_as_too_large_is_a_413_and_keeps_the_producer(
+    client: httpx.AsyncClient, publisher: KafkaPublisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker whose limit is below KAFKA_MAX_MESSAGE_BYTES answers MESSAGE_TOO_LARGE (10):
+    # the embedded broker has no limit, so its answer is played by the batch's future.
+    async def refused(producer: object, batches: object) -> list[asyncio.Future[None]]:
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answer.set_exception(MessageSizeTooLargeError())
+        return [answer]
+
+    producer = publisher._producer
+    with monkeypatch.context() as patched:
+        patched.setattr(publisher_module, "send_batches", refused)
+        response = await client.post("/v1/events", json=login(), headers=AUTH)
+    assert response.status_code == 413, response.text
+    assert "Retry-After" not in response.headers
+    assert "refused an event of this request as too large" in response.json()["detail"]
+    assert publisher.available and publisher._producer is producer
+    assert (await client.post("/v1/events", json=login(), headers=AUTH)).status_code == 202
