@@ -83,7 +83,8 @@ class ServiceSettings(BaseSettings):
         validation_alias="KAFKA_MAX_MESSAGE_BYTES",
         description="The largest record batch the brokers accept (their `message.max.bytes`, or "
         "the topics' `max.message.bytes`; Apache Kafka's default is 1048588). Ingest answers 413 "
-        "for an event whose record would be larger, instead of a 503 that a retry cannot pass.",
+        "for an event whose record would be larger, instead of a 503 that a retry cannot pass; "
+        "the scorer publishes such a tier change without its customer attributes.",
     )
     kafka_fetch_max_wait_ms: int = Field(
         20,

@@ -77,7 +77,8 @@ async def _serve(
     topics = Topics(settings.topic_namespace)
     outbox_ready = asyncio.Event()
     relay = OutboxRelay(pool, producer, topic=topics.tier_changed, batch=settings.relay_batch,
-                        clock=clock, metrics=metrics)  # fmt: skip
+                        clock=clock, metrics=metrics,
+                        max_message_bytes=settings.kafka_max_message_bytes)  # fmt: skip
     events = EventConsumer(
         consumer, producer, pool, group_id=settings.group_id, scoring=holder, clock=clock,
         metrics=metrics, max_records=settings.batch_max_records,

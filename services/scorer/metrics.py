@@ -36,6 +36,7 @@ class ScorerMetrics:
     sweep_customers: prom.Counter
     outbox_backlog: Gauge
     published: prom.Counter
+    trimmed_changes: prom.Counter
     emit_latency: Histogram
     fenced_batches: prom.Counter
     loop_errors: prom.Counter
@@ -123,6 +124,12 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         ),
         published=prom.Counter(
             f"{p}published_changes_total", "Tier changes published (acked).", registry=registry
+        ),
+        trimmed_changes=prom.Counter(
+            f"{p}trimmed_changes_total",
+            "Tier changes published without their customer attributes, because the record would"
+            " have been over KAFKA_MAX_MESSAGE_BYTES (header tierstream_trimmed: attributes).",
+            registry=registry,
         ),
         emit_latency=Histogram(
             f"{p}emit_latency_seconds",

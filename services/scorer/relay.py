@@ -18,13 +18,14 @@ from datetime import datetime
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.scorer.db import Connection, Pool
 from services.scorer.evaluation import ChangeRecord
 from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import TIER_CHANGED_TYPE, ChangeCause, Dimension
-from shared.kafka import cloudevent_headers
+from shared.kafka import Headers, cloudevent_headers
 from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches
 from shared.logging import get_logger
 
@@ -34,6 +35,8 @@ _debug = logging.getLogger(__name__)  # per-change lines only when debug is on (
 # Arbitrary constant naming "the scorer's outbox relay" among advisory locks.
 RELAY_LOCK_KEY = 0x7469_6572_7265_6C01
 CE_SOURCE = "tierstream/scorer"
+# Put on a change published without its attributes (its record was over the broker's limit).
+TRIMMED_HEADER = "tierstream_trimmed"
 
 
 class OutboxRelay:
@@ -48,9 +51,11 @@ class OutboxRelay:
         batch: int,
         clock: Clock,
         metrics: ScorerMetrics,
+        max_message_bytes: int = 1_048_588,
     ) -> None:
         self.pool, self.producer, self.topic, self.batch = pool, producer, topic, batch
         self.clock, self.metrics = clock, metrics
+        self.max_message_bytes = max_message_bytes
         self.partitioner = KeyPartitioner()
 
     async def step(self) -> bool:
@@ -86,7 +91,10 @@ class OutboxRelay:
             )  # fmt: skip
             key = change["customer_id"].encode()
             partition = self.partitioner.partition(key, partitions)
-            groups[(self.topic, partition)].append((key, wire_value(change), headers))
+            value = wire_value(change)
+            if len(value) > self.max_message_bytes // 2:  # only a large one needs the estimate
+                value = self._fitting(change, key, value, headers)
+            groups[(self.topic, partition)].append((key, value, headers))
         batches = build_batches(self.producer, groups)
         await asyncio.gather(*await send_batches(self.producer, batches))
         now = self.clock.now()
@@ -102,6 +110,21 @@ class OutboxRelay:
                     customer_id=change["customer_id"], dimension=change["dimension"],
                     to=change["to_class"],
                 )  # fmt: skip
+
+    def _fitting(self, change: asyncpg.Record, key: bytes, value: bytes, headers: Headers) -> bytes:
+        """The change's record, without its attributes when it would be over the broker's
+        limit: a refused record would stop the relay, and every customer's changes behind it.
+        """
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size <= self.max_message_bytes:
+            return value
+        headers.append((TRIMMED_HEADER, b"attributes"))
+        log.warning(
+            "tier change published without its attributes: its record was too large",
+            tier_change_id=change["id"], size=size, limit=self.max_message_bytes,
+        )  # fmt: skip
+        self.metrics.trimmed_changes.inc()
+        return wire_value(change, attributes=False)
 
 
 # The relay's lock, and custom plans for the rest of its transaction. A prepared statement
@@ -141,8 +164,9 @@ async def _unpublished(conn: Connection, limit: int) -> list[asyncpg.Record]:
     )
 
 
-def wire_value(row: asyncpg.Record) -> bytes:
-    """The `TierChanged` JSON of a `tier_change` row, written straight from the row.
+def wire_value(row: asyncpg.Record, *, attributes: bool = True) -> bytes:
+    """The `TierChanged` JSON of a `tier_change` row, written straight from the row
+    (`attributes=False`: with none).
 
     The stored feature and attribute JSON is embedded as it is (no parse, no pydantic
     model per change): what `change_from_row(row).to_event().to_json()` says, faster.
@@ -153,7 +177,8 @@ def wire_value(row: asyncpg.Record) -> bytes:
             "from": row["from_class"], "to": row["to_class"], "cause": row["cause"],
             "rule": row["rule"], "features": orjson.Fragment(row["features"]),
             "rules_version": row["rules_version"], "occurred_at": row["occurred_at"],
-            "emitted_at": row["emitted_at"], "attributes": orjson.Fragment(row["attributes"]),
+            "emitted_at": row["emitted_at"],
+            "attributes": orjson.Fragment(row["attributes"] if attributes else b"{}"),
         },
         option=orjson.OPT_UTC_Z,
     )  # fmt: skip

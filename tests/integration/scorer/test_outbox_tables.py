@@ -4,6 +4,7 @@ order; the history shows when each went out; migration 0004 carries older rows o
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import command
 
@@ -12,9 +13,10 @@ from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
 from services.scorer.metrics import scorer_metrics
 from services.scorer.queries import list_all_changes
-from services.scorer.relay import OutboxRelay
+from services.scorer.relay import TRIMMED_HEADER, OutboxRelay
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
+from shared.contracts import TierChanged
 from shared.domain.rules import load_rules
 from shared.kafka import ensure_topics, make_producer
 from shared.metrics import new_registry
@@ -141,3 +143,45 @@ async def test_migration_0004_moves_published_times_and_pending_changes_and_back
     async with connect(database_url) as conn:
         rows = await conn.fetch("SELECT id, published_at FROM scorer.tier_change ORDER BY id")
     assert [(r["id"], r["published_at"]) for r in rows] == [("sent", NOW), ("waiting", None)]
+
+
+async def test_a_change_too_large_for_the_broker_goes_out_without_its_attributes(
+    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
+) -> None:
+    # A refused record would stop the relay, and every customer's changes queued behind it.
+    settings = scorer_settings(base_env)
+    topic = Topics(topic_namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        notes = purchase("p-big", "big", 3).model_copy(update={"attributes": {"notes": "n" * 6000}})
+        small = purchase("p-small", "small", 3).model_copy(update={"attributes": {"tier": "a"}})
+        await apply_batch(
+            pool, [notes, small], [], group_id=SCORER_GROUP,
+            scoring=Scoring(load_rules(ScorerSettings().rules_file)), now=NOW,
+        )  # fmt: skip
+        registry = new_registry()
+        relay = OutboxRelay(
+            pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
+            metrics=scorer_metrics(registry), max_message_bytes=4096,
+        )  # fmt: skip
+        await relay.drain()
+        records = await read_topic(kafka_bootstrap, topic, expect=6)
+        by_customer: dict[str, list[Any]] = {}
+        for record in records:
+            by_customer.setdefault(record.key.decode(), []).append(record)
+        assert {len(v) for v in by_customer.values()} == {3}
+        for record in by_customer["big"]:
+            change = TierChanged.model_validate_json(record.value)
+            assert change.attributes == {}
+            assert (TRIMMED_HEADER, b"attributes") in record.headers
+        for record in by_customer["small"]:
+            assert TierChanged.model_validate_json(record.value).attributes == {"tier": "a"}
+            assert TRIMMED_HEADER not in {name for name, _ in record.headers}
+        assert registry.get_sample_value("tierstream_scorer_trimmed_changes_total") == 3
+        assert await _seqs(scorer_db, "tier_change_pending") == []
+    finally:
+        await producer.stop()
+        await pool.close()
