@@ -270,7 +270,9 @@ class TierChanged(_Contract):
     features: dict[str, Any] = Field(description="The feature values the rule read.")
     rules_version: str
     occurred_at: AwareDatetime = Field(
-        description="Event time of the trigger, or the evaluation time."
+        description="When the change happened: the event time of the trigger (cause `event`),"
+        " the instant a time threshold was passed (cause `time`, even when the scorer noticed"
+        " it later), or the evaluation time (rule changes, rebucketing)."
     )
     emitted_at: AwareDatetime
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)

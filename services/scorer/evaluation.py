@@ -34,6 +34,8 @@ _COLUMNS = tuple((d, d.value) for d in Dimension)
 _DIMENSION = {d.value: d for d in Dimension}
 # Never schedule a review in the past: a customer due again at once would spin the sweeper.
 MIN_REVIEW_DELAY = timedelta(seconds=1)
+# Boundaries one late review crosses one at a time; any beyond are decided at once, at now.
+MAX_CATCH_UP_STEPS = 32
 
 
 @dataclass(frozen=True)
@@ -160,8 +162,10 @@ def evaluate(
     now: datetime,
     cause: ChangeCause,
     occurred_at: datetime,
+    emitted_at: datetime | None = None,
 ) -> tuple[CustomerUpdate, list[ChangeRecord]]:
-    """Re-classify one customer at `now`; the changes carry `cause` and `occurred_at`.
+    """Re-classify one customer at `now`; the changes carry `cause` and `occurred_at`, and
+    `emitted_at` (default `now`).
 
     Their trace context is left unset: `fold_batch` adds the trigger's.
     """
@@ -194,7 +198,7 @@ def evaluate(
             attributes,
             rules.version,
             occurred_at,
-            now,
+            emitted_at or now,
         )
         for change_id, c in zip(ids, decision.changes, strict=True)
     ]
@@ -223,13 +227,53 @@ def saved_records(records: Iterable[CustomerRecord], outcome: Outcome) -> list[C
 def evaluate_all(
     records: Iterable[CustomerRecord], scoring: Scoring, *, now: datetime, cause: ChangeCause
 ) -> Outcome:
-    """Re-evaluate customers because time passed or cut points moved (occurred_at = now)."""
+    """Re-evaluate customers because rules or cut points changed (occurred_at = now)."""
     outcome = Outcome([], [])
     for record in records:
         update, changes = evaluate(record, scoring, now=now, cause=cause, occurred_at=now)
         outcome.updates.append(update)
         outcome.changes.extend(changes)
     return outcome
+
+
+def catch_up_all(
+    due: Iterable[tuple[CustomerRecord, datetime]], scoring: Scoring, *, now: datetime
+) -> Outcome:
+    """Re-evaluate customers whose review time came (cause `time`); see `catch_up`."""
+    outcome = Outcome([], [])
+    for record, due_at in due:
+        update, changes = catch_up(record, scoring, due_at=due_at, now=now)
+        outcome.updates.append(update)
+        outcome.changes.extend(changes)
+    return outcome
+
+
+def catch_up(
+    record: CustomerRecord, scoring: Scoring, *, due_at: datetime, now: datetime
+) -> tuple[CustomerUpdate, list[ChangeRecord]]:
+    """Re-classify a customer whose review fell due at `due_at`, boundary by boundary up to
+    `now`: each change carries the moment it happened as `occurred_at` (the review time is
+    the first instant a threshold is passed), and a class held in between is not skipped,
+    even when the sweep comes late (the scorer was down). All are emitted at `now`.
+    """
+    changes: list[ChangeRecord] = []
+    at: datetime | None = due_at
+    for _ in range(MAX_CATCH_UP_STEPS):
+        if at is None or at >= now:
+            break
+        update, made = evaluate(
+            record, scoring, now=at, cause=ChangeCause.TIME, occurred_at=at, emitted_at=now
+        )
+        changes.extend(made)
+        record = CustomerRecord(
+            record.customer_id, record.state, dict(update.classes), dict(update.class_since),
+            record.version,
+        )  # fmt: skip
+        at = update.next_review_at
+    # At `now` itself: the row's features, scores and next review as of now (and any change
+    # left after MAX_CATCH_UP_STEPS boundaries).
+    update, made = evaluate(record, scoring, now=now, cause=ChangeCause.TIME, occurred_at=now)
+    return update, changes + made
 
 
 class CustomerFailed(Exception):

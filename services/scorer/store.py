@@ -102,7 +102,7 @@ async def lock_customers(
 # The review index finds the due customers; their customer rows are what is locked (the
 # consumer locks the same rows, so the two never evaluate one customer at once).
 CLAIM_DUE = (
-    f"SELECT {', '.join(f'c.{column}' for column in _COLUMNS.split(', '))}"
+    f"SELECT {', '.join(f'c.{column}' for column in _COLUMNS.split(', '))}, r.next_review_at"
     " FROM scorer.customer_review AS r JOIN scorer.customer AS c USING (customer_id)"
     " WHERE r.next_review_at <= $1 ORDER BY r.next_review_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED"
 )
@@ -110,10 +110,11 @@ CLAIM_DUE = (
 
 async def claim_due_customers(
     conn: Connection, *, now: datetime, limit: int
-) -> list[CustomerRecord]:
-    """Lock customers whose next review time has come; skip those another tx holds."""
+) -> list[tuple[CustomerRecord, datetime]]:
+    """Lock customers whose next review time has come, with that time; skip those another
+    tx holds."""
     rows = await conn.fetch(CLAIM_DUE, now, limit)
-    return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+    return [(CustomerRecord.from_row(_decoded(row)), row["next_review_at"]) for row in rows]
 
 
 async def claim_outdated_customers(

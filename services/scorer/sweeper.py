@@ -14,7 +14,7 @@ from datetime import datetime
 
 from services.scorer import store
 from services.scorer.db import Pool
-from services.scorer.evaluation import Scoring, evaluate_all
+from services.scorer.evaluation import Scoring, catch_up_all, evaluate_all
 from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import ChangeCause
@@ -64,17 +64,18 @@ class Sweeper:
         scoring = self.scoring()
         async with self.pool.acquire() as conn, conn.transaction():
             if cause is ChangeCause.TIME:
-                records = await store.claim_due_customers(conn, now=now, limit=self.batch)
+                due = await store.claim_due_customers(conn, now=now, limit=self.batch)
+                outcome, count = catch_up_all(due, scoring, now=now), len(due)
             else:
                 version = scoring.rules.version
                 records = await store.claim_outdated_customers(
                     conn, rules_version=version, limit=self.batch
                 )
-            outcome = evaluate_all(records, scoring, now=now, cause=cause)
+                outcome, count = evaluate_all(records, scoring, now=now, cause=cause), len(records)
             await store.save_customers(conn, outcome.updates)
             await store.insert_changes(conn, outcome.changes)
-        self.metrics.sweep_customers.labels(cause.value).inc(len(records))
+        self.metrics.sweep_customers.labels(cause.value).inc(count)
         self.metrics.count_transitions(outcome.changes)
         if outcome.changes:
             self.on_changes()
-        return len(records)
+        return count

@@ -120,6 +120,41 @@ async def test_a_customer_silent_for_over_30_days_becomes_at_risk_by_time_alone(
     assert (await customer_rows(scorer_db))["quiet"]["lifecycle_stage"] == "at_risk"
 
 
+async def test_a_late_sweep_stamps_each_time_change_when_it_happened_and_skips_none(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    # The scorer was down for 100 days: a customer who bought once, a day before, went
+    # semi_active at 7 days, inactive at 30 and at_risk at 90, while nobody looked.
+    events: list[Event] = [purchase("p1", "away", days_ago=1)]
+    async with running_scorer(scorer_settings(base_env, sweep_interval_s=0.1), clock):
+        await produce(kafka_bootstrap, topic_router(topic_namespace), events)
+        await wait_until(lambda: _folded(scorer_db, "away", events=1))
+        bought = clock.now() - timedelta(days=1)
+        clock.advance(timedelta(days=100))
+        rows = await wait_until(lambda: _time_changes(scorer_db, 3))
+    tick = timedelta(microseconds=1)  # a review time is the first instant past a threshold
+    assert [(r["dimension"], r["from_class"], r["to_class"], r["occurred_at"]) for r in rows] == [
+        ("activity_level", "active", "semi_active", bought + timedelta(days=7) + tick),
+        ("activity_level", "semi_active", "inactive", bought + timedelta(days=30) + tick),
+        ("lifecycle_stage", "new", "at_risk", bought + timedelta(days=90) + tick),
+    ]
+    assert {r["emitted_at"] for r in rows} == {clock.now()}
+    final = (await customer_rows(scorer_db))["away"]
+    assert (final["activity_level"], final["lifecycle_stage"]) == ("inactive", "at_risk")
+
+
+async def _time_changes(database_url: str, count: int) -> list[asyncpg.Record] | None:
+    async with connect(database_url) as conn:
+        rows = await conn.fetch(
+            "SELECT * FROM scorer.tier_change WHERE cause = 'time' ORDER BY occurred_at, seq"
+        )
+    return rows if len(rows) >= count else None
+
+
 async def _folded(
     database_url: str, customer_id: str, *, events: int
 ) -> dict[str, dict[str, Any]] | None:

@@ -62,7 +62,7 @@ async def test_the_sweeper_claims_customers_by_their_review_time(scorer_db: str)
     assert soon is not None and later is not None and soon < later
     async with connect(scorer_db) as conn, conn.transaction():
         due = await store.claim_due_customers(conn, now=NOW + timedelta(days=1), limit=10)
-    assert [r.customer_id for r in due] == ["soon"]
+    assert [(r.customer_id, at) for r, at in due] == [("soon", soon)]
 
 
 async def test_migration_0005_moves_review_times_to_their_table_and_back(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 
@@ -14,6 +15,8 @@ from services.scorer.evaluation import (
     CustomerFailed,
     CustomerRecord,
     Scoring,
+    catch_up,
+    catch_up_all,
     distinct_events,
     evaluate_all,
     fold_batch,
@@ -44,6 +47,14 @@ def blank(customer_id: str) -> CustomerRecord:
     return CustomerRecord(customer_id, new_state(customer_id), None, {})
 
 
+def blank_like(record: CustomerRecord) -> CustomerRecord:
+    """A fresh record with the classes of `record` (catching up mutates the state)."""
+    fresh = blank(record.customer_id)
+    fold_batch([fresh], [buy("e1", record.customer_id, 1)], SCORING, now=NOW)
+    fresh.classes, fresh.class_since = dict(record.classes or {}), dict(record.class_since)
+    return fresh
+
+
 def test_later_copies_of_an_event_id_in_one_batch_are_dropped() -> None:
     first, copy = buy("e1", "c1", 1), buy("e1", "c1", 5, amount="999")
     assert distinct_events([first, copy, buy("e2", "c1", 2)]) == [first, buy("e2", "c1", 2)]
@@ -69,16 +80,42 @@ def test_unchanged_classes_emit_nothing_and_time_changes_carry_cause_time() -> N
     record.classes = first.updates[0].classes
     record.class_since = first.updates[0].class_since
     assert evaluate_all([record], SCORING, now=NOW, cause=ChangeCause.TIME).changes == []
-    later = evaluate_all([record], SCORING, now=NOW + timedelta(days=10), cause=ChangeCause.TIME)
+    due = first.updates[0].next_review_at
+    assert due == NOW + timedelta(days=6, microseconds=1)  # 7 days after the purchase
+    later = catch_up_all([(record, due)], SCORING, now=NOW + timedelta(days=10))
     [change] = later.changes
     assert (change.dimension, change.from_class, change.to_class) == (
         Dimension.ACTIVITY_LEVEL,
         "active",
         "semi_active",
     )
-    assert change.cause is ChangeCause.TIME and change.occurred_at == NOW + timedelta(days=10)
-    assert change.features == {"days_since_last_activity": 11.0}
+    # Stamped when the threshold was passed, decided (emitted) when the sweep came.
+    assert change.cause is ChangeCause.TIME and change.occurred_at == due
+    assert change.emitted_at == NOW + timedelta(days=10)
+    assert change.features["days_since_last_activity"] == pytest.approx(7.0)
     assert change.to_event().to_json()  # serialisable as the wire contract
+    [update] = later.updates
+    assert update.class_since[Dimension.ACTIVITY_LEVEL] == due
+    assert update.next_review_at == NOW + timedelta(days=29, microseconds=1)  # inactive next
+
+
+def test_a_late_catch_up_stops_crossing_boundaries_one_by_one_after_its_bound() -> None:
+    record = blank("c1")
+    first = fold_batch([record], [buy("e1", "c1", 1)], SCORING, now=NOW)
+    record.classes = first.updates[0].classes
+    record.class_since = first.updates[0].class_since
+    due = first.updates[0].next_review_at
+    assert due is not None
+    late = NOW + timedelta(days=400)
+    stepwise = catch_up(record, SCORING, due_at=due, now=late)[1]
+    assert [(c.to_class, (c.occurred_at - NOW).days) for c in stepwise] == [
+        ("semi_active", 6), ("inactive", 29), ("at_risk", 89), ("churned", 364),
+    ]  # fmt: skip
+    with patch("services.scorer.evaluation.MAX_CATCH_UP_STEPS", 1):
+        bounded = catch_up(blank_like(record), SCORING, due_at=due, now=late)[1]
+    assert [(c.to_class, c.occurred_at) for c in bounded] == [
+        ("semi_active", due), ("inactive", late), ("churned", late),
+    ]  # fmt: skip
 
 
 def test_changes_carry_the_trace_of_their_trigger_read_only_for_customers_that_changed() -> None:
