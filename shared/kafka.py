@@ -7,9 +7,11 @@ correctness comes from the Postgres inbox/outbox/offset design instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from urllib.parse import quote
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -100,14 +102,22 @@ def _topic_errors(response: object) -> Sequence[tuple[str, int, str | None]]:
     return [(e[0], e[1], e[2] if len(e) > 2 else None) for e in errors]
 
 
+@functools.lru_cache(maxsize=1024)  # sources repeat: a few sending systems
+def uri_reference(text: str) -> str:
+    """`text` as a URI reference: RFC 3986's reserved and unreserved characters stay, anything
+    else (a space, a non-ASCII letter, `%`) is percent-encoded."""
+    return quote(text, safe="!#$&'()*+,/:;=?@[]~")
+
+
 def cloudevent_headers(
     *, ce_id: str, ce_source: str, ce_type: str, ce_time: datetime, extra: Headers | None = None
 ) -> Headers:
-    """CloudEvents Kafka binding, binary mode: the envelope travels in `ce_*` headers."""
+    """CloudEvents Kafka binding, binary mode: the envelope travels in `ce_*` headers (the
+    event's own `source` field keeps the text as sent)."""
     headers: Headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", ce_id.encode()),
-        ("ce_source", ce_source.encode()),
+        ("ce_source", uri_reference(ce_source).encode()),  # CloudEvents: a URI-reference
         ("ce_type", ce_type.encode()),
         ("ce_time", ce_time.isoformat().encode()),
         ("content-type", b"application/json"),

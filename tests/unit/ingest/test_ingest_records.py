@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
+from urllib.parse import unquote
 
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
@@ -11,11 +13,13 @@ from hypothesis import strategies as st
 
 from services.ingest.publisher import Event, event_json, record_for
 from shared.contracts import CustomerLoggedIn, LineItem, PurchaseMade, SupportTicketUpdated
-from shared.kafka import cloudevent_headers
+from shared.kafka import cloudevent_headers, uri_reference
 from shared.kafka_batches import KeyPartitioner
 
 AIOKAFKA = DefaultPartitioner()
 AT = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+# RFC 3986: unreserved and reserved characters, and percent-encoded octets, nothing else.
+URI_REFERENCE = re.compile(r"(?:[A-Za-z0-9\-._~!#$&'()*+,/:;=?@\[\]]|%[0-9A-F]{2})*")
 
 
 @given(
@@ -77,3 +81,21 @@ def test_records_carry_the_customer_key_and_cloudevents_headers() -> None:
             ce_type=f"com.tierstream.{event.type}.v1",
             ce_time=event.occurred_at,
         )
+
+
+@given(st.text(min_size=1, max_size=256))
+def test_ce_source_is_always_a_uri_reference_that_decodes_to_the_source(source: str) -> None:
+    [value] = [
+        v
+        for k, v in cloudevent_headers(ce_id="i", ce_source=source, ce_type="t", ce_time=AT)
+        if k == "ce_source"
+    ]
+    text = value.decode("ascii")  # percent-encoded: ASCII only
+    assert URI_REFERENCE.fullmatch(text), text
+    assert unquote(text, errors="strict") == source
+
+
+def test_plain_source_names_are_left_as_they_are() -> None:
+    for source in ("shop", "tierstream/scorer", "urn:acme:orders", "https://acme.example/crm"):
+        assert uri_reference(source) == source
+    assert uri_reference("order system 50%") == "order%20system%2050%25"
