@@ -159,7 +159,9 @@ class _EventBase(_Contract):
         None, description="Sending system; filled from the API key's source name when absent."
     )
     attributes: Attributes | None = Field(
-        None, description="Flat map of customer attributes (region, industry, size, ...)."
+        None,
+        description="Flat map of customer attributes (region, industry, size, ...), at most 64;"
+        " the latest value of each wins, and a customer keeps the 128 set most recently.",
     )
 
 

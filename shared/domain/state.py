@@ -60,6 +60,11 @@ class Stamped:
         return (self.occurred_at, self.event_id)
 
 
+# Attributes kept per customer: they travel with every tier change, so they must not grow
+# without bound (e.g. a sender naming one attribute per order).
+MAX_ATTRIBUTES = 128
+
+
 @dataclass
 class TicketOpening:
     """A ticket `opened` action, kept for the 90-day window."""
@@ -133,10 +138,21 @@ def fold(state: CustomerState, event: Event, *, now: datetime) -> None:
 
 
 def merge_attribute(state: CustomerState, name: str, stamped: Stamped) -> None:
-    """Keep the attribute value with the latest (occurred_at, event_id)."""
-    current = state.attributes.get(name)
-    if current is None or stamped.key() > current.key():
-        state.attributes[name] = stamped
+    """Keep the attribute value with the latest (occurred_at, event_id), and at most
+    MAX_ATTRIBUTES attributes: over it, the one set least recently goes.
+
+    Which ones stay does not depend on arrival order: always the MAX_ATTRIBUTES names with
+    the latest stamps (a name dropped earlier comes back only with a later stamp than that).
+    """
+    attributes = state.attributes
+    current = attributes.get(name)
+    if current is None:
+        attributes[name] = stamped
+        if len(attributes) > MAX_ATTRIBUTES:  # rare: a sender that invents names
+            # By stamp, then name: one event sets several attributes with the same stamp.
+            del attributes[min(attributes, key=lambda n: (attributes[n].key(), n))]
+    elif stamped.key() > current.key():
+        attributes[name] = stamped
 
 
 def attributes_of(state: CustomerState) -> dict[str, AttributeValue]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from shared.domain.state import (
     Stamped,
     attributes_of,
     fold,
+    merge_attribute,
     new_state,
     prune,
     state_from_json,
@@ -90,3 +92,30 @@ def test_the_hand_written_json_equals_pydantics_dump_and_reads_back_the_same(
     reference = TypeAdapter(CustomerState)
     assert state_to_json(state) == reference.dump_python(state, mode="json")
     assert state_from_json(state_to_json(state)) == reference.validate_python(state_to_json(state))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sets=st.lists(
+        st.tuples(st.sampled_from("abcdefg"), st.integers(0, 20), st.integers(0, 3)), max_size=40
+    ),
+    data=st.data(),
+)
+def test_a_customer_keeps_the_attributes_set_most_recently_in_any_arrival_order(
+    sets: list[tuple[str, int, int]], data: st.DataObject
+) -> None:
+    cap = 3
+    stamped = [
+        (name, Stamped(NOW + timedelta(days=day), f"e{day}-{n}", n)) for name, day, n in sets
+    ]
+    latest: dict[str, Stamped] = {}
+    for name, value in stamped:
+        if name not in latest or value.key() > latest[name].key():
+            latest[name] = value
+    ranked = sorted(latest.items(), key=lambda item: (item[1].key(), item[0]))
+    expected = dict(ranked[-cap:])
+    state = new_state("c")
+    with patch("shared.domain.state.MAX_ATTRIBUTES", cap):
+        for name, value in data.draw(st.permutations(stamped)):
+            merge_attribute(state, name, value)
+    assert state.attributes == expected
