@@ -112,7 +112,8 @@ def rules_diff(
     ] = None,
 ) -> None:
     """Classify today's customers (DATABASE_URL) with a candidate rules file, changing nothing,
-    and print the migration matrix per dimension."""
+    and print the migration matrix per dimension: what the scorer would decide right after the
+    switch (downgrades its hysteresis holds stay; population mode uses its own quintiles)."""
     if plot is not None:
         from cli.rules_plot import diff_and_plot
 

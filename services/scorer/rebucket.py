@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 
 from services.scorer import store
@@ -103,20 +104,8 @@ class Rebucketer:
         await self._rebucket_all()
 
     async def _population_cut_points(self, conn: Connection) -> CutPoints:
-        scores, now = self.holder().rules.scores, self.clock.now()
-        names = (scores.recency.feature, scores.frequency.feature, scores.monetary.feature)
-        columns: tuple[list[float], list[float], list[float]] = ([], [], [])
         async with conn.transaction():
-            query = "SELECT state FROM scorer.customer WHERE state IS NOT NULL"
-            async for row in conn.cursor(query, prefetch=PAGE):
-                state = state_from_json(json.loads(row["state"]))
-                prune(state, now=now)
-                features = compute_features(state, now=now)
-                for column, name in zip(columns, names, strict=True):
-                    value = _number(features.get(name))
-                    if value is not None:
-                        column.append(value)
-        return compute_cut_points(*columns)
+            return await population_cut_points(conn, self.holder().rules, now=self.clock.now())
 
     async def _rebucket_all(self) -> None:
         after = ""
@@ -136,6 +125,24 @@ class Rebucketer:
             if len(records) < PAGE:
                 return
             after = records[-1].customer_id
+
+
+async def population_cut_points(conn: Connection, rules: Rules, *, now: datetime) -> CutPoints:
+    """The quintile cut points of the stored population for `rules`' R/F/M features at `now`
+    (inside a transaction: the cursor needs one)."""
+    scores = rules.scores
+    names = (scores.recency.feature, scores.frequency.feature, scores.monetary.feature)
+    columns: tuple[list[float], list[float], list[float]] = ([], [], [])
+    query = "SELECT state FROM scorer.customer WHERE state IS NOT NULL"
+    async for row in conn.cursor(query, prefetch=PAGE):
+        state = state_from_json(json.loads(row["state"]))
+        prune(state, now=now)
+        features = compute_features(state, now=now)
+        for column, name in zip(columns, names, strict=True):
+            value = _number(features.get(name))
+            if value is not None:
+                column.append(value)
+    return compute_cut_points(*columns)
 
 
 def _number(value: FeatureValue) -> float | None:

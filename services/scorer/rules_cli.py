@@ -2,22 +2,26 @@
 
 `diff` classifies every stored customer with a candidate file at the scorer's now, in a
 read-only transaction, and returns the migration matrix per dimension: it changes nothing.
+It decides as the scorer would after the switch: downgrades the candidate's hysteresis holds
+stay where they are, and in population mode the quintiles are the candidate's own, computed
+from the same snapshot.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 
-from services.scorer.rebucket import latest_cut_points
+from services.scorer.rebucket import population_cut_points
 from services.scorer.settings import ScorerSettings
 from shared.clock import clock_for
 from shared.contracts import Dimension
 from shared.db import asyncpg_dsn
-from shared.domain.changes import migration_matrix
+from shared.domain.changes import decide, migration_matrix
 from shared.domain.features import compute_features
 from shared.domain.population import CutPoints
 from shared.domain.rules import Rules, classify, load_rules
@@ -36,34 +40,41 @@ def check_rules(path: str | Path) -> str:
 async def diff_rules(settings: ScorerSettings, path: str | Path) -> dict[Dimension, Matrix]:
     """From-class -> to-class counts per dimension if `path` replaced the current rules."""
     candidate = load_rules(path)
+    now = clock_for(settings.now).now()
     conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
     try:
-        async with conn.transaction(readonly=True):
-            cut_points = await latest_cut_points(conn)
+        # One snapshot for both passes (the quintiles, then the customers).
+        async with conn.transaction(readonly=True, isolation="repeatable_read"):
+            cut_points = (
+                await population_cut_points(conn, candidate, now=now)
+                if candidate.scores.mode == "population"
+                else None
+            )
             rows = conn.cursor(
-                "SELECT state, value_tier, activity_level, lifecycle_stage"
+                "SELECT state, value_tier, activity_level, lifecycle_stage, class_since"
                 " FROM scorer.customer WHERE state IS NOT NULL",
                 prefetch=1000,
             )
-            pairs = await _moves(rows, candidate, settings, cut_points)
+            pairs = await _moves(rows, candidate, now, cut_points)
     finally:
         await conn.close()
     return {d: migration_matrix(pairs[d]) for d in Dimension}
 
 
 async def _moves(
-    rows: AsyncIterable[asyncpg.Record],
-    rules: Rules,
-    settings: ScorerSettings,
-    cuts: CutPoints | None,
+    rows: AsyncIterable[asyncpg.Record], rules: Rules, now: datetime, cuts: CutPoints | None
 ) -> dict[Dimension, list[tuple[str | None, str]]]:
-    now = clock_for(settings.now).now()
     pairs: dict[Dimension, list[tuple[str | None, str]]] = {d: [] for d in Dimension}
     async for row in rows:
         state = state_from_json(json.loads(row["state"]))
         prune(state, now=now)
         features = compute_features(state, now=now)
-        classes = classify(features, attributes_of(state), rules, cut_points=cuts).classes()
-        for dimension, to in classes.items():
+        classification = classify(features, attributes_of(state), rules, cut_points=cuts)
+        before = {d: row[d.value] for d in Dimension if row[d.value] is not None}
+        raw = row["class_since"] or "{}"
+        stored = json.loads(raw) if isinstance(raw, str) else raw
+        since = {Dimension(d): datetime.fromisoformat(at) for d, at in stored.items()}
+        decided = decide(before or None, since, classification, rules, now=now).classes
+        for dimension, to in decided.items():
             pairs[dimension].append((row[dimension.value], to))
     return pairs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,12 +13,16 @@ from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
 from services.scorer.main import run
 from services.scorer.metrics import scorer_metrics
+from services.scorer.rebucket import population_cut_points
 from services.scorer.rules_cli import check_rules, diff_rules
 from services.scorer.settings import ScorerSettings
 from services.scorer.sweeper import Sweeper
 from shared.clock import FixedClock
 from shared.contracts import Dimension
-from shared.domain.rules import RulesError, default_rules_path, load_rules
+from shared.domain.changes import migration_matrix
+from shared.domain.features import compute_features
+from shared.domain.rules import RulesError, classify, default_rules_path, load_rules
+from shared.domain.state import attributes_of, state_from_json
 from shared.metrics import new_registry
 from shared.topics import SCORER_GROUP
 from tests.integration.scorer.support import (
@@ -71,6 +77,53 @@ async def test_diff_shows_who_would_move_and_changes_nothing(
     assert matrices[Dimension.VALUE_TIER] == {"gold": {"gold": 1, "silver": 3}}
     assert matrices[Dimension.LIFECYCLE_STAGE] == {"established": {"established": 4}}
     assert await customer_rows(scorer_db) == before
+
+    # With hysteresis, the scorer would hold the downgrades of customers gold since NOW:
+    # the diff says what the switch would do, not what the rules alone say.
+    held = tmp_path / "held.yaml"
+    held.write_text(candidate(tmp_path).read_text().replace(
+        "\nhysteresis: {}\n", "\nhysteresis:\n  value_tier: {min_dwell_days: 30}\n"
+    ))  # fmt: skip
+    matrices = await diff_rules(settings, held)
+    assert matrices[Dimension.VALUE_TIER] == {"gold": {"gold": 4}}
+    later = settings.model_copy(update={"now": NOW + timedelta(days=31)})
+    assert (await diff_rules(later, held))[Dimension.VALUE_TIER]["gold"].get("silver", 0) == 3
+
+
+async def test_diff_of_a_population_candidate_uses_its_own_quintiles(
+    base_env: dict[str, str], scorer_db: str, tmp_path: Path
+) -> None:
+    # Five customers with spend 100..500: under population mode their M scores spread 1..5,
+    # whatever cut points (none, here: the current rules use thresholds) are stored.
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    events = [purchase(f"p{i}", f"c{i}", days_ago=3, amount=str(100 * i)) for i in range(1, 6)]
+    scoring = Scoring(load_rules(default_rules_path()))
+    await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=scoring, now=NOW)
+    await pool.close()
+    text = default_rules_path().read_text()
+    assert "  mode: thresholds" in text
+    population = tmp_path / "population.yaml"
+    population.write_text(text.replace("  mode: thresholds", "  mode: population", 1))
+    settings = ScorerSettings.model_validate({**base_env, "TIERSTREAM_NOW": NOW.isoformat()})
+    rules = load_rules(population)
+    async with connect(scorer_db) as conn, conn.transaction():
+        cuts = await population_cut_points(conn, rules, now=NOW)
+    states = await customer_rows(scorer_db)
+    moves: list[tuple[str | None, str]] = []
+    for row in states.values():
+        raw = row["state"]
+        state = state_from_json(json.loads(raw) if isinstance(raw, str) else raw)
+        features = compute_features(state, now=NOW)
+        to = classify(features, attributes_of(state), rules, cut_points=cuts).classes()
+        moves.append((row["value_tier"], to[Dimension.VALUE_TIER]))
+    assert len(states) == 5
+    matrices = await diff_rules(settings, population)
+    assert matrices[Dimension.VALUE_TIER] == migration_matrix(moves)
+    assert (
+        cuts.monetary
+        and matrices[Dimension.VALUE_TIER]
+        != (await diff_rules(settings, default_rules_path()))[Dimension.VALUE_TIER]
+    )
 
 
 async def test_the_scorer_refuses_to_start_with_an_invalid_rules_file(
