@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
 TraceHeaders = Sequence[tuple[str, bytes]]  # W3C trace context headers to add to records
 TOPIC_ALREADY_EXISTS = 36
+# Below the broker's limit, for what aiokafka's batch-size check leaves out (batch header).
+BATCH_MARGIN = 1024
 
 
 def make_producer(settings: ServiceSettings, **overrides: object) -> AIOKafkaProducer:
@@ -33,7 +35,8 @@ def make_producer(settings: ServiceSettings, **overrides: object) -> AIOKafkaPro
         "acks": "all",
         "enable_idempotence": False,
         "linger_ms": 5,
-        "max_batch_size": 256 * 1024,
+        # A batch is the unit the broker's size limit applies to (records over it go alone).
+        "max_batch_size": min(256 * 1024, settings.kafka_max_message_bytes - BATCH_MARGIN),
         "request_timeout_ms": settings.kafka_request_timeout_ms,
         "retry_backoff_ms": 100,
         "metadata_max_age_ms": 30_000,

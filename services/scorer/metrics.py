@@ -127,8 +127,9 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         ),
         trimmed_changes=prom.Counter(
             f"{p}trimmed_changes_total",
-            "Tier changes published without their customer attributes, because the record would"
-            " have been over KAFKA_MAX_MESSAGE_BYTES (header tierstream_trimmed: attributes).",
+            "Tier changes published without their customer attributes (and, if still too large,"
+            " their features), because the record would have been over KAFKA_MAX_MESSAGE_BYTES"
+            " (header tierstream_trimmed names what was left out).",
             registry=registry,
         ),
         emit_latency=Histogram(

@@ -112,19 +112,24 @@ class OutboxRelay:
                 )  # fmt: skip
 
     def _fitting(self, change: asyncpg.Record, key: bytes, value: bytes, headers: Headers) -> bytes:
-        """The change's record, without its attributes when it would be over the broker's
-        limit: a refused record would stop the relay, and every customer's changes behind it.
-        """
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-        if size <= self.max_message_bytes:
-            return value
-        headers.append((TRIMMED_HEADER, b"attributes"))
-        log.warning(
-            "tier change published without its attributes: its record was too large",
-            tier_change_id=change["id"], size=size, limit=self.max_message_bytes,
-        )  # fmt: skip
-        self.metrics.trimmed_changes.inc()
-        return wire_value(change, attributes=False)
+        """The change's record, without its attributes (then its features too) when it would
+        be over the broker's limit: a refused record would stop the relay, and every
+        customer's changes behind it."""
+        for dropped in ((), ("attributes",), ("attributes", "features")):
+            if dropped:
+                value = wire_value(change, attributes=False, features="features" not in dropped)
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+            if size <= self.max_message_bytes:
+                break
+        if dropped:
+            headers.append((TRIMMED_HEADER, ",".join(dropped).encode()))
+            log.warning(
+                "tier change published without some of its fields: its record was too large",
+                tier_change_id=change["id"], dropped=dropped, size=size,
+                limit=self.max_message_bytes,
+            )  # fmt: skip
+            self.metrics.trimmed_changes.inc()
+        return value
 
 
 # The relay's lock, and custom plans for the rest of its transaction. A prepared statement
@@ -164,9 +169,9 @@ async def _unpublished(conn: Connection, limit: int) -> list[asyncpg.Record]:
     )
 
 
-def wire_value(row: asyncpg.Record, *, attributes: bool = True) -> bytes:
+def wire_value(row: asyncpg.Record, *, attributes: bool = True, features: bool = True) -> bytes:
     """The `TierChanged` JSON of a `tier_change` row, written straight from the row
-    (`attributes=False`: with none).
+    (`attributes=False`, `features=False`: with none).
 
     The stored feature and attribute JSON is embedded as it is (no parse, no pydantic
     model per change): what `change_from_row(row).to_event().to_json()` says, faster.
@@ -175,7 +180,8 @@ def wire_value(row: asyncpg.Record, *, attributes: bool = True) -> bytes:
         {
             "id": row["id"], "customer_id": row["customer_id"], "dimension": row["dimension"],
             "from": row["from_class"], "to": row["to_class"], "cause": row["cause"],
-            "rule": row["rule"], "features": orjson.Fragment(row["features"]),
+            "rule": row["rule"],
+            "features": orjson.Fragment(row["features"] if features else b"{}"),
             "rules_version": row["rules_version"], "occurred_at": row["occurred_at"],
             "emitted_at": row["emitted_at"],
             "attributes": orjson.Fragment(row["attributes"] if attributes else b"{}"),
