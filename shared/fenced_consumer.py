@@ -121,6 +121,20 @@ class FencedConsumer:
             with contextlib.suppress(KeyError):
                 self.fence_metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
+    def records_behind(self) -> int | None:
+        """Records not yet applied on this consumer's partitions; None until it owns some and
+        has heard each one's end from the broker (after its first fetch)."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return None
+        behind = 0
+        for tp in assignment:
+            high = self.consumer.highwater(tp)
+            if high is None or tp not in self.fences:
+                return None
+            behind += max(0, high - (self.fences[tp] or 0))
+        return behind
+
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():
             high, committed = self.consumer.highwater(tp), self.fences.get(tp)

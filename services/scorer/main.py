@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -89,7 +90,8 @@ async def _serve(
     consumer.subscribe(list(topics.events), listener=events.listener())
     await consumer.start()
     sweeper = Sweeper(pool, scoring=holder, clock=clock, batch=settings.sweep_batch,
-                      metrics=metrics, on_changes=outbox_ready.set)  # fmt: skip
+                      metrics=metrics, on_changes=outbox_ready.set,
+                      caught_up=partial(_caught_up, events, settings.sweep_max_lag))  # fmt: skip
     rebucket = Rebucketer(pool, holder, clock=clock, metrics=metrics, on_changes=outbox_ready.set)
     loops = [
         _loop("consumer", events.step, 0.0, metrics),
@@ -109,6 +111,11 @@ async def _serve(
                     install_signals=stop is None)  # fmt: skip
     finally:
         await events.close()
+
+
+def _caught_up(events: EventConsumer, max_lag: int) -> bool:
+    behind = events.records_behind()
+    return behind is not None and behind <= max_lag
 
 
 def _loop(

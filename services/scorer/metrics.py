@@ -34,6 +34,7 @@ class ScorerMetrics:
     customers: Gauge
     sweep_duration: Histogram
     sweep_customers: prom.Counter
+    sweep_waiting: Gauge
     outbox_backlog: Gauge
     published: prom.Counter
     trimmed_changes: prom.Counter
@@ -111,6 +112,12 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
             f"{p}sweep_duration_seconds",
             "Duration of one sweep.",
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        sweep_waiting=Gauge(
+            f"{p}sweep_waiting",
+            "1 while time sweeps wait for this process's consumer to catch up (more than"
+            " SCORER_SWEEP_MAX_LAG records behind, or not yet assigned and fetching).",
             registry=registry,
         ),
         sweep_customers=prom.Counter(

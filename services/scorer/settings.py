@@ -71,6 +71,13 @@ class ScorerSettings(ServiceSettings):
         30.0, gt=0, description="How often the sweeper re-evaluates customers that came due."
     )
     sweep_batch: int = Field(1000, ge=1, description="Customers re-evaluated per sweep tx.")
+    sweep_max_lag: int = Field(
+        1000,
+        ge=0,
+        description="Time sweeps wait while this process's consumer is more than this many "
+        "records behind (or has no partitions yet): a downgrade decided before the unread "
+        "events of a customer would be emitted, acted on, then undone by them.",
+    )
     relay_batch: int = Field(5000, ge=1, description="Outbox rows published per relay round.")
     relay_interval_s: float = Field(
         0.5, gt=0,

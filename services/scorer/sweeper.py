@@ -18,6 +18,9 @@ from services.scorer.evaluation import Scoring, catch_up_all, evaluate_all
 from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import ChangeCause
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 # Bound one sweep's work; the rest waits for the next sweep (or the next call when busy).
 MAX_ROUNDS_PER_STEP = 20
@@ -35,12 +38,21 @@ class Sweeper:
         batch: int,
         metrics: ScorerMetrics,
         on_changes: Callable[[], None] = lambda: None,
+        caught_up: Callable[[], bool] = lambda: True,
     ) -> None:
         self.pool, self.scoring, self.clock, self.batch = pool, scoring, clock, batch
-        self.metrics, self.on_changes = metrics, on_changes
+        self.metrics, self.on_changes, self.caught_up = metrics, on_changes, caught_up
+        self.waiting = False
 
     async def step(self) -> bool:
-        """Sweep everything due now; True when work was left for an immediate next step."""
+        """Sweep everything due now; True when work was left for an immediate next step.
+
+        Not while the consumer is behind (after a restart, an outage, a backlog): a customer's
+        unread events may well show it active, and a time-driven downgrade decided before
+        them would be emitted, acted on, then undone by those events.
+        """
+        if not self._may_sweep():
+            return False
         started = asyncio.get_running_loop().time()
         now = self.clock.now()
         swept = 0
@@ -51,6 +63,15 @@ class Sweeper:
                 break
         self.metrics.sweep_duration.observe(asyncio.get_running_loop().time() - started)
         return swept >= self.batch * MAX_ROUNDS_PER_STEP
+
+    def _may_sweep(self) -> bool:
+        waiting = not self.caught_up()
+        if waiting != self.waiting:
+            log.info("time sweeps wait for the consumer to catch up" if waiting
+                     else "consumer caught up; time sweeps resume")  # fmt: skip
+            self.metrics.sweep_waiting.set(int(waiting))
+            self.waiting = waiting
+        return not waiting
 
     async def sweep_batch(self, now: datetime) -> int:
         """Re-evaluate up to `batch` due customers in one transaction; returns how many."""

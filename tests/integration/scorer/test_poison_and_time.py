@@ -147,6 +147,29 @@ async def test_a_late_sweep_stamps_each_time_change_when_it_happened_and_skips_n
     assert (final["activity_level"], final["lifecycle_stage"]) == ("inactive", "at_risk")
 
 
+async def test_after_an_outage_time_sweeps_wait_for_the_backlog_of_events(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    # Down for 60 days while the customer kept logging in every 5 days: swept first, it
+    # would look silent for 61 days (inactive, at_risk), be acted on, then come back.
+    route = topic_router(topic_namespace)
+    async with running_scorer(scorer_settings(base_env), clock):
+        await produce(kafka_bootstrap, route, [login("l0", "back", days_ago=1)])
+        await wait_until(lambda: _folded(scorer_db, "back", events=1))
+    clock.advance(timedelta(days=60))
+    backlog: list[Event] = [login(f"l{i}", "back", days_ago=-5 * i) for i in range(1, 12)]
+    await produce(kafka_bootstrap, route, backlog)
+    async with running_scorer(scorer_settings(base_env, sweep_interval_s=0.05), clock):
+        rows = await wait_until(lambda: _folded(scorer_db, "back", events=12))
+        await _settle()
+    assert await _time_changes(scorer_db, 1) is None
+    assert (rows["back"]["activity_level"], rows["back"]["lifecycle_stage"]) == ("active", "lead")
+
+
 async def _time_changes(database_url: str, count: int) -> list[asyncpg.Record] | None:
     async with connect(database_url) as conn:
         rows = await conn.fetch(
