@@ -91,6 +91,13 @@ class ChangePage(BaseModel):
     next_cursor: str | None
 
 
+class FeedPage(ChangePage):
+    tail_cursor: str | None = Field(
+        description="Position after this page's last change (the cursor sent, on an empty "
+        "page): ask again with it later for only the changes published since."
+    )
+
+
 class TierStats(BaseModel):
     """How many customers hold each class, per dimension."""
 
@@ -205,7 +212,15 @@ def read_router() -> APIRouter:
             items=items, next_cursor=encode_cursor(items[-1].customer_id) if more else None
         )
 
-    @router.get("/changes", summary="Tier changes of every customer, oldest first")
+    @router.get(
+        "/changes",
+        summary="Published tier changes of every customer, in publication order",
+        description="The tier-changed topic's content as pages: a change appears once the "
+        "relay has published it (usually within a second), and a cursor never passes a "
+        "change that is published later, so paging to the end and then polling with "
+        "`tail_cursor` misses nothing. A customer's own history (`/customers/{id}/changes`) "
+        "also lists changes not yet published.",
+    )
     async def list_all_changes(
         request: Request,
         _: SourceDep,
@@ -221,7 +236,7 @@ def read_router() -> APIRouter:
         dimension: Annotated[Dimension | None, Query(description="Only this dimension.")] = None,
         limit: Limit = 50,
         cursor: Cursor = None,
-    ) -> ChangePage:
+    ) -> FeedPage:
         after = _seq(decode_cursor(cursor)) if cursor else None
         rows = await queries.list_all_changes(
             _pool(request),
@@ -232,9 +247,11 @@ def read_router() -> APIRouter:
         )
         items = [change_view(row) for row in rows[:limit]]
         more = len(rows) > limit
-        return ChangePage(
-            items=items, next_cursor=encode_cursor(str(rows[limit - 1].seq)) if more else None
-        )
+        page = rows[:limit]
+        return FeedPage(
+            items=items, next_cursor=encode_cursor(str(rows[limit - 1].seq)) if more else None,
+            tail_cursor=encode_cursor(str(page[-1].seq)) if page else cursor,
+        )  # fmt: skip
 
     # Ids may contain `/` and newlines (CustomerIdConvertor); the history route goes first, or
     # the customer route would read `<id>/changes` as an id. An id ending in `/changes` is

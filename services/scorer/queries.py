@@ -23,6 +23,10 @@ _CUSTOMER_COLUMNS = (
 # A change's publication time (null while it is pending), looked up for the page's rows
 # only: as a join, the planner merged the whole published table up to the cursor (37 ms
 # for a page 150,000 changes in, growing with the history) instead of 0.45 ms.
+_FEED_COLUMNS = (
+    "c.id, c.customer_id, c.dimension, c.from_class, c.to_class, c.cause, c.rule, c.features,"
+    " c.attributes, c.rules_version, c.occurred_at, c.emitted_at, p.published_at"
+)
 _CHANGE_COLUMNS = (
     "seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
     " attributes, rules_version, occurred_at, emitted_at, (SELECT p.published_at"
@@ -107,14 +111,20 @@ async def list_all_changes(
     after_seq: int | None,
     limit: int,
 ) -> list[StoredChange]:
-    """Every customer's tier changes in emission order, optionally since an event time."""
+    """Every customer's published tier changes in publication order (`seq` is the position
+    in it, `pub_seq`), optionally since an event time.
+
+    Not in insertion order: a change committed late would fall behind a cursor already past
+    it (migration 0006).
+    """
     rows = await pool.fetch(
-        f"SELECT {_CHANGE_COLUMNS} FROM scorer.tier_change AS c WHERE seq > $1"
-        " AND ($2::timestamptz IS NULL OR occurred_at >= $2)"
-        " AND ($3::text IS NULL OR dimension = $3) ORDER BY seq LIMIT $4",
+        f"SELECT p.pub_seq, {_FEED_COLUMNS} FROM scorer.tier_change_published AS p"
+        " JOIN scorer.tier_change AS c USING (seq) WHERE p.pub_seq > $1"
+        " AND ($2::timestamptz IS NULL OR c.occurred_at >= $2)"
+        " AND ($3::text IS NULL OR c.dimension = $3) ORDER BY p.pub_seq LIMIT $4",
         after_seq if after_seq is not None else 0, since, dimension, limit,
     )  # fmt: skip
-    return [StoredChange(row["seq"], change_from_row(row), row["published_at"]) for row in rows]
+    return [StoredChange(row["pub_seq"], change_from_row(row), row["published_at"]) for row in rows]
 
 
 async def count_classes(pool: Pool) -> tuple[int, dict[Dimension, dict[str, int]]]:

@@ -151,7 +151,7 @@ BACKLOG_QUERY = "SELECT count(*) FROM scorer.tier_change_pending"
 _MARK_PUBLISHED = (
     "WITH sent AS (DELETE FROM scorer.tier_change_pending WHERE seq = ANY($1::bigint[])"
     " RETURNING seq), marked AS (INSERT INTO scorer.tier_change_published (seq, published_at)"
-    " SELECT seq, now() FROM sent)"
+    " SELECT seq, now() FROM sent ORDER BY seq)"  # pub_seq (0006) in seq order within a round
     f" SELECT ({BACKLOG_QUERY}) - (SELECT count(*) FROM sent)"
 )
 

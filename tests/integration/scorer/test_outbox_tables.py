@@ -9,10 +9,10 @@ from typing import Any
 from alembic import command
 
 from services.scorer.batch import apply_batch
-from services.scorer.db import create_pool
+from services.scorer.db import Pool, create_pool
 from services.scorer.evaluation import Scoring
 from services.scorer.metrics import scorer_metrics
-from services.scorer.queries import list_all_changes
+from services.scorer.queries import StoredChange, list_all_changes, list_changes
 from services.scorer.relay import TRIMMED_HEADER, OutboxRelay
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
@@ -65,9 +65,9 @@ async def test_changes_stay_pending_until_the_relay_publishes_them_in_seq_order(
         assert registry.get_sample_value(BACKLOG_GAUGE) == 2  # the two still pending
         assert await _seqs(scorer_db, "tier_change_published") == seqs[:4]
         assert await _seqs(scorer_db, "tier_change_pending") == seqs[4:]
-        history = await list_all_changes(pool, since=None, dimension=None, after_seq=None, limit=10)
-        assert [c.seq for c in history] == seqs
-        assert [c.published_at is not None for c in history] == [True] * 4 + [False] * 2
+        feed = await list_all_changes(pool, since=None, dimension=None, after_seq=None, limit=10)
+        assert [c.change.id for c in feed] == [c.change.id for c in await _by_seq(pool)][:4]
+        assert all(c.published_at is not None for c in feed)  # the feed lists what went out
         assert await relay.step() is False  # the rest, and the outbox is empty
         assert registry.get_sample_value(BACKLOG_GAUGE) == 0
         assert await _seqs(scorer_db, "tier_change_pending") == []
@@ -182,6 +182,57 @@ async def test_a_change_too_large_for_the_broker_goes_out_without_its_attributes
             assert TRIMMED_HEADER not in {name for name, _ in record.headers}
         assert registry.get_sample_value("tierstream_scorer_trimmed_changes_total") == 3
         assert await _seqs(scorer_db, "tier_change_pending") == []
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def _by_seq(pool: Pool) -> list[StoredChange]:
+    async with pool.acquire() as conn:
+        ids = [r["customer_id"] for r in await conn.fetch("SELECT DISTINCT customer_id"
+                                                          " FROM scorer.tier_change")]  # fmt: skip
+    changes = [c for i in ids for c in await list_changes(pool, i, after_seq=None, limit=100)]
+    return sorted(changes, key=lambda c: c.seq)
+
+
+async def test_the_feed_never_skips_a_change_committed_after_a_later_one(
+    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
+) -> None:
+    settings = scorer_settings(base_env)
+    topic = Topics(topic_namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    producer = make_producer(settings)
+    await producer.start()
+    relay = OutboxRelay(pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
+                        metrics=scorer_metrics(new_registry()))  # fmt: skip
+    try:
+        async with connect(scorer_db) as slow:
+            held = slow.transaction()
+            await held.start()  # a writer (a lane, the sweeper, another process) still busy
+            await slow.execute(
+                "INSERT INTO scorer.tier_change (id, customer_id, dimension, to_class, cause,"
+                " rule, features, attributes, rules_version, occurred_at, emitted_at)"
+                " VALUES ('late', 'slow', 'value_tier', 'gold', 'event', 'r', '{}', '{}', 'v',"
+                " $1, $1)",
+                NOW,
+            )  # fmt: skip
+            await apply_batch(
+                pool, [purchase("p1", "quick", 3)], [], group_id=SCORER_GROUP,
+                scoring=Scoring(load_rules(ScorerSettings().rules_file)), now=NOW,
+            )  # fmt: skip
+            await relay.drain()
+            read = await list_all_changes(pool, since=None, dimension=None, after_seq=None,
+                                          limit=100)  # fmt: skip
+            assert {c.change.customer_id for c in read} == {"quick"}
+            await held.commit()
+        late_seq = max(c.seq for c in await list_changes(pool, "slow", after_seq=None, limit=9))
+        assert late_seq < max(c.seq for c in await list_changes(pool, "quick", after_seq=None,
+                                                                limit=9))  # fmt: skip
+        await relay.drain()
+        newer = await list_all_changes(pool, since=None, dimension=None, after_seq=read[-1].seq,
+                                       limit=100)  # fmt: skip
+        assert [c.change.id for c in newer] == ["late"]
     finally:
         await producer.stop()
         await pool.close()

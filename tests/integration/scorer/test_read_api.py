@@ -11,11 +11,15 @@ from services.scorer.app import create_app
 from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
+from services.scorer.metrics import scorer_metrics
+from services.scorer.relay import OutboxRelay
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.domain.rules import load_rules
 from shared.domain.state import Event
-from shared.topics import SCORER_GROUP
+from shared.kafka import ensure_topics, make_producer
+from shared.metrics import new_registry
+from shared.topics import SCORER_GROUP, Topics
 from tests.integration.scorer.support import NOW, login, purchase, support
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -44,6 +48,22 @@ async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.A
         ) as client:
             yield client
     finally:
+        await pool.close()
+
+
+async def _publish_all(env: dict[str, str], database_url: str) -> None:
+    """Run the outbox relay once over everything pending (the feed lists what went out)."""
+    settings = ScorerSettings.model_validate(env)
+    topic = Topics(settings.topic_namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(database_url, size=1, application_name="relay")
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await OutboxRelay(pool, producer, topic=topic, batch=1000, clock=FixedClock(NOW),
+                          metrics=scorer_metrics(new_registry())).drain()  # fmt: skip
+    finally:
+        await producer.stop()
         await pool.close()
 
 
@@ -153,17 +173,23 @@ async def test_probes_report_ready_when_postgres_and_the_broker_answer(
 
 
 async def test_the_change_feed_spans_customers_filters_by_time_and_dimension_and_pages(
-    api: httpx.AsyncClient,
+    api: httpx.AsyncClient, base_env: dict[str, str], scorer_db: str
 ) -> None:
+    assert (await api.get("/v1/changes", headers=AUTH)).json()["items"] == []  # not yet out
+    await _publish_all(base_env, scorer_db)
     everything = []
     cursor = None
     while True:
         params = {"limit": "7", **({"cursor": cursor} if cursor else {})}
         page = (await api.get("/v1/changes", params=params, headers=AUTH)).json()
         everything += page["items"]
+        assert all(c["published_at"] is not None for c in page["items"])
+        tail = page["tail_cursor"]
         cursor = page["next_cursor"]
         if cursor is None:
             break
+    again = (await api.get("/v1/changes", params={"cursor": tail}, headers=AUTH)).json()
+    assert (again["items"], again["next_cursor"], again["tail_cursor"]) == ([], None, tail)
     per_customer = []
     for customer in {c["customer_id"] for c in everything}:
         history = await api.get(
