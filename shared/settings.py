@@ -7,12 +7,21 @@ Each service subclasses `ServiceSettings` with its own env prefix (`INGEST_`, `S
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+S = TypeVar("S", bound=BaseSettings)
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tierstream"
 
 
@@ -34,7 +43,11 @@ def parse_api_keys(raw: str) -> dict[str, str]:
 class ServiceSettings(BaseSettings):
     """Base for every service: broker, database, clock, logging and HTTP security."""
 
-    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    # hide_input_in_errors: a validation error would otherwise print the whole environment,
+    # API keys and passwords included.
+    model_config = SettingsConfigDict(
+        frozen=True, populate_by_name=True, extra="ignore", hide_input_in_errors=True
+    )
 
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092",
@@ -165,3 +178,30 @@ class ServiceSettings(BaseSettings):
                 f"{type(self).__name__}: no API keys configured; set TIERSTREAM_API_KEYS "
                 "(or the service's own *_API_KEYS) or TIERSTREAM_ALLOW_ANONYMOUS=true"
             )
+
+
+def settings_or_exit(cls: type[S]) -> S:
+    """`cls()` from the environment; on bad values, one line per value naming its variable
+    (never its content: it may be a key or a password), then exit 2."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = error["loc"]
+            variable = env_name(cls, str(loc[0])) if loc else "settings"
+            print(f"invalid configuration: {variable}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable a settings field (or its alias, as errors name it) is read
+    from."""
+    info = cls.model_fields.get(field)
+    if info is None:
+        return field  # already the alias, e.g. TIERSTREAM_PARTITIONS
+    alias = info.validation_alias
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()

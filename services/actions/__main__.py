@@ -6,11 +6,12 @@ from services.actions.main import run
 from services.actions.settings import ActionsSettings
 from shared.logging import configure_logging
 from shared.service import run_service
+from shared.settings import settings_or_exit
 
 
 def main() -> None:
     """Entry point."""
-    settings = ActionsSettings()
+    settings = settings_or_exit(ActionsSettings)
     configure_logging("actions", settings.log_level)
     run_service(run(settings), event_loop=settings.event_loop)
 

@@ -28,10 +28,14 @@ class ActionsSettings(ServiceSettings):
     """Everything the actions service reads from its environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ACTIONS_", frozen=True, populate_by_name=True, extra="ignore"
+        env_prefix="ACTIONS_",
+        frozen=True,
+        populate_by_name=True,
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
-    port: int = 8082
+    port: int = Field(8082, ge=1, le=65535, description="Port of the HTTP API.")
     api_keys: Annotated[SecretStr, NoDecode] = Field(
         SecretStr(""),
         validation_alias=AliasChoices("ACTIONS_API_KEYS", "TIERSTREAM_API_KEYS"),

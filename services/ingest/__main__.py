@@ -6,11 +6,12 @@ from services.ingest.main import run
 from services.ingest.settings import IngestSettings
 from shared.logging import configure_logging
 from shared.service import run_service
+from shared.settings import settings_or_exit
 
 
 def main() -> None:
     """Configure logging and run until SIGTERM / SIGINT."""
-    settings = IngestSettings()
+    settings = settings_or_exit(IngestSettings)
     configure_logging("ingest", settings.log_level)
     run_service(run(settings), event_loop=settings.event_loop)
 

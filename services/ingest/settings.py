@@ -14,10 +14,14 @@ class IngestSettings(ServiceSettings):
     """Configuration of the ingest service (HTTP limits, publish bounds, API keys)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="INGEST_", frozen=True, populate_by_name=True, extra="ignore"
+        env_prefix="INGEST_",
+        frozen=True,
+        populate_by_name=True,
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
-    port: int = 8080
+    port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")
     api_keys: Annotated[SecretStr, NoDecode] = Field(
         SecretStr(""),
         validation_alias=AliasChoices("INGEST_API_KEYS", "TIERSTREAM_API_KEYS"),

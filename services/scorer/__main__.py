@@ -7,11 +7,12 @@ from services.scorer.settings import ScorerSettings
 from shared.gcpause import collect_less_often
 from shared.logging import configure_logging
 from shared.service import run_service
+from shared.settings import settings_or_exit
 
 
 def main() -> None:
     """Configure logging and run until SIGTERM / SIGINT."""
-    settings = ScorerSettings()
+    settings = settings_or_exit(ScorerSettings)
     collect_less_often()  # the process's own setting: tests running run() keep the default
     configure_logging("scorer", settings.log_level)
     run_service(run(settings), event_loop=settings.event_loop)

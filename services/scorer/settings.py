@@ -22,10 +22,14 @@ class ScorerSettings(ServiceSettings):
     """Everything the scorer reads from its environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SCORER_", frozen=True, populate_by_name=True, extra="ignore"
+        env_prefix="SCORER_",
+        frozen=True,
+        populate_by_name=True,
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
-    port: int = 8081
+    port: int = Field(8081, ge=1, le=65535, description="Port of the HTTP API.")
     api_keys: Annotated[SecretStr, NoDecode] = Field(
         SecretStr(""),
         validation_alias=AliasChoices("SCORER_API_KEYS", "TIERSTREAM_API_KEYS"),
