@@ -99,6 +99,7 @@ async def _serve(
         _loop("sweeper", sweeper.step, settings.sweep_interval_s, metrics),
         _loop("rule_change", sweeper.migrate_step, settings.population_interval_s, metrics),
         _loop("rebucket", rebucket.step, settings.population_interval_s, metrics),
+        _loop("cut_points", rebucket.adopt_step, settings.cut_points_poll_s, metrics),
         _loop("gauges", _gauge_step(pool, metrics), settings.gauge_interval_s, metrics),
     ]
     metrics.start_at_zero(loop.__name__ for loop in loops)

@@ -45,11 +45,13 @@ class ScoringHolder:
         self._scoring = Scoring(self._scoring.rules, cut_points)
 
 
+_NEWEST = "FROM scorer.cut_points ORDER BY created_at DESC, version LIMIT 1"
+_NEWEST_VERSION = f"SELECT version {_NEWEST}"
+
+
 async def latest_cut_points(conn: Connection) -> CutPoints | None:
     """The newest stored cut points, if any."""
-    data = await conn.fetchval(
-        "SELECT data FROM scorer.cut_points ORDER BY created_at DESC, version LIMIT 1"
-    )
+    data = await conn.fetchval(f"SELECT data {_NEWEST}")
     if data is None:
         return None
     raw = json.loads(data)
@@ -86,6 +88,17 @@ class Rebucketer:
                 await self._recompute(conn)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", REBUCKET_LOCK_KEY)
+        return False
+
+    async def adopt_step(self) -> bool:
+        """Use the newest stored cut points, if another process stored newer ones: the
+        processes of a group then score alike within one poll, not one rebucket interval."""
+        if self.holder.population_mode:
+            async with self.pool.acquire() as conn:
+                newest = await conn.fetchval(_NEWEST_VERSION)
+                current = self.holder().cut_points
+                if newest is not None and (current is None or current.version != newest):
+                    self.holder.use(await latest_cut_points(conn))
         return False
 
     async def _recompute(self, conn: Connection) -> None:

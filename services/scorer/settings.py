@@ -92,6 +92,12 @@ class ScorerSettings(ServiceSettings):
     population_interval_s: float = Field(
         3600.0, gt=0, description="How often population-mode cut points are recomputed."
     )
+    cut_points_poll_s: float = Field(
+        5.0,
+        gt=0,
+        description="Population mode: how often a process adopts cut points another process "
+        "of the group stored (so all score alike within this long after a recompute).",
+    )
     gauge_interval_s: float = Field(15.0, gt=0, description="Refresh of the customers gauge.")
     state_cache_size: int = Field(
         50000, ge=0,

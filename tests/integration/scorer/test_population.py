@@ -59,6 +59,30 @@ async def test_recomputed_cut_points_rebucket_customers_with_cause_rebucket(
     assert {r["cut_points_version"] for r in rows.values()} == {version}
 
 
+async def test_another_process_adopts_stored_cut_points_within_one_poll(
+    scorer_db: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "population.yaml"
+    path.write_text(
+        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
+    )
+    events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
+    computing, other = ScoringHolder(load_rules(path)), ScoringHolder(load_rules(path))
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=computing(), now=NOW)
+        metrics = scorer_metrics(new_registry())
+        await Rebucketer(pool, computing, clock=FixedClock(NOW), metrics=metrics).step()
+        follower = Rebucketer(pool, other, clock=FixedClock(NOW), metrics=metrics)
+        assert other().cut_points is None
+        assert await follower.adopt_step() is False  # a poll, not a recompute
+        assert other().cut_points == computing().cut_points is not None
+        async with connect(scorer_db) as conn:
+            assert await conn.fetchval("SELECT count(*) FROM scorer.cut_points") == 1
+    finally:
+        await pool.close()
+
+
 async def test_each_page_of_a_rebucket_is_evaluated_at_the_time_it_is_locked(
     scorer_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
