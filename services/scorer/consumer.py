@@ -100,7 +100,8 @@ class EventConsumer(FencedConsumer):
         The relay keeps its order and its lock; a failure leaves the rows to its loop.
         """
         try:
-            await publish()
+            if await publish() is False:
+                self.on_changes()  # another round held the lock: it may have missed them
         except Exception as exc:  # committed already: the relay loop retries them
             self.metrics.loop_errors.labels("relay").inc()
             log.warning(

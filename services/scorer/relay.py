@@ -57,12 +57,14 @@ class OutboxRelay:
         self.clock, self.metrics = clock, metrics
         self.max_message_bytes = max_message_bytes
         self.partitioner = KeyPartitioner()
+        self.locked_out = False  # the last step found another round holding the lock
 
     async def step(self) -> bool:
         """Publish one batch of unpublished changes; True when a full batch went out."""
         async with self.pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(_LOCK_AND_REPLAN, RELAY_LOCK_KEY):
-                return False  # another scorer process relays right now
+                self.locked_out = True
+                return False  # another round (this process's loop, or another) relays now
             changes = await _unpublished(conn, self.batch)
             if changes:
                 await self._publish(changes)
@@ -72,10 +74,14 @@ class OutboxRelay:
         self.metrics.outbox_backlog.set(backlog or 0)
         return len(changes) >= self.batch
 
-    async def drain(self) -> None:
-        """Publish until the outbox is empty (or another process is relaying right now)."""
+    async def drain(self) -> bool:
+        """Publish until the outbox is empty; False when another relay round (this process's
+        loop, or another process) held the lock, which may have read the outbox before the
+        caller's changes were committed: the caller should wake the relay loop."""
+        self.locked_out = False
         while await self.step():
             pass
+        return not self.locked_out
 
     async def _publish(self, changes: list[asyncpg.Record]) -> None:
         # Grouped per partition in seq order and sent as whole batches (shared.kafka_batches):

@@ -13,7 +13,7 @@ from services.scorer.db import Pool, create_pool
 from services.scorer.evaluation import Scoring
 from services.scorer.metrics import scorer_metrics
 from services.scorer.queries import StoredChange, list_all_changes, list_changes
-from services.scorer.relay import TRIMMED_HEADER, OutboxRelay
+from services.scorer.relay import RELAY_LOCK_KEY, TRIMMED_HEADER, OutboxRelay
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.contracts import TierChanged
@@ -233,6 +233,28 @@ async def test_the_feed_never_skips_a_change_committed_after_a_later_one(
         newer = await list_all_changes(pool, since=None, dimension=None, after_seq=read[-1].seq,
                                        limit=100)  # fmt: skip
         assert [c.change.id for c in newer] == ["late"]
+    finally:
+        await producer.stop()
+        await pool.close()
+
+
+async def test_a_drain_locked_out_by_another_round_says_so(
+    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
+) -> None:
+    settings = scorer_settings(base_env)
+    topic = Topics(topic_namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    producer = make_producer(settings)
+    await producer.start()
+    relay = OutboxRelay(pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
+                        metrics=scorer_metrics(new_registry()))  # fmt: skip
+    try:
+        async with connect(scorer_db) as other:
+            await other.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK_KEY)
+            assert await relay.drain() is False
+            await other.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+        assert await relay.drain() is True
     finally:
         await producer.stop()
         await pool.close()

@@ -42,6 +42,17 @@ async def test_a_published_batch_does_not_wake_the_relay_loop_as_well() -> None:
     assert wakes == []
 
 
+async def test_a_publish_locked_out_by_another_round_wakes_the_relay_loop() -> None:
+    # That round may have read the outbox before this batch committed: the loop runs again.
+    wakes: list[str] = []
+
+    async def publish() -> bool:
+        return False
+
+    await consumer(wakes, publish)._publish_now(publish)
+    assert wakes == ["relay loop"]
+
+
 async def test_a_failed_publish_wakes_the_relay_loop_and_counts_a_relay_error() -> None:
     wakes: list[str] = []
 
