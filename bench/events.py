@@ -45,7 +45,10 @@ def simulated_events(*, seed: int, customers: int, count: int, end: datetime) ->
     days = 1.05 * count / (customers * EVENTS_PER_CUSTOMER_DAY)
     size = customers
     while True:
-        population = simulate_population(seed=seed, customers=size, days=days, end=end)
+        # The ids of earlier sessions (their default prefix), so runs stay comparable.
+        population = simulate_population(
+            seed=seed, customers=size, days=days, end=end, prefix=f"sim{seed}-"
+        )
         active = len({e["customer_id"] for e in population.events})
         if len(population.events) >= count and active >= customers:
             break

@@ -49,15 +49,30 @@ class Endpoints:
 
 
 class ApiError(Exception):
-    """A service answered with an error (or could not be reached in time)."""
+    """A service answered with an error (or could not be reached in time).
 
-    def __init__(self, status: int, detail: str, body: Mapping[str, Any] | None = None) -> None:
+    `lasting` errors come back unchanged until the user fixes something (a refused key, a
+    URL without http://, any 4xx but 408 and 429); the others may pass on a later try.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        lasting: bool | None = None,
+    ) -> None:
         super().__init__(f"HTTP {status}: {detail}" if status else detail)
         self.status, self.detail, self.body = status, detail, dict(body or {})
+        if lasting is None:
+            lasting = 400 <= status < 500 and status not in (408, 429)
+        self.lasting = lasting
 
 
 class BatchRejected(ApiError):
-    """Ingest refused a batch (422): `errors` lists each bad item's index, field and reason."""
+    """Ingest refused a batch (422 invalid, 413 too large): `errors` lists each bad item's
+    index (when the problem is one item's), field and reason."""
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -94,15 +109,40 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"detail": str(body)[:200]}
 
 
-def _retry_after(response: httpx.Response | None, attempt: int) -> float:
+def _retry_after(response: httpx.Response | str, attempt: int) -> float:
     """Seconds to wait: the server's Retry-After when given, else a capped back-off."""
-    header = response.headers.get("Retry-After") if response is not None else None
+    header = response.headers.get("Retry-After") if isinstance(response, httpx.Response) else None
     if header is not None:
         try:
             return max(0.0, float(header))
         except ValueError:
             pass
     return float(min(5.0, 0.25 * 2**attempt))
+
+
+def _detail(response: httpx.Response, body: Mapping[str, Any]) -> str:
+    """The problem's detail; for 401/403, that the key was refused and which variable sets it."""
+    detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
+    if response.status_code in (401, 403):
+        return f"the API key was refused ({detail}); set TIERSTREAM_API_KEY to a key it accepts"
+    return detail
+
+
+def _bad_url(service: Service, base: str, exc: Exception) -> ApiError:
+    """A URL no retry can reach: say which variable holds it, and what it must look like."""
+    variable = f"TIERSTREAM_{service.upper()}_URL"
+    return ApiError(
+        0, f"{variable}={base!r} is not usable ({exc}); write it as http://host:port", lasting=True
+    )
+
+
+def _unavailable(url: str, retry_for: float, last: httpx.Response | str) -> ApiError:
+    """Still no acceptance at the deadline: the last answer, or the last connection error."""
+    if isinstance(last, httpx.Response):
+        status, why = last.status_code, f"HTTP {last.status_code}: {_detail(last, _problem(last))}"
+    else:
+        status, why = 0, last
+    return ApiError(status, f"ingest unavailable at {url} for {retry_for:.0f}s (last: {why})")
 
 
 class ApiClient:
@@ -115,11 +155,12 @@ class ApiClient:
         timeout: float = 15.0,
         retry_for: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         headers = {"Authorization": f"Bearer {endpoints.api_key}"} if endpoints.api_key else {}
         self.endpoints = endpoints
         self.retry_for = retry_for  # how long a send keeps retrying 503s / connection errors
-        self._sleep = sleep
+        self._sleep, self._clock = sleep, clock
         self._http = httpx.Client(headers=headers, timeout=timeout)
 
     def __enter__(self) -> Self:
@@ -137,27 +178,31 @@ class ApiClient:
     def send_batch(self, events: Sequence[Mapping[str, Any]]) -> list[str]:
         """POST one batch; retries 503 (honouring Retry-After) and connection errors.
 
-        Returns the accepted event ids; raises `BatchRejected` on 422, `ApiError` otherwise.
+        Returns the accepted event ids; raises `BatchRejected` on 422 and 413, `ApiError`
+        otherwise (a URL without http:// at once, without retrying).
         """
         url = f"{self.endpoints.url('ingest')}/v1/events/batch"
-        deadline = time.monotonic() + self.retry_for
+        content = json.dumps({"events": list(events)}, default=str).encode()
+        deadline = self._clock() + self.retry_for
         attempt = 0
         while True:
-            response = self._post_once(url, {"events": list(events)})
-            if response is not None and response.status_code != 503:
+            response = self._post_once(url, content)
+            if isinstance(response, httpx.Response) and response.status_code != 503:
                 return self._accepted(response, events)
-            if time.monotonic() >= deadline:
-                status = response.status_code if response is not None else 0
-                raise ApiError(status, f"ingest unavailable at {url} for {self.retry_for:.0f}s")
-            self._sleep(_retry_after(response, attempt))
+            left = deadline - self._clock()
+            if left <= 0:
+                raise _unavailable(url, self.retry_for, response)
+            self._sleep(min(_retry_after(response, attempt), left))  # never past the deadline
             attempt += 1
 
-    def _post_once(self, url: str, body: dict[str, Any]) -> httpx.Response | None:
+    def _post_once(self, url: str, content: bytes) -> httpx.Response | str:
+        """The answer, or why none came (a connection error: worth retrying)."""
         try:
-            content = json.dumps(body, default=str).encode()
             return self._http.post(url, content=content, headers=_JSON)
-        except httpx.TransportError:
-            return None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise _bad_url("ingest", self.endpoints.url("ingest"), exc) from exc
+        except httpx.TransportError as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
     @staticmethod
     def _accepted(response: httpx.Response, events: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -166,9 +211,9 @@ class ApiClient:
             ids = body.get("event_ids")
             sent = [str(e.get("event_id")) for e in events]
             return [str(i) for i in ids] if isinstance(ids, list) else sent
-        detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
-        if response.status_code == 422:
-            raise BatchRejected(422, detail, body)
+        detail = _detail(response, body)
+        if response.status_code in (413, 422):
+            raise BatchRejected(response.status_code, detail, body)
         raise ApiError(response.status_code, detail, body)
 
     def get(
@@ -179,11 +224,13 @@ class ApiClient:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             response = self._http.get(url, params=clean)
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise _bad_url(service, self.endpoints.url(service), exc) from exc
         except httpx.TransportError as exc:
             raise ApiError(0, f"{service} unreachable at {url}: {exc}") from exc
         body = _problem(response)
         if response.status_code >= 300:
-            raise ApiError(response.status_code, str(body.get("detail", "")), body)
+            raise ApiError(response.status_code, _detail(response, body), body)
         return body
 
     def get_or_none(self, service: Service, path: str) -> dict[str, Any] | None:
@@ -214,7 +261,13 @@ def reference_now(env: Mapping[str, str] | None = None) -> datetime:
     raw = (os.environ if env is None else env).get("TIERSTREAM_NOW")
     if not raw:
         return datetime.now(UTC)
-    at = datetime.fromisoformat(raw)
-    if at.tzinfo is None:
-        raise ValueError("TIERSTREAM_NOW must carry a timezone, e.g. 2026-01-01T00:00:00Z")
+    try:
+        at = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise ValueError(
+            f"TIERSTREAM_NOW={raw!r} is not an ISO 8601 time with a timezone,"
+            " e.g. 2026-01-01T00:00:00Z"
+        )
     return at

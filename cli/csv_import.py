@@ -3,7 +3,9 @@
 Columns are named as event fields (`customer_id`, `occurred_at`, `amount`, ...), or mapped
 with `field=column`; `attributes.<name>` columns become customer attributes. A row without
 an `event_id` gets one derived from its type and normalised content, so importing the same
-file twice sends the same ids and the scorer counts nothing twice.
+file twice sends the same ids and the scorer counts nothing twice. Normalised means compared
+by meaning, not spelling: amounts without trailing zeros (1000.00 and 1000 are one amount),
+times in UTC (02:00+02:00 and 00:00Z are one instant).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shared.contracts import EVENT_MODELS, CustomerLoggedIn, PurchaseMade, SupportTicketUpdated
 
@@ -28,6 +31,7 @@ _DATE_ONLY = (re.compile(r"^(\d{4})-(\d{2})-(\d{2})$"), re.compile(r"^(\d{4})(\d
 _SLASHED = re.compile(r"^(\d{4})/(\d{2})/(\d{2})$")
 _INTEGER = re.compile(r"^[+-]?\d{1,9}$")
 _INTEGER_FIELDS = frozenset({"satisfaction", "nps"})
+_TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
 class RowError(ValueError):
@@ -127,9 +131,27 @@ def validation_reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _canonical(value: Any) -> Any:
+    """The one spelling of a value: Decimals without trailing zeros or exponent, times in UTC
+    as the contracts write them; containers element by element. Other values as they are."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, datetime):
+        return _TIME.dump_python(value.astimezone(UTC), mode="json")
+    if isinstance(value, Mapping):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    return value
+
+
 def derive_event_id(kind: str, payload: Mapping[str, Any]) -> str:
-    """A stable id from the event type and its normalised content (event_id excluded)."""
-    content = {k: v for k, v in payload.items() if k != "event_id"}
+    """A stable id from the event type and its normalised content (event_id excluded).
+
+    Content already in canonical form (UTC times, amounts without trailing zeros) keeps the
+    id it had before amounts and times were normalised.
+    """
+    content = {k: _canonical(v) for k, v in payload.items() if k != "event_id"}
     canonical = json.dumps([kind, content], sort_keys=True, separators=(",", ":"), default=str)
     return f"csv-{kind}-{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
 
@@ -145,7 +167,7 @@ def row_to_event(kind: str, row: Mapping[str, str], columns: Mapping[str, str]) 
         raise RowError(validation_reason(exc)) from exc
     if given_id:
         return event
-    payload = event.model_dump(mode="json", exclude_none=True)
+    payload = event.model_dump(exclude_none=True)  # Python values: Decimals, datetimes
     return event.model_copy(update={"event_id": derive_event_id(kind, payload)})
 
 

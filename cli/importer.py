@@ -1,26 +1,38 @@
 """`tierstream import FILE.csv --type ...`: backfill history through ingest, resumably.
 
 Order of work per chunk of rows, which is what makes resuming exact: validate locally,
-send the valid rows (a 422 names bad items by index: they are rejected and the rest
-re-sent), append the chunk's rejects to `<input>.rejects.csv`, and only then move the
-checkpoint past the chunk's last line.
+send the valid rows in requests under ingest's body limit (a 422 or 413 that names bad
+items by index rejects them and re-sends the rest; one about the whole request splits it
+in halves, down to a single row, which is then rejected with ingest's reasons), append the
+chunk's rejects to `<input>.rejects.csv`, and only then move the checkpoint past the
+chunk's last line. A resumed run rewrites the earlier rejects file atomically before it
+sends anything, so a run killed early never loses them.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.api_client import ApiClient, ApiError, BatchRejected, Endpoints
+from cli.api_client import (
+    MAX_BATCH_BYTES,
+    ApiClient,
+    ApiError,
+    BatchRejected,
+    Endpoints,
+    split_batches,
+)
 from cli.csv_import import (
     Checkpoint,
     EventModel,
@@ -38,6 +50,18 @@ from cli.csv_import import (
 from cli.simulate import progress_bar
 
 _INDEX_IN_FIELD = re.compile(r"^events\[(\d+)\]\.?")
+# A cell can be as large as a whole request body, no larger (csv's default is 128 KiB).
+MAX_FIELD_CHARS = MAX_BATCH_BYTES
+
+
+class ImportExit(IntEnum):
+    """`tierstream import`'s exit codes (documented in its --help)."""
+
+    DONE = 0  # every row is in
+    STOPPED = 1  # ingest unavailable or failing: the same command resumes
+    USAGE = 2  # a bad option or a missing input file (the command-line parser's code)
+    REJECTED = 3  # finished; some rows were rejected, see FILE.rejects.csv
+    REFUSED = 4  # the input or the setup needs fixing first (CSV, columns, API key, URL)
 
 
 @dataclass
@@ -48,6 +72,7 @@ class Row:
     cells: list[str]
     event: EventModel | None = None
     reason: str = ""
+    last_line: int = 0  # where a record that spans lines ends (0: on its first)
 
 
 @dataclass
@@ -64,25 +89,46 @@ class ImportStats:
 def read_rows(
     handle: TextIO, kind: str, mapping: dict[str, str]
 ) -> tuple[list[str], Iterator[Row]]:
-    """The header and the records with their starting line numbers (blank lines skipped)."""
+    """The header and the records with their starting line numbers (blank lines skipped).
+
+    A record the csv module cannot read (a cell over MAX_FIELD_CHARS, often an unclosed
+    quote) raises ValueError naming its line: what follows it cannot be trusted.
+    """
+    csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.reader(handle)
-    header = [h.strip() for h in next(reader, [])]
+    header = [h.strip() for h in _next_record(reader, 1) or []]
     columns = columns_for(kind, header, mapping)
 
     def rows() -> Iterator[Row]:
         previous_end = reader.line_num
-        for cells in reader:
+        while (cells := _next_record(reader, previous_end + 1)) is not None:
             start, previous_end = previous_end + 1, reader.line_num
             if not any(c.strip() for c in cells):
                 continue
-            yield _parse(Row(start, cells), kind, header, columns)
+            last = previous_end if previous_end > start else 0
+            yield _parse(Row(start, cells, last_line=last), kind, header, columns)
 
     return header, rows()
+
+
+def _next_record(reader: Iterator[list[str]], line: int) -> list[str] | None:
+    """The next record (None at the end); a csv.Error becomes a ValueError naming its line."""
+    try:
+        cells: list[str] | None = next(reader, None)
+    except csv.Error as exc:
+        raise ValueError(
+            f"line {line}: unreadable CSV ({exc}): an unclosed quote, or a cell over"
+            f" {MAX_FIELD_CHARS} characters? Fix it and run again (rows already sent are not"
+            " counted twice)"
+        ) from exc
+    return cells
 
 
 def _parse(row: Row, kind: str, header: list[str], columns: dict[str, str]) -> Row:
     if len(row.cells) != len(header):
         row.reason = f"{len(row.cells)} fields, the header has {len(header)}"
+        if row.last_line:  # a quote that opens and never closes swallows the lines after it
+            row.reason += f" (the record runs to line {row.last_line}: an unclosed quote?)"
         return row
     try:
         row.event = row_to_event(kind, dict(zip(header, row.cells, strict=True)), columns)
@@ -118,18 +164,43 @@ def _bad_indexes(exc: BatchRejected, size: int) -> dict[int, str]:
     return found
 
 
+def _batch_reason(exc: BatchRejected) -> str:
+    """Why ingest refused a one-row request that named no item: its errors, else its detail."""
+    reasons = []
+    for err in exc.errors:
+        where = _INDEX_IN_FIELD.sub("", str(err.get("field", "")))
+        reasons.append(f"{where}: {err.get('reason', 'invalid')}".lstrip(": "))
+    title = str(exc.body.get("title") or f"HTTP {exc.status}")
+    return "ingest: " + ("; ".join(reasons) or f"{title}: {exc.detail}")
+
+
+def _events(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """The rows' events as ingest takes them (rows without one are skipped)."""
+    return [r.event.model_dump(mode="json", exclude_none=True) for r in rows if r.event]
+
+
 def send_rows(client: ApiClient, rows: list[Row]) -> int:
-    """Send the rows' events; rows ingest refuses get their reason. Returns accepted count."""
+    """Send the rows' events in requests under ingest's body limit; rows ingest refuses get
+    their reason. Returns the accepted count."""
     pending = [r for r in rows if r.event is not None]
+    accepted = start = 0
+    for batch in split_batches(_events(pending), max_events=len(pending) or 1):
+        accepted += _send_part(client, pending[start : start + len(batch)])
+        start += len(batch)
+    return accepted
+
+
+def _send_part(client: ApiClient, rows: list[Row]) -> int:
+    pending = rows
     while pending:
-        batch = [r.event.model_dump(mode="json", exclude_none=True) for r in pending if r.event]
         try:
-            return len(client.send_batch(batch))
+            return len(client.send_batch(_events(pending)))
         except BatchRejected as exc:
             bad = _bad_indexes(exc, len(pending))
-            if not bad:  # cannot tell which: refuse the whole chunk rather than guess
-                bad = dict.fromkeys(range(len(pending)), f"ingest: {exc.detail}")
-            for index, reason in bad.items():
+            if not bad and len(pending) > 1:  # about the whole request (size, count): halve it
+                half = len(pending) // 2
+                return _send_part(client, pending[:half]) + _send_part(client, pending[half:])
+            for index, reason in (bad or {0: _batch_reason(exc)}).items():
                 pending[index].event, pending[index].reason = None, reason
             pending = [r for r in pending if r.event is not None]
     return 0
@@ -141,10 +212,9 @@ class RejectFile:
     def __init__(self, path: Path, header: Sequence[str], *, keep_upto: int) -> None:
         kept = _earlier_rejects(path, keep_upto) if keep_upto else []
         self.path, self.earlier = path, len(kept)
-        self._handle = path.open("w", newline="", encoding="utf-8")
+        _replace_durably(path, [["line", "reason", *header], *kept])
+        self._handle = path.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._handle)
-        self._writer.writerow(["line", "reason", *header])
-        self._writer.writerows(kept)
 
     def add(self, rows: Sequence[Row]) -> None:
         """Append rejected rows and flush (before the checkpoint moves past them)."""
@@ -155,13 +225,31 @@ class RejectFile:
         self._handle.close()
 
 
+def _replace_durably(path: Path, records: list[list[Any]]) -> None:
+    """Write a whole file beside `path`, fsync it, and rename it over `path`.
+
+    The earlier run's rejects are on disk before anything is sent: a run killed before its
+    first acknowledgement must not leave a file that lost them while the checkpoint still
+    points past their lines.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(records)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def _earlier_rejects(path: Path, upto: int) -> list[list[str]]:
     """Rejects recorded by the interrupted run, up to its checkpoint (no duplicates)."""
+    csv.field_size_limit(MAX_FIELD_CHARS)
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             records = list(csv.reader(handle))[1:]
-    except OSError:
+    except FileNotFoundError:
         return []
+    except (OSError, csv.Error) as exc:  # never start over a reject file it cannot read
+        raise ValueError(f"cannot read the earlier rejects {path}: {exc}") from exc
     return [r for r in records if r and r[0].isascii() and r[0].isdigit() and int(r[0]) <= upto]
 
 
@@ -175,20 +263,26 @@ class ImportOptions:
     batch_size: int = 500
 
 
-def run_import(options: ImportOptions, console: Console) -> int:
-    """Import the CSV; exit code 0 (all rows in), 2 (some rejected) or 1 (could not finish)."""
+def run_import(options: ImportOptions, console: Console) -> ImportExit:
+    """Import the CSV; the exit code says whether it finished, and if not what to do."""
     try:
         mapping = parse_mapping(options.columns, options.kind)
         stats = _import(options, mapping, console)
-    except (ValueError, OSError) as exc:
-        console.print(f"[red]cannot import {options.source}:[/red] {exc}")
-        return 1
-    except ApiError as exc:
-        console.print(f"[red]stopped:[/red] {exc}; run the same command again to resume")
-        return 1
+    except (ValueError, OSError, ApiError) as exc:
+        return _report_failure(exc, options.source, console)
     console.print(_summary(stats, options.source))
     _print_rejects(stats.rejected, rejects_path(options.source), console)
-    return 2 if stats.rejected or stats.earlier_rejects else 0
+    return ImportExit.REJECTED if stats.rejected or stats.earlier_rejects else ImportExit.DONE
+
+
+def _report_failure(exc: Exception, source: Path, console: Console) -> ImportExit:
+    """One line on why the import ended early; STOPPED when running it again may finish it."""
+    why = escape(str(exc))
+    if isinstance(exc, ApiError) and not exc.lasting:
+        console.print(f"[red]stopped:[/red] {why}; run the same command again to resume")
+        return ImportExit.STOPPED
+    console.print(f"[red]cannot import {escape(str(source))}:[/red] {why}")
+    return ImportExit.REFUSED
 
 
 def _import(options: ImportOptions, mapping: dict[str, str], console: Console) -> ImportStats:

@@ -91,12 +91,15 @@ def config() -> None:
 @rules_app.command("check")
 def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to validate.")]) -> None:
     """Validate a rules file; prints its version and rules, or the precise error (exit 1)."""
+    from rich.markup import escape
+
+    from cli.rules import file_problem
     from shared.domain.rules import RulesError, load_rules
 
     try:
         rules = load_rules(file)
-    except (RulesError, OSError) as exc:
-        console.print(f"[red]invalid:[/red] {exc}")
+    except (RulesError, OSError, UnicodeDecodeError) as exc:
+        console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}")
         raise typer.Exit(1) from exc
     typer.echo(f"{file}: valid (version {rules.version})")
     from cli.rules_summary import rules_table
@@ -127,10 +130,20 @@ def rules_diff(
 def simulate(
     customers: Annotated[int, typer.Option(min=1, help="Population size.")] = 1000,
     days: Annotated[float, typer.Option(min=1, help="Simulated period, ending now.")] = 365,
-    seed: Annotated[int, typer.Option(help="Same seed, same events (ids included).")] = 42,
+    seed: Annotated[
+        int,
+        typer.Option(help="Same seed, options and end (TIERSTREAM_NOW): same events, ids too."),
+    ] = 42,
     rate: Annotated[float | None, typer.Option(min=0.1, help="At most this many events/s.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Events per request.")] = 500,
-    prefix: Annotated[str | None, typer.Option(help="Customer id prefix (sim<seed>-).")] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Customer id prefix; default sim<seed>-<hash of the options and end>-, so a run"
+            " with other options or another end makes new customers. A fixed prefix sent again"
+            " with another end gives the same customers a second history."
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Generate, send nothing.")] = False,
     output: Annotated[Path | None, typer.Option(help="Also write the events as JSONL.")] = None,
 ) -> None:
@@ -154,8 +167,17 @@ def import_csv(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Rows per request.")] = 500,
 ) -> None:
-    """Backfill history from a CSV through ingest. Bad rows go to FILE.rejects.csv (exit 2);
-    an interrupted import resumes from FILE.checkpoint when run again."""
+    """Backfill history from a CSV through ingest. Bad rows go to FILE.rejects.csv; an
+    interrupted import resumes from FILE.checkpoint when run again. A row without an
+    event_id gets one derived from its content, compared by meaning (1000.00 = 1000, times
+    in UTC), so importing the same history twice counts nothing twice.
+
+    Exit codes:
+    0  every row is in;
+    1  stopped: ingest unavailable or failing, run the same command again to resume;
+    2  usage error: a bad option, or FILE does not exist;
+    3  finished, some rows rejected (see FILE.rejects.csv);
+    4  cannot go on until the CSV, the columns, the API key or the URL is fixed."""
     from cli.importer import ImportOptions, run_import
 
     if type_ not in ("purchase", "login", "support"):
@@ -190,12 +212,15 @@ def playbooks_check(
     file: Annotated[Path, typer.Argument(help="Playbooks YAML file to validate.")],
 ) -> None:
     """Validate a playbooks file; prints a summary or the precise error (exit 1)."""
+    from rich.markup import escape
+
+    from cli.rules import file_problem
     from shared.domain.playbooks import check_playbooks
 
     try:
         typer.echo(check_playbooks(file))
     except (ValueError, OSError) as exc:
-        console.print(f"[red]invalid:[/red] {exc}")
+        console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}")
         raise typer.Exit(1) from exc
 
 

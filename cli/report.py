@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cli.api_client import ApiClient, ApiError, Endpoints, reference_now
@@ -192,13 +193,17 @@ def actions_tables(report: Report) -> list[Table]:
 
 def run_report(since: datetime | None, plot: Path | None, as_json: bool, console: Console) -> int:
     """Collect, print (tables or JSON) and optionally plot; the exit code."""
-    now = reference_now()
+    try:
+        now = reference_now()
+    except ValueError as exc:
+        console.print(f"[red]cannot report:[/red] {escape(str(exc))}")
+        return 1
     start = since or now - timedelta(days=30)
     try:
         with ApiClient(Endpoints.from_env(), retry_for=0) as client:
             report = collect_report(client, since=start, now=now)
     except ApiError as exc:
-        console.print(f"[red]cannot read the APIs:[/red] {exc}")
+        console.print(f"[red]cannot read the APIs:[/red] {escape(str(exc))}")
         return 1
     out = Console()
     if as_json:
@@ -206,12 +211,10 @@ def run_report(since: datetime | None, plot: Path | None, as_json: bool, console
     else:
         for table in (distribution_table(report), migration_table(report), *actions_tables(report)):
             out.print(table)
-    if plot is not None:
-        _plot(report, plot, console)
-    return 0
+    return 0 if plot is None else _plot(report, plot, console)
 
 
-def _plot(report: Report, path: Path, console: Console) -> None:
+def _plot(report: Report, path: Path, console: Console) -> int:
     from cli.plots import plot_report
 
     title = f"Tierstream: {report.customers} customers, {report.since[:10]} to {report.now[:10]}"
@@ -222,5 +225,10 @@ def _plot(report: Report, path: Path, console: Console) -> None:
         "overdue tasks": sum(q["overdue"] for q in report.tasks.values()),
         "active enrolments": sum(s.get("active", 0) for s in report.enrolments.values()),
     }
-    plot_report(report.distribution, report.migration, path, title=title, notes=notes)
+    try:
+        plot_report(report.distribution, report.migration, path, title=title, notes=notes)
+    except OSError as exc:
+        console.print(f"[red]cannot write {escape(str(path))}:[/red] {exc.strerror or exc}")
+        return 1
     console.print(f"wrote {path}")
+    return 0

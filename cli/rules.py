@@ -6,7 +6,10 @@ import asyncio
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+Matrix = dict[str, dict[str, int]]
 
 
 def matrix_table(title: str, matrix: dict[str, dict[str, int]]) -> Table:
@@ -21,18 +24,69 @@ def matrix_table(title: str, matrix: dict[str, dict[str, int]]) -> Table:
     return table
 
 
-def print_rules_diff(file: Path, console: Console) -> int:
-    """Print the migration matrix per dimension; exit code 1 on an invalid file."""
+def file_problem(file: Path, exc: Exception) -> str:
+    """One line on why a rules or playbooks file cannot be used (not UTF-8 text included)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return str(exc)
+
+
+def diff_matrices(file: Path, console: Console) -> dict[str, Matrix] | None:
+    """The migration matrix per dimension if `file` replaced the rules; None after printing one
+    line on what went wrong: the file, or the database holding today's customers."""
+    import asyncpg
+
     from services.scorer.rules_cli import diff_rules
     from services.scorer.settings import ScorerSettings
     from shared.domain.rules import RulesError
 
+    settings = ScorerSettings()
     try:
-        matrices = asyncio.run(diff_rules(ScorerSettings(), file))
-    except (RulesError, OSError) as exc:
-        console.print(f"[red]invalid:[/red] {exc}")
-        return 1
+        matrices = asyncio.run(diff_rules(settings, file))
+    except (RulesError, UnicodeDecodeError) as exc:  # load_rules wraps its OSErrors
+        console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}", soft_wrap=True)
+        return None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = escape(_redacted(settings.database_url))
+        console.print(
+            f"[red]cannot read today's customers from {where}:[/red] {_db_problem(exc)}",
+            soft_wrap=True,  # one line, however long the URL: scripts grep it
+        )
+        return None
+    return {str(getattr(d, "value", d)): m for d, m in matrices.items()}
+
+
+def _db_problem(exc: Exception) -> str:
+    import asyncpg
+
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return escape(f"{exc}; run `tierstream migrate`, or set DATABASE_URL to the scorer's")
+    return escape(str(exc) or type(exc).__name__)
+
+
+def _redacted(url: str) -> str:
+    """DATABASE_URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "DATABASE_URL"
+
+
+def print_matrices(matrices: dict[str, Matrix]) -> None:
+    """One from -> to table per dimension, on stdout."""
     out = Console()
     for dimension, matrix in matrices.items():
-        out.print(matrix_table(str(getattr(dimension, "value", dimension)), matrix))
+        out.print(matrix_table(dimension, matrix))
+
+
+def print_rules_diff(file: Path, console: Console) -> int:
+    """Print the migration matrix per dimension; exit code 1 when the file or the database
+    cannot be used."""
+    matrices = diff_matrices(file, console)
+    if matrices is None:
+        return 1
+    print_matrices(matrices)
     return 0

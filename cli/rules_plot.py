@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 
 def diff_and_plot(file: Path, plot: Path, console: Console) -> int:
     """Classify today's customers with the candidate rules once, print and plot the matrices."""
     from cli.plots import plot_rules_diff
-    from cli.rules import matrix_table
-    from services.scorer import rules_cli
-    from services.scorer.settings import ScorerSettings
-    from shared.domain.rules import RulesError
+    from cli.rules import diff_matrices, print_matrices
 
-    try:
-        matrices = asyncio.run(rules_cli.diff_rules(ScorerSettings(), file))
-    except (RulesError, OSError) as exc:
-        console.print(f"[red]invalid:[/red] {exc}")
+    matrices = diff_matrices(file, console)
+    if matrices is None:
         return 1
-    named = {str(getattr(d, "value", d)): m for d, m in matrices.items()}
-    out = Console()
-    for dimension, matrix in named.items():
-        out.print(matrix_table(dimension, matrix))
-    plot_rules_diff(named, plot, title=f"current rules -> {file.name}")
+    print_matrices(matrices)
+    try:
+        plot_rules_diff(matrices, plot, title=f"current rules -> {file.name}")
+    except OSError as exc:
+        console.print(f"[red]cannot write {escape(str(plot))}:[/red] {exc.strerror or exc}")
+        return 1
     console.print(f"wrote {plot}")
     return 0

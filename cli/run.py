@@ -19,6 +19,7 @@ from rich.panel import Panel
 from cli.infra import Infra, start_infra
 from cli.supervisor import Supervisor, service_ports
 from shared.embedded import die_with_parent
+from shared.settings import parse_api_keys
 
 
 class _Stop:
@@ -43,6 +44,12 @@ def _prepare(infra: Infra, console: Console) -> dict[str, str]:
         env["TIERSTREAM_API_KEYS"] = f"demo:{secrets.token_urlsafe(18)}"
         console.print("[yellow]No TIERSTREAM_API_KEYS set: generated a key for this run.[/yellow]")
     return env
+
+
+def first_api_key(raw: str) -> str:
+    """The key of TIERSTREAM_API_KEYS' first entry, read as the services read it (`key` or
+    `source:key`: the source ends at the first ':', the key may hold more)."""
+    return next(iter(parse_api_keys(raw)), "")
 
 
 def _bootstrap(env: dict[str, str]) -> None:
@@ -126,7 +133,7 @@ def run_system(console: Console, *, demo: bool = True) -> int:
                 return 0
             console.print("[red]services did not become ready in time[/red]")
             return 1
-        key = env["TIERSTREAM_API_KEYS"].split(",")[0].split(":")[-1]
+        key = first_api_key(env["TIERSTREAM_API_KEYS"])
         _banner(console, infra, key, ports)
         demo_proc = _start_demo(env, key, ports["ingest"]) if demo else None
         if demo_proc is not None:

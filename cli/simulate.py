@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -81,7 +82,8 @@ def summary_table(population: Population, accepted: int | None, seconds: float) 
     table.add_column("count", justify="right")
     for name, count in sorted(Counter(population.archetypes.values()).items()):
         table.add_row(f"customers: {name}", str(count))
-    table.add_row("customers", str(len(population.archetypes)), end_section=True)
+    customers = f"customers ({escape(population.prefix)}...)"
+    table.add_row(customers, str(len(population.archetypes)), end_section=True)
     for kind, count in sorted(population.counts().items()):
         table.add_row(f"events: {kind}", str(count))
     spend = sum(Decimal(e["amount"]) for e in population.events if e["type"] == "purchase")
@@ -94,26 +96,41 @@ def summary_table(population: Population, accepted: int | None, seconds: float) 
 
 def run_simulate(options: SimulateOptions, console: Console) -> int:
     """Generate, then write or send with a progress bar; print the summary. Exit code."""
+    try:
+        end = reference_now()
+    except ValueError as exc:
+        console.print(f"[red]cannot simulate:[/red] {escape(str(exc))}")
+        return 1
     population = simulate_population(
         seed=options.seed,
         customers=options.customers,
         days=options.days,
-        end=reference_now(),
+        end=end,
         prefix=options.prefix,
     )
     started = time.monotonic()
     accepted: int | None = None
-    if options.output is not None:
-        write_jsonl(population.events, options.output)
-        console.print(f"wrote {len(population.events)} events to {options.output}")
+    if options.output is not None and not _write_output(population, options.output, console):
+        return 1
     if not options.dry_run:
         try:
             accepted = _send_with_progress(population, options, console)
         except ApiError as exc:
-            console.print(f"[red]ingest refused the events:[/red] {exc}")
+            console.print(f"[red]ingest refused the events:[/red] {escape(str(exc))}")
             return 1
     console.print(summary_table(population, accepted, time.monotonic() - started))
     return 0
+
+
+def _write_output(population: Population, path: Path, console: Console) -> bool:
+    """Write the JSONL file; False after saying why it could not be written."""
+    try:
+        write_jsonl(population.events, path)
+    except OSError as exc:
+        console.print(f"[red]cannot write {escape(str(path))}:[/red] {exc.strerror or exc}")
+        return False
+    console.print(f"wrote {len(population.events)} events to {path}")
+    return True
 
 
 def _send_with_progress(population: Population, options: SimulateOptions, console: Console) -> int:

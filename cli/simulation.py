@@ -2,8 +2,11 @@
 
 Each customer draws an archetype and a life plan (phases with their own habits), then
 purchases, logins and support tickets arrive as Poisson processes inside those phases.
-Every customer has its own `random.Random` seeded from (seed, index), so the same seed
-gives the same events, event ids included, whatever the population size around it.
+Every customer has its own `random.Random` seeded from (seed, index), so its behaviour is
+the same whatever the population size around it. The same arguments (seed, size, period and
+end time) give the same events, ids included; the default customer prefix carries a hash of
+them, so a run with other arguments, or ending at another time, makes other customers
+instead of a second history for the same ones.
 """
 
 from __future__ import annotations
@@ -199,17 +202,19 @@ def simulate_customer(
 
 
 def run_tag(seed: int, customers: int, days: float, end: datetime) -> str:
-    """A short hash of the parameters: other parameters never reuse these event ids."""
+    """A short hash of the parameters: other parameters never reuse these event ids (nor,
+    with the default prefix, these customers)."""
     raw = f"{seed}|{customers}|{days}|{end.isoformat()}".encode()
     return hashlib.sha256(raw).hexdigest()[:6]
 
 
 @dataclass(frozen=True)
 class Population:
-    """The generated events (time-ordered) and each customer's archetype."""
+    """The generated events (time-ordered), each customer's archetype, their id prefix."""
 
     events: list[Event]
     archetypes: dict[str, str]
+    prefix: str = ""
 
     def counts(self) -> Counter[str]:
         """Events per type."""
@@ -219,12 +224,16 @@ class Population:
 def simulate_population(
     *, seed: int, customers: int, days: float, end: datetime, prefix: str | None = None
 ) -> Population:
-    """The whole population's events ending at `end`; identical for identical arguments."""
+    """The whole population's events ending at `end`; identical for identical arguments.
+
+    Customer ids are `prefix` and a number; the default prefix, `sim<seed>-<run tag>-`,
+    differs for other arguments, so the same customer never gets two simulated histories.
+    """
     if end.tzinfo is None:
         raise ValueError("end must be timezone-aware")
     end = end.astimezone(UTC)  # one offset everywhere, so ISO strings sort by time
     tag = run_tag(seed, customers, days, end)
-    prefix = f"sim{seed}-" if prefix is None else prefix
+    prefix = f"sim{seed}-{tag}-" if prefix is None else prefix
     events: list[Event] = []
     archetypes: dict[str, str] = {}
     for index in range(customers):
@@ -232,4 +241,4 @@ def simulate_population(
         archetypes[f"{prefix}{index:05d}"] = name
         events.extend(own)
     events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
-    return Population(events, archetypes)
+    return Population(events, archetypes, prefix)

@@ -153,18 +153,25 @@ class Ran:
     exit_code: int
     stdout: str
     output: str  # stdout and stderr
+    seconds: float = 0.0
+
+    @property
+    def stderr(self) -> str:
+        return self.output[len(self.stdout) :]
 
 
-def cli(system: System, *args: str) -> Ran:
+def cli(system: System, *args: str, env: dict[str, str] | None = None) -> Ran:
     """`tierstream ARGS` as a user runs it: its own process, configured by environment."""
+    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
-        env={**os.environ, **system.env, "COLUMNS": "200"},
+        env={**os.environ, **system.env, "COLUMNS": "200", **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    return Ran(done.returncode, done.stdout, done.stdout + done.stderr)
+    elapsed = time.monotonic() - started
+    return Ran(done.returncode, done.stdout, done.stdout + done.stderr, elapsed)
 
 
 def customer(system: System, customer_id: str) -> dict[str, Any] | None:
@@ -211,7 +218,7 @@ def test_import_rejects_bad_rows_by_line_and_counts_the_rest_once(
     source.write_text(PURCHASES)
     args = ("import", str(source), "--type", "purchase", "--column", "customer_id=Kunde")
     first = cli(system, *args, "--batch-size", "4")
-    assert first.exit_code == 2, first.output
+    assert first.exit_code == 3, first.output  # finished, some rows rejected
     rejects = rejects_of(source)
     assert rejects[0][:3] == ["line", "reason", "Kunde"]
     assert [r[0] for r in rejects[1:]] == REJECTED_LINES
@@ -225,7 +232,7 @@ def test_import_rejects_bad_rows_by_line_and_counts_the_rest_once(
     assert (customer(system, "imp-a") or {})["lifetime_spend"] == pytest.approx(449.99)
 
     again = cli(system, *args)
-    assert again.exit_code == 2, again.output
+    assert again.exit_code == 3, again.output
     assert rejects_of(source) == rejects
     more = tmp_path / "more.csv"
     more.write_text("Kunde,occurred_at,order_id,amount,currency\nimp-a,2026-05-30,a6,1,EUR\n")
@@ -256,6 +263,125 @@ def test_an_interrupted_import_resumes_after_its_checkpoint(system: System, tmp_
         return state if str(state.get("last_login_at")).startswith("2026-05-20") else None
 
     assert poll(after_sentinel, "res-x's logins")["logins_30d"] == 4  # lines 5-7 + sentinel
+
+
+def test_an_import_over_the_body_limit_is_split_and_cells_over_128_kib_are_read(
+    system: System, tmp_path: Path
+) -> None:
+    items = json.dumps([{"sku": f"{i:04d}" + "s" * 250} for i in range(1000)])  # ~260 KB
+    assert 128 * 1024 < len(items) < 1024 * 1024
+    quoted = '"' + items.replace('"', '""') + '"'
+    rows = [f"big-a,2026-05-{10 + i},big-o{i},{10 + i},EUR,{quoted}" for i in range(5)]
+    source = tmp_path / "big.csv"  # five rows, together over ingest's 1 MiB body limit
+    source.write_text("customer_id,occurred_at,order_id,amount,currency,items\n" + "\n".join(rows))
+    result = cli(system, "import", str(source), "--type", "purchase")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "big.csv.rejects.csv").exists()
+    poll(orders_reach(system, {"big-a": 5}), "the five large orders")
+
+
+def test_import_exit_codes_say_what_to_do(system: System, tmp_path: Path) -> None:
+    source = tmp_path / "logins.csv"
+    source.write_text("customer_id,occurred_at,channel\ncode-a,2026-05-10,web\n")
+    args = ("import", str(source), "--type", "login")
+
+    missing = cli(system, "import", str(tmp_path / "nope.csv"), "--type", "login")
+    assert missing.exit_code == 2, missing.output  # a usage error, not "some rows rejected"
+    refused = cli(system, *args, env={"TIERSTREAM_API_KEY": "not-the-key"})
+    assert refused.exit_code == 4, refused.output
+    assert "API key was refused" in refused.output and "resume" not in refused.output
+    no_scheme = system.url("ingest").removeprefix("http://")
+    unusable = cli(system, *args, env={"TIERSTREAM_INGEST_URL": no_scheme})
+    assert unusable.exit_code == 4, unusable.output
+    assert "TIERSTREAM_INGEST_URL" in unusable.output and "http://host:port" in unusable.output
+    assert unusable.seconds < 20  # at once, not after a minute of retries
+
+    broken = tmp_path / "broken.csv"
+    broken.write_text(
+        "customer_id,occurred_at,channel\ncode-a,2026-05-11,web\n"
+        f'code-a,2026-05-12,"{"x" * (1024 * 1024 + 1)}"\n'
+    )
+    unreadable = cli(system, "import", str(broken), "--type", "login")
+    assert unreadable.exit_code == 4, unreadable.output
+    assert "line 3: unreadable CSV" in unreadable.output
+    assert "Traceback" not in unreadable.output
+    assert cli(system, *args).exit_code == 0
+
+
+@pytest.fixture
+def latin1_rules(tmp_path: Path) -> Path:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# r\xe9gles\nversion: 1\n".encode("latin-1"))
+    return path
+
+
+FAILURES = {
+    "rules check, not UTF-8": (("rules", "check", "{latin1}"), {}, "not UTF-8 text"),
+    "rules diff, not UTF-8": (("rules", "diff", "{latin1}"), {}, "not UTF-8 text"),
+    "simulate, no such directory": (
+        ("simulate", "--dry-run", "--customers", "2", "--output", "/nonexistent/x.jsonl"),
+        {},
+        "cannot write /nonexistent/x.jsonl: No such file or directory",
+    ),
+    "report, no such directory": (
+        ("report", "--plot", "/nonexistent/x.png"),
+        {},
+        "cannot write /nonexistent/x.png: No such file or directory",
+    ),
+    "rules diff, no such directory": (
+        ("rules", "diff", "{rules}", "--plot", "/nonexistent/d.png"),
+        {},
+        "cannot write /nonexistent/d.png: No such file or directory",
+    ),
+    "simulate, bad TIERSTREAM_NOW": (
+        ("simulate", "--dry-run", "--customers", "2"),
+        {"TIERSTREAM_NOW": "tomorrow"},
+        "TIERSTREAM_NOW='tomorrow' is not an ISO 8601 time with a timezone",
+    ),
+    "report, bad TIERSTREAM_NOW": (
+        ("report",),
+        {"TIERSTREAM_NOW": "2026-06-01T12:00:00"},
+        "is not an ISO 8601 time with a timezone",
+    ),
+    "rules diff, database unreachable": (
+        ("rules", "diff", "{rules}"),
+        {"DATABASE_URL": "postgresql://postgres@127.0.0.1:{closed}/nowhere"},
+        "cannot read today's customers from postgresql://postgres@127.0.0.1:",
+    ),
+    "rules diff, database not migrated": (
+        ("rules", "diff", "{rules}"),
+        {"DATABASE_URL": "{empty_database}"},
+        "run `tierstream migrate`",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "env", "says"), FAILURES.values(), ids=FAILURES.keys())
+def test_a_command_that_cannot_go_on_says_why_in_one_line(
+    system: System,
+    latin1_rules: Path,
+    database_url: str,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    says: str,
+) -> None:
+    from shared.domain.rules import default_rules_path
+
+    values = {
+        "latin1": str(latin1_rules),
+        "rules": str(default_rules_path()),
+        "closed": str(free_port()),
+        "empty_database": database_url,  # a fresh database: no scorer tables
+    }
+    result = cli(
+        system,
+        *(a.format(**values) for a in args),
+        env={k: v.format(**values) for k, v in env.items()},
+    )
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def dry_run(system: System, tmp_path: Path, name: str, *args: str) -> list[dict[str, Any]]:

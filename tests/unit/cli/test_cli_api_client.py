@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from cli.api_client import (
+    MAX_BATCH_BYTES,
     ApiClient,
     ApiError,
     BatchRejected,
@@ -23,6 +24,7 @@ from cli.api_client import (
 from cli.importer import Row, send_rows
 from cli.simulate import send_events
 from shared.contracts import CustomerLoggedIn
+from shared.embedded import free_port
 
 
 class Script:
@@ -66,6 +68,13 @@ def client_for(url: str, waits: list[float], retry_for: float = 30) -> ApiClient
 
 def accepted(ids: list[str]) -> tuple[int, dict[str, str], dict[str, Any]]:
     return 202, {}, {"accepted": len(ids), "event_ids": ids}
+
+
+def problem(
+    status: int, title: str, detail: str, *errors: dict[str, Any]
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    body: dict[str, Any] = {"title": title, "detail": detail}
+    return status, {}, {**body, "errors": list(errors)} if errors else body
 
 
 def test_a_503_is_retried_after_the_servers_retry_after(server: tuple[str, Script]) -> None:
@@ -134,6 +143,12 @@ def test_endpoints_and_now_come_from_the_environment() -> None:
     assert fixed == datetime(2026, 1, 1, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("raw", ["yesterday", "2026-01-01T00:00:00", "2026-13-01T00:00:00Z"])
+def test_a_bad_fixed_now_is_refused_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match=f"TIERSTREAM_NOW={raw!r} is not an ISO 8601 time"):
+        reference_now({"TIERSTREAM_NOW": raw})
+
+
 def test_sending_at_a_rate_spreads_batches_over_time(server: tuple[str, Script]) -> None:
     url, script = server
     events = [{"event_id": f"e{i}"} for i in range(150)]
@@ -143,3 +158,143 @@ def test_sending_at_a_rate_spreads_batches_over_time(server: tuple[str, Script])
         assert send_events(client, events, batch_size=500, rate=500) == 150
     assert time.monotonic() - started >= 0.29  # 150 events at 500/s
     assert [len(body["events"]) for body in script.received] == [150 // 3] * 3
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the client sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_a_long_retry_after_never_sleeps_past_the_retry_deadline(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    script.answers = [(503, {"Retry-After": "150"}, {"detail": "broker down"})] * 2
+    clock = FakeClock()
+    endpoints = Endpoints(url, url, url, "k")
+    with (
+        ApiClient(endpoints, retry_for=60, sleep=clock.sleep, clock=clock) as client,
+        pytest.raises(ApiError, match=r"unavailable .* for 60s \(last: HTTP 503: broker down\)"),
+    ):
+        client.send_batch([{"event_id": "e1"}])
+    assert clock.waits == [60.0]
+
+
+def test_unreachable_ingest_names_the_last_connection_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with (
+        client_for(url, [], retry_for=0) as client,
+        pytest.raises(ApiError, match=r"unavailable .*\(last: ConnectError: .*refused"),
+    ):
+        client.send_batch([{"event_id": "e1"}])
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:18480", "localhost:8080", "ftp://127.0.0.1:1"])
+def test_a_url_without_http_fails_at_once_naming_its_variable(url: str) -> None:
+    clock = FakeClock()
+    endpoints = Endpoints(url, url, url, "k")
+    with ApiClient(endpoints, retry_for=60, sleep=clock.sleep, clock=clock) as client:
+        with pytest.raises(ApiError, match=r"TIERSTREAM_INGEST_URL=.*http://host:port") as sent:
+            client.send_batch([{"event_id": "e1"}])
+        with pytest.raises(ApiError, match=r"TIERSTREAM_SCORER_URL=.*http://host:port") as read:
+            client.get("scorer", "/v1/stats/tiers")
+    assert clock.waits == []
+    assert sent.value.lasting and read.value.lasting
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_says_so_and_is_not_worth_retrying(
+    server: tuple[str, Script], status: int
+) -> None:
+    url, script = server
+    script.answers = [(status, {}, {"title": "Unauthorized", "detail": "Send a valid API key"})]
+    with client_for(url, []) as client, pytest.raises(ApiError) as caught:
+        client.send_batch([{"event_id": "e1"}])
+    assert "API key was refused" in str(caught.value)
+    assert "TIERSTREAM_API_KEY" in str(caught.value)
+    assert caught.value.lasting
+
+
+def test_only_unavailability_is_worth_retrying() -> None:
+    assert not ApiError(0, "unreachable").lasting
+    assert not ApiError(503, "down").lasting
+    assert not ApiError(500, "boom").lasting
+    assert not ApiError(429, "slow down").lasting
+    assert ApiError(404, "not found").lasting
+
+
+def test_a_batch_level_refusal_splits_the_batch_in_halves(server: tuple[str, Script]) -> None:
+    url, script = server
+    too_many = {"field": "events", "reason": "List should have at most 2 items after validation"}
+    script.answers = [
+        problem(422, "Invalid events", "1 validation error(s)", too_many),
+        accepted(["e2", "e4"]),
+        accepted(["e5", "e7"]),
+    ]
+    rows = [login_row(2), login_row(4), login_row(5), login_row(7)]
+    with client_for(url, []) as client:
+        assert send_rows(client, rows) == 4
+    assert [len(body["events"]) for body in script.received] == [4, 2, 2]
+    assert all(r.event is not None for r in rows)
+
+
+def test_a_single_row_refused_for_the_whole_request_gets_ingests_reasons(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    error = {"field": "events", "reason": "List should have at most 0 items after validation"}
+    script.answers = [
+        problem(422, "Invalid events", "1 validation error(s)", error),
+        problem(413, "Request body too large", "The body must not exceed 1024 bytes."),
+    ]
+    first, second = login_row(2), login_row(3)
+    with client_for(url, []) as client:
+        assert send_rows(client, [first]) == 0
+        assert send_rows(client, [second]) == 0
+    assert first.event is None
+    assert first.reason == "ingest: events: List should have at most 0 items after validation"
+    assert second.event is None
+    assert second.reason == ("ingest: Request body too large: The body must not exceed 1024 bytes.")
+
+
+def test_an_event_too_large_for_the_broker_is_rejected_and_the_rest_resent(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    too_large = {
+        "field": "events[1]", "reason": "its Kafka record would take 9000 bytes; the broker"
+        " accepts at most 4096", "type": "record_too_large", "index": 1,
+    }  # fmt: skip
+    script.answers = [
+        problem(413, "Event too large", "Event 'e4' is too large", too_large),
+        accepted(["e2", "e5"]),
+    ]
+    rows = [login_row(2), login_row(4), login_row(5)]
+    with client_for(url, []) as client:
+        assert send_rows(client, rows) == 2
+    assert rows[1].event is None
+    assert rows[1].reason.startswith("ingest: its Kafka record would take 9000 bytes")
+    assert [e["event_id"] for e in script.received[1]["events"]] == ["e2", "e5"]
+
+
+def test_rows_are_sent_in_requests_under_the_body_limit(server: tuple[str, Script]) -> None:
+    url, script = server
+    rows = [login_row(line) for line in range(2, 8)]
+    for row in rows:
+        assert row.event is not None
+        row.event = row.event.model_copy(update={"attributes": {"note": "x" * 300_000}})
+    script.answers = [accepted(["a"] * 3), accepted(["b"] * 3)]
+    with client_for(url, []) as client:
+        assert send_rows(client, rows) == 6
+    assert [len(body["events"]) for body in script.received] == [3, 3]
+    assert all(len(json.dumps(body)) <= MAX_BATCH_BYTES for body in script.received)

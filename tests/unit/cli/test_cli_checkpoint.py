@@ -85,3 +85,20 @@ def test_a_fresh_import_starts_a_new_reject_file(tmp_path: Path) -> None:
     path.write_text("line,reason\n2,old\n")
     RejectFile(path, ["a"], keep_upto=0).close()
     assert read_rejects(path) == [["line", "reason", "a"]]
+
+
+def test_a_resumed_reject_file_has_the_earlier_rejects_on_disk_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    path = rejects_path(source(tmp_path))
+    header = ["customer_id", "occurred_at", "channel"]
+    path.write_text("line,reason,customer_id,occurred_at,channel\n3,bad date,c3,x,web\n")
+    resumed = RejectFile(path, header, keep_upto=5)
+    try:  # read while it is open: a run killed now must not have lost line 3's reject
+        assert read_rejects(path) == [
+            ["line", "reason", *header],
+            ["3", "bad date", "c3", "x", "web"],
+        ]
+        assert not path.with_name(path.name + ".tmp").exists()
+    finally:
+        resumed.close()

@@ -17,7 +17,7 @@ from cli.csv_import import (
     row_to_event,
     unused_columns,
 )
-from cli.importer import read_rows
+from cli.importer import MAX_FIELD_CHARS, read_rows
 
 PURCHASE_HEADER = ["customer_id", "occurred_at", "order_id", "amount", "currency"]
 
@@ -169,3 +169,59 @@ def test_rows_carry_their_starting_line_even_across_blank_and_multiline_records(
     assert [r.event is not None for r in parsed] == [True, True, False, False]
     assert "occurred_at" in parsed[2].reason
     assert parsed[3].reason == "3 fields, the header has 4"
+
+
+@pytest.mark.parametrize(
+    ("amount", "occurred_at"),
+    [
+        ("1000.00", "2026-11-01"),
+        ("1000", "2026-11-01T00:00:00Z"),
+        ("1000.0", "2026-11-01T00:00:00+00:00"),
+        ("1E3", "2026-11-01T01:00:00+01:00"),
+        ("1000.000000", "2026-10-31T19:00:00.000-05:00"),
+    ],
+)
+def test_the_same_row_spelled_differently_gets_the_same_id(amount: str, occurred_at: str) -> None:
+    columns = columns_for("purchase", PURCHASE_HEADER, {})
+    event = row_to_event("purchase", purchase(amount=amount, occurred_at=occurred_at), columns)
+    # the id of the canonical spelling (1000, UTC) is the one earlier versions derived too
+    assert event.event_id == "csv-purchase-79813d3418ca821340a292275acff16b"
+
+
+def test_line_item_prices_are_compared_by_value() -> None:
+    header = [*PURCHASE_HEADER, "items"]
+    columns = columns_for("purchase", header, {})
+    ids = {
+        row_to_event("purchase", purchase(items=items), columns).event_id
+        for items in (
+            '[{"sku": "a", "price": "9.90"}]',
+            '[{"sku": "a", "price": 9.9, "quantity": 1}]',
+        )
+    }
+    assert len(ids) == 1
+
+
+def test_a_cell_over_the_default_128_kib_is_read() -> None:
+    note = "x" * 200_000
+    text = f"customer_id,occurred_at,channel,attributes.note\nc1,2024-01-01,web,{note}\n"
+    _, rows = read_rows(io.StringIO(text, newline=""), "login", {})
+    (row,) = rows
+    assert row.event is not None and row.event.attributes == {"note": note}
+
+
+def test_an_unreadable_record_is_refused_naming_its_line() -> None:
+    huge = "x" * (MAX_FIELD_CHARS + 1)
+    text = f'customer_id,occurred_at,channel\nc1,2024-01-01,web\nc2,2024-01-01,"{huge}"\n'
+    _, rows = read_rows(io.StringIO(text, newline=""), "login", {})
+    with pytest.raises(ValueError, match=r"^line 3: unreadable CSV \(field larger than"):
+        list(rows)
+
+
+def test_an_unclosed_quote_is_named_in_the_reason() -> None:
+    text = 'customer_id,occurred_at,channel\n"c1,2024-01-01,web\nc2,2024-01-02,web\n'
+    _, rows = read_rows(io.StringIO(text, newline=""), "login", {})
+    (row,) = rows
+    assert row.line == 2
+    assert (
+        row.reason == "1 fields, the header has 3 (the record runs to line 3: an unclosed quote?)"
+    )

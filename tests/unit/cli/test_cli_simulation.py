@@ -106,3 +106,23 @@ def test_poisson_arrivals_match_their_rate() -> None:
     counts = [len(poisson_times(rng, 0, 100, 0.5)) for _ in range(400)]
     assert abs(statistics.mean(counts) - 50) < 2
     assert poisson_times(rng, 0, 100, 0) == []
+
+
+def test_a_run_ending_at_another_time_makes_other_customers_not_a_second_history() -> None:
+    first = simulate_population(seed=7, customers=20, days=100, end=END)
+    later = simulate_population(seed=7, customers=20, days=100, end=END + timedelta(hours=1))
+    assert set(first.archetypes).isdisjoint(later.archetypes)
+    assert {e["customer_id"] for e in first.events}.isdisjoint(
+        e["customer_id"] for e in later.events
+    )
+    assert all(c.startswith(first.prefix) for c in first.archetypes)
+    assert first.prefix.startswith("sim7-")
+
+
+def test_a_fixed_prefix_keeps_the_customers_whatever_the_end() -> None:
+    first = simulate_population(seed=7, customers=20, days=100, end=END, prefix="p-")
+    later = simulate_population(
+        seed=7, customers=20, days=100, end=END + timedelta(hours=1), prefix="p-"
+    )
+    assert set(first.archetypes) == set(later.archetypes)
+    assert {e["event_id"] for e in first.events}.isdisjoint(e["event_id"] for e in later.events)
