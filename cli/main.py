@@ -50,11 +50,19 @@ def actions() -> None:
 @app.command()
 def migrate() -> None:
     """Apply every service's Alembic migrations to DATABASE_URL (schemas scorer and actions)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cli.rules import redacted
     from shared.migrations import upgrade_all
     from shared.settings import ServiceSettings
 
     url = ServiceSettings().database_url
-    asyncio.run(upgrade_all(url))
+    try:
+        asyncio.run(upgrade_all(url))
+    except (OSError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        console.print(f"[red]cannot migrate {redacted(url)}:[/red] {reason}", soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print("[green]migrations applied[/green]")
 
 

@@ -47,7 +47,7 @@ def diff_matrices(file: Path, console: Console) -> dict[str, Matrix] | None:
         console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}", soft_wrap=True)
         return None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = escape(_redacted(settings.database_url))
+        where = escape(redacted(settings.database_url))
         console.print(
             f"[red]cannot read today's customers from {where}:[/red] {_db_problem(exc)}",
             soft_wrap=True,  # one line, however long the URL: scripts grep it
@@ -64,7 +64,7 @@ def _db_problem(exc: Exception) -> str:
     return escape(str(exc) or type(exc).__name__)
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """DATABASE_URL without its password."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError

@@ -348,6 +348,11 @@ FAILURES = {
         {"DATABASE_URL": "postgresql://postgres@127.0.0.1:{closed}/nowhere"},
         "cannot read today's customers from postgresql://postgres@127.0.0.1:",
     ),
+    "migrate, database unreachable": (
+        ("migrate",),
+        {"DATABASE_URL": "postgresql://postgres:secret@127.0.0.1:{closed}/nowhere"},
+        "cannot migrate postgresql://postgres:***@127.0.0.1:",
+    ),
     "rules diff, database not migrated": (
         ("rules", "diff", "{rules}"),
         {"DATABASE_URL": "{empty_database}"},
