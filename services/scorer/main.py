@@ -8,7 +8,7 @@ from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.scorer import queries
+from services.scorer import queries, store
 from services.scorer.app import create_app
 from services.scorer.consumer import EventConsumer
 from services.scorer.db import Pool, create_pool
@@ -57,6 +57,8 @@ async def run(
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )  # fmt: skip
     try:
+        async with pool.acquire() as conn:
+            await store.activate_rules(conn, rules.version)
         await producer.start()
         holder = ScoringHolder(rules)
         if holder.population_mode:

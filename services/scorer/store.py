@@ -208,3 +208,20 @@ async def insert_changes(conn: Connection, changes: Sequence[ChangeRecord]) -> N
 async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
     """Fenced offset update in this service's schema (see shared/offsets.py)."""
     await offsets.advance_offsets(conn, "scorer", group_id, moves)
+
+
+async def activate_rules(conn: Connection, version: str) -> None:
+    """Record `version` as the rules file started last (migration 0007)."""
+    await conn.execute(
+        "INSERT INTO scorer.rules_activation (version) VALUES ($1)"
+        " ON CONFLICT (version) DO UPDATE SET activated_at = clock_timestamp()",
+        version,
+    )
+
+
+async def active_rules_version(conn: Connection) -> str | None:
+    """The rules version started last, if any process recorded one."""
+    version: str | None = await conn.fetchval(
+        "SELECT version FROM scorer.rules_activation ORDER BY activated_at DESC LIMIT 1"
+    )
+    return version

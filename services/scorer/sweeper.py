@@ -43,6 +43,7 @@ class Sweeper:
         self.pool, self.scoring, self.clock, self.batch = pool, scoring, clock, batch
         self.metrics, self.on_changes, self.caught_up = metrics, on_changes, caught_up
         self.waiting = False
+        self.superseded = False  # another process started with newer rules
 
     async def step(self) -> bool:
         """Sweep everything due now; True when work was left for an immediate next step.
@@ -78,7 +79,21 @@ class Sweeper:
         return await self._reevaluate(ChangeCause.TIME, now)
 
     async def migrate_step(self) -> bool:
-        """Re-classify a batch of customers classified under other rules; True while busy."""
+        """Re-classify a batch of customers classified under other rules; True while busy.
+
+        Only with the rules activated last: a process still on an older file (a rolling
+        deploy) would otherwise move the customers back, and the two would take turns.
+        """
+        mine = self.scoring().rules.version
+        async with self.pool.acquire() as conn:
+            active = await store.active_rules_version(conn)
+        if active is not None and active != mine:
+            if not self.superseded:
+                log.warning("rules superseded by a newer file; not re-classifying",
+                            mine=mine, active=active)  # fmt: skip
+            self.superseded = True
+            return False
+        self.superseded = False
         return await self._reevaluate(ChangeCause.RULE_CHANGE, self.clock.now()) >= self.batch
 
     async def _reevaluate(self, cause: ChangeCause, now: datetime) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.scorer import store
 from services.scorer.batch import apply_batch
 from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
@@ -158,3 +159,33 @@ async def test_a_new_rules_file_reclassifies_stored_customers_with_cause_rule_ch
     ]
     stored = (await customer_rows(scorer_db))["gold"]
     assert (stored["value_tier"], stored["rules_version"]) == ("silver", new.rules.version)
+
+
+async def test_during_a_rolling_deploy_only_the_newest_rules_reclassify(
+    scorer_db: str, tmp_path: Path
+) -> None:
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+        events = [purchase(f"g{i}", "gold", days_ago=i * 5, amount="600") for i in range(10)]
+        old = Scoring(load_rules(default_rules_path()))
+        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=old, now=NOW)
+        new = Scoring(load_rules(candidate(tmp_path)))
+        async with pool.acquire() as conn:
+            await store.activate_rules(conn, old.rules.version)  # the running processes
+            await store.activate_rules(conn, new.rules.version)  # the first one of the deploy
+
+        def sweeper(scoring: Scoring) -> Sweeper:
+            return Sweeper(pool, scoring=lambda: scoring, clock=FixedClock(NOW), batch=10,
+                           metrics=scorer_metrics(new_registry()))  # fmt: skip
+
+        assert await sweeper(new).migrate_step() is False  # moved forward: silver
+        assert (await customer_rows(scorer_db))["gold"]["value_tier"] == "silver"
+        assert await sweeper(old).migrate_step() is False  # superseded: leaves it
+        stored = (await customer_rows(scorer_db))["gold"]
+        assert (stored["value_tier"], stored["rules_version"]) == ("silver", new.rules.version)
+        async with pool.acquire() as conn:
+            await store.activate_rules(conn, old.rules.version)  # a rollback
+        await sweeper(old).migrate_step()
+        assert (await customer_rows(scorer_db))["gold"]["value_tier"] == "gold"
+    finally:
+        await pool.close()
