@@ -179,18 +179,28 @@ def _events(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [r.event.model_dump(mode="json", exclude_none=True) for r in rows if r.event]
 
 
-def send_rows(client: ApiClient, rows: list[Row]) -> int:
+@dataclass
+class RequestSize:
+    """The most events per request ingest took without refusing the request as a whole (for
+    its count or size): learned by halving once, kept for the following chunks."""
+
+    max_events: int | None = None
+
+
+def send_rows(client: ApiClient, rows: list[Row], size: RequestSize | None = None) -> int:
     """Send the rows' events in requests under ingest's body limit; rows ingest refuses get
     their reason. Returns the accepted count."""
+    size = size or RequestSize()
     pending = [r for r in rows if r.event is not None]
     accepted = start = 0
-    for batch in split_batches(_events(pending), max_events=len(pending) or 1):
-        accepted += _send_part(client, pending[start : start + len(batch)])
+    most = min(len(pending), size.max_events or len(pending)) or 1
+    for batch in split_batches(_events(pending), max_events=most):
+        accepted += _send_part(client, pending[start : start + len(batch)], size)
         start += len(batch)
     return accepted
 
 
-def _send_part(client: ApiClient, rows: list[Row]) -> int:
+def _send_part(client: ApiClient, rows: list[Row], size: RequestSize) -> int:
     pending = rows
     while pending:
         try:
@@ -199,7 +209,10 @@ def _send_part(client: ApiClient, rows: list[Row]) -> int:
             bad = _bad_indexes(exc, len(pending))
             if not bad and len(pending) > 1:  # about the whole request (size, count): halve it
                 half = len(pending) // 2
-                return _send_part(client, pending[:half]) + _send_part(client, pending[half:])
+                size.max_events = min(size.max_events or half, half)
+                return _send_part(client, pending[:half], size) + _send_part(
+                    client, pending[half:], size
+                )
             for index, reason in (bad or {0: _batch_reason(exc)}).items():
                 pending[index].event, pending[index].reason = None, reason
             pending = [r for r in pending if r.event is not None]
@@ -331,11 +344,12 @@ def _send_chunks(
     console: Console,
 ) -> None:
     total, checkpoint = progress.lines, progress.checkpoint
+    size = RequestSize()
     with ApiClient(Endpoints.from_env()) as client, progress_bar(console) as bar:
         task = bar.add_task("importing", total=total, completed=stats.resumed_after, rate="")
         for chunk in chunks:
             stats.read += len(chunk)
-            stats.accepted += send_rows(client, chunk)
+            stats.accepted += send_rows(client, chunk, size)
             bad = [r for r in chunk if r.event is None]
             rejects.add(bad)  # before the checkpoint moves past them
             stats.rejected.extend(bad)

@@ -21,7 +21,7 @@ from cli.api_client import (
     reference_now,
     split_batches,
 )
-from cli.importer import Row, send_rows
+from cli.importer import RequestSize, Row, send_rows
 from cli.simulate import send_events
 from shared.contracts import CustomerLoggedIn
 from shared.embedded import free_port
@@ -246,6 +246,25 @@ def test_a_batch_level_refusal_splits_the_batch_in_halves(server: tuple[str, Scr
         assert send_rows(client, rows) == 4
     assert [len(body["events"]) for body in script.received] == [4, 2, 2]
     assert all(r.event is not None for r in rows)
+
+
+def test_the_request_size_learned_by_halving_carries_over_to_the_next_chunks(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    too_many = {"field": "events", "reason": "List should have at most 2 items after validation"}
+    script.answers = [
+        problem(422, "Invalid events", "1 validation error(s)", too_many),
+        accepted(["e2", "e4"]), accepted(["e5", "e7"]),
+        accepted(["e8", "e9"]), accepted(["e10", "e11"]),
+    ]  # fmt: skip
+    size = RequestSize()
+    with client_for(url, []) as client:
+        assert send_rows(client, [login_row(n) for n in (2, 4, 5, 7)], size) == 4
+        assert send_rows(client, [login_row(n) for n in (8, 9, 10, 11)], size) == 4
+    # The second chunk goes out in pairs at once, without a refused request first.
+    assert [len(body["events"]) for body in script.received] == [4, 2, 2, 2, 2]
+    assert size.max_events == 2
 
 
 def test_a_single_row_refused_for_the_whole_request_gets_ingests_reasons(
