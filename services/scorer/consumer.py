@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.scorer import store
 from services.scorer.batch import BatchResult, apply_batch
 from services.scorer.db import Pool
 from services.scorer.dead_letters import decode, traceparent_of
@@ -22,7 +23,7 @@ from services.scorer.polling import Batch, drop_repeats, gather_batch, split_lan
 from services.scorer.state_cache import StateCache
 from shared.clock import Clock
 from shared.dead_letters import Poison, Record, dead_letter
-from shared.domain.state import Event
+from shared.domain.state import Event, fold
 from shared.fenced_consumer import FencedConsumer
 from shared.gcpause import gc_paused
 from shared.logging import get_logger
@@ -174,16 +175,32 @@ class EventConsumer(FencedConsumer):
                     now=self.clock.now(), trace_of=trace_lookup(decoded), cache=self.cache,
                 )  # fmt: skip
             except CustomerFailed as failed:
-                rejected = [
-                    Poison(r, failed.error)
-                    for e, r in decoded
-                    if e.customer_id == failed.customer_id
-                ]
-                log.error("customer's events quarantined", error=failed.error, events=len(rejected))
+                mine = [(e, r) for e, r in decoded if e.customer_id == failed.customer_id]
+                culprit = await self._culprit(failed.customer_id, [e for e, _ in mine])
+                bad = {id(e) for e, _ in mine if culprit is None or e is culprit}
+                rejected = [Poison(r, failed.error) for e, r in mine if id(e) in bad]
+                log.error("customer's events quarantined", error=failed.error,
+                          events=len(rejected), of=len(mine))  # fmt: skip
                 log.debug("quarantined customer", customer_id=failed.customer_id)
                 await self._dead_letter(rejected)
                 poison.extend(rejected)
-                decoded = [(e, r) for e, r in decoded if e.customer_id != failed.customer_id]
+                decoded = [(e, r) for e, r in decoded if id(e) not in bad]
+
+    async def _culprit(self, customer_id: str, events: list[Event]) -> Event | None:
+        """The first of a customer's events that cannot be folded into its stored state, in
+        order: only it is quarantined, and the customer's other events are applied. None
+        when every one folds (the failure is in classifying the customer): all go."""
+        if len(events) < 2:
+            return None
+        async with self.pool.acquire() as conn:
+            record = await store.read_customer(conn, customer_id)
+        now = self.clock.now()
+        for event in events:
+            try:
+                fold(record.state, event, now=now)
+            except Exception:  # what made fold_batch raise CustomerFailed
+                return event
+        return None
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
         if poison:

@@ -108,6 +108,14 @@ CLAIM_DUE = (
 )
 
 
+async def read_customer(conn: Connection, customer_id: str) -> CustomerRecord:
+    """A customer as stored, unlocked (a new one when there is no row yet)."""
+    rows = await conn.fetch(READ_CUSTOMERS, [customer_id])
+    if not rows or rows[0]["state"] is None:
+        return CustomerRecord.empty(customer_id, 0)
+    return CustomerRecord.from_row(_decoded(rows[0]))
+
+
 async def claim_due_customers(
     conn: Connection, *, now: datetime, limit: int
 ) -> list[tuple[CustomerRecord, datetime]]:

@@ -10,10 +10,12 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
+from services.scorer import consumer, evaluation
 from shared.clock import FixedClock
 from shared.domain.rules import default_rules_path
-from shared.domain.state import Event
+from shared.domain.state import CustomerState, Event, fold
 from shared.kafka import header
 from shared.topics import Topics
 from tests.integration.scorer.support import (
@@ -68,7 +70,7 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
             metrics = (await http.get(f"http://127.0.0.1:{settings.port}/metrics")).text
     assert rows["c1"]["state"]["lifetime_orders"] == 1
     assert rows["far"]["next_review_at"] is None
-    assert "early" not in rows  # quarantined, not half-applied
+    assert "early" not in rows  # dead-lettered at decoding (no UTC equivalent), never folded
     dead = await read_topic(kafka_bootstrap, Topics.dlq(topic), expect=4)
     assert [r.value for r in dead] == poison
     assert {header(r.headers, "dlq_original_topic") for r in dead} == {topic}
@@ -85,6 +87,36 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
     assert "amount" in (header(dead[2].headers, "dlq_error") or "")
     assert 'tierstream_scorer_events_total{outcome="dead_lettered",type="unknown"} 4.0' in metrics
     assert 'tierstream_scorer_events_total{outcome="processed",type="purchase"} 2.0' in metrics
+
+
+async def test_only_the_event_that_cannot_be_folded_is_quarantined_not_its_neighbours(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ingest and decoding refuse what the domain cannot take, so a domain bug is simulated:
+    # folding one event raises. Its neighbours of the same customer must still be applied.
+    def fold_with_a_bug(state: CustomerState, event: Event, *, now: datetime) -> None:
+        if event.event_id == "m-2":
+            raise ArithmeticError("a domain bug")
+        fold(state, event, now=now)
+
+    monkeypatch.setattr(evaluation, "fold", fold_with_a_bug)
+    monkeypatch.setattr(consumer, "fold", fold_with_a_bug)
+    topic = Topics(topic_namespace).purchases
+    events = [purchase(f"m-{i}", "mixed", days_ago=4 - i) for i in (1, 2, 3)]
+    # Published before the scorer starts: all three arrive in its first batch, together.
+    await produce_raw(kafka_bootstrap, topic, [(b"mixed", e.model_dump_json().encode())
+                                               for e in events])  # fmt: skip
+    async with running_scorer(scorer_settings(base_env), clock):
+        rows = await wait_until(lambda: _rows_of(scorer_db, {"mixed"}))
+    assert rows["mixed"]["state"]["lifetime_orders"] == 2  # its good events were applied
+    dead = await read_topic(kafka_bootstrap, Topics.dlq(topic), expect=1)
+    assert [r.value for r in dead] == [events[1].model_dump_json().encode()]
+    assert "ArithmeticError: a domain bug" in (header(dead[0].headers, "dlq_error") or "")
 
 
 async def _rows_of(database_url: str, customers: set[str]) -> dict[str, dict[str, Any]]:
