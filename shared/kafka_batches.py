@@ -21,11 +21,22 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from shared.kafka import Headers
 
 Record = tuple[bytes, bytes, Headers]  # key, value, headers
 Groups = Mapping[tuple[str, int], Sequence[Record]]  # (topic, partition) -> its records in order
+
+
+def size_over(record: Record, limit: int) -> int | None:
+    """The size of `record`'s batch, alone, when it is over the broker's `limit` (None when
+    it fits). The exact estimate runs only for a value over half the limit: most are tiny."""
+    key, value, headers = record
+    if len(value) <= limit // 2:
+        return None
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    return size if size > limit else None
 
 
 class KeyPartitioner:

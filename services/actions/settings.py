@@ -28,11 +28,7 @@ class ActionsSettings(ServiceSettings):
     """Everything the actions service reads from its environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ACTIONS_",
-        frozen=True,
-        populate_by_name=True,
-        extra="ignore",
-        hide_input_in_errors=True,
+        env_prefix="ACTIONS_", frozen=True, populate_by_name=True, extra="ignore"
     )
 
     port: int = Field(8082, ge=1, le=65535, description="Port of the HTTP API.")

@@ -25,7 +25,6 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from shared.contracts import (
     EVENT_MODELS,
@@ -36,7 +35,7 @@ from shared.contracts import (
 )
 from shared.gcpause import gc_paused
 from shared.kafka import Headers, TraceHeaders, cloudevent_headers, make_producer
-from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches
+from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches, size_over
 from shared.logging import get_logger
 from shared.settings import ServiceSettings
 from shared.topics import Topics
@@ -161,8 +160,8 @@ class KafkaPublisher:
         for index, event in enumerate(events):
             topic = self._topic_of[event.type]
             record = record_for(event, trace)
-            if len(record[1]) > limit // 2:  # only a large event needs the exact estimate
-                _check_size(index, record, limit)
+            if (size := size_over(record, limit)) is not None:
+                raise EventTooLargeError(index, size, limit)
             groups[topic, self._partitioner.partition(record[0], partitions[topic])].append(record)
         return groups
 
@@ -221,14 +220,6 @@ class KafkaPublisher:
             )
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("producer close failed", error=type(exc).__name__)
-
-
-def _check_size(index: int, record: Record, limit: int) -> None:
-    """Refuse a record whose batch, alone, would exceed the broker's limit."""
-    key, value, headers = record
-    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-    if size > limit:
-        raise EventTooLargeError(index, size, limit)
 
 
 async def _connected(producer: AIOKafkaProducer) -> None:

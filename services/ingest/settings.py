@@ -14,11 +14,7 @@ class IngestSettings(ServiceSettings):
     """Configuration of the ingest service (HTTP limits, publish bounds, API keys)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="INGEST_",
-        frozen=True,
-        populate_by_name=True,
-        extra="ignore",
-        hide_input_in_errors=True,
+        env_prefix="INGEST_", frozen=True, populate_by_name=True, extra="ignore"
     )
 
     port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")

@@ -228,21 +228,21 @@ def evaluate_all(
     records: Iterable[CustomerRecord], scoring: Scoring, *, now: datetime, cause: ChangeCause
 ) -> Outcome:
     """Re-evaluate customers because rules or cut points changed (occurred_at = now)."""
-    outcome = Outcome([], [])
-    for record in records:
-        update, changes = evaluate(record, scoring, now=now, cause=cause, occurred_at=now)
-        outcome.updates.append(update)
-        outcome.changes.extend(changes)
-    return outcome
+    return _outcome(
+        evaluate(record, scoring, now=now, cause=cause, occurred_at=now) for record in records
+    )
 
 
 def catch_up_all(
     due: Iterable[tuple[CustomerRecord, datetime]], scoring: Scoring, *, now: datetime
 ) -> Outcome:
     """Re-evaluate customers whose review time came (cause `time`); see `catch_up`."""
+    return _outcome(catch_up(record, scoring, due_at=at, now=now) for record, at in due)
+
+
+def _outcome(evaluated: Iterable[tuple[CustomerUpdate, list[ChangeRecord]]]) -> Outcome:
     outcome = Outcome([], [])
-    for record, due_at in due:
-        update, changes = catch_up(record, scoring, due_at=due_at, now=now)
+    for update, changes in evaluated:
         outcome.updates.append(update)
         outcome.changes.extend(changes)
     return outcome

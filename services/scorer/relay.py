@@ -18,7 +18,6 @@ from datetime import datetime
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.scorer.db import Connection, Pool
 from services.scorer.evaluation import ChangeRecord
@@ -26,7 +25,7 @@ from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import TIER_CHANGED_TYPE, ChangeCause, Dimension
 from shared.kafka import Headers, cloudevent_headers
-from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches
+from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches, size_over
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -97,10 +96,7 @@ class OutboxRelay:
             )  # fmt: skip
             key = change["customer_id"].encode()
             partition = self.partitioner.partition(key, partitions)
-            value = wire_value(change)
-            if len(value) > self.max_message_bytes // 2:  # only a large one needs the estimate
-                value = self._fitting(change, key, value, headers)
-            groups[(self.topic, partition)].append((key, value, headers))
+            groups[(self.topic, partition)].append(self._fitting(change, key, headers))
         batches = build_batches(self.producer, groups)
         await asyncio.gather(*await send_batches(self.producer, batches))
         now = self.clock.now()
@@ -117,25 +113,25 @@ class OutboxRelay:
                     to=change["to_class"],
                 )  # fmt: skip
 
-    def _fitting(self, change: asyncpg.Record, key: bytes, value: bytes, headers: Headers) -> bytes:
+    def _fitting(self, change: asyncpg.Record, key: bytes, headers: Headers) -> Record:
         """The change's record, without its attributes (then its features too) when it would
         be over the broker's limit: a refused record would stop the relay, and every
         customer's changes behind it."""
-        for dropped in ((), ("attributes",), ("attributes", "features")):
-            if dropped:
-                value = wire_value(change, attributes=False, features="features" not in dropped)
-            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-            if size <= self.max_message_bytes:
+        record = (key, wire_value(change), headers)
+        size = size_over(record, self.max_message_bytes)
+        if size is None:
+            return record
+        for dropped in (("attributes",), ("attributes", "features")):
+            value = wire_value(change, attributes=False, features="features" not in dropped)
+            if size_over((key, value, headers), self.max_message_bytes) is None:
                 break
-        if dropped:
-            headers.append((TRIMMED_HEADER, ",".join(dropped).encode()))
-            log.warning(
-                "tier change published without some of its fields: its record was too large",
-                tier_change_id=change["id"], dropped=dropped, size=size,
-                limit=self.max_message_bytes,
-            )  # fmt: skip
-            self.metrics.trimmed_changes.inc()
-        return value
+        headers.append((TRIMMED_HEADER, ",".join(dropped).encode()))
+        log.warning(
+            "tier change published without some of its fields: its record was too large",
+            tier_change_id=change["id"], dropped=dropped, size=size, limit=self.max_message_bytes,
+        )  # fmt: skip
+        self.metrics.trimmed_changes.inc()
+        return key, value, headers
 
 
 # The relay's lock, and custom plans for the rest of its transaction. A prepared statement

@@ -9,13 +9,13 @@ from the same snapshot.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterable
 from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 
+from services.scorer import store
 from services.scorer.rebucket import population_cut_points
 from services.scorer.settings import ScorerSettings
 from shared.clock import clock_for
@@ -25,7 +25,7 @@ from shared.domain.changes import decide, migration_matrix
 from shared.domain.features import compute_features
 from shared.domain.population import CutPoints
 from shared.domain.rules import Rules, classify, load_rules
-from shared.domain.state import attributes_of, prune, state_from_json
+from shared.domain.state import attributes_of, prune
 
 Matrix = dict[str, dict[str, int]]
 
@@ -51,8 +51,7 @@ async def diff_rules(settings: ScorerSettings, path: str | Path) -> dict[Dimensi
                 else None
             )
             rows = conn.cursor(
-                "SELECT state, value_tier, activity_level, lifecycle_stage, class_since"
-                " FROM scorer.customer WHERE state IS NOT NULL",
+                f"SELECT {store.CUSTOMER_COLUMNS} FROM scorer.customer WHERE state IS NOT NULL",
                 prefetch=1000,
             )
             pairs = await _moves(rows, candidate, now, cut_points)
@@ -66,15 +65,12 @@ async def _moves(
 ) -> dict[Dimension, list[tuple[str | None, str]]]:
     pairs: dict[Dimension, list[tuple[str | None, str]]] = {d: [] for d in Dimension}
     async for row in rows:
-        state = state_from_json(json.loads(row["state"]))
+        record = store.customer_record(row)
+        state = record.state
         prune(state, now=now)
         features = compute_features(state, now=now)
         classification = classify(features, attributes_of(state), rules, cut_points=cuts)
-        before = {d: row[d.value] for d in Dimension if row[d.value] is not None}
-        raw = row["class_since"] or "{}"
-        stored = json.loads(raw) if isinstance(raw, str) else raw
-        since = {Dimension(d): datetime.fromisoformat(at) for d, at in stored.items()}
-        decided = decide(before or None, since, classification, rules, now=now).classes
-        for dimension, to in decided.items():
+        decided = decide(record.classes, record.class_since, classification, rules, now=now)
+        for dimension, to in decided.classes.items():
             pairs[dimension].append((row[dimension.value], to))
     return pairs

@@ -22,11 +22,7 @@ class ScorerSettings(ServiceSettings):
     """Everything the scorer reads from its environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SCORER_",
-        frozen=True,
-        populate_by_name=True,
-        extra="ignore",
-        hide_input_in_errors=True,
+        env_prefix="SCORER_", frozen=True, populate_by_name=True, extra="ignore"
     )
 
     port: int = Field(8081, ge=1, le=65535, description="Port of the HTTP API.")

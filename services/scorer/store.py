@@ -29,8 +29,10 @@ async def claim_events(conn: Connection, event_ids: Sequence[str]) -> set[str]:
     return {row["event_id"] for row in rows}
 
 
-_COLUMNS = "customer_id, version, state, value_tier, activity_level, lifecycle_stage, class_since"
-_SELECT_CUSTOMER = f"SELECT {_COLUMNS} FROM scorer.customer"
+CUSTOMER_COLUMNS = (
+    "customer_id, version, state, value_tier, activity_level, lifecycle_stage, class_since"
+)
+_SELECT_CUSTOMER = f"SELECT {CUSTOMER_COLUMNS} FROM scorer.customer"
 # Customer rows by id as a join with the id array, not `customer_id = ANY($1)`: a prepared
 # statement may keep a generic plan made while the table was small (until its first
 # ANALYZE), and for `= ANY($1)` that plan scans the whole table and compares every row
@@ -50,7 +52,7 @@ LOCK_CUSTOMERS = (
     f"SELECT customer_id, version, state IS NULL AS empty {_BY_IDS}"
     " ORDER BY customer_id FOR UPDATE OF customer"
 )
-READ_CUSTOMERS = f"SELECT {_COLUMNS} {_BY_IDS}"
+READ_CUSTOMERS = f"SELECT {CUSTOMER_COLUMNS} {_BY_IDS}"
 
 
 async def lock_customers(
@@ -102,7 +104,7 @@ async def lock_customers(
 # The review index finds the due customers; their customer rows are what is locked (the
 # consumer locks the same rows, so the two never evaluate one customer at once).
 CLAIM_DUE = (
-    f"SELECT {', '.join(f'c.{column}' for column in _COLUMNS.split(', '))}, r.next_review_at"
+    f"SELECT {', '.join(f'c.{name}' for name in CUSTOMER_COLUMNS.split(', '))}, r.next_review_at"
     " FROM scorer.customer_review AS r JOIN scorer.customer AS c USING (customer_id)"
     " WHERE r.next_review_at <= $1 ORDER BY r.next_review_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED"
 )
@@ -113,7 +115,12 @@ async def read_customer(conn: Connection, customer_id: str) -> CustomerRecord:
     rows = await conn.fetch(READ_CUSTOMERS, [customer_id])
     if not rows or rows[0]["state"] is None:
         return CustomerRecord.empty(customer_id, 0)
-    return CustomerRecord.from_row(_decoded(rows[0]))
+    return customer_record(rows[0])
+
+
+def customer_record(row: Any) -> CustomerRecord:
+    """A `scorer.customer` row (CUSTOMER_COLUMNS, JSON as text) as a CustomerRecord."""
+    return CustomerRecord.from_row(_decoded(row))
 
 
 async def claim_due_customers(

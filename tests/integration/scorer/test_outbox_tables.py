@@ -4,9 +4,12 @@ order; the history shows when each went out; migration 0004 carries older rows o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from alembic import command
+from prometheus_client import CollectorRegistry
 
 from services.scorer.batch import apply_batch
 from services.scorer.db import Pool, create_pool
@@ -30,6 +33,7 @@ from tests.integration.scorer.support import (
     scorer_settings,
 )
 
+SCORING = Scoring(load_rules(ScorerSettings().rules_file))
 BACKLOG_GAUGE = "tierstream_scorer_outbox_backlog_changes"
 
 
@@ -149,24 +153,13 @@ async def test_a_change_too_large_for_the_broker_goes_out_without_its_attributes
     base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
 ) -> None:
     # A refused record would stop the relay, and every customer's changes queued behind it.
-    settings = scorer_settings(base_env)
-    topic = Topics(topic_namespace).tier_changed
-    await ensure_topics(settings, [topic])
-    pool = await create_pool(scorer_db, size=2, application_name="test")
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    registry = new_registry()
+    async with _relaying(base_env, scorer_db, topic_namespace, registry=registry,
+                         max_message_bytes=4096) as (pool, relay, topic):  # fmt: skip
         notes = purchase("p-big", "big", 3).model_copy(update={"attributes": {"notes": "n" * 6000}})
         small = purchase("p-small", "small", 3).model_copy(update={"attributes": {"tier": "a"}})
-        await apply_batch(
-            pool, [notes, small], [], group_id=SCORER_GROUP,
-            scoring=Scoring(load_rules(ScorerSettings().rules_file)), now=NOW,
-        )  # fmt: skip
-        registry = new_registry()
-        relay = OutboxRelay(
-            pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
-            metrics=scorer_metrics(registry), max_message_bytes=4096,
-        )  # fmt: skip
+        await apply_batch(pool, [notes, small], [], group_id=SCORER_GROUP, scoring=SCORING,
+                          now=NOW)  # fmt: skip
         await relay.drain()
         records = await read_topic(kafka_bootstrap, topic, expect=6)
         by_customer: dict[str, list[Any]] = {}
@@ -182,9 +175,6 @@ async def test_a_change_too_large_for_the_broker_goes_out_without_its_attributes
             assert TRIMMED_HEADER not in {name for name, _ in record.headers}
         assert registry.get_sample_value("tierstream_scorer_trimmed_changes_total") == 3
         assert await _seqs(scorer_db, "tier_change_pending") == []
-    finally:
-        await producer.stop()
-        await pool.close()
 
 
 async def _by_seq(pool: Pool) -> list[StoredChange]:
@@ -198,15 +188,7 @@ async def _by_seq(pool: Pool) -> list[StoredChange]:
 async def test_the_feed_never_skips_a_change_committed_after_a_later_one(
     base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
 ) -> None:
-    settings = scorer_settings(base_env)
-    topic = Topics(topic_namespace).tier_changed
-    await ensure_topics(settings, [topic])
-    pool = await create_pool(scorer_db, size=2, application_name="test")
-    producer = make_producer(settings)
-    await producer.start()
-    relay = OutboxRelay(pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
-                        metrics=scorer_metrics(new_registry()))  # fmt: skip
-    try:
+    async with _relaying(base_env, scorer_db, topic_namespace) as (pool, relay, _):
         async with connect(scorer_db) as slow:
             held = slow.transaction()
             await held.start()  # a writer (a lane, the sweeper, another process) still busy
@@ -217,10 +199,8 @@ async def test_the_feed_never_skips_a_change_committed_after_a_later_one(
                 " $1, $1)",
                 NOW,
             )  # fmt: skip
-            await apply_batch(
-                pool, [purchase("p1", "quick", 3)], [], group_id=SCORER_GROUP,
-                scoring=Scoring(load_rules(ScorerSettings().rules_file)), now=NOW,
-            )  # fmt: skip
+            await apply_batch(pool, [purchase("p1", "quick", 3)], [], group_id=SCORER_GROUP,
+                              scoring=SCORING, now=NOW)  # fmt: skip
             await relay.drain()
             read = await list_all_changes(pool, since=None, dimension=None, after_seq=None,
                                           limit=100)  # fmt: skip
@@ -233,28 +213,37 @@ async def test_the_feed_never_skips_a_change_committed_after_a_later_one(
         newer = await list_all_changes(pool, since=None, dimension=None, after_seq=read[-1].seq,
                                        limit=100)  # fmt: skip
         assert [c.change.id for c in newer] == ["late"]
-    finally:
-        await producer.stop()
-        await pool.close()
 
 
 async def test_a_drain_locked_out_by_another_round_says_so(
     base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
 ) -> None:
-    settings = scorer_settings(base_env)
-    topic = Topics(topic_namespace).tier_changed
-    await ensure_topics(settings, [topic])
-    pool = await create_pool(scorer_db, size=2, application_name="test")
-    producer = make_producer(settings)
-    await producer.start()
-    relay = OutboxRelay(pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
-                        metrics=scorer_metrics(new_registry()))  # fmt: skip
-    try:
+    async with _relaying(base_env, scorer_db, topic_namespace) as (_, relay, _):
         async with connect(scorer_db) as other:
             await other.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK_KEY)
             assert await relay.drain() is False
             await other.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
         assert await relay.drain() is True
+
+
+@contextlib.asynccontextmanager
+async def _relaying(
+    env: dict[str, str], database_url: str, namespace: str, *,
+    registry: CollectorRegistry | None = None, max_message_bytes: int = 1_048_588,
+) -> AsyncIterator[tuple[Pool, OutboxRelay, str]]:  # fmt: skip
+    """A pool and a relay on this test's tier-changed topic (created), closed afterwards."""
+    settings = scorer_settings(env)
+    topic = Topics(namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(database_url, size=2, application_name="test")
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        yield pool, OutboxRelay(
+            pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
+            metrics=scorer_metrics(registry or new_registry()),
+            max_message_bytes=max_message_bytes,
+        ), topic  # fmt: skip
     finally:
         await producer.stop()
         await pool.close()

@@ -10,7 +10,7 @@ import pytest
 
 from services.scorer import store
 from services.scorer.batch import apply_batch
-from services.scorer.db import create_pool
+from services.scorer.db import Pool, create_pool
 from services.scorer.evaluation import Scoring
 from services.scorer.main import run
 from services.scorer.metrics import scorer_metrics
@@ -137,15 +137,20 @@ async def test_the_scorer_refuses_to_start_with_an_invalid_rules_file(
         await run(settings)
 
 
+async def _gold_under_old_rules(pool: Pool, tmp_path: Path) -> tuple[Scoring, Scoring]:
+    """Customer `gold` classified under the default rules; those and the candidate's."""
+    events = [purchase(f"g{i}", "gold", days_ago=i * 5, amount="600") for i in range(10)]
+    old = Scoring(load_rules(default_rules_path()))
+    await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=old, now=NOW)
+    return old, Scoring(load_rules(candidate(tmp_path)))
+
+
 async def test_a_new_rules_file_reclassifies_stored_customers_with_cause_rule_change(
     scorer_db: str, tmp_path: Path
 ) -> None:
     pool = await create_pool(scorer_db, size=2, application_name="test")
     try:
-        events = [purchase(f"g{i}", "gold", days_ago=i * 5, amount="600") for i in range(10)]
-        old = Scoring(load_rules(default_rules_path()))
-        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=old, now=NOW)
-        new = Scoring(load_rules(candidate(tmp_path)))
+        _, new = await _gold_under_old_rules(pool, tmp_path)
         sweeper = Sweeper(pool, scoring=lambda: new, clock=FixedClock(NOW), batch=10,
                           metrics=scorer_metrics(new_registry()))  # fmt: skip
         assert await sweeper.migrate_step() is False  # one customer: done in one step
@@ -166,10 +171,7 @@ async def test_during_a_rolling_deploy_only_the_newest_rules_reclassify(
 ) -> None:
     pool = await create_pool(scorer_db, size=2, application_name="test")
     try:
-        events = [purchase(f"g{i}", "gold", days_ago=i * 5, amount="600") for i in range(10)]
-        old = Scoring(load_rules(default_rules_path()))
-        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=old, now=NOW)
-        new = Scoring(load_rules(candidate(tmp_path)))
+        old, new = await _gold_under_old_rules(pool, tmp_path)
         async with pool.acquire() as conn:
             await store.activate_rules(conn, old.rules.version)  # the running processes
             await store.activate_rules(conn, new.rules.version)  # the first one of the deploy

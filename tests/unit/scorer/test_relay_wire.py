@@ -54,7 +54,7 @@ def test_a_change_over_the_limit_drops_attributes_then_features_to_fit(
         max_message_bytes=4096,
     )  # fmt: skip
     headers: list[tuple[str, bytes]] = [("ce_id", b"0b4c")]
-    value = relay._fitting(row, b"c", wire_value(row), headers)  # type: ignore[arg-type]
+    _, value, _ = relay._fitting(row, b"c", headers)  # type: ignore[arg-type]
     published = TierChanged.model_validate_json(value)
     assert dict(headers).get(TRIMMED_HEADER) == dropped
     assert (published.attributes == {}) is (dropped is not None)
