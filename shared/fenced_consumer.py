@@ -10,7 +10,9 @@ Subclasses say how a batch is polled and what is done with it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -52,6 +54,8 @@ class FencedConsumer:
         self.group_commits = GroupCommitter(consumer)
         # Per owned partition: the stored next offset our next commit expects (None: no row).
         self.fences: dict[TopicPartition, int | None] = {}
+        # Per owned partition without a stored offset: the log's start (the lag counts from it).
+        self.starts: dict[TopicPartition, int] = {}
         self.needs_resync = False
 
     async def poll(self) -> Batch:
@@ -101,6 +105,7 @@ class FencedConsumer:
             )
         for tp in tps:
             offset = stored.get((tp.topic, tp.partition))
+            self.starts.pop(tp, None)
             if offset is None:
                 await self.consumer.seek_to_beginning(tp)
             else:
@@ -118,29 +123,67 @@ class FencedConsumer:
         self.group_commits.forget(partitions)
         for tp in partitions:
             self.fences.pop(tp, None)
+            self.starts.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.fence_metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
-    def records_behind(self) -> int | None:
-        """Records not yet applied on this consumer's partitions; None until it owns some and
-        has heard each one's end from the broker (after its first fetch)."""
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return None
-        behind = 0
-        for tp in assignment:
-            high = self.consumer.highwater(tp)
-            if high is None or tp not in self.fences:
-                return None
-            behind += max(0, high - (self.fences[tp] or 0))
-        return behind
+    def group_generation(self) -> int | None:
+        """The consumer group generation this consumer last joined (None before it joined)."""
+        return group_generation(self.consumer)
+
+    async def progress(self) -> list[PartitionLag]:
+        """Each owned partition whose end this consumer has heard: records not yet applied,
+        and how long ago the end was heard."""
+        now_ms = time.time() * 1000
+        lags = []
+        for tp in sorted(self.consumer.assignment()):
+            high, heard_ms = self.consumer.highwater(tp), self.consumer.last_poll_timestamp(tp)
+            if high is None or heard_ms is None or tp not in self.fences:
+                continue
+            applied = await self._applied(tp)
+            age_s = max(0.0, (now_ms - heard_ms) / 1000)
+            lags.append(PartitionLag(tp.topic, tp.partition, max(0, high - applied), age_s))
+        return lags
+
+    async def _applied(self, tp: TopicPartition) -> int:
+        """The next offset to apply: the stored one, or the log's start when there is none
+        (its records may be gone to retention, and nothing before the start is unread)."""
+        fence = self.fences.get(tp)
+        if fence is not None:
+            return fence
+        if tp not in self.starts:
+            self.starts[tp] = (await self.consumer.beginning_offsets([tp]))[tp]
+        return self.starts[tp]
 
     def _update_lag(self) -> None:
         for tp in self.consumer.assignment():
-            high, committed = self.consumer.highwater(tp), self.fences.get(tp)
+            high = self.consumer.highwater(tp)
             if high is not None and tp in self.fences:
-                lag = high - committed if committed is not None else high
-                self.fence_metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+                applied = self.fences[tp]
+                applied = applied if applied is not None else self.starts.get(tp, 0)
+                self.fence_metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, high - applied)
+                )
+
+
+def group_generation(consumer: AIOKafkaConsumer) -> int | None:
+    """The group generation `consumer` last joined (None before it joined, or without a group).
+
+    aiokafka keeps it on its coordinator only (no public accessor): a report stamped with it
+    can be told from one a member wrote before the last rebalance."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    generation = getattr(coordinator, "generation", None)
+    return generation if isinstance(generation, int) and generation > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """How far a consumer is through one of its partitions."""
+
+    topic: str
+    partition: int
+    behind: int
+    heard_age_s: float
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

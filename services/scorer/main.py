@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -13,6 +12,7 @@ from services.scorer.app import create_app
 from services.scorer.consumer import EventConsumer
 from services.scorer.db import Pool, create_pool
 from services.scorer.metrics import ScorerMetrics, scorer_metrics
+from services.scorer.progress import GroupProgress
 from services.scorer.rebucket import Rebucketer, ScoringHolder, latest_cut_points
 from services.scorer.relay import OutboxRelay
 from services.scorer.settings import ScorerSettings
@@ -91,13 +91,17 @@ async def _serve(
     )  # fmt: skip
     consumer.subscribe(list(topics.events), listener=events.listener())
     await consumer.start()
+    progress = GroupProgress(events, pool, group_id=settings.group_id, topics=topics.events,
+                             max_lag=settings.sweep_max_lag,
+                             max_age_s=settings.sweep_progress_max_age_s)  # fmt: skip
     sweeper = Sweeper(pool, scoring=holder, clock=clock, batch=settings.sweep_batch,
                       metrics=metrics, on_changes=outbox_ready.set,
-                      caught_up=partial(_caught_up, events, settings.sweep_max_lag))  # fmt: skip
+                      scope=progress.scope)  # fmt: skip
     rebucket = Rebucketer(pool, holder, clock=clock, metrics=metrics, on_changes=outbox_ready.set)
     loops = [
         _loop("consumer", events.step, 0.0, metrics),
         _loop("relay", relay.step, settings.relay_interval_s, metrics, wake=outbox_ready),
+        _loop("progress", progress.report_step, settings.progress_interval_s, metrics),
         _loop("sweeper", sweeper.step, settings.sweep_interval_s, metrics),
         _loop("rule_change", sweeper.migrate_step, settings.population_interval_s, metrics),
         _loop("rebucket", rebucket.step, settings.population_interval_s, metrics),
@@ -114,11 +118,6 @@ async def _serve(
                     install_signals=stop is None)  # fmt: skip
     finally:
         await events.close()
-
-
-def _caught_up(events: EventConsumer, max_lag: int) -> bool:
-    behind = events.records_behind()
-    return behind is not None and behind <= max_lag
 
 
 def _loop(

@@ -35,6 +35,7 @@ class ScorerMetrics:
     sweep_duration: Histogram
     sweep_customers: prom.Counter
     sweep_waiting: Gauge
+    sweep_held_partitions: Gauge
     outbox_backlog: Gauge
     published: prom.Counter
     trimmed_changes: prom.Counter
@@ -116,8 +117,14 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         ),
         sweep_waiting=Gauge(
             f"{p}sweep_waiting",
-            "1 while time sweeps wait for this process's consumer to catch up (more than"
-            " SCORER_SWEEP_MAX_LAG records behind, or not yet assigned and fetching).",
+            "1 while this process's time sweeps hold back the customers of some partition:"
+            " its consumer, in whichever process, is more than SCORER_SWEEP_MAX_LAG records"
+            " behind or has not reported its progress since the last rebalance.",
+            registry=registry,
+        ),
+        sweep_held_partitions=Gauge(
+            f"{p}sweep_held_partitions",
+            "Event topic partitions whose customers this process's last time sweep held back.",
             registry=registry,
         ),
         sweep_customers=prom.Counter(

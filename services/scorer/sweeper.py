@@ -2,20 +2,22 @@
 
 It reads the review-time index of `customer_review` only, so a sweep costs the customers
 that are due, not the whole population. Rows a consumer holds are skipped (SKIP LOCKED):
-that consumer re-evaluates them anyway. After a rules file change it also re-classifies
+that consumer re-evaluates them anyway. Customers of partitions a consumer is still reading
+wait (services/scorer/sweep_scope.py). After a rules file change it also re-classifies
 the customers classified under the old rules (cause `rule_change`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from services.scorer import store
-from services.scorer.db import Pool
+from services.scorer.db import Connection, Pool
 from services.scorer.evaluation import Scoring, catch_up_all, evaluate_all
 from services.scorer.metrics import ScorerMetrics
+from services.scorer.sweep_scope import EVERYTHING, SweepScope
 from shared.clock import Clock
 from shared.contracts import ChangeCause
 from shared.logging import get_logger
@@ -24,6 +26,11 @@ log = get_logger(__name__)
 
 # Bound one sweep's work; the rest waits for the next sweep (or the next call when busy).
 MAX_ROUNDS_PER_STEP = 20
+
+
+async def _everything(conn: Connection) -> SweepScope:
+    """The scope without a consumer group (tools and tests): every due customer."""
+    return EVERYTHING
 
 
 class Sweeper:
@@ -38,22 +45,15 @@ class Sweeper:
         batch: int,
         metrics: ScorerMetrics,
         on_changes: Callable[[], None] = lambda: None,
-        caught_up: Callable[[], bool] = lambda: True,
+        scope: Callable[[Connection], Awaitable[SweepScope]] = _everything,
     ) -> None:
         self.pool, self.scoring, self.clock, self.batch = pool, scoring, clock, batch
-        self.metrics, self.on_changes, self.caught_up = metrics, on_changes, caught_up
+        self.metrics, self.on_changes, self.scope = metrics, on_changes, scope
         self.waiting = False
         self.superseded = False  # another process started with newer rules
 
     async def step(self) -> bool:
-        """Sweep everything due now; True when work was left for an immediate next step.
-
-        Not while the consumer is behind (after a restart, an outage, a backlog): a customer's
-        unread events may well show it active, and a time-driven downgrade decided before
-        them would be emitted, acted on, then undone by those events.
-        """
-        if not self._may_sweep():
-            return False
+        """Sweep everything due now; True when work was left for an immediate next step."""
         started = asyncio.get_running_loop().time()
         now = self.clock.now()
         swept = 0
@@ -65,14 +65,18 @@ class Sweeper:
         self.metrics.sweep_duration.observe(asyncio.get_running_loop().time() - started)
         return swept >= self.batch * MAX_ROUNDS_PER_STEP
 
-    def _may_sweep(self) -> bool:
-        waiting = not self.caught_up()
+    def _note(self, scope: SweepScope) -> None:
+        """Log when sweeps start or stop holding partitions back; export how many are held."""
+        waiting = not scope.everything
         if waiting != self.waiting:
-            log.info("time sweeps wait for the consumer to catch up" if waiting
-                     else "consumer caught up; time sweeps resume")  # fmt: skip
+            if waiting:
+                log.info("time sweeps hold the customers of partitions still being read",
+                         held=list(scope.held[:20]), held_count=len(scope.held))  # fmt: skip
+            else:
+                log.info("every partition is read; time sweeps take every due customer")
             self.metrics.sweep_waiting.set(int(waiting))
             self.waiting = waiting
-        return not waiting
+        self.metrics.sweep_held_partitions.set(len(scope.held))
 
     async def sweep_batch(self, now: datetime) -> int:
         """Re-evaluate up to `batch` due customers in one transaction; returns how many."""
@@ -100,7 +104,11 @@ class Sweeper:
         scoring = self.scoring()
         async with self.pool.acquire() as conn, conn.transaction():
             if cause is ChangeCause.TIME:
-                due = await store.claim_due_customers(conn, now=now, limit=self.batch)
+                # Not a customer whose events may still be unread (sweep_scope.py): a
+                # downgrade decided before them would be emitted, acted on, then undone.
+                scope = await self.scope(conn)
+                self._note(scope)
+                due = await store.claim_due_customers(conn, now=now, limit=self.batch, scope=scope)
                 outcome, count = catch_up_all(due, scoring, now=now), len(due)
             else:
                 version = scoring.rules.version

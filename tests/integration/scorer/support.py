@@ -78,6 +78,7 @@ def scorer_settings(env: dict[str, str], **overrides: Any) -> ScorerSettings:
         "relay_interval_s": 0.1,
         "poll_timeout_ms": 100,
         "gauge_interval_s": 0.5,
+        "progress_interval_s": 0.1,
     }
     fields.update(overrides)
     return ScorerSettings.model_validate({**env, **fields})
