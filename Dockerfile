@@ -6,7 +6,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY cli ./cli
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir '.[tracing]' \
     && useradd --system --uid 10001 tierstream
 USER tierstream
 EXPOSE 8080 8081 8082

@@ -44,9 +44,20 @@ def timeseries(
     }
 
 
-def stat(title: str, unit: str, expr: str, *, desc: str = "", red_above: float = 0) -> Panel:
-    """A single-number panel that turns red above `red_above`."""
+def stat(
+    title: str,
+    unit: str,
+    expr: str,
+    *,
+    desc: str = "",
+    red_above: float = 0,
+    green_from: float | None = None,
+) -> Panel:
+    """A single-number panel that turns red above `red_above` (or, with `green_from`, that is
+    red below it: Grafana colours a value by the last step at or below it)."""
     steps = [{"color": "green", "value": None}, {"color": "red", "value": red_above + 1e-9}]
+    if green_from is not None:
+        steps = [{"color": "red", "value": None}, {"color": "green", "value": green_from}]
     return {
         "type": "stat",
         "title": title,
@@ -84,10 +95,11 @@ def ingest_panels() -> list[Panel]:
             "reqps",
             query(
                 "sum by (status) (rate(tierstream_ingest_request_duration_seconds_count"
-                f'{{status=~"[45].."}}[{RATE}]))',
+                f'{{route=~"/v1/.*", status=~"[45].."}}[{RATE}]))',
                 "{{status}}",
             ),
-            desc="4xx: bad input or auth; 503: the broker did not ack in time (nothing accepted).",
+            desc="4xx: bad input or auth; 503: the broker did not ack in time (nothing accepted)."
+            " API requests only: probes and scrapes are left out.",
         ),
         timeseries(
             "Ingest latency",
@@ -100,7 +112,7 @@ def ingest_panels() -> list[Panel]:
             "Broker reachable from every ingest",
             "bool",
             "min(tierstream_ingest_broker_available)",
-            red_above=-1,
+            green_from=1,
         ),
     ]
 
@@ -147,6 +159,13 @@ def lag_panels() -> list[Panel]:
                 "{{type}} {{outcome}}",
             ),
             stack=True,
+        ),
+        stat(
+            "Partitions held back from time sweeps",
+            "short",
+            "max(tierstream_scorer_sweep_held_partitions)",
+            desc="Event partitions a consumer has not read up to: their customers wait for"
+            " time-driven changes (0 in steady state; TierstreamScorerSweepsHeld after 30 min).",
         ),
         timeseries(
             "Outbox: waiting and published",

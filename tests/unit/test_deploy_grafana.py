@@ -67,3 +67,25 @@ def test_dashboard_shows_everything_issue_6_lists() -> None:
         "dead letters",
     ):
         assert topic in titles, topic
+
+
+def _colour(panel: dict[str, Any], value: float) -> str:
+    """The colour Grafana gives `value`: that of the last threshold step at or below it."""
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    colour: str = steps[0]["color"]
+    for step in steps[1:]:
+        if value >= step["value"]:
+            colour = step["color"]
+    return colour
+
+
+def test_stat_panels_are_green_when_healthy_and_red_when_not() -> None:
+    stats = {p["title"]: p for p in _dashboard()["panels"] if p["type"] == "stat"}
+    healthy_and_not = {
+        "Broker reachable from every ingest": (1, 0),
+        "Overdue tasks": (0, 1),
+        "Partitions held back from time sweeps": (0, 1),
+    }
+    assert healthy_and_not.keys() <= stats.keys()
+    for title, (good, bad) in healthy_and_not.items():
+        assert (_colour(stats[title], good), _colour(stats[title], bad)) == ("green", "red"), title
