@@ -1,17 +1,17 @@
 """Optional tracing: W3C trace context carried in Kafka headers, OpenTelemetry spans when on.
 
 Off by default (`TIERSTREAM_TRACING=off`): no spans are recorded, but a valid incoming
-`traceparent` / `tracestate` is passed on unchanged, so a trace started upstream survives
-the hop through Tierstream. `console` prints spans; `otlp` exports them to
+`traceparent` is passed on unchanged, so a trace started upstream survives the hop through
+Tierstream (`tracestate` reaches the scorer, which keeps only the `traceparent`). `console` prints spans; `otlp` exports them to
 `OTEL_EXPORTER_OTLP_ENDPOINT` (needs the `tracing` extra: opentelemetry-sdk and the OTLP
 exporter; the OpenTelemetry API alone ships with FastAPI).
 
 How a service carries the context (ingest -> scorer -> actions):
 - ingest: `with tracer.span("ingest.publish", parent=http_trace_headers(request.headers))
   as trace:` and add `trace` to each record's headers (`cloudevent_headers(..., extra=trace)`);
-- scorer: `with tracer.span("scorer.apply", parent=record.headers) as trace:` and keep the
-  `traceparent` of `trace` with each tier change in the outbox, so the relay publishes the
-  change with it (the relay runs later, outside the span);
+- scorer: no span of its own (one batch applies events of many traces); it keeps the
+  `traceparent` of the event behind each tier change in the outbox, and the relay publishes
+  the change with it;
 - actions: `with tracer.span("actions.plan", parent=record.headers):`.
 """
 
