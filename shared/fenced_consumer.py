@@ -170,10 +170,11 @@ def group_generation(consumer: AIOKafkaConsumer) -> int | None:
     """The group generation `consumer` last joined (None before it joined, or without a group).
 
     aiokafka keeps it on its coordinator only (no public accessor): a report stamped with it
-    can be told from one a member wrote before the last rebalance."""
+    can be told from one a member wrote before the last rebalance. Brokers count from 0 or
+    1 (tansu from 0); aiokafka holds -1 until a join succeeds."""
     coordinator = getattr(consumer, "_coordinator", None)
     generation = getattr(coordinator, "generation", None)
-    return generation if isinstance(generation, int) and generation > 0 else None
+    return generation if isinstance(generation, int) and generation >= 0 else None
 
 
 @dataclass(frozen=True, slots=True)

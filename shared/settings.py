@@ -180,6 +180,38 @@ class ServiceSettings(BaseSettings):
             )
 
 
+class ConsumingServiceSettings(ServiceSettings):
+    """A service with a fenced consumer and work decided by the clock (the scorer's time
+    sweeps, actions' sequence steps), which waits for partitions to be read
+    (shared/group_progress.py). The variables take the service's prefix."""
+
+    progress_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often each process records how far its consumer is through its "
+        "partitions (table partition_progress), for the clock-driven work of every process "
+        "of the group.",
+    )
+    progress_max_age_s: float = Field(
+        10.0,
+        gt=0,
+        description="Clock-driven work holds the customers of a partition whose progress was "
+        "last recorded longer ago than this (its owner died or is stuck). Must exceed the "
+        "service's PROGRESS_INTERVAL_S; the work may miss up to this much of a dead owner's "
+        "newest records.",
+    )
+
+    @model_validator(mode="after")
+    def _progress_recorded_within_its_age(self) -> ConsumingServiceSettings:
+        if self.progress_max_age_s <= self.progress_interval_s:
+            prefix = str(self.model_config.get("env_prefix", ""))
+            raise ValueError(
+                f"{prefix}PROGRESS_MAX_AGE_S must exceed {prefix}PROGRESS_INTERVAL_S (every "
+                "record would be stale before the next, and clock-driven work would never run)"
+            )
+        return self
+
+
 def settings_or_exit(cls: type[S]) -> S:
     """`cls()` from the environment; on bad values, one line per value naming its variable
     (never its content: it may be a key or a password), then exit 2."""

@@ -2,9 +2,10 @@
 
 Off by default (`TIERSTREAM_TRACING=off`): no spans are recorded, but a valid incoming
 `traceparent` is passed on unchanged, so a trace started upstream survives the hop through
-Tierstream (`tracestate` reaches the scorer, which keeps only the `traceparent`). `console` prints spans; `otlp` exports them to
-`OTEL_EXPORTER_OTLP_ENDPOINT` (needs the `tracing` extra: opentelemetry-sdk and the OTLP
-exporter; the OpenTelemetry API alone ships with FastAPI).
+Tierstream (`tracestate` reaches the scorer, which keeps only the `traceparent`). `console`
+prints spans; `otlp` exports them to `OTEL_EXPORTER_OTLP_ENDPOINT` (needs the `tracing`
+extra: opentelemetry-sdk and the OTLP exporter; the OpenTelemetry API alone ships with
+FastAPI).
 
 How a service carries the context (ingest -> scorer -> actions):
 - ingest: `with tracer.span("ingest.publish", parent=http_trace_headers(request.headers))

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from services.actions import deliveries
 from services.actions.channels import Channels, Delivery, DeliveryError, PermanentDeliveryError
-from services.actions.db import Pool
+from services.actions.db import Connection, Pool
 from services.actions.metrics import ActionsMetrics
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock
 from shared.domain.playbook_requests import quiet_until
 from shared.logging import get_logger
 from shared.loops import run_loop
+from shared.partition_scope import EVERYTHING, PartitionScope
 
 log = get_logger(__name__)
 
@@ -56,9 +57,12 @@ class Dispatcher:
     def __init__(
         self, name: str, pool: Pool, channels: Channels, *, kinds: Sequence[str],
         policy: DispatchPolicy, clock: Clock, metrics: ActionsMetrics,
+        scope: Callable[[Connection], Awaitable[PartitionScope]] | None = None,
     ) -> None:  # fmt: skip
+        """`scope`: which customers' deliveries may go now (the scheduler's: customers whose
+        records are read); None: everyone's."""
         self.name, self.pool, self.channels, self.kinds = name, pool, channels, tuple(kinds)
-        self.policy, self.clock, self.metrics = policy, clock, metrics
+        self.policy, self.clock, self.metrics, self.scope = policy, clock, metrics, scope
         self.in_flight: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
 
@@ -75,9 +79,14 @@ class Dispatcher:
         free = self.policy.concurrency - len(self.in_flight)
         if free <= 0:
             return False  # a finishing send sets `wake`
+        scope = EVERYTHING
+        if self.scope is not None:
+            async with self.pool.acquire() as conn:
+                scope = await self.scope(conn)
         claimed = await deliveries.claim_due(
-            self.pool, self.kinds, now=self.clock.now(), limit=free, lease_s=self.policy.lease_s
-        )
+            self.pool, self.kinds, now=self.clock.now(), limit=free, lease_s=self.policy.lease_s,
+            scope=scope,
+        )  # fmt: skip
         for delivery, attempt in claimed:
             task = asyncio.create_task(self.deliver(delivery, attempt), name=f"send-{delivery.id}")
             self.in_flight.add(task)

@@ -46,6 +46,7 @@ class ActionsMetrics:
     batch_size: Histogram
     batch_duration: Histogram
     consumer_lag: Gauge
+    steps_held_partitions: Gauge
     fenced_batches: Counter
     loop_errors: Counter
     pruned_rows: Counter
@@ -154,6 +155,15 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
             "consumer_lag_records",
             "Records not yet applied, per topic and partition.",
             ["topic", "partition"],
+            r,
+        ),
+        steps_held_partitions=_gauge(
+            "steps_held_partitions",
+            "Partitions whose customers' due sequence steps the scheduler held back at its last"
+            " claim: their consumer, in whichever process, is more than ACTIONS_STEP_MAX_LAG"
+            " records behind, or has not recorded its progress lately or since the last"
+            " rebalance.",
+            [],
             r,
         ),
         fenced_batches=_counter(

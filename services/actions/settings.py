@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import ConsumingServiceSettings
 from shared.topics import ACTIONS_GROUP
 
 
@@ -24,7 +24,7 @@ _OPTIONAL = (
 )  # fmt: skip
 
 
-class ActionsSettings(ServiceSettings):
+class ActionsSettings(ConsumingServiceSettings):
     """Everything the actions service reads from its environment."""
 
     model_config = SettingsConfigDict(
@@ -64,6 +64,14 @@ class ActionsSettings(ServiceSettings):
         None, description="Recipient of e-mail alerts that name none (e.g. the care team)."
     )
     dispatch_interval_s: float = Field(0.5, gt=0, description="Dispatcher poll when idle.")
+    step_max_lag: int = Field(
+        1000,
+        ge=0,
+        description="Due sequence steps of a customer wait while the consumer of its "
+        "partition, in any process, is more than this many records behind (or has not "
+        "recorded its progress since the last rebalance): the unread records may hold the "
+        "purchase or the tier change that ends the sequence.",
+    )
     dispatch_concurrency: int = Field(16, ge=1, description="Deliveries in flight per loop.")
     max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is dead-lettered.")
     backoff_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles per try).")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from services.actions import queries
 from services.actions.channels import Channels
 from services.actions.consumer import ChangeConsumer
-from services.actions.db import Pool
+from services.actions.db import Connection, Pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig
 from services.actions.metrics import ActionsMetrics, prime_metrics
@@ -18,8 +18,10 @@ from services.actions.retention import prune_step, retention_for
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock
 from shared.domain.playbooks import Playbooks
+from shared.group_progress import GroupProgress
 from shared.kafka import make_consumer, make_producer
 from shared.loops import Step, run_loop
+from shared.partition_scope import PartitionScope
 from shared.service import Loop
 from shared.topics import Topics
 from shared.tracing import Tracer
@@ -38,10 +40,31 @@ class Parts:
     tracer: Tracer
 
 
+class _Progress:
+    """The consumer's GroupProgress while the consumer loop runs it (the loop makes its own
+    Kafka clients); before and after, steps wait for it."""
+
+    def __init__(self) -> None:
+        self.current: GroupProgress | None = None
+
+    async def report_step(self) -> bool:
+        return await self.current.report_step() if self.current is not None else False
+
+    async def scope(self, conn: Connection) -> PartitionScope:
+        if self.current is None:
+            return NOT_JOINED
+        return await self.current.scope(conn)
+
+
+# No consumer yet: nothing is known to be read.
+NOT_JOINED = PartitionScope(0, held=("no consumer yet",))
+
+
 def build_loops(parts: Parts, channels: Channels, config: ChannelConfig) -> list[Loop]:
     """Consumer, dispatcher, scheduler, gauges and retention; a committed batch wakes senders."""
     settings, metrics = parts.settings, parts.metrics
-    senders = _dispatchers(parts, channels)
+    progress = _Progress()
+    senders = _dispatchers(parts, channels, progress)
 
     def wake_senders() -> None:
         for sender in senders:
@@ -49,7 +72,8 @@ def build_loops(parts: Parts, channels: Channels, config: ChannelConfig) -> list
 
     gauges = _gauge_step(parts.pool, parts.clock, metrics)
     loops = [
-        _consume(parts, config, on_effects=wake_senders),
+        _consume(parts, config, progress, on_effects=wake_senders),
+        _loop("progress", progress.report_step, settings.progress_interval_s, metrics),
         *[_named(s.name, s.run) for s in senders],
         _loop("gauges", gauges, settings.gauge_interval_s, metrics),
     ]
@@ -71,7 +95,9 @@ def _prime(parts: Parts, loops: list[Loop]) -> None:
     )  # fmt: skip
 
 
-def _consume(parts: Parts, config: ChannelConfig, *, on_effects: Callable[[], None]) -> Loop:
+def _consume(
+    parts: Parts, config: ChannelConfig, progress: _Progress, *, on_effects: Callable[[], None]
+) -> Loop:
     """The consumer loop (it starts and stops its own Kafka clients)."""
     settings = parts.settings
     topics = Topics(settings.topic_namespace)
@@ -86,7 +112,13 @@ def _consume(parts: Parts, config: ChannelConfig, *, on_effects: Callable[[], No
             max_records=settings.batch_max_records, poll_timeout_ms=settings.poll_timeout_ms,
             on_effects=on_effects, tracer=parts.tracer,
         )  # fmt: skip
-        consumer.subscribe([topics.tier_changed, topics.purchases], listener=changes.listener())
+        consumed = [topics.tier_changed, topics.purchases]
+        consumer.subscribe(consumed, listener=changes.listener())
+        progress.current = GroupProgress(
+            changes, parts.pool, schema="actions", topics=consumed,
+            max_lag=settings.step_max_lag, max_age_s=settings.progress_max_age_s,
+            held=parts.metrics.steps_held_partitions, work="sequence steps",
+        )  # fmt: skip
         try:
             await producer.start()
             await consumer.start()
@@ -94,6 +126,7 @@ def _consume(parts: Parts, config: ChannelConfig, *, on_effects: Callable[[], No
             errors = parts.metrics.loop_errors
             await run_loop("consumer", changes.step, stop, idle_s=0.0, errors=errors)
         finally:
+            progress.current = None
             parts.broker.consumer = None
             await changes.close()
             await consumer.stop()
@@ -103,14 +136,20 @@ def _consume(parts: Parts, config: ChannelConfig, *, on_effects: Callable[[], No
     return consume
 
 
-def _dispatchers(parts: Parts, channels: Channels) -> list[Dispatcher]:
-    """Alerts and task pushes in one sender, sequence steps (the scheduler) in another."""
+def _dispatchers(parts: Parts, channels: Channels, progress: _Progress) -> list[Dispatcher]:
+    """Alerts and task pushes in one sender, sequence steps (the scheduler) in another.
+
+    Alerts and tasks answer a change already read, and go at once. A step is due by the
+    clock: it waits until the customer's records are read, since they may end its sequence.
+    """
     policy = DispatchPolicy.from_settings(parts.settings)
     pool, clock, metrics = parts.pool, parts.clock, parts.metrics
     return [
-        Dispatcher(name, pool, channels, kinds=kinds, policy=policy, clock=clock, metrics=metrics)
-        for name, kinds in (("dispatcher", ("alert", "task")), ("scheduler", ("step",)))
-    ]
+        Dispatcher("dispatcher", pool, channels, kinds=("alert", "task"), policy=policy,
+                   clock=clock, metrics=metrics),
+        Dispatcher("scheduler", pool, channels, kinds=("step",), policy=policy, clock=clock,
+                   metrics=metrics, scope=progress.scope),
+    ]  # fmt: skip
 
 
 def _named(name: str, loop: Loop) -> Loop:

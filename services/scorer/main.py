@@ -12,13 +12,13 @@ from services.scorer.app import create_app
 from services.scorer.consumer import EventConsumer
 from services.scorer.db import Pool, create_pool
 from services.scorer.metrics import ScorerMetrics, scorer_metrics
-from services.scorer.progress import GroupProgress
 from services.scorer.rebucket import Rebucketer, ScoringHolder, latest_cut_points
 from services.scorer.relay import OutboxRelay
 from services.scorer.settings import ScorerSettings
 from services.scorer.sweeper import Sweeper
 from shared.clock import Clock, clock_for
 from shared.domain.rules import Rules, RulesError, load_rules
+from shared.group_progress import GroupProgress
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.logging import get_logger
 from shared.loops import Step, run_loop
@@ -91,9 +91,10 @@ async def _serve(
     )  # fmt: skip
     consumer.subscribe(list(topics.events), listener=events.listener())
     await consumer.start()
-    progress = GroupProgress(events, pool, group_id=settings.group_id, topics=topics.events,
+    progress = GroupProgress(events, pool, schema="scorer", topics=topics.events,
                              max_lag=settings.sweep_max_lag,
-                             max_age_s=settings.sweep_progress_max_age_s)  # fmt: skip
+                             max_age_s=settings.progress_max_age_s,
+                             held=metrics.sweep_held_partitions, work="time sweeps")  # fmt: skip
     sweeper = Sweeper(pool, scoring=holder, clock=clock, batch=settings.sweep_batch,
                       metrics=metrics, on_changes=outbox_ready.set,
                       scope=progress.scope)  # fmt: skip

@@ -34,7 +34,6 @@ class ScorerMetrics:
     customers: Gauge
     sweep_duration: Histogram
     sweep_customers: prom.Counter
-    sweep_waiting: Gauge
     sweep_held_partitions: Gauge
     outbox_backlog: Gauge
     published: prom.Counter
@@ -115,16 +114,11 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         ),
-        sweep_waiting=Gauge(
-            f"{p}sweep_waiting",
-            "1 while this process's time sweeps hold back the customers of some partition:"
-            " its consumer, in whichever process, is more than SCORER_SWEEP_MAX_LAG records"
-            " behind or has not reported its progress since the last rebalance.",
-            registry=registry,
-        ),
         sweep_held_partitions=Gauge(
             f"{p}sweep_held_partitions",
-            "Event topic partitions whose customers this process's last time sweep held back.",
+            "Event topic partitions whose customers this process's last time sweep held back:"
+            " their consumer, in whichever process, is more than SCORER_SWEEP_MAX_LAG records"
+            " behind, or has not recorded its progress lately or since the last rebalance.",
             registry=registry,
         ),
         sweep_customers=prom.Counter(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import ConsumingServiceSettings
 from shared.topics import SCORER_GROUP
 
 
@@ -18,7 +18,7 @@ def _default_rules_file() -> Path:
     return Path(default_rules_path())
 
 
-class ScorerSettings(ServiceSettings):
+class ScorerSettings(ConsumingServiceSettings):
     """Everything the scorer reads from its environment."""
 
     model_config = SettingsConfigDict(
@@ -79,20 +79,6 @@ class ScorerSettings(ServiceSettings):
         "last rebalance): a downgrade decided before a customer's unread events would be "
         "emitted, acted on, then undone by them.",
     )
-    progress_interval_s: float = Field(
-        1.0,
-        gt=0,
-        description="How often each process records, for every process's time sweeps, how "
-        "far its consumer is through its partitions (table scorer.partition_progress).",
-    )
-    sweep_progress_max_age_s: float = Field(
-        10.0,
-        gt=0,
-        description="Time sweeps hold a partition whose progress was last recorded longer "
-        "ago than this (its owner died or is stuck). Must exceed "
-        "SCORER_PROGRESS_INTERVAL_S; a sweep may miss up to this much of a dead owner's "
-        "newest events.",
-    )
     relay_batch: int = Field(5000, ge=1, description="Outbox rows published per relay round.")
     relay_interval_s: float = Field(
         0.5, gt=0,
@@ -116,12 +102,3 @@ class ScorerSettings(ServiceSettings):
         "batches (checked against the row's version; 0 turns the cache off).",
     )  # fmt: skip
     db_pool_size: int = Field(8, ge=2, description="Postgres connections of this process.")
-
-    @model_validator(mode="after")
-    def _progress_heard_within_its_age(self) -> ScorerSettings:
-        if self.sweep_progress_max_age_s <= self.progress_interval_s:
-            raise ValueError(
-                "SCORER_SWEEP_PROGRESS_MAX_AGE_S must exceed SCORER_PROGRESS_INTERVAL_S "
-                "(every report would be stale before the next, and time sweeps never run)"
-            )
-        return self

@@ -14,10 +14,10 @@ from services.scorer import codec
 from services.scorer.db import Connection
 from services.scorer.evaluation import ChangeRecord, CustomerRecord, CustomerUpdate
 from services.scorer.state_cache import StateCache
-from services.scorer.sweep_scope import EVERYTHING, PartitionProgress, SweepScope
 from shared import offsets
-from shared.fenced_consumer import PartitionLag
+from shared.group_progress import partition_args, partition_filter
 from shared.offsets import OffsetMove
+from shared.partition_scope import EVERYTHING, PartitionScope
 
 
 async def claim_events(conn: Connection, event_ids: Sequence[str]) -> set[str]:
@@ -105,7 +105,7 @@ async def lock_customers(
 
 # The review index finds the due customers; their customer rows are what is locked (the
 # consumer locks the same rows, so the two never evaluate one customer at once). While some
-# partitions are held (services/scorer/sweep_scope.py), only customers of the settled ones.
+# partitions are held (shared/partition_scope.py), only customers of the read ones.
 _CLAIM_DUE = (
     f"SELECT {', '.join(f'c.{name}' for name in CUSTOMER_COLUMNS.split(', '))}, r.next_review_at"
     " FROM scorer.customer_review AS r JOIN scorer.customer AS c USING (customer_id)"
@@ -113,9 +113,7 @@ _CLAIM_DUE = (
     " ORDER BY r.next_review_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED"
 )
 CLAIM_DUE = _CLAIM_DUE.format(partitions="")
-CLAIM_DUE_SETTLED = _CLAIM_DUE.format(
-    partitions=" AND scorer.kafka_partition(r.customer_id, $3) = ANY($4::int[])"
-)
+CLAIM_DUE_SETTLED = _CLAIM_DUE.format(partitions=partition_filter("scorer", "r.customer_id", 3))
 
 
 async def read_customer(conn: Connection, customer_id: str) -> CustomerRecord:
@@ -132,60 +130,17 @@ def customer_record(row: Any) -> CustomerRecord:
 
 
 async def claim_due_customers(
-    conn: Connection, *, now: datetime, limit: int, scope: SweepScope = EVERYTHING
+    conn: Connection, *, now: datetime, limit: int, scope: PartitionScope = EVERYTHING
 ) -> list[tuple[CustomerRecord, datetime]]:
     """Lock customers in `scope` whose next review time has come, with that time; skip those
     another tx holds."""
     if scope.partitions is None:
         rows = await conn.fetch(CLAIM_DUE, now, limit)
     elif scope.settled:
-        settled = sorted(scope.settled)
-        rows = await conn.fetch(CLAIM_DUE_SETTLED, now, limit, scope.partitions, settled)
+        rows = await conn.fetch(CLAIM_DUE_SETTLED, now, limit, *partition_args(scope))
     else:
         return []
     return [(CustomerRecord.from_row(_decoded(row)), row["next_review_at"]) for row in rows]
-
-
-async def report_progress(
-    conn: Connection, group_id: str, generation: int, lags: Sequence[PartitionLag]
-) -> None:
-    """Record how far this process's consumer is through its partitions (for the sweeps).
-
-    `heard_at` in the database's clock, so processes on hosts with skewed clocks agree on
-    which reports are fresh. A report of an earlier generation never replaces a later one (a
-    process that lost the partition and had not noticed yet).
-    """
-    if not lags:
-        return
-    await conn.execute(
-        "INSERT INTO scorer.partition_progress AS p"
-        " (group_id, topic, partition, generation, behind, heard_at)"
-        " SELECT $1, t, n, $2, b, statement_timestamp() - a * interval '1 second'"
-        " FROM unnest($3::text[], $4::int[], $5::int8[], $6::float8[]) AS u(t, n, b, a)"
-        " ON CONFLICT (group_id, topic, partition) DO UPDATE SET generation = EXCLUDED.generation,"
-        " behind = EXCLUDED.behind, heard_at = EXCLUDED.heard_at"
-        " WHERE p.generation <= EXCLUDED.generation",
-        group_id,
-        generation,
-        [lag.topic for lag in lags],
-        [lag.partition for lag in lags],
-        [lag.behind for lag in lags],
-        [lag.heard_age_s for lag in lags],
-    )
-
-
-async def read_progress(
-    conn: Connection, group_id: str, *, max_age_s: float
-) -> list[PartitionProgress]:
-    """The group's progress reports; `fresh` when heard at most `max_age_s` ago."""
-    rows = await conn.fetch(
-        "SELECT topic, partition, generation, behind,"
-        " heard_at >= statement_timestamp() - $2 * interval '1 second' AS fresh"
-        " FROM scorer.partition_progress WHERE group_id = $1",
-        group_id,
-        max_age_s,
-    )
-    return [PartitionProgress(**dict(row)) for row in rows]
 
 
 async def claim_outdated_customers(

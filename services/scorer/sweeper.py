@@ -3,7 +3,7 @@
 It reads the review-time index of `customer_review` only, so a sweep costs the customers
 that are due, not the whole population. Rows a consumer holds are skipped (SKIP LOCKED):
 that consumer re-evaluates them anyway. Customers of partitions a consumer is still reading
-wait (services/scorer/sweep_scope.py). After a rules file change it also re-classifies
+wait (shared/group_progress.py). After a rules file change it also re-classifies
 the customers classified under the old rules (cause `rule_change`).
 """
 
@@ -17,10 +17,10 @@ from services.scorer import store
 from services.scorer.db import Connection, Pool
 from services.scorer.evaluation import Scoring, catch_up_all, evaluate_all
 from services.scorer.metrics import ScorerMetrics
-from services.scorer.sweep_scope import EVERYTHING, SweepScope
 from shared.clock import Clock
 from shared.contracts import ChangeCause
 from shared.logging import get_logger
+from shared.partition_scope import EVERYTHING, PartitionScope
 
 log = get_logger(__name__)
 
@@ -28,7 +28,7 @@ log = get_logger(__name__)
 MAX_ROUNDS_PER_STEP = 20
 
 
-async def _everything(conn: Connection) -> SweepScope:
+async def _everything(conn: Connection) -> PartitionScope:
     """The scope without a consumer group (tools and tests): every due customer."""
     return EVERYTHING
 
@@ -45,11 +45,10 @@ class Sweeper:
         batch: int,
         metrics: ScorerMetrics,
         on_changes: Callable[[], None] = lambda: None,
-        scope: Callable[[Connection], Awaitable[SweepScope]] = _everything,
+        scope: Callable[[Connection], Awaitable[PartitionScope]] = _everything,
     ) -> None:
         self.pool, self.scoring, self.clock, self.batch = pool, scoring, clock, batch
         self.metrics, self.on_changes, self.scope = metrics, on_changes, scope
-        self.waiting = False
         self.superseded = False  # another process started with newer rules
 
     async def step(self) -> bool:
@@ -64,19 +63,6 @@ class Sweeper:
                 break
         self.metrics.sweep_duration.observe(asyncio.get_running_loop().time() - started)
         return swept >= self.batch * MAX_ROUNDS_PER_STEP
-
-    def _note(self, scope: SweepScope) -> None:
-        """Log when sweeps start or stop holding partitions back; export how many are held."""
-        waiting = not scope.everything
-        if waiting != self.waiting:
-            if waiting:
-                log.info("time sweeps hold the customers of partitions still being read",
-                         held=list(scope.held[:20]), held_count=len(scope.held))  # fmt: skip
-            else:
-                log.info("every partition is read; time sweeps take every due customer")
-            self.metrics.sweep_waiting.set(int(waiting))
-            self.waiting = waiting
-        self.metrics.sweep_held_partitions.set(len(scope.held))
 
     async def sweep_batch(self, now: datetime) -> int:
         """Re-evaluate up to `batch` due customers in one transaction; returns how many."""
@@ -104,10 +90,9 @@ class Sweeper:
         scoring = self.scoring()
         async with self.pool.acquire() as conn, conn.transaction():
             if cause is ChangeCause.TIME:
-                # Not a customer whose events may still be unread (sweep_scope.py): a
+                # Not a customer whose events may still be unread (partition_scope.py): a
                 # downgrade decided before them would be emitted, acted on, then undone.
                 scope = await self.scope(conn)
-                self._note(scope)
                 due = await store.claim_due_customers(conn, now=now, limit=self.batch, scope=scope)
                 outcome, count = catch_up_all(due, scoring, now=now), len(due)
             else:

@@ -98,7 +98,7 @@ def actions_settings(env: dict[str, str], **overrides: Any) -> ActionsSettings:
         "consumer_group": f"actions-{env['TIERSTREAM_TOPIC_NAMESPACE']}",
         "port": free_port(), "dispatch_interval_s": 0.05, "poll_timeout_ms": 100,
         "gauge_interval_s": 0.2, "backoff_base_s": 0.05, "backoff_cap_s": 0.2,
-        "delivery_timeout_s": 2.0, "lease_margin_s": 0.5,
+        "delivery_timeout_s": 2.0, "lease_margin_s": 0.5, "progress_interval_s": 0.1,
     }  # fmt: skip
     fields.update(overrides)
     return ActionsSettings(**fields)

@@ -179,3 +179,34 @@ async def test_a_purchase_ends_win_back_and_cancels_the_remaining_steps(
 async def _exited(url: str, customer_id: str) -> list[dict[str, Any]]:
     items = await _enrolments(url, customer_id)
     return items if items and items[0]["status"] == "exited" else []
+
+
+async def test_after_an_outage_a_due_step_waits_for_the_purchase_that_ends_its_sequence(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock,
+    database_url: str,
+) -> None:  # fmt: skip
+    # Down from day 0 to day 4: the customer bought again on day 1, and the offer (day 3)
+    # fell due meanwhile. Sent at restart before the purchase was read, it would offer a
+    # discount to a customer who had just come back.
+    with smtp_server() as (port, mailbox):
+        settings = actions_settings(base_env, smtp_host="127.0.0.1", smtp_port=port,
+                                    alert_email_to="care@example.com")  # fmt: skip
+        async with running_actions(settings, clock) as url:
+            at_risk = tier_change("chg-risk", "lapsed", "lifecycle_stage", "established",
+                                  "at_risk", email="lapsed@example.com")  # fmt: skip
+            await produce_changes(kafka_bootstrap, topic_namespace, [at_risk])
+            await eventually(lambda: _now(len(mailbox) == 2), what="care alert and day-0 step")
+            [enrolment] = await _enrolments(url, "lapsed")
+            assert enrolment["status"] == "active"
+        bought = purchase("again", "lapsed", NOW + DAY)
+        await produce_raw(kafka_bootstrap, Topics(topic_namespace).purchases,
+                          [(b"lapsed", bought.model_dump_json().encode(), [])])  # fmt: skip
+        clock.advance(4 * DAY)
+        async with running_actions(settings, clock) as url:
+            [ended] = await eventually(lambda: _exited(url, "lapsed"), what="the exit")
+            assert ended["exit_reason"] == "goal:purchase"
+            assert [(s["name"], s["status"]) for s in ended["steps"]] == [
+                ("care_message", "sent"), ("offer", "cancelled"), ("survey", "cancelled"),
+            ]  # fmt: skip
+            await asyncio.sleep(0.3)
+            assert len(mailbox) == 2  # the offer never went out

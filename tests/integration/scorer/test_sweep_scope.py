@@ -1,5 +1,5 @@
 """Time sweeps hold the customers of a partition that another member of the group has not
-read yet (migration 0008, services/scorer/sweep_scope.py), and take them once it is read."""
+read yet (migration 0008, shared/partition_scope.py), and take them once it is read."""
 
 from __future__ import annotations
 

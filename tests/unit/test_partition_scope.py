@@ -1,5 +1,6 @@
-"""Which customers a time sweep may take (sweep_scope.py): only those whose partition every
-event topic's consumer has recently reported settled, in the group's current generation."""
+"""Which customers clock-driven work may take (shared/partition_scope.py): only those whose
+partition every consumed topic's consumer recently recorded as read, in the group's current
+generation."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.scorer.sweep_scope import EVERYTHING, PartitionProgress, SweepScope, sweep_scope
+from shared.partition_scope import EVERYTHING, PartitionProgress, PartitionScope, settled_scope
 
 TOPICS = ("logins", "orders", "support")
 
@@ -24,8 +25,8 @@ def _all(n: int = 3, *, generation: int = 7) -> list[PartitionProgress]:
 
 
 def _scope(rows: list[PartitionProgress], *, n: int = 3, generation: int | None = 7,
-           max_lag: int = 10) -> SweepScope:  # fmt: skip
-    return sweep_scope(dict.fromkeys(TOPICS, n), rows, generation=generation, max_lag=max_lag)
+           max_lag: int = 10) -> PartitionScope:  # fmt: skip
+    return settled_scope(dict.fromkeys(TOPICS, n), rows, generation=generation, max_lag=max_lag)
 
 
 def test_every_customer_when_every_partition_is_settled() -> None:
@@ -65,24 +66,29 @@ def test_a_partition_nobody_reported_is_held() -> None:
 
 
 def test_nothing_before_this_process_has_joined_the_group() -> None:
-    for generation in (None, 0, -1):
+    for generation in (None, -1):
         scope = _scope(_all(generation=generation or 7), generation=generation)
         assert scope.nothing and len(scope.held) == 9
-    assert sweep_scope({}, [], generation=None, max_lag=0).nothing
+    assert settled_scope({}, [], generation=None, max_lag=0).nothing
+
+
+def test_generation_0_is_a_joined_group() -> None:
+    # tansu numbers a group's first generation 0 (Kafka 1); aiokafka holds -1 before a join.
+    assert _scope(_all(generation=0), generation=0) == EVERYTHING
 
 
 def test_topics_that_do_not_exist_hold_nothing() -> None:
     rows = [r for r in _all() if r.topic != "support"]
     counts = {"logins": 3, "orders": 3, "support": None}
-    assert sweep_scope(counts, rows, generation=7, max_lag=0) == EVERYTHING
-    assert sweep_scope(dict.fromkeys(TOPICS), [], generation=7, max_lag=0) == EVERYTHING
+    assert settled_scope(counts, rows, generation=7, max_lag=0) == EVERYTHING
+    assert settled_scope(dict.fromkeys(TOPICS), [], generation=7, max_lag=0) == EVERYTHING
 
 
 def test_topics_with_different_partition_counts_hold_everyone_until_all_are_settled() -> None:
     counts = {"logins": 3, "orders": 4, "support": 3}
     rows = [_row(t, p) for t, n in counts.items() for p in range(n)]
-    assert sweep_scope(counts, rows, generation=7, max_lag=0) == EVERYTHING
-    scope = sweep_scope(counts, rows[1:], generation=7, max_lag=0)
+    assert settled_scope(counts, rows, generation=7, max_lag=0) == EVERYTHING
+    scope = settled_scope(counts, rows[1:], generation=7, max_lag=0)
     assert scope.nothing and scope.held == ("logins/0",)
 
 

@@ -1,0 +1,129 @@
+"""Each process's consumer progress, shared through Postgres, for time-driven work.
+
+Every `*_PROGRESS_INTERVAL_S` a process records how far its consumer is through the
+partitions it owns (`<schema>.partition_progress`, stamped with the group generation).
+Work decided by the clock (the scorer's time sweeps, actions' sequence steps) reads what
+the whole group recorded and takes only customers of partitions that are read
+(shared/partition_scope.py). The tables: shared/progress_ddl.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from shared.fenced_consumer import FencedConsumer, PartitionLag
+from shared.logging import get_logger
+from shared.partition_scope import PartitionProgress, PartitionScope, settled_scope
+from shared.pg import Connection, Pool
+
+log = get_logger(__name__)
+
+
+def partition_filter(schema: str, customer_column: str, first_param: int) -> str:
+    """A WHERE clause term: the customer's partition (among `$first_param` partitions) is
+    one of `$first_param + 1` (an int array)."""
+    return (
+        f" AND {schema}.kafka_partition({customer_column}, ${first_param})"
+        f" = ANY(${first_param + 1}::int[])"
+    )
+
+
+def partition_args(scope: PartitionScope) -> list[Any]:
+    """The two parameters of `partition_filter` for a scope that holds some partitions."""
+    return [scope.partitions, sorted(scope.settled)]
+
+
+async def report_progress(
+    conn: Connection, schema: str, group_id: str, generation: int, lags: Sequence[PartitionLag]
+) -> None:
+    """Record how far this process's consumer is through its partitions.
+
+    `heard_at` in the database's clock, so processes on hosts with skewed clocks agree on
+    which records are fresh. A record of an earlier generation never replaces a later one (a
+    process that lost the partition and had not noticed yet).
+    """
+    if not lags:
+        return
+    await conn.execute(
+        f"INSERT INTO {schema}.partition_progress AS p"
+        " (group_id, topic, partition, generation, behind, heard_at)"
+        " SELECT $1, t, n, $2, b, statement_timestamp() - a * interval '1 second'"
+        " FROM unnest($3::text[], $4::int[], $5::int8[], $6::float8[]) AS u(t, n, b, a)"
+        " ON CONFLICT (group_id, topic, partition) DO UPDATE SET generation = EXCLUDED.generation,"
+        " behind = EXCLUDED.behind, heard_at = EXCLUDED.heard_at"
+        " WHERE p.generation <= EXCLUDED.generation",
+        group_id,
+        generation,
+        [lag.topic for lag in lags],
+        [lag.partition for lag in lags],
+        [lag.behind for lag in lags],
+        [lag.heard_age_s for lag in lags],
+    )
+
+
+async def read_progress(
+    conn: Connection, schema: str, group_id: str, *, max_age_s: float
+) -> list[PartitionProgress]:
+    """The group's progress records; `fresh` when heard at most `max_age_s` ago."""
+    rows = await conn.fetch(
+        "SELECT topic, partition, generation, behind,"
+        " heard_at >= statement_timestamp() - $2 * interval '1 second' AS fresh"
+        f" FROM {schema}.partition_progress WHERE group_id = $1",
+        group_id,
+        max_age_s,
+    )
+    return [PartitionProgress(**dict(row)) for row in rows]
+
+
+class GroupProgress:
+    """Records this consumer's progress, and tells time-driven work which customers it may
+    take (logging when partitions start or stop being held, and counting them in `held`)."""
+
+    def __init__(
+        self,
+        events: FencedConsumer,
+        pool: Pool,
+        *,
+        schema: str,
+        topics: Sequence[str],
+        max_lag: int,
+        max_age_s: float,
+        held: Any,
+        work: str,
+    ) -> None:
+        self.events, self.pool, self.schema, self.topics = events, pool, schema, topics
+        self.max_lag, self.max_age_s, self.held_gauge, self.work = max_lag, max_age_s, held, work
+        self.holding = False
+
+    async def report_step(self) -> bool:
+        """Record the progress of every partition this consumer owns and has heard from."""
+        generation = self.events.group_generation()
+        lags = await self.events.progress()
+        if generation is not None and lags:
+            async with self.pool.acquire() as conn:
+                await report_progress(conn, self.schema, self.events.group_id, generation, lags)
+        return False
+
+    async def scope(self, conn: Connection) -> PartitionScope:
+        """Which customers time-driven work may take now."""
+        partitions = self.events.consumer.partitions_for_topic
+        counts = {topic: len(partitions(topic) or ()) or None for topic in self.topics}
+        rows = await read_progress(
+            conn, self.schema, self.events.group_id, max_age_s=self.max_age_s
+        )
+        generation = self.events.group_generation()
+        scope = settled_scope(counts, rows, generation=generation, max_lag=self.max_lag)
+        self._note(scope)
+        return scope
+
+    def _note(self, scope: PartitionScope) -> None:
+        holding = not scope.everything
+        if holding != self.holding:
+            if holding:
+                log.info(f"{self.work} hold the customers of partitions still being read",
+                         held=list(scope.held[:20]), held_count=len(scope.held))  # fmt: skip
+            else:
+                log.info(f"every partition is read; {self.work} take every customer")
+            self.holding = holding
+        self.held_gauge.set(len(scope.held))
