@@ -9,29 +9,40 @@ the whole group recorded and takes only customers of partitions that are read
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from shared.fenced_consumer import FencedConsumer, PartitionLag
 from shared.logging import get_logger
-from shared.partition_scope import PartitionProgress, PartitionScope, settled_scope
+from shared.partition_scope import EVERYTHING, PartitionProgress, PartitionScope, settled_scope
 from shared.pg import Connection, Pool
 
 log = get_logger(__name__)
 
 
-def partition_filter(schema: str, customer_column: str, first_param: int) -> str:
-    """A WHERE clause term: the customer's partition (among `$first_param` partitions) is
-    one of `$first_param + 1` (an int array)."""
-    return (
-        f" AND {schema}.kafka_partition({customer_column}, ${first_param})"
-        f" = ANY(${first_param + 1}::int[])"
+async def everything(conn: Connection) -> PartitionScope:
+    """The scope without a consumer group (tools and tests): every customer."""
+    return EVERYTHING
+
+
+async def fetch_in_scope(
+    conn: Connection, query: str, scope: PartitionScope, *args: Any, schema: str, column: str
+) -> list[Any]:
+    """`query`'s rows for the customers in `scope` only. `{partitions}` in `query` marks
+    where a WHERE term goes (`AND <schema>.kafka_partition(<column>, n) = ANY(settled)`,
+    its two parameters after `args`); with every partition read it is left out."""
+    if scope.nothing:
+        return []
+    if scope.everything:
+        return list(await conn.fetch(query.format(partitions=""), *args))
+    first = len(args) + 1
+    term = f" AND {schema}.kafka_partition({column}, ${first}) = ANY(${first + 1}::int[])"
+    return list(
+        await conn.fetch(
+            query.format(partitions=term), *args, scope.partitions, sorted(scope.settled)
+        )
     )
-
-
-def partition_args(scope: PartitionScope) -> list[Any]:
-    """The two parameters of `partition_filter` for a scope that holds some partitions."""
-    return [scope.partitions, sorted(scope.settled)]
 
 
 async def report_progress(
@@ -95,6 +106,14 @@ class GroupProgress:
         self.events, self.pool, self.schema, self.topics = events, pool, schema, topics
         self.max_lag, self.max_age_s, self.held_gauge, self.work = max_lag, max_age_s, held, work
         self.holding = False
+        self._on_read: list[asyncio.Event] = []
+
+    def woken_when_read(self) -> asyncio.Event:
+        """An event set each time every partition is read again, after some were held: work
+        that skipped a round while held (a whole pass, not just some customers) resumes."""
+        event = asyncio.Event()
+        self._on_read.append(event)
+        return event
 
     async def report_step(self) -> bool:
         """Record the progress of every partition this consumer owns and has heard from."""
@@ -125,5 +144,7 @@ class GroupProgress:
                          held=list(scope.held[:20]), held_count=len(scope.held))  # fmt: skip
             else:
                 log.info(f"every partition is read; {self.work} take every customer")
+                for event in self._on_read:
+                    event.set()
             self.holding = holding
         self.held_gauge.set(len(scope.held))

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from services.actions.channels import Delivery
 from services.actions.db import Connection, Pool, row_count
-from shared.group_progress import partition_args, partition_filter
+from shared.group_progress import fetch_in_scope
 from shared.partition_scope import EVERYTHING, PartitionScope
 
 _CLAIM = """
@@ -31,10 +31,6 @@ RETURNING d.id, d.idempotency_key, d.kind, d.customer_id, d.channel, d.recipient
           d.body, d.payload, d.playbook, d.audience, d.attempts, d.enrolment_id, d.step_name,
           d.tier_change_id, d.due_at
 """
-CLAIM = _CLAIM.format(partitions="")
-# While some partitions are not read yet (shared/group_progress.py): only customers of the
-# others.
-CLAIM_READ = _CLAIM.format(partitions=partition_filter("actions", "customer_id", 5))
 
 
 async def claim_due(
@@ -51,12 +47,8 @@ async def claim_due(
     if scope.nothing:
         return []
     async with pool.acquire() as conn:
-        if scope.everything:
-            rows = await conn.fetch(CLAIM, list(kinds), now, limit, lease_s)
-        else:
-            rows = await conn.fetch(
-                CLAIM_READ, list(kinds), now, limit, lease_s, *partition_args(scope)
-            )
+        rows = await fetch_in_scope(conn, _CLAIM, scope, list(kinds), now, limit, lease_s,
+                                    schema="actions", column="customer_id")  # fmt: skip
     return [
         (
             Delivery(

@@ -98,17 +98,23 @@ async def _serve(
     sweeper = Sweeper(pool, scoring=holder, clock=clock, batch=settings.sweep_batch,
                       metrics=metrics, on_changes=outbox_ready.set,
                       scope=progress.scope)  # fmt: skip
-    rebucket = Rebucketer(pool, holder, clock=clock, metrics=metrics, on_changes=outbox_ready.set)
+    rebucket = Rebucketer(pool, holder, clock=clock, metrics=metrics, on_changes=outbox_ready.set,
+                          scope=progress.scope)  # fmt: skip
+    # Rule changes and re-bucketing skip customers (or a whole pass) while partitions are
+    # unread, and are woken once every partition is read.
+    read_again = [progress.woken_when_read() for _ in range(2)]
     loops = [
         _loop("consumer", events.step, 0.0, metrics),
         _loop("relay", relay.step, settings.relay_interval_s, metrics, wake=outbox_ready),
         _loop("progress", progress.report_step, settings.progress_interval_s, metrics),
         _loop("sweeper", sweeper.step, settings.sweep_interval_s, metrics),
-        _loop("rule_change", sweeper.migrate_step, settings.population_interval_s, metrics),
-        _loop("rebucket", rebucket.step, settings.population_interval_s, metrics),
+        _loop("rule_change", sweeper.migrate_step, settings.population_interval_s, metrics,
+              wake=read_again[0]),
+        _loop("rebucket", rebucket.step, settings.population_interval_s, metrics,
+              wake=read_again[1]),
         _loop("cut_points", rebucket.adopt_step, settings.cut_points_poll_s, metrics),
         _loop("gauges", _gauge_step(pool, metrics), settings.gauge_interval_s, metrics),
-    ]
+    ]  # fmt: skip
     metrics.start_at_zero(loop.__name__ for loop in loops)
     app = create_app(settings, pool=pool, clock=clock, registry=registry)
     log.info(

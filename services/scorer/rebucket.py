@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
 
@@ -22,6 +22,8 @@ from shared.domain.features import FeatureValue, compute_features
 from shared.domain.population import CutPoints, compute_cut_points
 from shared.domain.rules import Rules
 from shared.domain.state import prune, state_from_json
+from shared.group_progress import everything
+from shared.partition_scope import PartitionScope
 
 REBUCKET_LOCK_KEY = 0x7469_6572_7265_6C02
 PAGE = 1000
@@ -72,9 +74,11 @@ class Rebucketer:
         clock: Clock,
         metrics: ScorerMetrics,
         on_changes: Callable[[], None] = lambda: None,
+        scope: Callable[[Connection], Awaitable[PartitionScope]] = everything,
     ) -> None:
+        """`scope`: the customers whose events are all read (shared/group_progress.py)."""
         self.pool, self.holder, self.clock, self.metrics = pool, holder, clock, metrics
-        self.on_changes = on_changes
+        self.on_changes, self.scope = on_changes, scope
 
     async def step(self) -> bool:
         """Recompute cut points when we hold the lock, else adopt the newest stored ones."""
@@ -85,7 +89,10 @@ class Rebucketer:
                 self.holder.use(await latest_cut_points(conn))
                 return False
             try:
-                await self._recompute(conn)
+                if (await self.scope(conn)).everything:
+                    await self._recompute(conn)
+                else:  # quintiles of stale features; recomputed once every partition is read
+                    self.holder.use(await latest_cut_points(conn))
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", REBUCKET_LOCK_KEY)
         return False
@@ -124,7 +131,10 @@ class Rebucketer:
         after = ""
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
-                records = await store.lock_customer_page(conn, after=after, limit=PAGE)
+                # Customers whose events are unread are left out: the consumer re-evaluates
+                # them with these cut points when it reads them.
+                scope = await self.scope(conn)
+                records = await store.lock_customer_page(conn, after=after, limit=PAGE, scope=scope)
                 # Read after the lock: a walk takes minutes, and an older `now` would undo
                 # the time-driven moves the consumer or sweeper made meanwhile.
                 now = self.clock.now()

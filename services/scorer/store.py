@@ -15,7 +15,7 @@ from services.scorer.db import Connection
 from services.scorer.evaluation import ChangeRecord, CustomerRecord, CustomerUpdate
 from services.scorer.state_cache import StateCache
 from shared import offsets
-from shared.group_progress import partition_args, partition_filter
+from shared.group_progress import fetch_in_scope
 from shared.offsets import OffsetMove
 from shared.partition_scope import EVERYTHING, PartitionScope
 
@@ -106,14 +106,12 @@ async def lock_customers(
 # The review index finds the due customers; their customer rows are what is locked (the
 # consumer locks the same rows, so the two never evaluate one customer at once). While some
 # partitions are held (shared/partition_scope.py), only customers of the read ones.
-_CLAIM_DUE = (
+CLAIM_DUE = (
     f"SELECT {', '.join(f'c.{name}' for name in CUSTOMER_COLUMNS.split(', '))}, r.next_review_at"
     " FROM scorer.customer_review AS r JOIN scorer.customer AS c USING (customer_id)"
     " WHERE r.next_review_at <= $1{partitions}"
     " ORDER BY r.next_review_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED"
 )
-CLAIM_DUE = _CLAIM_DUE.format(partitions="")
-CLAIM_DUE_SETTLED = _CLAIM_DUE.format(partitions=partition_filter("scorer", "r.customer_id", 3))
 
 
 async def read_customer(conn: Connection, customer_id: str) -> CustomerRecord:
@@ -134,37 +132,39 @@ async def claim_due_customers(
 ) -> list[tuple[CustomerRecord, datetime]]:
     """Lock customers in `scope` whose next review time has come, with that time; skip those
     another tx holds."""
-    if scope.partitions is None:
-        rows = await conn.fetch(CLAIM_DUE, now, limit)
-    elif scope.settled:
-        rows = await conn.fetch(CLAIM_DUE_SETTLED, now, limit, *partition_args(scope))
-    else:
-        return []
+    rows = await _fetch_in(conn, CLAIM_DUE, scope, now, limit, column="r.customer_id")
     return [(CustomerRecord.from_row(_decoded(row)), row["next_review_at"]) for row in rows]
 
 
 async def claim_outdated_customers(
-    conn: Connection, *, rules_version: str, limit: int
+    conn: Connection, *, rules_version: str, limit: int, scope: PartitionScope = EVERYTHING
 ) -> list[CustomerRecord]:
-    """Lock customers last classified under other rules (after a rules file change)."""
-    rows = await conn.fetch(
+    """Lock customers in `scope` last classified under other rules (after a rules change)."""
+    query = (
         f"{_SELECT_CUSTOMER} WHERE state IS NOT NULL AND rules_version IS DISTINCT FROM $1"
-        " LIMIT $2 FOR UPDATE SKIP LOCKED",
-        rules_version,
-        limit,
+        "{partitions} LIMIT $2 FOR UPDATE SKIP LOCKED"
     )
+    rows = await _fetch_in(conn, query, scope, rules_version, limit)
     return [CustomerRecord.from_row(_decoded(row)) for row in rows]
 
 
-async def lock_customer_page(conn: Connection, *, after: str, limit: int) -> list[CustomerRecord]:
-    """Lock the next page of classified customers in id order (re-bucketing walks them all)."""
-    rows = await conn.fetch(
-        f"{_SELECT_CUSTOMER} WHERE customer_id > $1 AND state IS NOT NULL"
-        " ORDER BY customer_id LIMIT $2 FOR UPDATE",
-        after,
-        limit,
+async def lock_customer_page(
+    conn: Connection, *, after: str, limit: int, scope: PartitionScope = EVERYTHING
+) -> list[CustomerRecord]:
+    """Lock the next page of classified customers in `scope`, in id order (re-bucketing walks
+    them all)."""
+    query = (
+        f"{_SELECT_CUSTOMER} WHERE customer_id > $1 AND state IS NOT NULL{{partitions}}"
+        " ORDER BY customer_id LIMIT $2 FOR UPDATE"
     )
+    rows = await _fetch_in(conn, query, scope, after, limit)
     return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+
+
+async def _fetch_in(
+    conn: Connection, query: str, scope: PartitionScope, *args: Any, column: str = "customer_id"
+) -> list[Any]:
+    return await fetch_in_scope(conn, query, scope, *args, schema="scorer", column=column)
 
 
 def _decoded(row: Any) -> dict[str, Any]:

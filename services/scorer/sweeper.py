@@ -19,18 +19,14 @@ from services.scorer.evaluation import Scoring, catch_up_all, evaluate_all
 from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import ChangeCause
+from shared.group_progress import everything
 from shared.logging import get_logger
-from shared.partition_scope import EVERYTHING, PartitionScope
+from shared.partition_scope import PartitionScope
 
 log = get_logger(__name__)
 
 # Bound one sweep's work; the rest waits for the next sweep (or the next call when busy).
 MAX_ROUNDS_PER_STEP = 20
-
-
-async def _everything(conn: Connection) -> PartitionScope:
-    """The scope without a consumer group (tools and tests): every due customer."""
-    return EVERYTHING
 
 
 class Sweeper:
@@ -45,7 +41,7 @@ class Sweeper:
         batch: int,
         metrics: ScorerMetrics,
         on_changes: Callable[[], None] = lambda: None,
-        scope: Callable[[Connection], Awaitable[PartitionScope]] = _everything,
+        scope: Callable[[Connection], Awaitable[PartitionScope]] = everything,
     ) -> None:
         self.pool, self.scoring, self.clock, self.batch = pool, scoring, clock, batch
         self.metrics, self.on_changes, self.scope = metrics, on_changes, scope
@@ -89,16 +85,17 @@ class Sweeper:
     async def _reevaluate(self, cause: ChangeCause, now: datetime) -> int:
         scoring = self.scoring()
         async with self.pool.acquire() as conn, conn.transaction():
+            # Not a customer whose events may still be unread (partition_scope.py): evaluated
+            # at `now` without them, it would look silent, and a downgrade decided so would
+            # be emitted, acted on, then undone by them. Held customers wait for a later round.
+            scope = await self.scope(conn)
             if cause is ChangeCause.TIME:
-                # Not a customer whose events may still be unread (partition_scope.py): a
-                # downgrade decided before them would be emitted, acted on, then undone.
-                scope = await self.scope(conn)
                 due = await store.claim_due_customers(conn, now=now, limit=self.batch, scope=scope)
                 outcome, count = catch_up_all(due, scoring, now=now), len(due)
             else:
                 version = scoring.rules.version
                 records = await store.claim_outdated_customers(
-                    conn, rules_version=version, limit=self.batch
+                    conn, rules_version=version, limit=self.batch, scope=scope
                 )
                 outcome, count = evaluate_all(records, scoring, now=now, cause=cause), len(records)
             await store.save_customers(conn, outcome.updates)

@@ -16,7 +16,9 @@ from services.scorer.metrics import scorer_metrics
 from services.scorer.rebucket import Rebucketer, ScoringHolder
 from shared.clock import FixedClock
 from shared.domain.rules import default_rules_path, load_rules
+from shared.kafka_batches import KeyPartitioner
 from shared.metrics import new_registry
+from shared.partition_scope import EVERYTHING, PartitionScope
 from shared.topics import SCORER_GROUP
 from tests.integration.scorer.support import NOW, connect, customer_rows, purchase
 
@@ -97,12 +99,12 @@ async def test_each_page_of_a_rebucket_is_evaluated_at_the_time_it_is_locked(
     pages = 0
     lock_page = store.lock_customer_page
 
-    async def slow_walk(conn: Any, *, after: str, limit: int) -> Any:
+    async def slow_walk(conn: Any, *, after: str, limit: int, scope: PartitionScope) -> Any:
         nonlocal pages
         pages += 1
         if pages == 2:
             clock.advance(timedelta(days=10))  # the first page took its time
-        return await lock_page(conn, after=after, limit=limit)
+        return await lock_page(conn, after=after, limit=limit, scope=scope)
 
     monkeypatch.setattr(rebucket_module, "PAGE", 1)
     monkeypatch.setattr(store, "lock_customer_page", slow_walk)
@@ -117,3 +119,48 @@ async def test_each_page_of_a_rebucket_is_evaluated_at_the_time_it_is_locked(
     rows = await customer_rows(scorer_db)
     assert rows["c0"]["activity_level"] == "active"  # 5 days without an event at NOW
     assert rows["c1"]["activity_level"] == "semi_active"  # 15 days at NOW + 10 days
+
+
+async def test_rebucketing_waits_for_unread_partitions_and_leaves_their_customers_out(
+    scorer_db: str, tmp_path: Path
+) -> None:
+    # Population cut points from stale features, and customers re-bucketed at `now` without
+    # their unread events, would both be wrong; the consumer re-evaluates those customers
+    # with the current cut points once it reads their events.
+    path = tmp_path / "population.yaml"
+    path.write_text(
+        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
+    )
+    holder = ScoringHolder(load_rules(path))
+    events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
+    held_p = 1
+    held = {f"c{i}" for i in range(10) if _partition(f"c{i}") == held_p}
+    assert held and len(held) < 10
+    some_held = PartitionScope(3, frozenset({0, 1, 2} - {held_p}), (f"logins/{held_p}",))
+    scopes = [some_held, EVERYTHING, some_held]  # a partition falls behind during the walk
+
+    async def scope(conn: object) -> PartitionScope:
+        return scopes.pop(0) if scopes else some_held
+
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=holder(), now=NOW)
+        rebucket = Rebucketer(pool, holder, clock=FixedClock(NOW),
+                              metrics=scorer_metrics(new_registry()), scope=scope)  # fmt: skip
+        await rebucket.step()
+        async with connect(scorer_db) as conn:
+            assert await conn.fetch("SELECT version FROM scorer.cut_points") == []
+        await rebucket.step()
+    finally:
+        await pool.close()
+    rows = await customer_rows(scorer_db)
+    cut_points = holder().cut_points
+    assert cut_points is not None
+    assert {c for c, r in rows.items() if r["cut_points_version"] == cut_points.version} == (
+        set(rows) - held
+    )
+    assert {r["value_tier"] for c, r in rows.items() if c in held} == {"bronze"}
+
+
+def _partition(customer_id: str) -> int:
+    return KeyPartitioner().partition(customer_id.encode(), range(3))

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
 from shared.clock import FixedClock
+from shared.domain.rules import default_rules_path, load_rules
 from shared.fenced_consumer import group_generation
 from shared.kafka_batches import KeyPartitioner
 from shared.topics import Topics
@@ -107,3 +109,51 @@ async def _all_swept(database_url: str, customers: list[str]) -> bool:
 
 def _partition(customer_id: str, partitions: int) -> int:
     return KeyPartitioner().partition(customer_id.encode(), range(partitions))
+
+
+async def test_new_rules_after_an_outage_wait_for_the_backlog_before_reclassifying(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+    tmp_path: Path,
+) -> None:
+    # Down for 60 days while the customer kept logging in, then started with a new rules
+    # file: re-classified at once from its stored state, it would look silent for 61 days
+    # (inactive, at_risk; cause rule_change), be acted on, then come back.
+    route = topic_router(topic_namespace)
+    async with running_scorer(scorer_settings(base_env), clock):
+        await produce(kafka_bootstrap, route, [login("l0", "back", days_ago=1)])
+        await wait_until(lambda: _events_folded(scorer_db, "back", 1))
+    clock.advance(timedelta(days=60))
+    await produce(kafka_bootstrap, route,
+                  [login(f"l{i}", "back", days_ago=-5 * i) for i in range(1, 12)])  # fmt: skip
+    new_rules = tmp_path / "rules.yaml"
+    new_rules.write_text(
+        default_rules_path().read_text().replace("description: ", "description: revised ", 1)
+    )
+    settings = scorer_settings(base_env, rules_file=new_rules)
+    async with running_scorer(settings, clock):
+        await wait_until(lambda: _events_folded(scorer_db, "back", 12))
+        await wait_until(lambda: _classified_under(scorer_db, load_rules(new_rules).version))
+    async with connect(scorer_db) as conn:
+        downgrades = await conn.fetch(
+            "SELECT dimension, to_class FROM scorer.tier_change"
+            " WHERE cause IN ('rule_change', 'time') AND customer_id = 'back'"
+        )
+    assert downgrades == []
+    row = (await customer_rows(scorer_db))["back"]
+    assert (row["activity_level"], row["lifecycle_stage"]) == ("active", "lead")
+
+
+async def _events_folded(database_url: str, customer_id: str, events: int) -> bool:
+    row = (await customer_rows(database_url)).get(customer_id)
+    return row is not None and row["state"]["event_count"] == events
+
+
+async def _classified_under(database_url: str, version: str) -> bool:
+    async with connect(database_url) as conn:
+        return bool(await conn.fetchval(
+            "SELECT bool_and(rules_version = $1) FROM scorer.customer", version
+        ))  # fmt: skip
