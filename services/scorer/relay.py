@@ -10,6 +10,7 @@ subscribers de-duplicate by it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import defaultdict
@@ -66,7 +67,16 @@ class OutboxRelay:
                 return False  # another round (this process's loop, or another) relays now
             changes = await _unpublished(conn, self.batch)
             if changes:
-                await self._publish(changes)
+                try:
+                    await self._publish(changes)
+                except Exception:
+                    # Not acknowledged (the broker unreachable, ...): the rows stay pending
+                    # (the transaction rolls back). Count them anyway, or the gauge keeps the
+                    # last good round's value (often 0) and the backlog alert stays quiet all
+                    # through a broker outage. The publish error is raised, not the count's.
+                    with contextlib.suppress(Exception):
+                        self.metrics.outbox_backlog.set(await conn.fetchval(BACKLOG_QUERY) or 0)
+                    raise
                 backlog = await conn.fetchval(_MARK_PUBLISHED, [c["seq"] for c in changes])
             else:
                 backlog = await conn.fetchval(BACKLOG_QUERY)
