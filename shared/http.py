@@ -19,6 +19,8 @@ log = get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
+# Retry-After of the 503 answered while the database is away (ingest's default for its 503).
+DATABASE_RETRY_AFTER_S = 5
 
 
 class ProblemError(Exception):
@@ -75,8 +77,26 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
-def install_problem_handlers(app: FastAPI) -> None:
-    """Turn every error FastAPI raises into problem+json, never a bare 500 for bad input."""
+def install_problem_handlers(
+    app: FastAPI, *, database_errors: tuple[type[BaseException], ...] = ()
+) -> None:
+    """Turn every error FastAPI raises into problem+json, never a bare 500 for bad input.
+
+    `database_errors` (an app's `TRANSIENT_DB_ERRORS`) mean the database is away, an outage
+    rather than a bug: 503 with Retry-After, never the error's text."""
+
+    async def _unavailable(_: Request, exc: Exception) -> Response:
+        log.error("database unavailable", error=f"{type(exc).__name__}: {exc}")
+        return problem(
+            503,
+            "Service Unavailable",
+            f"The database is unavailable; retry after {DATABASE_RETRY_AFTER_S} s.",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+
+    for error in database_errors:
+        if issubclass(error, Exception):  # what a handler can catch; all of TRANSIENT_DB_ERRORS
+            app.add_exception_handler(error, _unavailable)
 
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> Response:
@@ -156,6 +176,11 @@ SourceDep = Annotated[str, Depends(require_key)]
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong API key", "content": {PROBLEM_JSON: {}}},
     422: {"description": "Invalid request", "content": {PROBLEM_JSON: {}}},
+    503: {
+        "description": "The database is unavailable; retry after Retry-After seconds",
+        "content": {PROBLEM_JSON: {}},
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
 }
 
 

@@ -14,6 +14,7 @@ from services.actions.settings import ActionsSettings
 from shared.clock import Clock, clock_for
 from shared.http import ApiKeys, ReadyCheck, install_problem_handlers, probes_router
 from shared.metrics import new_registry
+from shared.pg import TRANSIENT_DB_ERRORS
 
 DESCRIPTION = (
     "Tasks for sales and support teams (list, assign, complete, cancel), follow-up sequence "
@@ -40,7 +41,7 @@ def create_app(
     app.state.pool = pool
     app.state.clock = clock or clock_for(settings.now)
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
-    install_problem_handlers(app)
+    install_problem_handlers(app, database_errors=TRANSIENT_DB_ERRORS)
 
     async def database() -> dict[str, bool]:
         return {"database": await database_ready(app.state.pool)}

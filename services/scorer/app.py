@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.scorer.api import read_router
-from services.scorer.db import Pool, database_ready
+from services.scorer.db import TRANSIENT_DB_ERRORS, Pool, database_ready
 from services.scorer.settings import ScorerSettings
 from shared.clock import Clock, clock_for
 from shared.http import ApiKeys, ReadyCheck, install_problem_handlers, probes_router
@@ -58,7 +58,7 @@ def create_app(
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
     app.state.pool = pool
     app.state.clock = clock or clock_for(settings.now)
-    install_problem_handlers(app)
+    install_problem_handlers(app, database_errors=TRANSIENT_DB_ERRORS)
     checks = ready or default_ready(settings, pool)
     app.include_router(
         probes_router(registry or new_registry(), checks, open_probes=settings.open_probes)
