@@ -65,6 +65,7 @@ class Dispatcher:
         self.policy, self.clock, self.metrics, self.scope = policy, clock, metrics, scope
         self.in_flight: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
+        self.rounds = metrics.dispatch_rounds.labels(name)  # exported at 0 from the start
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send until `stop`, then give in-flight sends a moment to finish."""
@@ -91,6 +92,7 @@ class Dispatcher:
             task = asyncio.create_task(self.deliver(delivery, attempt), name=f"send-{delivery.id}")
             self.in_flight.add(task)
             task.add_done_callback(self._finished)
+        self.rounds.inc()
         return len(claimed) == free
 
     def _finished(self, task: asyncio.Task[None]) -> None:

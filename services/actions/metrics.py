@@ -49,6 +49,7 @@ class ActionsMetrics:
     steps_held_partitions: Gauge
     fenced_batches: Counter
     loop_errors: Counter
+    dispatch_rounds: Counter
     pruned_rows: Counter
 
 
@@ -171,6 +172,13 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         ),
         loop_errors=_counter(
             "loop_errors_total", "Failed iterations of a background loop.", ["loop"], r
+        ),
+        dispatch_rounds=_counter(
+            "dispatch_rounds_total",
+            "Claim rounds a sender (dispatcher: alerts and tasks; scheduler: sequence steps)"
+            " completed; flat while it is stopped, failing or has every slot busy.",
+            ["sender"],
+            r,
         ),
         pruned_rows=_counter(
             "pruned_rows_total", "Rows deleted by the retention loop, by table.", ["table"], r

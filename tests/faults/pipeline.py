@@ -35,6 +35,14 @@ from tests.faults.verify import (
 from tests.faults.workload import NOW, Stream
 from tests.integration.actions.support import SECRET, WebhookReceiver
 
+# What the actions service logs (with the key) when one idempotency key may reach the receiver
+# twice without a kill: a 200 whose outcome it could not write (Postgres gone), so the lease
+# sends it again; or a second 200 after the first attempt's lease ran out.
+RESEND_LOGS = (
+    "sent but not recorded; the lease will resend it with the same key",
+    "delivery already recorded sent",
+)
+
 
 @dataclass
 class Outcome:
@@ -144,8 +152,9 @@ async def check_pipeline(p: Pipeline, events: list[Event], outcome: Outcome) -> 
 
 
 async def check_actions(p: Pipeline, records: list[Any], outcome: Outcome) -> None:
-    """Every change consumed once; no effect twice; alerts exactly as planned; one success
-    per webhook key at the receiver."""
+    """Every change consumed once; no effect twice; alerts exactly as planned; a success for
+    every webhook key at the receiver, and only one unless the actions service was killed
+    or logged that it would send that key again."""
     changes = changes_of(records)
     assert await consumed_changes(p.database_url) == set(changes)
     outcome.duplicates = await actions_duplicates(p.database_url)
@@ -163,6 +172,31 @@ async def check_actions(p: Pipeline, records: list[Any], outcome: Outcome) -> No
     assert set(ok) == {r["key"] for r in webhooks}
     assert all(r.signature_ok for r in p.receiver.requests)
     outcome.webhook_resends = sum(ok.values()) - len(ok)
+    if p.harness.kills.get("actions", 0) == 0:
+        resent = {key: n for key, n in ok.items() if n > 1}
+        unexplained = resent.keys() - logged_resends(p)
+        assert not unexplained, (
+            "webhook keys that got more than one 200 with no kill and no resend logged",
+            {key: resent[key] for key in unexplained},
+        )
+
+
+def logged_resends(p: Pipeline) -> set[str]:
+    """Idempotency keys the actions processes logged they might send again (RESEND_LOGS)."""
+    keys: set[str] = set()
+    for process in p.harness.processes:
+        if process.service != "actions" or not process.log_path.exists():
+            continue
+        for line in process.log_path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") in RESEND_LOGS:
+                keys.add(str(entry.get("idempotency_key")))
+    return keys
 
 
 async def kill_when(

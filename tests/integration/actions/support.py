@@ -17,9 +17,11 @@ from email.message import Message
 from typing import Any, TypeVar
 
 import asyncpg
+import httpx
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -38,6 +40,7 @@ NOW = datetime.fromisoformat("2026-03-02T10:00:00+00:00")
 SECRET = "webhook-test-secret"
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ROUNDS = "tierstream_actions_dispatch_rounds_total"
 
 
 def tier_change(
@@ -147,6 +150,37 @@ async def eventually(
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+async def wait_rounds(
+    count: Callable[[], Awaitable[float]], *, rounds: int = 2, within: float = 20.0
+) -> None:
+    """Until a sender has completed `rounds` more claim rounds than when this is called.
+
+    Call it after setting the clock: the round in progress then may have read the clock
+    before, so with 2 (the default) at least one whole round has claimed with the new one.
+    """
+    start = await count()
+
+    async def risen() -> bool:
+        return await count() >= start + rounds
+
+    await eventually(risen, within=within, what=f"{rounds} more claim rounds (from {start:g})")
+
+
+def served_rounds(url: str, sender: str) -> Callable[[], Awaitable[float]]:
+    """Reads a running service's claim rounds of `sender` (dispatcher, scheduler) from /metrics."""
+
+    async def count() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            text = (await client.get("/metrics")).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == ROUNDS and sample.labels == {"sender": sender}:
+                    return float(sample.value)
+        raise AssertionError(f"{ROUNDS}{{sender={sender!r}}} is not exported")
+
+    return count
+
+
 async def fetch(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
     """Rows of one query against the test database."""
     conn = await asyncpg.connect(asyncpg_dsn(database_url))
@@ -171,7 +205,8 @@ class Received:
 
 @dataclass
 class WebhookReceiver:
-    """A real HTTP server that checks signatures and counts one success per idempotency key.
+    """A real HTTP server that checks signatures and counts the successes (200) of each
+    idempotency key: every one, so a key sent again after a 200 shows as 2.
 
     `fail_first` answers 503 to the first N attempts of each key; customers in `hang_for` get
     no answer at all; `delay_s` slows every answer down.
@@ -216,7 +251,7 @@ class WebhookReceiver:
             await asyncio.sleep(self.delay_s)
         if status == 200:
             duplicate = key in self.successes
-            self.successes[key] = self.successes.get(key, 0) + (0 if duplicate else 1)
+            self.successes[key] = self.successes.get(key, 0) + 1
             return JSONResponse({"ok": True, "duplicate": duplicate})
         return JSONResponse({"ok": False}, status_code=status)
 

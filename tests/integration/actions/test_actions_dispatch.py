@@ -19,12 +19,14 @@ from shared.clock import FixedClock
 from tests.integration.actions.seeding import apply_changes
 from tests.integration.actions.support import (
     NOW,
+    ROUNDS,
     SECRET,
     WebhookReceiver,
     eventually,
     fetch,
     serving,
     tier_change,
+    wait_rounds,
 )
 
 WEBHOOK = ChannelConfig(webhook=True, email=False, crm=False)
@@ -51,10 +53,18 @@ async def _dispatch_until(
         dispatcher = Dispatcher("dispatcher", pool, channels, kinds=("alert",), policy=POLICY,
                                 clock=FixedClock(NOW), metrics=metrics)  # fmt: skip
         task = asyncio.create_task(dispatcher.run(stop))
+
+        async def rounds() -> float:
+            count = registry.get_sample_value(ROUNDS, {"sender": "dispatcher"})
+            assert count is not None, f"{ROUNDS} is not exported"
+            return count
+
         try:
             sql = "SELECT 1 FROM actions.delivery WHERE kind = 'alert' AND status = $1"
             await eventually(lambda: fetch(database_url, sql, done), within=10, what=done)
-            await asyncio.sleep(0.3)  # a few more rounds: nothing else may be sent
+            # At least one more whole claim round: nothing else may be claimed. Stopping then
+            # waits for whatever was claimed to be sent, so the receiver has seen it.
+            await wait_rounds(rounds)
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)

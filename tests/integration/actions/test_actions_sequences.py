@@ -3,7 +3,6 @@ early by an exit condition with the remaining steps cancelled."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -25,9 +24,11 @@ from tests.integration.actions.support import (
     produce_raw,
     purchase,
     running_actions,
+    served_rounds,
     smtp_server,
     subjects,
     tier_change,
+    wait_rounds,
 )
 
 WELCOME = [
@@ -64,20 +65,23 @@ async def test_the_welcome_sequence_sends_on_days_1_3_7_and_14_never_early(
             assert [s["due_at"] for s in enrolment["steps"]] == [_iso(d * DAY) for d, _ in WELCOME]
             for sent, (day, subject) in enumerate(WELCOME):
                 clock.set(NOW + day * DAY - timedelta(seconds=1))
-                await asyncio.sleep(0.3)  # several dispatcher rounds: nothing may go out early
+                await wait_rounds(served_rounds(url, "scheduler"))  # nothing may go out early
                 assert len(mailbox) == sent, f"a step was sent before day {day}"
+                # Not even claimed: a claim counts an attempt at once, before the mail is out.
+                [enrolment] = await _enrolments(url, "newbie")
+                assert _unsent(enrolment) == [("scheduled", 0)] * (len(WELCOME) - sent)
                 clock.set(NOW + day * DAY)
                 # Wait for the step to be recorded too, before the clock moves on.
                 await eventually(partial(_steps_sent, url, sent + 1), what=f"day {day}")
                 assert subjects(mailbox)[-1] == subject
-            await asyncio.sleep(0.3)
+            await wait_rounds(served_rounds(url, "scheduler"))
             assert subjects(mailbox) == [s for _, s in WELCOME]  # each exactly once, in order
             assert {str(m["To"]) for m in mailbox} == {"newbie@example.com"}
             assert len({str(m["Message-ID"]) for m in mailbox}) == 4
 
             [done] = await eventually(lambda: _completed(url, "newbie"), what="completion")
-            assert [(s["status"], s["sent_at"]) for s in done["steps"]] == [
-                ("sent", _iso(d * DAY)) for d, _ in WELCOME
+            assert [(s["status"], s["sent_at"], s["attempts"]) for s in done["steps"]] == [
+                ("sent", _iso(d * DAY), 1) for d, _ in WELCOME
             ]
 
 
@@ -103,13 +107,21 @@ async def test_a_step_picked_up_inside_quiet_hours_waits_for_their_end(
             clock.set(NOW + DAY + timedelta(hours=12))  # 22:00
             moved = _iso(DAY + timedelta(hours=22))  # 08:00 the next morning
             await eventually(partial(_first_step_due, url, moved), what="the deferral")
-            await asyncio.sleep(0.3)  # several dispatcher rounds
+            await wait_rounds(served_rounds(url, "scheduler"))
             assert mailbox == []
+            [enrolment] = await _enrolments(url, "newbie")
+            assert enrolment["steps"][0]["due_at"] == moved  # still put back,
+            assert _unsent(enrolment) == [("scheduled", 0)] * len(WELCOME)  # not claimed again
             clock.set(NOW + DAY + timedelta(hours=22))
             await eventually(partial(_steps_sent, url, 1), what="the step at 08:00")
             assert subjects(mailbox) == [WELCOME[0][1]]
             [enrolment] = await _enrolments(url, "newbie")
             assert enrolment["steps"][0]["sent_at"] == moved
+
+
+def _unsent(enrolment: dict[str, Any]) -> list[tuple[str, int]]:
+    """(status, attempts) of the steps not sent yet."""
+    return [(s["status"], s["attempts"]) for s in enrolment["steps"] if s["status"] != "sent"]
 
 
 async def _first_step_due(url: str, due_at: str) -> bool:
@@ -172,8 +184,10 @@ async def test_a_purchase_ends_win_back_and_cancels_the_remaining_steps(
                 ("care_message", "sent"), ("offer", "cancelled"), ("survey", "cancelled"),
             ]  # fmt: skip
             clock.advance(10 * DAY)
-            await asyncio.sleep(0.3)
+            await wait_rounds(served_rounds(url, "scheduler"))
             assert len(mailbox) == 2  # nothing more went out
+            [ended] = await _enrolments(url, "lapsed")
+            assert _unsent(ended) == [("cancelled", 0)] * 2  # nor was claimed
 
 
 async def _exited(url: str, customer_id: str) -> list[dict[str, Any]]:
@@ -208,5 +222,7 @@ async def test_after_an_outage_a_due_step_waits_for_the_purchase_that_ends_its_s
             assert [(s["name"], s["status"]) for s in ended["steps"]] == [
                 ("care_message", "sent"), ("offer", "cancelled"), ("survey", "cancelled"),
             ]  # fmt: skip
-            await asyncio.sleep(0.3)
+            await wait_rounds(served_rounds(url, "scheduler"))
             assert len(mailbox) == 2  # the offer never went out
+            [ended] = await _enrolments(url, "lapsed")
+            assert _unsent(ended) == [("cancelled", 0)] * 2  # nor was claimed
