@@ -33,6 +33,7 @@ from services.scorer.consumer import trace_lookup
 from services.scorer.dead_letters import decode
 from services.scorer.evaluation import CustomerRecord, Scoring, fold_batch, saved_records
 from shared.domain.rules import default_rules_path, load_rules
+from shared.gcpause import gc_paused
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)  # fixed: the same work on every run
 
@@ -78,8 +79,16 @@ def _apply(
     return len(rows)
 
 
-def run(*, population: int, batches: int, batch: int) -> float:
-    """Seconds of process CPU per event over `batches` timed batches of `batch` events."""
+class Timed(NamedTuple):
+    """What the timed batches did, and the process CPU they took."""
+
+    cpu_per_event: float  # seconds of process CPU per event
+    rows: int  # customer rows and tier changes the timed batches built
+    versions: dict[str, int]  # each customer's write count once they were applied
+
+
+def run(*, population: int, batches: int, batch: int) -> Timed:
+    """Process CPU per event over `batches` timed batches of `batch` events, and their work."""
     scoring = Scoring(load_rules(default_rules_path()))
     by_id: dict[str, CustomerRecord] = {}
     created = NOW - timedelta(days=3)
@@ -96,13 +105,14 @@ def run(*, population: int, batches: int, batch: int) -> float:
         mixed = [probes[i // 10] if i % 10 == 0 else others.pop() for i in range(batch)]
         plans.append(_records(mixed))
     gc.collect()
-    gc.disable()  # as the consumer does around a batch (shared/gcpause.py)
-    started = time.process_time()
-    for index, records in enumerate(plans):
-        _apply(records, by_id, scoring, NOW + timedelta(seconds=index))
-    spent = time.process_time() - started
-    gc.enable()
-    return spent / max(1, batches * batch)
+    rows = 0
+    with gc_paused():  # as the consumer does around a batch; re-enabled even on an error
+        started = time.process_time()
+        for index, records in enumerate(plans):
+            rows += _apply(records, by_id, scoring, NOW + timedelta(seconds=index))
+        spent = time.process_time() - started
+    versions = {customer: record.version for customer, record in by_id.items()}
+    return Timed(spent / max(1, batches * batch), rows, versions)
 
 
 def instructions(*, population: int, batches: int, batch: int) -> int:
@@ -137,9 +147,9 @@ def main() -> None:
             total = instructions(**sizes, batches=args.batches)
         print(f"instructions_per_event {(total - setup) / (args.batches * args.batch):,.0f}")
         return
-    per_event = run(**sizes, batches=args.batches)
+    timed = run(**sizes, batches=args.batches)
     if args.batches:
-        print(f"cpu_us_per_event {1e6 * per_event:.1f}")
+        print(f"cpu_us_per_event {1e6 * timed.cpu_per_event:.1f}")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,16 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.support.infra import fresh_database, session_broker, session_postgres, unique_namespace
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+# Hypothesis's defaults, without its 200 ms deadline per example: that is a timing assertion
+# (a loaded 2-core machine makes it fail), and performance is measured in benchmarks.
+settings.register_profile("tierstream", deadline=None)
+settings.load_profile("tierstream")
 
 
 @pytest.fixture(scope="session")

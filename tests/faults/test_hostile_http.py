@@ -5,7 +5,7 @@ with SQL-looking and odd-unicode customer ids. Pass criteria:
 - the ids come back verbatim from Postgres, the scorer's read API and the task API
   (and the tables they name still exist: nothing was executed);
 - oversized bodies and query strings, deep JSON, NUL characters and broken encodings get
-  a 4xx problem, never a 5xx, in bounded time;
+  a 4xx problem, never a 5xx, and an answer at all (a hang detector, not a timing bound);
 - schemathesis: every operation of both OpenAPI documents, positive and negative data:
   no 5xx and every response conforms to the document.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -78,6 +77,10 @@ ODD_ATTRIBUTES = {
     "combining": "e\u0301\u0301\u0301",
 }
 EXAMPLES = int(os.environ.get("TIERSTREAM_FUZZ_EXAMPLES", "20"))
+# A hang detector, not a timing bound: a hostile request is refused in well under a second;
+# one that got stuck (a query on a huge value, a parser on deep JSON) would run until the
+# database's 60 s command timeout or forever. A third of that: only a stuck request fails it.
+HANG_S = 20.0
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -210,14 +213,14 @@ async def test_hostile_requests_get_a_4xx_problem_never_a_5xx(
 ) -> None:
     target = seeded.scorer if service == "scorer" else seeded.actions
     headers = {**AUTH, "content-type": "application/json"}
-    started = time.monotonic()
-    async with httpx.AsyncClient(base_url=target.url, timeout=20) as http:
-        response = await http.request(method, path, headers=headers, **extra)
-    elapsed = time.monotonic() - started
+    async with httpx.AsyncClient(base_url=target.url, timeout=HANG_S) as http:
+        try:
+            response = await http.request(method, path, headers=headers, **extra)
+        except httpx.TimeoutException:
+            raise AssertionError(f"{method} {path[:60]} hung for {HANG_S:.0f}s") from None
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
     if response.status_code not in (414, 431):  # uvicorn's own limits answer before the app
         assert response.headers["content-type"] == "application/problem+json", response.text[:300]
-    assert elapsed < 10, f"{elapsed:.1f}s"
     assert target.alive
 
 

@@ -1,11 +1,14 @@
 """The broker side of the actions service: the consumer group sees the offsets stored in
-Postgres (for lag-based scaling), /readyz reports the broker, quickly, both ways, and the
-trace carried by a tier change's headers continues in the planning span."""
+Postgres (for lag-based scaling), /readyz reports the broker both ways, and answers within
+its own bound when the broker is off the network or does not answer at all (not after the
+broker's request timeout), and the trace carried by a tier change's headers continues in the
+planning span."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -27,6 +30,12 @@ from tests.integration.actions.support import (
 )
 
 READY_TIMEOUT_S = 0.5
+# The broker's request timeout: a broker request that gets no answer waits this long, so a
+# /readyz that waited for the broker instead of READY_TIMEOUT_S would hang that long.
+REQUEST_TIMEOUT_MS = 120_000
+# A hang detector, not a timing bound: 40 times the readiness bound, a sixth of the request
+# timeout. Any answer within it came from the readiness bound, whatever the machine's load.
+HANG_S = 20.0
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
@@ -38,15 +47,34 @@ async def gated_broker() -> AsyncIterator[GatedBroker]:
     await broker.stop()
 
 
-async def _readyz(url: str) -> tuple[int, dict[str, Any], float]:
-    started = time.monotonic()
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        response = await client.get("/readyz")
-    return response.status_code, response.json()["checks"], time.monotonic() - started
+@contextlib.contextmanager
+def _frozen(broker: GatedBroker) -> Iterator[None]:
+    """The broker process stopped (SIGSTOP): its connections stay open and the kernel still
+    accepts new ones, but no request is answered, as with a hung or unreachable host."""
+    process = broker._proc
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGCONT)
+
+
+async def _readyz(url: str) -> tuple[int, dict[str, Any]]:
+    """/readyz's status and checks; fails if it hangs (see HANG_S)."""
+    async with httpx.AsyncClient(base_url=url, timeout=HANG_S) as client:
+        try:
+            response = await client.get("/readyz")
+        except httpx.TimeoutException:
+            raise AssertionError(
+                f"/readyz hung for {HANG_S:.0f}s: it waited for the broker (request timeout"
+                f" {REQUEST_TIMEOUT_MS // 1000}s) instead of its {READY_TIMEOUT_S}s bound"
+            ) from None
+    return response.status_code, response.json()["checks"]
 
 
 async def _ready_checks(url: str) -> dict[str, Any] | None:
-    status, checks, _ = await _readyz(url)
+    status, checks = await _readyz(url)
     return checks if status == 200 else None
 
 
@@ -64,7 +92,8 @@ async def test_group_offsets_follow_postgres_and_readyz_reports_the_broker(
     base_env: dict[str, str], gated_broker: GatedBroker, topic_namespace: str, clock: FixedClock
 ) -> None:
     bootstrap = gated_broker.bootstrap_servers
-    env = {**base_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
+    env = {**base_env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+           "KAFKA_REQUEST_TIMEOUT_MS": str(REQUEST_TIMEOUT_MS)}  # fmt: skip
     settings = actions_settings(env, ready_timeout_s=READY_TIMEOUT_S)
     topic = Topics(topic_namespace).tier_changed
     spans = InMemorySpanExporter()
@@ -95,10 +124,11 @@ async def test_group_offsets_follow_postgres_and_readyz_reports_the_broker(
 
         await eventually(mirrored, what=f"group offsets {expected}", within=15)
 
-        await gated_broker.gate.close()  # the broker drops off the network
-        status, checks, took = await _readyz(url)
-        assert (status, checks) == (503, {"database": True, "kafka": False})
-        assert took < 3 * READY_TIMEOUT_S + 1.0
+        await gated_broker.gate.close()  # the broker drops off the network: refused
+        assert await _readyz(url) == (503, {"database": True, "kafka": False})
         await gated_broker.gate.open()
-
         await eventually(lambda: _ready_checks(url), what="ready again", within=20)
+
+        with _frozen(gated_broker):  # the broker is there but never answers
+            assert await _readyz(url) == (503, {"database": True, "kafka": False})
+        await eventually(lambda: _ready_checks(url), what="ready after the freeze", within=20)

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.scorer.main import run
 from services.scorer.settings import ScorerSettings
@@ -115,6 +116,40 @@ async def metrics_text(settings: ScorerSettings) -> str | None:
     except httpx.TransportError:
         return None
     return response.text
+
+
+async def wait_for_sweeps(settings: ScorerSettings, more: int = 2, *, within: float = 30.0) -> None:
+    """Wait until the running scorer's time sweeper completed `more` sweeps after this call,
+    the last with no partition held back: what was due by then has been swept. With `more`
+    of 2 one of them started after the call (a sweep under way may have read the clock before
+    the test moved it).
+
+    Sweeps are counted by `tierstream_scorer_sweep_duration_seconds_count` (observed once per
+    sweep step) on /metrics, with an API key when TIERSTREAM_OPEN_PROBES is off.
+    """
+    keys = list(settings.api_key_map())
+    auth = {} if settings.open_probes or not keys else {"Authorization": f"Bearer {keys[0]}"}
+
+    async def sample() -> tuple[float, float]:
+        async with httpx.AsyncClient(headers=auth) as http:
+            response = await http.get(f"http://127.0.0.1:{settings.port}/metrics")
+        response.raise_for_status()
+        values = {s.name: s.value for f in text_string_to_metric_families(response.text)
+                  for s in f.samples}  # fmt: skip
+        sweeps = values["tierstream_scorer_sweep_duration_seconds_count"]
+        return sweeps, values["tierstream_scorer_sweep_held_partitions"]
+
+    start, _ = await sample()
+    deadline = time.monotonic() + within
+    sweeps, held = start, 0.0
+    while not (sweeps >= start + more and held == 0):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{sweeps - start:.0f} of {more} sweeps within {within}s"
+                f" (partitions held by the last one: {held:.0f})"
+            )
+        await asyncio.sleep(0.05)
+        sweeps, held = await sample()
 
 
 def assigned_partitions(metrics: str | None) -> set[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.integration.scorer.support import (
     running_scorer,
     scorer_settings,
     topic_router,
+    wait_for_sweeps,
     wait_until,
 )
 
@@ -132,14 +132,15 @@ async def test_a_customer_silent_for_over_30_days_becomes_at_risk_by_time_alone(
     clock: FixedClock,
 ) -> None:
     events: list[Event] = [purchase("p1", "quiet", days_ago=20), login("l1", "quiet", days_ago=20)]
-    async with running_scorer(scorer_settings(base_env, sweep_interval_s=0.1), clock):
+    settings = scorer_settings(base_env, sweep_interval_s=0.1)
+    async with running_scorer(settings, clock):
         await produce(kafka_bootstrap, topic_router(topic_namespace), events)
         rows = await wait_until(lambda: _folded(scorer_db, "quiet", events=2))
         assert rows["quiet"]["lifecycle_stage"] == "new"
         review = rows["quiet"]["next_review_at"]
         assert review is not None and review > clock.now()
         clock.advance(timedelta(days=9, hours=23))  # last login 29.96 days ago: not yet
-        await _settle()
+        await wait_for_sweeps(settings)
         assert (await customer_rows(scorer_db))["quiet"]["lifecycle_stage"] == "new"
         clock.advance(timedelta(hours=2))  # 30.04 days: past the 30-day silence
         change = await wait_until(lambda: _time_change(scorer_db))
@@ -195,9 +196,10 @@ async def test_after_an_outage_time_sweeps_wait_for_the_backlog_of_events(
     clock.advance(timedelta(days=60))
     backlog: list[Event] = [login(f"l{i}", "back", days_ago=-5 * i) for i in range(1, 12)]
     await produce(kafka_bootstrap, route, backlog)
-    async with running_scorer(scorer_settings(base_env, sweep_interval_s=0.05), clock):
+    settings = scorer_settings(base_env, sweep_interval_s=0.05)
+    async with running_scorer(settings, clock):
         rows = await wait_until(lambda: _folded(scorer_db, "back", events=12))
-        await _settle()
+        await wait_for_sweeps(settings)  # with every partition read, nothing is due
     assert await _time_changes(scorer_db, 1) is None
     assert (rows["back"]["activity_level"], rows["back"]["lifecycle_stage"]) == ("active", "lead")
 
@@ -216,10 +218,6 @@ async def _folded(
     rows = await customer_rows(database_url)
     done = customer_id in rows and rows[customer_id]["state"]["event_count"] == events
     return rows if done else None
-
-
-async def _settle() -> None:
-    await asyncio.sleep(0.5)  # several sweep intervals
 
 
 async def _time_change(database_url: str) -> asyncpg.Record | None:
@@ -262,7 +260,7 @@ async def test_hysteresis_holds_a_downgrade_until_the_minimum_dwell_time(
         assert row["lifecycle_stage"] == "new"
         assert await _time_change(scorer_db) is None
         clock.advance(timedelta(days=4, hours=22))  # still inside the dwell time
-        await _settle()
+        await wait_for_sweeps(settings)
         assert await _time_change(scorer_db) is None
         clock.advance(timedelta(hours=2))  # the dwell time is over
         change = await wait_until(lambda: _time_change(scorer_db))

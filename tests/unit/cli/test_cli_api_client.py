@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from cli import simulate
 from cli.api_client import (
     MAX_BATCH_BYTES,
     ApiClient,
@@ -149,17 +150,6 @@ def test_a_bad_fixed_now_is_refused_naming_the_variable(raw: str) -> None:
         reference_now({"TIERSTREAM_NOW": raw})
 
 
-def test_sending_at_a_rate_spreads_batches_over_time(server: tuple[str, Script]) -> None:
-    url, script = server
-    events = [{"event_id": f"e{i}"} for i in range(150)]
-    script.answers = [accepted([f"e{i}" for i in range(n, n + 50)]) for n in (0, 50, 100)]
-    started = time.monotonic()
-    with client_for(url, []) as client:
-        assert send_events(client, events, batch_size=500, rate=500) == 150
-    assert time.monotonic() - started >= 0.29  # 150 events at 500/s
-    assert [len(body["events"]) for body in script.received] == [150 // 3] * 3
-
-
 class FakeClock:
     """A monotonic clock that moves only when the client sleeps."""
 
@@ -173,6 +163,22 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.waits.append(seconds)
         self.now += seconds
+
+
+def test_sending_at_a_rate_spreads_batches_over_time(
+    server: tuple[str, Script], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, script = server
+    events = [{"event_id": f"e{i}"} for i in range(150)]
+    script.answers = [accepted([f"e{i}" for i in range(n, n + 50)]) for n in (0, 50, 100)]
+    clock = FakeClock()  # the pacing's clock and sleep: its waits are recorded, not slept
+    monkeypatch.setattr(simulate, "time", SimpleNamespace(monotonic=clock, sleep=clock.sleep))
+    with client_for(url, []) as client:
+        assert send_events(client, events, batch_size=500, rate=500) == 150
+    # 150 events at 500/s: batches of 50 (a tenth of a second's worth), each followed by the
+    # wait that keeps the total at the rate, 0.3 s in all.
+    assert [len(body["events"]) for body in script.received] == [150 // 3] * 3
+    assert clock.waits == pytest.approx([0.1, 0.1, 0.1])
 
 
 def test_a_long_retry_after_never_sleeps_past_the_retry_deadline(
