@@ -80,8 +80,10 @@ def settled_scope(
         for p in range(n)
         if (topic, p) not in settled_in
     )
-    if not joined:
-        return PartitionScope(max(sizes_of.values(), default=0), held=held)
+    if not joined:  # with no topic known yet either, say why (the logs, the held gauge)
+        return PartitionScope(
+            max(sizes_of.values(), default=0), held=held or ("not in the consumer group yet",)
+        )
     if not held:
         return EVERYTHING
     sizes = set(sizes_of.values())

@@ -69,7 +69,8 @@ def test_nothing_before_this_process_has_joined_the_group() -> None:
     for generation in (None, -1):
         scope = _scope(_all(generation=generation or 7), generation=generation)
         assert scope.nothing and len(scope.held) == 9
-    assert settled_scope({}, [], generation=None, max_lag=0).nothing
+    alone = settled_scope({}, [], generation=None, max_lag=0)
+    assert alone.nothing and alone.held == ("not in the consumer group yet",)
 
 
 def test_generation_0_is_a_joined_group() -> None:
