@@ -231,8 +231,15 @@ async def test_a_batch_with_one_event_over_the_limit_publishes_nothing(
 async def test_a_broker_refusing_a_record_as_too_large_is_a_413_and_keeps_the_producer(
     client: httpx.AsyncClient, publisher: KafkaPublisher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A broker whose limit is below KAFKA_MAX_MESSAGE_BYTES answers MESSAGE_TOO_LARGE (10):
-    # the embedded broker has no limit, so its answer is played by the batch's future.
+    """Ingest's mapping of the broker's MESSAGE_TOO_LARGE answer (error 10, which a broker
+    whose limit is below KAFKA_MAX_MESSAGE_BYTES gives): a 413, the producer kept.
+
+    The answer is played by the batch's future because the embedded broker (tansu) enforces
+    no size limit: it accepted a 2 MB record on a topic created with max.message.bytes=1000.
+    Kept here, not in tests/unit/ingest: it needs this module's started publisher and app
+    fixtures (a real producer on the real broker), which unit tests may not use.
+    """
+
     async def refused(producer: object, batches: object) -> list[asyncio.Future[None]]:
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         answer.set_exception(MessageSizeTooLargeError())

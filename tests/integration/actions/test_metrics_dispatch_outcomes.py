@@ -1,0 +1,243 @@
+"""Dispatcher outcome metrics against real deliveries: every send moves exactly one
+`deliveries_total` series (sent, retry, dead, superseded, deferred or unrecorded), matching what
+Postgres recorded, with real delivery rows, a real webhook receiver and a real SMTP server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import make_url
+
+from services.actions import deliveries
+from services.actions.batch import PlannedChange, apply_batch
+from services.actions.channels import Channels, Delivery, SmtpChannel, SmtpConfig, WebhookChannel
+from services.actions.db import Pool, create_pool
+from services.actions.dispatcher import Dispatcher, DispatchPolicy
+from services.actions.effects import ChannelConfig
+from services.actions.metrics import actions_metrics, prime_metrics
+from shared.clock import FixedClock
+from shared.db import asyncpg_dsn
+from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
+from tests.integration.actions.seeding import apply_changes
+from tests.integration.actions.support import (
+    DAY,
+    NOW,
+    SECRET,
+    WebhookReceiver,
+    fetch,
+    serving,
+    smtp_server,
+    tier_change,
+)
+from tests.support.infra import with_database
+
+WEBHOOK = ChannelConfig(webhook=True, email=False, crm=False)
+EMAIL = ChannelConfig(webhook=False, email=True, crm=False)
+POLICY = DispatchPolicy(concurrency=4, timeout_s=5.0, lease_s=60.0, max_attempts=3,
+                        backoff_base_s=0.05, backoff_cap_s=0.2, interval_s=0.05)  # fmt: skip
+APP = "metrics-test"
+TOTAL = "tierstream_actions_deliveries_total"
+OUTCOMES = ("sent", "retry", "dead", "superseded", "deferred", "unrecorded")
+
+
+@pytest.fixture
+async def pool(actions_db: str) -> AsyncIterator[Pool]:
+    pool = await create_pool(actions_db, size=4, application_name=APP)
+    yield pool
+    await pool.close()
+
+
+def _dispatcher(
+    pool: Pool, channels: Channels, registry: CollectorRegistry, *, kinds: tuple[str, ...],
+    clock: FixedClock, policy: DispatchPolicy = POLICY,
+) -> Dispatcher:  # fmt: skip
+    metrics = actions_metrics(registry)
+    prime_metrics(
+        metrics, playbooks=load_playbooks(default_playbooks_path()), dlq_topics=[], loops=[]
+    )
+    return Dispatcher("dispatcher", pool, channels, kinds=kinds, policy=policy, clock=clock,
+                      metrics=metrics)  # fmt: skip
+
+
+def _outcomes(registry: CollectorRegistry, kind: str, channel: str) -> dict[str, float]:
+    """The non-zero `deliveries_total` series of one route."""
+    found = {
+        name: registry.get_sample_value(TOTAL, {"kind": kind, "channel": channel, "outcome": name})
+        for name in OUTCOMES
+    }
+    return {name: value for name, value in found.items() if value}
+
+
+async def _claim(
+    pool: Pool, kind: str, *, at: FixedClock, lease_s: float = 60.0
+) -> list[tuple[Delivery, int]]:
+    return await deliveries.claim_due(pool, (kind,), now=at.now(), limit=10, lease_s=lease_s)
+
+
+async def _alert(database_url: str) -> dict[str, object]:
+    [row] = await fetch(database_url, "SELECT status, attempts, last_error, sent_at"
+                        " FROM actions.delivery WHERE kind = 'alert'")  # fmt: skip
+    return row
+
+
+async def _seed_alert(pool: Pool) -> None:
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=WEBHOOK)  # fmt: skip
+
+
+def _webhook(client: httpx.AsyncClient, receiver: WebhookReceiver) -> Channels:
+    return Channels(webhook=WebhookChannel(client, receiver.url + "/alerts", SECRET.encode()))
+
+
+async def test_a_late_send_counts_its_lateness_once_and_a_second_success_as_superseded(
+    pool: Pool, actions_db: str
+) -> None:
+    await _seed_alert(pool)  # due at NOW
+    clock = FixedClock(NOW + timedelta(minutes=3))
+    registry = CollectorRegistry()
+    receiver = WebhookReceiver(SECRET.encode())
+    async with serving(receiver), httpx.AsyncClient(timeout=5) as client:
+        dispatcher = _dispatcher(pool, _webhook(client, receiver), registry, kinds=("alert",),
+                                 clock=clock)  # fmt: skip
+        # The first attempt's lease runs out (0 s) before it is sent: a second one claims it.
+        [(first, one)] = await _claim(pool, "alert", at=clock, lease_s=0)
+        [(second, two)] = await _claim(pool, "alert", at=clock)
+        assert (one, two) == (1, 2)
+        await dispatcher.deliver(first, one)
+        await dispatcher.deliver(second, two)
+    assert list(receiver.successes.values()) == [2]  # the receiver got the same key twice
+    alert = await _alert(actions_db)
+    assert (alert["status"], alert["sent_at"]) == ("sent", clock.now())
+    assert _outcomes(registry, "alert", "webhook") == {"sent": 1, "superseded": 1}
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"tierstream_actions_{name}", labels)
+
+    assert sample("delivery_lateness_seconds_count", kind="alert") == 1
+    assert sample("delivery_lateness_seconds_sum", kind="alert") == 180
+    assert sample("delivery_lateness_seconds_bucket", kind="alert", le="60.0") == 0
+    assert sample("delivery_lateness_seconds_bucket", kind="alert", le="300.0") == 1
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "outcome", "status"), [(3, "retry", "pending"), (1, "dead", "dead")]
+)
+async def test_a_refused_send_counts_a_retry_or_at_the_last_attempt_a_dead_letter(
+    pool: Pool, actions_db: str, max_attempts: int, outcome: str, status: str
+) -> None:
+    await _seed_alert(pool)
+    clock = FixedClock(NOW)
+    registry = CollectorRegistry()
+    policy = replace(POLICY, max_attempts=max_attempts)
+    receiver = WebhookReceiver(SECRET.encode(), fail_first=100)  # 503 to every attempt
+    async with serving(receiver), httpx.AsyncClient(timeout=5) as client:
+        dispatcher = _dispatcher(pool, _webhook(client, receiver), registry, kinds=("alert",),
+                                 clock=clock, policy=policy)  # fmt: skip
+        [(delivery, attempt)] = await _claim(pool, "alert", at=clock)
+        await dispatcher.deliver(delivery, attempt)
+    assert [r.status for r in receiver.requests] == [503]
+    alert = await _alert(actions_db)
+    assert (alert["status"], alert["attempts"]) == (status, 1)
+    assert str(alert["last_error"]).startswith("HTTP 503")
+    assert _outcomes(registry, "alert", "webhook") == {outcome: 1}
+    dead = registry.get_sample_value(
+        "tierstream_actions_dead_letters_total", {"kind": "alert", "channel": "webhook"}
+    )
+    assert dead == (1 if outcome == "dead" else 0)
+
+
+async def _cut_off(database_url: str, *, allow: bool) -> None:
+    """Stop (or again allow) new connections to the test database and end the pool's own."""
+    name = make_url(database_url).database
+    admin = await asyncpg.connect(asyncpg_dsn(with_database(database_url, "postgres")))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
+        if not allow:
+            ended = await admin.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+                " FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+                name, APP,
+            )  # fmt: skip
+            assert ended >= 1, "the pool had no connection to end"
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("receiver_fails", [False, True])
+async def test_a_send_whose_outcome_cannot_be_recorded_is_counted_as_unrecorded(
+    pool: Pool, actions_db: str, receiver_fails: bool
+) -> None:
+    await _seed_alert(pool)
+    clock = FixedClock(NOW)
+    registry = CollectorRegistry()
+    receiver = WebhookReceiver(SECRET.encode(), fail_first=100 if receiver_fails else 0)
+    async with serving(receiver), httpx.AsyncClient(timeout=5) as client:
+        dispatcher = _dispatcher(pool, _webhook(client, receiver), registry, kinds=("alert",),
+                                 clock=clock)  # fmt: skip
+        [(delivery, attempt)] = await _claim(pool, "alert", at=clock)
+        # Postgres goes away between the claim and the outcome: its connections are ended and
+        # new ones refused, so recording the send (or its failure) fails for real.
+        await _cut_off(actions_db, allow=False)
+        try:
+            await dispatcher.deliver(delivery, attempt)
+        finally:
+            await _cut_off(actions_db, allow=True)
+    assert [r.status for r in receiver.requests] == [503 if receiver_fails else 200]
+    alert = await _alert(actions_db)  # nothing recorded: the lease will send it again
+    assert (alert["status"], alert["attempts"], alert["last_error"]) == ("pending", 1, None)
+    assert _outcomes(registry, "alert", "webhook") == {"unrecorded": 1}
+    assert (
+        registry.get_sample_value(TOTAL, {"kind": "alert", "channel": "webhook", "outcome": "sent"})
+        == 0
+    )
+
+
+async def test_a_step_claimed_inside_its_quiet_hours_is_put_back_unsent(
+    pool: Pool, actions_db: str, tmp_path: Path
+) -> None:
+    # Quiet 21:00-08:00 UTC. The welcome sequence's day-1 step is due at 10:00, outside them;
+    # a retry, an expired lease or a backlog brings it to the scheduler at 23:00 instead.
+    quiet = 'quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}\n    reentry: never'
+    edited = tmp_path / "playbooks.yaml"
+    text = default_playbooks_path().read_text(encoding="utf-8")
+    edited.write_text(text.replace("reentry: never", quiet, 1), encoding="utf-8")
+    books = load_playbooks(edited)
+    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
+                         email="newbie@example.com")  # fmt: skip
+    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
+                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+    first_due = NOW + DAY  # 10:00
+    clock = FixedClock(first_due + timedelta(hours=13))  # 23:00
+    registry = CollectorRegistry()
+    with smtp_server() as (port, mailbox):
+        mail = SmtpChannel(SmtpConfig("127.0.0.1", port, "actions@example.com", timeout_s=5))
+        dispatcher = _dispatcher(pool, Channels(email=mail), registry, kinds=("step",),
+                                 clock=clock)  # fmt: skip
+        [(step, attempt)] = await _claim(pool, "step", at=clock)
+        assert step.due_at == first_due and attempt == 1
+        await dispatcher.deliver(step, attempt)
+        assert mailbox == []
+        morning = first_due + timedelta(hours=22)  # 08:00 the next day
+        sql = "SELECT status, attempts, due_at FROM actions.delivery WHERE id = $1"
+        assert await fetch(actions_db, sql, step.id) == [
+            {"status": "pending", "attempts": 0, "due_at": morning}
+        ]
+        assert _outcomes(registry, "step", "email") == {"deferred": 1}
+        assert await _claim(pool, "step", at=clock) == []  # not due again before 08:00
+
+        clock.set(morning)
+        [(again, attempt)] = await _claim(pool, "step", at=clock)
+        assert (again.id, attempt) == (step.id, 1)
+        await dispatcher.deliver(again, attempt)
+        assert len(mailbox) == 1
+    assert await fetch(actions_db, sql, step.id) == [
+        {"status": "sent", "attempts": 1, "due_at": morning}
+    ]
+    assert _outcomes(registry, "step", "email") == {"deferred": 1, "sent": 1}
