@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client import Gauge
+
 from shared.fenced_consumer import FencedConsumer, PartitionLag
 from shared.logging import get_logger
 from shared.partition_scope import EVERYTHING, PartitionProgress, PartitionScope, settled_scope
@@ -100,7 +102,7 @@ class GroupProgress:
         topics: Sequence[str],
         max_lag: int,
         max_age_s: float,
-        held: Any,
+        held: Gauge,
         work: str,
     ) -> None:
         self.events, self.pool, self.schema, self.topics = events, pool, schema, topics

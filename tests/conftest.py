@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from hypothesis import settings
 
+from tests.faults.outages import GatedBroker
 from tests.support.infra import fresh_database, session_broker, session_postgres, unique_namespace
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -57,3 +58,13 @@ def base_env(kafka_bootstrap: str, database_url: str, topic_namespace: str) -> d
         "KAFKA_REQUEST_TIMEOUT_MS": "5000",
         "TIERSTREAM_API_KEYS": "test:test-key",
     }
+
+
+@pytest.fixture
+async def gated_broker() -> AsyncIterator[GatedBroker]:
+    """A private broker behind a TCP gate a test may close (the session broker stays up)."""
+    broker = await GatedBroker().start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()

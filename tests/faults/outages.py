@@ -12,9 +12,11 @@ import subprocess
 from typing import Any
 
 import asyncpg
+from sqlalchemy.engine import make_url
 
 from shared.db import asyncpg_dsn
 from shared.embedded import EmbeddedPostgres, free_port, tansu_binary, wait_for_port
+from tests.support.infra import with_database
 
 
 class PrivatePostgres:
@@ -68,8 +70,13 @@ class TcpGate:
     the embedded broker's storage is memory only, so restarting it would lose the topics.
     """
 
-    def __init__(self, port: int, upstream_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, upstream_port: int, host: str = "127.0.0.1", upstream_socket: str = ""
+    ) -> None:
+        """`upstream_socket`: a Unix socket to forward to instead of the upstream port (an
+        embedded Postgres listens on one)."""
         self.host, self.port, self.upstream_port = host, port, upstream_port
+        self.upstream_socket = upstream_socket
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.outages = 0
@@ -88,7 +95,10 @@ class TcpGate:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream_port)
+            if self.upstream_socket:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.upstream_socket)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(self.host, self.upstream_port)
         except OSError:
             writer.transport.abort()
             return
@@ -148,3 +158,22 @@ class GatedBroker:
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait(5)
+
+
+async def cut_off_database(database_url: str, *, allow: bool, application_name: str) -> int:
+    """Stop (or again allow) new connections to the database of `database_url`; when
+    stopping, end the live ones of `application_name` (a pool's). Returns how many ended."""
+    name = make_url(database_url).database
+    admin = await asyncpg.connect(asyncpg_dsn(with_database(database_url, "postgres")))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
+        if allow:
+            return 0
+        ended: int = await admin.fetchval(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+            " FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+            name, application_name,
+        )  # fmt: skip
+        return ended
+    finally:
+        await admin.close()

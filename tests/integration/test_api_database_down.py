@@ -10,7 +10,6 @@ whose body says nothing of the error; its traceback goes to the log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from shared.embedded import free_port
 from shared.http import PROBLEM_JSON, install_problem_handlers
 from shared.migrations import upgrade
 from shared.pg import TRANSIENT_DB_ERRORS
+from tests.faults.outages import TcpGate
 from tests.integration.actions.support import NOW
 from tests.support.infra import with_database
 
@@ -64,20 +64,18 @@ INTERNALS = ("asyncpg", "postgres", "errno", "connect call", "select ", " from "
 
 
 class PostgresGate:
-    """A TCP forwarder in front of the real Postgres server: the apps reach their database
-    only through it. `close()` is the server going away (every live connection cut, new ones
+    """A TcpGate in front of the real Postgres server: the apps reach their database only
+    through it. `close()` is the server going away (every live connection cut, new ones
     refused); `open()` brings it back on the same port."""
 
     def __init__(self, server_url: str) -> None:
         url = make_url(server_url)
         socket_dir = url.query.get("host")
-        self._socket: str | None = None
+        socket = ""
         if isinstance(socket_dir, str) and socket_dir.startswith("/"):  # the embedded server
-            self._socket = str(Path(socket_dir) / f".s.PGSQL.{url.port or 5432}")
-        self._upstream = (url.host or "127.0.0.1", url.port or 5432)
+            socket = str(Path(socket_dir) / f".s.PGSQL.{url.port or 5432}")
         self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._gate = TcpGate(self.port, url.port or 5432, url.host or "127.0.0.1", socket)
 
     def url_for(self, database_url: str) -> str:
         """`database_url` reached through the gate."""
@@ -86,43 +84,11 @@ class PostgresGate:
         return gated.render_as_string(hide_password=False)
 
     async def open(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        await self._gate.open()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
+        await self._gate.close()
         await asyncio.sleep(0.05)  # let the apps' connections see the reset, as they would
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if self._socket:
-                up_reader, up_writer = await asyncio.open_unix_connection(self._socket)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = {writer, up_writer}
-        self._writers |= pair
-        try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-        finally:
-            for w in pair:
-                w.transport.abort()
-            self._writers -= pair
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-        writer.write_eof()
 
 
 @pytest.fixture

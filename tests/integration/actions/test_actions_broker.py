@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -37,14 +36,6 @@ REQUEST_TIMEOUT_MS = 120_000
 # timeout. Any answer within it came from the readiness bound, whatever the machine's load.
 HANG_S = 20.0
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-@pytest.fixture
-async def gated_broker() -> AsyncIterator[GatedBroker]:
-    """A private broker behind a TCP gate we can close (the session broker must stay up)."""
-    broker = await GatedBroker().start()
-    yield broker
-    await broker.stop()
 
 
 @contextlib.contextmanager

@@ -9,11 +9,9 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy.engine import make_url
 
 from services.actions import deliveries
 from services.actions.batch import PlannedChange, apply_batch
@@ -23,8 +21,8 @@ from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig
 from services.actions.metrics import actions_metrics, prime_metrics
 from shared.clock import FixedClock
-from shared.db import asyncpg_dsn
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
+from tests.faults.outages import cut_off_database
 from tests.integration.actions.seeding import apply_changes
 from tests.integration.actions.support import (
     DAY,
@@ -36,7 +34,6 @@ from tests.integration.actions.support import (
     smtp_server,
     tier_change,
 )
-from tests.support.infra import with_database
 
 WEBHOOK = ChannelConfig(webhook=True, email=False, crm=False)
 EMAIL = ChannelConfig(webhook=False, email=True, crm=False)
@@ -153,23 +150,6 @@ async def test_a_refused_send_counts_a_retry_or_at_the_last_attempt_a_dead_lette
     assert dead == (1 if outcome == "dead" else 0)
 
 
-async def _cut_off(database_url: str, *, allow: bool) -> None:
-    """Stop (or again allow) new connections to the test database and end the pool's own."""
-    name = make_url(database_url).database
-    admin = await asyncpg.connect(asyncpg_dsn(with_database(database_url, "postgres")))
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
-        if not allow:
-            ended = await admin.fetchval(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
-                " FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
-                name, APP,
-            )  # fmt: skip
-            assert ended >= 1, "the pool had no connection to end"
-    finally:
-        await admin.close()
-
-
 @pytest.mark.parametrize("receiver_fails", [False, True])
 async def test_a_send_whose_outcome_cannot_be_recorded_is_counted_as_unrecorded(
     pool: Pool, actions_db: str, receiver_fails: bool
@@ -184,11 +164,12 @@ async def test_a_send_whose_outcome_cannot_be_recorded_is_counted_as_unrecorded(
         [(delivery, attempt)] = await _claim(pool, "alert", at=clock)
         # Postgres goes away between the claim and the outcome: its connections are ended and
         # new ones refused, so recording the send (or its failure) fails for real.
-        await _cut_off(actions_db, allow=False)
+        ended = await cut_off_database(actions_db, allow=False, application_name=APP)
+        assert ended >= 1, "the pool had no connection to end"
         try:
             await dispatcher.deliver(delivery, attempt)
         finally:
-            await _cut_off(actions_db, allow=True)
+            await cut_off_database(actions_db, allow=True, application_name=APP)
     assert [r.status for r in receiver.requests] == [503 if receiver_fails else 200]
     alert = await _alert(actions_db)  # nothing recorded: the lease will send it again
     assert (alert["status"], alert["attempts"], alert["last_error"]) == ("pending", 1, None)

@@ -286,3 +286,25 @@ def assert_matches_reference(
         assert got["state"] == want["state"], customer_id
         for column in ("value_tier", "activity_level", "lifecycle_stage"):
             assert got[column] == want[column], (customer_id, column)
+
+
+async def folded(
+    database_url: str, customer_id: str, *, events: int
+) -> dict[str, dict[str, Any]] | None:
+    rows = await customer_rows(database_url)
+    done = customer_id in rows and rows[customer_id]["state"]["event_count"] == events
+    return rows if done else None
+
+
+async def logins_through_an_outage(
+    base_env: dict[str, str], database_url: str, bootstrap: str, namespace: str,
+    clock: FixedClock,
+) -> None:  # fmt: skip
+    """Customer `back` logs in, the scorer stops; 60 days pass with a login every 5 days
+    (11 unread events), and the clock stands at the end of them."""
+    route = topic_router(namespace)
+    async with running_scorer(scorer_settings(base_env), clock):
+        await produce(bootstrap, route, [login("l0", "back", days_ago=1)])
+        await wait_until(lambda: folded(database_url, "back", events=1))
+    clock.advance(timedelta(days=60))
+    await produce(bootstrap, route, [login(f"l{i}", "back", days_ago=-5 * i) for i in range(1, 12)])

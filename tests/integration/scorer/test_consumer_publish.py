@@ -14,10 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
-import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
-from sqlalchemy.engine import make_url
 
 from services.scorer import store
 from services.scorer.consumer import EventConsumer
@@ -27,13 +25,12 @@ from services.scorer.rebucket import ScoringHolder
 from services.scorer.relay import RELAY_LOCK_KEY, OutboxRelay
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
-from shared.db import asyncpg_dsn
 from shared.domain.rules import load_rules
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.metrics import new_registry
 from shared.pg import TRANSIENT_DB_ERRORS
 from shared.topics import Topics
-from tests.faults.outages import GatedBroker
+from tests.faults.outages import GatedBroker, cut_off_database
 from tests.integration.scorer.support import (
     NOW,
     connect,
@@ -44,7 +41,6 @@ from tests.integration.scorer.support import (
     scorer_settings,
     topic_router,
 )
-from tests.support.infra import with_database
 
 PENDING = "SELECT count(*) FROM scorer.tier_change_pending"
 CHANGES = "SELECT count(*) FROM scorer.tier_change"
@@ -178,15 +174,6 @@ async def test_a_publish_locked_out_by_another_round_wakes_the_relay_loop(
         assert s.value("loop_errors_total", loop="relay") in (None, 0)
 
 
-@pytest.fixture
-async def gated_broker() -> AsyncIterator[GatedBroker]:
-    broker = await GatedBroker().start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
-
-
 async def test_a_failed_publish_wakes_the_relay_loop_and_counts_a_relay_error(
     base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str,
     gated_broker: GatedBroker,
@@ -237,36 +224,22 @@ async def test_without_publish_the_relay_loop_is_woken_for_a_batch_with_changes_
         assert s.publishes == []
 
 
-async def _cut_off(database_url: str, *, allow: bool) -> None:
-    """Stop (or again allow) connections to the test database, ending the scorer's own."""
-    name = make_url(database_url).database
-    admin = await asyncpg.connect(asyncpg_dsn(with_database(database_url, "postgres")))
-    try:
-        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
-        if not allow:
-            await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = $1 AND application_name = $2",
-                name, APP,
-            )  # fmt: skip
-    finally:
-        await admin.close()
-
-
 async def test_a_failing_step_still_resumes_the_collector_and_resyncs_after(
     base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
 ) -> None:
     async with scorer(base_env, scorer_db) as s:
         await step_until(s.events, assigned(s.events))
         await produce(kafka_bootstrap, topic_router(topic_namespace), [purchase("p1", "a", 3)])
-        await _cut_off(scorer_db, allow=False)  # the batch cannot be applied
+        await cut_off_database(
+            scorer_db, allow=False, application_name=APP
+        )  # the batch cannot be applied
         try:
             failure = await first_failure(s.events)
             assert isinstance(failure, (asyncpg.PostgresError, *TRANSIENT_DB_ERRORS)), failure
             assert gc.isenabled()
             assert s.events.needs_resync
         finally:
-            await _cut_off(scorer_db, allow=True)
+            await cut_off_database(scorer_db, allow=True, application_name=APP)
         await step_until(s.events, rows(scorer_db, CHANGES, 3))  # re-seeked, then applied
         assert gc.isenabled()
 

@@ -10,11 +10,7 @@ the broker away from the producer alone, as a DLQ write that cannot be acknowled
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-
-import pytest
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from functools import partial
 
 from services.scorer.consumer import EventConsumer
 from services.scorer.db import create_pool
@@ -23,7 +19,7 @@ from services.scorer.metrics import scorer_metrics
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.domain.rules import load_rules
-from shared.kafka import ensure_topics, header, make_consumer, make_producer
+from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.metrics import new_registry
 from shared.topics import Topics
 from tests.faults.outages import GatedBroker
@@ -33,42 +29,18 @@ from tests.integration.scorer.support import (
     purchase,
     read_topic,
     scorer_settings,
-    wait_until,
+)
+from tests.support.dead_letters import (
+    assert_only_the_poison,
+    send_acked,
+    step_until_failed,
+    step_until_past,
+    stored_offset,
 )
 
 SCORING = Scoring(load_rules(ScorerSettings().rules_file))
 # The producer gives a record up (KafkaTimeoutError) after this long without the broker.
 REQUEST_TIMEOUT_MS = "2000"
-
-
-@pytest.fixture
-async def gated_broker() -> AsyncIterator[GatedBroker]:
-    broker = await GatedBroker().start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
-
-
-async def _send(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list[int]:
-    """Publish (key, value) records in order, acknowledged; returns their offsets."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
-    await producer.start()
-    try:
-        return [(await producer.send_and_wait(topic, value=v, key=k)).offset for k, v in records]
-    finally:
-        await producer.stop()
-
-
-async def _stored_offset(database_url: str, group: str, topic: str) -> int | None:
-    """The next offset stored for the topic (its records all went to one partition)."""
-    async with connect(database_url) as conn:
-        value: int | None = await conn.fetchval(
-            "SELECT max(next_offset) FROM scorer.consumer_offset WHERE group_id = $1"
-            " AND topic = $2",
-            group, topic,
-        )  # fmt: skip
-    return value
 
 
 async def _inbox(database_url: str) -> set[str]:
@@ -118,52 +90,30 @@ async def test_a_failed_dead_letter_write_holds_the_offset_until_the_poison_reac
                           if k != "amount"} | {"event_id": "poison-1"}  # fmt: skip
         poison = json.dumps(missing_amount).encode()
         # One key: one partition, the poison first and the good events behind it.
-        offsets = await _send(kafka_bootstrap, topic, [
-            (b"c1", poison), *[(b"c1", e.model_dump_json().encode()) for e in good],
+        offsets = await send_acked(kafka_bootstrap, topic, [
+            (b"c1", poison, []), *[(b"c1", e.model_dump_json().encode(), []) for e in good],
         ])  # fmt: skip
         poison_offset, last_offset = offsets[0], offsets[-1]
 
-        # Step the consumer until its batch fails, or (what must not happen) it moves on.
-        async def tried() -> str | None:
-            try:
-                await events.step()
-            except KafkaError as exc:
-                return f"failed: {exc!r}"
-            moved = await _stored_offset(scorer_db, group, topic)
-            return f"moved to {moved}" if moved is not None else None
-
-        outcome = await wait_until(tried, within=60)
-        stored = await _stored_offset(scorer_db, group, topic)
-        assert stored is None or stored <= poison_offset, outcome
+        stored = partial(stored_offset, scorer_db, "scorer", group, topic)
+        outcome = await step_until_failed(events.step, stored)
+        held = await stored()
+        assert held is None or held <= poison_offset, outcome
         assert not await _inbox(scorer_db) & {"poison-1", *[e.event_id for e in good]}
         assert outcome.startswith("failed"), outcome
         assert await customer_rows(scorer_db) == {}
 
         await gated_broker.gate.open()
 
-        async def applied() -> bool:
-            try:
-                await events.step()
-            except KafkaError:
-                return False  # the producer was not reconnected yet: the next step retries
-            return (await _stored_offset(scorer_db, group, topic) or 0) > last_offset
-
-        await wait_until(applied, within=60)
+        await step_until_past(events.step, stored, last_offset)
     finally:
         await events.close()
         await consumer.stop()
         await producer.stop()
         await pool.close()
 
-    assert await _stored_offset(scorer_db, group, topic) == last_offset + 1
+    assert await stored() == last_offset + 1
     assert {"good-1", "good-2"} <= await _inbox(scorer_db)
     assert (await customer_rows(scorer_db))["c1"]["state"]["lifetime_orders"] == 2
     dead = await read_topic(gated_broker.bootstrap_servers, dlq, expect=1)
-    assert dead, "the poison record never reached the dead-letter topic"
-    # At least once (a retried batch writes its poison again), and nothing but the poison.
-    assert all(r.value == poison for r in dead)
-    assert {
-        (header(r.headers, "dlq_original_topic"), header(r.headers, "dlq_original_offset"))
-        for r in dead
-    } == {(topic, str(poison_offset))}
-    assert all(header(r.headers, "dlq_consumer_group") == group for r in dead)
+    assert_only_the_poison(dead, poison, topic=topic, offset=poison_offset, group=group)

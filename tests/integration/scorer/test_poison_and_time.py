@@ -20,7 +20,9 @@ from shared.topics import Topics
 from tests.integration.scorer.support import (
     connect,
     customer_rows,
+    folded,
     login,
+    logins_through_an_outage,
     produce,
     produce_raw,
     purchase,
@@ -135,7 +137,7 @@ async def test_a_customer_silent_for_over_30_days_becomes_at_risk_by_time_alone(
     settings = scorer_settings(base_env, sweep_interval_s=0.1)
     async with running_scorer(settings, clock):
         await produce(kafka_bootstrap, topic_router(topic_namespace), events)
-        rows = await wait_until(lambda: _folded(scorer_db, "quiet", events=2))
+        rows = await wait_until(lambda: folded(scorer_db, "quiet", events=2))
         assert rows["quiet"]["lifecycle_stage"] == "new"
         review = rows["quiet"]["next_review_at"]
         assert review is not None and review > clock.now()
@@ -165,7 +167,7 @@ async def test_a_late_sweep_stamps_each_time_change_when_it_happened_and_skips_n
     events: list[Event] = [purchase("p1", "away", days_ago=1)]
     async with running_scorer(scorer_settings(base_env, sweep_interval_s=0.1), clock):
         await produce(kafka_bootstrap, topic_router(topic_namespace), events)
-        await wait_until(lambda: _folded(scorer_db, "away", events=1))
+        await wait_until(lambda: folded(scorer_db, "away", events=1))
         bought = clock.now() - timedelta(days=1)
         clock.advance(timedelta(days=100))
         rows = await wait_until(lambda: _time_changes(scorer_db, 3))
@@ -189,16 +191,10 @@ async def test_after_an_outage_time_sweeps_wait_for_the_backlog_of_events(
 ) -> None:
     # Down for 60 days while the customer kept logging in every 5 days: swept first, it
     # would look silent for 61 days (inactive, at_risk), be acted on, then come back.
-    route = topic_router(topic_namespace)
-    async with running_scorer(scorer_settings(base_env), clock):
-        await produce(kafka_bootstrap, route, [login("l0", "back", days_ago=1)])
-        await wait_until(lambda: _folded(scorer_db, "back", events=1))
-    clock.advance(timedelta(days=60))
-    backlog: list[Event] = [login(f"l{i}", "back", days_ago=-5 * i) for i in range(1, 12)]
-    await produce(kafka_bootstrap, route, backlog)
+    await logins_through_an_outage(base_env, scorer_db, kafka_bootstrap, topic_namespace, clock)
     settings = scorer_settings(base_env, sweep_interval_s=0.05)
     async with running_scorer(settings, clock):
-        rows = await wait_until(lambda: _folded(scorer_db, "back", events=12))
+        rows = await wait_until(lambda: folded(scorer_db, "back", events=12))
         await wait_for_sweeps(settings)  # with every partition read, nothing is due
     assert await _time_changes(scorer_db, 1) is None
     assert (rows["back"]["activity_level"], rows["back"]["lifecycle_stage"]) == ("active", "lead")
@@ -210,14 +206,6 @@ async def _time_changes(database_url: str, count: int) -> list[asyncpg.Record] |
             "SELECT * FROM scorer.tier_change WHERE cause = 'time' ORDER BY occurred_at, seq"
         )
     return rows if len(rows) >= count else None
-
-
-async def _folded(
-    database_url: str, customer_id: str, *, events: int
-) -> dict[str, dict[str, Any]] | None:
-    rows = await customer_rows(database_url)
-    done = customer_id in rows and rows[customer_id]["state"]["event_count"] == events
-    return rows if done else None
 
 
 async def _time_change(database_url: str) -> asyncpg.Record | None:
@@ -252,7 +240,7 @@ async def test_hysteresis_holds_a_downgrade_until_the_minimum_dwell_time(
     async with running_scorer(settings, clock):
         classified_at = clock.now()
         await produce(kafka_bootstrap, topic_router(topic_namespace), events)
-        rows = await wait_until(lambda: _folded(scorer_db, "quiet", events=2))
+        rows = await wait_until(lambda: folded(scorer_db, "quiet", events=2))
         assert rows["quiet"]["lifecycle_stage"] == "new"
         clock.advance(timedelta(days=10, hours=1))  # login 30.04 days ago: at_risk, but held
         hold_ends = classified_at + timedelta(days=15)

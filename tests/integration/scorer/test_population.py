@@ -26,10 +26,7 @@ from tests.integration.scorer.support import NOW, connect, customer_rows, purcha
 async def test_recomputed_cut_points_rebucket_customers_with_cause_rebucket(
     scorer_db: str, tmp_path: Path
 ) -> None:
-    path = tmp_path / "population.yaml"
-    path.write_text(
-        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
-    )
+    path = _population_rules(tmp_path)
     holder = ScoringHolder(load_rules(path))
     assert holder.population_mode
     events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
@@ -64,10 +61,7 @@ async def test_recomputed_cut_points_rebucket_customers_with_cause_rebucket(
 async def test_another_process_adopts_stored_cut_points_within_one_poll(
     scorer_db: str, tmp_path: Path
 ) -> None:
-    path = tmp_path / "population.yaml"
-    path.write_text(
-        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
-    )
+    path = _population_rules(tmp_path)
     events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
     computing, other = ScoringHolder(load_rules(path)), ScoringHolder(load_rules(path))
     pool = await create_pool(scorer_db, size=2, application_name="test")
@@ -90,10 +84,7 @@ async def test_each_page_of_a_rebucket_is_evaluated_at_the_time_it_is_locked(
 ) -> None:
     # A walk over every customer takes minutes; evaluating late pages at the walk's start
     # would undo the time-driven moves the consumer and sweeper made meanwhile.
-    path = tmp_path / "population.yaml"
-    path.write_text(
-        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
-    )
+    path = _population_rules(tmp_path)
     holder = ScoringHolder(load_rules(path))
     clock = FixedClock(NOW)
     pages = 0
@@ -127,10 +118,7 @@ async def test_rebucketing_waits_for_unread_partitions_and_leaves_their_customer
     # Population cut points from stale features, and customers re-bucketed at `now` without
     # their unread events, would both be wrong; the consumer re-evaluates those customers
     # with the current cut points once it reads their events.
-    path = tmp_path / "population.yaml"
-    path.write_text(
-        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
-    )
+    path = _population_rules(tmp_path)
     holder = ScoringHolder(load_rules(path))
     events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
     held_p = 1
@@ -164,3 +152,12 @@ async def test_rebucketing_waits_for_unread_partitions_and_leaves_their_customer
 
 def _partition(customer_id: str) -> int:
     return KeyPartitioner().partition(customer_id.encode(), range(3))
+
+
+def _population_rules(folder: Path) -> Path:
+    """The default rules in population mode (quintile cut points), as a file in `folder`."""
+    path = folder / "population.yaml"
+    path.write_text(
+        default_rules_path().read_text().replace("mode: thresholds", "mode: population")
+    )
+    return path

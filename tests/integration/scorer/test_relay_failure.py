@@ -10,7 +10,6 @@ refuses new ones, while the broker keeps its log.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka.errors import KafkaError
@@ -40,15 +39,6 @@ SCORING = Scoring(load_rules(ScorerSettings().rules_file))
 BACKLOG_GAUGE = "tierstream_scorer_outbox_backlog_changes"
 # The producer gives a batch up (KafkaTimeoutError) after this long without the broker.
 REQUEST_TIMEOUT_MS = "2000"
-
-
-@pytest.fixture
-async def gated_broker() -> AsyncIterator[GatedBroker]:
-    broker = await GatedBroker().start()
-    try:
-        yield broker
-    finally:
-        await broker.stop()
 
 
 async def _seqs(database_url: str, table: str) -> list[int]:

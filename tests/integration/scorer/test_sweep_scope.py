@@ -18,7 +18,9 @@ from shared.topics import Topics
 from tests.integration.scorer.support import (
     connect,
     customer_rows,
+    folded,
     login,
+    logins_through_an_outage,
     produce,
     running_scorer,
     scorer_settings,
@@ -122,20 +124,14 @@ async def test_new_rules_after_an_outage_wait_for_the_backlog_before_reclassifyi
     # Down for 60 days while the customer kept logging in, then started with a new rules
     # file: re-classified at once from its stored state, it would look silent for 61 days
     # (inactive, at_risk; cause rule_change), be acted on, then come back.
-    route = topic_router(topic_namespace)
-    async with running_scorer(scorer_settings(base_env), clock):
-        await produce(kafka_bootstrap, route, [login("l0", "back", days_ago=1)])
-        await wait_until(lambda: _events_folded(scorer_db, "back", 1))
-    clock.advance(timedelta(days=60))
-    await produce(kafka_bootstrap, route,
-                  [login(f"l{i}", "back", days_ago=-5 * i) for i in range(1, 12)])  # fmt: skip
+    await logins_through_an_outage(base_env, scorer_db, kafka_bootstrap, topic_namespace, clock)
     new_rules = tmp_path / "rules.yaml"
     new_rules.write_text(
         default_rules_path().read_text().replace("description: ", "description: revised ", 1)
     )
     settings = scorer_settings(base_env, rules_file=new_rules)
     async with running_scorer(settings, clock):
-        await wait_until(lambda: _events_folded(scorer_db, "back", 12))
+        await wait_until(lambda: folded(scorer_db, "back", events=12))
         await wait_until(lambda: _classified_under(scorer_db, load_rules(new_rules).version))
     async with connect(scorer_db) as conn:
         downgrades = await conn.fetch(
@@ -145,11 +141,6 @@ async def test_new_rules_after_an_outage_wait_for_the_backlog_before_reclassifyi
     assert downgrades == []
     row = (await customer_rows(scorer_db))["back"]
     assert (row["activity_level"], row["lifecycle_stage"]) == ("active", "lead")
-
-
-async def _events_folded(database_url: str, customer_id: str, events: int) -> bool:
-    row = (await customer_rows(database_url)).get(customer_id)
-    return row is not None and row["state"]["event_count"] == events
 
 
 async def _classified_under(database_url: str, version: str) -> bool:
