@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 
 from shared.db import asyncpg_dsn
 
@@ -13,6 +15,8 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = (
     "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 )
+# What a read statement runs on: a held connection, or the pool (which lends one per call).
+Queryable: TypeAlias = "Pool | Connection"
 ConnectionInit = Callable[["asyncpg.Connection[asyncpg.Record]"], Coroutine[Any, Any, None]]
 
 # Errors that mean "Postgres is away or the transaction lost a race": retry, do not crash.
@@ -38,19 +42,38 @@ async def create_pool(
     application_name: str,
     init: ConnectionInit | None = None,
     server_settings: dict[str, str] | None = None,
+    within: float | None = None,
 ) -> Pool:
-    """A pool of raw asyncpg connections, made lazily and on demand (survives restarts)."""
+    """A pool of raw asyncpg connections, made lazily and on demand (survives restarts).
+
+    Opening a connection gives up after 10 s and a statement after 60 s (a batch of the
+    consuming work may take long), or both after `within` s for an HTTP API's pool."""
     pool: Pool = await asyncpg.create_pool(
         asyncpg_dsn(database_url),
         min_size=0,
         max_size=size,
-        command_timeout=60,
-        timeout=10,
+        command_timeout=within or 60,
+        timeout=within or 10,
         max_inactive_connection_lifetime=300,
         init=init,
         server_settings={"application_name": application_name, **(server_settings or {})},
     )
     return pool
+
+
+@dataclass(frozen=True)
+class RequestDatabase:
+    """An HTTP API's database: a pool of its own, made with `within`, and a connection per
+    request. Waiting for the connection, each statement and handing it back each take at most
+    `within` s, and a timeout is a TimeoutError, which the apps answer as an outage (503)."""
+
+    pool: Pool
+    within: float
+
+    def connection(self) -> PoolAcquireContext[asyncpg.Record]:
+        # Release's reset defaults to the acquire timeout: a connection that stopped
+        # answering is terminated after `within`, not waited for.
+        return self.pool.acquire(timeout=self.within)
 
 
 async def database_ready(pool: Pool, *, within: float = 2.0) -> bool:

@@ -180,7 +180,32 @@ class ServiceSettings(BaseSettings):
             )
 
 
-class ConsumingServiceSettings(ServiceSettings):
+class DatabaseServiceSettings(ServiceSettings):
+    """A service that keeps its state in Postgres and serves it through an HTTP API. The
+    variables take the service's prefix."""
+
+    db_pool_size: int = Field(
+        8, ge=2, description="Postgres connections of this process's consuming and clock work."
+    )
+    api_db_pool_size: int = Field(
+        4,
+        ge=1,
+        description="Postgres connections of this process's HTTP API, a pool of its own: "
+        "requests never queue behind a batch, and a batch never waits for a request.",
+    )
+    api_db_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Longest wait of an HTTP request for each of: a connection (opening one "
+        "included), each statement, handing the connection back. A Postgres that stops "
+        "answering (a hung server, a network dropping packets) costs a request a few times "
+        "this, then a 503 with Retry-After. Raise it if a query over many rows needs longer "
+        "(the scorer's /v1/stats/tiers counts every customer).",
+    )
+
+
+class ConsumingServiceSettings(DatabaseServiceSettings):
     """A service with a fenced consumer and work decided by the clock (the scorer's time
     sweeps, actions' sequence steps), which waits for partitions to be read
     (shared/group_progress.py). The variables take the service's prefix."""

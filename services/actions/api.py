@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.actions import queries
-from services.actions.db import Pool
+from services.actions.db import RequestDatabase
 from services.actions.queries import TaskFilter, TransitionRefused
 from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
@@ -164,9 +164,9 @@ def _page(rows: list[dict[str, object]], limit: int) -> tuple[list[dict[str, obj
     return rows, encode_cursor(last)
 
 
-def _pool(request: Request) -> Pool:
-    pool: Pool = request.app.state.pool
-    return pool
+def _database(request: Request) -> RequestDatabase:
+    database: RequestDatabase = request.app.state.database
+    return database
 
 
 def _now(request: Request) -> datetime:
@@ -193,16 +193,19 @@ def api_router() -> APIRouter:
         limit: Limit = 50, cursor: Cursor = None,
     ) -> TaskPage:  # fmt: skip
         now = _now(request)
-        rows = await queries.list_tasks(
-            _pool(request), TaskFilter(customer_id, queue, status, overdue), now=now,
-            after=decode_cursor(cursor), limit=limit,
-        )  # fmt: skip
+        after = decode_cursor(cursor)
+        async with _database(request).connection() as conn:
+            rows = await queries.list_tasks(
+                conn, TaskFilter(customer_id, queue, status, overdue), now=now, after=after,
+                limit=limit,
+            )  # fmt: skip
         items, next_cursor = _page(rows, limit)
         return TaskPage(items=[_task(r, now) for r in items], next_cursor=next_cursor)
 
     @router.get("/tasks/{task_id}", tags=["tasks"], summary="One task", responses=_NOT_FOUND)
     async def get_task(request: Request, _: SourceDep, task_id: TaskId) -> TaskOut:
-        row = await queries.get_task(_pool(request), task_id)
+        async with _database(request).connection() as conn:
+            row = await queries.get_task(conn, task_id)
         if row is None:
             raise ProblemError(404, "Not found", f"No task {task_id}.")
         return _task(row, _now(request))
@@ -217,9 +220,10 @@ def api_router() -> APIRouter:
         now = _now(request)
         assignee = patch.assignee if isinstance(patch, AssignTask) else None
         try:
-            row = await queries.update_task(
-                _pool(request), task_id, TaskCommand(patch.action), assignee=assignee, now=now
-            )
+            async with _database(request).connection() as conn:
+                row = await queries.update_task(
+                    conn, task_id, TaskCommand(patch.action), assignee=assignee, now=now
+                )
         except TransitionRefused as exc:
             detail = f"Task {task_id} is {exc.status}; it cannot be {_PAST[patch.action]}."
             raise ProblemError(409, "Conflict", detail) from exc
@@ -232,9 +236,9 @@ def api_router() -> APIRouter:
         request: Request, _: SourceDep, customer_id: CustomerQuery = None, limit: Limit = 50,
         cursor: Cursor = None,
     ) -> EnrolmentPage:  # fmt: skip
-        rows = await queries.list_enrolments(
-            _pool(request), customer_id, after=decode_cursor(cursor), limit=limit
-        )
+        after = decode_cursor(cursor)
+        async with _database(request).connection() as conn:
+            rows = await queries.list_enrolments(conn, customer_id, after=after, limit=limit)
         items, next_cursor = _page(rows, limit)
         return EnrolmentPage.model_validate({"items": items, "next_cursor": next_cursor})
 
@@ -243,9 +247,9 @@ def api_router() -> APIRouter:
         request: Request, _: SourceDep, customer_id: CustomerQuery = None, limit: Limit = 50,
         cursor: Cursor = None,
     ) -> AlertPage:  # fmt: skip
-        rows = await queries.list_alerts(
-            _pool(request), customer_id, after=decode_cursor(cursor), limit=limit
-        )
+        after = decode_cursor(cursor)
+        async with _database(request).connection() as conn:
+            rows = await queries.list_alerts(conn, customer_id, after=after, limit=limit)
         items, next_cursor = _page(rows, limit)
         return AlertPage.model_validate({"items": items, "next_cursor": next_cursor})
 

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.actions.api import api_router
-from services.actions.db import Pool, create_pool, database_ready
+from services.actions.db import Pool, RequestDatabase, create_api_pool, database_ready
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock, clock_for
 from shared.http import ApiKeys, ReadyCheck, install_problem_handlers, probes_router
@@ -30,7 +30,8 @@ def create_app(
     registry: CollectorRegistry | None = None,
     ready: ReadyCheck | None = None,
 ) -> FastAPI:
-    """The actions app; a pool passed in is the caller's to close."""
+    """The actions app. `pool` is the API's own (`create_api_pool`); one passed in is the
+    caller's to close, else the app opens one for its lifespan."""
     registry = registry or new_registry()
     app = FastAPI(
         title="Tierstream actions",
@@ -38,13 +39,13 @@ def create_app(
         description=DESCRIPTION,
         lifespan=None if pool is not None else _own_pool(settings),
     )
-    app.state.pool = pool
+    app.state.database = RequestDatabase(pool, settings.api_db_timeout_s) if pool else None
     app.state.clock = clock or clock_for(settings.now)
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
     install_problem_handlers(app, database_errors=TRANSIENT_DB_ERRORS)
 
     async def database() -> dict[str, bool]:
-        return {"database": await database_ready(app.state.pool)}
+        return {"database": await database_ready(app.state.database.pool)}
 
     app.include_router(probes_router(registry, ready or database, open_probes=settings.open_probes))
     app.include_router(api_router())
@@ -56,12 +57,13 @@ def _own_pool(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(
-            settings.database_url, size=settings.db_pool_size, application_name="tierstream-actions"
+        pool = await create_api_pool(
+            settings.database_url, size=settings.api_db_pool_size, within=settings.api_db_timeout_s
         )
+        app.state.database = RequestDatabase(pool, settings.api_db_timeout_s)
         try:
             yield
         finally:
-            await app.state.pool.close()
+            await pool.close()
 
     return lifespan

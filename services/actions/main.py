@@ -11,7 +11,7 @@ import httpx
 
 from services.actions.app import create_app
 from services.actions.channels import Channels, SmtpChannel, SmtpConfig, WebhookChannel
-from services.actions.db import Pool, create_pool, migrate
+from services.actions.db import Pool, create_api_pool, create_pool, migrate
 from services.actions.effects import ChannelConfig
 from services.actions.metrics import actions_metrics
 from services.actions.readiness import BrokerCheck, readiness
@@ -76,23 +76,24 @@ async def run(
         await migrate(settings.database_url)
     tracing = tracer or make_tracer("actions")
     try:
-        async with _resources(settings) as (pool, client):
-            await _serve(settings, pool, client, playbooks, clock, tracing, stop)
+        async with _resources(settings) as (pool, api_pool, client):
+            await _serve(settings, (pool, api_pool), client, playbooks, clock, tracing, stop)
     finally:
         if tracer is None:  # ours to flush
             tracing.shutdown()
 
 
 async def _serve(
-    settings: ActionsSettings, pool: Pool, client: httpx.AsyncClient, playbooks: Playbooks,
-    clock: Clock, tracer: Tracer, stop: asyncio.Event | None,
+    settings: ActionsSettings, pools: tuple[Pool, Pool], client: httpx.AsyncClient,
+    playbooks: Playbooks, clock: Clock, tracer: Tracer, stop: asyncio.Event | None,
 ) -> None:  # fmt: skip
+    pool, api_pool = pools  # the work's, the HTTP API's
     registry = new_registry()
     broker = BrokerCheck(within=settings.ready_timeout_s)
     parts = Parts(settings, pool, playbooks, clock, actions_metrics(registry), broker, tracer)
     loops = build_loops(parts, build_channels(settings, client), channel_config(settings))
-    ready = readiness(pool, broker, within=settings.ready_timeout_s)
-    app = create_app(settings, pool=pool, clock=clock, registry=registry, ready=ready)
+    ready = readiness(api_pool, broker, within=settings.ready_timeout_s)
+    app = create_app(settings, pool=api_pool, clock=clock, registry=registry, ready=ready)
     log.info("actions listening", host=settings.host, port=settings.port,
              playbooks=playbooks.version, tracing=tracer.enabled)  # fmt: skip
     await serve(app, host=settings.host, port=settings.port, loops=loops, stop=stop,
@@ -100,16 +101,22 @@ async def _serve(
 
 
 @asynccontextmanager
-async def _resources(settings: ActionsSettings) -> AsyncIterator[tuple[Pool, httpx.AsyncClient]]:
+async def _resources(
+    settings: ActionsSettings,
+) -> AsyncIterator[tuple[Pool, Pool, httpx.AsyncClient]]:
     async with AsyncExitStack() as stack:
         pool = await create_pool(
             settings.database_url, size=settings.db_pool_size, application_name="tierstream-actions"
         )
         stack.push_async_callback(pool.close)
+        api_pool = await create_api_pool(
+            settings.database_url, size=settings.api_db_pool_size, within=settings.api_db_timeout_s
+        )
+        stack.push_async_callback(api_pool.close)
         slots = settings.dispatch_concurrency * 2
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.delivery_timeout_s), follow_redirects=False,
             limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
         )  # fmt: skip
         stack.push_async_callback(client.aclose)
-        yield pool, client
+        yield pool, api_pool, client

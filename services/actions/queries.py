@@ -1,4 +1,5 @@
-"""SQL of the read API and the gauges: tasks, enrolments with their steps, alerts."""
+"""SQL of the read API (on the request's connection) and the gauges (on the pool): tasks,
+enrolments with their steps, alerts."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.actions.db import Pool
+from services.actions.db import Connection, Pool
 from services.actions.tasks import TaskCommand, TaskStatus, next_status
 
 TASK_COLUMNS = (
@@ -42,7 +43,7 @@ class _Where:
 
 
 async def list_tasks(
-    pool: Pool, f: TaskFilter, *, now: datetime, after: int | None, limit: int
+    conn: Connection, f: TaskFilter, *, now: datetime, after: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """One page of tasks in id order (`limit` + 1 rows tell whether another page exists)."""
     where = _Where()
@@ -55,14 +56,12 @@ async def list_tasks(
     if after is not None:
         where.add("id > {}", after)
     sql = f"SELECT {TASK_COLUMNS} FROM actions.task{where.sql()} ORDER BY id LIMIT {limit + 1:d}"
-    async with pool.acquire() as conn:
-        return [dict(r) for r in await conn.fetch(sql, *where.args)]
+    return [dict(r) for r in await conn.fetch(sql, *where.args)]
 
 
-async def get_task(pool: Pool, task_id: int) -> dict[str, Any] | None:
+async def get_task(conn: Connection, task_id: int) -> dict[str, Any] | None:
     """One task, or None."""
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM actions.task WHERE id = $1", task_id)
+    row = await conn.fetchrow(f"SELECT {TASK_COLUMNS} FROM actions.task WHERE id = $1", task_id)
     return dict(row) if row else None
 
 
@@ -75,10 +74,10 @@ class TransitionRefused(Exception):
 
 
 async def update_task(
-    pool: Pool, task_id: int, command: TaskCommand, *, assignee: str | None, now: datetime
+    conn: Connection, task_id: int, command: TaskCommand, *, assignee: str | None, now: datetime
 ) -> dict[str, Any] | None:
     """Apply a command; None when unknown, TransitionRefused when the state forbids it."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with conn.transaction():
         current = await conn.fetchval(
             "SELECT status FROM actions.task WHERE id = $1 FOR UPDATE", task_id
         )
@@ -98,7 +97,7 @@ async def update_task(
 
 
 async def list_enrolments(
-    pool: Pool, customer_id: str | None, *, after: int | None, limit: int
+    conn: Connection, customer_id: str | None, *, after: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """One page of enrolments in id order, each with its steps."""
     where = _Where()
@@ -106,19 +105,18 @@ async def list_enrolments(
         where.add("customer_id = {}", customer_id)
     if after is not None:
         where.add("id > {}", after)
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT id, customer_id, sequence, playbook, tier_change_id, status, exit_reason,"
-            f" enrolled_at, ended_at FROM actions.enrolment{where.sql()}"
-            f" ORDER BY id LIMIT {limit + 1:d}",
-            *where.args,
-        )
-        steps = await conn.fetch(
-            "SELECT enrolment_id, step_index, step_name, channel, due_at, status, sent_at,"
-            " attempts, last_error FROM actions.delivery WHERE enrolment_id = ANY($1::int8[])"
-            " ORDER BY enrolment_id, step_index",
-            [r["id"] for r in rows],
-        )
+    rows = await conn.fetch(
+        "SELECT id, customer_id, sequence, playbook, tier_change_id, status, exit_reason,"
+        f" enrolled_at, ended_at FROM actions.enrolment{where.sql()}"
+        f" ORDER BY id LIMIT {limit + 1:d}",
+        *where.args,
+    )
+    steps = await conn.fetch(
+        "SELECT enrolment_id, step_index, step_name, channel, due_at, status, sent_at,"
+        " attempts, last_error FROM actions.delivery WHERE enrolment_id = ANY($1::int8[])"
+        " ORDER BY enrolment_id, step_index",
+        [r["id"] for r in rows],
+    )
     by_enrolment: dict[int, list[dict[str, Any]]] = {}
     for s in steps:
         by_enrolment.setdefault(s["enrolment_id"], []).append(_step(s))
@@ -134,7 +132,7 @@ def _step(row: Any) -> dict[str, Any]:
 
 
 async def list_alerts(
-    pool: Pool, customer_id: str | None, *, after: int | None, limit: int
+    conn: Connection, customer_id: str | None, *, after: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """One page of alert deliveries in id order."""
     where = _Where()
@@ -143,13 +141,12 @@ async def list_alerts(
         where.add("customer_id = {}", customer_id)
     if after is not None:
         where.add("id > {}", after)
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT id, customer_id, tier_change_id, playbook, audience, channel, status,"
-            " attempts, last_error, created_at, sent_at, idempotency_key FROM actions.delivery"
-            f"{where.sql()} ORDER BY id LIMIT {limit + 1:d}",
-            *where.args,
-        )
+    rows = await conn.fetch(
+        "SELECT id, customer_id, tier_change_id, playbook, audience, channel, status,"
+        " attempts, last_error, created_at, sent_at, idempotency_key FROM actions.delivery"
+        f"{where.sql()} ORDER BY id LIMIT {limit + 1:d}",
+        *where.args,
+    )
     return [dict(r) for r in rows]
 
 

@@ -108,7 +108,6 @@ class ActionsSettings(ConsumingServiceSettings):
     prune_interval_s: float = Field(
         3600.0, gt=0, description="How often the retention loop deletes expired rows."
     )
-    db_pool_size: int = Field(8, ge=2, description="Postgres connections of this process.")
     migrate: bool = Field(True, description="Apply the actions schema migrations at start.")
 
     @field_validator(*_OPTIONAL, mode="before")

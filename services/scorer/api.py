@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
 
 from services.scorer import queries
-from services.scorer.db import Pool
+from services.scorer.db import RequestDatabase
 from services.scorer.queries import StoredChange, StoredCustomer
 from shared.clock import Clock
 from shared.contracts import AttributeValue, Dimension
@@ -164,9 +164,9 @@ def _int(value: object) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def _pool(request: Request) -> Pool:
-    pool: Pool = request.app.state.pool
-    return pool
+def _database(request: Request) -> RequestDatabase:
+    database: RequestDatabase = request.app.state.database
+    return database
 
 
 def _now(request: Request) -> datetime:
@@ -202,9 +202,8 @@ def read_router() -> APIRouter:
                   Dimension.ACTIVITY_LEVEL: activity_level}  # fmt: skip
         classes = {d: v for d, v in wanted.items() if v is not None}
         after = decode_cursor(cursor) if cursor else None
-        rows = await queries.list_customers(
-            _pool(request), classes=classes, after=after, limit=limit + 1
-        )
+        async with _database(request).connection() as conn:
+            rows = await queries.list_customers(conn, classes=classes, after=after, limit=limit + 1)
         now = _now(request)
         items = [customer_view(row, now=now) for row in rows[:limit]]
         more = len(rows) > limit
@@ -238,13 +237,12 @@ def read_router() -> APIRouter:
         cursor: Cursor = None,
     ) -> FeedPage:
         after = _seq(decode_cursor(cursor)) if cursor else None
-        rows = await queries.list_all_changes(
-            _pool(request),
-            since=_instant(since) if since else None,
-            dimension=dimension.value if dimension else None,
-            after_seq=after,
-            limit=limit + 1,
-        )
+        since_at = _instant(since) if since else None
+        async with _database(request).connection() as conn:
+            rows = await queries.list_all_changes(
+                conn, since=since_at, dimension=dimension.value if dimension else None,
+                after_seq=after, limit=limit + 1,
+            )  # fmt: skip
         items = [change_view(row) for row in rows[:limit]]
         more = len(rows) > limit
         page = rows[:limit]
@@ -268,11 +266,13 @@ def read_router() -> APIRouter:
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> ChangePage:
-        pool = _pool(request)
-        if await queries.fetch_customer(pool, customer_id) is None:
-            raise ProblemError(404, "Customer not found", f"No customer {customer_id!r} is known.")
-        after = _seq(decode_cursor(cursor)) if cursor else None
-        rows = await queries.list_changes(pool, customer_id, after_seq=after, limit=limit + 1)
+        async with _database(request).connection() as conn:
+            if await queries.fetch_customer(conn, customer_id) is None:
+                raise ProblemError(
+                    404, "Customer not found", f"No customer {customer_id!r} is known."
+                )
+            after = _seq(decode_cursor(cursor)) if cursor else None
+            rows = await queries.list_changes(conn, customer_id, after_seq=after, limit=limit + 1)
         items = [change_view(row) for row in rows[:limit]]
         more = len(rows) > limit
         return ChangePage(
@@ -281,14 +281,16 @@ def read_router() -> APIRouter:
 
     @router.get("/customers/{customer_id:customer_id}", responses=NOT_FOUND, summary="One customer")
     async def get_customer(customer_id: CustomerId, request: Request, _: SourceDep) -> CustomerView:
-        stored = await queries.fetch_customer(_pool(request), customer_id)
+        async with _database(request).connection() as conn:
+            stored = await queries.fetch_customer(conn, customer_id)
         if stored is None:
             raise ProblemError(404, "Customer not found", f"No customer {customer_id!r} is known.")
         return customer_view(stored, now=_now(request))
 
     @router.get("/stats/tiers", summary="Customers per class and dimension")
     async def tier_stats(request: Request, _: SourceDep) -> TierStats:
-        total, counts = await queries.count_classes(_pool(request))
+        async with _database(request).connection() as conn:
+            total, counts = await queries.count_classes(conn)
         return TierStats(
             customers=total, value_tier=counts[Dimension.VALUE_TIER],
             activity_level=counts[Dimension.ACTIVITY_LEVEL],

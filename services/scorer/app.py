@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.scorer.api import read_router
-from services.scorer.db import TRANSIENT_DB_ERRORS, Pool, database_ready
+from services.scorer.db import TRANSIENT_DB_ERRORS, Pool, RequestDatabase, database_ready
 from services.scorer.settings import ScorerSettings
 from shared.clock import Clock, clock_for
 from shared.http import ApiKeys, ReadyCheck, install_problem_handlers, probes_router
@@ -53,10 +53,11 @@ def create_app(
     registry: CollectorRegistry | None = None,
     ready: ReadyCheck | None = None,
 ) -> FastAPI:
-    """The scorer app; the pool is the caller's to open and close."""
+    """The scorer app. `pool` is the API's own (`create_pool(..., within=
+    settings.api_db_timeout_s)`), the caller's to open and close."""
     app = FastAPI(title="Tierstream scorer", version="1", description=DESCRIPTION)
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
-    app.state.pool = pool
+    app.state.database = RequestDatabase(pool, settings.api_db_timeout_s)
     app.state.clock = clock or clock_for(settings.now)
     install_problem_handlers(app, database_errors=TRANSIENT_DB_ERRORS)
     checks = ready or default_ready(settings, pool)

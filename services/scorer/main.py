@@ -49,6 +49,10 @@ async def run(
     pool = await create_pool(
         settings.database_url, size=settings.db_pool_size, application_name="tierstream-scorer"
     )
+    api_pool = await create_pool(
+        settings.database_url, size=settings.api_db_pool_size,
+        application_name="tierstream-scorer-api", within=settings.api_db_timeout_s,
+    )  # fmt: skip
     producer = make_producer(settings)
     # A short fetch wait: some brokers (the embedded tansu) answer a waiting fetch only when
     # the wait ends, not when data arrives; a real Kafka answers at once either way.
@@ -64,17 +68,18 @@ async def run(
         if holder.population_mode:
             async with pool.acquire() as conn:
                 holder.use(await latest_cut_points(conn))
-        await _serve(settings, stop, clock, pool, producer, consumer, holder)
+        await _serve(settings, stop, clock, (pool, api_pool), producer, consumer, holder)
     finally:
         await consumer.stop()
         await producer.stop()
-        await pool.close()
+        await asyncio.gather(pool.close(), api_pool.close())
 
 
 async def _serve(
-    settings: ScorerSettings, stop: asyncio.Event | None, clock: Clock, pool: Pool,
+    settings: ScorerSettings, stop: asyncio.Event | None, clock: Clock, pools: tuple[Pool, Pool],
     producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, holder: ScoringHolder,
 ) -> None:  # fmt: skip
+    pool, api_pool = pools  # the work's, the HTTP API's
     registry = new_registry()
     metrics = scorer_metrics(registry)
     topics = Topics(settings.topic_namespace)
@@ -116,7 +121,7 @@ async def _serve(
         _loop("gauges", _gauge_step(pool, metrics), settings.gauge_interval_s, metrics),
     ]  # fmt: skip
     metrics.start_at_zero(loop.__name__ for loop in loops)
-    app = create_app(settings, pool=pool, clock=clock, registry=registry)
+    app = create_app(settings, pool=api_pool, clock=clock, registry=registry)
     log.info(
         "scorer listening", host=settings.host, port=settings.port, rules=holder().rules.version
     )

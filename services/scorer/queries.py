@@ -1,4 +1,5 @@
-"""SQL of the read side: one customer, filtered pages, change history, class counts."""
+"""SQL of the read side: one customer, filtered pages, change history, class counts; on a
+connection the caller holds (the API's) or on the pool."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import datetime
 
 import asyncpg
 
-from services.scorer.db import Pool
+from services.scorer.db import Queryable
 from services.scorer.evaluation import ChangeRecord, CustomerRecord
 from services.scorer.relay import change_from_row
 from shared.contracts import Dimension
@@ -58,9 +59,9 @@ def _stored(row: asyncpg.Record) -> StoredCustomer:
     return StoredCustomer(CustomerRecord.from_row(data), row)
 
 
-async def fetch_customer(pool: Pool, customer_id: str) -> StoredCustomer | None:
+async def fetch_customer(db: Queryable, customer_id: str) -> StoredCustomer | None:
     """One classified customer, or None."""
-    row = await pool.fetchrow(
+    row = await db.fetchrow(
         f"SELECT {_CUSTOMER_COLUMNS} FROM scorer.customer"
         " WHERE customer_id = $1 AND state IS NOT NULL",
         customer_id,
@@ -69,7 +70,7 @@ async def fetch_customer(pool: Pool, customer_id: str) -> StoredCustomer | None:
 
 
 async def list_customers(
-    pool: Pool, *, classes: Mapping[Dimension, str], after: str | None, limit: int
+    db: Queryable, *, classes: Mapping[Dimension, str], after: str | None, limit: int
 ) -> list[StoredCustomer]:
     """Classified customers in id order, filtered by class, after a cursor id."""
     where: list[str] = ["state IS NOT NULL"]
@@ -81,7 +82,7 @@ async def list_customers(
         args.append(after)
         where.append(f"customer_id > ${len(args)}")
     args.append(limit)
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"SELECT {_CUSTOMER_COLUMNS} FROM scorer.customer WHERE {' AND '.join(where)}"
         f" ORDER BY customer_id LIMIT ${len(args)}",
         *args,
@@ -90,10 +91,10 @@ async def list_customers(
 
 
 async def list_changes(
-    pool: Pool, customer_id: str, *, after_seq: int | None, limit: int
+    db: Queryable, customer_id: str, *, after_seq: int | None, limit: int
 ) -> list[StoredChange]:
     """A customer's tier changes, oldest first, after a cursor position."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"SELECT {_CHANGE_COLUMNS} FROM scorer.tier_change AS c"
         " WHERE customer_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         customer_id,
@@ -104,7 +105,7 @@ async def list_changes(
 
 
 async def list_all_changes(
-    pool: Pool,
+    db: Queryable,
     *,
     since: datetime | None,
     dimension: str | None,
@@ -117,7 +118,7 @@ async def list_all_changes(
     Not in insertion order: a change committed late would fall behind a cursor already past
     it (migration 0006).
     """
-    rows = await pool.fetch(
+    rows = await db.fetch(
         f"SELECT p.pub_seq, {_FEED_COLUMNS} FROM scorer.tier_change_published AS p"
         " JOIN scorer.tier_change AS c USING (seq) WHERE p.pub_seq > $1"
         " AND ($2::timestamptz IS NULL OR c.occurred_at >= $2)"
@@ -127,9 +128,9 @@ async def list_all_changes(
     return [StoredChange(row["pub_seq"], change_from_row(row), row["published_at"]) for row in rows]
 
 
-async def count_classes(pool: Pool) -> tuple[int, dict[Dimension, dict[str, int]]]:
+async def count_classes(db: Queryable) -> tuple[int, dict[Dimension, dict[str, int]]]:
     """Classified customers in total and per dimension and class (one scan)."""
-    rows = await pool.fetch(
+    rows = await db.fetch(
         "SELECT value_tier, activity_level, lifecycle_stage, count(*) AS n,"
         " GROUPING(value_tier) AS gv, GROUPING(activity_level) AS ga,"
         " GROUPING(lifecycle_stage) AS gl"

@@ -101,4 +101,3 @@ class ScorerSettings(ConsumingServiceSettings):
         description="Customers whose decoded state the consumer keeps in memory between "
         "batches (checked against the row's version; 0 turns the cache off).",
     )  # fmt: skip
-    db_pool_size: int = Field(8, ge=2, description="Postgres connections of this process.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -80,9 +81,17 @@ class TcpGate:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.outages = 0
+        self._stalled = False
 
     async def open(self) -> None:
+        self._stalled = False
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
+
+    def stall(self) -> None:
+        """The upstream stops answering but nothing is cut (a hung server, a network that
+        drops packets): every byte either way is swallowed, and new connections are accepted
+        and never answered, until `open()` after `close()`."""
+        self._stalled = True
 
     async def close(self) -> None:
         """Stop listening and cut every live connection (clients see resets / EOF)."""
@@ -94,6 +103,14 @@ class TcpGate:
         self.outages += 1
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stalled:
+            self._writers.add(writer)
+            try:
+                await _pump(reader, writer, lambda: True)
+            finally:
+                writer.transport.abort()
+                self._writers.discard(writer)
+            return
         try:
             if self.upstream_socket:
                 up_reader, up_writer = await asyncio.open_unix_connection(self.upstream_socket)
@@ -105,16 +122,23 @@ class TcpGate:
         pair = {writer, up_writer}
         self._writers |= pair
         try:
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            stalled = lambda: self._stalled  # noqa: E731
+            await asyncio.gather(
+                _pump(reader, up_writer, stalled), _pump(up_reader, writer, stalled)
+            )
         finally:
             for w in pair:
                 w.transport.abort()
             self._writers -= pair
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, swallow: Callable[[], bool]
+) -> None:
     with contextlib.suppress(ConnectionError, OSError):
         while data := await reader.read(65536):
+            if swallow():
+                continue
             writer.write(data)
             await writer.drain()
     with contextlib.suppress(ConnectionError, OSError, RuntimeError):

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
 from services.actions.app import create_app as create_actions_app
-from services.actions.db import create_pool as create_actions_pool
+from services.actions.db import create_api_pool
 from services.actions.db import migrate as migrate_actions
 from services.actions.settings import ActionsSettings
 from services.scorer.app import create_app as create_scorer_app
@@ -43,6 +43,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 # A hang detector, not a performance bound: refused connections answer in milliseconds, and
 # the pools give up connecting after 10 s (shared/pg.py); three times that is a hang.
 HANG_BOUND_S = 30.0
+# The apps' database budget (the default is 5 s): each call may take a few of it.
+BUDGET_S = 1.0
 SCORER_CALLS = [
     ("GET", "/v1/customers/x"),
     ("GET", "/v1/customers/acme/eu/42/changes"),
@@ -90,6 +92,14 @@ class PostgresGate:
         await self._gate.close()
         await asyncio.sleep(0.05)  # let the apps' connections see the reset, as they would
 
+    def stall(self) -> None:
+        """Postgres stops answering, nothing is cut (a hung server, dropped packets)."""
+        self._gate.stall()
+
+    async def reopen(self) -> None:
+        await self.close()
+        await self.open()
+
 
 @pytest.fixture
 async def gate(pg_server_url: str) -> AsyncIterator[PostgresGate]:
@@ -117,16 +127,15 @@ async def apps(migrated: str, gate: PostgresGate) -> AsyncIterator[Apps]:
     `raise_app_exceptions=False`: the client sees what a server sends for an unhandled error
     (Starlette answers with the handler's response, then re-raises to the server)."""
     url = gate.url_for(migrated)
-    scorer_pool = await create_scorer_pool(url, size=2, application_name="test-scorer")
-    actions_pool = await create_actions_pool(url, size=2, application_name="test-actions")
-    scorer = create_scorer_app(
-        ScorerSettings(database_url=url, api_keys=f"test:{KEY}"), pool=scorer_pool,
-        clock=FixedClock(NOW),
-    )  # fmt: skip
-    actions = create_actions_app(
-        ActionsSettings(database_url=url, api_keys=f"test:{KEY}"), pool=actions_pool,
-        clock=FixedClock(NOW),
-    )  # fmt: skip
+    common = {"database_url": url, "api_keys": f"test:{KEY}", "api_db_timeout_s": BUDGET_S}
+    scorer_settings = ScorerSettings.model_validate(common)
+    actions_settings = ActionsSettings.model_validate(common)
+    scorer_pool = await create_scorer_pool(
+        url, size=2, application_name="test-scorer", within=scorer_settings.api_db_timeout_s
+    )
+    actions_pool = await create_api_pool(url, size=2, within=actions_settings.api_db_timeout_s)
+    scorer = create_scorer_app(scorer_settings, pool=scorer_pool, clock=FixedClock(NOW))
+    actions = create_actions_app(actions_settings, pool=actions_pool, clock=FixedClock(NOW))
     try:
         async with (
             _client(scorer, "http://scorer") as scorer_client,
@@ -197,6 +206,26 @@ async def test_both_apis_answer_a_postgres_outage_with_a_prompt_503_and_recover(
         for _, response in answers:
             assert error not in response.text
     await gate.open()  # Postgres is back: the same apps answer from it again, no restart
+    await _healthy(apps)
+
+
+async def test_both_apis_answer_an_unresponsive_postgres_with_a_503_within_their_budget(
+    apps: Apps, gate: PostgresGate
+) -> None:
+    """Postgres stops answering without cutting anything. Without a bound of their own the
+    requests waited for the pools' 60 s command timeout and then for the cancel request:
+    one to two minutes each. With a 1 s budget (waiting for a connection, each statement,
+    handing the connection back) each call answers a 503 well inside the hang detector."""
+    await _healthy(apps)  # live connections, which now stop answering
+    gate.stall()
+    with capture_logs() as logs:
+        answers = await _call_all(apps)
+    for call, response in answers:
+        assert response.status_code == 503, (call, response.text)
+        assert response.headers["retry-after"].isdigit(), call
+        _assert_reveals_nothing(response.text, str(gate.port))
+    assert len(_errors(logs, "database unavailable")) == len(answers), logs
+    await gate.reopen()  # Postgres answers again: the same apps recover, no restart
     await _healthy(apps)
 
 
