@@ -6,8 +6,9 @@ Amounts are `Decimal` and serialise as JSON strings, never binary floats.
 
 from __future__ import annotations
 
+import re
 from datetime import MAXYEAR, MINYEAR, UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -121,6 +122,39 @@ def nul_paths(value: object, path: tuple[str | int, ...] = ()) -> list[tuple[str
     return found
 
 
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_MICRO = Decimal("0.000001")
+
+
+def _money(value: object) -> object:
+    """An amount or price as written in JSON: a number, or text in JSON number syntax.
+
+    Python's Decimal reads more than that ("١٢", "10_000", " 10 "), and keeps the exponent it
+    was given: a valid 0E-1000000 added to a spend of 10.5 gives
+    10.50000000000000000000000000, which would then travel in every tier change. Zeros past
+    the sixth decimal place are dropped; digits there stay for `decimal_places` to refuse.
+    """
+    if isinstance(value, str):
+        if _DECIMAL_TEXT.fullmatch(value) is None:
+            raise PydanticCustomError(
+                "decimal_parsing", "Input should be a decimal number such as 12.50"
+            )
+        value = Decimal(value)
+    if isinstance(value, Decimal) and value.is_finite():
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -6:
+            try:
+                exact = value.quantize(_MICRO)
+            except InvalidOperation:  # more digits than the context holds: max_digits refuses
+                return value
+            if exact == value:
+                return exact
+    return value
+
+
+Money = Annotated[Decimal, BeforeValidator(_money)]
+
+
 # Validation context under which an integer field takes only a JSON integer (no "3", no true):
 # ingest validates decoded JSON with it; CSV import and Python callers keep lax coercion.
 STRICT_JSON: dict[str, Any] = {"strict_json": True}
@@ -168,7 +202,7 @@ class _EventBase(_Contract):
 class LineItem(_Contract):
     sku: ShortText
     quantity: JsonInt = Field(1, ge=1, le=1_000_000)
-    price: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=6)
+    price: Money | None = Field(None, ge=0, max_digits=18, decimal_places=6)
     category: ShortText | None = None
 
 
@@ -177,7 +211,7 @@ class PurchaseMade(_EventBase):
 
     type: Literal["purchase"] = "purchase"
     order_id: Id
-    amount: Decimal = Field(
+    amount: Money = Field(
         ge=0,
         max_digits=18,
         decimal_places=6,
@@ -260,7 +294,9 @@ class ChangeCause(StrEnum):
 class TierChanged(_Contract):
     """One customer moved from one class to another on one dimension."""
 
-    id: str = Field(description="Stable id of this change; subscribers de-duplicate by it.")
+    id: Id = Field(
+        description="Stable id of this change, 1-128 characters; subscribers de-duplicate by it."
+    )
     customer_id: Id
     dimension: Dimension
     from_: str | None = Field(

@@ -107,7 +107,7 @@ def events_router(intake: EventIntake, max_body_bytes: int, tracer: Tracer) -> A
     router = APIRouter(prefix="/v1/events", tags=["events"])
 
     async def body_of(request: Request) -> bytes:
-        require_json(request.headers.get("content-type"))
+        require_json(request.headers.get("content-type"), request.headers.get("content-encoding"))
         return await read_limited(
             request.stream(), request.headers.get("content-length"), max_body_bytes
         )

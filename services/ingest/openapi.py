@@ -110,7 +110,7 @@ EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     400: _problem_response(
-        "Malformed JSON.",
+        "Malformed JSON, a key repeated within one object included.",
         _problem(400, "Malformed JSON", "Invalid JSON: expected value at line 1 column 1"),
     ),
     401: _problem_response(
@@ -127,7 +127,8 @@ EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         _problem(413, "Request body too large", "The body must not exceed 1048576 bytes."),
     ),
     415: _problem_response(
-        "The body is not declared as JSON.",
+        "The body is not declared as JSON, declares a charset other than UTF-8, or is"
+        " compressed (Content-Encoding other than identity).",
         _problem(
             415, "Unsupported media type", "Send the body as 'Content-Type: application/json'."
         ),

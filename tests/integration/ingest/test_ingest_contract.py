@@ -232,8 +232,8 @@ INVALID_EVENTS: list[tuple[str, Callable[[], dict[str, Any]], str, str]] = [
     (
         "nested-attribute",
         lambda: login(attributes={"region": {"eu": True}}),
-        "attributes.region.str",
-        "string_type",
+        "attributes.region",
+        "attribute_type",
     ),
     (
         "bad-line-item",

@@ -14,7 +14,13 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from services.ingest.intake import with_source
-from services.ingest.parsing import EventParser, decode_json, describe_error
+from services.ingest.parsing import (
+    EventParser,
+    decode_json,
+    describe_error,
+    one_error_per_attribute,
+    refuse_conflicting_ids,
+)  # fmt: skip
 from shared.contracts import STRICT_JSON
 from shared.http import ProblemError
 
@@ -110,10 +116,15 @@ def reference_validate(data: object) -> Any:
     """The former validation: one pass with every check, the future one included."""
     context = {**STRICT_JSON, "not_after": NOW + PARSER.max_future}
     try:
-        return list(PARSER.batch.validate_python(data, context=context).events)
+        events = list(PARSER.batch.validate_python(data, context=context).events)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
+        errors, _ = one_error_per_attribute(errors)  # how both paths report, not how they decide
         return [describe_error(e, batch=True).model_dump(exclude_none=True) for e in errors]
+    try:
+        return refuse_conflicting_ids(events)
+    except ProblemError as exc:
+        return exc.errors
 
 
 @settings(max_examples=200)

@@ -56,6 +56,39 @@ def test_a_json_number_amount_is_the_exact_decimal(amount: Decimal) -> None:
     assert str(event.amount) == str(amount)
 
 
+@pytest.mark.parametrize(
+    "amount", ["\u0661\u0662", "10_000", " 10 ", "1.", ".5", "NaN", "+1", "0x10"]
+)
+def test_an_amount_as_text_is_plain_json_number_syntax(amount: str) -> None:
+    """Decimal("١٢") is 12 and Decimal("10_000") is 10000; a sender meant neither."""
+    for body in (purchase(amount=amount), purchase(items=[{"sku": "a", "price": amount}])):
+        problem = problem_of(lambda body=body: PARSER.validate(body, now=NOW, batch=False))
+        assert problem.status == 422 and (problem.errors or [{}])[0]["type"] == "decimal_parsing"
+
+
+@pytest.mark.parametrize(
+    ("amount", "kept"),
+    [
+        ("0E-1000000", "0.000000"),
+        (Decimal("10.500000000000"), "10.500000"),
+        ("1.5E-7", None),  # a seventh decimal place is refused, not rounded
+        ("12.50", "12.50"),
+        ("1E+2", "1E+2"),
+    ],
+)
+def test_zeros_past_the_sixth_decimal_place_are_dropped(amount: object, kept: str | None) -> None:
+    """Else a valid 0E-1000000 turned a spend of 10.5 into 10.50000000000000000000000000 in
+    every later tier change."""
+    body = purchase(amount=amount)
+    if kept is None:
+        assert problem_of(lambda: PARSER.validate(body, now=NOW, batch=False)).status == 422
+        return
+    [event] = PARSER.validate(body, now=NOW, batch=False)
+    assert isinstance(event, PurchaseMade) and str(event.amount) == kept
+    assert str(event.amount + Decimal("10.5")) == str(Decimal(kept) + Decimal("10.5"))
+    assert len(str(event.amount + Decimal("10.5"))) <= len("10.500000")
+
+
 def test_decoding_keeps_non_integer_numbers_as_decimals_and_integers_as_ints() -> None:
     assert decode_json(b'{"a": 0.1, "b": 3, "c": 1e2}') == {
         "a": Decimal("0.1"),
@@ -77,6 +110,40 @@ def test_batch_errors_name_the_index_and_the_field_path_without_the_union_tag() 
         (1, "events[1].items[0].sku", "string_too_short"),
         (2, "events[2].type", "union_tag_invalid"),
     ]
+
+
+def test_a_wrong_attribute_value_is_one_error_on_the_attribute_and_a_wrong_key_is_named() -> None:
+    """Not four errors on `attributes.region.str`, `.int`, `.float` and `.bool`, fields that
+    do not exist, nor `attributes..[key]` for an empty key."""
+    body = purchase(attributes={"region": {"x": 1}, "": "a", "ok": 1, "big": [1]})
+    problem = problem_of(lambda: PARSER.validate({"events": [body]}, now=NOW, batch=True))
+    assert problem.detail.startswith("3 validation error(s)")
+    errors = problem.errors or []
+    assert [(e["field"], e["type"]) for e in errors] == [
+        ("events[0].attributes.region", "attribute_type"),
+        ('events[0].attributes[""]', "string_too_short"),
+        ("events[0].attributes.big", "attribute_type"),
+    ]
+    assert errors[0]["reason"] == "Input should be a string, a number, a boolean or null"
+    assert errors[1]["reason"].startswith("Key: ")
+
+
+def test_two_different_events_with_one_event_id_in_a_batch_are_refused() -> None:
+    """Consumers keep the first event of an id: the second would be lost without a word."""
+    first, other = purchase(event_id="same"), purchase(event_id="same", amount="2")
+    problem = problem_of(
+        lambda: PARSER.validate({"events": [first, purchase(event_id="x"), other]}, now=NOW,
+                                batch=True)
+    )  # fmt: skip
+    assert problem.status == 422 and problem.errors == [{
+        "field": "events[2].event_id", "type": "event_id_conflict", "index": 2,
+        "reason": "events[0] is a different event with the same event_id",
+    }]  # fmt: skip
+
+
+def test_the_same_event_twice_in_a_batch_is_a_harmless_resend() -> None:
+    events = PARSER.validate({"events": [purchase(), purchase()]}, now=NOW, batch=True)
+    assert [e.event_id for e in events] == ["e1", "e1"]
 
 
 def test_a_single_events_errors_have_plain_field_paths() -> None:
@@ -196,6 +263,38 @@ def test_only_json_media_types_pass(content_type: str | None, ok: bool) -> None:
         require_json(content_type)
     else:
         assert problem_of(lambda: require_json(content_type)).status == 415
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding", "named"),
+    [
+        ("application/json; charset=latin-1", None, "latin-1"),
+        ('application/json; charset="ISO-8859-1"', None, "ISO-8859-1"),
+        ("application/json", "gzip", "gzip"),
+        ("application/json; charset=utf-8", "br", "br"),
+    ],
+)
+def test_a_charset_other_than_utf8_or_a_compressed_body_is_a_415_naming_it(
+    content_type: str, encoding: str | None, named: str
+) -> None:
+    """Not a 400 "malformed JSON at byte n", which says nothing of the cause."""
+    problem = problem_of(lambda: require_json(content_type, encoding))
+    assert problem.status == 415 and repr(named) in problem.detail
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding"),
+    [("application/json; charset=UTF-8", "identity"), ('application/json;charset="utf8"', "")],
+)
+def test_utf8_and_identity_pass(content_type: str, encoding: str) -> None:
+    require_json(content_type, encoding)
+
+
+def test_a_repeated_key_is_malformed_json_naming_the_key() -> None:
+    """The last value would otherwise win silently: a body saying `login` published a
+    purchase."""
+    problem = problem_of(lambda: decode_json(b'{"type": "login", "amount": 5, "type": "x"}'))
+    assert problem.status == 400 and '"type"' in problem.detail
 
 
 async def chunks(count: int, size: int, seen: list[int]) -> AsyncIterator[bytes]:
