@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,14 @@ import pytest
 
 from shared.contracts import Dimension
 from shared.domain.features import FEATURES, FeatureValue
-from shared.domain.rules import RulesError, classify, default_rules_path, load_rules, parse_rules
+from shared.domain.rules import (
+    Rules,
+    RulesError,
+    classify,
+    default_rules_path,
+    load_rules,
+    parse_rules,
+)
 
 DEFAULT = default_rules_path().read_text(encoding="utf-8")
 
@@ -160,6 +168,10 @@ def test_an_attribute_of_the_wrong_type_makes_a_comparison_false_not_an_error() 
     }
 
 
+HUGE = "1" + "0" * 400  # a YAML integer of 401 digits
+M_SCORE_4 = "{feature: m_score, op: ge, value: 4}"
+
+
 def _broken(old: str, new: str) -> str:
     assert old in DEFAULT
     return DEFAULT.replace(old, new, 1)
@@ -275,6 +287,30 @@ ERRORS = {
         "value_tier.rules.0.when.all.0.in.1",
         "finite number",
     ),
+    # Finite, but past a float's range: review times compare thresholds as floats, so every
+    # evaluation raised OverflowError and the consumer dead-lettered every event.
+    "a condition value past a float's range": (
+        _broken(
+            "{feature: m_score, op: ge, value: 4}", f"{{feature: m_score, op: ge, value: {HUGE}}}"
+        ),
+        "gold",
+        "value_tier.rules.0.when.all.0.value",
+        "float's range",
+    ),
+    "a bound of between past a float's range": (
+        _broken(
+            "{feature: m_score, op: ge, value: 4}", f"{{feature: m_score, between: [1, -{HUGE}]}}"
+        ),
+        "gold",
+        "value_tier.rules.0.when.all.0.between.1",
+        "float's range",
+    ),
+    "a member of in past a float's range": (
+        _broken(M_SCORE_4, f"{{feature: m_score, in: [1, {HUGE}]}}"),
+        "gold",
+        "value_tier.rules.0.when.all.0.in.1",
+        "float's range",
+    ),
     "an infinite dwell": (
         _broken("hysteresis: {}", "hysteresis: {value_tier: {min_dwell_days: .inf}}"),
         None,
@@ -310,6 +346,25 @@ def test_an_invalid_rules_file_is_refused_naming_file_rule_and_field(
     assert field in str(error)
     if rule is not None:
         assert f"rule {rule!r}" in str(error)
+
+
+def test_deeply_nested_conditions_validate_in_linear_time() -> None:
+    """Each level used to dump its whole subtree to find its kind, four times the work per
+    level: depth 20 took 7 s and 50 never ended, hanging `rules check` and the scorer's start.
+    A hang detector, not a performance bound: linear validation takes milliseconds."""
+    condition = "{feature: m_score, op: ge, value: 4}"
+    for _ in range(40):
+        condition = f"{{all: [{condition}]}}"
+    text = _broken("{feature: m_score, op: ge, value: 4}", condition)
+    parsed: list[Rules] = []
+    # A daemon thread: before the fix, a failed test must not also keep the run from ending.
+    worker = threading.Thread(
+        target=lambda: parsed.append(parse_rules(text, source="deep.yaml")), daemon=True
+    )
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "validating 40 levels of nesting did not end in 60 s"
+    assert parsed and parsed[0].version
 
 
 @pytest.mark.parametrize(
