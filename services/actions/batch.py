@@ -2,9 +2,10 @@
 
 Order inside the transaction: inbox claim (redeliveries drop out), the advisory locks of
 the batch's customers (another process may hold their purchases), enrolments that began
-and ended within the batch (stored as history), enrolment exits, new
-enrolments with their steps, tasks, alert and task-push deliveries, goal events (which may
-end enrolments created just before), and last the fenced offset update.
+and ended within the batch before any exit of their sequence, enrolment exits, those that
+began after such an exit (both stored as history), new enrolments with their steps, tasks,
+alert and task-push deliveries, goal events (which may end enrolments created just before),
+and last the fenced offset update.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services.actions.effects import (
     ChannelConfig,
     DeliveryRow,
     Effects,
+    EndedRow,
     collect_effects,
     step_rows,
     task_push_row,
@@ -131,17 +133,8 @@ async def _write_effects(
     conn: Connection, effects: Effects, channels: ChannelConfig, result: BatchResult, *,
     now: datetime,
 ) -> None:  # fmt: skip
-    """Exits, then enrolments (with their steps), tasks and deliveries.
-
-    Enrolments that began and ended within the batch are stored as ended first (unless one
-    was active already, which would have refused them), so the re-entry policy reads them as
-    it would one change at a time.
-    """
-    ended = await store.admissible(conn, [row for row, _ in effects.ended.values()], now=now)
-    await store.insert_ended_enrolments(
-        conn, [effects.ended[row.customer_id, row.request.sequence] for row in ended], now=now
-    )
-    result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
+    """Exits, then enrolments (with their steps), tasks and deliveries."""
+    ended = await _exit_enrolments(conn, effects, result, now=now)
     allowed = await store.admissible(conn, list(effects.enrols.values()), now=now)
     enrolled = await store.insert_enrolments(conn, allowed, now=now)
     steps = [s for eid, row in enrolled for s in step_rows(eid, row, channels)]
@@ -149,7 +142,56 @@ async def _write_effects(
     pushes = [task_push_row(t, now=now) for t in created] if channels.crm else []
     deliveries: list[DeliveryRow] = [*effects.alerts, *pushes, *steps]
     await store.insert_deliveries(conn, deliveries, now=now)
-    result.enrolled = Counter(row.request.sequence for _, row in enrolled)
+    result.enrolled = Counter(e.row.request.sequence for e in ended)
+    result.enrolled += Counter(row.request.sequence for _, row in enrolled)
+
+
+async def _exit_enrolments(
+    conn: Connection, effects: Effects, result: BatchResult, *, now: datetime
+) -> list[EndedRow]:
+    """The exits, with the enrolments that began and ended within the batch (returned).
+
+    Those are stored as ended where one change at a time would have admitted them, so the
+    re-entry policy reads them as it would then. One that began before any exit of its
+    sequence is stored before the exits: an enrolment active since an earlier batch refuses
+    it. One that began after such an exit is stored after the exits, which end the active
+    one first. Their steps are never stored (none could be sent), but they count as one
+    change at a time would: the enrolment started, its steps cancelled.
+    """
+    ended = await _store_ended(conn, [e for e in effects.ended if not e.after_exit], now=now)
+    result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
+    ended += await _store_ended(conn, [e for e in effects.ended if e.after_exit], now=now)
+    for e in ended:
+        result.cancelled_steps[e.row.request.sequence] += len(e.row.request.steps)
+    return ended
+
+
+async def _store_ended(
+    conn: Connection, ended: Sequence[EndedRow], *, now: datetime
+) -> list[EndedRow]:
+    """Store the begun-and-ended enrolments the re-entry policy admits, in rounds of one per
+    customer and sequence, so each reads the history of the one before it; returns them."""
+    stored: list[EndedRow] = []
+    for group in _rounds(ended):
+        by_key = {(e.row.customer_id, e.row.request.sequence): e for e in group}
+        admitted = await store.admissible(conn, [e.row for e in group], now=now)
+        stored += await store.insert_ended_enrolments(
+            conn, [by_key[r.customer_id, r.request.sequence] for r in admitted], now=now
+        )
+    return stored
+
+
+def _rounds(ended: Sequence[EndedRow]) -> list[list[EndedRow]]:
+    """The n-th enrolment of each customer and sequence, in batch order, in the n-th round."""
+    rounds: list[list[EndedRow]] = []
+    seen: Counter[tuple[str, str]] = Counter()
+    for e in ended:
+        key = (e.row.customer_id, e.row.request.sequence)
+        if seen[key] == len(rounds):
+            rounds.append([])
+        rounds[seen[key]].append(e)
+        seen[key] += 1
+    return rounds
 
 
 async def _record_goals(

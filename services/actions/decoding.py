@@ -8,9 +8,10 @@ and reports it in the plan (`Plan.failures`), so the change's exits and other ac
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeAlias
 
 from pydantic import ValidationError
@@ -18,7 +19,16 @@ from pydantic import ValidationError
 from services.actions.batch import GoalHit, PlannedChange
 from shared.contracts import PurchaseMade, TierChanged, exists_in_utc, parse_event
 from shared.dead_letters import Poison
-from shared.domain.playbooks import Plan, Playbooks, plan_actions
+from shared.domain.playbook_requests import task_due_at
+from shared.domain.playbooks import (
+    ActionRequest,
+    EnrolRequest,
+    Plan,
+    Playbooks,
+    TaskRequest,
+    plan_actions,
+    step_due_at,
+)
 from shared.topics import Topics
 from shared.tracing import SpanKind, Tracer
 
@@ -43,7 +53,9 @@ def decode(
             if record.topic == topics.tier_changed:
                 change = TierChanged.model_validate_json(record.value)
                 _require_storable(change.model_dump())
-                out.changes.append(PlannedChange(change, _plan(change, record, playbooks, tracer)))
+                plan = _plan(change, record, playbooks, tracer)
+                _require_storable_due_times(change, plan.requests)
+                out.changes.append(PlannedChange(change, plan))
             else:
                 _decode_purchase(record, out)
         except ValidationError as exc:
@@ -100,3 +112,27 @@ def _require_storable(value: Any) -> None:
         case list() | tuple():
             for item in value:
                 _require_storable(item)
+
+
+def _require_storable_due_times(change: TierChanged, requests: Iterable[ActionRequest]) -> None:
+    """Refuse a change whose task or sequence steps would fall due outside years 1-9999 in UTC
+    (e.g. emitted in 9999): applying it would raise OverflowError, or Postgres refuse the time,
+    in every retry. Computed by the functions the effects use, from the same decision time."""
+    for request in requests:
+        match request:
+            case TaskRequest():
+                due = partial(task_due_at, change.emitted_at, request)
+                _require_due(f"the task of playbook {request.playbook}", due)
+            case EnrolRequest(steps=steps, quiet_hours=quiet):
+                for step in steps:
+                    due = partial(step_due_at, change.emitted_at, step, quiet)
+                    _require_due(f"step {step.name} of sequence {request.sequence}", due)
+
+
+def _require_due(what: str, due_at: Callable[[], datetime]) -> None:
+    try:
+        storable = exists_in_utc(due_at())
+    except OverflowError:  # the arithmetic itself left Python's calendar
+        storable = False
+    if not storable:
+        raise ValueError(f"{what} would fall due outside years 1-9999 in UTC")

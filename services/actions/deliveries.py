@@ -68,25 +68,42 @@ async def claim_due(
 class Recorded:
     """What recording an attempt did: `applied` is False when a newer attempt holds the
     delivery (this attempt's lease ran out and it was claimed again), so the newer attempt's
-    outcome is the one that counts; `sequence` names a step's sequence when it finished.
+    outcome is the one that counts; `sequence` names a step's sequence when it finished;
+    `cancelled` says the step was cancelled (its sequence exited) while this attempt sent it;
+    `decided` is the status that was recorded before, when not `applied`.
     """
 
     applied: bool
     sequence: str | None = None
+    cancelled: bool = False
+    decided: str | None = None
 
 
 async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> Recorded:
-    """Mark a delivery sent (once): `applied` is False when another attempt, whose lease
-    replaced this one's, had already recorded it sent; `sequence` names a step's sequence."""
+    """Mark a pending delivery sent (once); `sequence` names a step's sequence.
+
+    `applied` is False when the delivery's outcome was decided already: sent by another
+    attempt, or dead-lettered by a newer one (the newer attempt decides; it was counted
+    then). A step cancelled while this attempt was sending it (its sequence exited) did go
+    out, but was counted as cancelled when its sequence exited: it stays `cancelled`, with
+    its `sent_at` recording that it went out anyway (`cancelled` is True), so it counts once.
+    """
     async with pool.acquire() as conn, conn.transaction():
         await _lock_enrolment(conn, delivery)
-        status = await conn.execute(
-            "UPDATE actions.delivery SET status = 'sent', sent_at = $2, last_error = NULL"
-            " WHERE id = $1 AND status <> 'sent'",
+        status = await conn.fetchval(
+            "UPDATE actions.delivery SET sent_at = $2, last_error = NULL,"
+            " status = CASE status WHEN 'pending' THEN 'sent' ELSE status END"
+            " WHERE id = $1 AND (status = 'pending' OR status = 'cancelled' AND sent_at IS NULL)"
+            " RETURNING status",
             delivery.id, now,
         )  # fmt: skip
-        if not row_count(status):
-            return Recorded(applied=False)
+        if status is None:
+            decided = await conn.fetchval(
+                "SELECT status FROM actions.delivery WHERE id = $1", delivery.id
+            )
+            return Recorded(applied=False, decided=decided)
+        if status == "cancelled":
+            return Recorded(applied=True, cancelled=True)
         return Recorded(applied=True, sequence=await _finish_step(conn, delivery, now=now))
 
 
@@ -155,7 +172,12 @@ async def _finish_step(conn: Connection, delivery: Delivery, *, now: datetime) -
     return sequence
 
 
+# 2.0 ** 1024 overflows a float (OverflowError) when ACTIONS_MAX_ATTEMPTS is above 1024; even
+# a base of 1e-300 s doubled 1023 times is 9e7 s, past any cap, so doubling stops there.
+_MAX_DOUBLINGS = 1023
+
+
 def backoff_s(attempt: int, *, base: float, cap: float, jitter: float) -> float:
     """Exponential back-off with jitter: half the delay fixed, half random (`jitter` in [0, 1])."""
-    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
+    delay = min(cap, base * 2.0 ** min(max(0, attempt - 1), _MAX_DOUBLINGS))
     return delay / 2 + delay / 2 * jitter

@@ -143,9 +143,19 @@ class Dispatcher:
             return
         m = self.metrics
         if not recorded.applied:
-            # Its lease ran out and a newer attempt had already recorded it sent: the
-            # receiver got the same idempotency key twice; count the delivery once.
-            log.info("delivery already recorded sent", **_fields(delivery), attempt=attempt)
+            # Its lease ran out and a newer attempt had already recorded it: sent (the receiver
+            # got the same idempotency key twice) or dead (the newer attempt decides); either
+            # way the delivery was counted then, so it counts once.
+            event = ("delivery already recorded sent" if recorded.decided == "sent"
+                     else "outcome of a superseded attempt ignored")  # fmt: skip
+            log.info(event, **_fields(delivery), attempt=attempt, recorded=recorded.decided)
+            m.deliveries.labels(delivery.kind, delivery.channel, "superseded").inc()
+            return
+        if recorded.cancelled:
+            # Its sequence exited while it was sent: counted as a cancelled step then, and
+            # stored so (with its send time), so the step counts once.
+            log.info("step sent as its sequence exited; it stays cancelled", **_fields(delivery),
+                     attempt=attempt)  # fmt: skip
             m.deliveries.labels(delivery.kind, delivery.channel, "superseded").inc()
             return
         log.debug("delivery sent", **_fields(delivery), attempt=attempt,

@@ -10,12 +10,12 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from shared.contracts import TierChanged
-from shared.domain.playbook_requests import quiet_hours_record
+from shared.domain.playbook_requests import quiet_hours_record, task_due_at
 from shared.domain.playbooks import (
     ActionRequest,
     AlertRequest,
@@ -83,6 +83,17 @@ class TaskRow:
     priority: str
     assignee: str | None
     due_at: datetime
+    triggers: int = 1  # the changes of the batch that triggered it
+
+    def refreshed(self, trigger: TaskRow) -> TaskRow:
+        """This task triggered again, as the store refreshes an open task (`upsert_tasks`): the
+        latest trigger's details, the first assignee, the earliest due time, every trigger."""
+        return replace(
+            trigger,
+            assignee=self.assignee if self.assignee is not None else trigger.assignee,
+            due_at=min(self.due_at, trigger.due_at),
+            triggers=self.triggers + trigger.triggers,
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,18 @@ class EnrolRow:
     trigger_at: datetime  # the trigger's event time: a goal reached after it ends the enrolment
     decided_at: datetime  # when the scorer decided the change: the steps count from it
     request: EnrolRequest
+
+
+@dataclass(frozen=True)
+class EndedRow:
+    """An enrolment begun and ended within one batch: never started (no steps), but stored as
+    ended, since one change at a time it would be history the re-entry policy reads."""
+
+    row: EnrolRow
+    reason: str
+    # An exit of its sequence came before it in the batch: that exit, not this enrolment's,
+    # ends an enrolment active before the batch (which would otherwise have refused it).
+    after_exit: bool
 
 
 @dataclass(frozen=True)
@@ -110,9 +133,8 @@ class Effects:
     enrols: dict[tuple[str, str], EnrolRow] = field(default_factory=dict)
     exits: list[ExitRow] = field(default_factory=list)
     planned: Counter[tuple[str, str]] = field(default_factory=Counter)
-    # Enrolled and exited within this batch, with the exit's reason: never started, but
-    # stored as ended, since one change at a time it would be history the re-entry policy reads.
-    ended: dict[tuple[str, str], tuple[EnrolRow, str]] = field(default_factory=dict)
+    ended: list[EndedRow] = field(default_factory=list)  # in consumption order
+    exited: set[tuple[str, str]] = field(default_factory=set)  # (customer, sequence) of `exits`
 
 
 def collect_effects(
@@ -138,9 +160,13 @@ def _add(
         case ExitRequest(sequence=sequence, reason=reason):
             # Enrolled and exited within one batch: the enrolment never starts (no steps).
             started = effects.enrols.pop((customer, sequence), None)
-            if started is not None and (customer, sequence) not in effects.ended:
-                effects.ended[(customer, sequence)] = (started, reason)
+            if started is not None:
+                # No exit came between its enrolment and this one: the exits before this
+                # one came before the enrolment.
+                after_exit = (customer, sequence) in effects.exited
+                effects.ended.append(EndedRow(started, reason, after_exit))
             effects.exits.append(ExitRow(customer, sequence, reason))
+            effects.exited.add((customer, sequence))
             return
         case EnrolRequest(sequence=sequence):
             key = (customer, sequence)
@@ -149,10 +175,15 @@ def _add(
                     customer, change.id, change.occurred_at, change.emitted_at, request
                 )
         case TaskRequest():
-            effects.tasks[(customer, request.playbook)] = TaskRow(
+            task = TaskRow(
                 customer, change.id, request.playbook, request.title, request.queue,
-                request.priority.value, request.assignee, change.emitted_at + request.due_in,
+                request.priority.value, request.assignee, task_due_at(change.emitted_at, request),
             )  # fmt: skip
+            # Refreshed within the batch as it would be one change at a time.
+            earlier = effects.tasks.get((customer, request.playbook))
+            effects.tasks[(customer, request.playbook)] = (
+                task if earlier is None else earlier.refreshed(task)
+            )
         case AlertRequest():
             effects.alerts.append(alert_row(change, request, channels, now=now))
     if not isinstance(request, ExitRequest):

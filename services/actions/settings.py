@@ -73,7 +73,12 @@ class ActionsSettings(ConsumingServiceSettings):
         "purchase or the tier change that ends the sequence.",
     )
     dispatch_concurrency: int = Field(16, ge=1, description="Deliveries in flight per loop.")
-    max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is dead-lettered.")
+    # At most the largest Postgres integer: `actions.delivery.attempts` counts in one, so a
+    # delivery failing for ever would break the claim statement ("integer out of range") of
+    # every send round before reaching a larger limit.
+    max_attempts: int = Field(
+        8, ge=1, le=2**31 - 1, description="Attempts before a delivery is dead-lettered."
+    )
     backoff_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles per try).")
     backoff_cap_s: float = Field(600.0, gt=0, description="Longest retry delay.")
     delivery_timeout_s: float = Field(10.0, gt=0, description="Upper bound of one send attempt.")

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from services.actions.db import Connection, row_count
-from services.actions.effects import DeliveryRow, EnrolRow, ExitRow, TaskRow
+from services.actions.effects import DeliveryRow, EndedRow, EnrolRow, ExitRow, TaskRow
 from shared import offsets
 from shared.domain.playbooks import Reentry
 from shared.offsets import OffsetMove
@@ -61,10 +61,16 @@ SELECT sequence, count(*) AS n FROM cancelled GROUP BY sequence
 async def end_enrolments(
     conn: Connection, exits: Sequence[ExitRow], *, now: datetime
 ) -> Counter[str]:
-    """Exit the active enrolments named; returns cancelled steps per sequence."""
+    """Exit the active enrolments named; returns cancelled steps per sequence.
+
+    An enrolment is ended by the first exit of its sequence in the batch (with its reason),
+    as one change at a time: a later one ends an enrolment begun within the batch.
+    """
     if not exits:
         return Counter()
-    unique = {(e.customer_id, e.sequence): e for e in exits}
+    unique: dict[tuple[str, str], ExitRow] = {}
+    for e in exits:
+        unique.setdefault((e.customer_id, e.sequence), e)
     rows = sorted(unique.values(), key=lambda e: (e.customer_id, e.sequence))
     result = await conn.fetch(
         "WITH ended AS (UPDATE actions.enrolment e"
@@ -174,24 +180,29 @@ async def insert_enrolments(
 
 
 async def insert_ended_enrolments(
-    conn: Connection, ended: Sequence[tuple[EnrolRow, str]], *, now: datetime
-) -> None:
-    """Record enrolments that began and ended within one batch: exited, with no steps; not
-    where one is active (it would have refused them)."""
+    conn: Connection, ended: Sequence[EndedRow], *, now: datetime
+) -> list[EndedRow]:
+    """Record enrolments that began and ended within one batch (one per customer and
+    sequence): exited, with no steps; not where one is active (it would have refused them).
+    Returns those recorded."""
     if not ended:
-        return
-    ordered = sorted(ended, key=lambda e: (e[0].customer_id, e[0].request.sequence))
-    await conn.execute(
+        return []
+    ordered = sorted(ended, key=lambda e: (e.row.customer_id, e.row.request.sequence))
+    rows = [e.row for e in ordered]
+    result = await conn.fetch(
         "INSERT INTO actions.enrolment (customer_id, sequence, playbook, tier_change_id,"
         " trigger_at, enrolled_at, status, exit_reason, ended_at)"
         " SELECT c, s, p, t, a, $7, 'exited', r, $7 FROM unnest($1::text[], $2::text[],"
         " $3::text[], $4::text[], $5::timestamptz[], $6::text[]) AS x(c, s, p, t, a, r)"
         " WHERE NOT EXISTS (SELECT 1 FROM actions.enrolment e"
-        " WHERE e.customer_id = x.c AND e.sequence = x.s AND e.status = 'active')",
-        [e.customer_id for e, _ in ordered], [e.request.sequence for e, _ in ordered],
-        [e.request.playbook for e, _ in ordered], [e.tier_change_id for e, _ in ordered],
-        [e.trigger_at for e, _ in ordered], [reason for _, reason in ordered], now,
+        " WHERE e.customer_id = x.c AND e.sequence = x.s AND e.status = 'active')"
+        " RETURNING customer_id, sequence",
+        [r.customer_id for r in rows], [r.request.sequence for r in rows],
+        [r.request.playbook for r in rows], [r.tier_change_id for r in rows],
+        [r.trigger_at for r in rows], [e.reason for e in ordered], now,
     )  # fmt: skip
+    by_key = {(e.row.customer_id, e.row.request.sequence): e for e in ordered}
+    return [by_key[row["customer_id"], row["sequence"]] for row in result]
 
 
 _TASK_COLUMNS = (
@@ -206,26 +217,29 @@ async def upsert_tasks(
     """Open tasks; an open task of the same customer and playbook is refreshed instead.
 
     Returns the tasks created (not the refreshed ones), for the CRM push. A refresh keeps
-    the earlier due time: a new trigger must not hide an SLA that is already running.
+    the earlier due time: a new trigger must not hide an SLA that is already running. A row
+    stands for `triggers` changes of the batch (`TaskRow.refreshed` merged them the same way).
     """
     if not tasks:
         return []
     rows = sorted(tasks, key=lambda t: (t.customer_id, t.playbook))
     result = await conn.fetch(
         "INSERT INTO actions.task AS t (customer_id, tier_change_id, playbook, title, queue,"
-        " priority, assignee, due_at, created_at, updated_at)"
-        " SELECT c, ch, p, ti, q, pr, a, d, $9, $9 FROM unnest($1::text[], $2::text[], $3::text[],"
-        " $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])"
-        " AS x(c, ch, p, ti, q, pr, a, d)"
+        " priority, assignee, due_at, triggers, created_at, updated_at)"
+        " SELECT c, ch, p, ti, q, pr, a, d, n, $10, $10 FROM unnest($1::text[], $2::text[],"
+        " $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[],"
+        " $9::int[]) AS x(c, ch, p, ti, q, pr, a, d, n)"
         " ON CONFLICT (customer_id, playbook) WHERE status = 'open' DO UPDATE SET"
         " tier_change_id = EXCLUDED.tier_change_id, title = EXCLUDED.title,"
         " queue = EXCLUDED.queue, priority = EXCLUDED.priority,"
         " assignee = COALESCE(t.assignee, EXCLUDED.assignee),"
         " due_at = LEAST(t.due_at, EXCLUDED.due_at), updated_at = EXCLUDED.updated_at,"
-        f" triggers = t.triggers + 1 RETURNING {_TASK_COLUMNS}, (xmax = 0) AS created",
+        f" triggers = t.triggers + EXCLUDED.triggers RETURNING {_TASK_COLUMNS},"
+        " (xmax = 0) AS created",
         [r.customer_id for r in rows], [r.tier_change_id for r in rows],
         [r.playbook for r in rows], [r.title for r in rows], [r.queue for r in rows],
-        [r.priority for r in rows], [r.assignee for r in rows], [r.due_at for r in rows], now,
+        [r.priority for r in rows], [r.assignee for r in rows], [r.due_at for r in rows],
+        [r.triggers for r in rows], now,
     )  # fmt: skip
     return [_task_json(row) for row in result if row["created"]]
 

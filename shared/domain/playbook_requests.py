@@ -101,6 +101,11 @@ class Plan:
     failures: list[ActionFailure]
 
 
+def task_due_at(decided_at: datetime, task: TaskRequest) -> datetime:
+    """When a task is due: `due_in` after the tier change was decided (not when consumed)."""
+    return decided_at + task.due_in
+
+
 def step_due_at(enrolled_at: datetime, step: PlannedStep, quiet: QuietHours | None) -> datetime:
     """When a step is due: its offset after enrolment, moved past quiet hours if needed."""
     due = enrolled_at + step.offset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.actions.batch import PlannedChange, apply_batch
+from services.actions.batch import BatchResult, PlannedChange, apply_batch
 from services.actions.db import Pool
 from services.actions.effects import ChannelConfig
 from shared.contracts import TierChanged
@@ -16,9 +16,9 @@ LOG_ONLY = ChannelConfig(webhook=False, email=False, crm=False)
 async def apply_changes(
     pool: Pool, changes: list[TierChanged], *, now: datetime,
     channels: ChannelConfig = LOG_ONLY,
-) -> None:  # fmt: skip
+) -> BatchResult:  # fmt: skip
     """Plan the changes with the default playbooks and write their effects in one transaction."""
     books = load_playbooks(default_playbooks_path())
     planned = [PlannedChange(c, plan_actions(c, books)) for c in changes]
-    await apply_batch(pool, planned, [], [], group_id="seed", playbooks=books, channels=channels,
-                      now=now)  # fmt: skip
+    return await apply_batch(pool, planned, [], [], group_id="seed", playbooks=books,
+                             channels=channels, now=now)  # fmt: skip

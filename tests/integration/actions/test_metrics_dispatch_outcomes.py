@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.actions import deliveries
-from services.actions.batch import PlannedChange, apply_batch
+from services.actions.batch import GoalHit, PlannedChange, apply_batch
 from services.actions.channels import Channels, Delivery, SmtpChannel, SmtpConfig, WebhookChannel
 from services.actions.db import Pool, create_pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
@@ -23,6 +23,7 @@ from services.actions.metrics import actions_metrics, prime_metrics
 from shared.clock import FixedClock
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
 from tests.faults.outages import cut_off_database
+from tests.integration.actions.seeding import LOG_ONLY as LOG
 from tests.integration.actions.seeding import apply_changes
 from tests.integration.actions.support import (
     DAY,
@@ -68,6 +69,17 @@ def _outcomes(registry: CollectorRegistry, kind: str, channel: str) -> dict[str,
     found = {
         name: registry.get_sample_value(TOTAL, {"kind": kind, "channel": channel, "outcome": name})
         for name in OUTCOMES
+    }
+    return {name: value for name, value in found.items() if value}
+
+
+def _steps(registry: CollectorRegistry, sequence: str) -> dict[str, float]:
+    """The non-zero `sequence_steps_total` series of one sequence."""
+    found = {
+        name: registry.get_sample_value(
+            "tierstream_actions_sequence_steps_total", {"sequence": sequence, "outcome": name}
+        )
+        for name in ("sent", "cancelled", "failed")
     }
     return {name: value for name, value in found.items() if value}
 
@@ -222,3 +234,52 @@ async def test_a_step_claimed_inside_its_quiet_hours_is_put_back_unsent(
         {"status": "sent", "attempts": 1, "due_at": morning}
     ]
     assert _outcomes(registry, "step", "email") == {"deferred": 1, "sent": 1}
+
+
+async def test_a_step_cancelled_while_it_is_sent_stays_cancelled_and_counts_once(
+    pool: Pool, actions_db: str
+) -> None:
+    books = load_playbooks(default_playbooks_path())
+    at_risk = tier_change("r1", "c", "lifecycle_stage", "established", "at_risk")
+    await apply_changes(pool, [at_risk], now=NOW)
+    clock = FixedClock(NOW + timedelta(minutes=1))
+    registry = CollectorRegistry()
+    dispatcher = _dispatcher(pool, Channels(), registry, kinds=("step",), clock=clock)
+    [(step, attempt)] = await _claim(pool, "step", at=clock)  # win-back's care message
+    # While it is being sent, the customer buys again: win-back exits, its steps are cancelled.
+    bought = await apply_batch(pool, [], [GoalHit("c", clock.now())], [], group_id="g",
+                               playbooks=books, channels=LOG, now=clock.now())  # fmt: skip
+    for sequence, n in bought.cancelled_steps.items():  # as the consumer counts them
+        dispatcher.metrics.steps.labels(sequence, "cancelled").inc(n)
+    await dispatcher.deliver(step, attempt)  # the send succeeds
+    sql = "SELECT step_name, status, sent_at FROM actions.delivery WHERE kind = 'step' ORDER BY id"
+    assert await fetch(actions_db, sql) == [
+        {"step_name": "care_message", "status": "cancelled", "sent_at": clock.now()},  # went out
+        {"step_name": "offer", "status": "cancelled", "sent_at": None},
+        {"step_name": "survey", "status": "cancelled", "sent_at": None},
+    ]
+    # Each step counted once: all three cancelled by the exit, none sent as well.
+    assert _steps(registry, "win_back") == {"cancelled": 3}
+    assert _outcomes(registry, "step", "log") == {"superseded": 1}  # the exit decided
+
+
+async def test_an_older_attempts_success_after_a_newer_one_died_leaves_it_dead(
+    pool: Pool, actions_db: str
+) -> None:
+    await _seed_alert(pool)
+    clock = FixedClock(NOW)
+    registry = CollectorRegistry()
+    receiver = WebhookReceiver(SECRET.encode(), fail_first=1)  # 503 to the first request
+    async with serving(receiver), httpx.AsyncClient(timeout=5) as client:
+        dispatcher = _dispatcher(pool, _webhook(client, receiver), registry, kinds=("alert",),
+                                 clock=clock, policy=replace(POLICY, max_attempts=2))  # fmt: skip
+        # The first attempt's lease runs out (0 s) before it is sent: a second one claims it,
+        # is refused at the last attempt allowed and dead-letters it.
+        [(first, one)] = await _claim(pool, "alert", at=clock, lease_s=0)
+        [(second, two)] = await _claim(pool, "alert", at=clock)
+        await dispatcher.deliver(second, two)
+        await dispatcher.deliver(first, one)  # then the first one's send succeeds
+    assert [r.status for r in receiver.requests] == [503, 200]
+    alert = await _alert(actions_db)
+    assert (alert["status"], alert["sent_at"]) == ("dead", None)  # the newer attempt decides
+    assert _outcomes(registry, "alert", "webhook") == {"dead": 1, "superseded": 1}  # once

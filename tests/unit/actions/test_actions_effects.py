@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.actions.effects import (
     ChannelConfig,
+    TaskRow,
     collect_effects,
     idempotency_key,
     step_rows,
@@ -50,12 +52,31 @@ def test_new_then_at_risk_in_one_batch_never_starts_the_welcome_sequence() -> No
     assert set(effects.enrols) == {("c", "win_back")}
     assert [(e.customer_id, e.sequence) for e in effects.exits] == [("c", "welcome")]
     # Kept as history for the re-entry policy, never started.
-    [(began, reason)] = effects.ended.values()
-    assert (began.customer_id, began.tier_change_id, reason) == (
+    [ended] = effects.ended
+    assert (ended.row.customer_id, ended.row.tier_change_id, ended.reason) == (
         "c",
         "1",
         "lifecycle_stage:at_risk",
     )
+    assert not ended.after_exit
+
+
+def test_every_enrolment_begun_and_ended_in_a_batch_is_kept_and_knows_an_exit_came_first() -> None:
+    effects = collect_effects(planned(
+        change("1", "c", "value_tier", "gold", "silver"),
+        change("2", "c", "value_tier", "silver", "gold"),
+        change("3", "c", "value_tier", "gold", "bronze"),
+        change("4", "c", "value_tier", "bronze", "gold"),
+        change("5", "c", "value_tier", "gold", "silver"),
+        change("6", "d", "value_tier", "silver", "gold"),
+        change("7", "d", "value_tier", "gold", "silver"),
+    ), ALL, now=NOW)  # fmt: skip
+    assert [(e.row.tier_change_id, e.reason, e.after_exit) for e in effects.ended] == [
+        ("2", "value_tier:bronze", True),
+        ("4", "value_tier:silver", True),
+        ("6", "value_tier:silver", False),
+    ]
+    assert effects.enrols == {}
 
 
 def test_an_exit_before_an_enrolment_in_one_batch_keeps_the_new_enrolment() -> None:
@@ -70,12 +91,24 @@ def test_an_exit_before_an_enrolment_in_one_batch_keeps_the_new_enrolment() -> N
 def test_two_triggers_of_one_playbook_in_a_batch_give_one_task_from_the_latest() -> None:
     effects = collect_effects(planned(
         change("1", "c", "value_tier", "silver", "gold"),
-        change("2", "c", "value_tier", "bronze", "gold"),
+        change("2", "c", "value_tier", "bronze", "gold", NOW + timedelta(hours=5)),
     ), ALL, now=NOW)  # fmt: skip
     [task] = effects.tasks.values()
     assert (task.tier_change_id, task.queue, task.priority) == ("2", "senior-sales", "high")
-    assert task.due_at == NOW + timedelta(days=2)
+    # As the store refreshes an open task: the SLA already running, every trigger counted.
+    assert (task.due_at, task.triggers) == (NOW + timedelta(days=2), 2)
     assert effects.planned[("task", "gold_upgrade")] == 2
+
+
+def test_a_task_refreshed_keeps_its_assignee_and_earliest_due_time() -> None:
+    first = TaskRow("c", "1", "p", "t1", "q1", "high", "ann", NOW + timedelta(days=1))
+    second = TaskRow("c", "2", "p", "t2", "q2", "low", "bob", NOW)
+    third = TaskRow("c", "3", "p", "t3", "q3", "normal", None, NOW + timedelta(days=2))
+    assert first.refreshed(second).refreshed(third) == TaskRow(
+        "c", "3", "p", "t3", "q3", "normal", "ann", NOW, triggers=3
+    )
+    unassigned = replace(first, assignee=None)
+    assert unassigned.refreshed(second).assignee == "bob"
 
 
 def test_a_task_is_due_its_time_after_the_decision_not_after_it_was_consumed() -> None:

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.actions.api import decode_cursor, encode_cursor
@@ -38,6 +40,27 @@ TOPICS = Topics("ns")
 def test_backoff_doubles_up_to_the_cap_with_half_of_it_random() -> None:
     assert [backoff_s(a, base=1, cap=10, jitter=1.0) for a in (1, 2, 3, 4, 5)] == [1, 2, 4, 8, 10]
     assert [backoff_s(a, base=1, cap=10, jitter=0.0) for a in (1, 2, 3, 4, 5)] == [0.5, 1, 2, 4, 5]
+
+
+def test_backoff_past_the_1024th_attempt_stays_at_the_cap() -> None:
+    # 2.0 ** 1024 overflows a float: ACTIONS_MAX_ATTEMPTS above 1024 must not break retries.
+    for attempt in (1024, 1025, 2000, 2**31 - 1, 10**100):
+        assert backoff_s(attempt, base=2.0, cap=600.0, jitter=0.5) == 450.0
+
+
+@given(
+    attempt=st.integers(min_value=-(10**6), max_value=10**30),
+    base=st.floats(min_value=1e-3, max_value=1e6),
+    cap=st.floats(min_value=1e-3, max_value=1e9),
+    jitter=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_backoff_of_any_attempt_lies_between_half_the_delay_and_the_cap(
+    attempt: int, base: float, cap: float, jitter: float
+) -> None:
+    delay = min(cap, base * 2.0 ** min(max(0, attempt - 1), 64))
+    assert delay / 2 <= backoff_s(attempt, base=base, cap=cap, jitter=jitter) <= delay
+    later = backoff_s(attempt + 1, base=base, cap=cap, jitter=jitter)
+    assert later >= backoff_s(attempt, base=base, cap=cap, jitter=jitter)  # never shrinks
 
 
 @pytest.mark.parametrize(
@@ -160,6 +183,30 @@ def test_times_without_a_utc_equivalent_are_poison_not_a_stalled_partition() -> 
     assert first == "ValueError: a timestamp lies outside years 1-9999 in UTC"
     assert "occurred_at" in second and "between years 1 and 9999" in second
     assert len(out.changes) == 1
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_change_whose_steps_quiet_hours_defer_past_9999_is_poison(quiet: bool) -> None:
+    # Applying it would raise OverflowError in the batch, on every retry. Quiet hours in
+    # UTC+14 move the day-7 step of a change decided on 9999-12-24 12:00 UTC into year 10000.
+    text = default_playbooks_path().read_text(encoding="utf-8")
+    if quiet:
+        text = text.replace(
+            "description: Welcome to the gold tier; ends if the customer leaves gold.",
+            "description: Welcome to gold.\n"
+            '    quiet_hours: {start: "21:00", end: "08:00", timezone: Pacific/Kiritimati}',
+        )
+    books = parse_playbooks(text, source="edited.yaml")
+    decided = "9999-12-24T12:00:00Z"
+    out = decode([_record(TOPICS.tier_changed, _change(emitted_at=decided))], TOPICS, books)
+    if not quiet:  # due 9999-12-31 12:00 UTC: storable
+        assert (len(out.changes), out.poison) == (1, [])
+        return
+    assert out.changes == []
+    assert [p.error for p in out.poison] == [
+        "ValueError: step check_in of sequence vip_welcome would fall due outside years 1-9999"
+        " in UTC"
+    ]
 
 
 def test_a_template_failing_on_a_change_is_not_poison_its_exits_and_other_actions_apply() -> None:

@@ -1,0 +1,117 @@
+"""One batch of tier changes leaves the same tasks and enrolments, and counts the same, as
+the same changes applied one at a time (each in a batch of its own), in real Postgres."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from services.actions.db import Pool, create_pool
+from shared.contracts import TierChanged
+from tests.integration.actions.seeding import apply_changes
+from tests.integration.actions.support import DAY, NOW, fetch, tier_change
+
+HOUR = timedelta(hours=1)
+APPLIED_AT = NOW + 6 * HOUR  # every batch is applied after all the changes were decided
+TASKS = (
+    "SELECT customer_id, tier_change_id, playbook, title, queue, priority, assignee, status,"
+    " due_at, triggers, created_at, updated_at, completed_at FROM actions.task"
+    " ORDER BY customer_id, playbook"
+)
+ENROLMENTS = (
+    "SELECT customer_id, sequence, playbook, tier_change_id, trigger_at, status, exit_reason,"
+    " enrolled_at, ended_at FROM actions.enrolment ORDER BY id"
+)
+
+
+@pytest.fixture
+async def pool(actions_db: str) -> AsyncIterator[Pool]:
+    pool = await create_pool(actions_db, size=2, application_name="test")
+    yield pool
+    await pool.close()
+
+
+@dataclass
+class Outcome:
+    """The rows a query reads afterwards, and what the batches counted for the metrics."""
+
+    rows: list[dict[str, Any]]
+    enrolled: Counter[str] = field(default_factory=Counter)
+    cancelled_steps: Counter[str] = field(default_factory=Counter)
+
+
+async def _together_and_apart(
+    pool: Pool, database_url: str, query: str, earlier: list[TierChanged],
+    batch: list[TierChanged],
+) -> tuple[Outcome, Outcome]:  # fmt: skip
+    """After `earlier` (one at a time): `batch` applied as one batch, then, from scratch,
+    one change at a time."""
+    outcomes = []
+    for batches in ([batch], [[change] for change in batch]):
+        await pool.execute(
+            "TRUNCATE actions.task, actions.delivery, actions.enrolment, actions.inbox"
+        )
+        for change in earlier:
+            await apply_changes(pool, [change], now=APPLIED_AT)
+        outcome = Outcome([])
+        for changes in batches:
+            result = await apply_changes(pool, changes, now=APPLIED_AT)
+            outcome.enrolled += result.enrolled
+            outcome.cancelled_steps += result.cancelled_steps
+        outcome.rows = await fetch(database_url, query)
+        outcomes.append(outcome)
+    together, apart = outcomes
+    return together, apart
+
+
+@pytest.mark.parametrize("open_before", [False, True], ids=["new_task", "open_task"])
+async def test_a_task_triggered_twice_in_a_batch_keeps_the_first_due_time_and_counts_both(
+    pool: Pool, actions_db: str, open_before: bool
+) -> None:
+    earlier = [tier_change("g0", "c", "value_tier", "silver", "gold", at=NOW - HOUR)]
+    batch = [
+        tier_change("g1", "c", "value_tier", "silver", "gold", at=NOW),
+        tier_change("d1", "c", "value_tier", "gold", "silver", at=NOW + HOUR),
+        tier_change("g2", "c", "value_tier", "bronze", "gold", at=NOW + 5 * HOUR),
+    ]
+    together, apart = await _together_and_apart(
+        pool, actions_db, TASKS, earlier if open_before else [], batch
+    )
+    assert together.rows == apart.rows
+    [gold] = [t for t in together.rows if t["playbook"] == "gold_upgrade"]
+    first_due = (NOW - HOUR if open_before else NOW) + 2 * DAY  # an SLA already running
+    assert (gold["tier_change_id"], gold["due_at"], gold["triggers"]) == (
+        "g2", first_due, 3 if open_before else 2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("active_before", [True, False], ids=["active_before", "all_in_batch"])
+async def test_enrolments_begun_and_ended_in_a_batch_are_kept_as_one_change_at_a_time(
+    pool: Pool, actions_db: str, active_before: bool
+) -> None:
+    # In and out of gold: every upgrade enrols in vip_welcome (re-entry allowed), every
+    # downgrade ends it (the reason names the tier it went to).
+    flapping = [
+        tier_change("g0", "c", "value_tier", "silver", "gold", at=NOW),
+        tier_change("d1", "c", "value_tier", "gold", "silver", at=NOW + HOUR),
+        tier_change("g2", "c", "value_tier", "silver", "gold", at=NOW + 2 * HOUR),
+        tier_change("d3", "c", "value_tier", "gold", "bronze", at=NOW + 3 * HOUR),
+        tier_change("g4", "c", "value_tier", "bronze", "gold", at=NOW + 4 * HOUR),
+    ]
+    earlier, batch = (flapping[:1], flapping[1:]) if active_before else ([], flapping)
+    together, apart = await _together_and_apart(pool, actions_db, ENROLMENTS, earlier, batch)
+    assert together == apart
+    assert [(e["tier_change_id"], e["status"], e["exit_reason"]) for e in together.rows] == [
+        ("g0", "exited", "value_tier:silver"),
+        ("g2", "exited", "value_tier:bronze"),
+        ("g4", "active", None),
+    ]
+    enrolled = 2 if active_before else 3
+    assert together.enrolled == Counter({"vip_welcome": enrolled})
+    # Two steps each: those of g0 cancelled by d1, those of g2 by d3 (never stored in one batch).
+    assert together.cancelled_steps == Counter({"vip_welcome": 4})
