@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,25 @@ MAX_BATCH_EVENTS = 1000
 MAX_BATCH_BYTES = 1024 * 1024
 _ENVELOPE_BYTES = 64  # '{"events": [...]}' and some slack
 _JSON = {"Content-Type": "application/json"}
+_INDEX_IN_FIELD = re.compile(r"^events\[(\d+)\]\.?")
+API_KEY_VARIABLE = "TIERSTREAM_API_KEY"
+
+
+class ConfigError(ValueError):
+    """A TIERSTREAM_* variable the CLI cannot use; the message names it, never its value."""
+
+
+def _checked_key(raw: str) -> str:
+    """The key without surrounding whitespace (a newline from `$(cat key)` or a file); an HTTP
+    header can carry nothing but printable ASCII, so anything else is refused before a
+    request fails on it in a way that looks like a network error."""
+    key = raw.strip()
+    if key and not all("!" <= char <= "~" for char in key):
+        raise ConfigError(
+            f"{API_KEY_VARIABLE}: the key holds a character other than printable ASCII"
+            " (a space, an accented letter, a control character); set it to the key alone"
+        )
+    return key
 
 
 @dataclass(frozen=True)
@@ -36,10 +56,11 @@ class Endpoints:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Endpoints:
-        """TIERSTREAM_{INGEST,SCORER,ACTIONS}_URL (default local ports) and TIERSTREAM_API_KEY."""
+        """TIERSTREAM_{INGEST,SCORER,ACTIONS}_URL (default local ports) and TIERSTREAM_API_KEY;
+        `ConfigError` for a key no HTTP header can carry."""
         env = os.environ if env is None else env
         urls = {s: env.get(f"TIERSTREAM_{s.upper()}_URL", u) for s, u in DEFAULT_URLS.items()}
-        key = env.get("TIERSTREAM_API_KEY", "")
+        key = _checked_key(env.get(API_KEY_VARIABLE, ""))
         return cls(urls["ingest"], urls["scorer"], urls["actions"], key)
 
     def url(self, service: Service) -> str:
@@ -79,6 +100,45 @@ class BatchRejected(ApiError):
         """The problem document's per-item errors."""
         found = self.body.get("errors")
         return list(found) if isinstance(found, list) else []
+
+    def located(self) -> list[tuple[int | None, str]]:
+        """Each error as the index of the event it names (None: the request as a whole) and
+        `field: reason`, the field inside that event."""
+        found: list[tuple[int | None, str]] = []
+        for err in self.errors:
+            index, where = err.get("index"), str(err.get("field", ""))
+            if match := _INDEX_IN_FIELD.match(where):
+                index = int(match.group(1)) if index is None else index
+                where = where[match.end() :]
+            reason = f"{where}: {err.get('reason', 'invalid')}".lstrip(": ")
+            found.append((index if isinstance(index, int) else None, reason))
+        return found
+
+    def event_errors(self, size: int) -> dict[int, list[str]]:
+        """{index: reasons} of the errors naming one of the `size` events sent; none: the
+        refusal is about the request as a whole (its event count or body size)."""
+        found: dict[int, list[str]] = {}
+        for index, reason in self.located():
+            if index is not None and 0 <= index < size:
+                found.setdefault(index, []).append(reason)
+        return found
+
+    def reasons(self, limit: int | None = 3, *, in_event: bool = False) -> str:
+        """Its errors as `field: reason` on one line, the first `limit` and how many more
+        (`in_event`: fields inside the event, for a one-event request); when it lists none,
+        its title and detail."""
+        if in_event:
+            texts = [reason for _, reason in self.located()]
+        else:
+            texts = [
+                f"{err.get('field', '')}: {err.get('reason', 'invalid')}".lstrip(": ")
+                for err in self.errors
+            ]
+        if not texts:
+            return f"{self.body.get('title') or f'HTTP {self.status}'}: {self.detail}"
+        shown = texts if limit is None else texts[:limit]
+        more = len(texts) - len(shown)
+        return "; ".join(shown) + (f"; and {more} more" if more else "")
 
 
 def split_batches(

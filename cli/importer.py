@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import csv
 import os
-import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,6 +34,7 @@ from cli.api_client import (
     Endpoints,
     split_batches,
 )
+from cli.batches import RequestSize, send_in_halves
 from cli.csv_import import (
     Checkpoint,
     EventModel,
@@ -47,9 +49,8 @@ from cli.csv_import import (
     save_checkpoint,
     unused_columns,
 )
-from cli.simulate import progress_bar
+from cli.progress import progress_bar
 
-_INDEX_IN_FIELD = re.compile(r"^events\[(\d+)\]\.?")
 # A cell can be as large as a whole request body, no larger (csv's default is 128 KiB).
 MAX_FIELD_CHARS = MAX_BATCH_BYTES
 
@@ -97,6 +98,7 @@ def read_rows(
     csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.reader(handle)
     header = [h.strip() for h in _next_record(reader, 1) or []]
+    _refuse_repeated_columns(header)
     columns = columns_for(kind, header, mapping)
 
     def rows() -> Iterator[Row]:
@@ -109,6 +111,16 @@ def read_rows(
             yield _parse(Row(start, cells, last_line=last), kind, header, columns)
 
     return header, rows()
+
+
+def _refuse_repeated_columns(header: Sequence[str]) -> None:
+    """A column named twice would be read from one of its copies, silently: refuse it.
+    Unnamed columns (a trailing comma) are read by nothing, so they may repeat."""
+    counts = Counter(name for name in header if name)
+    repeated = [name for name, count in counts.items() if count > 1]
+    if repeated:
+        names = ", ".join(repr(name) for name in repeated)
+        raise ValueError(f"the CSV header names these columns more than once: {names}")
 
 
 def _next_record(reader: Iterator[list[str]], line: int) -> list[str] | None:
@@ -152,39 +164,18 @@ def _chunks(rows: Iterator[Row], size: int, after: int) -> Iterator[list[Row]]:
 
 def _bad_indexes(exc: BatchRejected, size: int) -> dict[int, str]:
     """{index in batch: reason} from ingest's 422 errors list."""
-    found: dict[int, str] = {}
-    for err in exc.errors:
-        index, where = err.get("index"), str(err.get("field", ""))
-        if match := _INDEX_IN_FIELD.match(where):
-            index = int(match.group(1)) if index is None else index
-            where = where[match.end() :]
-        if isinstance(index, int) and 0 <= index < size:
-            reason = f"{where}: {err.get('reason', 'invalid')}".lstrip(": ")
-            found[index] = "; ".join(filter(None, (found.get(index), f"ingest: {reason}")))
-    return found
+    named = exc.event_errors(size).items()
+    return {index: "; ".join(f"ingest: {r}" for r in reasons) for index, reasons in named}
 
 
 def _batch_reason(exc: BatchRejected) -> str:
     """Why ingest refused a one-row request that named no item: its errors, else its detail."""
-    reasons = []
-    for err in exc.errors:
-        where = _INDEX_IN_FIELD.sub("", str(err.get("field", "")))
-        reasons.append(f"{where}: {err.get('reason', 'invalid')}".lstrip(": "))
-    title = str(exc.body.get("title") or f"HTTP {exc.status}")
-    return "ingest: " + ("; ".join(reasons) or f"{title}: {exc.detail}")
+    return "ingest: " + exc.reasons(None, in_event=True)
 
 
 def _events(rows: Sequence[Row]) -> list[dict[str, Any]]:
     """The rows' events as ingest takes them (rows without one are skipped)."""
     return [r.event.model_dump(mode="json", exclude_none=True) for r in rows if r.event]
-
-
-@dataclass
-class RequestSize:
-    """The most events per request ingest took without refusing the request as a whole (for
-    its count or size): learned by halving once, kept for the following chunks."""
-
-    max_events: int | None = None
 
 
 def send_rows(client: ApiClient, rows: list[Row], size: RequestSize | None = None) -> int:
@@ -195,24 +186,24 @@ def send_rows(client: ApiClient, rows: list[Row], size: RequestSize | None = Non
     accepted = start = 0
     most = min(len(pending), size.max_events or len(pending)) or 1
     for batch in split_batches(_events(pending), max_events=most):
-        accepted += _send_part(client, pending[start : start + len(batch)], size)
+        part = pending[start : start + len(batch)]
+        accepted += send_in_halves(partial(_send_marking, client), part, size)
         start += len(batch)
     return accepted
 
 
-def _send_part(client: ApiClient, rows: list[Row], size: RequestSize) -> int:
-    pending = rows
+def _send_marking(client: ApiClient, rows: Sequence[Row]) -> int:
+    """One request for the rows' events: rows ingest names get its reasons and the rest is
+    sent again; a single row refused for the whole request gets the request's reasons. A
+    larger request refused as a whole is raised, for `send_in_halves` to split."""
+    pending = [r for r in rows if r.event is not None]
     while pending:
         try:
             return len(client.send_batch(_events(pending)))
         except BatchRejected as exc:
             bad = _bad_indexes(exc, len(pending))
-            if not bad and len(pending) > 1:  # about the whole request (size, count): halve it
-                half = len(pending) // 2
-                size.max_events = min(size.max_events or half, half)
-                return _send_part(client, pending[:half], size) + _send_part(
-                    client, pending[half:], size
-                )
+            if not bad and len(pending) > 1:
+                raise
             for index, reason in (bad or {0: _batch_reason(exc)}).items():
                 pending[index].event, pending[index].reason = None, reason
             pending = [r for r in pending if r.event is not None]
@@ -220,22 +211,36 @@ def _send_part(client: ApiClient, rows: list[Row], size: RequestSize) -> int:
 
 
 class RejectFile:
-    """`<input>.rejects.csv`: line, reason, then the original cells."""
+    """`<input>.rejects.csv`: line, reason, then the original cells. Written only when there
+    is a reject: an import that ends before one (ingest unreachable, a refused key) leaves no
+    file to suggest that rows were refused."""
 
     def __init__(self, path: Path, header: Sequence[str], *, keep_upto: int) -> None:
         kept = _earlier_rejects(path, keep_upto) if keep_upto else []
-        self.path, self.earlier = path, len(kept)
-        _replace_durably(path, [["line", "reason", *header], *kept])
-        self._handle = path.open("a", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._handle)
+        self.path, self.earlier, self._header = path, len(kept), list(header)
+        self._handle: TextIO | None = None
+        if kept:
+            _replace_durably(path, [self._titles(), *kept])
+            self._handle = path.open("a", newline="", encoding="utf-8")
+        else:  # an earlier run's file: not this run's rejects
+            path.unlink(missing_ok=True)
+
+    def _titles(self) -> list[str]:
+        return ["line", "reason", *self._header]
 
     def add(self, rows: Sequence[Row]) -> None:
         """Append rejected rows and flush (before the checkpoint moves past them)."""
-        self._writer.writerows([[r.line, r.reason, *r.cells] for r in rows])
+        if not rows:
+            return
+        if self._handle is None:
+            self._handle = self.path.open("w", newline="", encoding="utf-8")
+            csv.writer(self._handle).writerow(self._titles())
+        csv.writer(self._handle).writerows([[r.line, r.reason, *r.cells] for r in rows])
         self._handle.flush()
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _replace_durably(path: Path, records: list[list[Any]]) -> None:
@@ -292,13 +297,15 @@ def _report_failure(exc: Exception, source: Path, console: Console) -> ImportExi
     """One line on why the import ended early; STOPPED when running it again may finish it."""
     why = escape(str(exc))
     if isinstance(exc, ApiError) and not exc.lasting:
-        console.print(f"[red]stopped:[/red] {why}; run the same command again to resume")
+        line = f"[red]stopped:[/red] {why}; run the same command again to resume"
+        console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         return ImportExit.STOPPED
-    console.print(f"[red]cannot import {escape(str(source))}:[/red] {why}")
+    console.print(f"[red]cannot import {escape(str(source))}:[/red] {why}", soft_wrap=True)
     return ImportExit.REFUSED
 
 
 def _import(options: ImportOptions, mapping: dict[str, str], console: Console) -> ImportStats:
+    endpoints = Endpoints.from_env()  # a key no request can carry: refused before any work
     source, marker = options.source, checkpoint_path(options.source)
     fingerprint = input_fingerprint(source, options.kind, mapping)
     stats = ImportStats(resumed_after=load_checkpoint(marker, fingerprint))
@@ -309,9 +316,7 @@ def _import(options: ImportOptions, mapping: dict[str, str], console: Console) -
             stats.earlier_rejects = rf.earlier
             chunks = _chunks(rows, min(options.batch_size, 1000), stats.resumed_after)
             progress = Progress(_count_lines(source), Checkpointer(marker, fingerprint))
-            _send_chunks(chunks, rf, progress, stats, console)
-    if not (stats.rejected or stats.earlier_rejects):
-        rf.path.unlink()  # no rejects, no file: a leftover would mislead
+            _send_chunks(ApiClient(endpoints), chunks, rf, progress, stats, console)
     marker.unlink(missing_ok=True)  # finished: a later run starts over (and sends no new ids)
     return stats
 
@@ -337,6 +342,7 @@ class Progress:
 
 
 def _send_chunks(
+    client: ApiClient,
     chunks: Iterator[list[Row]],
     rejects: RejectFile,
     progress: Progress,
@@ -345,7 +351,7 @@ def _send_chunks(
 ) -> None:
     total, checkpoint = progress.lines, progress.checkpoint
     size = RequestSize()
-    with ApiClient(Endpoints.from_env()) as client, progress_bar(console) as bar:
+    with client, progress_bar(console) as bar:
         task = bar.add_task("importing", total=total, completed=stats.resumed_after, rate="")
         for chunk in chunks:
             stats.read += len(chunk)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="Tierstream: real-time customer tiering and action (ingest -> Kafka -> scorer).",
@@ -52,23 +54,24 @@ def migrate() -> None:
     """Apply every service's Alembic migrations to DATABASE_URL (schemas scorer and actions)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cli.rules import redacted
+    from cli.database import database_settings, failure_reason, redacted
     from shared.migrations import upgrade_all
     from shared.settings import ServiceSettings
 
-    url = ServiceSettings().database_url
+    url = database_settings(ServiceSettings, console).database_url  # exits 2 on a bad setting
     try:
         asyncio.run(upgrade_all(url))
     except (OSError, SQLAlchemyError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        console.print(f"[red]cannot migrate {redacted(url)}:[/red] {reason}", soft_wrap=True)
+        why = escape(f"{redacted(url)}: {failure_reason(exc)}")
+        console.print(f"[red]cannot migrate[/red] {why}", soft_wrap=True)
         raise typer.Exit(1) from None
     console.print("[green]migrations applied[/green]")
 
 
 @app.command()
 def infra() -> None:
-    """Start the embedded Kafka broker and Postgres, print their addresses, wait for Ctrl-C."""
+    """Start the embedded Kafka broker and Postgres, print their addresses, wait for Ctrl-C
+    (always embedded ones: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL are not read)."""
     from cli.run import run_infra
 
     run_infra(console)
@@ -99,8 +102,6 @@ def config() -> None:
 @rules_app.command("check")
 def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to validate.")]) -> None:
     """Validate a rules file; prints its version and rules, or the precise error (exit 1)."""
-    from rich.markup import escape
-
     from cli.rules import file_problem
     from shared.domain.rules import RulesError, load_rules
 
@@ -134,15 +135,36 @@ def rules_diff(
     raise typer.Exit(print_rules_diff(file, console))
 
 
+def _finite(value: float | None) -> float | None:
+    """Refuse nan and infinities as usage errors: click's own ranges let nan through (every
+    comparison with it is false), whatever typer's checks before this make of it."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+# A simulated history of ten years at most: the scores look at months, and a period of
+# millions of days would fall outside the calendar (and the memory) before it was sent.
+MAX_SIMULATED_DAYS = 3650
+
+
 @app.command()
 def simulate(
-    customers: Annotated[int, typer.Option(min=1, help="Population size.")] = 1000,
-    days: Annotated[float, typer.Option(min=1, help="Simulated period, ending now.")] = 365,
+    customers: Annotated[int, typer.Option(min=1, max=1_000_000, help="Population size.")] = 1000,
+    days: Annotated[
+        float,
+        typer.Option(
+            min=1, max=MAX_SIMULATED_DAYS, callback=_finite, help="Simulated period, ending now."
+        ),
+    ] = 365,
     seed: Annotated[
         int,
         typer.Option(help="Same seed, options and end (TIERSTREAM_NOW): same events, ids too."),
     ] = 42,
-    rate: Annotated[float | None, typer.Option(min=0.1, help="At most this many events/s.")] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0.1, max=1_000_000, callback=_finite, help="At most this many events/s."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Events per request.")] = 500,
     prefix: Annotated[
         str | None,
@@ -220,8 +242,6 @@ def playbooks_check(
     file: Annotated[Path, typer.Argument(help="Playbooks YAML file to validate.")],
 ) -> None:
     """Validate a playbooks file; prints a summary or the precise error (exit 1)."""
-    from rich.markup import escape
-
     from cli.rules import file_problem
     from shared.domain.playbooks import check_playbooks
 

@@ -19,10 +19,12 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.table import Table
 
-from cli.api_client import ApiClient, ApiError, Endpoints, reference_now
+from cli.api_client import ApiClient, ApiError, ConfigError, Endpoints, reference_now
 from cli.plots import DIMENSION_TITLES, ordered
+from cli.progress import progress_bar, tracked
 from shared.domain.changes import migration_matrix
 
 DIMENSIONS = ("value_tier", "activity_level", "lifecycle_stage")
@@ -102,13 +104,16 @@ def enrolments_by_status(enrolments: Iterable[Change]) -> dict[str, dict[str, in
     return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
 
 
-def fetch_histories(client: ApiClient, since: datetime) -> list[CustomerHistory]:
-    """Every customer with the changes that occurred in the period (oldest first)."""
-    customers = list(client.paginate("scorer", "/v1/customers", {"limit": 500}))
+def fetch_histories(
+    client: ApiClient, since: datetime, bar: Progress, customers_total: int | None = None
+) -> list[CustomerHistory]:
+    """Every customer with the changes that occurred in the period (oldest first), counted
+    on `bar` as they are read."""
+    listing = client.paginate("scorer", "/v1/customers", {"limit": 500})
+    customers = list(tracked(bar, listing, "customers", customers_total))
     in_period: dict[str, list[Change]] = defaultdict(list)
-    for change in client.paginate(
-        "scorer", "/v1/changes", {"since": since.isoformat(), "limit": 500}
-    ):
+    changes = client.paginate("scorer", "/v1/changes", {"since": since.isoformat(), "limit": 500})
+    for change in tracked(bar, changes, "changes in the period"):
         in_period[str(change["customer_id"])].append(change)
     return [
         CustomerHistory(
@@ -120,15 +125,21 @@ def fetch_histories(client: ApiClient, since: datetime) -> list[CustomerHistory]
     ]
 
 
-def collect_report(client: ApiClient, *, since: datetime, now: datetime) -> Report:
-    """Read the scorer and actions APIs and put the report together."""
+def collect_report(client: ApiClient, bar: Progress, *, since: datetime, now: datetime) -> Report:
+    """Read the scorer and actions APIs and put the report together (each listing counted
+    on `bar`: a report of many customers reads for a while)."""
     stats = client.get("scorer", "/v1/stats/tiers")
-    histories = fetch_histories(client, since)
-    open_tasks = client.paginate("actions", "/v1/tasks", {"status": "open", "limit": 100})
-    overdue = client.paginate(
-        "actions", "/v1/tasks", {"status": "open", "overdue": "true", "limit": 100}
+    histories = fetch_histories(client, since, bar, int(stats.get("customers", 0)) or None)
+    tasks = {"status": "open", "limit": 100}
+    open_tasks = tracked(bar, client.paginate("actions", "/v1/tasks", tasks), "open tasks")
+    overdue = tracked(
+        bar,
+        client.paginate("actions", "/v1/tasks", {**tasks, "overdue": "true"}),
+        "overdue tasks",
     )
-    enrolments = client.paginate("actions", "/v1/sequences/enrollments", {"limit": 100})
+    enrolments = tracked(
+        bar, client.paginate("actions", "/v1/sequences/enrollments", {"limit": 100}), "enrolments"
+    )
     return Report(
         now=now.isoformat(),
         since=since.isoformat(),
@@ -200,8 +211,16 @@ def run_report(since: datetime | None, plot: Path | None, as_json: bool, console
         return 1
     start = since or now - timedelta(days=30)
     try:
-        with ApiClient(Endpoints.from_env(), retry_for=0) as client:
-            report = collect_report(client, since=start, now=now)
+        endpoints = Endpoints.from_env()
+    except ConfigError as exc:
+        console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}", soft_wrap=True)
+        return 2
+    try:
+        with (
+            ApiClient(endpoints, retry_for=0) as client,
+            progress_bar(console, transient=True) as bar,
+        ):
+            report = collect_report(client, bar, since=start, now=now)
     except ApiError as exc:
         console.print(f"[red]cannot read the APIs:[/red] {escape(str(exc))}")
         return 1

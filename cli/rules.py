@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli.database import redacted
+
 Matrix = dict[str, dict[str, int]]
 
 
@@ -36,18 +38,19 @@ def diff_matrices(file: Path, console: Console) -> dict[str, Matrix] | None:
     line on what went wrong: the file, or the database holding today's customers."""
     import asyncpg
 
+    from cli.database import database_settings
     from services.scorer.rules_cli import diff_rules
     from services.scorer.settings import ScorerSettings
     from shared.domain.rules import RulesError
 
-    settings = ScorerSettings()
+    settings = database_settings(ScorerSettings, console)  # exits 2 on a bad setting
     try:
         matrices = asyncio.run(diff_rules(settings, file))
     except (RulesError, UnicodeDecodeError) as exc:  # load_rules wraps its OSErrors
         console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}", soft_wrap=True)
         return None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        where = escape(redacted(settings.database_url))
+        where = escape(redacted(settings.database_url))  # never its password
         console.print(
             f"[red]cannot read today's customers from {where}:[/red] {_db_problem(exc)}",
             soft_wrap=True,  # one line, however long the URL: scripts grep it
@@ -59,20 +62,11 @@ def diff_matrices(file: Path, console: Console) -> dict[str, Matrix] | None:
 def _db_problem(exc: Exception) -> str:
     import asyncpg
 
+    from cli.database import failure_reason
+
     if isinstance(exc, asyncpg.UndefinedTableError):
         return escape(f"{exc}; run `tierstream migrate`, or set DATABASE_URL to the scorer's")
-    return escape(str(exc) or type(exc).__name__)
-
-
-def redacted(url: str) -> str:
-    """DATABASE_URL without its password."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "DATABASE_URL"
+    return escape(failure_reason(exc))
 
 
 def print_matrices(matrices: dict[str, Matrix]) -> None:

@@ -14,8 +14,10 @@ from types import FrameType
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
+from cli.database import failure_reason, redacted, refuse_bad_url
 from cli.infra import Infra, start_infra
 from cli.supervisor import Supervisor, service_ports
 from shared.embedded import die_with_parent
@@ -52,8 +54,12 @@ def first_api_key(raw: str) -> str:
     return next(iter(parse_api_keys(raw)), "")
 
 
-def _bootstrap(env: dict[str, str]) -> None:
-    """Migrations and topics, before any service starts."""
+def _bootstrap(env: dict[str, str]) -> str | None:
+    """Migrations and topics, before any service starts: None, or one line on which of the
+    database and the broker could not be used (an external one may be down or mistyped)."""
+    from aiokafka.errors import KafkaError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from shared.kafka import ensure_topics
     from shared.migrations import upgrade_all
     from shared.settings import ServiceSettings
@@ -62,8 +68,16 @@ def _bootstrap(env: dict[str, str]) -> None:
     settings = ServiceSettings(
         kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"], database_url=env["DATABASE_URL"]
     )
-    asyncio.run(upgrade_all(settings.database_url))
-    asyncio.run(ensure_topics(settings, Topics(settings.topic_namespace).all()))
+    try:
+        asyncio.run(upgrade_all(settings.database_url))
+    except (OSError, SQLAlchemyError) as exc:
+        return f"cannot migrate {redacted(settings.database_url)}: {failure_reason(exc)}"
+    try:
+        asyncio.run(ensure_topics(settings, Topics(settings.topic_namespace).all()))
+    except (OSError, KafkaError, RuntimeError) as exc:
+        servers = settings.kafka_bootstrap_servers
+        return f"cannot create the topics on the broker at {servers}: {failure_reason(exc)}"
+    return None
 
 
 def _wait_ready(
@@ -119,11 +133,15 @@ def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
 def run_system(console: Console, *, demo: bool = True) -> int:
     """Run everything until SIGINT/SIGTERM; returns the exit code."""
     stop = _Stop()
+    if database_url := os.environ.get("DATABASE_URL"):
+        refuse_bad_url(database_url, console)  # before starting anything
     with ExitStack() as stack:
         console.print("starting infrastructure...")
         infra = start_infra(stack)
         env = _prepare(infra, console)
-        _bootstrap(env)
+        if problem := _bootstrap(env):
+            console.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
+            return 1
         supervisor = Supervisor(env, log=console.print)
         stack.callback(supervisor.stop)  # LIFO: services stop before the infrastructure
         supervisor.start()

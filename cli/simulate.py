@@ -7,16 +7,26 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.api_client import ApiClient, ApiError, Endpoints, reference_now, split_batches
+from cli.api_client import (
+    ApiClient,
+    ApiError,
+    BatchRejected,
+    ConfigError,
+    Endpoints,
+    reference_now,
+    split_batches,
+)
+from cli.batches import RequestSize, send_in_halves
+from cli.progress import progress_bar
 from cli.simulation import Population, simulate_population
 
 
@@ -34,18 +44,6 @@ class SimulateOptions:
     output: Path | None = None
 
 
-def progress_bar(console: Console) -> Progress:
-    """The progress bar every long CLI command shows."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def send_events(
     client: ApiClient,
     events: Sequence[Mapping[str, Any]],
@@ -54,25 +52,40 @@ def send_events(
     rate: float | None = None,
     on_sent: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Send in batches within ingest's limits, at most `rate` events/s; the count accepted."""
+    """Send in batches within ingest's limits, at most `rate` events/s; the count accepted.
+    A request ingest refuses as a whole (over its own, lower, limits) is sent in halves."""
     if rate is not None:
         batch_size = max(1, min(batch_size, int(rate / 10)))  # ~10 requests/s: a smooth rate
     started, sent = time.monotonic(), 0
+    size = RequestSize()
+
+    def send(batch: Sequence[Mapping[str, Any]]) -> int:
+        return len(client.send_batch(batch))
+
     for batch in split_batches(events, max_events=min(batch_size, 1000)):
-        sent += len(client.send_batch(batch))
-        on_sent(len(batch))
-        if rate is not None:
-            ahead = sent / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
+        for part in size.split(batch):
+            sent += send_in_halves(send, part, size)
+            on_sent(len(part))
+            if rate is not None:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
     return sent
 
 
-def write_jsonl(events: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """One JSON event per line, as they would be sent."""
+def write_jsonl(
+    events: Sequence[Mapping[str, Any]],
+    path: Path,
+    on_written: Callable[[int], None] = lambda n: None,
+) -> None:
+    """One JSON event per line, as they would be sent; `on_written` hears the count so far
+    every thousand events and at the end."""
     with path.open("w", encoding="utf-8") as out:
-        for event in events:
+        for done, event in enumerate(events, 1):
             out.write(json.dumps(event, separators=(",", ":")) + "\n")
+            if done % 1000 == 0:
+                on_written(done)
+    on_written(len(events))
 
 
 def summary_table(population: Population, accepted: int | None, seconds: float) -> Table:
@@ -98,34 +111,56 @@ def run_simulate(options: SimulateOptions, console: Console) -> int:
     """Generate, then write or send with a progress bar; print the summary. Exit code."""
     try:
         end = reference_now()
+        endpoints = None if options.dry_run else Endpoints.from_env()  # before the long part
+    except ConfigError as exc:
+        console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}", soft_wrap=True)
+        return 2
     except ValueError as exc:
         console.print(f"[red]cannot simulate:[/red] {escape(str(exc))}")
         return 1
-    population = simulate_population(
-        seed=options.seed,
-        customers=options.customers,
-        days=options.days,
-        end=end,
-        prefix=options.prefix,
-    )
+    population = _generate(options, end, console)
     started = time.monotonic()
     accepted: int | None = None
     if options.output is not None and not _write_output(population, options.output, console):
         return 1
-    if not options.dry_run:
+    if endpoints is not None:
         try:
-            accepted = _send_with_progress(population, options, console)
+            accepted = _send_with_progress(population, options, endpoints, console)
         except ApiError as exc:
-            console.print(f"[red]ingest refused the events:[/red] {escape(str(exc))}")
+            why = escape(_why(exc))
+            console.print(f"[red]ingest refused the events:[/red] {why}", soft_wrap=True)
             return 1
     console.print(summary_table(population, accepted, time.monotonic() - started))
     return 0
 
 
+def _why(exc: ApiError) -> str:
+    """The error, with the first few of ingest's reasons when it gave them."""
+    if isinstance(exc, BatchRejected) and exc.errors:
+        return f"{str(exc).rstrip('.')} ({exc.reasons()})"
+    return str(exc)
+
+
+def _generate(options: SimulateOptions, end: datetime, console: Console) -> Population:
+    """The population, counting its customers as they are made."""
+    with progress_bar(console, transient=True) as bar:
+        task = bar.add_task("generating", total=options.customers, rate="customers")
+        return simulate_population(
+            seed=options.seed,
+            customers=options.customers,
+            days=options.days,
+            end=end,
+            prefix=options.prefix,
+            on_customer=lambda done: bar.update(task, completed=done),
+        )
+
+
 def _write_output(population: Population, path: Path, console: Console) -> bool:
     """Write the JSONL file; False after saying why it could not be written."""
     try:
-        write_jsonl(population.events, path)
+        with progress_bar(console, transient=True) as bar:
+            task = bar.add_task("writing", total=len(population.events), rate="events")
+            write_jsonl(population.events, path, lambda done: bar.update(task, completed=done))
     except OSError as exc:
         console.print(f"[red]cannot write {escape(str(path))}:[/red] {exc.strerror or exc}")
         return False
@@ -133,9 +168,11 @@ def _write_output(population: Population, path: Path, console: Console) -> bool:
     return True
 
 
-def _send_with_progress(population: Population, options: SimulateOptions, console: Console) -> int:
+def _send_with_progress(
+    population: Population, options: SimulateOptions, endpoints: Endpoints, console: Console
+) -> int:
     total = len(population.events)
-    with ApiClient(Endpoints.from_env()) as client, progress_bar(console) as bar:
+    with ApiClient(endpoints) as client, progress_bar(console) as bar:
         task = bar.add_task("sending", total=total, rate="")
         started = time.monotonic()
 

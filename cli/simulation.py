@@ -15,6 +15,7 @@ import hashlib
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -222,12 +223,19 @@ class Population:
 
 
 def simulate_population(
-    *, seed: int, customers: int, days: float, end: datetime, prefix: str | None = None
+    *,
+    seed: int,
+    customers: int,
+    days: float,
+    end: datetime,
+    prefix: str | None = None,
+    on_customer: Callable[[int], None] = lambda done: None,
 ) -> Population:
     """The whole population's events ending at `end`; identical for identical arguments.
 
     Customer ids are `prefix` and a number; the default prefix, `sim<seed>-<run tag>-`,
     differs for other arguments, so the same customer never gets two simulated histories.
+    `on_customer` hears how many customers are done after each one (for a progress bar).
     """
     if end.tzinfo is None:
         raise ValueError("end must be timezone-aware")
@@ -240,5 +248,6 @@ def simulate_population(
         name, own = simulate_customer(seed, index, days=days, end=end, prefix=prefix, tag=tag)
         archetypes[f"{prefix}{index:05d}"] = name
         events.extend(own)
+        on_customer(index + 1)
     events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
     return Population(events, archetypes, prefix)

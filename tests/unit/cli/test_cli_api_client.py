@@ -22,7 +22,8 @@ from cli.api_client import (
     reference_now,
     split_batches,
 )
-from cli.importer import RequestSize, Row, send_rows
+from cli.batches import RequestSize
+from cli.importer import Row, send_rows
 from cli.simulate import send_events
 from shared.contracts import CustomerLoggedIn
 from shared.embedded import free_port
@@ -142,6 +143,18 @@ def test_endpoints_and_now_come_from_the_environment() -> None:
     assert endpoints.api_key == "k"
     fixed = reference_now({"TIERSTREAM_NOW": "2026-01-01T00:00:00Z"})
     assert fixed == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_a_key_is_sent_without_surrounding_whitespace() -> None:
+    assert Endpoints.from_env({"TIERSTREAM_API_KEY": " k-0123456789\n"}).api_key == "k-0123456789"
+    assert Endpoints.from_env({"TIERSTREAM_API_KEY": "\n"}).api_key == ""  # as if unset
+
+
+@pytest.mark.parametrize("key", ["clé-0123456789", "k 0123456789", "k-01234\x0056789", "k\tk"])
+def test_a_key_no_header_can_carry_is_refused_naming_the_variable_not_the_key(key: str) -> None:
+    with pytest.raises(ValueError, match=r"^TIERSTREAM_API_KEY: .*printable ASCII") as refused:
+        Endpoints.from_env({"TIERSTREAM_API_KEY": key})
+    assert key.strip() not in str(refused.value)
 
 
 @pytest.mark.parametrize("raw", ["yesterday", "2026-01-01T00:00:00", "2026-13-01T00:00:00Z"])
@@ -323,3 +336,41 @@ def test_rows_are_sent_in_requests_under_the_body_limit(server: tuple[str, Scrip
         assert send_rows(client, rows) == 6
     assert [len(body["events"]) for body in script.received] == [3, 3]
     assert all(len(json.dumps(body)) <= MAX_BATCH_BYTES for body in script.received)
+
+
+def test_simulated_events_refused_as_too_many_are_sent_in_halves_and_the_size_is_kept(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    too_many = {"field": "events", "reason": "List should have at most 2 items after validation"}
+    events = [{"event_id": f"e{i}"} for i in range(10)]
+    script.answers = [
+        problem(422, "Invalid events", "1 validation error(s)", too_many),
+        *[accepted([f"e{i}", f"e{i + 1}"]) for i in range(0, 10, 2)],
+    ]
+    with client_for(url, []) as client:
+        assert send_events(client, events, batch_size=4) == 10
+    # The first 4 refused, then its halves; the next four already at the size that passed.
+    assert [len(body["events"]) for body in script.received] == [4, 2, 2, 2, 2, 2]
+    assert [e["event_id"] for body in script.received[1:] for e in body["events"]] == [
+        e["event_id"] for e in events
+    ]
+
+
+def test_a_simulated_event_ingest_refuses_by_name_stops_the_sending_with_its_reasons(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    errors = [
+        {"index": i, "field": f"events[{i}].occurred_at", "reason": "in the future"}
+        for i in range(2, 6)
+    ]
+    script.answers = [problem(422, "Invalid events", "4 validation error(s)", *errors)]
+    events = [{"event_id": f"e{i}"} for i in range(6)]
+    with client_for(url, []) as client, pytest.raises(BatchRejected) as refused:
+        send_events(client, events, batch_size=10)
+    assert len(script.received) == 1  # not halved: the events themselves are refused
+    assert refused.value.reasons() == (
+        "events[2].occurred_at: in the future; events[3].occurred_at: in the future;"
+        " events[4].occurred_at: in the future; and 1 more"
+    )

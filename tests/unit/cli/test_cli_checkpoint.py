@@ -80,11 +80,24 @@ def test_a_resumed_reject_file_keeps_rows_up_to_the_checkpoint_only(tmp_path: Pa
     ]
 
 
-def test_a_fresh_import_starts_a_new_reject_file(tmp_path: Path) -> None:
+def test_a_fresh_import_starts_a_new_reject_file_at_its_first_reject(tmp_path: Path) -> None:
     path = rejects_path(source(tmp_path))
     path.write_text("line,reason\n2,old\n")
-    RejectFile(path, ["a"], keep_upto=0).close()
-    assert read_rejects(path) == [["line", "reason", "a"]]
+    rejects = RejectFile(path, ["a"], keep_upto=0)
+    try:
+        assert not path.exists()  # the earlier run's rejects are not this run's
+        rejects.add([])
+        assert not path.exists()  # a chunk without rejects: still none
+        rejects.add([Row(4, ["x"], reason="bad")])
+    finally:
+        rejects.close()
+    assert read_rejects(path) == [["line", "reason", "a"], ["4", "bad", "x"]]
+
+
+def test_an_import_without_rejects_writes_no_reject_file(tmp_path: Path) -> None:
+    path = rejects_path(source(tmp_path))
+    RejectFile(path, ["a"], keep_upto=0).close()  # e.g. ingest unreachable before any reply
+    assert not path.exists()
 
 
 def test_a_resumed_reject_file_has_the_earlier_rejects_on_disk_before_anything_is_sent(

@@ -100,6 +100,24 @@ def test_a_header_missing_a_required_field_is_refused_naming_it() -> None:
         columns_for("purchase", ["customer_id", "occurred_at", "order_id", "currency"], {})
 
 
+@pytest.mark.parametrize(
+    "header",
+    ["customer_id,occurred_at,channel,customer_id", "customer_id,Kanal,occurred_at,Kanal"],
+)
+def test_a_header_naming_a_column_twice_is_refused_naming_it(header: str) -> None:
+    repeated = "customer_id" if header.count("customer_id") == 2 else "Kanal"
+    text = f"{header}\nc1,2024-01-01,web,c2\n"
+    with pytest.raises(ValueError, match=f"more than once: '{repeated}'$"):
+        read_rows(io.StringIO(text, newline=""), "login", {"channel": "Kanal"})
+
+
+def test_unnamed_columns_may_repeat() -> None:
+    text = "customer_id,occurred_at,channel,,\nc1,2024-01-01,web,,\n"
+    _, rows = read_rows(io.StringIO(text, newline=""), "login", {})
+    (row,) = rows
+    assert row.event is not None and row.event.customer_id == "c1"
+
+
 def test_unknown_columns_are_listed() -> None:
     assert unused_columns("login", ["customer_id", "occurred_at", "channel", "note"], {}) == [
         "note"

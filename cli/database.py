@@ -1,0 +1,66 @@
+"""DATABASE_URL for the commands that use Postgres directly (`migrate`, `rules diff`, `run`):
+settings read once, the URL checked before any connection, and problems told in one line."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from rich.console import Console
+from rich.markup import escape
+
+from shared.settings import ServiceSettings, settings_or_exit
+
+S = TypeVar("S", bound=ServiceSettings)
+URL_SHAPE = "postgresql://user:password@host:port/database"
+
+
+def redacted(url: str) -> str:
+    """DATABASE_URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "DATABASE_URL"
+
+
+def url_problem(url: str) -> str | None:
+    """Why DATABASE_URL cannot name a database (never quoting it: it may hold a password);
+    None when it can. Caught here, the driver's errors would be a parser's or a socket's."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        port = make_url(url).port
+    except ArgumentError:
+        return f"not a database URL; write it as {URL_SHAPE}"
+    except ValueError:  # sqlalchemy reads the port with int()
+        return f"its port is not a number; write it as {URL_SHAPE}"
+    if port is not None and not 1 <= port <= 65535:
+        return f"its port {port} is not between 1 and 65535"
+    return None
+
+
+def refuse_bad_url(url: str, console: Console) -> None:
+    """Exit 2 (bad configuration, as `settings_or_exit`) after one line when DATABASE_URL
+    cannot name a database."""
+    problem = url_problem(url)
+    if problem is not None:
+        line = f"[red]invalid configuration:[/red] DATABASE_URL: {escape(problem)}"
+        console.print(line, soft_wrap=True)  # one line: scripts grep it
+        raise SystemExit(2)
+
+
+def database_settings(cls: type[S], console: Console) -> S:
+    """`cls` from the environment, and its DATABASE_URL checked; exit 2 with one line per
+    bad value otherwise."""
+    settings = settings_or_exit(cls)
+    refuse_bad_url(settings.database_url, console)
+    return settings
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The first line of what the driver said (SQLAlchemy wraps it in `orig`)."""
+    reason = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return reason.splitlines()[0]

@@ -1,0 +1,182 @@
+"""The CLI given a setting, an option or an input it cannot use: one line saying which, the
+exit code for it, and no traceback. Each command runs as its own process, as a user runs it;
+`run` against the real broker and Postgres, one of them replaced by a closed port.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared.domain.rules import default_rules_path
+from shared.embedded import free_port
+
+BAD_KEY = "clé-0123456789"  # no HTTP header can carry it
+
+
+@dataclass(frozen=True)
+class Ran:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def tierstream(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Ran:
+    """`tierstream ARGS` in its own process; nothing listens at the default service URLs."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env={
+            **os.environ,
+            "COLUMNS": "200",
+            **{f"TIERSTREAM_{s}_URL": closed for s in ("INGEST", "SCORER", "ACTIONS")},
+            **(env or {}),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,  # a hang detector: every command here ends at once
+        cwd=cwd or Path(__file__).parents[2],
+    )
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+def one_line(ran: Ran) -> str:
+    """The single line the command printed on stderr (failing the test otherwise)."""
+    assert "Traceback" not in ran.output, ran.output
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1, ran.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--days", "inf"), ("--days", "nan"), ("--days", "3000000"), ("--rate", "inf")],
+)
+def test_simulate_refuses_an_extreme_option_as_a_usage_error(option: str, value: str) -> None:
+    ran = tierstream("simulate", "--customers", "5", "--days", "3", option, value, "--dry-run")
+    assert ran.exit_code == 2, ran.output
+    assert "Traceback" not in ran.output
+    assert f"Invalid value for '{option}'" in ran.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("report",), ("simulate", "--customers", "2", "--days", "3")],
+    ids=["report", "simulate"],
+)
+def test_a_key_no_header_can_carry_is_bad_configuration_named_not_shown(
+    args: tuple[str, ...],
+) -> None:
+    ran = tierstream(*args, env={"TIERSTREAM_API_KEY": BAD_KEY})
+    assert ran.exit_code == 2, ran.output
+    line = one_line(ran)
+    assert line.startswith("invalid configuration: TIERSTREAM_API_KEY: "), line
+    assert BAD_KEY not in ran.output
+
+
+def test_import_refuses_a_key_no_header_can_carry_at_once(tmp_path: Path) -> None:
+    source = tmp_path / "logins.csv"
+    source.write_text("customer_id,occurred_at,channel\nkey-a,2026-05-10,web\n")
+    ran = tierstream("import", str(source), "--type", "login", env={"TIERSTREAM_API_KEY": BAD_KEY})
+    assert ran.exit_code == 4, ran.output  # fix the API key first
+    assert "TIERSTREAM_API_KEY" in one_line(ran)
+    assert BAD_KEY not in ran.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logins.csv"]  # no rejects file
+
+
+def test_import_refuses_a_header_that_names_a_column_twice(tmp_path: Path) -> None:
+    source = tmp_path / "logins.csv"
+    source.write_text(
+        "customer_id,occurred_at,channel,customer_id\ndup-a,2026-05-10,web,dup-b\n"
+    )  # which customer_id is meant cannot be known
+    ran = tierstream("import", str(source), "--type", "login")
+    assert ran.exit_code == 4, ran.output
+    assert "more than once: 'customer_id'" in one_line(ran)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logins.csv"]
+
+
+def test_an_import_that_cannot_reach_ingest_leaves_no_rejects_file(tmp_path: Path) -> None:
+    source = tmp_path / "logins.csv"
+    source.write_text("customer_id,occurred_at,channel\nnone-a,2026-05-10,web\n")
+    (tmp_path / "logins.csv.rejects.csv").write_text("line,reason\n2,an earlier run's\n")
+    # A URL without http:// fails at the first send, without the retries a closed port gets.
+    ran = tierstream(
+        "import", str(source), "--type", "login", env={"TIERSTREAM_INGEST_URL": "127.0.0.1:1"}
+    )
+    assert ran.exit_code == 4, ran.output
+    assert "TIERSTREAM_INGEST_URL" in ran.output
+    assert not (tmp_path / "logins.csv.rejects.csv").exists()  # no rows were refused
+
+
+RULES = str(default_rules_path())
+BAD_SETTINGS = {
+    "rules diff, DATABASE_URL not a URL": (
+        ("rules", "diff", RULES),
+        {"DATABASE_URL": "bogus"},
+        "invalid configuration: DATABASE_URL: not a database URL",
+    ),
+    "rules diff, bad scorer setting": (
+        ("rules", "diff", RULES),
+        {"SCORER_PORT": "abc"},
+        "invalid configuration: SCORER_PORT: ",
+    ),
+    "migrate, bad shared setting": (
+        ("migrate",),
+        {"TIERSTREAM_PARTITIONS": "x"},
+        "invalid configuration: TIERSTREAM_PARTITIONS: ",
+    ),
+    "migrate, port out of range": (
+        ("migrate",),
+        {"DATABASE_URL": "postgresql://u:secret@127.0.0.1:99999/db"},
+        "invalid configuration: DATABASE_URL: its port 99999 is not between 1 and 65535",
+    ),
+    "rules diff, port not a number": (
+        ("rules", "diff", RULES),
+        {"DATABASE_URL": "postgresql://u:secret@127.0.0.1:abc/db"},
+        "invalid configuration: DATABASE_URL: its port is not a number",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "env", "says"), BAD_SETTINGS.values(), ids=BAD_SETTINGS.keys())
+def test_a_database_command_with_a_bad_setting_names_it_in_one_line(
+    args: tuple[str, ...], env: dict[str, str], says: str
+) -> None:
+    ran = tierstream(*args, env=env)
+    assert ran.exit_code == 2, ran.output  # bad configuration, as the services say it
+    assert one_line(ran).startswith(says), ran.stderr
+    assert "secret" not in ran.output
+
+
+def test_run_with_an_unreachable_database_says_so_in_one_line(kafka_bootstrap: str) -> None:
+    url = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/nowhere"
+    ran = tierstream(
+        "run", "--no-demo", env={"DATABASE_URL": url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    )
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output
+    failed = [line for line in ran.stderr.splitlines() if "cannot" in line]
+    assert len(failed) == 1, ran.stderr
+    assert failed[0].startswith("cannot migrate postgresql://postgres:***@127.0.0.1:"), failed
+    assert "secret" not in ran.output
+
+
+def test_run_with_an_unreachable_broker_says_so_in_one_line(database_url: str) -> None:
+    broker = f"127.0.0.1:{free_port()}"
+    ran = tierstream(
+        "run", "--no-demo", env={"DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": broker}
+    )
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output
+    failed = [line for line in ran.stderr.splitlines() if "cannot" in line]
+    assert len(failed) == 1, ran.stderr
+    assert failed[0].startswith(f"cannot create the topics on the broker at {broker}: "), failed

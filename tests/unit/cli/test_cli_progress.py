@@ -1,0 +1,109 @@
+"""Long phases show their progress on a terminal: simulate's generating and writing, report's
+reading; off a terminal those passing bars are not drawn at all (scripts read the lines)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from rich.console import Console
+
+from cli.report import run_report
+from cli.simulate import SimulateOptions, run_simulate
+
+CLASSES = {"value_tier": "gold", "activity_level": "active", "lifecycle_stage": "new"}
+PAGES: dict[str, list[dict[str, Any]]] = {
+    "/v1/customers": [{"customer_id": f"c{i}", **CLASSES} for i in range(3)],
+    "/v1/changes": [],
+    "/v1/tasks": [],
+    "/v1/sequences/enrollments": [],
+}
+
+
+def page(path: str, cursor: int) -> dict[str, Any]:
+    """One item per page, so a listing takes several requests, as a long one does."""
+    items = PAGES[path]
+    more = cursor + 1 < len(items)
+    return {"items": items[cursor : cursor + 1], "next_cursor": str(cursor + 1) if more else None}
+
+
+@pytest.fixture
+def scorer_and_actions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A local HTTP server answering the reads `report` makes, named by the variables."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            cursor = int(parse_qs(url.query).get("cursor", ["0"])[0])
+            if url.path == "/v1/stats/tiers":
+                answer: dict[str, Any] = {"customers": 3, "value_tier": {"gold": 3}}
+            else:
+                answer = page(url.path, cursor)
+            payload = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    monkeypatch.setenv("TIERSTREAM_SCORER_URL", url)
+    monkeypatch.setenv("TIERSTREAM_ACTIONS_URL", url)
+    monkeypatch.setenv("TIERSTREAM_NOW", "2026-06-01T12:00:00Z")
+    yield
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def console(*, terminal: bool) -> Console:
+    return Console(file=io.StringIO(), force_terminal=terminal, color_system=None, width=150)
+
+
+def shown(out: Console) -> str:
+    """What was written, without the cursor movements a live display makes."""
+    file = out.file
+    assert isinstance(file, io.StringIO)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", file.getvalue())
+
+
+def test_report_counts_the_customers_it_reads_against_the_stats_total(
+    scorer_and_actions: None,
+) -> None:
+    out = console(terminal=True)
+    assert run_report(None, None, True, out) == 0
+    assert re.search(r"customers\b.*\b3/3\b", shown(out)), shown(out)
+
+    quiet = console(terminal=False)
+    assert run_report(None, None, True, quiet) == 0
+    assert shown(quiet) == ""
+
+
+def test_simulate_counts_customers_made_and_events_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIERSTREAM_NOW", "2026-06-01T12:00:00Z")
+    output = tmp_path / "events.jsonl"
+    options = SimulateOptions(customers=30, days=60, seed=1, dry_run=True, output=output)
+    out = console(terminal=True)
+    assert run_simulate(options, out) == 0
+    events = len(output.read_text().splitlines())
+    assert re.search(r"generating\b.*\b30/30 customers", shown(out)), shown(out)
+    assert re.search(rf"writing\b.*\b{events}/{events} events", shown(out)), shown(out)
+
+    quiet = console(terminal=False)
+    assert run_simulate(options, quiet) == 0
+    assert "generating" not in shown(quiet) and "writing" not in shown(quiet)
+    assert f"wrote {events} events" in shown(quiet)
