@@ -34,9 +34,16 @@ def parse_api_keys(raw: str) -> dict[str, str]:
         source, sep, key = entry.partition(":")
         if not sep:
             source, key = "default", entry
-        if not key.strip():
+        key = key.strip()
+        if not key:
             raise ValueError(f"API key entry {source!r} has an empty key")
-        keys[key.strip()] = source.strip() or "default"
+        if not (key.isascii() and key.isprintable()) or " " in key:
+            # A client can send only printable ASCII in a header: such a key never matched.
+            raise ValueError(
+                f"API key of entry {source.strip()!r} holds a space or a character other than "
+                "printable ASCII"
+            )
+        keys[key] = source.strip() or "default"
     return keys
 
 
@@ -159,6 +166,14 @@ class ServiceSettings(BaseSettings):
                 "(no write could ever be acknowledged)"
             )
         return self
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr) -> SecretStr:
+        # At start, as a configuration error naming the variable (not a traceback when the
+        # app is built); the messages name an entry's source, never its key.
+        parse_api_keys(value.get_secret_value())
+        return value
 
     @field_validator("now")
     @classmethod

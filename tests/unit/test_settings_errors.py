@@ -48,3 +48,25 @@ def test_a_cross_field_error_never_shows_the_environment(monkeypatch: pytest.Mon
         ActionsSettings()
     assert "ACTIONS_WEBHOOK_SECRET is required" in str(refused.value)
     assert SECRET not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [
+        ("prod:", "API key entry 'prod' has an empty key"),
+        (f"prod:{SECRET}é", "API key of entry 'prod' holds a space or a character"),
+        (f"prod:{SECRET} x", "API key of entry 'prod' holds a space or a character"),
+    ],
+)
+def test_an_api_key_no_client_could_send_is_a_configuration_error_naming_its_source(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], keys: str, reason: str
+) -> None:
+    """It was a traceback when the app was built (empty key), or a key that never matched
+    (a client can send only printable ASCII in a header)."""
+    monkeypatch.setenv("TIERSTREAM_API_KEYS", keys)
+    with pytest.raises(SystemExit) as exited:
+        settings_or_exit(ScorerSettings)
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("invalid configuration: SCORER_API_KEYS: ")  # or TIERSTREAM_
+    assert reason in line and SECRET not in line
