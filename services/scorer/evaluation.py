@@ -51,7 +51,9 @@ class CustomerRecord:
     """A customer row loaded for update (state None: a row created by this transaction).
 
     `version` is the row's write count when it was read; saving the record makes it
-    `version + 1` (see services/scorer/state_cache.py).
+    `version + 1` (see services/scorer/state_cache.py). `due_at` is when its stored classes
+    may stop being current (its review time; None when not loaded or never): evaluating it
+    later first catches up the time-driven changes due since (`fold_batch`, `evaluate_all`).
     """
 
     customer_id: str
@@ -59,6 +61,7 @@ class CustomerRecord:
     classes: dict[Dimension, str] | None
     class_since: dict[Dimension, datetime]
     version: int = 0
+    due_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CustomerRecord:
@@ -206,7 +209,8 @@ def evaluate(
 
 
 def saved_records(records: Iterable[CustomerRecord], outcome: Outcome) -> list[CustomerRecord]:
-    """The records as `outcome` left them once committed: new classes, version + 1.
+    """The records as `outcome` left them once committed: new classes and review time,
+    version + 1.
 
     Valid only after `outcome` was evaluated from `records` (their states are the folded
     ones) and its updates were written.
@@ -218,19 +222,53 @@ def saved_records(records: Iterable[CustomerRecord], outcome: Outcome) -> list[C
         saved.append(
             CustomerRecord(
                 record.customer_id, record.state, dict(update.classes),
-                dict(update.class_since), record.version + 1,
+                dict(update.class_since), record.version + 1, update.next_review_at,
             )
         )  # fmt: skip
     return saved
 
 
 def evaluate_all(
-    records: Iterable[CustomerRecord], scoring: Scoring, *, now: datetime, cause: ChangeCause
+    records: Iterable[CustomerRecord],
+    scoring: Scoring,
+    *,
+    now: datetime,
+    cause: ChangeCause,
+    scored_with: Mapping[str, Scoring] | None = None,
 ) -> Outcome:
-    """Re-evaluate customers because rules or cut points changed (occurred_at = now)."""
+    """Re-evaluate customers because rules or cut points changed (occurred_at = now).
+
+    A customer whose review time has passed (`due_at`) first crosses the boundaries due
+    before `now` one by one (cause `time`, as `catch_up`): the sweep that would have emitted
+    them may not have reached it yet (a backlog, partitions held: shared/partition_scope.py).
+    It crosses them with the scoring it was classified with, `scored_with[customer_id]`
+    (re-bucketing knows the old cut points), else with `scoring` (the old rules are not
+    kept: as when the sweep reaches such a customer first, what the new rules change at
+    the first boundary then carries cause `time`).
+    """
+    before = scored_with or {}
     return _outcome(
-        evaluate(record, scoring, now=now, cause=cause, occurred_at=now) for record in records
-    )
+        _reevaluate(record, scoring, before.get(record.customer_id, scoring), now=now,
+                    cause=cause)
+        for record in records
+    )  # fmt: skip
+
+
+def _reevaluate(
+    record: CustomerRecord,
+    scoring: Scoring,
+    earlier: Scoring,
+    *,
+    now: datetime,
+    cause: ChangeCause,
+) -> tuple[CustomerUpdate, list[ChangeRecord]]:
+    caught: list[ChangeRecord] = []
+    if record.due_at is not None and record.due_at < now:
+        record, caught = _cross_boundaries(
+            record, earlier, due_at=record.due_at, until=now, emitted_at=now
+        )
+    update, changes = evaluate(record, scoring, now=now, cause=cause, occurred_at=now)
+    return update, caught + changes
 
 
 def catch_up_all(
@@ -249,31 +287,63 @@ def _outcome(evaluated: Iterable[tuple[CustomerUpdate, list[ChangeRecord]]]) -> 
 
 
 def catch_up(
-    record: CustomerRecord, scoring: Scoring, *, due_at: datetime, now: datetime
+    record: CustomerRecord,
+    scoring: Scoring,
+    *,
+    due_at: datetime,
+    now: datetime,
+    emitted_at: datetime | None = None,
 ) -> tuple[CustomerUpdate, list[ChangeRecord]]:
     """Re-classify a customer whose review fell due at `due_at`, boundary by boundary up to
     `now`: each change carries the moment it happened as `occurred_at` (the review time is
     the first instant a threshold is passed), and a class held in between is not skipped,
-    even when the sweep comes late (the scorer was down). All are emitted at `now`.
+    even when the sweep comes late (the scorer was down). All are emitted at `emitted_at`
+    (default `now`; the consumer catches a customer up to its next event's time, later).
     """
+    emitted = emitted_at or now
+    record, changes = _cross_boundaries(
+        record, scoring, due_at=due_at, until=now, emitted_at=emitted
+    )
+    # At `now` itself: the row's features, scores and next review as of now (and any change
+    # left after MAX_CATCH_UP_STEPS boundaries).
+    update, made = evaluate(
+        record, scoring, now=now, cause=ChangeCause.TIME, occurred_at=now, emitted_at=emitted
+    )
+    return update, changes + made
+
+
+def _cross_boundaries(
+    record: CustomerRecord,
+    scoring: Scoring,
+    *,
+    due_at: datetime,
+    until: datetime,
+    emitted_at: datetime,
+) -> tuple[CustomerRecord, list[ChangeRecord]]:
+    """The record with the classes it reached at each review time from `due_at` to before
+    `until` (at most MAX_CATCH_UP_STEPS of them), and the changes made there (cause `time`)."""
     changes: list[ChangeRecord] = []
     at: datetime | None = due_at
     for _ in range(MAX_CATCH_UP_STEPS):
-        if at is None or at >= now:
+        if at is None or at >= until:
             break
         update, made = evaluate(
-            record, scoring, now=at, cause=ChangeCause.TIME, occurred_at=at, emitted_at=now
-        )
-        changes.extend(made)
-        record = CustomerRecord(
-            record.customer_id, record.state, dict(update.classes), dict(update.class_since),
-            record.version,
+            record, scoring, now=at, cause=ChangeCause.TIME, occurred_at=at,
+            emitted_at=emitted_at,
         )  # fmt: skip
+        changes.extend(made)
+        record = _reclassified(record, update)
         at = update.next_review_at
-    # At `now` itself: the row's features, scores and next review as of now (and any change
-    # left after MAX_CATCH_UP_STEPS boundaries).
-    update, made = evaluate(record, scoring, now=now, cause=ChangeCause.TIME, occurred_at=now)
-    return update, changes + made
+    return record, changes
+
+
+def _reclassified(record: CustomerRecord, update: CustomerUpdate) -> CustomerRecord:
+    """`record` (same state and row version) with the classes and review time `update`
+    decided."""
+    return CustomerRecord(
+        record.customer_id, record.state, dict(update.classes), dict(update.class_since),
+        record.version, update.next_review_at,
+    )  # fmt: skip
 
 
 class CustomerFailed(Exception):
@@ -295,6 +365,10 @@ def fold_batch(
     """Fold distinct events into their customers and re-classify each (cause `event`).
 
     A customer's changes carry the time and trace context (`trace_of`) of its latest event.
+    One whose review time (`due_at`) passed before its earliest event here is first caught
+    up to that event's time (`catch_up`, cause `time`): the sweep holds customers of lagging
+    partitions (shared/partition_scope.py), so after an outage or in a backlog the consumer
+    reaches them first, and the changes due in between would otherwise never be emitted.
     Raises CustomerFailed naming the customer when the domain rejects its events, so the
     caller can dead-letter them instead of retrying a batch that can never pass.
     """
@@ -304,12 +378,17 @@ def fold_batch(
         grouped.setdefault(event.customer_id, []).append(event)
     outcome = Outcome([], [])
     for customer_id, mine in grouped.items():
+        record = by_id[customer_id]
+        caught: list[ChangeRecord] = []
         try:
+            # Most customers' review time is still ahead: they pay this one comparison.
+            if (due_at := record.due_at) is not None and due_at <= now:
+                record, caught = _catch_up_before(record, mine, scoring, due_at=due_at, now=now)
             for event in mine:
-                fold(by_id[customer_id].state, event, now=now)
+                fold(record.state, event, now=now)
             trigger = mine[0] if len(mine) == 1 else max(mine, key=_time_order)
             update, changes = evaluate(
-                by_id[customer_id], scoring, now=now, cause=ChangeCause.EVENT,
+                record, scoring, now=now, cause=ChangeCause.EVENT,
                 occurred_at=trigger.occurred_at,
             )  # fmt: skip
             if changes:  # most evaluations change nothing: read the trace only when needed
@@ -319,8 +398,26 @@ def fold_batch(
         except Exception as exc:  # a domain bug or an extreme value: isolate this customer
             raise CustomerFailed(customer_id, f"{type(exc).__name__}: {exc}") from exc
         outcome.updates.append(update)
+        outcome.changes.extend(caught)
         outcome.changes.extend(changes)
     return outcome
+
+
+def _catch_up_before(
+    record: CustomerRecord,
+    events: list[Event],
+    scoring: Scoring,
+    *,
+    due_at: datetime,
+    now: datetime,
+) -> tuple[CustomerRecord, list[ChangeRecord]]:
+    """`record` caught up to its earliest event in `events` (or `now`, for one dated later)
+    when its review time `due_at` came before that; the changes are emitted `now`."""
+    until = min(min(e.occurred_at for e in events), now)
+    if due_at >= until:  # an old event read late: nothing was due before it
+        return record, []
+    update, caught = catch_up(record, scoring, due_at=due_at, now=until, emitted_at=now)
+    return _reclassified(record, update), caught
 
 
 def distinct_events(events: Iterable[Event]) -> list[Event]:

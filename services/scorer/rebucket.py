@@ -53,7 +53,16 @@ _NEWEST_VERSION = f"SELECT version {_NEWEST}"
 
 async def latest_cut_points(conn: Connection) -> CutPoints | None:
     """The newest stored cut points, if any."""
-    data = await conn.fetchval(f"SELECT data {_NEWEST}")
+    return _cut_points(await conn.fetchval(f"SELECT data {_NEWEST}"))
+
+
+async def stored_cut_points(conn: Connection, version: str) -> CutPoints | None:
+    """The stored cut points of `version`, if stored."""
+    data = await conn.fetchval("SELECT data FROM scorer.cut_points WHERE version = $1", version)
+    return _cut_points(data)
+
+
+def _cut_points(data: str | None) -> CutPoints | None:
     if data is None:
         return None
     raw = json.loads(data)
@@ -112,42 +121,60 @@ class Rebucketer:
         current = await latest_cut_points(conn)
         cut_points = await self._population_cut_points(conn)
         if current is not None and current.version == cut_points.version:
-            self.holder.use(current)
-            return
-        await conn.execute(
-            "INSERT INTO scorer.cut_points (version, data) VALUES ($1, $2::jsonb)"
-            " ON CONFLICT (version) DO UPDATE SET created_at = now()",
-            cut_points.version,
-            json.dumps(dataclasses.asdict(cut_points)),
-        )
+            cut_points = current
+        else:
+            await conn.execute(
+                "INSERT INTO scorer.cut_points (version, data) VALUES ($1, $2::jsonb)"
+                " ON CONFLICT (version) DO UPDATE SET created_at = now()",
+                cut_points.version,
+                json.dumps(dataclasses.asdict(cut_points)),
+            )
         self.holder.use(cut_points)
-        await self._rebucket_all()
+        # Also when the version is unchanged: an earlier walk left out the customers of
+        # partitions that fell behind while it ran, and nothing else would re-bucket those
+        # without events (nor a customer a process on older cut points scored meanwhile).
+        await self._rebucket_all(cut_points.version)
 
     async def _population_cut_points(self, conn: Connection) -> CutPoints:
         async with conn.transaction():
             return await population_cut_points(conn, self.holder().rules, now=self.clock.now())
 
-    async def _rebucket_all(self) -> None:
+    async def _rebucket_all(self, version: str) -> None:
+        """Re-bucket the customers not scored with cut points `version`, page by page."""
         after = ""
+        scoring = self.holder()
+        # What each earlier version scored with (None: the rules' bands), for catching a due
+        # customer up with the cut points in force until now (evaluate_all).
+        earlier: dict[str | None, Scoring] = {None: Scoring(scoring.rules)}
         while True:
             async with self.pool.acquire() as conn, conn.transaction():
                 # Customers whose events are unread are left out: the consumer re-evaluates
-                # them with these cut points when it reads them.
+                # them with these cut points when it reads them, or the next walk does.
                 scope = await self.scope(conn)
-                records = await store.lock_customer_page(conn, after=after, limit=PAGE, scope=scope)
+                page = await store.lock_rebucket_page(
+                    conn, cut_points_version=version, after=after, limit=PAGE, scope=scope
+                )
+                for old in {old for _, old in page} - earlier.keys():
+                    cut_points = await stored_cut_points(conn, old) if old else None
+                    # A version no longer stored: caught up with the new ones instead.
+                    earlier[old] = Scoring(scoring.rules, cut_points) if cut_points else scoring
                 # Read after the lock: a walk takes minutes, and an older `now` would undo
                 # the time-driven moves the consumer or sweeper made meanwhile.
                 now = self.clock.now()
-                outcome = evaluate_all(records, self.holder(), now=now, cause=ChangeCause.REBUCKET)
+                outcome = evaluate_all(
+                    [record for record, _ in page], scoring, now=now,
+                    cause=ChangeCause.REBUCKET,
+                    scored_with={record.customer_id: earlier[old] for record, old in page},
+                )  # fmt: skip
                 await store.save_customers(conn, outcome.updates)
                 await store.insert_changes(conn, outcome.changes)
-            self.metrics.sweep_customers.labels(ChangeCause.REBUCKET.value).inc(len(records))
+            self.metrics.sweep_customers.labels(ChangeCause.REBUCKET.value).inc(len(page))
             self.metrics.count_transitions(outcome.changes)
             if outcome.changes:
                 self.on_changes()
-            if len(records) < PAGE:
+            if len(page) < PAGE:
                 return
-            after = records[-1].customer_id
+            after = page[-1][0].customer_id
 
 
 async def population_cut_points(conn: Connection, rules: Rules, *, now: datetime) -> CutPoints:

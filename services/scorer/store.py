@@ -34,7 +34,18 @@ async def claim_events(conn: Connection, event_ids: Sequence[str]) -> set[str]:
 CUSTOMER_COLUMNS = (
     "customer_id, version, state, value_tier, activity_level, lifecycle_stage, class_since"
 )
-_SELECT_CUSTOMER = f"SELECT {CUSTOMER_COLUMNS} FROM scorer.customer"
+# A customer's review time as a scalar subquery, not a join: one primary-key probe per
+# row whatever plan a prepared statement keeps (see _BY_IDS). With `updated_at`, for
+# `_due_at`; the review row is read, not locked.
+_REVIEW_COLUMNS = (
+    "updated_at, (SELECT r.next_review_at FROM scorer.customer_review AS r"
+    " WHERE r.customer_id = customer.customer_id) AS next_review_at"
+)
+# Customers to lock and re-evaluate, with when they fell due (`_record`) and the cut points
+# they were scored with (re-bucketing catches them up with those).
+_SELECT_CUSTOMER = (
+    f"SELECT {CUSTOMER_COLUMNS}, cut_points_version, {_REVIEW_COLUMNS} FROM scorer.customer"
+)
 # Customer rows by id as a join with the id array, not `customer_id = ANY($1)`: a prepared
 # statement may keep a generic plan made while the table was small (until its first
 # ANALYZE), and for `= ANY($1)` that plan scans the whole table and compares every row
@@ -54,7 +65,9 @@ LOCK_CUSTOMERS = (
     f"SELECT customer_id, version, state IS NULL AS empty {_BY_IDS}"
     " ORDER BY customer_id FOR UPDATE OF customer"
 )
-READ_CUSTOMERS = f"SELECT {CUSTOMER_COLUMNS} {_BY_IDS}"
+# With the review time: read after the lock, it is the one the locked row was saved with. A
+# held record carries the review time this process saved with it (`saved_records`).
+READ_CUSTOMERS = f"SELECT {CUSTOMER_COLUMNS}, {_REVIEW_COLUMNS} {_BY_IDS}"
 
 
 async def lock_customers(
@@ -99,8 +112,24 @@ async def lock_customers(
         cache.count(hits=hits, misses=misses, stale=len(held) - hits)
     if unread:  # locked by us above: this read sees exactly what we locked
         rows = await conn.fetch(READ_CUSTOMERS, unread)
-        records.update((row["customer_id"], CustomerRecord.from_row(_decoded(row))) for row in rows)
+        records.update((row["customer_id"], _record(row)) for row in rows)
     return [records[row["customer_id"]] for row in locked]
+
+
+def _due_at(row: Any) -> datetime | None:
+    """When a locked customer's stored classes may stop being current: its review time.
+
+    A review time not after the row's last evaluation (`updated_at`: each evaluation sets
+    a later one) was read before a writer holding the row committed: when a statement that
+    reads and locks waits for a row lock, Postgres then re-reads the locked row, not the
+    review row read with it. That writer evaluated the customer at `updated_at`; catching
+    up from there finds the real review time.
+    """
+    review: datetime | None = row["next_review_at"]
+    if review is None:
+        return None
+    updated: datetime = row["updated_at"]
+    return review if review > updated else updated
 
 
 # The review index finds the due customers; their customer rows are what is locked (the
@@ -145,20 +174,35 @@ async def claim_outdated_customers(
         "{partitions} LIMIT $2 FOR UPDATE SKIP LOCKED"
     )
     rows = await _fetch_in(conn, query, scope, rules_version, limit)
-    return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+    return [_record(row) for row in rows]
 
 
-async def lock_customer_page(
-    conn: Connection, *, after: str, limit: int, scope: PartitionScope = EVERYTHING
-) -> list[CustomerRecord]:
-    """Lock the next page of classified customers in `scope`, in id order (re-bucketing walks
-    them all)."""
+async def lock_rebucket_page(
+    conn: Connection,
+    *,
+    cut_points_version: str,
+    after: str,
+    limit: int,
+    scope: PartitionScope = EVERYTHING,
+) -> list[tuple[CustomerRecord, str | None]]:
+    """Lock the next page, in id order after `after`, of classified customers in `scope`
+    not scored with `cut_points_version` (re-bucketing walks them), each with the version
+    it was scored with."""
     query = (
-        f"{_SELECT_CUSTOMER} WHERE customer_id > $1 AND state IS NOT NULL{{partitions}}"
-        " ORDER BY customer_id LIMIT $2 FOR UPDATE"
+        f"{_SELECT_CUSTOMER} WHERE customer_id > $1 AND state IS NOT NULL"
+        " AND cut_points_version IS DISTINCT FROM $2{partitions}"
+        " ORDER BY customer_id LIMIT $3 FOR UPDATE"
     )
-    rows = await _fetch_in(conn, query, scope, after, limit)
-    return [CustomerRecord.from_row(_decoded(row)) for row in rows]
+    rows = await _fetch_in(conn, query, scope, after, cut_points_version, limit)
+    return [(_record(row), row["cut_points_version"]) for row in rows]
+
+
+def _record(row: Any) -> CustomerRecord:
+    """A locked customer's row (with `_REVIEW_COLUMNS`) as a CustomerRecord, with when it
+    falls due."""
+    record = CustomerRecord.from_row(_decoded(row))
+    record.due_at = _due_at(row)
+    return record
 
 
 async def _fetch_in(

@@ -12,6 +12,7 @@ import pytest
 from services.scorer.api import decode_cursor, encode_cursor
 from services.scorer.dead_letters import decode
 from services.scorer.evaluation import (
+    ChangeRecord,
     CustomerFailed,
     CustomerRecord,
     Scoring,
@@ -116,6 +117,68 @@ def test_a_late_catch_up_stops_crossing_boundaries_one_by_one_after_its_bound() 
     assert [(c.to_class, c.occurred_at) for c in bounded] == [
         ("semi_active", due), ("inactive", late), ("churned", late),
     ]  # fmt: skip
+
+
+def established(customer_id: str) -> CustomerRecord:
+    """Bought 10 days before NOW and at NOW: established and active, reviewed on day 7."""
+    record = blank(customer_id)
+    events = [buy("e0", customer_id, 10), buy("e1", customer_id, 0)]
+    [update] = fold_batch([record], events, SCORING, now=NOW).updates
+    record.classes, record.class_since = dict(update.classes), dict(update.class_since)
+    record.due_at = update.next_review_at
+    return record
+
+
+def moves(changes: list[ChangeRecord]) -> list[tuple[str, str | None, str, str, datetime]]:
+    return [(c.dimension.value, c.from_class, c.to_class, c.cause.value, c.occurred_at)
+            for c in changes]  # fmt: skip
+
+
+def test_a_customer_due_before_its_next_event_is_first_caught_up_to_that_event() -> None:
+    # The sweep holds lagging partitions, so the consumer may reach a due customer first:
+    # the changes due in between are those a sweep at the event's time would have made.
+    later = NOW + timedelta(days=100)
+    swept = established("c1")
+    assert swept.due_at is not None
+    by_sweep = catch_up(swept, SCORING, due_at=swept.due_at, now=later)[1]
+    record = established("c1")
+    read_at = later + timedelta(hours=1)
+    outcome = fold_batch([record], [buy("e2", "c1", -100)], SCORING, now=read_at)
+    day = NOW + timedelta(microseconds=1)  # the first instant past each threshold
+    assert moves(outcome.changes) == [
+        *moves(by_sweep),
+        ("activity_level", "inactive", "active", "event", later),
+        ("lifecycle_stage", "at_risk", "reactivated", "event", later),
+    ]
+    assert moves(by_sweep) == [
+        ("activity_level", "active", "semi_active", "time", day + timedelta(days=7)),
+        ("activity_level", "semi_active", "inactive", "time", day + timedelta(days=30)),
+        ("lifecycle_stage", "established", "at_risk", "time", day + timedelta(days=90)),
+    ]
+    assert {c.emitted_at for c in outcome.changes} == {read_at}
+    [update] = outcome.updates
+    assert update.classes[Dimension.LIFECYCLE_STAGE] == "reactivated"
+    assert update.next_review_at == later + timedelta(days=7, microseconds=1)
+
+
+def test_an_event_from_before_the_review_time_catches_nothing_up() -> None:
+    record = established("c1")
+    late = NOW + timedelta(days=100)
+    # Read late, but it happened on day 3: nothing was due before it; at `now` it counts.
+    outcome = fold_batch([record], [buy("e2", "c1", -3)], SCORING, now=late)
+    assert {c.cause for c in outcome.changes} == {ChangeCause.EVENT}
+
+
+def test_a_rules_pass_first_catches_a_due_customer_up_with_cause_time() -> None:
+    record = established("c1")
+    outcome = evaluate_all([record], SCORING, now=NOW + timedelta(days=40),
+                           cause=ChangeCause.RULE_CHANGE)  # fmt: skip
+    day = NOW + timedelta(microseconds=1)
+    assert moves(outcome.changes) == [
+        ("activity_level", "active", "semi_active", "time", day + timedelta(days=7)),
+        ("activity_level", "semi_active", "inactive", "time", day + timedelta(days=30)),
+    ]
+    assert outcome.updates[0].next_review_at == day + timedelta(days=90)
 
 
 def test_changes_carry_the_trace_of_their_trigger_read_only_for_customers_that_changed() -> None:
