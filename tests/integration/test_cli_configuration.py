@@ -157,26 +157,22 @@ def test_a_database_command_with_a_bad_setting_names_it_in_one_line(
     assert "secret" not in ran.output
 
 
-def test_run_with_an_unreachable_database_says_so_in_one_line(kafka_bootstrap: str) -> None:
-    url = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/nowhere"
-    ran = tierstream(
-        "run", "--no-demo", env={"DATABASE_URL": url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
-    )
+@pytest.mark.parametrize("away", ["database", "broker"])
+def test_run_with_an_unreachable_database_or_broker_says_which_in_one_line(
+    away: str, kafka_bootstrap: str, database_url: str
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
+    if away == "database":
+        env = {"DATABASE_URL": f"postgresql://postgres:secret@{nowhere}/nowhere",
+               "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}  # fmt: skip
+        says = f"cannot migrate postgresql://postgres:***@{nowhere}/nowhere: "
+    else:
+        env = {"DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": nowhere}
+        says = f"cannot create the topics on the broker at {nowhere}: "
+    ran = tierstream("run", "--no-demo", env=env)
     assert ran.exit_code == 1, ran.output
     assert "Traceback" not in ran.output
     failed = [line for line in ran.stderr.splitlines() if "cannot" in line]
     assert len(failed) == 1, ran.stderr
-    assert failed[0].startswith("cannot migrate postgresql://postgres:***@127.0.0.1:"), failed
+    assert failed[0].startswith(says), failed
     assert "secret" not in ran.output
-
-
-def test_run_with_an_unreachable_broker_says_so_in_one_line(database_url: str) -> None:
-    broker = f"127.0.0.1:{free_port()}"
-    ran = tierstream(
-        "run", "--no-demo", env={"DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": broker}
-    )
-    assert ran.exit_code == 1, ran.output
-    assert "Traceback" not in ran.output
-    failed = [line for line in ran.stderr.splitlines() if "cannot" in line]
-    assert len(failed) == 1, ran.stderr
-    assert failed[0].startswith(f"cannot create the topics on the broker at {broker}: "), failed

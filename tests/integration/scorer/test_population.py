@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -118,29 +120,15 @@ async def test_rebucketing_waits_for_unread_partitions_and_leaves_their_customer
     # Population cut points from stale features, and customers re-bucketed at `now` without
     # their unread events, would both be wrong; the consumer re-evaluates those customers
     # with the current cut points once it reads their events.
-    path = _population_rules(tmp_path)
-    holder = ScoringHolder(load_rules(path))
-    events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
-    held_p = 1
-    held = {f"c{i}" for i in range(10) if _partition(f"c{i}") == held_p}
-    assert held and len(held) < 10
-    some_held = PartitionScope(3, frozenset({0, 1, 2} - {held_p}), (f"logins/{held_p}",))
-    scopes = [some_held, EVERYTHING, some_held]  # a partition falls behind during the walk
-
-    async def scope(conn: object) -> PartitionScope:
-        return scopes.pop(0) if scopes else some_held
-
-    pool = await create_pool(scorer_db, size=2, application_name="test")
-    try:
-        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=holder(), now=NOW)
-        rebucket = Rebucketer(pool, holder, clock=FixedClock(NOW),
-                              metrics=scorer_metrics(new_registry()), scope=scope)  # fmt: skip
+    holder = ScoringHolder(load_rules(_population_rules(tmp_path)))
+    # A partition falls behind during the walk.
+    async with _ten_buyers_and_held_partition(scorer_db, holder, "held, read, held") as (
+        rebucket, held,
+    ):  # fmt: skip
         await rebucket.step()
         async with connect(scorer_db) as conn:
             assert await conn.fetch("SELECT version FROM scorer.cut_points") == []
         await rebucket.step()
-    finally:
-        await pool.close()
     rows = await customer_rows(scorer_db)
     cut_points = holder().cut_points
     assert cut_points is not None
@@ -157,21 +145,9 @@ async def test_customers_a_walk_left_out_are_rebucketed_by_the_next_with_the_sam
     # customers are left out. The next step computes the same cut points version, and must
     # still walk the customers not scored with it.
     holder = ScoringHolder(load_rules(_population_rules(tmp_path)))
-    events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
-    held_p = 1
-    held = {f"c{i}" for i in range(10) if _partition(f"c{i}") == held_p}
-    assert held and len(held) < 10
-    some_held = PartitionScope(3, frozenset({0, 1, 2} - {held_p}), (f"logins/{held_p}",))
-    scopes = [EVERYTHING, some_held]  # then every partition is read again
-
-    async def scope(conn: object) -> PartitionScope:
-        return scopes.pop(0) if scopes else EVERYTHING
-
-    pool = await create_pool(scorer_db, size=2, application_name="test")
-    try:
-        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=holder(), now=NOW)
-        rebucket = Rebucketer(pool, holder, clock=FixedClock(NOW),
-                              metrics=scorer_metrics(new_registry()), scope=scope)  # fmt: skip
+    async with _ten_buyers_and_held_partition(scorer_db, holder, "read, held, read") as (
+        rebucket, held,
+    ):  # fmt: skip
         await rebucket.step()
         cut_points = holder().cut_points
         assert cut_points is not None
@@ -180,8 +156,6 @@ async def test_customers_a_walk_left_out_are_rebucketed_by_the_next_with_the_sam
         assert left_out == held
         await rebucket.step()
         await rebucket.step()  # nothing left: no customer is re-bucketed twice
-    finally:
-        await pool.close()
     assert holder().cut_points == cut_points
     rows = await customer_rows(scorer_db)
     assert {r["cut_points_version"] for r in rows.values()} == {cut_points.version}
@@ -192,6 +166,32 @@ async def test_customers_a_walk_left_out_are_rebucketed_by_the_next_with_the_sam
         )
     # Each customer moved once (the bands made them all bronze), the held ones a step later.
     assert sorted(r["customer_id"] for r in changes) == sorted(rows)
+
+
+@asynccontextmanager
+async def _ten_buyers_and_held_partition(
+    scorer_db: str, holder: ScoringHolder, scopes: str
+) -> AsyncIterator[tuple[Rebucketer, set[str]]]:
+    """Ten customers with one purchase each, and a Rebucketer whose successive scope reads
+    say `scopes` ("read": every partition read; "held": partition 1 of 3 unread; the last
+    one repeats); with the customers of partition 1."""
+    events = [purchase(f"p{i}", f"c{i}", days_ago=5, amount=str(10 * (i + 1))) for i in range(10)]
+    held_p = 1
+    held = {f"c{i}" for i in range(10) if _partition(f"c{i}") == held_p}
+    assert held and len(held) < 10
+    some_held = PartitionScope(3, frozenset({0, 1, 2} - {held_p}), (f"logins/{held_p}",))
+    reads = [some_held if word == "held" else EVERYTHING for word in scopes.split(", ")]
+
+    async def scope(conn: object) -> PartitionScope:
+        return reads.pop(0) if len(reads) > 1 else reads[0]
+
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=holder(), now=NOW)
+        yield Rebucketer(pool, holder, clock=FixedClock(NOW),
+                         metrics=scorer_metrics(new_registry()), scope=scope), held  # fmt: skip
+    finally:
+        await pool.close()
 
 
 def _partition(customer_id: str) -> int:

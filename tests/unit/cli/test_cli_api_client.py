@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,6 +25,7 @@ from cli.importer import Row, send_rows
 from cli.simulate import send_events
 from shared.contracts import CustomerLoggedIn
 from shared.embedded import free_port
+from tests.support.json_server import json_server
 
 
 class Script:
@@ -41,27 +40,12 @@ class Script:
 def server() -> Iterator[tuple[str, Script]]:
     script = Script()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            script.received.append(body)
-            status, headers, answer = script.answers.pop(0)
-            payload = json.dumps(answer).encode()
-            self.send_response(status)
-            for name, value in {**headers, "Content-Length": str(len(payload))}.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
+    def answer(method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+        script.received.append(body)
+        return script.answers.pop(0)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", script
-    httpd.shutdown()
-    httpd.server_close()
+    with json_server(answer) as url:
+        yield url, script
 
 
 def client_for(url: str, waits: list[float], retry_for: float = 30) -> ApiClient:

@@ -4,11 +4,8 @@ reading; off a terminal those passing bars are not drawn at all (scripts read th
 from __future__ import annotations
 
 import io
-import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -18,6 +15,7 @@ from rich.console import Console
 
 from cli.report import run_report
 from cli.simulate import SimulateOptions, run_simulate
+from tests.support.json_server import json_server
 
 CLASSES = {"value_tier": "gold", "activity_level": "active", "lifecycle_stage": "new"}
 PAGES: dict[str, list[dict[str, Any]]] = {
@@ -39,33 +37,17 @@ def page(path: str, cursor: int) -> dict[str, Any]:
 def scorer_and_actions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A local HTTP server answering the reads `report` makes, named by the variables."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
-            cursor = int(parse_qs(url.query).get("cursor", ["0"])[0])
-            if url.path == "/v1/stats/tiers":
-                answer: dict[str, Any] = {"customers": 3, "value_tier": {"gold": 3}}
-            else:
-                answer = page(url.path, cursor)
-            payload = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+    def answer(method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+        url = urlparse(path)
+        if url.path == "/v1/stats/tiers":
+            return 200, {}, {"customers": 3, "value_tier": {"gold": 3}}
+        return 200, {}, page(url.path, int(parse_qs(url.query).get("cursor", ["0"])[0]))
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    monkeypatch.setenv("TIERSTREAM_SCORER_URL", url)
-    monkeypatch.setenv("TIERSTREAM_ACTIONS_URL", url)
-    monkeypatch.setenv("TIERSTREAM_NOW", "2026-06-01T12:00:00Z")
-    yield
-    httpd.shutdown()
-    httpd.server_close()
+    with json_server(answer) as url:
+        monkeypatch.setenv("TIERSTREAM_SCORER_URL", url)
+        monkeypatch.setenv("TIERSTREAM_ACTIONS_URL", url)
+        monkeypatch.setenv("TIERSTREAM_NOW", "2026-06-01T12:00:00Z")
+        yield
 
 
 def console(*, terminal: bool) -> Console:
