@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from services.actions import store
@@ -135,7 +135,8 @@ async def _write_effects(
 ) -> None:  # fmt: skip
     """Exits, then enrolments (with their steps), tasks and deliveries."""
     ended = await _exit_enrolments(conn, effects, result, now=now)
-    allowed = await store.admissible(conn, list(effects.enrols.values()), now=now)
+    chosen = await store.first_admissible(conn, list(effects.enrols.values()), now=now)
+    allowed = [row for row in chosen if row is not None]
     enrolled = await store.insert_enrolments(conn, allowed, now=now)
     steps = [s for eid, row in enrolled for s in step_rows(eid, row, channels)]
     created = await store.upsert_tasks(conn, list(effects.tasks.values()), now=now)
@@ -173,11 +174,10 @@ async def _store_ended(
     customer and sequence, so each reads the history of the one before it; returns them."""
     stored: list[EndedRow] = []
     for group in _rounds(ended):
-        by_key = {(e.row.customer_id, e.row.request.sequence): e for e in group}
-        admitted = await store.admissible(conn, [e.row for e in group], now=now)
-        stored += await store.insert_ended_enrolments(
-            conn, [by_key[r.customer_id, r.request.sequence] for r in admitted], now=now
-        )
+        chosen = await store.first_admissible(conn, [e.candidates() for e in group], now=now)
+        admitted = [replace(e, row=row, alternates=()) for e, row in zip(group, chosen, strict=True)
+                    if row is not None]  # fmt: skip
+        stored += await store.insert_ended_enrolments(conn, admitted, now=now)
     return stored
 
 

@@ -115,6 +115,12 @@ class EndedRow:
     # An exit of its sequence came before it in the batch: that exit, not this enrolment's,
     # ends an enrolment active before the batch (which would otherwise have refused it).
     after_exit: bool
+    # Later requests of the same sequence before the exit: one change at a time, each would
+    # have been tried in turn while none was admitted (see `Effects.enrols`).
+    alternates: tuple[EnrolRow, ...] = ()
+
+    def candidates(self) -> list[EnrolRow]:
+        return [self.row, *self.alternates]
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,10 @@ class Effects:
 
     tasks: dict[tuple[str, str], TaskRow] = field(default_factory=dict)
     alerts: list[DeliveryRow] = field(default_factory=list)
-    enrols: dict[tuple[str, str], EnrolRow] = field(default_factory=dict)
+    # Per customer and sequence, the batch's enrolment requests since its last exit, in order:
+    # the first the re-entry policy and goals admit is the one enrolled (one change at a
+    # time, the earlier ones would have been refused and the later ones refused as it ran).
+    enrols: dict[tuple[str, str], list[EnrolRow]] = field(default_factory=dict)
     exits: list[ExitRow] = field(default_factory=list)
     planned: Counter[tuple[str, str]] = field(default_factory=Counter)
     ended: list[EndedRow] = field(default_factory=list)  # in consumption order
@@ -164,16 +173,15 @@ def _add(
                 # No exit came between its enrolment and this one: the exits before this
                 # one came before the enrolment.
                 after_exit = (customer, sequence) in effects.exited
-                effects.ended.append(EndedRow(started, reason, after_exit))
+                first, *later = started
+                effects.ended.append(EndedRow(first, reason, after_exit, tuple(later)))
             effects.exits.append(ExitRow(customer, sequence, reason))
             effects.exited.add((customer, sequence))
             return
         case EnrolRequest(sequence=sequence):
-            key = (customer, sequence)
-            if key not in effects.enrols:  # a second enrolment would be refused anyway
-                effects.enrols[key] = EnrolRow(
-                    customer, change.id, change.occurred_at, change.emitted_at, request
-                )
+            effects.enrols.setdefault((customer, sequence), []).append(
+                EnrolRow(customer, change.id, change.occurred_at, change.emitted_at, request)
+            )
         case TaskRequest():
             task = TaskRow(
                 customer, change.id, request.playbook, request.title, request.queue,

@@ -119,8 +119,17 @@ async def admissible(
     conn: Connection, enrols: Sequence[EnrolRow], *, now: datetime
 ) -> list[EnrolRow]:
     """The enrolments the re-entry policy and already-reached goals allow."""
+    return [e for e in await first_admissible(conn, [[e] for e in enrols], now=now) if e]
+
+
+async def first_admissible(
+    conn: Connection, candidates: Sequence[Sequence[EnrolRow]], *, now: datetime
+) -> list[EnrolRow | None]:
+    """Per group (one customer and sequence, requests in order), the first request the
+    re-entry policy and already-reached goals allow, or None."""
+    enrols = [e for group in candidates for e in group]
     if not enrols:
-        return []
+        return [None for _ in candidates]
     history = {
         (r["customer_id"], r["sequence"]): r["last_end"]
         for r in await conn.fetch(
@@ -139,7 +148,8 @@ async def admissible(
             sorted({e.customer_id for e in enrols}),
         )
     }
-    return [e for e in enrols if _admits(e, history, goals, now)]
+    return [next((e for e in group if _admits(e, history, goals, now)), None)
+            for group in candidates]  # fmt: skip
 
 
 def _admits(

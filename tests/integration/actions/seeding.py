@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from services.actions.batch import BatchResult, PlannedChange, apply_batch
+from services.actions.batch import BatchResult, GoalHit, PlannedChange, apply_batch
 from services.actions.db import Pool
 from services.actions.effects import ChannelConfig
 from shared.contracts import TierChanged
@@ -22,3 +22,10 @@ async def apply_changes(
     planned = [PlannedChange(c, plan_actions(c, books)) for c in changes]
     return await apply_batch(pool, planned, [], [], group_id="seed", playbooks=books,
                              channels=channels, now=now)  # fmt: skip
+
+
+async def apply_goals(pool: Pool, goals: list[GoalHit], *, now: datetime) -> BatchResult:
+    """Record goal events (consumed purchases) in one transaction, as the consumer does."""
+    books = load_playbooks(default_playbooks_path())
+    return await apply_batch(pool, [], goals, [], group_id="seed", playbooks=books,
+                             channels=LOG_ONLY, now=now)  # fmt: skip

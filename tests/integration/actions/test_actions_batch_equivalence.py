@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from services.actions.batch import GoalHit
 from services.actions.db import Pool, create_pool
 from shared.contracts import TierChanged
-from tests.integration.actions.seeding import apply_changes
+from tests.integration.actions.seeding import apply_changes, apply_goals
 from tests.integration.actions.support import DAY, NOW, fetch, tier_change
 
 HOUR = timedelta(hours=1)
@@ -47,15 +48,18 @@ class Outcome:
 
 async def _together_and_apart(
     pool: Pool, database_url: str, query: str, earlier: list[TierChanged],
-    batch: list[TierChanged],
+    batch: list[TierChanged], goals: list[GoalHit] | None = None,
 ) -> tuple[Outcome, Outcome]:  # fmt: skip
-    """After `earlier` (one at a time): `batch` applied as one batch, then, from scratch,
-    one change at a time."""
+    """After `goals` and `earlier` (one at a time): `batch` applied as one batch, then, from
+    scratch, one change at a time."""
     outcomes = []
     for batches in ([batch], [[change] for change in batch]):
         await pool.execute(
-            "TRUNCATE actions.task, actions.delivery, actions.enrolment, actions.inbox"
+            "TRUNCATE actions.task, actions.delivery, actions.enrolment, actions.inbox,"
+            " actions.goal_event"
         )
+        if goals:
+            await apply_goals(pool, goals, now=APPLIED_AT)
         for change in earlier:
             await apply_changes(pool, [change], now=APPLIED_AT)
         outcome = Outcome([])
@@ -115,3 +119,25 @@ async def test_enrolments_begun_and_ended_in_a_batch_are_kept_as_one_change_at_a
     assert together.enrolled == Counter({"vip_welcome": enrolled})
     # Two steps each: those of g0 cancelled by d1, those of g2 by d3 (never stored in one batch).
     assert together.cancelled_steps == Counter({"vip_welcome": 4})
+
+
+@pytest.mark.parametrize("bought", [True, False], ids=["goal_after_the_first", "no_goal"])
+async def test_of_two_enrolments_in_a_batch_the_first_the_goal_check_admits_is_enrolled(
+    pool: Pool, actions_db: str, bought: bool
+) -> None:
+    # at_risk twice (reactivated in between ends no win-back): one change at a time, a
+    # purchase after the first at_risk refuses that enrolment (nothing to win back), and the
+    # second at_risk, after the purchase, enrols. The batch kept only the first request.
+    batch = [
+        tier_change("r1", "c", "lifecycle_stage", "established", "at_risk", at=NOW),
+        tier_change("r2", "c", "lifecycle_stage", "at_risk", "reactivated", at=NOW + 2 * HOUR),
+        tier_change("r3", "c", "lifecycle_stage", "reactivated", "at_risk", at=NOW + 50 * HOUR),
+    ]
+    goals = [GoalHit("c", NOW + HOUR, "p1")] if bought else []
+    together, apart = await _together_and_apart(pool, actions_db, ENROLMENTS, [], batch, goals)
+    assert together == apart
+    wins = [
+        (e["tier_change_id"], e["status"]) for e in together.rows if e["sequence"] == "win_back"
+    ]
+    assert wins == [("r3" if bought else "r1", "active")]
+    assert together.enrolled["win_back"] == 1

@@ -149,7 +149,8 @@ def test_steps_are_due_at_their_offsets_and_need_an_address_for_email() -> None:
         change("1", "c", "lifecycle_stage", "lead", "new", changed, email="c@example.com"),
         change("2", "d", "lifecycle_stage", "lead", "new", changed),
     ), ALL, now=NOW)  # fmt: skip
-    with_mail = step_rows(7, effects.enrols[("c", "welcome")], ALL)
+    [first] = effects.enrols[("c", "welcome")]
+    with_mail = step_rows(7, first, ALL)
     assert [(s.step_name, s.due_at - changed, s.channel) for s in with_mail] == [
         ("quick_start", timedelta(days=1), "email"), ("best_practices", timedelta(days=3), "email"),
         ("faq", timedelta(days=7), "email"), ("check_in", timedelta(days=14), "email"),
@@ -157,7 +158,8 @@ def test_steps_are_due_at_their_offsets_and_need_an_address_for_email() -> None:
     assert len({s.key for s in with_mail}) == 4 and with_mail[0].key == idempotency_key(
         "step", 7, 0
     )
-    without = step_rows(8, effects.enrols[("d", "welcome")], ALL)
+    [other] = effects.enrols[("d", "welcome")]
+    without = step_rows(8, other, ALL)
     assert {s.channel for s in without} == {"log"}
 
 
