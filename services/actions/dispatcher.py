@@ -142,20 +142,13 @@ class Dispatcher:
             self._count_unrecorded(delivery)
             return
         m = self.metrics
-        if not recorded.applied:
-            # Its lease ran out and a newer attempt had already recorded it: sent (the receiver
-            # got the same idempotency key twice) or dead (the newer attempt decides); either
-            # way the delivery was counted then, so it counts once.
-            event = ("delivery already recorded sent" if recorded.decided == "sent"
-                     else "outcome of a superseded attempt ignored")  # fmt: skip
-            log.info(event, **_fields(delivery), attempt=attempt, recorded=recorded.decided)
-            m.deliveries.labels(delivery.kind, delivery.channel, "superseded").inc()
-            return
-        if recorded.cancelled:
-            # Its sequence exited while it was sent: counted as a cancelled step then, and
-            # stored so (with its send time), so the step counts once.
-            log.info("step sent as its sequence exited; it stays cancelled", **_fields(delivery),
-                     attempt=attempt)  # fmt: skip
+        if not recorded.applied or recorded.cancelled:
+            # Counted already, so the delivery counts once: its lease ran out and a newer
+            # attempt recorded it, sent (the receiver got the same idempotency key twice) or
+            # dead (the newer attempt decides); or its sequence exited while it was sent (a
+            # cancelled step then, stored so with its send time).
+            log.info(_superseded_event(recorded), **_fields(delivery), attempt=attempt,
+                     recorded=recorded.decided)  # fmt: skip
             m.deliveries.labels(delivery.kind, delivery.channel, "superseded").inc()
             return
         log.debug("delivery sent", **_fields(delivery), attempt=attempt,
@@ -234,3 +227,11 @@ def _fields(delivery: Delivery) -> dict[str, object]:
         "delivery_id": delivery.id, "kind": delivery.kind, "channel": delivery.channel,
         "tier_change_id": delivery.tier_change_id, "idempotency_key": delivery.key,
     }  # fmt: skip
+
+
+def _superseded_event(recorded: deliveries.Recorded) -> str:
+    if recorded.cancelled:
+        return "step sent as its sequence exited; it stays cancelled"
+    if recorded.decided == "sent":
+        return "delivery already recorded sent"  # tests/faults/pipeline.py matches this
+    return "outcome of a superseded attempt ignored"

@@ -230,27 +230,24 @@ def one_error_per_attribute(errors: list[ErrorDetails]) -> tuple[list[ErrorDetai
     """The errors with each wrong attribute value's union members merged into one (a
     member's own complaint, such as "should be a finite number", when there is one); and how
     many errors the merging removed."""
-    groups: dict[tuple[str | int, ...], list[ErrorDetails]] = {}
-    out: list[ErrorDetails | tuple[str | int, ...]] = []
-    for error in errors:
+    # Each error in a slot of its own (keyed by its position), but an attribute's union
+    # members in one slot (keyed by the attribute's location), in order of appearance.
+    slots: dict[int | tuple[str | int, ...], list[ErrorDetails]] = {}
+    for index, error in enumerate(errors):
         loc = tuple(error["loc"])
-        if len(loc) >= 3 and loc[-3] == "attributes" and loc[-1] in _ATTRIBUTE_MEMBERS:
-            if loc[:-1] not in groups:
-                out.append(loc[:-1])
-            groups.setdefault(loc[:-1], []).append(error)
-        else:
-            out.append(error)
-    merged: list[ErrorDetails] = []
-    for item in out:
-        if isinstance(item, tuple):
-            own = [e for e in groups[item] if not e["type"].endswith("_type")]
-            kind, msg = (
-                (own[0]["type"], own[0]["msg"]) if own else ("attribute_type", _ATTRIBUTE_TYPE)
-            )
-            merged.append(ErrorDetails(type=kind, loc=item, msg=msg, input=None))
-        else:
-            merged.append(item)
+        member = len(loc) >= 3 and loc[-3] == "attributes" and loc[-1] in _ATTRIBUTE_MEMBERS
+        slots.setdefault(loc[:-1] if member else index, []).append(error)
+    merged = [group[0] if isinstance(key, int) else _attribute_error(key, group)
+              for key, group in slots.items()]  # fmt: skip
     return merged, len(errors) - len(merged)
+
+
+def _attribute_error(loc: tuple[str | int, ...], members: list[ErrorDetails]) -> ErrorDetails:
+    """One error for a wrong attribute value: a member's own complaint when there is one."""
+    own = [e for e in members if not e["type"].endswith("_type")]
+    if own:
+        return ErrorDetails(type=own[0]["type"], loc=loc, msg=own[0]["msg"], input=None)
+    return ErrorDetails(type="attribute_type", loc=loc, msg=_ATTRIBUTE_TYPE, input=None)
 
 
 def _details(exc: ValidationError) -> list[ErrorDetails]:
