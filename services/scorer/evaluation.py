@@ -7,8 +7,9 @@ to write (`CustomerUpdate`, `ChangeRecord`), the repository writes them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from services.scorer import codec
@@ -150,12 +151,18 @@ class ChangeRecord:
         )  # fmt: skip
 
 
+Evaluated = tuple[CustomerUpdate, list[ChangeRecord]]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What to write after evaluating some customers."""
 
     updates: list[CustomerUpdate]
     changes: list[ChangeRecord]
+    # Customers whose evaluation raised (id → error), left as they were: a pass over many
+    # customers (sweep, rules migration, re-bucketing) must not stall on one of them.
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate(
@@ -247,9 +254,10 @@ def evaluate_all(
     the first boundary then carries cause `time`).
     """
     before = scored_with or {}
-    return _outcome(
-        _reevaluate(record, scoring, before.get(record.customer_id, scoring), now=now,
-                    cause=cause)
+    return _isolated(
+        (record.customer_id,
+         partial(_reevaluate, record, scoring, before.get(record.customer_id, scoring),
+                 now=now, cause=cause))
         for record in records
     )  # fmt: skip
 
@@ -275,15 +283,29 @@ def catch_up_all(
     due: Iterable[tuple[CustomerRecord, datetime]], scoring: Scoring, *, now: datetime
 ) -> Outcome:
     """Re-evaluate customers whose review time came (cause `time`); see `catch_up`."""
-    return _outcome(catch_up(record, scoring, due_at=at, now=now) for record, at in due)
+    return _isolated(
+        (record.customer_id, partial(catch_up, record, scoring, due_at=at, now=now))
+        for record, at in due
+    )
 
 
-def _outcome(evaluated: Iterable[tuple[CustomerUpdate, list[ChangeRecord]]]) -> Outcome:
+def _isolated(evaluations: Iterable[tuple[str, Callable[[], Evaluated]]]) -> Outcome:
+    """Each customer's evaluation; one that raises goes to `Outcome.failed`, not up."""
     outcome = Outcome([], [])
-    for update, changes in evaluated:
+    for customer_id, evaluate_one in evaluations:
+        try:
+            update, changes = evaluate_one()
+        except Exception as exc:  # a domain bug or an extreme value: isolate this customer
+            outcome.failed[customer_id] = failure_text(exc)
+            continue
         outcome.updates.append(update)
         outcome.changes.extend(changes)
     return outcome
+
+
+def failure_text(exc: Exception) -> str:
+    """What a failed evaluation logs and dead-letters."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def catch_up(
@@ -396,7 +418,7 @@ def fold_batch(
                 for change in changes:
                     change.traceparent = traceparent
         except Exception as exc:  # a domain bug or an extreme value: isolate this customer
-            raise CustomerFailed(customer_id, f"{type(exc).__name__}: {exc}") from exc
+            raise CustomerFailed(customer_id, failure_text(exc)) from exc
         outcome.updates.append(update)
         outcome.changes.extend(caught)
         outcome.changes.extend(changes)

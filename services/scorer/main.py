@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -101,8 +102,8 @@ async def _serve(
                              max_age_s=settings.progress_max_age_s,
                              held=metrics.sweep_held_partitions, work="time sweeps")  # fmt: skip
     sweeper = Sweeper(pool, scoring=holder, clock=clock, batch=settings.sweep_batch,
-                      metrics=metrics, on_changes=outbox_ready.set,
-                      scope=progress.scope)  # fmt: skip
+                      metrics=metrics, on_changes=outbox_ready.set, scope=progress.scope,
+                      retry=timedelta(seconds=settings.sweep_retry_s))  # fmt: skip
     rebucket = Rebucketer(pool, holder, clock=clock, metrics=metrics, on_changes=outbox_ready.set,
                           scope=progress.scope)  # fmt: skip
     # Rule changes and re-bucketing skip customers (or a whole pass) while partitions are

@@ -35,6 +35,7 @@ class ScorerMetrics:
     sweep_duration: Histogram
     sweep_customers: prom.Counter
     sweep_held_partitions: Gauge
+    evaluation_failures: prom.Counter
     outbox_backlog: Gauge
     published: prom.Counter
     trimmed_changes: prom.Counter
@@ -62,6 +63,7 @@ class ScorerMetrics:
         for cause in ChangeCause:
             if cause is not ChangeCause.EVENT:
                 self.sweep_customers.labels(cause.value)
+                self.evaluation_failures.labels(cause.value)
         for loop in loops:
             self.loop_errors.labels(loop)
         for result in ("hit", "miss", "stale"):
@@ -124,6 +126,14 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         sweep_customers=prom.Counter(
             f"{p}sweep_customers_total",
             "Customers re-evaluated without a new event, by cause (time, rebucket, rule_change).",
+            ["cause"],
+            registry=registry,
+        ),
+        evaluation_failures=prom.Counter(
+            f"{p}evaluation_failures_total",
+            "Customers whose re-evaluation without a new event raised, by cause (time,"
+            " rebucket, rule_change). Each is left as it was and its error logged; a time sweep"
+            " tries it again after SCORER_SWEEP_RETRY_S, the other passes on their next run.",
             ["cause"],
             registry=registry,
         ),

@@ -16,6 +16,7 @@ from services.scorer import store
 from services.scorer.db import Connection, Pool
 from services.scorer.evaluation import Scoring, evaluate_all
 from services.scorer.metrics import ScorerMetrics
+from services.scorer.sweeper import report_failures
 from shared.clock import Clock
 from shared.contracts import ChangeCause
 from shared.domain.features import FeatureValue, compute_features
@@ -168,7 +169,10 @@ class Rebucketer:
                 )  # fmt: skip
                 await store.save_customers(conn, outcome.updates)
                 await store.insert_changes(conn, outcome.changes)
-            self.metrics.sweep_customers.labels(ChangeCause.REBUCKET.value).inc(len(page))
+            report_failures(self.metrics, ChangeCause.REBUCKET, outcome.failed)
+            self.metrics.sweep_customers.labels(ChangeCause.REBUCKET.value).inc(
+                len(page) - len(outcome.failed)
+            )
             self.metrics.count_transitions(outcome.changes)
             if outcome.changes:
                 self.on_changes()

@@ -71,6 +71,15 @@ class ScorerSettings(ConsumingServiceSettings):
         30.0, gt=0, description="How often the sweeper re-evaluates customers that came due."
     )
     sweep_batch: int = Field(1000, ge=1, description="Customers re-evaluated per sweep tx.")
+    sweep_retry_s: float = Field(
+        900.0,
+        gt=0,
+        le=366 * 86400,
+        description="How long a customer whose time re-evaluation raised waits before the"
+        " sweeper tries it again (the error is logged and counted in"
+        " tierstream_scorer_evaluation_failures_total; the other due customers go on)."
+        " Meanwhile it keeps its classes, and its new events still re-evaluate it.",
+    )
     sweep_max_lag: int = Field(
         1000,
         ge=0,

@@ -166,15 +166,30 @@ async def claim_due_customers(
 
 
 async def claim_outdated_customers(
-    conn: Connection, *, rules_version: str, limit: int, scope: PartitionScope = EVERYTHING
+    conn: Connection,
+    *,
+    rules_version: str,
+    limit: int,
+    scope: PartitionScope = EVERYTHING,
+    skip: Sequence[str] = (),
 ) -> list[CustomerRecord]:
-    """Lock customers in `scope` last classified under other rules (after a rules change)."""
+    """Lock customers in `scope` last classified under other rules (after a rules change),
+    but not those in `skip`."""
     query = (
         f"{_SELECT_CUSTOMER} WHERE state IS NOT NULL AND rules_version IS DISTINCT FROM $1"
-        "{partitions} LIMIT $2 FOR UPDATE SKIP LOCKED"
+        " AND customer_id <> ALL($2::text[]){partitions} LIMIT $3 FOR UPDATE SKIP LOCKED"
     )
-    rows = await _fetch_in(conn, query, scope, rules_version, limit)
+    rows = await _fetch_in(conn, query, scope, rules_version, list(skip), limit)
     return [_record(row) for row in rows]
+
+
+async def postpone_reviews(conn: Connection, customer_ids: Sequence[str], until: datetime) -> None:
+    """Move the review time of customers (rows the caller holds) to `until`."""
+    await conn.execute(
+        "UPDATE scorer.customer_review SET next_review_at = $2 WHERE customer_id = ANY($1::text[])",
+        list(customer_ids),
+        until,
+    )
 
 
 async def lock_rebucket_page(

@@ -10,8 +10,8 @@ the customers classified under the old rules (cause `rule_change`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 
 from services.scorer import store
 from services.scorer.db import Connection, Pool
@@ -42,10 +42,15 @@ class Sweeper:
         metrics: ScorerMetrics,
         on_changes: Callable[[], None] = lambda: None,
         scope: Callable[[Connection], Awaitable[PartitionScope]] = everything,
+        retry: timedelta,
     ) -> None:
+        """`retry` (SCORER_SWEEP_RETRY_S): how long a customer whose time re-evaluation
+        raised waits for the next try (its review time is moved); one that fails under new
+        rules is not tried again by this process until the rules change again."""
         self.pool, self.scoring, self.clock, self.batch = pool, scoring, clock, batch
-        self.metrics, self.on_changes, self.scope = metrics, on_changes, scope
+        self.metrics, self.on_changes, self.scope, self.retry = metrics, on_changes, scope, retry
         self.superseded = False  # another process started with newer rules
+        self.unmigrated: tuple[str, set[str]] = ("", set())  # rules version, customers
 
     async def step(self) -> bool:
         """Sweep everything due now; True when work was left for an immediate next step."""
@@ -92,16 +97,38 @@ class Sweeper:
             if cause is ChangeCause.TIME:
                 due = await store.claim_due_customers(conn, now=now, limit=self.batch, scope=scope)
                 outcome, count = catch_up_all(due, scoring, now=now), len(due)
+                if outcome.failed:  # out of the way of the sweeps that claim the oldest due
+                    await store.postpone_reviews(conn, list(outcome.failed), now + self.retry)
             else:
-                version = scoring.rules.version
+                unmigrated = self._unmigrated(scoring.rules.version)
                 records = await store.claim_outdated_customers(
-                    conn, rules_version=version, limit=self.batch, scope=scope
-                )
+                    conn, rules_version=scoring.rules.version, limit=self.batch, scope=scope,
+                    skip=sorted(unmigrated),
+                )  # fmt: skip
                 outcome, count = evaluate_all(records, scoring, now=now, cause=cause), len(records)
+                unmigrated.update(outcome.failed)
             await store.save_customers(conn, outcome.updates)
             await store.insert_changes(conn, outcome.changes)
-        self.metrics.sweep_customers.labels(cause.value).inc(count)
+        report_failures(self.metrics, cause, outcome.failed)
+        self.metrics.sweep_customers.labels(cause.value).inc(count - len(outcome.failed))
         self.metrics.count_transitions(outcome.changes)
         if outcome.changes:
             self.on_changes()
         return count
+
+    def _unmigrated(self, version: str) -> set[str]:
+        """The customers whose re-classification under rules `version` raised here."""
+        if self.unmigrated[0] != version:
+            self.unmigrated = (version, set())
+        return self.unmigrated[1]
+
+
+def report_failures(metrics: ScorerMetrics, cause: ChangeCause, failed: Mapping[str, str]) -> None:
+    """Log and count the customers whose re-evaluation (for `cause`) raised."""
+    if not failed:
+        return
+    metrics.evaluation_failures.labels(cause.value).inc(len(failed))
+    for customer_id, error in failed.items():
+        log.error("customer's re-evaluation failed; left as it was", cause=cause.value,
+                  error=error)  # fmt: skip
+        log.debug("customer not re-evaluated", customer_id=customer_id)

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -23,13 +24,15 @@ from shared.clock import FixedClock
 from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportAction, SupportTicketUpdated
 from shared.db import asyncpg_dsn
 from shared.domain.features import compute_features
-from shared.domain.rules import classify, load_rules
+from shared.domain.rules import classify, default_rules_path, load_rules
 from shared.domain.state import Event, attributes_of, fold, new_state, prune, state_to_json
 from shared.embedded import free_port
 from shared.topics import Topics
 
 T = TypeVar("T")
 NOW = datetime.fromisoformat("2026-03-01T12:00:00+00:00")
+# A sweeper's wait before it tries a customer whose evaluation raised again.
+RETRY = timedelta(minutes=15)
 
 
 class EventMaker(Protocol):
@@ -308,3 +311,15 @@ async def logins_through_an_outage(
         await wait_until(lambda: folded(database_url, "back", events=1))
     clock.advance(timedelta(days=60))
     await produce(bootstrap, route, [login(f"l{i}", "back", days_ago=-5 * i) for i in range(1, 12)])
+
+
+GOLD_M = "{feature: m_score, op: ge, value: 4}"
+
+
+def candidate(tmp_path: Path) -> Path:
+    """The default rules, except that gold needs M = 5."""
+    text = default_rules_path().read_text()
+    assert GOLD_M in text
+    path = tmp_path / "candidate.yaml"
+    path.write_text(text.replace(GOLD_M, "{feature: m_score, op: ge, value: 5}"))
+    return path

@@ -25,7 +25,7 @@ from shared.clock import FixedClock
 from shared.domain.rules import default_rules_path, load_rules
 from shared.metrics import new_registry
 from shared.topics import SCORER_GROUP
-from tests.integration.scorer.support import NOW, connect, purchase, wait_until
+from tests.integration.scorer.support import NOW, RETRY, connect, purchase, wait_until
 
 SCORING = Scoring(load_rules(default_rules_path()))
 LATER = NOW + timedelta(days=100)
@@ -174,7 +174,7 @@ async def test_a_rules_change_reaching_a_due_customer_first_catches_it_up_with_c
     try:
         await _establish(pool, SCORING)
         sweeper = Sweeper(pool, scoring=lambda: new, clock=FixedClock(at), batch=10,
-                          metrics=scorer_metrics(new_registry()))  # fmt: skip
+                          metrics=scorer_metrics(new_registry()), retry=RETRY)  # fmt: skip
         await sweeper.migrate_step()
     finally:
         await pool.close()

@@ -28,21 +28,12 @@ from shared.metrics import new_registry
 from shared.topics import SCORER_GROUP
 from tests.integration.scorer.support import (
     NOW,
+    RETRY,
+    candidate,
     connect,
     customer_rows,
     purchase,
 )
-
-GOLD_M = "{feature: m_score, op: ge, value: 4}"
-
-
-def candidate(tmp_path: Path) -> Path:
-    """The default rules, except that gold needs M = 5."""
-    text = default_rules_path().read_text()
-    assert GOLD_M in text
-    path = tmp_path / "candidate.yaml"
-    path.write_text(text.replace(GOLD_M, "{feature: m_score, op: ge, value: 5}"))
-    return path
 
 
 def test_check_names_the_version_of_a_valid_file_and_the_field_of_an_invalid_one(
@@ -152,7 +143,7 @@ async def test_a_new_rules_file_reclassifies_stored_customers_with_cause_rule_ch
     try:
         _, new = await _gold_under_old_rules(pool, tmp_path)
         sweeper = Sweeper(pool, scoring=lambda: new, clock=FixedClock(NOW), batch=10,
-                          metrics=scorer_metrics(new_registry()))  # fmt: skip
+                          metrics=scorer_metrics(new_registry()), retry=RETRY)  # fmt: skip
         assert await sweeper.migrate_step() is False  # one customer: done in one step
         assert await sweeper.migrate_step() is False
     finally:
@@ -178,7 +169,7 @@ async def test_during_a_rolling_deploy_only_the_newest_rules_reclassify(
 
         def sweeper(scoring: Scoring) -> Sweeper:
             return Sweeper(pool, scoring=lambda: scoring, clock=FixedClock(NOW), batch=10,
-                           metrics=scorer_metrics(new_registry()))  # fmt: skip
+                           metrics=scorer_metrics(new_registry()), retry=RETRY)  # fmt: skip
 
         assert await sweeper(new).migrate_step() is False  # moved forward: silver
         assert (await customer_rows(scorer_db))["gold"]["value_tier"] == "silver"

@@ -28,6 +28,7 @@ from shared.domain.rules_model import DimensionRules
 from shared.domain.state import Event, new_state
 from shared.http import ProblemError
 from shared.pg import row_count as _row_count
+from tests.support.domain_faults import failing_for
 
 NOW = datetime.fromisoformat("2026-03-01T00:00:00+00:00")
 SCORING = Scoring(load_rules(default_rules_path()))
@@ -179,6 +180,26 @@ def test_a_rules_pass_first_catches_a_due_customer_up_with_cause_time() -> None:
         ("activity_level", "semi_active", "inactive", "time", day + timedelta(days=30)),
     ]
     assert outcome.updates[0].next_review_at == day + timedelta(days=90)
+
+
+def test_a_customer_whose_re_evaluation_raises_is_set_aside_and_the_others_are_evaluated() -> None:
+    later = NOW + timedelta(days=40)
+    ids = ["a", "broken", "z"]
+    due, rules_pass, rebucket_pass = ([established(c) for c in ids] for _ in range(3))
+    with failing_for("broken"):
+        swept = catch_up_all([(r, r.due_at or NOW) for r in due], SCORING, now=later)
+        passes = [
+            evaluate_all(records, SCORING, now=later, cause=cause)
+            for records, cause in ((rules_pass, ChangeCause.RULE_CHANGE),
+                                   (rebucket_pass, ChangeCause.REBUCKET))
+        ]  # fmt: skip
+    for outcome in (swept, *passes):
+        assert outcome.failed == {"broken": "ValueError: a domain bug"}
+        assert [u.customer_id for u in outcome.updates] == ["a", "z"]
+        assert {c.customer_id for c in outcome.changes} == {"a", "z"}
+        # The others exactly as without the failing customer.
+        alone = evaluate_all([established("a")], SCORING, now=later, cause=ChangeCause.TIME)
+        assert moves([c for c in outcome.changes if c.customer_id == "a"]) == moves(alone.changes)
 
 
 def test_changes_carry_the_trace_of_their_trigger_read_only_for_customers_that_changed() -> None:
