@@ -84,19 +84,25 @@ async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> Recor
 
     `applied` is False when the delivery's outcome was decided already: sent by another
     attempt, or dead-lettered by a newer one (the newer attempt decides; it was counted
-    then). A step cancelled while this attempt was sending it (its sequence exited) did go
-    out, but was counted as cancelled when its sequence exited: it stays `cancelled`, with
-    its `sent_at` recording that it went out anyway (`cancelled` is True), so it counts once.
+    then; its `sent_at` now records that it went out after all, for whoever would replay
+    the dead letter). A step cancelled while this attempt was sending it (its sequence
+    exited) did go out, but was counted as cancelled when its sequence exited: it stays
+    `cancelled`, with its `sent_at` recording that it went out anyway (`cancelled` is True),
+    so it counts once.
     """
     async with pool.acquire() as conn, conn.transaction():
         await _lock_enrolment(conn, delivery)
         status = await conn.fetchval(
-            "UPDATE actions.delivery SET sent_at = $2, last_error = NULL,"
+            "UPDATE actions.delivery SET sent_at = $2,"
+            " last_error = CASE status WHEN 'pending' THEN NULL ELSE last_error END,"
             " status = CASE status WHEN 'pending' THEN 'sent' ELSE status END"
-            " WHERE id = $1 AND (status = 'pending' OR status = 'cancelled' AND sent_at IS NULL)"
+            " WHERE id = $1 AND (status = 'pending'"
+            "                    OR status IN ('cancelled', 'dead') AND sent_at IS NULL)"
             " RETURNING status",
             delivery.id, now,
         )  # fmt: skip
+        if status == "dead":
+            return Recorded(applied=False, decided=status)
         if status is None:
             decided = await conn.fetchval(
                 "SELECT status FROM actions.delivery WHERE id = $1", delivery.id

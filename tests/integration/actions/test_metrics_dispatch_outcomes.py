@@ -263,7 +263,7 @@ async def test_a_step_cancelled_while_it_is_sent_stays_cancelled_and_counts_once
     assert _outcomes(registry, "step", "log") == {"superseded": 1}  # the exit decided
 
 
-async def test_an_older_attempts_success_after_a_newer_one_died_leaves_it_dead(
+async def test_an_older_attempts_success_after_a_newer_one_died_leaves_it_dead_but_sent(
     pool: Pool, actions_db: str
 ) -> None:
     await _seed_alert(pool)
@@ -281,5 +281,8 @@ async def test_an_older_attempts_success_after_a_newer_one_died_leaves_it_dead(
         await dispatcher.deliver(first, one)  # then the first one's send succeeds
     assert [r.status for r in receiver.requests] == [503, 200]
     alert = await _alert(actions_db)
-    assert (alert["status"], alert["sent_at"]) == ("dead", None)  # the newer attempt decides
+    # The newer attempt decides; the send time says the receiver got it after all (for
+    # whoever would replay the dead letter), and the newer attempt's error stays.
+    assert (alert["status"], alert["sent_at"]) == ("dead", clock.now())
+    assert alert["last_error"] is not None and "503" in alert["last_error"]
     assert _outcomes(registry, "alert", "webhook") == {"dead": 1, "superseded": 1}  # once
