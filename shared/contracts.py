@@ -25,7 +25,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# No whitespace at either end: " 42" would silently be another customer than "42" (the
+# CSV importer strips its cells). Whitespace inside an id is its own business.
+ID_PATTERN = r"^\S(?s:.*\S)?$"
+ID_PATTERN_REASON = "Must not begin or end with whitespace"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 AttributeValue = str | int | float | bool | None
 
@@ -184,8 +188,14 @@ def _type_is_required(schema: dict[str, Any]) -> None:
 class _EventBase(_Contract):
     model_config = ConfigDict(json_schema_extra=_type_is_required)
 
-    event_id: Id = Field(description="Client-supplied idempotency key, 1-128 characters.")
-    customer_id: Id = Field(description="The customer this event belongs to, 1-128 characters.")
+    event_id: Id = Field(
+        description="Client-supplied idempotency key, 1-128 characters, no whitespace at"
+        " either end."
+    )
+    customer_id: Id = Field(
+        description="The customer this event belongs to, 1-128 characters, no whitespace at"
+        " either end."
+    )
     occurred_at: EventTime = Field(
         description="Event time, ISO 8601 with a timezone (naive timestamps are rejected)."
     )

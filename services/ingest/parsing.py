@@ -32,7 +32,15 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from services.ingest.publisher import Event
-from shared.contracts import EVENT_MODELS, STRICT_JSON, CustomerEvent, ShortText, nul_paths
+from shared.contracts import (
+    EVENT_MODELS,
+    ID_PATTERN,
+    ID_PATTERN_REASON,
+    STRICT_JSON,
+    CustomerEvent,
+    ShortText,
+    nul_paths,
+)
 from shared.http import ProblemError
 
 FUTURE_ERROR = "occurred_at_in_future"
@@ -303,6 +311,8 @@ def describe_error(error: ErrorDetails, *, batch: bool) -> FieldError:
         loc = [*loc, "type"]
     elif error["type"] == FUTURE_ERROR:
         loc = [*loc, "occurred_at"]
+    elif error["type"] == "string_pattern_mismatch" and ID_PATTERN in reason:
+        reason = ID_PATTERN_REASON  # instead of the pattern
     elif loc[-1:] == ["[key]"] and len(loc) >= 2:  # a map's key, not its value, is wrong
         loc, reason = [*loc[:-2], f"[{json.dumps(loc[-2])}]"], f"Key: {reason}"
     return FieldError(field=_dotted([*head, *loc]), reason=reason, type=error["type"], index=index)

@@ -284,5 +284,5 @@ async def test_an_older_attempts_success_after_a_newer_one_died_leaves_it_dead_b
     # The newer attempt decides; the send time says the receiver got it after all (for
     # whoever would replay the dead letter), and the newer attempt's error stays.
     assert (alert["status"], alert["sent_at"]) == ("dead", clock.now())
-    assert alert["last_error"] is not None and "503" in alert["last_error"]
+    assert "503" in str(alert["last_error"])
     assert _outcomes(registry, "alert", "webhook") == {"dead": 1, "superseded": 1}  # once

@@ -157,6 +157,24 @@ def test_a_single_events_errors_have_plain_field_paths() -> None:
     ]
 
 
+@pytest.mark.parametrize("padded", [" 42", "42 ", "42\n", "\t42", "\u00a042", "42\u3000", " "])
+@pytest.mark.parametrize("field", ["customer_id", "event_id", "order_id"])
+def test_an_id_with_whitespace_at_either_end_is_refused_naming_the_field(
+    field: str, padded: str
+) -> None:
+    # " 42" would silently be another customer than "42" (the CSV importer strips cells).
+    problem = problem_of(lambda: PARSER.validate(purchase(**{field: padded}), now=NOW,
+                                                 batch=False))  # fmt: skip
+    assert problem.errors == [{"field": field, "reason": "Must not begin or end with whitespace",
+                               "type": "string_pattern_mismatch"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("inner", ["4 2", "a\nb", "x", "\u200bzero-width\ufeff"])
+def test_whitespace_inside_an_id_and_invisible_non_space_characters_pass(inner: str) -> None:
+    [event] = PARSER.validate(purchase(customer_id=inner), now=NOW, batch=False)
+    assert event.customer_id == inner
+
+
 @pytest.mark.parametrize(
     ("ahead", "accepted"), [(timedelta(seconds=299), True), (timedelta(seconds=301), False)]
 )
