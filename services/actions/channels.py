@@ -11,6 +11,8 @@ import hashlib
 import hmac
 import html
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -99,7 +101,11 @@ class WebhookChannel:
         except httpx.HTTPError as exc:
             # The URL may be a secret (a Slack webhook's path is): keep it out of errors and logs.
             detail = str(exc).replace(self.url, redact_url(self.url))
-            raise DeliveryError(f"{type(exc).__name__}: {detail}") from exc
+            # No retry makes a URL without http(s) work (settings refuse one at start).
+            permanent = isinstance(exc, httpx.UnsupportedProtocol)
+            raise (PermanentDeliveryError if permanent else DeliveryError)(
+                f"{type(exc).__name__}: {detail}"
+            ) from exc
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -134,7 +140,8 @@ class SmtpChannel:
         # "a@x, b@y" must not send one customer's message to two mailboxes.
         addresses = getaddresses([delivery.recipient])
         if len(addresses) != 1 or "@" not in addresses[0][1]:
-            raise PermanentDeliveryError(f"recipient {delivery.recipient!r} is not one address")
+            # Not echoed: errors are logged, and logs hold no customer data (SECURITY.md).
+            raise PermanentDeliveryError("the recipient is not one e-mail address")
         msg = EmailMessage()
         msg["From"] = self.config.sender
         msg["To"] = delivery.recipient
@@ -159,12 +166,9 @@ class SmtpChannel:
             with contextlib.suppress(aiosmtplib.SMTPException):
                 await client.quit()
         except aiosmtplib.SMTPResponseException as exc:
-            text = f"SMTP {exc.code}: {exc.message}"
-            raise (PermanentDeliveryError if 500 <= exc.code < 600 else DeliveryError)(
-                text
-            ) from exc
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise PermanentDeliveryError(f"recipient refused: {exc}") from exc
+            raise _smtp_error([exc], delivery) from exc
+        except aiosmtplib.SMTPRecipientsRefused as exc:  # the one recipient, refused at RCPT
+            raise _smtp_error(exc.recipients, delivery, "recipient refused: ") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -172,6 +176,19 @@ class SmtpChannel:
             # they QUIT and wait for a stuck server, so an attempt outlived its timeout and
             # its lease, and the delivery was claimed again while still being sent.
             client.close()
+
+
+def _smtp_error(
+    replies: Sequence[aiosmtplib.SMTPResponseException], delivery: Delivery, prefix: str = ""
+) -> DeliveryError:
+    """Permanent when every reply is a 5xx; a 4xx (greylisting, a full mailbox, a rate
+    limit) is worth a retry. The text leaves the recipient's address out: it is logged."""
+    text = prefix + "; ".join(f"SMTP {r.code}: {r.message}" for r in replies)
+    [(_, address)] = getaddresses([delivery.recipient or ""])  # one: `message` checked it
+    for name in sorted({delivery.recipient or "", address} - {""}, key=len, reverse=True):
+        text = re.sub(re.escape(name), "<recipient>", text, flags=re.IGNORECASE)
+    permanent = bool(replies) and all(500 <= r.code < 600 for r in replies)
+    return (PermanentDeliveryError if permanent else DeliveryError)(text)
 
 
 class LogChannel:

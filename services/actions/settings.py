@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
@@ -43,14 +44,16 @@ class ActionsSettings(ConsumingServiceSettings):
     )
     webhook_url: str | None = Field(
         None,
-        description="Where webhook alerts go (Slack-compatible JSON); unset or empty: log instead.",
+        description="Where webhook alerts go (Slack-compatible JSON), an absolute http(s) URL;"
+        " unset or empty: log instead.",
     )
     webhook_secret: SecretStr = Field(
         SecretStr(""),
         description="HMAC-SHA256 key of X-Tierstream-Signature (required with a URL).",
     )
     crm_webhook_url: str | None = Field(
-        None, description="New tasks are pushed here when set (empty: unset)."
+        None,
+        description="New tasks are pushed here when set, an absolute http(s) URL (empty: unset).",
     )
     smtp_host: str | None = Field(
         None, description="SMTP server; unset or empty: e-mail goes to the log."
@@ -121,6 +124,21 @@ class ActionsSettings(ConsumingServiceSettings):
         # docker-compose passes "" for a variable that is not set: that means "not configured".
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         return None if isinstance(raw, str) and not raw.strip() else value
+
+    @field_validator("webhook_url", "crm_webhook_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str | None) -> str | None:
+        # Refused at start: every send to "hooks.slack.com/..." would fail, and not say why
+        # until the first alert. The message never repeats the value (its path may be a key).
+        if value is None:
+            return None
+        try:
+            url = httpx.URL(value.strip())
+        except httpx.InvalidURL:
+            raise ValueError("is not a URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value.strip()
 
     @model_validator(mode="after")
     def _signed_webhooks(self) -> ActionsSettings:

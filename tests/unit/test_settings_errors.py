@@ -40,6 +40,29 @@ def test_every_service_refuses_a_port_out_of_range(
         settings()
 
 
+@pytest.mark.parametrize("variable", ["ACTIONS_WEBHOOK_URL", "ACTIONS_CRM_WEBHOOK_URL"])
+@pytest.mark.parametrize(
+    "url", [f"hooks.slack.com/services/{SECRET}", f"ftp://x/{SECRET}", f"https:///{SECRET}"]
+)
+def test_a_webhook_url_must_be_absolute_http_and_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, url: str
+) -> None:
+    monkeypatch.setenv("ACTIONS_WEBHOOK_SECRET", "s")
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(SystemExit):
+        settings_or_exit(ActionsSettings)
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"invalid configuration: {variable}: ") and "http" in line
+    assert SECRET not in line
+
+
+def test_a_webhook_url_is_kept_as_given() -> None:
+    url = "https://hooks.slack.com/services/T0/B0/xyz?a=1"
+    settings = ActionsSettings(webhook_url=url, crm_webhook_url=" http://crm:8080 ",
+                               webhook_secret="s")  # fmt: skip
+    assert (settings.webhook_url, settings.crm_webhook_url) == (url, "http://crm:8080")
+
+
 def test_a_cross_field_error_never_shows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACTIONS_WEBHOOK_URL", "http://hooks.example")
     monkeypatch.setenv("ACTIONS_SMTP_PASSWORD", SECRET)

@@ -284,9 +284,17 @@ async def serving(receiver: WebhookReceiver) -> AsyncIterator[WebhookReceiver]:
 
 
 class _Mailbox:
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, rcpt_reply: str | None) -> None:
         self.messages: list[Message] = []
-        self.delay_s = delay_s
+        self.delay_s, self.rcpt_reply = delay_s, rcpt_reply
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if self.rcpt_reply is not None:
+            return self.rcpt_reply.format(address=address)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay_s:
@@ -296,9 +304,12 @@ class _Mailbox:
 
 
 @contextlib.contextmanager
-def smtp_server(delay_s: float = 0.0) -> Any:
-    """An aiosmtpd server on a free port; yields (port, list of received messages)."""
-    mailbox = _Mailbox(delay_s)
+def smtp_server(delay_s: float = 0.0, rcpt_reply: str | None = None) -> Any:
+    """An aiosmtpd server on a free port; yields (port, list of received messages).
+
+    `rcpt_reply`: its answer to every recipient instead of accepting it (`{address}` is the
+    recipient's)."""
+    mailbox = _Mailbox(delay_s, rcpt_reply)
     controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:

@@ -12,13 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from services.actions import deliveries
+from services.actions import store as actions_store
 from services.actions.batch import GoalHit, PlannedChange, apply_batch
 from services.actions.channels import Channels, Delivery, SmtpChannel, SmtpConfig, WebhookChannel
 from services.actions.db import Pool, create_pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
-from services.actions.effects import ChannelConfig
+from services.actions.effects import ChannelConfig, DeliveryRow
 from services.actions.metrics import actions_metrics, prime_metrics
 from shared.clock import FixedClock
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
@@ -160,6 +162,44 @@ async def test_a_refused_send_counts_a_retry_or_at_the_last_attempt_a_dead_lette
         "tierstream_actions_dead_letters_total", {"kind": "alert", "channel": "webhook"}
     )
     assert dead == (1 if outcome == "dead" else 0)
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome", "status"),
+    [
+        ("450 4.2.0 <{address}>: greylisted, try again later", "retry", "pending"),
+        ("452 4.2.2 <{address}>: mailbox full", "retry", "pending"),
+        ("550 5.1.1 <{address}>: no such mailbox", "dead", "dead"),
+    ],
+    ids=["greylisted", "full", "unknown"],
+)
+async def test_a_recipient_refused_for_now_is_retried_for_good_dead_lettered_and_never_logged(
+    pool: Pool, actions_db: str, reply: str, outcome: str, status: str
+) -> None:
+    email = DeliveryRow(key="k1", kind="alert", customer_id="c1", tier_change_id="t1",
+                        playbook="vip", audience="care", channel="email",
+                        recipient="Carol <Carol@Example.com>", subject="s", body="b",
+                        payload={}, due_at=NOW)  # fmt: skip
+    async with pool.acquire() as conn:
+        await actions_store.insert_deliveries(conn, [email], now=NOW)
+    clock, registry = FixedClock(NOW), CollectorRegistry()
+    with smtp_server(rcpt_reply=reply) as (port, mailbox), capture_logs() as logs:
+        mail = SmtpChannel(SmtpConfig("127.0.0.1", port, "actions@example.com", timeout_s=5))
+        dispatcher = _dispatcher(pool, Channels(email=mail), registry, kinds=("alert",),
+                                 clock=clock)  # fmt: skip
+        [(delivery, attempt)] = await _claim(pool, "alert", at=clock)
+        await dispatcher.deliver(delivery, attempt)
+    assert mailbox == []
+    alert = await _alert(actions_db)
+    assert (alert["status"], alert["attempts"]) == (status, 1)
+    assert _outcomes(registry, "alert", "email") == {outcome: 1}
+    # The server's reason, without the customer's address (it is logged: SECURITY.md).
+    code = reply.split()[0]
+    assert (
+        alert["last_error"]
+        == f"recipient refused: SMTP {code}: {reply[4:].format(address='<recipient>')}"
+    )
+    assert logs and not [line for line in logs if "example.com" in str(line).lower()]
 
 
 @pytest.mark.parametrize("receiver_fails", [False, True])

@@ -121,7 +121,7 @@ def test_emails_carry_the_key_as_message_id_and_need_a_recipient() -> None:
 @pytest.mark.parametrize("recipient", ["a@example.com, b@example.com", "a@x; b@y", "nobody", "<>"])
 def test_an_email_goes_to_exactly_one_address(recipient: str) -> None:
     channel = SmtpChannel(SmtpConfig("localhost", 25, "from@example.com"))
-    with pytest.raises(PermanentDeliveryError, match="is not one address"):
+    with pytest.raises(PermanentDeliveryError, match="is not one e-mail address"):
         channel.message(_delivery(recipient=recipient))
 
 
