@@ -31,6 +31,10 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.LockNotAvailableError,
+    # Out of connection slots (53300, the server's or the role's limit), disk or memory.
+    asyncpg.InsufficientResourcesError,
+    # A statement cancelled by the server (statement_timeout) or an administrator.
+    asyncpg.QueryCanceledError,
 )
 _READY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError)
 

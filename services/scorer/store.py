@@ -136,7 +136,8 @@ def _due_at(row: Any) -> datetime | None:
 # consumer locks the same rows, so the two never evaluate one customer at once). While some
 # partitions are held (shared/partition_scope.py), only customers of the read ones.
 CLAIM_DUE = (
-    f"SELECT {', '.join(f'c.{name}' for name in CUSTOMER_COLUMNS.split(', '))}, r.next_review_at"
+    f"SELECT {', '.join(f'c.{name}' for name in CUSTOMER_COLUMNS.split(', '))}, c.updated_at,"
+    " r.next_review_at"
     " FROM scorer.customer_review AS r JOIN scorer.customer AS c USING (customer_id)"
     " WHERE r.next_review_at <= $1{partitions}"
     " ORDER BY r.next_review_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED"
@@ -160,9 +161,21 @@ async def claim_due_customers(
     conn: Connection, *, now: datetime, limit: int, scope: PartitionScope = EVERYTHING
 ) -> list[tuple[CustomerRecord, datetime]]:
     """Lock customers in `scope` whose next review time has come, with that time; skip those
-    another tx holds."""
+    another tx holds.
+
+    The time is `_due_at`'s: a writer that committed after this statement's snapshot and
+    before its lock (another sweep, the consumer) leaves the locked row new and the review
+    row as the snapshot saw it, and catching up from that time would replay, over classes
+    already moved on, the changes that writer made.
+    """
     rows = await _fetch_in(conn, CLAIM_DUE, scope, now, limit, column="r.customer_id")
-    return [(CustomerRecord.from_row(_decoded(row)), row["next_review_at"]) for row in rows]
+    return [(CustomerRecord.from_row(_decoded(row)), _due(row)) for row in rows]
+
+
+def _due(row: Any) -> datetime:
+    due = _due_at(row)
+    assert due is not None  # claimed for its review time
+    return due
 
 
 async def claim_outdated_customers(
@@ -184,9 +197,14 @@ async def claim_outdated_customers(
 
 
 async def postpone_reviews(conn: Connection, customer_ids: Sequence[str], until: datetime) -> None:
-    """Move the review time of customers (rows the caller holds) to `until`."""
+    """Move the review time of customers (rows the caller holds) to `until`.
+
+    Their version moves too: a record a state cache holds carries the old review time.
+    """
     await conn.execute(
-        "UPDATE scorer.customer_review SET next_review_at = $2 WHERE customer_id = ANY($1::text[])",
+        "WITH moved AS (UPDATE scorer.customer_review SET next_review_at = $2"
+        " WHERE customer_id = ANY($1::text[]))"
+        " UPDATE scorer.customer SET version = version + 1 WHERE customer_id = ANY($1::text[])",
         list(customer_ids),
         until,
     )

@@ -10,6 +10,8 @@ whose body says nothing of the error; its traceback goes to the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -122,11 +124,17 @@ Apps = dict[str, httpx.AsyncClient]
 
 @pytest.fixture
 async def apps(migrated: str, gate: PostgresGate) -> AsyncIterator[Apps]:
-    """The scorer and actions apps, their pools reaching the database through the gate.
+    """The scorer and actions apps, their pools reaching the database through the gate."""
+    async with _apps(gate.url_for(migrated)) as clients:
+        yield clients
+
+
+@contextlib.asynccontextmanager
+async def _apps(url: str) -> AsyncIterator[Apps]:
+    """The scorer and actions apps on the database at `url`.
 
     `raise_app_exceptions=False`: the client sees what a server sends for an unhandled error
     (Starlette answers with the handler's response, then re-raises to the server)."""
-    url = gate.url_for(migrated)
     common = {"database_url": url, "api_keys": f"test:{KEY}", "api_db_timeout_s": BUDGET_S}
     scorer_settings = ScorerSettings.model_validate(common)
     actions_settings = ActionsSettings.model_validate(common)
@@ -227,6 +235,28 @@ async def test_both_apis_answer_an_unresponsive_postgres_with_a_503_within_their
     assert len(_errors(logs, "database unavailable")) == len(answers), logs
     await gate.reopen()  # Postgres answers again: the same apps recover, no restart
     await _healthy(apps)
+
+
+async def test_both_apis_answer_postgres_refusing_more_connections_with_a_503(
+    migrated: str,
+) -> None:
+    # SQLSTATE 53300 (the server's or the role's connection limit reached) is an outage too.
+    role = f"full_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(asyncpg_dsn(migrated))
+    await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    try:
+        url = make_url(migrated).set(username=role).render_as_string(hide_password=False)
+        async with _apps(url) as apps:
+            with capture_logs() as logs:
+                answers = await _call_all(apps)
+        for call, response in answers:
+            assert response.status_code == 503, (call, response.text)
+            assert response.headers["retry-after"].isdigit(), call
+            _assert_reveals_nothing(response.text, role, "too many")
+        assert len(_errors(logs, "database unavailable")) == len(answers), logs
+    finally:
+        await admin.execute(f"DROP ROLE {role}")
+        await admin.close()
 
 
 async def test_a_dropped_database_is_a_logged_500_that_names_nothing(

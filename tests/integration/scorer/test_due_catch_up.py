@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from services.scorer.state_cache import StateCache
 from services.scorer.sweeper import Sweeper
 from shared.clock import FixedClock
 from shared.domain.rules import default_rules_path, load_rules
+from shared.kafka_batches import KeyPartitioner
 from shared.metrics import new_registry
+from shared.partition_scope import PartitionScope
 from shared.topics import SCORER_GROUP
 from tests.integration.scorer.support import NOW, RETRY, connect, purchase, wait_until
 
@@ -121,6 +123,70 @@ async def test_a_batch_that_waits_for_a_sweep_catches_nothing_up_twice(
         await pool.close()
     # The sweep's changes, then the purchase's: none twice.
     assert await _moves(scorer_db, since=3) == CAUGHT_UP + BACK
+
+
+GATE = 4242  # advisory lock key
+
+
+@contextlib.asynccontextmanager
+async def _partition_filter_gated(database_url: str) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """Statements that filter customers by partition (some partition held) wait, row by row
+    before locking it, until the yielded function opens the gate."""
+    async with connect(database_url) as conn:
+        await conn.execute(
+            "ALTER FUNCTION scorer.kafka_partition(text, integer) RENAME TO kafka_partition_real"
+        )
+        await conn.execute(f"""
+            CREATE FUNCTION scorer.kafka_partition(key text, partitions integer)
+            RETURNS integer LANGUAGE plpgsql VOLATILE AS $$
+            BEGIN
+                PERFORM pg_advisory_lock_shared({GATE});
+                PERFORM pg_advisory_unlock_shared({GATE});
+                RETURN scorer.kafka_partition_real(key, partitions);
+            END $$""")  # fmt: skip
+        await conn.execute("SELECT pg_advisory_lock($1)", GATE)
+        yield lambda: conn.execute("SELECT pg_advisory_unlock($1)", GATE)
+
+
+async def _waiting_at_the_gate(database_url: str, task: asyncio.Task[Any]) -> bool:
+    if task.done():
+        task.result()
+        raise AssertionError("the task did not wait at the gate")
+    async with connect(database_url) as conn:
+        return bool(await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        ))  # fmt: skip
+
+
+async def test_a_sweep_whose_snapshot_predates_another_sweeps_commit_catches_nothing_up_twice(
+    scorer_db: str,
+) -> None:
+    # Two processes' sweeps. B's statement takes its snapshot while A's transaction is open
+    # and locks the customer after A committed: Postgres re-reads the locked customer row,
+    # but returns the review row of B's snapshot (day 7). Caught up from there over classes
+    # already moved on, B replayed A's changes backwards, then forwards.
+    mine = KeyPartitioner().partition(b"c", [0, 1, 2])
+    read = PartitionScope(3, frozenset({mine}), held=("other/9",))  # so the filter runs
+
+    async def scope(_: Any) -> PartitionScope:
+        return read
+
+    sweep = Sweeper(pool := await create_pool(scorer_db, size=3, application_name="test"),
+                    scoring=lambda: SCORING, clock=FixedClock(LATER + timedelta(minutes=1)),
+                    batch=10, metrics=scorer_metrics(new_registry()), retry=RETRY,
+                    scope=scope)  # fmt: skip
+    try:
+        await _establish(pool, SCORING)
+        async with _partition_filter_gated(scorer_db) as open_gate:
+            async with _sweep_holding_the_customer(pool, SCORING):  # A
+                b = asyncio.create_task(sweep.step())
+                await wait_until(lambda: _waiting_at_the_gate(scorer_db, b))
+            await open_gate()  # A has committed
+            await b
+    finally:
+        await pool.close()
+    assert await _moves(scorer_db, since=3) == CAUGHT_UP
 
 
 async def test_a_rebucket_walk_that_waits_for_a_sweep_catches_nothing_up_twice(

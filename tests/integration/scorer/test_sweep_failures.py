@@ -70,6 +70,8 @@ async def test_a_time_sweep_sets_a_failing_customer_aside_and_tries_it_again_lat
         rows = await customer_rows(scorer_db)
         assert rows["broken"]["activity_level"] == "active"  # left as it was
         assert rows["broken"]["next_review_at"] == LATER + RETRY
+        # A state cache's record of it carries the old review time: no longer current.
+        assert rows["broken"]["version"] == rows["a"]["version"]
         assert _count(registry, "evaluation_failures", "time") == 1
         assert _count(registry, "sweep_customers", "time") == 2
 
