@@ -20,21 +20,30 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from shared import offsets
 from shared.group_commit import GroupCommitter
 from shared.logging import get_logger
-from shared.offsets import Fenced
+from shared.offsets import Fenced, OffsetMove
 from shared.pg import Pool
 
 log = get_logger(__name__)
 Batch = dict[TopicPartition, list[Any]]  # aiokafka ConsumerRecords per partition
+# The help of each service's `*_offsets_rewound_total{topic, partition}`.
+OFFSETS_REWOUND_HELP = (
+    "Times a partition's stored offset was past the log's end (a broker that kept nothing,"
+    " a topic created again, another cluster) and its next offset was set to the log's start:"
+    " the partition is read again, and the inbox drops what was applied before."
+)
 
 
 class ConsumerMetrics(Protocol):
-    """The two metrics every fenced consumer keeps."""
+    """The metrics every fenced consumer keeps."""
 
     @property
     def fenced_batches(self) -> Any: ...
 
     @property
     def consumer_lag(self) -> Any: ...
+
+    @property
+    def offsets_rewound(self) -> Any: ...
 
 
 class FencedConsumer:
@@ -87,6 +96,9 @@ class FencedConsumer:
         if self.needs_resync:
             await self.resync(self.consumer.assignment())
         batch = await self.poll()
+        if await self._rewind_past_log_end():
+            self.needs_resync = True  # read from the rewound offsets on: drop this batch
+            return True
         self._update_lag()
         if not batch:
             return False
@@ -112,6 +124,38 @@ class FencedConsumer:
                 self.consumer.seek(tp, offset)
             self.fences[tp] = offset
         self.needs_resync = False
+
+    async def _rewind_past_log_end(self) -> bool:
+        """Store the log's start as the next offset of partitions whose stored offset is past
+        the log's end; True if there were any.
+
+        The database outlived the log: a broker that keeps nothing (the embedded one started
+        again), a topic deleted and created again, a move to another cluster, a log cut short
+        by an unclean leader election. The consumer's fetch position falls back to the log's
+        start (auto_offset_reset), but every record below the stored offset would be taken
+        for one already applied, and the lag would read 0: nothing consumed, nothing said.
+        Read again from the start, what was applied before is dropped by the inbox. The
+        high watermark a fetch reports, not `end_offsets()`, which some brokers under-report.
+        """
+        ahead = []
+        for tp in sorted(self.consumer.assignment()):
+            fence, high = self.fences.get(tp), self.consumer.highwater(tp)
+            if fence is not None and high is not None and high < fence:
+                ahead.append((tp, fence, high))
+        if not ahead:
+            return False
+        starts = await self.consumer.beginning_offsets([tp for tp, _, _ in ahead])
+        moves = [OffsetMove(tp.topic, tp.partition, fence, starts[tp]) for tp, fence, _ in ahead]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await offsets.advance_offsets(conn, self.schema, self.group_id, moves)
+        for (tp, fence, high), move in zip(ahead, moves, strict=True):
+            log.error(
+                "stored offset past the log's end; reading the partition again from its start",
+                topic=tp.topic, partition=tp.partition, stored=fence, log_end=high,
+                start=move.next_offset,
+            )  # fmt: skip
+            self.fence_metrics.offsets_rewound.labels(tp.topic, str(tp.partition)).inc()
+        return True
 
     async def close(self) -> None:
         """Stop background group commits (call before the Kafka consumer stops)."""

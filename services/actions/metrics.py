@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.domain.playbooks import Playbooks
+from shared.fenced_consumer import OFFSETS_REWOUND_HELP
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
@@ -48,6 +49,7 @@ class ActionsMetrics:
     consumer_lag: Gauge
     steps_held_partitions: Gauge
     fenced_batches: Counter
+    offsets_rewound: Counter
     loop_errors: Counter
     dispatch_rounds: Counter
     pruned_rows: Counter
@@ -169,6 +171,9 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         ),
         fenced_batches=_counter(
             "fenced_batches_total", "Batches rolled back because another consumer moved on.", [], r
+        ),
+        offsets_rewound=_counter(
+            "offsets_rewound_total", OFFSETS_REWOUND_HELP, ["topic", "partition"], r
         ),
         loop_errors=_counter(
             "loop_errors_total", "Failed iterations of a background loop.", ["loop"], r

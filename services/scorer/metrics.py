@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from shared.contracts import EVENT_MODELS, ChangeCause
 from shared.domain.changes import UNCLASSIFIED
+from shared.fenced_consumer import OFFSETS_REWOUND_HELP
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class ScorerMetrics:
     trimmed_changes: prom.Counter
     emit_latency: Histogram
     fenced_batches: prom.Counter
+    offsets_rewound: prom.Counter
     loop_errors: prom.Counter
     state_cache: prom.Counter
 
@@ -159,6 +161,12 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         fenced_batches=prom.Counter(
             f"{p}fenced_batches_total",
             "Batches rolled back because another consumer owns the partition.",
+            registry=registry,
+        ),
+        offsets_rewound=prom.Counter(
+            f"{p}offsets_rewound_total",
+            OFFSETS_REWOUND_HELP,
+            ["topic", "partition"],
             registry=registry,
         ),
         loop_errors=prom.Counter(

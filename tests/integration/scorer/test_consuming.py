@@ -5,13 +5,18 @@ from __future__ import annotations
 import random
 
 from shared.clock import FixedClock
+from shared.kafka_batches import KeyPartitioner
+from shared.topics import SCORER_GROUP
 from tests.integration.scorer.support import (
     NOW,
     EventMaker,
     assert_matches_reference,
+    connect,
     count,
     customer_rows,
+    folded,
     login,
+    metrics_text,
     produce,
     purchase,
     reference,
@@ -71,3 +76,36 @@ async def test_out_of_order_events_give_the_exact_state(
 
 async def _consumed(database_url: str, records: int) -> bool:
     return await count(database_url, OFFSETS_SUM) >= records
+
+
+async def test_stored_offsets_past_the_logs_end_are_rewound_to_its_start(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    # The database outlived the log (the embedded broker started again, a topic created
+    # again): before, every new record was taken for one applied, and the lag read 0.
+    route = topic_router(topic_namespace)
+    events = [login(f"l{i}", "b", days_ago=1) for i in range(5)]
+    topic = route(events[0])
+    async with connect(scorer_db) as conn:
+        await conn.execute(
+            "INSERT INTO scorer.consumer_offset (group_id, topic, partition, next_offset)"
+            " SELECT $1, $2, p, 1000 FROM generate_series(0, 2) AS p",
+            SCORER_GROUP, topic,
+        )  # fmt: skip
+    settings = scorer_settings(base_env)
+    async with running_scorer(settings, clock):
+        await produce(kafka_bootstrap, route, events)
+        await wait_until(lambda: folded(scorer_db, "b", events=5))
+        text = await metrics_text(settings) or ""
+    partition = KeyPartitioner().partition(b"b", [0, 1, 2])
+    stored = await count(
+        scorer_db, "SELECT next_offset FROM scorer.consumer_offset WHERE topic = $1"
+        " AND partition = $2", topic, partition,
+    )  # fmt: skip
+    assert stored == 5
+    rewound = f'tierstream_scorer_offsets_rewound_total{{partition="{partition}",topic="{topic}"}}'
+    assert f"{rewound} 1.0" in text
