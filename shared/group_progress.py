@@ -48,13 +48,23 @@ async def fetch_in_scope(
 
 
 async def report_progress(
-    conn: Connection, schema: str, group_id: str, generation: int, lags: Sequence[PartitionLag]
+    conn: Connection,
+    schema: str,
+    group_id: str,
+    generation: int,
+    lags: Sequence[PartitionLag],
+    *,
+    max_age_s: float,
 ) -> None:
     """Record how far this process's consumer is through its partitions.
 
     `heard_at` in the database's clock, so processes on hosts with skewed clocks agree on
-    which records are fresh. A record of an earlier generation never replaces a later one (a
-    process that lost the partition and had not noticed yet).
+    which records are fresh. A record of an earlier generation never replaces a fresh later
+    one (a process that lost the partition and had not noticed yet); it does replace a
+    record older than `max_age_s`, which counts for nothing anyway: generations start again
+    when the group is created again (a new broker or cluster, the group deleted or expired),
+    and the old, higher ones would otherwise hold every partition until the new group's
+    rebalances climbed past them.
     """
     if not lags:
         return
@@ -65,13 +75,15 @@ async def report_progress(
         " FROM unnest($3::text[], $4::int[], $5::int8[], $6::float8[]) AS u(t, n, b, a)"
         " ON CONFLICT (group_id, topic, partition) DO UPDATE SET generation = EXCLUDED.generation,"
         " behind = EXCLUDED.behind, heard_at = EXCLUDED.heard_at"
-        " WHERE p.generation <= EXCLUDED.generation",
+        " WHERE p.generation <= EXCLUDED.generation"
+        " OR p.heard_at < statement_timestamp() - $7 * interval '1 second'",
         group_id,
         generation,
         [lag.topic for lag in lags],
         [lag.partition for lag in lags],
         [lag.behind for lag in lags],
         [lag.heard_age_s for lag in lags],
+        max_age_s,
     )
 
 
@@ -123,7 +135,8 @@ class GroupProgress:
         lags = await self.events.progress()
         if generation is not None and lags:
             async with self.pool.acquire() as conn:
-                await report_progress(conn, self.schema, self.events.group_id, generation, lags)
+                await report_progress(conn, self.schema, self.events.group_id, generation, lags,
+                                      max_age_s=self.max_age_s)  # fmt: skip
         return False
 
     async def scope(self, conn: Connection) -> PartitionScope:

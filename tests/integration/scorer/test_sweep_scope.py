@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.clock import FixedClock
 from shared.domain.rules import default_rules_path, load_rules
-from shared.fenced_consumer import group_generation
+from shared.fenced_consumer import PartitionLag, group_generation
+from shared.group_progress import read_progress, report_progress
 from shared.kafka_batches import KeyPartitioner
 from shared.topics import Topics
 from tests.integration.scorer.support import (
@@ -148,3 +149,22 @@ async def _classified_under(database_url: str, version: str) -> bool:
         return bool(await conn.fetchval(
             "SELECT bool_and(rules_version = $1) FROM scorer.customer", version
         ))  # fmt: skip
+
+
+async def test_a_stale_progress_record_of_a_later_generation_is_replaced(scorer_db: str) -> None:
+    # Generations start again when the group is created again (a new broker, the group
+    # deleted): the old, higher ones held every partition until the new group climbed past.
+    async with connect(scorer_db) as conn:
+        await conn.execute(
+            "INSERT INTO scorer.partition_progress"
+            " (group_id, topic, partition, generation, behind, heard_at)"
+            " VALUES ('g', 't', 0, 7, 0, now() - interval '1 hour'),"
+            "        ('g', 't', 1, 7, 0, now())"
+        )
+        lags = [PartitionLag("t", 0, 3, 0.0), PartitionLag("t", 1, 3, 0.0)]
+        await report_progress(conn, "scorer", "g", 1, lags, max_age_s=60)
+        rows = await read_progress(conn, "scorer", "g", max_age_s=60)
+    assert sorted((r.partition, r.generation, r.behind, r.fresh) for r in rows) == [
+        (0, 1, 3, True),  # replaced
+        (1, 7, 0, True),  # fresh and later: another member's, this one is a zombie
+    ]
