@@ -94,7 +94,11 @@ class FencedConsumer:
 
     async def _step(self) -> bool:
         if self.needs_resync:
-            await self.resync(self.consumer.assignment())
+            try:
+                await self.resync(self.consumer.assignment())
+            except Exception:
+                await self._lag_while_failing()
+                raise
         batch = await self.poll()
         if await self._rewind_past_log_end():
             self.needs_resync = True  # read from the rewound offsets on: drop this batch
@@ -124,6 +128,17 @@ class FencedConsumer:
                 self.consumer.seek(tp, offset)
             self.fences[tp] = offset
         self.needs_resync = False
+
+    async def _lag_while_failing(self) -> None:
+        """Keep the lag current while the stored offsets cannot be read (Postgres away).
+
+        A partition is fetched again, and its high watermark heard, only once the records
+        fetched for it are taken: take them and drop them (the next resync seeks back to the
+        stored offsets), or the lag would stay as it was when the outage began.
+        """
+        with contextlib.suppress(Exception):
+            await self.consumer.getmany(timeout_ms=0)
+        self._update_lag()
 
     async def _rewind_past_log_end(self) -> bool:
         """Store the log's start as the next offset of partitions whose stored offset is past

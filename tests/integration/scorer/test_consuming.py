@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
 
+from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.kafka_batches import KeyPartitioner
 from shared.topics import SCORER_GROUP
+from tests.faults.outages import cut_off_database
 from tests.integration.scorer.support import (
     NOW,
     EventMaker,
@@ -109,3 +112,38 @@ async def test_stored_offsets_past_the_logs_end_are_rewound_to_its_start(
     assert stored == 5
     rewound = f'tierstream_scorer_offsets_rewound_total{{partition="{partition}",topic="{topic}"}}'
     assert f"{rewound} 1.0" in text
+
+
+async def test_the_lag_keeps_growing_while_postgres_is_away(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    # Before, every step failed reading the stored offsets before it polled, and the lag
+    # stayed what it was when the outage began: no lag alert, a flat dashboard.
+    settings = scorer_settings({**base_env, "TIERSTREAM_PARTITIONS": "1"})
+    route = topic_router(topic_namespace)
+    async with running_scorer(settings, clock):
+        await produce(kafka_bootstrap, route, [login("a0", "a", days_ago=1)])
+        await wait_until(lambda: folded(scorer_db, "a", events=1))
+        await cut_off_database(scorer_db, allow=False, application_name="tierstream-scorer")
+        try:
+            await produce(kafka_bootstrap, route, [login("b0", "b", days_ago=1)])
+            await wait_until(lambda: _lag(settings, at_least=1))  # that batch failed
+            later = [login(f"b{i}", "b", days_ago=1) for i in range(1, 50)]
+            await produce(kafka_bootstrap, route, later)
+            await wait_until(lambda: _lag(settings, at_least=50))
+        finally:
+            await cut_off_database(scorer_db, allow=True, application_name="tierstream-scorer")
+        await wait_until(lambda: folded(scorer_db, "b", events=50), within=60)
+        await wait_until(lambda: _lag(settings, at_most=0))
+
+
+async def _lag(settings: ScorerSettings, *, at_least: int = 0, at_most: int | None = None) -> bool:
+    text = await metrics_text(settings) or ""
+    lags = [float(v) for v in re.findall(
+        r'^tierstream_scorer_consumer_lag_records\{[^}]*logins[^}]*\} (\S+)$', text, re.M
+    )]  # fmt: skip
+    return bool(lags) and at_least <= sum(lags) and (at_most is None or sum(lags) <= at_most)
