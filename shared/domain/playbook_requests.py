@@ -124,7 +124,16 @@ def defer_past_quiet_hours(at: datetime, quiet: QuietHours) -> datetime:
     if not inside:
         return at
     day = local.date() if clock < quiet.end else local.date() + timedelta(days=1)
-    return datetime.combine(day, quiet.end, tzinfo=zone).astimezone(UTC)
+    # The first time the local clock shows the end after `at`. On the night clocks go back
+    # the end's wall time may come twice, and the first one may be behind `at` (a step
+    # claimed in the repeated hour would be put back to the past, claimed again at once,
+    # and so on till the hour was over).
+    ends = (
+        datetime.combine(d, quiet.end, tzinfo=zone).replace(fold=fold).astimezone(UTC)
+        for d in (day, day + timedelta(days=1))
+        for fold in (0, 1)
+    )
+    return min(end for end in ends if end > at)
 
 
 def quiet_hours_record(quiet: QuietHours) -> dict[str, str]:

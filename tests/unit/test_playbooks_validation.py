@@ -7,6 +7,8 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.domain.playbook_model import Channel, QuietHours, TaskAction
@@ -282,6 +284,36 @@ def test_steps_are_due_at_their_offset_and_never_inside_quiet_hours(
 ) -> None:
     step = PlannedStep(0, "s", timedelta(hours=offset_h), Channel.LOG, None, "", "x")
     assert step_due_at(enrolled, step, quiet) == due
+
+
+def test_a_step_claimed_in_the_repeated_hour_waits_for_the_end_still_ahead() -> None:
+    # Berlin goes back from 03:00 CEST to 02:00 CET on 2026-10-25: 02:00-03:00 comes twice.
+    # Claimed at the second 02:00 (01:00 UTC), quiet until 02:30: the second 02:30. Before,
+    # the first 02:30 (00:30 UTC), in the past: put back, claimed again, a busy loop.
+    quiet = QuietHours(start=time(22, 0), end=time(2, 30), timezone="Europe/Berlin")
+    now = datetime(2026, 10, 25, 1, 0, tzinfo=UTC)
+    assert quiet_until(now, quiet_hours_record(quiet)) == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+
+
+_ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC", "Asia/Kolkata"]
+
+
+@given(
+    at=st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31),
+                    timezones=st.just(UTC)),
+    start=st.times().map(lambda t: t.replace(microsecond=0)),
+    end=st.times().map(lambda t: t.replace(microsecond=0)), zone=st.sampled_from(_ZONES),
+)  # fmt: skip
+@example(datetime(2026, 10, 25, 1, 0, tzinfo=UTC), time(22), time(2, 30), "Europe/Berlin")
+def test_a_step_is_put_back_to_a_later_time_outside_its_quiet_hours(
+    at: datetime, start: time, end: time, zone: str
+) -> None:
+    assume(start != end)
+    quiet = QuietHours(start=start, end=end, timezone=zone)
+    until = quiet_until(at, quiet_hours_record(quiet))
+    if until is not None:
+        assert until > at
+        assert quiet_until(until, quiet_hours_record(quiet)) is None  # out of them then
 
 
 @pytest.mark.parametrize(
