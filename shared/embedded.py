@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
@@ -30,13 +32,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+def wait_until_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 15.0) -> None:
+    """Wait until `proc` itself listens on `port`: something else may hold the port (a free
+    port taken by another program in between), and then `proc` exits, having failed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the process exited (code {proc.returncode}) before listening"
+                               f" on port {port}: is the port taken?")  # fmt: skip
+        with contextlib.suppress(psutil.Error):
+            listening = psutil.Process(proc.pid).net_connections(kind="tcp")
+            if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in listening):
+                return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+    raise TimeoutError(f"the process does not listen on port {port} after {timeout}s")
 
 
 _PR_SET_PDEATHSIG = 1
@@ -99,7 +108,11 @@ class EmbeddedKafka:
             # an orphaned tansu does not finish a SIGTERM shutdown, so SIGKILL it.
             preexec_fn=partial(die_with_parent, signal.SIGKILL),
         )
-        wait_for_port(self.host, self.port)
+        try:
+            wait_until_listening(self._proc, self.port)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     @property
@@ -160,6 +173,11 @@ def postmaster():
         return pid
     except (OSError, ValueError):
         return None
+# An owner killed while starting the server leaves its last step running (initdb, or
+# pg_ctl starting the server, which waits for it to be up): give that time to end.
+deadline = time.monotonic() + 15
+while postmaster() is None and time.monotonic() < deadline:
+    time.sleep(0.2)
 for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGQUIT, 10)):
     pid = postmaster()
     if pid is not None:
@@ -196,14 +214,14 @@ class EmbeddedPostgres:
         if os.geteuid() == 0:
             # Running as root the server runs as its own user: it must reach the directory.
             self.data_dir.parent.chmod(0o755)
+        if self._watchdog is None:  # before the server starts: an owner may die meanwhile
+            remove = self._tmp if self._tmp and not self.keep else ""
+            self._watchdog = subprocess.Popen(
+                [sys.executable, "-c", _PG_WATCHDOG, str(os.getpid()), str(self.data_dir),
+                 remove],
+                stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C is for the owner
+            )  # fmt: skip
         self._server = get_server(self.data_dir, cleanup_mode="stop")
-        if self._watchdog is not None:  # start() on a running instance: its watchdog stays
-            return self
-        remove = self._tmp if self._tmp and not self.keep else ""
-        self._watchdog = subprocess.Popen(
-            [sys.executable, "-c", _PG_WATCHDOG, str(os.getpid()), str(self.data_dir), remove],
-            stdin=subprocess.DEVNULL, start_new_session=True,  # Ctrl-C is for the owner
-        )  # fmt: skip
         return self
 
     @property

