@@ -58,9 +58,8 @@ async def run(
     # A short fetch wait: some brokers (the embedded tansu) answer a waiting fetch only when
     # the wait ends, not when data arrives; a real Kafka answers at once either way.
     consumer = make_consumer(
-        settings, settings.group_id, max_poll_records=settings.batch_max_records,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-    )  # fmt: skip
+        settings, settings.group_id, max_poll_records=settings.batch_max_records
+    )
     try:
         async with pool.acquire() as conn:
             await store.activate_rules(conn, rules.version)

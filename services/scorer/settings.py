@@ -64,9 +64,6 @@ class ScorerSettings(ConsumingServiceSettings):
     poll_timeout_ms: int = Field(
         500, ge=10, description="Longest wait for a batch, and for a batch that is behind to fill."
     )
-    fetch_max_wait_ms: int = Field(
-        20, ge=0, description="Longest the broker may hold a fetch with no data (latency bound)."
-    )
     sweep_interval_s: float = Field(
         30.0, gt=0, description="How often the sweeper re-evaluates customers that came due."
     )

@@ -77,7 +77,6 @@ async def scorer(
     producer = make_producer(settings)
     consumer = make_consumer(
         settings, settings.group_id, max_poll_records=settings.batch_max_records,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )  # fmt: skip
     registry = new_registry()
     metrics = scorer_metrics(registry)

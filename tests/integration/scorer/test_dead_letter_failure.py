@@ -71,7 +71,6 @@ async def test_a_failed_dead_letter_write_holds_the_offset_until_the_poison_reac
     producer = make_producer(gated)
     consumer = make_consumer(
         settings, group, max_poll_records=settings.batch_max_records,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )  # fmt: skip
     events = EventConsumer(
         consumer, producer, pool, group_id=group, scoring=lambda: SCORING, clock=clock,
