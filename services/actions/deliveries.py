@@ -20,7 +20,8 @@ _CLAIM = """
 WITH due AS (
     SELECT id FROM actions.delivery
     WHERE status = 'pending' AND kind = ANY($1::text[]) AND due_at <= $2
-      AND available_at <= clock_timestamp(){partitions}
+      AND available_at <= clock_timestamp()
+      AND (kind, channel) NOT IN (SELECT * FROM unnest($5::text[], $6::text[])){partitions}
     ORDER BY due_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED)
@@ -33,6 +34,9 @@ RETURNING d.id, d.idempotency_key, d.kind, d.customer_id, d.channel, d.recipient
 """
 
 
+Route = tuple[str, str]  # (kind, channel): one receiver, e.g. ("task", "webhook") the CRM
+
+
 async def claim_due(
     pool: Pool,
     kinds: Sequence[str],
@@ -41,14 +45,17 @@ async def claim_due(
     limit: int,
     lease_s: float,
     scope: PartitionScope = EVERYTHING,
+    skip_routes: Sequence[Route] = (),
 ) -> list[tuple[Delivery, int]]:
-    """Lease up to `limit` due deliveries of customers in `scope` (other senders skip them);
-    with their attempt number."""
+    """Lease up to `limit` due deliveries of customers in `scope` (other senders skip them),
+    none of the (kind, channel) routes in `skip_routes`; with their attempt number."""
     if scope.nothing:
         return []
+    skip_kinds, skip_channels = [k for k, _ in skip_routes], [c for _, c in skip_routes]
     async with pool.acquire() as conn:
         rows = await fetch_in_scope(conn, _CLAIM, scope, list(kinds), now, limit, lease_s,
-                                    schema="actions", column="customer_id")  # fmt: skip
+                                    skip_kinds, skip_channels, schema="actions",
+                                    column="customer_id")  # fmt: skip
     return [
         (
             Delivery(

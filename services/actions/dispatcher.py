@@ -2,16 +2,20 @@
 
 One instance sends alerts and task pushes, another sequence steps (the scheduler), so a
 slow receiver of one kind never starves the other, and neither blocks the consumer. A
-hanging receiver holds at most one slot for at most the delivery timeout.
+hanging receiver holds a slot for at most the delivery timeout, and never a sender's last
+quarter of slots (`route_slots`): the alerts to a working webhook go on while a hanging CRM
+times its task pushes out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from services.actions import deliveries
 from services.actions.channels import Channels, Delivery, DeliveryError, PermanentDeliveryError
@@ -64,6 +68,7 @@ class Dispatcher:
         self.name, self.pool, self.channels, self.kinds = name, pool, channels, tuple(kinds)
         self.policy, self.clock, self.metrics, self.scope = policy, clock, metrics, scope
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.route_in_flight: Counter[deliveries.Route] = Counter()
         self.wake = asyncio.Event()
         self.rounds = metrics.dispatch_rounds.labels(name)  # exported at 0 from the start
 
@@ -75,28 +80,44 @@ class Dispatcher:
         finally:
             await self.drain(timeout_s=min(self.policy.timeout_s, DRAIN_S))
 
+    @property
+    def route_slots(self) -> int:
+        """The most slots one route (kind, channel) may hold at once: all but a quarter."""
+        return max(1, self.policy.concurrency - self.policy.concurrency // 4)
+
     async def step(self) -> bool:
-        """Claim as many due deliveries as there are free slots; True when all slots filled."""
+        """Claim as many due deliveries as there are free slots, no route above its share;
+        True when the round claimed all it could (more may be claimable at once)."""
         free = self.policy.concurrency - len(self.in_flight)
         if free <= 0:
             return False  # a finishing send sets `wake`
+        full = sorted(r for r, n in self.route_in_flight.items() if n >= self.route_slots)
+        # No route may pass its share in this round either, whichever it turns out to be.
+        busiest = max((n for n in self.route_in_flight.values() if n < self.route_slots),
+                      default=0)  # fmt: skip
+        limit = min(free, self.route_slots - busiest)
         scope = EVERYTHING
         if self.scope is not None:
             async with self.pool.acquire() as conn:
                 scope = await self.scope(conn)
         claimed = await deliveries.claim_due(
-            self.pool, self.kinds, now=self.clock.now(), limit=free, lease_s=self.policy.lease_s,
-            scope=scope,
+            self.pool, self.kinds, now=self.clock.now(), limit=limit,
+            lease_s=self.policy.lease_s, scope=scope, skip_routes=full,
         )  # fmt: skip
         for delivery, attempt in claimed:
+            route = (delivery.kind, delivery.channel)
             task = asyncio.create_task(self.deliver(delivery, attempt), name=f"send-{delivery.id}")
             self.in_flight.add(task)
-            task.add_done_callback(self._finished)
+            self.route_in_flight[route] += 1
+            task.add_done_callback(partial(self._finished, route))
         self.rounds.inc()
-        return len(claimed) == free
+        return len(claimed) == limit
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, route: deliveries.Route, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
+        self.route_in_flight[route] -= 1
+        if not self.route_in_flight[route]:
+            del self.route_in_flight[route]
         self.wake.set()
 
     async def drain(self, *, timeout_s: float) -> None:

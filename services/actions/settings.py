@@ -75,7 +75,13 @@ class ActionsSettings(ConsumingServiceSettings):
         "recorded its progress since the last rebalance): the unread records may hold the "
         "purchase or the tier change that ends the sequence.",
     )
-    dispatch_concurrency: int = Field(16, ge=1, description="Deliveries in flight per loop.")
+    dispatch_concurrency: int = Field(
+        16,
+        ge=1,
+        description="Deliveries in flight per sender (alerts and task pushes; sequence steps);"
+        " one route (a kind of delivery through one channel, e.g. task pushes to the CRM) never"
+        " takes the last quarter of them, so a receiver that hangs cannot hold up the others.",
+    )
     # At most the largest Postgres integer: `actions.delivery.attempts` counts in one, so a
     # delivery failing for ever would break the claim statement ("integer out of range") of
     # every send round before reaching a larger limit.

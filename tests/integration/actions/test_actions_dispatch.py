@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.actions import deliveries
+from services.actions import deliveries, store
 from services.actions.channels import Channels, Delivery, WebhookChannel
 from services.actions.db import Pool, create_pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
-from services.actions.effects import ChannelConfig
+from services.actions.effects import ChannelConfig, DeliveryRow
 from services.actions.metrics import actions_metrics
 from shared.clock import FixedClock
 from tests.integration.actions.seeding import apply_changes
@@ -158,3 +160,46 @@ async def test_a_failure_reported_after_its_lease_ran_out_leaves_the_newer_attem
     assert outcome.applied
     [(_, third)] = await claim(60)
     assert third == 3 and (await _alert(actions_db))["last_error"] == "HTTP 503"
+
+
+def _push(key: str, kind: str, customer_id: str, due_in_s: float) -> DeliveryRow:
+    return DeliveryRow(key=key, kind=kind, customer_id=customer_id, tier_change_id=f"tc-{key}",
+                       playbook="vip", audience="care", channel="webhook", recipient=None,
+                       subject="s", body="b", payload={},
+                       due_at=NOW + timedelta(seconds=due_in_s))  # fmt: skip
+
+
+async def test_a_hanging_receiver_never_holds_the_slots_another_receiver_needs(
+    pool: Pool, actions_db: str
+) -> None:
+    # Twelve task pushes to a CRM that never answers, due before one alert to a working
+    # webhook. Before, the pushes took every slot, and each came back after its back-off
+    # ahead of the alert: the alert waited till the pushes were dead-lettered.
+    rows = [_push(f"push-{i}", "task", f"crm-{i}", -60 + i) for i in range(12)]
+    rows.append(_push("alert-1", "alert", "vip", 0))
+    async with pool.acquire() as conn:
+        await store.insert_deliveries(conn, rows, now=NOW)
+    crm = WebhookReceiver(SECRET.encode(), hang_for={f"crm-{i}" for i in range(12)})
+    slack = WebhookReceiver(SECRET.encode())
+    policy = replace(POLICY, timeout_s=60.0, lease_s=70.0)  # no push ends during the test
+    stop = asyncio.Event()
+    async with serving(crm), serving(slack), httpx.AsyncClient(timeout=60) as client:
+        channels = Channels(
+            webhook=WebhookChannel(client, slack.url + "/slack", SECRET.encode()),
+            crm=WebhookChannel(client, crm.url + "/crm", SECRET.encode()),
+        )
+        dispatcher = Dispatcher("dispatcher", pool, channels, kinds=("alert", "task"),
+                                policy=policy, clock=FixedClock(NOW),
+                                metrics=actions_metrics(CollectorRegistry()))  # fmt: skip
+        task = asyncio.create_task(dispatcher.run(stop))
+        try:
+            sql = "SELECT 1 FROM actions.delivery WHERE kind = 'alert' AND status = 'sent'"
+            await eventually(lambda: fetch(actions_db, sql), within=20, what="alert sent")
+            hanging = len(crm.requests)
+        finally:
+            stop.set()
+            crm.released.set()
+            await asyncio.wait_for(task, 10)
+    assert [r.status for r in slack.requests] == [200]
+    # All but a quarter of the slots (4) went to the pushes, none of which has ended.
+    assert hanging == dispatcher.route_slots == 3
