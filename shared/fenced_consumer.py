@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,7 +72,8 @@ class FencedConsumer:
         raise NotImplementedError
 
     async def handle(self, batch: Batch) -> None:
-        """Apply a batch of owned, correctly positioned partitions (one transaction or more)."""
+        """Apply a batch of owned, correctly positioned partitions (one transaction or more),
+        each partition's records from its stored offset on, every offset once."""
         raise NotImplementedError
 
     def listener(self) -> ConsumerRebalanceListener:
@@ -109,7 +110,8 @@ class FencedConsumer:
         if self.needs_resync or any(tp not in self.fences for tp in batch):
             self.needs_resync = True  # fetched before our seek: drop it, resync first
             return True
-        await self.handle(batch)
+        if batch := drop_repeats(batch, self.fences):
+            await self.handle(batch)
         return True
 
     async def resync(self, partitions: Iterable[TopicPartition]) -> None:
@@ -234,6 +236,26 @@ def group_generation(consumer: AIOKafkaConsumer) -> int | None:
     coordinator = getattr(consumer, "_coordinator", None)
     generation = getattr(coordinator, "generation", None)
     return generation if isinstance(generation, int) and generation >= 0 else None
+
+
+def drop_repeats(batch: Batch, floors: Mapping[TopicPartition, int | None]) -> Batch:
+    """Each partition's records from its floor on, every offset once, in offset order.
+
+    The embedded broker with a short fetch wait was seen handing records out a second
+    time (a fetch answered again from the start of a stored record batch). Records below
+    the stored next offset are already applied; a repeat inside a batch would be counted
+    and dead-lettered twice and would move the stored offset backwards.
+    """
+    kept: Batch = {}
+    for tp, records in batch.items():
+        next_offset, fresh = floors.get(tp) or 0, []
+        for record in records:
+            if record.offset >= next_offset:
+                fresh.append(record)
+                next_offset = record.offset + 1
+        if fresh:
+            kept[tp] = fresh
+    return kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from services.scorer.db import Pool
 from services.scorer.dead_letters import decode, traceparent_of
 from services.scorer.evaluation import ChangeRecord, CustomerFailed, Scoring
 from services.scorer.metrics import ScorerMetrics
-from services.scorer.polling import Batch, drop_repeats, gather_batch, split_lanes
+from services.scorer.polling import Batch, gather_batch, split_lanes
 from services.scorer.state_cache import StateCache
 from shared.clock import Clock
 from shared.dead_letters import Poison, Record, dead_letter
@@ -86,12 +86,10 @@ class EventConsumer(FencedConsumer):
         )  # fmt: skip
 
     async def handle(self, batch: Batch) -> None:
-        """Drop records handed out twice, then apply the batch and publish its changes."""
-        batch = drop_repeats(batch, self.fences)
-        if batch:
-            changes = await self._process(batch)
-            if changes and self.publish is not None:
-                await self._publish_now(self.publish)
+        """Apply the batch and publish its changes."""
+        changes = await self._process(batch)
+        if changes and self.publish is not None:
+            await self._publish_now(self.publish)
 
     async def _publish_now(self, publish: Callable[[], Awaitable[object]]) -> None:
         """Publish the batch's committed changes from this task, before the next batch.

@@ -10,7 +10,7 @@ the buffers are full and batches fill at once; under a trickle a record waits at
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -53,26 +53,6 @@ def records_behind(batch: Batch, highwater: Callable[[TopicPartition], int | Non
         if end is not None and records:
             behind += max(0, end - records[-1].offset - 1)
     return behind
-
-
-def drop_repeats(batch: Batch, floors: Mapping[TopicPartition, int | None]) -> Batch:
-    """Each partition's records from its floor on, every offset once, in offset order.
-
-    The embedded broker with a short fetch wait was seen handing records out a second
-    time (a fetch answered again from the start of a stored record batch). Records below
-    the stored next offset are already applied; a repeat inside a batch would be counted
-    and dead-lettered twice and would move the stored offset backwards.
-    """
-    kept: Batch = {}
-    for tp, records in batch.items():
-        next_offset, fresh = floors.get(tp) or 0, []
-        for record in records:
-            if record.offset >= next_offset:
-                fresh.append(record)
-                next_offset = record.offset + 1
-        if fresh:
-            kept[tp] = fresh
-    return kept
 
 
 def split_lanes(batch: Batch, lanes: int) -> list[Batch]:

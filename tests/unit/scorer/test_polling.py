@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
-from services.scorer.polling import Batch, drop_repeats, records_behind, split_lanes
+from services.scorer.polling import Batch, records_behind, split_lanes
+from shared.fenced_consumer import drop_repeats
 
 
 def batch_of(sizes: dict[tuple[str, int], int]) -> Batch:
