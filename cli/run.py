@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from types import FrameType
 
@@ -54,6 +55,16 @@ def first_api_key(raw: str) -> str:
     return next(iter(parse_api_keys(raw)), "")
 
 
+SERVICES = ("ingest", "scorer", "actions")
+
+
+def api_key_for(env: Mapping[str, str], service: str) -> str:
+    """The first key `service` accepts: from its own `<SERVICE>_API_KEYS` when set (its
+    settings read that first), else from TIERSTREAM_API_KEYS."""
+    own = env.get(f"{service.upper()}_API_KEYS")
+    return first_api_key(own if own is not None else env.get("TIERSTREAM_API_KEYS", ""))
+
+
 def _bootstrap(env: dict[str, str]) -> str | None:
     """Migrations and topics, before any service starts: None, or one line on which of the
     database and the broker could not be used (an external one may be down or mistyped)."""
@@ -97,16 +108,21 @@ def _wait_ready(
     return not pending
 
 
-def _banner(console: Console, infra: Infra, key: str, ports: dict[str, int]) -> None:
+def _banner(console: Console, infra: Infra, keys: dict[str, str], ports: dict[str, int]) -> None:
     i, s, a = ports["ingest"], ports["scorer"], ports["actions"]
+    if len(set(keys.values())) == 1:
+        key_lines = [f"API key  {keys['scorer']}"]
+    else:  # some service has keys of its own (<SERVICE>_API_KEYS)
+        key_lines = [f"{f'{name} key':<16}{key}" for name, key in keys.items()]
     lines = [
         f"ingest   http://127.0.0.1:{i}/docs   (POST /v1/events, /v1/events/batch)",
         f"scorer   http://127.0.0.1:{s}/docs   (GET /v1/customers/{{id}}, /v1/stats/tiers)",
         f"actions  http://127.0.0.1:{a}/docs   (GET /v1/tasks, /v1/sequences/enrollments)",
         f"metrics  http://127.0.0.1:{{{i},{s},{a}}}/metrics",
         "",
-        f"API key  {key}",
-        f"try:     curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{s}/v1/stats/tiers",
+        *key_lines,
+        f"try:     curl -H 'Authorization: Bearer {keys['scorer']}'"
+        f" http://127.0.0.1:{s}/v1/stats/tiers",
         "Ctrl-C stops everything.",
     ]
     console.print(Panel("\n".join(lines), title="Tierstream is running", expand=False))
@@ -151,9 +167,9 @@ def run_system(console: Console, *, demo: bool = True) -> int:
                 return 0
             console.print("[red]services did not become ready in time[/red]")
             return 1
-        key = first_api_key(env["TIERSTREAM_API_KEYS"])
-        _banner(console, infra, key, ports)
-        demo_proc = _start_demo(env, key, ports["ingest"]) if demo else None
+        keys = {service: api_key_for(env, service) for service in SERVICES}
+        _banner(console, infra, keys, ports)
+        demo_proc = _start_demo(env, keys["ingest"], ports["ingest"]) if demo else None
         if demo_proc is not None:
             stack.callback(_kill_if_running, demo_proc)
         while not stop.requested:
