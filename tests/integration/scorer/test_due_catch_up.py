@@ -117,7 +117,7 @@ async def test_a_batch_that_waits_for_a_sweep_catches_nothing_up_twice(
                                 group_id=SCORER_GROUP, scoring=SCORING,
                                 now=LATER + timedelta(hours=1), cache=cache)  # fmt: skip
             consumer = asyncio.create_task(batch)
-            await wait_until(lambda: _waiting_for_a_lock(scorer_db, consumer))
+            await wait_until(lambda: _waiting(scorer_db, consumer))
         await consumer
     finally:
         await pool.close()
@@ -148,17 +148,6 @@ async def _partition_filter_gated(database_url: str) -> AsyncIterator[Callable[[
         yield lambda: conn.execute("SELECT pg_advisory_unlock($1)", GATE)
 
 
-async def _waiting_at_the_gate(database_url: str, task: asyncio.Task[Any]) -> bool:
-    if task.done():
-        task.result()
-        raise AssertionError("the task did not wait at the gate")
-    async with connect(database_url) as conn:
-        return bool(await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
-        ))  # fmt: skip
-
-
 async def test_a_sweep_whose_snapshot_predates_another_sweeps_commit_catches_nothing_up_twice(
     scorer_db: str,
 ) -> None:
@@ -181,7 +170,7 @@ async def test_a_sweep_whose_snapshot_predates_another_sweeps_commit_catches_not
         async with _partition_filter_gated(scorer_db) as open_gate:
             async with _sweep_holding_the_customer(pool, SCORING):  # A
                 b = asyncio.create_task(sweep.step())
-                await wait_until(lambda: _waiting_at_the_gate(scorer_db, b))
+                await wait_until(lambda: _waiting(scorer_db, b, GATE_LOCK))
             await open_gate()  # A has committed
             await b
     finally:
@@ -204,7 +193,7 @@ async def test_a_rebucket_walk_that_waits_for_a_sweep_catches_nothing_up_twice(
             rebucket = Rebucketer(pool, holder, clock=FixedClock(read_at),
                                   metrics=scorer_metrics(new_registry()))  # fmt: skip
             walk = asyncio.create_task(rebucket.step())
-            await wait_until(lambda: _waiting_for_a_lock(scorer_db, walk))
+            await wait_until(lambda: _waiting(scorer_db, walk))
         await walk
     finally:
         await pool.close()
@@ -214,14 +203,20 @@ async def test_a_rebucket_walk_that_waits_for_a_sweep_catches_nothing_up_twice(
     ]
 
 
-async def _waiting_for_a_lock(database_url: str, task: asyncio.Task[Any]) -> bool:
+# What a statement waits for: a row lock (the sweep's), or the gate's advisory lock.
+ROW_LOCK = "query LIKE '%FOR UPDATE%'"
+GATE_LOCK = "wait_event = 'advisory'"
+
+
+async def _waiting(database_url: str, task: asyncio.Task[Any], lock: str = ROW_LOCK) -> bool:
+    """True once a statement of this database waits for `lock`; `task` must still run."""
     if task.done():
         task.result()
-        raise AssertionError("the task did not wait for the sweep's row lock")
+        raise AssertionError(f"the task did not wait ({lock})")
     async with connect(database_url) as conn:
         return bool(await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'"
+            f" AND wait_event_type = 'Lock' AND {lock}"
         ))  # fmt: skip
 
 
