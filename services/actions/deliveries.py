@@ -16,12 +16,19 @@ from services.actions.db import Connection, Pool, row_count
 from shared.group_progress import fetch_in_scope
 from shared.partition_scope import EVERYTHING, PartitionScope
 
+# A sequence's steps go out in order, one at a time: a step waits while an earlier step of
+# its enrolment is pending (being sent, retried, or put back past quiet hours). Otherwise a
+# backlog (the service was down for days) sent all of an enrolment's due steps at once, in
+# any order: the survey before the offer it asks about.
 _CLAIM = """
 WITH due AS (
-    SELECT id FROM actions.delivery
+    SELECT id FROM actions.delivery AS c
     WHERE status = 'pending' AND kind = ANY($1::text[]) AND due_at <= $2
       AND available_at <= clock_timestamp()
-      AND (kind, channel) NOT IN (SELECT * FROM unnest($5::text[], $6::text[])){partitions}
+      AND (kind, channel) NOT IN (SELECT * FROM unnest($5::text[], $6::text[]))
+      AND NOT EXISTS (SELECT 1 FROM actions.delivery AS earlier
+                      WHERE earlier.enrolment_id = c.enrolment_id AND earlier.status = 'pending'
+                        AND earlier.step_index < c.step_index){partitions}
     ORDER BY due_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED)

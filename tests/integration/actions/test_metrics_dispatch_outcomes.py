@@ -276,6 +276,28 @@ async def test_a_step_claimed_inside_its_quiet_hours_is_put_back_unsent(
     assert _outcomes(registry, "step", "email") == {"deferred": 1, "sent": 1}
 
 
+async def test_an_enrolments_due_steps_go_out_one_at_a_time_in_order(
+    pool: Pool, actions_db: str
+) -> None:
+    # Every step of the welcome sequence is due at once (the service was down for a month):
+    # before, one claim took them all, sent at once in any order.
+    books = load_playbooks(default_playbooks_path())
+    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
+                         email="newbie@example.com")  # fmt: skip
+    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
+                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+    late = FixedClock(NOW + 30 * DAY)
+    names = {row["id"]: row["step_name"] for row in await fetch(
+        actions_db, "SELECT id, step_name FROM actions.delivery WHERE kind = 'step'")}  # fmt: skip
+    sent: list[str] = []
+    while claimed := await _claim(pool, "step", at=late):
+        [(step, _)] = claimed  # one of the enrolment's steps at a time
+        sent.append(names[step.id])
+        await deliveries.record_sent(pool, step, now=late.now())
+    assert sent == [step.name for step in books.sequences["welcome"].steps]
+    assert len(sent) == 4
+
+
 async def test_a_step_cancelled_while_it_is_sent_stays_cancelled_and_counts_once(
     pool: Pool, actions_db: str
 ) -> None:
