@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from aiokafka import TopicPartition
 from bench.events import Record
 from shared.contracts import parse_event
 from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka_batches import KeyPartitioner, PartitionBatch, build_batches, send_batches
 from shared.settings import ServiceSettings
 from shared.topics import Topics
 
@@ -38,29 +40,42 @@ class Loaded:
         return sum(self.ends.values())
 
 
+# Events per produce call: an ingest request's batch.
+CHUNK = 1000
+
+
 async def produce(
     settings: ServiceSettings, namespace: str, records: Sequence[Record]
 ) -> tuple[float, Loaded]:
-    """Publish `records` as ingest does (send, then wait for every ack); returns seconds."""
+    """Publish `records` by the producer's fastest path, the one ingest takes: for every
+    CHUNK of them, one closed batch per partition (shared/kafka_batches.py); then wait for
+    every ack. Returns the seconds from the first send to the last ack."""
     topics = Topics(namespace)
     await ensure_topics(settings, topics.all())
     producer = make_producer(settings)
+    partitioner = KeyPartitioner()
     await producer.start()
     try:
+        names = {topics.for_event(r.event_type) for r in records}
+        partitions = {topic: sorted(await producer.partitions_for(topic)) for topic in names}
         started = time.perf_counter()
-        futures = [
-            await producer.send(
-                topics.for_event(r.event_type), r.value, key=r.key, headers=r.headers
-            )
-            for r in records
-        ]
-        metadata = await asyncio.gather(*futures)
+        sent: list[tuple[asyncio.Future[Any], PartitionBatch]] = []
+        for start in range(0, len(records), CHUNK):
+            groups: defaultdict[tuple[str, int], list[tuple[bytes, bytes, Any]]] = defaultdict(list)
+            for r in records[start : start + CHUNK]:
+                topic = topics.for_event(r.event_type)
+                partition = partitioner.partition(r.key, partitions[topic])
+                groups[topic, partition].append((r.key, r.value, r.headers))
+            batches = build_batches(producer, groups)
+            sent += zip(await send_batches(producer, batches), batches, strict=True)
+        metadata = await asyncio.gather(*(future for future, _ in sent))
         seconds = time.perf_counter() - started
     finally:
         await producer.stop()
     ends: dict[tuple[str, int], int] = {}
-    for m in metadata:
-        ends[(m.topic, m.partition)] = max(ends.get((m.topic, m.partition), 0), m.offset + 1)
+    for m, (_, batch) in zip(metadata, sent, strict=True):
+        end = m.offset + batch.builder.record_count()  # the batch's base offset, then its records
+        ends[(m.topic, m.partition)] = max(ends.get((m.topic, m.partition), 0), end)
     return seconds, Loaded(namespace, ends)
 
 

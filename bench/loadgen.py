@@ -66,22 +66,28 @@ class IngestClient:
 
 
 async def post_all(job: IngestJob, bodies: list[bytes]) -> dict[str, Any]:
-    """Post the bodies (after one warm-up request); returns events, seconds and errors."""
+    """Post the bodies (after one warm-up request); returns events (all, and those of 202
+    answers), seconds and errors."""
     events_per_body = [len(json.loads(b)["events"]) for b in bodies]
     statuses: list[int] = []
+    accepted = 0
     async with IngestClient(job.url, job.api_key, job.concurrency) as http:
         await http.post(bodies[0])  # connection and producer warm-up
-        queue = iter(bodies)
+        queue = iter(zip(bodies, events_per_body, strict=True))
 
         async def worker() -> None:
-            for body in queue:
-                statuses.append((await http.post(body))[0])
+            nonlocal accepted
+            for body, events in queue:
+                status = (await http.post(body))[0]
+                statuses.append(status)
+                accepted += events if status == 202 else 0
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(job.concurrency)))
         seconds = time.perf_counter() - started
     return {
         "events": sum(events_per_body),
+        "accepted_events": accepted,
         "seconds": seconds,
         "errors": sum(1 for s in statuses if s != 202),
         "loadgen_cpu_s": round(time.process_time(), 2),

@@ -67,6 +67,9 @@ class Results:
     details: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     profiles: dict[str, Any] = field(default_factory=dict)
+    # Figures some run of which is incomplete (a probe never arrived, a POST was refused):
+    # their target counts as missed, whatever the median says.
+    incomplete: set[str] = field(default_factory=set)
 
     def add(self, figure: str, value: float, *, per_cpu: float | None = None) -> None:
         self.values.setdefault(figure, []).append(value)
@@ -95,6 +98,8 @@ class Results:
             if target is not None and value is not None:
                 met = value >= target if higher else value <= target
                 out[figure] = {"target": target, "measured": round(value, 1), "met": met}
+                if figure in self.incomplete:
+                    out[figure].update(met=False, incomplete=True)
         for series in ("e2e", "e2e_storm"):
             rate, p99 = self.median(f"{series}_rate_events_per_s"), f"{series}_p99_ms"
             if p99 in out and rate is not None:

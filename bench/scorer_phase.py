@@ -70,8 +70,8 @@ async def _drain(
     conn: asyncpg.Connection[asyncpg.Record], services: Sequence[Service], loaded: Loaded,
     meter: CpuMeter, timeout_s: float, window_s: float | None, group_id: str,
 ) -> tuple[_Watch, float]:  # fmt: skip
-    """Poll the stored offsets until they reach the end (or `window_s` after the first
-    commit, when given); returns the watch and the end time."""
+    """Poll the stored offsets until they reach the end and the outbox is empty (or
+    `window_s` after the first commit, when given); returns the watch and the end time."""
     watch, deadline = _Watch(), time.monotonic() + timeout_s
     processes = [service.process() for service in services]
     while time.monotonic() < deadline:
@@ -82,8 +82,9 @@ async def _drain(
         if watch.committed and watch.first_at is None:
             watch.first_at, watch.first_committed = now, watch.committed
             meter.start()
-        if watch.committed >= loaded.total:
-            return watch, now
+        # Drained: every event committed and every tier change published (the relay).
+        if watch.committed >= loaded.total and not await conn.fetchval(BACKLOG_QUERY):
+            return watch, time.perf_counter()
         if window_s and watch.first_at is not None and now - watch.first_at >= window_s:
             return watch, now
         await asyncio.sleep(POLL_S)
