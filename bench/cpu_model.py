@@ -87,8 +87,9 @@ class Timed(NamedTuple):
     versions: dict[str, int]  # each customer's write count once they were applied
 
 
-def run(*, population: int, batches: int, batch: int) -> Timed:
-    """Process CPU per event over `batches` timed batches of `batch` events, and their work."""
+def run(*, population: int, batches: int, batch: int, apply: bool = True) -> Timed:
+    """Process CPU per event over `batches` timed batches of `batch` events, and their work
+    (`apply` False: the batches are built, not applied; callgrind's baseline)."""
     scoring = Scoring(load_rules(default_rules_path()))
     by_id: dict[str, CustomerRecord] = {}
     created = NOW - timedelta(days=3)
@@ -106,6 +107,8 @@ def run(*, population: int, batches: int, batch: int) -> Timed:
         plans.append(_records(mixed))
     gc.collect()
     rows = 0
+    if not apply:
+        return Timed(0.0, 0, {})
     with gc_paused():  # as the consumer does around a batch; re-enabled even on an error
         started = time.process_time()
         for index, records in enumerate(plans):
@@ -115,12 +118,12 @@ def run(*, population: int, batches: int, batch: int) -> Timed:
     return Timed(spent / max(1, batches * batch), rows, versions)
 
 
-def instructions(*, population: int, batches: int, batch: int) -> int:
+def instructions(*, population: int, batches: int, batch: int, apply: bool = True) -> int:
     """Instructions callgrind counts for one run of this model (setup included)."""
     command = [
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
         "-m", "bench.cpu_model", f"--population={population}", f"--batches={batches}",
-        f"--batch={batch}",
+        f"--batch={batch}", *([] if apply else ["--build-only"]),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts on every run
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
@@ -136,18 +139,23 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10, help="timed batches (0: setup only)")
     parser.add_argument("--batch", type=int, default=2000, help="events per batch")
     parser.add_argument(
+        "--build-only", action="store_true", help="build the batches, do not apply them"
+    )
+    parser.add_argument(
         "--callgrind", action="store_true",
         help="count instructions per event instead (two runs under valgrind, minutes each)",
     )  # fmt: skip
     args = parser.parse_args()
     sizes = {"population": args.population, "batch": args.batch}
     if args.callgrind:
+        # The baseline builds the same batches (their events, encoded), so the difference is
+        # the scorer's work on them alone.
         with Console(stderr=True).status("callgrind: the setup alone, then with the batches"):
-            setup = instructions(**sizes, batches=0)
+            setup = instructions(**sizes, batches=args.batches, apply=False)
             total = instructions(**sizes, batches=args.batches)
         print(f"instructions_per_event {(total - setup) / (args.batches * args.batch):,.0f}")
         return
-    timed = run(**sizes, batches=args.batches)
+    timed = run(**sizes, batches=args.batches, apply=not args.build_only)
     if args.batches:
         print(f"cpu_us_per_event {1e6 * timed.cpu_per_event:.1f}")
 
