@@ -134,9 +134,11 @@ class KafkaPublisher:
             await self._guarded(partial(self._send_all, events, trace), self._timeout_s)
 
     async def check(self) -> bool:
-        """Ask the broker for cluster metadata: the readiness probe."""
+        """Ask the broker for cluster metadata: the readiness probe. A probe that fails never
+        retires the producer: its bound is shorter than a publish's, and a slow but working
+        broker would have cost the requests in flight their producer."""
         try:
-            await self._guarded(_fetch_metadata, self._check_timeout_s)
+            await self._guarded(_fetch_metadata, self._check_timeout_s, retire=False)
         except BrokerUnavailableError:
             return False
         return True
@@ -165,8 +167,9 @@ class KafkaPublisher:
             groups[topic, self._partitioner.partition(record[0], partitions[topic])].append(record)
         return groups
 
-    async def _guarded(self, work: Work, timeout_s: float) -> None:
-        """Run `work` on the producer within `timeout_s`; on failure retire that producer."""
+    async def _guarded(self, work: Work, timeout_s: float, *, retire: bool = True) -> None:
+        """Run `work` on the producer within `timeout_s`; on failure retire that producer
+        (unless `retire` is False)."""
         used: list[AIOKafkaProducer] = []
 
         async def attempt() -> None:
@@ -183,7 +186,7 @@ class KafkaPublisher:
             raise EventTooLargeError(None, None, self._settings.kafka_max_message_bytes) from exc
         except (KafkaError, OSError, TimeoutError) as exc:
             self._available = False
-            if used:
+            if used and retire:
                 self._retire(used[0])
             log.warning("broker unavailable", error=type(exc).__name__)
             raise BrokerUnavailableError(str(exc) or type(exc).__name__) from exc
@@ -219,7 +222,20 @@ class KafkaPublisher:
                 producer.stop(), self._settings.kafka_request_timeout_ms / 1000 + 5
             )
         except (KafkaError, OSError, TimeoutError) as exc:
-            log.warning("producer close failed", error=type(exc).__name__)
+            log.warning("producer close failed; closing it by force", error=type(exc).__name__)
+            await _force_close(producer)
+
+
+async def _force_close(producer: AIOKafkaProducer) -> None:
+    """Stop what a `stop()` cut short by its bound left running. aiokafka's stop() marks the
+    producer closed before it flushes, so it is never run again, and without this the sender
+    went on (a batch in flight could still be written beside the successor's, which the
+    embedded broker fails) and the connections stayed open for good. Private parts of
+    aiokafka: there is no public way."""
+    with contextlib.suppress(Exception):
+        await producer._sender.close()  # cancels the sender task and waits for it
+    with contextlib.suppress(Exception):
+        await producer.client.close()
 
 
 async def _connected(producer: AIOKafkaProducer) -> None:

@@ -17,6 +17,7 @@ from services.ingest.settings import IngestSettings
 from shared.embedded import EmbeddedKafka
 from shared.kafka import ensure_topics
 from shared.metrics import new_registry
+from tests.faults.outages import GatedBroker
 from tests.integration.ingest.ingest_helpers import (
     AUTH,
     ingest_settings,
@@ -145,3 +146,56 @@ async def test_a_broker_missing_at_startup_is_retried_on_first_use(topic_namespa
             response = await client.post("/v1/events", json=login(), headers=AUTH)
             assert response.status_code == 202, response.text
             await publisher.stop()
+
+
+async def test_a_failed_readiness_probe_never_retires_the_producer_in_use(
+    outage_settings: IngestSettings,
+) -> None:
+    # The probe's bound is shorter than a publish's: a slow but working broker failed the
+    # probe, which retired the producer the requests in flight were using (503s for them,
+    # and a reconnect for every request after).
+    publisher = KafkaPublisher(outage_settings, timeout_s=PUBLISH_TIMEOUT_S,
+                               check_timeout_s=1e-6)  # no answer is that fast  # fmt: skip
+    await publisher.start()
+    app = create_app(outage_settings, publisher=publisher, registry=new_registry())
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            assert (await client.post("/v1/events", json=login(), headers=AUTH)).status_code == 202
+            producer = publisher._producer
+            assert (await client.get("/readyz")).status_code == 503
+            assert publisher._producer is producer and not publisher._retiring
+            assert (await client.post("/v1/events", json=login(), headers=AUTH)).status_code == 202
+    finally:
+        await publisher.stop()
+
+
+async def test_a_retired_producer_whose_close_times_out_is_closed_by_force(
+    gated_broker: GatedBroker, topic_namespace: str
+) -> None:
+    # The broker stops answering with batches in flight: the retired producer's flush
+    # outlasts its bound. aiokafka's stop() then never ran again, and the old producer's
+    # sender went on beside its successor, with its connections, for good.
+    settings = ingest_settings(gated_broker.bootstrap_servers, topic_namespace,
+                               publish_timeout_s=1.0, kafka_request_timeout_ms=3000)  # fmt: skip
+    await ensure_topics(settings, topics_of(settings).all())
+    publisher = KafkaPublisher(settings, timeout_s=settings.publish_timeout_s)
+    await publisher.start()
+    app = create_app(settings, publisher=publisher, registry=new_registry())
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            one = login(customer_id="c1")
+            assert (await client.post("/v1/events", json=one, headers=AUTH)).status_code == 202
+            retired = publisher._producer
+            gated_broker.gate.stall()
+            answers = await asyncio.gather(*(
+                client.post("/v1/events", json=login(customer_id="c1"), headers=AUTH)
+                for _ in range(3)
+            ))  # fmt: skip
+            assert [a.status_code for a in answers] == [503] * 3
+            assert retired is not None and publisher._retiring
+            await asyncio.wait_for(asyncio.wait(set(publisher._retiring)), HANG_S)
+            assert retired._sender.sender_task.done()  # nothing of it runs any more
+    finally:
+        await publisher.stop()
