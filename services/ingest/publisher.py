@@ -105,7 +105,7 @@ class KafkaPublisher:
         self._timeout_s = timeout_s
         self._check_timeout_s = check_timeout_s
         self._producer: AIOKafkaProducer | None = None
-        self._lock = asyncio.Lock()
+        self._starting: asyncio.Task[AIOKafkaProducer] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._available = False
 
@@ -121,6 +121,9 @@ class KafkaPublisher:
 
     async def stop(self) -> None:
         """Flush and close the producer and any producer retired after a failure."""
+        if (starting := self._starting) is not None:
+            starting.cancel()
+            await asyncio.wait({starting})  # its start, cancelled, closes what it opened
         producer, self._producer = self._producer, None
         if producer is not None:
             await self._close(producer)
@@ -193,18 +196,35 @@ class KafkaPublisher:
         self._available = True
 
     async def _ensure_producer(self) -> AIOKafkaProducer:
-        async with self._lock:
-            if self._producer is None:
-                if self._retiring:  # one producer at a time: the old one flushes first
-                    await asyncio.wait(set(self._retiring))
-                producer = make_producer(self._settings)
-                try:
-                    await producer.start()
-                except BaseException:
-                    await self._close(producer)
-                    raise
-                self._producer = producer
+        """The started producer; starting one in a task of its own, which requests wait for
+        shielded: a request's deadline ends its wait, not the connection attempt. Cancelled
+        with each request, a start slower than the publish timeout (a distant or slow broker)
+        began again from nothing for every request, and ingest never connected."""
+        if self._producer is not None:
             return self._producer
+        if self._starting is None:
+            self._starting = asyncio.create_task(self._start_producer(), name="start-producer")
+            self._starting.add_done_callback(self._started)
+        return await asyncio.shield(self._starting)
+
+    def _started(self, task: asyncio.Task[AIOKafkaProducer]) -> None:
+        # Runs before any waiter resumes (the first callback added): they find it set.
+        self._starting = None
+        if not task.cancelled() and task.exception() is None:  # the exception is retrieved
+            self._producer = task.result()
+
+    async def _start_producer(self) -> AIOKafkaProducer:
+        if self._retiring:  # one producer at a time: the old one flushes first
+            await asyncio.wait(set(self._retiring))
+        producer = make_producer(self._settings)
+        try:
+            await asyncio.wait_for(
+                producer.start(), self._settings.kafka_request_timeout_ms / 1000 + 5
+            )
+        except BaseException:
+            await self._close(producer)
+            raise
+        return producer
 
     def _retire(self, producer: AIOKafkaProducer) -> None:
         """Drop a failed producer; close it in the background (its flush may wait)."""

@@ -24,6 +24,7 @@ from tests.integration.ingest.ingest_helpers import (
     login,
     read_records,
     topics_of,
+    wait_until,
     with_event_id,
 )
 
@@ -197,5 +198,21 @@ async def test_a_retired_producer_whose_close_times_out_is_closed_by_force(
             assert retired is not None and publisher._retiring
             await asyncio.wait_for(asyncio.wait(set(publisher._retiring)), HANG_S)
             assert retired._sender.sender_task.done()  # nothing of it runs any more
+    finally:
+        await publisher.stop()
+
+
+async def test_a_producer_start_slower_than_the_publish_timeout_still_connects(
+    outage_settings: IngestSettings,
+) -> None:
+    # No start is that fast: each request's deadline used to cancel the start, and the next
+    # one began again from nothing; a broker slower than the publish timeout never got a
+    # producer. The start now goes on behind the requests that time out.
+    publisher = KafkaPublisher(outage_settings, timeout_s=1e-6)
+    try:
+        await publisher.start()  # its wait times out (a missing broker is retried later too)
+        assert publisher._producer is None
+
+        await wait_until(lambda: publisher._producer is not None, timeout_s=HANG_S)
     finally:
         await publisher.stop()
