@@ -122,8 +122,10 @@ EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     413: _problem_response(
         "The body exceeds the configured size limit, or an event's Kafka record would exceed"
-        " the broker's (KAFKA_MAX_MESSAGE_BYTES; the error names the event). Nothing was"
-        " published; resending the same body cannot succeed.",
+        " the broker's (KAFKA_MAX_MESSAGE_BYTES; the error names the event): nothing was"
+        " published. Or the broker itself refused a record as too large (its limit is below"
+        " KAFKA_MAX_MESSAGE_BYTES): none is reported accepted, though events of other"
+        " partitions may have been written. Resending the same body cannot succeed.",
         _problem(413, "Request body too large", "The body must not exceed 1048576 bytes."),
     ),
     415: _problem_response(
