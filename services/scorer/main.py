@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -92,7 +93,7 @@ async def _serve(
         metrics=metrics, max_records=settings.batch_max_records,
         poll_timeout_ms=settings.poll_timeout_ms, linger_ms=settings.batch_linger_ms,
         lanes=settings.batch_lanes, state_cache_size=settings.state_cache_size,
-        on_changes=outbox_ready.set, publish=relay.drain,
+        on_changes=outbox_ready.set, publish=partial(relay.drain, rounds=drain_rounds(settings)),
     )  # fmt: skip
     consumer.subscribe(list(topics.events), listener=events.listener())
     await consumer.start()
@@ -130,6 +131,13 @@ async def _serve(
                     install_signals=stop is None)  # fmt: skip
     finally:
         await events.close()
+
+
+def drain_rounds(settings: ScorerSettings) -> int:
+    """Relay rounds the consumer publishes in after a batch: enough for the changes of a
+    full batch (three a new customer, one per dimension) and one more; a backlog beyond
+    that is left to the relay loop."""
+    return -(-3 * settings.batch_max_records // settings.relay_batch) + 1
 
 
 def _loop(

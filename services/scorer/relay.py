@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 from collections import defaultdict
@@ -83,14 +84,20 @@ class OutboxRelay:
         self.metrics.outbox_backlog.set(backlog or 0)
         return len(changes) >= self.batch
 
-    async def drain(self) -> bool:
-        """Publish until the outbox is empty; False when another relay round (this process's
-        loop, or another process) held the lock, which may have read the outbox before the
-        caller's changes were committed: the caller should wake the relay loop."""
+    async def drain(self, rounds: int | None = None) -> bool:
+        """Publish until the outbox is empty, in at most `rounds` rounds (None: no bound).
+
+        False when the caller should wake the relay loop: another relay round (this
+        process's loop, or another process) held the lock, and may have read the outbox
+        before the caller's changes were committed; or the rounds ran out with changes left
+        (a backlog of other writers' changes, which the consumer must not stop polling for:
+        past max_poll_interval_ms the group would take its partitions away).
+        """
         self.locked_out = False
-        while await self.step():
-            pass
-        return not self.locked_out
+        for _ in itertools.count() if rounds is None else range(rounds):
+            if not await self.step():
+                return not self.locked_out
+        return False
 
     async def _publish(self, changes: list[asyncpg.Record]) -> None:
         # Grouped per partition in seq order and sent as whole batches (shared.kafka_batches):

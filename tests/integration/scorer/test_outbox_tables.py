@@ -226,10 +226,26 @@ async def test_a_drain_locked_out_by_another_round_says_so(
         assert await relay.drain() is True
 
 
+async def test_a_bounded_drain_leaves_a_backlog_to_the_relay_loop(
+    base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
+) -> None:
+    # The consumer publishes after each batch, in a few rounds at most: draining a backlog
+    # of other writers' changes (a rules change's) it stopped polling for as long.
+    async with _relaying(base_env, scorer_db, topic_namespace, batch=2) as (pool, relay, _):
+        await apply_batch(pool, [purchase("p1", "a", 3), purchase("p2", "b", 3, "5000")], [],
+                          group_id=SCORER_GROUP, scoring=SCORING, now=NOW)  # fmt: skip
+        assert len(await _seqs(scorer_db, "tier_change_pending")) == 6
+        assert await relay.drain(rounds=2) is False  # changes left: wake the relay loop
+        assert len(await _seqs(scorer_db, "tier_change_pending")) == 2
+        assert await relay.drain(rounds=2) is True
+        assert await _seqs(scorer_db, "tier_change_pending") == []
+
+
 @contextlib.asynccontextmanager
 async def _relaying(
     env: dict[str, str], database_url: str, namespace: str, *,
     registry: CollectorRegistry | None = None, max_message_bytes: int = 1_048_588,
+    batch: int = 100,
 ) -> AsyncIterator[tuple[Pool, OutboxRelay, str]]:  # fmt: skip
     """A pool and a relay on this test's tier-changed topic (created), closed afterwards."""
     settings = scorer_settings(env)
@@ -240,7 +256,7 @@ async def _relaying(
     await producer.start()
     try:
         yield pool, OutboxRelay(
-            pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
+            pool, producer, topic=topic, batch=batch, clock=FixedClock(NOW),
             metrics=scorer_metrics(registry or new_registry()),
             max_message_bytes=max_message_bytes,
         ), topic  # fmt: skip
