@@ -44,7 +44,11 @@ class ScoringHolder:
         return self._scoring.rules.scores.mode == "population"
 
     def use(self, cut_points: CutPoints | None) -> None:
-        """Switch to other cut points."""
+        """Switch to other cut points; ones of other R/F/M features than the rules' (stored
+        before the rules file changed them) are not used: the rules' bands score until the
+        cut points are computed again."""
+        if cut_points is not None and not cut_points.fit(score_features(self._scoring.rules)):
+            cut_points = None
         self._scoring = Scoring(self._scoring.rules, cut_points)
 
 
@@ -67,10 +71,18 @@ def _cut_points(data: str | None) -> CutPoints | None:
     if data is None:
         return None
     raw = json.loads(data)
+    features = raw.get("features")
     return CutPoints(
         version=raw["version"], recency=tuple(raw["recency"]),
         frequency=tuple(raw["frequency"]), monetary=tuple(raw["monetary"]),
+        features=(features[0], features[1], features[2]) if features else None,
     )  # fmt: skip
+
+
+def score_features(rules: Rules) -> tuple[str, str, str]:
+    """The R, F and M features of `rules`' scores."""
+    scores = rules.scores
+    return scores.recency.feature, scores.frequency.feature, scores.monetary.feature
 
 
 class Rebucketer:
@@ -184,8 +196,7 @@ class Rebucketer:
 async def population_cut_points(conn: Connection, rules: Rules, *, now: datetime) -> CutPoints:
     """The quintile cut points of the stored population for `rules`' R/F/M features at `now`
     (inside a transaction: the cursor needs one)."""
-    scores = rules.scores
-    names = (scores.recency.feature, scores.frequency.feature, scores.monetary.feature)
+    names = score_features(rules)
     columns: tuple[list[float], list[float], list[float]] = ([], [], [])
     query = "SELECT state FROM scorer.customer WHERE state IS NOT NULL"
     async for row in conn.cursor(query, prefetch=PAGE):
@@ -196,7 +207,7 @@ async def population_cut_points(conn: Connection, rules: Rules, *, now: datetime
             value = _number(features.get(name))
             if value is not None:
                 column.append(value)
-    return compute_cut_points(*columns)
+    return compute_cut_points(*columns, features=names)
 
 
 def _number(value: FeatureValue) -> float | None:

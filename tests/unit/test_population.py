@@ -7,6 +7,7 @@ from functools import cache
 
 import pytest
 
+from services.scorer.rebucket import ScoringHolder, score_features
 from shared.domain.features import FEATURES, FeatureValue
 from shared.domain.population import CutPoints, compute_cut_points, quintile_score
 from shared.domain.rules import Rules, default_rules_path, parse_rules, score_inputs, score_rfm
@@ -107,3 +108,18 @@ def test_score_inputs_are_the_features_the_scores_read() -> None:
         0.0,
         0.0,
     )
+
+
+def test_cut_points_of_other_features_than_the_rules_are_not_used() -> None:
+    # Stored before the rules file changed its R/F/M features: quintiles of other values.
+    rules = population_rules()
+    mine = score_features(rules)
+    other = (mine[0], mine[1], "lifetime_orders")
+    values = ([float(v) for v in range(1, 11)], list(range(1, 11)), [float(v) for v in range(10)])
+    fitting = compute_cut_points(*values, features=mine)
+    foreign = compute_cut_points(*values, features=other)
+    assert fitting.version != foreign.version != compute_cut_points(*values).version
+    holder = ScoringHolder(rules)
+    for offered, used in [(fitting, fitting), (foreign, None), (CUTS, CUTS)]:  # CUTS: unknown
+        holder.use(offered)
+        assert holder().cut_points == used
