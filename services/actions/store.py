@@ -108,7 +108,7 @@ async def record_goals(
         " SET status = 'exited', exit_reason = $4, ended_at = $5"
         " FROM unnest($1::text[], $2::timestamptz[]) AS h(customer_id, at)"
         " WHERE e.status = 'active' AND e.customer_id = h.customer_id"
-        " AND e.sequence = ANY($3::text[]) AND e.trigger_at < h.at"
+        " AND e.sequence = ANY($3::text[]) AND e.trigger_at <= h.at"
         " RETURNING e.id, e.sequence)" + _CANCEL_STEPS,
         customers, times, list(sequences), f"goal:{event_type}", now,
     )  # fmt: skip
@@ -162,9 +162,11 @@ def _admits(
         return False
     if last is not None and request.reentry_after and last + request.reentry_after > now:
         return False
-    # The goal was reached after the triggering change (e.g. bought again): nothing to win back.
+    # The goal was reached at or after the triggering change (e.g. bought again): nothing to
+    # win back. At: the purchase may be the very event the change was decided on (a customer
+    # silent elsewhere who buys again is still at risk by the rules).
     reached = [goals.get((enrol.customer_id, g)) for g in request.goal_events]
-    return not any(at is not None and at > enrol.trigger_at for at in reached)
+    return not any(at is not None and at >= enrol.trigger_at for at in reached)
 
 
 async def insert_enrolments(

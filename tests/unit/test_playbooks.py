@@ -153,7 +153,6 @@ def test_value_tier_down_from_gold_opens_a_review_task_and_ends_vip_welcome(
         ("value_tier", None, "bronze"),
         ("activity_level", "active", "inactive"),
         ("lifecycle_stage", "new", "established"),
-        ("lifecycle_stage", "at_risk", "reactivated"),
         ("lifecycle_stage", None, "lead"),
     ],
 )
@@ -161,6 +160,17 @@ def test_changes_without_a_playbook_row_plan_nothing(
     defaults: Playbooks, dimension: str, from_: str | None, to: str
 ) -> None:
     assert plan_actions(change(dimension, from_, to), defaults).requests == []
+
+
+@pytest.mark.parametrize(
+    ("from_", "to"),
+    [("at_risk", "reactivated"), ("at_risk", "established"), ("churned", "established")],
+)
+def test_leaving_at_risk_or_churned_ends_win_back(defaults: Playbooks, from_: str, to: str) -> None:
+    # Also when no purchase ends it: a late event withdrew the change that enrolled them.
+    assert plan_actions(change("lifecycle_stage", from_, to), defaults).requests == [
+        ExitRequest("win_back", f"lifecycle_stage:{to}")
+    ]
 
 
 def test_message_bodies_escape_customer_fields_but_titles_do_not(defaults: Playbooks) -> None:

@@ -83,7 +83,8 @@ async def test_a_batch_with_enrolment_exit_and_reentry_decides_as_one_change_at_
     pool: Pool, actions_db: str
 ) -> None:
     # lead -> new -> at_risk -> new in one batch: welcome began and ended (history, no
-    # steps), so `reentry: never` refuses the second; win_back (`reentry: allow`) started.
+    # steps), so `reentry: never` refuses the second; win_back began and ended too (no
+    # longer at risk), with no steps either.
     batch = [
         tier_change("1", "c", "lifecycle_stage", "lead", "new", at=NOW),
         tier_change("2", "c", "lifecycle_stage", "new", "at_risk", at=NOW),
@@ -92,11 +93,11 @@ async def test_a_batch_with_enrolment_exit_and_reentry_decides_as_one_change_at_
     await apply_changes(pool, batch, now=NOW)
     assert await _enrolments(actions_db, "c") == [
         ("welcome", "exited", "lifecycle_stage:at_risk"),
-        ("win_back", "active", None),
+        ("win_back", "exited", "lifecycle_stage:new"),
     ]
     steps = await fetch(actions_db, "SELECT e.sequence FROM actions.delivery d JOIN"
                         " actions.enrolment e ON e.id = d.enrolment_id")  # fmt: skip
-    assert {s["sequence"] for s in steps} == {"win_back"}
+    assert steps == []
     # A later batch reads the same history: still no second welcome.
     later = [tier_change("4", "c", "lifecycle_stage", "new", "at_risk", at=NOW + DAY),
              tier_change("5", "c", "lifecycle_stage", "at_risk", "new", at=NOW + DAY)]  # fmt: skip
@@ -132,6 +133,40 @@ async def test_a_purchase_after_the_change_means_there_is_nothing_to_win_back(
                       channels=LOG_ONLY, now=NOW)  # fmt: skip
     await apply_changes(pool, [tier_change("2", "d", "lifecycle_stage", "new", "at_risk")], now=NOW)
     assert await _enrolments(actions_db, "d") == [("win_back", "active", None)]
+
+
+@pytest.mark.parametrize("purchase_first", [True, False])
+async def test_the_purchase_a_change_was_decided_on_is_not_one_to_win_back(
+    pool: Pool, actions_db: str, purchase_first: bool
+) -> None:
+    # A customer silent elsewhere who buys again is still at risk by the rules: the change
+    # carries the purchase's time. Before, "we miss you" went out for that very purchase.
+    goal = [GoalHit("e", NOW)]
+    change = tier_change("3", "e", "lifecycle_stage", "churned", "at_risk", at=NOW)
+    for goals, changes in ([(goal, []), ([], [change])] if purchase_first
+                           else [([], [change]), (goal, [])]):  # fmt: skip
+        if changes:
+            await apply_changes(pool, changes, now=NOW)
+        else:
+            await apply_batch(pool, [], goals, [], group_id="g", playbooks=BOOKS,
+                              channels=LOG_ONLY, now=NOW)  # fmt: skip
+    expected = [] if purchase_first else [("win_back", "exited", "goal:purchase")]
+    assert await _enrolments(actions_db, "e") == expected
+
+
+async def test_win_back_ends_when_a_late_event_withdraws_the_at_risk_that_began_it(
+    pool: Pool, actions_db: str
+) -> None:
+    # A purchase dated before the at-risk change arrives late: the scorer withdraws the
+    # change (at_risk -> established, dated earlier). No goal counts (the purchase is older
+    # than the trigger); the change itself ends the sequence.
+    await apply_changes(pool, [tier_change("4", "f", "lifecycle_stage", "established",
+                                           "at_risk", at=NOW)], now=NOW)  # fmt: skip
+    back = tier_change("5", "f", "lifecycle_stage", "at_risk", "established", at=NOW - DAY)
+    await apply_changes(pool, [back], now=NOW + DAY)
+    assert await _enrolments(actions_db, "f") == [
+        ("win_back", "exited", "lifecycle_stage:established")
+    ]
 
 
 async def test_a_batch_names_the_changes_it_had_already_applied(pool: Pool) -> None:
