@@ -80,7 +80,8 @@ class ActionsSettings(ConsumingServiceSettings):
         ge=1,
         description="Deliveries in flight per sender (alerts and task pushes; sequence steps);"
         " one route (a kind of delivery through one channel, e.g. task pushes to the CRM) never"
-        " takes the last quarter of them, so a receiver that hangs cannot hold up the others.",
+        " takes the last quarter of them (from 4 up; below, one route may take them all), so a"
+        " receiver that hangs cannot hold up the others.",
     )
     # At most the largest Postgres integer: `actions.delivery.attempts` counts in one, so a
     # delivery failing for ever would break the claim statement ("integer out of range") of
