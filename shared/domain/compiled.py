@@ -9,6 +9,7 @@ cached per rules object, so a scorer compiles its rules once, not once per custo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -268,7 +269,18 @@ def _banded_rest(
 
 
 def _matcher(rules: Sequence[Rule]) -> Matcher:
-    return first_matcher(rules, [_compile_rule(rule) for rule in rules])
+    compiled: list[CompiledRule] = []
+    earlier: dict[str, tuple[str, str, bool]] = {}  # what the rules before read, in order
+    for rule in rules:
+        one = _compile_rule(rule)
+        if not one.reads:
+            # A catch-all (`always`) decides by every earlier rule's not matching: a change
+            # it makes carries what those read (days since the last activity for
+            # `inactive`), not nothing.
+            one = dataclasses.replace(one, reads=tuple(earlier.values()))
+        earlier.update((read[0], read) for read in one.reads)
+        compiled.append(one)
+    return first_matcher(rules, compiled)
 
 
 def _compile_rule(rule: Rule) -> CompiledRule:

@@ -240,7 +240,15 @@ def test_the_classification_names_the_rule_and_the_values_it_read() -> None:
     assert result.rules_version == default_rules().version
 
 
-def test_the_last_rule_of_a_dimension_reads_nothing() -> None:
+def test_the_last_rule_of_a_dimension_reads_what_the_rules_before_it_read() -> None:
+    # A catch-all decides by every earlier rule's not matching: its change says why (the
+    # brief: a change carries the feature values that decided it), not nothing.
     result = classified()
     assert result.matched[Dimension.VALUE_TIER] == "none"
-    assert result.read[Dimension.VALUE_TIER] == {}
+    assert result.read[Dimension.VALUE_TIER] == {
+        "m_score": 0, "f_score": 0, "days_since_last_purchase": None, "has_purchased": False,
+    }  # fmt: skip
+    assert result.matched[Dimension.ACTIVITY_LEVEL] == "inactive"
+    assert result.read[Dimension.ACTIVITY_LEVEL] == {"days_since_last_activity": None}
+    lapsed = classified(buy(d(45)))
+    assert lapsed.read[Dimension.ACTIVITY_LEVEL] == {"days_since_last_activity": 45.0}
