@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,12 +60,9 @@ async def produce(
         started = time.perf_counter()
         sent: list[tuple[asyncio.Future[Any], PartitionBatch]] = []
         for start in range(0, len(records), CHUNK):
-            groups: defaultdict[tuple[str, int], list[tuple[bytes, bytes, Any]]] = defaultdict(list)
-            for r in records[start : start + CHUNK]:
-                topic = topics.for_event(r.event_type)
-                partition = partitioner.partition(r.key, partitions[topic])
-                groups[topic, partition].append((r.key, r.value, r.headers))
-            batches = build_batches(producer, groups)
+            chunk = [(topics.for_event(r.event_type), (r.key, r.value, r.headers))
+                     for r in records[start : start + CHUNK]]  # fmt: skip
+            batches = build_batches(producer, partitioner.grouped(chunk, partitions))
             sent += zip(await send_batches(producer, batches), batches, strict=True)
         metadata = await asyncio.gather(*(future for future, _ in sent))
         seconds = time.perf_counter() - started

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,16 @@ class KeyPartitioner:
         """The partition of `key` among `partitions`, all of the topic's, sorted by id."""
         hashed: int = self._murmur2(key)
         return partitions[(hashed & 0x7FFFFFFF) % len(partitions)]
+
+    def grouped(
+        self, records: Iterable[tuple[str, Record]], partitions: Mapping[str, Sequence[int]]
+    ) -> dict[tuple[str, int], list[Record]]:
+        """Each (topic, record) under its topic and its key's partition (`partitions`: each
+        topic's, sorted), in the given order: `build_batches`' groups."""
+        groups: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
+        for topic, record in records:
+            groups[topic, self.partition(record[0], partitions[topic])].append(record)
+        return groups
 
 
 @dataclass(frozen=True)

@@ -115,13 +115,6 @@ async def record_goals(
     return Counter({row["sequence"]: row["n"] for row in result})
 
 
-async def admissible(
-    conn: Connection, enrols: Sequence[EnrolRow], *, now: datetime
-) -> list[EnrolRow]:
-    """The enrolments the re-entry policy and already-reached goals allow."""
-    return [e for e in await first_admissible(conn, [[e] for e in enrols], now=now) if e]
-
-
 async def first_admissible(
     conn: Connection, candidates: Sequence[Sequence[EnrolRow]], *, now: datetime
 ) -> list[EnrolRow | None]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Protocol
@@ -160,15 +159,14 @@ class KafkaPublisher:
         self, events: Sequence[Event], partitions: dict[str, list[int]], trace: TraceHeaders
     ) -> dict[tuple[str, int], list[Record]]:
         """Each event's record under its topic and partition, in request order."""
-        groups: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
         limit = self._settings.kafka_max_message_bytes
+        records = []
         for index, event in enumerate(events):
-            topic = self._topic_of[event.type]
             record = record_for(event, trace)
             if (size := size_over(record, limit)) is not None:
                 raise EventTooLargeError(index, size, limit)
-            groups[topic, self._partitioner.partition(record[0], partitions[topic])].append(record)
-        return groups
+            records.append((self._topic_of[event.type], record))
+        return self._partitioner.grouped(records, partitions)
 
     async def _guarded(self, work: Work, timeout_s: float, *, retire: bool = True) -> None:
         """Run `work` on the producer within `timeout_s`; on failure retire that producer

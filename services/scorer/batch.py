@@ -57,8 +57,7 @@ async def apply_batch(
             await store.lock_customers(conn, customer_ids, now=now, cache=cache) if fresh else []
         )
         outcome = fold_batch(records, fresh, scoring, now=now, trace_of=trace_of)
-        await store.save_customers(conn, outcome.updates)
-        await store.insert_changes(conn, outcome.changes)
+        await store.save_outcome(conn, outcome)
         await store.advance_offsets(conn, group_id, moves)
     if cache is not None:  # committed: these are now the stored states
         cache.put(saved_records(records, outcome))

@@ -16,7 +16,7 @@ from services.scorer import store
 from services.scorer.db import Connection, Pool
 from services.scorer.evaluation import Scoring, evaluate_all
 from services.scorer.metrics import ScorerMetrics
-from services.scorer.sweeper import report_failures
+from services.scorer.sweeper import report_pass
 from shared.clock import Clock
 from shared.contracts import ChangeCause
 from shared.domain.features import FeatureValue, compute_features
@@ -179,15 +179,8 @@ class Rebucketer:
                     cause=ChangeCause.REBUCKET,
                     scored_with={record.customer_id: earlier[old] for record, old in page},
                 )  # fmt: skip
-                await store.save_customers(conn, outcome.updates)
-                await store.insert_changes(conn, outcome.changes)
-            report_failures(self.metrics, ChangeCause.REBUCKET, outcome.failed)
-            self.metrics.sweep_customers.labels(ChangeCause.REBUCKET.value).inc(
-                len(page) - len(outcome.failed)
-            )
-            self.metrics.count_transitions(outcome.changes)
-            if outcome.changes:
-                self.on_changes()
+                await store.save_outcome(conn, outcome)
+            report_pass(self.metrics, ChangeCause.REBUCKET, outcome, self.on_changes)
             if len(page) < PAGE:
                 return
             after = page[-1][0].customer_id

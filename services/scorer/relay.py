@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import logging
-from collections import defaultdict
 from datetime import datetime
 
 import asyncpg
@@ -102,8 +101,8 @@ class OutboxRelay:
     async def _publish(self, changes: list[asyncpg.Record]) -> None:
         # Grouped per partition in seq order and sent as whole batches (shared.kafka_batches):
         # each customer keeps its partition, so its changes still arrive in decision order.
-        partitions = sorted(await self.producer.partitions_for(self.topic))
-        groups: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
+        partitions = {self.topic: sorted(await self.producer.partitions_for(self.topic))}
+        records = []
         for change in changes:
             trace = change["traceparent"]
             headers = cloudevent_headers(
@@ -112,9 +111,8 @@ class OutboxRelay:
                 extra=[("traceparent", trace.encode())] if trace else None,
             )  # fmt: skip
             key = change["customer_id"].encode()
-            partition = self.partitioner.partition(key, partitions)
-            groups[(self.topic, partition)].append(self._fitting(change, key, headers))
-        batches = build_batches(self.producer, groups)
+            records.append((self.topic, self._fitting(change, key, headers)))
+        batches = build_batches(self.producer, self.partitioner.grouped(records, partitions))
         await asyncio.gather(*await send_batches(self.producer, batches))
         now = self.clock.now()
         for change in changes:

@@ -12,7 +12,7 @@ from typing import Any
 
 from services.scorer import codec
 from services.scorer.db import Connection
-from services.scorer.evaluation import ChangeRecord, CustomerRecord, CustomerUpdate
+from services.scorer.evaluation import ChangeRecord, CustomerRecord, CustomerUpdate, Outcome
 from services.scorer.state_cache import StateCache
 from shared import offsets
 from shared.group_progress import fetch_in_scope
@@ -251,6 +251,12 @@ def _decoded(row: Any) -> dict[str, Any]:
     if isinstance(data.get("class_since"), str):
         data["class_since"] = codec.loads(data["class_since"])
     return data
+
+
+async def save_outcome(conn: Connection, outcome: Outcome) -> None:
+    """Write what an evaluation pass decided: the customer rows, then their tier changes."""
+    await save_customers(conn, outcome.updates)
+    await insert_changes(conn, outcome.changes)
 
 
 async def save_customers(conn: Connection, updates: Sequence[CustomerUpdate]) -> None:

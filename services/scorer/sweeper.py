@@ -10,12 +10,12 @@ the customers classified under the old rules (cause `rule_change`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from services.scorer import store
 from services.scorer.db import Connection, Pool
-from services.scorer.evaluation import Scoring, catch_up_all, evaluate_all
+from services.scorer.evaluation import Outcome, Scoring, catch_up_all, evaluate_all
 from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import ChangeCause
@@ -107,13 +107,8 @@ class Sweeper:
                 )  # fmt: skip
                 outcome, count = evaluate_all(records, scoring, now=now, cause=cause), len(records)
                 unmigrated.update(outcome.failed)
-            await store.save_customers(conn, outcome.updates)
-            await store.insert_changes(conn, outcome.changes)
-        report_failures(self.metrics, cause, outcome.failed)
-        self.metrics.sweep_customers.labels(cause.value).inc(count - len(outcome.failed))
-        self.metrics.count_transitions(outcome.changes)
-        if outcome.changes:
-            self.on_changes()
+            await store.save_outcome(conn, outcome)
+        report_pass(self.metrics, cause, outcome, self.on_changes)
         return count
 
     def _unmigrated(self, version: str) -> set[str]:
@@ -123,12 +118,18 @@ class Sweeper:
         return self.unmigrated[1]
 
 
-def report_failures(metrics: ScorerMetrics, cause: ChangeCause, failed: Mapping[str, str]) -> None:
-    """Log and count the customers whose re-evaluation (for `cause`) raised."""
-    if not failed:
-        return
-    metrics.evaluation_failures.labels(cause.value).inc(len(failed))
-    for customer_id, error in failed.items():
+def report_pass(
+    metrics: ScorerMetrics, cause: ChangeCause, outcome: Outcome, on_changes: Callable[[], None]
+) -> None:
+    """After a re-evaluation pass (for `cause`) committed: count its customers and class
+    changes, log and count those whose evaluation raised, and wake the relay for its changes."""
+    metrics.sweep_customers.labels(cause.value).inc(len(outcome.updates))
+    metrics.count_transitions(outcome.changes)
+    if outcome.changes:
+        on_changes()
+    if outcome.failed:
+        metrics.evaluation_failures.labels(cause.value).inc(len(outcome.failed))
+    for customer_id, error in outcome.failed.items():
         log.error("customer's re-evaluation failed; left as it was", cause=cause.value,
                   error=error)  # fmt: skip
         log.debug("customer not re-evaluated", customer_id=customer_id)
