@@ -83,20 +83,28 @@ def _check_utc_range(value: str | datetime) -> None:
     except ValueError:
         return  # not a time Python reads: pydantic's parser reports it
     if not exists_in_utc(at):
-        raise PydanticCustomError(
-            "datetime_range", "Input should lie between years 1 and 9999 once converted to UTC"
-        )
+        raise PydanticCustomError("datetime_range", TIME_RANGE_REASON)
+
+
+TIME_RANGE_REASON = (
+    "Input should lie after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z"
+    " once converted to UTC"
+)
+# The calendar's first and last instants: asyncpg writes them as Postgres's -infinity and
+# infinity, and reads those back as naive times, which no aware time can be compared with.
+_ENDS = (datetime.min, datetime.max)
 
 
 def exists_in_utc(at: datetime) -> bool:
-    """Whether an aware time converts to UTC (and so into Postgres); naive times do."""
-    if at.tzinfo is None or MINYEAR < at.year < MAXYEAR:
+    """Whether a time converts to UTC and back out of Postgres unchanged: strictly inside
+    Python's calendar (see TIME_RANGE_REASON; naive times are taken as UTC)."""
+    if MINYEAR < at.year < MAXYEAR:
         return True
     try:
-        at.astimezone(UTC)
+        utc = at if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
     except OverflowError:
         return False
-    return True
+    return utc not in _ENDS
 
 
 EventTime = Annotated[AwareDatetime, BeforeValidator(_time_as_text)]

@@ -77,11 +77,24 @@ class OutboxRelay:
                     with contextlib.suppress(Exception):
                         self.metrics.outbox_backlog.set(await conn.fetchval(BACKLOG_QUERY) or 0)
                     raise
+                sent_at = self.clock.now()
                 backlog = await conn.fetchval(_MARK_PUBLISHED, [c["seq"] for c in changes])
             else:
                 backlog = await conn.fetchval(BACKLOG_QUERY)
+        # Counted once marked: a round whose mark fails publishes its changes again.
+        if changes:
+            self._count(changes, sent_at)
         self.metrics.outbox_backlog.set(backlog or 0)
         return len(changes) >= self.batch
+
+    def _count(self, changes: list[asyncpg.Record], sent_at: datetime) -> None:
+        for change in changes:
+            occurred_at: datetime = change["occurred_at"]
+            # asyncpg reads Postgres's -infinity and infinity as naive datetime.min / max
+            # (rows written before ingest refused those two instants): no latency to tell.
+            if occurred_at.tzinfo is not None:
+                self.metrics.emit_latency.observe(max(0.0, (sent_at - occurred_at).total_seconds()))
+        self.metrics.published.inc(len(changes))
 
     async def drain(self, rounds: int | None = None) -> bool:
         """Publish until the outbox is empty, in at most `rounds` rounds (None: no bound).
@@ -114,12 +127,6 @@ class OutboxRelay:
             records.append((self.topic, self._fitting(change, key, headers)))
         batches = build_batches(self.producer, self.partitioner.grouped(records, partitions))
         await asyncio.gather(*await send_batches(self.producer, batches))
-        now = self.clock.now()
-        for change in changes:
-            self.metrics.emit_latency.observe(
-                max(0.0, (now - change["occurred_at"]).total_seconds())
-            )
-        self.metrics.published.inc(len(changes))
         if _debug.isEnabledFor(logging.DEBUG):
             for change in changes:
                 log.debug(

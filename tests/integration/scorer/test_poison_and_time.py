@@ -77,7 +77,7 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
     assert [r.value for r in dead] == poison
     assert {header(r.headers, "dlq_original_topic") for r in dead} == {topic}
     assert [int(header(r.headers, "dlq_original_offset") or -1) for r in dead] == [0, 1, 2, 3]
-    assert "occurred_at: Input should lie between years 1 and 9999" in (
+    assert "occurred_at: Input should lie after 0001-01-01T00:00:00Z" in (
         header(dead[3].headers, "dlq_error") or ""
     )
     async with connect(scorer_db) as conn:  # the partition that carried c1's five records

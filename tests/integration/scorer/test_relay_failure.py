@@ -123,3 +123,37 @@ async def _drains(relay: OutboxRelay) -> bool:
         return await relay.drain()
     except KafkaError:
         return False
+
+
+async def test_a_change_dated_at_the_calendars_edge_is_published_once_and_marked(
+    base_env: dict[str, str], scorer_db: str, topic_namespace: str
+) -> None:
+    # Rows written before ingest refused 0001-01-01T00:00:00Z hold -infinity, which asyncpg
+    # reads as a naive datetime.min: the relay's latency metric raised TypeError after the
+    # send, so the round rolled back, and every retry published the round again, forever.
+    settings = scorer_settings(base_env)
+    topic = Topics(topic_namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    producer = make_producer(settings)
+    await producer.start()
+    registry = new_registry()
+    relay = OutboxRelay(pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
+                        metrics=scorer_metrics(registry))  # fmt: skip
+    try:
+        await apply_batch(pool, [purchase("p1", "a", 3), purchase("p2", "b", 3, "5000")], [],
+                          group_id=SCORER_GROUP, scoring=SCORING, now=NOW)  # fmt: skip
+        async with connect(scorer_db) as conn:
+            await conn.execute(
+                "UPDATE scorer.tier_change SET occurred_at = '-infinity' WHERE customer_id = 'a'"
+            )
+        changes = await _changes(scorer_db)
+        assert await relay.drain() is True
+        assert await _seqs(scorer_db, "tier_change_pending") == []
+        published = "tierstream_scorer_published_changes_total"
+        assert registry.get_sample_value(published) == len(changes)
+    finally:
+        await producer.stop()
+        await pool.close()
+    records = await read_topic(settings.kafka_bootstrap_servers, topic, expect=len(changes))
+    assert sorted(header(r.headers, "ce_id") or "" for r in records) == sorted(changes.values())

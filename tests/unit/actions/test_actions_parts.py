@@ -176,12 +176,14 @@ def test_times_without_a_utc_equivalent_are_poison_not_a_stalled_partition() -> 
     records = [
         _record(TOPICS.tier_changed, _change(occurred_at="0001-01-01T00:00:00+01:00")),
         _record(TOPICS.purchases, _purchase(occurred_at="0001-01-01T00:00:00+01:00")),
-        _record(TOPICS.tier_changed, _change(occurred_at="0001-01-01T01:00:00+01:00")),
+        _record(TOPICS.tier_changed, _change(occurred_at="0001-01-01T01:00:00.000001+01:00")),
+        _record(TOPICS.purchases, _purchase(occurred_at="0001-01-01T00:00:00Z")),  # -infinity
     ]
     out = decode(records, TOPICS, books)
-    first, second = (p.error for p in out.poison)
+    first, second, third = (p.error for p in out.poison)
     assert first == "ValueError: a timestamp lies outside years 1-9999 in UTC"
-    assert "occurred_at" in second and "between years 1 and 9999" in second
+    assert "occurred_at" in second and "after 0001-01-01T00:00:00Z" in second
+    assert "occurred_at" in third and "after 0001-01-01T00:00:00Z" in third
     assert len(out.changes) == 1
 
 
