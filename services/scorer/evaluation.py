@@ -433,10 +433,23 @@ def _catch_up_before(
     due_at: datetime,
     now: datetime,
 ) -> tuple[CustomerRecord, list[ChangeRecord]]:
-    """`record` caught up to its earliest event in `events` (or `now`, for one dated later)
-    when its review time `due_at` came before that; the changes are emitted `now`."""
-    until = min(min(e.occurred_at for e in events), now)
-    if due_at >= until:  # an old event read late: nothing was due before it
+    """`record` caught up from its review time `due_at` to its earliest event in `events`
+    newer than everything it has folded (or to `now`, when none is, or it is dated later);
+    the changes are emitted `now`.
+
+    A newer event dated before `due_at` stops the catch-up: it came in order, read late only
+    because the scorer was behind (sweeps wait for such a backlog), so nothing was due. An
+    event no newer than the customer's latest activity came out of order, after the state
+    the sweep would have caught up without it: the consumer does what the sweep would have
+    done, and the event then counts as of now.
+    """
+    latest = record.state.last_activity_at
+    until = now
+    for event in events:
+        at = event.occurred_at
+        if at < until and (latest is None or at > latest):
+            until = at
+    if due_at >= until:  # an event at or before the review time: nothing was due before it
         return record, []
     update, caught = catch_up(record, scoring, due_at=due_at, now=until, emitted_at=now)
     return _reclassified(record, update), caught

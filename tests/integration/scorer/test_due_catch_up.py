@@ -23,11 +23,12 @@ from services.scorer.state_cache import StateCache
 from services.scorer.sweeper import Sweeper
 from shared.clock import FixedClock
 from shared.domain.rules import default_rules_path, load_rules
+from shared.domain.state import Event
 from shared.kafka_batches import KeyPartitioner
 from shared.metrics import new_registry
 from shared.partition_scope import PartitionScope
 from shared.topics import SCORER_GROUP
-from tests.integration.scorer.support import NOW, RETRY, connect, purchase, wait_until
+from tests.integration.scorer.support import NOW, RETRY, connect, login, purchase, wait_until
 
 SCORING = Scoring(load_rules(default_rules_path()))
 LATER = NOW + timedelta(days=100)
@@ -271,3 +272,26 @@ def _population_rules(folder: Path) -> Path:
         default_rules_path().read_text().replace("mode: thresholds", "mode: population")
     )
     return path
+
+
+@pytest.mark.parametrize("with_current", [False, True], ids=["late-only", "late-and-current"])
+async def test_an_event_read_late_does_not_cancel_the_catch_up(
+    scorer_db: str, with_current: bool
+) -> None:
+    # A login from 5 days before NOW reaches the consumer a hundred days later (out of order,
+    # the sweep held): it stopped the catch-up, so the drops to semi_active and inactive were
+    # never emitted and the rest was dated at the login, cause `event`, before the purchase
+    # that established the customer. The sweep, had it come first, would have emitted
+    # CAUGHT_UP; the consumer now does the same.
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    late = login("late", "c", days_ago=5)
+    events: list[Event] = [late, purchase("p2", "c", days_ago=-100)] if with_current else [late]
+    try:
+        await _establish(pool, SCORING)
+        await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=SCORING,
+                          now=LATER + timedelta(hours=1))  # fmt: skip
+    finally:
+        await pool.close()
+    # With the purchase: active again; still at_risk (the rules' first match: it has logged
+    # in, not within 30 days), not reactivated.
+    assert await _moves(scorer_db, since=3) == CAUGHT_UP + (BACK[:1] if with_current else [])

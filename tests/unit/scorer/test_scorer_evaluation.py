@@ -162,12 +162,32 @@ def test_a_customer_due_before_its_next_event_is_first_caught_up_to_that_event()
     assert update.next_review_at == later + timedelta(days=7, microseconds=1)
 
 
-def test_an_event_from_before_the_review_time_catches_nothing_up() -> None:
-    record = established("c1")
+def test_an_event_from_before_the_review_time_is_folded_after_the_catch_up() -> None:
+    # Read late, out of order: it happened 3 days before the customer's latest purchase, so
+    # it says nothing about the days since. The sweep, had it reached the customer first,
+    # would have caught it up to now; the consumer does the same, then counts the event.
     late = NOW + timedelta(days=100)
-    # Read late, but it happened on day 3: nothing was due before it; at `now` it counts.
-    outcome = fold_batch([record], [buy("e2", "c1", -3)], SCORING, now=late)
+    swept = established("c1")
+    assert swept.due_at is not None
+    by_sweep = catch_up(swept, SCORING, due_at=swept.due_at, now=late)
+    outcome = fold_batch([established("c1")], [buy("e2", "c1", 3)], SCORING, now=late)
+    assert moves(outcome.changes)[: len(by_sweep[1])] == moves(by_sweep[1])
+    assert {c.cause for c in by_sweep[1]} == {ChangeCause.TIME}
+    # An event at the review time itself: nothing was due before it.
+    at_due = buy("e3", "c1", 0).model_copy(update={"occurred_at": swept.due_at})
+    outcome = fold_batch([established("c1")], [at_due], SCORING, now=late)
     assert {c.cause for c in outcome.changes} == {ChangeCause.EVENT}
+
+
+def test_a_newer_event_from_before_the_review_time_cancels_the_catch_up() -> None:
+    # A backlog read after an outage: bought on day 3 after NOW, before the review on day 7,
+    # newer than anything folded. In order, it would have been folded before the review: the
+    # customer never went semi_active, and nothing is emitted for the days it was read late.
+    late = NOW + timedelta(days=5)
+    outcome = fold_batch([established("c1")], [buy("e2", "c1", -3)], SCORING, now=late)
+    assert outcome.changes == []
+    [update] = outcome.updates
+    assert update.next_review_at == NOW + timedelta(days=10, microseconds=1)
 
 
 def test_a_rules_pass_first_catches_a_due_customer_up_with_cause_time() -> None:
