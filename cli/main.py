@@ -50,22 +50,53 @@ def actions() -> None:
 
 
 @app.command()
-def migrate() -> None:
-    """Apply every service's Alembic migrations to DATABASE_URL (schemas scorer and actions)."""
+def migrate(
+    service: Annotated[
+        str | None,
+        typer.Option(help="Only this service's schema: scorer or actions (needed with --to)."),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            help="Move the schema back to this revision (its data with it), e.g. before running"
+            " an older release; `base` removes the service's tables. Revisions: the files in"
+            " services/<service>/migrations/versions."
+        ),
+    ] = None,
+) -> None:
+    """Apply every service's Alembic migrations to DATABASE_URL (schemas scorer and actions),
+    or with --service and --to, move one service's schema back."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from cli.database import database_settings, failure_reason, redacted
-    from shared.migrations import upgrade_all
+    from shared.migrations import (
+        SERVICES_WITH_TABLES,
+        MigrationError,
+        downgrade,
+        upgrade,
+        upgrade_all,
+    )  # fmt: skip
     from shared.settings import ServiceSettings
 
+    if service is not None and service not in SERVICES_WITH_TABLES:
+        console.print(f"[red]--service must be one of[/red] {', '.join(SERVICES_WITH_TABLES)}")
+        raise typer.Exit(2)
+    if to is not None and service is None:
+        console.print("[red]--to needs --service[/red] (each service has its own revisions)")
+        raise typer.Exit(2)
     url = database_settings(ServiceSettings, console).database_url  # exits 2 on a bad setting
     try:
-        asyncio.run(upgrade_all(url))
-    except (OSError, SQLAlchemyError) as exc:
+        if to is not None and service is not None:
+            downgrade(url, service, to)
+        elif service is not None:
+            upgrade(url, service)
+        else:
+            asyncio.run(upgrade_all(url))
+    except (OSError, SQLAlchemyError, MigrationError) as exc:
         why = escape(f"{redacted(url)}: {failure_reason(exc)}")
         console.print(f"[red]cannot migrate[/red] {why}", soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print("[green]migrations applied[/green]")
+    console.print(f"[green]{'moved back' if to else 'migrations applied'}[/green]")
 
 
 @app.command()

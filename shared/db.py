@@ -24,9 +24,14 @@ def asyncpg_dsn(database_url: str) -> str:
 
 
 def make_engine(
-    database_url: str, *, pool_size: int = 5, application_name: str = "tierstream"
+    database_url: str,
+    *,
+    pool_size: int = 5,
+    application_name: str = "tierstream",
+    command_timeout: float | None = 60,
 ) -> AsyncEngine:
-    """An engine whose connections are checked before use (survives a Postgres restart)."""
+    """An engine whose connections are checked before use (survives a Postgres restart);
+    a statement is given up after `command_timeout` seconds (None: never)."""
     return create_async_engine(
         async_url(database_url),
         pool_size=pool_size,
@@ -36,7 +41,7 @@ def make_engine(
         connect_args={
             "server_settings": {"application_name": application_name},
             "timeout": 10,
-            "command_timeout": 60,
+            "command_timeout": command_timeout,
         },
     )
 

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -16,6 +20,13 @@ from shared.db import async_url, make_engine
 
 SERVICES_WITH_TABLES = ("scorer", "actions")
 _SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
+# Any constant shared by every migrator (`tierstream migrate`, actions at its start): each
+# takes it for its whole transaction, so two at once never race on a schema or a revision.
+MIGRATION_LOCK = 0x7469_6572_6163
+
+
+class MigrationError(Exception):
+    """A migration that cannot run: e.g. the database is at a revision this release lacks."""
 
 
 def alembic_config(database_url: str, service: str) -> Config:
@@ -30,7 +41,34 @@ def alembic_config(database_url: str, service: str) -> Config:
 
 def upgrade(database_url: str, service: str, revision: str = "head") -> None:
     """Apply one service's migrations (blocking; call from a thread inside an event loop)."""
-    command.upgrade(alembic_config(database_url, service), revision)
+    with _explained(service):
+        command.upgrade(alembic_config(database_url, service), revision)
+
+
+def downgrade(database_url: str, service: str, revision: str) -> None:
+    """Move one service's schema (and its data) back to `revision` ("base": no tables)."""
+    config = alembic_config(database_url, service)
+    known = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()]
+    if revision != "base" and revision not in known:  # a typo, not a newer release's work
+        raise MigrationError(
+            f"{service}: no revision {revision!r}; this release has base, "
+            + ", ".join(sorted(known))
+        )
+    with _explained(service):
+        command.downgrade(config, revision)
+
+
+@contextlib.contextmanager
+def _explained(service: str) -> Iterator[None]:
+    try:
+        yield
+    except CommandError as exc:
+        # e.g. "Can't locate revision identified by '0009'": a newer release migrated it.
+        raise MigrationError(
+            f"{service}: {exc}. A revision this release does not know was applied by a newer"
+            " release: run that release, or move the schema back with its"
+            " `tierstream migrate --service ... --to REVISION` first"
+        ) from exc
 
 
 async def upgrade_all(database_url: str) -> None:
@@ -45,6 +83,7 @@ def run_env(context: Any) -> None:
     schema: str = cfg.attributes["schema"]
 
     def do_run(connection: Connection) -> None:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         context.configure(
             connection=connection,
@@ -56,10 +95,14 @@ def run_env(context: Any) -> None:
             context.run_migrations()
 
     async def run() -> None:
+        # No statement timeout: rewriting a large table, or waiting for a lock a running
+        # service holds, may take longer than the services' 60 s, and a timeout rolls the
+        # whole upgrade back (one transaction), so every retry would fail the same way.
         engine = make_engine(
             cfg.get_main_option("sqlalchemy.url"),
             pool_size=1,
             application_name="tierstream-migrate",
+            command_timeout=None,
         )
         try:
             async with engine.begin() as conn:

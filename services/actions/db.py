@@ -7,12 +7,9 @@ import json
 
 import asyncpg
 
-from shared.db import asyncpg_dsn
 from shared.migrations import upgrade
 from shared.pg import Connection, Pool, RequestDatabase, database_ready, row_count
 from shared.pg import create_pool as create_raw_pool
-
-_MIGRATION_LOCK = 0x7469_6572_6163  # any constant shared by every actions process
 
 __all__ = [
     "Connection", "Pool", "RequestDatabase", "create_api_pool", "create_pool", "database_ready",
@@ -43,13 +40,6 @@ async def create_api_pool(database_url: str, *, size: int, within: float) -> Poo
 
 
 async def migrate(database_url: str) -> None:
-    """Apply the actions migrations; an advisory lock serialises processes starting together."""
-    conn = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
-    try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-        try:
-            await asyncio.to_thread(upgrade, database_url, "actions")
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
-    finally:
-        await conn.close()
+    """Apply the actions migrations (shared.migrations serialises processes starting
+    together, and `tierstream migrate` with them)."""
+    await asyncio.to_thread(upgrade, database_url, "actions")

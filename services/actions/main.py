@@ -22,6 +22,7 @@ from shared.domain.playbooks import Playbooks, PlaybooksError, load_playbooks
 from shared.kafka import ensure_topics
 from shared.logging import get_logger
 from shared.metrics import new_registry
+from shared.migrations import MigrationError
 from shared.service import serve
 from shared.topics import Topics
 from shared.tracing import Tracer, make_tracer
@@ -73,7 +74,10 @@ async def run(
     clock = clock or clock_for(settings.now)
     await ensure_topics(settings, Topics(settings.topic_namespace).all())
     if settings.migrate:
-        await migrate(settings.database_url)
+        try:
+            await migrate(settings.database_url)
+        except MigrationError as exc:
+            raise SystemExit(f"actions: cannot migrate: {exc}") from exc
     tracing = tracer or make_tracer("actions")
     try:
         async with _resources(settings) as (pool, api_pool, client):

@@ -1,0 +1,98 @@
+"""Running the migrations: two migrators at once, a database migrated by a newer release,
+and moving a schema back (`tierstream migrate`, actions at its start)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from services.actions.db import migrate as migrate_actions
+from shared.db import asyncpg_dsn
+from shared.migrations import MigrationError, upgrade_all
+
+
+async def _revision(database_url: str, service: str) -> str | None:
+    """The service's applied revision (None: no version table)."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        table = f"{service}.alembic_version_{service}"
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            return None
+        version: str | None = await conn.fetchval(f"SELECT version_num FROM {table}")
+        return version
+    finally:
+        await conn.close()
+
+
+def _cli(database_url: str, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["migrate", *args], env={"DATABASE_URL": database_url})
+    return result.exit_code, result.output
+
+
+async def test_two_migrators_at_once_both_succeed(database_url: str) -> None:
+    # Both ran CREATE SCHEMA and the first revision together: one failed with a duplicate
+    # key in pg_namespace (and `tierstream migrate` did not take actions' lock at all).
+    # Processes, as in a deployment: Alembic's context is one per process.
+    actions = "import asyncio, sys; from services.actions.db import migrate;"
+    commands = [
+        [sys.executable, "-m", "cli.main", "migrate"],
+        [sys.executable, "-m", "cli.main", "migrate"],
+        [sys.executable, "-c", f"{actions} asyncio.run(migrate(sys.argv[1]))", database_url],
+    ]
+    env = {**os.environ, "DATABASE_URL": database_url}
+    processes = [
+        await asyncio.create_subprocess_exec(*command, env=env, stderr=subprocess.PIPE)
+        for command in commands
+    ]
+    outcomes = [(await p.wait(), (await p.stderr.read()).decode()) for p in processes if p.stderr]
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    assert await _revision(database_url, "scorer") is not None
+    assert await _revision(database_url, "actions") is not None
+
+
+async def test_a_database_migrated_by_a_newer_release_is_refused_in_one_line(
+    database_url: str,
+) -> None:
+    await upgrade_all(database_url)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.execute("UPDATE actions.alembic_version_actions SET version_num = '0099'")
+    finally:
+        await conn.close()
+    code, output = await asyncio.to_thread(_cli, database_url)
+    assert code == 1
+    assert "cannot migrate" in output and "'0099'" in output and "newer" in output
+    assert "Traceback" not in output
+    with pytest.raises(MigrationError, match="newer release"):
+        await migrate_actions(database_url)  # what actions runs at its start
+
+
+async def test_a_schema_moves_back_to_a_revision_and_forward_again(database_url: str) -> None:
+    await upgrade_all(database_url)
+    head = await _revision(database_url, "scorer")
+    code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer", "--to",
+                                           "0001")  # fmt: skip
+    assert (code, await _revision(database_url, "scorer")) == (0, "0001"), output
+    assert await _revision(database_url, "actions") is not None  # the other one untouched
+    code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer")
+    assert (code, await _revision(database_url, "scorer")) == (0, head), output
+    code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer", "--to",
+                                           "0010")  # fmt: skip
+    assert code == 1 and "no revision '0010'" in output and "0001" in output, output
+    assert "newer" not in output and await _revision(database_url, "scorer") == head
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--to", "0001"], "--to needs --service"), (["--service", "ingest"], "must be one of")],
+)
+def test_migrate_refuses_options_that_name_no_schema(args: list[str], message: str) -> None:
+    code, output = _cli("postgresql://nobody@127.0.0.1:1/none", *args)
+    assert code == 2 and message in output
