@@ -198,7 +198,9 @@ class _EventBase(_Contract):
 
     event_id: Id = Field(
         description="Client-supplied idempotency key, 1-128 characters, no whitespace at"
-        " either end."
+        " either end. Unique across every event sent to Tierstream, of every type and source:"
+        " an event whose id was seen before is dropped as a repeat, whatever its customer or"
+        " type, so systems that number their own events should prefix them (`orders-17`)."
     )
     customer_id: Id = Field(
         description="The customer this event belongs to, 1-128 characters, no whitespace at"
