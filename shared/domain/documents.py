@@ -5,18 +5,45 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from yaml.constructor import ConstructorError
+from yaml.nodes import CollectionNode, MappingNode, Node
+
+# Far beyond any real file, far below what exhausts memory or the stack: an alias expands
+# to a copy of what it names wherever it is read, so a few lines can name 10^9 values.
+MAX_DEPTH = 128
+MAX_VALUES = 100_000
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def read_document(path: str | Path, *, fail: Callable[[str], Exception]) -> str:
+    """The file's text; `fail(reason)` builds the error for a file unread or not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at {exc.start}") from exc
 
 
 def yaml_mapping(text: str, *, fail: Callable[[str], Exception]) -> dict[str, Any]:
     """The document as a mapping; `fail(reason)` builds the error to raise otherwise."""
+    loader = _StrictLoader(text)
     try:
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _expanded_size(node, depth=0, seen={}, fail=fail)
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise fail(f"not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # the parser itself recurses per level
+        raise fail(f"not valid YAML: nested more than {MAX_DEPTH} levels deep") from exc
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise fail("the file must be a YAML mapping")
     return data
@@ -26,3 +53,56 @@ def content_version(parsed: BaseModel) -> str:
     """A hash of the validated content: comments and key order do not change it."""
     canonical = json.dumps(parsed.model_dump(mode="json", by_alias=True), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML silently keeps the
+    last, so a rule edited in two places would quietly lose one of the edits."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:  # `<<: *base`: later keys override it on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"found key {key!r} twice (first on line {first[key]})",
+                        key_node.start_mark,
+                    )  # fmt: skip
+                first[key] = line
+            except TypeError:  # an unhashable key: the constructor below says so
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(
+    node: Node, *, depth: int, seen: dict[int, tuple[int, int]], fail: Callable[[str], Exception]
+) -> tuple[int, int]:
+    """How many values `node` holds once every alias is copied out, and how many levels
+    deep it goes (memoised per node: an alias names a node already measured)."""
+    if depth > MAX_DEPTH:  # before recursing further
+        raise fail(f"not valid YAML: nested more than {MAX_DEPTH} levels deep")
+    if (known := seen.get(id(node))) is None:
+        size, height = 1, 0
+        if isinstance(node, CollectionNode):
+            children = (
+                [n for pair in node.value for n in pair] if isinstance(node, MappingNode)
+                else node.value
+            )  # fmt: skip
+            for child in children:
+                child_size, child_height = _expanded_size(
+                    child, depth=depth + 1, seen=seen, fail=fail
+                )
+                size, height = size + child_size, max(height, child_height + 1)
+                if size > MAX_VALUES:
+                    raise fail(
+                        f"not valid YAML: more than {MAX_VALUES:,} values once aliases expand"
+                    )
+        seen[id(node)] = known = (size, height)
+    if depth + known[1] > MAX_DEPTH:
+        raise fail(f"not valid YAML: nested more than {MAX_DEPTH} levels deep")
+    return known

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from shared.contracts import TierChanged
 from shared.domain.conditions import TAG_PREFIX, evaluate
-from shared.domain.documents import content_version, yaml_mapping
+from shared.domain.documents import content_version, read_document, yaml_mapping
 from shared.domain.playbook_model import (
     AlertAction,
     Channel,
@@ -113,10 +113,7 @@ def default_playbooks_path() -> Path:
 
 def load_playbooks(path: str | Path) -> Playbooks:
     """Read and validate a playbooks file (raises PlaybooksError)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PlaybooksError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    text = read_document(path, fail=lambda reason: PlaybooksError(reason, source=str(path)))
     return parse_playbooks(text, source=str(path))
 
 

@@ -16,7 +16,7 @@ from shared.domain.compiled import (
     compiled_rules,
 )
 from shared.domain.conditions import TAG_PREFIX
-from shared.domain.documents import content_version, yaml_mapping
+from shared.domain.documents import content_version, read_document, yaml_mapping
 from shared.domain.features import FeatureValue
 from shared.domain.population import CutPoints, quintile_score
 from shared.domain.review import next_review_at
@@ -54,10 +54,7 @@ def default_rules_path() -> Path:
 
 def load_rules(path: str | Path) -> Rules:
     """Read and validate a rules file (raises RulesError)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RulesError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    text = read_document(path, fail=lambda reason: RulesError(reason, source=str(path)))
     return parse_rules(text, source=str(path))
 
 

@@ -1,0 +1,67 @@
+"""Reading rules and playbooks files: what YAML itself lets through that a config must not
+(a key given twice, alias bombs, nesting that exhausts the stack, bytes that are not UTF-8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.domain.documents import MAX_DEPTH, yaml_mapping
+from shared.domain.playbooks import (
+    PlaybooksError,
+    default_playbooks_path,
+    load_playbooks,
+    parse_playbooks,
+)
+from shared.domain.rules import RulesError, default_rules_path, load_rules, parse_rules
+
+RULES = default_rules_path().read_text()
+
+
+def test_a_key_given_twice_is_refused_with_both_lines() -> None:
+    # PyYAML kept the last one silently: the first edit of a rule was lost without a word.
+    text = "version: 1\nversion: 2\n" + RULES.split("\n", 1)[1]
+    with pytest.raises(RulesError, match=r"found key 'version' twice \(first on line 1\)"):
+        parse_rules(text, source="twice.yaml")
+    # A template defined twice: the second silently replaced the first.
+    books = default_playbooks_path().read_text()
+    twice = books.replace("templates:\n", "templates:\n  vip_alert: {subject: x, body: y}\n", 1)
+    with pytest.raises(PlaybooksError, match=r"found key 'vip_alert' twice \(first on line 24\)"):
+        parse_playbooks(twice, source="twice.yaml")
+
+
+def test_a_merge_key_may_be_overridden_and_equal_keys_in_other_mappings_are_fine() -> None:
+    data = yaml_mapping("base: &b {a: 1, c: 3}\nx: {<<: *b, a: 2}\ny: {a: 1}\n", fail=ValueError)
+    assert data["x"] == {"a": 2, "c": 3} and data["y"] == {"a": 1}
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    with pytest.raises(RulesError, match=r"more than 100,000 values once aliases expand"):
+        parse_rules("\n".join(lines) + "\n", source="bomb.yaml")
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 5_000])
+def test_nesting_past_the_limit_is_refused_not_a_crash(levels: int) -> None:
+    text = "deep: " + "[" * levels + "]" * levels + "\n"
+    with pytest.raises(RulesError, match=rf"nested more than {MAX_DEPTH} levels deep"):
+        parse_rules(text, source="deep.yaml")
+
+
+def test_nesting_through_aliases_counts_too() -> None:
+    half = MAX_DEPTH // 2 + 1
+    text = f"a: &a {'[' * half}{']' * half}\nb: {'[' * half}*a{']' * half}\n"
+    with pytest.raises(RulesError, match="levels deep"):
+        parse_rules(text, source="deep.yaml")
+
+
+def test_a_file_that_is_not_utf8_is_refused_with_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(RULES.replace("rules", "r\xe8gles", 1).encode("latin-1"))
+    with pytest.raises(RulesError, match=r"latin1\.yaml: .*not UTF-8 text: byte 0xe8"):
+        load_rules(path)
+    path.write_bytes(b"\xff\xfe" + default_playbooks_path().read_bytes())
+    with pytest.raises(PlaybooksError, match=r"not UTF-8 text: byte 0xff at 0"):
+        load_playbooks(path)
