@@ -13,6 +13,7 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -23,6 +24,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tierstream"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -53,7 +59,12 @@ class ServiceSettings(BaseSettings):
     # hide_input_in_errors: a validation error would otherwise print the whole environment,
     # API keys and passwords included.
     model_config = SettingsConfigDict(
-        frozen=True, populate_by_name=True, extra="ignore", hide_input_in_errors=True
+        frozen=True,
+        populate_by_name=True,
+        extra="ignore",
+        hide_input_in_errors=True,
+        # `inf` and `nan` pass `gt=0`: a timeout that never ends, an interval that never comes.
+        allow_inf_nan=False,
     )
 
     kafka_bootstrap_servers: str = Field(
@@ -131,10 +142,10 @@ class ServiceSettings(BaseSettings):
         validation_alias="TIERSTREAM_NOW",
         description="Fixed 'now' (ISO 8601 with zone) for replays, demos and tests.",
     )
-    log_level: str = Field(
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = Field(
         "INFO",
         validation_alias=AliasChoices("TIERSTREAM_LOG_LEVEL", "LOG_LEVEL"),
-        description="Log level of the JSON logs (DEBUG, INFO, WARNING, ERROR).",
+        description="Log level of the JSON logs (DEBUG, INFO, WARNING, ERROR; any case).",
     )
     host: str = Field(
         "127.0.0.1", description="Address the HTTP API binds to (0.0.0.0 in containers)."

@@ -114,11 +114,13 @@ class ActionsSettings(ConsumingServiceSettings):
     inbox_retention_days: int = Field(
         30,
         ge=0,
-        description="Days a consumed tier change's id stays in the de-duplication inbox; 0 keeps"
-        " it forever. Pruning is safe because the consumed offsets are stored in Postgres with"
-        " the inbox (the service never re-reads what it applied), so a duplicate can only come"
-        " from the topic within its Kafka retention: keep this at least that long. Goal events"
-        " (latest purchases) older than this and than the longest sequence are pruned too.",
+        le=36_500,  # past this, `now - days` leaves the calendar: use 0
+        description="Days a consumed tier change's id stays in the de-duplication inbox"
+        " (at most 36,500); 0 keeps it forever. Pruning is safe because the consumed offsets"
+        " are stored in Postgres with the inbox (the service never re-reads what it applied),"
+        " so a duplicate can only come from the topic within its Kafka retention: keep this at"
+        " least that long. Goal events (latest purchases) older than this and than the longest"
+        " sequence are pruned too.",
     )
     prune_interval_s: float = Field(
         3600.0, gt=0, description="How often the retention loop deletes expired rows."

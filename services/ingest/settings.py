@@ -31,7 +31,10 @@ class IngestSettings(ServiceSettings):
     max_batch_events: int = Field(1000, ge=1, description="Most events in one batch request.")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body, bytes.")
     max_future_seconds: float = Field(
-        300.0, ge=0, description="How far in the future `occurred_at` may lie (clock skew)."
+        300.0,
+        ge=0,
+        le=366 * 86400,  # a bound on clock skew, not a way to accept any date: at most a year
+        description="How far in the future `occurred_at` may lie (clock skew; at most 366 days).",
     )
     publish_timeout_s: float = Field(
         5.0, gt=0, description="Upper bound for one request's publish, broker ack included."

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from services.actions.settings import ActionsSettings
 from services.ingest.settings import IngestSettings
 from services.scorer.settings import ScorerSettings
-from shared.settings import settings_or_exit
+from shared.settings import ServiceSettings, settings_or_exit
 
 SECRET = "MY-REAL-PRODUCTION-KEY-123"
 
@@ -93,3 +93,40 @@ def test_an_api_key_no_client_could_send_is_a_configuration_error_naming_its_sou
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("invalid configuration: SCORER_API_KEYS: ")  # or TIERSTREAM_
     assert reason in line and SECRET not in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        # inf passed gt=0: a sweep or a timeout that never comes; nan compares false to all.
+        ("SCORER_SWEEP_INTERVAL_S", "inf", "finite number"),
+        ("SCORER_RELAY_INTERVAL_S", "nan", "finite number"),
+        ("ACTIONS_DELIVERY_TIMEOUT_S", "-inf", "finite number"),
+        # timedelta overflowed on every request / every prune instead of refusing at start.
+        ("INGEST_MAX_FUTURE_SECONDS", "1e300", "less than or equal to 31622400"),
+        ("ACTIONS_INBOX_RETENTION_DAYS", "99999999999", "less than or equal to 36500"),
+        # logging raised "Unknown level" with a traceback once the settings were accepted.
+        ("TIERSTREAM_LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    reason: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    services: dict[str, type[ServiceSettings]] = {
+        "SCORER": ScorerSettings, "ACTIONS": ActionsSettings, "INGEST": IngestSettings
+    }  # fmt: skip
+    settings = services.get(variable.split("_")[0], IngestSettings)
+    with pytest.raises(SystemExit):
+        settings_or_exit(settings)
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"invalid configuration: {variable}: ") and reason in line
+
+
+def test_the_log_level_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERSTREAM_LOG_LEVEL", "debug")
+    assert IngestSettings().log_level == "DEBUG"
