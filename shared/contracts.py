@@ -29,7 +29,8 @@ from pydantic_core import PydanticCustomError
 # CSV importer strips its cells). Whitespace inside an id is its own business.
 ID_PATTERN = r"^\S(?s:.*\S)?$"
 ID_PATTERN_REASON = "Must not begin or end with whitespace"
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+ID_MAX_CHARS = 128  # customer, event, order and ticket ids
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 AttributeValue = str | int | float | bool | None
 

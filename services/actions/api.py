@@ -15,12 +15,13 @@ from services.actions.db import RequestDatabase
 from services.actions.queries import TaskFilter, TransitionRefused
 from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
+from shared.contracts import ID_MAX_CHARS
 from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
 
 MAX_ID = 2**63 - 1
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Task id.")]
 NO_NUL = r"^[^\x00]+$"  # Postgres text cannot hold NUL: refuse it as input (422, never a 500)
-CustomerQuery = Annotated[str | None, Query(min_length=1, max_length=128, pattern=NO_NUL)]
+CustomerQuery = Annotated[str | None, Query(min_length=1, max_length=ID_MAX_CHARS, pattern=NO_NUL)]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
 Cursor = Annotated[
     str | None, Query(max_length=64, description="`next_cursor` of the previous page.")

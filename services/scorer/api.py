@@ -16,7 +16,7 @@ from services.scorer import queries
 from services.scorer.db import RequestDatabase
 from services.scorer.queries import StoredChange, StoredCustomer
 from shared.clock import Clock
-from shared.contracts import AttributeValue, Dimension
+from shared.contracts import ID_MAX_CHARS, AttributeValue, Dimension
 from shared.domain.features import compute_features, features_to_json
 from shared.domain.state import attributes_of, prune
 from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
@@ -24,12 +24,15 @@ from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
 JsonValue = int | float | str | bool | None
 # Postgres text cannot hold NUL: refuse it as input (422) instead of failing the query (500).
 NO_NUL = r"^[^\x00]*$"
-CustomerId = Annotated[str, Path(min_length=1, max_length=128, pattern=NO_NUL)]
+CustomerId = Annotated[str, Path(min_length=1, max_length=ID_MAX_CHARS, pattern=NO_NUL)]
 # An instant with a zone, as RFC 3339 spells it (no bare dates, no epoch numbers).
 RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$"
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
+# The longest cursor: a customer id of 128 four-byte characters, in base64 (683).
+CURSOR_MAX_CHARS = -(-ID_MAX_CHARS * 4 * 4 // 3)
 Cursor = Annotated[
-    str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+    str | None,
+    Query(max_length=CURSOR_MAX_CHARS, description="`next_cursor` of the previous page."),
 ]
 ClassFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {

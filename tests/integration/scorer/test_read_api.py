@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -29,8 +30,6 @@ SLASHED = "acme/eu/42"  # upstream ids may contain slashes
 @pytest.fixture
 async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.AsyncClient]:
     """The scorer app over a database holding 5 gold, 3 bronze and one lead customer."""
-    settings = ScorerSettings.model_validate(base_env)
-    pool = await create_pool(scorer_db, size=2, application_name="test")
     events: list[Event] = [
         purchase(f"g{c}-{i}", f"gold-{c}", days_ago=i * 5, amount="600")
         for c in range(5)
@@ -39,6 +38,17 @@ async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.A
     events += [purchase(f"b{c}", f"bronze-{c}", days_ago=200, amount="50") for c in range(3)]
     events += [login("l1", "gold-0", days_ago=1), support("s1", "gold-0", days_ago=2, nps=9)]
     events += [login("l2", SLASHED, days_ago=1)]
+    async with _serving(base_env, scorer_db, events) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    env: dict[str, str], database_url: str, events: list[Event]
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the scorer app over a database holding `events`."""
+    settings = ScorerSettings.model_validate(env)
+    pool = await create_pool(database_url, size=2, application_name="test")
     scoring = Scoring(load_rules(settings.rules_file))
     await apply_batch(pool, events, [], group_id=SCORER_GROUP, scoring=scoring, now=NOW)
     app = create_app(settings, pool=pool, clock=FixedClock(NOW))
@@ -49,6 +59,26 @@ async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.A
             yield client
     finally:
         await pool.close()
+
+
+async def test_pages_past_customers_with_the_longest_ids(
+    base_env: dict[str, str], scorer_db: str
+) -> None:
+    # 128 four-byte characters: their cursor is 683 characters, and the API refused cursors
+    # past 512, so the page after one of them could not be asked for.
+    longest = ["\U0001f600" * 127 + last for last in "ab"] + ["\U0001f600" * 128]
+    events: list[Event] = [login(f"l{i}", c, days_ago=1) for i, c in enumerate(longest)]
+    seen: list[str] = []
+    async with _serving(base_env, scorer_db, events) as api:
+        cursor: str | None = None
+        for _ in range(len(longest) + 1):
+            params: dict[str, str | int] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+            page = await api.get("/v1/customers", params=params, headers=AUTH)
+            assert page.status_code == 200, page.text
+            seen += [item["customer_id"] for item in page.json()["items"]]
+            if (cursor := page.json()["next_cursor"]) is None:
+                break
+    assert sorted(seen) == sorted(longest)
 
 
 async def _publish_all(env: dict[str, str], database_url: str) -> None:
