@@ -62,6 +62,13 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+def invalid_query(name: str, reason: str, kind: str) -> ProblemError:
+    """The 422 for a query parameter FastAPI's validation let through, shaped as its own:
+    `errors: [{field: "query.<name>", reason, type}]`."""
+    error = {"field": f"query.{name}", "reason": reason, "type": kind}
+    return ProblemError(422, "Invalid request", "The request failed validation.", errors=[error])
+
+
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Pydantic errors as [{field, reason, type}] with a dotted field path."""
     out = []

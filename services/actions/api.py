@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -16,7 +17,7 @@ from services.actions.queries import TaskFilter, TransitionRefused
 from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
 from shared.contracts import ID_MAX_CHARS
-from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
+from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep, invalid_query
 
 MAX_ID = 2**63 - 1
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Task id.")]
@@ -29,6 +30,7 @@ Cursor = Annotated[
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such task", "content": {PROBLEM_JSON: {}}}
 }
+_CURSOR = re.compile(r"id:([0-9]{1,19})")
 _PAST = {"assign": "assigned", "complete": "completed", "cancel": "cancelled"}
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"description": "Transition not allowed", "content": {PROBLEM_JSON: {}}}
@@ -144,16 +146,12 @@ def decode_cursor(cursor: str | None) -> int | None:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, number = text.partition(":")
-        value = int(number)
-        if kind == "id" and 0 <= value <= MAX_ID:
-            return value
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    error = {"field": "cursor", "reason": "invalid cursor", "type": "cursor"}
-    raise ProblemError(
-        422, "Invalid request", "The cursor is not one this API handed out.", errors=[error]
-    )
+        text = ""
+    # Exactly what encode_cursor writes: int() also takes " 7", "+7", "7_0", Arabic digits.
+    if (found := _CURSOR.fullmatch(text)) and (value := int(found[1])) <= MAX_ID:
+        return value
+    raise invalid_query("cursor", "Not a cursor this API handed out", "cursor")
 
 
 def _page(rows: list[dict[str, object]], limit: int) -> tuple[list[dict[str, object]], str | None]:

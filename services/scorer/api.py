@@ -19,7 +19,13 @@ from shared.clock import Clock
 from shared.contracts import ID_MAX_CHARS, AttributeValue, Dimension
 from shared.domain.features import compute_features, features_to_json
 from shared.domain.state import attributes_of, prune
-from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep
+from shared.http import (
+    PROBLEM_JSON,
+    PROBLEM_RESPONSES,
+    ProblemError,
+    SourceDep,
+    invalid_query,
+)  # fmt: skip
 
 JsonValue = int | float | str | bool | None
 # Postgres text cannot hold NUL: refuse it as input (422) instead of failing the query (500).
@@ -154,9 +160,7 @@ def decode_cursor(cursor: str) -> str:
             raise ValueError("NUL in a cursor")
         return position
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ProblemError(
-            422, "Invalid cursor", "Pass `next_cursor` from a previous page."
-        ) from exc
+        raise _invalid_cursor() from exc
 
 
 def _float(value: object) -> float | None:
@@ -307,16 +311,20 @@ def _instant(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError as exc:  # matched the pattern, yet no such instant (e.g. month 13)
-        raise ProblemError(422, "Invalid since", f"{text!r} is not an instant.") from exc
+        raise invalid_query("since", "No such date or time (e.g. month 13)", "datetime") from exc
     try:  # Postgres stores UTC: an offset can carry year 1 or 9999 out of range
         return value.astimezone(UTC)
     except OverflowError as exc:
-        raise ProblemError(
-            422, "Invalid since", f"{text!r} is outside years 1-9999 in UTC."
+        raise invalid_query(
+            "since", "Outside years 1-9999 once converted to UTC", "datetime_range"
         ) from exc
 
 
 def _seq(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 18:  # "²".isdigit() too
-        raise ProblemError(422, "Invalid cursor", "Pass `next_cursor` from a previous page.")
+        raise _invalid_cursor()
     return int(text)
+
+
+def _invalid_cursor() -> ProblemError:
+    return invalid_query("cursor", "Not a cursor this API handed out: pass `next_cursor`", "cursor")

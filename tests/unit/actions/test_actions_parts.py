@@ -3,6 +3,7 @@ decoding poison, settings, and refusing to start on an invalid playbooks file.""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -81,9 +82,13 @@ def test_only_open_tasks_can_be_assigned_completed_or_cancelled(
 def test_cursors_round_trip_and_foreign_ones_are_refused() -> None:
     assert decode_cursor(encode_cursor(42)) == 42
     assert decode_cursor(None) is None
-    for bad in ("", "abc", encode_cursor(1)[:-1] + "!", "aWQ6LTE", "eDox"):  # id:-1, x:1
-        with pytest.raises(ProblemError):
+    foreign = [f"id:{n}" for n in (" 7", "+7", "7_0", "\u0667", "7 ", "0" * 20, 2**63)]
+    for bad in ("", "abc", encode_cursor(1)[:-1] + "!", "aWQ6LTE", "eDox",  # id:-1, x:1
+                *(base64.urlsafe_b64encode(f.encode()).decode() for f in foreign)):  # fmt: skip
+        with pytest.raises(ProblemError) as refused:
             decode_cursor(bad)
+        assert [e["field"] for e in refused.value.errors or []] == ["query.cursor"], bad
+    assert decode_cursor(encode_cursor(2**63 - 1)) == 2**63 - 1
 
 
 def _delivery(**overrides: Any) -> Delivery:
