@@ -6,9 +6,10 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -171,7 +172,18 @@ class ApiKeys:
         return source
 
 
-async def require_key(request: Request) -> str:
+# Only documents the scheme in OpenAPI (securitySchemes, each route's `security`), so that
+# generated clients and API explorers send the key: ApiKeys reads the header itself.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key (TIERSTREAM_API_KEYS): 'Authorization: Bearer <key>'.",
+)
+
+
+async def require_key(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+) -> str:
     """FastAPI dependency: the caller's source name, or 401."""
     # Must be `async def`: FastAPI runs a plain def in a thread and would inject the coroutine.
     keys: ApiKeys = request.app.state.api_keys

@@ -276,6 +276,10 @@ def _fuzz(seeded: Seeded, service: str, mode: GenerationMode, examples: int) -> 
     """Every operation of the service's OpenAPI document, `examples` generated cases each."""
     base_url = (seeded.scorer if service == "scorer" else seeded.actions).url
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    # The key is sent as AUTH on every call: mutating the Authorization header the document
+    # declares would be overridden by it, and the call taken for accepted negative data.
+    # Missing and wrong keys have their own tests (test_every_route_needs_...).
+    schema.config.generation.update(with_security_parameters=False)
     checks = [*CHECKS, negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
     statuses: list[int] = []
     unsendable: list[str] = []
