@@ -265,10 +265,18 @@ class CustomerLoggedIn(_EventBase):
 
 
 class SupportAction(StrEnum):
+    """What happened to a ticket. `resolved` and `closed` end it (help desks use either);
+    every other action leaves it, or makes it, open."""
+
     OPENED = "opened"
     REPLIED = "replied"
+    ESCALATED = "escalated"
     RESOLVED = "resolved"
+    CLOSED = "closed"
     REOPENED = "reopened"
+
+
+TICKET_ENDED = frozenset({SupportAction.RESOLVED.value, SupportAction.CLOSED.value})
 
 
 class SupportTicketUpdated(_EventBase):

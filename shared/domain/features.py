@@ -11,7 +11,7 @@ from decimal import Decimal
 from operator import attrgetter
 from typing import Any
 
-from shared.contracts import SupportAction
+from shared.contracts import TICKET_ENDED
 from shared.domain.state import CustomerState, PurchaseFact, RatingStats
 
 FeatureValue = int | float | Decimal | str | bool | None
@@ -75,7 +75,6 @@ _PURCHASE_SPANS = tuple(
 _LOGIN_SPANS = tuple((f"logins_{days}d", timedelta(days=days)) for days in LOGIN_WINDOWS)
 _TICKET_SPANS = tuple((f"tickets_{days}d", timedelta(days=days)) for days in TICKET_WINDOWS)
 _RATINGS = (("latest_csat", "avg_csat", "csat"), ("latest_nps", "avg_nps", "nps"))
-_RESOLVED = SupportAction.RESOLVED.value
 _AT = attrgetter("occurred_at")
 _RECENCY = (
     "days_since_last_purchase", "days_since_first_purchase", "days_since_last_activity",
@@ -219,7 +218,7 @@ def _logins(
 
 
 def _tickets(features: dict[str, FeatureValue], state: CustomerState, now: datetime) -> None:
-    features["open_tickets"] = sum(1 for t in state.tickets.values() if t.value != _RESOLVED)
+    features["open_tickets"] = sum(1 for t in state.tickets.values() if t.value not in TICKET_ENDED)
     for key, span in _TICKET_SPANS:
         openings = state.ticket_openings
         features[key] = len({o.ticket_id for o in openings if now - o.occurred_at <= span})

@@ -119,6 +119,15 @@ def test_a_ticket_is_open_until_its_latest_action_by_event_time_is_resolved() ->
     assert compute_features(reopened, now=NOW)["open_tickets"] == 1
 
 
+def test_a_closed_ticket_is_ended_like_a_resolved_one_and_an_escalated_one_stays_open() -> None:
+    # Help desks say `closed` (Zendesk, Freshdesk) as often as `resolved`: it was refused.
+    state = folded(
+        ticket("c1", 5 * DAY, "C", "opened"), ticket("c2", 4 * DAY, "C", "closed"),
+        ticket("e1", 3 * DAY, "E", "opened"), ticket("e2", 2 * DAY, "E", "escalated"),
+    )  # fmt: skip
+    assert compute_features(state, now=NOW)["open_tickets"] == 1
+
+
 def test_tickets_in_90_days_count_distinct_tickets_opened_at_most_90_days_ago() -> None:
     state = folded(
         ticket("a", 90 * DAY, "A", "opened"),
