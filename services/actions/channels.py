@@ -122,8 +122,13 @@ class SmtpConfig:
     sender: str
     user: str | None = None
     password: str | None = None
-    starttls: bool = False
+    starttls: bool | None = None  # None: when the server offers it; required with a login
     timeout_s: float = 10.0
+
+    @property
+    def start_tls(self) -> bool | None:
+        """aiosmtplib's `start_tls`: True requires STARTTLS, None uses it when offered."""
+        return True if self.starttls is None and self.user else self.starttls
 
 
 class SmtpChannel:
@@ -158,7 +163,7 @@ class SmtpChannel:
         message = self.message(delivery)
         client = aiosmtplib.SMTP(
             hostname=c.host, port=c.port, username=c.user, password=c.password,
-            start_tls=c.starttls, timeout=c.timeout_s,
+            start_tls=c.start_tls, timeout=c.timeout_s,
         )  # fmt: skip
         try:
             await client.connect()

@@ -62,7 +62,12 @@ class ActionsSettings(ConsumingServiceSettings):
     smtp_user: str | None = Field(None, description="SMTP login user (no login when unset).")
     smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
     smtp_from: str = Field("tierstream@localhost", description="Sender address of e-mails.")
-    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_starttls: bool | None = Field(
+        None,
+        description="Upgrade the SMTP connection with STARTTLS: true requires it, false never"
+        " tries it. Unset: required when ACTIONS_SMTP_USER is set (a password never crosses"
+        " the network in clear), otherwise used whenever the server offers it.",
+    )
     alert_email_to: str | None = Field(
         None, description="Recipient of e-mail alerts that name none (e.g. the care team)."
     )
