@@ -16,9 +16,13 @@ from typing import Any, Protocol, TypeVar
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.scorer.db import Pool, create_pool
 from services.scorer.main import run
+from services.scorer.metrics import scorer_metrics
+from services.scorer.relay import OutboxRelay
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportAction, SupportTicketUpdated
@@ -27,6 +31,7 @@ from shared.domain.features import compute_features
 from shared.domain.rules import classify, default_rules_path, load_rules
 from shared.domain.state import Event, attributes_of, fold, new_state, prune, state_to_json
 from shared.embedded import free_port
+from shared.kafka import ensure_topics, make_producer
 from shared.topics import Topics
 
 T = TypeVar("T")
@@ -241,6 +246,36 @@ async def connect(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+async def seqs(database_url: str, table: str) -> list[int]:
+    """The `seq` of every row of a scorer table (tier_change, _pending, _published), in order."""
+    async with connect(database_url) as conn:
+        return [r["seq"] for r in await conn.fetch(f"SELECT seq FROM scorer.{table} ORDER BY seq")]
+
+
+@contextlib.asynccontextmanager
+async def relaying(
+    env: dict[str, str], database_url: str, namespace: str, *,
+    registry: CollectorRegistry | None = None, max_message_bytes: int = 1_048_588,
+    batch: int = 100, pool_size: int = 2,
+) -> AsyncIterator[tuple[Pool, OutboxRelay, str]]:  # fmt: skip
+    """A pool and a relay at NOW on this test's tier-changed topic (created), closed after."""
+    settings = scorer_settings(env)
+    topic = Topics(namespace).tier_changed
+    await ensure_topics(settings, [topic])
+    pool = await create_pool(database_url, size=pool_size, application_name="test")
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        yield pool, OutboxRelay(
+            pool, producer, topic=topic, batch=batch, clock=FixedClock(NOW),
+            metrics=scorer_metrics(registry or CollectorRegistry()),
+            max_message_bytes=max_message_bytes,
+        ), topic  # fmt: skip
+    finally:
+        await producer.stop()
+        await pool.close()
 
 
 async def customer_rows(database_url: str) -> dict[str, dict[str, Any]]:

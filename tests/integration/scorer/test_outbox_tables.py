@@ -4,82 +4,60 @@ order; the history shows when each went out; migration 0004 carries older rows o
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 from alembic import command
-from prometheus_client import CollectorRegistry
 
 from services.scorer.batch import apply_batch
-from services.scorer.db import Pool, create_pool
+from services.scorer.db import Pool
 from services.scorer.evaluation import Scoring
-from services.scorer.metrics import scorer_metrics
 from services.scorer.queries import StoredChange, list_all_changes, list_changes
-from services.scorer.relay import RELAY_LOCK_KEY, TRIMMED_HEADER, OutboxRelay
+from services.scorer.relay import RELAY_LOCK_KEY, TRIMMED_HEADER
 from services.scorer.settings import ScorerSettings
-from shared.clock import FixedClock
 from shared.contracts import TierChanged
 from shared.domain.rules import load_rules
-from shared.kafka import ensure_topics, make_producer
 from shared.metrics import new_registry
 from shared.migrations import alembic_config, upgrade
-from shared.topics import SCORER_GROUP, Topics
+from shared.topics import SCORER_GROUP
 from tests.integration.scorer.support import (
     NOW,
     connect,
     purchase,
     read_topic,
-    scorer_settings,
+    relaying,
+    seqs,
 )
 
 SCORING = Scoring(load_rules(ScorerSettings().rules_file))
 BACKLOG_GAUGE = "tierstream_scorer_outbox_backlog_changes"
 
 
-async def _seqs(database_url: str, table: str) -> list[int]:
-    async with connect(database_url) as conn:
-        return [r["seq"] for r in await conn.fetch(f"SELECT seq FROM scorer.{table} ORDER BY seq")]
-
-
 async def test_changes_stay_pending_until_the_relay_publishes_them_in_seq_order(
     base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
 ) -> None:
-    settings = scorer_settings(base_env)
-    topic = Topics(topic_namespace).tier_changed
-    await ensure_topics(settings, [topic])
-    pool = await create_pool(scorer_db, size=2, application_name="test")
-    producer = make_producer(settings)
-    await producer.start()
-    try:
+    registry = new_registry()
+    async with relaying(base_env, scorer_db, topic_namespace, registry=registry,
+                        batch=4) as (pool, relay, topic):  # fmt: skip
         await apply_batch(
             pool, [purchase("p1", "a", 3), purchase("p2", "b", 3, "5000")], [],
             group_id=SCORER_GROUP, scoring=Scoring(load_rules(ScorerSettings().rules_file)),
             now=NOW,
         )  # fmt: skip
-        seqs = await _seqs(scorer_db, "tier_change")
-        assert len(seqs) == 6  # three dimensions for each of the two new customers
-        assert await _seqs(scorer_db, "tier_change_pending") == seqs  # the COPY's trigger
-        registry = new_registry()
-        relay = OutboxRelay(
-            pool, producer, topic=topic, batch=4, clock=FixedClock(NOW),
-            metrics=scorer_metrics(registry),
-        )  # fmt: skip
+        changed = await seqs(scorer_db, "tier_change")
+        assert len(changed) == 6  # three dimensions for each of the two new customers
+        assert await seqs(scorer_db, "tier_change_pending") == changed  # the COPY's trigger
         assert await relay.step() is True  # a full batch: the four oldest
         assert registry.get_sample_value(BACKLOG_GAUGE) == 2  # the two still pending
-        assert await _seqs(scorer_db, "tier_change_published") == seqs[:4]
-        assert await _seqs(scorer_db, "tier_change_pending") == seqs[4:]
+        assert await seqs(scorer_db, "tier_change_published") == changed[:4]
+        assert await seqs(scorer_db, "tier_change_pending") == changed[4:]
         feed = await list_all_changes(pool, since=None, dimension=None, after_seq=None, limit=10)
         assert [c.change.id for c in feed] == [c.change.id for c in await _by_seq(pool)][:4]
         assert all(c.published_at is not None for c in feed)  # the feed lists what went out
         assert await relay.step() is False  # the rest, and the outbox is empty
         assert registry.get_sample_value(BACKLOG_GAUGE) == 0
-        assert await _seqs(scorer_db, "tier_change_pending") == []
-        assert await _seqs(scorer_db, "tier_change_published") == seqs
+        assert await seqs(scorer_db, "tier_change_pending") == []
+        assert await seqs(scorer_db, "tier_change_published") == changed
         assert len(await read_topic(kafka_bootstrap, topic, expect=6)) == 6
-    finally:
-        await producer.stop()
-        await pool.close()
 
 
 async def test_the_relay_read_is_planned_afresh_every_round(
@@ -88,17 +66,8 @@ async def test_the_relay_read_is_planned_afresh_every_round(
     # A generic plan (chosen after five runs of a prepared statement) keeps the table sizes
     # it was made with until the next ANALYZE: made on a small outbox, the read scanned the
     # whole history every round once it had grown (services/scorer/relay.py).
-    settings = scorer_settings(base_env)
-    topic = Topics(topic_namespace).tier_changed
-    await ensure_topics(settings, [topic])
-    pool = await create_pool(scorer_db, size=1, application_name="test")  # one session
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        relay = OutboxRelay(
-            pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
-            metrics=scorer_metrics(new_registry()),
-        )  # fmt: skip
+    # One session: its prepared statements are the relay's.
+    async with relaying(base_env, scorer_db, topic_namespace, pool_size=1) as (pool, relay, _):
         scoring = Scoring(load_rules(ScorerSettings().rules_file))
         for round_ in range(8):
             await apply_batch(
@@ -113,10 +82,7 @@ async def test_the_relay_read_is_planned_afresh_every_round(
                 "%FROM scorer.tier_change_pending ORDER BY seq LIMIT%",
             )  # the pattern as a parameter: this query's own text must not match it
         assert [(p["generic_plans"], p["custom_plans"]) for p in plans] == [(0, 8)]
-        assert await _seqs(scorer_db, "tier_change_pending") == []
-    finally:
-        await producer.stop()
-        await pool.close()
+        assert await seqs(scorer_db, "tier_change_pending") == []
 
 
 async def test_migration_0004_moves_published_times_and_pending_changes_and_back(
@@ -141,7 +107,7 @@ async def test_migration_0004_moves_published_times_and_pending_changes_and_back
         }
         published = await conn.fetch("SELECT seq, published_at FROM scorer.tier_change_published")
         assert [(r["seq"], r["published_at"]) for r in published] == [(seq_of["sent"], NOW)]
-        assert await _seqs(database_url, "tier_change_pending") == [seq_of["waiting"]]
+        assert await seqs(database_url, "tier_change_pending") == [seq_of["waiting"]]
     config = alembic_config(database_url, "scorer")
     await asyncio.to_thread(command.downgrade, config, "0003")
     async with connect(database_url) as conn:
@@ -154,7 +120,7 @@ async def test_a_change_too_large_for_the_broker_goes_out_without_its_attributes
 ) -> None:
     # A refused record would stop the relay, and every customer's changes queued behind it.
     registry = new_registry()
-    async with _relaying(base_env, scorer_db, topic_namespace, registry=registry,
+    async with relaying(base_env, scorer_db, topic_namespace, registry=registry,
                          max_message_bytes=4096) as (pool, relay, topic):  # fmt: skip
         notes = purchase("p-big", "big", 3).model_copy(update={"attributes": {"notes": "n" * 6000}})
         small = purchase("p-small", "small", 3).model_copy(update={"attributes": {"tier": "a"}})
@@ -174,7 +140,7 @@ async def test_a_change_too_large_for_the_broker_goes_out_without_its_attributes
             assert TierChanged.model_validate_json(record.value).attributes == {"tier": "a"}
             assert TRIMMED_HEADER not in {name for name, _ in record.headers}
         assert registry.get_sample_value("tierstream_scorer_trimmed_changes_total") == 3
-        assert await _seqs(scorer_db, "tier_change_pending") == []
+        assert await seqs(scorer_db, "tier_change_pending") == []
 
 
 async def _by_seq(pool: Pool) -> list[StoredChange]:
@@ -188,7 +154,7 @@ async def _by_seq(pool: Pool) -> list[StoredChange]:
 async def test_the_feed_never_skips_a_change_committed_after_a_later_one(
     base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
 ) -> None:
-    async with _relaying(base_env, scorer_db, topic_namespace) as (pool, relay, _):
+    async with relaying(base_env, scorer_db, topic_namespace) as (pool, relay, _):
         async with connect(scorer_db) as slow:
             held = slow.transaction()
             await held.start()  # a writer (a lane, the sweeper, another process) still busy
@@ -218,7 +184,7 @@ async def test_the_feed_never_skips_a_change_committed_after_a_later_one(
 async def test_a_drain_locked_out_by_another_round_says_so(
     base_env: dict[str, str], scorer_db: str, kafka_bootstrap: str, topic_namespace: str
 ) -> None:
-    async with _relaying(base_env, scorer_db, topic_namespace) as (_, relay, _):
+    async with relaying(base_env, scorer_db, topic_namespace) as (_, relay, _):
         async with connect(scorer_db) as other:
             await other.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK_KEY)
             assert await relay.drain() is False
@@ -231,35 +197,11 @@ async def test_a_bounded_drain_leaves_a_backlog_to_the_relay_loop(
 ) -> None:
     # The consumer publishes after each batch, in a few rounds at most: draining a backlog
     # of other writers' changes (a rules change's) it stopped polling for as long.
-    async with _relaying(base_env, scorer_db, topic_namespace, batch=2) as (pool, relay, _):
+    async with relaying(base_env, scorer_db, topic_namespace, batch=2) as (pool, relay, _):
         await apply_batch(pool, [purchase("p1", "a", 3), purchase("p2", "b", 3, "5000")], [],
                           group_id=SCORER_GROUP, scoring=SCORING, now=NOW)  # fmt: skip
-        assert len(await _seqs(scorer_db, "tier_change_pending")) == 6
+        assert len(await seqs(scorer_db, "tier_change_pending")) == 6
         assert await relay.drain(rounds=2) is False  # changes left: wake the relay loop
-        assert len(await _seqs(scorer_db, "tier_change_pending")) == 2
+        assert len(await seqs(scorer_db, "tier_change_pending")) == 2
         assert await relay.drain(rounds=2) is True
-        assert await _seqs(scorer_db, "tier_change_pending") == []
-
-
-@contextlib.asynccontextmanager
-async def _relaying(
-    env: dict[str, str], database_url: str, namespace: str, *,
-    registry: CollectorRegistry | None = None, max_message_bytes: int = 1_048_588,
-    batch: int = 100,
-) -> AsyncIterator[tuple[Pool, OutboxRelay, str]]:  # fmt: skip
-    """A pool and a relay on this test's tier-changed topic (created), closed afterwards."""
-    settings = scorer_settings(env)
-    topic = Topics(namespace).tier_changed
-    await ensure_topics(settings, [topic])
-    pool = await create_pool(database_url, size=2, application_name="test")
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        yield pool, OutboxRelay(
-            pool, producer, topic=topic, batch=batch, clock=FixedClock(NOW),
-            metrics=scorer_metrics(registry or new_registry()),
-            max_message_bytes=max_message_bytes,
-        ), topic  # fmt: skip
-    finally:
-        await producer.stop()
-        await pool.close()
+        assert await seqs(scorer_db, "tier_change_pending") == []

@@ -15,23 +15,21 @@ import pytest
 from aiokafka.errors import KafkaError
 
 from services.scorer.batch import apply_batch
-from services.scorer.db import create_pool
 from services.scorer.evaluation import Scoring
-from services.scorer.metrics import scorer_metrics
 from services.scorer.relay import OutboxRelay
 from services.scorer.settings import ScorerSettings
-from shared.clock import FixedClock
 from shared.domain.rules import load_rules
-from shared.kafka import ensure_topics, header, make_producer
+from shared.kafka import header
 from shared.metrics import new_registry
-from shared.topics import SCORER_GROUP, Topics
+from shared.topics import SCORER_GROUP
 from tests.faults.outages import GatedBroker
 from tests.integration.scorer.support import (
     NOW,
     connect,
     purchase,
     read_topic,
-    scorer_settings,
+    relaying,
+    seqs,
     wait_until,
 )
 
@@ -39,11 +37,6 @@ SCORING = Scoring(load_rules(ScorerSettings().rules_file))
 BACKLOG_GAUGE = "tierstream_scorer_outbox_backlog_changes"
 # The producer gives a batch up (KafkaTimeoutError) after this long without the broker.
 REQUEST_TIMEOUT_MS = "2000"
-
-
-async def _seqs(database_url: str, table: str) -> list[int]:
-    async with connect(database_url) as conn:
-        return [r["seq"] for r in await conn.fetch(f"SELECT seq FROM scorer.{table} ORDER BY seq")]
 
 
 async def _changes(database_url: str) -> dict[int, str]:
@@ -62,52 +55,40 @@ async def test_a_relay_round_without_the_broker_fails_and_leaves_every_change_pe
         "KAFKA_BOOTSTRAP_SERVERS": gated_broker.bootstrap_servers,
         "KAFKA_REQUEST_TIMEOUT_MS": REQUEST_TIMEOUT_MS,
     }
-    settings = scorer_settings(env)
-    topic = Topics(topic_namespace).tier_changed
-    await ensure_topics(settings, [topic])
-    pool = await create_pool(scorer_db, size=2, application_name="test")
-    producer = make_producer(settings)
-    await producer.start()
     registry = new_registry()
-    relay = OutboxRelay(
-        pool, producer, topic=topic, batch=4, clock=FixedClock(NOW),
-        metrics=scorer_metrics(registry),
-    )  # fmt: skip
-    try:
+    async with relaying(env, scorer_db, topic_namespace, registry=registry,
+                        batch=4) as (pool, relay, topic):  # fmt: skip
         # Before the outage the relay works (and its producer knows the topic's partitions).
         await apply_batch(pool, [purchase("p1", "a", 3), purchase("p2", "b", 3, "5000")], [],
                           group_id=SCORER_GROUP, scoring=SCORING, now=NOW)  # fmt: skip
         assert await relay.drain() is True
-        before = await _seqs(scorer_db, "tier_change_published")
+        before = await seqs(scorer_db, "tier_change_published")
         assert len(before) == 6 and registry.get_sample_value(BACKLOG_GAUGE) == 0
 
         await apply_batch(
             pool, [purchase(f"q{i}", f"c{i}", 2, "3000") for i in range(3)], [],
             group_id=SCORER_GROUP, scoring=SCORING, now=NOW,
         )  # fmt: skip
-        waiting = sorted(set(await _seqs(scorer_db, "tier_change")) - set(before))
+        waiting = sorted(set(await seqs(scorer_db, "tier_change")) - set(before))
         assert len(waiting) == 9  # three dimensions for each of three new customers
 
         await gated_broker.gate.close()
         with pytest.raises(KafkaError):
             await relay.step()  # one round: its publish is never acknowledged
-        assert await _seqs(scorer_db, "tier_change_pending") == waiting
-        assert await _seqs(scorer_db, "tier_change_published") == before
+        assert await seqs(scorer_db, "tier_change_pending") == waiting
+        assert await seqs(scorer_db, "tier_change_published") == before
         assert registry.get_sample_value(BACKLOG_GAUGE) == len(waiting)
         with pytest.raises(KafkaError):
             await relay.drain()  # what the consumer calls after a batch: it fails the same way
-        assert await _seqs(scorer_db, "tier_change_pending") == waiting
-        assert await _seqs(scorer_db, "tier_change_published") == before
+        assert await seqs(scorer_db, "tier_change_pending") == waiting
+        assert await seqs(scorer_db, "tier_change_published") == before
         assert registry.get_sample_value(BACKLOG_GAUGE) == len(waiting)
 
         await gated_broker.gate.open()
         await wait_until(lambda: _drains(relay))  # the producer reconnects by itself
-        assert await _seqs(scorer_db, "tier_change_pending") == []
-        assert await _seqs(scorer_db, "tier_change_published") == before + waiting
+        assert await seqs(scorer_db, "tier_change_pending") == []
+        assert await seqs(scorer_db, "tier_change_published") == before + waiting
         assert registry.get_sample_value(BACKLOG_GAUGE) == 0
-    finally:
-        await producer.stop()
-        await pool.close()
 
     changes = await _changes(scorer_db)
     records = await read_topic(gated_broker.bootstrap_servers, topic, expect=len(changes))
@@ -131,16 +112,9 @@ async def test_a_change_dated_at_the_calendars_edge_is_published_once_and_marked
     # Rows written before ingest refused 0001-01-01T00:00:00Z hold -infinity, which asyncpg
     # reads as a naive datetime.min: the relay's latency metric raised TypeError after the
     # send, so the round rolled back, and every retry published the round again, forever.
-    settings = scorer_settings(base_env)
-    topic = Topics(topic_namespace).tier_changed
-    await ensure_topics(settings, [topic])
-    pool = await create_pool(scorer_db, size=2, application_name="test")
-    producer = make_producer(settings)
-    await producer.start()
     registry = new_registry()
-    relay = OutboxRelay(pool, producer, topic=topic, batch=100, clock=FixedClock(NOW),
-                        metrics=scorer_metrics(registry))  # fmt: skip
-    try:
+    async with relaying(base_env, scorer_db, topic_namespace,
+                        registry=registry) as (pool, relay, topic):  # fmt: skip
         await apply_batch(pool, [purchase("p1", "a", 3), purchase("p2", "b", 3, "5000")], [],
                           group_id=SCORER_GROUP, scoring=SCORING, now=NOW)  # fmt: skip
         async with connect(scorer_db) as conn:
@@ -149,11 +123,8 @@ async def test_a_change_dated_at_the_calendars_edge_is_published_once_and_marked
             )
         changes = await _changes(scorer_db)
         assert await relay.drain() is True
-        assert await _seqs(scorer_db, "tier_change_pending") == []
+        assert await seqs(scorer_db, "tier_change_pending") == []
         published = "tierstream_scorer_published_changes_total"
         assert registry.get_sample_value(published) == len(changes)
-    finally:
-        await producer.stop()
-        await pool.close()
-    records = await read_topic(settings.kafka_bootstrap_servers, topic, expect=len(changes))
+    records = await read_topic(base_env["KAFKA_BOOTSTRAP_SERVERS"], topic, expect=len(changes))
     assert sorted(header(r.headers, "ce_id") or "" for r in records) == sorted(changes.values())
