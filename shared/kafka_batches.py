@@ -103,3 +103,26 @@ async def send_batches(
             await producer.send_batch(batch.builder, batch.topic, partition=batch.partition)
         )
     return futures
+
+
+async def send_in_order(producer: AIOKafkaProducer, batches: Sequence[PartitionBatch]) -> None:
+    """Send the batches so that a partition's later batch is never written without its
+    earlier ones: each partition's next batch is queued once the previous one is acked, and
+    a partition stops at its first failure. Raises that failure once every partition has
+    finished (nothing of the round lands after the caller has given it up and retries).
+
+    Without idempotence (not every broker has it), a batch whose request timed out is failed
+    while aiokafka sends the partition's next one, which may be written: the retry then put
+    a customer's later change before its earlier one."""
+    chains: defaultdict[tuple[str, int], list[PartitionBatch]] = defaultdict(list)
+    for batch in batches:
+        chains[batch.topic, batch.partition].append(batch)
+
+    async def chain(ordered: list[PartitionBatch]) -> None:
+        for batch in ordered:
+            await (await producer.send_batch(batch.builder, batch.topic, partition=batch.partition))
+
+    outcomes = await asyncio.gather(*map(chain, chains.values()), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome

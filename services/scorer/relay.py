@@ -9,7 +9,6 @@ subscribers de-duplicate by it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -26,7 +25,7 @@ from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import TIER_CHANGED_TYPE, ChangeCause, Dimension
 from shared.kafka import Headers, cloudevent_headers
-from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_batches, size_over
+from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_in_order, size_over
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -112,8 +111,9 @@ class OutboxRelay:
         return False
 
     async def _publish(self, changes: list[asyncpg.Record]) -> None:
-        # Grouped per partition in seq order and sent as whole batches (shared.kafka_batches):
-        # each customer keeps its partition, so its changes still arrive in decision order.
+        # Grouped per partition in seq order and sent as whole batches, each partition's one
+        # after the other (shared.kafka_batches): each customer keeps its partition, so its
+        # changes arrive in decision order, also when a round fails part of the way.
         partitions = {self.topic: sorted(await self.producer.partitions_for(self.topic))}
         records = []
         for change in changes:
@@ -126,7 +126,7 @@ class OutboxRelay:
             key = change["customer_id"].encode()
             records.append((self.topic, self._fitting(change, key, headers)))
         batches = build_batches(self.producer, self.partitioner.grouped(records, partitions))
-        await asyncio.gather(*await send_batches(self.producer, batches))
+        await send_in_order(self.producer, batches)
         if _debug.isEnabledFor(logging.DEBUG):
             for change in changes:
                 log.debug(

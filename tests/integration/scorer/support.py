@@ -258,14 +258,14 @@ async def seqs(database_url: str, table: str) -> list[int]:
 async def relaying(
     env: dict[str, str], database_url: str, namespace: str, *,
     registry: CollectorRegistry | None = None, max_message_bytes: int = 1_048_588,
-    batch: int = 100, pool_size: int = 2,
+    batch: int = 100, pool_size: int = 2, producer_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[Pool, OutboxRelay, str]]:  # fmt: skip
     """A pool and a relay at NOW on this test's tier-changed topic (created), closed after."""
     settings = scorer_settings(env)
     topic = Topics(namespace).tier_changed
     await ensure_topics(settings, [topic])
     pool = await create_pool(database_url, size=pool_size, application_name="test")
-    producer = make_producer(settings)
+    producer = make_producer(settings, **(producer_options or {}))
     await producer.start()
     try:
         yield pool, OutboxRelay(

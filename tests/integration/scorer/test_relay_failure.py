@@ -9,10 +9,12 @@ refuses new ones, while the broker keeps its log.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, RequestTimedOutError
 
 from services.scorer.batch import apply_batch
 from services.scorer.evaluation import Scoring
@@ -128,3 +130,40 @@ async def test_a_change_dated_at_the_calendars_edge_is_published_once_and_marked
         assert registry.get_sample_value(published) == len(changes)
     records = await read_topic(base_env["KAFKA_BOOTSTRAP_SERVERS"], topic, expect=len(changes))
     assert sorted(header(r.headers, "ce_id") or "" for r in records) == sorted(changes.values())
+
+
+async def test_a_round_that_fails_part_of_the_way_keeps_each_customers_changes_in_order(
+    base_env: dict[str, str], scorer_db: str, topic_namespace: str
+) -> None:
+    # One partition, a batch per change (as a large backlog round makes several batches per
+    # partition), and the first produce request hanging past the request timeout: its batch
+    # failed while the partition's later batches were written, and the retried round put
+    # the customer's first change after its second.
+    env = {**base_env, "TIERSTREAM_PARTITIONS": "1", "KAFKA_REQUEST_TIMEOUT_MS": "1000"}
+    one_per_batch = {"max_batch_size": 64}
+    async with relaying(env, scorer_db, topic_namespace,
+                        producer_options=one_per_batch) as (pool, relay, topic):  # fmt: skip
+        client = relay.producer.client
+        real_send, produce_requests = client.send, 0
+
+        async def first_produce_hangs(node_id: int, request: Any, *args: Any, **kw: Any) -> Any:
+            nonlocal produce_requests
+            if type(request).__name__.startswith("ProduceRequest"):
+                produce_requests += 1
+                if produce_requests == 1:
+                    await asyncio.sleep(1.2)
+                    raise RequestTimedOutError()
+            return await real_send(node_id, request, *args, **kw)
+
+        client.send = first_produce_hangs
+        await apply_batch(pool, [purchase("p1", "a", 3)], [], group_id=SCORER_GROUP,
+                          scoring=SCORING, now=NOW)  # fmt: skip
+        in_seq_order = [i for _, i in sorted((await _changes(scorer_db)).items())]
+        assert len(in_seq_order) == 3
+        with pytest.raises(KafkaError):
+            await relay.step()
+        await asyncio.sleep(1.0)  # anything the failed round left in the producer goes out
+        assert await relay.drain() is True  # the retried round
+    records = await read_topic(base_env["KAFKA_BOOTSTRAP_SERVERS"], topic, expect=3)
+    first_seen = list(dict.fromkeys(header(r.headers, "ce_id") for r in records))
+    assert first_seen == in_seq_order
