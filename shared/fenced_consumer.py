@@ -25,6 +25,9 @@ from shared.pg import Pool
 
 log = get_logger(__name__)
 Batch = dict[TopicPartition, list[Any]]  # aiokafka ConsumerRecords per partition
+# How long a log must stay short of a partition's stored offset before the offset is taken
+# for one past the log's end (a lagging leader's high watermark catches up far sooner).
+REWIND_AFTER_S = 5.0
 # The help of each service's `*_offsets_rewound_total{topic, partition}`.
 OFFSETS_REWOUND_HELP = (
     "Times a partition's stored offset was past the log's end (a broker that kept nothing,"
@@ -66,6 +69,8 @@ class FencedConsumer:
         # Per owned partition without a stored offset: the log's start (the lag counts from it).
         self.starts: dict[TopicPartition, int] = {}
         self.needs_resync = False
+        # Per partition whose log ends before its stored offset: since when (monotonic).
+        self._short_since: dict[TopicPartition, float] = {}
 
     async def poll(self) -> Batch:
         """Fetch the next batch (subclasses choose batch size and waiting)."""
@@ -152,12 +157,24 @@ class FencedConsumer:
         start (auto_offset_reset), but every record below the stored offset would be taken
         for one already applied, and the lag would read 0: nothing consumed, nothing said.
         Read again from the start, what was applied before is dropped by the inbox. The
-        high watermark a fetch reports, not `end_offsets()`, which some brokers under-report.
+        high watermark a fetch reports, not `end_offsets()`, which some brokers under-report,
+        and only once the fetch position fell back below the stored offset.
         """
         ahead = []
         for tp in sorted(self.consumer.assignment()):
             fence, high = self.fences.get(tp), self.consumer.highwater(tp)
-            if fence is not None and high is not None and high < fence:
+            if fence is None or high is None or high >= fence:
+                self._short_since.pop(tp, None)
+                continue
+            # One fetch reporting a lower high watermark is no proof: a new leader's can trail
+            # the old one's for a moment, and a rewind reads the whole partition again. Proof:
+            # the broker refused the stored offset (Kafka: the fetch position fell back to the
+            # log's start), or the log stayed short of it for REWIND_AFTER_S (a broker that
+            # answers an offset past the end with nothing, as the embedded one does).
+            since = self._short_since.setdefault(tp, time.monotonic())
+            if await self.consumer.position(tp) < fence or (
+                time.monotonic() - since >= REWIND_AFTER_S
+            ):
                 ahead.append((tp, fence, high))
         if not ahead:
             return False
@@ -166,6 +183,7 @@ class FencedConsumer:
         async with self.pool.acquire() as conn, conn.transaction():
             await offsets.advance_offsets(conn, self.schema, self.group_id, moves)
         for (tp, fence, high), move in zip(ahead, moves, strict=True):
+            self._short_since.pop(tp, None)
             log.error(
                 "stored offset past the log's end; reading the partition again from its start",
                 topic=tp.topic, partition=tp.partition, stored=fence, log_end=high,
@@ -185,6 +203,7 @@ class FencedConsumer:
         for tp in partitions:
             self.fences.pop(tp, None)
             self.starts.pop(tp, None)
+            self._short_since.pop(tp, None)
             with contextlib.suppress(KeyError):
                 self.fence_metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 

@@ -1,8 +1,13 @@
 """shared/fenced_consumer.py with a real broker and Postgres: records handed out again below
-the stored offset (the embedded broker was seen doing so) reach neither service's batches."""
+the stored offset (the embedded broker was seen doing so) reach neither service's batches,
+and a high watermark low for a moment does not rewind the stored offset."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.scorer.db import create_pool
@@ -32,20 +37,22 @@ class Applying(FencedConsumer):
         self.applied.extend(r.offset for records in batch.values() for r in records)
 
 
-async def test_records_handed_out_again_below_the_stored_offset_are_not_applied_again(
-    scorer_db: str, kafka_bootstrap: str, topic_namespace: str
-) -> None:
-    tp = TopicPartition(f"{topic_namespace}.repeats", 0)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+@contextlib.asynccontextmanager
+async def _three_applied(
+    database_url: str, bootstrap: str, topic: str
+) -> AsyncIterator[tuple[AIOKafkaConsumer, Applying]]:
+    """A partition of three records, all applied (stored next offset 3)."""
+    tp = TopicPartition(topic, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
     await producer.start()
     try:
         for i in range(3):
             await producer.send_and_wait(tp.topic, f"r{i}".encode(), partition=0)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=20)  # fmt: skip
-    pool = await create_pool(scorer_db, size=2, application_name="test")
+    pool = await create_pool(database_url, size=2, application_name="test")
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -59,12 +66,41 @@ async def test_records_handed_out_again_below_the_stored_offset_are_not_applied_
             return applying.applied == [0, 1, 2]
 
         await wait_until(applied_all)
-        consumer.seek(tp, 0)  # the broker hands the records out again
-        for _ in range(3):
-            await applying.step()
+        yield consumer, applying
     finally:
         await consumer.stop()
         await pool.close()
+
+
+STORED = "SELECT next_offset FROM scorer.consumer_offset WHERE group_id = 'g'"
+
+
+async def test_records_handed_out_again_below_the_stored_offset_are_not_applied_again(
+    scorer_db: str, kafka_bootstrap: str, topic_namespace: str
+) -> None:
+    topic = f"{topic_namespace}.repeats"
+    async with _three_applied(scorer_db, kafka_bootstrap, topic) as (consumer, applying):
+        consumer.seek(TopicPartition(topic, 0), 0)  # the broker hands the records out again
+        for _ in range(3):
+            await applying.step()
     assert applying.applied == [0, 1, 2]  # once each
-    stored = "SELECT next_offset FROM scorer.consumer_offset WHERE group_id = 'g'"
-    assert await count(scorer_db, stored) == 3  # not moved back
+    assert await count(scorer_db, STORED) == 3  # not moved back
+
+
+async def test_a_high_watermark_low_for_a_moment_does_not_rewind_the_stored_offset(
+    scorer_db: str, kafka_bootstrap: str, topic_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new leader's high watermark can trail the old one's: one such fetch rewound the
+    # stored offset to the log's start, and the whole partition was read again (actions,
+    # whose inbox is pruned, would act on old tier changes again).
+    topic = f"{topic_namespace}.lagging"
+    async with _three_applied(scorer_db, kafka_bootstrap, topic) as (consumer, applying):
+        monkeypatch.setattr(consumer, "highwater", lambda tp: 1)  # a lagging leader answers
+        for _ in range(3):
+            await applying.step()
+        assert await count(scorer_db, STORED) == 3
+        monkeypatch.undo()
+        for _ in range(3):
+            await applying.step()
+    assert applying.applied == [0, 1, 2]
+    assert await count(scorer_db, STORED) == 3
