@@ -18,6 +18,16 @@ _EVENT_TOPIC_STEMS = {
     EventType.SUPPORT: "support",
 }
 
+_TYPE_OF_STEM = {stem: event_type for event_type, stem in _EVENT_TOPIC_STEMS.items()}
+
+
+def event_type_of(topic: str) -> EventType | None:
+    """The event type an event topic (`<namespace>.<stem>.v1`, any namespace) carries; None
+    for another topic."""
+    rest, _, version = topic.rpartition(".")
+    return _TYPE_OF_STEM.get(rest.rpartition(".")[2]) if version == "v1" else None
+
+
 SCORER_GROUP = "tierstream-scorer"
 ACTIONS_GROUP = "tierstream-actions"
 

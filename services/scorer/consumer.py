@@ -9,6 +9,7 @@ state, the outbox and the offsets; only then is anything counted as done.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -28,6 +29,7 @@ from shared.fenced_consumer import FencedConsumer
 from shared.gcpause import gc_paused
 from shared.logging import get_logger
 from shared.offsets import OffsetMove
+from shared.topics import event_type_of
 
 log = get_logger(__name__)
 
@@ -213,8 +215,9 @@ class EventConsumer(FencedConsumer):
         for (event_type, outcome), n in outcomes.items():
             if n:
                 self.metrics.events.labels(event_type, outcome).inc(n)
-        if poison:
-            self.metrics.events.labels("unknown", "dead_lettered").inc(len(poison))
+        # A dead letter's type is its topic's: its body may not say (or lie).
+        for event_type, n in Counter(_type_of(p) for p in poison).items():
+            self.metrics.events.labels(event_type, "dead_lettered").inc(n)
         self.metrics.count_transitions(changes)
         if self.cache is not None:
             counts = self.cache.drain_counts()
@@ -238,3 +241,7 @@ def trace_lookup(decoded: Sequence[tuple[Event, Record]]) -> Callable[[Event], s
         return traceparent_of(record_of[event.event_id])
 
     return trace_of
+
+
+def _type_of(poison: Poison) -> str:
+    return event_type_of(poison.record.topic) or "unknown"

@@ -59,9 +59,8 @@ class ScorerMetrics:
     def start_at_zero(self, loops: Iterable[str]) -> None:
         """Create the known label combinations, so `increase()` sees their first count."""
         for event_type in EVENT_TYPES:
-            for outcome in ("processed", "duplicate"):
+            for outcome in ("processed", "duplicate", "dead_lettered"):
                 self.events.labels(event_type, outcome)
-        self.events.labels("unknown", "dead_lettered")
         for cause in ChangeCause:
             if cause is not ChangeCause.EVENT:
                 self.sweep_customers.labels(cause.value)

@@ -25,7 +25,7 @@ def test_outcomes_dead_letters_and_loop_errors_exist_at_zero_before_anything_hap
     scorer_metrics(registry).start_at_zero(["consumer", "relay"])
     text = generate_latest(registry).decode()
     for line in (
-        'tierstream_scorer_events_total{outcome="dead_lettered",type="unknown"} 0.0',
+        'tierstream_scorer_events_total{outcome="dead_lettered",type="login"} 0.0',
         'tierstream_scorer_events_total{outcome="processed",type="purchase"} 0.0',
         'tierstream_scorer_events_total{outcome="duplicate",type="support"} 0.0',
         'tierstream_scorer_loop_errors_total{loop="relay"} 0.0',
