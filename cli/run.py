@@ -37,16 +37,19 @@ class _Stop:
         self.requested = True
 
 
-def _prepare(infra: Infra, console: Console) -> dict[str, str]:
-    """Environment for the children: infra addresses and an API key for all three services."""
+def _prepare(infra: Infra, console: Console) -> tuple[dict[str, str], str | None]:
+    """Environment for the children (infra addresses and an API key for all three
+    services), and the key generated for this run (None: TIERSTREAM_API_KEYS was set)."""
     env = dict(os.environ)
     env["KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap_servers
     env["DATABASE_URL"] = infra.database_url
     env.setdefault("PYTHONUNBUFFERED", "1")
-    if not env.get("TIERSTREAM_API_KEYS"):
-        env["TIERSTREAM_API_KEYS"] = f"demo:{secrets.token_urlsafe(18)}"
-        console.print("[yellow]No TIERSTREAM_API_KEYS set: generated a key for this run.[/yellow]")
-    return env
+    if env.get("TIERSTREAM_API_KEYS"):
+        return env, None
+    key = secrets.token_urlsafe(18)
+    env["TIERSTREAM_API_KEYS"] = f"demo:{key}"
+    console.print("[yellow]No TIERSTREAM_API_KEYS set: generated a key for this run.[/yellow]")
+    return env, key
 
 
 def first_api_key(raw: str) -> str:
@@ -108,34 +111,51 @@ def _wait_ready(
     return not pending
 
 
-def _banner(console: Console, infra: Infra, keys: dict[str, str], ports: dict[str, int]) -> None:
+def banner_lines(
+    keys: dict[str, str], ports: dict[str, int], *, generated: str | None
+) -> list[str]:
+    """The banner's text. Only the key `run` generated (`generated`) is shown: keys of your
+    own (TIERSTREAM_API_KEYS, <SERVICE>_API_KEYS) stay off the terminal and its scrollback."""
     i, s, a = ports["ingest"], ports["scorer"], ports["actions"]
+
+    def shown(service: str) -> str:
+        key = keys[service]
+        return key if key == generated else f"yours, from {service.upper()}_API_KEYS (not shown)"
+
     if len(set(keys.values())) == 1:
-        key_lines = [f"API key  {keys['scorer']}"]
+        key_lines = [f"API key  {keys['scorer'] if generated else 'yours (not shown)'}"]
     else:  # some service has keys of its own (<SERVICE>_API_KEYS)
-        key_lines = [f"{f'{name} key':<16}{key}" for name, key in keys.items()]
-    lines = [
+        key_lines = [f"{f'{name} key':<16}{shown(name)}" for name in keys]
+    example = keys["scorer"] if keys["scorer"] == generated else "<your key>"
+    return [
         f"ingest   http://127.0.0.1:{i}/docs   (POST /v1/events, /v1/events/batch)",
         f"scorer   http://127.0.0.1:{s}/docs   (GET /v1/customers/{{id}}, /v1/stats/tiers)",
         f"actions  http://127.0.0.1:{a}/docs   (GET /v1/tasks, /v1/sequences/enrollments)",
         f"metrics  http://127.0.0.1:{{{i},{s},{a}}}/metrics",
         "",
         *key_lines,
-        f"try:     curl -H 'Authorization: Bearer {keys['scorer']}'"
-        f" http://127.0.0.1:{s}/v1/stats/tiers",
+        f"try:     curl -H 'Authorization: Bearer {example}' http://127.0.0.1:{s}/v1/stats/tiers",
         "Ctrl-C stops everything.",
     ]
+
+
+def print_banner(console: Console, infra: Infra, lines: list[str]) -> None:
     console.print(Panel("\n".join(lines), title="Tierstream is running", expand=False))
-    # Printed outside the panel, unwrapped, so the addresses can be copied (and parsed).
+    # Printed outside the panel, unwrapped, so the addresses can be copied (and parsed); the
+    # database's without its password.
     embedded_kafka = " (embedded)" if infra.embedded_kafka else ""
     embedded_pg = " (embedded)" if infra.embedded_postgres else ""
     console.print(f"kafka    {infra.kafka_bootstrap_servers}{embedded_kafka}", soft_wrap=True)
-    console.print(f"postgres {infra.database_url}{embedded_pg}", soft_wrap=True, highlight=False)
+    console.print(
+        f"postgres {redacted(infra.database_url)}{embedded_pg}", soft_wrap=True, highlight=False
+    )
 
 
 def _start_demo(env: dict[str, str], key: str, ingest_port: int) -> subprocess.Popen[bytes]:
-    demo_env = {**env, "TIERSTREAM_API_KEY": key}
-    demo_env.setdefault("TIERSTREAM_INGEST_URL", f"http://127.0.0.1:{ingest_port}")
+    # This run's ingest, whatever TIERSTREAM_INGEST_URL the shell holds (from `import` or
+    # `simulate` against another one): the demo's events must reach the services just started.
+    demo_env = {**env, "TIERSTREAM_API_KEY": key,
+                "TIERSTREAM_INGEST_URL": f"http://127.0.0.1:{ingest_port}"}  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "cli.demo"], env=demo_env, preexec_fn=die_with_parent
     )
@@ -154,7 +174,7 @@ def run_system(console: Console, *, demo: bool = True) -> int:
     with ExitStack() as stack:
         console.print("starting infrastructure...")
         infra = start_infra(stack)
-        env = _prepare(infra, console)
+        env, generated = _prepare(infra, console)
         if problem := _bootstrap(env):
             console.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
             return 1
@@ -168,7 +188,7 @@ def run_system(console: Console, *, demo: bool = True) -> int:
             console.print("[red]services did not become ready in time[/red]")
             return 1
         keys = {service: api_key_for(env, service) for service in SERVICES}
-        _banner(console, infra, keys, ports)
+        print_banner(console, infra, banner_lines(keys, ports, generated=generated))
         demo_proc = _start_demo(env, keys["ingest"], ports["ingest"]) if demo else None
         if demo_proc is not None:
             stack.callback(_kill_if_running, demo_proc)

@@ -1,10 +1,12 @@
-"""`tierstream run`'s banner shows the key the services accept."""
+"""`tierstream run`'s banner: the key the services accept, never a key of yours."""
 
 from __future__ import annotations
 
 import pytest
+from rich.console import Console
 
-from cli.run import api_key_for, first_api_key
+from cli.infra import Infra
+from cli.run import api_key_for, banner_lines, first_api_key, print_banner
 
 
 @pytest.mark.parametrize(
@@ -34,3 +36,29 @@ def test_each_service_is_given_a_key_it_accepts(
     env: dict[str, str], ingest: str, scorer: str
 ) -> None:
     assert (api_key_for(env, "ingest"), api_key_for(env, "scorer")) == (ingest, scorer)
+
+
+PORTS = {"ingest": 8080, "scorer": 8081, "actions": 8082}
+
+
+def test_the_banner_shows_a_generated_key_and_never_one_of_yours() -> None:
+    # It printed TIERSTREAM_API_KEYS' key twice (the key line and the curl example) into the
+    # terminal's scrollback; only a key made for this run is the user's to see there.
+    made = "generated-for-this-run"
+    shown = "\n".join(banner_lines(dict.fromkeys(PORTS, made), PORTS, generated=made))
+    assert shown.count(made) == 2
+    yours = dict.fromkeys(PORTS, "MY-PRODUCTION-KEY")
+    assert "MY-PRODUCTION-KEY" not in "\n".join(banner_lines(yours, PORTS, generated=None))
+    mixed = {**dict.fromkeys(PORTS, made), "ingest": "MY-INGEST-KEY"}
+    lines = "\n".join(banner_lines(mixed, PORTS, generated=made))
+    assert "MY-INGEST-KEY" not in lines and "INGEST_API_KEYS (not shown)" in lines
+    assert made in lines
+
+
+def test_the_banner_prints_the_database_without_its_password() -> None:
+    console = Console(record=True, width=200)
+    infra = Infra("127.0.0.1:9092", "postgresql://app:PASSW0RD@db.example:5432/tierstream",
+                  embedded_kafka=False, embedded_postgres=False)  # fmt: skip
+    print_banner(console, infra, ["ingest ..."])
+    text = console.export_text()
+    assert "PASSW0RD" not in text and "postgresql://app:***@db.example:5432/tierstream" in text
