@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -31,18 +32,26 @@ def make_engine(
     command_timeout: float | None = 60,
 ) -> AsyncEngine:
     """An engine whose connections are checked before use (survives a Postgres restart);
-    a statement is given up after `command_timeout` seconds (None: never)."""
+    a statement is given up after `command_timeout` seconds (None: never).
+
+    asyncpg reads the URL itself, as the services' pools do: through SQLAlchemy's URL, its
+    query (`sslmode=require`, libpq's usual parameters) became keyword arguments that
+    `asyncpg.connect` does not take, and the migrations failed on URLs the services accept."""
+    dsn = asyncpg_dsn(database_url)
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(
+            dsn, timeout=10, command_timeout=command_timeout,
+            server_settings={"application_name": application_name},
+        )  # fmt: skip
+
     return create_async_engine(
-        async_url(database_url),
+        "postgresql+asyncpg://",
+        async_creator=connect,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={
-            "server_settings": {"application_name": application_name},
-            "timeout": 10,
-            "command_timeout": command_timeout,
-        },
     )
 
 
