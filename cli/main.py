@@ -58,21 +58,23 @@ def migrate(
     to: Annotated[
         str | None,
         typer.Option(
-            help="Move the schema back to this revision (its data with it), e.g. before running"
-            " an older release; `base` removes the service's tables. Revisions: the files in"
+            help="Move the schema to this revision, back or forward (its data with it), e.g."
+            " back before running an older release; `base` removes the service's tables,"
+            " `head` is this release's latest. Revisions: the files in"
             " services/<service>/migrations/versions."
         ),
     ] = None,
 ) -> None:
     """Apply every service's Alembic migrations to DATABASE_URL (schemas scorer and actions),
-    or with --service and --to, move one service's schema back."""
+    or with --service and --to, move one service's schema to a revision."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from cli.database import database_settings, failure_reason, redacted
     from shared.migrations import (
         SERVICES_WITH_TABLES,
         MigrationError,
-        downgrade,
+        UnknownRevision,
+        move_to,
         upgrade,
         upgrade_all,
     )  # fmt: skip
@@ -87,16 +89,19 @@ def migrate(
     url = database_settings(ServiceSettings, console).database_url  # exits 2 on a bad setting
     try:
         if to is not None and service is not None:
-            downgrade(url, service, to)
+            move_to(url, service, to)
         elif service is not None:
             upgrade(url, service)
         else:
             asyncio.run(upgrade_all(url))
+    except UnknownRevision as exc:
+        console.print(f"[red]--to:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     except (OSError, SQLAlchemyError, MigrationError) as exc:
         why = escape(f"{redacted(url)}: {failure_reason(exc)}")
         console.print(f"[red]cannot migrate[/red] {why}", soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(f"[green]{'moved back' if to else 'migrations applied'}[/green]")
+    console.print(f"[green]{f'{service} at {to}' if to else 'migrations applied'}[/green]")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -16,7 +17,7 @@ from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from shared.db import async_url, make_engine
+from shared.db import async_url, asyncpg_dsn, make_engine
 
 SERVICES_WITH_TABLES = ("scorer", "actions")
 _SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
@@ -45,17 +46,43 @@ def upgrade(database_url: str, service: str, revision: str = "head") -> None:
         command.upgrade(alembic_config(database_url, service), revision)
 
 
-def downgrade(database_url: str, service: str, revision: str) -> None:
-    """Move one service's schema (and its data) back to `revision` ("base": no tables)."""
+class UnknownRevision(MigrationError):
+    """A revision asked for that this release does not have (a usage error)."""
+
+
+def move_to(database_url: str, service: str, revision: str) -> None:
+    """Move one service's schema (and its data) to `revision`, back or forward ("base": no
+    tables, "head": this release's latest)."""
     config = alembic_config(database_url, service)
-    known = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()]
-    if revision != "base" and revision not in known:  # a typo, not a newer release's work
-        raise MigrationError(
+    order = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()][::-1]
+    if revision not in {"base", "head", *order}:  # a typo, not a newer release's work
+        raise UnknownRevision(
             f"{service}: no revision {revision!r}; this release has base, "
-            + ", ".join(sorted(known))
+            + ", ".join(order)
+            + ", head"
         )
+    current = asyncio.run(_current_revision(database_url, service))
+    rank: dict[str | None, int] = {"base": -1, None: -1, "head": len(order) - 1}
+    rank.update((r, i) for i, r in enumerate(order))
+    if current not in rank:
+        raise MigrationError(f"{service}: the database is at revision {current!r}{_NEWER}")
     with _explained(service):
-        command.downgrade(config, revision)
+        if rank[revision] >= rank[current]:
+            command.upgrade(config, revision)
+        else:
+            command.downgrade(config, revision)
+
+
+async def _current_revision(database_url: str, service: str) -> str | None:
+    conn = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
+    try:
+        table = f"{service}.alembic_version_{service}"
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            return None
+        found: str | None = await conn.fetchval(f"SELECT version_num FROM {table}")
+        return found
+    finally:
+        await conn.close()
 
 
 @contextlib.contextmanager
@@ -63,12 +90,16 @@ def _explained(service: str) -> Iterator[None]:
     try:
         yield
     except CommandError as exc:
-        # e.g. "Can't locate revision identified by '0009'": a newer release migrated it.
-        raise MigrationError(
-            f"{service}: {exc}. A revision this release does not know was applied by a newer"
-            " release: run that release, or move the schema back with its"
-            " `tierstream migrate --service ... --to REVISION` first"
-        ) from exc
+        # "Can't locate revision identified by '0009'": the database's, a newer release's.
+        hint = _NEWER if "Can't locate revision" in str(exc) else ""
+        raise MigrationError(f"{service}: {exc}{hint}") from exc
+
+
+_NEWER = (
+    ". A revision this release does not know was applied by a newer release: run that"
+    " release, or move the schema back with its `tierstream migrate --service ... --to"
+    " REVISION` first"
+)
 
 
 async def upgrade_all(database_url: str) -> None:

@@ -77,16 +77,26 @@ async def test_a_database_migrated_by_a_newer_release_is_refused_in_one_line(
 async def test_a_schema_moves_back_to_a_revision_and_forward_again(database_url: str) -> None:
     await upgrade_all(database_url)
     head = await _revision(database_url, "scorer")
-    code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer", "--to",
-                                           "0001")  # fmt: skip
-    assert (code, await _revision(database_url, "scorer")) == (0, "0001"), output
+
+    async def to(revision: str) -> tuple[int, str, str | None]:
+        code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer",
+                                               "--to", revision)  # fmt: skip
+        return code, output, await _revision(database_url, "scorer")
+
+    code, output, now = await to("0001")
+    assert (code, now) == (0, "0001"), output
     assert await _revision(database_url, "actions") is not None  # the other one untouched
+    # Forward with --to too: it was refused as "not a valid downgrade target ... a newer
+    # release", and `head` as no such revision.
+    code, output, now = await to("0003")
+    assert (code, now) == (0, "0003"), output
+    code, output, now = await to("head")
+    assert (code, now) == (0, head), output
+    code, output, now = await to("0010")
+    assert code == 2 and "no revision '0010'" in output and "0001" in output, output
+    assert "newer" not in output and now == head
     code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer")
     assert (code, await _revision(database_url, "scorer")) == (0, head), output
-    code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer", "--to",
-                                           "0010")  # fmt: skip
-    assert code == 1 and "no revision '0010'" in output and "0001" in output, output
-    assert "newer" not in output and await _revision(database_url, "scorer") == head
 
 
 @pytest.mark.parametrize(
