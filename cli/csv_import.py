@@ -120,6 +120,8 @@ def _json_cell(name: str, value: str) -> Any:
         return json.loads(value)
     except ValueError as exc:
         raise RowError(f"{name}: not valid JSON") from exc
+    except RecursionError as exc:  # the decoder recurses per level: a reject, not a crash
+        raise RowError(f"{name}: JSON nested too deeply") from exc
 
 
 def validation_reason(exc: ValidationError) -> str:

@@ -68,6 +68,19 @@ def api_key_for(env: Mapping[str, str], service: str) -> str:
     return first_api_key(own if own is not None else env.get("TIERSTREAM_API_KEYS", ""))
 
 
+def _refuse_bad_settings() -> None:
+    """Each service's settings as the environment gives them, one line and exit 2 for a bad
+    one, before anything starts: a bad value failed later, as a traceback of `run` itself or
+    a child restarted forever."""
+    from services.actions.settings import ActionsSettings
+    from services.ingest.settings import IngestSettings
+    from services.scorer.settings import ScorerSettings
+    from shared.settings import settings_or_exit
+
+    for settings in (IngestSettings, ScorerSettings, ActionsSettings):
+        settings_or_exit(settings)
+
+
 def _bootstrap(env: dict[str, str]) -> str | None:
     """Migrations and topics, before any service starts: None, or one line on which of the
     database and the broker could not be used (an external one may be down or mistyped)."""
@@ -171,6 +184,7 @@ def run_system(console: Console, *, demo: bool = True) -> int:
     stop = _Stop()
     if database_url := os.environ.get("DATABASE_URL"):
         refuse_bad_url(database_url, console)  # before starting anything
+    _refuse_bad_settings()
     with ExitStack() as stack:
         console.print("starting infrastructure...")
         infra = start_infra(stack)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BeforeValidator,
     Field,
@@ -29,6 +30,18 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
+
+
+def _bootstrap_servers(value: str) -> str:
+    """Each entry `host:port` (port 1-65535) or `host` (port 9092): aiokafka failed on others
+    at connect time with a traceback (`foo:bar`: int(); `h:99999`: the socket's range)."""
+    for entry in (e.strip() for e in value.split(",")):
+        host, colon, port = entry.rpartition(":")
+        if not colon:
+            host, port = entry, "9092"
+        if not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"{entry!r} is not host:port with a port 1-65535")
+    return value
 
 
 def parse_api_keys(raw: str) -> dict[str, str]:
@@ -67,10 +80,10 @@ class ServiceSettings(BaseSettings):
         allow_inf_nan=False,
     )
 
-    kafka_bootstrap_servers: str = Field(
+    kafka_bootstrap_servers: Annotated[str, AfterValidator(_bootstrap_servers)] = Field(
         "127.0.0.1:9092",
         validation_alias="KAFKA_BOOTSTRAP_SERVERS",
-        description="Comma-separated Kafka bootstrap servers.",
+        description="Comma-separated Kafka bootstrap servers, each `host:port`.",
     )
     topic_namespace: str = Field(
         "tierstream",

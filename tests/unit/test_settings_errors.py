@@ -107,6 +107,9 @@ def test_an_api_key_no_client_could_send_is_a_configuration_error_naming_its_sou
         ("ACTIONS_INBOX_RETENTION_DAYS", "99999999999", "less than or equal to 36500"),
         # logging raised "Unknown level" with a traceback once the settings were accepted.
         ("TIERSTREAM_LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        # aiokafka's int() and the socket's port range, at connect time, as tracebacks.
+        ("KAFKA_BOOTSTRAP_SERVERS", "a:9092,foo:bar", "'foo:bar' is not host:port"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:99999", "with a port 1-65535"),
     ],
 )
 def test_values_that_would_fail_later_are_refused_at_start(

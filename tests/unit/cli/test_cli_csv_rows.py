@@ -243,3 +243,16 @@ def test_an_unclosed_quote_is_named_in_the_reason() -> None:
     assert (
         row.reason == "1 fields, the header has 3 (the record runs to line 3: an unclosed quote?)"
     )
+
+
+@pytest.mark.parametrize(
+    ("cell", "reason"),
+    [("{not json", "items: not valid JSON"), ("[" * 5_000 + "]" * 5_000, "nested too deeply")],
+)
+def test_an_items_cell_that_cannot_be_read_rejects_its_row_not_the_import(
+    cell: str, reason: str
+) -> None:
+    # 5,000 levels raised RecursionError: a traceback that stopped the whole import.
+    header = [*PURCHASE_HEADER, "items"]
+    with pytest.raises(RowError, match=reason):
+        row_to_event("purchase", purchase(items=cell), columns_for("purchase", header, {}))

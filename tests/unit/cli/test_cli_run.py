@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from cli.infra import Infra
+from cli.main import app
 from cli.run import api_key_for, banner_lines, first_api_key, print_banner
 
 
@@ -62,3 +64,19 @@ def test_the_banner_prints_the_database_without_its_password() -> None:
     print_banner(console, infra, ["ingest ..."])
     text = console.export_text()
     assert "PASSW0RD" not in text and "postgresql://app:***@db.example:5432/tierstream" in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("KAFKA_BOOTSTRAP_SERVERS", "foo:bar"), ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:99999"),
+     ("TIERSTREAM_PARTITIONS", "abc"), ("INGEST_PORT", "abc")],
+)  # fmt: skip
+def test_run_refuses_a_bad_setting_in_one_line_before_starting_anything(
+    variable: str, value: str
+) -> None:
+    # Each was a traceback of `run` itself (int(), the socket's port range, pydantic) or,
+    # for INGEST_PORT, came after the services had been started.
+    result = CliRunner().invoke(app, ["run", "--no-demo"], env={variable: value})
+    assert result.exit_code == 2, result.output
+    assert f"invalid configuration: {variable}: " in result.output
+    assert "Traceback" not in result.output and "starting infrastructure" not in result.output
