@@ -20,10 +20,18 @@ Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 def run_service(main: Coroutine[Any, Any, None], *, event_loop: str) -> None:
     """Run a service's main coroutine to the end on the chosen event loop
     (`ServiceSettings.event_loop`, which holds the default)."""
+    from aiokafka.errors import KafkaConnectionError
+
     factory = loop_factory(event_loop)
     log.info("event loop", loop="asyncio" if factory is None else "uvloop")
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+    except (KafkaConnectionError, ConnectionRefusedError) as exc:
+        # At start (topics, migrations): the broker or the database is not there. One line,
+        # not a hundred of traceback; exit 1, so a supervisor starts the service again.
+        log.error("cannot start: a broker or database is unreachable", error=str(exc) or repr(exc))
+        raise SystemExit(1) from None
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -176,3 +176,14 @@ def test_run_with_an_unreachable_database_or_broker_says_which_in_one_line(
     assert len(failed) == 1, ran.stderr
     assert failed[0].startswith(says), failed
     assert "secret" not in ran.output
+
+
+@pytest.mark.parametrize("service", ["ingest", "scorer", "actions"])
+def test_a_service_without_a_broker_at_start_says_so_in_one_line_and_exits_1(service: str) -> None:
+    # Before: about a hundred lines of KafkaConnectionError traceback.
+    ran = tierstream(service, env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+                                   "TIERSTREAM_API_KEYS": "k", f"{service.upper()}_PORT":
+                                   str(free_port())})  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    assert "cannot start: a broker or database is unreachable" in ran.output
+    assert "Traceback" not in ran.output
