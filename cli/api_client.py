@@ -169,6 +169,23 @@ def _problem(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"detail": str(body)[:200]}
 
 
+def _document(service: Service, url: str, response: httpx.Response) -> dict[str, Any]:
+    """A 2xx answer's JSON object; ApiError when it is not one (a proxy's or a login page's
+    HTML at the configured URL): read as data, it made an all-zero report."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        kind = response.headers.get("content-type", "no content type")
+        raise ApiError(
+            response.status_code,
+            f"{service} at {url} answered {response.status_code} with {kind}, not Tierstream's"
+            f" JSON: is TIERSTREAM_{service.upper()}_URL the {service} service?",
+        )
+    return body
+
+
 def _retry_after(response: httpx.Response | str, attempt: int) -> float:
     """Seconds to wait: the server's Retry-After when given, else a capped back-off."""
     header = response.headers.get("Retry-After") if isinstance(response, httpx.Response) else None
@@ -291,7 +308,7 @@ class ApiClient:
         body = _problem(response)
         if response.status_code >= 300:
             raise ApiError(response.status_code, _detail(response, body), body)
-        return body
+        return _document(service, url, response)
 
     def get_or_none(self, service: Service, path: str) -> dict[str, Any] | None:
         """GET a JSON document, None on 404."""

@@ -358,3 +358,13 @@ def test_a_simulated_event_ingest_refuses_by_name_stops_the_sending_with_its_rea
         "events[2].occurred_at: in the future; events[3].occurred_at: in the future;"
         " events[4].occurred_at: in the future; and 1 more"
     )
+
+
+def test_a_2xx_answer_that_is_not_a_json_object_is_an_error_not_data(
+    server: tuple[str, Script],
+) -> None:
+    # A login page or a proxy at TIERSTREAM_SCORER_URL: `report` printed all zeros, exit 0.
+    url, script = server
+    script.answers = [(200, {}, ["not", "an", "object"])]  # type: ignore[list-item]
+    with pytest.raises(ApiError, match=r"not Tierstream's JSON: is TIERSTREAM_SCORER_URL"):
+        client_for(url, []).get("scorer", "/v1/stats/tiers")
