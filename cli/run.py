@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -107,6 +108,25 @@ def _bootstrap(env: dict[str, str]) -> str | None:
     return None
 
 
+def ports_in_use(env: Mapping[str, str], ports: dict[str, int]) -> str | None:
+    """Which service port another program holds, if any: the readiness check would take its
+    answers for the service's (the banner came, and the demo went to it) while the service
+    itself failed to bind and was restarted forever."""
+    taken = []
+    for name, port in ports.items():
+        host = env.get(f"{name.upper()}_HOST", "127.0.0.1")
+        with socket.socket() as probe:
+            # As uvicorn binds: a port left in TIME_WAIT by an earlier run is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                taken.append(f"{name.upper()}_PORT={port}")
+    if not taken:
+        return None
+    return f"in use by another program: {', '.join(taken)} (stop it, or set another port)"
+
+
 def _wait_ready(
     supervisor: Supervisor, stop: _Stop, ports: dict[str, int], timeout: float = 90.0
 ) -> bool:
@@ -192,10 +212,13 @@ def run_system(console: Console, *, demo: bool = True) -> int:
         if problem := _bootstrap(env):
             console.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
             return 1
+        ports = service_ports(env)
+        if taken := ports_in_use(env, ports):
+            console.print(f"[red]{escape(taken)}[/red]", soft_wrap=True)
+            return 1
         supervisor = Supervisor(env, log=console.print)
         stack.callback(supervisor.stop)  # LIFO: services stop before the infrastructure
         supervisor.start()
-        ports = service_ports(env)
         if not _wait_ready(supervisor, stop, ports):
             if stop.requested:
                 return 0

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from cli.infra import Infra
 from cli.main import app
-from cli.run import api_key_for, banner_lines, first_api_key, print_banner
+from cli.run import api_key_for, banner_lines, first_api_key, ports_in_use, print_banner
+from shared.embedded import free_port
 
 
 @pytest.mark.parametrize(
@@ -80,3 +83,17 @@ def test_run_refuses_a_bad_setting_in_one_line_before_starting_anything(
     assert result.exit_code == 2, result.output
     assert f"invalid configuration: {variable}: " in result.output
     assert "Traceback" not in result.output and "starting infrastructure" not in result.output
+
+
+def test_a_service_port_another_program_listens_on_is_named() -> None:
+    # The readiness check took the other program's answers for the service's: the banner
+    # came, and the demo went to it, while ingest failed to bind and restarted forever.
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        ports = {"ingest": taken, "scorer": free_port(), "actions": free_port()}
+        assert ports_in_use({}, ports) == (
+            f"in use by another program: INGEST_PORT={taken} (stop it, or set another port)"
+        )
+    assert ports_in_use({}, ports) is None
