@@ -343,7 +343,7 @@ def reference_now(env: Mapping[str, str] | None = None) -> datetime:
     except ValueError:
         at = None
     if at is None or at.tzinfo is None:
-        raise ValueError(
+        raise ConfigError(
             f"TIERSTREAM_NOW={raw!r} is not an ISO 8601 time with a timezone,"
             " e.g. 2026-01-01T00:00:00Z"
         )

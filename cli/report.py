@@ -206,15 +206,11 @@ def run_report(since: datetime | None, plot: Path | None, as_json: bool, console
     """Collect, print (tables or JSON) and optionally plot; the exit code."""
     try:
         now = reference_now()
-    except ValueError as exc:
-        console.print(f"[red]cannot report:[/red] {escape(str(exc))}")
-        return 1
-    start = since or now - timedelta(days=30)
-    try:
         endpoints = Endpoints.from_env()
     except ConfigError as exc:
         console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
+    start = since or now - timedelta(days=30)
     try:
         with (
             ApiClient(endpoints, retry_for=0) as client,

@@ -344,16 +344,6 @@ FAILURES = {
         {},
         "cannot write /nonexistent/d.png: No such file or directory",
     ),
-    "simulate, bad TIERSTREAM_NOW": (
-        ("simulate", "--dry-run", "--customers", "2"),
-        {"TIERSTREAM_NOW": "tomorrow"},
-        "TIERSTREAM_NOW='tomorrow' is not an ISO 8601 time with a timezone",
-    ),
-    "report, bad TIERSTREAM_NOW": (
-        ("report",),
-        {"TIERSTREAM_NOW": "2026-06-01T12:00:00"},
-        "is not an ISO 8601 time with a timezone",
-    ),
     "rules diff, database unreachable": (
         ("rules", "diff", "{rules}"),
         {"DATABASE_URL": "postgresql://postgres@127.0.0.1:{closed}/nowhere"},
@@ -372,7 +362,26 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize(("args", "env", "says"), FAILURES.values(), ids=FAILURES.keys())
+# A bad setting: exit 2, as for every other (report said 1).
+BAD_SETTINGS = {
+    "simulate, bad TIERSTREAM_NOW": (
+        ("simulate", "--dry-run", "--customers", "2"),
+        {"TIERSTREAM_NOW": "tomorrow"},
+        "TIERSTREAM_NOW='tomorrow' is not an ISO 8601 time with a timezone",
+    ),
+    "report, bad TIERSTREAM_NOW": (
+        ("report",),
+        {"TIERSTREAM_NOW": "2026-06-01T12:00:00"},
+        "is not an ISO 8601 time with a timezone",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says", "code"),
+    [*((*case, 1) for case in FAILURES.values()), *((*case, 2) for case in BAD_SETTINGS.values())],
+    ids=[*FAILURES, *BAD_SETTINGS],
+)
 def test_a_command_that_cannot_go_on_says_why_in_one_line(
     system: System,
     latin1_rules: Path,
@@ -380,6 +389,7 @@ def test_a_command_that_cannot_go_on_says_why_in_one_line(
     args: tuple[str, ...],
     env: dict[str, str],
     says: str,
+    code: int,
 ) -> None:
     from shared.domain.rules import default_rules_path
 
@@ -394,7 +404,7 @@ def test_a_command_that_cannot_go_on_says_why_in_one_line(
         *(a.format(**values) for a in args),
         env={k: v.format(**values) for k, v in env.items()},
     )
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     assert says in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

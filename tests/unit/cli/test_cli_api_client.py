@@ -16,6 +16,7 @@ from cli.api_client import (
     ApiClient,
     ApiError,
     BatchRejected,
+    ConfigError,
     Endpoints,
     reference_now,
     split_batches,
@@ -143,7 +144,8 @@ def test_a_key_no_header_can_carry_is_refused_naming_the_variable_not_the_key(ke
 
 @pytest.mark.parametrize("raw", ["yesterday", "2026-01-01T00:00:00", "2026-13-01T00:00:00Z"])
 def test_a_bad_fixed_now_is_refused_naming_the_variable(raw: str) -> None:
-    with pytest.raises(ValueError, match=f"TIERSTREAM_NOW={raw!r} is not an ISO 8601 time"):
+    # A ConfigError: the commands exit 2 for it, as for any bad setting (report said 1).
+    with pytest.raises(ConfigError, match=f"TIERSTREAM_NOW={raw!r} is not an ISO 8601 time"):
         reference_now({"TIERSTREAM_NOW": raw})
 
 
