@@ -241,13 +241,10 @@ def run_infra(console: Console) -> None:
     stop = _Stop()
     with ExitStack() as stack:
         infra = start_infra(stack, env={})
-        console.print(
-            Panel(
-                f"KAFKA_BOOTSTRAP_SERVERS={infra.kafka_bootstrap_servers}\n"
-                f"DATABASE_URL='{infra.database_url}'\nCtrl-C stops both.",
-                title="embedded infrastructure",
-                expand=False,
-            )
-        )
+        # Outside any panel and unwrapped, so the lines can be copied (the data directory
+        # in DATABASE_URL is long: a panel wrapped it inside its border).
+        console.print("embedded infrastructure (Ctrl-C stops both):")
+        console.print(f"KAFKA_BOOTSTRAP_SERVERS={infra.kafka_bootstrap_servers}", soft_wrap=True)
+        console.print(f"DATABASE_URL='{infra.database_url}'", soft_wrap=True, highlight=False)
         while not stop.requested:
             time.sleep(0.3)

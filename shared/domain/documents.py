@@ -30,16 +30,20 @@ def read_document(path: str | Path, *, fail: Callable[[str], Exception]) -> str:
         raise fail(f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at {exc.start}") from exc
 
 
-def yaml_mapping(text: str, *, fail: Callable[[str], Exception]) -> dict[str, Any]:
-    """The document as a mapping; `fail(reason)` builds the error to raise otherwise."""
+def yaml_mapping(
+    text: str, *, fail: Callable[[str], Exception], name: str = "<document>"
+) -> dict[str, Any]:
+    """The document as a mapping; `fail(reason)` builds the error to raise otherwise. YAML's
+    errors name `name` (the file) and are folded onto one line."""
     loader = _StrictLoader(text)
+    loader.name = name  # PyYAML's marks said "<unicode string>"
     try:
         node = loader.get_single_node()
         if node is not None:
             _expanded_size(node, depth=0, seen={}, fail=fail)
         data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise fail(f"not valid YAML: {exc}") from exc
+        raise fail(f"not valid YAML: {' '.join(str(exc).split())}") from exc
     except RecursionError as exc:  # the parser itself recurses per level
         raise fail(f"not valid YAML: nested more than {MAX_DEPTH} levels deep") from exc
     finally:

@@ -9,6 +9,7 @@ costs only its action, never the change's sequence exits or the other actions.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -128,7 +129,8 @@ def check_playbooks(path: str | Path) -> str:
 
 def parse_playbooks(text: str, *, source: str) -> Playbooks:
     """Validate playbooks YAML; the version is a hash of its content (comments aside)."""
-    data = yaml_mapping(text, fail=lambda reason: PlaybooksError(reason, source=source))
+    fail = functools.partial(PlaybooksError, source=source)
+    data = yaml_mapping(text, fail=fail, name=source)
     try:
         parsed = PlaybooksFile.model_validate(data)
     except ValidationError as exc:

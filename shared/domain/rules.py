@@ -60,7 +60,7 @@ def load_rules(path: str | Path) -> Rules:
 
 def parse_rules(text: str, *, source: str) -> Rules:
     """Validate rules YAML; the version is a hash of its content (comments aside)."""
-    data = yaml_mapping(text, fail=lambda reason: RulesError(reason, source=source))
+    data = yaml_mapping(text, fail=lambda reason: RulesError(reason, source=source), name=source)
     try:
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:

@@ -65,3 +65,12 @@ def test_a_file_that_is_not_utf8_is_refused_with_the_byte(tmp_path: Path) -> Non
     path.write_bytes(b"\xff\xfe" + default_playbooks_path().read_bytes())
     with pytest.raises(PlaybooksError, match=r"not UTF-8 text: byte 0xff at 0"):
         load_playbooks(path)
+
+
+def test_broken_yaml_is_reported_on_one_line_naming_the_file() -> None:
+    # PyYAML's marks named "<unicode string>", over several lines.
+    with pytest.raises(RulesError) as refused:
+        parse_rules("a: [\nb: 1\n", source="mine.yaml")
+    message = str(refused.value)
+    assert '"mine.yaml", line 1' in message and "<unicode string>" not in message
+    assert "\n" not in message
