@@ -18,7 +18,6 @@ from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportTicketUpdate
 from shared.http import PROBLEM_JSON
 
 REF = "#/components/schemas/{model}"
-SECURITY: list[dict[str, list[str]]] = [{"apiKey": []}]
 
 
 class Accepted(BaseModel):
@@ -168,10 +167,8 @@ def request_body(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
         "schema": {"$ref": REF.format(model=schema)},
         "examples": {name: {"value": value} for name, value in examples.items()},
     }
-    return {
-        "requestBody": {"required": True, "content": {"application/json": content}},
-        "security": SECURITY,
-    }
+    # The route's `security` comes from its key dependency (shared.http.require_key).
+    return {"requestBody": {"required": True, "content": {"application/json": content}}}
 
 
 def component_schemas(batch: type[EventBatch]) -> dict[str, Any]:

@@ -228,7 +228,7 @@ INVALID_EVENTS: list[tuple[str, Callable[[], dict[str, Any]], str, str]] = [
     ("csat-6", lambda: support(satisfaction=6), "satisfaction", "less_than_equal"),
     ("nps-11", lambda: support(nps=11), "nps", "less_than_equal"),
     ("csat-as-text", lambda: support(satisfaction="3"), "satisfaction", "int_type"),
-    ("unknown-action", lambda: support(action="closed"), "action", "enum"),
+    ("unknown-action", lambda: support(action="deleted"), "action", "enum"),
     (
         "nested-attribute",
         lambda: login(attributes={"region": {"eu": True}}),
