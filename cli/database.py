@@ -4,6 +4,7 @@ settings read once, the URL checked before any connection, and problems told in 
 from __future__ import annotations
 
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,9 +21,16 @@ def redacted(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        make_url(url)
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
     except (ArgumentError, ValueError):
         return "DATABASE_URL"
+    # Only the password replaced: SQLAlchemy's rendering also escapes the query (a socket
+    # directory's `host=/tmp/...` became `host=%2Ftmp%2F...`, which psql does not take).
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
 
 
 def url_problem(url: str) -> str | None:

@@ -179,9 +179,9 @@ def print_banner(console: Console, infra: Infra, lines: list[str]) -> None:
     embedded_kafka = " (embedded)" if infra.embedded_kafka else ""
     embedded_pg = " (embedded)" if infra.embedded_postgres else ""
     console.print(f"kafka    {infra.kafka_bootstrap_servers}{embedded_kafka}", soft_wrap=True)
-    console.print(
-        f"postgres {redacted(infra.database_url)}{embedded_pg}", soft_wrap=True, highlight=False
-    )
+    # The embedded server's password was made for this run, like a generated key: shown.
+    url = infra.database_url if infra.embedded_postgres else redacted(infra.database_url)
+    console.print(f"postgres {url}{embedded_pg}", soft_wrap=True, highlight=False)
 
 
 def _start_demo(env: dict[str, str], key: str, ingest_port: int) -> subprocess.Popen[bytes]:

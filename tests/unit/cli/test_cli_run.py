@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from cli.database import redacted
 from cli.infra import Infra
 from cli.main import app
 from cli.run import api_key_for, banner_lines, first_api_key, ports_in_use, print_banner
@@ -97,3 +98,12 @@ def test_a_service_port_another_program_listens_on_is_named() -> None:
             f"in use by another program: INGEST_PORT={taken} (stop it, or set another port)"
         )
     assert ports_in_use({}, ports) is None
+
+
+def test_the_embedded_database_is_printed_as_given_and_a_password_hidden_in_place() -> None:
+    # Rendered by SQLAlchemy, the socket directory came out escaped (host=%2Ftmp%2F...).
+    url = "postgresql://postgres:made-for-this-run@/postgres?host=/tmp/tierstream-pg-x/pgdata"
+    console = Console(record=True, width=300)
+    print_banner(console, Infra("k:9092", url, embedded_kafka=True, embedded_postgres=True), [])
+    assert url in console.export_text()
+    assert redacted(url) == "postgresql://postgres:***@/postgres?host=/tmp/tierstream-pg-x/pgdata"
