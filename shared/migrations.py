@@ -61,7 +61,7 @@ def move_to(database_url: str, service: str, revision: str) -> None:
             + ", ".join(order)
             + ", head"
         )
-    current = asyncio.run(_current_revision(database_url, service))
+    current = asyncio.run(current_revision(database_url, service))
     rank: dict[str | None, int] = {"base": -1, None: -1, "head": len(order) - 1}
     rank.update((r, i) for i, r in enumerate(order))
     if current not in rank:
@@ -73,7 +73,8 @@ def move_to(database_url: str, service: str, revision: str) -> None:
             command.downgrade(config, revision)
 
 
-async def _current_revision(database_url: str, service: str) -> str | None:
+async def current_revision(database_url: str, service: str) -> str | None:
+    """The service's applied revision (None: no version table, nothing applied)."""
     conn = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
     try:
         table = f"{service}.alembic_version_{service}"

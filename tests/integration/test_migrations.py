@@ -15,20 +15,9 @@ from typer.testing import CliRunner
 from cli.main import app
 from services.actions.db import migrate as migrate_actions
 from shared.db import asyncpg_dsn
-from shared.migrations import MigrationError, upgrade_all
+from shared.migrations import MigrationError, current_revision, upgrade_all
 
-
-async def _revision(database_url: str, service: str) -> str | None:
-    """The service's applied revision (None: no version table)."""
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        table = f"{service}.alembic_version_{service}"
-        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
-            return None
-        version: str | None = await conn.fetchval(f"SELECT version_num FROM {table}")
-        return version
-    finally:
-        await conn.close()
+_revision = current_revision
 
 
 def _cli(database_url: str, *args: str) -> tuple[int, str]:
