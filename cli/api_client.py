@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -45,6 +46,19 @@ def _checked_key(raw: str) -> str:
     return key
 
 
+def _checked_url(variable: str, url: str) -> str:
+    """`url` when it is http(s)://host[:port] with a port 1-65535: found at the first request,
+    a bad one came after `simulate` had built its population, or after 60 s of retries."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigError(f"{variable}={url!r} is not a URL like http://host:port (port 1-65535)")
+    return url
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Base URLs of the services and the API key the CLI sends."""
@@ -59,7 +73,10 @@ class Endpoints:
         """TIERSTREAM_{INGEST,SCORER,ACTIONS}_URL (default local ports) and TIERSTREAM_API_KEY;
         `ConfigError` for a key no HTTP header can carry."""
         env = os.environ if env is None else env
-        urls = {s: env.get(f"TIERSTREAM_{s.upper()}_URL", u) for s, u in DEFAULT_URLS.items()}
+        variables = {s: f"TIERSTREAM_{s.upper()}_URL" for s in DEFAULT_URLS}
+        urls = {
+            s: _checked_url(variables[s], env.get(variables[s], u)) for s, u in DEFAULT_URLS.items()
+        }
         key = _checked_key(env.get(API_KEY_VARIABLE, ""))
         return cls(urls["ingest"], urls["scorer"], urls["actions"], key)
 

@@ -370,3 +370,14 @@ def test_a_2xx_answer_that_is_not_a_json_object_is_an_error_not_data(
     script.answers = [(200, {}, ["not", "an", "object"])]  # type: ignore[list-item]
     with pytest.raises(ApiError, match=r"not Tierstream's JSON: is TIERSTREAM_SCORER_URL"):
         client_for(url, []).get("scorer", "/v1/stats/tiers")
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:8080", "http://127.0.0.1:99999", "http://:80", "ftp://host", "http://h:x"]
+)
+def test_a_service_url_the_cli_cannot_use_is_refused_before_any_work(url: str) -> None:
+    # Found at the first request: after `simulate` built its population, or after 60 s of
+    # an import's retries.
+    with pytest.raises(ConfigError, match=r"TIERSTREAM_SCORER_URL=.* is not a URL like http://"):
+        Endpoints.from_env({"TIERSTREAM_SCORER_URL": url})
+    assert Endpoints.from_env({"TIERSTREAM_SCORER_URL": "https://tierstream.example"}).scorer
