@@ -104,17 +104,22 @@ def test_import_refuses_a_header_that_names_a_column_twice(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logins.csv"]
 
 
-def test_an_import_that_cannot_reach_ingest_leaves_no_rejects_file(tmp_path: Path) -> None:
+def test_an_import_with_an_unusable_ingest_url_is_refused_before_touching_anything(
+    tmp_path: Path,
+) -> None:
     source = tmp_path / "logins.csv"
     source.write_text("customer_id,occurred_at,channel\nnone-a,2026-05-10,web\n")
-    (tmp_path / "logins.csv.rejects.csv").write_text("line,reason\n2,an earlier run's\n")
-    # A URL without http:// fails at the first send, without the retries a closed port gets.
+    earlier = "line,reason\n2,an earlier run's\n"
+    (tmp_path / "logins.csv.rejects.csv").write_text(earlier)
+    # Without http:// the URL is refused before the import starts: no checkpoint, and the
+    # earlier run's rejects file left as it was (it used to fail at the first send).
     ran = tierstream(
         "import", str(source), "--type", "login", env={"TIERSTREAM_INGEST_URL": "127.0.0.1:1"}
     )
     assert ran.exit_code == 4, ran.output
-    assert "TIERSTREAM_INGEST_URL" in ran.output
-    assert not (tmp_path / "logins.csv.rejects.csv").exists()  # no rows were refused
+    assert "TIERSTREAM_INGEST_URL='127.0.0.1:1' is not a URL like http://" in one_line(ran)
+    assert (tmp_path / "logins.csv.rejects.csv").read_text() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logins.csv", "logins.csv.rejects.csv"]
 
 
 RULES = str(default_rules_path())
