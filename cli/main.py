@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -162,6 +164,7 @@ def rules_diff(
     """Classify today's customers (DATABASE_URL) with a candidate rules file, changing nothing,
     and print the migration matrix per dimension: what the scorer would decide right after the
     switch (downgrades its hysteresis holds stay; population mode uses its own quintiles)."""
+    _refuse_unwritable(plot)
     if plot is not None:
         from cli.rules_plot import diff_and_plot
 
@@ -169,6 +172,25 @@ def rules_diff(
     from cli.rules import print_rules_diff
 
     raise typer.Exit(print_rules_diff(file, console))
+
+
+def _refuse_unwritable(path: Path | None) -> None:
+    """Exit 1 at once, as the write itself would say, when `path` cannot be created: found
+    at the end, it came after all the reading (and a whole simulated population)."""
+    if path is None:
+        return
+    parent = path.parent
+    problem = None
+    if not parent.exists():
+        problem = errno.ENOENT
+    elif not parent.is_dir():
+        problem = errno.ENOTDIR
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        problem = errno.EACCES
+    if problem is not None:
+        why = escape(f"{path}: {os.strerror(problem)}")
+        console.print(f"[red]cannot write[/red] {why}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _finite(value: float | None) -> float | None:
@@ -217,6 +239,7 @@ def simulate(
     archetypes with their own buying, login and support habits over the last DAYS days."""
     from cli.simulate import SimulateOptions, run_simulate
 
+    _refuse_unwritable(output)
     options = SimulateOptions(customers, days, seed, rate, batch_size, prefix, dry_run, output)
     raise typer.Exit(run_simulate(options, console))
 
@@ -270,6 +293,7 @@ def report(
     except RowError as exc:
         hint = str(exc).removeprefix("occurred_at: ")
         raise typer.BadParameter(hint, param_hint="--since") from exc
+    _refuse_unwritable(plot)
     raise typer.Exit(run_report(start, plot, as_json, console))
 
 

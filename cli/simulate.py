@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,7 @@ def run_simulate(options: SimulateOptions, console: Console) -> int:
     try:
         end = reference_now()
         endpoints = None if options.dry_run else Endpoints.from_env()  # before the long part
+        _starts_within_the_calendar(end, options.days)
     except ConfigError as exc:
         console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
@@ -132,6 +133,18 @@ def run_simulate(options: SimulateOptions, console: Console) -> int:
             return 1
     console.print(summary_table(population, accepted, time.monotonic() - started))
     return 0
+
+
+def _starts_within_the_calendar(end: datetime, days: float) -> None:
+    """ConfigError when DAYS of history before `end` begin before year 1 (an OverflowError
+    traceback half-way through the generation)."""
+    try:
+        end - timedelta(days=days + 1)
+    except OverflowError:
+        raise ConfigError(
+            f"TIERSTREAM_NOW={end.isoformat()} leaves no room for {days:g} days of history"
+            " before it (they would start before year 1)"
+        ) from None
 
 
 def _why(exc: ApiError) -> str:

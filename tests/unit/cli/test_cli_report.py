@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.image
+import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from cli.plots import matrix_axes, ordered, plot_report, plot_rules_diff
 from cli.report import (
     CustomerHistory,
@@ -17,6 +20,7 @@ from cli.report import (
     start_class,
     tasks_per_queue,
 )
+from shared.embedded import free_port
 
 SINCE = datetime(2026, 5, 1, tzinfo=UTC)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -134,3 +138,19 @@ def test_the_rules_diff_picture_is_a_png_even_when_empty(tmp_path: Path) -> None
     path = tmp_path / "diff.png"
     plot_rules_diff({"value_tier": {"gold": {"silver": 1}}, "activity_level": {}}, path, title="t")
     assert_png(path)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["report", "--plot", "/nonexistent/x.png"],
+     ["simulate", "--dry-run", "--customers", "2", "--output", "/nonexistent/x.jsonl"]],
+)  # fmt: skip
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(args: list[str]) -> None:
+    # Found at the end: after every API had been read (here: none answers) or the whole
+    # population simulated.
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = {f"TIERSTREAM_{s}_URL": closed for s in ("INGEST", "SCORER", "ACTIONS")}
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 1, result.output
+    assert f"cannot write {args[-1]}: No such file or directory" in result.output
+    assert "cannot read" not in result.output

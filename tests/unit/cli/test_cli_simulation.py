@@ -8,6 +8,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from typer.testing import CliRunner
+
+from cli.main import app
 from cli.simulation import (
     ARCHETYPES,
     REGULAR,
@@ -126,3 +129,12 @@ def test_a_fixed_prefix_keeps_the_customers_whatever_the_end() -> None:
     )
     assert set(first.archetypes) == set(later.archetypes)
     assert {e["event_id"] for e in first.events}.isdisjoint(e["event_id"] for e in later.events)
+
+
+def test_a_fixed_now_too_early_for_the_history_is_a_configuration_error() -> None:
+    # An OverflowError traceback half-way through generating the population.
+    result = CliRunner().invoke(app, ["simulate", "--dry-run", "--customers", "2"],
+                                env={"TIERSTREAM_NOW": "0001-01-02T00:00:00Z"})  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "leaves no room for 365 days of history" in result.output
+    assert "Traceback" not in result.output
