@@ -63,6 +63,7 @@ class ImportExit(IntEnum):
     USAGE = 2  # a bad option or a missing input file (the command-line parser's code)
     REJECTED = 3  # finished; some rows were rejected, see FILE.rejects.csv
     REFUSED = 4  # the input or the setup needs fixing first (CSV, columns, API key, URL)
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, as shells say): the same command resumes
 
 
 @dataclass
@@ -288,6 +289,9 @@ def run_import(options: ImportOptions, console: Console) -> ImportExit:
         stats = _import(options, mapping, console)
     except (ValueError, OSError, ApiError) as exc:
         return _report_failure(exc, options.source, console)
+    except KeyboardInterrupt:  # the checkpoint holds what ingest took: say how to go on
+        console.print("[yellow]interrupted:[/yellow] run the same command again to resume")
+        return ImportExit.INTERRUPTED
     console.print(_summary(stats, options.source))
     _print_rejects(stats.rejected, rejects_path(options.source), console)
     return ImportExit.REJECTED if stats.rejected or stats.earlier_rejects else ImportExit.DONE

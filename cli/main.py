@@ -266,7 +266,8 @@ def import_csv(
     1  stopped: ingest unavailable or failing, run the same command again to resume;
     2  usage error: a bad option, or FILE does not exist;
     3  finished, some rows rejected (see FILE.rejects.csv);
-    4  cannot go on until the CSV, the columns, the API key or the URL is fixed."""
+    4  cannot go on until the CSV, the columns, the API key or the URL is fixed;
+    130  interrupted (Ctrl-C): run the same command again to resume."""
     from cli.importer import ImportOptions, run_import
 
     if type_ not in ("purchase", "login", "support"):

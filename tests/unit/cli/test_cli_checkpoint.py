@@ -6,6 +6,9 @@ import csv
 import os
 from pathlib import Path
 
+import pytest
+from rich.console import Console
+
 from cli.csv_import import (
     Checkpoint,
     checkpoint_path,
@@ -115,3 +118,19 @@ def test_a_resumed_reject_file_has_the_earlier_rejects_on_disk_before_anything_i
         assert not path.with_name(path.name + ".tmp").exists()
     finally:
         resumed.close()
+
+
+def test_ctrl_c_during_an_import_says_how_to_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It exited 130 without a word; the checkpoint already held what ingest had taken.
+    import cli.importer as importer
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importer, "_import", interrupted)
+    console = Console(record=True, width=200)
+    options = importer.ImportOptions(tmp_path / "x.csv", "login", (), 500)
+    assert importer.run_import(options, console) == 130
+    assert "interrupted: run the same command again to resume" in console.export_text()
