@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.database import redacted
+from cli.progress import progress_bar
 
 Matrix = dict[str, dict[str, int]]
 
@@ -45,7 +46,13 @@ def diff_matrices(file: Path, console: Console) -> dict[str, Matrix] | None:
 
     settings = database_settings(ScorerSettings, console)  # exits 2 on a bad setting
     try:
-        matrices = asyncio.run(diff_rules(settings, file))
+        with progress_bar(console, transient=True) as bar:
+            task = bar.add_task("classifying", total=None, rate="customers")
+
+            def told(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            matrices = asyncio.run(diff_rules(settings, file, told))
     except (RulesError, UnicodeDecodeError) as exc:  # load_rules wraps its OSErrors
         console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}", soft_wrap=True)
         return None

@@ -9,7 +9,7 @@ from the same snapshot.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -37,8 +37,14 @@ def check_rules(path: str | Path) -> str:
     return f"{path}: valid, version {rules.version} (scores: {rules.scores.mode}; {counts})"
 
 
-async def diff_rules(settings: ScorerSettings, path: str | Path) -> dict[Dimension, Matrix]:
-    """From-class -> to-class counts per dimension if `path` replaced the current rules."""
+Progress = Callable[[int, int], None]  # (customers done, customers in all)
+
+
+async def diff_rules(
+    settings: ScorerSettings, path: str | Path, progress: Progress | None = None
+) -> dict[Dimension, Matrix]:
+    """From-class -> to-class counts per dimension if `path` replaced the current rules;
+    `progress(done, total)` is told the customers classified so far, every 1,000."""
     candidate = load_rules(path)
     now = clock_for(settings.now).now()
     conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
@@ -50,21 +56,30 @@ async def diff_rules(settings: ScorerSettings, path: str | Path) -> dict[Dimensi
                 if candidate.scores.mode == "population"
                 else None
             )
+            total: int = await conn.fetchval(
+                "SELECT count(*) FROM scorer.customer WHERE state IS NOT NULL"
+            )
             rows = conn.cursor(
                 f"SELECT {store.CUSTOMER_COLUMNS} FROM scorer.customer WHERE state IS NOT NULL",
                 prefetch=1000,
             )
-            pairs = await _moves(rows, candidate, now, cut_points)
+            told = (lambda done: progress(done, total)) if progress else None
+            pairs = await _moves(rows, candidate, now, cut_points, told)
     finally:
         await conn.close()
     return {d: migration_matrix(pairs[d]) for d in Dimension}
 
 
 async def _moves(
-    rows: AsyncIterable[asyncpg.Record], rules: Rules, now: datetime, cuts: CutPoints | None
-) -> dict[Dimension, list[tuple[str | None, str]]]:
+    rows: AsyncIterable[asyncpg.Record], rules: Rules, now: datetime, cuts: CutPoints | None,
+    told: Callable[[int], None] | None,
+) -> dict[Dimension, list[tuple[str | None, str]]]:  # fmt: skip
     pairs: dict[Dimension, list[tuple[str | None, str]]] = {d: [] for d in Dimension}
+    done = 0
     async for row in rows:
+        done += 1
+        if told is not None and done % 1000 == 0:
+            told(done)
         record = store.customer_record(row)
         state = record.state
         prune(state, now=now)
@@ -73,4 +88,6 @@ async def _moves(
         decided = decide(record.classes, record.class_since, classification, rules, now=now)
         for dimension, to in decided.classes.items():
             pairs[dimension].append((row[dimension.value], to))
+    if told is not None:
+        told(done)
     return pairs

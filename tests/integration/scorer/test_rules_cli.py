@@ -65,7 +65,9 @@ async def test_diff_shows_who_would_move_and_changes_nothing(
     await pool.close()
     before = await customer_rows(scorer_db)
     settings = ScorerSettings.model_validate({**base_env, "TIERSTREAM_NOW": NOW.isoformat()})
-    matrices = await diff_rules(settings, candidate(tmp_path))
+    told: list[tuple[int, int]] = []
+    matrices = await diff_rules(settings, candidate(tmp_path), lambda *p: told.append(p))
+    assert told == [(4, 4)]  # the progress bar's: done, of all (every 1,000 and at the end)
     assert matrices[Dimension.VALUE_TIER] == {"gold": {"gold": 1, "silver": 3}}
     assert matrices[Dimension.LIFECYCLE_STAGE] == {"established": {"established": 4}}
     assert await customer_rows(scorer_db) == before
