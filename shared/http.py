@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.logging import get_logger
 from shared.metrics import render
@@ -133,6 +135,42 @@ def install_problem_handlers(
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers) if exc.headers else None
         return problem(exc.status_code, str(exc.detail), str(exc.detail), headers=headers)
+
+    app.add_middleware(Utf8Only)
+
+
+class Utf8Only:
+    """422 for a path or query whose percent-encoded bytes are not UTF-8. Starlette decodes
+    them with U+FFFD in their place: `/v1/customers/a%FFb` looked customer "a\ufffdb" up and
+    answered 404, as if the id were valid and merely unknown."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (where := _not_utf8(scope)) is not None:
+            error = {"field": where, "reason": "Percent-encoded bytes that are not UTF-8",
+                     "type": "utf8"}  # fmt: skip
+            answer = problem(422, "Invalid request", "The request failed validation.",
+                             errors=[error])  # fmt: skip
+            await answer(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _not_utf8(scope: Scope) -> str | None:
+    """ "path" or "query" when its percent-decoded bytes are not UTF-8; None when both are."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    parts = [("path", raw_path.split(b"?", 1)[0])]
+    parts += [("query", p.replace(b"+", b" ")) for p in scope.get("query_string", b"").split(b"&")]
+    for where, raw in parts:
+        if b"%" not in raw and raw.isascii():
+            continue
+        try:
+            unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return where
+    return None
 
 
 class ApiKeys:
