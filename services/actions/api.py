@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from services.actions import queries
 from services.actions.db import RequestDatabase
@@ -20,7 +20,19 @@ from shared.contracts import ID_MAX_CHARS
 from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep, invalid_query
 
 MAX_ID = 2**63 - 1
-TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Task id.")]
+
+
+def _digits_only(value: object) -> object:
+    """A path's task id as written, digits only: int() also reads " 7", "+7", "7_0" and
+    other scripts' digits, so one task answered to many paths."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("a task id is digits only")
+    return value
+
+
+TaskId = Annotated[
+    int, BeforeValidator(_digits_only), Path(ge=1, le=MAX_ID, description="Task id.")
+]
 NO_NUL = r"^[^\x00]+$"  # Postgres text cannot hold NUL: refuse it as input (422, never a 500)
 CustomerQuery = Annotated[str | None, Query(min_length=1, max_length=ID_MAX_CHARS, pattern=NO_NUL)]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]

@@ -140,6 +140,11 @@ INVALID: list[tuple[str, str, dict[str, str], Any]] = [
     ("GET", "/v1/alerts", {"limit": "-1"}, None),
     ("GET", "/v1/tasks/abc", {}, None),
     ("GET", "/v1/tasks/0", {}, None),
+    # int() reads these as task 1 and 10: one task answered to many paths.
+    ("GET", "/v1/tasks/+1", {}, None),
+    ("GET", "/v1/tasks/%201", {}, None),
+    ("GET", "/v1/tasks/1_0", {}, None),
+    ("PATCH", "/v1/tasks/%D9%A1", {}, {"action": "complete"}),
     ("GET", "/v1/tasks/99999999999999999999", {}, None),
     ("PATCH", "/v1/tasks/1", {}, {"action": "fly"}),
     ("PATCH", "/v1/tasks/1", {}, {"action": "assign"}),
