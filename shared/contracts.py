@@ -146,6 +146,7 @@ def _money(value: object) -> object:
     was given: a valid 0E-1000000 added to a spend of 10.5 gives
     10.50000000000000000000000000, which would then travel in every tier change. Zeros past
     the sixth decimal place are dropped; digits there stay for `decimal_places` to refuse.
+    A negative zero becomes a zero (it passed `ge=0` and was stored, and shown, as -0).
     """
     if isinstance(value, str):
         if _DECIMAL_TEXT.fullmatch(value) is None:
@@ -154,6 +155,8 @@ def _money(value: object) -> object:
             )
         value = Decimal(value)
     if isinstance(value, Decimal) and value.is_finite():
+        if value.is_zero() and value.is_signed():  # -0 (and -0.00): a zero, shown unsigned
+            value = abs(value)
         exponent = value.as_tuple().exponent
         if isinstance(exponent, int) and exponent < -6:
             try:

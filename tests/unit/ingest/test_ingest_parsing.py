@@ -74,6 +74,8 @@ def test_an_amount_as_text_is_plain_json_number_syntax(amount: str) -> None:
         ("1.5E-7", None),  # a seventh decimal place is refused, not rounded
         ("12.50", "12.50"),
         ("1E+2", "1E+2"),
+        ("-0", "0"),  # passed ge=0 and was kept, and shown, as -0
+        ("-0.00", "0.00"),
     ],
 )
 def test_zeros_past_the_sixth_decimal_place_are_dropped(amount: object, kept: str | None) -> None:
