@@ -282,7 +282,7 @@ class ApiClient:
         while True:
             response = self._post_once(url, content)
             if isinstance(response, httpx.Response) and response.status_code != 503:
-                return self._accepted(response, events)
+                return self._accepted(response)
             left = deadline - self._clock()
             if left <= 0:
                 raise _unavailable(url, self.retry_for, response)
@@ -298,13 +298,19 @@ class ApiClient:
         except httpx.TransportError as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
-    @staticmethod
-    def _accepted(response: httpx.Response, events: Sequence[Mapping[str, Any]]) -> list[str]:
+    def _accepted(self, response: httpx.Response) -> list[str]:
         body = _problem(response)
-        if response.status_code == 202:
-            ids = body.get("event_ids")
-            sent = [str(e.get("event_id")) for e in events]
-            return [str(i) for i in ids] if isinstance(ids, list) else sent
+        ids = body.get("event_ids")
+        if response.status_code == 202 and isinstance(ids, list):
+            return [str(i) for i in ids]
+        if response.status_code < 400:  # no ingest answers so: something else is at the URL
+            kind = response.headers.get("content-type", "no content type")
+            raise ApiError(
+                response.status_code,
+                f"ingest at {self.endpoints.url('ingest')} answered {response.status_code} with"
+                f" {kind}, not Tierstream's JSON: is TIERSTREAM_INGEST_URL the ingest service?",
+                lasting=True,  # taken as accepted (202) or as a stop worth retrying (200)
+            )
         detail = _detail(response, body)
         if response.status_code in (413, 422):
             raise BatchRejected(response.status_code, detail, body)

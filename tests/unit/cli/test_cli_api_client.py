@@ -381,3 +381,18 @@ def test_a_service_url_the_cli_cannot_use_is_refused_before_any_work(url: str) -
     with pytest.raises(ConfigError, match=r"TIERSTREAM_SCORER_URL=.* is not a URL like http://"):
         Endpoints.from_env({"TIERSTREAM_SCORER_URL": url})
     assert Endpoints.from_env({"TIERSTREAM_SCORER_URL": "https://tierstream.example"}).scorer
+
+
+@pytest.mark.parametrize(
+    ("status", "body"), [(202, {"queued": True}), (200, {"hello": "world"})], ids=["202", "200"]
+)
+def test_an_answer_no_ingest_gives_is_a_lasting_error_not_acceptance(
+    server: tuple[str, Script], status: int, body: dict[str, Any]
+) -> None:
+    # A 202 without event_ids counted every event as accepted; a 200 stopped the import as
+    # if a retry could help.
+    url, script = server
+    script.answers = [(status, {}, body)]
+    with pytest.raises(ApiError, match="is TIERSTREAM_INGEST_URL the ingest service") as caught:
+        client_for(url, []).send_batch([{"event_id": "e1"}])
+    assert caught.value.lasting
