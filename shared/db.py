@@ -12,12 +12,6 @@ from sqlalchemy.ext.asyncio import (
 )
 
 
-def async_url(database_url: str) -> str:
-    """Normalise `postgresql://` / `postgres://` URLs to the asyncpg dialect."""
-    url = make_url(database_url.replace("postgres://", "postgresql://", 1))
-    return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-
-
 def asyncpg_dsn(database_url: str) -> str:
     """A plain libpq-style DSN for raw asyncpg connections (bulk paths)."""
     url = make_url(database_url.replace("postgres://", "postgresql://", 1))

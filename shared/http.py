@@ -43,6 +43,11 @@ class ProblemError(Exception):
         self.status, self.title, self.detail = status, title, detail
         self.errors, self.headers, self.type_ = errors, headers, type_
 
+    def response(self) -> JSONResponse:
+        """This problem as its problem+json answer."""
+        return problem(self.status, self.title, self.detail, errors=self.errors,
+                       headers=self.headers, type_=self.type_)  # fmt: skip
+
 
 def problem(
     status: int,
@@ -65,11 +70,16 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
-def invalid_query(name: str, reason: str, kind: str) -> ProblemError:
-    """The 422 for a query parameter FastAPI's validation let through, shaped as its own:
-    `errors: [{field: "query.<name>", reason, type}]`."""
-    error = {"field": f"query.{name}", "reason": reason, "type": kind}
+def invalid_input(field: str, reason: str, kind: str) -> ProblemError:
+    """The 422 for input FastAPI's validation let through, shaped as its own:
+    `errors: [{field, reason, type}]`."""
+    error = {"field": field, "reason": reason, "type": kind}
     return ProblemError(422, "Invalid request", "The request failed validation.", errors=[error])
+
+
+def invalid_query(name: str, reason: str, kind: str) -> ProblemError:
+    """`invalid_input` for the query parameter `name` (field `query.<name>`)."""
+    return invalid_input(f"query.{name}", reason, kind)
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -110,14 +120,7 @@ def install_problem_handlers(
 
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> Response:
-        return problem(
-            exc.status,
-            exc.title,
-            exc.detail,
-            errors=exc.errors,
-            headers=exc.headers,
-            type_=exc.type_,
-        )
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
@@ -149,11 +152,8 @@ class Utf8Only:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (where := _not_utf8(scope)) is not None:
-            error = {"field": where, "reason": "Percent-encoded bytes that are not UTF-8",
-                     "type": "utf8"}  # fmt: skip
-            answer = problem(422, "Invalid request", "The request failed validation.",
-                             errors=[error])  # fmt: skip
-            await answer(scope, receive, send)
+            refused = invalid_input(where, "Percent-encoded bytes that are not UTF-8", "utf8")
+            await refused.response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

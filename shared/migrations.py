@@ -17,7 +17,7 @@ from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from shared.db import async_url, asyncpg_dsn, make_engine
+from shared.db import asyncpg_dsn, make_engine
 
 SERVICES_WITH_TABLES = ("scorer", "actions")
 _SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
@@ -35,7 +35,7 @@ def alembic_config(database_url: str, service: str) -> Config:
         raise ValueError(f"unknown service {service!r}; expected one of {SERVICES_WITH_TABLES}")
     cfg = Config()
     cfg.set_main_option("script_location", str(_SERVICES_DIR / service / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", async_url(database_url).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     cfg.attributes["schema"] = service
     return cfg
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,8 @@ def load_rules(path: str | Path) -> Rules:
 
 def parse_rules(text: str, *, source: str) -> Rules:
     """Validate rules YAML; the version is a hash of its content (comments aside)."""
-    data = yaml_mapping(text, fail=lambda reason: RulesError(reason, source=source), name=source)
+    fail = functools.partial(RulesError, source=source)
+    data = yaml_mapping(text, fail=fail, name=source)
     try:
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:
