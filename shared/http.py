@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
@@ -11,9 +12,9 @@ from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.logging import get_logger
 from shared.metrics import render
@@ -24,6 +25,7 @@ PROBLEM_JSON = "application/problem+json"
 ReadyCheck = Callable[[], Awaitable[dict[str, bool]]]
 # Retry-After of the 503 answered while the database is away (ingest's default for its 503).
 DATABASE_RETRY_AFTER_S = 5
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ProblemError(Exception):
@@ -156,6 +158,32 @@ class Utf8Only:
             await refused.response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class RequestTimer:
+    """ASGI middleware: request duration by route template (never the raw path), method, status."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app, self.histogram = app, histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"] if scope["method"] in METHODS else "OTHER"
+            self.histogram.labels(route, method, str(status)).observe(time.perf_counter() - started)
 
 
 def _not_utf8(scope: Scope) -> str | None:

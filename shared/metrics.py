@@ -3,7 +3,7 @@ so several services can live in one test process."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 # Buckets sized for what we measure: sub-millisecond dict work up to multi-second batches.
@@ -33,3 +33,15 @@ def new_registry() -> CollectorRegistry:
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
     """The exposition text of a registry and its content type."""
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def request_duration(registry: CollectorRegistry, service: str) -> Histogram:
+    """`tierstream_<service>_request_duration_seconds`: every HTTP service's request timing,
+    observed by `shared.http.RequestTimer`."""
+    return Histogram(
+        f"tierstream_{service}_request_duration_seconds",
+        "HTTP request duration, by route template, method and status.",
+        ["route", "method", "status"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )

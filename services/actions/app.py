@@ -12,8 +12,14 @@ from services.actions.api import api_router
 from services.actions.db import Pool, RequestDatabase, create_api_pool, database_ready
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock, clock_for
-from shared.http import ApiKeys, ReadyCheck, install_problem_handlers, probes_router
-from shared.metrics import new_registry
+from shared.http import (
+    ApiKeys,
+    ReadyCheck,
+    RequestTimer,
+    install_problem_handlers,
+    probes_router,
+)
+from shared.metrics import new_registry, request_duration
 from shared.pg import TRANSIENT_DB_ERRORS
 
 DESCRIPTION = (
@@ -49,6 +55,7 @@ def create_app(
 
     app.include_router(probes_router(registry, ready or database, open_probes=settings.open_probes))
     app.include_router(api_router())
+    app.add_middleware(RequestTimer, histogram=request_duration(registry, "actions"))
     return app
 
 

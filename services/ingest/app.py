@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import CollectorRegistry
 
 from services.ingest.intake import EventIntake
-from services.ingest.metrics import IngestMetrics, RequestTimer
+from services.ingest.metrics import IngestMetrics
 from services.ingest.openapi import (
     EVENT_RESPONSES,
     LOGIN_EXAMPLE,
@@ -27,7 +27,14 @@ from services.ingest.publisher import KafkaPublisher, Publisher
 from services.ingest.settings import IngestSettings
 from shared.clock import Clock, clock_for
 from shared.contracts import EVENT_MODELS
-from shared.http import ApiKeys, ProblemError, SourceDep, install_problem_handlers, probes_router
+from shared.http import (
+    ApiKeys,
+    ProblemError,
+    RequestTimer,
+    SourceDep,
+    install_problem_handlers,
+    probes_router,
+)
 from shared.metrics import new_registry
 from shared.tracing import SpanKind, Tracer, http_trace_headers, make_tracer
 

@@ -12,8 +12,14 @@ from services.scorer.api import read_router
 from services.scorer.db import TRANSIENT_DB_ERRORS, Pool, RequestDatabase, database_ready
 from services.scorer.settings import ScorerSettings
 from shared.clock import Clock, clock_for
-from shared.http import ApiKeys, ReadyCheck, install_problem_handlers, probes_router
-from shared.metrics import new_registry
+from shared.http import (
+    ApiKeys,
+    ReadyCheck,
+    RequestTimer,
+    install_problem_handlers,
+    probes_router,
+)
+from shared.metrics import new_registry, request_duration
 
 DESCRIPTION = """Per-customer features (as of the scorer's now), classification and
 tier-change history. Send `Authorization: Bearer <key>`; list endpoints page with
@@ -55,14 +61,14 @@ def create_app(
 ) -> FastAPI:
     """The scorer app. `pool` is the API's own (`create_pool(..., within=
     settings.api_db_timeout_s)`), the caller's to open and close."""
+    registry = registry or new_registry()
     app = FastAPI(title="Tierstream scorer", version="1", description=DESCRIPTION)
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
     app.state.database = RequestDatabase(pool, settings.api_db_timeout_s)
     app.state.clock = clock or clock_for(settings.now)
     install_problem_handlers(app, database_errors=TRANSIENT_DB_ERRORS)
     checks = ready or default_ready(settings, pool)
-    app.include_router(
-        probes_router(registry or new_registry(), checks, open_probes=settings.open_probes)
-    )
+    app.include_router(probes_router(registry, checks, open_probes=settings.open_probes))
     app.include_router(read_router())
+    app.add_middleware(RequestTimer, histogram=request_duration(registry, "scorer"))
     return app

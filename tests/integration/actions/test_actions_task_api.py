@@ -15,6 +15,7 @@ from services.actions.settings import ActionsSettings
 from shared.clock import FixedClock
 from tests.integration.actions.seeding import apply_changes
 from tests.integration.actions.support import AUTH, DAY, KEY, NOW, tier_change
+from tests.support.metrics_text import sample_value
 
 CUSTOMERS = ["a", "b", "c", "d", "e"]
 
@@ -116,6 +117,20 @@ async def test_assign_complete_and_cancel_follow_the_allowed_transitions(
     assert [(t["status"], t["tier_change_id"]) for t in await _items(api, customer_id="a")] == [
         ("done", "g-a"), ("open", "g-a-2"),
     ]  # fmt: skip
+
+
+async def test_requests_are_timed_by_route_template_method_and_status(
+    api: httpx.AsyncClient,
+) -> None:
+    [task] = await _items(api, customer_id="b")
+    await api.get(f"/v1/tasks/{task['id']}")
+    await api.get("/v1/tasks/999")
+    exposition = (await api.get("/metrics")).text
+    name = "tierstream_actions_request_duration_seconds_count"
+    one = {"route": "/v1/tasks/{task_id}", "method": "GET"}
+    assert sample_value(exposition, name, **one, status="200") == 1, exposition
+    assert sample_value(exposition, name, **one, status="404") == 1, exposition
+    assert sample_value(exposition, name, route="/v1/tasks", method="GET", status="200") == 1
 
 
 async def test_unknown_tasks_are_404(api: httpx.AsyncClient) -> None:

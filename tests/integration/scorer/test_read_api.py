@@ -22,6 +22,7 @@ from shared.kafka import ensure_topics, make_producer
 from shared.metrics import new_registry
 from shared.topics import SCORER_GROUP, Topics
 from tests.integration.scorer.support import NOW, login, purchase, support
+from tests.support.metrics_text import sample_value
 
 AUTH = {"Authorization": "Bearer test-key"}
 SLASHED = "acme/eu/42"  # upstream ids may contain slashes
@@ -109,6 +110,19 @@ async def test_every_route_needs_an_api_key(api: httpx.AsyncClient) -> None:
             response = await api.get(path, headers=headers)
             assert response.status_code == 401, path
             assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_requests_are_timed_by_route_template_method_and_status(
+    api: httpx.AsyncClient,
+) -> None:
+    for customer in ("gold-0", "nobody", "gold-1"):
+        await api.get(f"/v1/customers/{customer}", headers=AUTH)
+    exposition = (await api.get("/metrics", headers=AUTH)).text
+    name = "tierstream_scorer_request_duration_seconds_count"
+    one = {"route": "/v1/customers/{customer_id:customer_id}", "method": "GET"}
+    assert sample_value(exposition, name, **one, status="200") == 2, exposition
+    assert sample_value(exposition, name, **one, status="404") == 1, exposition
+    assert "gold-0" not in exposition and "nobody" not in exposition  # templates, never ids
 
 
 async def test_a_customer_reads_as_of_the_scorers_now_and_unknown_ones_are_404(
