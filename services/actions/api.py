@@ -96,7 +96,7 @@ class EnrolmentOut(_Out):
     sequence: str
     playbook: str
     tier_change_id: str
-    status: Literal["active", "completed", "exited"]
+    status: Literal["active", "completed", "failed", "exited"]
     exit_reason: str | None
     enrolled_at: datetime
     ended_at: datetime | None

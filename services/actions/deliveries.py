@@ -179,11 +179,14 @@ async def _lock_enrolment(conn: Connection, delivery: Delivery) -> None:
 
 
 async def _finish_step(conn: Connection, delivery: Delivery, *, now: datetime) -> str | None:
-    """Complete the enrolment once none of its steps is pending any more."""
+    """End the enrolment once none of its steps is pending any more: `completed` when one
+    of them went out, `failed` when every one died (nothing reached the customer)."""
     if delivery.enrolment_id is None:
         return None
     await conn.execute(
-        "UPDATE actions.enrolment SET status = 'completed', ended_at = $2"
+        "UPDATE actions.enrolment SET ended_at = $2, status = CASE WHEN EXISTS (SELECT 1"
+        " FROM actions.delivery WHERE enrolment_id = $1 AND sent_at IS NOT NULL)"
+        " THEN 'completed' ELSE 'failed' END"
         " WHERE id = $1 AND status = 'active' AND NOT EXISTS (SELECT 1 FROM actions.delivery"
         " WHERE enrolment_id = $1 AND status = 'pending')",
         delivery.enrolment_id, now,

@@ -107,3 +107,28 @@ async def test_a_url_with_libpq_parameters_migrates_as_the_services_connect(
     code, output = await asyncio.to_thread(_cli, url)
     assert (code, "migrations applied" in output) == (0, True), output
     assert await _revision(database_url, "scorer") is not None
+
+
+async def test_failed_enrolments_read_as_completed_after_moving_actions_back(
+    database_url: str,
+) -> None:
+    # Actions 0004 added `failed`; the older code and its check constraint know no such status.
+    await upgrade_all(database_url)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.execute(
+            "INSERT INTO actions.enrolment (customer_id, sequence, playbook, tier_change_id,"
+            " status, trigger_at, enrolled_at, ended_at)"
+            " VALUES ('c', 'welcome', 'new', 'chg', 'failed', now(), now(), now())"
+        )
+        code, output = await asyncio.to_thread(_cli, database_url, "--service", "actions",
+                                               "--to", "0003")  # fmt: skip
+        assert code == 0, output
+        assert await conn.fetchval("SELECT status FROM actions.enrolment") == "completed"
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE actions.enrolment SET status = 'failed'")
+        code, output = await asyncio.to_thread(_cli, database_url, "--service", "actions")
+        assert (code, await _revision(database_url, "actions")) == (0, "0004"), output
+        await conn.execute("UPDATE actions.enrolment SET status = 'failed'")
+    finally:
+        await conn.close()

@@ -298,6 +298,32 @@ async def test_an_enrolments_due_steps_go_out_one_at_a_time_in_order(
     assert len(sent) == 4
 
 
+@pytest.mark.parametrize(("sent_steps", "ended"), [(0, "failed"), (1, "completed")])
+async def test_an_enrolment_whose_every_step_died_ends_failed_not_completed(
+    pool: Pool, actions_db: str, sent_steps: int, ended: str
+) -> None:
+    # Every step dead used to end the enrolment `completed`: the completion counts the
+    # business reads included sequences that reached nobody.
+    books = load_playbooks(default_playbooks_path())
+    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
+                         email="newbie@example.com")  # fmt: skip
+    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
+                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+    late = FixedClock(NOW + 30 * DAY)
+    done = 0
+    while claimed := await _claim(pool, "step", at=late):
+        [(step, attempt)] = claimed
+        if done < sent_steps:
+            await deliveries.record_sent(pool, step, now=late.now())
+        else:
+            await deliveries.record_failure(pool, step, attempt, "550 no such mailbox",
+                                            retry_in_s=None, now=late.now())  # fmt: skip
+        done += 1
+    assert done == 4
+    [enrolment] = await fetch(actions_db, "SELECT status, ended_at FROM actions.enrolment")
+    assert enrolment == {"status": ended, "ended_at": late.now()}
+
+
 async def test_a_step_cancelled_while_it_is_sent_stays_cancelled_and_counts_once(
     pool: Pool, actions_db: str
 ) -> None:
