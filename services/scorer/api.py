@@ -102,8 +102,10 @@ class ChangePage(BaseModel):
 
 class FeedPage(ChangePage):
     tail_cursor: str | None = Field(
-        description="Position after this page's last change (the cursor sent, on an empty "
-        "page): ask again with it later for only the changes published since."
+        description="Position after this page's last change, or, on the feed's last page, "
+        "after the last change published, whether or not it matched the filters (the "
+        "cursor sent, while nothing is published): ask again with it later for only the "
+        "changes published since."
     )
 
 
@@ -245,18 +247,26 @@ def read_router() -> APIRouter:
     ) -> FeedPage:
         after = _seq(decode_cursor(cursor)) if cursor else None
         since_at = _instant(since) if since else None
-        async with _database(request).connection() as conn:
+        async with (
+            _database(request).connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),  # one snapshot
+        ):
             rows = await queries.list_all_changes(
                 conn, since=since_at, dimension=dimension.value if dimension else None,
                 after_seq=after, limit=limit + 1,
             )  # fmt: skip
-        items = [change_view(row) for row in rows[:limit]]
-        more = len(rows) > limit
+            # At the feed's end every publication up to its last was read, the filters' misses
+            # too: the tail starts after them, or each poll of a filter matching nothing (a
+            # `since` ahead, a dimension yet to change) read the whole history again.
+            end = await queries.feed_end(conn) if len(rows) <= limit else None
         page = rows[:limit]
+        read = [row.seq for row in page] + [n for n in (after, end) if n is not None]
+        last = max(read, default=None)
         return FeedPage(
-            items=items, next_cursor=encode_cursor(str(rows[limit - 1].seq)) if more else None,
-            tail_cursor=encode_cursor(str(page[-1].seq)) if page else cursor,
-        )  # fmt: skip
+            items=[change_view(row) for row in page],
+            next_cursor=encode_cursor(str(page[-1].seq)) if len(rows) > limit else None,
+            tail_cursor=encode_cursor(str(last)) if last is not None else cursor,
+        )
 
     # Ids may contain `/` and newlines (CustomerIdConvertor); the history route goes first, or
     # the customer route would read `<id>/changes` as an id. An id ending in `/changes` is

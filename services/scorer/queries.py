@@ -128,6 +128,13 @@ async def list_all_changes(
     return [StoredChange(row["pub_seq"], change_from_row(row), row["published_at"]) for row in rows]
 
 
+async def feed_end(db: Queryable) -> int | None:
+    """The last publication position (`pub_seq`), None before the first. Numbers are drawn
+    in commit order (migration 0006), so every later publication comes after it."""
+    end: int | None = await db.fetchval("SELECT max(pub_seq) FROM scorer.tier_change_published")
+    return end
+
+
 async def count_classes(db: Queryable) -> tuple[int, dict[Dimension, dict[str, int]]]:
     """Classified customers in total and per dimension and class (one scan)."""
     rows = await db.fetch(
