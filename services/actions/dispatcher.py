@@ -114,6 +114,11 @@ class Dispatcher:
         return len(claimed) == limit
 
     def _finished(self, route: deliveries.Route, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # deliver() records every outcome itself; anything escaping it is a bug: said and
+            # counted, not left for "Task exception was never retrieved" at exit.
+            log.error("send task failed", task=task.get_name(), exc_info=exc)
+            self.metrics.loop_errors.labels(self.name).inc()
         self.in_flight.discard(task)
         self.route_in_flight[route] -= 1
         if not self.route_in_flight[route]:
@@ -132,7 +137,14 @@ class Dispatcher:
     async def deliver(self, delivery: Delivery, attempt: int) -> None:
         """Send one delivery and record the outcome (a failure to record is retried by lease);
         a step claimed inside its quiet hours is put back until they end, unsent."""
-        resume = quiet_until(self.clock.now(), delivery.payload.get("quiet_hours"))
+        try:
+            resume = quiet_until(self.clock.now(), delivery.payload.get("quiet_hours"))
+        except Exception as exc:  # e.g. a zone this image's tzdata no longer has
+            # Raised out of the task, it was never read: no metric, the row claimed again
+            # every lease for ever, and the enrolment's later steps held behind it.
+            await self._failed(delivery, attempt, f"its stored quiet hours cannot be read: "
+                               f"{type(exc).__name__}: {exc}", permanent=True)  # fmt: skip
+            return
         if resume is not None:
             await self._defer(delivery, attempt, resume)
             return

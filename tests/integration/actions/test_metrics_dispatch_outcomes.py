@@ -276,6 +276,37 @@ async def test_a_step_claimed_inside_its_quiet_hours_is_put_back_unsent(
     assert _outcomes(registry, "step", "email") == {"deferred": 1, "sent": 1}
 
 
+async def test_a_step_whose_stored_quiet_hours_cannot_be_read_is_dead_lettered_and_counted(
+    pool: Pool, actions_db: str, tmp_path: Path
+) -> None:
+    # The check raised out of the send task: nothing counted, nothing logged, the step
+    # claimed again every lease for ever and the enrolment's later steps held behind it.
+    quiet = 'quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}\n    reentry: never'
+    edited = tmp_path / "playbooks.yaml"
+    text = default_playbooks_path().read_text(encoding="utf-8")
+    edited.write_text(text.replace("reentry: never", quiet, 1), encoding="utf-8")
+    books = load_playbooks(edited)
+    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
+                         email="newbie@example.com")  # fmt: skip
+    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
+                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+    async with pool.acquire() as conn:  # a zone a later image's tzdata no longer has
+        await conn.execute("UPDATE actions.delivery SET payload = jsonb_set(payload,"
+                           " '{quiet_hours,timezone}', '\"Gone/Away\"')")  # fmt: skip
+    clock = FixedClock(NOW + 2 * DAY)
+    registry = CollectorRegistry()
+    dispatcher = _dispatcher(pool, Channels(), registry, kinds=("step",), clock=clock)
+    [(step, attempt)] = await _claim(pool, "step", at=clock)
+    await dispatcher.deliver(step, attempt)
+    [row] = await fetch(actions_db, "SELECT status, last_error FROM actions.delivery"
+                        " WHERE id = $1", step.id)  # fmt: skip
+    assert row["status"] == "dead" and "quiet hours cannot be read" in row["last_error"], row
+    assert _outcomes(registry, "step", "email") == {"dead": 1}
+    assert _steps(registry, "welcome") == {"failed": 1}
+    [(following, _)] = await _claim(pool, "step", at=FixedClock(NOW + 30 * DAY))
+    assert following.id != step.id  # the enrolment's next step is no longer held
+
+
 async def test_an_enrolments_due_steps_go_out_one_at_a_time_in_order(
     pool: Pool, actions_db: str
 ) -> None:
