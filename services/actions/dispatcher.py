@@ -187,6 +187,8 @@ class Dispatcher:
         log.debug("delivery sent", **_fields(delivery), attempt=attempt,
                   customer_id=delivery.customer_id)  # fmt: skip
         m.deliveries.labels(delivery.kind, delivery.channel, "sent").inc()
+        if (fallback := delivery.payload.get("fallback")) is not None:
+            m.log_fallbacks.labels(delivery.kind, fallback["channel"], fallback["reason"]).inc()
         m.delivery_attempts.labels(delivery.kind).observe(attempt)
         if delivery.due_at is not None:
             late = (now - delivery.due_at).total_seconds()

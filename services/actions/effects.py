@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.contracts import TierChanged
+from shared.domain.playbook_model import AlertAction
 from shared.domain.playbook_requests import quiet_hours_record, task_due_at
 from shared.domain.playbooks import (
     ActionRequest,
@@ -22,6 +23,7 @@ from shared.domain.playbooks import (
     Channel,
     EnrolRequest,
     ExitRequest,
+    Playbooks,
     TaskRequest,
     step_due_at,
 )
@@ -50,6 +52,26 @@ class ChannelConfig:
         if channel is Channel.EMAIL and self.email and recipient:
             return "email", recipient
         return "log", recipient
+
+    def fallback(self, channel: Channel, recipient: str | None) -> dict[str, dict[str, str]]:
+        """For a delivery's payload: why it goes to the log rather than to the `channel`
+        its playbook asked for (counted when it is logged); empty when it goes as asked."""
+        if channel is Channel.LOG or self.resolve(channel, recipient)[0] != "log":
+            return {}
+        configured = self.webhook if channel is Channel.WEBHOOK else self.email
+        reason = "no_recipient" if configured else "not_configured"
+        return {"fallback": {"channel": channel.value, "reason": reason}}
+
+
+def unconfigured_channels(playbooks: Playbooks, channels: ChannelConfig) -> list[str]:
+    """The channels the playbooks' alerts and steps ask for that this process has no
+    configuration for: their messages will be written to the log instead."""
+    asked = {a.channel for book in playbooks.playbooks for a in book.actions
+             if isinstance(a, AlertAction)}  # fmt: skip
+    asked |= {step.channel for sequence in playbooks.sequences.values() for step in sequence.steps}
+    configured = {Channel.LOG, *([Channel.WEBHOOK] if channels.webhook else []),
+                  *([Channel.EMAIL] if channels.email else [])}  # fmt: skip
+    return sorted(c.value for c in asked - configured)
 
 
 @dataclass(frozen=True)
@@ -209,7 +231,8 @@ def alert_row(
         kind="alert", customer_id=change.customer_id, tier_change_id=change.id,
         playbook=alert.playbook, audience=alert.audience, channel=channel, recipient=recipient,
         subject=alert.subject, body=alert.text,
-        payload={"change": change.model_dump(mode="json", by_alias=True)}, due_at=now,
+        payload={"change": change.model_dump(mode="json", by_alias=True),
+                 **channels.fallback(alert.channel, to)}, due_at=now,
     )  # fmt: skip
 
 
@@ -228,7 +251,8 @@ def step_rows(enrolment_id: int, row: EnrolRow, channels: ChannelConfig) -> list
             kind="step", customer_id=row.customer_id, tier_change_id=row.tier_change_id,
             playbook=request.playbook, audience=None, channel=channel, recipient=recipient,
             subject=step.subject, body=step.text,
-            payload={**payload, "step": step.name, "enrolment_id": enrolment_id},
+            payload={**payload, "step": step.name, "enrolment_id": enrolment_id,
+                     **channels.fallback(step.channel, step.to)},
             due_at=step_due_at(row.decided_at, step, request.quiet_hours),
             enrolment_id=enrolment_id, step_index=step.index, step_name=step.name,
         ))  # fmt: skip

@@ -12,7 +12,7 @@ import httpx
 from services.actions.app import create_app
 from services.actions.channels import Channels, SmtpChannel, SmtpConfig, WebhookChannel
 from services.actions.db import Pool, create_api_pool, create_pool, migrate
-from services.actions.effects import ChannelConfig
+from services.actions.effects import ChannelConfig, unconfigured_channels
 from services.actions.metrics import actions_metrics
 from services.actions.readiness import BrokerCheck, readiness
 from services.actions.settings import ActionsSettings
@@ -95,7 +95,12 @@ async def _serve(
     registry = new_registry()
     broker = BrokerCheck(within=settings.ready_timeout_s)
     parts = Parts(settings, pool, playbooks, clock, actions_metrics(registry), broker, tracer)
-    loops = build_loops(parts, build_channels(settings, client), channel_config(settings))
+    configured = channel_config(settings)
+    if missing := unconfigured_channels(playbooks, configured):
+        log.warning("playbooks send by channels this process has no settings for: their"
+                    " messages are written to the log (tierstream_actions_log_fallbacks_total)",
+                    channels=missing)  # fmt: skip
+    loops = build_loops(parts, build_channels(settings, client), configured)
     ready = readiness(api_pool, broker, within=settings.ready_timeout_s)
     app = create_app(settings, pool=api_pool, clock=clock, registry=registry, ready=ready)
     log.info("actions listening", host=settings.host, port=settings.port,

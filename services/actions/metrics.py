@@ -24,6 +24,7 @@ DELIVERY_ROUTES = (
 DELIVERY_OUTCOMES = ("sent", "retry", "dead", "superseded", "unrecorded", "deferred")
 STEP_OUTCOMES = ("sent", "cancelled", "failed")
 PRUNED_TABLES = ("inbox", "goal_event")
+FALLBACK_REASONS = ("not_configured", "no_recipient")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ActionsMetrics:
     delivery_attempts: Histogram
     delivery_lateness: Histogram
     dead_letters: Counter
+    log_fallbacks: Counter
     dlq_records: Counter
     steps: Counter
     enrolments_started: Counter
@@ -123,6 +125,14 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
             ["kind", "channel"],
             r,
         ),
+        log_fallbacks=_counter(
+            "log_fallbacks_total",
+            "Deliveries written to the log instead of the channel their playbook asked for"
+            " (counted when logged): the channel is not configured (not_configured) or the"
+            " message has no recipient, e.g. a customer without an e-mail (no_recipient).",
+            ["kind", "channel", "reason"],
+            r,
+        ),
         dlq_records=_counter(
             "dlq_records_total", "Poison records written to the dead-letter topic.", ["topic"], r
         ),
@@ -204,6 +214,9 @@ def prime_metrics(
         m.dead_letters.labels(kind, channel)
         for outcome in DELIVERY_OUTCOMES:
             m.deliveries.labels(kind, channel, outcome)
+        if kind != "task" and channel != "log":
+            for reason in FALLBACK_REASONS:
+                m.log_fallbacks.labels(kind, channel, reason)
     for book in playbooks.playbooks:
         for kind in sorted({action.kind for action in book.actions}):
             m.planned.labels(kind, book.name)

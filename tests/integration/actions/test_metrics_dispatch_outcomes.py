@@ -329,6 +329,24 @@ async def test_an_enrolments_due_steps_go_out_one_at_a_time_in_order(
     assert len(sent) == 4
 
 
+async def test_an_alert_logged_for_want_of_its_channel_counts_as_a_fallback(
+    pool: Pool, actions_db: str
+) -> None:
+    # Counted only as `sent` on the log channel, it looked like a message that went out.
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=LOG)  # fmt: skip
+    clock = FixedClock(NOW)
+    registry = CollectorRegistry()
+    dispatcher = _dispatcher(pool, Channels(), registry, kinds=("alert",), clock=clock)
+    [(alert, attempt)] = await _claim(pool, "alert", at=clock)
+    await dispatcher.deliver(alert, attempt)
+    assert _outcomes(registry, "alert", "log") == {"sent": 1}
+    fallbacks = "tierstream_actions_log_fallbacks_total"
+    labels = {"kind": "alert", "channel": "webhook"}
+    assert registry.get_sample_value(fallbacks, {**labels, "reason": "not_configured"}) == 1
+    assert registry.get_sample_value(fallbacks, {**labels, "reason": "no_recipient"}) == 0
+
+
 @pytest.mark.parametrize(("sent_steps", "ended"), [(0, "failed"), (1, "completed")])
 async def test_an_enrolment_whose_every_step_died_ends_failed_not_completed(
     pool: Pool, actions_db: str, sent_steps: int, ended: str

@@ -13,6 +13,7 @@ from services.actions.effects import (
     idempotency_key,
     step_rows,
     task_push_row,
+    unconfigured_channels,
 )
 from shared.contracts import TierChanged
 from shared.domain.playbooks import (
@@ -131,6 +132,15 @@ def test_unconfigured_channels_fall_back_to_the_log() -> None:
     [care] = configured.alerts
     assert (care.channel, care.recipient, care.audience) == ("email", "care@example.com", "care")
     assert [(a.channel, a.recipient) for a in bare.alerts] == [("log", None)]
+    # Said in the payload, so the send counts it apart from a real one.
+    assert "fallback" not in care.payload
+    assert bare.alerts[0].payload["fallback"] == {"channel": "email", "reason": "not_configured"}
+    no_team = replace(ALL, alert_email_to=None)
+    [nobody] = collect_effects(
+        planned(change("1", "c", "lifecycle_stage", "new", "at_risk")), no_team, now=NOW
+    ).alerts
+    assert nobody.channel == "log"
+    assert nobody.payload["fallback"] == {"channel": "email", "reason": "no_recipient"}
 
 
 def test_alert_keys_are_stable_per_change_and_differ_between_changes() -> None:
@@ -161,6 +171,9 @@ def test_steps_are_due_at_their_offsets_and_need_an_address_for_email() -> None:
     [other] = effects.enrols[("d", "welcome")]
     without = step_rows(8, other, ALL)
     assert {s.channel for s in without} == {"log"}
+    assert all(s.payload["fallback"] == {"channel": "email", "reason": "no_recipient"}
+               for s in without)  # fmt: skip
+    assert not any("fallback" in s.payload for s in with_mail)
 
 
 def test_a_task_push_carries_the_task_and_a_key_per_task_and_trigger() -> None:
@@ -174,3 +187,10 @@ def test_a_task_push_carries_the_task_and_a_key_per_task_and_trigger() -> None:
         "Call",
     )
     assert row.key == idempotency_key("task", 5, "chg")
+
+
+def test_the_channels_the_playbooks_ask_for_without_settings_are_named() -> None:
+    # The shipped playbooks alert by webhook and e-mail and send steps by e-mail.
+    assert unconfigured_channels(BOOKS, NONE) == ["email", "webhook"]
+    assert unconfigured_channels(BOOKS, replace(NONE, webhook=True)) == ["email"]
+    assert unconfigured_channels(BOOKS, ALL) == []
