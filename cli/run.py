@@ -128,15 +128,20 @@ def ports_in_use(env: Mapping[str, str], ports: dict[str, int]) -> str | None:
 
 
 def _wait_ready(
-    supervisor: Supervisor, stop: _Stop, ports: dict[str, int], timeout: float = 90.0
-) -> bool:
+    supervisor: Supervisor, stop: _Stop, ports: dict[str, int], keys: dict[str, str],
+    timeout: float = 90.0,
+) -> bool:  # fmt: skip
+    """True once every service answers /readyz, with its key (TIERSTREAM_OPEN_PROBES=false
+    closes the probes to requests without one)."""
     deadline = time.monotonic() + timeout
     pending = dict(ports)
     while pending and time.monotonic() < deadline and not stop.requested:
         supervisor.tick()
         for name, port in list(pending.items()):
+            auth = {"Authorization": f"Bearer {keys[name]}"} if keys.get(name) else {}
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                url = f"http://127.0.0.1:{port}/readyz"
+                if httpx.get(url, headers=auth, timeout=1).status_code == 200:
                     pending.pop(name)
             except httpx.HTTPError:
                 pass
@@ -219,12 +224,12 @@ def run_system(console: Console, *, demo: bool = True) -> int:
         supervisor = Supervisor(env, log=console.print)
         stack.callback(supervisor.stop)  # LIFO: services stop before the infrastructure
         supervisor.start()
-        if not _wait_ready(supervisor, stop, ports):
+        keys = {service: api_key_for(env, service) for service in SERVICES}
+        if not _wait_ready(supervisor, stop, ports, keys):
             if stop.requested:
                 return 0
             console.print("[red]services did not become ready in time[/red]")
             return 1
-        keys = {service: api_key_for(env, service) for service in SERVICES}
         print_banner(console, infra, banner_lines(keys, ports, generated=generated))
         demo_proc = _start_demo(env, keys["ingest"], ports["ingest"]) if demo else None
         if demo_proc is not None:

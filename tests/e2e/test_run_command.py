@@ -82,7 +82,8 @@ def _stopped_in_order(log: Path) -> set[str]:
 
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, int], Path]]:
-    """`tierstream run --no-demo` with embedded broker and Postgres (no infra env vars)."""
+    """`tierstream run --no-demo` with embedded broker and Postgres (no infra env vars),
+    its probes closed to requests without a key."""
     log = tmp_path / "run.log"
     ports = {"ingest": free_port(), "scorer": free_port(), "actions": free_port()}
     env = {
@@ -91,6 +92,8 @@ def system(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, 
     env.update(
         {
             "TIERSTREAM_API_KEYS": f"e2e:{KEY}",
+            # Closed probes: `run` waited for /readyz without its key and gave up after 90 s.
+            "TIERSTREAM_OPEN_PROBES": "false",
             "TIERSTREAM_NOW": NOW.isoformat(),
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
             "SCORER_SWEEP_INTERVAL_S": "1",
@@ -143,7 +146,7 @@ def test_run_turns_ten_purchases_into_gold_and_a_task_then_stops_cleanly(
     def ready() -> bool:
         try:
             return all(
-                httpx.get(f"{u}/readyz", timeout=2).status_code == 200
+                httpx.get(f"{u}/readyz", headers=auth, timeout=2).status_code == 200
                 for u in (ingest, scorer, actions)
             )
         except httpx.HTTPError:
