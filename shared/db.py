@@ -1,15 +1,10 @@
-"""Async SQLAlchemy engine and session factories (asyncpg), built on demand, never at import."""
+"""The async SQLAlchemy engine (asyncpg) the migrations run on, built on demand, never at import."""
 
 from __future__ import annotations
 
 import asyncpg
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -47,7 +42,3 @@ def make_engine(
         pool_pre_ping=True,
         pool_recycle=1800,
     )
-
-
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
