@@ -3,6 +3,8 @@ so the documentation cannot drift from the code (a test compares it with docs/CO
 
 from __future__ import annotations
 
+from typing import Literal, get_args, get_origin
+
 from pydantic import AliasChoices
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
@@ -39,6 +41,31 @@ def _default(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _allowed(field: FieldInfo) -> str:
+    """The values a field takes, as its validation enforces them (ranges, choices)."""
+    limits = {key: getattr(m, key) for m in field.metadata for key, _ in _BOUNDS
+              if getattr(m, key, None) is not None}  # fmt: skip
+    if "ge" in limits and "le" in limits:
+        return f"{limits['ge']:,} to {limits['le']:,}"
+    if limits:
+        return ", ".join(f"{sign} {limits[key]:,}" for key, sign in _BOUNDS if key in limits)
+    if choices := _literals(field.annotation):
+        return " \\| ".join(f"`{choice}`" for choice in choices)
+    if field.annotation in (bool, bool | None):
+        return "`true` \\| `false`"
+    return ""
+
+
+def _literals(annotation: object) -> list[object]:
+    """The choices of a Literal, also inside Annotated[...] or `... | None`."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [c for arg in get_args(annotation) for c in _literals(arg)]
+
+
 def describe(cls: type[BaseSettings], name: str) -> str | None:
     """A field's description, inherited from a base class when an override has none."""
     for klass in cls.__mro__:
@@ -51,13 +78,13 @@ def describe(cls: type[BaseSettings], name: str) -> str | None:
 def settings_table(cls: type[BaseSettings], *, skip: set[str] = frozenset()) -> str:  # type: ignore[assignment]
     """One Markdown table row per field of `cls` not in `skip`."""
     prefix = str(cls.model_config.get("env_prefix", ""))
-    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    rows = ["| variable | default | allowed | meaning |", "| --- | --- | --- | --- |"]
     for name, field in cls.model_fields.items():
         if name in skip:
             continue
         env = " or ".join(f"`{e}`" for e in _env_names(name, field, prefix))
         description = (describe(cls, name) or name.replace("_", " ")).replace("|", "\\|")
-        rows.append(f"| {env} | {_default(field)} | {description} |")
+        rows.append(f"| {env} | {_default(field)} | {_allowed(field)} | {description} |")
     return "\n".join(rows)
 
 

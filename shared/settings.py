@@ -113,11 +113,15 @@ class ServiceSettings(BaseSettings):
     )
     kafka_session_timeout_ms: int = Field(
         10_000,
+        ge=1000,
+        le=3_600_000,
         validation_alias="KAFKA_SESSION_TIMEOUT_MS",
         description="Consumer group session timeout; a first join waits about half of it.",
     )
     kafka_request_timeout_ms: int = Field(
         10_000,
+        ge=100,
+        le=3_600_000,
         validation_alias="KAFKA_REQUEST_TIMEOUT_MS",
         description="Upper bound for any single broker request.",
     )

@@ -49,11 +49,13 @@ class ActionsSettings(ConsumingServiceSettings):
     )
     webhook_secret: SecretStr = Field(
         SecretStr(""),
-        description="HMAC-SHA256 key of X-Tierstream-Signature (required with a URL).",
+        description="HMAC-SHA256 key of X-Tierstream-Signature, which signs alert webhooks and "
+        "CRM task pushes alike (required when either URL is set).",
     )
     crm_webhook_url: str | None = Field(
         None,
-        description="New tasks are pushed here when set, an absolute http(s) URL (empty: unset).",
+        description="New tasks are pushed here when set, an absolute http(s) URL (empty: unset), "
+        "signed with ACTIONS_WEBHOOK_SECRET, which it then requires.",
     )
     smtp_host: str | None = Field(
         None, description="SMTP server; unset or empty: e-mail goes to the log."

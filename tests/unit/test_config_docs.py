@@ -25,3 +25,14 @@ def test_every_setting_has_a_description() -> None:
         if not describe(cls, name)
     ]
     assert missing == []
+
+
+def test_each_setting_says_the_values_its_validation_allows() -> None:
+    rows = {line.split(" | ")[0]: line.split(" | ")[2] for line in render().splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    assert rows["| `KAFKA_FETCH_MAX_WAIT_MS`"] == "1 to 5,000"
+    assert rows["| `SCORER_BATCH_MAX_RECORDS`"] == ">= 1"
+    assert rows["| `SCORER_API_DB_TIMEOUT_S`"] == "> 0, <= 60"
+    assert rows["| `TIERSTREAM_TRACING`"] == "`off` \\| `console` \\| `otlp`"
+    assert rows["| `ACTIONS_SMTP_STARTTLS`"] == "`true` \\| `false`"
+    assert rows["| `DATABASE_URL`"] == ""

@@ -110,6 +110,9 @@ def test_an_api_key_no_client_could_send_is_a_configuration_error_naming_its_sou
         # aiokafka's int() and the socket's port range, at connect time, as tracebacks.
         ("KAFKA_BOOTSTRAP_SERVERS", "a:9092,foo:bar", "'foo:bar' is not host:port"),
         ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:99999", "with a port 1-65535"),
+        # aiokafka took them: a session that expires at once, requests that time out at once.
+        ("KAFKA_SESSION_TIMEOUT_MS", "-5", "greater than or equal to 1000"),
+        ("KAFKA_REQUEST_TIMEOUT_MS", "0", "greater than or equal to 100"),
     ],
 )
 def test_values_that_would_fail_later_are_refused_at_start(
