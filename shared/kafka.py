@@ -16,6 +16,7 @@ from urllib.parse import quote
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from shared.settings import ServiceSettings
 
@@ -28,10 +29,30 @@ TOPIC_ALREADY_EXISTS = 36
 BATCH_MARGIN = 1024
 
 
+def connection_options(settings: ServiceSettings) -> dict[str, object]:
+    """Where the brokers are and how to talk to them (TLS, SASL), for every client."""
+    options: dict[str, object] = {"bootstrap_servers": settings.kafka_bootstrap_servers}
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return options
+    options["security_protocol"] = protocol
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    if protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
 def make_producer(settings: ServiceSettings, **overrides: object) -> AIOKafkaProducer:
     """A producer with acks=all, bounded request time and batching on."""
     options: dict[str, object] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         "acks": "all",
         "enable_idempotence": False,
         "linger_ms": 5,
@@ -51,7 +72,7 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     """A consumer with auto-commit off: offsets live in Postgres, not in the group."""
     options: dict[str, object] = {
-        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -73,7 +94,7 @@ def make_consumer(
 async def ensure_topics(settings: ServiceSettings, topics: Iterable[str]) -> None:
     """Create the topics that are missing, with the configured partitions and replication."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **connection_options(settings),
         request_timeout_ms=settings.kafka_request_timeout_ms,
     )
     await admin.start()

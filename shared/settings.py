@@ -7,6 +7,7 @@ Each service subclasses `ServiceSettings` with its own env prefix (`INGEST_`, `S
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime
 from typing import Annotated, Literal, TypeVar
@@ -26,10 +27,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 S = TypeVar("S", bound=BaseSettings)
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tierstream"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
+
+
+def _empty_is_none(value: object) -> object:
+    # docker-compose and Kubernetes pass "" for a variable that is declared but not set.
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 def _bootstrap_servers(value: str) -> str:
@@ -142,6 +150,48 @@ class ServiceSettings(BaseSettings):
         description="Longest wait of a consumer fetch for data; low values cut end-to-end latency "
         "(some brokers, like the embedded one, answer a waiting fetch only at its deadline).",
     )
+    kafka_security_protocol: Annotated[KafkaSecurityProtocol, BeforeValidator(_upper)] = Field(
+        "PLAINTEXT",
+        validation_alias="KAFKA_SECURITY_PROTOCOL",
+        description="How the services talk to the brokers: `PLAINTEXT`, `SSL` (TLS), "
+        "`SASL_PLAINTEXT` or `SASL_SSL` (a login, over TLS: Confluent Cloud, MSK with SCRAM). "
+        "TLS verifies the brokers' certificates and host names against KAFKA_SSL_CAFILE, or "
+        "the system's trusted CAs when it is unset.",
+    )
+    kafka_sasl_mechanism: Annotated[KafkaSaslMechanism, BeforeValidator(_upper)] = Field(
+        "PLAIN",
+        validation_alias="KAFKA_SASL_MECHANISM",
+        description="SASL mechanism with a SASL_* protocol: `PLAIN`, `SCRAM-SHA-256` or "
+        "`SCRAM-SHA-512`.",
+    )
+    kafka_sasl_username: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
+        None,
+        validation_alias="KAFKA_SASL_USERNAME",
+        description="SASL user (required with a SASL_* protocol).",
+    )
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""),
+        validation_alias="KAFKA_SASL_PASSWORD",
+        description="SASL password (required with a SASL_* protocol).",
+    )
+    kafka_ssl_cafile: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
+        None,
+        validation_alias="KAFKA_SSL_CAFILE",
+        description="PEM file of the CA certificates that sign the brokers' (SSL, SASL_SSL); "
+        "unset: the system's trusted CAs.",
+    )
+    kafka_ssl_certfile: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
+        None,
+        validation_alias="KAFKA_SSL_CERTFILE",
+        description="PEM file of this client's certificate, for brokers that require one "
+        "(mutual TLS); it may hold the private key too.",
+    )
+    kafka_ssl_keyfile: Annotated[str | None, BeforeValidator(_empty_is_none)] = Field(
+        None,
+        validation_alias="KAFKA_SSL_KEYFILE",
+        description="PEM file of the private key of KAFKA_SSL_CERTFILE, when that file does not "
+        "hold it.",
+    )
     event_loop: Literal["asyncio", "uvloop", "auto"] = Field(
         "asyncio",
         validation_alias="TIERSTREAM_EVENT_LOOP",
@@ -193,6 +243,25 @@ class ServiceSettings(BaseSettings):
                 "TIERSTREAM_MIN_INSYNC_REPLICAS must not exceed TIERSTREAM_REPLICATION_FACTOR "
                 "(no write could ever be acknowledged)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> ServiceSettings:
+        # Refused at start, naming what is missing: aiokafka failed at the first connection.
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (the key's certificate)")
+        files = {"KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+                 "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+                 "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile}  # fmt: skip
+        for name, path in files.items():
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{name}: no readable file at {path!r}")
         return self
 
     @field_validator("api_keys")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -72,12 +73,14 @@ class TcpGate:
     """
 
     def __init__(
-        self, port: int, upstream_port: int, host: str = "127.0.0.1", upstream_socket: str = ""
-    ) -> None:
+        self, port: int, upstream_port: int, host: str = "127.0.0.1", upstream_socket: str = "",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
         """`upstream_socket`: a Unix socket to forward to instead of the upstream port (an
-        embedded Postgres listens on one)."""
+        embedded Postgres listens on one); `tls`: the gate's clients must talk TLS to it,
+        which it ends (the broker behind it speaks plain TCP)."""
         self.host, self.port, self.upstream_port = host, port, upstream_port
-        self.upstream_socket = upstream_socket
+        self.upstream_socket, self.tls = upstream_socket, tls
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.outages = 0
@@ -85,7 +88,7 @@ class TcpGate:
 
     async def open(self) -> None:
         self._stalled = False
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(self._accept, self.host, self.port, ssl=self.tls)
 
     def stall(self) -> None:
         """The upstream stops answering but nothing is cut (a hung server, a network that
@@ -146,11 +149,12 @@ async def _pump(
 
 
 class GatedBroker:
-    """A private tansu broker reachable only through a `TcpGate` (it advertises the gate)."""
+    """A private tansu broker reachable only through a `TcpGate` (it advertises the gate),
+    over TLS when `tls` is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.inner_port = free_port()
-        self.gate = TcpGate(free_port(), self.inner_port)
+        self.gate = TcpGate(free_port(), self.inner_port, tls=tls)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
