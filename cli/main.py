@@ -137,6 +137,14 @@ def config() -> None:
     typer.echo(render(), nl=False)
 
 
+@app.command("api-reference")
+def api_reference() -> None:
+    """Print every HTTP route of every service (parameters, answers) as Markdown."""
+    from cli.api_docs import render
+
+    typer.echo(render(), nl=False)
+
+
 @rules_app.command("check")
 def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to validate.")]) -> None:
     """Validate a rules file; prints its version and rules, or the precise error (exit 1)."""
@@ -263,10 +271,12 @@ def import_csv(
 
     Exit codes:
     0  every row is in;
-    1  stopped: ingest unavailable or failing, run the same command again to resume;
+    1  stopped: ingest unreachable (nothing answers at TIERSTREAM_INGEST_URL, which may also
+       be a mistyped address), unavailable or failing; run the same command again to resume;
     2  usage error: a bad option, or FILE does not exist;
     3  finished, some rows rejected (see FILE.rejects.csv);
-    4  cannot go on until the CSV, the columns, the API key or the URL is fixed;
+    4  cannot go on until the CSV, the columns, the API key or the URL is fixed (a URL
+       that is not one, or where something other than ingest answers);
     130  interrupted (Ctrl-C): run the same command again to resume."""
     from cli.importer import ImportOptions, run_import
 
