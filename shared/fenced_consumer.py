@@ -35,6 +35,11 @@ OFFSETS_REWOUND_HELP = (
     " the partition is read again, and the inbox drops what was applied before."
 )
 
+FETCH_AGE_HELP = (
+    "Seconds since the broker last answered this process's fetch for the partition (its end"
+    " was last heard); grows while the broker is unreachable, when the lag stops moving."
+)
+
 
 class ConsumerMetrics(Protocol):
     """The metrics every fenced consumer keeps."""
@@ -44,6 +49,9 @@ class ConsumerMetrics(Protocol):
 
     @property
     def consumer_lag(self) -> Any: ...
+
+    @property
+    def fetch_age(self) -> Any: ...
 
     @property
     def offsets_rewound(self) -> Any: ...
@@ -204,8 +212,9 @@ class FencedConsumer:
             self.fences.pop(tp, None)
             self.starts.pop(tp, None)
             self._short_since.pop(tp, None)
-            with contextlib.suppress(KeyError):
-                self.fence_metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            for gauge in (self.fence_metrics.consumer_lag, self.fence_metrics.fetch_age):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(tp.topic, str(tp.partition))
 
     def group_generation(self) -> int | None:
         """The consumer group generation this consumer last joined (None before it joined)."""
@@ -236,6 +245,9 @@ class FencedConsumer:
         return self.starts[tp]
 
     def _update_lag(self) -> None:
+        # Called after every poll, empty ones too: while the broker is away the lag keeps
+        # its last value (nothing new is heard) but the fetch age grows.
+        now_ms = time.time() * 1000
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is not None and tp in self.fences:
@@ -244,6 +256,9 @@ class FencedConsumer:
                 self.fence_metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
                     max(0, high - applied)
                 )
+            if (heard_ms := self.consumer.last_poll_timestamp(tp)) is not None:
+                age_s = max(0.0, (now_ms - heard_ms) / 1000)
+                self.fence_metrics.fetch_age.labels(tp.topic, str(tp.partition)).set(age_s)
 
 
 def group_generation(consumer: AIOKafkaConsumer) -> int | None:

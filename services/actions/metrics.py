@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.domain.playbooks import Playbooks
-from shared.fenced_consumer import OFFSETS_REWOUND_HELP
+from shared.fenced_consumer import FETCH_AGE_HELP, OFFSETS_REWOUND_HELP
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
@@ -49,6 +49,7 @@ class ActionsMetrics:
     batch_size: Histogram
     batch_duration: Histogram
     consumer_lag: Gauge
+    fetch_age: Gauge
     steps_held_partitions: Gauge
     fenced_batches: Counter
     offsets_rewound: Counter
@@ -170,6 +171,7 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
             ["topic", "partition"],
             r,
         ),
+        fetch_age=_gauge("consumer_fetch_age_seconds", FETCH_AGE_HELP, ["topic", "partition"], r),
         steps_held_partitions=_gauge(
             "steps_held_partitions",
             "Partitions whose customers' due sequence steps the scheduler held back at its last"

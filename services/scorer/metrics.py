@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from shared.contracts import EVENT_MODELS, ChangeCause
 from shared.domain.changes import UNCLASSIFIED
-from shared.fenced_consumer import OFFSETS_REWOUND_HELP
+from shared.fenced_consumer import FETCH_AGE_HELP, OFFSETS_REWOUND_HELP
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ class ScorerMetrics:
     batch_size: Histogram
     batch_duration: Histogram
     consumer_lag: Gauge
+    fetch_age: Gauge
     transitions: prom.Counter
     customers: Gauge
     sweep_duration: Histogram
@@ -96,6 +97,12 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         consumer_lag=Gauge(
             f"{p}consumer_lag_records",
             "Records behind the partition end.",
+            ["topic", "partition"],
+            registry=registry,
+        ),
+        fetch_age=Gauge(
+            f"{p}consumer_fetch_age_seconds",
+            FETCH_AGE_HELP,
             ["topic", "partition"],
             registry=registry,
         ),

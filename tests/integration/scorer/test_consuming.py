@@ -9,7 +9,7 @@ from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.kafka_batches import KeyPartitioner
 from shared.topics import SCORER_GROUP
-from tests.faults.outages import cut_off_database
+from tests.faults.outages import GatedBroker, cut_off_database
 from tests.integration.scorer.support import (
     NOW,
     EventMaker,
@@ -139,6 +139,41 @@ async def test_the_lag_keeps_growing_while_postgres_is_away(
             await cut_off_database(scorer_db, allow=True, application_name="tierstream-scorer")
         await wait_until(lambda: folded(scorer_db, "b", events=50), within=60)
         await wait_until(lambda: _lag(settings, at_most=0))
+
+
+async def test_the_fetch_age_grows_while_the_broker_is_away_and_drops_when_it_is_back(
+    base_env: dict[str, str],
+    scorer_db: str,
+    gated_broker: GatedBroker,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    # The lag keeps its last value while nothing is heard from the broker, and the
+    # consumer's polls come back empty without an error: nothing showed the outage.
+    broker = {"KAFKA_BOOTSTRAP_SERVERS": gated_broker.bootstrap_servers}
+    settings = scorer_settings({**base_env, "TIERSTREAM_PARTITIONS": "1", **broker})
+    route = topic_router(topic_namespace)
+    async with running_scorer(settings, clock):
+        await produce(gated_broker.bootstrap_servers, route, [login("a0", "a", days_ago=1)])
+        await wait_until(lambda: folded(scorer_db, "a", events=1))
+        assert await _fetch_age(settings, at_most=2)
+        await gated_broker.gate.close()
+        try:
+            await wait_until(lambda: _fetch_age(settings, at_least=3), within=20)
+        finally:
+            await gated_broker.gate.open()
+        await wait_until(lambda: _fetch_age(settings, at_most=2), within=60)
+
+
+async def _fetch_age(
+    settings: ScorerSettings, *, at_least: float = 0, at_most: float | None = None
+) -> bool:
+    """The largest fetch age of the logins topic's partitions is in [at_least, at_most]."""
+    text = await metrics_text(settings) or ""
+    ages = [float(v) for v in re.findall(
+        r'^tierstream_scorer_consumer_fetch_age_seconds\{[^}]*logins[^}]*\} (\S+)$', text, re.M
+    )]  # fmt: skip
+    return bool(ages) and at_least <= max(ages) and (at_most is None or max(ages) <= at_most)
 
 
 async def _lag(settings: ScorerSettings, *, at_least: int = 0, at_most: int | None = None) -> bool:
