@@ -63,10 +63,15 @@ class EventIntake:
                 if NUL_ESCAPE in raw:
                     self.parser.refuse_nul(data, batch=batch)
                 return events
-            except ProblemError:
+            except ProblemError as exc:
                 types = loose_types(data, batch=batch)
                 self.metrics.batch_events.observe(len(types))
                 self.metrics.count_events(types, source=source, outcome="rejected")
+                # Where and why, never the values (they may be personal data): what an
+                # operator needs to tell a sender which field it broke.
+                errors = [(e.get("field"), e.get("type")) for e in (exc.errors or [])[:10]]
+                log.info("events rejected", status=exc.status, count=len(types), source=source,
+                         errors=errors)  # fmt: skip
                 raise
 
     async def _publish(

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from services.ingest.settings import IngestSettings
 from tests.integration.ingest.ingest_helpers import API_KEY, AUTH, login, purchase
@@ -119,3 +120,18 @@ async def test_logs_never_carry_customer_ids_or_api_keys(
     logs = out + err
     assert "events accepted" in logs  # the logs were captured at all
     assert customer not in logs and API_KEY not in logs
+    assert "events rejected" in logs
+
+
+async def test_a_refused_body_is_logged_with_where_and_why_but_no_values(
+    client: httpx.AsyncClient,
+) -> None:
+    # Counted only: the operator could not tell a sender which field it broke.
+    bad = [purchase(customer_id="cust-secret-1", currency="x"), login(channel="")]
+    with capture_logs() as logs:
+        refused = await client.post("/v1/events/batch", json={"events": bad}, headers=AUTH)
+    assert refused.status_code == 422
+    [rejected] = [entry for entry in logs if entry["event"] == "events rejected"]
+    assert (rejected["source"], rejected["status"], rejected["count"]) == ("shop", 422, 2)
+    assert [field for field, _ in rejected["errors"]] == ["events[0].currency", "events[1].channel"]
+    assert "cust-secret-1" not in repr(logs)
