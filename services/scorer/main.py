@@ -119,7 +119,7 @@ async def _serve(
         _loop("rebucket", rebucket.step, settings.population_interval_s, metrics,
               wake=read_again[1]),
         _loop("cut_points", rebucket.adopt_step, settings.cut_points_poll_s, metrics),
-        _loop("gauges", _gauge_step(pool, metrics), settings.gauge_interval_s, metrics),
+        _loop("gauges", gauge_step(pool, metrics, clock), settings.gauge_interval_s, metrics),
     ]  # fmt: skip
     metrics.start_at_zero(loop.__name__ for loop in loops)
     app = create_app(settings, pool=api_pool, clock=clock, registry=registry)
@@ -155,11 +155,15 @@ def _loop(
     return loop
 
 
-def _gauge_step(pool: Pool, metrics: ScorerMetrics) -> Callable[[], Awaitable[bool]]:
-    """Refresh the customers-by-class gauge (classes that emptied drop to 0)."""
+def gauge_step(pool: Pool, metrics: ScorerMetrics, clock: Clock) -> Callable[[], Awaitable[bool]]:
+    """Refresh the customers-by-class gauge (classes that emptied drop to 0) and the age of
+    the oldest unpublished change (here, not in the relay's rounds: off the hot path)."""
     seen: set[tuple[str, str]] = set()
 
     async def step() -> bool:
+        oldest = await queries.oldest_pending_emitted_at(pool)
+        age = 0.0 if oldest is None else (clock.now() - oldest).total_seconds()
+        metrics.outbox_oldest_age.set(max(0.0, age))
         _, counts = await queries.count_classes(pool)
         current = {(d.value, c): n for d, per in counts.items() for c, n in per.items()}
         for labels in seen - current.keys():

@@ -39,6 +39,7 @@ class ScorerMetrics:
     sweep_held_partitions: Gauge
     evaluation_failures: prom.Counter
     outbox_backlog: Gauge
+    outbox_oldest_age: Gauge
     published: prom.Counter
     trimmed_changes: prom.Counter
     emit_latency: Histogram
@@ -147,6 +148,12 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         ),
         outbox_backlog=Gauge(
             f"{p}outbox_backlog_changes", "Tier changes not yet published.", registry=registry
+        ),
+        outbox_oldest_age=Gauge(
+            f"{p}outbox_oldest_age_seconds",
+            "Age (by the scorer's clock) of the oldest tier change not yet published; 0 when"
+            " every change is out.",
+            registry=registry,
         ),
         published=prom.Counter(
             f"{p}published_changes_total", "Tier changes published (acked).", registry=registry

@@ -135,6 +135,16 @@ async def feed_end(db: Queryable) -> int | None:
     return end
 
 
+async def oldest_pending_emitted_at(db: Queryable) -> datetime | None:
+    """When the oldest tier change the relay has not published yet was decided (None: all
+    published). Two index look-ups: the pending table's first seq, then its change."""
+    emitted: datetime | None = await db.fetchval(
+        "SELECT emitted_at FROM scorer.tier_change"
+        " WHERE seq = (SELECT min(seq) FROM scorer.tier_change_pending)"
+    )
+    return emitted
+
+
 async def count_classes(db: Queryable) -> tuple[int, dict[Dimension, dict[str, int]]]:
     """Classified customers in total and per dimension and class (one scan)."""
     rows = await db.fetch(

@@ -4,6 +4,7 @@ order; the history shows when each went out; migration 0004 carries older rows o
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 from alembic import command
@@ -11,9 +12,12 @@ from alembic import command
 from services.scorer.batch import apply_batch
 from services.scorer.db import Pool
 from services.scorer.evaluation import Scoring
+from services.scorer.main import gauge_step
+from services.scorer.metrics import scorer_metrics
 from services.scorer.queries import StoredChange, list_all_changes, list_changes
 from services.scorer.relay import RELAY_LOCK_KEY, TRIMMED_HEADER
 from services.scorer.settings import ScorerSettings
+from shared.clock import FixedClock
 from shared.contracts import TierChanged
 from shared.domain.rules import load_rules
 from shared.metrics import new_registry
@@ -30,6 +34,8 @@ from tests.integration.scorer.support import (
 
 SCORING = Scoring(load_rules(ScorerSettings().rules_file))
 BACKLOG_GAUGE = "tierstream_scorer_outbox_backlog_changes"
+OLDEST_GAUGE = "tierstream_scorer_outbox_oldest_age_seconds"
+MINUTE = timedelta(minutes=1)
 
 
 async def test_changes_stay_pending_until_the_relay_publishes_them_in_seq_order(
@@ -58,6 +64,25 @@ async def test_changes_stay_pending_until_the_relay_publishes_them_in_seq_order(
         assert await seqs(scorer_db, "tier_change_pending") == []
         assert await seqs(scorer_db, "tier_change_published") == changed
         assert len(await read_topic(kafka_bootstrap, topic, expect=6)) == 6
+
+
+async def test_the_oldest_unpublished_change_has_an_age_gauge(
+    base_env: dict[str, str], scorer_db: str, topic_namespace: str
+) -> None:
+    # The backlog alert needs over 1,000 pending changes: a relay stuck on a few (a quiet
+    # deployment) went unseen while actions and subscribers waited for them.
+    registry = new_registry()
+    async with relaying(base_env, scorer_db, topic_namespace, batch=10) as (pool, relay, _):
+        refresh = gauge_step(pool, scorer_metrics(registry), FixedClock(NOW + 12 * MINUTE))
+        await refresh()
+        assert registry.get_sample_value(OLDEST_GAUGE) == 0  # nothing pending
+        await apply_batch(pool, [purchase("p1", "a", 3)], [], group_id=SCORER_GROUP,
+                          scoring=SCORING, now=NOW)  # fmt: skip
+        await refresh()
+        assert registry.get_sample_value(OLDEST_GAUGE) == 12 * 60  # decided at NOW
+        await relay.step()
+        await refresh()
+        assert registry.get_sample_value(OLDEST_GAUGE) == 0
 
 
 async def test_the_relay_read_is_planned_afresh_every_round(
