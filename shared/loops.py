@@ -51,7 +51,11 @@ async def run_loop(
             busy = await step()
         except Exception as exc:  # an outage or a bug: keep the service up, say so loudly
             errors.labels(name).inc()
-            log.warning("loop iteration failed", loop=name, error=repr(exc), retry_in_s=delay)
+            # The first failure of a run of them with its traceback (a bug shows where it
+            # is); the retries in one line each, or an outage floods the log.
+            first = delay == BACKOFF_START_S
+            log.warning("loop iteration failed", loop=name, error=repr(exc), retry_in_s=delay,
+                        exc_info=exc if first else None)  # fmt: skip
             await wait_for_any([stop], delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
             continue

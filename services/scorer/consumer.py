@@ -130,9 +130,11 @@ class EventConsumer(FencedConsumer):
             "batch committed", records=records, partitions=len(batch), lanes=len(lanes),
             changes=sum(r for r in results if isinstance(r, int)), seconds=round(elapsed, 3),
         )  # fmt: skip
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for other in failures[1:]:  # the first is raised (and logged by the loop)
+            log.warning("another lane of the batch failed too", error=repr(other))
+        if failures:
+            raise failures[0]
         return sum(r for r in results if isinstance(r, int))
 
     async def _process_lane(self, batch: Batch) -> int:
