@@ -35,6 +35,11 @@ OFFSETS_REWOUND_HELP = (
     " the partition is read again, and the inbox drops what was applied before."
 )
 
+GROUP_COMMIT_FAILURES_HELP = (
+    "Copies of the Postgres offsets to the Kafka consumer group that failed (a rebalance, the"
+    " broker away); the next batch commits again. Only lag tooling reading the group (KEDA's"
+    " kafka trigger) sees an older offset meanwhile."
+)
 FETCH_AGE_HELP = (
     "Seconds since the broker last answered this process's fetch for the partition (its end"
     " was last heard); grows while the broker is unreachable, when the lag stops moving."
@@ -54,6 +59,9 @@ class ConsumerMetrics(Protocol):
     def fetch_age(self) -> Any: ...
 
     @property
+    def group_commit_failures(self) -> Any: ...
+
+    @property
     def offsets_rewound(self) -> Any: ...
 
 
@@ -71,7 +79,7 @@ class FencedConsumer:
     ) -> None:
         self.consumer, self.pool, self.group_id = consumer, pool, group_id
         self.schema, self.fence_metrics = schema, metrics
-        self.group_commits = GroupCommitter(consumer)
+        self.group_commits = GroupCommitter(consumer, failures=metrics.group_commit_failures)
         # Per owned partition: the stored next offset our next commit expects (None: no row).
         self.fences: dict[TopicPartition, int | None] = {}
         # Per owned partition without a stored offset: the log's start (the lag counts from it).

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from prometheus_client import Counter
 
 from shared.logging import get_logger
 
@@ -27,8 +28,12 @@ COMMIT_TIMEOUT_S = 5.0  # aiokafka retries a retriable error forever: bound one 
 class GroupCommitter:
     """Commits offsets already stored in Postgres to the consumer group, without waiting."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, *, timeout_s: float = COMMIT_TIMEOUT_S) -> None:
-        self.consumer, self.timeout_s = consumer, timeout_s
+    def __init__(
+        self, consumer: AIOKafkaConsumer, *, timeout_s: float = COMMIT_TIMEOUT_S,
+        failures: Counter | None = None,
+    ) -> None:  # fmt: skip
+        """`failures`: counts commits that failed (lag tooling then sees an older offset)."""
+        self.consumer, self.timeout_s, self.failures = consumer, timeout_s, failures
         self.pending: dict[TopicPartition, int] = {}
         self.task: asyncio.Task[None] | None = None
 
@@ -66,6 +71,8 @@ class GroupCommitter:
         try:
             await asyncio.wait_for(self.consumer.commit(offsets), self.timeout_s)
         except Exception as exc:  # informational only: Postgres holds the offsets that count
+            if self.failures is not None:
+                self.failures.inc()
             log.info(
                 "consumer group commit failed; the next batch commits again",
                 partitions=len(offsets), error=repr(exc),

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.domain.playbooks import Playbooks
-from shared.fenced_consumer import FETCH_AGE_HELP, OFFSETS_REWOUND_HELP
+from shared.fenced_consumer import (
+    FETCH_AGE_HELP,
+    GROUP_COMMIT_FAILURES_HELP,
+    OFFSETS_REWOUND_HELP,
+)
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
@@ -50,6 +54,7 @@ class ActionsMetrics:
     batch_duration: Histogram
     consumer_lag: Gauge
     fetch_age: Gauge
+    group_commit_failures: Counter
     steps_held_partitions: Gauge
     fenced_batches: Counter
     offsets_rewound: Counter
@@ -172,6 +177,9 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
             r,
         ),
         fetch_age=_gauge("consumer_fetch_age_seconds", FETCH_AGE_HELP, ["topic", "partition"], r),
+        group_commit_failures=_counter(
+            "group_commit_failures_total", GROUP_COMMIT_FAILURES_HELP, [], r
+        ),
         steps_held_partitions=_gauge(
             "steps_held_partitions",
             "Partitions whose customers' due sequence steps the scheduler held back at its last"

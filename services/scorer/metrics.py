@@ -12,7 +12,11 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from shared.contracts import EVENT_MODELS, ChangeCause
 from shared.domain.changes import UNCLASSIFIED
-from shared.fenced_consumer import FETCH_AGE_HELP, OFFSETS_REWOUND_HELP
+from shared.fenced_consumer import (
+    FETCH_AGE_HELP,
+    GROUP_COMMIT_FAILURES_HELP,
+    OFFSETS_REWOUND_HELP,
+)
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
@@ -32,6 +36,7 @@ class ScorerMetrics:
     batch_duration: Histogram
     consumer_lag: Gauge
     fetch_age: Gauge
+    group_commit_failures: prom.Counter
     transitions: prom.Counter
     customers: Gauge
     sweep_duration: Histogram
@@ -106,6 +111,9 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
             FETCH_AGE_HELP,
             ["topic", "partition"],
             registry=registry,
+        ),
+        group_commit_failures=prom.Counter(
+            f"{p}group_commit_failures_total", GROUP_COMMIT_FAILURES_HELP, registry=registry
         ),
         transitions=prom.Counter(
             f"{p}transitions_total",
