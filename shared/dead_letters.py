@@ -17,8 +17,10 @@ from shared.topics import Topics
 
 log = get_logger(__name__)
 
-# A dead-lettered payload larger than this is cut (and flagged) so the DLQ write cannot fail.
-DLQ_MAX_BYTES = 900_000
+# Room left in a dead-letter record for Kafka's record and batch framing, beyond the value,
+# key and headers: a payload is cut (and flagged) to fit the broker's limit with it, so the
+# DLQ write cannot be refused and stop the partition.
+DLQ_FRAMING_BYTES = 2048
 Record: TypeAlias = Any  # aiokafka's ConsumerRecord (the library ships no types)
 
 
@@ -43,13 +45,16 @@ def message_id_of(record: Record) -> str | None:
 
 
 async def dead_letter(
-    producer: AIOKafkaProducer, poison: Sequence[Poison], *, group_id: str
-) -> list[str]:
+    producer: AIOKafkaProducer, poison: Sequence[Poison], *, group_id: str,
+    max_message_bytes: int,
+) -> list[str]:  # fmt: skip
     """Write poison records to `<topic>.dlq`, wait for the broker's acks, log each one.
 
     `group_id` names the consumer group that refused the record (`dlq_consumer_group`
-    header): a topic read by two groups can dead-letter one record twice. Returns the DLQ
-    topic of each record, in order, for the caller's metrics.
+    header): a topic read by two groups can dead-letter one record twice. A value that
+    would take the record past `max_message_bytes` (KAFKA_MAX_MESSAGE_BYTES) is cut to fit
+    and flagged `dlq_truncated`. Returns the DLQ topic of each record, in order, for the
+    caller's metrics.
     """
     futures, topics = [], []
     for item in poison:
@@ -60,8 +65,10 @@ async def dead_letter(
             original=list(r.headers or ()),
         )  # fmt: skip
         headers.append(("dlq_consumer_group", group_id.encode()))
-        if len(value) > DLQ_MAX_BYTES:
-            value, headers = value[:DLQ_MAX_BYTES], [*headers, ("dlq_truncated", b"true")]
+        headers_size = sum(len(k) + len(v) for k, v in headers) + len("dlq_truncated") + 4
+        room = max_message_bytes - DLQ_FRAMING_BYTES - len(r.key or b"") - headers_size
+        if len(value) > room:
+            value, headers = value[: max(0, room)], [*headers, ("dlq_truncated", b"true")]
         topics.append(Topics.dlq(r.topic))
         futures.append(await producer.send(topics[-1], value=value, key=r.key, headers=headers))
     await asyncio.gather(*futures)

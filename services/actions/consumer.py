@@ -41,8 +41,10 @@ class ChangeConsumer(FencedConsumer):
         group_id: str, topics: Topics, playbooks: Playbooks, channels: ChannelConfig,
         clock: Clock, metrics: ActionsMetrics, max_records: int, poll_timeout_ms: int,
         on_effects: Callable[[], None] = lambda: None, tracer: Tracer | None = None,
+        max_message_bytes: int = 1_048_588,
     ) -> None:  # fmt: skip
         super().__init__(consumer, pool, group_id=group_id, schema="actions", metrics=metrics)
+        self.max_message_bytes = max_message_bytes  # dead letters are cut to fit it
         self.producer, self.topics, self.playbooks = producer, topics, playbooks
         self.channels, self.clock, self.metrics = channels, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
@@ -88,7 +90,9 @@ class ChangeConsumer(FencedConsumer):
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
         """Write poison records to `<topic>.dlq` (acknowledged) and count them."""
-        for dlq in await dead_letter(self.producer, poison, group_id=self.group_id):
+        written = await dead_letter(self.producer, poison, group_id=self.group_id,
+                                    max_message_bytes=self.max_message_bytes)  # fmt: skip
+        for dlq in written:
             self.metrics.dlq_records.labels(dlq).inc()
 
     def _count(self, result: BatchResult, decoded: Decoded) -> None:

@@ -111,6 +111,7 @@ def _consume(
             playbooks=parts.playbooks, channels=config, clock=parts.clock, metrics=parts.metrics,
             max_records=settings.batch_max_records, poll_timeout_ms=settings.poll_timeout_ms,
             on_effects=on_effects, tracer=parts.tracer,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )  # fmt: skip
         consumed = [topics.tier_changed, topics.purchases]
         consumer.subscribe(consumed, listener=changes.listener())

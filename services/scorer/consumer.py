@@ -59,8 +59,10 @@ class EventConsumer(FencedConsumer):
         state_cache_size: int = 0,
         on_changes: Callable[[], None] = lambda: None,
         publish: Callable[[], Awaitable[object]] | None = None,
+        max_message_bytes: int = 1_048_588,
     ) -> None:
         super().__init__(consumer, pool, group_id=group_id, schema="scorer", metrics=metrics)
+        self.max_message_bytes = max_message_bytes  # dead letters are cut to fit it
         self.producer, self.scoring, self.clock, self.metrics = producer, scoring, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
         self.linger_ms, self.lanes, self.on_changes = linger_ms, lanes, on_changes
@@ -209,7 +211,8 @@ class EventConsumer(FencedConsumer):
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
         if poison:
-            await dead_letter(self.producer, poison, group_id=self.group_id)
+            await dead_letter(self.producer, poison, group_id=self.group_id,
+                              max_message_bytes=self.max_message_bytes)  # fmt: skip
 
     def _count(
         self,

@@ -94,6 +94,7 @@ async def _serve(
         poll_timeout_ms=settings.poll_timeout_ms, linger_ms=settings.batch_linger_ms,
         lanes=settings.batch_lanes, state_cache_size=settings.state_cache_size,
         on_changes=outbox_ready.set, publish=partial(relay.drain, rounds=drain_rounds(settings)),
+        max_message_bytes=settings.kafka_max_message_bytes,
     )  # fmt: skip
     consumer.subscribe(list(topics.events), listener=events.listener())
     await consumer.start()
