@@ -152,7 +152,8 @@ class EventConsumer(FencedConsumer):
             OffsetMove(tp.topic, tp.partition, expected[tp], batch[tp][-1].offset + 1)
             for tp in sorted(batch)
         ]
-        result = await self._apply(decoded, moves, poison)
+        quarantined: list[Poison] = []
+        result = await self._apply(decoded, moves, quarantined)
         for move in moves:
             tp = TopicPartition(move.topic, move.partition)
             if self.fences.get(tp, -1) == expected[tp]:  # unless a rebalance re-seeked meanwhile
@@ -160,7 +161,7 @@ class EventConsumer(FencedConsumer):
         self.group_commits.offer(
             {TopicPartition(m.topic, m.partition): m.next_offset for m in moves}
         )
-        self._count(result.outcomes, poison, result.changes)
+        self._count(result.outcomes, poison, quarantined, result.changes)
         self._wake_relay_for(len(result.changes))
         return len(result.changes)
 
@@ -171,9 +172,12 @@ class EventConsumer(FencedConsumer):
             self.on_changes()
 
     async def _apply(
-        self, decoded: list[tuple[Event, Record]], moves: list[OffsetMove], poison: list[Poison]
-    ) -> BatchResult:
-        """apply_batch; a customer the domain rejects is dead-lettered and the rest retried."""
+        self, decoded: list[tuple[Event, Record]], moves: list[OffsetMove],
+        quarantined: list[Poison],
+    ) -> BatchResult:  # fmt: skip
+        """apply_batch; a customer the domain rejects is dead-lettered (added to
+        `quarantined`: valid events, held back by a fault of the scorer or its rules) and the
+        rest retried."""
         while True:
             events = [event for event, _ in decoded]
             try:
@@ -190,7 +194,7 @@ class EventConsumer(FencedConsumer):
                           events=len(rejected), of=len(mine))  # fmt: skip
                 log.debug("quarantined customer", customer_id=failed.customer_id)
                 await self._dead_letter(rejected)
-                poison.extend(rejected)
+                quarantined.extend(rejected)
                 decoded = [(e, r) for e, r in decoded if id(e) not in bad]
 
     async def _culprit(self, customer_id: str, events: list[Event]) -> Event | None:
@@ -218,14 +222,16 @@ class EventConsumer(FencedConsumer):
         self,
         outcomes: dict[tuple[str, str], int],
         poison: Sequence[Poison],
+        quarantined: Sequence[Poison],
         changes: Sequence[ChangeRecord],
     ) -> None:
         for (event_type, outcome), n in outcomes.items():
             if n:
                 self.metrics.events.labels(event_type, outcome).inc(n)
         # A dead letter's type is its topic's: its body may not say (or lie).
-        for event_type, n in Counter(_type_of(p) for p in poison).items():
-            self.metrics.events.labels(event_type, "dead_lettered").inc(n)
+        for outcome, letters in (("dead_lettered", poison), ("quarantined", quarantined)):
+            for event_type, n in Counter(_type_of(p) for p in letters).items():
+                self.metrics.events.labels(event_type, outcome).inc(n)
         self.metrics.count_transitions(changes)
         if self.cache is not None:
             counts = self.cache.drain_counts()

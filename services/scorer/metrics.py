@@ -66,7 +66,7 @@ class ScorerMetrics:
     def start_at_zero(self, loops: Iterable[str]) -> None:
         """Create the known label combinations, so `increase()` sees their first count."""
         for event_type in EVENT_TYPES:
-            for outcome in ("processed", "duplicate", "dead_lettered"):
+            for outcome in ("processed", "duplicate", "dead_lettered", "quarantined"):
                 self.events.labels(event_type, outcome)
         for cause in ChangeCause:
             if cause is not ChangeCause.EVENT:

@@ -23,6 +23,7 @@ from tests.integration.scorer.support import (
     folded,
     login,
     logins_through_an_outage,
+    metrics_text,
     produce,
     produce_raw,
     purchase,
@@ -114,9 +115,14 @@ async def test_only_the_event_that_cannot_be_folded_is_quarantined_not_its_neigh
     # Published before the scorer starts: all three arrive in its first batch, together.
     await produce_raw(kafka_bootstrap, topic, [(b"mixed", e.model_dump_json().encode())
                                                for e in events])  # fmt: skip
-    async with running_scorer(scorer_settings(base_env), clock):
+    settings = scorer_settings(base_env)
+    async with running_scorer(settings, clock):
         rows = await wait_until(lambda: _rows_of(scorer_db, {"mixed"}))
+        metrics = await metrics_text(settings) or ""
     assert rows["mixed"]["state"]["lifetime_orders"] == 2  # its good events were applied
+    # A valid event held back by a scorer fault, told from a record no one could read.
+    assert 'tierstream_scorer_events_total{outcome="quarantined",type="purchase"} 1.0' in metrics
+    assert 'tierstream_scorer_events_total{outcome="dead_lettered",type="purchase"} 0.0' in metrics
     dead = await read_topic(kafka_bootstrap, Topics.dlq(topic), expect=1)
     assert [r.value for r in dead] == [events[1].model_dump_json().encode()]
     assert "ArithmeticError: a domain bug" in (header(dead[0].headers, "dlq_error") or "")
