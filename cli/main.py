@@ -289,23 +289,31 @@ def import_csv(
 @app.command()
 def report(
     since: Annotated[
-        str | None, typer.Option(help="Period start (YYYY-MM-DD or ISO 8601); default 30 d ago.")
+        str | None,
+        typer.Option(help="Period start (YYYY-MM-DD or ISO 8601); default 30 d before its end."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Period end, not included (YYYY-MM-DD or ISO 8601); default now."),
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG with the pictures.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
 ) -> None:
-    """Distribution per class, value-tier migration, churn and reactivation, open and overdue
-    tasks, sequence enrolments: read from the scorer and actions APIs."""
+    """Distribution per class at the period's end, value-tier migration, churn and
+    reactivation in the period, open and overdue tasks, tasks done (late) in the period,
+    sequence enrolments and exit reasons: read from the scorer and actions APIs."""
     from cli.csv_import import RowError, parse_timestamp
     from cli.report import run_report
 
-    try:
-        start = parse_timestamp(since) if since else None
-    except RowError as exc:
-        hint = str(exc).removeprefix("occurred_at: ")
-        raise typer.BadParameter(hint, param_hint="--since") from exc
+    bounds = {}
+    for option, text in (("--since", since), ("--until", until)):
+        try:
+            bounds[option] = parse_timestamp(text) if text else None
+        except RowError as exc:
+            hint = str(exc).removeprefix("occurred_at: ")
+            raise typer.BadParameter(hint, param_hint=option) from exc
     _refuse_unwritable(plot)
-    raise typer.Exit(run_report(start, plot, as_json, console))
+    raise typer.Exit(run_report(bounds["--since"], plot, as_json, console, bounds["--until"]))
 
 
 @playbooks_app.command("check")

@@ -1,10 +1,14 @@
 """`tierstream report`: distribution, migration, churn, task SLA and sequences, from the APIs.
 
-The value-tier migration of a period pairs each customer's class at the period start with
-its class now: the start class is the `from` of its first value-tier change that occurred
-in the period; a customer that did not change is on the diagonal; one first classified in
-the period comes from "(unclassified)". The period's changes come from the scorer's
-change feed (`GET /v1/changes?since=`) in one paginated read.
+A period runs from `since` (inclusive) to `until` (exclusive, default now). A customer's
+class at an instant is read from its change history: the `from` of its first change that
+occurred at or after that instant, or its current class when none did (None: it was not
+yet classified). The value-tier migration pairs the classes at the period's start and end;
+a customer that did not change is on the diagonal; one first classified in the period comes
+from "(unclassified)". The distribution is the classes at the period's end (the scorer's
+own counts when the period ends now). The period's changes come from the scorer's change
+feed (`GET /v1/changes?since=`) in one paginated read; a change counts where it occurred,
+and changes of one instant in the order they were published.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Report:
 
     now: str
     since: str
+    until: str
     customers: int
     distribution: dict[str, dict[str, int]]
     migration: dict[str, dict[str, int]]
@@ -53,47 +58,102 @@ class Report:
     reactivated: int
     tasks: dict[str, dict[str, int]]
     enrolments: dict[str, dict[str, int]]
+    exit_reasons: dict[str, dict[str, int]]
 
 
-def _in_period(change: Change, since: datetime) -> bool:
-    return datetime.fromisoformat(str(change["occurred_at"])) >= since
+def _occurred(change: Change) -> datetime:
+    return datetime.fromisoformat(str(change["occurred_at"]))
+
+
+def class_at(history: CustomerHistory, dimension: str, at: datetime) -> str | None:
+    """The customer's class on `dimension` at `at` (None: not yet classified then)."""
+    later = [c for c in history.changes if c["dimension"] == dimension and _occurred(c) >= at]
+    if not later:
+        return history.classes[dimension]
+    first = min(enumerate(later), key=lambda pair: (_occurred(pair[1]), pair[0]))[1]
+    return None if first.get("from") is None else str(first["from"])
 
 
 def start_class(history: CustomerHistory, dimension: str, since: datetime) -> str | None:
     """The customer's class on `dimension` when the period began (None: not yet classified)."""
-    for change in history.changes:
-        if change["dimension"] == dimension and _in_period(change, since):
-            from_class = change.get("from")
-            return None if from_class is None else str(from_class)
-    return history.classes[dimension]
+    return class_at(history, dimension, since)
 
 
 def period_migration(
-    histories: Iterable[CustomerHistory], dimension: str, since: datetime
-) -> dict[str, dict[str, int]]:
-    """From (class at the period start) -> to (class now) -> customers."""
-    pairs = [(start_class(h, dimension, since), h.classes[dimension]) for h in histories]
+    histories: Iterable[CustomerHistory], dimension: str, since: datetime,
+    until: datetime | None = None,
+) -> dict[str, dict[str, int]]:  # fmt: skip
+    """From (class at the period start) -> to (class at its end, default now) -> customers
+    classified at the end."""
+    pairs = []
+    for history in histories:
+        end = history.classes[dimension] if until is None else class_at(history, dimension, until)
+        if end is not None:
+            pairs.append((class_at(history, dimension, since), end))
     return migration_matrix(pairs)
 
 
-def customers_moved_to(histories: Iterable[CustomerHistory], stage: str, since: datetime) -> int:
+def distribution_at(
+    histories: Iterable[CustomerHistory], at: datetime
+) -> dict[str, dict[str, int]]:
+    """Customers per class at `at`, per dimension (those classified by then)."""
+    out: dict[str, dict[str, int]] = {}
+    histories = list(histories)
+    for dimension in DIMENSIONS:
+        counts = Counter(class_at(h, dimension, at) for h in histories)
+        out[dimension] = {name: n for name, n in counts.items() if name is not None}
+    return out
+
+
+def customers_moved_to(
+    histories: Iterable[CustomerHistory], stage: str, since: datetime,
+    until: datetime | None = None,
+) -> int:  # fmt: skip
     """Customers who entered lifecycle `stage` during the period."""
     return sum(
         any(
-            c["dimension"] == "lifecycle_stage" and c["to"] == stage and _in_period(c, since)
+            c["dimension"] == "lifecycle_stage" and c["to"] == stage and _within(c, since, until)
             for c in h.changes
         )
         for h in histories
     )
 
 
+def _within(change: Change, since: datetime, until: datetime | None) -> bool:
+    at = _occurred(change)
+    return since <= at and (until is None or at < until)
+
+
 def tasks_per_queue(
-    open_tasks: Iterable[Change], overdue: Iterable[Change]
-) -> dict[str, dict[str, int]]:
-    """{queue: {"open": n, "overdue": m}}."""
+    open_tasks: Iterable[Change], overdue: Iterable[Change], done: Iterable[Change] = (),
+) -> dict[str, dict[str, int]]:  # fmt: skip
+    """{queue: {"open": n, "overdue": m, "done": d, "done_late": l}}: open and overdue now,
+    and the tasks of `done` (completed in the period) that were completed after their due
+    time (the task SLA breached)."""
     opened = Counter(str(t.get("queue")) for t in open_tasks)
     late = Counter(str(t.get("queue")) for t in overdue)
-    return {q: {"open": opened[q], "overdue": late[q]} for q in sorted(set(opened) | set(late))}
+    done = list(done)
+    finished = Counter(str(t.get("queue")) for t in done)
+    breached = Counter(str(t.get("queue")) for t in done if _completed_late(t))
+    queues = sorted(set(opened) | set(late) | set(finished))
+    return {q: {"open": opened[q], "overdue": late[q], "done": finished[q],
+                "done_late": breached[q]} for q in queues}  # fmt: skip
+
+
+def _completed_late(task: Change) -> bool:
+    completed, due = task.get("completed_at"), task.get("due_at")
+    if completed is None or due is None:
+        return False
+    return datetime.fromisoformat(str(completed)) > datetime.fromisoformat(str(due))
+
+
+def completed_between(tasks: Iterable[Change], since: datetime, until: datetime) -> list[Change]:
+    """The done tasks completed in [since, until)."""
+    return [
+        t for t in tasks
+        if t.get("completed_at") is not None
+        and since <= datetime.fromisoformat(str(t["completed_at"])) < until
+    ]  # fmt: skip
 
 
 def enrolments_by_status(enrolments: Iterable[Change]) -> dict[str, dict[str, int]]:
@@ -101,6 +161,15 @@ def enrolments_by_status(enrolments: Iterable[Change]) -> dict[str, dict[str, in
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for item in enrolments:
         counts[str(item.get("sequence"))][str(item.get("status"))] += 1
+    return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
+
+
+def exit_reasons(enrolments: Iterable[Change]) -> dict[str, dict[str, int]]:
+    """{sequence: {exit reason: n}} of the enrolments that exited."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for item in enrolments:
+        if item.get("status") == "exited":
+            counts[str(item.get("sequence"))][str(item.get("exit_reason"))] += 1
     return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
 
 
@@ -125,9 +194,14 @@ def fetch_histories(
     ]
 
 
-def collect_report(client: ApiClient, bar: Progress, *, since: datetime, now: datetime) -> Report:
+def collect_report(
+    client: ApiClient, bar: Progress, *, since: datetime, now: datetime,
+    until: datetime | None = None,
+) -> Report:  # fmt: skip
     """Read the scorer and actions APIs and put the report together (each listing counted
-    on `bar`: a report of many customers reads for a while)."""
+    on `bar`: a report of many customers reads for a while). `until` None: the period ends
+    now."""
+    end = now if until is None else until
     stats = client.get("scorer", "/v1/stats/tiers")
     histories = fetch_histories(client, since, bar, int(stats.get("customers", 0)) or None)
     tasks = {"status": "open", "limit": 100}
@@ -137,19 +211,31 @@ def collect_report(client: ApiClient, bar: Progress, *, since: datetime, now: da
         client.paginate("actions", "/v1/tasks", {**tasks, "overdue": "true"}),
         "overdue tasks",
     )
-    enrolments = tracked(
+    done = tracked(
+        bar, client.paginate("actions", "/v1/tasks", {"status": "done", "limit": 100}),
+        "done tasks",
+    )  # fmt: skip
+    enrolments = list(tracked(
         bar, client.paginate("actions", "/v1/sequences/enrollments", {"limit": 100}), "enrolments"
-    )
+    ))  # fmt: skip
+    if until is None:
+        distribution = {d: dict(stats.get(d, {})) for d in DIMENSIONS}
+        customers = int(stats.get("customers", 0))
+    else:
+        distribution = distribution_at(histories, until)
+        customers = sum(distribution["value_tier"].values())
     return Report(
         now=now.isoformat(),
         since=since.isoformat(),
-        customers=int(stats.get("customers", 0)),
-        distribution={d: dict(stats.get(d, {})) for d in DIMENSIONS},
-        migration=period_migration(histories, "value_tier", since),
-        churned=customers_moved_to(histories, "churned", since),
-        reactivated=customers_moved_to(histories, "reactivated", since),
-        tasks=tasks_per_queue(list(open_tasks), list(overdue)),
+        until=end.isoformat(),
+        customers=customers,
+        distribution=distribution,
+        migration=period_migration(histories, "value_tier", since, until),
+        churned=customers_moved_to(histories, "churned", since, until),
+        reactivated=customers_moved_to(histories, "reactivated", since, until),
+        tasks=tasks_per_queue(list(open_tasks), list(overdue), completed_between(done, since, end)),
         enrolments=enrolments_by_status(enrolments),
+        exit_reasons=exit_reasons(enrolments),
     )
 
 
@@ -170,7 +256,7 @@ def distribution_table(report: Report) -> Table:
 def migration_table(report: Report) -> Table:
     """Value-tier migration: class at the period start (rows) -> class now (columns)."""
     targets = ordered(to for row in report.migration.values() for to in row)
-    table = Table(title=f"value tier migration since {report.since[:10]}")
+    table = Table(title=f"value tier migration, {_period(report)}")
     table.add_column("from \\ to", style="bold")
     for target in targets:
         table.add_column(target, justify="right")
@@ -180,18 +266,23 @@ def migration_table(report: Report) -> Table:
     return table
 
 
+def _period(report: Report) -> str:
+    return f"{report.since[:10]} to {report.until[:10]}"
+
+
 def actions_tables(report: Report) -> list[Table]:
-    """Lifecycle movements, tasks per queue and enrolments per sequence and status."""
-    moves = Table(title=f"lifecycle since {report.since[:10]}")
+    """Lifecycle movements, tasks per queue, enrolments per sequence and status, and the
+    exit reasons of the enrolments that exited."""
+    moves = Table(title=f"lifecycle, {_period(report)}")
     moves.add_column("moved to")
     moves.add_column("customers", justify="right")
     moves.add_row("churned", str(report.churned))
     moves.add_row("reactivated", str(report.reactivated))
-    tasks = Table(title="open tasks per queue")
-    for column in ("queue", "open", "overdue"):
+    tasks = Table(title=f"tasks per queue (open now; done {_period(report)})")
+    for column in ("queue", "open", "overdue", "done", "done late"):
         tasks.add_column(column, justify="left" if column == "queue" else "right")
     for queue, counts in report.tasks.items():
-        tasks.add_row(queue, str(counts["open"]), str(counts["overdue"]))
+        tasks.add_row(queue, *[str(counts[k]) for k in ("open", "overdue", "done", "done_late")])
     statuses = sorted({s for c in report.enrolments.values() for s in c})
     enrolled = Table(title="sequence enrolments by status")
     enrolled.add_column("sequence")
@@ -199,10 +290,19 @@ def actions_tables(report: Report) -> list[Table]:
         enrolled.add_column(status, justify="right")
     for sequence, counts in report.enrolments.items():
         enrolled.add_row(sequence, *[str(counts.get(s, 0)) for s in statuses])
-    return [moves, tasks, enrolled]
+    exits = Table(title="sequence exits by reason")
+    for column in ("sequence", "reason", "enrolments"):
+        exits.add_column(column, justify="right" if column == "enrolments" else "left")
+    for sequence, reasons in report.exit_reasons.items():
+        for i, (reason, n) in enumerate(reasons.items()):
+            exits.add_row(sequence if i == 0 else "", reason, str(n))
+    return [moves, tasks, enrolled, exits]
 
 
-def run_report(since: datetime | None, plot: Path | None, as_json: bool, console: Console) -> int:
+def run_report(
+    since: datetime | None, plot: Path | None, as_json: bool, console: Console,
+    until: datetime | None = None,
+) -> int:  # fmt: skip
     """Collect, print (tables or JSON) and optionally plot; the exit code."""
     try:
         now = reference_now()
@@ -210,13 +310,17 @@ def run_report(since: datetime | None, plot: Path | None, as_json: bool, console
     except ConfigError as exc:
         console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
-    start = since or now - timedelta(days=30)
+    end = until or now
+    start = since or end - timedelta(days=30)
+    if problem := _period_problem(start, end, now):
+        console.print(f"[red]invalid period:[/red] {problem}", soft_wrap=True)
+        return 2
     try:
         with (
             ApiClient(endpoints, retry_for=0) as client,
             progress_bar(console, transient=True) as bar,
         ):
-            report = collect_report(client, bar, since=start, now=now)
+            report = collect_report(client, bar, since=start, now=now, until=until)
     except ApiError as exc:
         console.print(f"[red]cannot read the APIs:[/red] {escape(str(exc))}")
         return 1
@@ -229,10 +333,19 @@ def run_report(since: datetime | None, plot: Path | None, as_json: bool, console
     return 0 if plot is None else _plot(report, plot, console)
 
 
+def _period_problem(since: datetime, until: datetime, now: datetime) -> str | None:
+    """Why [since, until) is no period to report on (None: it is one)."""
+    if until > now:
+        return f"--until {until.isoformat()} is after now ({now.isoformat()})"
+    if since >= until:
+        return f"--since {since.isoformat()} is not before the period's end {until.isoformat()}"
+    return None
+
+
 def _plot(report: Report, path: Path, console: Console) -> int:
     from cli.plots import plot_report
 
-    title = f"Tierstream: {report.customers} customers, {report.since[:10]} to {report.now[:10]}"
+    title = f"Tierstream: {report.customers} customers, {_period(report)}"
     notes = {
         "became churned": report.churned,
         "reactivated": report.reactivated,

@@ -459,17 +459,44 @@ def api_numbers(system: System, since: datetime) -> dict[str, Any]:
     overdue = Counter(
         t["queue"] for t in system.items("actions", "/v1/tasks", status="open", overdue="true")
     )
+    done = [t for t in system.items("actions", "/v1/tasks", status="done")
+            if datetime.fromisoformat(t["completed_at"]) >= since]  # fmt: skip
+    finished = Counter(t["queue"] for t in done)
+    late = Counter(t["queue"] for t in done if t["completed_at"] > t["due_at"])
     enrolled: dict[str, Counter[str]] = {}
     for e in system.items("actions", "/v1/sequences/enrollments"):
         enrolled.setdefault(e["sequence"], Counter())[e["status"]] += 1
+    queues = set(open_tasks) | set(overdue) | set(finished)
     return {
         "customers": stats["customers"],
         "distribution": {d: stats[d] for d in ("value_tier", "activity_level", "lifecycle_stage")},
         "churned": moved["churned"],
         "reactivated": moved["reactivated"],
-        "tasks": {q: {"open": open_tasks[q], "overdue": overdue[q]} for q in open_tasks},
+        "tasks": {
+            q: {
+                "open": open_tasks[q],
+                "overdue": overdue[q],
+                "done": finished[q],
+                "done_late": late[q],
+            }
+            for q in queues
+        },
         "enrolments": {s: dict(c) for s, c in enrolled.items()},
     }
+
+
+def tiers_at(system: System, at: datetime) -> dict[str, int]:
+    """Customers per value tier at `at`, from each customer's own history (not the feed)."""
+    tiers: Counter[str] = Counter()
+    for c in system.items("scorer", "/v1/customers"):
+        changes = [ch for ch in system.items("scorer", f"/v1/customers/{c['customer_id']}/changes")
+                   if ch["dimension"] == "value_tier"
+                   and datetime.fromisoformat(ch["occurred_at"]) >= at]  # fmt: skip
+        first = min(changes, key=lambda ch: datetime.fromisoformat(ch["occurred_at"]), default=None)
+        tier = c["value_tier"] if first is None else first["from"]
+        if tier is not None:
+            tiers[tier] += 1
+    return dict(tiers)
 
 
 def report_json(system: System, *args: str) -> dict[str, Any]:
@@ -508,6 +535,12 @@ def test_report_numbers_equal_the_apis_and_the_plot_is_a_png(
     for row in report["migration"].values():
         columns.update(row)
     assert dict(columns) == {k: v for k, v in report["distribution"]["value_tier"].items() if v}
+    # A period that ended before now: the classes as they were at its end.
+    ended = report_json(system, "--since", "2026-04-01", "--until", "2026-05-01")
+    assert ended["until"].startswith("2026-05-01")
+    assert {k: v for k, v in ended["distribution"]["value_tier"].items() if v} == tiers_at(
+        system, since
+    )
     everything = report_json(system, "--since", "2000-01-01")
     for source, row in everything["migration"].items():  # before any event: only first moves
         assert all(source in ("(unclassified)", target) for target in row), everything
@@ -515,7 +548,8 @@ def test_report_numbers_equal_the_apis_and_the_plot_is_a_png(
     picture = tmp_path / "report.png"
     shown = cli(system, "report", "--since", "2026-05-01", "--plot", str(picture))
     assert shown.exit_code == 0, shown.output
-    assert "value tier migration" in shown.stdout and "open tasks per queue" in shown.stdout
+    assert "value tier migration" in shown.stdout and "tasks per queue" in shown.stdout
+    assert "sequence exits by reason" in shown.stdout
     assert picture.read_bytes()[:8] == PNG_SIGNATURE
     assert matplotlib.image.imread(picture).shape[:2] == (950, 1300)
 

@@ -14,8 +14,12 @@ from cli.main import app
 from cli.plots import matrix_axes, ordered, plot_report, plot_rules_diff
 from cli.report import (
     CustomerHistory,
+    class_at,
+    completed_between,
     customers_moved_to,
+    distribution_at,
     enrolments_by_status,
+    exit_reasons,
     period_migration,
     start_class,
     tasks_per_queue,
@@ -85,12 +89,91 @@ def test_churn_and_reactivation_count_customers_who_moved_there_in_the_period() 
     assert customers_moved_to(HISTORIES, "churned", datetime(2026, 4, 1, tzinfo=UTC)) == 1
 
 
-def test_tasks_are_counted_per_queue() -> None:
-    open_tasks = [{"queue": "support"}, {"queue": "support"}, {"queue": "senior-sales"}]
-    assert tasks_per_queue(open_tasks, [{"queue": "support"}]) == {
-        "senior-sales": {"open": 1, "overdue": 0},
-        "support": {"open": 2, "overdue": 1},
+def test_a_period_can_end_before_now_and_the_classes_are_read_as_they_were_then() -> None:
+    until = datetime(2026, 5, 15, tzinfo=UTC)
+    # a: bronze at the start, silver on the 15th (gold only on the 20th); b: silver all
+    # along; c: first classified inside; d: classified on no value-tier change, so as now.
+    assert [class_at(h, "value_tier", until) for h in HISTORIES] == [
+        "silver", "silver", "bronze", "bronze",
+    ]  # fmt: skip
+    assert class_at(HISTORIES[2], "value_tier", datetime(2026, 5, 9, tzinfo=UTC)) is None
+    assert period_migration(HISTORIES, "value_tier", SINCE, until) == {
+        "(unclassified)": {"bronze": 1},
+        "bronze": {"bronze": 1, "silver": 1},
+        "silver": {"silver": 1},
     }
+    assert distribution_at(HISTORIES, until)["value_tier"] == {"silver": 2, "bronze": 2}
+    assert distribution_at(HISTORIES, datetime(2026, 5, 5, tzinfo=UTC))["value_tier"] == {
+        "silver": 2, "bronze": 1,  # c not yet classified
+    }  # fmt: skip
+    # d churned again only on the 25th, after the period
+    assert customers_moved_to(HISTORIES, "churned", SINCE, until) == 0
+    assert customers_moved_to(HISTORIES, "reactivated", SINCE, until) == 2
+
+
+def test_the_earliest_change_after_an_instant_decides_whatever_order_it_was_published_in() -> None:
+    # A late event's change is published after a change dated later than it.
+    late = customer(
+        "q", "silver",
+        change("value_tier", None, "bronze", "2026-05-05"),
+        change("value_tier", "bronze", "silver", "2026-05-03"),
+    )  # fmt: skip
+    assert class_at(late, "value_tier", datetime(2026, 5, 2, tzinfo=UTC)) == "bronze"
+    assert class_at(late, "value_tier", datetime(2026, 5, 4, tzinfo=UTC)) is None
+
+
+def test_tasks_are_counted_per_queue_with_the_ones_done_late() -> None:
+    open_tasks = [{"queue": "support"}, {"queue": "support"}, {"queue": "senior-sales"}]
+    done = [
+        {
+            "queue": "support",
+            "due_at": "2026-05-02T00:00:00Z",
+            "completed_at": "2026-05-01T09:00:00Z",
+        },
+        {
+            "queue": "support",
+            "due_at": "2026-05-02T00:00:00Z",
+            "completed_at": "2026-05-10T09:00:00Z",
+        },
+        {"queue": "care", "due_at": "2026-05-02T00:00:00Z", "completed_at": "2026-05-02T00:00:00Z"},
+    ]
+    assert tasks_per_queue(open_tasks, [{"queue": "support"}], done) == {
+        "care": {"open": 0, "overdue": 0, "done": 1, "done_late": 0},  # on the dot is on time
+        "senior-sales": {"open": 1, "overdue": 0, "done": 0, "done_late": 0},
+        "support": {"open": 2, "overdue": 1, "done": 2, "done_late": 1},
+    }
+    in_may = completed_between(done, SINCE, datetime(2026, 5, 10, tzinfo=UTC))
+    assert len(in_may) == 2  # the 10th is the period's end, not in it
+
+
+def test_exits_are_counted_per_sequence_and_reason() -> None:
+    items: list[dict[str, Any]] = [
+        {"sequence": "win_back", "status": "exited", "exit_reason": "goal:purchase"},
+        {"sequence": "win_back", "status": "exited", "exit_reason": "goal:purchase"},
+        {"sequence": "welcome", "status": "exited", "exit_reason": "lifecycle_stage:at_risk"},
+        {"sequence": "welcome", "status": "completed", "exit_reason": None},
+    ]
+    assert exit_reasons(items) == {
+        "welcome": {"lifecycle_stage:at_risk": 1}, "win_back": {"goal:purchase": 2},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "problem"),
+    [
+        ("2026-05-10", "2026-05-10", "not before the period's end"),
+        ("2026-05-11", "2026-05-10", "not before the period's end"),
+        ("2026-05-01", "2026-07-01", "after now"),
+    ],
+)
+def test_a_period_that_is_empty_or_ends_after_now_is_refused(
+    since: str, until: str, problem: str
+) -> None:
+    result = CliRunner().invoke(
+        app, ["report", "--since", since, "--until", until],
+        env={"TIERSTREAM_NOW": "2026-06-01T00:00:00Z"},
+    )  # fmt: skip
+    assert result.exit_code == 2 and problem in result.output, result.output
 
 
 def test_enrolments_are_counted_per_sequence_and_status() -> None:
