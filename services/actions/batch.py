@@ -76,6 +76,9 @@ class BatchResult:
     failed: list[tuple[str, ActionFailure]] = field(default_factory=list)
     enrolled: Counter[str] = field(default_factory=Counter)
     cancelled_steps: Counter[str] = field(default_factory=Counter)
+    # Enrolments asked for but not made, by (sequence, reason): re-entry policy, goal
+    # already reached, or one of the sequence already active.
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 async def apply_batch(
@@ -135,16 +138,21 @@ async def _write_effects(
 ) -> None:  # fmt: skip
     """Exits, then enrolments (with their steps), tasks and deliveries."""
     ended = await _exit_enrolments(conn, effects, result, now=now)
-    chosen = await store.first_admissible(conn, list(effects.enrols.values()), now=now)
+    chosen = await store.first_admissible(
+        conn, list(effects.enrols.values()), now=now, refused=result.refused
+    )
     allowed = [row for row in chosen if row is not None]
     enrolled = await store.insert_enrolments(conn, allowed, now=now)
+    started = Counter(row.request.sequence for _, row in enrolled)
+    for sequence, n in (Counter(row.request.sequence for row in allowed) - started).items():
+        result.refused[(sequence, "already_active")] += n
     steps = [s for eid, row in enrolled for s in step_rows(eid, row, channels)]
     created = await store.upsert_tasks(conn, list(effects.tasks.values()), now=now)
     pushes = [task_push_row(t, now=now) for t in created] if channels.crm else []
     deliveries: list[DeliveryRow] = [*effects.alerts, *pushes, *steps]
     await store.insert_deliveries(conn, deliveries, now=now)
     result.enrolled = Counter(e.row.request.sequence for e in ended)
-    result.enrolled += Counter(row.request.sequence for _, row in enrolled)
+    result.enrolled += started
 
 
 async def _exit_enrolments(
@@ -159,22 +167,27 @@ async def _exit_enrolments(
     one first. Their steps are never stored (none could be sent), but they count as one
     change at a time would: the enrolment started, its steps cancelled.
     """
-    ended = await _store_ended(conn, [e for e in effects.ended if not e.after_exit], now=now)
+    before = [e for e in effects.ended if not e.after_exit]
+    ended = await _store_ended(conn, before, now=now, refused=result.refused)
     result.cancelled_steps += await store.end_enrolments(conn, effects.exits, now=now)
-    ended += await _store_ended(conn, [e for e in effects.ended if e.after_exit], now=now)
+    after = [e for e in effects.ended if e.after_exit]
+    ended += await _store_ended(conn, after, now=now, refused=result.refused)
     for e in ended:
         result.cancelled_steps[e.row.request.sequence] += len(e.row.request.steps)
     return ended
 
 
 async def _store_ended(
-    conn: Connection, ended: Sequence[EndedRow], *, now: datetime
-) -> list[EndedRow]:
+    conn: Connection, ended: Sequence[EndedRow], *, now: datetime,
+    refused: Counter[tuple[str, str]],
+) -> list[EndedRow]:  # fmt: skip
     """Store the begun-and-ended enrolments the re-entry policy admits, in rounds of one per
     customer and sequence, so each reads the history of the one before it; returns them."""
     stored: list[EndedRow] = []
     for group in _rounds(ended):
-        chosen = await store.first_admissible(conn, [e.candidates() for e in group], now=now)
+        chosen = await store.first_admissible(
+            conn, [e.candidates() for e in group], now=now, refused=refused
+        )
         admitted = [replace(e, row=row, alternates=()) for e, row in zip(group, chosen, strict=True)
                     if row is not None]  # fmt: skip
         stored += await store.insert_ended_enrolments(conn, admitted, now=now)

@@ -109,6 +109,8 @@ class ChangeConsumer(FencedConsumer):
             self.metrics.template_failures.labels(failure.kind, failure.playbook).inc()
         for sequence, n in result.enrolled.items():
             self.metrics.enrolments_started.labels(sequence).inc(n)
+        for (sequence, reason), n in result.refused.items():
+            self.metrics.enrolments_refused.labels(sequence, reason).inc(n)
         for sequence, n in result.cancelled_steps.items():
             self.metrics.steps.labels(sequence, "cancelled").inc(n)
 

@@ -29,6 +29,7 @@ DELIVERY_OUTCOMES = ("sent", "retry", "dead", "superseded", "unrecorded", "defer
 STEP_OUTCOMES = ("sent", "cancelled", "failed")
 PRUNED_TABLES = ("inbox", "goal_event")
 FALLBACK_REASONS = ("not_configured", "no_recipient")
+REFUSALS = ("reentry_never", "reentry_cooldown", "goal_reached", "already_active")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ActionsMetrics:
     dlq_records: Counter
     steps: Counter
     enrolments_started: Counter
+    enrolments_refused: Counter
     tasks_open: Gauge
     tasks_overdue: Gauge
     enrolments: Gauge
@@ -151,6 +153,15 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         enrolments_started=_counter(
             "enrolments_started_total", "Enrolments created, by sequence.", ["sequence"], r
         ),
+        enrolments_refused=_counter(
+            "enrolments_refused_total",
+            "Enrolments a playbook asked for but not made, by sequence and reason: the"
+            " re-entry policy (reentry_never, reentry_cooldown), the sequence's goal already"
+            " reached since the change (goal_reached, e.g. bought again), or one of the"
+            " sequence already active (already_active).",
+            ["sequence", "reason"],
+            r,
+        ),
         tasks_open=_gauge("tasks_open", "Open tasks per queue.", ["queue"], r),
         tasks_overdue=_gauge(
             "tasks_overdue", "Open tasks past their due time, per queue.", ["queue"], r
@@ -233,6 +244,8 @@ def prime_metrics(
             m.template_failures.labels(kind, book.name)
     for sequence in playbooks.sequences:
         m.enrolments_started.labels(sequence)
+        for reason in REFUSALS:
+            m.enrolments_refused.labels(sequence, reason)
         for outcome in STEP_OUTCOMES:
             m.steps.labels(sequence, outcome)
     for name in loops:

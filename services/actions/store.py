@@ -116,10 +116,15 @@ async def record_goals(
 
 
 async def first_admissible(
-    conn: Connection, candidates: Sequence[Sequence[EnrolRow]], *, now: datetime
+    conn: Connection,
+    candidates: Sequence[Sequence[EnrolRow]],
+    *,
+    now: datetime,
+    refused: Counter[tuple[str, str]] | None = None,
 ) -> list[EnrolRow | None]:
     """Per group (one customer and sequence, requests in order), the first request the
-    re-entry policy and already-reached goals allow, or None."""
+    re-entry policy and already-reached goals allow, or None; a group none of whose requests
+    is allowed is counted in `refused` by (sequence, its first request's reason)."""
     enrols = [e for group in candidates for e in group]
     if not enrols:
         return [None for _ in candidates]
@@ -141,25 +146,34 @@ async def first_admissible(
             sorted({e.customer_id for e in enrols}),
         )
     }
-    return [next((e for e in group if _admits(e, history, goals, now)), None)
-            for group in candidates]  # fmt: skip
+    chosen: list[EnrolRow | None] = []
+    for group in candidates:
+        reasons = [_refusal(e, history, goals, now) for e in group]
+        admitted = next((e for e, why in zip(group, reasons, strict=True) if why is None), None)
+        chosen.append(admitted)
+        if admitted is None and group and refused is not None:
+            refused[(group[0].request.sequence, str(reasons[0]))] += 1
+    return chosen
 
 
-def _admits(
+def _refusal(
     enrol: EnrolRow, history: dict[tuple[str, str], datetime],
     goals: dict[tuple[str, str], datetime], now: datetime,
-) -> bool:  # fmt: skip
+) -> str | None:  # fmt: skip
+    """Why the enrolment is not made (a `REFUSALS` reason), None when it is allowed."""
     request = enrol.request
     last = history.get((enrol.customer_id, request.sequence))
     if last is not None and request.reentry is Reentry.NEVER:
-        return False
+        return "reentry_never"
     if last is not None and request.reentry_after and last + request.reentry_after > now:
-        return False
+        return "reentry_cooldown"
     # The goal was reached at or after the triggering change (e.g. bought again): nothing to
     # win back. At: the purchase may be the very event the change was decided on (a customer
     # silent elsewhere who buys again is still at risk by the rules).
     reached = [goals.get((enrol.customer_id, g)) for g in request.goal_events]
-    return not any(at is not None and at >= enrol.trigger_at for at in reached)
+    if any(at is not None and at >= enrol.trigger_at for at in reached):
+        return "goal_reached"
+    return None
 
 
 async def insert_enrolments(

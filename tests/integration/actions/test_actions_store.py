@@ -71,7 +71,8 @@ async def test_welcome_is_never_entered_twice_but_win_back_may_be(
         tier_change("3", "c", "lifecycle_stage", "reactivated", "new", at=NOW + 3 * DAY),
         tier_change("4", "c", "lifecycle_stage", "new", "churned", at=NOW + 4 * DAY),
     ]
-    await apply_changes(pool, again, now=NOW + 4 * DAY)
+    result = await apply_changes(pool, again, now=NOW + 4 * DAY)
+    assert result.refused == {("welcome", "reentry_never"): 1}
     assert await _enrolments(actions_db, "c") == [
         ("welcome", "exited", "lifecycle_stage:at_risk"),
         ("win_back", "exited", "goal:purchase"),
@@ -126,8 +127,11 @@ async def test_a_purchase_after_the_change_means_there_is_nothing_to_win_back(
     # The purchase arrives first (another topic), but happened after the change.
     await apply_batch(pool, [], [GoalHit("c", NOW + DAY)], [], group_id="g", playbooks=BOOKS,
                       channels=LOG_ONLY, now=NOW + DAY)  # fmt: skip
-    await apply_changes(pool, [tier_change("1", "c", "lifecycle_stage", "new", "at_risk")], now=NOW)
+    result = await apply_changes(
+        pool, [tier_change("1", "c", "lifecycle_stage", "new", "at_risk")], now=NOW
+    )
     assert await _enrolments(actions_db, "c") == []
+    assert result.refused == {("win_back", "goal_reached"): 1}  # counted, not silent
     # An earlier purchase does not count.
     await apply_batch(pool, [], [GoalHit("d", NOW - DAY)], [], group_id="g", playbooks=BOOKS,
                       channels=LOG_ONLY, now=NOW)  # fmt: skip
