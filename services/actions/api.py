@@ -9,16 +9,18 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from services.actions import queries
 from services.actions.db import RequestDatabase
-from services.actions.queries import TaskFilter, TransitionRefused
+from services.actions.queries import RequeueFilter, TaskFilter, TransitionRefused
 from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
 from shared.contracts import ID_MAX_CHARS
 from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep, invalid_query
+from shared.logging import get_logger
 
+log = get_logger(__name__)
 MAX_ID = 2**63 - 1
 
 
@@ -147,6 +149,23 @@ class CancelTask(BaseModel):
 TaskPatch = Annotated[AssignTask | CompleteTask | CancelTask, Field(discriminator="action")]
 
 
+class RequeueDead(BaseModel):
+    """Which dead deliveries to send again, once their cause (a revoked webhook token, a
+    rotated secret, an SMTP outage) is fixed."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["alert", "task"] = Field(
+        description="Alerts, or task pushes to the CRM (sequence steps are not sent late)."
+    )
+    channel: Literal["webhook", "email", "log"] | None = Field(None, description="Only these.")
+    created_from: AwareDatetime | None = Field(None, description="Created at or after this.")
+    created_until: AwareDatetime | None = Field(None, description="Created before this.")
+
+
+class Requeued(_Out):
+    requeued: int = Field(description="Dead deliveries put back to be sent.")
+
+
 def encode_cursor(last_id: int) -> str:
     """An opaque cursor for the page after `last_id`."""
     return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
@@ -252,6 +271,25 @@ def api_router() -> APIRouter:
             rows = await queries.list_enrolments(conn, customer_id, after=after, limit=limit)
         items, next_cursor = _page(rows, limit)
         return EnrolmentPage.model_validate({"items": items, "next_cursor": next_cursor})
+
+    @router.post(
+        "/deliveries/requeue", tags=["alerts"], responses=_NOT_JSON,
+        summary="Send dead alerts or task pushes again",
+        description="Dead deliveries of one kind (optionally one channel and a window of "
+        "creation times) become pending again, their attempts counted from zero and their "
+        "idempotency keys unchanged, and go out in the next dispatch round. Deliveries that "
+        "went out after all (`sent_at` set) stay dead.",
+    )  # fmt: skip
+    async def requeue(
+        request: Request, source: SourceDep, which: Annotated[RequeueDead, Body()]
+    ) -> Requeued:
+        async with _database(request).connection() as conn:
+            n = await queries.requeue_dead(conn, RequeueFilter(
+                which.kind, which.channel, which.created_from, which.created_until
+            ))  # fmt: skip
+        log.info("dead deliveries requeued", requeued=n, kind=which.kind, channel=which.channel,
+                 source=source)  # fmt: skip
+        return Requeued(requeued=n)
 
     @router.get("/alerts", tags=["alerts"], summary="Alert deliveries and their outcome")
     async def alerts(

@@ -1,5 +1,5 @@
-"""SQL of the read API (on the request's connection) and the gauges (on the pool): tasks,
-enrolments with their steps, alerts."""
+"""SQL of the API (on the request's connection) and the gauges (on the pool): tasks,
+enrolments with their steps, alerts, and putting dead deliveries back to be sent."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from services.actions.db import Connection, Pool
 from services.actions.tasks import TaskCommand, TaskStatus, next_status
+from shared.pg import row_count
 
 TASK_COLUMNS = (
     "id, customer_id, tier_change_id, playbook, title, queue, assignee, priority, status,"
@@ -169,3 +170,34 @@ async def enrolment_gauges(pool: Pool) -> list[tuple[str, str, int]]:
             "SELECT sequence, status, count(*) AS n FROM actions.enrolment GROUP BY 1, 2"
         )
     return [(r["sequence"], r["status"], r["n"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class RequeueFilter:
+    """Which dead deliveries to send again: one kind, optionally one channel and a window
+    of creation times [created_from, created_until)."""
+
+    kind: str
+    channel: str | None = None
+    created_from: datetime | None = None
+    created_until: datetime | None = None
+
+
+async def requeue_dead(conn: Connection, which: RequeueFilter) -> int:
+    """Put the dead deliveries `which` selects back to pending, attempts from zero, due at
+    once; returns how many. Never those that went out after all (`sent_at` set: an earlier
+    attempt succeeded after the last was refused). Each keeps its idempotency key."""
+    where = _Where()
+    where.add("status = 'dead' AND sent_at IS NULL AND kind = {}", which.kind)
+    if which.channel is not None:
+        where.add("channel = {}", which.channel)
+    if which.created_from is not None:
+        where.add("created_at >= {}", which.created_from)
+    if which.created_until is not None:
+        where.add("created_at < {}", which.created_until)
+    status = await conn.execute(
+        "UPDATE actions.delivery SET status = 'pending', attempts = 0,"
+        f" available_at = clock_timestamp(){where.sql()}",
+        *where.args,
+    )
+    return row_count(status)

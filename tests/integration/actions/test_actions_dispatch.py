@@ -12,14 +12,18 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.actions import deliveries, store
+from services.actions.app import create_app
 from services.actions.channels import Channels, Delivery, WebhookChannel
 from services.actions.db import Pool, create_pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig, DeliveryRow
 from services.actions.metrics import actions_metrics
+from services.actions.settings import ActionsSettings
 from shared.clock import FixedClock
 from tests.integration.actions.seeding import apply_changes
 from tests.integration.actions.support import (
+    AUTH,
+    KEY,
     NOW,
     ROUNDS,
     SECRET,
@@ -130,6 +134,41 @@ async def test_a_rejected_signature_is_not_retried(pool: Pool, actions_db: str) 
     alert = await _alert(actions_db)
     assert [(r.status, r.signature_ok) for r in receiver.requests] == [(401, False)]
     assert alert["attempts"] == 1 and str(alert["last_error"]).startswith("HTTP 401")
+
+
+async def test_dead_alerts_are_sent_again_once_requeued_with_the_same_key(
+    pool: Pool, actions_db: str
+) -> None:
+    # A rotated secret dead-letters every alert at once (a 401 is not retried): once it is
+    # fixed, the operator had no way to send them again.
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold"),
+                               tier_change("c2", "other", "value_tier", "silver", "gold")],
+                        now=NOW, channels=WEBHOOK)  # fmt: skip
+    receiver = WebhookReceiver(SECRET.encode())
+    async with serving(receiver):
+        await _dispatch_until(pool, receiver, b"old-secret", CollectorRegistry(), "dead",
+                              actions_db)  # fmt: skip
+        went_out = "UPDATE actions.delivery SET sent_at = $1 WHERE customer_id = 'other'"
+        await fetch(actions_db, went_out, NOW)  # an earlier attempt got through after all
+        settings = ActionsSettings(database_url=actions_db, api_keys=f"test:{KEY}")
+        app = create_app(settings, pool=pool, clock=FixedClock(NOW))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a",
+                                     headers=AUTH) as api:  # fmt: skip
+            refused = await api.post("/v1/deliveries/requeue", json={"kind": "step"})
+            assert refused.status_code == 422
+            answer = await api.post("/v1/deliveries/requeue",
+                                    json={"kind": "alert", "channel": "webhook"})  # fmt: skip
+        assert answer.status_code == 200 and answer.json() == {"requeued": 1}
+        await _dispatch_until(pool, receiver, SECRET.encode(), CollectorRegistry(), "sent",
+                              actions_db)  # fmt: skip
+    sql = ("SELECT customer_id, status, attempts, idempotency_key FROM actions.delivery"
+           " WHERE kind = 'alert' ORDER BY customer_id")  # fmt: skip
+    rows = await fetch(actions_db, sql)
+    assert [(r["customer_id"], r["status"], r["attempts"]) for r in rows] == [
+        ("other", "dead", 1), ("vip", "sent", 1),
+    ]  # fmt: skip
+    sent = [r for r in receiver.requests if r.status == 200]
+    assert [r.key for r in sent] == [rows[1]["idempotency_key"]]
 
 
 async def test_a_failure_reported_after_its_lease_ran_out_leaves_the_newer_attempt_alone(
