@@ -45,6 +45,7 @@ class ScorerMetrics:
     evaluation_failures: prom.Counter
     outbox_backlog: Gauge
     outbox_oldest_age: Gauge
+    rules_superseded: Gauge
     published: prom.Counter
     trimmed_changes: prom.Counter
     emit_latency: Histogram
@@ -156,6 +157,13 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         ),
         outbox_backlog=Gauge(
             f"{p}outbox_backlog_changes", "Tier changes not yet published.", registry=registry
+        ),
+        rules_superseded=Gauge(
+            f"{p}rules_superseded",
+            "1 while another process of the group activated a newer rules file than this"
+            " one's: this process still classifies its consumed events with its own rules,"
+            " and customers may move between the two (restart it with the new file).",
+            registry=registry,
         ),
         outbox_oldest_age=Gauge(
             f"{p}outbox_oldest_age_seconds",

@@ -83,8 +83,10 @@ class Sweeper:
                 log.warning("rules superseded by a newer file; not re-classifying",
                             mine=mine, active=active)  # fmt: skip
             self.superseded = True
+            self.metrics.rules_superseded.set(1)
             return False
         self.superseded = False
+        self.metrics.rules_superseded.set(0)
         return await self._reevaluate(ChangeCause.RULE_CHANGE, self.clock.now()) >= self.batch
 
     async def _reevaluate(self, cause: ChangeCause, now: datetime) -> int:

@@ -169,18 +169,27 @@ async def test_during_a_rolling_deploy_only_the_newest_rules_reclassify(
             await store.activate_rules(conn, old.rules.version)  # the running processes
             await store.activate_rules(conn, new.rules.version)  # the first one of the deploy
 
+        registry = new_registry()
+        metrics = scorer_metrics(registry)
+
         def sweeper(scoring: Scoring) -> Sweeper:
             return Sweeper(pool, scoring=lambda: scoring, clock=FixedClock(NOW), batch=10,
-                           metrics=scorer_metrics(new_registry()), retry=RETRY)  # fmt: skip
+                           metrics=metrics, retry=RETRY)  # fmt: skip
+
+        def superseded() -> float | None:
+            return registry.get_sample_value("tierstream_scorer_rules_superseded")
 
         assert await sweeper(new).migrate_step() is False  # moved forward: silver
         assert (await customer_rows(scorer_db))["gold"]["value_tier"] == "silver"
+        assert superseded() == 0
         assert await sweeper(old).migrate_step() is False  # superseded: leaves it
+        assert superseded() == 1  # said where an operator looks, not in one log line only
         stored = (await customer_rows(scorer_db))["gold"]
         assert (stored["value_tier"], stored["rules_version"]) == ("silver", new.rules.version)
         async with pool.acquire() as conn:
             await store.activate_rules(conn, old.rules.version)  # a rollback
         await sweeper(old).migrate_step()
         assert (await customer_rows(scorer_db))["gold"]["value_tier"] == "gold"
+        assert superseded() == 0
     finally:
         await pool.close()
