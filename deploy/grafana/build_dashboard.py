@@ -281,6 +281,120 @@ def business_panels() -> list[Panel]:
     ]
 
 
+def fault_panels() -> list[Panel]:
+    """What went wrong, each beside the alert that watches it (docs/OPERATIONS.md)."""
+
+    def increase(metric: str, by: str, legend: str) -> dict[str, Any]:
+        return query(f"sum by ({by}) (increase({metric}[{RATE}]))", legend)
+
+    return [
+        timeseries(
+            "Broker contact: seconds since a fetch was answered",
+            "s",
+            query(
+                "max by (service, instance) ({__name__=~"
+                '"tierstream_(scorer|actions)_consumer_fetch_age_seconds"})',
+                "{{service}} {{instance}}",
+            ),
+            desc="Grows while a consumer cannot reach the broker (TierstreamConsumerCutOff).",
+        ),
+        timeseries(
+            "Oldest unpublished tier change",
+            "s",
+            query("max(tierstream_scorer_outbox_oldest_age_seconds)", "age"),
+            desc="However few are pending (TierstreamOutboxStuck).",
+        ),
+        timeseries(
+            "Set aside: dead letters, quarantined events, evaluation failures",
+            "short",
+            increase(
+                'tierstream_scorer_events_total{outcome=~"dead_lettered|quarantined"}',
+                "type, outcome",
+                "scorer {{type}} {{outcome}}",
+            ),
+            increase(
+                'tierstream_actions_records_total{outcome="dead_lettered"}',
+                "source",
+                "actions {{source}} dead_lettered",
+            ),
+            increase(
+                "tierstream_scorer_evaluation_failures_total",
+                "cause",
+                "evaluation failed ({{cause}})",
+            ),
+        ),
+        timeseries(
+            "Deliveries given up or logged instead",
+            "short",
+            increase(
+                "tierstream_actions_dead_letters_total",
+                "kind, channel",
+                "dead {{kind}} {{channel}}",
+            ),
+            increase(
+                "tierstream_actions_log_fallbacks_total",
+                "kind, channel, reason",
+                "logged {{kind}} for {{channel}} ({{reason}})",
+            ),
+            increase(
+                "tierstream_actions_template_failures_total", "kind", "template failed {{kind}}"
+            ),
+        ),
+        timeseries(
+            "Consumers: fenced batches, rewound offsets, failed group commits",
+            "short",
+            increase(
+                '{__name__=~"tierstream_(scorer|actions)_fenced_batches_total"}',
+                "__name__",
+                "{{__name__}}",
+            ),
+            increase(
+                '{__name__=~"tierstream_(scorer|actions)_offsets_rewound_total"}',
+                "__name__, topic",
+                "{{__name__}} {{topic}}",
+            ),
+            increase(
+                '{__name__=~"tierstream_(scorer|actions)_group_commit_failures_total"}',
+                "__name__",
+                "{{__name__}}",
+            ),
+        ),
+        timeseries(
+            "Background loops: errors and senders' claim rounds",
+            "short",
+            increase(
+                '{__name__=~"tierstream_(scorer|actions)_loop_errors_total"}',
+                "__name__, loop",
+                "errors {{loop}}",
+            ),
+            query(
+                f"sum by (sender) (rate(tierstream_actions_dispatch_rounds_total[{RATE}]))",
+                "rounds/s {{sender}}",
+            ),
+            desc="A sender whose rounds stop has stalled (TierstreamActionsSenderStalled).",
+        ),
+        stat(
+            "Partitions holding sequence steps",
+            "short",
+            "max(tierstream_actions_steps_held_partitions)",
+            desc="0 in steady state (TierstreamActionsStepsHeld after 30 min).",
+        ),
+        stat(
+            "Scorers on superseded rules",
+            "short",
+            "sum(tierstream_scorer_rules_superseded)",
+            desc="Processes still on an older rules file (TierstreamScorerRulesSuperseded).",
+        ),
+        stat(
+            "Changes published trimmed (1 h)",
+            "short",
+            "sum(increase(tierstream_scorer_trimmed_changes_total[1h]))",
+            desc="Published without attributes to fit the broker's limit"
+            " (TierstreamScorerChangesTrimmed).",
+        ),
+    ]
+
+
 def row(title: str, y: int) -> Panel:
     """A collapsible row header."""
     return {
@@ -317,6 +431,7 @@ def build() -> dict[str, Any]:
         ("Ingest", ingest_panels()),
         ("Pipeline: lag and latency", lag_panels()),
         ("Customers, actions and deliveries", business_panels()),
+        ("Faults", fault_panels()),
     ]
     return {
         "uid": "tierstream-overview",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.actions.metrics import actions_metrics
 from services.ingest.metrics import IngestMetrics
 from services.scorer.metrics import scorer_metrics
+from shared.metrics import request_duration
 
 ROOT = Path(__file__).resolve().parents[3]
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
@@ -25,6 +27,7 @@ K8S = ROOT / "deploy/k8s"
 TARGET_LABELS = frozenset({"job", "instance", "service", "pod"})
 # Metrics of Prometheus itself that rules may use.
 PROMETHEUS_METRICS = frozenset({"up"})
+PATTERN = "~"  # a Selector whose metric is a `__name__` regular expression
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 SUFFIXES = {
     "counter": ("_total",),
@@ -57,6 +60,8 @@ def declared_labels() -> dict[str, set[str]]:
     registry = CollectorRegistry()
     groups = (IngestMetrics.create(registry), scorer_metrics(registry), actions_metrics(registry))
     instruments = [getattr(g, f.name) for g in groups for f in dataclasses.fields(g)]
+    # The read and task APIs' timing is registered with their app, not in those groups.
+    instruments += [request_duration(registry, service) for service in ("scorer", "actions")]
     out: dict[str, set[str]] = {}
     for instrument in instruments:  # private attributes: prometheus_client has no public ones
         kind, labels = instrument._type, set(instrument._labelnames)
@@ -74,9 +79,15 @@ def selectors(expr: str) -> list[Selector]:
     grouping: list[tuple[set[str], promql_parser.Expr]] = []
 
     def visit(node: promql_parser.Expr) -> None:
-        if isinstance(node, promql_parser.VectorSelector) and node.name:
+        if isinstance(node, promql_parser.VectorSelector):
             labels = frozenset(m.name for m in node.matchers.matchers) - {"__name__"}
-            found.append(Selector(node.name, labels))
+            # `{__name__=~"a|b"}` names its metrics by a pattern: kept as one, every series
+            # name it matches is checked (and it must match one).
+            patterns = [m.value for m in node.matchers.matchers
+                        if m.name == "__name__" and m.op == promql_parser.MatchOp.Re]  # fmt: skip
+            name = node.name or (f"{PATTERN}{patterns[0]}" if patterns else None)
+            if name:
+                found.append(Selector(name, labels))
         if not isinstance(node, promql_parser.AggregateExpr) or node.modifier is None:
             return
         if node.modifier.type == promql_parser.AggModifierType.By:
@@ -128,10 +139,17 @@ def unknown_references(
         for sel in selectors(expr):
             if sel.metric in PROMETHEUS_METRICS:
                 continue
-            if sel.metric not in names:
-                problems.append(f"{where}: metric {sel.metric} is not exported")
-                continue
-            missing = sel.labels - labels.get(sel.metric, set()) - TARGET_LABELS
-            if missing:
-                problems.append(f"{where}: {sel.metric} has no label {sorted(missing)}")
+            metrics = [sel.metric]
+            if sel.metric.startswith(PATTERN):
+                pattern = sel.metric.removeprefix(PATTERN)
+                metrics = sorted(n for n in names if re.fullmatch(pattern, n))
+                if not metrics:
+                    problems.append(f"{where}: no exported metric matches {pattern!r}")
+            for metric in metrics:
+                if metric not in names:
+                    problems.append(f"{where}: metric {metric} is not exported")
+                    continue
+                missing = sel.labels - labels.get(metric, set()) - TARGET_LABELS - {"__name__"}
+                if missing:
+                    problems.append(f"{where}: {metric} has no label {sorted(missing)}")
     return problems

@@ -115,12 +115,20 @@ def test_keda_prometheus_triggers_query_exported_lag(scraped: dict[str, str]) ->
 
 
 def test_a_query_naming_an_unexported_metric_or_label_is_caught(scraped: dict[str, str]) -> None:
-    bad = [("typo", 'sum by (queue) (tierstream_scorer_events_total{outcom="x"}) + nope_total')]
+    lag = "tierstream_.*_consumer_lag_records"
+    bad = [
+        ("typo", 'sum by (queue) (tierstream_scorer_events_total{outcom="x"}) + nope_total'),
+        ("pattern", 'max({__name__=~"tierstream_(scorer|actions)_consumer_lag_record"})'),
+        ("pattern label", f'max({{__name__=~"{lag}", queue="a"}})'),
+    ]
     found = unknown_references(bad, _all_names(scraped), declared_labels())
     assert found == [
         "typo: tierstream_scorer_events_total has no label ['outcom']",
         "typo: metric nope_total is not exported",
         "typo: tierstream_scorer_events_total has no label ['queue']",
+        "pattern: no exported metric matches 'tierstream_(scorer|actions)_consumer_lag_record'",
+        "pattern label: tierstream_actions_consumer_lag_records has no label ['queue']",
+        "pattern label: tierstream_scorer_consumer_lag_records has no label ['queue']",
     ]
 
 
