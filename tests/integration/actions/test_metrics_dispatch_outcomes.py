@@ -23,7 +23,12 @@ from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig, DeliveryRow
 from services.actions.metrics import actions_metrics, prime_metrics
 from shared.clock import FixedClock
-from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
+from shared.domain.playbooks import (
+    Playbooks,
+    default_playbooks_path,
+    load_playbooks,
+    plan_actions,
+)
 from tests.faults.outages import cut_off_database
 from tests.integration.actions.seeding import LOG_ONLY as LOG
 from tests.integration.actions.seeding import apply_changes
@@ -101,6 +106,23 @@ async def _alert(database_url: str) -> dict[str, object]:
 async def _seed_alert(pool: Pool) -> None:
     await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
                         now=NOW, channels=WEBHOOK)  # fmt: skip
+
+
+def _quiet_playbooks(folder: Path) -> Playbooks:
+    """The default playbooks with the welcome sequence quiet from 21:00 to 08:00 UTC."""
+    quiet = 'quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}\n    reentry: never'
+    edited = folder / "playbooks.yaml"
+    text = default_playbooks_path().read_text(encoding="utf-8")
+    edited.write_text(text.replace("reentry: never", quiet, 1), encoding="utf-8")
+    return load_playbooks(edited)
+
+
+async def _enrol_newbie(pool: Pool, books: Playbooks) -> None:
+    """Customer "newbie" (with an e-mail) becomes new: enrolled in welcome, steps by e-mail."""
+    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
+                         email="newbie@example.com")  # fmt: skip
+    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
+                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
 
 
 def _webhook(client: httpx.AsyncClient, receiver: WebhookReceiver) -> Channels:
@@ -237,15 +259,7 @@ async def test_a_step_claimed_inside_its_quiet_hours_is_put_back_unsent(
 ) -> None:
     # Quiet 21:00-08:00 UTC. The welcome sequence's day-1 step is due at 10:00, outside them;
     # a retry, an expired lease or a backlog brings it to the scheduler at 23:00 instead.
-    quiet = 'quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}\n    reentry: never'
-    edited = tmp_path / "playbooks.yaml"
-    text = default_playbooks_path().read_text(encoding="utf-8")
-    edited.write_text(text.replace("reentry: never", quiet, 1), encoding="utf-8")
-    books = load_playbooks(edited)
-    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
-                         email="newbie@example.com")  # fmt: skip
-    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
-                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+    await _enrol_newbie(pool, _quiet_playbooks(tmp_path))
     first_due = NOW + DAY  # 10:00
     clock = FixedClock(first_due + timedelta(hours=13))  # 23:00
     registry = CollectorRegistry()
@@ -281,15 +295,7 @@ async def test_a_step_whose_stored_quiet_hours_cannot_be_read_is_dead_lettered_a
 ) -> None:
     # The check raised out of the send task: nothing counted, nothing logged, the step
     # claimed again every lease for ever and the enrolment's later steps held behind it.
-    quiet = 'quiet_hours: {start: "21:00", end: "08:00", timezone: UTC}\n    reentry: never'
-    edited = tmp_path / "playbooks.yaml"
-    text = default_playbooks_path().read_text(encoding="utf-8")
-    edited.write_text(text.replace("reentry: never", quiet, 1), encoding="utf-8")
-    books = load_playbooks(edited)
-    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
-                         email="newbie@example.com")  # fmt: skip
-    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
-                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+    await _enrol_newbie(pool, _quiet_playbooks(tmp_path))
     async with pool.acquire() as conn:  # a zone a later image's tzdata no longer has
         await conn.execute("UPDATE actions.delivery SET payload = jsonb_set(payload,"
                            " '{quiet_hours,timezone}', '\"Gone/Away\"')")  # fmt: skip
@@ -313,10 +319,7 @@ async def test_an_enrolments_due_steps_go_out_one_at_a_time_in_order(
     # Every step of the welcome sequence is due at once (the service was down for a month):
     # before, one claim took them all, sent at once in any order.
     books = load_playbooks(default_playbooks_path())
-    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
-                         email="newbie@example.com")  # fmt: skip
-    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
-                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+    await _enrol_newbie(pool, books)
     late = FixedClock(NOW + 30 * DAY)
     names = {row["id"]: row["step_name"] for row in await fetch(
         actions_db, "SELECT id, step_name FROM actions.delivery WHERE kind = 'step'")}  # fmt: skip
@@ -353,11 +356,7 @@ async def test_an_enrolment_whose_every_step_died_ends_failed_not_completed(
 ) -> None:
     # Every step dead used to end the enrolment `completed`: the completion counts the
     # business reads included sequences that reached nobody.
-    books = load_playbooks(default_playbooks_path())
-    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
-                         email="newbie@example.com")  # fmt: skip
-    await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
-                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+    await _enrol_newbie(pool, load_playbooks(default_playbooks_path()))
     late = FixedClock(NOW + 30 * DAY)
     done = 0
     while claimed := await _claim(pool, "step", at=late):
