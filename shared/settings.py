@@ -245,24 +245,32 @@ class ServiceSettings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _kafka_security(self) -> ServiceSettings:
-        # Refused at start, naming what is missing: aiokafka failed at the first connection.
-        sasl = self.kafka_security_protocol.startswith("SASL_")
-        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
-            raise ValueError(
-                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
-                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
-            )
+    def kafka_security_problem(self) -> str | None:
+        """What the Kafka security settings lack (None: nothing). Checked by the settings
+        of the services that build Kafka clients, at start: aiokafka failed at the first
+        connection. Not here: `tierstream migrate` and the migrate Job never talk to
+        Kafka, and have neither the SASL password nor the certificates."""
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            needs = "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            return f"KAFKA_SECURITY_PROTOCOL={protocol} needs {needs}"
+        if protocol not in ("SSL", "SASL_SSL"):
+            return None  # the certificate settings are not read
         if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
-            raise ValueError("KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (the key's certificate)")
+            return "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE (the key's certificate)"
         files = {"KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
                  "KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
                  "KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile}  # fmt: skip
         for name, path in files.items():
             if path is not None and not os.access(path, os.R_OK):
-                raise ValueError(f"{name}: no readable file at {path!r}")
-        return self
+                return f"{name}: no readable file at {path!r}"
+        return None
+
+    def _refuse_incomplete_kafka_security(self) -> None:
+        if problem := self.kafka_security_problem():
+            raise ValueError(problem)
 
     @field_validator("api_keys")
     @classmethod
@@ -321,6 +329,11 @@ class ConsumingServiceSettings(DatabaseServiceSettings):
     """A service with a fenced consumer and work decided by the clock (the scorer's time
     sweeps, actions' sequence steps), which waits for partitions to be read
     (shared/group_progress.py). The variables take the service's prefix."""
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> ConsumingServiceSettings:
+        self._refuse_incomplete_kafka_security()
+        return self
 
     progress_interval_s: float = Field(
         1.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -16,6 +16,11 @@ class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(
         env_prefix="INGEST_", frozen=True, populate_by_name=True, extra="ignore"
     )
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> IngestSettings:
+        self._refuse_incomplete_kafka_security()
+        return self
 
     port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")
     api_keys: Annotated[SecretStr, NoDecode] = Field(

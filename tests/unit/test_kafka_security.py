@@ -8,6 +8,9 @@ import ssl
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from services.actions.settings import ActionsSettings
+from services.ingest.settings import IngestSettings
+from services.scorer.settings import ScorerSettings
 from shared.kafka import connection_options, make_consumer, make_producer
 from shared.settings import ServiceSettings
 
@@ -47,28 +50,38 @@ def test_sasl_over_plain_tcp_has_no_tls_context() -> None:
     assert options["security_protocol"] == "SASL_PLAINTEXT" and "ssl_context" not in options
 
 
+SSL = {"KAFKA_SECURITY_PROTOCOL": "SSL"}
+NEEDS_LOGIN = "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+
+
+@pytest.mark.parametrize("service", [IngestSettings, ScorerSettings, ActionsSettings])
 @pytest.mark.parametrize(
     ("env", "reason"),
     [
-        (
-            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
-            "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
-        ),
-        (
-            {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"},
-            "needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
-        ),
-        ({"KAFKA_SSL_CAFILE": "/no/such/ca.pem"}, "KAFKA_SSL_CAFILE: no readable file"),
-        ({"KAFKA_SSL_KEYFILE": __file__}, "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, NEEDS_LOGIN),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"}, NEEDS_LOGIN),
+        ({**SSL, "KAFKA_SSL_CAFILE": "/no/such/ca.pem"}, "KAFKA_SSL_CAFILE: no readable file"),
+        ({**SSL, "KAFKA_SSL_KEYFILE": __file__}, "KAFKA_SSL_KEYFILE needs KAFKA_SSL_CERTFILE"),
         ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT' or 'SASL_SSL'"),
         ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "'PLAIN', 'SCRAM-SHA-256' or 'SCRAM-SHA-512'"),
     ],
 )
 def test_incomplete_security_settings_are_refused_naming_what_is_missing(
-    env: dict[str, str], reason: str
+    service: type[ServiceSettings], env: dict[str, str], reason: str
 ) -> None:
     with pytest.raises(ValueError, match=reason.replace("(", r"\(")):
-        _settings(**env)
+        service.model_validate(env)
+
+
+def test_settings_that_build_no_kafka_client_leave_its_security_alone() -> None:
+    # The migrate Job reads the shared ConfigMap (SASL_SSL, the CA's path) but has neither
+    # the SASL password nor the certificate mounted: it was refused, and no upgrade ran.
+    shared = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "svc",
+              "KAFKA_SSL_CAFILE": "/etc/tierstream/kafka-ca.pem"}  # fmt: skip
+    assert ServiceSettings.model_validate(shared).kafka_security_protocol == "SASL_SSL"
+    # Certificates are not read without TLS: a leftover path is no error.
+    plain = {"KAFKA_SSL_CAFILE": "/no/such/ca.pem"}
+    assert IngestSettings.model_validate(plain).kafka_security_problem() is None
 
 
 def test_an_unset_variable_passed_as_empty_is_unset() -> None:
