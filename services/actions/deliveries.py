@@ -116,6 +116,11 @@ async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> Recor
             delivery.id, now,
         )  # fmt: skip
         if status == "dead":
+            if delivery.enrolment_id is not None:  # it did reach the customer after all
+                await conn.execute(
+                    "UPDATE actions.enrolment SET status = 'completed'"
+                    " WHERE id = $1 AND status = 'failed'", delivery.enrolment_id,
+                )  # fmt: skip
             return Recorded(applied=False, decided=status)
         if status is None:
             decided = await conn.fetchval(

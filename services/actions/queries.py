@@ -186,9 +186,13 @@ class RequeueFilter:
 async def requeue_dead(conn: Connection, which: RequeueFilter) -> int:
     """Put the dead deliveries `which` selects back to pending, attempts from zero, due at
     once; returns how many. Never those that went out after all (`sent_at` set: an earlier
-    attempt succeeded after the last was refused). Each keeps its idempotency key."""
+    attempt succeeded after the last was refused), nor the pushes of tasks no longer open.
+    Each keeps its idempotency key."""
     where = _Where()
     where.add("status = 'dead' AND sent_at IS NULL AND kind = {}", which.kind)
+    if which.kind == "task":  # a task done or cancelled meanwhile is not pushed again
+        where.add("EXISTS (SELECT 1 FROM actions.task AS t WHERE t.status = 'open'"
+                  " AND t.id = (payload -> 'task' ->> 'id')::bigint)")  # fmt: skip
     if which.channel is not None:
         where.add("channel = {}", which.channel)
     if which.created_from is not None:

@@ -128,16 +128,16 @@ async def first_admissible(
     enrols = [e for group in candidates for e in group]
     if not enrols:
         return [None for _ in candidates]
-    history = {
-        (r["customer_id"], r["sequence"]): r["last_end"]
-        for r in await conn.fetch(
-            "SELECT customer_id, sequence, max(coalesce(ended_at, enrolled_at)) AS last_end"
-            " FROM actions.enrolment WHERE (customer_id, sequence) IN"
-            " (SELECT * FROM unnest($1::text[], $2::text[])) GROUP BY 1, 2",
-            [e.customer_id for e in enrols],
-            [e.request.sequence for e in enrols],
-        )
-    }
+    rows = await conn.fetch(
+        "SELECT customer_id, sequence, max(coalesce(ended_at, enrolled_at)) AS last_end,"
+        " bool_or(status = 'active') AS active FROM actions.enrolment"
+        " WHERE (customer_id, sequence) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+        " GROUP BY 1, 2",
+        [e.customer_id for e in enrols],
+        [e.request.sequence for e in enrols],
+    )
+    history = {(r["customer_id"], r["sequence"]): r["last_end"] for r in rows}
+    active = {(r["customer_id"], r["sequence"]) for r in rows if r["active"]}
     goals = {
         (r["customer_id"], r["event_type"]): r["last_at"]
         for r in await conn.fetch(
@@ -148,7 +148,7 @@ async def first_admissible(
     }
     chosen: list[EnrolRow | None] = []
     for group in candidates:
-        reasons = [_refusal(e, history, goals, now) for e in group]
+        reasons = [_refusal(e, history, goals, now, active) for e in group]
         admitted = next((e for e, why in zip(group, reasons, strict=True) if why is None), None)
         chosen.append(admitted)
         if admitted is None and group and refused is not None:
@@ -158,10 +158,12 @@ async def first_admissible(
 
 def _refusal(
     enrol: EnrolRow, history: dict[tuple[str, str], datetime],
-    goals: dict[tuple[str, str], datetime], now: datetime,
+    goals: dict[tuple[str, str], datetime], now: datetime, active: set[tuple[str, str]],
 ) -> str | None:  # fmt: skip
     """Why the enrolment is not made (a `REFUSALS` reason), None when it is allowed."""
     request = enrol.request
+    if (enrol.customer_id, request.sequence) in active:
+        return "already_active"  # one at a time (the insert would skip it anyway)
     last = history.get((enrol.customer_id, request.sequence))
     if last is not None and request.reentry is Reentry.NEVER:
         return "reentry_never"

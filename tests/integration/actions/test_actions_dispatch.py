@@ -11,13 +11,14 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.actions import deliveries, store
+from services.actions import deliveries, queries, store
 from services.actions.app import create_app
 from services.actions.channels import Channels, Delivery, WebhookChannel
 from services.actions.db import Pool, create_pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig, DeliveryRow
 from services.actions.metrics import actions_metrics
+from services.actions.queries import RequeueFilter
 from services.actions.settings import ActionsSettings
 from shared.clock import FixedClock
 from tests.integration.actions.seeding import apply_changes
@@ -169,6 +170,24 @@ async def test_dead_alerts_are_sent_again_once_requeued_with_the_same_key(
     ]  # fmt: skip
     sent = [r for r in receiver.requests if r.status == 200]
     assert [r.key for r in sent] == [rows[1]["idempotency_key"]]
+
+
+async def test_the_push_of_a_task_finished_meanwhile_is_not_requeued(
+    pool: Pool, actions_db: str
+) -> None:
+    # Sent again, the snapshot it carries would open work in the CRM that is already done.
+    crm = ChannelConfig(webhook=False, email=False, crm=True)
+    changes = [tier_change(f"g{i}", f"vip{i}", "value_tier", "silver", "gold") for i in (1, 2)]
+    await apply_changes(pool, changes, now=NOW, channels=crm)
+    await fetch(actions_db, "UPDATE actions.delivery SET status = 'dead' WHERE kind = 'task'")
+    await fetch(actions_db, "UPDATE actions.task SET status = 'done' WHERE customer_id = 'vip1'")
+    async with pool.acquire() as conn:
+        assert await queries.requeue_dead(conn, RequeueFilter("task")) == 1
+    rows = await fetch(actions_db, "SELECT customer_id, status FROM actions.delivery"
+                       " WHERE kind = 'task' ORDER BY customer_id")  # fmt: skip
+    assert [(r["customer_id"], r["status"]) for r in rows] == [
+        ("vip1", "dead"), ("vip2", "pending"),
+    ]  # fmt: skip
 
 
 async def test_a_failure_reported_after_its_lease_ran_out_leaves_the_newer_attempt_alone(

@@ -203,8 +203,10 @@ async def test_after_an_outage_a_due_step_waits_for_the_purchase_that_ends_its_s
     # fell due meanwhile. Sent at restart before the purchase was read, it would offer a
     # discount to a customer who had just come back.
     with smtp_server() as (port, mailbox):
+        # A backlog of one record: under the default ACTIONS_STEP_MAX_LAG (1,000) the steps
+        # would not wait for it, and the test would race the consumer (it lost under load).
         settings = actions_settings(base_env, smtp_host="127.0.0.1", smtp_port=port,
-                                    alert_email_to="care@example.com")  # fmt: skip
+                                    alert_email_to="care@example.com", step_max_lag=0)  # fmt: skip
         async with running_actions(settings, clock) as url:
             at_risk = tier_change("chg-risk", "lapsed", "lifecycle_stage", "established",
                                   "at_risk", email="lapsed@example.com")  # fmt: skip

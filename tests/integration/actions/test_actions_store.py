@@ -63,6 +63,9 @@ async def test_welcome_is_never_entered_twice_but_win_back_may_be(
     pool: Pool, actions_db: str
 ) -> None:
     await apply_changes(pool, [tier_change("1", "c", "lifecycle_stage", "lead", "new")], now=NOW)
+    twice = tier_change("1b", "c", "lifecycle_stage", "lead", "new", at=NOW + DAY / 2)
+    result = await apply_changes(pool, [twice], now=NOW + DAY / 2)  # welcome still running
+    assert result.refused == {("welcome", "already_active"): 1}  # not `reentry_never`
     at_risk = tier_change("2", "c", "lifecycle_stage", "new", "at_risk")
     await apply_changes(pool, [at_risk], now=NOW + DAY)
     await apply_batch(pool, [], [GoalHit("c", NOW + 2 * DAY)], [], group_id="g", playbooks=BOOKS,
@@ -73,6 +76,9 @@ async def test_welcome_is_never_entered_twice_but_win_back_may_be(
     ]
     result = await apply_changes(pool, again, now=NOW + 4 * DAY)
     assert result.refused == {("welcome", "reentry_never"): 1}
+    churned = tier_change("5", "c", "lifecycle_stage", "at_risk", "churned", at=NOW + 5 * DAY)
+    result = await apply_changes(pool, [churned], now=NOW + 5 * DAY)  # in win_back now
+    assert result.refused == {("win_back", "already_active"): 1}
     assert await _enrolments(actions_db, "c") == [
         ("welcome", "exited", "lifecycle_stage:at_risk"),
         ("win_back", "exited", "goal:purchase"),
