@@ -164,11 +164,16 @@ def enrolments_by_status(enrolments: Iterable[Change]) -> dict[str, dict[str, in
     return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
 
 
-def exit_reasons(enrolments: Iterable[Change]) -> dict[str, dict[str, int]]:
-    """{sequence: {exit reason: n}} of the enrolments that exited."""
+def exit_reasons(
+    enrolments: Iterable[Change], since: datetime, until: datetime
+) -> dict[str, dict[str, int]]:
+    """{sequence: {exit reason: n}} of the enrolments that exited in [since, until)."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for item in enrolments:
-        if item.get("status") == "exited":
+        ended = item.get("ended_at")
+        if item.get("status") != "exited" or ended is None:
+            continue
+        if since <= datetime.fromisoformat(str(ended)) < until:
             counts[str(item.get("sequence"))][str(item.get("exit_reason"))] += 1
     return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
 
@@ -235,7 +240,7 @@ def collect_report(
         reactivated=customers_moved_to(histories, "reactivated", since, until),
         tasks=tasks_per_queue(list(open_tasks), list(overdue), completed_between(done, since, end)),
         enrolments=enrolments_by_status(enrolments),
-        exit_reasons=exit_reasons(enrolments),
+        exit_reasons=exit_reasons(enrolments, since, end),
     )
 
 
@@ -290,7 +295,7 @@ def actions_tables(report: Report) -> list[Table]:
         enrolled.add_column(status, justify="right")
     for sequence, counts in report.enrolments.items():
         enrolled.add_row(sequence, *[str(counts.get(s, 0)) for s in statuses])
-    exits = Table(title="sequence exits by reason")
+    exits = Table(title=f"sequence exits by reason, {_period(report)}")
     for column in ("sequence", "reason", "enrolments"):
         exits.add_column(column, justify="right" if column == "enrolments" else "left")
     for sequence, reasons in report.exit_reasons.items():

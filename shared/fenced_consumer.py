@@ -87,6 +87,7 @@ class FencedConsumer:
         self.needs_resync = False
         # Per partition whose log ends before its stored offset: since when (monotonic).
         self._short_since: dict[TopicPartition, float] = {}
+        self._gauges: dict[TopicPartition, tuple[Any, Any]] = {}  # lag, fetch age
 
     async def poll(self) -> Batch:
         """Fetch the next batch (subclasses choose batch size and waiting)."""
@@ -220,6 +221,7 @@ class FencedConsumer:
             self.fences.pop(tp, None)
             self.starts.pop(tp, None)
             self._short_since.pop(tp, None)
+            self._gauges.pop(tp, None)
             for gauge in (self.fence_metrics.consumer_lag, self.fence_metrics.fetch_age):
                 with contextlib.suppress(KeyError):
                     gauge.remove(tp.topic, str(tp.partition))
@@ -257,16 +259,25 @@ class FencedConsumer:
         # its last value (nothing new is heard) but the fetch age grows.
         now_ms = time.time() * 1000
         for tp in self.consumer.assignment():
+            lag, age = self._gauges_of(tp)
             high = self.consumer.highwater(tp)
             if high is not None and tp in self.fences:
                 applied = self.fences[tp]
                 applied = applied if applied is not None else self.starts.get(tp, 0)
-                self.fence_metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, high - applied)
-                )
+                lag.set(max(0, high - applied))
             if (heard_ms := self.consumer.last_poll_timestamp(tp)) is not None:
-                age_s = max(0.0, (now_ms - heard_ms) / 1000)
-                self.fence_metrics.fetch_age.labels(tp.topic, str(tp.partition)).set(age_s)
+                age.set(max(0.0, (now_ms - heard_ms) / 1000))
+
+    def _gauges_of(self, tp: TopicPartition) -> tuple[Any, Any]:
+        """The partition's lag and fetch-age gauges, looked up once (a labels() call takes
+        a lock and builds a key: twice a partition on every poll otherwise)."""
+        if (found := self._gauges.get(tp)) is None:
+            labels = (tp.topic, str(tp.partition))
+            found = self._gauges[tp] = (
+                self.fence_metrics.consumer_lag.labels(*labels),
+                self.fence_metrics.fetch_age.labels(*labels),
+            )
+        return found
 
 
 def group_generation(consumer: AIOKafkaConsumer) -> int | None:

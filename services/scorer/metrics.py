@@ -85,7 +85,8 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
     return ScorerMetrics(
         events=prom.Counter(
             f"{p}events_total",
-            "Events consumed, by type and outcome (processed, duplicate, dead_lettered).",
+            "Events consumed, by type and outcome (processed, duplicate, dead_lettered:"
+            " unreadable or invalid, quarantined: valid but folding or classifying raised).",
             ["type", "outcome"],
             registry=registry,
         ),

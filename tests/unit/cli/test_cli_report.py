@@ -146,14 +146,20 @@ def test_tasks_are_counted_per_queue_with_the_ones_done_late() -> None:
     assert len(in_may) == 2  # the 10th is the period's end, not in it
 
 
-def test_exits_are_counted_per_sequence_and_reason() -> None:
+def test_exits_in_the_period_are_counted_per_sequence_and_reason() -> None:
+    def exited(sequence: str, reason: str, day: str) -> dict[str, Any]:
+        return {"sequence": sequence, "status": "exited", "exit_reason": reason,
+                "ended_at": f"{day}T00:00:00Z"}  # fmt: skip
+
     items: list[dict[str, Any]] = [
-        {"sequence": "win_back", "status": "exited", "exit_reason": "goal:purchase"},
-        {"sequence": "win_back", "status": "exited", "exit_reason": "goal:purchase"},
-        {"sequence": "welcome", "status": "exited", "exit_reason": "lifecycle_stage:at_risk"},
-        {"sequence": "welcome", "status": "completed", "exit_reason": None},
+        exited("win_back", "goal:purchase", "2026-05-02"),
+        exited("win_back", "goal:purchase", "2026-05-09"),
+        exited("welcome", "lifecycle_stage:at_risk", "2026-05-03"),
+        exited("welcome", "lifecycle_stage:at_risk", "2026-06-03"),  # after the period
+        exited("welcome", "lifecycle_stage:churned", "2026-04-03"),  # before it
+        {"sequence": "welcome", "status": "completed", "exit_reason": None, "ended_at": None},
     ]
-    assert exit_reasons(items) == {
+    assert exit_reasons(items, SINCE, datetime(2026, 6, 1, tzinfo=UTC)) == {
         "welcome": {"lifecycle_stage:at_risk": 1}, "win_back": {"goal:purchase": 2},
     }  # fmt: skip
 
