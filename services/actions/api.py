@@ -278,7 +278,7 @@ def api_router() -> APIRouter:
         description="Dead deliveries of one kind (optionally one channel and a window of "
         "creation times) become pending again, their attempts counted from zero and their "
         "idempotency keys unchanged, and go out in the next dispatch round. Deliveries that "
-        "went out after all (`sent_at` set) stay dead.",
+        "went out after all (`sent_at` set), and pushes of tasks no longer open, stay dead.",
     )  # fmt: skip
     async def requeue(
         request: Request, source: SourceDep, which: Annotated[RequeueDead, Body()]
