@@ -259,9 +259,10 @@ class FencedConsumer:
         # its last value (nothing new is heard) but the fetch age grows.
         now_ms = time.time() * 1000
         for tp in self.consumer.assignment():
+            if tp not in self.fences:  # not ours (yet, or any more): no series of it
+                continue
             lag, age = self._gauges_of(tp)
-            high = self.consumer.highwater(tp)
-            if high is not None and tp in self.fences:
+            if (high := self.consumer.highwater(tp)) is not None:
                 applied = self.fences[tp]
                 applied = applied if applied is not None else self.starts.get(tp, 0)
                 lag.set(max(0, high - applied))
@@ -269,8 +270,10 @@ class FencedConsumer:
                 age.set(max(0.0, (now_ms - heard_ms) / 1000))
 
     def _gauges_of(self, tp: TopicPartition) -> tuple[Any, Any]:
-        """The partition's lag and fetch-age gauges, looked up once (a labels() call takes
-        a lock and builds a key: twice a partition on every poll otherwise)."""
+        """The partition's lag and fetch-age gauges, looked up once while it is owned (a
+        labels() call takes a lock and builds a key: twice a partition on every poll
+        otherwise). Created only once a batch may be applied to it, so a series `forget`
+        removed on revocation does not come back."""
         if (found := self._gauges.get(tp)) is None:
             labels = (tp.topic, str(tp.partition))
             found = self._gauges[tp] = (
