@@ -9,14 +9,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from services.actions import queries
 from services.actions.db import RequestDatabase
 from services.actions.queries import RequeueFilter, TaskFilter, TransitionRefused
 from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
-from shared.contracts import ID_MAX_CHARS
+from shared.contracts import ID_MAX_CHARS, EventTime
 from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep, invalid_query
 from shared.logging import get_logger
 
@@ -158,8 +158,9 @@ class RequeueDead(BaseModel):
         description="Alerts, or task pushes to the CRM (sequence steps are not sent late)."
     )
     channel: Literal["webhook", "email", "log"] | None = Field(None, description="Only these.")
-    created_from: AwareDatetime | None = Field(None, description="Created at or after this.")
-    created_until: AwareDatetime | None = Field(None, description="Created before this.")
+    # Text only, as event times: pydantic alone reads a number as Unix seconds.
+    created_from: EventTime | None = Field(None, description="Created at or after this.")
+    created_until: EventTime | None = Field(None, description="Created before this.")
 
 
 class Requeued(_Out):

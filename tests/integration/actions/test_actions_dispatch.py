@@ -155,8 +155,9 @@ async def test_dead_alerts_are_sent_again_once_requeued_with_the_same_key(
         app = create_app(settings, pool=pool, clock=FixedClock(NOW))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a",
                                      headers=AUTH) as api:  # fmt: skip
-            refused = await api.post("/v1/deliveries/requeue", json={"kind": "step"})
-            assert refused.status_code == 422
+            for bad in ({"kind": "step"}, {"kind": "alert", "created_from": 1422858}):
+                refused = await api.post("/v1/deliveries/requeue", json=bad)
+                assert refused.status_code == 422, (bad, refused.text)
             answer = await api.post("/v1/deliveries/requeue",
                                     json={"kind": "alert", "channel": "webhook"})  # fmt: skip
         assert answer.status_code == 200 and answer.json() == {"requeued": 1}
