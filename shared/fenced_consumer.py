@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from shared import offsets
+from shared.dead_letters import Poison, dead_letter
 from shared.group_commit import GroupCommitter
 from shared.logging import get_logger
 from shared.offsets import Fenced, OffsetMove
@@ -76,9 +77,13 @@ class FencedConsumer:
         group_id: str,
         schema: str,
         metrics: ConsumerMetrics,
+        max_message_bytes: int = 1_048_588,
     ) -> None:
+        """`max_message_bytes`: the brokers' limit (KAFKA_MAX_MESSAGE_BYTES), which a dead
+        letter is cut to fit."""
         self.consumer, self.pool, self.group_id = consumer, pool, group_id
         self.schema, self.fence_metrics = schema, metrics
+        self.max_message_bytes = max_message_bytes
         self.group_commits = GroupCommitter(consumer, failures=metrics.group_commit_failures)
         # Per owned partition: the stored next offset our next commit expects (None: no row).
         self.fences: dict[TopicPartition, int | None] = {}
@@ -88,6 +93,16 @@ class FencedConsumer:
         # Per partition whose log ends before its stored offset: since when (monotonic).
         self._short_since: dict[TopicPartition, float] = {}
         self._gauges: dict[TopicPartition, tuple[Any, Any]] = {}  # lag, fetch age
+
+    async def write_dead_letters(
+        self, producer: AIOKafkaProducer, poison: Sequence[Poison]
+    ) -> list[str]:
+        """Poison records to their `<topic>.dlq`, acknowledged, signed with this group and
+        cut to the brokers' limit; the DLQ topic of each, in order."""
+        if not poison:
+            return []
+        return await dead_letter(producer, poison, group_id=self.group_id,
+                                 max_message_bytes=self.max_message_bytes)  # fmt: skip
 
     async def poll(self) -> Batch:
         """Fetch the next batch (subclasses choose batch size and waiting)."""

@@ -22,7 +22,7 @@ from services.actions.decoding import Decoded, Record, decode
 from services.actions.effects import ChannelConfig
 from services.actions.metrics import ActionsMetrics
 from shared.clock import Clock
-from shared.dead_letters import Poison, dead_letter
+from shared.dead_letters import Poison
 from shared.domain.playbooks import Playbooks
 from shared.fenced_consumer import Batch, FencedConsumer
 from shared.logging import get_logger
@@ -43,8 +43,8 @@ class ChangeConsumer(FencedConsumer):
         on_effects: Callable[[], None] = lambda: None, tracer: Tracer | None = None,
         max_message_bytes: int = 1_048_588,
     ) -> None:  # fmt: skip
-        super().__init__(consumer, pool, group_id=group_id, schema="actions", metrics=metrics)
-        self.max_message_bytes = max_message_bytes  # dead letters are cut to fit it
+        super().__init__(consumer, pool, group_id=group_id, schema="actions", metrics=metrics,
+                         max_message_bytes=max_message_bytes)  # fmt: skip
         self.producer, self.topics, self.playbooks = producer, topics, playbooks
         self.channels, self.clock, self.metrics = channels, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
@@ -90,9 +90,7 @@ class ChangeConsumer(FencedConsumer):
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
         """Write poison records to `<topic>.dlq` (acknowledged) and count them."""
-        written = await dead_letter(self.producer, poison, group_id=self.group_id,
-                                    max_message_bytes=self.max_message_bytes)  # fmt: skip
-        for dlq in written:
+        for dlq in await self.write_dead_letters(self.producer, poison):
             self.metrics.dlq_records.labels(dlq).inc()
 
     def _count(self, result: BatchResult, decoded: Decoded) -> None:

@@ -23,7 +23,7 @@ from services.scorer.metrics import ScorerMetrics
 from services.scorer.polling import Batch, gather_batch, split_lanes
 from services.scorer.state_cache import StateCache
 from shared.clock import Clock
-from shared.dead_letters import Poison, Record, dead_letter
+from shared.dead_letters import Poison, Record
 from shared.domain.state import Event, fold
 from shared.fenced_consumer import FencedConsumer
 from shared.gcpause import gc_paused
@@ -61,8 +61,8 @@ class EventConsumer(FencedConsumer):
         publish: Callable[[], Awaitable[object]] | None = None,
         max_message_bytes: int = 1_048_588,
     ) -> None:
-        super().__init__(consumer, pool, group_id=group_id, schema="scorer", metrics=metrics)
-        self.max_message_bytes = max_message_bytes  # dead letters are cut to fit it
+        super().__init__(consumer, pool, group_id=group_id, schema="scorer", metrics=metrics,
+                         max_message_bytes=max_message_bytes)  # fmt: skip
         self.producer, self.scoring, self.clock, self.metrics = producer, scoring, clock, metrics
         self.max_records, self.poll_timeout_ms = max_records, poll_timeout_ms
         self.linger_ms, self.lanes, self.on_changes = linger_ms, lanes, on_changes
@@ -214,9 +214,7 @@ class EventConsumer(FencedConsumer):
         return None
 
     async def _dead_letter(self, poison: Sequence[Poison]) -> None:
-        if poison:
-            await dead_letter(self.producer, poison, group_id=self.group_id,
-                              max_message_bytes=self.max_message_bytes)  # fmt: skip
+        await self.write_dead_letters(self.producer, poison)
 
     def _count(
         self,
