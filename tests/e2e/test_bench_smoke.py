@@ -49,7 +49,7 @@ def test_the_bench_runs_every_phase_and_writes_every_figure(
     assert results["machine"]["cores_logical"] >= 1
     drain = results["details"]["scorer"][0]
     assert drain["batches"]["count"] > 1 and drain["batches"]["mean_events"] <= 500, drain
-    assert drain["outbox_backlog"] >= 0
+    assert isinstance(drain["outbox_backlog"], int)  # reported (the relay may still be busy)
     # Each probe is decided before its change is published (both wall clocks, one machine).
     assert results["e2e_to_decision_p99_ms"] <= results["e2e_to_publish_p99_ms"], results
 

@@ -156,7 +156,7 @@ async def test_the_fetch_age_grows_while_the_broker_is_away_and_drops_when_it_is
     async with running_scorer(settings, clock):
         await produce(gated_broker.bootstrap_servers, route, [login("a0", "a", days_ago=1)])
         await wait_until(lambda: folded(scorer_db, "a", events=1))
-        assert await _fetch_age(settings, at_most=2)
+        await wait_until(lambda: _fetch_age(settings, at_most=2))
         await gated_broker.gate.close()
         try:
             await wait_until(lambda: _fetch_age(settings, at_least=3), within=20)
