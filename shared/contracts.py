@@ -72,6 +72,7 @@ def _time_as_text(value: object) -> object:
 
 
 _EDGE_DAYS = (f"{MINYEAR:04}-01-01", f"{MAXYEAR:04}-12-31")
+_DATETIME = TypeAdapter(datetime)  # only for the edge days: not on the hot path
 
 
 def _not_iso() -> PydanticCustomError:
@@ -79,10 +80,10 @@ def _not_iso() -> PydanticCustomError:
 
 
 def _check_utc_range(value: str | datetime) -> None:
-    try:
-        at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    try:  # pydantic's own parser: it reads what Python's does not ("…T00:00:00z")
+        at = _DATETIME.validate_python(value) if isinstance(value, str) else value
     except ValueError:
-        return  # not a time Python reads: pydantic's parser reports it
+        return  # not a time at all: the field's own validation reports it
     if not exists_in_utc(at):
         raise PydanticCustomError("datetime_range", TIME_RANGE_REASON)
 
