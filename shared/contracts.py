@@ -31,7 +31,8 @@ ID_PATTERN = r"^\S(?s:.*\S)?$"
 ID_PATTERN_REASON = "Must not begin or end with whitespace"
 ID_MAX_CHARS = 128  # customer, event, order and ticket ids
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+SHORT_TEXT_MAX_CHARS = 256  # sources, skus, categories, channels, devices
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=SHORT_TEXT_MAX_CHARS)]
 AttributeValue = str | int | float | bool | None
 
 

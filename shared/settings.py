@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.contracts import SHORT_TEXT_MAX_CHARS
+
 S = TypeVar("S", bound=BaseSettings)
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tierstream"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -70,7 +72,14 @@ def parse_api_keys(raw: str) -> dict[str, str]:
                 f"API key of entry {source.strip()!r} holds a space or a character other than "
                 "printable ASCII"
             )
-        keys[key] = source.strip() or "default"
+        name = source.strip() or "default"
+        if len(name) > SHORT_TEXT_MAX_CHARS:
+            # It fills events' `source`, which the contract bounds: each would be poison.
+            raise ValueError(
+                f"API key entry {name[:40]!r}...: the source name is longer than"
+                f" {SHORT_TEXT_MAX_CHARS} characters"
+            )
+        keys[key] = name
     return keys
 
 

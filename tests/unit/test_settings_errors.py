@@ -79,6 +79,8 @@ def test_a_cross_field_error_never_shows_the_environment(monkeypatch: pytest.Mon
         ("prod:", "API key entry 'prod' has an empty key"),
         (f"prod:{SECRET}é", "API key of entry 'prod' holds a space or a character"),
         (f"prod:{SECRET} x", "API key of entry 'prod' holds a space or a character"),
+        # The name fills events' `source` (at most 256): each event was accepted, then poison.
+        (f"{'s' * 257}:{SECRET}", "the source name is longer than 256 characters"),
     ],
 )
 def test_an_api_key_no_client_could_send_is_a_configuration_error_naming_its_source(
