@@ -216,7 +216,7 @@ def refuse_conflicting_ids(events: list[Event]) -> list[Event]:
     errors: list[FieldError] = []
     for index, event in enumerate(events):
         seen = first.setdefault(event.event_id, index)
-        if seen != index and events[seen] != event:
+        if seen != index and (events[seen] != event or _typed(events[seen]) != _typed(event)):
             errors.append(FieldError(
                 field=f"events[{index}].event_id",
                 reason=f"events[{seen}] is a different event with the same event_id",
@@ -225,6 +225,12 @@ def refuse_conflicting_ids(events: list[Event]) -> list[Event]:
     if errors:
         raise _invalid(errors[:MAX_REPORTED_ERRORS], total=len(errors))
     return events
+
+
+def _typed(event: Event) -> dict[str, tuple[type, object]] | None:
+    """The event's attributes with their types: `True == 1 == 1.0` in Python, but they are
+    three different values on the wire."""
+    return {k: (type(v), v) for k, v in event.attributes.items()} if event.attributes else None
 
 
 # An attribute value is `str | int | float | bool | None`: pydantic reports a wrong one once

@@ -143,6 +143,17 @@ def test_two_different_events_with_one_event_id_in_a_batch_are_refused() -> None
     }]  # fmt: skip
 
 
+@pytest.mark.parametrize(("one", "other"), [(True, 1), (1, 1.0), (False, 0.0)])
+def test_attribute_values_equal_in_python_but_not_on_the_wire_are_different_events(
+    one: object, other: object
+) -> None:
+    # `True == 1 == 1.0`: both were published and the second dropped as a duplicate.
+    first = purchase(event_id="same", attributes={"vip": one})
+    second = purchase(event_id="same", attributes={"vip": other})
+    problem = problem_of(lambda: PARSER.validate({"events": [first, second]}, now=NOW, batch=True))
+    assert [e["type"] for e in problem.errors or []] == ["event_id_conflict"]
+
+
 def test_the_same_event_twice_in_a_batch_is_a_harmless_resend() -> None:
     events = PARSER.validate({"events": [purchase(), purchase()]}, now=NOW, batch=True)
     assert [e.event_id for e in events] == ["e1", "e1"]
