@@ -9,8 +9,10 @@ from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -82,6 +84,34 @@ def invalid_input(field: str, reason: str, kind: str) -> ProblemError:
 def invalid_query(name: str, reason: str, kind: str) -> ProblemError:
     """`invalid_input` for the query parameter `name` (field `query.<name>`)."""
     return invalid_input(f"query.{name}", reason, kind)
+
+
+async def refuse_unknown_query(request: Request) -> None:
+    """422 for a query parameter the route does not read (a router dependency).
+
+    FastAPI ignores them: a misspelt filter (`/v1/tasks?customer=c-1`) answered with every
+    task, and `POST /v1/events?dry_run=true` published.
+    """
+    route = request.scope.get("route")
+    if not request.query_params or not isinstance(route, APIRoute):
+        return
+    known = _QUERY_NAMES.get(route.unique_id)
+    if known is None:
+        known = _QUERY_NAMES[route.unique_id] = _query_names(route.dependant)
+    for name in request.query_params:
+        if name not in known:
+            raise invalid_query(name, "Unknown query parameter for this route", "query_unknown")
+
+
+_QUERY_NAMES: dict[str, frozenset[str]] = {}  # per route (unique_id): the names it reads
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    own = {param.alias for param in dependant.query_params}
+    return frozenset(own.union(*(_query_names(d) for d in dependant.dependencies)))
+
+
+NO_UNKNOWN_QUERY = [Depends(refuse_unknown_query)]  # an API router's `dependencies`
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

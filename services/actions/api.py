@@ -17,7 +17,14 @@ from services.actions.queries import RequeueFilter, TaskFilter, TransitionRefuse
 from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
 from shared.contracts import ID_MAX_CHARS, EventTime
-from shared.http import PROBLEM_JSON, PROBLEM_RESPONSES, ProblemError, SourceDep, invalid_query
+from shared.http import (
+    NO_UNKNOWN_QUERY,
+    PROBLEM_JSON,
+    PROBLEM_RESPONSES,
+    ProblemError,
+    SourceDep,
+    invalid_query,
+)
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -213,7 +220,7 @@ def _task(row: dict[str, object], now: datetime) -> TaskOut:
 
 def api_router() -> APIRouter:
     """Routes of /v1 (every one needs an API key)."""
-    router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES)
+    router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES, dependencies=NO_UNKNOWN_QUERY)
 
     @router.get("/tasks", tags=["tasks"], summary="List tasks (filters, cursor pagination)")
     async def list_tasks(

@@ -44,6 +44,7 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         lifespan=None if pool is not None else _own_pool(settings),
+        redirect_slashes=False,  # a 404 problem, not a bare 307 to the scheme it came on
     )
     app.state.database = RequestDatabase(pool, settings.api_db_timeout_s) if pool else None
     app.state.clock = clock or clock_for(settings.now)

@@ -28,6 +28,7 @@ from services.ingest.settings import IngestSettings
 from shared.clock import Clock, clock_for
 from shared.contracts import EVENT_MODELS
 from shared.http import (
+    NO_UNKNOWN_QUERY,
     ApiKeys,
     ProblemError,
     RequestTimer,
@@ -71,6 +72,7 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         lifespan=_lifespan(publisher) if owned else None,
+        redirect_slashes=False,  # a 404 problem, not a bare 307 to the scheme it came on
     )
     _install(app, settings, intake, registry, tracer or make_tracer("ingest"))
     install_openapi(app, parser.batch_model)
@@ -111,7 +113,7 @@ def _lifespan(publisher: Publisher) -> Any:
 
 def events_router(intake: EventIntake, max_body_bytes: int, tracer: Tracer) -> APIRouter:
     """POST /v1/events and /v1/events/batch."""
-    router = APIRouter(prefix="/v1/events", tags=["events"])
+    router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=NO_UNKNOWN_QUERY)
 
     async def body_of(request: Request) -> bytes:
         require_json(request.headers.get("content-type"), request.headers.get("content-encoding"))
@@ -166,7 +168,7 @@ def event_schema(event_type: str) -> dict[str, Any]:
 
 def schemas_router() -> APIRouter:
     """GET /v1/schemas and /v1/schemas/{event_type}: the JSON Schema of each event type."""
-    router = APIRouter(prefix="/v1/schemas", tags=["schemas"])
+    router = APIRouter(prefix="/v1/schemas", tags=["schemas"], dependencies=NO_UNKNOWN_QUERY)
 
     @router.get("", summary="JSON Schema of every event type")
     async def all_schemas() -> dict[str, dict[str, Any]]:

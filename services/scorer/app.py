@@ -62,7 +62,9 @@ def create_app(
     """The scorer app. `pool` is the API's own (`create_pool(..., within=
     settings.api_db_timeout_s)`), the caller's to open and close."""
     registry = registry or new_registry()
-    app = FastAPI(title="Tierstream scorer", version="1", description=DESCRIPTION)
+    app = FastAPI(
+        title="Tierstream scorer", version="1", description=DESCRIPTION, redirect_slashes=False
+    )  # a 404 problem for a trailing slash, not a bare 307
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
     app.state.database = RequestDatabase(pool, settings.api_db_timeout_s)
     app.state.clock = clock or clock_for(settings.now)

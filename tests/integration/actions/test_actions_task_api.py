@@ -70,6 +70,14 @@ async def test_tasks_filter_by_customer_queue_status_and_overdue(
     assert [t["customer_id"] for t in await _items(api, overdue="true")] == ["d"]
 
 
+async def test_a_misspelt_filter_is_422_not_every_task(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/tasks", params={"customer": "b"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert (error["field"], error["type"]) == ("query.customer", "query_unknown")
+    assert (await api.get("/v1/tasks", params={"customer_id": "b"})).status_code == 200
+
+
 async def test_pages_follow_the_cursor_until_it_is_null(api: httpx.AsyncClient) -> None:
     seen: list[str] = []
     cursor: str | None = None

@@ -311,3 +311,20 @@ async def test_a_batch_of_exactly_the_limit_is_accepted(client: httpx.AsyncClien
     response = await client.post("/v1/events/batch", json={"events": events}, headers=AUTH)
     assert response.status_code == 202, response.text
     assert response.json()["accepted"] == 1000
+
+
+async def test_a_query_parameter_the_route_does_not_read_is_422_and_nothing_is_published(
+    client: httpx.AsyncClient,
+) -> None:
+    # It was ignored: `?dry_run=true` published the event.
+    response = await client.post("/v1/events?dry_run=true", json=login(), headers=AUTH)
+    errors = assert_problem(response, 422)["errors"]
+    assert [(e["field"], e["type"]) for e in errors] == [("query.dry_run", "query_unknown")]
+
+
+@pytest.mark.parametrize("path", ["/v1/events/", "/v1/events/batch/"])
+async def test_a_trailing_slash_is_a_404_problem_not_a_bare_redirect(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    # It was a 307 with an empty body, to the scheme the request came on.
+    assert_problem(await client.post(path, json=login(), headers=AUTH), 404)

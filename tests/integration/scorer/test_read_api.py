@@ -98,6 +98,16 @@ async def _publish_all(env: dict[str, str], database_url: str) -> None:
         await pool.close()
 
 
+async def test_a_misspelt_filter_is_422_not_an_unfiltered_list(api: httpx.AsyncClient) -> None:
+    response = await api.get("/v1/customers", params={"valuetier": "gold"}, headers=AUTH)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert (error["field"], error["type"]) == ("query.valuetier", "query_unknown")
+    trailing = await api.get("/v1/stats/tiers/", headers=AUTH)  # was a bare 307
+    assert trailing.status_code == 404
+    assert trailing.headers["content-type"] == "application/problem+json"
+
+
 async def test_every_route_needs_an_api_key(api: httpx.AsyncClient) -> None:
     for path in (
         "/v1/customers/gold-0",
