@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 
+from services.actions import store
 from services.actions.app import create_app
 from services.actions.channels import Channels, SmtpChannel, SmtpConfig, WebhookChannel
 from services.actions.db import Pool, create_api_pool, create_pool, migrate
@@ -100,6 +101,7 @@ async def _serve(
         log.warning("playbooks send by channels this process has no settings for: their"
                     " messages are written to the log (tierstream_actions_log_fallbacks_total)",
                     channels=missing)  # fmt: skip
+    await _end_removed_sequences(parts)
     loops = build_loops(parts, build_channels(settings, client), configured)
     ready = readiness(api_pool, broker, within=settings.ready_timeout_s)
     app = create_app(settings, pool=api_pool, clock=clock, registry=registry, ready=ready)
@@ -107,6 +109,18 @@ async def _serve(
              playbooks=playbooks.version, tracing=tracer.enabled)  # fmt: skip
     await serve(app, host=settings.host, port=settings.port, loops=loops, stop=stop,
                 install_signals=stop is None)  # fmt: skip
+
+
+async def _end_removed_sequences(parts: Parts) -> None:
+    """Enrolments in sequences the playbooks no longer define end before anything runs."""
+    async with parts.pool.acquire() as conn, conn.transaction():
+        ended = await store.end_removed_sequences(
+            conn, sorted(parts.playbooks.sequences), now=parts.clock.now()
+        )
+    for sequence, (enrolments, steps) in sorted(ended.items()):
+        parts.metrics.steps.labels(sequence, "cancelled").inc(steps)
+        log.warning("sequence no longer in the playbooks: its active enrolments exited",
+                    sequence=sequence, enrolments=enrolments, cancelled_steps=steps)  # fmt: skip
 
 
 @asynccontextmanager

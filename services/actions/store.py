@@ -114,6 +114,31 @@ async def end_enrolments(
     return Counter({row["sequence"]: row["n"] for row in result})
 
 
+async def end_removed_sequences(
+    conn: Connection, sequences: Sequence[str], *, now: datetime
+) -> dict[str, tuple[int, int]]:
+    """Exit the active enrolments of sequences the playbooks no longer define (reason
+    `sequence_removed`), cancelling their pending steps; (enrolments, steps) per sequence.
+
+    Exits are planned from the playbooks loaded now: such an enrolment could never exit,
+    and its steps would go to a customer who had long met the sequence's goal.
+    """
+    rows = await conn.fetch(
+        "WITH ended AS (UPDATE actions.enrolment e"
+        " SET status = 'exited', exit_reason = 'sequence_removed', ended_at = $2"
+        " WHERE e.status = 'active' AND NOT e.sequence = ANY($1::text[])"
+        " RETURNING e.id, e.sequence),"
+        " cancelled AS (UPDATE actions.delivery d SET status = 'cancelled'"
+        " FROM ended WHERE d.enrolment_id = ended.id AND d.status = 'pending'"
+        " RETURNING ended.sequence)"
+        " SELECT sequence, (SELECT count(*) FROM ended x WHERE x.sequence = s.sequence) AS n,"
+        " (SELECT count(*) FROM cancelled c WHERE c.sequence = s.sequence) AS steps"
+        " FROM (SELECT DISTINCT sequence FROM ended) AS s",
+        list(sequences), now,
+    )  # fmt: skip
+    return {row["sequence"]: (row["n"], row["steps"]) for row in rows}
+
+
 async def record_goals(
     conn: Connection, event_type: str, hits: dict[str, datetime], sequences: Sequence[str],
     *, now: datetime,

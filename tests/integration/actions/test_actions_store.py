@@ -10,8 +10,16 @@ import pytest
 from services.actions import store
 from services.actions.batch import GoalHit, PlannedChange, apply_batch
 from services.actions.db import Connection, Pool, create_pool
+from services.actions.main import _end_removed_sequences
+from services.actions.metrics import actions_metrics
+from services.actions.readiness import BrokerCheck
+from services.actions.settings import ActionsSettings
+from services.actions.workers import Parts
+from shared.clock import FixedClock
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
+from shared.metrics import new_registry
 from shared.offsets import Fenced, OffsetMove
+from shared.tracing import make_tracer
 from tests.integration.actions.seeding import LOG_ONLY, apply_changes
 from tests.integration.actions.support import DAY, NOW, fetch, tier_change
 
@@ -267,3 +275,29 @@ async def test_an_old_exit_arriving_late_does_not_end_a_newer_enrolment(
     result = await apply_changes(pool, [old_exit], now=NOW + DAY)
     assert result.stale == ["back"]
     assert await _enrolments(actions_db, "r", "win_back") == [("win_back", "active", None)]
+
+
+async def test_enrolments_in_a_sequence_removed_from_the_playbooks_exit_at_start(
+    pool: Pool, actions_db: str
+) -> None:
+    # Exits are planned from the playbooks loaded now: such an enrolment never exited and
+    # its steps went out to a customer who had bought again long before.
+    await apply_changes(pool, [tier_change("r", "w", "lifecycle_stage", "established",
+                                           "at_risk")], now=NOW)  # fmt: skip
+    await apply_changes(pool, [tier_change("v", "v", "value_tier", "silver", "gold")], now=NOW)
+    kept = {name: s for name, s in BOOKS.sequences.items() if name != "win_back"}
+    registry = new_registry()
+    parts = Parts(
+        ActionsSettings(), pool, BOOKS.model_copy(update={"sequences": kept}),
+        FixedClock(NOW + DAY), actions_metrics(registry), BrokerCheck(within=1), make_tracer("t"),
+    )  # fmt: skip
+    await _end_removed_sequences(parts)
+    assert await _enrolments(actions_db, "w") == [("win_back", "exited", "sequence_removed")]
+    assert await _enrolments(actions_db, "v") == [("vip_welcome", "active", None)]
+    steps = await fetch(actions_db, "SELECT status FROM actions.delivery WHERE kind = 'step'"
+                        " AND customer_id = 'w'")  # fmt: skip
+    assert {s["status"] for s in steps} == {"cancelled"}
+    cancelled = registry.get_sample_value(
+        "tierstream_actions_sequence_steps_total", {"sequence": "win_back", "outcome": "cancelled"}
+    )
+    assert cancelled == len(steps) > 0
