@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import time, timedelta
 from enum import StrEnum
@@ -275,6 +276,15 @@ class SequenceDef(_Model):
         names = [s.name for s in steps]
         if len(set(names)) != len(names):
             raise ValueError("two steps share a name")
+        for earlier, later in itertools.pairwise(steps):
+            # Steps go out in the order listed, each after the one before it: a later one
+            # with an earlier offset would wait for it (a day-0 step listed after a day-7
+            # one went out on day 7).
+            if later.offset < earlier.offset:
+                raise ValueError(
+                    f"step {later.name!r} comes after {earlier.name!r} but has an earlier"
+                    " offset: list the steps in the order of their offsets"
+                )
         return steps
 
 

@@ -255,8 +255,8 @@ def test_the_longest_sequence_is_its_last_step_plus_a_day_when_quiet_hours_may_d
     assert longest_sequence(defaults.sequences) == 14 * DAY  # the welcome's day-14 check-in
     quiet = parse_playbooks(
         "sequences:\n  s:\n    quiet_hours: {start: '21:00', end: '08:00'}\n"
-        "    steps: [{name: a, offset: 20d, channel: log, text: hi},"
-        " {name: b, offset: 2d, channel: log, text: hi}]\n"
+        "    steps: [{name: a, offset: 2d, channel: log, text: hi},"
+        " {name: b, offset: 20d, channel: log, text: hi}]\n"
         "playbooks:\n  - name: p\n    when: {dimension: value_tier, to: gold}\n"
         "    actions: [{kind: enrol, sequence: s}]\n",
         source="inline",

@@ -180,6 +180,15 @@ playbooks:
         ),
         (
             book(
+                extra="sequences: {s: {steps: [{name: a, offset: 7d, channel: log, text: x},"
+                " {name: b, offset: 0d, channel: log, text: x}]}}"
+            ),
+            "sequence 's'",
+            "steps",
+            "step 'b' comes after 'a' but has an earlier offset",
+        ),
+        (
+            book(
                 extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
                 " exit_on: {events: [login]}}}"
             ),
