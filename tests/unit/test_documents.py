@@ -27,7 +27,10 @@ def test_a_key_given_twice_is_refused_with_both_lines() -> None:
     # A template defined twice: the second silently replaced the first.
     books = default_playbooks_path().read_text()
     twice = books.replace("templates:\n", "templates:\n  vip_alert: {subject: x, body: y}\n", 1)
-    with pytest.raises(PlaybooksError, match=r"found key 'vip_alert' twice \(first on line 24\)"):
+    first = books.split("\n").index("templates:") + 2  # the line inserted after it
+    with pytest.raises(
+        PlaybooksError, match=rf"found key 'vip_alert' twice \(first on line {first}\)"
+    ):
         parse_playbooks(twice, source="twice.yaml")
 
 
