@@ -129,11 +129,32 @@ def defer_past_quiet_hours(at: datetime, quiet: QuietHours) -> datetime:
     # claimed in the repeated hour would be put back to the past, claimed again at once,
     # and so on till the hour was over).
     ends = (
-        datetime.combine(d, quiet.end, tzinfo=zone).replace(fold=fold).astimezone(UTC)
+        _first_instant_showing(datetime.combine(d, quiet.end), zone, fold)
         for d in (day, day + timedelta(days=1))
         for fold in (0, 1)
     )
     return min(end for end in ends if end > at)
+
+
+def _first_instant_showing(wall: datetime, zone: ZoneInfo, fold: int) -> datetime:
+    """The UTC instant the local clock shows naive `wall` (the `fold`th time, when it comes
+    twice), or, when clocks go forward over it, the instant they jump past it: Python puts
+    such a wall time an hour early or late, and the early one is still inside quiet hours."""
+    at = wall.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+    if at.astimezone(zone).replace(tzinfo=None) == wall:
+        return at
+    # In a gap: fold 0 reads it with the offset before the jump (after the jump instant),
+    # fold 1 with the one after (before it). Bisect between them for the jump, in seconds.
+    low = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    high = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    after = high.astimezone(zone).utcoffset()
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(zone).utcoffset() == after:
+            high = middle
+        else:
+            low = middle
+    return high.replace(microsecond=0)
 
 
 def quiet_hours_record(quiet: QuietHours) -> dict[str, str]:
