@@ -9,7 +9,15 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from services.actions import queries
 from services.actions.db import RequestDatabase
@@ -140,7 +148,10 @@ class AlertPage(_Out):
 class AssignTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["assign"]
-    assignee: Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]
+    # Stripped: a blank name was stored as the assignee.
+    assignee: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=NO_NUL)
+    ]
 
 
 class CompleteTask(BaseModel):
@@ -168,6 +179,15 @@ class RequeueDead(BaseModel):
     # Text only, as event times: pydantic alone reads a number as Unix seconds.
     created_from: EventTime | None = Field(None, description="Created at or after this.")
     created_until: EventTime | None = Field(None, description="Created before this.")
+
+    @field_validator("created_until")
+    @classmethod
+    def _after_from(cls, until: datetime | None, info: ValidationInfo) -> datetime | None:
+        since = info.data.get("created_from")
+        if until is not None and since is not None and until <= since:
+            # An empty window requeued nothing and answered 200, as if nothing were dead.
+            raise ValueError("must be later than created_from")
+        return until
 
 
 class Requeued(_Out):

@@ -155,9 +155,14 @@ async def test_dead_alerts_are_sent_again_once_requeued_with_the_same_key(
         app = create_app(settings, pool=pool, clock=FixedClock(NOW))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://a",
                                      headers=AUTH) as api:  # fmt: skip
-            for bad in ({"kind": "step"}, {"kind": "alert", "created_from": 1422858}):
+            empty_window = {"kind": "alert", "created_from": "2026-03-02T00:00:00Z",
+                            "created_until": "2026-03-01T00:00:00Z"}  # fmt: skip
+            for bad in ({"kind": "step"}, {"kind": "alert", "created_from": 1422858},
+                        empty_window):  # fmt: skip
                 refused = await api.post("/v1/deliveries/requeue", json=bad)
                 assert refused.status_code == 422, (bad, refused.text)
+            [error] = refused.json()["errors"]  # the empty window's (it answered 200)
+            assert error["field"] == "created_until", error
             answer = await api.post("/v1/deliveries/requeue",
                                     json={"kind": "alert", "channel": "webhook"})  # fmt: skip
         assert answer.status_code == 200 and answer.json() == {"requeued": 1}

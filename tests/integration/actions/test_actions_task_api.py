@@ -99,7 +99,9 @@ async def test_assign_complete_and_cancel_follow_the_allowed_transitions(
 ) -> None:
     [a] = await _items(api, customer_id="a")
     url = f"/v1/tasks/{a['id']}"
-    assigned = await api.patch(url, json={"action": "assign", "assignee": "dana"})
+    blank = await api.patch(url, json={"action": "assign", "assignee": "   "})  # was stored
+    assert blank.status_code == 422, blank.text
+    assigned = await api.patch(url, json={"action": "assign", "assignee": " dana "})
     assert assigned.status_code == 200
     assert (assigned.json()["assignee"], assigned.json()["status"]) == ("dana", "open")
     done = (await api.patch(url, json={"action": "complete"})).json()
