@@ -56,6 +56,7 @@ class Delivery:
     enrolment_id: int | None = None
     tier_change_id: str | None = None
     due_at: datetime | None = None  # business time it fell due (for the lateness metric)
+    claim: int = 0  # which claim of it this is: the token its outcome is recorded under
 
     def webhook_body(self) -> bytes:
         """Slack-compatible `text` plus the structured details, as compact JSON bytes."""

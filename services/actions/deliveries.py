@@ -33,11 +33,12 @@ WITH due AS (
     LIMIT $3
     FOR UPDATE SKIP LOCKED)
 UPDATE actions.delivery d
-SET attempts = d.attempts + 1, available_at = clock_timestamp() + make_interval(secs => $4)
+SET attempts = d.attempts + 1, claims = d.claims + 1,
+    available_at = clock_timestamp() + make_interval(secs => $4)
 FROM due WHERE d.id = due.id
 RETURNING d.id, d.idempotency_key, d.kind, d.customer_id, d.channel, d.recipient, d.subject,
           d.body, d.payload, d.playbook, d.audience, d.attempts, d.enrolment_id, d.step_name,
-          d.tier_change_id, d.due_at
+          d.tier_change_id, d.due_at, d.claims
 """
 
 
@@ -70,7 +71,7 @@ async def claim_due(
                 channel=r["channel"], recipient=r["recipient"], subject=r["subject"],
                 body=r["body"], payload=r["payload"], playbook=r["playbook"],
                 audience=r["audience"], enrolment_id=r["enrolment_id"],
-                tier_change_id=r["tier_change_id"], due_at=r["due_at"],
+                tier_change_id=r["tier_change_id"], due_at=r["due_at"], claim=r["claims"],
             ),
             r["attempts"],
         )
@@ -133,43 +134,42 @@ async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> Recor
 
 
 async def record_failure(
-    pool: Pool, delivery: Delivery, attempt: int, error: str, *, retry_in_s: float | None,
-    now: datetime,
-) -> Recorded:  # fmt: skip
+    pool: Pool, delivery: Delivery, error: str, *, retry_in_s: float | None, now: datetime
+) -> Recorded:
     """Schedule a retry after `retry_in_s`, or (None) dead-letter it with the error.
 
-    Only while `attempt` is still the delivery's latest: an attempt that outlived its lease must
-    not reschedule (and so un-lease) the attempt that replaced it.
+    Only while the delivery's claim is still the latest: an attempt that outlived its lease
+    must not reschedule (and so un-lease) the attempt that replaced it.
     """
     async with pool.acquire() as conn, conn.transaction():
         if retry_in_s is not None:
             status = await conn.execute(
                 "UPDATE actions.delivery SET last_error = $2,"
                 " available_at = clock_timestamp() + make_interval(secs => $3)"
-                " WHERE id = $1 AND status = 'pending' AND attempts = $4",
-                delivery.id, error[:1000], retry_in_s, attempt,
+                " WHERE id = $1 AND status = 'pending' AND claims = $4",
+                delivery.id, error[:1000], retry_in_s, delivery.claim,
             )  # fmt: skip
             return Recorded(applied=row_count(status) > 0)
         await _lock_enrolment(conn, delivery)
         status = await conn.execute(
             "UPDATE actions.delivery SET status = 'dead', last_error = $2"
-            " WHERE id = $1 AND status = 'pending' AND attempts = $3",
-            delivery.id, error[:1000], attempt,
+            " WHERE id = $1 AND status = 'pending' AND claims = $3",
+            delivery.id, error[:1000], delivery.claim,
         )  # fmt: skip
         if not row_count(status):
             return Recorded(applied=False)
         return Recorded(applied=True, sequence=await _finish_step(conn, delivery, now=now))
 
 
-async def defer(pool: Pool, delivery: Delivery, attempt: int, *, due_at: datetime) -> bool:
+async def defer(pool: Pool, delivery: Delivery, *, due_at: datetime) -> bool:
     """Put a claimed delivery back unsent, due at `due_at`, its claim not counted as an
     attempt; False when a newer attempt (its lease ran out) already holds it."""
     async with pool.acquire() as conn:
         status = await conn.execute(
             "UPDATE actions.delivery SET due_at = $2, attempts = attempts - 1,"
             " available_at = clock_timestamp()"
-            " WHERE id = $1 AND status = 'pending' AND attempts = $3",
-            delivery.id, due_at, attempt,
+            " WHERE id = $1 AND status = 'pending' AND claims = $3",
+            delivery.id, due_at, delivery.claim,
         )  # fmt: skip
     return row_count(status) > 0
 

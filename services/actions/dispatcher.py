@@ -198,7 +198,7 @@ class Dispatcher:
 
     async def _defer(self, delivery: Delivery, attempt: int, resume: datetime) -> None:
         try:
-            deferred = await deliveries.defer(self.pool, delivery, attempt, due_at=resume)
+            deferred = await deliveries.defer(self.pool, delivery, due_at=resume)
         except Exception as exc:
             log.warning("quiet-hours deferral not recorded; the lease will check again",
                         **_fields(delivery), error=repr(exc))  # fmt: skip
@@ -216,7 +216,7 @@ class Dispatcher:
         retry_in = None if give_up else self._backoff(attempt)
         try:
             recorded = await deliveries.record_failure(
-                self.pool, delivery, attempt, error, retry_in_s=retry_in, now=self.clock.now()
+                self.pool, delivery, error, retry_in_s=retry_in, now=self.clock.now()
             )
         except Exception as exc:
             log.warning("failure not recorded", **_fields(delivery), error=repr(exc))

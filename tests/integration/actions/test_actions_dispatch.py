@@ -212,18 +212,40 @@ async def test_a_failure_reported_after_its_lease_ran_out_leaves_the_newer_attem
 
     for retry_in_s in (0.0, None):  # neither a retry nor a dead letter from the late attempt
         outcome = await deliveries.record_failure(
-            pool, late, first, "no answer", retry_in_s=retry_in_s, now=NOW
+            pool, late, "no answer", retry_in_s=retry_in_s, now=NOW
         )
         assert not outcome.applied
     assert await claim(60) == []  # still leased to the second attempt
     alert = await _alert(actions_db)
     assert (alert["status"], alert["attempts"], alert["last_error"]) == ("pending", 2, None)
 
-    outcome = await deliveries.record_failure(pool, current, second, "HTTP 503", retry_in_s=0.0,
+    outcome = await deliveries.record_failure(pool, current, "HTTP 503", retry_in_s=0.0,
                                               now=NOW)  # fmt: skip
     assert outcome.applied
     [(_, third)] = await claim(60)
     assert third == 3 and (await _alert(actions_db))["last_error"] == "HTTP 503"
+
+
+async def test_a_failure_reported_after_a_newer_attempt_was_deferred_leaves_the_step_alone(
+    pool: Pool, actions_db: str
+) -> None:
+    # Deferring gives a claim back (attempts - 1), so the count came back to the late
+    # attempt's number and its failure dead-lettered the deferred alert, unsent.
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=WEBHOOK)  # fmt: skip
+
+    async def claim(lease_s: float) -> list[tuple[Delivery, int]]:
+        return await deliveries.claim_due(pool, ("alert",), now=NOW, limit=1, lease_s=lease_s)
+
+    [(late, first)] = await claim(0.05)
+    await asyncio.sleep(0.2)  # the first attempt's lease runs out while it still waits
+    [(current, second)] = await claim(60)
+    assert (first, second) == (1, 2)
+    assert await deliveries.defer(pool, current, due_at=NOW + timedelta(hours=8))
+    outcome = await deliveries.record_failure(pool, late, "no answer", retry_in_s=None, now=NOW)
+    assert not outcome.applied
+    alert = await _alert(actions_db)
+    assert (alert["status"], alert["attempts"], alert["last_error"]) == ("pending", 1, None)
 
 
 def _push(key: str, kind: str, customer_id: str, due_in_s: float) -> DeliveryRow:

@@ -360,12 +360,12 @@ async def test_an_enrolment_whose_every_step_died_ends_failed_not_completed(
     late = FixedClock(NOW + 30 * DAY)
     done, first = 0, None
     while claimed := await _claim(pool, "step", at=late):
-        [(step, attempt)] = claimed
+        [(step, _)] = claimed
         first = first or step
         if done < sent_steps:
             await deliveries.record_sent(pool, step, now=late.now())
         else:
-            await deliveries.record_failure(pool, step, attempt, "550 no such mailbox",
+            await deliveries.record_failure(pool, step, "550 no such mailbox",
                                             retry_in_s=None, now=late.now())  # fmt: skip
         done += 1
     assert done == 4
