@@ -6,6 +6,7 @@ Amounts are `Decimal` and serialise as JSON strings, never binary floats.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import MAXYEAR, MINYEAR, UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -18,10 +19,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    FiniteFloat,
+    PlainValidator,
     StringConstraints,
     TypeAdapter,
     ValidationInfo,
+    WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
 
@@ -36,14 +38,37 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=SHORT_TEXT
 AttributeValue = str | int | float | bool | None
 
 
-def _decimal_as_float(value: object) -> object:
-    # Ingest decodes JSON with exact Decimals; in an attribute a non-integer literal is a float.
-    return float(value) if isinstance(value, Decimal) else value
+ATTRIBUTE_TYPE_REASON = "Input should be a string, a number, a boolean or null"
 
 
-# Event attributes: a JSON number must be finite (NaN / Infinity would not survive a round trip).
+def _attribute_value(value: object) -> AttributeValue:
+    """An attribute value as it is kept: one error per wrong value.
+
+    As a union, pydantic reported a wrong value once per member (`attributes.region.str`,
+    `.int`, ...): four errors on fields that do not exist, which made counts and lists of
+    errors wrong. A JSON number must be finite (NaN / Infinity would not survive a round
+    trip) and, read as a float, must not lose its magnitude (1e-400 became 0).
+    """
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return value
+    if isinstance(value, Decimal):  # ingest decodes JSON numbers as exact Decimals
+        number = float(value)
+        if number == 0 and value != 0:
+            raise PydanticCustomError(
+                "float_underflow", "Input should be a number a float can hold (this one reads as 0)"
+            )
+        value = number
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    raise PydanticCustomError("attribute_type", ATTRIBUTE_TYPE_REASON)
+
+
+_JSON_TYPES = ("string", "integer", "number", "boolean", "null")
+_ATTRIBUTE_SCHEMA = {"anyOf": [{"type": t} for t in _JSON_TYPES]}
 EventAttributeValue = Annotated[
-    str | int | FiniteFloat | bool | None, BeforeValidator(_decimal_as_float)
+    AttributeValue, PlainValidator(_attribute_value), WithJsonSchema(_ATTRIBUTE_SCHEMA)
 ]
 Attributes = Annotated[
     dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], EventAttributeValue],

@@ -175,14 +175,17 @@ class EventParser:
             errors = self._first_errors(data, context) if total > MAX_REPORTED_ERRORS else []
             if not errors:  # the error list of a few hundred thousand takes seconds to build
                 errors = _details(exc)[:MAX_REPORTED_ERRORS]
-            errors, merged = one_error_per_attribute(errors)
             described = [describe_error(e, batch=batch) for e in errors]
-            raise _invalid(described, total=total - merged) from None
+            raise _invalid(described, total=total) from None
 
     def _first_errors(self, data: object, context: dict[str, Any]) -> list[ErrorDetails]:
         """About the first MAX_REPORTED_ERRORS errors of a batch, found event by event."""
-        items = data.get("events") if isinstance(data, dict) else None
-        found: list[ErrorDetails] = []
+        if not isinstance(data, dict):
+            return []
+        items = data.get("events")
+        # The body's own errors first (an unknown field beside `events`): they were lost
+        # behind the events' when those alone filled the list.
+        found = self._body_errors(data, context)
         for index, item in enumerate(items if isinstance(items, list) else ()):
             if len(found) >= MAX_REPORTED_ERRORS:
                 break
@@ -193,6 +196,13 @@ class EventParser:
                     error["loc"] = ("events", index, *error["loc"])
                     found.append(error)
         return found
+
+    def _body_errors(self, data: dict[str, Any], context: dict[str, Any]) -> list[ErrorDetails]:
+        try:
+            self.batch.validate_python({**data, "events": []}, context=context)
+        except ValidationError as exc:
+            return [e for e in _details(exc) if e["loc"][:1] != ("events",)]
+        return []
 
     def refuse_nul(self, data: object, *, batch: bool) -> None:
         """ProblemError 422 for every text value of a valid body that holds a NUL character.
@@ -231,37 +241,6 @@ def _typed(event: Event) -> dict[str, tuple[type, object]] | None:
     """The event's attributes with their types: `True == 1 == 1.0` in Python, but they are
     three different values on the wire."""
     return {k: (type(v), v) for k, v in event.attributes.items()} if event.attributes else None
-
-
-# An attribute value is `str | int | float | bool | None`: pydantic reports a wrong one once
-# per member of the union (`attributes.region.str`, `.int`, ...), four errors on fields that
-# do not exist. They become one, on the attribute.
-_ATTRIBUTE_MEMBERS = {"str", "int", "float", "bool", "none"}
-_ATTRIBUTE_TYPE = "Input should be a string, a number, a boolean or null"
-
-
-def one_error_per_attribute(errors: list[ErrorDetails]) -> tuple[list[ErrorDetails], int]:
-    """The errors with each wrong attribute value's union members merged into one (a
-    member's own complaint, such as "should be a finite number", when there is one); and how
-    many errors the merging removed."""
-    # Each error in a slot of its own (keyed by its position), but an attribute's union
-    # members in one slot (keyed by the attribute's location), in order of appearance.
-    slots: dict[int | tuple[str | int, ...], list[ErrorDetails]] = {}
-    for index, error in enumerate(errors):
-        loc = tuple(error["loc"])
-        member = len(loc) >= 3 and loc[-3] == "attributes" and loc[-1] in _ATTRIBUTE_MEMBERS
-        slots.setdefault(loc[:-1] if member else index, []).append(error)
-    merged = [group[0] if isinstance(key, int) else _attribute_error(key, group)
-              for key, group in slots.items()]  # fmt: skip
-    return merged, len(errors) - len(merged)
-
-
-def _attribute_error(loc: tuple[str | int, ...], members: list[ErrorDetails]) -> ErrorDetails:
-    """One error for a wrong attribute value: a member's own complaint when there is one."""
-    own = [e for e in members if not e["type"].endswith("_type")]
-    if own:
-        return ErrorDetails(type=own[0]["type"], loc=loc, msg=own[0]["msg"], input=None)
-    return ErrorDetails(type="attribute_type", loc=loc, msg=_ATTRIBUTE_TYPE, input=None)
 
 
 def _details(exc: ValidationError) -> list[ErrorDetails]:

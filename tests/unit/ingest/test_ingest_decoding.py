@@ -18,7 +18,6 @@ from services.ingest.parsing import (
     EventParser,
     decode_json,
     describe_error,
-    one_error_per_attribute,
     refuse_conflicting_ids,
 )  # fmt: skip
 from shared.contracts import STRICT_JSON
@@ -119,7 +118,6 @@ def reference_validate(data: object) -> Any:
         events = list(PARSER.batch.validate_python(data, context=context).events)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        errors, _ = one_error_per_attribute(errors)  # how both paths report, not how they decide
         return [describe_error(e, batch=True).model_dump(exclude_none=True) for e in errors]
     try:
         return refuse_conflicting_ids(events)

@@ -276,6 +276,37 @@ def test_a_422_lists_at_most_a_hundred_errors_and_counts_them_all() -> None:
     ]
 
 
+def test_wrong_attribute_values_count_once_each_and_fill_the_list() -> None:
+    # As a union member each, a wrong value made four errors: 60 of them in an event were
+    # counted as 240 and listed as 25.
+    attributes = {f"a{i}": [] for i in range(60)}
+    events = [purchase(event_id=f"e{i}", attributes=attributes) for i in range(3)]
+    problem = problem_of(lambda: PARSER.validate({"events": events}, now=NOW, batch=True))
+    assert problem.detail.startswith("180 validation error(s) (100 are listed)")
+    assert len(problem.errors or []) == 100
+    assert {e["type"] for e in problem.errors or []} == {"attribute_type"}
+
+
+def test_the_bodys_own_errors_are_listed_before_its_events_fill_the_list() -> None:
+    empty_items: list[dict[str, Any]] = [{}] * 40  # each lacks its sku: 120 errors in all
+    events = [purchase(event_id=f"e{i}", items=empty_items) for i in range(3)]
+    body = {"events": events, "dry_run": True}
+    problem = problem_of(lambda: PARSER.validate(body, now=NOW, batch=True))
+    assert problem.detail.startswith("121 validation error(s) (100 are listed)")
+    assert (problem.errors or [])[0]["field"] == "dry_run", problem.errors
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(Decimal("1e-400"), "float_underflow"), (Decimal("1e400"), "finite_number")],
+)
+def test_an_attribute_number_a_float_cannot_hold_is_refused(value: Decimal, kind: str) -> None:
+    # 1e-400 was kept as 0.0 without a word.
+    event = purchase(attributes={"tiny": value})
+    problem = problem_of(lambda: PARSER.validate(event, now=NOW, batch=False))
+    assert [(e["field"], e["type"]) for e in problem.errors or []] == [("attributes.tiny", kind)]
+
+
 def test_a_batch_over_the_limit_is_refused_before_its_items_are_checked() -> None:
     items = [{"junk": True}] * 4
     problem = problem_of(lambda: PARSER.validate({"events": items}, now=NOW, batch=True))
