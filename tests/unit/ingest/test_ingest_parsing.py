@@ -279,7 +279,7 @@ def test_a_422_lists_at_most_a_hundred_errors_and_counts_them_all() -> None:
 def test_wrong_attribute_values_count_once_each_and_fill_the_list() -> None:
     # As a union member each, a wrong value made four errors: 60 of them in an event were
     # counted as 240 and listed as 25.
-    attributes = {f"a{i}": [] for i in range(60)}
+    attributes: dict[str, object] = {f"a{i}": [] for i in range(60)}
     events = [purchase(event_id=f"e{i}", attributes=attributes) for i in range(3)]
     problem = problem_of(lambda: PARSER.validate({"events": events}, now=NOW, batch=True))
     assert problem.detail.startswith("180 validation error(s) (100 are listed)")
