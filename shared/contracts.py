@@ -29,7 +29,9 @@ from pydantic_core import PydanticCustomError
 
 # No whitespace at either end: " 42" would silently be another customer than "42" (the
 # CSV importer strips its cells). Whitespace inside an id is its own business.
-ID_PATTERN = r"^\S(?s:.*\S)?$"
+# `[\s\S]`, not `(?s:.)`: JSON Schema patterns are ECMAScript's, which has no inline flags
+# (a client validating against /v1/schemas could not compile it).
+ID_PATTERN = r"^\S([\s\S]*\S)?$"
 ID_PATTERN_REASON = "Must not begin or end with whitespace"
 ID_MAX_CHARS = 128  # customer, event, order and ticket ids
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pattern=ID_PATTERN)]

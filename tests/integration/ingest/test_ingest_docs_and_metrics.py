@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -63,6 +64,24 @@ async def test_schemas_endpoint_serves_each_event_types_json_schema(
         assert {"event_id", "customer_id", "occurred_at", "type"} <= set(schema["required"])
     assert "additionalProperties" in everything["purchase"]
     assert everything["purchase"]["additionalProperties"] is False
+
+
+def _patterns(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return own + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _patterns(value)]
+    return []
+
+
+async def test_schema_patterns_are_ecmascript_without_inline_flags(
+    client: httpx.AsyncClient,
+) -> None:
+    # JSON Schema patterns are ECMAScript regular expressions: `(?s:...)` did not compile in
+    # a JavaScript validator.
+    patterns = _patterns((await client.get("/v1/schemas")).json())
+    assert patterns and [p for p in patterns if re.search(r"\(\?[a-zA-Z]", p)] == []
 
 
 async def test_an_unknown_schema_type_is_a_404_problem(client: httpx.AsyncClient) -> None:
