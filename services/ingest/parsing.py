@@ -12,6 +12,7 @@ Anything that fails either way is validated again with every check, for the full
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -278,7 +279,10 @@ def decode_json(raw: bytes) -> Any:
             catch_duplicate_keys=True,
         )  # fmt: skip
     except ValueError as exc:  # also: invalid UTF-8, recursion limit, oversized integers
-        raise ProblemError(400, "Malformed JSON", f"Invalid JSON: {exc}") from None
+        detail = f"Invalid JSON: {exc}"
+        if raw.startswith(codecs.BOM_UTF8):  # some Windows tools write one; JSON has none
+            detail += " (the body starts with a UTF-8 byte order mark: send it without)"
+        raise ProblemError(400, "Malformed JSON", detail) from None
 
 
 def describe_error(error: ErrorDetails, *, batch: bool) -> FieldError:

@@ -328,3 +328,10 @@ async def test_a_trailing_slash_is_a_404_problem_not_a_bare_redirect(
 ) -> None:
     # It was a 307 with an empty body, to the scheme the request came on.
     assert_problem(await client.post(path, json=login(), headers=AUTH), 404)
+
+
+async def test_a_body_with_a_byte_order_mark_is_400_saying_so(client: httpx.AsyncClient) -> None:
+    body = b"\xef\xbb\xbf" + json.dumps(login()).encode()
+    response = await client.post("/v1/events", content=body,
+                                 headers={**AUTH, "content-type": "application/json"})  # fmt: skip
+    assert "byte order mark" in assert_problem(response, 400)["detail"]
