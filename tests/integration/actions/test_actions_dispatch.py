@@ -196,33 +196,39 @@ async def test_the_push_of_a_task_finished_meanwhile_is_not_requeued(
     ]  # fmt: skip
 
 
+async def _claim_alert(pool: Pool, lease_s: float) -> list[tuple[Delivery, int]]:
+    return await deliveries.claim_due(pool, ("alert",), now=NOW, limit=1, lease_s=lease_s)
+
+
+async def _two_attempts(pool: Pool) -> tuple[Delivery, Delivery]:
+    """A VIP alert claimed twice: the first attempt's lease ran out while it still waited."""
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=WEBHOOK)  # fmt: skip
+    [(late, first)] = await _claim_alert(pool, 0.05)
+    await asyncio.sleep(0.2)
+    [(current, second)] = await _claim_alert(pool, 60)
+    assert (first, second) == (1, 2)
+    return late, current
+
+
 async def test_a_failure_reported_after_its_lease_ran_out_leaves_the_newer_attempt_alone(
     pool: Pool, actions_db: str
 ) -> None:
-    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
-                        now=NOW, channels=WEBHOOK)  # fmt: skip
-
-    async def claim(lease_s: float) -> list[tuple[Delivery, int]]:
-        return await deliveries.claim_due(pool, ("alert",), now=NOW, limit=1, lease_s=lease_s)
-
-    [(late, first)] = await claim(0.05)
-    await asyncio.sleep(0.2)  # the first attempt's lease runs out while it still waits
-    [(current, second)] = await claim(60)
-    assert (first, second) == (1, 2)
+    late, current = await _two_attempts(pool)
 
     for retry_in_s in (0.0, None):  # neither a retry nor a dead letter from the late attempt
         outcome = await deliveries.record_failure(
             pool, late, "no answer", retry_in_s=retry_in_s, now=NOW
         )
         assert not outcome.applied
-    assert await claim(60) == []  # still leased to the second attempt
+    assert await _claim_alert(pool, 60) == []  # still leased to the second attempt
     alert = await _alert(actions_db)
     assert (alert["status"], alert["attempts"], alert["last_error"]) == ("pending", 2, None)
 
     outcome = await deliveries.record_failure(pool, current, "HTTP 503", retry_in_s=0.0,
                                               now=NOW)  # fmt: skip
     assert outcome.applied
-    [(_, third)] = await claim(60)
+    [(_, third)] = await _claim_alert(pool, 60)
     assert third == 3 and (await _alert(actions_db))["last_error"] == "HTTP 503"
 
 
@@ -231,16 +237,7 @@ async def test_a_failure_reported_after_a_newer_attempt_was_deferred_leaves_the_
 ) -> None:
     # Deferring gives a claim back (attempts - 1), so the count came back to the late
     # attempt's number and its failure dead-lettered the deferred alert, unsent.
-    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
-                        now=NOW, channels=WEBHOOK)  # fmt: skip
-
-    async def claim(lease_s: float) -> list[tuple[Delivery, int]]:
-        return await deliveries.claim_due(pool, ("alert",), now=NOW, limit=1, lease_s=lease_s)
-
-    [(late, first)] = await claim(0.05)
-    await asyncio.sleep(0.2)  # the first attempt's lease runs out while it still waits
-    [(current, second)] = await claim(60)
-    assert (first, second) == (1, 2)
+    late, current = await _two_attempts(pool)
     assert await deliveries.defer(pool, current, due_at=NOW + timedelta(hours=8))
     outcome = await deliveries.record_failure(pool, late, "no answer", retry_in_s=None, now=NOW)
     assert not outcome.applied
