@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
@@ -20,18 +21,62 @@ Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 def run_service(main: Coroutine[Any, Any, None], *, event_loop: str) -> None:
     """Run a service's main coroutine to the end on the chosen event loop
     (`ServiceSettings.event_loop`, which holds the default)."""
-    from aiokafka.errors import KafkaConnectionError
-
     factory = loop_factory(event_loop)
     log.info("event loop", loop="asyncio" if factory is None else "uvloop")
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main)
-    except (KafkaConnectionError, ConnectionRefusedError) as exc:
-        # At start (topics, migrations): the broker or the database is not there. One line,
-        # not a hundred of traceback; exit 1, so a supervisor starts the service again.
-        log.error("cannot start: a broker or database is unreachable", error=str(exc) or repr(exc))
+    except Exception as exc:
+        found = start_failure(exc)
+        if found is None:
+            raise  # not the surroundings but a bug: its traceback is what is needed
+        # At start (topics, migrations, first queries): the broker or the database is not
+        # there, or not as configured. One line, not a hundred of traceback; exit 1, so a
+        # supervisor starts the service again.
+        reason, error = found
+        log.error(f"cannot start: {reason}", error=error)
         raise SystemExit(1) from None
+
+
+def start_failure(exc: BaseException) -> tuple[str, str] | None:
+    """What in the service's surroundings stopped it from starting, and the error's first
+    line (None: nothing known, a bug). The causes are searched too: SQLAlchemy (under the
+    migrations) wraps the driver's errors."""
+    for cause in _causes(exc):
+        for kinds, reason in _start_failures():
+            if isinstance(cause, kinds):
+                return reason, (str(cause) or repr(cause)).splitlines()[0]
+    return None
+
+
+def _start_failures() -> list[tuple[tuple[type[BaseException], ...], str]]:
+    import asyncpg
+    from aiokafka.errors import KafkaConnectionError
+    from sqlalchemy.exc import ArgumentError
+
+    refused = "the database refused the connection: check DATABASE_URL's database and user"
+    return [
+        ((KafkaConnectionError, ConnectionRefusedError), "a broker or database is unreachable"),
+        ((socket.gaierror,), "a broker or database host name does not resolve"),
+        (
+            (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError),
+            refused,
+        ),
+        ((asyncpg.UndefinedTableError,), "the database is not migrated: run `tierstream migrate`"),
+        ((ArgumentError,), "DATABASE_URL is not a database URL"),
+    ]
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it wraps (SQLAlchemy's `orig`) or was raised from, and so on; not what
+    it was raised while handling (a bug in an `except` block is still a bug)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        wrapped = getattr(current, "orig", None)
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -15,6 +15,7 @@ import pytest
 
 from shared.domain.rules import default_rules_path
 from shared.embedded import free_port
+from tests.support.infra import unique_namespace, with_database
 
 BAD_KEY = "clé-0123456789"  # no HTTP header can carry it
 
@@ -192,3 +193,22 @@ def test_a_service_without_a_broker_at_start_says_so_in_one_line_and_exits_1(ser
     assert ran.exit_code == 1, ran.output
     assert "cannot start: a broker or database is unreachable" in ran.output
     assert "Traceback" not in ran.output
+
+
+@pytest.mark.parametrize("database", ["missing", "never migrated"])
+def test_a_scorer_whose_database_cannot_serve_it_says_why_in_one_line_and_exits_1(
+    database: str, kafka_bootstrap: str, pg_server_url: str, database_url: str
+) -> None:
+    # Before: 140-270 lines of asyncpg traceback.
+    if database == "missing":
+        url, says = with_database(pg_server_url, "no_such_database"), "the database refused"
+    else:
+        url, says = database_url, "the database is not migrated: run `tierstream migrate`"
+    ran = tierstream("scorer", env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                                    "DATABASE_URL": url, "TIERSTREAM_API_KEYS": "k",
+                                    "TIERSTREAM_TOPIC_NAMESPACE": unique_namespace(),
+                                    "SCORER_PORT": str(free_port())})  # fmt: skip
+    assert ran.exit_code == 1, ran.output
+    assert "Traceback" not in ran.output
+    [failed] = [line for line in ran.stderr.splitlines() if "cannot start" in line]
+    assert f"cannot start: {says}" in failed

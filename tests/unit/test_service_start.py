@@ -1,0 +1,74 @@
+"""A service that cannot start because of its surroundings says why in one line and exits 1;
+anything else keeps its traceback."""
+
+from __future__ import annotations
+
+import socket
+
+import asyncpg
+import pytest
+from aiokafka.errors import KafkaConnectionError
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from shared.service import run_service, start_failure
+
+CAUSES = {
+    "broker away": (KafkaConnectionError("no broker"), "a broker or database is unreachable"),
+    "database away": (ConnectionRefusedError(111, "refused"), "is unreachable"),
+    "unknown host": (socket.gaierror(-2, "Name or service not known"), "does not resolve"),
+    "no such database": (
+        asyncpg.InvalidCatalogNameError('database "nowhere" does not exist'),
+        "the database refused the connection",
+    ),
+    "no such role": (
+        asyncpg.InvalidAuthorizationSpecificationError('role "nobody" does not exist'),
+        "the database refused the connection",
+    ),
+    "never migrated": (
+        asyncpg.UndefinedTableError('relation "scorer.rules_activation" does not exist'),
+        "not migrated: run `tierstream migrate`",
+    ),
+    "not a URL": (ArgumentError("Could not parse SQLAlchemy URL"), "not a database URL"),
+}
+
+
+async def _raising(exc: BaseException) -> None:
+    raise exc
+
+
+@pytest.mark.parametrize(("exc", "says"), CAUSES.values(), ids=CAUSES.keys())
+def test_a_service_that_cannot_start_exits_1_naming_the_cause(
+    exc: BaseException, says: str
+) -> None:
+    found = start_failure(exc)
+    assert found is not None and says in found[0]
+    with pytest.raises(SystemExit) as stopped:
+        run_service(_raising(exc), event_loop="asyncio")
+    assert stopped.value.code == 1
+
+
+def test_a_driver_error_wrapped_by_the_migrations_is_found_with_its_own_first_line() -> None:
+    # Alembic runs on SQLAlchemy, which wraps asyncpg's error (twice) with the statement.
+    inner = asyncpg.InvalidCatalogNameError('database "nowhere" does not exist')
+    try:
+        try:
+            raise RuntimeError("adapted") from inner
+        except RuntimeError as adapted:
+            raise DBAPIError("SELECT 1", None, adapted) from adapted
+    except DBAPIError as wrapped:
+        found = start_failure(wrapped)
+    assert found == (
+        "the database refused the connection: check DATABASE_URL's database and user",
+        'database "nowhere" does not exist',
+    )
+
+
+def test_any_other_error_keeps_its_traceback() -> None:
+    with pytest.raises(ZeroDivisionError):
+        run_service(_raising(ZeroDivisionError("a bug")), event_loop="asyncio")
+    try:
+        raise ValueError("a bug in a handler")
+    except ValueError as bug:
+        # Raised while handling a refused connection, not from it: still a bug.
+        bug.__context__ = ConnectionRefusedError(111, "refused")
+        assert start_failure(bug) is None
