@@ -77,8 +77,9 @@ def _refuse_bad_settings() -> None:
     from services.ingest.settings import IngestSettings
     from services.scorer.settings import ScorerSettings
     from shared.settings import settings_or_exit
+    from shared.tracing import TracingSettings
 
-    for settings in (IngestSettings, ScorerSettings, ActionsSettings):
+    for settings in (IngestSettings, ScorerSettings, ActionsSettings, TracingSettings):
         settings_or_exit(settings)
 
 

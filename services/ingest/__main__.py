@@ -7,11 +7,13 @@ from services.ingest.settings import IngestSettings
 from shared.logging import configure_logging
 from shared.service import run_service
 from shared.settings import settings_or_exit
+from shared.tracing import TracingSettings
 
 
 def main() -> None:
     """Configure logging and run until SIGTERM / SIGINT."""
     settings = settings_or_exit(IngestSettings)
+    settings_or_exit(TracingSettings)  # here, not after connecting, when the tracer is made
     configure_logging("ingest", settings.log_level)
     run_service(run(settings), event_loop=settings.event_loop)
 

@@ -195,6 +195,18 @@ def test_a_service_without_a_broker_at_start_says_so_in_one_line_and_exits_1(ser
     assert "Traceback" not in ran.output
 
 
+@pytest.mark.parametrize("service", ["ingest", "scorer", "actions"])
+def test_a_service_refuses_an_unknown_tracing_mode_before_connecting(service: str) -> None:
+    # Before: a pydantic traceback once connected to the broker (ingest, actions), or
+    # nothing at all (the scorer makes no spans).
+    closed = f"127.0.0.1:{free_port()}"
+    env = {"TIERSTREAM_TRACING": "jaeger", "TIERSTREAM_API_KEYS": "k",
+           "KAFKA_BOOTSTRAP_SERVERS": closed}  # fmt: skip
+    ran = tierstream(service, env=env)
+    assert ran.exit_code == 2, ran.output
+    assert one_line(ran).startswith("invalid configuration: TIERSTREAM_TRACING: "), ran.stderr
+
+
 @pytest.mark.parametrize("database", ["missing", "never migrated"])
 def test_a_scorer_whose_database_cannot_serve_it_says_why_in_one_line_and_exits_1(
     database: str, kafka_bootstrap: str, pg_server_url: str, database_url: str

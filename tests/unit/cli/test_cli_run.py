@@ -73,13 +73,13 @@ def test_the_banner_prints_the_database_without_its_password() -> None:
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("KAFKA_BOOTSTRAP_SERVERS", "foo:bar"), ("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:99999"),
-     ("TIERSTREAM_PARTITIONS", "abc"), ("INGEST_PORT", "abc")],
+     ("TIERSTREAM_PARTITIONS", "abc"), ("INGEST_PORT", "abc"), ("TIERSTREAM_TRACING", "jaeger")],
 )  # fmt: skip
 def test_run_refuses_a_bad_setting_in_one_line_before_starting_anything(
     variable: str, value: str
 ) -> None:
     # Each was a traceback of `run` itself (int(), the socket's port range, pydantic) or,
-    # for INGEST_PORT, came after the services had been started.
+    # for INGEST_PORT and TIERSTREAM_TRACING, came after the services had been started.
     result = CliRunner().invoke(app, ["run", "--no-demo"], env={variable: value})
     assert result.exit_code == 2, result.output
     assert f"invalid configuration: {variable}: " in result.output
