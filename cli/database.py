@@ -9,10 +9,10 @@ from urllib.parse import urlsplit, urlunsplit
 from rich.console import Console
 from rich.markup import escape
 
+from shared.database_url import url_problem
 from shared.settings import ServiceSettings, settings_or_exit
 
 S = TypeVar("S", bound=ServiceSettings)
-URL_SHAPE = "postgresql://user:password@host:port/database"
 
 
 def redacted(url: str) -> str:
@@ -31,23 +31,6 @@ def redacted(url: str) -> str:
     # directory's `host=/tmp/...` became `host=%2Ftmp%2F...`, which psql does not take).
     user = parts.netloc.rpartition("@")[0].partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
-
-
-def url_problem(url: str) -> str | None:
-    """Why DATABASE_URL cannot name a database (never quoting it: it may hold a password);
-    None when it can. Caught here, the driver's errors would be a parser's or a socket's."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        port = make_url(url).port
-    except ArgumentError:
-        return f"not a database URL; write it as {URL_SHAPE}"
-    except ValueError:  # sqlalchemy reads the port with int()
-        return f"its port is not a number; write it as {URL_SHAPE}"
-    if port is not None and not 1 <= port <= 65535:
-        return f"its port {port} is not between 1 and 65535"
-    return None
 
 
 def refuse_bad_url(url: str, console: Console) -> None:

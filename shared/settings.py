@@ -22,9 +22,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.contracts import SHORT_TEXT_MAX_CHARS
+from shared.database_url import url_problem
 
 S = TypeVar("S", bound=BaseSettings)
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tierstream"
@@ -211,7 +213,9 @@ class ServiceSettings(BaseSettings):
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         validation_alias="DATABASE_URL",
-        description="Postgres URL (postgresql://user:pass@host:port/db).",
+        description="Postgres URL (postgresql://user:pass@host:port/db; also postgres:// or "
+        "postgresql+DRIVER://, always used with asyncpg); the scorer, actions and the CLI's "
+        "database commands refuse any other scheme.",
     )
     now: datetime | None = Field(
         None,
@@ -312,6 +316,15 @@ class ServiceSettings(BaseSettings):
 class DatabaseServiceSettings(ServiceSettings):
     """A service that keeps its state in Postgres and serves it through an HTTP API. The
     variables take the service's prefix."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        # At start, as a configuration error: a URL the driver cannot parse was a traceback,
+        # and another database's (mysql://, http://) was taken for a Postgres one.
+        if problem := url_problem(value):
+            raise PydanticCustomError("database_url", "{problem}", {"problem": problem})
+        return value
 
     db_pool_size: int = Field(
         8, ge=2, description="Postgres connections of this process's consuming and clock work."

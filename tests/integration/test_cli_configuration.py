@@ -145,6 +145,16 @@ BAD_SETTINGS = {
         {"DATABASE_URL": "postgresql://u:secret@127.0.0.1:99999/db"},
         "invalid configuration: DATABASE_URL: its port 99999 is not between 1 and 65535",
     ),
+    "migrate, another database's scheme": (
+        ("migrate",),
+        {"DATABASE_URL": "mysql://u:secret@127.0.0.1:3306/db"},
+        "invalid configuration: DATABASE_URL: its scheme mysql:// is not Postgres's",
+    ),
+    "rules diff, not a database scheme": (
+        ("rules", "diff", RULES),
+        {"DATABASE_URL": "http://u:secret@127.0.0.1:5432/db"},
+        "invalid configuration: DATABASE_URL: its scheme http:// is not Postgres's",
+    ),
     "rules diff, port not a number": (
         ("rules", "diff", RULES),
         {"DATABASE_URL": "postgresql://u:secret@127.0.0.1:abc/db"},

@@ -138,3 +138,46 @@ def test_values_that_would_fail_later_are_refused_at_start(
 def test_the_log_level_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TIERSTREAM_LOG_LEVEL", "debug")
     assert IngestSettings().log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("settings", [ScorerSettings, ActionsSettings])
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        # Taken for Postgres URLs: the driver is the code's choice, not the URL's.
+        ("mysql://u:secret@db:3306/app", "its scheme mysql:// is not Postgres's"),
+        ("http://u:secret@db:5432/app", "its scheme http:// is not Postgres's"),
+        # SQLAlchemy's parser failed at the first connection, with a traceback.
+        ("nonsense", "not a database URL"),
+    ],
+)
+def test_a_database_url_that_is_not_postgres_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    settings: type[ServiceSettings],
+    url: str,
+    reason: str,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SystemExit):
+        settings_or_exit(settings)
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"invalid configuration: DATABASE_URL: {reason}"), line
+    assert "secret" not in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@db:5432/app",
+        "postgres://u:p@db/app",
+        "postgresql+asyncpg://u:p@db/app?sslmode=require",
+        "postgresql+psycopg://u:p@db/app",
+        "postgresql://u@/app?host=/tmp/socket-dir",
+    ],
+)
+def test_every_postgres_url_form_the_services_connect_with_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert ScorerSettings().database_url == ActionsSettings().database_url == url
