@@ -90,7 +90,7 @@ def _bootstrap(env: dict[str, str]) -> str | None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from shared.kafka import ensure_topics
-    from shared.migrations import upgrade_all
+    from shared.migrations import MigrationError, upgrade_all
     from shared.settings import ServiceSettings
     from shared.topics import Topics
 
@@ -99,7 +99,7 @@ def _bootstrap(env: dict[str, str]) -> str | None:
     )
     try:
         asyncio.run(upgrade_all(settings.database_url))
-    except (OSError, SQLAlchemyError) as exc:
+    except (OSError, SQLAlchemyError, MigrationError) as exc:  # what `tierstream migrate` says
         return f"cannot migrate {redacted(settings.database_url)}: {failure_reason(exc)}"
     try:
         asyncio.run(ensure_topics(settings, Topics(settings.topic_namespace).all()))

@@ -63,6 +63,30 @@ async def test_a_database_migrated_by_a_newer_release_is_refused_in_one_line(
         await migrate_actions(database_url)  # what actions runs at its start
 
 
+async def test_run_refuses_a_database_migrated_by_a_newer_release_as_migrate_does(
+    database_url: str, kafka_bootstrap: str
+) -> None:
+    # `run` printed alembic's whole traceback: it caught only OSError and SQLAlchemyError.
+    await upgrade_all(database_url)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.execute("UPDATE scorer.alembic_version_scorer SET version_num = '0099'")
+    finally:
+        await conn.close()
+    env = {**os.environ, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "COLUMNS": "300"}  # fmt: skip
+    run = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", "run", "--no-demo", env=env, stderr=subprocess.PIPE
+    )  # its own process: `run` installs signal handlers, which only a main thread may
+    output = (await run.communicate())[1].decode()
+    assert run.returncode == 1, output
+    assert "Traceback" not in output
+    [line] = [line for line in output.splitlines() if "cannot migrate" in line]
+    code, migrate_output = await asyncio.to_thread(_cli, database_url)
+    assert code == 1 and line == migrate_output.strip()
+    assert "'0099'" in line and "newer release" in line
+
+
 async def test_a_schema_moves_back_to_a_revision_and_forward_again(database_url: str) -> None:
     await upgrade_all(database_url)
     head = await _revision(database_url, "scorer")
