@@ -375,7 +375,8 @@ def _count_lines(source: Path) -> int:
 
 def _warn_unused(columns: list[str], console: Console) -> None:
     if columns:
-        console.print(f"[yellow]ignored columns (no such event field):[/yellow] {columns}")
+        line = f"[yellow]ignored columns (no such event field):[/yellow] {columns}"
+        console.print(line, soft_wrap=True)
 
 
 def _summary(stats: ImportStats, source: Path) -> Table:
@@ -392,7 +393,9 @@ def _summary(stats: ImportStats, source: Path) -> Table:
 
 def _print_rejects(rejected: list[Row], path: Path, console: Console, limit: int = 20) -> None:
     for row in rejected[:limit]:
-        console.print(f"[red]line {row.line}:[/red] {escape(row.reason)}", highlight=False)
+        # One line per row however long (scripts grep them), as in the rejects file.
+        line = f"[red]line {row.line}:[/red] {escape(row.reason)}"
+        console.print(line, highlight=False, soft_wrap=True)
     if len(rejected) > limit:
         console.print(f"... and {len(rejected) - limit} more")
     if path.exists():

@@ -154,7 +154,8 @@ def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to va
     try:
         rules = load_rules(file)
     except (RulesError, OSError, UnicodeDecodeError) as exc:
-        console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}")
+        line = f"[red]invalid:[/red] {escape(file_problem(file, exc))}"
+        console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         raise typer.Exit(1) from exc
     typer.echo(f"{file}: valid (version {rules.version})")
     from cli.rules_summary import rules_table
@@ -327,7 +328,8 @@ def playbooks_check(
     try:
         typer.echo(check_playbooks(file))
     except (ValueError, OSError) as exc:
-        console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}")
+        line = f"[red]invalid:[/red] {escape(file_problem(file, exc))}"
+        console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         raise typer.Exit(1) from exc
 
 

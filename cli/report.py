@@ -327,7 +327,7 @@ def run_report(
         ):
             report = collect_report(client, bar, since=start, now=now, until=until)
     except ApiError as exc:
-        console.print(f"[red]cannot read the APIs:[/red] {escape(str(exc))}")
+        console.print(f"[red]cannot read the APIs:[/red] {escape(str(exc))}", soft_wrap=True)
         return 1
     out = Console()
     if as_json:
@@ -361,7 +361,8 @@ def _plot(report: Report, path: Path, console: Console) -> int:
     try:
         plot_report(report.distribution, report.migration, path, title=title, notes=notes)
     except OSError as exc:
-        console.print(f"[red]cannot write {escape(str(path))}:[/red] {exc.strerror or exc}")
+        line = f"[red]cannot write {escape(str(path))}:[/red] {exc.strerror or exc}"
+        console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         return 1
     console.print(f"wrote {path}")
     return 0

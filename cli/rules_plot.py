@@ -20,7 +20,8 @@ def diff_and_plot(file: Path, plot: Path, console: Console) -> int:
     try:
         plot_rules_diff(matrices, plot, title=f"current rules -> {file.name}")
     except OSError as exc:
-        console.print(f"[red]cannot write {escape(str(plot))}:[/red] {exc.strerror or exc}")
+        line = f"[red]cannot write {escape(str(plot))}:[/red] {exc.strerror or exc}"
+        console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         return 1
     console.print(f"wrote {plot}")
     return 0

@@ -117,7 +117,7 @@ def run_simulate(options: SimulateOptions, console: Console) -> int:
         console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}", soft_wrap=True)
         return 2
     except ValueError as exc:
-        console.print(f"[red]cannot simulate:[/red] {escape(str(exc))}")
+        console.print(f"[red]cannot simulate:[/red] {escape(str(exc))}", soft_wrap=True)
         return 1
     population = _generate(options, end, console)
     started = time.monotonic()
@@ -175,7 +175,8 @@ def _write_output(population: Population, path: Path, console: Console) -> bool:
             task = bar.add_task("writing", total=len(population.events), rate="events")
             write_jsonl(population.events, path, lambda done: bar.update(task, completed=done))
     except OSError as exc:
-        console.print(f"[red]cannot write {escape(str(path))}:[/red] {exc.strerror or exc}")
+        line = f"[red]cannot write {escape(str(path))}:[/red] {exc.strerror or exc}"
+        console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         return False
     console.print(f"wrote {len(population.events)} events to {path}")
     return True
