@@ -214,12 +214,18 @@ def _retry_after(response: httpx.Response | str, attempt: int) -> float:
     return float(min(5.0, 0.25 * 2**attempt))
 
 
-def _detail(response: httpx.Response, body: Mapping[str, Any]) -> str:
-    """The problem's detail; for 401/403, that the key was refused and which variable sets it."""
+def _detail(response: httpx.Response, body: Mapping[str, Any], *, key_sent: bool) -> str:
+    """The problem's detail; for 401/403, that the key was refused, or that none is set
+    (`key_sent` False), and which variable sets it."""
     detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
-    if response.status_code in (401, 403):
-        return f"the API key was refused ({detail}); set TIERSTREAM_API_KEY to a key it accepts"
-    return detail
+    if response.status_code not in (401, 403):
+        return detail
+    if not key_sent:  # nothing was refused: there was no key to send
+        return (
+            f"{API_KEY_VARIABLE} is not set and the service requires a key ({detail}); set it"
+            f" to one of the services' TIERSTREAM_API_KEYS: export {API_KEY_VARIABLE}=<key>"
+        )
+    return f"the API key was refused ({detail}); set {API_KEY_VARIABLE} to a key it accepts"
 
 
 def _bad_url(service: Service, base: str, exc: Exception) -> ApiError:
@@ -231,9 +237,11 @@ def _bad_url(service: Service, base: str, exc: Exception) -> ApiError:
 
 
 def _unavailable(url: str, retry_for: float, last: httpx.Response | str) -> ApiError:
-    """Still no acceptance at the deadline: the last answer, or the last connection error."""
+    """Still no acceptance at the deadline: the last answer (a 503), or the last connection
+    error."""
     if isinstance(last, httpx.Response):
-        status, why = last.status_code, f"HTTP {last.status_code}: {_detail(last, _problem(last))}"
+        why = f"HTTP {last.status_code}: {_detail(last, _problem(last), key_sent=True)}"
+        status = last.status_code
     else:
         status, why = 0, last
     return ApiError(status, f"ingest unavailable at {url} for {retry_for:.0f}s (last: {why})")
@@ -311,7 +319,7 @@ class ApiClient:
                 f" {kind}, not Tierstream's JSON: is TIERSTREAM_INGEST_URL the ingest service?",
                 lasting=True,  # taken as accepted (202) or as a stop worth retrying (200)
             )
-        detail = _detail(response, body)
+        detail = _detail(response, body, key_sent=bool(self.endpoints.api_key))
         if response.status_code in (413, 422):
             raise BatchRejected(response.status_code, detail, body)
         raise ApiError(response.status_code, detail, body)
@@ -330,7 +338,8 @@ class ApiClient:
             raise ApiError(0, f"{service} unreachable at {url}: {exc}") from exc
         body = _problem(response)
         if response.status_code >= 300:
-            raise ApiError(response.status_code, _detail(response, body), body)
+            detail = _detail(response, body, key_sent=bool(self.endpoints.api_key))
+            raise ApiError(response.status_code, detail, body)
         return _document(service, url, response)
 
     def get_or_none(self, service: Service, path: str) -> dict[str, Any] | None:

@@ -230,6 +230,24 @@ def test_a_refused_key_says_so_and_is_not_worth_retrying(
     assert caught.value.lasting
 
 
+@pytest.mark.parametrize("call", ["send", "get"], ids=["import", "report"])
+def test_without_a_key_the_answer_says_the_key_is_not_set_not_refused(
+    server: tuple[str, Script], call: str
+) -> None:
+    url, script = server
+    script.answers = [(401, {}, {"title": "Unauthorized", "detail": "Send a valid API key"})]
+    client = ApiClient(Endpoints(url, url, url, ""), retry_for=0)
+    with client, pytest.raises(ApiError) as caught:
+        if call == "send":
+            client.send_batch([{"event_id": "e1"}])
+        else:
+            client.get("scorer", "/v1/stats/tiers")
+    assert "TIERSTREAM_API_KEY is not set" in str(caught.value)
+    assert "export TIERSTREAM_API_KEY=" in str(caught.value)
+    assert "refused" not in str(caught.value)
+    assert caught.value.lasting
+
+
 def test_only_unavailability_is_worth_retrying() -> None:
     assert not ApiError(0, "unreachable").lasting
     assert not ApiError(503, "down").lasting
