@@ -10,23 +10,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
 
-Service = Literal["ingest", "scorer", "actions"]
-DEFAULT_URLS: dict[Service, str] = {
-    "ingest": "http://127.0.0.1:8080",
-    "scorer": "http://127.0.0.1:8081",
-    "actions": "http://127.0.0.1:8082",
-}
+from cli.settings import Service, default_url, url_variable, variable
+
+SERVICES: tuple[Service, ...] = ("ingest", "scorer", "actions")
 MAX_BATCH_EVENTS = 1000
 MAX_BATCH_BYTES = 1024 * 1024
 _ENVELOPE_BYTES = 64  # '{"events": [...]}' and some slack
 _JSON = {"Content-Type": "application/json"}
 _INDEX_IN_FIELD = re.compile(r"^events\[(\d+)\]\.?")
-API_KEY_VARIABLE = "TIERSTREAM_API_KEY"
+API_KEY_VARIABLE = variable("api_key")
 
 
 class ConfigError(ValueError):
@@ -73,9 +70,9 @@ class Endpoints:
         """TIERSTREAM_{INGEST,SCORER,ACTIONS}_URL (default local ports) and TIERSTREAM_API_KEY;
         `ConfigError` for a key no HTTP header can carry."""
         env = os.environ if env is None else env
-        variables = {s: f"TIERSTREAM_{s.upper()}_URL" for s in DEFAULT_URLS}
         urls = {
-            s: _checked_url(variables[s], env.get(variables[s], u)) for s, u in DEFAULT_URLS.items()
+            s: _checked_url(url_variable(s), env.get(url_variable(s), default_url(s)))
+            for s in SERVICES
         }
         key = _checked_key(env.get(API_KEY_VARIABLE, ""))
         return cls(urls["ingest"], urls["scorer"], urls["actions"], key)
@@ -198,7 +195,7 @@ def _document(service: Service, url: str, response: httpx.Response) -> dict[str,
         raise ApiError(
             response.status_code,
             f"{service} at {url} answered {response.status_code} with {kind}, not Tierstream's"
-            f" JSON: is TIERSTREAM_{service.upper()}_URL the {service} service?",
+            f" JSON: is {url_variable(service)} the {service} service?",
         )
     return body
 
@@ -230,9 +227,10 @@ def _detail(response: httpx.Response, body: Mapping[str, Any], *, key_sent: bool
 
 def _bad_url(service: Service, base: str, exc: Exception) -> ApiError:
     """A URL no retry can reach: say which variable holds it, and what it must look like."""
-    variable = f"TIERSTREAM_{service.upper()}_URL"
     return ApiError(
-        0, f"{variable}={base!r} is not usable ({exc}); write it as http://host:port", lasting=True
+        0,
+        f"{url_variable(service)}={base!r} is not usable ({exc}); write it as http://host:port",
+        lasting=True,
     )
 
 
@@ -316,7 +314,7 @@ class ApiClient:
             raise ApiError(
                 response.status_code,
                 f"ingest at {self.endpoints.url('ingest')} answered {response.status_code} with"
-                f" {kind}, not Tierstream's JSON: is TIERSTREAM_INGEST_URL the ingest service?",
+                f" {kind}, not Tierstream's JSON: is {url_variable('ingest')} the ingest service?",
                 lasting=True,  # taken as accepted (202) or as a stop worth retrying (200)
             )
         detail = _detail(response, body, key_sent=bool(self.endpoints.api_key))

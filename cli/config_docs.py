@@ -17,6 +17,7 @@ file is stale (regenerate with `tierstream config > docs/CONFIGURATION.md`).
 Every service reads its environment through one frozen pydantic-settings class. Shared
 variables are read the same way by all three services; the others carry the service's
 prefix. Secrets (API keys, webhook secret, SMTP password) are `SecretStr` and never logged.
+The last section lists the variables the `tierstream` CLI reads to reach the services.
 """
 
 
@@ -90,6 +91,7 @@ def settings_table(cls: type[BaseSettings], *, skip: set[str] = frozenset()) -> 
 
 def render() -> str:
     """The whole configuration reference."""
+    from cli.settings import CliSettings
     from services.actions.settings import ActionsSettings
     from services.ingest.settings import IngestSettings
     from services.scorer.settings import ScorerSettings
@@ -113,5 +115,10 @@ def render() -> str:
         settings_table(TracingSettings),
         "\nWith `otlp`, the OpenTelemetry SDK reads its own variables as well, "
         "`OTEL_EXPORTER_OTLP_ENDPOINT` first (deploy/README.md, Tracing).",
+        "\n## CLI (`import`, `simulate`, `report`)\n",
+        settings_table(CliSettings),
+        "\n`migrate`, `rules diff` and `run` read `DATABASE_URL` as the services do (`run` "
+        "also `KAFKA_BOOTSTRAP_SERVERS`, and passes every variable on to the services it "
+        "starts); `report` and `simulate` take their 'now' from `TIERSTREAM_NOW` too.",
     ]
     return "\n".join(parts) + "\n"

@@ -131,7 +131,8 @@ def run(
 
 @app.command()
 def config() -> None:
-    """Print every setting of every service (environment variable, default, meaning) as Markdown."""
+    """Print every setting of every service and of this CLI (environment variable, default,
+    meaning) as Markdown."""
     from cli.config_docs import render
 
     typer.echo(render(), nl=False)
