@@ -7,7 +7,7 @@ import errno
 import math
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,6 +25,12 @@ playbooks_app = typer.Typer(help="Validate playbook files.", no_args_is_help=Tru
 app.add_typer(rules_app, name="rules")
 app.add_typer(playbooks_app, name="playbooks")
 console = Console(stderr=True)
+
+
+def flag(name: str, help: str) -> Any:
+    """An option that takes no value (a bool). `metavar=""`: typer's help otherwise shows a
+    `<bool>` placeholder after it, as if it took one."""
+    return typer.Option(name, help=help, metavar="")
 
 
 @app.command()
@@ -117,9 +123,7 @@ def infra() -> None:
 
 @app.command()
 def run(
-    no_demo: Annotated[
-        bool, typer.Option("--no-demo", help="Do not send the demo events.")
-    ] = False,
+    no_demo: Annotated[bool, flag("--no-demo", help="Do not send the demo events.")] = False,
 ) -> None:
     """Run the whole system on this machine: embedded broker and Postgres (unless
     KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are set), migrations, topics, the three services
@@ -242,7 +246,7 @@ def simulate(
             " with another end gives the same customers a second history."
         ),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Generate, send nothing.")] = False,
+    dry_run: Annotated[bool, flag("--dry-run", help="Generate, send nothing.")] = False,
     output: Annotated[Path | None, typer.Option(help="Also write the events as JSONL.")] = None,
 ) -> None:
     """Send a realistic synthetic population through ingest (TIERSTREAM_INGEST_URL, _API_KEY):
@@ -299,7 +303,7 @@ def report(
         typer.Option(help="Period end, not included (YYYY-MM-DD or ISO 8601); default now."),
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG with the pictures.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print the numbers as JSON.")] = False,
 ) -> None:
     """Distribution per class at the period's end, value-tier migration, churn and
     reactivation in the period, open and overdue tasks, tasks done (late) in the period,
