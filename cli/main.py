@@ -6,6 +6,8 @@ import asyncio
 import errno
 import math
 import os
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,18 +70,27 @@ def migrate(
         typer.Option(
             help="Move the schema to this revision, back or forward (its data with it), e.g."
             " back before running an older release; `base` removes the service's tables,"
-            " `head` is this release's latest. Revisions: the files in"
-            " services/<service>/migrations/versions."
+            " `head` is this release's latest. Moving back needs --yes. Revisions: the files"
+            " in services/<service>/migrations/versions."
         ),
     ] = None,
+    yes: Annotated[
+        bool,
+        flag(
+            "--yes",
+            help="Confirm a move back with --to: it drops what the later revisions added,"
+            " data included (without --yes: a prompt on a terminal, else a refusal, exit 2).",
+        ),
+    ] = False,
 ) -> None:
     """Apply every service's Alembic migrations to DATABASE_URL (schemas scorer and actions),
-    or with --service and --to, move one service's schema to a revision."""
+    or with --service and --to, move one service's schema to a revision (back: with --yes)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from cli.database import database_settings, failure_reason, redacted
     from shared.migrations import (
         SERVICES_WITH_TABLES,
+        DowngradeRefused,
         MigrationError,
         UnknownRevision,
         move_to,
@@ -97,12 +108,12 @@ def migrate(
     url = database_settings(ServiceSettings, console).database_url  # exits 2 on a bad setting
     try:
         if to is not None and service is not None:
-            move_to(url, service, to)
+            move_to(url, service, to, confirm_back=partial(confirm_move_back, service, to, yes))
         elif service is not None:
             upgrade(url, service)
         else:
             asyncio.run(upgrade_all(url))
-    except UnknownRevision as exc:
+    except (UnknownRevision, DowngradeRefused) as exc:
         console.print(f"[red]--to:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (OSError, SQLAlchemyError, MigrationError) as exc:
@@ -110,6 +121,19 @@ def migrate(
         console.print(f"[red]cannot migrate[/red] {why}", soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"[green]{f'{service} at {to}' if to else 'migrations applied'}[/green]")
+
+
+def confirm_move_back(service: str, to: str, yes: bool, current: str) -> bool:
+    """Whether to move `service` back from `current` to `to`: --yes, or a yes at a prompt
+    when a person is there to answer (a script without --yes is refused)."""
+    if yes or not sys.stdin.isatty():
+        return yes
+    return typer.confirm(
+        f"Move {service} back from {current} to {to}, dropping what the later revisions"
+        " added, data included?",
+        default=False,
+        err=True,
+    )
 
 
 @app.command()

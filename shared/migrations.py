@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +50,17 @@ class UnknownRevision(MigrationError):
     """A revision asked for that this release does not have (a usage error)."""
 
 
-def move_to(database_url: str, service: str, revision: str) -> None:
+class DowngradeRefused(MigrationError):
+    """A move back (it drops tables, columns and their data) that was not confirmed."""
+
+
+def move_to(
+    database_url: str, service: str, revision: str, *, confirm_back: Callable[[str], bool]
+) -> None:
     """Move one service's schema (and its data) to `revision`, back or forward ("base": no
-    tables, "head": this release's latest)."""
+    tables, "head": this release's latest). A move back runs only when `confirm_back(the
+    current revision)` says yes (DowngradeRefused otherwise): it drops what later revisions
+    added, data included."""
     config = alembic_config(database_url, service)
     order = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()][::-1]
     if revision not in {"base", "head", *order}:  # a typo, not a newer release's work
@@ -66,11 +74,17 @@ def move_to(database_url: str, service: str, revision: str) -> None:
     rank.update((r, i) for i, r in enumerate(order))
     if current not in rank:
         raise MigrationError(f"{service}: the database is at revision {current!r}{_NEWER}")
+    back = rank[revision] < rank[current]
+    if back and not confirm_back(str(current)):
+        raise DowngradeRefused(
+            f"{service}: moving back from {current} to {revision} drops what the later"
+            " revisions added, data included; add --yes to do it"
+        )
     with _explained(service):
-        if rank[revision] >= rank[current]:
-            command.upgrade(config, revision)
-        else:
+        if back:
             command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
 
 
 async def current_revision(database_url: str, service: str) -> str | None:
@@ -99,7 +113,7 @@ def _explained(service: str) -> Iterator[None]:
 _NEWER = (
     ". A revision this release does not know was applied by a newer release: run that"
     " release, or move the schema back with its `tierstream migrate --service ... --to"
-    " REVISION` first"
+    " REVISION --yes` first"
 )
 
 

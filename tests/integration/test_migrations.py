@@ -91,12 +91,12 @@ async def test_a_schema_moves_back_to_a_revision_and_forward_again(database_url:
     await upgrade_all(database_url)
     head = await _revision(database_url, "scorer")
 
-    async def to(revision: str) -> tuple[int, str, str | None]:
+    async def to(revision: str, *confirm: str) -> tuple[int, str, str | None]:
         code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer",
-                                               "--to", revision)  # fmt: skip
+                                               "--to", revision, *confirm)  # fmt: skip
         return code, output, await _revision(database_url, "scorer")
 
-    code, output, now = await to("0001")
+    code, output, now = await to("0001", "--yes")
     assert (code, now) == (0, "0001"), output
     assert await _revision(database_url, "actions") is not None  # the other one untouched
     # Forward with --to too: it was refused as "not a valid downgrade target ... a newer
@@ -110,6 +110,31 @@ async def test_a_schema_moves_back_to_a_revision_and_forward_again(database_url:
     assert "newer" not in output and now == head
     code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer")
     assert (code, await _revision(database_url, "scorer")) == (0, head), output
+
+
+@pytest.mark.parametrize("revision", ["base", "0001"])
+async def test_a_move_back_without_yes_is_refused_in_one_line_and_changes_nothing(
+    database_url: str, revision: str
+) -> None:
+    # `--to base` dropped every scorer table, data included, without a word.
+    await upgrade_all(database_url)
+    head = await _revision(database_url, "scorer")
+    code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer",
+                                           "--to", revision)  # fmt: skip
+    assert code == 2, output
+    assert output.strip() == (
+        f"--to: scorer: moving back from {head} to {revision} drops what the later revisions"
+        " added, data included; add --yes to do it"
+    )
+    assert await _revision(database_url, "scorer") == head
+    code, output = await asyncio.to_thread(_cli, database_url, "--service", "scorer",
+                                           "--to", "head")  # fmt: skip
+    assert code == 0, output  # not back: nothing to confirm
+
+
+def test_migrate_help_says_a_move_back_needs_yes() -> None:
+    result = CliRunner().invoke(app, ["migrate", "--help"], env={"COLUMNS": "200"})
+    assert "--yes" in result.output and "Moving back needs --yes" in result.output
 
 
 @pytest.mark.parametrize(
@@ -146,7 +171,7 @@ async def test_failed_enrolments_read_as_completed_after_moving_actions_back(
             " VALUES ('c', 'welcome', 'new', 'chg', 'failed', now(), now(), now())"
         )
         code, output = await asyncio.to_thread(_cli, database_url, "--service", "actions",
-                                               "--to", "0003")  # fmt: skip
+                                               "--to", "0003", "--yes")  # fmt: skip
         assert code == 0, output
         assert await conn.fetchval("SELECT status FROM actions.enrolment") == "completed"
         with pytest.raises(asyncpg.CheckViolationError):
