@@ -11,7 +11,7 @@ and last the fenced offset update.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -26,7 +26,6 @@ from services.actions.effects import (
     step_rows,
     task_push_row,
 )
-from services.actions.store import ChangeKey, ChangeTime
 from shared.contracts import TierChanged
 from shared.domain.playbooks import (
     ActionFailure,
@@ -72,9 +71,6 @@ class BatchResult:
     fresh: int = 0
     duplicates: int = 0
     redelivered: list[str] = field(default_factory=list)  # tier change ids already applied
-    # Ids of changes older than one of the same customer and dimension applied before them
-    # (replayed, or moved to another partition): recorded, not acted on.
-    stale: list[str] = field(default_factory=list)
     planned: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Actions of fresh changes whose templates failed, with the id of their change.
     failed: list[tuple[str, ActionFailure]] = field(default_factory=list)
@@ -113,61 +109,15 @@ async def apply_batch(
         await store.lock_customers(
             conn, [c.change.customer_id for c in fresh] + [g.customer_id for g in goals]
         )
-        before = await store.latest_changes(conn, newest_times(fresh))
-        current, stale = split_stale(fresh, before)
-        effects = collect_effects(((c.change, c.requests) for c in current), channels, now=now)
+        effects = collect_effects(((c.change, c.requests) for c in fresh), channels, now=now)
         await _write_effects(conn, effects, channels, result, now=now)
         result.cancelled_steps += await _record_goals(conn, goals, playbooks, now=now)
         await store.advance_offsets(conn, group_id, moves)
-    result.fresh, result.duplicates = len(current), len(changes) - len(fresh)
-    result.stale = [c.change.id for c in stale]
+    result.fresh, result.duplicates = len(fresh), len(changes) - len(fresh)
     result.redelivered = _redelivered(changes, claimed)
     result.planned = effects.planned
-    result.failed = [(c.change.id, failure) for c in current for failure in c.plan.failures]
+    result.failed = [(c.change.id, failure) for c in fresh for failure in c.plan.failures]
     return result
-
-
-def _change_key(change: TierChanged) -> ChangeKey:
-    return (change.customer_id, change.dimension.value)
-
-
-def _change_time(change: TierChanged) -> ChangeTime:
-    return (change.emitted_at, change.occurred_at)
-
-
-def newest_times(changes: Sequence[PlannedChange]) -> dict[ChangeKey, ChangeTime]:
-    """The latest (emitted_at, occurred_at) per customer and dimension among `changes`."""
-    newest: dict[ChangeKey, ChangeTime] = {}
-    for planned in changes:
-        key, at = _change_key(planned.change), _change_time(planned.change)
-        if key not in newest or at > newest[key]:
-            newest[key] = at
-    return newest
-
-
-def split_stale(
-    changes: Sequence[PlannedChange], before: Mapping[ChangeKey, ChangeTime]
-) -> tuple[list[PlannedChange], list[PlannedChange]]:
-    """The changes to act on, in order, and those older than one of the same customer and
-    dimension applied before them (stored in `before`, or earlier in `changes`).
-
-    The scorer makes a customer's changes in order and they stay in order on one partition;
-    a replay, or a customer moved to another partition, can bring an older one after a newer
-    one. Emitted-at orders them (occurred-at breaks a tie within one evaluation): one
-    scorer at a time owns a customer, and a rebalance takes longer than hosts' clocks drift.
-    """
-    latest = dict(before)
-    current: list[PlannedChange] = []
-    stale: list[PlannedChange] = []
-    for planned in changes:
-        key, at = _change_key(planned.change), _change_time(planned.change)
-        seen = latest.get(key)
-        if seen is not None and at < seen:
-            stale.append(planned)
-        else:
-            latest[key] = at
-            current.append(planned)
-    return current, stale
 
 
 def _redelivered(changes: Sequence[PlannedChange], claimed: set[str]) -> list[str]:

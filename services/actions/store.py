@@ -44,37 +44,6 @@ async def lock_customers(conn: Connection, customer_ids: Sequence[str]) -> None:
         )
 
 
-ChangeKey = tuple[str, str]  # customer, dimension
-ChangeTime = tuple[datetime, datetime]  # emitted_at, occurred_at: later is newer
-
-
-async def latest_changes(
-    conn: Connection, newest: dict[ChangeKey, ChangeTime]
-) -> dict[ChangeKey, ChangeTime]:
-    """Store the batch's newest change time per customer and dimension (where it is later)
-    and return the times stored before the batch, in one statement (the caller holds the
-    customers' locks). Every sub-statement sees the table as it was: `before` reads the old
-    times, not the upsert's."""
-    if not newest:
-        return {}
-    keys = sorted(newest)
-    rows = await conn.fetch(
-        "WITH batch AS (SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[],"
-        " $4::timestamptz[]) AS b(customer_id, dimension, emitted_at, occurred_at)),"
-        " before AS (SELECT l.* FROM actions.latest_change l JOIN batch b"
-        " USING (customer_id, dimension)),"
-        " stored AS (INSERT INTO actions.latest_change AS l SELECT * FROM batch"
-        " ORDER BY customer_id, dimension"
-        " ON CONFLICT (customer_id, dimension) DO UPDATE"
-        " SET emitted_at = EXCLUDED.emitted_at, occurred_at = EXCLUDED.occurred_at"
-        " WHERE (EXCLUDED.emitted_at, EXCLUDED.occurred_at) > (l.emitted_at, l.occurred_at))"
-        " SELECT customer_id, dimension, emitted_at, occurred_at FROM before",
-        [k[0] for k in keys], [k[1] for k in keys],
-        [newest[k][0] for k in keys], [newest[k][1] for k in keys],
-    )  # fmt: skip
-    return {(r["customer_id"], r["dimension"]): (r["emitted_at"], r["occurred_at"]) for r in rows}
-
-
 async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
     """Fenced offset update in this service's schema (see shared/offsets.py)."""
     await offsets.advance_offsets(conn, "actions", group_id, moves)

@@ -45,15 +45,14 @@ ROUNDS = "tierstream_actions_dispatch_rounds_total"
 
 def tier_change(
     change_id: str, customer_id: str, dimension: str, from_: str | None, to: str,
-    *, at: datetime = NOW, email: str | None = None, emitted_at: datetime | None = None,
+    *, at: datetime = NOW, email: str | None = None,
 ) -> TierChanged:  # fmt: skip
-    """A tier change as the scorer emits it (decided at `emitted_at`, by default `at`)."""
+    """A tier change as the scorer emits it."""
     attributes: dict[str, Any] = {"email": email} if email else {}
     return TierChanged.model_validate({
         "id": change_id, "customer_id": customer_id, "dimension": dimension, "from": from_,
         "to": to, "cause": "event", "rule": f"{dimension}.{to}", "features": {"m_score": 4},
-        "rules_version": "test", "occurred_at": at, "emitted_at": emitted_at or at,
-        "attributes": attributes,
+        "rules_version": "test", "occurred_at": at, "emitted_at": at, "attributes": attributes,
     })  # fmt: skip
 
 

@@ -74,7 +74,7 @@ async def test_welcome_is_never_entered_twice_but_win_back_may_be(
     twice = tier_change("1b", "c", "lifecycle_stage", "lead", "new", at=NOW + DAY / 2)
     result = await apply_changes(pool, [twice], now=NOW + DAY / 2)  # welcome still running
     assert result.refused == {("welcome", "already_active"): 1}  # not `reentry_never`
-    at_risk = tier_change("2", "c", "lifecycle_stage", "new", "at_risk", emitted_at=NOW + DAY)
+    at_risk = tier_change("2", "c", "lifecycle_stage", "new", "at_risk")
     await apply_changes(pool, [at_risk], now=NOW + DAY)
     await apply_batch(pool, [], [GoalHit("c", NOW + 2 * DAY)], [], group_id="g", playbooks=BOOKS,
                       channels=LOG_ONLY, now=NOW + 2 * DAY)  # fmt: skip
@@ -180,8 +180,7 @@ async def test_win_back_ends_when_a_late_event_withdraws_the_at_risk_that_began_
     # than the trigger); the change itself ends the sequence.
     await apply_changes(pool, [tier_change("4", "f", "lifecycle_stage", "established",
                                            "at_risk", at=NOW)], now=NOW)  # fmt: skip
-    back = tier_change("5", "f", "lifecycle_stage", "at_risk", "established", at=NOW - DAY,
-                       emitted_at=NOW + DAY)  # fmt: skip
+    back = tier_change("5", "f", "lifecycle_stage", "at_risk", "established", at=NOW - DAY)
     await apply_changes(pool, [back], now=NOW + DAY)
     assert await _enrolments(actions_db, "f") == [
         ("win_back", "exited", "lifecycle_stage:established")
@@ -240,41 +239,6 @@ async def _until_waiting_for_a_lock(database_url: str) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the purchase's batch never waited for the change's")
-
-
-@pytest.mark.parametrize("one_batch", [False, True], ids=["later_batch", "same_batch"])
-async def test_a_change_older_than_one_applied_is_recorded_and_not_acted_on(
-    pool: Pool, actions_db: str, one_batch: bool
-) -> None:
-    # Replayed, or the customer moved to another partition: the older change came after
-    # the newer one and was acted on as current (a silver customer got the VIP welcome).
-    newer = tier_change("down", "s", "value_tier", "gold", "silver", at=NOW)
-    older = tier_change("up", "s", "value_tier", "silver", "gold", at=NOW - DAY)
-    other = tier_change("life", "s", "lifecycle_stage", "established", "at_risk", at=NOW - DAY)
-    if one_batch:
-        result = await apply_changes(pool, [newer, older, other], now=NOW)
-    else:
-        await apply_changes(pool, [newer], now=NOW)
-        result = await apply_changes(pool, [older, other], now=NOW)
-    assert result.stale == ["up"]
-    assert await _enrolments(actions_db, "s", "vip_welcome") == []
-    tasks = await fetch(actions_db, "SELECT playbook FROM actions.task WHERE customer_id = 's'")
-    assert "gold_upgrade" not in {t["playbook"] for t in tasks}
-    assert await _enrolments(actions_db, "s", "win_back") == [("win_back", "active", None)]
-    inbox = await fetch(actions_db, "SELECT 1 FROM actions.inbox WHERE message_id LIKE '%:up'")
-    assert len(inbox) == 1  # recorded: a redelivery of it is a duplicate
-
-
-async def test_an_old_exit_arriving_late_does_not_end_a_newer_enrolment(
-    pool: Pool, actions_db: str
-) -> None:
-    enrol = tier_change("risk", "r", "lifecycle_stage", "established", "at_risk", at=NOW)
-    await apply_changes(pool, [enrol], now=NOW)
-    old_exit = tier_change("back", "r", "lifecycle_stage", "at_risk", "established",
-                           at=NOW - 2 * DAY)  # fmt: skip
-    result = await apply_changes(pool, [old_exit], now=NOW + DAY)
-    assert result.stale == ["back"]
-    assert await _enrolments(actions_db, "r", "win_back") == [("win_back", "active", None)]
 
 
 async def test_enrolments_in_a_sequence_removed_from_the_playbooks_exit_at_start(

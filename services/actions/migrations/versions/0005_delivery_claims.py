@@ -5,8 +5,8 @@ back (`attempts - 1`), so the count returned to the number of the attempt before
 older attempt whose lease had run out then recorded its failure over the deferral, and
 the step died unsent. `claims` only grows.
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-24
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
