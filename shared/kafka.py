@@ -133,6 +133,12 @@ def uri_reference(text: str) -> str:
     return quote(text, safe="!#$&'()*+,/:;=?@[]~")
 
 
+# On each tier-changed record: the change's `seq` in the scorer's history, which grows with
+# each of a customer's changes (taken under the customer's row lock). Consumers can tell a
+# replayed or reordered older change from the latest by it; the event's times cannot.
+CHANGE_SEQ_HEADER = "tierstream_seq"
+
+
 def cloudevent_headers(
     *, ce_id: str, ce_source: str, ce_type: str, ce_time: datetime, extra: Headers | None = None
 ) -> Headers:

@@ -11,7 +11,7 @@ and last the fenced offset update.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -26,6 +26,7 @@ from services.actions.effects import (
     step_rows,
     task_push_row,
 )
+from services.actions.store import ChangeKey
 from shared.contracts import TierChanged
 from shared.domain.playbooks import (
     ActionFailure,
@@ -45,6 +46,9 @@ class PlannedChange:
 
     change: TierChanged
     plan: Plan
+    # The scorer's `seq` of the change (header CHANGE_SEQ_HEADER; None: not given), which
+    # grows with each of a customer's changes.
+    seq: int | None = None
 
     @property
     def requests(self) -> list[ActionRequest]:
@@ -71,6 +75,9 @@ class BatchResult:
     fresh: int = 0
     duplicates: int = 0
     redelivered: list[str] = field(default_factory=list)  # tier change ids already applied
+    # Ids of changes older (by seq) than one of the same customer and dimension applied
+    # before them (replayed, or moved to another partition): recorded, not acted on.
+    stale: list[str] = field(default_factory=list)
     planned: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Actions of fresh changes whose templates failed, with the id of their change.
     failed: list[tuple[str, ActionFailure]] = field(default_factory=list)
@@ -109,15 +116,58 @@ async def apply_batch(
         await store.lock_customers(
             conn, [c.change.customer_id for c in fresh] + [g.customer_id for g in goals]
         )
-        effects = collect_effects(((c.change, c.requests) for c in fresh), channels, now=now)
+        before = await store.latest_changes(conn, newest_seqs(fresh))
+        current, stale = split_stale(fresh, before)
+        effects = collect_effects(((c.change, c.requests) for c in current), channels, now=now)
         await _write_effects(conn, effects, channels, result, now=now)
         result.cancelled_steps += await _record_goals(conn, goals, playbooks, now=now)
         await store.advance_offsets(conn, group_id, moves)
-    result.fresh, result.duplicates = len(fresh), len(changes) - len(fresh)
+    result.fresh, result.duplicates = len(current), len(changes) - len(fresh)
+    result.stale = [c.change.id for c in stale]
     result.redelivered = _redelivered(changes, claimed)
     result.planned = effects.planned
-    result.failed = [(c.change.id, failure) for c in fresh for failure in c.plan.failures]
+    result.failed = [(c.change.id, failure) for c in current for failure in c.plan.failures]
     return result
+
+
+def _change_key(change: TierChanged) -> ChangeKey:
+    return (change.customer_id, change.dimension.value)
+
+
+def newest_seqs(changes: Sequence[PlannedChange]) -> dict[ChangeKey, int]:
+    """The highest seq per customer and dimension among `changes` (those that carry one)."""
+    newest: dict[ChangeKey, int] = {}
+    for planned in changes:
+        if planned.seq is not None:
+            key = _change_key(planned.change)
+            newest[key] = max(newest.get(key, planned.seq), planned.seq)
+    return newest
+
+
+def split_stale(
+    changes: Sequence[PlannedChange], before: Mapping[ChangeKey, int]
+) -> tuple[list[PlannedChange], list[PlannedChange]]:
+    """The changes to act on, in order, and those older than one of the same customer and
+    dimension applied before them (its seq in `before`, or earlier in `changes`).
+
+    The scorer publishes a customer's changes in order on one partition; a replay, or a
+    customer moved to another partition, can bring an older one after a newer one. Their
+    times cannot tell: a late event's change is dated before one published ahead of it.
+    A change without a seq (an older scorer's) is never stale.
+    """
+    latest = dict(before)
+    current: list[PlannedChange] = []
+    stale: list[PlannedChange] = []
+    for planned in changes:
+        key, seq = _change_key(planned.change), planned.seq
+        seen = latest.get(key)
+        if seq is not None and seen is not None and seq < seen:
+            stale.append(planned)
+            continue
+        if seq is not None:
+            latest[key] = seq
+        current.append(planned)
+    return current, stale
 
 
 def _redelivered(changes: Sequence[PlannedChange], claimed: set[str]) -> list[str]:

@@ -97,6 +97,7 @@ class ChangeConsumer(FencedConsumer):
         records = self.metrics.records
         records.labels("tier_changed", "processed").inc(result.fresh)
         records.labels("tier_changed", "duplicate").inc(result.duplicates)
+        records.labels("tier_changed", "stale").inc(len(result.stale))
         records.labels("purchases", "processed").inc(len(decoded.goals) + decoded.ignored)
         poisoned = Counter(self._source(p.record.topic) for p in decoded.poison)
         for source, n in poisoned.items():
@@ -116,6 +117,9 @@ class ChangeConsumer(FencedConsumer):
         """Ids of what was applied; customer ids only at debug level."""
         for change_id in result.redelivered:
             log.info("tier change already applied; redelivery dropped", tier_change_id=change_id)
+        for change_id in result.stale:
+            log.warning("tier change older than one already applied; not acted on",
+                        tier_change_id=change_id)  # fmt: skip
         for change_id, failure in result.failed:
             log.error(
                 "action template failed", tier_change_id=change_id, playbook=failure.playbook,

@@ -29,6 +29,7 @@ from shared.domain.playbooks import (
     plan_actions,
     step_due_at,
 )
+from shared.kafka import CHANGE_SEQ_HEADER, header
 from shared.topics import Topics
 from shared.tracing import SpanKind, Tracer
 
@@ -55,7 +56,7 @@ def decode(
                 _require_storable(change.model_dump())
                 plan = _plan(change, record, playbooks, tracer)
                 _require_storable_due_times(change, plan.requests)
-                out.changes.append(PlannedChange(change, plan))
+                out.changes.append(PlannedChange(change, plan, seq=_seq(record)))
             else:
                 _decode_purchase(record, out)
         except ValidationError as exc:
@@ -65,6 +66,13 @@ def decode(
         except Exception as exc:  # bad bytes, an unexpected event type, ...
             out.poison.append(Poison(record, f"{type(exc).__name__}: {exc}"))
     return out
+
+
+def _seq(record: Record) -> int | None:
+    """The change's seq from its header (None: a record without one); a header that is not
+    a whole number makes the record poison."""
+    text = header(record.headers, CHANGE_SEQ_HEADER)
+    return None if text is None else int(text)
 
 
 def _plan(change: TierChanged, record: Record, playbooks: Playbooks, tracer: Tracer | None) -> Plan:

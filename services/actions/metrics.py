@@ -19,7 +19,7 @@ ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
 # Seconds to a day: the scheduler's poll, retry back-off, then an outage's backlog.
 LATENESS_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400)
 RECORD_SOURCES = ("tier_changed", "purchases")
-RECORD_OUTCOMES = ("processed", "duplicate", "dead_lettered")
+RECORD_OUTCOMES = ("processed", "duplicate", "stale", "dead_lettered")
 # (kind, channel) pairs a delivery can have: task pushes only go to the CRM webhook.
 DELIVERY_ROUTES = (
     ("alert", "webhook"), ("alert", "email"), ("alert", "log"), ("task", "webhook"),

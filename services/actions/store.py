@@ -44,6 +44,32 @@ async def lock_customers(conn: Connection, customer_ids: Sequence[str]) -> None:
         )
 
 
+ChangeKey = tuple[str, str]  # customer, dimension
+
+
+async def latest_changes(conn: Connection, newest: dict[ChangeKey, int]) -> dict[ChangeKey, int]:
+    """Store the batch's highest change seq per customer and dimension (where it is higher)
+    and return the seqs stored before the batch, in one statement (the caller holds the
+    customers' locks). Every sub-statement sees the table as it was: `before` reads the old
+    seqs, not the upsert's."""
+    if not newest:
+        return {}
+    keys = sorted(newest)
+    rows = await conn.fetch(
+        "WITH batch AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
+        " AS b(customer_id, dimension, seq)),"
+        " before AS (SELECT l.* FROM actions.latest_change l JOIN batch b"
+        " USING (customer_id, dimension)),"
+        " stored AS (INSERT INTO actions.latest_change AS l SELECT * FROM batch"
+        " ORDER BY customer_id, dimension"
+        " ON CONFLICT (customer_id, dimension) DO UPDATE SET seq = EXCLUDED.seq"
+        " WHERE EXCLUDED.seq > l.seq)"
+        " SELECT customer_id, dimension, seq FROM before",
+        [k[0] for k in keys], [k[1] for k in keys], [newest[k] for k in keys],
+    )  # fmt: skip
+    return {(r["customer_id"], r["dimension"]): r["seq"] for r in rows}
+
+
 async def advance_offsets(conn: Connection, group_id: str, moves: Sequence[OffsetMove]) -> None:
     """Fenced offset update in this service's schema (see shared/offsets.py)."""
     await offsets.advance_offsets(conn, "actions", group_id, moves)

@@ -24,7 +24,7 @@ from services.scorer.evaluation import ChangeRecord
 from services.scorer.metrics import ScorerMetrics
 from shared.clock import Clock
 from shared.contracts import TIER_CHANGED_TYPE, ChangeCause, Dimension
-from shared.kafka import Headers, cloudevent_headers
+from shared.kafka import CHANGE_SEQ_HEADER, Headers, cloudevent_headers
 from shared.kafka_batches import KeyPartitioner, Record, build_batches, send_in_order, size_over
 from shared.logging import get_logger
 
@@ -121,7 +121,8 @@ class OutboxRelay:
             headers = cloudevent_headers(
                 ce_id=change["id"], ce_source=CE_SOURCE, ce_type=TIER_CHANGED_TYPE,
                 ce_time=change["emitted_at"],
-                extra=[("traceparent", trace.encode())] if trace else None,
+                extra=[(CHANGE_SEQ_HEADER, str(change["seq"]).encode()),
+                       *([("traceparent", trace.encode())] if trace else [])],
             )  # fmt: skip
             key = change["customer_id"].encode()
             records.append((self.topic, self._fitting(change, key, headers)))

@@ -15,11 +15,16 @@ LOG_ONLY = ChannelConfig(webhook=False, email=False, crm=False)
 
 async def apply_changes(
     pool: Pool, changes: list[TierChanged], *, now: datetime,
-    channels: ChannelConfig = LOG_ONLY,
+    channels: ChannelConfig = LOG_ONLY, seqs: list[int] | None = None,
 ) -> BatchResult:  # fmt: skip
-    """Plan the changes with the default playbooks and write their effects in one transaction."""
+    """Plan the changes with the default playbooks and write their effects in one transaction
+    (`seqs`: the scorer's seq of each, as its header carries it; default none)."""
     books = load_playbooks(default_playbooks_path())
-    planned = [PlannedChange(c, plan_actions(c, books)) for c in changes]
+    numbers: list[int | None] = list(seqs) if seqs is not None else [None] * len(changes)
+    planned = [
+        PlannedChange(c, plan_actions(c, books), seq=n)
+        for c, n in zip(changes, numbers, strict=True)
+    ]
     return await apply_batch(pool, planned, [], [], group_id="seed", playbooks=books,
                              channels=channels, now=now)  # fmt: skip
 

@@ -56,7 +56,7 @@ async def _together_and_apart(
     for batches in ([batch], [[change] for change in batch]):
         await pool.execute(
             "TRUNCATE actions.task, actions.delivery, actions.enrolment, actions.inbox,"
-            " actions.goal_event"
+            " actions.goal_event, actions.latest_change"
         )
         if goals:
             await apply_goals(pool, goals, now=APPLIED_AT)

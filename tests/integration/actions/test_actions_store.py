@@ -265,3 +265,47 @@ async def test_enrolments_in_a_sequence_removed_from_the_playbooks_exit_at_start
         "tierstream_actions_sequence_steps_total", {"sequence": "win_back", "outcome": "cancelled"}
     )
     assert cancelled == len(steps) > 0
+
+
+@pytest.mark.parametrize("one_batch", [False, True], ids=["later_batch", "same_batch"])
+async def test_a_change_older_than_one_applied_is_recorded_and_not_acted_on(
+    pool: Pool, actions_db: str, one_batch: bool
+) -> None:
+    # Replayed, or the customer moved to another partition: the older change came after
+    # the newer one and was acted on as current (a silver customer got the VIP welcome).
+    newer = tier_change("down", "s", "value_tier", "gold", "silver", at=NOW)
+    older = tier_change("up", "s", "value_tier", "silver", "gold", at=NOW - DAY)
+    other = tier_change("life", "s", "lifecycle_stage", "established", "at_risk", at=NOW - DAY)
+    if one_batch:
+        result = await apply_changes(pool, [newer, older, other], now=NOW, seqs=[20, 10, 5])
+    else:
+        await apply_changes(pool, [newer], now=NOW, seqs=[20])
+        result = await apply_changes(pool, [older, other], now=NOW, seqs=[10, 5])
+    assert result.stale == ["up"]
+    assert await _enrolments(actions_db, "s", "vip_welcome") == []
+    tasks = await fetch(actions_db, "SELECT playbook FROM actions.task WHERE customer_id = 's'")
+    assert "gold_upgrade" not in {t["playbook"] for t in tasks}
+    assert await _enrolments(actions_db, "s", "win_back") == [("win_back", "active", None)]
+    inbox = await fetch(actions_db, "SELECT 1 FROM actions.inbox WHERE message_id LIKE '%:up'")
+    assert len(inbox) == 1  # recorded: a redelivery of it is a duplicate
+
+
+async def test_a_late_events_withdrawal_dated_earlier_is_current_by_its_seq(
+    pool: Pool, actions_db: str
+) -> None:
+    # The scorer withdraws an at-risk change when a late purchase predates it: the
+    # withdrawal is dated earlier but comes later. Times cannot order them; the seq does.
+    enrol = tier_change("risk", "r", "lifecycle_stage", "established", "at_risk", at=NOW)
+    await apply_changes(pool, [enrol], now=NOW, seqs=[7])
+    back = tier_change("back", "r", "lifecycle_stage", "at_risk", "established", at=NOW - DAY)
+    result = await apply_changes(pool, [back], now=NOW + DAY, seqs=[8])
+    assert result.stale == []
+    assert await _enrolments(actions_db, "r", "win_back") == [
+        ("win_back", "exited", "lifecycle_stage:established")
+    ]
+    old_exit = tier_change("old", "r", "lifecycle_stage", "at_risk", "established", at=NOW)
+    again = tier_change("again", "r", "lifecycle_stage", "established", "at_risk", at=NOW)
+    await apply_changes(pool, [again], now=NOW + DAY, seqs=[9])
+    result = await apply_changes(pool, [old_exit], now=NOW + DAY, seqs=[6])  # replayed
+    assert result.stale == ["old"]
+    assert ("win_back", "active", None) in await _enrolments(actions_db, "r", "win_back")

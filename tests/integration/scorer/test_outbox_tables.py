@@ -20,6 +20,7 @@ from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.contracts import TierChanged
 from shared.domain.rules import load_rules
+from shared.kafka import CHANGE_SEQ_HEADER, header
 from shared.metrics import new_registry
 from shared.migrations import alembic_config, upgrade
 from shared.topics import SCORER_GROUP
@@ -164,6 +165,14 @@ async def test_a_change_too_large_for_the_broker_goes_out_without_its_attributes
         for record in by_customer["small"]:
             assert TierChanged.model_validate_json(record.value).attributes == {"tier": "a"}
             assert TRIMMED_HEADER not in {name for name, _ in record.headers}
+        # Each record carries its change's seq (actions orders a customer's changes by it).
+        async with connect(scorer_db) as conn:
+            stored = {r["id"]: r["seq"] for r in await conn.fetch(
+                "SELECT id, seq FROM scorer.tier_change")}  # fmt: skip
+        carried = {
+            header(r.headers, "ce_id"): header(r.headers, CHANGE_SEQ_HEADER) for r in records
+        }
+        assert carried == {i: str(seq) for i, seq in stored.items()}
         assert registry.get_sample_value("tierstream_scorer_trimmed_changes_total") == 3
         assert await seqs(scorer_db, "tier_change_pending") == []
 

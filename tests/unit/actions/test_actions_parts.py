@@ -32,6 +32,7 @@ from services.actions.settings import ActionsSettings
 from services.actions.tasks import TaskCommand, TaskStatus, next_status
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, parse_playbooks
 from shared.http import ProblemError
+from shared.kafka import CHANGE_SEQ_HEADER
 from shared.topics import Topics
 
 NOW = datetime(2026, 5, 1, 8, tzinfo=UTC)
@@ -173,6 +174,18 @@ def test_decoding_plans_good_records_and_names_what_is_wrong_with_the_rest() -> 
     assert "dimension" in errors[1] and "NUL" in errors[2]
     assert "occurred_at" in errors[3] and "timezone" in errors[3].replace("time zone", "timezone")
     assert "NaN" in errors[4]
+
+
+def test_a_changes_seq_comes_from_its_header_and_a_malformed_one_is_poison() -> None:
+    books = load_playbooks(default_playbooks_path())
+    with_seq = _record(TOPICS.tier_changed, _change(id="s"))
+    with_seq.headers = [(CHANGE_SEQ_HEADER, b"42")]
+    malformed = _record(TOPICS.tier_changed, _change(id="m"))
+    malformed.headers = [(CHANGE_SEQ_HEADER, b"forty-two")]
+    out = decode([with_seq, _record(TOPICS.tier_changed, _change(id="n")), malformed], TOPICS,
+                 books)  # fmt: skip
+    assert [(c.change.id, c.seq) for c in out.changes] == [("s", 42), ("n", None)]
+    assert len(out.poison) == 1 and "forty-two" in out.poison[0].error
 
 
 def test_times_without_a_utc_equivalent_are_poison_not_a_stalled_partition() -> None:
