@@ -13,9 +13,20 @@ import uvicorn
 from fastapi import FastAPI
 
 from shared.logging import get_logger
+from shared.settings import S, settings_or_exit
 
 log = get_logger(__name__)
 Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def service_settings(cls: type[S]) -> S:
+    """A service's settings and the shared tracing settings, checked before anything starts
+    (one line and exit 2 for a bad value: the tracer is made only after connecting)."""
+    from shared.tracing import TracingSettings
+
+    settings = settings_or_exit(cls)
+    settings_or_exit(TracingSettings)
+    return settings
 
 
 def run_service(main: Coroutine[Any, Any, None], *, event_loop: str) -> None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 from services.actions.main import run
 from services.actions.settings import ActionsSettings
 from shared.logging import configure_logging
-from shared.service import run_service
-from shared.settings import settings_or_exit
-from shared.tracing import TracingSettings
+from shared.service import run_service, service_settings
 
 
 def main() -> None:
     """Entry point."""
-    settings = settings_or_exit(ActionsSettings)
-    settings_or_exit(TracingSettings)  # here, not after connecting, when the tracer is made
+    settings = service_settings(ActionsSettings)
     configure_logging("actions", settings.log_level)
     run_service(run(settings), event_loop=settings.event_loop)
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 from services.ingest.main import run
 from services.ingest.settings import IngestSettings
 from shared.logging import configure_logging
-from shared.service import run_service
-from shared.settings import settings_or_exit
-from shared.tracing import TracingSettings
+from shared.service import run_service, service_settings
 
 
 def main() -> None:
     """Configure logging and run until SIGTERM / SIGINT."""
-    settings = settings_or_exit(IngestSettings)
-    settings_or_exit(TracingSettings)  # here, not after connecting, when the tracer is made
+    settings = service_settings(IngestSettings)
     configure_logging("ingest", settings.log_level)
     run_service(run(settings), event_loop=settings.event_loop)
 
