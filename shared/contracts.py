@@ -40,9 +40,6 @@ ShortText = Annotated[str, StringConstraints(min_length=1, max_length=SHORT_TEXT
 AttributeValue = str | int | float | bool | None
 
 
-ATTRIBUTE_TYPE_REASON = "Input should be a string, a number, a boolean or null"
-
-
 def _attribute_value(value: object) -> AttributeValue:
     """An attribute value as it is kept: one error per wrong value.
 
@@ -64,7 +61,9 @@ def _attribute_value(value: object) -> AttributeValue:
         if math.isfinite(value):
             return value
         raise PydanticCustomError("finite_number", "Input should be a finite number")
-    raise PydanticCustomError("attribute_type", ATTRIBUTE_TYPE_REASON)
+    raise PydanticCustomError(
+        "attribute_type", "Input should be a string, a number, a boolean or null"
+    )
 
 
 _JSON_TYPES = ("string", "integer", "number", "boolean", "null")
