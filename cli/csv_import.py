@@ -43,17 +43,23 @@ def event_fields(kind: str) -> list[str]:
     return [name for name in EVENT_MODELS[kind].model_fields if name != "type"]
 
 
+class MappingError(ValueError):
+    """A `--column` option that is not `field=csv_column` for a field of the event type: a
+    usage error (the message does not repeat the option's name)."""
+
+
 def parse_mapping(pairs: Sequence[str], kind: str) -> dict[str, str]:
-    """`field=column` options as {field: column}; unknown fields are refused."""
-    known = set(event_fields(kind))
+    """`field=column` options as {field: column}; unknown fields are refused (MappingError)."""
+    known = event_fields(kind)
     mapping: dict[str, str] = {}
     for pair in pairs:
         name, sep, column = pair.partition("=")
         name, column = name.strip(), column.strip()
         if not sep or not name or not column:
-            raise ValueError(f"--column {pair!r}: expected field=csv_column")
+            raise MappingError(f"{pair!r}: expected field=csv_column, e.g. customer_id=Kunde")
         if name not in known and not name.startswith(ATTRIBUTE_PREFIX):
-            raise ValueError(f"--column {pair!r}: {kind} has no field {name!r}")
+            fields = ", ".join([*known, f"{ATTRIBUTE_PREFIX}<name>"])
+            raise MappingError(f"{pair!r}: {kind} has no field {name!r} (fields: {fields})")
         mapping[name] = column
     return mapping
 
@@ -173,15 +179,19 @@ def row_to_event(kind: str, row: Mapping[str, str], columns: Mapping[str, str]) 
     return event.model_copy(update={"event_id": derive_event_id(kind, payload)})
 
 
-def columns_for(kind: str, header: Sequence[str], mapping: Mapping[str, str]) -> dict[str, str]:
-    """{field: column} for a CSV header; refuses a header that lacks a required field."""
-    columns = _columns_for(kind, header, mapping)
-    required = [
+def required_fields(kind: str) -> list[str]:
+    """The fields every row of an event type must fill (event_id is derived when absent)."""
+    return [
         name
         for name, info in EVENT_MODELS[kind].model_fields.items()
         if info.is_required() and name not in ("type", "event_id")
     ]
-    missing = [name for name in required if name not in columns]
+
+
+def columns_for(kind: str, header: Sequence[str], mapping: Mapping[str, str]) -> dict[str, str]:
+    """{field: column} for a CSV header; refuses a header that lacks a required field."""
+    columns = _columns_for(kind, header, mapping)
+    missing = [name for name in required_fields(kind) if name not in columns]
     if missing:
         wanted = ", ".join(f"{m} (column {mapping.get(m, m)!r})" for m in missing)
         raise ValueError(f"the CSV has no column for: {wanted}; map one with --column")

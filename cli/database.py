@@ -3,8 +3,9 @@ settings read once, the URL checked before any connection, and problems told in 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,22 +16,35 @@ from shared.settings import ServiceSettings, settings_or_exit
 S = TypeVar("S", bound=ServiceSettings)
 
 
+# Query parameters that carry a password (libpq and asyncpg read `?password=` too).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def redacted(url: str) -> str:
-    """DATABASE_URL without its password."""
+    """DATABASE_URL without its password, in the user part or the query."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         make_url(url)
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
     except (ArgumentError, ValueError):
         return "DATABASE_URL"
-    # Only the password replaced: SQLAlchemy's rendering also escapes the query (a socket
+    # Only the passwords replaced: SQLAlchemy's rendering also escapes the query (a socket
     # directory's `host=/tmp/...` became `host=%2Ftmp%2F...`, which psql does not take).
-    user = parts.netloc.rpartition("@")[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
+    query = "&".join(
+        f"{key}=***" if unquote(key).lower() in _SECRET_PARAMETERS and sep else f"{key}{sep}{value}"
+        for key, sep, value in (item.partition("=") for item in parts.query.split("&"))
+    )
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = netloc.rpartition("@")[0].partition(":")[0]
+        netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # By hand: urlunsplit drops the `//` of an empty host (postgresql:///db?host=/socket).
+    rest = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return f"{parts.scheme}://{netloc}{parts.path}{rest}"
 
 
 def refuse_bad_url(url: str, console: Console) -> None:
@@ -55,3 +69,14 @@ def failure_reason(exc: BaseException) -> str:
     """The first line of what the driver said (SQLAlchemy wraps it in `orig`)."""
     reason = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
     return reason.splitlines()[0]
+
+
+def unset_database_url_hint(env: Mapping[str, str]) -> str:
+    """What to add to a database command's failure when DATABASE_URL is not set (its
+    default was used): a `tierstream run`'s database is not there."""
+    if "DATABASE_URL" in env:
+        return ""
+    return (
+        "; DATABASE_URL is not set: for the database of a `tierstream run`, paste the"
+        " `export DATABASE_URL=...` line it printed"
+    )

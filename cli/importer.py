@@ -6,7 +6,9 @@ items by index rejects them and re-sends the rest; one about the whole request s
 in halves, down to a single row, which is then rejected with ingest's reasons), append the
 chunk's rejects to `<input>.rejects.csv`, and only then move the checkpoint past the
 chunk's last line. A resumed run rewrites the earlier rejects file atomically before it
-sends anything, so a run killed early never loses them.
+sends anything, so a run killed early never loses them; a run that starts over leaves the
+earlier file as it is until its first chunk is settled, so a run that sends nothing (a
+refused key, ingest down) never loses them either.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from cli.batches import RequestSize, send_in_halves
 from cli.csv_import import (
     Checkpoint,
     EventModel,
+    MappingError,
     RowError,
     checkpoint_path,
     columns_for,
@@ -45,12 +48,16 @@ from cli.csv_import import (
     load_checkpoint,
     parse_mapping,
     rejects_path,
+    required_fields,
     row_to_event,
     save_checkpoint,
     unused_columns,
 )
 from cli.progress import progress_bar
 
+# The header's lines, not counted by the progress bar: its first (a blank one is refused);
+# one naming a column over several lines (quoted line breaks) is only shown short of them.
+HEADER_LINES = 1
 # A cell can be as large as a whole request body, no larger (csv's default is 128 KiB).
 MAX_FIELD_CHARS = MAX_BATCH_BYTES
 
@@ -98,7 +105,7 @@ def read_rows(
     """
     csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.reader(handle)
-    header = [h.strip() for h in _next_record(reader, 1) or []]
+    header = [h.strip() for h in _header(_next_record(reader, 1), kind)]
     _refuse_repeated_columns(header)
     columns = columns_for(kind, header, mapping)
 
@@ -112,6 +119,18 @@ def read_rows(
             yield _parse(Row(start, cells, last_line=last), kind, header, columns)
 
     return header, rows()
+
+
+def _header(record: list[str] | None, kind: str) -> list[str]:
+    """The first record, refused when there is none (an empty file) or it names nothing: the
+    missing-columns error would blame the mapping for what is a file without a header."""
+    if record is not None and any(cell.strip() for cell in record):
+        return record
+    example = ",".join(required_fields(kind))
+    problem = "the file is empty" if record is None else "line 1 is blank"
+    raise ValueError(
+        f"{problem}: no header row; the first line must name the columns, e.g. {example}"
+    )
 
 
 def _refuse_repeated_columns(header: Sequence[str]) -> None:
@@ -214,30 +233,44 @@ def _send_marking(client: ApiClient, rows: Sequence[Row]) -> int:
 class RejectFile:
     """`<input>.rejects.csv`: line, reason, then the original cells. Written only when there
     is a reject: an import that ends before one (ingest unreachable, a refused key) leaves no
-    file to suggest that rows were refused."""
+    file to suggest that rows were refused.
+
+    An earlier run's file that this run does not resume is left alone until this run has
+    settled its first chunk (`add`) or finished (`finish`): a run that sends nothing (a
+    refused key, ingest down) never loses the rejects the last run reported.
+    """
 
     def __init__(self, path: Path, header: Sequence[str], *, keep_upto: int) -> None:
         kept = _earlier_rejects(path, keep_upto) if keep_upto else []
         self.path, self.earlier, self._header = path, len(kept), list(header)
         self._handle: TextIO | None = None
+        self._earlier_file = not kept  # what is on disk, if anything, is not this run's
         if kept:
             _replace_durably(path, [self._titles(), *kept])
             self._handle = path.open("a", newline="", encoding="utf-8")
-        else:  # an earlier run's file: not this run's rejects
-            path.unlink(missing_ok=True)
 
     def _titles(self) -> list[str]:
         return ["line", "reason", *self._header]
 
     def add(self, rows: Sequence[Row]) -> None:
-        """Append rejected rows and flush (before the checkpoint moves past them)."""
+        """A settled chunk's rejected rows (maybe none): append and flush them, before the
+        checkpoint moves past them. The first chunk replaces an earlier run's file."""
         if not rows:
+            self.finish()
             return
-        if self._handle is None:
+        if self._handle is None:  # "w": over an earlier run's file, if there is one
             self._handle = self.path.open("w", newline="", encoding="utf-8")
             csv.writer(self._handle).writerow(self._titles())
+            self._earlier_file = False
         csv.writer(self._handle).writerows([[r.line, r.reason, *r.cells] for r in rows])
         self._handle.flush()
+
+    def finish(self) -> None:
+        """This run has settled rows (or all of them, maybe none): an earlier run's file is
+        stale from now on."""
+        if self._earlier_file:
+            self.path.unlink(missing_ok=True)
+            self._earlier_file = False
 
     def close(self) -> None:
         if self._handle is not None:
@@ -287,6 +320,9 @@ def run_import(options: ImportOptions, console: Console) -> ImportExit:
     try:
         mapping = parse_mapping(options.columns, options.kind)
         stats = _import(options, mapping, console)
+    except MappingError as exc:  # `tierstream import` refuses it first, as a usage error
+        console.print(f"[red]--column:[/red] {escape(str(exc))}", soft_wrap=True)
+        return ImportExit.USAGE
     except (ValueError, OSError, ApiError) as exc:
         return _report_failure(exc, options.source, console)
     except KeyboardInterrupt:  # the checkpoint holds what ingest took: say how to go on
@@ -313,13 +349,14 @@ def _import(options: ImportOptions, mapping: dict[str, str], console: Console) -
     source, marker = options.source, checkpoint_path(options.source)
     fingerprint = input_fingerprint(source, options.kind, mapping)
     stats = ImportStats(resumed_after=load_checkpoint(marker, fingerprint))
+    lines = _count_lines(source)  # refuses a file that is not UTF-8 before anything is sent
     with source.open(newline="", encoding="utf-8-sig") as handle:
         header, rows = read_rows(handle, options.kind, mapping)
         _warn_unused(unused_columns(options.kind, header, mapping), console)
         with closing(RejectFile(rejects_path(source), header, keep_upto=stats.resumed_after)) as rf:
             stats.earlier_rejects = rf.earlier
             chunks = _chunks(rows, min(options.batch_size, 1000), stats.resumed_after)
-            progress = Progress(_count_lines(source), Checkpointer(marker, fingerprint))
+            progress = Progress(lines - HEADER_LINES, Checkpointer(marker, fingerprint))
             _send_chunks(ApiClient(endpoints), chunks, rf, progress, stats, console)
     marker.unlink(missing_ok=True)  # finished: a later run starts over (and sends no new ids)
     return stats
@@ -339,10 +376,16 @@ class Checkpointer:
 
 @dataclass(frozen=True)
 class Progress:
-    """The input's line count (for the bar) and its checkpoint."""
+    """The input's lines after the header (the bar's total: the header is no row to
+    import) and its checkpoint."""
 
     lines: int
     checkpoint: Checkpointer
+
+
+def _after_header(line: int) -> int:
+    """Lines of rows up to `line`, a line number of the file (the bar's count)."""
+    return max(0, line - HEADER_LINES)
 
 
 def _send_chunks(
@@ -356,7 +399,8 @@ def _send_chunks(
     total, checkpoint = progress.lines, progress.checkpoint
     size = RequestSize()
     with client, progress_bar(console) as bar:
-        task = bar.add_task("importing", total=total, completed=stats.resumed_after, rate="")
+        done = _after_header(stats.resumed_after)
+        task = bar.add_task("importing", total=total, completed=done, rate="lines")
         for chunk in chunks:
             stats.read += len(chunk)
             stats.accepted += send_rows(client, chunk, size)
@@ -364,13 +408,31 @@ def _send_chunks(
             rejects.add(bad)  # before the checkpoint moves past them
             stats.rejected.extend(bad)
             checkpoint.advance(chunk[-1].line)
-            bar.update(task, completed=chunk[-1].line)
+            bar.update(task, completed=_after_header(chunk[-1].last_line or chunk[-1].line))
+        rejects.finish()  # every row settled: an earlier run's file is not this one's
         bar.update(task, completed=total)
 
 
 def _count_lines(source: Path) -> int:
+    """The file's lines; the first one that is not UTF-8 is refused, naming it (ValueError).
+    A line at a time is exact: no byte of a UTF-8 sequence is a newline."""
+    count = 0
     with source.open("rb") as handle:
-        return sum(1 for _ in handle)
+        for count, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(_not_utf8(source, count, line, exc)) from exc
+    return count
+
+
+def _not_utf8(source: Path, number: int, line: bytes, exc: UnicodeDecodeError) -> str:
+    byte = line[exc.start]
+    return (
+        f"line {number}: not UTF-8 text (byte 0x{byte:02x} at byte {exc.start + 1} of the"
+        " line); re-encode the file as UTF-8 and import that, e.g. from Windows-1252:"
+        f" iconv -f CP1252 -t UTF-8 {source.name} > {source.stem}.utf8{source.suffix}"
+    )
 
 
 def _warn_unused(columns: list[str], console: Console) -> None:

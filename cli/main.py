@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import math
 import os
+import re
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -117,7 +119,10 @@ def migrate(
         console.print(f"[red]--to:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (OSError, SQLAlchemyError, MigrationError) as exc:
-        why = escape(f"{redacted(url)}: {failure_reason(exc)}")
+        from cli.database import unset_database_url_hint
+
+        hint = unset_database_url_hint(os.environ)
+        why = escape(f"{redacted(url)}: {failure_reason(exc)}{hint}")
         console.print(f"[red]cannot migrate[/red] {why}", soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"[green]{f'{service} at {to}' if to else 'migrations applied'}[/green]")
@@ -175,7 +180,9 @@ def api_reference() -> None:
 
 
 @rules_app.command("check")
-def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to validate.")]) -> None:
+def rules_check(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Rules YAML file to validate.")],
+) -> None:
     """Validate a rules file; prints its version and rules, or the precise error (exit 1)."""
     from cli.rules import file_problem
     from shared.domain.rules import RulesError, load_rules
@@ -194,7 +201,7 @@ def rules_check(file: Annotated[Path, typer.Argument(help="Rules YAML file to va
 
 @rules_app.command("diff")
 def rules_diff(
-    file: Annotated[Path, typer.Argument(help="Candidate rules YAML file.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Candidate rules YAML file.")],
     plot: Annotated[
         Path | None, typer.Option(help="Also draw the matrices as heatmaps into this PNG.")
     ] = None,
@@ -284,18 +291,26 @@ def simulate(
 
 @app.command("import")
 def import_csv(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV, header row.")],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, metavar="FILE", help="CSV, header row.")
+    ],
     type_: Annotated[
-        str, typer.Option("--type", help="Event type of every row: purchase, login or support.")
+        Literal["purchase", "login", "support"],
+        typer.Option("--type", help="Event type of every row."),
     ],
     column: Annotated[
         list[str] | None,
-        typer.Option(help="field=csv_column, for columns not named as the event field."),
+        typer.Option(
+            metavar="FIELD=COLUMN",
+            help="Read an event field from a column not named as the field (repeatable), e.g."
+            " customer_id=Kunde.",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, max=1000, help="Rows per request.")] = 500,
 ) -> None:
-    """Backfill history from a CSV through ingest. Bad rows go to FILE.rejects.csv; an
-    interrupted import resumes from FILE.checkpoint when run again. A row without an
+    """Backfill history from a CSV through ingest; bad rows go to FILE.rejects.csv.
+
+    An interrupted import resumes from FILE.checkpoint when run again. A row without an
     event_id gets one derived from its content, compared by meaning (1000.00 = 1000, times
     in UTC), so importing the same history twice counts nothing twice.
 
@@ -308,10 +323,13 @@ def import_csv(
     4  cannot go on until the CSV, the columns, the API key or the URL is fixed (a URL
        that is not one, or where something other than ingest answers);
     130  interrupted (Ctrl-C): run the same command again to resume."""
+    from cli.csv_import import MappingError, parse_mapping
     from cli.importer import ImportOptions, run_import
 
-    if type_ not in ("purchase", "login", "support"):
-        raise typer.BadParameter("purchase, login or support", param_hint="--type")
+    try:
+        parse_mapping(column or (), type_)
+    except MappingError as exc:  # a bad option: a usage error (exit 2), as the help says
+        raise typer.BadParameter(str(exc), param_hint="--column") from None
     options = ImportOptions(file, type_, tuple(column or ()), batch_size)
     raise typer.Exit(run_import(options, console))
 
@@ -320,18 +338,27 @@ def import_csv(
 def report(
     since: Annotated[
         str | None,
-        typer.Option(help="Period start (YYYY-MM-DD or ISO 8601); default 30 d before its end."),
+        typer.Option(
+            metavar="DATE",
+            help="Period start (YYYY-MM-DD or ISO 8601); default 30 d before its end.",
+        ),
     ] = None,
     until: Annotated[
         str | None,
-        typer.Option(help="Period end, not included (YYYY-MM-DD or ISO 8601); default now."),
+        typer.Option(
+            metavar="DATE", help="Period end, not included (YYYY-MM-DD or ISO 8601); default now."
+        ),
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG with the pictures.")] = None,
     as_json: Annotated[bool, flag("--json", help="Print the numbers as JSON.")] = False,
 ) -> None:
     """Distribution per class at the period's end, value-tier migration, churn and
     reactivation in the period, open and overdue tasks, tasks done (late) in the period,
-    sequence enrolments and exit reasons: read from the scorer and actions APIs."""
+    sequence enrolments and exit reasons: read from the scorer and actions APIs.
+
+    The migration pairs each customer's tier at the period's start with its tier at the
+    end: one who moved and came back is on the diagonal (the scorer's
+    tierstream_scorer_transitions_total counts every move instead)."""
     from cli.csv_import import RowError, parse_timestamp
     from cli.report import run_report
 
@@ -348,18 +375,62 @@ def report(
 
 @playbooks_app.command("check")
 def playbooks_check(
-    file: Annotated[Path, typer.Argument(help="Playbooks YAML file to validate.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Playbooks YAML file to validate.")],
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rules YAML file declaring the classes the playbooks may name; default the"
+            " actions service's: ACTIONS_RULES_FILE, else SCORER_RULES_FILE, else the shipped"
+            " rules."
+        ),
+    ] = None,
 ) -> None:
-    """Validate a playbooks file; prints a summary or the precise error (exit 1)."""
+    """Validate a playbooks file, and its classes against the rules; prints a summary or the
+    precise error (exit 1)."""
     from cli.rules import file_problem
     from shared.domain.playbooks import check_playbooks
+    from shared.domain.rules import load_rules
 
+    if rules is None:
+        from services.actions.settings import ActionsSettings
+        from shared.settings import settings_or_exit
+
+        rules = settings_or_exit(ActionsSettings).rules_file  # the service's setting, exactly
+    checked = rules
     try:
-        typer.echo(check_playbooks(file))
+        declared = load_rules(rules)
+        checked = file
+        typer.echo(check_playbooks(file, declared))
     except (ValueError, OSError) as exc:
-        line = f"[red]invalid:[/red] {escape(file_problem(file, exc))}"
+        line = f"[red]invalid:[/red] {escape(file_problem(checked, exc))}"
         console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         raise typer.Exit(1) from exc
+
+
+# A list item in a command's docstring: `0  every row is in;` starts a line of its own.
+_LIST_ITEM = re.compile(r"^\d+  ")
+
+
+def unwrapped(doc: str) -> str:
+    """A docstring as help text: each paragraph's source line breaks undone, but for a line
+    starting a list item. Rich help prints a line break wherever the text has one, so the
+    source's wrapping split sentences in the command lists and in each command's help."""
+    paragraphs = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            if lines and not _LIST_ITEM.match(line):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+for _group in (app, rules_app, playbooks_app):  # every command registered above
+    for _command in _group.registered_commands:
+        if _command.help is None and _command.callback is not None:
+            _command.help = unwrapped(_command.callback.__doc__ or "")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """`tierstream report`: distribution, migration, churn, task SLA and sequences, from the APIs.
 
-A period runs from `since` (inclusive) to `until` (exclusive, default now). A customer's
-class at an instant is read from its change history: the `from` of its first change that
-occurred at or after that instant, or its current class when none did (None: it was not
-yet classified). The value-tier migration pairs the classes at the period's start and end;
+A period runs from `since` (inclusive) to `until` (exclusive; by default it has no end: up to
+now, and the current classes). A customer's class at an instant is read from its changes in
+the period, in the order they were published (a late event's change comes after a change
+dated later than it, and the later one knows more): the `to` of the last one that occurred
+before that instant; when none did, the `from` of the first one, or its current class when
+it has none (None: it was not yet classified). The value-tier migration pairs the classes
+at the period's start and end;
 a customer that did not change is on the diagonal; one first classified in the period comes
 from "(unclassified)". The distribution is the classes at the period's end (the scorer's
 own counts when the period ends now). The period's changes come from the scorer's change
@@ -17,7 +20,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +69,15 @@ def _occurred(change: Change) -> datetime:
 
 
 def class_at(history: CustomerHistory, dimension: str, at: datetime) -> str | None:
-    """The customer's class on `dimension` at `at` (None: not yet classified then)."""
-    later = [c for c in history.changes if c["dimension"] == dimension and _occurred(c) >= at]
-    if not later:
+    """The customer's class on `dimension` at `at` (None: not yet classified then), from its
+    changes in the period (`at` is in it) in publication order: see the module's doc."""
+    mine = [c for c in history.changes if c["dimension"] == dimension]
+    before = [c for c in mine if _occurred(c) < at]
+    if before:
+        return str(before[-1]["to"])
+    if not mine:
         return history.classes[dimension]
-    first = min(enumerate(later), key=lambda pair: (_occurred(pair[1]), pair[0]))[1]
-    return None if first.get("from") is None else str(first["from"])
+    return None if mine[0].get("from") is None else str(mine[0]["from"])
 
 
 def start_class(history: CustomerHistory, dimension: str, since: datetime) -> str | None:
@@ -120,8 +126,7 @@ def customers_moved_to(
 
 
 def _within(change: Change, since: datetime, until: datetime | None) -> bool:
-    at = _occurred(change)
-    return since <= at and (until is None or at < until)
+    return _in_period(_occurred(change), since, until)
 
 
 def tasks_per_queue(
@@ -147,13 +152,19 @@ def _completed_late(task: Change) -> bool:
     return datetime.fromisoformat(str(completed)) > datetime.fromisoformat(str(due))
 
 
-def completed_between(tasks: Iterable[Change], since: datetime, until: datetime) -> list[Change]:
-    """The done tasks completed in [since, until)."""
+def completed_between(
+    tasks: Iterable[Change], since: datetime, until: datetime | None
+) -> list[Change]:
+    """The done tasks completed in [since, until) (until None: since `since`)."""
     return [
         t for t in tasks
         if t.get("completed_at") is not None
-        and since <= datetime.fromisoformat(str(t["completed_at"])) < until
+        and _in_period(datetime.fromisoformat(str(t["completed_at"])), since, until)
     ]  # fmt: skip
+
+
+def _in_period(at: datetime, since: datetime, until: datetime | None) -> bool:
+    return since <= at and (until is None or at < until)
 
 
 def enrolments_by_status(enrolments: Iterable[Change]) -> dict[str, dict[str, int]]:
@@ -165,15 +176,16 @@ def enrolments_by_status(enrolments: Iterable[Change]) -> dict[str, dict[str, in
 
 
 def exit_reasons(
-    enrolments: Iterable[Change], since: datetime, until: datetime
+    enrolments: Iterable[Change], since: datetime, until: datetime | None
 ) -> dict[str, dict[str, int]]:
-    """{sequence: {exit reason: n}} of the enrolments that exited in [since, until)."""
+    """{sequence: {exit reason: n}} of the enrolments that exited in [since, until) (until
+    None: since `since`)."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for item in enrolments:
         ended = item.get("ended_at")
         if item.get("status") != "exited" or ended is None:
             continue
-        if since <= datetime.fromisoformat(str(ended)) < until:
+        if _in_period(datetime.fromisoformat(str(ended)), since, until):
             counts[str(item.get("sequence"))][str(item.get("exit_reason"))] += 1
     return {name: dict(sorted(c.items())) for name, c in sorted(counts.items())}
 
@@ -186,7 +198,9 @@ def fetch_histories(
     listing = client.paginate("scorer", "/v1/customers", {"limit": 500})
     customers = list(tracked(bar, listing, "customers", customers_total))
     in_period: dict[str, list[Change]] = defaultdict(list)
-    changes = client.paginate("scorer", "/v1/changes", {"since": since.isoformat(), "limit": 500})
+    # In UTC: an offset with seconds (+05:30:15) is a valid Python time the API refuses.
+    utc = since.astimezone(UTC).isoformat()
+    changes = client.paginate("scorer", "/v1/changes", {"since": utc, "limit": 500})
     for change in tracked(bar, changes, "changes in the period"):
         in_period[str(change["customer_id"])].append(change)
     return [
@@ -238,9 +252,11 @@ def collect_report(
         migration=period_migration(histories, "value_tier", since, until),
         churned=customers_moved_to(histories, "churned", since, until),
         reactivated=customers_moved_to(histories, "reactivated", since, until),
-        tasks=tasks_per_queue(list(open_tasks), list(overdue), completed_between(done, since, end)),
+        tasks=tasks_per_queue(
+            list(open_tasks), list(overdue), completed_between(done, since, until)
+        ),
         enrolments=enrolments_by_status(enrolments),
-        exit_reasons=exit_reasons(enrolments, since, end),
+        exit_reasons=exit_reasons(enrolments, since, until),
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -11,18 +13,36 @@ from rich.table import Table
 
 from cli.database import redacted
 from cli.progress import progress_bar
+from shared.domain.changes import UNCLASSIFIED
 
 Matrix = dict[str, dict[str, int]]
 
 
-def matrix_table(title: str, matrix: dict[str, dict[str, int]]) -> Table:
-    """A from -> to count table; the diagonal is customers that would not move."""
-    targets = sorted({to for row in matrix.values() for to in row})
+class Matrices(dict[str, Matrix]):
+    """The migration matrix per dimension, with the classes the candidate rules declare per
+    dimension, best first: the order the tables show them in."""
+
+    def __init__(self, matrices: dict[str, Matrix], classes: dict[str, Sequence[str]]) -> None:
+        super().__init__(matrices)
+        self.classes = classes
+
+
+def in_order(classes: Iterable[str], declared: Sequence[str]) -> list[str]:
+    """Classes as the rules declare them (best first); `(unclassified)` before them, and
+    classes the rules do not declare (today's, under the current rules) after, sorted."""
+    rank = {name: i for i, name in enumerate([UNCLASSIFIED, *declared])}
+    return sorted(set(classes), key=lambda name: (rank.get(name, len(rank)), name))
+
+
+def matrix_table(title: str, matrix: Matrix, declared: Sequence[str] = ()) -> Table:
+    """A from -> to count table, classes in the `declared` order (best first); the diagonal
+    is customers that would not move."""
+    targets = in_order((to for row in matrix.values() for to in row), declared)
     table = Table(title=title, show_lines=False)
     table.add_column("from \\ to", style="bold")
     for target in targets:
         table.add_column(target, justify="right")
-    for source in sorted(matrix, key=str):
+    for source in in_order(matrix, declared):
         table.add_row(str(source), *[str(matrix[source].get(t, 0)) for t in targets])
     return table
 
@@ -34,15 +54,15 @@ def file_problem(file: Path, exc: Exception) -> str:
     return str(exc)
 
 
-def diff_matrices(file: Path, console: Console) -> dict[str, Matrix] | None:
+def diff_matrices(file: Path, console: Console) -> Matrices | None:
     """The migration matrix per dimension if `file` replaced the rules; None after printing one
     line on what went wrong: the file, or the database holding today's customers."""
     import asyncpg
 
-    from cli.database import database_settings
+    from cli.database import database_settings, unset_database_url_hint
     from services.scorer.rules_cli import diff_rules
     from services.scorer.settings import ScorerSettings
-    from shared.domain.rules import RulesError
+    from shared.domain.rules import RulesError, load_rules
 
     settings = database_settings(ScorerSettings, console)  # exits 2 on a bad setting
     try:
@@ -53,17 +73,20 @@ def diff_matrices(file: Path, console: Console) -> dict[str, Matrix] | None:
                 bar.update(task, completed=done, total=total)
 
             matrices = asyncio.run(diff_rules(settings, file, told))
+        declared = load_rules(file).declared_classes()  # read and checked just now
     except (RulesError, UnicodeDecodeError) as exc:  # load_rules wraps its OSErrors
         console.print(f"[red]invalid:[/red] {escape(file_problem(file, exc))}", soft_wrap=True)
         return None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         where = escape(redacted(settings.database_url))  # never its password
         console.print(
-            f"[red]cannot read today's customers from {where}:[/red] {_db_problem(exc)}",
+            f"[red]cannot read today's customers from {where}:[/red] {_db_problem(exc)}"
+            + escape(unset_database_url_hint(os.environ)),
             soft_wrap=True,  # one line, however long the URL: scripts grep it
         )
         return None
-    return {str(getattr(d, "value", d)): m for d, m in matrices.items()}
+    named = {str(getattr(d, "value", d)): m for d, m in matrices.items()}
+    return Matrices(named, {d.value: classes for d, classes in declared.items()})
 
 
 def _db_problem(exc: Exception) -> str:
@@ -77,10 +100,11 @@ def _db_problem(exc: Exception) -> str:
 
 
 def print_matrices(matrices: dict[str, Matrix]) -> None:
-    """One from -> to table per dimension, on stdout."""
+    """One from -> to table per dimension, on stdout, classes in the rules' order."""
     out = Console()
+    declared = matrices.classes if isinstance(matrices, Matrices) else {}
     for dimension, matrix in matrices.items():
-        out.print(matrix_table(dimension, matrix))
+        out.print(matrix_table(dimension, matrix, declared.get(dimension, ())))
 
 
 def print_rules_diff(file: Path, console: Console) -> int:

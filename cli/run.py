@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from types import FrameType
 
@@ -45,12 +46,25 @@ def _prepare(infra: Infra, console: Console) -> tuple[dict[str, str], str | None
     env["KAFKA_BOOTSTRAP_SERVERS"] = infra.kafka_bootstrap_servers
     env["DATABASE_URL"] = infra.database_url
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if quiet_services(env):
+        env["TIERSTREAM_LOG_LEVEL"] = "WARNING"
     if env.get("TIERSTREAM_API_KEYS"):
         return env, None
     key = secrets.token_urlsafe(18)
     env["TIERSTREAM_API_KEYS"] = f"demo:{key}"
     console.print("[yellow]No TIERSTREAM_API_KEYS set: generated a key for this run.[/yellow]")
     return env, key
+
+
+def quiet_services(env: Mapping[str, str]) -> bool:
+    """Whether the services `run` starts log warnings and errors only: unless you chose a
+    level (TIERSTREAM_LOG_LEVEL, or LOG_LEVEL, as the services read it). At INFO, hundreds
+    of JSON lines (a delivery written to the log per action) scrolled the banner and its
+    key away within seconds."""
+    return "TIERSTREAM_LOG_LEVEL" not in env and "LOG_LEVEL" not in env
+
+
+QUIET_NOTE = "logs     warnings and errors only; TIERSTREAM_LOG_LEVEL=INFO shows more"
 
 
 def first_api_key(raw: str) -> str:
@@ -125,7 +139,10 @@ def ports_in_use(env: Mapping[str, str], ports: dict[str, int]) -> str | None:
                 taken.append(f"{name.upper()}_PORT={port}")
     if not taken:
         return None
-    return f"in use by another program: {', '.join(taken)} (stop it, or set another port)"
+    return (
+        f"in use by another program: {', '.join(taken)}"
+        " (another `tierstream run`? stop it, or set another port)"
+    )
 
 
 def _wait_ready(
@@ -153,8 +170,9 @@ def _wait_ready(
 def banner_lines(
     keys: dict[str, str], ports: dict[str, int], *, generated: str | None
 ) -> list[str]:
-    """The banner's text. Only the key `run` generated (`generated`) is shown: keys of your
-    own (TIERSTREAM_API_KEYS, <SERVICE>_API_KEYS) stay off the terminal and its scrollback."""
+    """The banner's panel: short lines, which an 80-column terminal (or a pipe) does not wrap.
+    Only the key `run` generated (`generated`) is shown: keys of your own
+    (TIERSTREAM_API_KEYS, <SERVICE>_API_KEYS) stay off the terminal and its scrollback."""
     i, s, a = ports["ingest"], ports["scorer"], ports["actions"]
 
     def shown(service: str) -> str:
@@ -165,29 +183,49 @@ def banner_lines(
         key_lines = [f"API key  {keys['scorer'] if generated else 'yours (not shown)'}"]
     else:  # some service has keys of its own (<SERVICE>_API_KEYS)
         key_lines = [f"{f'{name} key':<16}{shown(name)}" for name in keys]
-    example = keys["scorer"] if keys["scorer"] == generated else "<your key>"
+    # The routes are on each /docs page: listed here, they wrapped mid-path at 80 columns.
     return [
-        f"ingest   http://127.0.0.1:{i}/docs   (POST /v1/events, /v1/events/batch)",
-        f"scorer   http://127.0.0.1:{s}/docs   (GET /v1/customers/{{id}}, /v1/stats/tiers)",
-        f"actions  http://127.0.0.1:{a}/docs   (GET /v1/tasks, /v1/sequences/enrollments)",
+        f"ingest   http://127.0.0.1:{i}/docs",
+        f"scorer   http://127.0.0.1:{s}/docs",
+        f"actions  http://127.0.0.1:{a}/docs",
         f"metrics  http://127.0.0.1:{{{i},{s},{a}}}/metrics",
         "",
         *key_lines,
-        f"try:     curl -H 'Authorization: Bearer {example}' http://127.0.0.1:{s}/v1/stats/tiers",
         "Ctrl-C stops everything.",
     ]
 
 
-def print_banner(console: Console, infra: Infra, lines: list[str]) -> None:
+def try_line(keys: dict[str, str], ports: dict[str, int], *, generated: str | None) -> str:
+    """A request to try, printed outside the panel: inside, it wrapped and could not be
+    pasted as it was."""
+    example = keys["scorer"] if keys["scorer"] == generated else "<your key>"
+    url = f"http://127.0.0.1:{ports['scorer']}/v1/stats/tiers"
+    return f"try:     curl -H 'Authorization: Bearer {example}' {url}"
+
+
+def print_banner(
+    console: Console, infra: Infra, lines: list[str], *, after: Sequence[str] = ()
+) -> None:
+    """The panel, then, outside it and unwrapped so that they can be copied (and parsed),
+    the `after` lines and the addresses of the broker and the database (without its
+    password)."""
     console.print(Panel("\n".join(lines), title="Tierstream is running", expand=False))
-    # Printed outside the panel, unwrapped, so the addresses can be copied (and parsed); the
-    # database's without its password.
+    for line in after:
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
     embedded_kafka = " (embedded)" if infra.embedded_kafka else ""
     embedded_pg = " (embedded)" if infra.embedded_postgres else ""
     console.print(f"kafka    {infra.kafka_bootstrap_servers}{embedded_kafka}", soft_wrap=True)
     # The embedded server's password was made for this run, like a generated key: shown.
     url = infra.database_url if infra.embedded_postgres else redacted(infra.database_url)
     console.print(f"postgres {url}{embedded_pg}", soft_wrap=True, highlight=False)
+    if infra.embedded_postgres:  # yours is in your environment already, and stays off screen
+        # Not exported to your shell, the database commands failed on a default address.
+        console.print(f"for {DATABASE_COMMANDS} in another shell:", highlight=False)
+        line = export_line("DATABASE_URL", infra.database_url)
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+DATABASE_COMMANDS = "`tierstream migrate` and `tierstream rules diff`"
 
 
 def _start_demo(env: dict[str, str], key: str, ingest_port: int) -> subprocess.Popen[bytes]:
@@ -211,16 +249,18 @@ def run_system(console: Console, *, demo: bool = True) -> int:
     if database_url := os.environ.get("DATABASE_URL"):
         refuse_bad_url(database_url, console)  # before starting anything
     _refuse_bad_settings()
+    ports = service_ports(os.environ)
+    # Before starting anything: found after the broker, Postgres, migrations and topics,
+    # a second `run` took seconds to say so.
+    if taken := ports_in_use(os.environ, ports):
+        console.print(f"[red]{escape(taken)}[/red]", soft_wrap=True)
+        return 1
     with ExitStack() as stack:
         console.print("starting infrastructure...")
         infra = start_infra(stack)
         env, generated = _prepare(infra, console)
         if problem := _bootstrap(env):
             console.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
-            return 1
-        ports = service_ports(env)
-        if taken := ports_in_use(env, ports):
-            console.print(f"[red]{escape(taken)}[/red]", soft_wrap=True)
             return 1
         supervisor = Supervisor(env, log=console.print)
         stack.callback(supervisor.stop)  # LIFO: services stop before the infrastructure
@@ -231,15 +271,25 @@ def run_system(console: Console, *, demo: bool = True) -> int:
                 return 0
             console.print("[red]services did not become ready in time[/red]")
             return 1
-        print_banner(console, infra, banner_lines(keys, ports, generated=generated))
+        after = [try_line(keys, ports, generated=generated)]
+        if quiet_services(os.environ):
+            after.append(QUIET_NOTE)
+        print_banner(console, infra, banner_lines(keys, ports, generated=generated), after=after)
         demo_proc = _start_demo(env, keys["ingest"], ports["ingest"]) if demo else None
         if demo_proc is not None:
             stack.callback(_kill_if_running, demo_proc)
         while not stop.requested:
             supervisor.tick()
+            if demo_proc is not None and demo_proc.poll() is not None:
+                demo_proc = None  # reaped: it stayed a zombie (`<defunct>`) all session
             time.sleep(0.3)
         console.print("stopping...")
     return 0
+
+
+def export_line(name: str, value: str) -> str:
+    """A shell line that sets `name` for the commands started from that shell afterwards."""
+    return f"export {name}={shlex.quote(value)}"
 
 
 def run_infra(console: Console) -> None:
@@ -249,8 +299,11 @@ def run_infra(console: Console) -> None:
         infra = start_infra(stack, env={})
         # Outside any panel and unwrapped, so the lines can be copied (the data directory
         # in DATABASE_URL is long: a panel wrapped it inside its border).
+        # `export`: pasted without it, the variables stayed the shell's own, and the services
+        # and commands started from it did not see them.
         console.print("embedded infrastructure (Ctrl-C stops both):")
-        console.print(f"KAFKA_BOOTSTRAP_SERVERS={infra.kafka_bootstrap_servers}", soft_wrap=True)
-        console.print(f"DATABASE_URL='{infra.database_url}'", soft_wrap=True, highlight=False)
+        for name, value in (("KAFKA_BOOTSTRAP_SERVERS", infra.kafka_bootstrap_servers),
+                            ("DATABASE_URL", infra.database_url)):  # fmt: skip
+            console.print(export_line(name, value), soft_wrap=True, highlight=False, markup=False)
         while not stop.requested:
             time.sleep(0.3)

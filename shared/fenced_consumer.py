@@ -352,6 +352,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "partitions assigned", partitions=sorted(f"{t.topic}/{t.partition}" for t in assigned)
         )
+        for tp in assigned:  # at 0 from now on, so increase() sees a first rewind
+            self.owner.fence_metrics.offsets_rewound.labels(tp.topic, str(tp.partition))
         try:
             await self.owner.resync(assigned)
         except Exception as exc:  # Postgres away: the main loop retries before using them

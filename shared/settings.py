@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
@@ -220,7 +221,8 @@ class ServiceSettings(BaseSettings):
     now: datetime | None = Field(
         None,
         validation_alias="TIERSTREAM_NOW",
-        description="Fixed 'now' (ISO 8601 with zone) for replays, demos and tests.",
+        description="Fixed 'now' (ISO 8601 with zone) for replays, demos and tests"
+        " (the `Date:` of actions' e-mails too).",
     )
     log_level: Annotated[LogLevel, BeforeValidator(_upper)] = Field(
         "INFO",
@@ -357,6 +359,13 @@ class ConsumingServiceSettings(DatabaseServiceSettings):
         self._refuse_incomplete_kafka_security()
         return self
 
+    ready_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Upper bound of each /readyz check (a database query, the broker's answer"
+        " to the consumer's metadata request); both run at once.",
+    )
     progress_interval_s: float = Field(
         1.0,
         gt=0,
@@ -382,6 +391,14 @@ class ConsumingServiceSettings(DatabaseServiceSettings):
                 "record would be stale before the next, and clock-driven work would never run)"
             )
         return self
+
+
+def default_rules_file() -> Path:
+    """The shipped rules: the scorer classifies with them, and the actions service checks the
+    playbooks' classes against them, unless their settings name another file."""
+    from shared.domain.rules import default_rules_path  # the domain is not loaded for settings
+
+    return default_rules_path()
 
 
 def settings_or_exit(cls: type[S]) -> S:

@@ -73,9 +73,15 @@ def stat(
 
 
 def p99(metric: str, by: str = "", q: float = 0.99) -> str:
-    """A latency quantile over a histogram's buckets."""
+    """A latency quantile over a histogram's buckets (`metric` may end in a selector)."""
     group = f"le, {by}" if by else "le"
-    return f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket[{RATE}])))"
+    name, brace, selector = metric.partition("{")
+    return (
+        f"histogram_quantile({q}, sum by ({group}) (rate({name}_bucket{brace}{selector}[{RATE}])))"
+    )
+
+
+EVENTS_REQUESTS = 'tierstream_ingest_request_duration_seconds{route=~"/v1/events.*"}'
 
 
 def ingest_panels() -> list[Panel]:
@@ -104,8 +110,10 @@ def ingest_panels() -> list[Panel]:
         timeseries(
             "Ingest latency",
             "s",
-            query(p99("tierstream_ingest_request_duration_seconds"), "request p99"),
-            query(p99("tierstream_ingest_request_duration_seconds", q=0.5), "request p50"),
+            # The events routes only: probes and scrapes (a slow /readyz while the broker is
+            # down) would skew the quantiles when traffic is low.
+            query(p99(EVENTS_REQUESTS), "request p99"),
+            query(p99(EVENTS_REQUESTS, q=0.5), "request p50"),
             query(p99("tierstream_ingest_publish_duration_seconds"), "publish to ack p99"),
         ),
         stat(
@@ -228,10 +236,15 @@ def business_panels() -> list[Panel]:
             ),
         ),
         timeseries(
-            "Tasks open and overdue per queue",
+            "Tasks open and overdue per queue, and done late in the last day",
             "short",
             query("max by (queue) (tierstream_actions_tasks_open)", "open {{queue}}"),
             query("max by (queue) (tierstream_actions_tasks_overdue)", "overdue {{queue}}"),
+            # A gauge that only grows: its rise over a day is the day's SLA breaches.
+            query(
+                "max by (queue) (delta(tierstream_actions_tasks_done_late[1d]))",
+                "done late {{queue}} (1 d)",
+            ),
         ),
         stat("Overdue tasks", "short", "sum(max by (queue) (tierstream_actions_tasks_overdue))"),
         timeseries(
@@ -242,6 +255,15 @@ def business_panels() -> list[Panel]:
                 "{{status}}",
             ),
             stack=True,
+        ),
+        timeseries(
+            "Sequence exits per day by reason",
+            "short",
+            query(
+                "sum by (sequence, reason) (max by (sequence, reason)"
+                " (delta(tierstream_actions_enrolment_exits[1d])))",
+                "{{sequence}} {{reason}}",
+            ),
         ),
         timeseries(
             "Dead letters per hour",
@@ -322,6 +344,11 @@ def fault_panels() -> list[Panel]:
                 "cause",
                 "evaluation failed ({{cause}})",
             ),
+            increase(
+                "tierstream_scorer_catch_up_cut_short_total",
+                "cause",
+                "catch-up cut short ({{cause}})",
+            ),
         ),
         timeseries(
             "Deliveries given up or logged instead",
@@ -343,20 +370,22 @@ def fault_panels() -> list[Panel]:
         timeseries(
             "Consumers: fenced batches, rewound offsets, failed group commits",
             "short",
+            # By `service`, not `__name__`: increase() drops the name, which merged the
+            # scorer's and actions' series into one without a legend.
             increase(
                 '{__name__=~"tierstream_(scorer|actions)_fenced_batches_total"}',
-                "__name__",
-                "{{__name__}}",
+                "service",
+                "{{service}} fenced batches",
             ),
             increase(
                 '{__name__=~"tierstream_(scorer|actions)_offsets_rewound_total"}',
-                "__name__, topic",
-                "{{__name__}} {{topic}}",
+                "service, topic",
+                "{{service}} rewound {{topic}}",
             ),
             increase(
                 '{__name__=~"tierstream_(scorer|actions)_group_commit_failures_total"}',
-                "__name__",
-                "{{__name__}}",
+                "service",
+                "{{service}} failed group commits",
             ),
         ),
         timeseries(
@@ -364,8 +393,8 @@ def fault_panels() -> list[Panel]:
             "short",
             increase(
                 '{__name__=~"tierstream_(scorer|actions)_loop_errors_total"}',
-                "__name__, loop",
-                "errors {{loop}}",
+                "service, loop",
+                "{{service}} errors {{loop}}",
             ),
             query(
                 f"sum by (sender) (rate(tierstream_actions_dispatch_rounds_total[{RATE}]))",

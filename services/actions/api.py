@@ -26,7 +26,7 @@ from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
 from shared.contracts import ID_MAX_CHARS, EventTime
 from shared.http import (
-    NO_UNKNOWN_QUERY,
+    KEYED_NO_UNKNOWN_QUERY,
     PROBLEM_JSON,
     PROBLEM_RESPONSES,
     ProblemError,
@@ -240,7 +240,9 @@ def _task(row: dict[str, object], now: datetime) -> TaskOut:
 
 def api_router() -> APIRouter:
     """Routes of /v1 (every one needs an API key)."""
-    router = APIRouter(prefix="/v1", responses=PROBLEM_RESPONSES, dependencies=NO_UNKNOWN_QUERY)
+    router = APIRouter(
+        prefix="/v1", responses=PROBLEM_RESPONSES, dependencies=KEYED_NO_UNKNOWN_QUERY
+    )
 
     @router.get("/tasks", tags=["tasks"], summary="List tasks (filters, cursor pagination)")
     async def list_tasks(

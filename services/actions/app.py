@@ -13,7 +13,9 @@ from services.actions.db import Pool, RequestDatabase, create_api_pool, database
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock, clock_for
 from shared.http import (
+    API_BODY_MAX_BYTES,
     ApiKeys,
+    BodyLimit,
     ReadyCheck,
     RequestTimer,
     install_problem_handlers,
@@ -56,6 +58,7 @@ def create_app(
 
     app.include_router(probes_router(registry, ready or database, open_probes=settings.open_probes))
     app.include_router(api_router())
+    app.add_middleware(BodyLimit, limit=API_BODY_MAX_BYTES)
     app.add_middleware(RequestTimer, histogram=request_duration(registry, "actions"))
     return app
 

@@ -14,14 +14,16 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import getaddresses
+from email.utils import format_datetime, getaddresses
 from typing import Any, Protocol
 
 import aiosmtplib
 import httpx
 
+from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -96,9 +98,16 @@ class WebhookChannel:
             "Idempotency-Key": delivery.key,
             SIGNATURE_HEADER: sign(self.secret, body),
             "User-Agent": "tierstream-actions",
+            "Accept-Encoding": "identity",  # an error's excerpt is read raw, never inflated
         }
         try:
-            response = await self.client.post(self.url, content=body, headers=headers)
+            # Streamed, and at most RESPONSE_READ_BYTES of the answer read: a receiver sending
+            # gigabytes (or a small gzip that inflates to them) held them all in memory, and
+            # inflating blocked the event loop past the delivery's timeout.
+            async with self.client.stream(
+                "POST", self.url, content=body, headers=headers
+            ) as response:
+                status, excerpt = response.status_code, await _excerpt(response)
         except httpx.HTTPError as exc:
             # The URL may be a secret (a Slack webhook's path is): keep it out of errors and logs.
             detail = str(exc).replace(self.url, redact_url(self.url))
@@ -107,13 +116,28 @@ class WebhookChannel:
             raise (PermanentDeliveryError if permanent else DeliveryError)(
                 f"{type(exc).__name__}: {detail}"
             ) from exc
-        status = response.status_code
         if 200 <= status < 300:
             return
-        message = f"HTTP {status}: {response.text[:200]}"
-        if 400 <= status < 500 and status not in RETRYABLE_STATUS:
+        message = f"HTTP {status}: {excerpt}"
+        # A redirect is not followed (a signed body must not go where the URL did not say)
+        # and will not go away by itself: the URL needs fixing, as for a 4xx.
+        if 300 <= status < 500 and status not in RETRYABLE_STATUS:
             raise PermanentDeliveryError(message)
         raise DeliveryError(message)
+
+
+RESPONSE_READ_BYTES = 4096  # of a receiver's answer: enough for its error message
+
+
+async def _excerpt(response: httpx.Response) -> str:
+    """The start of the answer's body as text (at most 200 characters), reading no more than
+    RESPONSE_READ_BYTES of it as it came (no decompression)."""
+    head = b""
+    async for chunk in response.aiter_raw():
+        head += chunk
+        if len(head) >= RESPONSE_READ_BYTES:
+            break
+    return head[:RESPONSE_READ_BYTES].decode("utf-8", errors="replace")[:200]
 
 
 @dataclass(frozen=True)
@@ -133,10 +157,15 @@ class SmtpConfig:
 
 
 class SmtpChannel:
-    """Sends an HTML + plain-text e-mail; the Message-ID derives from the idempotency key."""
+    """Sends an HTML + plain-text e-mail; the Message-ID derives from the idempotency key.
 
-    def __init__(self, config: SmtpConfig) -> None:
+    The `Date:` header (RFC 5322 requires one) is read from `clock` when the message is
+    built, the service's clock: TIERSTREAM_NOW dates e-mails as it dates everything else.
+    """
+
+    def __init__(self, config: SmtpConfig, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or SystemClock()
 
     def message(self, delivery: Delivery) -> EmailMessage:
         """The e-mail for a delivery (bodies are HTML-escaped when rendered)."""
@@ -145,13 +174,19 @@ class SmtpChannel:
         # One recipient, as the playbook format says: a customer attribute such as
         # "a@x, b@y" must not send one customer's message to two mailboxes.
         addresses = getaddresses([delivery.recipient])
-        if len(addresses) != 1 or "@" not in addresses[0][1]:
+        # An RFC 2047 encoded word ("=?utf-8?q?a=40x=2C_b=40y?= <z@z>") is one address to
+        # the check above, but its decoded display name lists others to a mail client.
+        if len(addresses) != 1 or "@" not in addresses[0][1] or "=?" in delivery.recipient:
             # Not echoed: errors are logged, and logs hold no customer data (SECURITY.md).
             raise PermanentDeliveryError("the recipient is not one e-mail address")
+        name, address = addresses[0]
         msg = EmailMessage()
         msg["From"] = self.config.sender
-        msg["To"] = delivery.recipient
+        # Rebuilt from its parts, so the name is quoted as one name whatever it holds.
+        msg["To"] = Address(display_name=name, addr_spec=address)
         msg["Subject"] = delivery.subject or "Tierstream"
+        # In UTC ("+0000"): the server's zone says nothing to the recipient.
+        msg["Date"] = format_datetime(self.clock.now().astimezone(UTC), usegmt=False)
         msg["Message-ID"] = f"<{delivery.key}@tierstream>"
         msg["X-Tierstream-Idempotency-Key"] = delivery.key
         msg.set_content(html.unescape(delivery.body))

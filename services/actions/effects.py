@@ -17,6 +17,7 @@ from typing import Any
 from shared.contracts import TierChanged
 from shared.domain.playbook_model import AlertAction
 from shared.domain.playbook_requests import quiet_hours_record, task_due_at
+from shared.domain.playbook_templates import slack_escape
 from shared.domain.playbooks import (
     ActionRequest,
     AlertRequest,
@@ -260,10 +261,16 @@ def step_rows(enrolment_id: int, row: EnrolRow, channels: ChannelConfig) -> list
 
 
 def task_push_row(task: dict[str, Any], *, now: datetime) -> DeliveryRow:
-    """A new task pushed to the CRM webhook."""
+    """A new task pushed to the CRM webhook.
+
+    Its body is the push's Slack-compatible `text`: the title (plain, customer data and all)
+    escaped as Slack escapes, so a customer id cannot ping @channel or post a link where the
+    CRM URL is a chat hook. The payload's task and the subject keep the raw title, as data.
+    """
     return DeliveryRow(
         key=idempotency_key("task", task["id"], task["tier_change_id"]),
         kind="task", customer_id=task["customer_id"], tier_change_id=task["tier_change_id"],
         playbook=task["playbook"], audience=task["queue"], channel="webhook", recipient=None,
-        subject=task["title"], body=task["title"], payload={"task": task}, due_at=now,
+        subject=task["title"], body=slack_escape(task["title"]), payload={"task": task},
+        due_at=now,
     )  # fmt: skip

@@ -15,15 +15,16 @@ from services.actions.channels import Channels, SmtpChannel, SmtpConfig, Webhook
 from services.actions.db import Pool, create_api_pool, create_pool, migrate
 from services.actions.effects import ChannelConfig, unconfigured_channels
 from services.actions.metrics import actions_metrics
-from services.actions.readiness import BrokerCheck, readiness
 from services.actions.settings import ActionsSettings
 from services.actions.workers import Parts, build_loops
 from shared.clock import Clock, clock_for
-from shared.domain.playbooks import Playbooks, PlaybooksError, load_playbooks
+from shared.domain.playbooks import Playbooks, PlaybooksError, check_against_rules, load_playbooks
+from shared.domain.rules import RulesError, load_rules
 from shared.kafka import ensure_topics
 from shared.logging import get_logger
 from shared.metrics import new_registry
 from shared.migrations import MigrationError
+from shared.readiness import BrokerCheck, readiness
 from shared.service import serve
 from shared.topics import Topics
 from shared.tracing import Tracer, make_tracer
@@ -32,11 +33,24 @@ log = get_logger(__name__)
 
 
 def load_playbooks_or_exit(settings: ActionsSettings) -> Playbooks:
-    """The validated playbooks; an invalid file stops the service with the precise error."""
+    """The validated playbooks; an invalid file, or a class the rules file does not declare,
+    stops the service with the precise error."""
     try:
-        return load_playbooks(settings.playbooks_file)
+        rules = load_rules(settings.rules_file)
+    except RulesError as exc:
+        raise SystemExit(f"actions: invalid rules file: {exc}") from exc
+    try:
+        playbooks = load_playbooks(settings.playbooks_file)
     except PlaybooksError as exc:
         raise SystemExit(f"actions: invalid playbooks file: {exc}") from exc
+    try:
+        check_against_rules(playbooks, rules)
+    except PlaybooksError as exc:
+        # A playbook waiting for a class no change carries would never fire, and say nothing.
+        raise SystemExit(
+            f"actions: cannot start: the playbooks do not match the rules: {exc}"
+        ) from exc
+    return playbooks
 
 
 def channel_config(settings: ActionsSettings) -> ChannelConfig:
@@ -47,8 +61,8 @@ def channel_config(settings: ActionsSettings) -> ChannelConfig:
     )  # fmt: skip
 
 
-def build_channels(settings: ActionsSettings, client: httpx.AsyncClient) -> Channels:
-    """The configured channels: signed webhooks, SMTP, and the log."""
+def build_channels(settings: ActionsSettings, client: httpx.AsyncClient, clock: Clock) -> Channels:
+    """The configured channels: signed webhooks, SMTP (its `Date:` from `clock`), and the log."""
     secret = settings.webhook_secret.get_secret_value().encode()
     webhook, crm, email = None, None, None
     if settings.webhook_url is not None:  # the same test as `channel_config` (empty is None)
@@ -60,7 +74,7 @@ def build_channels(settings: ActionsSettings, client: httpx.AsyncClient) -> Chan
         email = SmtpChannel(SmtpConfig(
             settings.smtp_host, settings.smtp_port, settings.smtp_from, settings.smtp_user,
             password, settings.smtp_starttls, settings.delivery_timeout_s,
-        ))  # fmt: skip
+        ), clock)  # fmt: skip
     return Channels(webhook=webhook, crm=crm, email=email)
 
 
@@ -102,7 +116,7 @@ async def _serve(
                     " messages are written to the log (tierstream_actions_log_fallbacks_total)",
                     channels=missing)  # fmt: skip
     await _end_removed_sequences(parts)
-    loops = build_loops(parts, build_channels(settings, client), configured)
+    loops = build_loops(parts, build_channels(settings, client, clock), configured)
     ready = readiness(api_pool, broker, within=settings.ready_timeout_s)
     app = create_app(settings, pool=api_pool, clock=clock, registry=registry, ready=ready)
     log.info("actions listening", host=settings.host, port=settings.port,

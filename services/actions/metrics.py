@@ -52,6 +52,8 @@ class ActionsMetrics:
     tasks_open: Gauge
     tasks_overdue: Gauge
     enrolments: Gauge
+    tasks_done_late: Gauge
+    enrolment_exits: Gauge
     batch_size: Histogram
     batch_duration: Histogram
     consumer_lag: Gauge
@@ -168,6 +170,21 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         ),
         enrolments=_gauge(
             "enrolments", "Enrolments by sequence and status.", ["sequence", "status"], r
+        ),
+        tasks_done_late=_gauge(
+            "tasks_done_late",
+            "Tasks completed after their due time (the task SLA breached), per queue; it only"
+            " grows, so its rise over a period is that period's.",
+            ["queue"],
+            r,
+        ),
+        enrolment_exits=_gauge(
+            "enrolment_exits",
+            "Enrolments that exited before their last step, by sequence and exit reason"
+            " (goal:purchase, a dimension:class reached, sequence_removed); it only grows,"
+            " so its rise over a period is that period's exits.",
+            ["sequence", "reason"],
+            r,
         ),
         batch_size=Histogram(
             "tierstream_actions_batch_size_records",

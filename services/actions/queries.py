@@ -151,25 +151,27 @@ async def list_alerts(
     return [dict(r) for r in rows]
 
 
-async def task_gauges(pool: Pool, *, now: datetime) -> list[tuple[str, int, int]]:
-    """(queue, open, overdue) for every queue with tasks."""
+async def task_gauges(pool: Pool, *, now: datetime) -> list[tuple[str, int, int, int]]:
+    """(queue, open, overdue, done late) for every queue with tasks."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT queue, count(*) FILTER (WHERE status = 'open') AS open,"
-            " count(*) FILTER (WHERE status = 'open' AND due_at < $1) AS overdue"
+            " count(*) FILTER (WHERE status = 'open' AND due_at < $1) AS overdue,"
+            " count(*) FILTER (WHERE status = 'done' AND completed_at > due_at) AS late"
             " FROM actions.task GROUP BY queue",
             now,
         )
-    return [(r["queue"], r["open"], r["overdue"]) for r in rows]
+    return [(r["queue"], r["open"], r["overdue"], r["late"]) for r in rows]
 
 
-async def enrolment_gauges(pool: Pool) -> list[tuple[str, str, int]]:
-    """(sequence, status, count) of every enrolment."""
+async def enrolment_gauges(pool: Pool) -> list[tuple[str, str, str | None, int]]:
+    """(sequence, status, exit reason, count) of every enrolment."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT sequence, status, count(*) AS n FROM actions.enrolment GROUP BY 1, 2"
+            "SELECT sequence, status, exit_reason, count(*) AS n FROM actions.enrolment"
+            " GROUP BY 1, 2, 3"
         )
-    return [(r["sequence"], r["status"], r["n"]) for r in rows]
+    return [(r["sequence"], r["status"], r["exit_reason"], r["n"]) for r in rows]
 
 
 @dataclass(frozen=True)

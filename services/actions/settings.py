@@ -9,7 +9,7 @@ import httpx
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from shared.settings import ConsumingServiceSettings
+from shared.settings import ConsumingServiceSettings, default_rules_file
 from shared.topics import ACTIONS_GROUP
 
 
@@ -41,6 +41,15 @@ class ActionsSettings(ConsumingServiceSettings):
     playbooks_file: Path = Field(
         default_factory=_default_playbooks_file,
         description="YAML playbooks file; validated at start (an invalid one stops the service).",
+    )
+    # The scorer's variable is read too: where both run from one environment (`tierstream run`,
+    # a shared .env), setting it once keeps the two on the same classes.
+    rules_file: Path = Field(
+        default_factory=default_rules_file,
+        validation_alias=AliasChoices("ACTIONS_RULES_FILE", "SCORER_RULES_FILE"),
+        description="The rules file the scorer classifies with (unset: SCORER_RULES_FILE, then"
+        " the shipped rules). Every class the playbooks name in a `from` or `to` must be one"
+        " its dimension declares there, or the service does not start.",
     )
     webhook_url: str | None = Field(
         None,
@@ -111,13 +120,6 @@ class ActionsSettings(ConsumingServiceSettings):
     batch_max_records: int = Field(1000, ge=1, description="Records per consumed batch.")
     poll_timeout_ms: int = Field(500, ge=10, description="Longest wait for a batch.")
     gauge_interval_s: float = Field(15.0, gt=0, description="Refresh of task/enrolment gauges.")
-    ready_timeout_s: float = Field(
-        1.0,
-        gt=0,
-        le=10,
-        description="Upper bound of each /readyz check (a database query, the broker's answer"
-        " to the consumer's metadata request); both run at once.",
-    )
     inbox_retention_days: int = Field(
         30,
         ge=0,

@@ -134,14 +134,29 @@ async def end_removed_sequences(
     return {row["sequence"]: (row["n"], row["steps"]) for row in rows}
 
 
+# When a goal event (e.g. a purchase) counts against an enrolment: only strictly after the
+# change that triggered it, both by event time. At the same instant it is, as far as times
+# can tell, the event the change was decided on: an old purchase that made a customer
+# at_risk (a history import, a late event) is the reason to win them back, not a return.
+# `goal_reached` decides enrolments, `_GOAL_REACHED` (the same test in SQL) exits them.
+def goal_reached(goal_at: datetime, trigger_at: datetime) -> bool:
+    """Whether a goal event at `goal_at` reaches the goal of an enrolment triggered at
+    `trigger_at` (the change's event time)."""
+    return goal_at > trigger_at
+
+
+_GOAL_REACHED = "h.at > e.trigger_at"  # `goal_reached(h.at, e.trigger_at)`
+
+
 async def record_goals(
     conn: Connection, event_type: str, hits: dict[str, datetime], sequences: Sequence[str],
     *, now: datetime,
 ) -> Counter[str]:  # fmt: skip
     """Remember each customer's latest goal event and exit the enrolments it ends.
 
-    Only enrolments triggered before the goal event end: a purchase that predates the
-    change that enrolled the customer does not count as "bought again".
+    Only enrolments triggered before the goal event end (`goal_reached`): a purchase that
+    predates the change that enrolled the customer, or is the one it was decided on, does
+    not count as "bought again".
     """
     customers = sorted(hits)
     times = [hits[c] for c in customers]
@@ -159,7 +174,7 @@ async def record_goals(
         " SET status = 'exited', exit_reason = $4, ended_at = $5"
         " FROM unnest($1::text[], $2::timestamptz[]) AS h(customer_id, at)"
         " WHERE e.status = 'active' AND e.customer_id = h.customer_id"
-        " AND e.sequence = ANY($3::text[]) AND e.trigger_at <= h.at"
+        f" AND e.sequence = ANY($3::text[]) AND {_GOAL_REACHED}"
         " RETURNING e.id, e.sequence)" + _CANCEL_STEPS,
         customers, times, list(sequences), f"goal:{event_type}", now,
     )  # fmt: skip
@@ -220,11 +235,9 @@ def _refusal(
         return "reentry_never"
     if last is not None and request.reentry_after and last + request.reentry_after > now:
         return "reentry_cooldown"
-    # The goal was reached at or after the triggering change (e.g. bought again): nothing to
-    # win back. At: the purchase may be the very event the change was decided on (a customer
-    # silent elsewhere who buys again is still at risk by the rules).
+    # The goal was reached after the triggering change (e.g. bought again): nothing to win back.
     reached = [goals.get((enrol.customer_id, g)) for g in request.goal_events]
-    if any(at is not None and at >= enrol.trigger_at for at in reached):
+    if any(at is not None and goal_reached(at, enrol.trigger_at) for at in reached):
         return "goal_reached"
     return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +14,6 @@ from services.actions.db import Connection, Pool
 from services.actions.dispatcher import Dispatcher, DispatchPolicy
 from services.actions.effects import ChannelConfig
 from services.actions.metrics import ActionsMetrics, prime_metrics
-from services.actions.readiness import BrokerCheck
 from services.actions.retention import prune_step, retention_for
 from services.actions.settings import ActionsSettings
 from shared.clock import Clock
@@ -22,6 +22,7 @@ from shared.group_progress import GroupProgress
 from shared.kafka import make_consumer, make_producer
 from shared.loops import Step, run_loop
 from shared.partition_scope import PartitionScope
+from shared.readiness import BrokerCheck
 from shared.service import Loop
 from shared.topics import Topics
 from shared.tracing import Tracer
@@ -170,19 +171,28 @@ def _loop(name: str, step: Step, idle_s: float, metrics: ActionsMetrics) -> Loop
 
 
 def _gauge_step(pool: Pool, clock: Clock, metrics: ActionsMetrics) -> Step:
-    """Refresh tasks open/overdue per queue and enrolments by sequence and status."""
+    """Refresh tasks open/overdue/done late per queue, enrolments by sequence and status,
+    and exits by sequence and reason."""
 
     seen: set[tuple[str, str]] = set()
 
     async def step() -> bool:
-        for queue, open_, overdue in await queries.task_gauges(pool, now=clock.now()):
+        for queue, open_, overdue, late in await queries.task_gauges(pool, now=clock.now()):
             metrics.tasks_open.labels(queue).set(open_)
             metrics.tasks_overdue.labels(queue).set(overdue)
-        current = {(s, st): n for s, st, n in await queries.enrolment_gauges(pool)}
+            metrics.tasks_done_late.labels(queue).set(late)
+        current: Counter[tuple[str, str]] = Counter()
+        exits: Counter[tuple[str, str]] = Counter()
+        for sequence, status, reason, n in await queries.enrolment_gauges(pool):
+            current[sequence, status] += n
+            if status == "exited" and reason is not None:
+                exits[sequence, reason] += n
         for labels in seen - current.keys():  # e.g. no active enrolment left: 0, not stale
             metrics.enrolments.labels(*labels).set(0)
         for labels, n in current.items():
             metrics.enrolments.labels(*labels).set(n)
+        for labels, n in exits.items():  # only grow: exited enrolments stay exited
+            metrics.enrolment_exits.labels(*labels).set(n)
         seen.update(current)
         return False
 

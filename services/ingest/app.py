@@ -28,6 +28,7 @@ from services.ingest.settings import IngestSettings
 from shared.clock import Clock, clock_for
 from shared.contracts import EVENT_MODELS
 from shared.http import (
+    KEYED_NO_UNKNOWN_QUERY,
     NO_UNKNOWN_QUERY,
     ApiKeys,
     ProblemError,
@@ -88,6 +89,7 @@ def _install(
 ) -> None:
     """Keys, error handlers, routes and request timing."""
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
+    intake.metrics.start_at_zero(app.state.api_keys.sources())
     install_problem_handlers(app)
 
     async def ready() -> dict[str, bool]:
@@ -113,7 +115,7 @@ def _lifespan(publisher: Publisher) -> Any:
 
 def events_router(intake: EventIntake, max_body_bytes: int, tracer: Tracer) -> APIRouter:
     """POST /v1/events and /v1/events/batch."""
-    router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=NO_UNKNOWN_QUERY)
+    router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=KEYED_NO_UNKNOWN_QUERY)
 
     async def body_of(request: Request) -> bytes:
         require_json(request.headers.get("content-type"), request.headers.get("content-encoding"))

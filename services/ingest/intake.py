@@ -50,7 +50,7 @@ class EventIntake:
         self.metrics.batch_events.observe(len(events))
         await self._publish(events, source=source, batch=batch, trace=trace)
         ids = [e.event_id for e in events]
-        log.info("events accepted", count=len(ids), source=source)
+        log.debug("events accepted", count=len(ids), source=source)
         log.debug("accepted event ids", event_ids=ids)
         return ids
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.ingest.parsing import UNKNOWN_TYPE
+from shared.contracts import EVENT_MODELS
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS, request_duration
 
 
@@ -51,6 +53,17 @@ class IngestMetrics:
                 registry=registry,
             ),
         )
+
+    def start_at_zero(self, sources: Iterable[str]) -> None:
+        """Create every outcome's series, so `increase()` sees the first rejected or failed
+        event of a source (a series born at 1 shows no increase)."""
+        for source in sources:
+            for kind in EVENT_MODELS:
+                for outcome in ("accepted", "rejected", "failed"):
+                    self.events.labels(kind, source, outcome)
+            self.events.labels(UNKNOWN_TYPE, source, "rejected")
+        for outcome in ("ok", "failed"):
+            self.publish_seconds.labels(outcome)
 
     def count_events(self, types: Sequence[str], *, source: str, outcome: str) -> None:
         """Count events of a request under one outcome."""

@@ -42,7 +42,7 @@ from shared.contracts import (
     ShortText,
     nul_paths,
 )
-from shared.http import ProblemError
+from shared.http import ProblemError, body_too_large, declares_more_than
 
 FUTURE_ERROR = "occurred_at_in_future"
 # A 422 lists at most this many errors: a megabyte of wrong line items would otherwise
@@ -355,19 +355,17 @@ def _parameter(parameters: str, name: str) -> str | None:
 
 async def read_limited(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
     """The body, refused (413) as soon as it exceeds `limit` bytes, whatever it declared."""
-    length = (declared or "").strip()
-    if length.isascii() and length.isdigit() and int(length) > limit:
-        raise _too_large(limit)
+    if declares_more_than(declared, limit):
+        raise body_too_large(limit)
     body = bytearray()
     async for chunk in chunks:
         body += chunk
         if len(body) > limit:  # stop reading now: never buffer more than the limit
-            raise _too_large(limit)
+            raise body_too_large(limit)
     return bytes(body)
 
 
-def _too_large(limit: int) -> ProblemError:
-    return ProblemError(413, "Request body too large", f"The body must not exceed {limit} bytes.")
+UNKNOWN_TYPE = "unknown"  # the type label of a rejected event whose type is not one we know
 
 
 def loose_types(data: object, *, batch: bool) -> list[str]:
@@ -378,4 +376,4 @@ def loose_types(data: object, *, batch: bool) -> list[str]:
 
 def _type_of(item: object) -> str:
     kind = item.get("type") if isinstance(item, dict) else None
-    return kind if isinstance(kind, str) and kind in EVENT_MODELS else "unknown"
+    return kind if isinstance(kind, str) and kind in EVENT_MODELS else UNKNOWN_TYPE

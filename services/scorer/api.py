@@ -20,7 +20,7 @@ from shared.contracts import ID_MAX_CHARS, AttributeValue, Dimension
 from shared.domain.features import compute_features, features_to_json
 from shared.domain.state import attributes_of, prune
 from shared.http import (
-    NO_UNKNOWN_QUERY,
+    KEYED_NO_UNKNOWN_QUERY,
     PROBLEM_JSON,
     PROBLEM_RESPONSES,
     ProblemError,
@@ -201,7 +201,10 @@ def read_router() -> APIRouter:
     """Routes of the read API (API key required)."""
     register_url_convertor("customer_id", CustomerIdConvertor())  # idempotent; before the routes
     router = APIRouter(
-        prefix="/v1", tags=["customers"], responses=PROBLEM_RESPONSES, dependencies=NO_UNKNOWN_QUERY
+        prefix="/v1",
+        tags=["customers"],
+        responses=PROBLEM_RESPONSES,
+        dependencies=KEYED_NO_UNKNOWN_QUERY,
     )
 
     @router.get("/customers", summary="Customers, filtered by class, in id order")

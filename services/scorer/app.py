@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -13,7 +10,9 @@ from services.scorer.db import TRANSIENT_DB_ERRORS, Pool, RequestDatabase, datab
 from services.scorer.settings import ScorerSettings
 from shared.clock import Clock, clock_for
 from shared.http import (
+    API_BODY_MAX_BYTES,
     ApiKeys,
+    BodyLimit,
     ReadyCheck,
     RequestTimer,
     install_problem_handlers,
@@ -26,27 +25,11 @@ tier-change history. Send `Authorization: Bearer <key>`; list endpoints page wit
 `limit` and the opaque `next_cursor`."""
 
 
-async def kafka_reachable(bootstrap_servers: str, *, within: float = 1.0) -> bool:
-    """True when one bootstrap server accepts a TCP connection within `within` seconds."""
-    for server in bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        with contextlib.suppress(OSError, TimeoutError, ValueError):
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), within)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return True
-    return False
-
-
-def default_ready(settings: ScorerSettings, pool: Pool) -> ReadyCheck:
-    """Readiness: Postgres answers and the broker accepts connections."""
+def database_only(pool: Pool, *, within: float) -> ReadyCheck:
+    """Readiness of an app serving the read API alone, with no consumer to ask the broker."""
 
     async def ready() -> dict[str, bool]:
-        database, kafka = await asyncio.gather(
-            database_ready(pool), kafka_reachable(settings.kafka_bootstrap_servers)
-        )
-        return {"database": database, "kafka": kafka}
+        return {"database": await database_ready(pool, within=within)}
 
     return ready
 
@@ -60,7 +43,8 @@ def create_app(
     ready: ReadyCheck | None = None,
 ) -> FastAPI:
     """The scorer app. `pool` is the API's own (`create_pool(..., within=
-    settings.api_db_timeout_s)`), the caller's to open and close."""
+    settings.api_db_timeout_s)`), the caller's to open and close. `ready`: the /readyz
+    checks (the service's: `shared.readiness.readiness`); by default Postgres alone."""
     registry = registry or new_registry()
     app = FastAPI(
         title="Tierstream scorer", version="1", description=DESCRIPTION, redirect_slashes=False
@@ -69,8 +53,9 @@ def create_app(
     app.state.database = RequestDatabase(pool, settings.api_db_timeout_s)
     app.state.clock = clock or clock_for(settings.now)
     install_problem_handlers(app, database_errors=TRANSIENT_DB_ERRORS)
-    checks = ready or default_ready(settings, pool)
+    checks = ready or database_only(pool, within=settings.ready_timeout_s)
     app.include_router(probes_router(registry, checks, open_probes=settings.open_probes))
     app.include_router(read_router())
+    app.add_middleware(BodyLimit, limit=API_BODY_MAX_BYTES)
     app.add_middleware(RequestTimer, histogram=request_duration(registry, "scorer"))
     return app

@@ -23,10 +23,12 @@ from shared.offsets import OffsetMove
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What a committed batch did: events counted per (type, outcome) and the changes."""
+    """What a committed batch did: events counted per (type, outcome), the changes, and
+    how many customers' catch-ups were cut short (`evaluation.Evaluated`)."""
 
     outcomes: Counter[tuple[str, str]]
     changes: list[ChangeRecord]
+    cut_short: int = 0
 
 
 async def apply_batch(
@@ -66,4 +68,4 @@ async def apply_batch(
     counts: Counter[tuple[str, str]] = Counter()
     counts.update({(t, "processed"): n for t, n in processed.items()})
     counts.update({(t, "duplicate"): n for t, n in duplicates.items()})
-    return BatchResult(counts, outcome.changes)
+    return BatchResult(counts, outcome.changes, len(outcome.cut_short))

@@ -23,6 +23,7 @@ from services.scorer.metrics import ScorerMetrics
 from services.scorer.polling import Batch, gather_batch, split_lanes
 from services.scorer.state_cache import StateCache
 from shared.clock import Clock
+from shared.contracts import ChangeCause
 from shared.dead_letters import Poison, Record
 from shared.domain.state import Event, fold
 from shared.fenced_consumer import FencedConsumer
@@ -162,6 +163,8 @@ class EventConsumer(FencedConsumer):
             {TopicPartition(m.topic, m.partition): m.next_offset for m in moves}
         )
         self._count(result.outcomes, poison, quarantined, result.changes)
+        if result.cut_short:
+            self.metrics.count_cut_short(ChangeCause.EVENT, result.cut_short)
         self._wake_relay_for(len(result.changes))
         return len(result.changes)
 

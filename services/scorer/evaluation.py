@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.scorer import codec
 from shared.contracts import AttributeValue, ChangeCause, Dimension, TierChanged
-from shared.domain.changes import decide
+from shared.domain.changes import Decision, decide
 from shared.domain.compiled import compiled_rules
 from shared.domain.features import compute_features, features_to_json
 from shared.domain.population import CutPoints
@@ -35,8 +35,12 @@ _COLUMNS = tuple((d, d.value) for d in Dimension)
 _DIMENSION = {d.value: d for d in Dimension}
 # Never schedule a review in the past: a customer due again at once would spin the sweeper.
 MIN_REVIEW_DELAY = timedelta(seconds=1)
-# Boundaries one late review crosses one at a time; any beyond are decided at once, at now.
-MAX_CATCH_UP_STEPS = 32
+# Review times one late review crosses one at a time; any changes beyond are decided at
+# once, at now, and the customer is counted in `Outcome.cut_short`. Most review times
+# change no class (a purchase leaving a window below every threshold), and a step skips the
+# state's encoding, so a year's catch-up of a heavy buyer fits well inside this bound; it
+# is there to bound the work one customer can cost a sweep (about 20 ms at this many).
+MAX_CATCH_UP_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,13 @@ class ChangeRecord:
         )  # fmt: skip
 
 
-Evaluated = tuple[CustomerUpdate, list[ChangeRecord]]
+class Evaluated(NamedTuple):
+    """One customer's evaluation: its row, its changes, and whether a catch-up before it
+    stopped at MAX_CATCH_UP_STEPS (the changes left were then dated at the evaluation)."""
+
+    update: CustomerUpdate
+    changes: list[ChangeRecord]
+    cut_short: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,8 @@ class Outcome:
     # Customers whose evaluation raised (id → error), left as they were: a pass over many
     # customers (sweep, rules migration, re-bucketing) must not stall on one of them.
     failed: dict[str, str] = field(default_factory=dict)
+    # Customers whose catch-up stopped at MAX_CATCH_UP_STEPS (see `Evaluated`).
+    cut_short: list[str] = field(default_factory=list)
 
 
 def evaluate(
@@ -179,6 +191,28 @@ def evaluate(
 
     Their trace context is left unset: `fold_batch` adds the trigger's.
     """
+    step = _classify_at(record, scoring, now=now)
+    decision = step.decision
+    update = CustomerUpdate(
+        record.customer_id, codec.dumps_state(record.state), decision.classes,
+        step.classification, decision.class_since,
+        scoring.cut_points.version if scoring.cut_points else None, step.review, now,
+    )  # fmt: skip
+    changes = _change_records(record.customer_id, step, scoring.rules, cause, occurred_at,
+                              emitted_at or now)  # fmt: skip
+    return update, changes
+
+
+class _Step(NamedTuple):
+    """A customer classified at one instant: what `evaluate` writes, but the state's text."""
+
+    decision: Decision
+    classification: Classification
+    attributes: dict[str, AttributeValue]
+    review: datetime | None
+
+
+def _classify_at(record: CustomerRecord, scoring: Scoring, *, now: datetime) -> _Step:
     state, rules = record.state, scoring.rules
     prune(state, now=now)
     attributes = attributes_of(state)
@@ -189,30 +223,28 @@ def evaluate(
     review = _earliest(review, decision.hold_until)
     if review is not None and review <= now:
         review = now + MIN_REVIEW_DELAY
-    update = CustomerUpdate(
-        record.customer_id, codec.dumps_state(state), decision.classes, classification,
-        decision.class_since, scoring.cut_points.version if scoring.cut_points else None,
-        review, now,
-    )  # fmt: skip
-    ids = uuid4_texts(len(decision.changes))
-    changes = [
+    return _Step(decision, classification, attributes, review)
+
+
+def _change_records(
+    customer_id: str,
+    step: _Step,
+    rules: Rules,
+    cause: ChangeCause,
+    occurred_at: datetime,
+    emitted_at: datetime,
+) -> list[ChangeRecord]:
+    made = step.decision.changes
+    if not made:  # most evaluations change nothing
+        return []
+    return [
         ChangeRecord(
-            change_id,
-            record.customer_id,
-            c.dimension,
-            c.from_,
-            c.to,
-            cause,
-            c.rule,
-            features_to_json(c.features),
-            attributes,
-            rules.version,
-            occurred_at,
-            emitted_at or now,
+            change_id, customer_id, c.dimension, c.from_, c.to, cause, c.rule,
+            features_to_json(c.features), step.attributes, rules.version, occurred_at,
+            emitted_at,
         )
-        for change_id, c in zip(ids, decision.changes, strict=True)
-    ]
-    return update, changes
+        for change_id, c in zip(uuid4_texts(len(made)), made, strict=True)
+    ]  # fmt: skip
 
 
 def saved_records(records: Iterable[CustomerRecord], outcome: Outcome) -> list[CustomerRecord]:
@@ -269,14 +301,15 @@ def _reevaluate(
     *,
     now: datetime,
     cause: ChangeCause,
-) -> tuple[CustomerUpdate, list[ChangeRecord]]:
+) -> Evaluated:
     caught: list[ChangeRecord] = []
+    cut_short = False
     if record.due_at is not None and record.due_at < now:
-        record, caught = _cross_boundaries(
+        record, caught, cut_short = _cross_boundaries(
             record, earlier, due_at=record.due_at, until=now, emitted_at=now
         )
     update, changes = evaluate(record, scoring, now=now, cause=cause, occurred_at=now)
-    return update, caught + changes
+    return Evaluated(update, caught + changes, cut_short)
 
 
 def catch_up_all(
@@ -294,12 +327,14 @@ def _isolated(evaluations: Iterable[tuple[str, Callable[[], Evaluated]]]) -> Out
     outcome = Outcome([], [])
     for customer_id, evaluate_one in evaluations:
         try:
-            update, changes = evaluate_one()
+            update, changes, cut_short = evaluate_one()
         except Exception as exc:  # a domain bug or an extreme value: isolate this customer
             outcome.failed[customer_id] = failure_text(exc)
             continue
         outcome.updates.append(update)
         outcome.changes.extend(changes)
+        if cut_short:
+            outcome.cut_short.append(customer_id)
     return outcome
 
 
@@ -315,23 +350,24 @@ def catch_up(
     due_at: datetime,
     now: datetime,
     emitted_at: datetime | None = None,
-) -> tuple[CustomerUpdate, list[ChangeRecord]]:
-    """Re-classify a customer whose review fell due at `due_at`, boundary by boundary up to
-    `now`: each change carries the moment it happened as `occurred_at` (the review time is
-    the first instant a threshold is passed), and a class held in between is not skipped,
-    even when the sweep comes late (the scorer was down). All are emitted at `emitted_at`
-    (default `now`; the consumer catches a customer up to its next event's time, later).
+) -> Evaluated:
+    """Re-classify a customer whose review fell due at `due_at`, review time by review time
+    up to `now`: each change carries the moment it happened as `occurred_at` (the review
+    time is the first instant a threshold is passed), and a class held in between is not
+    skipped, even when the sweep comes late (the scorer was down). All are emitted at
+    `emitted_at` (default `now`; the consumer catches a customer up to its next event's
+    time, later).
     """
     emitted = emitted_at or now
-    record, changes = _cross_boundaries(
+    record, changes, cut_short = _cross_boundaries(
         record, scoring, due_at=due_at, until=now, emitted_at=emitted
     )
     # At `now` itself: the row's features, scores and next review as of now (and any change
-    # left after MAX_CATCH_UP_STEPS boundaries).
+    # left after MAX_CATCH_UP_STEPS review times).
     update, made = evaluate(
         record, scoring, now=now, cause=ChangeCause.TIME, occurred_at=now, emitted_at=emitted
     )
-    return update, changes + made
+    return Evaluated(update, changes + made, cut_short)
 
 
 def _cross_boundaries(
@@ -341,31 +377,35 @@ def _cross_boundaries(
     due_at: datetime,
     until: datetime,
     emitted_at: datetime,
-) -> tuple[CustomerRecord, list[ChangeRecord]]:
+) -> tuple[CustomerRecord, list[ChangeRecord], bool]:
     """The record with the classes it reached at each review time from `due_at` to before
-    `until` (at most MAX_CATCH_UP_STEPS of them), and the changes made there (cause `time`)."""
+    `until`, the changes made there (cause `time`), and whether it stopped after
+    MAX_CATCH_UP_STEPS review times with some still before `until`."""
     changes: list[ChangeRecord] = []
     at: datetime | None = due_at
     for _ in range(MAX_CATCH_UP_STEPS):
         if at is None or at >= until:
-            break
-        update, made = evaluate(
-            record, scoring, now=at, cause=ChangeCause.TIME, occurred_at=at,
-            emitted_at=emitted_at,
-        )  # fmt: skip
-        changes.extend(made)
-        record = _reclassified(record, update)
-        at = update.next_review_at
-    return record, changes
+            return record, changes, False
+        record, made = _time_step(record, scoring, at=at, emitted_at=emitted_at)
+        changes += made
+        at = record.due_at
+    return record, changes, at is not None and at < until
 
 
-def _reclassified(record: CustomerRecord, update: CustomerUpdate) -> CustomerRecord:
-    """`record` (same state and row version) with the classes and review time `update`
-    decided."""
-    return CustomerRecord(
-        record.customer_id, record.state, dict(update.classes), dict(update.class_since),
-        record.version, update.next_review_at,
+def _time_step(
+    record: CustomerRecord, scoring: Scoring, *, at: datetime, emitted_at: datetime
+) -> tuple[CustomerRecord, list[ChangeRecord]]:
+    """`record` (same state and row version) with the classes and review time it has at
+    `at`, and the changes made there (cause `time`, dated `at`); the state is not encoded."""
+    step = _classify_at(record, scoring, now=at)
+    made = _change_records(record.customer_id, step, scoring.rules, ChangeCause.TIME, at,
+                           emitted_at)  # fmt: skip
+    decision = step.decision
+    reclassified = CustomerRecord(
+        record.customer_id, record.state, dict(decision.classes), dict(decision.class_since),
+        record.version, step.review,
     )  # fmt: skip
+    return reclassified, made
 
 
 class CustomerFailed(Exception):
@@ -405,7 +445,11 @@ def fold_batch(
         try:
             # Most customers' review time is still ahead: they pay this one comparison.
             if (due_at := record.due_at) is not None and due_at <= now:
-                record, caught = _catch_up_before(record, mine, scoring, due_at=due_at, now=now)
+                record, caught, cut_short = _catch_up_before(
+                    record, mine, scoring, due_at=due_at, now=now
+                )
+                if cut_short:
+                    outcome.cut_short.append(customer_id)
             for event in mine:
                 fold(record.state, event, now=now)
             trigger = mine[0] if len(mine) == 1 else max(mine, key=_time_order)
@@ -432,10 +476,10 @@ def _catch_up_before(
     *,
     due_at: datetime,
     now: datetime,
-) -> tuple[CustomerRecord, list[ChangeRecord]]:
+) -> tuple[CustomerRecord, list[ChangeRecord], bool]:
     """`record` caught up from its review time `due_at` to its earliest event in `events`
-    newer than everything it has folded (or to `now`, when none is, or it is dated later);
-    the changes are emitted `now`.
+    newer than everything it has folded (or to `now`, when none is, or it is dated later),
+    as `catch_up` does; the changes are emitted `now`. The flag: cut short (`Evaluated`).
 
     A newer event dated before `due_at` stops the catch-up: it came in order, read late only
     because the scorer was behind (sweeps wait for such a backlog), so nothing was due. An
@@ -450,9 +494,13 @@ def _catch_up_before(
         if at < until and (latest is None or at > latest):
             until = at
     if due_at >= until:  # an event at or before the review time: nothing was due before it
-        return record, []
-    update, caught = catch_up(record, scoring, due_at=due_at, now=until, emitted_at=now)
-    return _reclassified(record, update), caught
+        return record, [], False
+    record, caught, cut_short = _cross_boundaries(
+        record, scoring, due_at=due_at, until=until, emitted_at=now
+    )
+    # At `until` itself, as `catch_up` ends (its row is not written: the events come next).
+    record, made = _time_step(record, scoring, at=until, emitted_at=now)
+    return record, caught + made, cut_short
 
 
 def distinct_events(events: Iterable[Event]) -> list[Event]:

@@ -25,6 +25,7 @@ from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.logging import get_logger
 from shared.loops import Step, run_loop
 from shared.metrics import new_registry
+from shared.readiness import BrokerCheck, readiness
 from shared.service import Loop, serve
 from shared.topics import Topics
 
@@ -98,6 +99,8 @@ async def _serve(
     )  # fmt: skip
     consumer.subscribe(list(topics.events), listener=events.listener())
     await consumer.start()
+    broker = BrokerCheck(within=settings.ready_timeout_s)
+    broker.consumer = consumer
     progress = GroupProgress(events, pool, schema="scorer", topics=topics.events,
                              max_lag=settings.sweep_max_lag,
                              max_age_s=settings.progress_max_age_s,
@@ -123,7 +126,8 @@ async def _serve(
         _loop("gauges", gauge_step(pool, metrics, clock), settings.gauge_interval_s, metrics),
     ]  # fmt: skip
     metrics.start_at_zero(loop.__name__ for loop in loops)
-    app = create_app(settings, pool=api_pool, clock=clock, registry=registry)
+    ready = readiness(api_pool, broker, within=settings.ready_timeout_s)
+    app = create_app(settings, pool=api_pool, clock=clock, registry=registry, ready=ready)
     log.info(
         "scorer listening", host=settings.host, port=settings.port, rules=holder().rules.version
     )

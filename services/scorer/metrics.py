@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import prometheus_client as prom
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from services.scorer.evaluation import MAX_CATCH_UP_STEPS
 from shared.contracts import EVENT_MODELS, ChangeCause
 from shared.domain.changes import UNCLASSIFIED
 from shared.fenced_consumer import (
@@ -17,10 +18,13 @@ from shared.fenced_consumer import (
     GROUP_COMMIT_FAILURES_HELP,
     OFFSETS_REWOUND_HELP,
 )
+from shared.logging import get_logger
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from services.scorer.evaluation import ChangeRecord
+
+log = get_logger(__name__)
 
 EVENT_TYPES = tuple(EVENT_MODELS)
 # Event time to emission spans seconds (live) up to days (late or replayed events).
@@ -43,6 +47,7 @@ class ScorerMetrics:
     sweep_customers: prom.Counter
     sweep_held_partitions: Gauge
     evaluation_failures: prom.Counter
+    catch_up_cut_short: prom.Counter
     outbox_backlog: Gauge
     outbox_oldest_age: Gauge
     rules_superseded: Gauge
@@ -64,6 +69,12 @@ class ScorerMetrics:
         for labels, n in counts.items():
             self.transitions.labels(*labels).inc(n)
 
+    def count_cut_short(self, cause: ChangeCause, customers: int) -> None:
+        """Count, and warn of, customers whose catch-up stopped at MAX_CATCH_UP_STEPS."""
+        self.catch_up_cut_short.labels(cause.value).inc(customers)
+        log.warning("catch-up cut short: the changes left are dated at the evaluation",
+                    cause=cause.value, customers=customers, steps=MAX_CATCH_UP_STEPS)  # fmt: skip
+
     def start_at_zero(self, loops: Iterable[str]) -> None:
         """Create the known label combinations, so `increase()` sees their first count."""
         for event_type in EVENT_TYPES:
@@ -73,6 +84,7 @@ class ScorerMetrics:
             if cause is not ChangeCause.EVENT:
                 self.sweep_customers.labels(cause.value)
                 self.evaluation_failures.labels(cause.value)
+            self.catch_up_cut_short.labels(cause.value)
         for loop in loops:
             self.loop_errors.labels(loop)
         for result in ("hit", "miss", "stale"):
@@ -153,6 +165,15 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
             "Customers whose re-evaluation without a new event raised, by cause (time,"
             " rebucket, rule_change). Each is left as it was and its error logged; a time sweep"
             " tries it again after SCORER_SWEEP_RETRY_S, the other passes on their next run.",
+            ["cause"],
+            registry=registry,
+        ),
+        catch_up_cut_short=prom.Counter(
+            f"{p}catch_up_cut_short_total",
+            f"Customers whose catch-up of time-driven changes stopped after"
+            f" {MAX_CATCH_UP_STEPS:,} review times, by what re-evaluated them (event: a new"
+            " event, time, rebucket, rule_change). The changes left were dated when the"
+            " customer was evaluated, not at the instant each threshold was passed.",
             ["cause"],
             registry=registry,
         ),

@@ -8,14 +8,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from shared.settings import ConsumingServiceSettings
+from shared.settings import ConsumingServiceSettings, default_rules_file
 from shared.topics import SCORER_GROUP
-
-
-def _default_rules_file() -> Path:
-    from shared.domain.rules import default_rules_path
-
-    return Path(default_rules_path())
 
 
 class ScorerSettings(ConsumingServiceSettings):
@@ -37,7 +31,7 @@ class ScorerSettings(ConsumingServiceSettings):
         "Only two scorer deployments that must not share work (on one broker) need another.",
     )  # fmt: skip
     rules_file: Path = Field(
-        default_factory=_default_rules_file,
+        default_factory=default_rules_file,
         description="YAML rules file; validated at start (the scorer refuses an invalid one).",
     )
     # The description's figures: docs/performance-log.md, twelfth pass (three interleaved

@@ -129,6 +129,8 @@ def report_pass(
     metrics.count_transitions(outcome.changes)
     if outcome.changes:
         on_changes()
+    if outcome.cut_short:
+        metrics.count_cut_short(cause, len(outcome.cut_short))
     if outcome.failed:
         metrics.evaluation_failures.labels(cause.value).inc(len(outcome.failed))
     for customer_id, error in outcome.failed.items():

@@ -269,6 +269,11 @@ def _banded_rest(
 
 
 def _matcher(rules: Sequence[Rule]) -> Matcher:
+    return first_matcher(rules, compile_dimension(rules))
+
+
+def compile_dimension(rules: Sequence[Rule]) -> list[CompiledRule]:
+    """Each rule with what a change it decides carries (`CompiledRule.reads`)."""
     compiled: list[CompiledRule] = []
     earlier: dict[str, tuple[str, str, bool]] = {}  # what the rules before read, in order
     for rule in rules:
@@ -280,7 +285,16 @@ def _matcher(rules: Sequence[Rule]) -> Matcher:
             one = dataclasses.replace(one, reads=tuple(earlier.values()))
         earlier.update((read[0], read) for read in one.reads)
         compiled.append(one)
-    return first_matcher(rules, compiled)
+    return compiled
+
+
+def carried_features(rules: Rules, dimension: Dimension) -> dict[str, frozenset[str]]:
+    """Per class of `dimension`, the features some change to it can carry (a change carries
+    those its deciding rule read, and one class may be given by several rules)."""
+    carried: dict[str, set[str]] = {name: set() for name in rules.dimension(dimension).classes}
+    for one in compile_dimension(rules.dimension(dimension).rules):
+        carried[one.then].update(name for _, name, from_features in one.reads if from_features)
+    return {name: frozenset(features) for name, features in carried.items()}
 
 
 def _compile_rule(rule: Rule) -> CompiledRule:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import operator
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.domain.features import FEATURES, FeatureValue
+from shared.domain.features import BOOLEAN_FEATURES, FEATURES, FeatureValue
 
 Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
 
@@ -82,6 +82,23 @@ class _Leaf(_Model):
             raise ValueError("give exactly one of `feature` or `attribute`")
         return self
 
+    def _check_values(self, values: Sequence[object]) -> None:
+        """A feature's values are numbers, or true / false: a value of the other kind (a
+        quoted "1", `eq 1` on a yes/no feature) never equals it, so the rule would silently
+        never hold. Attributes are whatever senders send: not checked."""
+        if self.feature is None:
+            return
+        boolean = self.feature in BOOLEAN_FEATURES
+        for value in values:
+            if value is None:  # `ne null`: the feature has a value
+                continue
+            if boolean and not isinstance(value, bool):
+                raise ValueError(
+                    f"feature {self.feature!r} is true or false; {value!r} never equals it"
+                )
+            if not boolean and not _is_number(value):
+                raise ValueError(f"feature {self.feature!r} is a number; {value!r} is not one")
+
     def key(self) -> str:
         """The name this leaf reads, as it appears in a Classification's `read` values."""
         return self.feature if self.feature is not None else f"attributes.{self.attribute}"
@@ -104,6 +121,11 @@ class Compare(_Leaf):
             raise ValueError(f"operator {op!r} needs a number as `value`")
         return value
 
+    @model_validator(mode="after")
+    def _typed(self) -> Compare:
+        self._check_values([self.value])
+        return self
+
 
 class Between(_Leaf):
     between: tuple[Number, Number]
@@ -112,11 +134,17 @@ class Between(_Leaf):
     def _ordered(self) -> Between:
         if self.between[0] > self.between[1]:
             raise ValueError("`between` needs [low, high] with low <= high")
+        self._check_values(self.between)
         return self
 
 
 class Member(_Leaf):
     in_: Annotated[list[Scalar], Field(alias="in", min_length=1)]
+
+    @model_validator(mode="after")
+    def _typed(self) -> Member:
+        self._check_values(self.in_)
+        return self
 
 
 class All(_Model):

@@ -65,6 +65,8 @@ FEATURES: dict[str, str] = {
 
 # Features that the rules compute from the others (scores); not in compute_features output.
 SCORE_FEATURES = ("r_score", "f_score", "m_score", "rfm_score")
+# The features that are true or false; every other one is a number.
+BOOLEAN_FEATURES = frozenset({"has_purchased", "has_logged_in", "has_events"})
 
 
 # The windows as durations and their feature names, built once (constructing a timedelta

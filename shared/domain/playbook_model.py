@@ -21,7 +21,7 @@ from pydantic import (
 
 from shared.contracts import ChangeCause, Dimension
 from shared.domain.conditions import Condition
-from shared.domain.playbook_templates import check_template
+from shared.domain.playbook_templates import Scope, check_template, template_names, unknown_names
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 _DURATION = re.compile(
@@ -35,14 +35,21 @@ MAX_DURATION = timedelta(days=3650)
 _TOO_LONG = f"a duration must be at most {MAX_DURATION.days}d (ten years)"
 
 
+_DURATION_FORMS = "write e.g. 2d, 24h, 90m, 1d12h, 1w or P2D"
+
+
 def parse_duration(raw: Any) -> Any:
-    """'2d', '24h', '1d12h', '90m', '0d' -> timedelta; ISO 8601 (P2D) and numbers: pydantic."""
+    """'2d', '24h', '1d12h', '90m', '0d' -> timedelta; ISO 8601 (P2D): pydantic; no numbers."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        # Pydantic reads a number as seconds: `due_in: 2` meant two days (or hours), not two
+        # seconds, and nothing said so. A unit is required.
+        raise ValueError(f"{raw!r} is a number without a unit; {_DURATION_FORMS}")
     if not isinstance(raw, str) or raw.strip().lstrip("+-").upper().startswith("P"):
         return raw
     text = raw.strip()
     match = _DURATION.match(text.lstrip("+-"))
     if not (match and any(match.groups())):
-        raise ValueError(f"{raw!r} is not a duration; write e.g. 2d, 24h, 90m, 1d12h or P2D")
+        raise ValueError(f"{raw!r} is not a duration; {_DURATION_FORMS}")
     parts = {unit: float(v) for unit, v in zip(_UNITS, match.groups(), strict=True) if v}
     try:
         value = timedelta(**parts)
@@ -310,7 +317,31 @@ class PlaybooksFile(_Model):
         for name, sequence in self.sequences.items():
             for i, step in enumerate(sequence.steps):
                 self._check_template(step.template, f"sequence {name!r}", f"steps.{i}.template")
+        self._check_names()
         return self
+
+    def _check_names(self) -> None:
+        """Refuse a template naming what its context lacks (it would render as empty text):
+        inline ones where they are, named ones in every place that uses them."""
+        uses: dict[str, set[Scope]] = {name: set() for name in self.templates}
+        for book in self.playbooks:
+            for i, action in enumerate(book.actions):
+                where, field = f"playbook {book.name!r}", f"actions.{i}"
+                if isinstance(action, TaskAction):
+                    _check_names(action.title, Scope.TASK, where, f"{field}.title")
+                elif isinstance(action, AlertAction):
+                    _check_content(action, Scope.ALERT, where, field, uses)
+        for name, sequence in self.sequences.items():
+            for i, step in enumerate(sequence.steps):
+                _check_content(step, Scope.STEP, f"sequence {name!r}", f"steps.{i}", uses)
+        for name, message in self.templates.items():
+            # One used nowhere yet is held to what any place could give it.
+            scopes: list[Scope | None] = [*sorted(uses[name])] or [None]
+            for scope in scopes:
+                for key in ("subject", "text"):
+                    source = getattr(message, key)
+                    if source is not None:
+                        _check_names(source, scope, f"template {name!r}", key)
 
     def _check_action(
         self, book: str, index: int, action: TaskAction | AlertAction | EnrolAction
@@ -327,3 +358,25 @@ class PlaybooksFile(_Model):
     def _check_template(self, name: str | None, where: str, field: str) -> None:
         if name is not None and name not in self.templates:
             raise PlaybookProblem(f"unknown template {name!r}", where=where, field=field)
+
+
+def _check_content(
+    content: AlertAction | Step, scope: Scope, where: str, field: str, uses: dict[str, set[Scope]]
+) -> None:
+    """An alert's or a step's inline templates; the named template it uses is noted."""
+    if content.template is not None:
+        uses[content.template].add(scope)
+    for key in ("subject", "text", "to"):
+        source = getattr(content, key)
+        if source is not None:
+            _check_names(source, scope, where, f"{field}.{key}")
+
+
+def _check_names(source: str, scope: Scope | None, where: str, field: str) -> None:
+    names = template_names(scope) if scope else frozenset().union(*map(template_names, Scope))
+    if problems := unknown_names(source, names):
+        raise PlaybookProblem(
+            f"{', '.join(problems)} ({scope or 'a template'} can use {', '.join(sorted(names))})",
+            where=where,
+            field=field,
+        )

@@ -1,19 +1,29 @@
-"""Message templates: Jinja2 in a sandbox, HTML-escaped for message bodies, plain for titles.
+"""Message templates: Jinja2 in a sandbox, escaped for the channel in message bodies, plain
+for titles.
 
-Bodies are escaped because they end up in HTML e-mail and Slack `text` (which needs `&`, `<`
-and `>` escaped); subjects, task titles and recipients are plain strings with no markup.
-Rendering can fail on one change's data (an attribute of an unexpected type, say); every such
-failure is raised as `TemplateFailed`, so planning can leave out just the action it belongs to.
+A body's substituted values are escaped for where the body goes: HTML e-mail escapes them
+the HTML way (`&`, `<`, `>`, `"`, `'`); Slack-compatible webhook text only `&`, `<` and `>`,
+the only entities Slack decodes (it showed "O&#39;Brien"), which is still enough to keep a
+value from writing Slack markup (`<!channel>`, `<url|link>`). The template's own text is
+the playbook author's and is never escaped. Subjects, task titles and recipients are plain
+strings with no markup. Rendering can fail on one change's data (an attribute of an
+unexpected type, say); every such failure is raised as `TemplateFailed`, so planning can
+leave out just the action it belongs to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum, StrEnum
 from functools import cache
 from typing import Any
 
-from jinja2 import Template, TemplateSyntaxError
+from jinja2 import Template, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
+
+from shared.contracts import TierChanged
+from shared.domain.features import FEATURES
 
 
 class TemplateFailed(ValueError):
@@ -21,36 +31,165 @@ class TemplateFailed(ValueError):
 
 
 @cache
-def _environment(escape: bool) -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(autoescape=escape, keep_trailing_newline=False)
+class Escaping(Enum):
+    """How a body's substituted values are escaped: for HTML, or for Slack-compatible text."""
+
+    HTML = "html"
+    SLACK = "slack"
+
+
+def slack_escape(text: str) -> str:
+    """Escape `&`, `<` and `>` as Slack documents (its control sequences are `<...>`)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_value(value: Any) -> Any:
+    # Autoescaping stays on, so macros, `{% set %}` blocks and `|safe` keep their Markup
+    # and are not escaped twice; each other value is escaped here, and the autoescape lets
+    # the Markup returned through untouched.
+    if hasattr(value, "__html__"):
+        return value
+    return Markup(slack_escape(str(value)))  # noqa: S704 (escaped: it is the escaping)
 
 
 @cache
-def _compiled(source: str, escape: bool) -> Template:
-    return _environment(escape).from_string(source)
+def _environment(escaping: Escaping | None) -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(
+        autoescape=escaping is not None,
+        finalize=_slack_value if escaping is Escaping.SLACK else None,
+        keep_trailing_newline=False,
+    )
+
+
+@cache
+def _compiled(source: str, escaping: Escaping | None) -> Template:
+    return _environment(escaping).from_string(source)
+
+
+class Scope(StrEnum):
+    """Where a template is rendered; each place adds its own names to the change's."""
+
+    TASK = "a task title"
+    ALERT = "an alert"
+    STEP = "a sequence step"
+
+
+# What templates can name: the one list that `change_context` and `scoped` build the render
+# context from, and that `unknown_names` checks templates against. A name outside it would
+# render as empty text (Jinja's default for an undefined name), so it is refused at load.
+CHANGE_NAMES = frozenset(
+    [
+        *(field.alias or name for name, field in TierChanged.model_fields.items()),
+        "customer",
+        "change",
+    ]
+)
+SCOPE_NAMES: dict[Scope, tuple[str, ...]] = {
+    Scope.TASK: ("playbook",),
+    Scope.ALERT: ("playbook", "audience"),
+    Scope.STEP: ("playbook", "sequence", "step"),
+}
+
+
+@cache  # asked for on every action planned
+def template_names(scope: Scope) -> frozenset[str]:
+    """Every name a template rendered in `scope` can use."""
+    return CHANGE_NAMES | frozenset(SCOPE_NAMES[scope])
+
+
+def change_context(change: TierChanged) -> dict[str, Any]:
+    """The change's part of the context: its fields, the customer (id and attributes), and the
+    whole change again as `change`."""
+    data = change.model_dump(mode="json", by_alias=True)
+    return {**data, "customer": {**change.attributes, "id": change.customer_id}, "change": data}
+
+
+def scoped(base: Mapping[str, Any], scope: Scope, **values: str) -> dict[str, Any]:
+    """The full context of a template rendered in `scope`: `base` (`change_context`) and the
+    scope's own values, which must be exactly its names (a template checked against the list
+    must find every name it was allowed)."""
+    context = {**base, **values}
+    if context.keys() != template_names(scope):
+        raise TypeError(
+            f"the context of {scope} needs {sorted(template_names(scope))}, not {sorted(context)}"
+        )
+    return context
+
+
+def unknown_names(source: str, names: frozenset[str]) -> list[str]:
+    """What a (syntactically valid) template reads that would render as empty text: top-level
+    names outside `names`, and features outside the catalogue read as `features.x` or
+    `features['x']` (also through `change`). Attributes stay open: each customer has its own."""
+    tree = _environment(Escaping.HTML).parse(source)
+    problems = [
+        f"unknown variable {name!r}"
+        for name in sorted(meta.find_undeclared_variables(tree) - names)
+    ]
+    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx != "load"}
+    called = {id(call.node) for call in tree.find_all(nodes.Call)}  # features.items(): a method
+    lookups: list[nodes.Getattr | nodes.Getitem] = [
+        *tree.find_all(nodes.Getattr),
+        *tree.find_all(nodes.Getitem),
+    ]
+    for node in lookups:
+        key = _key(node)
+        if id(node) in called or key is None or not _is_features(node.node, assigned):
+            continue
+        if key not in FEATURES:
+            problems.append(f"unknown feature {key!r}")
+    return list(dict.fromkeys(problems))
+
+
+def _key(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    """`x.key` or `x['key']`: the key, when it is written out."""
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return (
+        node.arg.value
+        if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str)
+        else None
+    )
+
+
+def _is_features(node: nodes.Node, assigned: set[str]) -> bool:
+    """Whether `node` is the change's features: `features`, `change.features` or
+    `change['features']`, unless the template assigns that name itself."""
+    if isinstance(node, nodes.Name):
+        return node.name == "features" and "features" not in assigned
+    if isinstance(node, nodes.Getattr | nodes.Getitem):
+        parent = node.node
+        return (
+            _key(node) == "features"
+            and isinstance(parent, nodes.Name)
+            and parent.name == "change"
+            and "change" not in assigned
+        )
+    return False
 
 
 def check_template(source: str) -> str:
     """Validate Jinja2 syntax (pydantic validator); returns the source unchanged."""
     try:
-        _environment(True).parse(source)
+        _environment(Escaping.HTML).parse(source)
     except TemplateSyntaxError as exc:
         raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
     return source
 
 
-def render_body(source: str, context: Mapping[str, Any], *, what: str) -> str:
-    """Render a message body with every substituted value HTML-escaped."""
-    return _render(source, context, escape=True, what=what)
+def render_body(source: str, context: Mapping[str, Any], *, what: str, escaping: Escaping) -> str:
+    """Render a message body with every substituted value escaped as `escaping` says."""
+    return _render(source, context, escaping=escaping, what=what)
 
 
 def render_plain(source: str, context: Mapping[str, Any], *, what: str) -> str:
     """Render a one-line value (subject, title, recipient): no escaping, line breaks removed."""
-    return " ".join(_render(source, context, escape=False, what=what).split())
+    return " ".join(_render(source, context, escaping=None, what=what).split())
 
 
-def _render(source: str, context: Mapping[str, Any], *, escape: bool, what: str) -> str:
+def _render(
+    source: str, context: Mapping[str, Any], *, escaping: Escaping | None, what: str
+) -> str:
     try:
-        return _compiled(source, escape).render(context)
+        return _compiled(source, escaping).render(context)
     except Exception as exc:  # Jinja's UndefinedError or SecurityError, or the data's TypeError...
         raise TemplateFailed(f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from shared.contracts import TierChanged
-from shared.domain.conditions import TAG_PREFIX, evaluate
+from shared.contracts import Dimension, TierChanged
+from shared.domain.compiled import carried_features
+from shared.domain.conditions import TAG_PREFIX, evaluate, leaves
 from shared.domain.documents import content_version, read_document, yaml_mapping
 from shared.domain.playbook_model import (
     AlertAction,
@@ -48,7 +49,16 @@ from shared.domain.playbook_requests import (
     longest_sequence,
     step_due_at,
 )
-from shared.domain.playbook_templates import TemplateFailed, render_body, render_plain
+from shared.domain.playbook_templates import (
+    Escaping,
+    Scope,
+    TemplateFailed,
+    change_context,
+    render_body,
+    render_plain,
+    scoped,
+)
+from shared.domain.rules_model import Rules
 
 __all__ = [
     "ActionFailure",
@@ -65,6 +75,9 @@ __all__ = [
     "Reentry",
     "TaskRequest",
     "TemplateFailed",
+    "check_against_rules",
+    "check_classes",
+    "check_conditions",
     "check_playbooks",
     "default_playbooks_path",
     "defer_past_quiet_hours",
@@ -108,7 +121,7 @@ class Playbooks(PlaybooksFile):
 
 
 def default_playbooks_path() -> Path:
-    """The shipped playbooks file implementing DOMAIN.md's playbook table."""
+    """The shipped playbooks file implementing the product brief's playbook table."""
     return Path(__file__).with_name("default_playbooks.yaml")
 
 
@@ -118,13 +131,75 @@ def load_playbooks(path: str | Path) -> Playbooks:
     return parse_playbooks(text, source=str(path))
 
 
-def check_playbooks(path: str | Path) -> str:
-    """Validate a file and summarise it in one line (raises PlaybooksError)."""
+def check_playbooks(path: str | Path, rules: Rules) -> str:
+    """Validate a file, its classes against `rules`', and summarise it in one line (raises
+    PlaybooksError)."""
     books = load_playbooks(path)
+    check_against_rules(books, rules)
     return (
         f"{path}: valid (version {books.version}, {len(books.playbooks)} playbooks, "
-        f"{len(books.sequences)} sequences, {len(books.templates)} templates)"
+        f"{len(books.sequences)} sequences, {len(books.templates)} templates; "
+        f"classes of {rules.source})"
     )
+
+
+def check_classes(
+    playbooks: Playbooks, classes: Mapping[Dimension, Sequence[str]], *, declared_by: str
+) -> None:
+    """Refuse a `from` or `to` naming a class its dimension does not declare (`classes`, from
+    the rules file `declared_by`): a change never carries one, so a misspelt class (goldd) or
+    one of another dimension (value_tier to at_risk) silently never matched."""
+    for where, field, transition in _transitions(playbooks):
+        declared = classes[transition.dimension]
+        for key, named in (("from", transition.from_ or ()), ("to", transition.to or ())):
+            for index, name in enumerate(named):
+                if name in declared:
+                    continue
+                message = (
+                    f"{name!r} is not a {transition.dimension.value} class of {declared_by}"
+                    f" (it declares {', '.join(declared)})"
+                )
+                place = f"{field}.{key}" + (f".{index}" if len(named) > 1 else "")
+                raise PlaybooksError(message, source=playbooks.source, where=where, field=place)
+
+
+def check_against_rules(playbooks: Playbooks, rules: Rules) -> None:
+    """Everything the playbooks expect of the changes the rules make: their classes
+    (`check_classes`) and the features their conditions read (`check_conditions`)."""
+    check_classes(playbooks, rules.declared_classes(), declared_by=rules.source)
+    check_conditions(playbooks, rules)
+
+
+def check_conditions(playbooks: Playbooks, rules: Rules) -> None:
+    """Refuse an `if` on a feature that no change its transition matches carries: a change
+    carries only the features the rule that decided it read (a gold change of the shipped
+    rules: m_score, f_score, days_since_last_purchase), so `spend_365d gt 1000` on it was
+    always false and the playbook silently never fired."""
+    for where, field, transition in _transitions(playbooks):
+        if transition.if_ is None:
+            continue
+        carried = carried_features(rules, transition.dimension)
+        targets = transition.to or tuple(carried)
+        available = frozenset().union(*(carried[name] for name in targets))
+        for leaf in leaves(transition.if_):
+            if leaf.feature is None or leaf.feature in available:
+                continue
+            to = f" to {', '.join(targets)}" if transition.to else ""
+            message = (
+                f"feature {leaf.feature!r} is in no {transition.dimension.value} change{to} of"
+                f" {rules.source}: a change carries only what the rule that decided it read"
+                f" ({', '.join(sorted(available)) or 'nothing'})"
+            )
+            raise PlaybooksError(message, source=playbooks.source, where=where, field=f"{field}.if")
+
+
+def _transitions(playbooks: Playbooks) -> Iterator[tuple[str, str, Transition]]:
+    """Every transition pattern: each playbook's `when` and each sequence's exit changes."""
+    for book in playbooks.playbooks:
+        yield f"playbook {book.name!r}", "when", book.when
+    for name, sequence in playbooks.sequences.items():
+        for index, transition in enumerate(sequence.exit_on.changes):
+            yield f"sequence {name!r}", f"exit_on.changes.{index}", transition
 
 
 def parse_playbooks(text: str, *, source: str) -> Playbooks:
@@ -177,7 +252,7 @@ def plan_actions(change: TierChanged, playbooks: Playbooks) -> Plan:
     An action whose templates fail on this change's data is reported in `Plan.failures` and
     left out (a task is kept with a fallback title); the exits and other actions still apply.
     """
-    context = template_context(change)
+    context = change_context(change)
     requests: list[ActionRequest] = [
         ExitRequest(name, reason=f"{change.dimension.value}:{change.to}")
         for name, sequence in playbooks.sequences.items()
@@ -186,7 +261,6 @@ def plan_actions(change: TierChanged, playbooks: Playbooks) -> Plan:
     failures: list[ActionFailure] = []
     for book in playbooks.playbooks:
         if matches(book.when, change):
-            context["playbook"] = book.name
             for index in range(len(book.actions)):
                 request, failure = _plan_one(book, index, playbooks, context)
                 requests += [request] if request is not None else []
@@ -229,20 +303,11 @@ def _numeric(features: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def template_context(change: TierChanged) -> dict[str, Any]:
-    """What templates see: the customer (id and attributes), the change and its features."""
-    data = change.model_dump(mode="json", by_alias=True)
-    return {
-        **data,
-        "customer": {**change.attributes, "id": change.customer_id},
-        "change": data,
-    }
-
-
 def _plan_one(
     book: Playbook, index: int, playbooks: Playbooks, ctx: dict[str, Any]
 ) -> tuple[ActionRequest | None, ActionFailure | None]:
-    """One action's request, or its failure (with a fallback request for a task)."""
+    """One action's request, or its failure (with a fallback request for a task); `ctx` is
+    the change's part of the templates' context (`change_context`)."""
     try:
         return _plan(book, index, playbooks, ctx), None
     except TemplateFailed as exc:
@@ -259,10 +324,11 @@ def _plan(book: Playbook, index: int, playbooks: Playbooks, ctx: dict[str, Any])
     action = book.actions[index]
     match action:
         case TaskAction():
+            ctx = scoped(ctx, Scope.TASK, playbook=book.name)
             return _task(book.name, action, render_plain(action.title, ctx, what="title"))
         case AlertAction():
             message = playbooks.message(action)
-            ctx = {**ctx, "audience": action.audience}
+            ctx = scoped(ctx, Scope.ALERT, playbook=book.name, audience=action.audience)
             return AlertRequest(
                 book.name,
                 index,
@@ -270,11 +336,17 @@ def _plan(book: Playbook, index: int, playbooks: Playbooks, ctx: dict[str, Any])
                 action.audience,
                 _recipient(action.to, ctx, what="to"),
                 render_plain(message.subject or "", ctx, what="subject"),
-                render_body(message.text, ctx, what="text"),
+                render_body(message.text, ctx, what="text", escaping=_escaping(action.channel)),
             )
         case EnrolAction():
             return _plan_enrolment(book.name, action.sequence, playbooks, ctx)
     raise TypeError(f"unknown action {action!r}")
+
+
+def _escaping(channel: Channel) -> Escaping:
+    """E-mail bodies are HTML; webhook text is Slack-compatible, and so is log text (the
+    lightest escaping that is still safe, so a log line reads nearly as plain text)."""
+    return Escaping.HTML if channel is Channel.EMAIL else Escaping.SLACK
 
 
 def _task(book: str, action: TaskAction, title: str) -> TaskRequest:
@@ -288,7 +360,7 @@ def _plan_enrolment(
     steps = []
     for i, step in enumerate(sequence.steps):
         message = playbooks.message(step)
-        step_ctx = {**ctx, "sequence": name, "step": step.name}
+        step_ctx = scoped(ctx, Scope.STEP, playbook=book, sequence=name, step=step.name)
         where = f"step {step.name}"
         steps.append(
             PlannedStep(
@@ -298,7 +370,9 @@ def _plan_enrolment(
                 step.channel,
                 _recipient(step.to or DEFAULT_RECIPIENT, step_ctx, what=f"{where} to"),
                 render_plain(message.subject or "", step_ctx, what=f"{where} subject"),
-                render_body(message.text, step_ctx, what=f"{where} text"),
+                render_body(
+                    message.text, step_ctx, what=f"{where} text", escaping=_escaping(step.channel)
+                ),
             )
         )
     return EnrolRequest(

@@ -49,7 +49,7 @@ class RulesError(ValueError):
 
 
 def default_rules_path() -> Path:
-    """The shipped rules file implementing DOMAIN.md's default table."""
+    """The shipped rules file implementing the product brief's default table."""
     return Path(__file__).with_name("default_rules.yaml")
 
 

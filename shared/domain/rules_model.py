@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.contracts import Dimension
-from shared.domain.conditions import Condition
-from shared.domain.features import FEATURES, SCORE_FEATURES
+from shared.domain.conditions import OPERATORS, Condition
+from shared.domain.features import BOOLEAN_FEATURES, FEATURES, SCORE_FEATURES
 
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -62,6 +62,17 @@ class DimensionRules(_Model):
             message = "the last rule must be `when: always`, so every customer gets a class"
             field = f"rules.{len(self.rules) - 1}.when"
             raise RuleProblem(message, rule=self.rules[-1].name, field=field)
+        # Silent dead ends: customers could never be in such a class, and a playbook for it
+        # would never fire.
+        for index, rule in enumerate(self.rules[:-1]):
+            if rule.when == "always":
+                after = ", ".join(r.name for r in self.rules[index + 1 :])
+                message = f"`when: always` before the last rule: {after} could never match"
+                raise RuleProblem(message, rule=rule.name, field=f"rules.{index}.when")
+        given = {rule.then for rule in self.rules}
+        if unused := [name for name in self.classes if name not in given]:
+            message = f"no rule gives class {unused[0]!r}: add a rule for it or remove it"
+            raise RuleProblem(message, rule=None, field=f"classes.{self.classes.index(unused[0])}")
         return self
 
     def rank(self, class_name: str) -> int | None:
@@ -88,9 +99,36 @@ class ScoreRules(_Model):
     @field_validator("feature")
     @classmethod
     def _known(cls, feature: str) -> str:
-        if feature not in FEATURES or feature in SCORE_FEATURES:
-            raise ValueError(f"unknown feature {feature!r} (scores read non-score features)")
+        if feature not in FEATURES or feature in SCORE_FEATURES or feature in BOOLEAN_FEATURES:
+            raise ValueError(f"unknown feature {feature!r} (scores read number features)")
         return feature
+
+    @model_validator(mode="after")
+    def _reachable(self) -> ScoreRules:
+        # Bands are tried in order: one whose values all fall in an earlier band never gives
+        # its score (`ge 30` after `ge 20`), a mistake in the order that nothing else shows.
+        for index, band in enumerate(self.bands):
+            for earlier in self.bands[:index]:
+                if _within(band, earlier):
+                    raise ValueError(
+                        f"bands.{index} ({band.op} {band.value:g}) can never give its score:"
+                        f" every value in it takes an earlier band ({earlier.op}"
+                        f" {earlier.value:g}); list the bands from the narrowest"
+                    )
+        return self
+
+
+def _within(band: Band, earlier: Band) -> bool:
+    """Whether every value `band` holds for is one `earlier` holds for."""
+    a, b = band.value, earlier.value
+    if band.op == "eq":
+        return bool(OPERATORS[earlier.op](a, b))
+    upward, downward = ("ge", "gt"), ("le", "lt")
+    if band.op in upward and earlier.op in upward:
+        return a > b or (a == b and (earlier.op == "ge" or band.op == "gt"))
+    if band.op in downward and earlier.op in downward:
+        return a < b or (a == b and (earlier.op == "le" or band.op == "lt"))
+    return False
 
 
 class Scores(_Model):
@@ -129,3 +167,7 @@ class Rules(RulesFile):
         """The rules of one dimension."""
         rules: DimensionRules = getattr(self, dimension.value)
         return rules
+
+    def declared_classes(self) -> dict[Dimension, tuple[str, ...]]:
+        """The classes each dimension declares, best first."""
+        return {dimension: tuple(self.dimension(dimension).classes) for dimension in Dimension}

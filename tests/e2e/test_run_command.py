@@ -95,6 +95,9 @@ def system(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, 
             # Closed probes: `run` waited for /readyz without its key and gave up after 90 s.
             "TIERSTREAM_OPEN_PROBES": "false",
             "TIERSTREAM_NOW": NOW.isoformat(),
+            # `run` has its services log warnings only unless a level is set: the orderly
+            # stop is read from their INFO lines ("Finished server process").
+            "TIERSTREAM_LOG_LEVEL": "INFO",
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
             "SCORER_SWEEP_INTERVAL_S": "1",
             **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()},

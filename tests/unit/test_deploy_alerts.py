@@ -49,3 +49,16 @@ def test_issue_6_alerts_are_all_there() -> None:
         "TierstreamTasksOverdue",
         "TierstreamServiceDown",
     } <= names
+
+
+def test_every_alert_fires_in_a_unit_test_of_its_own() -> None:
+    # promtool tests only the alerts a test names: three had none (the ingest broker, the
+    # actions lag, failing loops), so a broken expression there would pass.
+    tests = yaml.safe_load((ROOT / "deploy/prometheus/alerts_test.yml").read_text())["tests"]
+    firing = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert {str(rule["alert"]) for rule in _alerts()} - firing == set()

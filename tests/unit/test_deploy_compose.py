@@ -128,3 +128,16 @@ def test_prometheus_and_grafana_are_provisioned_from_deploy() -> None:
     for source in [*mounts["prometheus"].values(), *mounts["grafana"].values()]:
         assert source.is_dir(), source
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize(("service", "setting"), [("kafka", "KAFKA_LOG_DIRS"), ("postgres", None)])
+def test_the_broker_and_database_keep_their_data_in_named_volumes(
+    service: str, setting: str | None
+) -> None:
+    # Kafka's log under the container's /tmp was lost on `down` then `up` while Postgres
+    # kept the offsets past it: every partition rewound, the unconsumed records gone.
+    spec = _services()[service]
+    mounts = {v["target"]: v for v in spec.get("volumes", []) if v["type"] == "volume"}
+    assert mounts, f"{service} has no named volume"
+    if setting is not None:
+        assert spec["environment"][setting] in mounts

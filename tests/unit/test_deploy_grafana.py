@@ -89,3 +89,19 @@ def test_stat_panels_are_green_when_healthy_and_red_when_not() -> None:
     assert healthy_and_not.keys() <= stats.keys()
     for title, (good, bad) in healthy_and_not.items():
         assert (_colour(stats[title], good), _colour(stats[title], bad)) == ("green", "red"), title
+
+
+def test_no_query_groups_by_the_metric_name() -> None:
+    # rate() and increase() drop `__name__`: grouping by it after them merged the scorer's
+    # and actions' series into one without a legend.
+    for panel in _dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            assert "__name__," not in target["expr"] and "(__name__)" not in target["expr"], panel[
+                "title"
+            ]
+
+
+def test_request_latency_quantiles_leave_out_probes_and_scrapes() -> None:
+    exprs = [t["expr"] for p in _dashboard()["panels"] for t in p.get("targets", [])
+             if "tierstream_ingest_request_duration_seconds_bucket" in t["expr"]]  # fmt: skip
+    assert exprs and all('route=~"/v1/events.*"' in e for e in exprs)

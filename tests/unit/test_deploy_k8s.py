@@ -166,6 +166,7 @@ def test_rules_and_playbooks_are_mounted_where_the_settings_point() -> None:
     for service, variable, key in (
         ("scorer", "SCORER_RULES_FILE", "rules.yaml"),
         ("actions", "ACTIONS_PLAYBOOKS_FILE", "playbooks.yaml"),
+        ("actions", "ACTIONS_RULES_FILE", "rules.yaml"),  # the scorer's, for the classes
     ):
         container = _container(service)
         (mount,) = [m for m in container["volumeMounts"] if m["name"] == "domain"]

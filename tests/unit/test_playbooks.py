@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from shared.contracts import TierChanged
+from shared.domain.playbook_templates import Escaping, render_body
 from shared.domain.playbooks import (
     AlertRequest,
     Channel,
@@ -183,6 +184,54 @@ def test_message_bodies_escape_customer_fields_but_titles_do_not(defaults: Playb
     assert "&lt;b&gt;&amp;co" in alert.text and "<b>" not in alert.text
 
 
+def test_webhook_text_escapes_values_as_slack_does_and_email_bodies_as_html(
+    defaults: Playbooks,
+) -> None:
+    # Slack decodes only &amp; &lt; &gt;: the HTML quote entities showed as "O&#39;Brien".
+    name = """O'Brien "Bob" <!channel> <https://evil.example|click> & co"""
+    gold = plan_actions(change("value_tier", "silver", "gold", customer_id=name), defaults)
+    [alert] = [r for r in gold.requests if isinstance(r, AlertRequest)]
+    assert alert.channel is Channel.WEBHOOK
+    assert (
+        """O'Brien "Bob" &lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; co"""
+        in alert.text
+    )
+    assert "<!channel>" not in alert.text and "<https" not in alert.text  # no ping, no link
+    assert alert.text.startswith(":star: Customer ")  # the author's own text is left alone
+    risk = plan_actions(
+        change("lifecycle_stage", "established", "at_risk", customer_id=name,
+               attributes={"email": "ob@example.com", "name": name}),
+        defaults,
+    ).requests  # fmt: skip
+    [care] = [r for r in risk if isinstance(r, AlertRequest)]
+    [win_back] = [r for r in risk if isinstance(r, EnrolRequest)]
+    html = "O&#39;Brien &#34;Bob&#34; &lt;!channel&gt;"  # HTML e-mail: fully escaped
+    assert care.channel is Channel.EMAIL and html in care.text
+    assert {s.channel for s in win_back.steps} == {Channel.EMAIL}
+    assert all(html in s.text for s in win_back.steps)
+
+
+STEP_CHANNELS = """
+sequences:
+  s:
+    steps:
+      - {name: a, offset: 0d, channel: webhook, text: "{{ customer.id }}"}
+      - {name: b, offset: 0d, channel: email, text: "{{ customer.id }}"}
+      - {name: c, offset: 0d, channel: log, text: "{{ customer.id }}"}
+playbooks:
+  - {name: p, when: {dimension: value_tier}, actions: [{kind: enrol, sequence: s}]}
+"""
+
+
+def test_each_step_text_is_escaped_for_its_own_channel() -> None:
+    books = parse_playbooks(STEP_CHANNELS, source="test")
+    [enrol] = plan_actions(
+        change("value_tier", None, "gold", customer_id="O'B <x>"), books
+    ).requests
+    assert isinstance(enrol, EnrolRequest)
+    assert [s.text for s in enrol.steps] == ["O'B &lt;x&gt;", "O&#39;B &lt;x&gt;", "O'B &lt;x&gt;"]
+
+
 def test_a_missing_email_leaves_the_step_without_a_recipient(defaults: Playbooks) -> None:
     enrol = plan_actions(
         change("lifecycle_stage", "lead", "new", attributes={}), defaults
@@ -348,3 +397,22 @@ def test_a_failing_sequence_step_leaves_out_the_enrolment_and_nothing_else() -> 
     assert [(f.playbook, f.action, f.kind, f.error) for f in plan.failures] == [
         ("lapsed", 1, "enrol", "step ratio text: ZeroDivisionError: division by zero")
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "slack"),
+    [
+        ("<!here> {{ v }}", "<!here> O'B &amp; &lt;!channel&gt;"),  # the author's text is kept
+        ("{{ v|upper }}", "O'B &amp; &lt;!CHANNEL&gt;"),
+        ("{% macro m(x) %}*{{ x }}*{% endmacro %}{{ m(v) }}", "*O'B &amp; &lt;!channel&gt;*"),
+        ("{% set t %}[{{ v }}]{% endset %}{{ t }}", "[O'B &amp; &lt;!channel&gt;]"),
+        ("{{ missing }}|{{ none }}", "|None"),
+    ],
+)
+def test_slack_escaping_escapes_each_value_once_however_it_is_reached(
+    source: str, slack: str
+) -> None:
+    context = {"v": "O'B & <!channel>", "none": None}
+    assert render_body(source, context, what="t", escaping=Escaping.SLACK) == slack
+    html = slack.replace("'", "&#39;")  # the same, quotes escaped too
+    assert render_body(source, context, what="t", escaping=Escaping.HTML) == html

@@ -11,17 +11,21 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from shared.contracts import Dimension
 from shared.domain.playbook_model import Channel, QuietHours, TaskAction
 from shared.domain.playbook_requests import quiet_hours_record, quiet_until
 from shared.domain.playbooks import (
     PlannedStep,
     PlaybooksError,
+    check_against_rules,
+    check_classes,
     check_playbooks,
     default_playbooks_path,
     load_playbooks,
     parse_playbooks,
     step_due_at,
 )
+from shared.domain.rules import default_rules_path, load_rules
 
 GOOD_ACTION = "{kind: task, title: t, queue: q, due_in: 1d}"
 
@@ -236,7 +240,7 @@ def test_an_unreadable_file_names_its_path(tmp_path: Path) -> None:
 def test_check_summarises_the_default_file_and_its_version_is_a_content_hash(
     tmp_path: Path,
 ) -> None:
-    summary = check_playbooks(default_playbooks_path())
+    summary = check_playbooks(default_playbooks_path(), load_rules(default_rules_path()))
     assert "valid" in summary and "5 playbooks, 3 sequences" in summary
     copy = tmp_path / "copy.yaml"
     copy.write_text("# a comment changes nothing\n" + default_playbooks_path().read_text())
@@ -361,7 +365,6 @@ def test_a_step_claimed_inside_its_quiet_hours_waits_for_their_end(
         ("0d", timedelta(0)),
         ("3650d", timedelta(days=3650)),
         ("P2D", timedelta(days=2)),
-        (3600, timedelta(hours=1)),
     ],
 )
 def test_durations_read_as_written(written: object, meant: timedelta) -> None:
@@ -374,3 +377,137 @@ def test_durations_read_as_written(written: object, meant: timedelta) -> None:
 def test_an_unreadable_duration_says_how_to_write_one() -> None:
     with pytest.raises(PlaybooksError, match=r"'soon' is not a duration; write e\.g\. 2d"):
         parse_playbooks(book("{kind: task, title: t, queue: q, due_in: soon}"), source="x.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "field"),
+    [
+        (book("{kind: task, title: t, queue: q, due_in: 2}"), "playbook 'vip'", "actions.0.due_in"),
+        (
+            book(extra="sequences: {s: {steps: [{name: a, offset: 1.5, channel: log, text: x}]}}"),
+            "sequence 's'",
+            "steps.0.offset",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
+                " reentry_after: 30}}"
+            ),
+            "sequence 's'",
+            "reentry_after",
+        ),
+    ],
+)
+def test_a_duration_without_a_unit_is_refused(text: str, where: str, field: str) -> None:
+    # Before: read as seconds, so `due_in: 2` made a task due two seconds after the change.
+    with pytest.raises(PlaybooksError) as caught:
+        parse_playbooks(text, source="x.yaml")
+    assert str(caught.value).startswith(f"x.yaml: {where}, field {field}: ")
+    assert "is a number without a unit; write e.g. 2d, 24h, 90m, 1d12h, 1w or P2D" in str(
+        caught.value
+    )
+
+
+DEFAULT_CLASSES = load_rules(default_rules_path()).declared_classes()
+WIN_BACK = "sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}], exit_on: "
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "field", "message"),
+    [
+        (
+            book(when="{dimension: value_tier, to: goldd}"),
+            "playbook 'vip'",
+            "when.to",
+            "'goldd' is not a value_tier class of rules.yaml (it declares gold, silver, bronze,"
+            " none)",
+        ),
+        (  # a lifecycle stage on the value tier
+            book(when="{dimension: value_tier, to: at_risk}"),
+            "playbook 'vip'",
+            "when.to",
+            "'at_risk' is not a value_tier class",
+        ),
+        (
+            book(when="{dimension: lifecycle_stage, from: [new, churnd], to: at_risk}"),
+            "playbook 'vip'",
+            "when.from.1",
+            "'churnd' is not a lifecycle_stage class",
+        ),
+        (
+            book(extra=WIN_BACK + "{changes: [{dimension: value_tier, from: goldd}]}}}"),
+            "sequence 's'",
+            "exit_on.changes.0.from",
+            "'goldd' is not a value_tier class",
+        ),
+    ],
+)
+def test_a_class_the_rules_do_not_declare_for_its_dimension_is_refused(
+    text: str, where: str, field: str, message: str
+) -> None:
+    # Before: accepted, and the playbook (or the exit) silently never matched a change.
+    books = parse_playbooks(text, source="team.yaml")
+    with pytest.raises(PlaybooksError) as caught:
+        check_classes(books, DEFAULT_CLASSES, declared_by="rules.yaml")
+    error = caught.value
+    assert (error.source, error.where, error.field) == ("team.yaml", where, field)
+    assert str(error).startswith(f"team.yaml: {where}, field {field}: {message}")
+
+
+def test_the_classes_are_those_the_rules_declare() -> None:
+    books = load_playbooks(default_playbooks_path())
+    check_classes(books, DEFAULT_CLASSES, declared_by="rules.yaml")  # the shipped pair agrees
+    renamed = {**DEFAULT_CLASSES, Dimension.VALUE_TIER: ("platinum", "gold", "rest")}
+    check_classes(
+        parse_playbooks(book(when="{dimension: value_tier, to: platinum}"), source="x.yaml"),
+        renamed,
+        declared_by="ours.yaml",
+    )
+    with pytest.raises(PlaybooksError, match=r"'bronze' is not a value_tier class of ours\.yaml"):
+        text = book(when="{dimension: value_tier, from: bronze}")
+        check_classes(parse_playbooks(text, source="x.yaml"), renamed, declared_by="ours.yaml")
+
+
+DEFAULT_RULES = load_rules(default_rules_path())
+
+
+@pytest.mark.parametrize(
+    ("when", "field", "message"),
+    [
+        (  # a gold change carries m_score, f_score and days_since_last_purchase only
+            "{dimension: value_tier, to: gold, if: {feature: spend_365d, op: gt, value: 1000}}",
+            "when.if",
+            "feature 'spend_365d' is in no value_tier change to gold of",
+        ),
+        (  # nested, and on any class of the dimension
+            "{dimension: activity_level, if: {not: {feature: logins_30d, op: ge, value: 1}}}",
+            "when.if",
+            "feature 'logins_30d' is in no activity_level change of",
+        ),
+    ],
+)
+def test_a_condition_on_a_feature_no_matching_change_carries_is_refused(
+    when: str, field: str, message: str
+) -> None:
+    # Before: accepted, and always false: the playbook silently never fired.
+    books = parse_playbooks(book(when=when), source="team.yaml")
+    with pytest.raises(PlaybooksError) as caught:
+        check_against_rules(books, DEFAULT_RULES)
+    assert (caught.value.where, caught.value.field) == ("playbook 'vip'", field)
+    assert message in str(caught.value)
+
+
+def test_a_condition_on_what_the_deciding_rules_read_or_on_attributes_is_accepted() -> None:
+    for when in (
+        "{dimension: value_tier, to: gold, if: {feature: m_score, op: ge, value: 5}}",
+        # silver is decided on m_score or f_score; none (the catch-all) on what came before
+        "{dimension: value_tier, to: [silver, none], if: {feature: f_score, op: ge, value: 3}}",
+        "{dimension: activity_level, to: inactive,"
+        " if: {feature: days_since_last_activity, op: gt, value: 60}}",
+        "{dimension: value_tier, to: gold, if: {attribute: region, op: eq, value: eu}}",
+    ):
+        check_against_rules(parse_playbooks(book(when=when), source="x.yaml"), DEFAULT_RULES)
+    exits = WIN_BACK + "{changes: [{dimension: value_tier, if: {feature: tenure_days,"
+    exits += " op: gt, value: 1}}]}}}"
+    with pytest.raises(PlaybooksError, match="feature 'tenure_days' is in no value_tier change"):
+        check_against_rules(parse_playbooks(book(extra=exits), source="x.yaml"), DEFAULT_RULES)

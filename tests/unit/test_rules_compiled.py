@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 
 from shared.domain.compiled import CompiledRule, _compile_score, compile_condition, first_matcher
 from shared.domain.conditions import Compare, Condition, evaluate
-from shared.domain.rules_model import Rule, ScoreRules
+from shared.domain.rules_model import Band, Rule, ScoreRules
 
 NAMES = ["lifetime_spend", "logins_30d", "latest_nps"]
 numbers = st.one_of(
@@ -37,14 +37,16 @@ target = st.one_of(
 def leaves(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(st.sampled_from(["compare", "between", "in"]))
     where = draw(target)
+    # The file refuses a text or yes/no value for a number feature; attributes take any.
+    allowed = thresholds if "attribute" in where else st.one_of(numbers, st.none())
     if kind == "compare":
         op = draw(st.sampled_from(["lt", "le", "gt", "ge", "eq", "ne"]))
-        value = draw(numbers if op in ("lt", "le", "gt", "ge") else thresholds)
+        value = draw(numbers if op in ("lt", "le", "gt", "ge") else allowed)
         return {**where, "op": op, "value": value}
     if kind == "between":
         low, high = sorted([draw(numbers), draw(numbers)])
         return {**where, "between": [low, high]}
-    return {**where, "in": draw(st.lists(thresholds, min_size=1, max_size=3))}
+    return {**where, "in": draw(st.lists(allowed, min_size=1, max_size=3))}
 
 
 conditions = st.recursive(
@@ -129,7 +131,11 @@ bands = st.lists(
 def test_a_generated_band_score_is_the_first_band_whose_comparison_holds(
     raw: list[dict[str, Any]], otherwise: int, value: Any
 ) -> None:
-    spec = ScoreRules(feature="spend_365d", better="higher", bands=raw, otherwise=otherwise)
+    # Built without validation: a rules file refuses bands an earlier one covers, but the
+    # compiled score must agree with the interpreter for any bands.
+    spec = ScoreRules.model_construct(
+        feature="spend_365d", better="higher", bands=[Band(**b) for b in raw], otherwise=otherwise
+    )
     features = {"spend_365d": value}
     expected = next(
         (

@@ -323,6 +323,70 @@ ERRORS = {
         "hysteresis.value_tier.min_dwell_days",
         "less than or equal to 3650",
     ),
+    "true or false compared with a number feature": (
+        _broken(
+            "{feature: has_purchased, op: eq, value: true}",
+            "{feature: lifetime_orders, op: eq, value: true}",
+        ),
+        "bronze",
+        "value_tier.rules.2.when",
+        "feature 'lifetime_orders' is a number; True is not one",
+    ),
+    "a quoted number compared with a number feature": (
+        _broken(M_SCORE_4, '{feature: m_score, op: eq, value: "4"}'),
+        "gold",
+        "value_tier.rules.0.when.all.0",
+        "'4' is not one",
+    ),
+    "a number compared with a yes/no feature": (
+        _broken(
+            "{feature: has_purchased, op: eq, value: true}",
+            "{feature: has_purchased, in: [1]}",
+        ),
+        "bronze",
+        "value_tier.rules.2.when",
+        "is true or false; 1 never equals it",
+    ),
+    "a yes/no feature between numbers": (
+        _broken(
+            "{feature: has_purchased, op: eq, value: true}",
+            "{feature: has_purchased, between: [0, 1]}",
+        ),
+        "bronze",
+        "value_tier.rules.2.when",
+        "is true or false",
+    ),
+    "always before the last rule": (
+        _broken(
+            "    - name: silver\n      when:\n        any:",
+            "    - name: early\n      when: always\n      then: bronze\n"
+            "    - name: silver\n      when:\n        any:",
+        ),
+        "early",
+        "value_tier.rules.1.when",
+        "silver, bronze, none could never match",
+    ),
+    "a class no rule gives": (
+        _broken("[gold, silver, bronze, none]", "[gold, goldd, silver, bronze, none]"),
+        None,
+        "value_tier.classes.1",
+        "no rule gives class 'goldd'",
+    ),
+    "a band an earlier band covers": (
+        _broken(
+            "      - {op: ge, value: 10, score: 4}\n",
+            "      - {op: ge, value: 10, score: 4}\n      - {op: ge, value: 30, score: 5}\n",
+        ),
+        None,
+        "scores.frequency",
+        "bands.2 (ge 30) can never give its score",
+    ),
+    "a score read from a yes/no feature": (
+        _broken("feature: purchases_365d", "feature: has_purchased"),
+        None,
+        "scores.frequency.feature",
+        "unknown feature 'has_purchased'",
+    ),
     "a class declared twice": (
         _broken("[gold, silver, bronze, none]", "[gold, gold, silver, bronze, none]"),
         None,
@@ -381,12 +445,6 @@ def test_a_missing_file_is_refused_with_its_path(tmp_path: Path) -> None:
 
 
 def test_true_and_false_only_ever_equal_boolean_features() -> None:
-    text = DEFAULT.replace(
-        "when: {feature: has_purchased, op: eq, value: true}",
-        "when: {feature: lifetime_orders, op: eq, value: true}",
-    )
-    rules = parse_rules(text, source="t")
-    assert classify(features(lifetime_orders=1), {}, rules).value_tier == "none"
     assert (
         classify(features(has_purchased=True), {}, load_rules(default_rules_path())).value_tier
         == "bronze"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
@@ -196,6 +197,58 @@ async def test_the_push_of_a_task_finished_meanwhile_is_not_requeued(
     ]  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def _dispatching(
+    pool: Pool, slack: WebhookReceiver, crm: WebhookReceiver, policy: DispatchPolicy,
+    *, released: asyncio.Event | None = None,
+) -> AsyncIterator[Dispatcher]:  # fmt: skip
+    """A dispatcher of alerts (to `slack`) and task pushes (to `crm`), running inside the
+    block; `released` is set as it stops (a hanging receiver lets its requests go)."""
+    stop = asyncio.Event()
+    async with serving(crm), serving(slack), httpx.AsyncClient(timeout=policy.timeout_s) as client:
+        channels = Channels(
+            webhook=WebhookChannel(client, slack.url + "/slack", SECRET.encode()),
+            crm=WebhookChannel(client, crm.url + "/crm", SECRET.encode()),
+        )
+        dispatcher = Dispatcher("dispatcher", pool, channels, kinds=("alert", "task"),
+                                policy=policy, clock=FixedClock(NOW),
+                                metrics=actions_metrics(CollectorRegistry()))  # fmt: skip
+        task = asyncio.create_task(dispatcher.run(stop))
+        try:
+            yield dispatcher
+        finally:
+            stop.set()
+            if released is not None:
+                released.set()
+            await asyncio.wait_for(task, 10)
+
+
+async def test_customer_data_cannot_write_slack_markup_in_the_alert_or_the_crm_push(
+    pool: Pool, actions_db: str
+) -> None:
+    # The alert had the id escaped, the CRM push sent it raw in its `text`: where the CRM
+    # URL is a Slack-compatible hook, it pinged @channel and posted the link.
+    customer = "<!channel> *pwn* <https://evil.example|click>"
+    both = ChannelConfig(webhook=True, email=False, crm=True)
+    await apply_changes(pool, [tier_change("g1", customer, "value_tier", "silver", "gold")],
+                        now=NOW, channels=both)  # fmt: skip
+    slack, crm = WebhookReceiver(SECRET.encode()), WebhookReceiver(SECRET.encode())
+    async with _dispatching(pool, slack, crm, POLICY):
+        sql = "SELECT 1 FROM actions.delivery WHERE kind <> 'step' AND status <> 'sent'"
+        await eventually(lambda: _none(actions_db, sql), within=10, what="both sent")
+    [alert], [push] = [r.body for r in slack.requests], [r.body for r in crm.requests]
+    escaped = "&lt;!channel&gt; *pwn* &lt;https://evil.example|click&gt;"
+    for text in (alert["text"], push["text"]):
+        assert escaped in text and "<!" not in text and "<https" not in text
+    assert push["text"] == f"Senior account manager: welcome gold customer {escaped}"
+    assert push["task"]["title"].endswith(customer)  # the structured fields keep the data
+    assert push["customer_id"] == alert["customer_id"] == customer
+
+
+async def _none(database_url: str, sql: str) -> bool:
+    return not await fetch(database_url, sql)
+
+
 async def _claim_alert(pool: Pool, lease_s: float) -> list[tuple[Delivery, int]]:
     return await deliveries.claim_due(pool, ("alert",), now=NOW, limit=1, lease_s=lease_s)
 
@@ -265,24 +318,10 @@ async def test_a_hanging_receiver_never_holds_the_slots_another_receiver_needs(
     crm = WebhookReceiver(SECRET.encode(), hang_for={f"crm-{i}" for i in range(12)})
     slack = WebhookReceiver(SECRET.encode())
     policy = replace(POLICY, timeout_s=60.0, lease_s=70.0)  # no push ends during the test
-    stop = asyncio.Event()
-    async with serving(crm), serving(slack), httpx.AsyncClient(timeout=60) as client:
-        channels = Channels(
-            webhook=WebhookChannel(client, slack.url + "/slack", SECRET.encode()),
-            crm=WebhookChannel(client, crm.url + "/crm", SECRET.encode()),
-        )
-        dispatcher = Dispatcher("dispatcher", pool, channels, kinds=("alert", "task"),
-                                policy=policy, clock=FixedClock(NOW),
-                                metrics=actions_metrics(CollectorRegistry()))  # fmt: skip
-        task = asyncio.create_task(dispatcher.run(stop))
-        try:
-            sql = "SELECT 1 FROM actions.delivery WHERE kind = 'alert' AND status = 'sent'"
-            await eventually(lambda: fetch(actions_db, sql), within=20, what="alert sent")
-            hanging = len(crm.requests)
-        finally:
-            stop.set()
-            crm.released.set()
-            await asyncio.wait_for(task, 10)
+    async with _dispatching(pool, slack, crm, policy, released=crm.released) as dispatcher:
+        sql = "SELECT 1 FROM actions.delivery WHERE kind = 'alert' AND status = 'sent'"
+        await eventually(lambda: fetch(actions_db, sql), within=20, what="alert sent")
+        hanging = len(crm.requests)
     assert [r.status for r in slack.requests] == [200]
     # All but a quarter of the slots (4) went to the pushes, none of which has ended.
     assert hanging == dispatcher.route_slots == 3

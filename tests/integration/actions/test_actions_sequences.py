@@ -4,6 +4,7 @@ early by an exit condition with the remaining steps cancelled."""
 from __future__ import annotations
 
 from datetime import timedelta
+from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,9 @@ async def test_the_welcome_sequence_sends_on_days_1_3_7_and_14_never_early(
             assert subjects(mailbox) == [s for _, s in WELCOME]  # each exactly once, in order
             assert {str(m["To"]) for m in mailbox} == {"newbie@example.com"}
             assert len({str(m["Message-ID"]) for m in mailbox}) == 4
+            # Dated by the service's clock (RFC 5322 requires a Date), each on its day.
+            dates = [parsedate_to_datetime(str(m["Date"])) for m in mailbox]
+            assert dates == [NOW + d * DAY for d, _ in WELCOME]
 
             [done] = await eventually(lambda: _completed(url, "newbie"), what="completion")
             assert [(s["status"], s["sent_at"], s["attempts"]) for s in done["steps"]] == [

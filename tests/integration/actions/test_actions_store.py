@@ -12,13 +12,13 @@ from services.actions.batch import GoalHit, PlannedChange, apply_batch
 from services.actions.db import Connection, Pool, create_pool
 from services.actions.main import _end_removed_sequences
 from services.actions.metrics import actions_metrics
-from services.actions.readiness import BrokerCheck
 from services.actions.settings import ActionsSettings
 from services.actions.workers import Parts
 from shared.clock import FixedClock
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
 from shared.metrics import new_registry
 from shared.offsets import Fenced, OffsetMove
+from shared.readiness import BrokerCheck
 from shared.tracing import make_tracer
 from tests.integration.actions.seeding import LOG_ONLY, apply_changes
 from tests.integration.actions.support import DAY, NOW, fetch, tier_change
@@ -153,23 +153,34 @@ async def test_a_purchase_after_the_change_means_there_is_nothing_to_win_back(
     assert await _enrolments(actions_db, "d") == [("win_back", "active", None)]
 
 
-@pytest.mark.parametrize("purchase_first", [True, False])
-async def test_the_purchase_a_change_was_decided_on_is_not_one_to_win_back(
-    pool: Pool, actions_db: str, purchase_first: bool
+@pytest.mark.parametrize("order", ["purchase_first", "change_first", "one_batch"])
+async def test_the_old_purchase_a_change_was_decided_on_does_not_stop_its_win_back(
+    pool: Pool, actions_db: str, order: str
 ) -> None:
-    # A customer silent elsewhere who buys again is still at risk by the rules: the change
-    # carries the purchase's time. Before, "we miss you" went out for that very purchase.
-    goal = [GoalHit("e", NOW)]
-    change = tier_change("3", "e", "lifecycle_stage", "churned", "at_risk", at=NOW)
-    for goals, changes in ([(goal, []), ([], [change])] if purchase_first
-                           else [([], [change]), (goal, [])]):  # fmt: skip
-        if changes:
-            await apply_changes(pool, changes, now=NOW)
-        else:
-            await apply_batch(pool, [], goals, [], group_id="g", playbooks=BOOKS,
-                              channels=LOG_ONLY, now=NOW)  # fmt: skip
-    expected = [] if purchase_first else [("win_back", "exited", "goal:purchase")]
-    assert await _enrolments(actions_db, "e") == expected
+    # A history import (or a late event): a new customer's only purchase, 100 days old, makes
+    # them at_risk, and the change carries that purchase's time. It is the reason to win them
+    # back, not a return: before, the enrolment was refused (goal_reached), or, the purchase
+    # read after the change, ended at once (goal:purchase).
+    bought = NOW - 100 * DAY
+    goal = GoalHit("e", bought, "p-old")
+    change = tier_change("3", "e", "lifecycle_stage", None, "at_risk", at=bought)
+    planned = [PlannedChange(change, plan_actions(change, BOOKS))]
+    batches = {"purchase_first": [([], [goal]), (planned, [])],
+               "change_first": [(planned, []), ([], [goal])],
+               "one_batch": [(planned, [goal])]}[order]  # fmt: skip
+    refused: list[dict[tuple[str, str], int]] = []
+    for changes, goals in batches:
+        result = await apply_batch(pool, changes, goals, [], group_id="g", playbooks=BOOKS,
+                                   channels=LOG_ONLY, now=NOW)  # fmt: skip
+        refused.append(dict(result.refused))
+    assert refused == [{}] * len(batches)
+    assert await _enrolments(actions_db, "e") == [("win_back", "active", None)]
+    steps = await fetch(actions_db, "SELECT status FROM actions.delivery WHERE kind = 'step'")
+    assert [s["status"] for s in steps] == ["pending"] * 3
+    # A purchase after it, even by a second, is buying again.
+    await apply_batch(pool, [], [GoalHit("e", bought + DAY / 86400, "p-new")], [],
+                      group_id="g", playbooks=BOOKS, channels=LOG_ONLY, now=NOW)  # fmt: skip
+    assert await _enrolments(actions_db, "e") == [("win_back", "exited", "goal:purchase")]
 
 
 async def test_win_back_ends_when_a_late_event_withdraws_the_at_risk_that_began_it(

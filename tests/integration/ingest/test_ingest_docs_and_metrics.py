@@ -121,6 +121,23 @@ async def test_metrics_count_outcomes_and_durations_without_ids_in_labels(
     assert secret_customer not in exposition and ok[0]["event_id"] not in exposition
 
 
+async def test_every_outcome_is_exported_at_zero_before_the_first_event(
+    client: httpx.AsyncClient, registry: CollectorRegistry
+) -> None:
+    # A series born at 1 shows no increase(): the first rejected or failed events of a
+    # source were invisible to the alerts and panels built on it.
+    events = "tierstream_ingest_events_total"
+    for kind in ("purchase", "login", "support"):
+        for outcome in ("accepted", "rejected", "failed"):
+            labels = {"type": kind, "source": "shop", "outcome": outcome}
+            assert registry.get_sample_value(events, labels) == 0.0, labels
+    unknown = {"type": "unknown", "source": "shop", "outcome": "rejected"}
+    assert registry.get_sample_value(events, unknown) == 0.0
+    for outcome in ("ok", "failed"):
+        count = "tierstream_ingest_publish_duration_seconds_count"
+        assert registry.get_sample_value(count, {"outcome": outcome}) == 0.0
+
+
 async def test_readyz_reports_the_broker(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200

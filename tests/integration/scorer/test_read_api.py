@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import httpx
@@ -18,8 +20,10 @@ from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.domain.rules import load_rules
 from shared.domain.state import Event
-from shared.kafka import ensure_topics, make_producer
+from shared.embedded import EmbeddedKafka
+from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.metrics import new_registry
+from shared.readiness import BrokerCheck, readiness
 from shared.topics import SCORER_GROUP, Topics
 from tests.integration.scorer.support import NOW, login, purchase, support
 from tests.support.metrics_text import sample_value
@@ -129,7 +133,7 @@ async def test_requests_are_timed_by_route_template_method_and_status(
         await api.get(f"/v1/customers/{customer}", headers=AUTH)
     exposition = (await api.get("/metrics", headers=AUTH)).text
     name = "tierstream_scorer_request_duration_seconds_count"
-    one = {"route": "/v1/customers/{customer_id:customer_id}", "method": "GET"}
+    one = {"route": "/v1/customers/{customer_id}", "method": "GET"}  # as API.md writes it
     assert sample_value(exposition, name, **one, status="200") == 2, exposition
     assert sample_value(exposition, name, **one, status="404") == 1, exposition
     assert "gold-0" not in exposition and "nobody" not in exposition  # templates, never ids
@@ -219,12 +223,37 @@ async def test_a_customer_id_with_slashes_reads_through_both_routes(api: httpx.A
     assert missing.status_code == 404 and "acme/eu/43" in missing.json()["detail"]
 
 
-async def test_probes_report_ready_when_postgres_and_the_broker_answer(
-    api: httpx.AsyncClient,
+async def test_probes_report_ready_only_while_the_broker_answers_the_consumer(
+    base_env: dict[str, str], scorer_db: str
 ) -> None:
-    ready = await api.get("/readyz")
-    assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": True, "kafka": True}
+    # A hung broker still accepts TCP connections (the kernel does): the scorer's check was
+    # a connect, and said ready through a broker outage that stopped its consumer.
+    with EmbeddedKafka() as broker:
+        env = {**base_env, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        settings = ScorerSettings.model_validate(env)
+        consumer = make_consumer(settings, None)
+        await consumer.start()
+        pool = await create_pool(scorer_db, size=2, application_name="test")
+        check = BrokerCheck(within=0.5)
+        check.consumer = consumer
+        app = create_app(settings, pool=pool, ready=readiness(pool, check, within=0.5))
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://scorer"
+            ) as api:
+                ready = await api.get("/readyz")
+                assert ready.status_code == 200
+                assert ready.json()["checks"] == {"database": True, "kafka": True}
+                os.kill(broker.pid, signal.SIGSTOP)
+                try:
+                    hung = await api.get("/readyz")
+                finally:
+                    os.kill(broker.pid, signal.SIGCONT)
+                assert hung.status_code == 503
+                assert hung.json()["checks"] == {"database": True, "kafka": False}
+        finally:
+            await consumer.stop()
+            await pool.close()
 
 
 async def test_the_change_feed_spans_customers_filters_by_time_and_dimension_and_pages(

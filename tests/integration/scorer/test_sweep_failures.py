@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from unittest.mock import patch
 
 from prometheus_client import CollectorRegistry
 
@@ -104,3 +105,28 @@ async def test_a_rules_migration_sets_a_failing_customer_aside_and_migrates_the_
                         "z": new.rules.version}  # fmt: skip
     assert _count(registry, "evaluation_failures", "rule_change") == 1  # not tried again
     assert _count(registry, "sweep_customers", "rule_change") == 2
+
+
+async def test_catch_ups_cut_short_are_counted_by_the_sweep_and_the_consumer(
+    scorer_db: str,
+) -> None:
+    registry = new_registry()
+    metrics = scorer_metrics(registry)
+    metrics.start_at_zero([])
+    assert _count(registry, "catch_up_cut_short", "event") == 0  # exported before any
+    late = NOW + timedelta(days=400)  # many review times later (purchases leaving windows)
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    try:
+        await _bought_at_now(pool, CUSTOMERS)
+        with patch("services.scorer.evaluation.MAX_CATCH_UP_STEPS", 2):
+            consumed = await apply_batch(
+                pool, [purchase("p-late", "a", days_ago=-400)], [], group_id=SCORER_GROUP,
+                scoring=SCORING, now=late,
+            )  # fmt: skip
+            sweeper = Sweeper(pool, scoring=lambda: SCORING, clock=FixedClock(late), batch=10,
+                              metrics=metrics, retry=RETRY)  # fmt: skip
+            await sweeper.step()
+    finally:
+        await pool.close()
+    assert consumed.cut_short == 1
+    assert _count(registry, "catch_up_cut_short", "time") == 2  # broken and z

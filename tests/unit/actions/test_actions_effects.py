@@ -189,6 +189,19 @@ def test_a_task_push_carries_the_task_and_a_key_per_task_and_trigger() -> None:
     assert row.key == idempotency_key("task", 5, "chg")
 
 
+def test_a_task_push_escapes_its_slack_text_and_keeps_the_raw_title_as_data() -> None:
+    # The title names the customer: `<!channel>` pinged everyone where the CRM URL is a
+    # Slack-compatible hook, while the alert of the same change had it escaped.
+    title = "Welcome <!channel> *pwn* <https://evil.example|click> & co"
+    task = {"id": 5, "tier_change_id": "chg", "customer_id": "c", "playbook": "p", "queue": "q",
+            "title": title}  # fmt: skip
+    row = task_push_row(task, now=NOW)
+    assert row.body == (
+        "Welcome &lt;!channel&gt; *pwn* &lt;https://evil.example|click&gt; &amp; co"
+    )
+    assert row.payload == {"task": task} and row.subject == title
+
+
 def test_the_channels_the_playbooks_ask_for_without_settings_are_named() -> None:
     # The shipped playbooks alert by webhook and e-mail and send steps by e-mail.
     assert unconfigured_channels(BOOKS, NONE) == ["email", "webhook"]

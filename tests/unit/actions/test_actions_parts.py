@@ -7,7 +7,8 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,7 +31,9 @@ from services.actions.deliveries import backoff_s
 from services.actions.main import run
 from services.actions.settings import ActionsSettings
 from services.actions.tasks import TaskCommand, TaskStatus, next_status
+from shared.clock import FixedClock
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, parse_playbooks
+from shared.domain.rules import default_rules_path
 from shared.http import ProblemError
 from shared.kafka import CHANGE_SEQ_HEADER
 from shared.topics import Topics
@@ -124,11 +127,40 @@ def test_emails_carry_the_key_as_message_id_and_need_a_recipient() -> None:
     )
 
 
-@pytest.mark.parametrize("recipient", ["a@example.com, b@example.com", "a@x; b@y", "nobody", "<>"])
+def test_emails_are_dated_by_the_clock_in_utc_as_rfc_5322_requires() -> None:
+    # A message without `Date:` is invalid (RFC 5322 3.6): some servers reject it or add
+    # their own, and spam filters score it.
+    clock = FixedClock(datetime(2026, 5, 1, 10, 30, tzinfo=timezone(timedelta(hours=2))))
+    channel = SmtpChannel(SmtpConfig("localhost", 25, "from@example.com"), clock)
+    message = channel.message(_delivery())
+    assert message["Date"] == "Fri, 01 May 2026 08:30:00 +0000"
+    assert message["Message-ID"] == "<k-1@tierstream>"  # present, and the same on a resend
+    clock.advance(timedelta(minutes=5))  # a retry is dated when it is sent
+    assert channel.message(_delivery())["Date"] == "Fri, 01 May 2026 08:35:00 +0000"
+    before = datetime.now(UTC).replace(microsecond=0)
+    dated = SmtpChannel(SmtpConfig("localhost", 25, "f@example.com")).message(_delivery())["Date"]
+    assert before <= parsedate_to_datetime(str(dated)) <= datetime.now(UTC)  # the wall clock
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "a@example.com, b@example.com", "a@x; b@y", "nobody", "<>",
+        # one address to the check, but a mail client decodes the name into two more
+        "=?utf-8?q?ok=40x=2Ecom=2C_evil=40e=2Ecom?= <z@z.com>",
+    ],
+)  # fmt: skip
 def test_an_email_goes_to_exactly_one_address(recipient: str) -> None:
     channel = SmtpChannel(SmtpConfig("localhost", 25, "from@example.com"))
     with pytest.raises(PermanentDeliveryError, match="is not one e-mail address"):
         channel.message(_delivery(recipient=recipient))
+
+
+def test_a_recipients_name_is_written_as_one_quoted_name() -> None:
+    channel = SmtpChannel(SmtpConfig("localhost", 25, "from@example.com"))
+    message = channel.message(_delivery(recipient='"Doe, John" <j@example.com>'))
+    assert str(message["To"]) == '"Doe, John" <j@example.com>'
+    assert [a.addr_spec for a in message["To"].addresses] == ["j@example.com"]
 
 
 def _record(topic: str, value: bytes) -> SimpleNamespace:
@@ -274,6 +306,49 @@ async def test_the_service_refuses_to_start_with_an_invalid_playbooks_file(tmp_p
     settings = ActionsSettings(api_keys="k", playbooks_file=broken)
     with pytest.raises(SystemExit, match=r"playbooks.yaml: playbook 'x', field actions"):
         await run(settings)
+
+
+async def test_the_service_refuses_to_start_when_a_playbook_names_a_class_the_rules_lack(
+    tmp_path: Path,
+) -> None:
+    # Before: it started, and the playbook waited for ever for a change to `goldd`.
+    typo = tmp_path / "playbooks.yaml"
+    typo.write_text(
+        default_playbooks_path()
+        .read_text()
+        .replace("value_tier, to: gold}", "value_tier, to: goldd}")
+    )
+    settings = ActionsSettings(api_keys="k", playbooks_file=typo)
+    with pytest.raises(SystemExit) as refused:
+        await run(settings)
+    assert str(refused.value) == (
+        f"actions: cannot start: the playbooks do not match the rules: {typo}: playbook"
+        f" 'gold_upgrade', field when.to: 'goldd' is not a value_tier class of"
+        f" {default_rules_path()} (it declares gold, silver, bronze, none)"
+    )
+
+
+async def test_the_service_checks_the_classes_against_the_rules_file_it_is_given(
+    tmp_path: Path,
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(default_rules_path().read_text().replace("gold", "platinum"))
+    settings = ActionsSettings(api_keys="k", rules_file=rules)
+    with pytest.raises(SystemExit, match=r"'gold' is not a value_tier class of .*rules\.yaml"):
+        await run(settings)
+    rules.write_text("scores: {}\n")
+    with pytest.raises(SystemExit, match=r"^actions: invalid rules file: .*rules\.yaml: "):
+        await run(settings)
+
+
+def test_the_rules_file_is_the_scorers_unless_set_for_actions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert ActionsSettings().rules_file == default_rules_path()
+    monkeypatch.setenv("SCORER_RULES_FILE", "/etc/scorer.yaml")
+    assert ActionsSettings().rules_file == Path("/etc/scorer.yaml")
+    monkeypatch.setenv("ACTIONS_RULES_FILE", "/etc/actions.yaml")
+    assert ActionsSettings().rules_file == Path("/etc/actions.yaml")
 
 
 async def test_the_service_refuses_to_start_without_api_keys() -> None:

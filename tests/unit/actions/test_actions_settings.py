@@ -3,14 +3,17 @@ retention derived from the settings and the playbooks."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
 
+from services.actions.channels import Delivery, SmtpChannel
 from services.actions.main import build_channels, channel_config
 from services.actions.retention import Retention, retention_for
 from services.actions.settings import ActionsSettings
+from shared.clock import FixedClock, SystemClock
 from shared.domain.playbooks import default_playbooks_path, load_playbooks
 
 OPTIONAL = ("WEBHOOK_URL", "CRM_WEBHOOK_URL", "SMTP_HOST", "SMTP_USER", "SMTP_PASSWORD",
@@ -29,7 +32,7 @@ async def test_empty_urls_hosts_and_secrets_mean_not_configured(
     assert (config.webhook, config.crm, config.email, config.alert_email_to) == (
         False, False, False, None)  # fmt: skip
     async with httpx.AsyncClient() as client:
-        channels = build_channels(settings, client)
+        channels = build_channels(settings, client, SystemClock())
     assert (channels.webhook, channels.crm, channels.email) == (None, None, None)
 
 
@@ -42,10 +45,15 @@ async def test_set_values_configure_the_channels_the_same_way_in_both_places(
     monkeypatch.setenv("ACTIONS_SMTP_PASSWORD", "pw")
     settings = ActionsSettings()
     config = channel_config(settings)
+    clock = FixedClock(datetime(2026, 5, 1, 8, tzinfo=UTC))
     async with httpx.AsyncClient() as client:
-        channels = build_channels(settings, client)
+        channels = build_channels(settings, client, clock)
     assert (config.webhook, channels.webhook is not None) == (True, True)
     assert (config.email, channels.email is not None) == (True, True)
+    assert isinstance(channels.email, SmtpChannel)  # dated by the service's clock
+    mail = channels.email.message(Delivery(1, "k", "step", "c", "email", "c@example.com", "S",
+                                           "text", {}))  # fmt: skip
+    assert parsedate_to_datetime(str(mail["Date"])) == clock.now()
     assert (config.crm, channels.crm) == (False, None)
     assert settings.smtp_password is not None and settings.smtp_password.get_secret_value() == "pw"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -88,13 +89,41 @@ def test_a_fresh_import_starts_a_new_reject_file_at_its_first_reject(tmp_path: P
     path.write_text("line,reason\n2,old\n")
     rejects = RejectFile(path, ["a"], keep_upto=0)
     try:
-        assert not path.exists()  # the earlier run's rejects are not this run's
+        assert path.read_text() == "line,reason\n2,old\n"  # until this run settles a chunk
         rejects.add([])
-        assert not path.exists()  # a chunk without rejects: still none
+        assert not path.exists()  # a settled chunk without rejects: the earlier run's is stale
         rejects.add([Row(4, ["x"], reason="bad")])
     finally:
         rejects.close()
     assert read_rejects(path) == [["line", "reason", "a"], ["4", "bad", "x"]]
+
+
+def test_a_fresh_import_replaces_the_earlier_file_with_its_first_chunks_rejects(
+    tmp_path: Path,
+) -> None:
+    path = rejects_path(source(tmp_path))
+    path.write_text("line,reason,a\n2,old,y\n")
+    with closing(RejectFile(path, ["a"], keep_upto=0)) as rejects:
+        rejects.add([Row(4, ["x"], reason="bad")])
+        rejects.finish()  # the end of the import: its own file stays
+    assert read_rejects(path) == [["line", "reason", "a"], ["4", "bad", "x"]]
+
+
+def test_an_import_that_settles_nothing_keeps_the_earlier_runs_rejects(tmp_path: Path) -> None:
+    # A re-run that stopped before its first acknowledgement (a refused API key, ingest
+    # down) deleted the rejects file the previous run had reported.
+    path = rejects_path(source(tmp_path))
+    path.write_text("line,reason,a\n2,old,y\n")
+    RejectFile(path, ["a"], keep_upto=0).close()
+    assert read_rejects(path) == [["line", "reason", "a"], ["2", "old", "y"]]
+
+
+def test_a_finished_import_without_rows_removes_the_earlier_runs_rejects(tmp_path: Path) -> None:
+    path = rejects_path(source(tmp_path))
+    path.write_text("line,reason,a\n2,old,y\n")
+    with closing(RejectFile(path, ["a"], keep_upto=0)) as rejects:
+        rejects.finish()  # e.g. the header is all that is left of the file
+    assert not path.exists()
 
 
 def test_an_import_without_rejects_writes_no_reject_file(tmp_path: Path) -> None:

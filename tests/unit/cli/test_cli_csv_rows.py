@@ -256,3 +256,15 @@ def test_an_items_cell_that_cannot_be_read_rejects_its_row_not_the_import(
     header = [*PURCHASE_HEADER, "items"]
     with pytest.raises(RowError, match=reason):
         row_to_event("purchase", purchase(items=cell), columns_for("purchase", header, {}))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("", "the file is empty"), ("\n\nc1,2024-01-01,web\n", "line 1 is blank")],
+)
+def test_a_file_without_a_header_row_is_refused_as_such(text: str, problem: str) -> None:
+    # It said "the CSV has no column for: customer_id ...; map one with --column".
+    with pytest.raises(ValueError, match=f"^{problem}: no header row") as caught:
+        read_rows(io.StringIO(text, newline=""), "login", {})
+    assert "e.g. customer_id,occurred_at" in str(caught.value)
+    assert "--column" not in str(caught.value)

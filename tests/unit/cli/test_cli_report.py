@@ -111,15 +111,31 @@ def test_a_period_can_end_before_now_and_the_classes_are_read_as_they_were_then(
     assert customers_moved_to(HISTORIES, "reactivated", SINCE, until) == 2
 
 
-def test_the_earliest_change_after_an_instant_decides_whatever_order_it_was_published_in() -> None:
-    # A late event's change is published after a change dated later than it.
+def test_changes_are_read_in_the_order_they_were_published_not_by_their_dates() -> None:
+    # A late event's change is published after a change dated later than it: gold until a
+    # time-driven downgrade on the 30th, then a purchase of the 25th, read late, kept it gold.
+    # Read by date, the customer started the period silver and counted silver -> gold.
+    kept = customer(
+        "g2s", "gold",
+        change("value_tier", None, "gold", "2026-03-01"),
+        change("value_tier", "gold", "silver", "2026-05-30"),
+        change("value_tier", "silver", "gold", "2026-05-25"),
+    )  # fmt: skip
+    in_period = CustomerHistory("g2s", kept.classes, kept.changes[1:])  # as the feed gives
+    assert class_at(in_period, "value_tier", SINCE) == "gold"
+    assert class_at(in_period, "value_tier", datetime(2026, 5, 28, tzinfo=UTC)) == "gold"
+    assert period_migration([in_period], "value_tier", SINCE) == {"gold": {"gold": 1}}
+    until = datetime(2026, 5, 28, tzinfo=UTC)
+    assert period_migration([in_period], "value_tier", SINCE, until) == {"gold": {"gold": 1}}
+    # First seen on the 5th, then a purchase of the 3rd read late: unclassified before the
+    # 3rd, and what the later knowledge says after it.
     late = customer(
         "q", "silver",
         change("value_tier", None, "bronze", "2026-05-05"),
         change("value_tier", "bronze", "silver", "2026-05-03"),
     )  # fmt: skip
-    assert class_at(late, "value_tier", datetime(2026, 5, 2, tzinfo=UTC)) == "bronze"
-    assert class_at(late, "value_tier", datetime(2026, 5, 4, tzinfo=UTC)) is None
+    assert class_at(late, "value_tier", datetime(2026, 5, 2, tzinfo=UTC)) is None
+    assert class_at(late, "value_tier", datetime(2026, 5, 4, tzinfo=UTC)) == "silver"
 
 
 def test_tasks_are_counted_per_queue_with_the_ones_done_late() -> None:
@@ -144,6 +160,9 @@ def test_tasks_are_counted_per_queue_with_the_ones_done_late() -> None:
     }
     in_may = completed_between(done, SINCE, datetime(2026, 5, 10, tzinfo=UTC))
     assert len(in_may) == 2  # the 10th is the period's end, not in it
+    # A period without an end (the default) takes everything since its start, as the
+    # classes do: under a fixed TIERSTREAM_NOW every completion is stamped now itself.
+    assert len(completed_between(done, SINCE, None)) == 3
 
 
 def test_exits_in_the_period_are_counted_per_sequence_and_reason() -> None:
@@ -162,6 +181,7 @@ def test_exits_in_the_period_are_counted_per_sequence_and_reason() -> None:
     assert exit_reasons(items, SINCE, datetime(2026, 6, 1, tzinfo=UTC)) == {
         "welcome": {"lifecycle_stage:at_risk": 1}, "win_back": {"goal:purchase": 2},
     }  # fmt: skip
+    assert exit_reasons(items, SINCE, None)["welcome"] == {"lifecycle_stage:at_risk": 2}
 
 
 @pytest.mark.parametrize(

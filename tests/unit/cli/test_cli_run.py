@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+import cli.run
 from cli.database import redacted
 from cli.infra import Infra
 from cli.main import app
-from cli.run import api_key_for, banner_lines, first_api_key, ports_in_use, print_banner
+from cli.run import (
+    api_key_for,
+    banner_lines,
+    first_api_key,
+    ports_in_use,
+    print_banner,
+    try_line,
+)
 from shared.embedded import free_port
 
 
@@ -50,13 +68,16 @@ PORTS = {"ingest": 8080, "scorer": 8081, "actions": 8082}
 def test_the_banner_shows_a_generated_key_and_never_one_of_yours() -> None:
     # It printed TIERSTREAM_API_KEYS' key twice (the key line and the curl example) into the
     # terminal's scrollback; only a key made for this run is the user's to see there.
+    def banner(keys: dict[str, str], generated: str | None) -> str:
+        lines = banner_lines(keys, PORTS, generated=generated)
+        return "\n".join([*lines, try_line(keys, PORTS, generated=generated)])
+
     made = "generated-for-this-run"
-    shown = "\n".join(banner_lines(dict.fromkeys(PORTS, made), PORTS, generated=made))
-    assert shown.count(made) == 2
+    assert banner(dict.fromkeys(PORTS, made), made).count(made) == 2
     yours = dict.fromkeys(PORTS, "MY-PRODUCTION-KEY")
-    assert "MY-PRODUCTION-KEY" not in "\n".join(banner_lines(yours, PORTS, generated=None))
+    assert "MY-PRODUCTION-KEY" not in banner(yours, None)
     mixed = {**dict.fromkeys(PORTS, made), "ingest": "MY-INGEST-KEY"}
-    lines = "\n".join(banner_lines(mixed, PORTS, generated=made))
+    lines = banner(mixed, made)
     assert "MY-INGEST-KEY" not in lines and "INGEST_API_KEYS (not shown)" in lines
     assert made in lines
 
@@ -95,7 +116,8 @@ def test_a_service_port_another_program_listens_on_is_named() -> None:
         taken = other.getsockname()[1]
         ports = {"ingest": taken, "scorer": free_port(), "actions": free_port()}
         assert ports_in_use({}, ports) == (
-            f"in use by another program: INGEST_PORT={taken} (stop it, or set another port)"
+            f"in use by another program: INGEST_PORT={taken}"
+            " (another `tierstream run`? stop it, or set another port)"
         )
     assert ports_in_use({}, ports) is None
 
@@ -107,3 +129,254 @@ def test_the_embedded_database_is_printed_as_given_and_a_password_hidden_in_plac
     print_banner(console, Infra("k:9092", url, embedded_kafka=True, embedded_postgres=True), [])
     assert url in console.export_text()
     assert redacted(url) == "postgresql://postgres:***@/postgres?host=/tmp/tierstream-pg-x/pgdata"
+
+
+def test_infra_prints_lines_that_reach_the_commands_started_after_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Printed as `NAME=value`, a pasted line set a variable of the shell only: the services
+    # and commands started from it afterwards did not see it.
+    url = "postgresql://postgres:made-here@/postgres?host=/tmp/tierstream-pg-x/pgdata"
+    monkeypatch.setattr(cli.run, "start_infra", lambda stack, env: Infra("127.0.0.1:9092", url,
+                        embedded_kafka=True, embedded_postgres=True))  # fmt: skip
+    monkeypatch.setattr(cli.run, "_Stop", lambda: SimpleNamespace(requested=True))
+    console = Console(record=True, width=80)
+    cli.run.run_infra(console)
+    lines = [line for line in console.export_text().splitlines() if "=" in line]
+    script = "\n".join([*lines, "env"])
+    child_env = subprocess.run(["sh", "-c", script], env={}, capture_output=True, text=True,
+                               check=True).stdout.splitlines()  # fmt: skip
+    assert f"DATABASE_URL={url}" in child_env
+    assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092" in child_env
+
+
+EMBEDDED_URL = "postgresql://postgres:made-for-this-run@/postgres?host=/tmp/tierstream-pg-x/pgdata"
+
+
+@dataclass
+class OfflineRun:
+    """`run_system` with its infrastructure, bootstrap and services replaced by stand-ins:
+    what it printed, what it gave the services, and when it started what."""
+
+    monkeypatch: pytest.MonkeyPatch
+    ports: dict[str, int]
+    steps: list[str] = field(default_factory=list)
+    child_env: dict[str, str] = field(default_factory=dict)
+    demo: subprocess.Popen[bytes] | None = None
+    output: str = ""
+    timed_out: bool = False  # stopped at the deadline, not when `stop_when` said so
+
+    def __call__(
+        self, *, stop_when: Callable[[OfflineRun], bool] = lambda run: True, demo: bool = False,
+        infra: Infra | None = None, deadline_s: float = 10.0,
+    ) -> int:  # fmt: skip
+        run = self
+        infra = infra or Infra("127.0.0.1:9092", EMBEDDED_URL, embedded_kafka=True,
+                               embedded_postgres=True)  # fmt: skip
+
+        def start_infra(stack: ExitStack) -> Infra:
+            run.steps.append("infra")
+            return infra
+
+        class Supervisor:
+            def __init__(self, env: Mapping[str, str], *, log: Callable[[str], None]) -> None:
+                run.child_env = dict(env)
+
+            def start(self) -> None:
+                run.steps.append("services")
+
+            def tick(self) -> None:
+                pass
+
+            def stop(self) -> None:
+                pass
+
+        def start_demo(env: dict[str, str], key: str, port: int) -> subprocess.Popen[bytes]:
+            run.demo = subprocess.Popen([sys.executable, "-c", "pass"])
+            return run.demo
+
+        started = time.monotonic()
+
+        class Stop:
+            @property
+            def requested(self) -> bool:
+                if stop_when(run):
+                    return True
+                run.timed_out = time.monotonic() - started > deadline_s
+                return run.timed_out
+
+        self.monkeypatch.setattr(cli.run, "start_infra", start_infra)
+        self.monkeypatch.setattr(cli.run, "_bootstrap", lambda env: run.steps.append("bootstrap"))
+        self.monkeypatch.setattr(cli.run, "Supervisor", Supervisor)
+        self.monkeypatch.setattr(cli.run, "_wait_ready", lambda *args: True)
+        self.monkeypatch.setattr(cli.run, "_start_demo", start_demo)
+        self.monkeypatch.setattr(cli.run, "_Stop", Stop)
+        console = Console(record=True, width=80)  # as on a pipe: 80 columns
+        code = cli.run.run_system(console, demo=demo)
+        self.output = console.export_text()
+        return code
+
+
+@pytest.fixture
+def offline_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[OfflineRun]:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "TIERSTREAM_API_KEYS",
+                 "INGEST_API_KEYS", "SCORER_API_KEYS", "ACTIONS_API_KEYS",
+                 "TIERSTREAM_LOG_LEVEL", "LOG_LEVEL"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    ports = {name: free_port() for name in ("ingest", "scorer", "actions")}
+    for name, port in ports.items():
+        monkeypatch.setenv(f"{name.upper()}_PORT", str(port))
+    run = OfflineRun(monkeypatch, ports)
+    yield run
+    if run.demo is not None and run.demo.poll() is None:
+        run.demo.kill()
+        run.demo.wait()
+
+
+def test_the_demo_process_is_reaped_while_the_system_runs(offline_run: OfflineRun) -> None:
+    # Never waited on, the finished demo stayed a zombie (`[python] <defunct>`) for the
+    # whole session.
+    def demo_reaped(run: OfflineRun) -> bool:
+        return run.demo is not None and run.demo.returncode is not None
+
+    assert offline_run(demo=True, stop_when=demo_reaped, deadline_s=5) == 0
+    assert not offline_run.timed_out, "the finished demo was not reaped while running"
+
+
+def test_a_taken_port_is_told_before_anything_starts(
+    offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found after the broker, Postgres, the migrations and the topics: seconds of start-up,
+    # then a message that did not think of the likeliest cause, `make run` run twice.
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        monkeypatch.setenv("SCORER_PORT", str(taken))
+        assert offline_run() == 1
+    assert offline_run.steps == []
+    assert f"in use by another program: SCORER_PORT={taken} (another `tierstream run`?" in (
+        " ".join(offline_run.output.split())
+    )
+
+
+@pytest.mark.parametrize(
+    ("yours", "services", "told"),
+    [
+        ({}, {"TIERSTREAM_LOG_LEVEL": "WARNING"}, True),
+        ({"TIERSTREAM_LOG_LEVEL": "info"}, {"TIERSTREAM_LOG_LEVEL": "info"}, False),
+        ({"LOG_LEVEL": "DEBUG"}, {"TIERSTREAM_LOG_LEVEL": None, "LOG_LEVEL": "DEBUG"}, False),
+    ],
+)
+def test_the_services_log_warnings_only_under_run_unless_you_chose_a_level(
+    offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch, yours: dict[str, str],
+    services: dict[str, str | None], told: bool,
+) -> None:  # fmt: skip
+    # At INFO, some 300 JSON lines followed the banner within 2 s (a delivery written to the
+    # log per action), and the key went with the banner out of sight.
+    for name, value in yours.items():
+        monkeypatch.setenv(name, value)
+    assert offline_run() == 0
+    assert {name: offline_run.child_env.get(name) for name in services} == services
+    note = "logs     warnings and errors only; TIERSTREAM_LOG_LEVEL=INFO shows more"
+    assert (note in offline_run.output) is told
+
+
+def test_the_banner_fits_80_columns_and_its_command_is_on_one_line(
+    offline_run: OfflineRun,
+) -> None:
+    # At 80 columns (a pipe's width) the panel wrapped the `try:` command and the route
+    # lists mid-token: what was pasted from it was not the command.
+    assert offline_run() == 0
+    printed = offline_run.output.splitlines()
+    [key] = [line.split()[-2] for line in printed if line.startswith("│ API key ")]
+    ports = offline_run.ports
+    keys = dict.fromkeys(ports, key)
+    panel = [line for line in printed if line[:1] in "╭│╰"]
+    expected = banner_lines(keys, ports, generated=key)
+    assert [line[2:-2].rstrip() for line in panel[1:-1]] == expected  # none wrapped
+    scorer = ports["scorer"]
+    command = f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{scorer}/v1/stats/tiers"
+    assert f"try:     {command}" in printed
+
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def test_the_readme_shows_what_make_run_prints(
+    offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sample in the README had neither the route lists nor the `try:` line of the panel.
+    monkeypatch.setattr(cli.run, "ports_in_use", lambda env, ports: None)  # 8080 may be taken
+    for name, port in PORTS.items():
+        monkeypatch.setenv(f"{name.upper()}_PORT", str(port))
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda size: "<printed-key>")
+    url = "postgresql://postgres:@/postgres?host=/tmp/tierstream-pg-<random>/pgdata"
+    infra = Infra("127.0.0.1:9092", url, embedded_kafka=True, embedded_postgres=True)
+    assert offline_run(infra=infra) == 0
+    printed = offline_run.output.partition("stopping...\n")[0]
+    sample = re.search(r"```\n(starting infrastructure\.\.\.\n.*?)```", README.read_text(), re.S)
+    assert sample is not None, "README has no sample of what `make run` prints"
+    assert sample.group(1) == printed
+
+
+def test_the_banner_prints_the_line_that_gives_another_shell_run_s_database(
+    offline_run: OfflineRun,
+) -> None:
+    # `tierstream rules diff` and `migrate` read DATABASE_URL, which `run` keeps to its
+    # children: in another shell they failed on the default address, and nothing said why.
+    assert offline_run() == 0
+    [line] = [line for line in offline_run.output.splitlines() if line.startswith("export ")]
+    pasted = subprocess.run(["sh", "-c", f'{line}\nprintf %s "$DATABASE_URL"'], env={},
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert pasted.stdout == EMBEDDED_URL
+
+
+def test_no_export_line_gives_away_the_password_of_your_database(
+    offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    yours = "postgresql://app:PASSW0RD@db.example:5432/tierstream"
+    monkeypatch.setenv("DATABASE_URL", yours)
+    infra = Infra("127.0.0.1:9092", yours, embedded_kafka=True, embedded_postgres=False)
+    assert offline_run(infra=infra) == 0
+    assert "PASSW0RD" not in offline_run.output and "export " not in offline_run.output
+
+
+@pytest.mark.parametrize("database_url", [None, "postgresql://postgres@127.0.0.1:1/tierstream"])
+def test_migrate_failing_on_the_default_database_says_where_run_s_is(
+    monkeypatch: pytest.MonkeyPatch, database_url: str | None
+) -> None:
+    import shared.migrations
+
+    async def refused(url: str) -> None:
+        raise OSError("Connect call failed ('127.0.0.1', 5432)")
+
+    monkeypatch.setattr(shared.migrations, "upgrade_all", refused)
+    result = CliRunner().invoke(app, ["migrate"], env={"DATABASE_URL": database_url})
+    assert result.exit_code == 1, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith("cannot migrate postgresql://postgres@127.0.0.1:")
+    hint = "DATABASE_URL is not set: for the database of a `tierstream run`, paste the"
+    assert (hint in line) is (database_url is None)
+
+
+@pytest.mark.parametrize("database_url", [None, "postgresql://postgres@127.0.0.1:1/tierstream"])
+def test_rules_diff_failing_on_the_default_database_says_where_run_s_is(
+    monkeypatch: pytest.MonkeyPatch, database_url: str | None
+) -> None:
+    import services.scorer.rules_cli
+    from shared.domain.rules import default_rules_path
+
+    async def refused(*_: object) -> None:
+        raise OSError("Connect call failed ('127.0.0.1', 5432)")
+
+    monkeypatch.setattr(services.scorer.rules_cli, "diff_rules", refused)
+    candidate = str(default_rules_path())
+    result = CliRunner().invoke(
+        app, ["rules", "diff", candidate], env={"DATABASE_URL": database_url}
+    )
+    assert result.exit_code == 1, result.output
+    [line] = result.output.splitlines()
+    assert line.startswith("cannot read today's customers from postgresql://postgres@127.0.0.1:")
+    hint = "DATABASE_URL is not set: for the database of a `tierstream run`, paste the"
+    assert (hint in line) is (database_url is None)

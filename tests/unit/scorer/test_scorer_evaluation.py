@@ -135,6 +135,53 @@ def moves(changes: list[ChangeRecord]) -> list[tuple[str, str | None, str, str, 
             for c in changes]  # fmt: skip
 
 
+def heavy_buyer(customer_id: str) -> CustomerRecord:
+    """Sixty purchases over the last year, then one today: each old one leaving the 365-day
+    window is a review time that changes no class."""
+    record = blank(customer_id)
+    events = [buy(f"e{i}", customer_id, 364 - i / 2, "10") for i in range(60)]
+    [update] = fold_batch([record], [*events, buy("e60", customer_id, 0, "10")], SCORING,
+                          now=NOW).updates  # fmt: skip
+    record.classes, record.class_since = dict(update.classes), dict(update.class_since)
+    record.due_at = update.next_review_at
+    return record
+
+
+def test_review_times_that_change_nothing_do_not_cut_a_long_catch_up_short() -> None:
+    # A sweep 400 days late: the thirty-odd purchases leaving the window before day 90 once
+    # used up the steps, and at_risk (which starts the at-risk playbook) was never emitted.
+    late = NOW + timedelta(days=400)
+    record = heavy_buyer("c1")
+    assert record.due_at is not None
+    caught = catch_up(record, SCORING, due_at=record.due_at, now=late)
+    changes = caught[1]
+    day = NOW + timedelta(microseconds=1)
+    assert [(c.to_class, c.occurred_at) for c in changes
+            if c.dimension is Dimension.LIFECYCLE_STAGE] == [
+        ("established", day + timedelta(days=30)), ("at_risk", day + timedelta(days=90)),
+        ("churned", day + timedelta(days=365)),
+    ]  # fmt: skip
+    assert all(c.occurred_at < late for c in changes)
+    assert not caught[2]  # not cut short
+
+
+def test_a_catch_up_cut_short_is_reported_by_every_pass_that_makes_one() -> None:
+    late = NOW + timedelta(days=400)
+    with patch("services.scorer.evaluation.MAX_CATCH_UP_STEPS", 3):
+        swept = catch_up_all([(heavy_buyer("c1"), heavy_buyer("c1").due_at or NOW)], SCORING,
+                             now=late)  # fmt: skip
+        rules_pass = evaluate_all([heavy_buyer("c1")], SCORING, now=late,
+                                  cause=ChangeCause.RULE_CHANGE)  # fmt: skip
+        consumed = fold_batch([heavy_buyer("c1")], [buy("e99", "c1", -400)], SCORING, now=late)
+        fits = catch_up_all([(established("c2"), NOW + timedelta(days=8))], SCORING,
+                            now=NOW + timedelta(days=9))  # fmt: skip
+    for outcome in (swept, rules_pass, consumed):
+        assert outcome.cut_short == ["c1"]
+        # The changes left are decided at once, dated when it was evaluated.
+        assert max(c.occurred_at for c in outcome.changes) == late
+    assert fits.cut_short == []
+
+
 def test_a_customer_due_before_its_next_event_is_first_caught_up_to_that_event() -> None:
     # The sweep holds lagging partitions, so the consumer may reach a due customer first:
     # the changes due in between are those a sweep at the event's time would have made.

@@ -1,4 +1,4 @@
-"""/readyz of the actions service: Postgres answers and the broker answers the consumer."""
+"""/readyz of a consuming service: Postgres answers and the broker answers the consumer."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import asyncio
 
 from aiokafka import AIOKafkaConsumer
 
-from services.actions.db import Pool, database_ready
 from shared.http import ReadyCheck
+from shared.pg import Pool, database_ready
 
 
 class BrokerCheck:
-    """Whether the broker answers the running consumer's metadata request within a bound."""
+    """Whether the broker answers the running consumer's metadata request within a bound.
+
+    Not a TCP connect: a broker that accepts connections but answers nothing (hung,
+    stopped, or refusing this client's TLS or SASL) is not one the service can work with.
+    """
 
     def __init__(self, *, within: float) -> None:
         self.within = within
