@@ -1,7 +1,10 @@
 """Event contracts: what ingest accepts, what travels on Kafka, what the scorer emits.
 
 Pydantic v2 models, strict about unknown fields (a typo must not pass silently).
-Amounts are `Decimal` and serialise as JSON strings, never binary floats.
+Amounts in events are `Decimal` and serialise as JSON strings, never binary floats. The
+feature values a tier change carries (and the read API's spends) are JSON numbers, written
+as doubles: a spend beyond 15 significant digits is rounded there (the rules compared the
+exact sums).
 """
 
 from __future__ import annotations
@@ -375,7 +378,10 @@ class TierChanged(_Contract):
     emitted_at: AwareDatetime
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True,
+        json_schema_serialization_defaults_required=True,  # the record always has them all
+    )  # fmt: skip
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()

@@ -1,4 +1,5 @@
-"""The read API: customers as of the scorer's now, their change history, class counts."""
+"""The read API: customers as of the scorer's now, their change history, class counts, and
+the schema of what the scorer publishes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import binascii
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -16,7 +18,7 @@ from services.scorer import queries
 from services.scorer.db import RequestDatabase
 from services.scorer.queries import StoredChange, StoredCustomer
 from shared.clock import Clock
-from shared.contracts import ID_MAX_CHARS, AttributeValue, Dimension
+from shared.contracts import ID_MAX_CHARS, AttributeValue, Dimension, TierChanged
 from shared.domain.features import compute_features, features_to_json
 from shared.domain.state import attributes_of, prune
 from shared.http import (
@@ -80,9 +82,15 @@ class CustomerPage(BaseModel):
 
 
 class ChangeView(BaseModel):
-    """One tier change from the customer's history."""
+    """One tier change: the tier-changed record's fields, its order and publication time."""
 
     id: str
+    seq: int = Field(
+        description="The change's place in its customer's changes, the record's"
+        " `tierstream_seq` header: of two changes of one customer and dimension the higher"
+        " seq is the later decision (times do not order them: a late event's change is dated"
+        " at that event)."
+    )
     customer_id: str
     dimension: Dimension
     from_: str | None = Field(alias="from", serialization_alias="from")
@@ -90,6 +98,9 @@ class ChangeView(BaseModel):
     cause: str
     rule: str
     features: dict[str, Any]
+    attributes: dict[str, AttributeValue] = Field(
+        description="The customer's attributes when the change was decided."
+    )
     rules_version: str
     occurred_at: datetime
     emitted_at: datetime
@@ -142,10 +153,11 @@ def customer_view(stored: StoredCustomer, *, now: datetime) -> CustomerView:
 def change_view(stored: StoredChange) -> ChangeView:
     c = stored.change
     return ChangeView.model_validate(
-        {"id": c.id, "customer_id": c.customer_id, "dimension": c.dimension, "from": c.from_class,
-         "to": c.to_class, "cause": c.cause.value, "rule": c.rule, "features": c.features,
-         "rules_version": c.rules_version, "occurred_at": c.occurred_at,
-         "emitted_at": c.emitted_at, "published_at": stored.published_at}
+        {"id": c.id, "seq": stored.seq, "customer_id": c.customer_id, "dimension": c.dimension,
+         "from": c.from_class, "to": c.to_class, "cause": c.cause.value, "rule": c.rule,
+         "features": c.features, "attributes": c.attributes, "rules_version": c.rules_version,
+         "occurred_at": c.occurred_at, "emitted_at": c.emitted_at,
+         "published_at": stored.published_at}
     )  # fmt: skip
 
 
@@ -266,11 +278,11 @@ def read_router() -> APIRouter:
             # `since` ahead, a dimension yet to change) read the whole history again.
             end = await queries.feed_end(conn) if len(rows) <= limit else None
         page = rows[:limit]
-        read = [row.seq for row in page] + [n for n in (after, end) if n is not None]
+        read = [row.position for row in page] + [n for n in (after, end) if n is not None]
         last = max(read, default=None)
         return FeedPage(
             items=[change_view(row) for row in page],
-            next_cursor=encode_cursor(str(page[-1].seq)) if len(rows) > limit else None,
+            next_cursor=encode_cursor(str(page[-1].position)) if len(rows) > limit else None,
             tail_cursor=encode_cursor(str(last)) if last is not None else cursor,
         )
 
@@ -299,7 +311,7 @@ def read_router() -> APIRouter:
         items = [change_view(row) for row in rows[:limit]]
         more = len(rows) > limit
         return ChangePage(
-            items=items, next_cursor=encode_cursor(str(rows[limit - 1].seq)) if more else None
+            items=items, next_cursor=encode_cursor(str(rows[limit - 1].position)) if more else None
         )
 
     @router.get("/customers/{customer_id:customer_id}", responses=NOT_FOUND, summary="One customer")
@@ -320,7 +332,22 @@ def read_router() -> APIRouter:
             lifecycle_stage=counts[Dimension.LIFECYCLE_STAGE],
         )  # fmt: skip
 
+    @router.get(
+        "/schemas/tier-changed",
+        summary="JSON Schema of a tier-changed record's value",
+        description="What the scorer publishes on the tier-changed topic (docs/SUBSCRIBING.md"
+        " says what its headers and order mean).",
+    )
+    async def tier_changed_schema(_: SourceDep) -> dict[str, Any]:
+        return tier_changed_schema_document()
+
     return router
+
+
+@cache
+def tier_changed_schema_document() -> dict[str, Any]:
+    """The JSON Schema of `TierChanged` as it is written (`from`, not `from_`)."""
+    return TierChanged.model_json_schema(by_alias=True, mode="serialization")
 
 
 def _instant(text: str) -> datetime:

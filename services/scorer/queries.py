@@ -25,8 +25,8 @@ _CUSTOMER_COLUMNS = (
 # only: as a join, the planner merged the whole published table up to the cursor (37 ms
 # for a page 150,000 changes in, growing with the history) instead of 0.45 ms.
 _FEED_COLUMNS = (
-    "c.id, c.customer_id, c.dimension, c.from_class, c.to_class, c.cause, c.rule, c.features,"
-    " c.attributes, c.rules_version, c.occurred_at, c.emitted_at, p.published_at"
+    "c.seq, c.id, c.customer_id, c.dimension, c.from_class, c.to_class, c.cause, c.rule,"
+    " c.features, c.attributes, c.rules_version, c.occurred_at, c.emitted_at, p.published_at"
 )
 _CHANGE_COLUMNS = (
     "seq, id, customer_id, dimension, from_class, to_class, cause, rule, features,"
@@ -45,8 +45,11 @@ class StoredCustomer:
 
 @dataclass(frozen=True)
 class StoredChange:
-    """A tier change from the history, with its position and publication time."""
+    """A tier change from the history: its position in the list it was read from (the
+    cursor), its own `seq` (the order of the customer's changes: the relay's
+    `tierstream_seq` header) and its publication time."""
 
+    position: int
     seq: int
     change: ChangeRecord
     published_at: object
@@ -101,7 +104,10 @@ async def list_changes(
         after_seq if after_seq is not None else 0,
         limit,
     )
-    return [StoredChange(row["seq"], change_from_row(row), row["published_at"]) for row in rows]
+    return [
+        StoredChange(row["seq"], row["seq"], change_from_row(row), row["published_at"])
+        for row in rows
+    ]
 
 
 async def list_all_changes(
@@ -125,7 +131,10 @@ async def list_all_changes(
         " AND ($3::text IS NULL OR c.dimension = $3) ORDER BY p.pub_seq LIMIT $4",
         after_seq if after_seq is not None else 0, since, dimension, limit,
     )  # fmt: skip
-    return [StoredChange(row["pub_seq"], change_from_row(row), row["published_at"]) for row in rows]
+    return [
+        StoredChange(row["pub_seq"], row["seq"], change_from_row(row), row["published_at"])
+        for row in rows
+    ]
 
 
 async def feed_end(db: Queryable) -> int | None:

@@ -53,7 +53,14 @@ class Sweeper:
         self.unmigrated: tuple[str, set[str]] = ("", set())  # rules version, customers
 
     async def step(self) -> bool:
-        """Sweep everything due now; True when work was left for an immediate next step."""
+        """Sweep everything due now; True when work was left for an immediate next step.
+
+        Not while another process runs newer rules: this one's would move the customers it
+        sweeps back to its classes, and the newer process would move them again (each move
+        published and acted on). The newer process sweeps them all.
+        """
+        if await self._superseded():
+            return False
         started = asyncio.get_running_loop().time()
         now = self.clock.now()
         swept = 0
@@ -75,19 +82,23 @@ class Sweeper:
         Only with the rules activated last: a process still on an older file (a rolling
         deploy) would otherwise move the customers back, and the two would take turns.
         """
+        if await self._superseded():
+            return False
+        return await self._reevaluate(ChangeCause.RULE_CHANGE, self.clock.now()) >= self.batch
+
+    async def _superseded(self) -> bool:
+        """Whether another process activated other rules after this one started (then this
+        one neither sweeps nor re-classifies); kept in `superseded` and the gauge."""
         mine = self.scoring().rules.version
         async with self.pool.acquire() as conn:
             active = await store.active_rules_version(conn)
-        if active is not None and active != mine:
-            if not self.superseded:
-                log.warning("rules superseded by a newer file; not re-classifying",
-                            mine=mine, active=active)  # fmt: skip
-            self.superseded = True
-            self.metrics.rules_superseded.set(1)
-            return False
-        self.superseded = False
-        self.metrics.rules_superseded.set(0)
-        return await self._reevaluate(ChangeCause.RULE_CHANGE, self.clock.now()) >= self.batch
+        superseded = active is not None and active != mine
+        if superseded and not self.superseded:
+            log.warning("rules superseded by a newer file; not sweeping or re-classifying",
+                        mine=mine, active=active)  # fmt: skip
+        self.superseded = superseded
+        self.metrics.rules_superseded.set(int(superseded))
+        return superseded
 
     async def _reevaluate(self, cause: ChangeCause, now: datetime) -> int:
         scoring = self.scoring()

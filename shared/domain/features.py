@@ -47,7 +47,7 @@ FEATURES: dict[str, str] = {
     "days_between_last_two_purchases": "Days from the second-latest to the latest purchase.",
     **{f"logins_{n}d": f"Logins aged at most {n} days." for n in LOGIN_WINDOWS},
     "lifetime_logins": "Logins ever.",
-    "open_tickets": "Tickets whose latest action is not `resolved`.",
+    "open_tickets": "Tickets whose latest action is neither `resolved` nor `closed`.",
     **{f"tickets_{n}d": f"Distinct tickets opened at most {n} days ago." for n in TICKET_WINDOWS},
     "latest_csat": "Latest CSAT rating (1-5).",
     "avg_csat": "Average CSAT rating.",

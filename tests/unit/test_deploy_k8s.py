@@ -188,3 +188,8 @@ def test_migrate_job_runs_the_migrate_command_against_the_secret_database() -> N
     assert container["args"] == ["migrate"]
     assert _env(container)["DATABASE_URL"]["secretKeyRef"]["key"] == "DATABASE_URL"
     assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
+
+
+def test_scorer_pods_of_two_releases_never_run_together() -> None:
+    # Old and new rules would each move the other's customers back (a rolling deploy).
+    assert _one("Deployment", "tierstream-scorer")["spec"]["strategy"] == {"type": "Recreate"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -18,14 +19,15 @@ from services.scorer.metrics import scorer_metrics
 from services.scorer.relay import OutboxRelay
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
+from shared.contracts import TierChanged
 from shared.domain.rules import load_rules
 from shared.domain.state import Event
 from shared.embedded import EmbeddedKafka
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import CHANGE_SEQ_HEADER, ensure_topics, make_consumer, make_producer
 from shared.metrics import new_registry
 from shared.readiness import BrokerCheck, readiness
 from shared.topics import SCORER_GROUP, Topics
-from tests.integration.scorer.support import NOW, login, purchase, support
+from tests.integration.scorer.support import NOW, login, purchase, read_topic, support
 from tests.support.metrics_text import sample_value
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -42,7 +44,7 @@ async def api(base_env: dict[str, str], scorer_db: str) -> AsyncIterator[httpx.A
     ]
     events += [purchase(f"b{c}", f"bronze-{c}", days_ago=200, amount="50") for c in range(3)]
     events += [login("l1", "gold-0", days_ago=1), support("s1", "gold-0", days_ago=2, nps=9)]
-    events += [login("l2", SLASHED, days_ago=1)]
+    events += [login("l2", SLASHED, days_ago=1).model_copy(update={"attributes": {"tier": "x"}})]
     async with _serving(base_env, scorer_db, events) as client:
         yield client
 
@@ -317,3 +319,31 @@ async def test_the_change_feed_spans_customers_filters_by_time_and_dimension_and
     assert oldest.status_code == 200 and len(oldest.json()["items"]) == min(50, len(everything))
     bad = await api.get("/v1/changes", params={"dimension": "shoe_size"}, headers=AUTH)
     assert bad.status_code == 422
+
+
+async def test_the_feed_says_what_the_topic_says_and_the_schema_describes_both(
+    api: httpx.AsyncClient, base_env: dict[str, str], scorer_db: str
+) -> None:
+    await _publish_all(base_env, scorer_db)
+    feed = (await api.get("/v1/changes", params={"limit": 500}, headers=AUTH)).json()["items"]
+    settings = ScorerSettings.model_validate(base_env)
+    topic = Topics(settings.topic_namespace).tier_changed
+    records = await read_topic(settings.kafka_bootstrap_servers, topic, expect=len(feed), within=60)
+    published = {}
+    for record in records:
+        value = json.loads(record.value)
+        TierChanged.model_validate(value)
+        published[value["id"]] = (value, dict(record.headers)[CHANGE_SEQ_HEADER])
+    assert len(published) == len(feed) == len(records)
+    schema = (await api.get("/v1/schemas/tier-changed", headers=AUTH)).json()
+    assert schema["required"] == list(schema["properties"])  # every field, always written
+    for item in feed:
+        value, seq = published[item["id"]]
+        assert set(value) == set(schema["properties"])
+        assert {k: item[k] for k in value} == value  # the attributes too
+        assert item["seq"] == int(seq)
+    # The seq orders a customer's changes as they were made (history order).
+    history = (await api.get("/v1/customers/gold-0/changes", headers=AUTH)).json()["items"]
+    assert [c["seq"] for c in history] == sorted(c["seq"] for c in history)
+    assert any(item["attributes"] for item in feed)
+    assert (await api.get("/v1/schemas/tier-changed")).status_code == 401

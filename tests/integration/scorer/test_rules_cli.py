@@ -159,6 +159,33 @@ async def test_a_new_rules_file_reclassifies_stored_customers_with_cause_rule_ch
     assert (stored["value_tier"], stored["rules_version"]) == ("silver", new.rules.version)
 
 
+async def test_a_process_with_superseded_rules_leaves_time_sweeps_to_the_newer_one(
+    scorer_db: str, tmp_path: Path
+) -> None:
+    pool = await create_pool(scorer_db, size=2, application_name="test")
+    later = FixedClock(NOW + timedelta(days=400))  # every review time has passed
+    try:
+        old, new = await _gold_under_old_rules(pool, tmp_path)
+        async with pool.acquire() as conn:
+            await store.activate_rules(conn, old.rules.version)
+            await store.activate_rules(conn, new.rules.version)
+
+        def sweeper(scoring: Scoring) -> Sweeper:
+            return Sweeper(pool, scoring=lambda: scoring, clock=later, batch=10,
+                           metrics=scorer_metrics(new_registry()), retry=RETRY)  # fmt: skip
+
+        assert await sweeper(old).step() is False
+        async with connect(scorer_db) as db:
+            assert await db.fetchval("SELECT count(*) FROM scorer.tier_change") == 3
+        stored = (await customer_rows(scorer_db))["gold"]
+        assert stored["rules_version"] == old.rules.version  # not swept under the old rules
+        await sweeper(new).step()
+        stored = (await customer_rows(scorer_db))["gold"]
+        assert stored["rules_version"] == new.rules.version
+    finally:
+        await pool.close()
+
+
 async def test_during_a_rolling_deploy_only_the_newest_rules_reclassify(
     scorer_db: str, tmp_path: Path
 ) -> None:
