@@ -19,10 +19,12 @@ Each running service serves its full document, with every request and response s
   schemas (`/v1/schemas`).
 - **Errors** are RFC 9457 problem documents (`application/problem+json`): `status`,
   `title`, `detail` and, for a 422, `errors: [{field, reason, type}]`, where `field` names
-  the input: `events[3].amount` (ingest, with the event's `index`), `query.limit`,
-  `body.action`. A 503 (broker or database away) carries `Retry-After`. A query
+  the input: `events[3].amount` (ingest, with the event's `index`), `query.limit`, or a
+  request body's own field (`assignee`). A body that is not JSON is a 400, one over the
+  route's limit a 413. A 503 (broker or database away) carries `Retry-After`. A query
   parameter the route does not read is a 422 (`query_unknown`), not ignored; a path with a
-  trailing slash is a 404.
+  trailing slash is a 404, but for `/v1/customers/`, which reads as a customer with an
+  empty id (a 422).
 - **Paging.** List routes take `limit` and an opaque `cursor`; pass the `next_cursor` of
   a page to get the next one, until it is `null`. The change feed (`GET /v1/changes`) also
   answers a `tail_cursor`: ask again with it later for only the changes published since.

@@ -121,18 +121,36 @@ API_BODY_MAX_BYTES = 64 * 1024
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    """Pydantic errors as [{field, reason, type}] with a dotted field path."""
-    out = []
+    """Pydantic errors as [{field, reason, type}] with a dotted field path: `query.limit`,
+    a body's own field names (`assignee`)."""
+    return [
+        {"field": _field(err, exc.body), "reason": err.get("msg", "invalid"),
+         "type": err.get("type")}
+        for err in exc.errors()
+    ]  # fmt: skip
+
+
+def _field(err: Any, body: object) -> str:
+    loc = list(err.get("loc", ()))
+    if loc[:1] != ["body"]:
+        return ".".join(map(str, loc))
+    loc = loc[1:]
+    if err.get("type") == "union_tag_invalid":  # the discriminator's value matched no member
+        return str(err.get("ctx", {}).get("discriminator", "body")).strip("'")
+    # A discriminated union puts the member's tag in the path (`assign.assignee`): the body
+    # has no such key, it is the value the body gave its discriminator.
+    if loc and isinstance(body, dict) and loc[0] not in body and loc[0] in body.values():
+        loc = loc[1:]
+    return ".".join(map(str, loc)) or "body"
+
+
+def _malformed_json(exc: RequestValidationError) -> ProblemError | None:
+    """The 400 for a body that is not JSON at all (pydantic reports where it stopped)."""
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        out.append(
-            {
-                "field": ".".join(loc) or "body",
-                "reason": err.get("msg", "invalid"),
-                "type": err.get("type"),
-            }
-        )
-    return out
+        if err.get("type") == "json_invalid":
+            where, error = err.get("loc", ("", "?"))[-1], err.get("ctx", {}).get("error")
+            return ProblemError(400, "Malformed JSON", f"Invalid JSON: {error} at byte {where}")
+    return None
 
 
 def install_problem_handlers(
@@ -162,6 +180,8 @@ def install_problem_handlers(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        if malformed := _malformed_json(exc):
+            return malformed.response()
         return problem(
             422, "Invalid request", "The request failed validation.", errors=validation_errors(exc)
         )

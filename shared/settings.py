@@ -30,6 +30,7 @@ from shared.contracts import SHORT_TEXT_MAX_CHARS
 from shared.database_url import url_problem
 
 S = TypeVar("S", bound=BaseSettings)
+TIERSTREAM_KEYS = "TIERSTREAM_API_KEYS"  # every service's; each also reads its own first
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/tierstream"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -235,7 +236,7 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")
     api_keys: Annotated[SecretStr, NoDecode] = Field(
         SecretStr(""),
-        validation_alias="TIERSTREAM_API_KEYS",
+        validation_alias=TIERSTREAM_KEYS,
         description="Comma-separated `key` or `source:key` entries.",
     )
     allow_anonymous: bool = Field(
@@ -309,8 +310,15 @@ class ServiceSettings(BaseSettings):
     def require_keys(self) -> None:
         """Refuse to start with no API keys unless anonymous access was asked for."""
         if not self.api_key_map() and not self.allow_anonymous:
+            alias = type(self).model_fields["api_keys"].validation_alias
+            own = alias.choices[0] if isinstance(alias, AliasChoices) else None
+            if isinstance(own, str) and own in os.environ and os.environ.get(TIERSTREAM_KEYS):
+                raise SystemExit(  # compose's `${X:-}` sets a variable to ""
+                    f"{type(self).__name__}: {own} is set but holds no key, and it takes the"
+                    f" place of {TIERSTREAM_KEYS}: unset it, or give it this service's keys"
+                )
             raise SystemExit(
-                f"{type(self).__name__}: no API keys configured; set TIERSTREAM_API_KEYS "
+                f"{type(self).__name__}: no API keys configured; set {TIERSTREAM_KEYS} "
                 "(or the service's own *_API_KEYS) or TIERSTREAM_ALLOW_ANONYMOUS=true"
             )
 

@@ -64,9 +64,10 @@ _PAST = {"assign": "assigned", "complete": "completed", "cancel": "cancelled"}
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"description": "Transition not allowed", "content": {PROBLEM_JSON: {}}}
 }
-# FastAPI answers 400 (problem+json) when a body is not JSON at all; say so in the document.
+# A body that is not JSON at all is a 400 (shared/http.py), one over 64 KiB a 413 (BodyLimit).
 _NOT_JSON: dict[int | str, dict[str, Any]] = {
-    400: {"description": "The body is not valid JSON", "content": {PROBLEM_JSON: {}}}
+    400: {"description": "The body is not valid JSON", "content": {PROBLEM_JSON: {}}},
+    413: {"description": "The body is over 64 KiB", "content": {PROBLEM_JSON: {}}},
 }
 
 

@@ -105,8 +105,16 @@ class ActionsSettings(ConsumingServiceSettings):
     max_attempts: int = Field(
         8, ge=1, le=2**31 - 1, description="Attempts before a delivery is dead-lettered."
     )
-    backoff_base_s: float = Field(2.0, gt=0, description="First retry delay (doubles per try).")
-    backoff_cap_s: float = Field(600.0, gt=0, description="Longest retry delay.")
+    backoff_base_s: float = Field(
+        2.0, gt=0,
+        description="Retry delay before jitter, doubled per failed attempt: a retry waits half"
+        " of it plus a random part of the other half (the first after 1-2 s by default).",
+    )  # fmt: skip
+    backoff_cap_s: float = Field(
+        600.0, gt=0,
+        description="The most the delay before jitter grows to: a retry waits between half"
+        " of it and all of it.",
+    )  # fmt: skip
     delivery_timeout_s: float = Field(10.0, gt=0, description="Upper bound of one send attempt.")
     lease_margin_s: float = Field(
         5.0,

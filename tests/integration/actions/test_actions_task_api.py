@@ -178,7 +178,6 @@ INVALID: list[tuple[str, str, dict[str, str], Any]] = [
     ("PATCH", "/v1/tasks/1", {}, {"action": "assign"}),
     ("PATCH", "/v1/tasks/1", {}, {"action": "assign", "assignee": "x\x00"}),
     ("PATCH", "/v1/tasks/1", {}, {"action": "complete", "note": "extra"}),
-    ("PATCH", "/v1/tasks/1", {}, "not json"),
 ]
 
 
@@ -194,6 +193,28 @@ async def test_invalid_requests_are_422_problems(api: httpx.AsyncClient) -> None
         case = f"{method} {path} {params} {body}"
         assert response.status_code == 422, f"{case}: {response.text}"
         assert response.headers["content-type"] == "application/problem+json", case
+
+
+async def test_errors_name_the_body_field_and_a_body_that_is_not_json_is_a_400(
+    api: httpx.AsyncClient,
+) -> None:
+    for body, field in (
+        ({"action": "fly"}, "action"),
+        ({"action": "assign"}, "assignee"),  # not `assign.assignee`: no such key was sent
+        ({"action": "assign", "assignee": 5}, "assignee"),
+        ({"action": "complete", "note": "extra"}, "note"),
+    ):
+        response = await api.patch("/v1/tasks/1", json=body)
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field], body
+    for path, method in (("/v1/tasks/1", "PATCH"), ("/v1/deliveries/requeue", "POST")):
+        for text in ("not json", '{"action":'):
+            response = await api.request(
+                method, path, content=text, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 400, response.text
+            problem = response.json()
+            assert problem["title"] == "Malformed JSON" and "at byte" in problem["detail"]
 
 
 ROUTES = [

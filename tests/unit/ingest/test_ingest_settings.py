@@ -66,3 +66,12 @@ def test_without_keys_it_refuses_to_start_unless_anonymous() -> None:
     with pytest.raises(SystemExit):
         IngestSettings().require_keys()
     IngestSettings(allow_anonymous=True).require_keys()
+
+
+def test_an_empty_own_key_variable_is_named_as_what_hides_the_shared_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TIERSTREAM_API_KEYS", "shop:k1")
+    monkeypatch.setenv("INGEST_API_KEYS", "")
+    with pytest.raises(SystemExit, match="INGEST_API_KEYS is set but holds no key"):
+        IngestSettings().require_keys()
