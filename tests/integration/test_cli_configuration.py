@@ -15,7 +15,7 @@ import pytest
 
 from shared.domain.rules import default_rules_path
 from shared.embedded import free_port
-from tests.support.infra import unique_namespace, with_database
+from tests.support.infra import free_service_ports, unique_namespace, with_database
 
 BAD_KEY = "clé-0123456789"  # no HTTP header can carry it
 
@@ -185,7 +185,7 @@ def test_run_with_an_unreachable_database_or_broker_says_which_in_one_line(
     else:
         env = {"DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": nowhere}
         says = f"cannot create the topics on the broker at {nowhere}: "
-    ran = tierstream("run", "--no-demo", env=env)
+    ran = tierstream("run", "--no-demo", env={**env, **free_service_ports()})
     assert ran.exit_code == 1, ran.output
     assert "Traceback" not in ran.output
     failed = [line for line in ran.stderr.splitlines() if "cannot" in line]

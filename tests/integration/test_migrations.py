@@ -16,6 +16,7 @@ from cli.main import app
 from services.actions.db import migrate as migrate_actions
 from shared.db import asyncpg_dsn
 from shared.migrations import MigrationError, current_revision, upgrade_all
+from tests.support.infra import free_service_ports
 
 _revision = current_revision
 
@@ -74,7 +75,7 @@ async def test_run_refuses_a_database_migrated_by_a_newer_release_as_migrate_doe
     finally:
         await conn.close()
     env = {**os.environ, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "COLUMNS": "300"}  # fmt: skip
+           "COLUMNS": "300", **free_service_ports()}  # fmt: skip
     run = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli.main", "run", "--no-demo", env=env, stderr=subprocess.PIPE
     )  # its own process: `run` installs signal handlers, which only a main thread may

@@ -65,3 +65,12 @@ async def fresh_database(server_url: str) -> AsyncIterator[str]:
 
 def unique_namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+def free_service_ports() -> dict[str, str]:
+    """`INGEST_PORT`, `SCORER_PORT`, `ACTIONS_PORT` set to free ports: a test of
+    `tierstream run` must not depend on the defaults being free on the machine (a `make run`
+    beside the suite held them, and `run` refused to start before what the test checks)."""
+    from shared.embedded import free_port
+
+    return {f"{service}_PORT": str(free_port()) for service in ("INGEST", "SCORER", "ACTIONS")}
