@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from shared.db import asyncpg_dsn, make_engine
+from shared.logging import get_logger
+from shared.pg import Queryable
+
+log = get_logger(__name__)
 
 SERVICES_WITH_TABLES = ("scorer", "actions")
 _SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
@@ -46,6 +51,13 @@ def upgrade(database_url: str, service: str, revision: str = "head") -> None:
         command.upgrade(alembic_config(database_url, service), revision)
 
 
+@functools.cache
+def revisions(service: str) -> tuple[str, ...]:
+    """The revisions this release ships for `service`, oldest first (the last: its head)."""
+    scripts = ScriptDirectory.from_config(alembic_config("", service))
+    return tuple(s.revision for s in scripts.walk_revisions())[::-1]
+
+
 class UnknownRevision(MigrationError):
     """A revision asked for that this release does not have (a usage error)."""
 
@@ -62,7 +74,7 @@ def move_to(
     current revision)` says yes (DowngradeRefused otherwise): it drops what later revisions
     added, data included."""
     config = alembic_config(database_url, service)
-    order = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()][::-1]
+    order = revisions(service)
     if revision not in {"base", "head", *order}:  # a typo, not a newer release's work
         raise UnknownRevision(
             f"{service}: no revision {revision!r}; this release has base, "
@@ -91,13 +103,41 @@ async def current_revision(database_url: str, service: str) -> str | None:
     """The service's applied revision (None: no version table, nothing applied)."""
     conn = await asyncpg.connect(asyncpg_dsn(database_url), timeout=10)
     try:
-        table = f"{service}.alembic_version_{service}"
-        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
-            return None
-        found: str | None = await conn.fetchval(f"SELECT version_num FROM {table}")
-        return found
+        return await applied_revision(conn, service)
     finally:
         await conn.close()
+
+
+async def applied_revision(db: Queryable, service: str) -> str | None:
+    """`current_revision` on a connection or pool the caller holds."""
+    table = f"{service}.alembic_version_{service}"
+    if not await db.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+        return None
+    found: str | None = await db.fetchval(f"SELECT version_num FROM {table}")
+    return found
+
+
+class SchemaBehind(Exception):
+    """A service's schema at a revision older than this release's latest, or at none: what
+    the later revisions add is missing, and the queries that use it would fail."""
+
+
+async def require_migrated(db: Queryable, service: str) -> None:
+    """What a service checks at its start (scorer, actions): SchemaBehind when its schema is
+    not at this release's latest revision (the shared/service.py start check turns it into
+    one line and exit 1). A revision this release does not know is a newer release's: this
+    process is the older one of a rolling upgrade and starts as before (CHANGELOG.md says,
+    for each migration, whether an older process may run beside it)."""
+    current, known = await applied_revision(db, service), revisions(service)
+    if current == known[-1]:
+        return
+    if current is None or current in known:
+        at = "has no revision applied" if current is None else f"is at revision {current}"
+        raise SchemaBehind(f"{service}: the schema {at}; this release's latest is {known[-1]}")
+    log.info(
+        "the schema is at a newer release's revision", service=service, revision=current,
+        latest=known[-1],
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

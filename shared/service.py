@@ -65,7 +65,10 @@ def _start_failures() -> list[tuple[tuple[type[BaseException], ...], str]]:
     from aiokafka.errors import KafkaConnectionError
     from sqlalchemy.exc import ArgumentError
 
+    from shared.migrations import SchemaBehind
+
     refused = "the database refused the connection: check DATABASE_URL's database and user"
+    not_migrated = "the database is not migrated: run `tierstream migrate`"
     return [
         ((KafkaConnectionError, ConnectionRefusedError), "a broker or database is unreachable"),
         ((socket.gaierror,), "a broker or database host name does not resolve"),
@@ -73,7 +76,8 @@ def _start_failures() -> list[tuple[tuple[type[BaseException], ...], str]]:
             (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError),
             refused,
         ),
-        ((asyncpg.UndefinedTableError,), "the database is not migrated: run `tierstream migrate`"),
+        # SchemaBehind's own line names the schema's revision and the release's latest.
+        ((asyncpg.UndefinedTableError, SchemaBehind), not_migrated),
         ((ArgumentError,), "DATABASE_URL is not a database URL"),
     ]
 

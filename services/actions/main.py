@@ -23,7 +23,7 @@ from shared.domain.rules import RulesError, load_rules
 from shared.kafka import ensure_topics
 from shared.logging import get_logger
 from shared.metrics import new_registry
-from shared.migrations import MigrationError
+from shared.migrations import MigrationError, require_migrated
 from shared.readiness import BrokerCheck, readiness
 from shared.service import serve
 from shared.topics import Topics
@@ -96,6 +96,7 @@ async def run(
     tracing = tracer or make_tracer("actions")
     try:
         async with _resources(settings) as (pool, api_pool, client):
+            await require_migrated(pool, "actions")  # passes after the migration above
             await _serve(settings, (pool, api_pool), client, playbooks, clock, tracing, stop)
     finally:
         if tracer is None:  # ours to flush

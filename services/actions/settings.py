@@ -142,7 +142,11 @@ class ActionsSettings(ConsumingServiceSettings):
     prune_interval_s: float = Field(
         3600.0, gt=0, description="How often the retention loop deletes expired rows."
     )
-    migrate: bool = Field(True, description="Apply the actions schema migrations at start.")
+    migrate: bool = Field(
+        True,
+        description="Apply the actions schema migrations at start (`false`: a schema behind"
+        " this release's latest revision stops the start; run `tierstream migrate` first).",
+    )
 
     @field_validator(*_OPTIONAL, mode="before")
     @classmethod

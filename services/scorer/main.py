@@ -25,6 +25,7 @@ from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.logging import get_logger
 from shared.loops import Step, run_loop
 from shared.metrics import new_registry
+from shared.migrations import require_migrated
 from shared.readiness import BrokerCheck, readiness
 from shared.service import Loop, serve
 from shared.topics import Topics
@@ -63,6 +64,8 @@ async def run(
         settings, settings.group_id, max_poll_records=settings.batch_max_records
     )
     try:
+        # The scorer never migrates: its loops would fail on whatever a missing revision adds.
+        await require_migrated(pool, "scorer")
         async with pool.acquire() as conn:
             await store.activate_rules(conn, rules.version)
         await producer.start()

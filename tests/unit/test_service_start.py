@@ -10,6 +10,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from shared.migrations import SchemaBehind
 from shared.service import run_service, start_failure
 
 CAUSES = {
@@ -26,6 +27,10 @@ CAUSES = {
     ),
     "never migrated": (
         asyncpg.UndefinedTableError('relation "scorer.rules_activation" does not exist'),
+        "not migrated: run `tierstream migrate`",
+    ),
+    "migrated to an older release": (
+        SchemaBehind("scorer: the schema is at revision 0007; this release's latest is 0008"),
         "not migrated: run `tierstream migrate`",
     ),
     "not a URL": (ArgumentError("Could not parse SQLAlchemy URL"), "not a database URL"),
@@ -60,6 +65,14 @@ def test_a_driver_error_wrapped_by_the_migrations_is_found_with_its_own_first_li
     assert found == (
         "the database refused the connection: check DATABASE_URL's database and user",
         'database "nowhere" does not exist',
+    )
+
+
+def test_a_schema_behind_the_release_is_named_with_both_revisions() -> None:
+    behind = SchemaBehind("actions: the schema is at revision 0005; this release's latest is 0006")
+    assert start_failure(behind) == (
+        "the database is not migrated: run `tierstream migrate`",
+        "actions: the schema is at revision 0005; this release's latest is 0006",
     )
 
 
