@@ -13,7 +13,7 @@ import html
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import aiosmtplib
 import httpx
 
+from services.actions.effects import ChannelConfig
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
 
@@ -59,6 +60,9 @@ class Delivery:
     tier_change_id: str | None = None
     due_at: datetime | None = None  # business time it fell due (for the lateness metric)
     claim: int = 0  # which claim of it this is: the token its outcome is recorded under
+    # Its channel or payload's `fallback` is no longer its row's (`Channels.at_send`): they
+    # are recorded with its outcome.
+    rerouted: bool = False
 
     def webhook_body(self) -> bytes:
         """Slack-compatible `text` plus the structured details, as compact JSON bytes."""
@@ -260,6 +264,21 @@ class Channels:
     ) -> None:  # fmt: skip
         self.webhook, self.crm, self.email = webhook, crm, email
         self.log = log_channel or LogChannel()
+
+    def config(self) -> ChannelConfig:
+        """Which of the channels a playbook can ask for this process has."""
+        return ChannelConfig(webhook=self.webhook is not None, email=self.email is not None,
+                             crm=self.crm is not None)  # fmt: skip
+
+    def at_send(self, delivery: Delivery) -> Delivery:
+        """The delivery as this process sends it: one planned for the log because its channel
+        was not configured then goes through that channel if this process has it now
+        (`ChannelConfig.at_send`); its new channel and payload are recorded with its outcome."""
+        channel, payload = self.config().at_send(delivery.channel, delivery.recipient,
+                                                 delivery.payload)  # fmt: skip
+        if (channel, payload) == (delivery.channel, delivery.payload):
+            return delivery
+        return replace(delivery, channel=channel, payload=payload, rerouted=True)
 
     def for_delivery(self, delivery: Delivery) -> Channel:
         """The channel to use; a channel no longer configured is a permanent failure."""

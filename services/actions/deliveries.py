@@ -3,6 +3,10 @@
 Two clocks, on purpose: `due_at` is business time (the service clock, which tests advance),
 `available_at` is Postgres wall time (retry back-off and the in-flight lease), so a frozen
 test clock never freezes retries, and a process killed mid-send leaves a lease that expires.
+
+An attempt records the channel it used with its outcome: a delivery planned for the log
+because its channel was not configured then, sent by that channel since (`Channels.at_send`),
+says so once it is sent, retried or dead (never when it is only put back past quiet hours).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from services.actions.channels import Delivery
 from services.actions.db import Connection, Pool, row_count
@@ -20,12 +25,17 @@ from shared.partition_scope import EVERYTHING, PartitionScope
 # its enrolment is pending (being sent, retried, or put back past quiet hours). Otherwise a
 # backlog (the service was down for days) sent all of an enrolment's due steps at once, in
 # any order: the survey before the offer it asks about.
+# A delivery planned for the log for want of its channel's settings is in that channel's
+# route (`skip_routes`): `Channels.at_send` sends it there once this process has them (and
+# without them that route has nothing in flight, so is never skipped).
 _CLAIM = """
 WITH due AS (
     SELECT id FROM actions.delivery AS c
     WHERE status = 'pending' AND kind = ANY($1::text[]) AND due_at <= $2
       AND available_at <= clock_timestamp()
-      AND (kind, channel) NOT IN (SELECT * FROM unnest($5::text[], $6::text[]))
+      AND (kind, CASE WHEN channel = 'log' AND payload -> 'fallback' ->> 'reason' = 'not_configured'
+                      THEN payload -> 'fallback' ->> 'channel' ELSE channel END)
+          NOT IN (SELECT * FROM unnest($5::text[], $6::text[]))
       AND NOT EXISTS (SELECT 1 FROM actions.delivery AS earlier
                       WHERE earlier.enrolment_id = c.enrolment_id AND earlier.status = 'pending'
                         AND earlier.step_index < c.step_index){partitions}
@@ -110,11 +120,12 @@ async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> Recor
         status = await conn.fetchval(
             "UPDATE actions.delivery SET sent_at = $2,"
             " last_error = CASE status WHEN 'pending' THEN NULL ELSE last_error END,"
-            " status = CASE status WHEN 'pending' THEN 'sent' ELSE status END"
+            " status = CASE status WHEN 'pending' THEN 'sent' ELSE status END,"
+            " channel = COALESCE($3, channel), payload = COALESCE($4::jsonb, payload)"
             " WHERE id = $1 AND (status = 'pending'"
             "                    OR status IN ('cancelled', 'dead') AND sent_at IS NULL)"
             " RETURNING status",
-            delivery.id, now,
+            delivery.id, now, *_route(delivery),
         )  # fmt: skip
         if status == "dead":
             if delivery.enrolment_id is not None:  # it did reach the customer after all
@@ -145,20 +156,31 @@ async def record_failure(
         if retry_in_s is not None:
             status = await conn.execute(
                 "UPDATE actions.delivery SET last_error = $2,"
-                " available_at = clock_timestamp() + make_interval(secs => $3)"
+                " available_at = clock_timestamp() + make_interval(secs => $3),"
+                " channel = COALESCE($5, channel), payload = COALESCE($6::jsonb, payload)"
                 " WHERE id = $1 AND status = 'pending' AND claims = $4",
-                delivery.id, error[:1000], retry_in_s, delivery.claim,
+                delivery.id, error[:1000], retry_in_s, delivery.claim, *_route(delivery),
             )  # fmt: skip
             return Recorded(applied=row_count(status) > 0)
         await _lock_enrolment(conn, delivery)
         status = await conn.execute(
-            "UPDATE actions.delivery SET status = 'dead', last_error = $2"
+            "UPDATE actions.delivery SET status = 'dead', last_error = $2,"
+            " channel = COALESCE($4, channel), payload = COALESCE($5::jsonb, payload)"
             " WHERE id = $1 AND status = 'pending' AND claims = $3",
-            delivery.id, error[:1000], delivery.claim,
+            delivery.id, error[:1000], delivery.claim, *_route(delivery),
         )  # fmt: skip
         if not row_count(status):
             return Recorded(applied=False)
         return Recorded(applied=True, sequence=await _finish_step(conn, delivery, now=now))
+
+
+def _route(delivery: Delivery) -> tuple[str | None, dict[str, Any] | None]:
+    """The channel and payload an attempt used, recorded with its outcome when they are no
+    longer its row's (`Channels.at_send`: its channel was configured since it was planned);
+    None and None leave the row's (COALESCE)."""
+    if not delivery.rerouted:
+        return None, None
+    return delivery.channel, delivery.payload
 
 
 async def defer(pool: Pool, delivery: Delivery, *, due_at: datetime) -> bool:

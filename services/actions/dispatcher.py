@@ -104,7 +104,9 @@ class Dispatcher:
             self.pool, self.kinds, now=self.clock.now(), limit=limit,
             lease_s=self.policy.lease_s, scope=scope, skip_routes=full,
         )  # fmt: skip
-        for delivery, attempt in claimed:
+        for claimed_delivery, attempt in claimed:
+            # In the route it goes by: its channel may have been configured since it was planned.
+            delivery = self.channels.at_send(claimed_delivery)
             route = (delivery.kind, delivery.channel)
             task = asyncio.create_task(self.deliver(delivery, attempt), name=f"send-{delivery.id}")
             self.in_flight.add(task)
@@ -136,7 +138,12 @@ class Dispatcher:
 
     async def deliver(self, delivery: Delivery, attempt: int) -> None:
         """Send one delivery and record the outcome (a failure to record is retried by lease);
-        a step claimed inside its quiet hours is put back until they end, unsent."""
+        a step claimed inside its quiet hours is put back until they end, unsent.
+
+        One planned for the log because its channel was not configured then goes by that
+        channel if this process has it now, and its outcome records so (`Channels.at_send`).
+        """
+        delivery = self.channels.at_send(delivery)  # `step` did it already: the same then
         try:
             resume = quiet_until(self.clock.now(), delivery.payload.get("quiet_hours"))
         except Exception as exc:  # e.g. a zone this image's tzdata no longer has

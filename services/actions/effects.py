@@ -39,7 +39,8 @@ def idempotency_key(*parts: object) -> str:
 
 @dataclass(frozen=True)
 class ChannelConfig:
-    """Which channels are configured; an unconfigured one falls back to the log."""
+    """Which channels are configured; an unconfigured one falls back to the log (until it
+    is configured: `at_send`)."""
 
     webhook: bool
     email: bool
@@ -62,6 +63,26 @@ class ChannelConfig:
         configured = self.webhook if channel is Channel.WEBHOOK else self.email
         reason = "no_recipient" if configured else "not_configured"
         return {"fallback": {"channel": channel.value, "reason": reason}}
+
+    def at_send(
+        self, channel: str, recipient: str | None, payload: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """A planned delivery's channel and payload when a process configured as this one
+        sends it. One planned for the log because the channel its playbook asked for was not
+        configured then (its `fallback`, reason `not_configured`) goes through that channel if
+        it is configured now, its `fallback` dropped; an e-mail needs its recipient too, and
+        without one stays in the log, its reason now `no_recipient`. Any other delivery (one
+        logged for want of a recipient too) goes as planned."""
+        fallback = payload.get("fallback")
+        if (
+            channel != "log" or not isinstance(fallback, dict)
+            or fallback.get("reason") != "not_configured"
+            or fallback.get("channel") not in (Channel.WEBHOOK, Channel.EMAIL)
+        ):  # fmt: skip
+            return channel, payload
+        asked = Channel(fallback["channel"])
+        rest = {k: v for k, v in payload.items() if k != "fallback"}
+        return self.resolve(asked, recipient)[0], {**rest, **self.fallback(asked, recipient)}
 
 
 def unconfigured_channels(playbooks: Playbooks, channels: ChannelConfig) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.clock import FixedClock
 from shared.domain.playbooks import default_playbooks_path
@@ -121,6 +122,46 @@ async def test_a_step_picked_up_inside_quiet_hours_waits_for_their_end(
             assert subjects(mailbox) == [WELCOME[0][1]]
             [enrolment] = await _enrolments(url, "newbie")
             assert enrolment["steps"][0]["sent_at"] == moved
+
+
+async def test_steps_planned_before_smtp_was_configured_go_by_email_once_it_is(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+) -> None:
+    # Enrolled while ACTIONS_SMTP_HOST was unset, each step was stored as `channel: log` and
+    # stayed so when the operator configured SMTP (as the runbook says): the customer got
+    # none of them. The channel of such a step is the one configured when it is sent.
+    async with running_actions(actions_settings(base_env), clock) as url:
+        change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
+                             email="newbie@example.com")  # fmt: skip
+        await produce_changes(kafka_bootstrap, topic_namespace, [change])
+        [enrolment] = await eventually(lambda: _enrolments(url, "newbie"), what="enrolment")
+        assert [s["channel"] for s in enrolment["steps"]] == ["log"] * len(WELCOME)
+    with smtp_server() as (port, mailbox):
+        settings = actions_settings(base_env, smtp_host="127.0.0.1", smtp_port=port)
+        clock.set(NOW + DAY)
+        async with running_actions(settings, clock) as url:
+            await eventually(partial(_steps_sent, url, 1), what="the day-1 step")
+            assert [(str(m["To"]), str(m["Subject"])) for m in mailbox] == [
+                ("newbie@example.com", WELCOME[0][1])
+            ]
+            [enrolment] = await _enrolments(url, "newbie")
+            assert [(s["channel"], s["status"]) for s in enrolment["steps"]] == [
+                ("email", "sent"), *[("log", "scheduled")] * (len(WELCOME) - 1)
+            ]  # fmt: skip
+            async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+                text = (await client.get("/metrics")).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }  # fmt: skip
+    step = (("kind", "step"),)
+    assert samples[DELIVERIES, (("channel", "email"), *step, ("outcome", "sent"))] == 1
+    assert samples[DELIVERIES, (("channel", "log"), *step, ("outcome", "sent"))] == 0
+    assert samples[FALLBACKS, (("channel", "email"), *step, ("reason", "not_configured"))] == 0
+
+
+DELIVERIES = "tierstream_actions_deliveries_total"
+FALLBACKS = "tierstream_actions_log_fallbacks_total"
 
 
 def _unsent(enrolment: dict[str, Any]) -> list[tuple[str, int]]:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from services.actions import deliveries
+from services.actions import deliveries, queries
 from services.actions import store as actions_store
 from services.actions.batch import GoalHit, PlannedChange, apply_batch
 from services.actions.channels import Channels, Delivery, SmtpChannel, SmtpConfig, WebhookChannel
@@ -117,12 +117,15 @@ def _quiet_playbooks(folder: Path) -> Playbooks:
     return load_playbooks(edited)
 
 
-async def _enrol_newbie(pool: Pool, books: Playbooks) -> None:
-    """Customer "newbie" (with an e-mail) becomes new: enrolled in welcome, steps by e-mail."""
-    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new",
-                         email="newbie@example.com")  # fmt: skip
+async def _enrol_newbie(
+    pool: Pool, books: Playbooks, *, channels: ChannelConfig = EMAIL,
+    email: str | None = "newbie@example.com",
+) -> None:  # fmt: skip
+    """Customer "newbie" (with an e-mail) becomes new: enrolled in welcome, steps by e-mail
+    (planned for the log when `channels` has no e-mail)."""
+    change = tier_change("chg-new", "newbie", "lifecycle_stage", "lead", "new", email=email)
     await apply_batch(pool, [PlannedChange(change, plan_actions(change, books))], [], [],
-                      group_id="seed", playbooks=books, channels=EMAIL, now=NOW)  # fmt: skip
+                      group_id="seed", playbooks=books, channels=channels, now=NOW)  # fmt: skip
 
 
 def _webhook(client: httpx.AsyncClient, receiver: WebhookReceiver) -> Channels:
@@ -428,3 +431,149 @@ async def test_an_older_attempts_success_after_a_newer_one_died_leaves_it_dead_b
     assert (alert["status"], alert["sent_at"]) == ("dead", clock.now())
     assert "503" in str(alert["last_error"])
     assert _outcomes(registry, "alert", "webhook") == {"dead": 1, "superseded": 1}  # once
+
+
+FALLBACKS = "tierstream_actions_log_fallbacks_total"
+_STEP_ROWS = (
+    "SELECT step_name, channel, status, idempotency_key, payload ->> 'fallback' AS fallback"
+    " FROM actions.delivery WHERE kind = 'step' ORDER BY step_index"
+)
+
+
+def _fallbacks(registry: CollectorRegistry, kind: str) -> dict[tuple[str, str], float]:
+    """The non-zero `log_fallbacks_total` series of one kind, by (channel, reason)."""
+    found = {
+        (channel, reason): registry.get_sample_value(
+            FALLBACKS, {"kind": kind, "channel": channel, "reason": reason}
+        )
+        for channel in ("webhook", "email")
+        for reason in ("not_configured", "no_recipient")
+    }
+    return {labels: value for labels, value in found.items() if value}
+
+
+def _mail(port: int) -> Channels:
+    return Channels(email=SmtpChannel(SmtpConfig("127.0.0.1", port, "actions@example.com",
+                                                 timeout_s=5)))  # fmt: skip
+
+
+async def _dispatch_round(dispatcher: Dispatcher) -> None:
+    """One claim round as the running sender makes it, and the sends it started."""
+    await dispatcher.step()
+    await dispatcher.drain(timeout_s=10)
+    assert not [t for t in dispatcher.in_flight if not t.done()]
+
+
+async def test_a_step_planned_for_the_log_before_email_was_configured_goes_by_email_after(
+    pool: Pool, actions_db: str
+) -> None:
+    # Enrolled while ACTIONS_SMTP_HOST was unset, every step was stored as `channel: log` at
+    # enrolment and stayed so: configured the next day, SMTP never got one of them, and the
+    # customer nothing. The channel is chosen when a step is sent.
+    await _enrol_newbie(pool, load_playbooks(default_playbooks_path()), channels=LOG)
+    before = await fetch(actions_db, _STEP_ROWS)
+    unconfigured = '{"reason": "not_configured", "channel": "email"}'
+    assert [(r["channel"], r["status"], r["fallback"]) for r in before] == [
+        ("log", "pending", unconfigured)
+    ] * 4
+    day_1 = FixedClock(NOW + DAY)
+    # Claimed in the route it goes by: a hanging SMTP server's full route holds it back.
+    held = await deliveries.claim_due(pool, ("step",), now=day_1.now(), limit=10, lease_s=60,
+                                      skip_routes=[("step", "email")])  # fmt: skip
+    assert held == []
+    registry = CollectorRegistry()
+    with smtp_server() as (port, mailbox):
+        dispatcher = _dispatcher(pool, _mail(port), registry, kinds=("step",), clock=day_1)
+        await _dispatch_round(dispatcher)
+    assert [(str(m["To"]), str(m["Message-ID"])) for m in mailbox] == [
+        ("newbie@example.com", f"<{before[0]['idempotency_key']}@tierstream>")  # the same key
+    ]
+    after = await fetch(actions_db, _STEP_ROWS)
+    sent_first = [("quick_start", "email", "sent", None)]  # what happened, for API and metrics
+    rest = [(r["step_name"], "log", "pending", unconfigured) for r in before[1:]]
+    assert [(r["step_name"], r["channel"], r["status"], r["fallback"]) for r in after] == (
+        sent_first + rest
+    )
+    assert [r["idempotency_key"] for r in after] == [r["idempotency_key"] for r in before]
+    async with pool.acquire() as conn:
+        [enrolment] = await queries.list_enrolments(conn, "newbie", after=None, limit=10)
+    assert [s["channel"] for s in enrolment["steps"]] == ["email", "log", "log", "log"]
+    assert _outcomes(registry, "step", "email") == {"sent": 1}
+    assert _outcomes(registry, "step", "log") == {}
+    assert _fallbacks(registry, "step") == {}
+
+    # A process without SMTP again (it was unset once more) logs the next one, as before.
+    day_3 = FixedClock(NOW + 3 * DAY)
+    unset = CollectorRegistry()
+    await _dispatch_round(_dispatcher(pool, Channels(), unset, kinds=("step",), clock=day_3))
+    second = (await fetch(actions_db, _STEP_ROWS))[1]
+    assert (second["channel"], second["status"], second["fallback"]) == (
+        "log", "sent", unconfigured)  # fmt: skip
+    assert _outcomes(unset, "step", "log") == {"sent": 1}
+    assert _fallbacks(unset, "step") == {("email", "not_configured"): 1}
+
+
+async def test_a_step_planned_for_the_log_without_email_or_address_stays_there_for_the_address(
+    pool: Pool, actions_db: str
+) -> None:
+    # Neither SMTP nor the customer's address: with SMTP since, the address still lacks.
+    await _enrol_newbie(pool, load_playbooks(default_playbooks_path()), channels=LOG, email=None)
+    registry = CollectorRegistry()
+    with smtp_server() as (port, mailbox):
+        dispatcher = _dispatcher(pool, _mail(port), registry, kinds=("step",),
+                                 clock=FixedClock(NOW + DAY))  # fmt: skip
+        await _dispatch_round(dispatcher)
+    assert mailbox == []
+    first = (await fetch(actions_db, _STEP_ROWS))[0]
+    assert (first["channel"], first["status"], first["fallback"]) == (
+        "log", "sent", '{"reason": "no_recipient", "channel": "email"}')  # fmt: skip
+    assert _outcomes(registry, "step", "log") == {"sent": 1}
+    assert _fallbacks(registry, "step") == {("email", "no_recipient"): 1}
+
+
+async def test_an_alert_planned_for_the_log_goes_to_the_webhook_configured_since(
+    pool: Pool, actions_db: str
+) -> None:
+    await apply_changes(pool, [tier_change("c1", "vip", "value_tier", "silver", "gold")],
+                        now=NOW, channels=LOG)  # fmt: skip
+    registry = CollectorRegistry()
+    receiver = WebhookReceiver(SECRET.encode())
+    async with serving(receiver), httpx.AsyncClient(timeout=5) as client:
+        dispatcher = _dispatcher(pool, _webhook(client, receiver), registry, kinds=("alert",),
+                                 clock=FixedClock(NOW))  # fmt: skip
+        await _dispatch_round(dispatcher)
+    [received] = receiver.requests
+    assert received.signature_ok and "fallback" not in received.body
+    sql = ("SELECT channel, status, payload ->> 'fallback' AS fallback, idempotency_key"
+           " FROM actions.delivery WHERE kind = 'alert'")  # fmt: skip
+    assert await fetch(actions_db, sql) == [
+        {"channel": "webhook", "status": "sent", "fallback": None, "idempotency_key": received.key}
+    ]
+    assert _outcomes(registry, "alert", "webhook") == {"sent": 1}
+    assert _fallbacks(registry, "alert") == {}
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome", "status"),
+    [("450 4.2.0 greylisted, try again later", "retry", "pending"),
+     ("550 5.1.1 no such mailbox", "dead", "dead")],
+    ids=["greylisted", "unknown"],
+)  # fmt: skip
+async def test_a_step_planned_for_the_log_and_refused_by_email_records_email_with_the_failure(
+    pool: Pool, actions_db: str, reply: str, outcome: str, status: str
+) -> None:
+    await _enrol_newbie(pool, load_playbooks(default_playbooks_path()), channels=LOG)
+    registry = CollectorRegistry()
+    with smtp_server(rcpt_reply=reply) as (port, mailbox):
+        dispatcher = _dispatcher(pool, _mail(port), registry, kinds=("step",),
+                                 clock=FixedClock(NOW + DAY))  # fmt: skip
+        await _dispatch_round(dispatcher)
+    assert mailbox == []
+    sql = ("SELECT channel, status, attempts, last_error, payload ->> 'fallback' AS fallback"
+           " FROM actions.delivery WHERE kind = 'step' ORDER BY step_index LIMIT 1")  # fmt: skip
+    [first] = await fetch(actions_db, sql)
+    assert (first["channel"], first["status"], first["attempts"], first["fallback"]) == (
+        "email", status, 1, None)  # fmt: skip
+    assert str(first["last_error"]).startswith(f"recipient refused: SMTP {reply[:3]}")
+    assert _outcomes(registry, "step", "email") == {outcome: 1}
+    assert _fallbacks(registry, "step") == {}

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.actions.effects import (
     ChannelConfig,
+    EnrolRow,
     TaskRow,
     collect_effects,
     idempotency_key,
@@ -18,6 +19,7 @@ from services.actions.effects import (
 from shared.contracts import TierChanged
 from shared.domain.playbooks import (
     ActionRequest,
+    EnrolRequest,
     Playbooks,
     default_playbooks_path,
     load_playbooks,
@@ -141,6 +143,34 @@ def test_unconfigured_channels_fall_back_to_the_log() -> None:
     ).alerts
     assert nobody.channel == "log"
     assert nobody.payload["fallback"] == {"channel": "email", "reason": "no_recipient"}
+
+
+def test_a_delivery_logged_for_want_of_its_channel_goes_by_it_once_it_is_configured() -> None:
+    # Chosen once, when the rows were written: a step due a week later stayed in the log
+    # though its channel had been configured meanwhile.
+    [row] = step_rows(7, EnrolRow("c", "1", NOW, NOW, _welcome("c@example.com")), NONE)[:1]
+    assert (row.channel, row.payload["fallback"]["reason"]) == ("log", "not_configured")
+    assert NONE.at_send(row.channel, row.recipient, row.payload) == (row.channel, row.payload)
+    channel, payload = ALL.at_send(row.channel, row.recipient, row.payload)
+    assert (channel, payload) == ("email", {k: v for k, v in row.payload.items()
+                                            if k != "fallback"})  # fmt: skip
+    # Without an address it stays in the log, now for want of the address.
+    assert ALL.at_send("log", None, row.payload) == (
+        "log", {**payload, "fallback": {"channel": "email", "reason": "no_recipient"}})  # fmt: skip
+    # Logged for want of an address, or sent as asked, a delivery goes as planned.
+    nobody = {**payload, "fallback": {"channel": "email", "reason": "no_recipient"}}
+    assert ALL.at_send("log", None, nobody) == ("log", nobody)
+    assert NONE.at_send("email", "c@example.com", payload) == ("email", payload)
+    [alert] = collect_effects(planned(change("1", "c", "value_tier", "silver", "gold")), NONE,
+                              now=NOW).alerts  # fmt: skip
+    assert ALL.at_send(alert.channel, alert.recipient, alert.payload) == (
+        "webhook", {"change": alert.payload["change"]})  # fmt: skip
+
+
+def _welcome(email: str) -> EnrolRequest:
+    new = change("1", "c", "lifecycle_stage", "lead", "new", email=email)
+    [request] = [r for r in plan_actions(new, BOOKS).requests if isinstance(r, EnrolRequest)]
+    return request
 
 
 def test_alert_keys_are_stable_per_change_and_differ_between_changes() -> None:
