@@ -25,6 +25,16 @@ Each running service serves its full document, with every request and response s
   parameter the route does not read is a 422 (`query_unknown`), not ignored; a path with a
   trailing slash is a 404, but for `/v1/customers/`, which reads as a customer with an
   empty id (a 422).
+- **Sending events (ingest).** A batch is all or nothing: a 202 lists the accepted
+  `event_ids`; a 422 names each failing event (`index`) and nothing was published. An
+  `event_id` seen before is acknowledged and then dropped by the scorer, whatever its body:
+  correct a purchase with a refund (`refund_of`) and, if needed, a new purchase under a new
+  id, never by sending the id again. A 503 means the broker did not acknowledge the events:
+  some may have been written; send them all again unchanged, with the same ids. Amounts are
+  summed as sent, whatever their `currency`. Limits: `INGEST_MAX_BATCH_EVENTS` events
+  (1,000) and `INGEST_MAX_BODY_BYTES` (1 MiB) a request; `occurred_at` at most
+  `INGEST_MAX_FUTURE_SECONDS` ahead (300 s) and `INGEST_MAX_PAST_DAYS` back (20 years);
+  64 attributes an event, their text at most 1,024 characters.
 - **Paging.** List routes take `limit` and an opaque `cursor`; pass the `next_cursor` of
   a page to get the next one, until it is `null`. The change feed (`GET /v1/changes`) also
   answers a `tail_cursor`: ask again with it later for only the changes published since.

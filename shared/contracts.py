@@ -41,17 +41,29 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS, pat
 SHORT_TEXT_MAX_CHARS = 256  # sources, skus, categories, channels, devices
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=SHORT_TEXT_MAX_CHARS)]
 AttributeValue = str | int | float | bool | None
+# An attribute's text (a region, an industry): a customer keeps 128 attributes, rewritten
+# with every event, and each tier change carries them. Unbounded, three logins with a
+# 900,000-character value made a 2.7 MB customer row and API answer.
+ATTRIBUTE_VALUE_MAX_CHARS = 1024
 
 
-def _attribute_value(value: object) -> AttributeValue:
+def _attribute_value(value: object, info: ValidationInfo) -> AttributeValue:
     """An attribute value as it is kept: one error per wrong value.
 
     As a union, pydantic reported a wrong value once per member (`attributes.region.str`,
     `.int`, ...): four errors on fields that do not exist, which made counts and lists of
     errors wrong. A JSON number must be finite (NaN / Infinity would not survive a round
-    trip) and, read as a float, must not lose its magnitude (1e-400 became 0).
+    trip) and, read as a float, must not lose its magnitude (1e-400 became 0). Text sent to
+    ingest (`STRICT_JSON`) holds at most ATTRIBUTE_VALUE_MAX_CHARS characters.
     """
-    if value is None or isinstance(value, str | int):  # bool is an int
+    if isinstance(value, str):
+        if len(value) > ATTRIBUTE_VALUE_MAX_CHARS and (info.context or {}).get("strict_json"):
+            raise PydanticCustomError(
+                "string_too_long", "String should have at most {max_length} characters",
+                {"max_length": ATTRIBUTE_VALUE_MAX_CHARS},
+            )  # fmt: skip
+        return value
+    if value is None or isinstance(value, int):  # bool is an int
         return value
     if isinstance(value, Decimal):  # ingest decodes JSON numbers as exact Decimals
         number = float(value)
@@ -70,7 +82,12 @@ def _attribute_value(value: object) -> AttributeValue:
 
 
 _JSON_TYPES = ("string", "integer", "number", "boolean", "null")
-_ATTRIBUTE_SCHEMA = {"anyOf": [{"type": t} for t in _JSON_TYPES]}
+_ATTRIBUTE_SCHEMA = {
+    "anyOf": [
+        {"type": t, **({"maxLength": ATTRIBUTE_VALUE_MAX_CHARS} if t == "string" else {})}
+        for t in _JSON_TYPES
+    ]
+}
 EventAttributeValue = Annotated[
     AttributeValue, PlainValidator(_attribute_value), WithJsonSchema(_ATTRIBUTE_SCHEMA)
 ]
@@ -202,8 +219,10 @@ def _money(value: object) -> object:
 Money = Annotated[Decimal, BeforeValidator(_money)]
 
 
-# Validation context under which an integer field takes only a JSON integer (no "3", no true):
-# ingest validates decoded JSON with it; CSV import and Python callers keep lax coercion.
+# Validation context of what a sender may send (ingest validates decoded JSON with it): an
+# integer field takes only a JSON integer (no "3", no true), and an attribute's text is
+# bounded. CSV import and Python callers keep lax coercion; records already on a topic are
+# read without it (one accepted before a bound existed stays readable).
 STRICT_JSON: dict[str, Any] = {"strict_json": True}
 
 
@@ -273,11 +292,16 @@ class PurchaseMade(_EventBase):
         description="Order value, >= 0, as a JSON number or string.",
     )
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
-        description="ISO 4217 code, three capital letters."
+        description="ISO 4217 code, three capital letters. Amounts are summed as sent,"
+        " whatever their currency (no conversion): send every amount in one currency."
     )
     items: Annotated[list[LineItem], Field(max_length=1000)] | None = None
     category: ShortText | None = None
-    refund_of: Id | None = Field(None, description="order_id this purchase refunds.")
+    refund_of: Id | None = Field(
+        None,
+        description="order_id this purchase refunds; its `amount` (>= 0) is the sum refunded,"
+        " taken off the customer's spend, and its own `order_id` the refund's.",
+    )
 
 
 class LoginChannel(StrEnum):

@@ -63,7 +63,9 @@ def create_app(
     )
     metrics.broker_available.set_function(lambda: float(publisher.available))
     parser = EventParser.create(
-        max_events=settings.max_batch_events, max_future_seconds=settings.max_future_seconds
+        max_events=settings.max_batch_events,
+        max_future_seconds=settings.max_future_seconds,
+        max_past_days=settings.max_past_days,
     )
     intake = EventIntake(
         parser, publisher, metrics, clock or clock_for(settings.now), settings.retry_after_s

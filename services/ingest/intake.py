@@ -29,6 +29,15 @@ def with_source(events: Sequence[Event], source: str) -> list[Event]:
     return [e if e.source else e.model_copy(update={"source": source}) for e in events]
 
 
+def unacknowledged_detail(retry_after_s: int) -> str:
+    """A 503's detail: the sender must not take the events for refused (some may be on the
+    topic) nor correct them under the same ids (a repeated id is dropped downstream)."""
+    return (
+        "The broker did not acknowledge the events; some may have been written. Send them all"
+        f" again, unchanged and with the same event_ids, after {retry_after_s} s."
+    )
+
+
 @dataclass(frozen=True)
 class EventIntake:
     """Accepts events only once the broker acknowledged every one of them."""
@@ -90,7 +99,7 @@ class EventIntake:
             raise ProblemError(
                 503,
                 "Broker unavailable",
-                f"Events were not accepted; retry after {self.retry_after_s} s.",
+                unacknowledged_detail(self.retry_after_s),
                 headers={"Retry-After": str(self.retry_after_s)},
             ) from None
         self.metrics.publish_seconds.labels("ok").observe(time.perf_counter() - started)

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from services.ingest.intake import unacknowledged_detail
 from services.ingest.parsing import EventBatch, FieldError, IncomingEvent
 from shared.contracts import CustomerLoggedIn, PurchaseMade, SupportTicketUpdated
 from shared.http import PROBLEM_JSON
@@ -142,7 +143,7 @@ EVENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "The broker did not acknowledge every event in time: none is reported accepted, though "
         "some may have been written. Resend them all after Retry-After (same event_ids; "
         "duplicates are dropped downstream).",
-        _problem(503, "Broker unavailable", "Events were not accepted; retry after 5 s."),
+        _problem(503, "Broker unavailable", unacknowledged_detail(5)),
         headers={
             "Retry-After": {
                 "schema": {"type": "integer"},

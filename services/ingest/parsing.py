@@ -16,7 +16,7 @@ import codecs
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import jiter
@@ -45,23 +45,34 @@ from shared.contracts import (
 from shared.http import ProblemError, body_too_large, declares_more_than
 
 FUTURE_ERROR = "occurred_at_in_future"
+PAST_ERROR = "occurred_at_too_old"
+_TIME_ERRORS = {FUTURE_ERROR, PAST_ERROR}
 # A 422 lists at most this many errors: a megabyte of wrong line items would otherwise
 # answer with tens of megabytes, and build them on the event loop.
 MAX_REPORTED_ERRORS = 100
 _TAG_ERRORS = {"union_tag_invalid", "union_tag_not_found"}
 
 
-def _not_in_future(event: Event, info: ValidationInfo) -> Event:
-    """Reject events stamped later than the `not_after` instant passed as context."""
-    not_after: datetime | None = (info.context or {}).get("not_after")
+def _in_accepted_times(event: Event, info: ValidationInfo) -> Event:
+    """Reject events stamped later than the `not_after` instant passed as context, or
+    before its `not_before` (a zero date, 0001-01-01 or 1970-01-01, from a sender's bug:
+    accepted, it made the customer churned at once, and the churn playbooks ran)."""
+    context = info.context or {}
+    not_after: datetime | None = context.get("not_after")
+    not_before: datetime | None = context.get("not_before")
     if not_after is not None and event.occurred_at > not_after:
         raise PydanticCustomError(
             FUTURE_ERROR, "occurred_at lies more than the allowed skew in the future"
         )
+    if not_before is not None and event.occurred_at < not_before:
+        raise PydanticCustomError(
+            PAST_ERROR,
+            "occurred_at lies further in the past than ingest accepts (INGEST_MAX_PAST_DAYS)",
+        )
     return event
 
 
-IncomingEvent = Annotated[CustomerEvent, AfterValidator(_not_in_future)]
+IncomingEvent = Annotated[CustomerEvent, AfterValidator(_in_accepted_times)]
 
 
 class EventBatch(BaseModel):
@@ -115,13 +126,17 @@ class EventParser:
     batch: TypeAdapter[EventBatch]
     single: TypeAdapter[Event]
     max_future: timedelta
+    max_past: timedelta | None
     fast_batch: TypeAdapter[_UncheckedTimes]
     fast_single: TypeAdapter[Event]
     source_name: TypeAdapter[str]
 
     @classmethod
-    def create(cls, *, max_events: int, max_future_seconds: float) -> EventParser:
-        """A parser for batches of at most `max_events`, times at most this far ahead."""
+    def create(
+        cls, *, max_events: int, max_future_seconds: float, max_past_days: int = 0
+    ) -> EventParser:
+        """A parser for batches of at most `max_events`, times at most this far ahead and
+        (unless 0) at most `max_past_days` back."""
         model = batch_model(max_events)
         single: TypeAdapter[Event] = TypeAdapter(IncomingEvent)
         fast_single: TypeAdapter[Event] = TypeAdapter(CustomerEvent)
@@ -130,6 +145,7 @@ class EventParser:
             TypeAdapter(model),
             single,
             timedelta(seconds=max_future_seconds),
+            timedelta(days=max_past_days) if max_past_days else None,
             _fast_batch(max_events),
             fast_single,
             TypeAdapter(ShortText),
@@ -138,6 +154,7 @@ class EventParser:
     def validate(self, data: object, *, now: datetime, batch: bool) -> list[Event]:
         """Every event of a decoded body, or ProblemError 422 locating its errors."""
         not_after = now + self.max_future
+        not_before = _earliest(now, self.max_past)
         try:
             if batch:
                 events = list(self.fast_batch.validate_python(data, context=STRICT_JSON).events)
@@ -145,9 +162,11 @@ class EventParser:
                 events = [self.fast_single.validate_python(data, context=STRICT_JSON)]
         except ValidationError:
             events = []
-        if events and all(event.occurred_at <= not_after for event in events):
+        lowest = not_before or _CALENDAR_START
+        if events and all(lowest <= event.occurred_at <= not_after for event in events):
             return refuse_conflicting_ids(events) if batch else events
-        return refuse_conflicting_ids(self._validate_reporting(data, not_after, batch=batch))
+        times = {"not_after": not_after, "not_before": not_before}
+        return refuse_conflicting_ids(self._validate_reporting(data, times, batch=batch))
 
     def fill_source(self, data: object, source: str, *, batch: bool) -> None:
         """Give items of a decoded body without a `source` the API key's source name, in place.
@@ -164,9 +183,11 @@ class EventParser:
             if isinstance(item, dict) and item.get("source") is None:
                 item["source"] = source
 
-    def _validate_reporting(self, data: object, not_after: datetime, *, batch: bool) -> list[Event]:
-        """Validation with every check, the future one included: the errors to report."""
-        context = {**STRICT_JSON, "not_after": not_after}
+    def _validate_reporting(
+        self, data: object, times: dict[str, datetime | None], *, batch: bool
+    ) -> list[Event]:
+        """Validation with every check, the times' bounds included: the errors to report."""
+        context = {**STRICT_JSON, **times}
         try:
             if batch:
                 return list(self.batch.validate_python(data, context=context).events)
@@ -298,7 +319,7 @@ def describe_error(error: ErrorDetails, *, batch: bool) -> FieldError:
     reason = error["msg"]
     if error["type"] in _TAG_ERRORS:
         loc = [*loc, "type"]
-    elif error["type"] == FUTURE_ERROR:
+    elif error["type"] in _TIME_ERRORS:
         loc = [*loc, "occurred_at"]
     elif error["type"] == "string_pattern_mismatch" and ID_PATTERN in reason:
         reason = ID_PATTERN_REASON  # instead of the pattern
@@ -315,6 +336,20 @@ def _dotted(path: Sequence[str | int]) -> str:
         else:
             text += f".{part}" if text else part
     return text or "body"
+
+
+_CALENDAR_START = datetime.min.replace(tzinfo=UTC)
+
+
+def _earliest(now: datetime, max_past: timedelta | None) -> datetime | None:
+    """The earliest event time accepted at `now` (None: any; also when the bound reaches
+    before the calendar's start, under a clock set to the distant past)."""
+    if max_past is None:
+        return None
+    try:
+        return now - max_past
+    except OverflowError:
+        return None
 
 
 def require_json(content_type: str | None, content_encoding: str | None = None) -> None:

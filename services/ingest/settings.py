@@ -41,6 +41,14 @@ class IngestSettings(ServiceSettings):
         le=366 * 86400,  # a bound on clock skew, not a way to accept any date: at most a year
         description="How far in the future `occurred_at` may lie (clock skew; at most 366 days).",
     )
+    max_past_days: int = Field(
+        7305,
+        ge=0,
+        le=36_500,
+        description="How far in the past `occurred_at` may lie, in days (default 20 years); 0:"
+        " no bound; at most 36,500. A zero date from a sender's bug (0001-01-01, 1970-01-01)"
+        " would make the customer churned at once. Raise it to import older history.",
+    )
     publish_timeout_s: float = Field(
         5.0, gt=0, description="Upper bound for one request's publish, broker ack included."
     )

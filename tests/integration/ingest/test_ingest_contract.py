@@ -202,6 +202,18 @@ INVALID_EVENTS: list[tuple[str, Callable[[], dict[str, Any]], str, str]] = [
         "string_nul",
     ),
     ("future", lambda: login(occurred_at=in_minutes(10)), "occurred_at", "occurred_at_in_future"),
+    (  # kept with the customer and carried by every tier change
+        "long-attribute",
+        lambda: login(attributes={"region": "x" * 1025}),
+        "attributes.region",
+        "string_too_long",
+    ),
+    (  # a sender's zero date: over INGEST_MAX_PAST_DAYS (20 years) ago
+        "unix-epoch",
+        lambda: login(occurred_at="1970-01-01T00:00:00Z"),
+        "occurred_at",
+        "occurred_at_too_old",
+    ),
     ("lowercase-currency", lambda: purchase(currency="eur"), "currency", "string_pattern_mismatch"),
     ("long-currency", lambda: purchase(currency="EURO"), "currency", "string_pattern_mismatch"),
     ("currency-newline", lambda: purchase(currency="EUR\n"), "currency", "string_pattern_mismatch"),

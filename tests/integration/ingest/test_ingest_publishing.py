@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -178,35 +179,45 @@ async def test_concurrent_requests_for_the_same_partitions_are_all_published_in_
 
 
 async def test_an_event_over_the_brokers_record_limit_is_a_413_naming_it_not_a_503(
-    client: httpx.AsyncClient, settings: IngestSettings, publisher: KafkaPublisher
+    settings: IngestSettings, registry: CollectorRegistry
 ) -> None:
-    # Within the 1 MiB body limit, but its record is over Apache Kafka's default 1,048,588
-    # bytes: a real broker would refuse it on every retry.
-    event = login(customer_id="cust-huge", attributes={"notes": ""})
-    filler = settings.max_body_bytes - len(json.dumps(event).encode())
-    event["attributes"]["notes"] = "n" * filler
-    body = json.dumps(event).encode()
-    assert len(body) == settings.max_body_bytes
-    producer = publisher._producer
-    response = await client.post(
-        "/v1/events", content=body, headers={**AUTH, "Content-Type": "application/json"}
-    )
-    assert response.status_code == 413, response.text
-    problem = response.json()
-    assert problem["title"] == "Event too large" and event["event_id"] in problem["detail"]
-    [error] = problem["errors"]
-    assert (error["field"], error["type"]) == ("event", "record_too_large")
-    assert f"at most {settings.kafka_max_message_bytes}" in error["reason"]
-    small = login(customer_id="cust-small")
-    assert (await client.post("/v1/events", json=small, headers=AUTH)).status_code == 202
-    assert publisher._producer is producer  # the broker was fine: no producer was retired
+    # Within the body limit, but its record is over the broker's limit (KAFKA_MAX_MESSAGE_BYTES,
+    # set low here: at the defaults an event's fields cannot reach Apache Kafka's 1,048,588
+    # bytes): a real broker would refuse it on every retry.
+    tight = settings.model_copy(update={"kafka_max_message_bytes": 8192})
+    event = _over_8_kib("cust-huge")
+    publisher = KafkaPublisher(tight, timeout_s=tight.publish_timeout_s)
+    await publisher.start()
+    try:
+        producer = publisher._producer
+        transport = httpx.ASGITransport(
+            app=create_app(tight, publisher=publisher, registry=registry)
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+            response = await client.post("/v1/events", json=event, headers=AUTH)
+            assert response.status_code == 413, response.text
+            problem = response.json()
+            assert problem["title"] == "Event too large" and event["event_id"] in problem["detail"]
+            [error] = problem["errors"]
+            assert (error["field"], error["type"]) == ("event", "record_too_large")
+            assert f"at most {tight.kafka_max_message_bytes}" in error["reason"]
+            small = login(customer_id="cust-small")
+            assert (await client.post("/v1/events", json=small, headers=AUTH)).status_code == 202
+        assert publisher._producer is producer  # the broker was fine: no producer was retired
+    finally:
+        await publisher.stop()
+
+
+def _over_8_kib(customer_id: str) -> dict[str, Any]:
+    """A valid event whose record is over 8 KiB (attribute text is bounded: several)."""
+    return login(customer_id=customer_id, attributes={f"notes{i}": "n" * 1000 for i in range(9)})
 
 
 async def test_a_batch_with_one_event_over_the_limit_publishes_nothing(
     settings: IngestSettings, registry: CollectorRegistry
 ) -> None:
     tight = settings.model_copy(update={"kafka_max_message_bytes": 8192})
-    big = login(customer_id="cust-b", attributes={"notes": "n" * 9000})
+    big = _over_8_kib("cust-b")
     events = [login(customer_id="cust-a"), big, login(customer_id="cust-c")]
     publisher = KafkaPublisher(tight, timeout_s=tight.publish_timeout_s)
     await publisher.start()

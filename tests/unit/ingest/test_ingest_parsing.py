@@ -427,3 +427,24 @@ def test_loose_types_of_a_rejected_body_never_fail() -> None:
     ]
     assert loose_types({"events": "nope"}, batch=True) == []
     assert loose_types([1], batch=False) == ["unknown"]
+
+
+def test_an_event_older_than_the_past_bound_is_refused_naming_its_time() -> None:
+    # A zero date from a sender's bug made the customer churned at once (default 20 years).
+    parser = EventParser.create(max_events=3, max_future_seconds=300, max_past_days=10)
+    ten_days = (NOW - timedelta(days=10)).isoformat()
+    [kept] = parser.validate(purchase(occurred_at=ten_days), now=NOW, batch=False)
+    assert kept.occurred_at == NOW - timedelta(days=10)
+    older = (NOW - timedelta(days=10, microseconds=1)).isoformat()
+    for when in (older, "1970-01-01T00:00:00Z", "0001-01-02T00:00:00Z"):
+        batch = {"events": [purchase(), purchase(event_id="e2", occurred_at=when)]}
+        problem = problem_of(lambda b=batch: parser.validate(b, now=NOW, batch=True))
+        assert [(e["index"], e["field"], e["type"]) for e in problem.errors or []] == [
+            (1, "events[1].occurred_at", "occurred_at_too_old")
+        ]
+    # Under a clock set to the distant past the bound reaches before year 1: none then.
+    early = datetime(1, 1, 5, tzinfo=UTC)
+    [event] = parser.validate(purchase(occurred_at="0001-01-02T00:00:00Z"), now=early, batch=False)
+    assert event.occurred_at.year == 1
+    # Without a bound (INGEST_MAX_PAST_DAYS=0) any time on the calendar is taken.
+    assert PARSER.validate(purchase(occurred_at="0001-01-02T00:00:00Z"), now=NOW, batch=False)
