@@ -35,6 +35,10 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InsufficientResourcesError,
     # A statement cancelled by the server (statement_timeout) or an administrator.
     asyncpg.QueryCanceledError,
+    # The server is a read-only standby (a failover in progress): refused at connect
+    # (`create_pool`), or a write on a connection opened before the switch.
+    asyncpg.TargetServerAttributeNotMatched,
+    asyncpg.ReadOnlySQLTransactionError,
 )
 _READY_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError)
 
@@ -52,8 +56,13 @@ async def create_pool(
 
     Opening a connection gives up after 10 s and a statement after 60 s (a batch of the
     consuming work may take long), or both after `within` s for an HTTP API's pool."""
+    dsn = asyncpg_dsn(database_url)
+    # A read-only server (a standby a failover left the address on) is refused at connect,
+    # as an outage, not taken: every batch failed on it while /readyz said ready.
+    writable = {} if "target_session_attrs" in dsn else {"target_session_attrs": "read-write"}
     pool: Pool = await asyncpg.create_pool(
-        asyncpg_dsn(database_url),
+        dsn,
+        **writable,
         min_size=0,
         max_size=size,
         command_timeout=within or 60,

@@ -153,6 +153,8 @@ def split_stale(
     The scorer publishes a customer's changes in order on one partition; a replay, or a
     customer moved to another partition, can bring an older one after a newer one. Their
     times cannot tell: a late event's change is dated before one published ahead of it.
+    The seq already applied is stale too: a seq is one change's, read again once its inbox
+    row was pruned (a re-read of the topic acted again on every customer's latest change).
     A change without a seq (an older scorer's) is never stale.
     """
     latest = dict(before)
@@ -161,7 +163,7 @@ def split_stale(
     for planned in changes:
         key, seq = _change_key(planned.change), planned.seq
         seen = latest.get(key)
-        if seq is not None and seen is not None and seq < seen:
+        if seq is not None and seen is not None and seq <= seen:
             stale.append(planned)
             continue
         if seq is not None:

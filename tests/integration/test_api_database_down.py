@@ -259,6 +259,28 @@ async def test_both_apis_answer_postgres_refusing_more_connections_with_a_503(
         await admin.close()
 
 
+async def test_both_apis_answer_a_read_only_server_with_a_503_and_recover(migrated: str) -> None:
+    # A failover can leave the address on a standby: its reads worked, every write failed,
+    # and the probes said ready. Its connections are refused as an outage now.
+    admin = await asyncpg.connect(asyncpg_dsn(migrated))
+    database = make_url(migrated).database
+    await admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    try:
+        async with _apps(migrated) as apps:
+            with capture_logs() as logs:
+                answers = await _call_all(apps)
+            for call, response in answers:
+                assert response.status_code == 503, (call, response.text)
+                assert response.headers["retry-after"].isdigit(), call
+                _assert_reveals_nothing(response.text, "read-only", "target")
+            assert len(_errors(logs, "database unavailable")) == len(answers), logs
+            await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+            await _healthy(apps)  # writable again: the same pools connect, no restart
+    finally:
+        await admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        await admin.close()
+
+
 async def test_a_dropped_database_is_a_logged_500_that_names_nothing(
     apps: Apps, pg_server_url: str, migrated: str
 ) -> None:

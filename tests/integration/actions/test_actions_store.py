@@ -320,3 +320,17 @@ async def test_a_late_events_withdrawal_dated_earlier_is_current_by_its_seq(
     result = await apply_changes(pool, [old_exit], now=NOW + DAY, seqs=[6])  # replayed
     assert result.stale == ["old"]
     assert ("win_back", "active", None) in await _enrolments(actions_db, "r", "win_back")
+
+
+async def test_the_latest_change_read_again_after_its_inbox_row_was_pruned_is_not_acted_on(
+    pool: Pool, actions_db: str
+) -> None:
+    # A re-read of the topic past the inbox's retention enrolled and mailed every customer
+    # again for its latest change: its seq equals the one applied, it is no newer.
+    gold = tier_change("g1", "p", "value_tier", "silver", "gold")
+    await apply_changes(pool, [gold], now=NOW, seqs=[4])
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM actions.inbox")  # what retention does after 30 days
+    result = await apply_changes(pool, [gold], now=NOW + DAY, seqs=[4])
+    assert result.stale == ["g1"]
+    assert await _enrolments(actions_db, "p", "vip_welcome") == [("vip_welcome", "active", None)]
