@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.connect_utils import SessionAttribute
 from asyncpg.pool import PoolAcquireContext
 
 from shared.db import asyncpg_dsn
@@ -59,10 +60,10 @@ async def create_pool(
     dsn = asyncpg_dsn(database_url)
     # A read-only server (a standby a failover left the address on) is refused at connect,
     # as an outage, not taken: every batch failed on it while /readyz said ready.
-    writable = {} if "target_session_attrs" in dsn else {"target_session_attrs": "read-write"}
+    writable = None if "target_session_attrs" in dsn else SessionAttribute.read_write
     pool: Pool = await asyncpg.create_pool(
         dsn,
-        **writable,
+        target_session_attrs=writable,
         min_size=0,
         max_size=size,
         command_timeout=within or 60,
