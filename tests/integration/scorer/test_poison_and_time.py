@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from services.scorer import consumer, evaluation
+from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
 from shared.domain.rules import default_rules_path
 from shared.domain.state import CustomerState, Event, fold
@@ -69,8 +70,7 @@ async def test_poison_records_are_dead_lettered_and_the_partition_keeps_flowing(
         await produce_raw(kafka_bootstrap, topic, [(b"c1", value) for value in poison])
         await produce(kafka_bootstrap, topic_router(topic_namespace), [good, year_9999])
         rows = await wait_until(lambda: _rows_of(scorer_db, {"c1", "far"}))
-        async with httpx.AsyncClient() as http:
-            metrics = (await http.get(f"http://127.0.0.1:{settings.port}/metrics")).text
+        metrics = await wait_until(lambda: _counted(settings, processed=2))
     assert rows["c1"]["state"]["lifetime_orders"] == 1
     assert rows["far"]["next_review_at"] is None
     assert "early" not in rows  # dead-lettered at decoding (no UTC equivalent), never folded
@@ -118,7 +118,7 @@ async def test_only_the_event_that_cannot_be_folded_is_quarantined_not_its_neigh
     settings = scorer_settings(base_env)
     async with running_scorer(settings, clock):
         rows = await wait_until(lambda: _rows_of(scorer_db, {"mixed"}))
-        metrics = await metrics_text(settings) or ""
+        metrics = await wait_until(lambda: _counted(settings, processed=2))
     assert rows["mixed"]["state"]["lifetime_orders"] == 2  # its good events were applied
     # A valid event held back by a scorer fault, told from a record no one could read.
     assert 'tierstream_scorer_events_total{outcome="quarantined",type="purchase"} 1.0' in metrics
@@ -131,6 +131,17 @@ async def test_only_the_event_that_cannot_be_folded_is_quarantined_not_its_neigh
 async def _rows_of(database_url: str, customers: set[str]) -> dict[str, dict[str, Any]]:
     rows = await customer_rows(database_url)
     return rows if customers <= rows.keys() else {}
+
+
+async def _counted(settings: ScorerSettings, *, processed: int) -> str | None:
+    """The scorer's /metrics once it has counted `processed` purchases. A batch is counted
+    after its commit, once its connection is back in the pool (one more round trip): its
+    rows can be read before its counts (dead letters too) are on /metrics."""
+    text = await metrics_text(settings) or ""
+    found = re.search(
+        r'^tierstream_scorer_events_total\{outcome="processed",type="purchase"\} (\S+)$', text, re.M
+    )
+    return text if found and float(found.group(1)) >= processed else None
 
 
 async def test_a_customer_silent_for_over_30_days_becomes_at_risk_by_time_alone(
