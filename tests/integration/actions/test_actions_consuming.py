@@ -90,7 +90,8 @@ async def test_gold_change_delivered_twice_gives_one_task_one_signed_alert_and_o
                 'tierstream_actions_records_total{outcome="duplicate",source="tier_changed"}'
             )
             assert await eventually(lambda: _metric(url, duplicates), what="the duplicate") == 1
-            await eventually(lambda: _async(receiver.successes), what="the alert")
+            # Recorded once the answer is back: the receiver counts its success before.
+            await eventually(lambda: _recorded_alerts(url, "cust-1"), what="the alert")
 
             tasks = (await _get(url, "/v1/tasks", customer_id="cust-1"))["items"]
             assert [
@@ -136,6 +137,12 @@ async def test_gold_change_delivered_twice_gives_one_task_one_signed_alert_and_o
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def _recorded_alerts(url: str, customer_id: str) -> list[Any]:
+    """The customer's alerts once each has an outcome recorded (none pending any more)."""
+    alerts = await _items(url, "/v1/alerts", customer_id=customer_id)
+    return alerts if alerts and all(a["status"] != "pending" for a in alerts) else []
 
 
 async def test_a_second_trigger_refreshes_the_open_task_instead_of_duplicating_it(
