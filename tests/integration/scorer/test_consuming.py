@@ -137,10 +137,12 @@ async def test_the_lag_keeps_growing_while_postgres_is_away(
         await cut_off_database(scorer_db, allow=False, application_name="tierstream-scorer")
         try:
             await produce(kafka_bootstrap, route, [login("b0", "b", days_ago=1)])
-            await wait_until(lambda: _lag(settings, at_least=1))  # that batch failed
+            # Each of the scorer's loops logs its first failure with a traceback, rendered on
+            # this event loop: over a second each here, far more on a loaded machine.
+            await wait_until(lambda: _lag(settings, at_least=1), within=120)  # that batch failed
             later = [login(f"b{i}", "b", days_ago=1) for i in range(1, 50)]
             await produce(kafka_bootstrap, route, later)
-            await wait_until(lambda: _lag(settings, at_least=50))
+            await wait_until(lambda: _lag(settings, at_least=50), within=120)
         finally:
             await cut_off_database(scorer_db, allow=True, application_name="tierstream-scorer")
         await wait_until(lambda: folded(scorer_db, "b", events=50), within=60)
