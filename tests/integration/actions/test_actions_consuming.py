@@ -215,7 +215,9 @@ async def test_a_hanging_webhook_blocks_neither_other_deliveries_nor_the_consume
             base_env,
             webhook_url=f"{receiver.url}/alerts",
             webhook_secret=SECRET,
-            delivery_timeout_s=4.0,
+            # Long enough that the others' delivery (0.5 s with four CPU burners) never meets
+            # it on a loaded machine: the checks below need them done while this one hangs.
+            delivery_timeout_s=10.0,
             dispatch_concurrency=4,
         )
         async with running_actions(settings, clock) as url:
@@ -231,9 +233,9 @@ async def test_a_hanging_webhook_blocks_neither_other_deliveries_nor_the_consume
             ]
             await produce_changes(kafka_bootstrap, topic_namespace, fast)
             await eventually(
-                # Consumed, planned and sent well inside the hanging request's 4 s.
+                # Consumed, planned and sent well inside the hanging request's 10 s.
                 lambda: _async(len(receiver.successes) == 5),
-                within=3.5,
+                within=9.5,
                 what="the others",
             )
             [slow_alert] = await _items(url, "/v1/alerts", customer_id="slow-1")
@@ -247,8 +249,8 @@ async def test_a_hanging_webhook_blocks_neither_other_deliveries_nor_the_consume
                 return items if items and items[0]["last_error"] else None
 
             [alert] = await timed_out_or_fail(timed_out)
-            assert alert["status"] == "pending" and "no answer within 4 s" in alert["last_error"]
+            assert alert["status"] == "pending" and "no answer within 10 s" in alert["last_error"]
 
 
 async def timed_out_or_fail(probe: Any) -> Any:
-    return await eventually(probe, within=10, what="the timeout to be recorded")
+    return await eventually(probe, within=30, what="the timeout to be recorded")
