@@ -226,9 +226,13 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, within: float =
 
 
 async def wait_until(
-    probe: Callable[[], Awaitable[T | None]], *, within: float = 30.0, every: float = 0.1
+    probe: Callable[[], Awaitable[T | None]], *, within: float = 60.0, every: float = 0.1
 ) -> T:
-    """Poll `probe` until it returns something truthy (so never None); fail after `within` s."""
+    """Poll `probe` until it returns something truthy (so never None); fail after `within` s.
+
+    The first wait of a test often includes the scorer's join of its consumer group, which
+    the embedded broker grants about 11 s (twice the tests' session timeout) after another
+    member left it, the previous test's scorer: 11-13 s of the 30 s this had, idle or loaded."""
     deadline = time.monotonic() + within
     last: T | None = await probe()
     while not last:
