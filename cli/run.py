@@ -100,11 +100,13 @@ def _refuse_bad_settings() -> None:
 def _bootstrap(env: dict[str, str]) -> str | None:
     """Migrations and topics, before any service starts: None, or one line on which of the
     database and the broker could not be used (an external one may be down or mistyped)."""
+    import asyncpg
     from aiokafka.errors import KafkaError
     from sqlalchemy.exc import SQLAlchemyError
 
     from shared.kafka import ensure_topics
     from shared.migrations import MigrationError, upgrade_all
+    from shared.served_namespace import OtherNamespace, refuse_recorded_other
     from shared.settings import ServiceSettings
     from shared.topics import Topics
 
@@ -115,6 +117,12 @@ def _bootstrap(env: dict[str, str]) -> str | None:
         asyncio.run(upgrade_all(settings.database_url))
     except (OSError, SQLAlchemyError, MigrationError) as exc:  # what `tierstream migrate` says
         return f"cannot migrate {redacted(settings.database_url)}: {failure_reason(exc)}"
+    try:  # as each service would refuse, in one line instead of restarts without end
+        asyncio.run(refuse_recorded_other(settings.database_url, settings.topic_namespace))
+    except OtherNamespace as exc:
+        return f"cannot start: {exc}"
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"cannot read {redacted(settings.database_url)}: {failure_reason(exc)}"
     try:
         asyncio.run(ensure_topics(settings, Topics(settings.topic_namespace).all()))
     except (OSError, KafkaError, RuntimeError) as exc:

@@ -66,6 +66,7 @@ def _start_failures() -> list[tuple[tuple[type[BaseException], ...], str]]:
     from sqlalchemy.exc import ArgumentError
 
     from shared.migrations import SchemaBehind
+    from shared.served_namespace import OtherNamespace
 
     refused = "the database refused the connection: check DATABASE_URL's database and user"
     not_migrated = "the database is not migrated: run `tierstream migrate`"
@@ -79,6 +80,8 @@ def _start_failures() -> list[tuple[tuple[type[BaseException], ...], str]]:
         # SchemaBehind's own line names the schema's revision and the release's latest.
         ((asyncpg.UndefinedTableError, SchemaBehind), not_migrated),
         ((ArgumentError,), "DATABASE_URL is not a database URL"),
+        # Its own line names both namespaces and the two ways out.
+        ((OtherNamespace,), "the database serves another topic namespace"),
     ]
 
 

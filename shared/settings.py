@@ -109,7 +109,9 @@ class ServiceSettings(BaseSettings):
     topic_namespace: str = Field(
         "tierstream",
         validation_alias="TIERSTREAM_TOPIC_NAMESPACE",
-        description="Prefix of every topic name (tests use a unique one per test).",
+        description="Prefix of every topic name (tests use a unique one per test). The "
+        "database records the one its first scorer and actions start with, and they refuse to "
+        "start with another (docs/OPERATIONS.md, Topic namespace).",
     )
     partitions: int = Field(
         6,

@@ -25,6 +25,7 @@ from shared.logging import get_logger
 from shared.metrics import new_registry
 from shared.migrations import MigrationError, require_migrated
 from shared.readiness import BrokerCheck, readiness
+from shared.served_namespace import refuse_recorded_other, require_namespace
 from shared.service import serve
 from shared.topics import Topics
 from shared.tracing import Tracer, make_tracer
@@ -89,6 +90,8 @@ async def run(
     clock = clock or clock_for(settings.now)
     await ensure_topics(settings, Topics(settings.topic_namespace).all())
     if settings.migrate:
+        namespace = settings.topic_namespace  # not after: it would migrate another's schema
+        await refuse_recorded_other(settings.database_url, namespace, services=("actions",))
         try:
             await migrate(settings.database_url)
         except MigrationError as exc:
@@ -97,6 +100,7 @@ async def run(
     try:
         async with _resources(settings) as (pool, api_pool, client):
             await require_migrated(pool, "actions")  # passes after the migration above
+            await require_namespace(pool, "actions", settings.topic_namespace)
             await _serve(settings, (pool, api_pool), client, playbooks, clock, tracing, stop)
     finally:
         if tracer is None:  # ours to flush

@@ -27,6 +27,7 @@ from shared.loops import Step, run_loop
 from shared.metrics import new_registry
 from shared.migrations import require_migrated
 from shared.readiness import BrokerCheck, readiness
+from shared.served_namespace import require_namespace
 from shared.service import Loop, serve
 from shared.topics import Topics
 
@@ -66,6 +67,8 @@ async def run(
     try:
         # The scorer never migrates: its loops would fail on whatever a missing revision adds.
         await require_migrated(pool, "scorer")
+        # Before anything is written: a database serving another namespace is not ours.
+        await require_namespace(pool, "scorer", settings.topic_namespace)
         async with pool.acquire() as conn:
             await store.activate_rules(conn, rules.version)
         await producer.start()

@@ -178,7 +178,7 @@ async def test_failed_enrolments_read_as_completed_after_moving_actions_back(
         with pytest.raises(asyncpg.CheckViolationError):
             await conn.execute("UPDATE actions.enrolment SET status = 'failed'")
         code, output = await asyncio.to_thread(_cli, database_url, "--service", "actions")
-        assert (code, await _revision(database_url, "actions")) == (0, "0006"), output
+        assert (code, await _revision(database_url, "actions")) == (0, "0007"), output
         await conn.execute("UPDATE actions.enrolment SET status = 'failed'")
     finally:
         await conn.close()

@@ -7,16 +7,8 @@ service starts. Each service runs as its own process, as a deployment starts it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 
 from shared.db import asyncpg_dsn
@@ -28,8 +20,8 @@ from shared.migrations import (
     revisions,
     upgrade,
 )
+from tests.support.service_process import refused, service_env, started
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("scorer", "actions")
 
 
@@ -56,36 +48,6 @@ async def _stamp(database_url: str, service: str, revision: str) -> None:
         await conn.close()
 
 
-def _env(base_env: dict[str, str], service: str, port: int, **extra: str) -> dict[str, str]:
-    return {**os.environ, **base_env, "COLUMNS": "300", f"{service.upper()}_PORT": str(port),
-            "ACTIONS_MIGRATE": "false", **extra}  # fmt: skip
-
-
-def _started(service: str, env: dict[str, str], port: int) -> None:
-    """`tierstream SERVICE` answers 200 on /readyz, then stops cleanly on SIGTERM."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", service], env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        deadline, ready = time.monotonic() + 60, False
-        while not ready and proc.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-            time.sleep(0.2)
-        if not ready:
-            proc.kill()
-        else:
-            proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert ready, output
-    assert proc.returncode == 0, output
-
-
 @pytest.mark.parametrize("service", SERVICES)
 async def test_a_service_whose_schema_is_one_revision_behind_refuses_to_start_in_one_line(
     service: str, base_env: dict[str, str], database_url: str
@@ -93,13 +55,8 @@ async def test_a_service_whose_schema_is_one_revision_behind_refuses_to_start_in
     # The other schema at its latest: only this service's is behind.
     behind = {s: one_before(s) if s == service else latest(s) for s in SERVICES}
     await _migrate(database_url, behind["scorer"], behind["actions"])
-    port = free_port()
-    ran = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "cli.main", service],
-        env=_env(base_env, service, port), cwd=ROOT, capture_output=True, text=True, timeout=90,
-    )  # fmt: skip
-    output = ran.stdout + ran.stderr
-    assert ran.returncode == 1, output
+    code, output = await refused(service, service_env(base_env, service, free_port()))
+    assert code == 1, output
     assert "Traceback" not in output
     [line] = [line for line in output.splitlines() if "cannot start" in line]
     assert "the database is not migrated: run `tierstream migrate`" in line
@@ -114,7 +71,7 @@ async def test_a_service_whose_schema_is_at_the_latest_revision_starts(
 ) -> None:
     await _migrate(database_url, latest("scorer"), latest("actions"))
     port = free_port()
-    await asyncio.to_thread(_started, service, _env(base_env, service, port), port)
+    await asyncio.to_thread(started, service, service_env(base_env, service, port), port)
 
 
 async def test_actions_migrating_at_its_start_passes_the_check(
@@ -122,8 +79,8 @@ async def test_actions_migrating_at_its_start_passes_the_check(
 ) -> None:
     await _migrate(database_url, latest("scorer"), one_before("actions"))
     port = free_port()
-    env = _env(base_env, "actions", port, ACTIONS_MIGRATE="true")
-    await asyncio.to_thread(_started, "actions", env, port)
+    env = service_env(base_env, "actions", port, ACTIONS_MIGRATE="true")
+    await asyncio.to_thread(started, "actions", env, port)
     assert await current_revision(database_url, "actions") == latest("actions")
 
 
@@ -136,7 +93,7 @@ async def test_an_older_process_starts_on_a_newer_releases_schema(
     await _migrate(database_url, latest("scorer"), latest("actions"))
     await _stamp(database_url, service, "0099")
     port = free_port()
-    await asyncio.to_thread(_started, service, _env(base_env, service, port), port)
+    await asyncio.to_thread(started, service, service_env(base_env, service, port), port)
 
 
 @pytest.mark.parametrize("service", SERVICES)

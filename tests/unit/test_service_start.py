@@ -11,6 +11,7 @@ from aiokafka.errors import KafkaConnectionError
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from shared.migrations import SchemaBehind
+from shared.served_namespace import OtherNamespace, refuse_other
 from shared.service import run_service, start_failure
 
 CAUSES = {
@@ -34,6 +35,10 @@ CAUSES = {
         "not migrated: run `tierstream migrate`",
     ),
     "not a URL": (ArgumentError("Could not parse SQLAlchemy URL"), "not a database URL"),
+    "another deployment's database": (
+        OtherNamespace("scorer: this database serves the topic namespace 'prod', ..."),
+        "the database serves another topic namespace",
+    ),
 }
 
 
@@ -74,6 +79,30 @@ def test_a_schema_behind_the_release_is_named_with_both_revisions() -> None:
         "the database is not migrated: run `tierstream migrate`",
         "actions: the schema is at revision 0005; this release's latest is 0006",
     )
+
+
+def test_a_database_of_another_namespace_is_named_with_both_and_the_ways_out() -> None:
+    # Staging's scorer on prod's database relayed prod's changes to staging's topic.
+    with pytest.raises(OtherNamespace) as refused:
+        refuse_other("scorer", "prod", "staging")
+    assert start_failure(refused.value) == (
+        "the database serves another topic namespace",
+        "scorer: this database serves the topic namespace 'prod', and this process's"
+        " TIERSTREAM_TOPIC_NAMESPACE is 'staging': point DATABASE_URL at the database of"
+        " 'staging', or set TIERSTREAM_TOPIC_NAMESPACE=prod; to move this database to"
+        " 'staging' on purpose: UPDATE scorer.topic_namespace SET namespace = 'staging'"
+        " (docs/OPERATIONS.md, Topic namespace)",
+    )
+
+
+@pytest.mark.parametrize("served", [None, "prod"])
+def test_a_database_serving_no_namespace_or_the_same_is_not_refused(served: str | None) -> None:
+    refuse_other("actions", served, "prod")
+
+
+def test_the_move_statement_quotes_the_namespace() -> None:
+    with pytest.raises(OtherNamespace, match="SET namespace = 'it''s' "):
+        refuse_other("actions", "prod", "it's")
 
 
 def test_any_other_error_keeps_its_traceback() -> None:
