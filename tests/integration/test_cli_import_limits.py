@@ -42,10 +42,12 @@ async def test_an_import_fits_ingests_batch_limit_and_rejects_only_the_row_too_l
         kafka_bootstrap, topic_namespace, max_batch_events=3, kafka_max_message_bytes=4096
     )
     await ensure_topics(settings, topics_of(settings).events)
-    rows = [f"lim-{i},2025-03-{1 + i:02d}T10:00:00Z,web," for i in range(10)]
-    rows.insert(4, f"lim-big,2025-03-20T10:00:00Z,web,{'n' * 6000}")  # line 6
+    notes = [f"attributes.note{n}" for n in range(6)]  # an attribute's text is bounded
+    rows = [f"lim-{i},2025-03-{1 + i:02d}T10:00:00Z,web" + "," * len(notes) for i in range(10)]
+    rows.insert(4, "lim-big,2025-03-20T10:00:00Z,web," + ",".join(["n" * 1000] * 6))  # line 6
     source = tmp_path / "logins.csv"
-    source.write_text("customer_id,occurred_at,channel,attributes.note\n" + "\n".join(rows) + "\n")
+    header = ",".join(["customer_id", "occurred_at", "channel", *notes])
+    source.write_text(header + "\n" + "\n".join(rows) + "\n")
 
     with live_server(create_app(settings)) as url:
         done = import_csv(url, source, "--type", "login", "--batch-size", "11")
