@@ -46,8 +46,8 @@ async def test_an_import_fits_ingests_batch_limit_and_rejects_only_the_row_too_l
     rows = [f"lim-{i},2025-03-{1 + i:02d}T10:00:00Z,web" + "," * len(notes) for i in range(10)]
     rows.insert(4, "lim-big,2025-03-20T10:00:00Z,web," + ",".join(["n" * 1000] * 6))  # line 6
     source = tmp_path / "logins.csv"
-    header = ",".join(["customer_id", "occurred_at", "channel", *notes])
-    source.write_text(header + "\n" + "\n".join(rows) + "\n")
+    columns = ",".join(["customer_id", "occurred_at", "channel", *notes])
+    source.write_text(columns + "\n" + "\n".join(rows) + "\n")
 
     with live_server(create_app(settings)) as url:
         done = import_csv(url, source, "--type", "login", "--batch-size", "11")
