@@ -5,6 +5,13 @@ the stored offsets, and each batch's transaction advances them with a fenced upd
 (shared/offsets.py). A batch refused by the fence, a batch fetched before a seek, or any
 failure marks the positions stale: the next step re-seeks before it polls again.
 Subclasses say how a batch is polled and what is done with it.
+
+The first records fetched for a partition after a seek are checked against what was stored
+(`_check_first_records`): a log that starts past the stored offset (retention deleted the
+records, a new log that starts later) or that holds another record where the last one
+applied was (a topic created again, another cluster, grown past the stored offset) has
+records this consumer will never read. They are counted (`*_offsets_skipped_total`) and
+logged, and the consumer goes on from where the log is.
 """
 
 from __future__ import annotations
@@ -36,6 +43,17 @@ OFFSETS_REWOUND_HELP = (
     " the partition is read again, and the inbox drops what was applied before."
 )
 
+# Why records were skipped (the `cause` of the log line).
+LOG_STARTS_PAST = "the log starts past the stored offset"
+ANOTHER_LOG = "another log: the record before the stored offset is not the one applied"
+# The help of each service's `*_offsets_skipped_total{topic, partition}`.
+OFFSETS_SKIPPED_HELP = (
+    "Records of a partition this consumer will never read, found at the first fetch after a"
+    " seek to the stored offset: the log started past it (retention deleted them, or a new"
+    " log), or the record before it was not the one applied (a topic created again, another"
+    " cluster, that had grown past it). Lost to this service unless they are sent again."
+)
+
 GROUP_COMMIT_FAILURES_HELP = (
     "Copies of the Postgres offsets to the Kafka consumer group that failed (a rebalance, the"
     " broker away); the next batch commits again. Only lag tooling reading the group (KEDA's"
@@ -65,6 +83,9 @@ class ConsumerMetrics(Protocol):
     @property
     def offsets_rewound(self) -> Any: ...
 
+    @property
+    def offsets_skipped(self) -> Any: ...
+
 
 class FencedConsumer:
     """Seeks to Postgres offsets, fences batches, mirrors offsets to the group, exports lag."""
@@ -92,6 +113,8 @@ class FencedConsumer:
         self.needs_resync = False
         # Per partition whose log ends before its stored offset: since when (monotonic).
         self._short_since: dict[TopicPartition, float] = {}
+        # Per partition sought to a stored offset whose first records are not fetched yet.
+        self._sought: dict[TopicPartition, _Sought] = {}
         self._gauges: dict[TopicPartition, tuple[Any, Any]] = {}  # lag, fetch age
 
     async def write_dead_letters(
@@ -147,26 +170,93 @@ class FencedConsumer:
         if self.needs_resync or any(tp not in self.fences for tp in batch):
             self.needs_resync = True  # fetched before our seek: drop it, resync first
             return True
+        if self._sought:  # only until a partition's first records after a seek came
+            await self._check_first_records(batch)
         if batch := drop_repeats(batch, self.fences):
             await self.handle(batch)
         return True
 
     async def resync(self, partitions: Iterable[TopicPartition]) -> None:
-        """Seek `partitions` to the offsets stored in Postgres (no row: the beginning)."""
+        """Seek `partitions` to the offsets stored in Postgres (no row: the beginning).
+
+        With the timestamp of the last record applied stored too, the seek is to that record
+        (one before the stored offset): its first fetch tells whether the log is still the
+        one the offset was read from. `drop_repeats` keeps it from the batch."""
         tps = sorted(partitions)
         async with self.pool.acquire() as conn:
             stored = await offsets.load_offsets(
                 conn, self.schema, self.group_id, [(t.topic, t.partition) for t in tps]
             )
         for tp in tps:
-            offset = stored.get((tp.topic, tp.partition))
+            found = stored.get((tp.topic, tp.partition))
             self.starts.pop(tp, None)
-            if offset is None:
+            self._sought.pop(tp, None)
+            if found is None:
                 await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, offset)
-            self.fences[tp] = offset
+                self.fences[tp] = None
+                continue
+            sought = _Sought.of(found)
+            self.consumer.seek(tp, sought.offset)
+            self._sought[tp] = sought
+            self.fences[tp] = found.next_offset
         self.needs_resync = False
+
+    async def _check_first_records(self, batch: Batch) -> None:
+        """Count and log the records skipped by partitions whose first records since their
+        seek to a stored offset are in `batch`, and store where they go on from.
+
+        These topics are neither compacted nor transactional: the first record fetched after
+        a seek to offset N is N. One above it means the log no longer holds N (retention
+        deleted it, or the log was replaced by one that starts later; the fetch fell back to
+        the log's start, `auto_offset_reset`): the records from N up to it are gone. The
+        record at N - 1 with another timestamp than the one applied means another log (a
+        topic created again, another cluster) that has grown past N: its records below N
+        will not be read. Either way the consumer goes on from where the log is, as it
+        would have without the check (the records below are gone, or belong to a log the
+        operator may choose to read again: docs/OPERATIONS.md, TierstreamOffsetsSkipped),
+        and the new position is stored at once, so that the skip counts once.
+        """
+        skips: list[_Skip] = []
+        for tp in [tp for tp in self._sought if tp in batch]:
+            sought = self._sought[tp]
+            first = next((r for r in batch[tp] if r.offset >= sought.offset), None)
+            if first is None:  # records below the seek only (repeats): wait for more
+                continue
+            del self._sought[tp]
+            stamp = offsets.record_time(first)
+            if first.offset > sought.stored:
+                gap = first.offset - sought.stored
+                skips.append(
+                    _Skip(tp, sought.stored, first.offset, first.offset, gap, LOG_STARTS_PAST)
+                )
+            elif first.offset == sought.offset and sought.timestamp_ms not in (None, stamp):
+                skips.append(
+                    _Skip(tp, sought.stored, first.offset, sought.stored, None, ANOTHER_LOG, stamp)
+                )
+        if skips:
+            await self._store_skips(skips)
+
+    async def _store_skips(self, skips: Sequence[_Skip]) -> None:
+        """Store where each skipping partition goes on from, then count and log the skip."""
+        replaced = [skip.tp for skip in skips if skip.skipped is None]
+        starts = await self.consumer.beginning_offsets(replaced) if replaced else {}
+        moves = [OffsetMove(s.tp.topic, s.tp.partition, self.fences[s.tp], s.next_offset, s.stamp)
+                 for s in skips]  # fmt: skip
+        async with self.pool.acquire() as conn, conn.transaction():
+            await offsets.advance_offsets(conn, self.schema, self.group_id, moves)
+        for skip in skips:
+            self.fences[skip.tp] = skip.next_offset
+            skipped = skip.skipped
+            if skipped is None:  # another log: its records below the stored offset
+                skipped = max(0, skip.stored - starts.get(skip.tp, 0))
+            log.error(
+                "records skipped: the log does not hold the stored offset", topic=skip.tp.topic,
+                partition=skip.tp.partition, stored=skip.stored, first=skip.first,
+                skipped=skipped, cause=skip.cause, next_offset=skip.next_offset,
+            )  # fmt: skip
+            if skipped:
+                labels = (skip.tp.topic, str(skip.tp.partition))
+                self.fence_metrics.offsets_skipped.labels(*labels).inc(skipped)
 
     async def _lag_while_failing(self) -> None:
         """Keep the lag current while the stored offsets cannot be read (Postgres away).
@@ -204,7 +294,8 @@ class FencedConsumer:
             # log's start), or the log stayed short of it for REWIND_AFTER_S (a broker that
             # answers an offset past the end with nothing, as the embedded one does).
             since = self._short_since.setdefault(tp, time.monotonic())
-            if await self.consumer.position(tp) < fence or (
+            sought = self._sought.get(tp)  # one before the stored offset, to check its record
+            if await self.consumer.position(tp) < (sought.offset if sought else fence) or (
                 time.monotonic() - since >= REWIND_AFTER_S
             ):
                 ahead.append((tp, fence, high))
@@ -236,6 +327,7 @@ class FencedConsumer:
             self.fences.pop(tp, None)
             self.starts.pop(tp, None)
             self._short_since.pop(tp, None)
+            self._sought.pop(tp, None)
             self._gauges.pop(tp, None)
             for gauge in (self.fence_metrics.consumer_lag, self.fence_metrics.fetch_age):
                 with contextlib.suppress(KeyError):
@@ -330,6 +422,36 @@ def drop_repeats(batch: Batch, floors: Mapping[TopicPartition, int | None]) -> B
 
 
 @dataclass(frozen=True, slots=True)
+class _Sought:
+    """Where a partition was sought: `offset`, the stored one (`stored`) or, when the
+    timestamp of the record before it was stored (`timestamp_ms`), that record's."""
+
+    offset: int
+    stored: int
+    timestamp_ms: int | None
+
+    @classmethod
+    def of(cls, found: offsets.StoredOffset) -> _Sought:
+        if found.last_timestamp_ms is None or found.next_offset <= 0:
+            return cls(found.next_offset, found.next_offset, None)
+        return cls(found.next_offset - 1, found.next_offset, found.last_timestamp_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class _Skip:
+    """Records of a partition that will not be read: from its stored offset `stored` (or the
+    log's start, for another log) on; `first` read, `next_offset` where it goes on from."""
+
+    tp: TopicPartition
+    stored: int
+    first: int
+    next_offset: int
+    skipped: int | None  # None: another log, whose start says how many
+    cause: str
+    stamp: int | None = None  # another log: the timestamp of its record before `stored`
+
+
+@dataclass(frozen=True, slots=True)
 class PartitionLag:
     """How far a consumer is through one of its partitions."""
 
@@ -352,8 +474,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "partitions assigned", partitions=sorted(f"{t.topic}/{t.partition}" for t in assigned)
         )
-        for tp in assigned:  # at 0 from now on, so increase() sees a first rewind
+        for tp in assigned:  # at 0 from now on, so increase() sees a first rewind or skip
             self.owner.fence_metrics.offsets_rewound.labels(tp.topic, str(tp.partition))
+            self.owner.fence_metrics.offsets_skipped.labels(tp.topic, str(tp.partition))
         try:
             await self.owner.resync(assigned)
         except Exception as exc:  # Postgres away: the main loop retries before using them

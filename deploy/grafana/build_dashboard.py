@@ -421,6 +421,15 @@ def fault_panels() -> list[Panel]:
             desc="Published without attributes to fit the broker's limit"
             " (TierstreamScorerChangesTrimmed).",
         ),
+        stat(
+            "Records consumers skipped (24 h)",
+            "short",
+            'sum(increase({__name__=~"tierstream_(scorer|actions)_offsets_skipped_total"}[24h]))',
+            desc="Records a consumer will never read: the log did not hold the offset it had"
+            " stored (retention, or another log: a topic created again, another cluster)."
+            " Log line `records skipped: the log does not hold the stored offset`"
+            " (TierstreamOffsetsSkipped).",
+        ),
     ]
 
 

@@ -26,7 +26,7 @@ from shared.dead_letters import Poison
 from shared.domain.playbooks import Playbooks
 from shared.fenced_consumer import Batch, FencedConsumer
 from shared.logging import get_logger
-from shared.offsets import OffsetMove
+from shared.offsets import move_past
 from shared.topics import Topics
 from shared.tracing import Tracer
 
@@ -68,8 +68,7 @@ class ChangeConsumer(FencedConsumer):
         await self._dead_letter(decoded.poison)
         expected = {tp: self.fences[tp] for tp in batch}
         moves = [
-            OffsetMove(tp.topic, tp.partition, expected[tp], batch[tp][-1].offset + 1)
-            for tp in sorted(batch)
+            move_past(tp.topic, tp.partition, expected[tp], batch[tp][-1]) for tp in sorted(batch)
         ]
         result = await apply_batch(
             self.pool, decoded.changes, decoded.goals, moves, group_id=self.group_id,

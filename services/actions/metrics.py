@@ -12,6 +12,7 @@ from shared.fenced_consumer import (
     FETCH_AGE_HELP,
     GROUP_COMMIT_FAILURES_HELP,
     OFFSETS_REWOUND_HELP,
+    OFFSETS_SKIPPED_HELP,
 )
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
 
@@ -62,6 +63,7 @@ class ActionsMetrics:
     steps_held_partitions: Gauge
     fenced_batches: Counter
     offsets_rewound: Counter
+    offsets_skipped: Counter
     loop_errors: Counter
     dispatch_rounds: Counter
     pruned_rows: Counter
@@ -222,6 +224,9 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         ),
         offsets_rewound=_counter(
             "offsets_rewound_total", OFFSETS_REWOUND_HELP, ["topic", "partition"], r
+        ),
+        offsets_skipped=_counter(
+            "offsets_skipped_total", OFFSETS_SKIPPED_HELP, ["topic", "partition"], r
         ),
         loop_errors=_counter(
             "loop_errors_total", "Failed iterations of a background loop.", ["loop"], r

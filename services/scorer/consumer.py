@@ -29,7 +29,7 @@ from shared.domain.state import Event, fold
 from shared.fenced_consumer import FencedConsumer
 from shared.gcpause import gc_paused
 from shared.logging import get_logger
-from shared.offsets import OffsetMove
+from shared.offsets import OffsetMove, move_past
 from shared.topics import event_type_of
 
 log = get_logger(__name__)
@@ -150,8 +150,7 @@ class EventConsumer(FencedConsumer):
         expected = {tp: self.fences[tp] for tp in batch}
         await self._dead_letter(poison)
         moves = [
-            OffsetMove(tp.topic, tp.partition, expected[tp], batch[tp][-1].offset + 1)
-            for tp in sorted(batch)
+            move_past(tp.topic, tp.partition, expected[tp], batch[tp][-1]) for tp in sorted(batch)
         ]
         quarantined: list[Poison] = []
         result = await self._apply(decoded, moves, quarantined)

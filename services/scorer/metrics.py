@@ -17,6 +17,7 @@ from shared.fenced_consumer import (
     FETCH_AGE_HELP,
     GROUP_COMMIT_FAILURES_HELP,
     OFFSETS_REWOUND_HELP,
+    OFFSETS_SKIPPED_HELP,
 )
 from shared.logging import get_logger
 from shared.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
@@ -56,6 +57,7 @@ class ScorerMetrics:
     emit_latency: Histogram
     fenced_batches: prom.Counter
     offsets_rewound: prom.Counter
+    offsets_skipped: prom.Counter
     loop_errors: prom.Counter
     state_cache: prom.Counter
 
@@ -217,6 +219,12 @@ def scorer_metrics(registry: CollectorRegistry) -> ScorerMetrics:
         offsets_rewound=prom.Counter(
             f"{p}offsets_rewound_total",
             OFFSETS_REWOUND_HELP,
+            ["topic", "partition"],
+            registry=registry,
+        ),
+        offsets_skipped=prom.Counter(
+            f"{p}offsets_skipped_total",
+            OFFSETS_SKIPPED_HELP,
             ["topic", "partition"],
             registry=registry,
         ),

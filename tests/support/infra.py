@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from shared.db import asyncpg_dsn
 from shared.embedded import EmbeddedKafka, EmbeddedPostgres
@@ -61,6 +63,28 @@ async def fresh_database(server_url: str) -> AsyncIterator[str]:
             )
         finally:
             await admin.close()
+
+
+async def recreate_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Delete `topic` and create it again, empty: what a consumer whose stored offsets outlived
+    the topic's log sees (a topic created again, or another cluster by the same names)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        await _until(lambda names: topic not in names, admin)
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+        await _until(lambda names: topic in names, admin)
+    finally:
+        await admin.close()
+
+
+async def _until(done: Callable[[list[str]], bool], admin: AIOKafkaAdminClient) -> None:
+    deadline = time.monotonic() + 15
+    while not done(await admin.list_topics()):
+        if time.monotonic() > deadline:
+            raise AssertionError("the topic was not deleted or created within 15 s")
+        await asyncio.sleep(0.1)
 
 
 def unique_namespace() -> str:

@@ -9,9 +9,11 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer
+from structlog.testing import capture_logs
 
 from shared.clock import FixedClock
 from shared.domain.playbooks import default_playbooks_path
+from shared.fenced_consumer import ANOTHER_LOG
 from shared.topics import Topics
 from tests.integration.actions.support import (
     AUTH,
@@ -27,6 +29,7 @@ from tests.integration.actions.support import (
     serving,
     tier_change,
 )
+from tests.support.infra import recreate_topic
 
 
 async def _get(url: str, path: str, **params: Any) -> Any:
@@ -143,6 +146,46 @@ async def _recorded_alerts(url: str, customer_id: str) -> list[Any]:
     """The customer's alerts once each has an outcome recorded (none pending any more)."""
     alerts = await _items(url, "/v1/alerts", customer_id=customer_id)
     return alerts if alerts and all(a["status"] != "pending" for a in alerts) else []
+
+
+async def test_the_tier_changed_topic_created_again_and_grown_past_the_offset_counts_the_skip(
+    base_env: dict[str, str], kafka_bootstrap: str, topic_namespace: str, clock: FixedClock
+) -> None:
+    # Sought to the offset stored from the old log, actions read the new one from its middle:
+    # its first tier changes were never acted on, and nothing said so.
+    settings = actions_settings({**base_env, "TIERSTREAM_PARTITIONS": "1"})
+    topic = Topics(topic_namespace).tier_changed
+    skipped = f'tierstream_actions_offsets_skipped_total{{partition="0",topic="{topic}"}}'
+    processed = 'tierstream_actions_records_total{outcome="processed",source="tier_changed"}'
+
+    def changes(*numbers: int) -> list[Any]:
+        return [tier_change(f"chg-{n}", f"cust-{n}", "value_tier", "silver", "gold")
+                for n in numbers]  # fmt: skip
+
+    async def counted(url: str, line: str, value: float) -> bool:
+        return await _metric(url, line) == value
+
+    async with running_actions(settings, clock) as url:
+        await produce_changes(kafka_bootstrap, topic_namespace, changes(1, 2, 3))
+        await eventually(lambda: counted(url, processed, 3), what="three changes")
+    async with running_actions(settings, clock) as url:  # again on the same log
+        await produce_changes(kafka_bootstrap, topic_namespace, changes(4))
+        await eventually(lambda: counted(url, processed, 1), what="the fourth change")
+        assert await _metric(url, skipped) == 0  # exported at 0, nothing skipped
+
+    await recreate_topic(kafka_bootstrap, topic, 1)
+    await produce_changes(kafka_bootstrap, topic_namespace, changes(*range(10, 16)))
+    with capture_logs() as logs:
+        async with running_actions(settings, clock) as url:
+            await eventually(lambda: counted(url, skipped, 4), what="the skip counted")
+            await eventually(lambda: counted(url, processed, 2), what="chg-14 and chg-15")
+            acted_on = await _items(url, "/v1/tasks", customer_id="cust-15")
+            skipped_over = await _items(url, "/v1/tasks", customer_id="cust-11")
+    assert len(acted_on) == 1 and skipped_over == []  # chg-11: never acted on
+    [line] = [e for e in logs if e["event"].startswith("records skipped")]
+    assert line["event"] == "records skipped: the log does not hold the stored offset"
+    assert (line["topic"], line["partition"], line["stored"], line["first"]) == (topic, 0, 4, 3)
+    assert (line["skipped"], line["cause"]) == (4, ANOTHER_LOG)
 
 
 async def test_a_second_trigger_refreshes_the_open_task_instead_of_duplicating_it(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import random
 import re
 
+from structlog.testing import capture_logs
+
 from services.scorer.settings import ScorerSettings
 from shared.clock import FixedClock
+from shared.fenced_consumer import ANOTHER_LOG
 from shared.kafka_batches import KeyPartitioner
 from shared.topics import SCORER_GROUP
 from tests.faults.outages import GatedBroker, cut_off_database
@@ -29,6 +32,8 @@ from tests.integration.scorer.support import (
     topic_router,
     wait_until,
 )
+from tests.support.infra import recreate_topic
+from tests.support.metrics_text import sample_value
 
 OFFSETS_SUM = "SELECT coalesce(sum(next_offset), 0) FROM scorer.consumer_offset"
 
@@ -118,6 +123,52 @@ async def test_stored_offsets_past_the_logs_end_are_rewound_to_its_start(
     other = route(purchase("p", "b", days_ago=1))
     for each in (0, 1, 2):
         assert f"{rewound(each, other)} 0.0" in text
+
+
+async def test_an_event_topic_created_again_and_grown_past_the_stored_offset_counts_the_skip(
+    base_env: dict[str, str],
+    scorer_db: str,
+    kafka_bootstrap: str,
+    topic_namespace: str,
+    clock: FixedClock,
+) -> None:
+    # A reviewer's move to a new cluster: the new log had grown past the offsets stored from
+    # the old one when the scorer started, which sought into its middle and never read its
+    # first records (600 of 1,800 events), with no metric and a lag of 0.
+    settings = scorer_settings({**base_env, "TIERSTREAM_PARTITIONS": "1"})
+    route = topic_router(topic_namespace)
+    topic = route(login("x", "a", days_ago=1))
+    async with running_scorer(settings, clock):
+        await produce(kafka_bootstrap, route, [login(f"a{i}", "a", days_ago=1) for i in range(4)])
+        await wait_until(lambda: folded(scorer_db, "a", events=4))
+    # Started again on the same log: nothing is skipped.
+    async with running_scorer(settings, clock):
+        await produce(kafka_bootstrap, route, [login(f"a{i}", "a", days_ago=1) for i in (4, 5)])
+        await wait_until(lambda: folded(scorer_db, "a", events=6))
+        assert _skipped(await metrics_text(settings) or "", topic) == 0  # exported at 0
+
+    await recreate_topic(kafka_bootstrap, topic, 1)
+    await produce(kafka_bootstrap, route, [login(f"b{i}", "b", days_ago=1) for i in range(8)])
+    with capture_logs() as logs:
+        async with running_scorer(settings, clock):
+            await wait_until(lambda: folded(scorer_db, "b", events=2))  # b6 and b7
+            text = await wait_until(lambda: _skipped_text(settings, topic, 6))
+    other = route(purchase("p", "b", days_ago=1))
+    assert _skipped(text, other) == 0  # exported, nothing skipped
+    [line] = [e for e in logs if e["event"].startswith("records skipped")]
+    assert line["event"] == "records skipped: the log does not hold the stored offset"
+    assert (line["topic"], line["partition"], line["stored"], line["first"]) == (topic, 0, 6, 5)
+    assert (line["skipped"], line["cause"]) == (6, ANOTHER_LOG)
+    assert await count(scorer_db, OFFSETS_SUM) == 8
+
+
+def _skipped(text: str, topic: str) -> float | None:
+    return sample_value(text, "tierstream_scorer_offsets_skipped_total", topic=topic, partition="0")
+
+
+async def _skipped_text(settings: ScorerSettings, topic: str, skipped: float) -> str | None:
+    text = await metrics_text(settings) or ""
+    return text if _skipped(text, topic) == skipped else None
 
 
 async def test_the_lag_keeps_growing_while_postgres_is_away(
