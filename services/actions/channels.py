@@ -6,6 +6,7 @@ webhooks, the Message-ID for e-mail) so a resend after a crash can be recognised
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -39,6 +40,15 @@ class DeliveryError(Exception):
 
 class PermanentDeliveryError(DeliveryError):
     """A send failed in a way retrying cannot fix (e.g. 4xx, a refused recipient)."""
+
+
+class UnconfirmedDelivery(Exception):  # an outcome, not an error to retry
+    """The message went to the server, whose answer never came: it most likely went out.
+
+    Recorded as sent, with this text as its note, and never sent again: an e-mail sent again
+    reaches the inbox twice (mail servers do not drop a repeated Message-ID), while the
+    server took the message in all but a few cases (RFC 1047).
+    """
 
 
 @dataclass(frozen=True)
@@ -199,9 +209,11 @@ class SmtpChannel:
         return msg
 
     async def send(self, delivery: Delivery) -> None:
+        """Send the e-mail; `UnconfirmedDelivery` when the server had the message but its
+        answer never came (a timeout, the dispatcher's included, or a lost connection)."""
         c = self.config
         message = self.message(delivery)
-        client = aiosmtplib.SMTP(
+        client = _HandOverSMTP(
             hostname=c.host, port=c.port, username=c.user, password=c.password,
             start_tls=c.start_tls, timeout=c.timeout_s,
         )  # fmt: skip
@@ -210,17 +222,41 @@ class SmtpChannel:
             await client.send_message(message)
             with contextlib.suppress(aiosmtplib.SMTPException):
                 await client.quit()
-        except aiosmtplib.SMTPResponseException as exc:
+        except aiosmtplib.SMTPResponseException as exc:  # an answer: the server refused it
             raise _smtp_error([exc], delivery) from exc
         except aiosmtplib.SMTPRecipientsRefused as exc:  # the one recipient, refused at RCPT
             raise _smtp_error(exc.recipients, delivery, "recipient refused: ") from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
+            if client.handed_over:
+                raise UnconfirmedDelivery(_unconfirmed(f"{type(exc).__name__}: {exc}")) from exc
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError as exc:
+            # The dispatcher's timeout (asyncio.wait_for) cancels the send. After the hand-over
+            # a retry would send the e-mail twice, so the send ends with its outcome instead:
+            # wait_for raises what the cancelled send raised, in place of TimeoutError.
+            if client.handed_over:
+                raise UnconfirmedDelivery(_unconfirmed("no answer in time")) from exc
+            raise
         finally:
             # Not `async with` / aiosmtplib.send: on cancellation (the dispatcher's timeout)
             # they QUIT and wait for a stuck server, so an attempt outlived its timeout and
             # its lease, and the delivery was claimed again while still being sent.
             client.close()
+
+
+class _HandOverSMTP(aiosmtplib.SMTP):
+    """An SMTP client that notes when the message is handed over: `data` sends the DATA
+    command and then the message, so past its start the server may have it."""
+
+    handed_over = False
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.handed_over = True
+        return await super().data(message, **kwargs)
+
+
+def _unconfirmed(cause: str) -> str:
+    return f"unconfirmed: the server has the message but did not confirm it ({cause}); not resent"
 
 
 def _smtp_error(

@@ -104,8 +104,11 @@ class Recorded:
     decided: str | None = None
 
 
-async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> Recorded:
-    """Mark a pending delivery sent (once); `sequence` names a step's sequence.
+async def record_sent(
+    pool: Pool, delivery: Delivery, *, now: datetime, note: str | None = None
+) -> Recorded:
+    """Mark a pending delivery sent (once); `sequence` names a step's sequence. `note` is
+    kept as its `last_error` (an e-mail whose server never confirmed it).
 
     `applied` is False when the delivery's outcome was decided already: sent by another
     attempt, or dead-lettered by a newer one (the newer attempt decides; it was counted
@@ -119,13 +122,13 @@ async def record_sent(pool: Pool, delivery: Delivery, *, now: datetime) -> Recor
         await _lock_enrolment(conn, delivery)
         status = await conn.fetchval(
             "UPDATE actions.delivery SET sent_at = $2,"
-            " last_error = CASE status WHEN 'pending' THEN NULL ELSE last_error END,"
+            " last_error = CASE status WHEN 'pending' THEN $5 ELSE last_error END,"
             " status = CASE status WHEN 'pending' THEN 'sent' ELSE status END,"
             " channel = COALESCE($3, channel), payload = COALESCE($4::jsonb, payload)"
             " WHERE id = $1 AND (status = 'pending'"
             "                    OR status IN ('cancelled', 'dead') AND sent_at IS NULL)"
             " RETURNING status",
-            delivery.id, now, *_route(delivery),
+            delivery.id, now, *_route(delivery), note,
         )  # fmt: skip
         if status == "dead":
             if delivery.enrolment_id is not None:  # it did reach the customer after all

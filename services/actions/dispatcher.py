@@ -18,7 +18,13 @@ from datetime import datetime
 from functools import partial
 
 from services.actions import deliveries
-from services.actions.channels import Channels, Delivery, DeliveryError, PermanentDeliveryError
+from services.actions.channels import (
+    Channels,
+    Delivery,
+    DeliveryError,
+    PermanentDeliveryError,
+    UnconfirmedDelivery,
+)
 from services.actions.db import Connection, Pool
 from services.actions.metrics import ActionsMetrics
 from services.actions.settings import ActionsSettings
@@ -162,6 +168,8 @@ class Dispatcher:
             await asyncio.wait_for(channel.send(delivery), self.policy.timeout_s)
         except PermanentDeliveryError as exc:
             await self._failed(delivery, attempt, str(exc), permanent=True)
+        except UnconfirmedDelivery as exc:
+            await self._sent(delivery, attempt, unconfirmed=str(exc))
         except TimeoutError:
             await self._failed(delivery, attempt, f"no answer within {self.policy.timeout_s:g} s")
         except Exception as exc:  # DeliveryError, or a channel bug: retried like any failure
@@ -172,10 +180,14 @@ class Dispatcher:
         finally:
             self.metrics.delivery_duration.labels(delivery.channel).observe(loop.time() - started)
 
-    async def _sent(self, delivery: Delivery, attempt: int) -> None:
+    async def _sent(
+        self, delivery: Delivery, attempt: int, *, unconfirmed: str | None = None
+    ) -> None:
+        """Record it sent; `unconfirmed` (the server's answer never came) is kept as its
+        `last_error` and counted as the outcome `unconfirmed`, not `sent`."""
         now = self.clock.now()
         try:
-            recorded = await deliveries.record_sent(self.pool, delivery, now=now)
+            recorded = await deliveries.record_sent(self.pool, delivery, now=now, note=unconfirmed)
         except Exception as exc:
             log.warning("sent but not recorded; the lease will resend it with the same key",
                         **_fields(delivery), error=repr(exc))  # fmt: skip
@@ -191,9 +203,14 @@ class Dispatcher:
                      recorded=recorded.decided)  # fmt: skip
             m.deliveries.labels(delivery.kind, delivery.channel, "superseded").inc()
             return
-        log.debug("delivery sent", **_fields(delivery), attempt=attempt,
-                  customer_id=delivery.customer_id)  # fmt: skip
-        m.deliveries.labels(delivery.kind, delivery.channel, "sent").inc()
+        if unconfirmed is None:
+            log.debug("delivery sent", **_fields(delivery), attempt=attempt,
+                      customer_id=delivery.customer_id)  # fmt: skip
+        else:
+            log.warning("delivery handed over, unconfirmed; not resent", **_fields(delivery),
+                        attempt=attempt, error=unconfirmed)  # fmt: skip
+        outcome = "sent" if unconfirmed is None else "unconfirmed"
+        m.deliveries.labels(delivery.kind, delivery.channel, outcome).inc()
         if (fallback := delivery.payload.get("fallback")) is not None:
             m.log_fallbacks.labels(delivery.kind, fallback["channel"], fallback["reason"]).inc()
         m.delivery_attempts.labels(delivery.kind).observe(attempt)

@@ -26,7 +26,9 @@ DELIVERY_ROUTES = (
     ("alert", "webhook"), ("alert", "email"), ("alert", "log"), ("task", "webhook"),
     ("step", "webhook"), ("step", "email"), ("step", "log"),
 )  # fmt: skip
-DELIVERY_OUTCOMES = ("sent", "retry", "dead", "superseded", "unrecorded", "deferred")
+DELIVERY_OUTCOMES = (
+    "sent", "unconfirmed", "retry", "dead", "superseded", "unrecorded", "deferred",
+)  # fmt: skip
 STEP_OUTCOMES = ("sent", "cancelled", "failed")
 PRUNED_TABLES = ("inbox", "goal_event")
 FALLBACK_REASONS = ("not_configured", "no_recipient")
@@ -103,8 +105,10 @@ def actions_metrics(registry: CollectorRegistry) -> ActionsMetrics:
         ),
         deliveries=_counter(
             "deliveries_total",
-            "Send attempts by kind, channel and outcome (sent, retry, dead; superseded: an outcome"
-            " that came after its lease ran out and the delivery was claimed again; unrecorded:"
+            "Send attempts by kind, channel and outcome (sent, retry, dead; unconfirmed: an e-mail"
+            " the server took but never confirmed, recorded sent and not resent; superseded: an"
+            " outcome that came after its lease ran out and the delivery was claimed again;"
+            " unrecorded:"
             " the outcome could not be written, so the lease sends it again with the same key;"
             " deferred: a step claimed inside its quiet hours, put back until they end).",
             ["kind", "channel", "outcome"],

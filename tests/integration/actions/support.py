@@ -284,32 +284,39 @@ async def serving(receiver: WebhookReceiver) -> AsyncIterator[WebhookReceiver]:
 
 
 class _Mailbox:
-    def __init__(self, delay_s: float, rcpt_reply: str | None) -> None:
+    def __init__(self, delay_s: float, rcpt_reply: str | None, rcpt_delay_s: float) -> None:
         self.messages: list[Message] = []
-        self.delay_s, self.rcpt_reply = delay_s, rcpt_reply
+        self.delay_s, self.rcpt_reply, self.rcpt_delay_s = delay_s, rcpt_reply, rcpt_delay_s
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
     ) -> str:
+        if self.rcpt_delay_s:
+            await asyncio.sleep(self.rcpt_delay_s)
         if self.rcpt_reply is not None:
             return self.rcpt_reply.format(address=address)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        # Kept first, as a mail server queues it: a client gone before the answer changes
+        # nothing.
+        self.messages.append(message_from_bytes(envelope.content))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        self.messages.append(message_from_bytes(envelope.content))
         return "250 Message accepted for delivery"
 
 
 @contextlib.contextmanager
-def smtp_server(delay_s: float = 0.0, rcpt_reply: str | None = None) -> Any:
+def smtp_server(
+    delay_s: float = 0.0, rcpt_reply: str | None = None, rcpt_delay_s: float = 0.0
+) -> Any:
     """An aiosmtpd server on a free port; yields (port, list of received messages).
 
-    `rcpt_reply`: its answer to every recipient instead of accepting it (`{address}` is the
-    recipient's)."""
-    mailbox = _Mailbox(delay_s, rcpt_reply)
+    `delay_s`: how long it takes to answer a message it received (and kept);
+    `rcpt_delay_s`: to answer a recipient. `rcpt_reply`: its answer to every recipient instead
+    of accepting it (`{address}` is the recipient's)."""
+    mailbox = _Mailbox(delay_s, rcpt_reply, rcpt_delay_s)
     controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:

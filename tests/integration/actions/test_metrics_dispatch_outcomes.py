@@ -1,5 +1,6 @@
 """Dispatcher outcome metrics against real deliveries: every send moves exactly one
-`deliveries_total` series (sent, retry, dead, superseded, deferred or unrecorded), matching what
+`deliveries_total` series (sent, unconfirmed, retry, dead, superseded, deferred or unrecorded),
+matching what
 Postgres recorded, with real delivery rows, a real webhook receiver and a real SMTP server."""
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tests.integration.actions.support import (
     NOW,
     SECRET,
     WebhookReceiver,
+    eventually,
     fetch,
     serving,
     smtp_server,
@@ -49,7 +51,7 @@ POLICY = DispatchPolicy(concurrency=4, timeout_s=5.0, lease_s=60.0, max_attempts
                         backoff_base_s=0.05, backoff_cap_s=0.2, interval_s=0.05)  # fmt: skip
 APP = "metrics-test"
 TOTAL = "tierstream_actions_deliveries_total"
-OUTCOMES = ("sent", "retry", "dead", "superseded", "deferred", "unrecorded")
+OUTCOMES = ("sent", "unconfirmed", "retry", "dead", "superseded", "deferred", "unrecorded")
 
 
 @pytest.fixture
@@ -225,6 +227,68 @@ async def test_a_recipient_refused_for_now_is_retried_for_good_dead_lettered_and
         == f"recipient refused: SMTP {code}: {reply[4:].format(address='<recipient>')}"
     )
     assert logs and not [line for line in logs if "example.com" in str(line).lower()]
+
+
+async def _seed_email_alert(pool: Pool) -> None:
+    email = DeliveryRow(key="k1", kind="alert", customer_id="c1", tier_change_id="t1",
+                        playbook="vip", audience="care", channel="email",
+                        recipient="carol@example.com", subject="s", body="b",
+                        payload={}, due_at=NOW)  # fmt: skip
+    async with pool.acquire() as conn:
+        await actions_store.insert_deliveries(conn, [email], now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("smtp_timeout_s", "dispatch_timeout_s"),
+    [(0.5, 5.0), (5.0, 0.5)],
+    ids=["smtp-client-timeout", "dispatcher-timeout"],
+)
+async def test_an_email_the_server_took_but_never_confirmed_is_recorded_sent_and_not_resent(
+    pool: Pool, actions_db: str, smtp_timeout_s: float, dispatch_timeout_s: float
+) -> None:
+    """The server keeps the message but answers it after the timeout, the SMTP client's or
+    the dispatcher's: a retry would put a second copy in the inbox."""
+    await _seed_email_alert(pool)
+    clock, registry = FixedClock(NOW), CollectorRegistry()
+    policy = replace(POLICY, timeout_s=dispatch_timeout_s)
+    with smtp_server(delay_s=1.5) as (port, mailbox), capture_logs() as logs:
+        config = SmtpConfig("127.0.0.1", port, "actions@example.com", timeout_s=smtp_timeout_s)
+        dispatcher = _dispatcher(pool, Channels(email=SmtpChannel(config)), registry,
+                                 kinds=("alert",), clock=clock, policy=policy)  # fmt: skip
+        [(delivery, attempt)] = await _claim(pool, "alert", at=clock)
+        await dispatcher.deliver(delivery, attempt)
+        assert await _claim(pool, "alert", at=FixedClock(NOW + DAY)) == []
+        await eventually(lambda: _one(mailbox), within=10, what="the server kept the message")
+    alert = await _alert(actions_db)
+    assert (alert["status"], alert["attempts"], alert["sent_at"]) == ("sent", 1, NOW)
+    assert str(alert["last_error"]).startswith("unconfirmed: the server has the message"), alert
+    assert _outcomes(registry, "alert", "email") == {"unconfirmed": 1}
+    assert [line["event"] for line in logs if line["log_level"] == "warning"] == [
+        "delivery handed over, unconfirmed; not resent"
+    ]
+
+
+async def _one(mailbox: list[object]) -> bool:
+    return len(mailbox) == 1
+
+
+async def test_an_email_whose_server_timed_out_before_the_message_is_retried(
+    pool: Pool, actions_db: str
+) -> None:
+    """A server slow to accept the recipient never had the message: the send is retried."""
+    await _seed_email_alert(pool)
+    clock, registry = FixedClock(NOW), CollectorRegistry()
+    with smtp_server(rcpt_delay_s=1.5) as (port, mailbox):
+        config = SmtpConfig("127.0.0.1", port, "actions@example.com", timeout_s=0.5)
+        dispatcher = _dispatcher(pool, Channels(email=SmtpChannel(config)), registry,
+                                 kinds=("alert",), clock=clock)  # fmt: skip
+        [(delivery, attempt)] = await _claim(pool, "alert", at=clock)
+        await dispatcher.deliver(delivery, attempt)
+    assert mailbox == []
+    alert = await _alert(actions_db)
+    assert (alert["status"], alert["attempts"], alert["sent_at"]) == ("pending", 1, None)
+    assert "SMTPReadTimeoutError" in str(alert["last_error"]), alert
+    assert _outcomes(registry, "alert", "email") == {"retry": 1}
 
 
 @pytest.mark.parametrize("receiver_fails", [False, True])
