@@ -22,7 +22,8 @@ Each running service serves its full document, with every request and response s
   the input: `events[3].amount` (ingest, with the event's `index`), `query.limit`, or a
   request body's own field (`assignee`). A body that is not JSON is a 400, one over the
   route's limit a 413. A 503 (broker or database away) carries `Retry-After`. A query
-  parameter the route does not read is a 422 (`query_unknown`), not ignored; a path with a
+  parameter the route does not read is a 422 (`query_unknown`), not ignored, and so is one
+  given twice (`query_repeated`); a path with a
   trailing slash is a 404, but for `/v1/customers/`, which reads as a customer with an
   empty id (a 422).
 - **Sending events (ingest).** A batch is all or nothing: a 202 lists the accepted

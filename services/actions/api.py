@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -146,12 +148,21 @@ class AlertPage(_Out):
     next_cursor: str | None
 
 
+def _visible(name: str) -> str:
+    # A zero-width space is not whitespace to the strip, and assigned the task to nobody.
+    if all(unicodedata.category(c)[0] in "CZ" for c in name):
+        raise ValueError("needs a visible character, not only spaces or invisible ones")
+    return name
+
+
 class AssignTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: Literal["assign"]
     # Stripped: a blank name was stored as the assignee.
     assignee: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=NO_NUL)
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=NO_NUL),
+        AfterValidator(_visible),
     ]
 
 

@@ -70,6 +70,16 @@ async def test_tasks_filter_by_customer_queue_status_and_overdue(
     assert [t["customer_id"] for t in await _items(api, overdue="true")] == ["d"]
 
 
+async def test_a_filter_given_twice_is_422_not_its_last_value(api: httpx.AsyncClient) -> None:
+    for query in ("status=open&status=done", "customer_id=a&limit=5&customer_id=b"):
+        response = await api.get(f"/v1/tasks?{query}")
+        assert response.status_code == 422, response.text
+        [error] = response.json()["errors"]
+        assert error["type"] == "query_repeated", error
+        assert error["field"] == f"query.{query.split('=')[0]}", error
+    assert (await api.get("/v1/tasks?status=open&customer_id=a")).status_code == 200
+
+
 async def test_a_misspelt_filter_is_422_not_every_task(api: httpx.AsyncClient) -> None:
     response = await api.get("/v1/tasks", params={"customer": "b"})
     assert response.status_code == 422, response.text
@@ -104,6 +114,11 @@ async def test_assign_complete_and_cancel_follow_the_allowed_transitions(
     url = f"/v1/tasks/{a['id']}"
     blank = await api.patch(url, json={"action": "assign", "assignee": "   "})  # was stored
     assert blank.status_code == 422, blank.text
+    for invisible in ("\u200b", " \u200b\u2060 ", "\u00a0\u200d"):  # zero-width, no-break
+        refused = await api.patch(url, json={"action": "assign", "assignee": invisible})
+        assert refused.status_code == 422, (invisible, refused.text)
+        [error] = refused.json()["errors"]
+        assert error["field"] == "assignee" and "visible" in error["reason"], error
     assigned = await api.patch(url, json={"action": "assign", "assignee": " dana "})
     assert assigned.status_code == 200
     assert (assigned.json()["assignee"], assigned.json()["status"]) == ("dana", "open")
