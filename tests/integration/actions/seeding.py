@@ -8,7 +8,7 @@ from services.actions.batch import BatchResult, GoalHit, PlannedChange, apply_ba
 from services.actions.db import Pool
 from services.actions.effects import ChannelConfig
 from shared.contracts import TierChanged
-from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
+from shared.domain.playbooks import Playbooks, default_playbooks_path, load_playbooks, plan_actions
 
 LOG_ONLY = ChannelConfig(webhook=False, email=False, crm=False)
 
@@ -16,10 +16,12 @@ LOG_ONLY = ChannelConfig(webhook=False, email=False, crm=False)
 async def apply_changes(
     pool: Pool, changes: list[TierChanged], *, now: datetime,
     channels: ChannelConfig = LOG_ONLY, seqs: list[int] | None = None,
+    playbooks: Playbooks | None = None,
 ) -> BatchResult:  # fmt: skip
-    """Plan the changes with the default playbooks and write their effects in one transaction
-    (`seqs`: the scorer's seq of each, as its header carries it; default none)."""
-    books = load_playbooks(default_playbooks_path())
+    """Plan the changes with `playbooks` (default: the default playbooks) and write their
+    effects in one transaction (`seqs`: the scorer's seq of each, as its header carries it;
+    default none)."""
+    books = playbooks or load_playbooks(default_playbooks_path())
     numbers: list[int | None] = list(seqs) if seqs is not None else [None] * len(changes)
     planned = [
         PlannedChange(c, plan_actions(c, books), seq=n)

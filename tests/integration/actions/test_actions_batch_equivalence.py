@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from services.actions.batch import GoalHit
 from services.actions.db import Pool, create_pool
 from shared.contracts import TierChanged
+from shared.domain.playbooks import Playbooks, default_playbooks_path, load_playbooks
 from tests.integration.actions.seeding import apply_changes, apply_goals
 from tests.integration.actions.support import DAY, NOW, fetch, tier_change
 
@@ -49,6 +51,7 @@ class Outcome:
 async def _together_and_apart(
     pool: Pool, database_url: str, query: str, earlier: list[TierChanged],
     batch: list[TierChanged], goals: list[GoalHit] | None = None,
+    playbooks: Playbooks | None = None,
 ) -> tuple[Outcome, Outcome]:  # fmt: skip
     """After `goals` and `earlier` (one at a time): `batch` applied as one batch, then, from
     scratch, one change at a time."""
@@ -61,10 +64,10 @@ async def _together_and_apart(
         if goals:
             await apply_goals(pool, goals, now=APPLIED_AT)
         for change in earlier:
-            await apply_changes(pool, [change], now=APPLIED_AT)
+            await apply_changes(pool, [change], now=APPLIED_AT, playbooks=playbooks)
         outcome = Outcome([])
         for changes in batches:
-            result = await apply_changes(pool, changes, now=APPLIED_AT)
+            result = await apply_changes(pool, changes, now=APPLIED_AT, playbooks=playbooks)
             outcome.enrolled += result.enrolled
             outcome.cancelled_steps += result.cancelled_steps
         outcome.rows = await fetch(database_url, query)
@@ -94,21 +97,33 @@ async def test_a_task_triggered_twice_in_a_batch_keeps_the_first_due_time_and_co
     )  # fmt: skip
 
 
+FLAPPING = [
+    tier_change("g0", "c", "value_tier", "silver", "gold", at=NOW),
+    tier_change("d1", "c", "value_tier", "gold", "silver", at=NOW + HOUR),
+    tier_change("g2", "c", "value_tier", "silver", "gold", at=NOW + 2 * HOUR),
+    tier_change("d3", "c", "value_tier", "gold", "bronze", at=NOW + 3 * HOUR),
+    tier_change("g4", "c", "value_tier", "bronze", "gold", at=NOW + 4 * HOUR),
+]
+
+
+def _without_cool_down(folder: Path) -> Playbooks:
+    """The default playbooks with vip_welcome's re-entry allowed at once."""
+    text = default_playbooks_path().read_text(encoding="utf-8")
+    assert text.count("reentry_after: 30d") == 1
+    edited = folder / "playbooks.yaml"
+    edited.write_text(text.replace("reentry_after: 30d", "reentry_after: 0d"), encoding="utf-8")
+    return load_playbooks(edited)
+
+
 @pytest.mark.parametrize("active_before", [True, False], ids=["active_before", "all_in_batch"])
 async def test_enrolments_begun_and_ended_in_a_batch_are_kept_as_one_change_at_a_time(
-    pool: Pool, actions_db: str, active_before: bool
+    pool: Pool, actions_db: str, active_before: bool, tmp_path: Path
 ) -> None:
-    # In and out of gold: every upgrade enrols in vip_welcome (re-entry allowed), every
-    # downgrade ends it (the reason names the tier it went to).
-    flapping = [
-        tier_change("g0", "c", "value_tier", "silver", "gold", at=NOW),
-        tier_change("d1", "c", "value_tier", "gold", "silver", at=NOW + HOUR),
-        tier_change("g2", "c", "value_tier", "silver", "gold", at=NOW + 2 * HOUR),
-        tier_change("d3", "c", "value_tier", "gold", "bronze", at=NOW + 3 * HOUR),
-        tier_change("g4", "c", "value_tier", "bronze", "gold", at=NOW + 4 * HOUR),
-    ]
-    earlier, batch = (flapping[:1], flapping[1:]) if active_before else ([], flapping)
-    together, apart = await _together_and_apart(pool, actions_db, ENROLMENTS, earlier, batch)
+    # In and out of gold: every upgrade enrols in vip_welcome (re-entry allowed at once),
+    # every downgrade ends it (the reason names the tier it went to).
+    earlier, batch = (FLAPPING[:1], FLAPPING[1:]) if active_before else ([], FLAPPING)
+    together, apart = await _together_and_apart(pool, actions_db, ENROLMENTS, earlier, batch,
+                                                playbooks=_without_cool_down(tmp_path))  # fmt: skip
     assert together == apart
     assert [(e["tier_change_id"], e["status"], e["exit_reason"]) for e in together.rows] == [
         ("g0", "exited", "value_tier:silver"),
@@ -119,6 +134,22 @@ async def test_enrolments_begun_and_ended_in_a_batch_are_kept_as_one_change_at_a
     assert together.enrolled == Counter({"vip_welcome": enrolled})
     # Two steps each: those of g0 cancelled by d1, those of g2 by d3 (never stored in one batch).
     assert together.cancelled_steps == Counter({"vip_welcome": 4})
+
+
+@pytest.mark.parametrize("active_before", [True, False], ids=["active_before", "all_in_batch"])
+async def test_the_default_vip_welcome_is_not_entered_again_within_its_cool_down(
+    pool: Pool, actions_db: str, active_before: bool
+) -> None:
+    # The default vip_welcome waits 30 days after an enrolment ended: in and out of gold
+    # within hours sends the welcome note once.
+    earlier, batch = (FLAPPING[:1], FLAPPING[1:]) if active_before else ([], FLAPPING)
+    together, apart = await _together_and_apart(pool, actions_db, ENROLMENTS, earlier, batch)
+    assert together == apart
+    assert [(e["tier_change_id"], e["status"], e["exit_reason"]) for e in together.rows] == [
+        ("g0", "exited", "value_tier:silver"),
+    ]
+    assert together.enrolled == Counter({"vip_welcome": 0 if active_before else 1})
+    assert together.cancelled_steps == Counter({"vip_welcome": 2})
 
 
 @pytest.mark.parametrize("bought", [True, False], ids=["goal_after_the_first", "no_goal"])

@@ -13,7 +13,7 @@ from services.actions.db import Pool, create_pool
 from shared.db import asyncpg_dsn
 from shared.domain.playbooks import default_playbooks_path, load_playbooks, plan_actions
 from tests.integration.actions.seeding import LOG_ONLY, apply_changes
-from tests.integration.actions.support import NOW, fetch, tier_change
+from tests.integration.actions.support import DAY, NOW, fetch, tier_change
 
 BOOKS = load_playbooks(default_playbooks_path())
 BATCHES = 6
@@ -71,7 +71,9 @@ async def test_the_database_refuses_a_second_open_task_or_active_enrolment(
         await conn.execute("UPDATE actions.enrolment SET status = 'exited'")
     finally:
         await conn.close()
-    await apply_changes(pool, [tier_change("c3", "cust", "value_tier", "silver", "gold")], now=NOW)
+    later = NOW + 31 * DAY  # past vip_welcome's re-entry cool-down
+    await apply_changes(pool, [tier_change("c3", "cust", "value_tier", "silver", "gold")],
+                        now=later)  # fmt: skip
     rows = await fetch(actions_db, "SELECT status FROM actions.task ORDER BY id")
     assert [r["status"] for r in rows] == ["done", "open"]
     rows = await fetch(actions_db, "SELECT status FROM actions.enrolment ORDER BY id")
