@@ -144,7 +144,19 @@ async def record_sent(
             return Recorded(applied=False, decided=decided)
         if status == "cancelled":
             return Recorded(applied=True, cancelled=True)
+        await conn.execute(_KEEP_SPACING, delivery.id, now)
         return Recorded(applied=True, sequence=await _finish_step(conn, delivery, now=now))
+
+
+# A step sent late moves its enrolment's later steps by as much: after an outage, or steps
+# held behind a backlog, the welcome mails of days 1, 3, 7 and 14 went out moments apart.
+_KEEP_SPACING = """
+UPDATE actions.delivery AS later SET due_at = later.due_at + ($2::timestamptz - sent.due_at)
+FROM actions.delivery AS sent
+WHERE sent.id = $1 AND sent.enrolment_id IS NOT NULL AND $2::timestamptz > sent.due_at
+  AND later.enrolment_id = sent.enrolment_id AND later.status = 'pending'
+  AND later.step_index > sent.step_index
+"""
 
 
 async def record_failure(

@@ -5,9 +5,10 @@ Postgres recorded, with real delivery rows, a real webhook receiver and a real S
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -384,19 +385,28 @@ async def test_an_enrolments_due_steps_go_out_one_at_a_time_in_order(
     pool: Pool, actions_db: str
 ) -> None:
     # Every step of the welcome sequence is due at once (the service was down for a month):
-    # before, one claim took them all, sent at once in any order.
+    # before, one claim took them all, sent at once in any order; then, one at a time, they
+    # still went out moments apart. The first goes out now, and each later one as long after
+    # the one before it as the sequence says.
     books = load_playbooks(default_playbooks_path())
     await _enrol_newbie(pool, books)
-    late = FixedClock(NOW + 30 * DAY)
+    clock = FixedClock(NOW + 30 * DAY)
     names = {row["id"]: row["step_name"] for row in await fetch(
         actions_db, "SELECT id, step_name FROM actions.delivery WHERE kind = 'step'")}  # fmt: skip
-    sent: list[str] = []
-    while claimed := await _claim(pool, "step", at=late):
+    sent: list[tuple[str, datetime]] = []
+    while claimed := await _claim(pool, "step", at=clock):
         [(step, _)] = claimed  # one of the enrolment's steps at a time
-        sent.append(names[step.id])
-        await deliveries.record_sent(pool, step, now=late.now())
-    assert sent == [step.name for step in books.sequences["welcome"].steps]
-    assert len(sent) == 4
+        sent.append((names[step.id], clock.now()))
+        await deliveries.record_sent(pool, step, now=clock.now())
+        assert await _claim(pool, "step", at=clock) == []  # the next one keeps its spacing
+        [following] = await fetch(actions_db, "SELECT min(due_at) AS at FROM actions.delivery"
+                                  " WHERE kind = 'step' AND status = 'pending'")  # fmt: skip
+        clock = FixedClock(following["at"] or clock.now())
+    steps = books.sequences["welcome"].steps
+    assert [name for name, _ in sent] == [step.name for step in steps]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(sent)]
+    assert gaps == [b.offset - a.offset for a, b in itertools.pairwise(steps)]
+    assert sent[0][1] == NOW + 30 * DAY
 
 
 async def test_an_alert_logged_for_want_of_its_channel_counts_as_a_fallback(
@@ -425,8 +435,9 @@ async def test_an_enrolment_whose_every_step_died_ends_failed_not_completed(
     # business reads included sequences that reached nobody.
     await _enrol_newbie(pool, load_playbooks(default_playbooks_path()))
     late = FixedClock(NOW + 30 * DAY)
-    done, first = 0, None
-    while claimed := await _claim(pool, "step", at=late):
+    # Claimed later still: a step sent late moves the later ones by as much.
+    done, first, claiming = 0, None, FixedClock(NOW + 365 * DAY)
+    while claimed := await _claim(pool, "step", at=claiming):
         [(step, _)] = claimed
         first = first or step
         if done < sent_steps:
