@@ -153,13 +153,22 @@ def infra() -> None:
 @app.command()
 def run(
     no_demo: Annotated[bool, flag("--no-demo", help="Do not send the demo events.")] = False,
+    forget_offsets: Annotated[
+        bool,
+        flag(
+            "--forget-offsets",
+            help="With DATABASE_URL and the embedded broker: delete the consumer offsets an"
+            " earlier broker left in the database (refused otherwise: the new, empty broker's"
+            " first records would be skipped).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole system on this machine: embedded broker and Postgres (unless
     KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are set), migrations, topics, the three services
     (restarted if one dies) and a demo stream. Ctrl-C or SIGTERM stops everything."""
     from cli.run import run_system
 
-    raise typer.Exit(run_system(console, demo=not no_demo))
+    raise typer.Exit(run_system(console, demo=not no_demo, forget_offsets=forget_offsets))
 
 
 @app.command()

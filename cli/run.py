@@ -97,9 +97,48 @@ def _refuse_bad_settings() -> None:
         settings_or_exit(settings)
 
 
-def _bootstrap(env: dict[str, str]) -> str | None:
+OFFSET_TABLES = ("scorer.consumer_offset", "actions.consumer_offset")
+
+
+async def stored_offsets(database_url: str, *, forget: bool) -> int:
+    """How many consumer offsets the database holds (deleted first when `forget`)."""
+    import asyncpg
+
+    from shared.db import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        if forget:
+            for table in OFFSET_TABLES:
+                await conn.execute(f"DELETE FROM {table}")
+        counts = [await conn.fetchval(f"SELECT count(*) FROM {table}") for table in OFFSET_TABLES]
+    finally:
+        await conn.close()
+    return sum(counts)
+
+
+def _offsets_of_another_broker(database_url: str, *, forget: bool) -> str | None:
+    """One line when the database holds offsets, and the broker is the embedded one: it
+    starts empty, so they are another log's. Consumers took the new log for one grown past
+    them and skipped its first records: a second `run` on your DATABASE_URL lost events."""
+    found = asyncio.run(stored_offsets(database_url, forget=forget))
+    if not found:
+        return None
+    return (
+        f"cannot start: the database at {redacted(database_url)} holds {found} consumer"
+        " offsets of an earlier broker, and the embedded broker starts empty: the services"
+        " would skip its first records. Use a new database, set KAFKA_BOOTSTRAP_SERVERS to"
+        " the broker those offsets are from, or run again with --forget-offsets (its"
+        " customers, changes and tasks are kept; an event sent again counts once)."
+    )
+
+
+def _bootstrap(
+    env: dict[str, str], *, fresh_broker: bool = False, forget_offsets: bool = False
+) -> str | None:
     """Migrations and topics, before any service starts: None, or one line on which of the
-    database and the broker could not be used (an external one may be down or mistyped)."""
+    database and the broker could not be used (an external one may be down or mistyped).
+    `fresh_broker`: the broker is the embedded one, new and empty (the database may not be)."""
     import asyncpg
     from aiokafka.errors import KafkaError
     from sqlalchemy.exc import SQLAlchemyError
@@ -119,6 +158,10 @@ def _bootstrap(env: dict[str, str]) -> str | None:
         return f"cannot migrate {redacted(settings.database_url)}: {failure_reason(exc)}"
     try:  # as each service would refuse, in one line instead of restarts without end
         asyncio.run(refuse_recorded_other(settings.database_url, settings.topic_namespace))
+        if fresh_broker and (
+            problem := _offsets_of_another_broker(settings.database_url, forget=forget_offsets)
+        ):
+            return problem
     except OtherNamespace as exc:
         return f"cannot start: {exc}"
     except (OSError, asyncpg.PostgresError) as exc:
@@ -251,8 +294,10 @@ def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def run_system(console: Console, *, demo: bool = True) -> int:
-    """Run everything until SIGINT/SIGTERM; returns the exit code."""
+def run_system(console: Console, *, demo: bool = True, forget_offsets: bool = False) -> int:
+    """Run everything until SIGINT/SIGTERM; returns the exit code. `forget_offsets`: delete
+    the consumer offsets an earlier broker left in the database, when the broker is the
+    embedded one."""
     stop = _Stop()
     if database_url := os.environ.get("DATABASE_URL"):
         refuse_bad_url(database_url, console)  # before starting anything
@@ -267,7 +312,8 @@ def run_system(console: Console, *, demo: bool = True) -> int:
         console.print("starting infrastructure...")
         infra = start_infra(stack)
         env, generated = _prepare(infra, console)
-        if problem := _bootstrap(env):
+        fresh = infra.embedded_kafka and not infra.embedded_postgres
+        if problem := _bootstrap(env, fresh_broker=fresh, forget_offsets=forget_offsets):
             console.print(f"[red]{escape(problem)}[/red]", soft_wrap=True)
             return 1
         supervisor = Supervisor(env, log=console.print)

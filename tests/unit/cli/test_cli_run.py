@@ -206,7 +206,9 @@ class OfflineRun:
                 return run.timed_out
 
         self.monkeypatch.setattr(cli.run, "start_infra", start_infra)
-        self.monkeypatch.setattr(cli.run, "_bootstrap", lambda env: run.steps.append("bootstrap"))
+        self.monkeypatch.setattr(
+            cli.run, "_bootstrap", lambda env, **_: run.steps.append("bootstrap")
+        )
         self.monkeypatch.setattr(cli.run, "Supervisor", Supervisor)
         self.monkeypatch.setattr(cli.run, "_wait_ready", lambda *args: True)
         self.monkeypatch.setattr(cli.run, "_start_demo", start_demo)
