@@ -13,12 +13,14 @@ leave out just the action it belongs to.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from enum import Enum, StrEnum
 from functools import cache
 from typing import Any
 
-from jinja2 import Template, TemplateSyntaxError, meta, nodes
+from jinja2 import Template, TemplateError, TemplateSyntaxError, meta, nodes
+from jinja2.environment import Environment
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
@@ -121,10 +123,11 @@ def unknown_names(source: str, names: frozenset[str]) -> list[str]:
     names outside `names`, and features outside the catalogue read as `features.x` or
     `features['x']` (also through `change`). Attributes stay open: each customer has its own."""
     tree = _environment(Escaping.HTML).parse(source)
-    problems = [
-        f"unknown variable {name!r}"
-        for name in sorted(meta.find_undeclared_variables(tree) - names)
-    ]
+    try:  # it compiles the template: `check_template` has refused what that fails on
+        undeclared = meta.find_undeclared_variables(tree)
+    except (TemplateError, RecursionError) as exc:
+        return [f"template error: {exc}"]
+    problems = [f"unknown variable {name!r}" for name in sorted(undeclared - names)]
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx != "load"}
     called = {id(call.node) for call in tree.find_all(nodes.Call)}  # features.items(): a method
     lookups: list[nodes.Getattr | nodes.Getitem] = [
@@ -168,12 +171,77 @@ def _is_features(node: nodes.Node, assigned: set[str]) -> bool:
 
 
 def check_template(source: str) -> str:
-    """Validate Jinja2 syntax (pydantic validator); returns the source unchanged."""
+    """Validate a template (pydantic validator): its syntax, every filter and test it names,
+    and that it loads no other template; returns the source unchanged.
+
+    Jinja checks a filter or test name only when it compiles, and inside an `if` not even
+    then but when the branch runs; an include has no loader to read from. Each of these
+    failed on every change that reached it, and cost the action: they are refused here."""
+    environment = _environment(Escaping.HTML)
     try:
-        _environment(Escaping.HTML).parse(source)
-    except TemplateSyntaxError as exc:
+        tree = environment.parse(source)
+        if problems := _unavailable(tree, environment):
+            raise ValueError("; ".join(problems))
+        environment.compile(tree)  # what else only compiling finds (a block defined twice)
+    except TemplateSyntaxError as exc:  # TemplateAssertionError (from compiling) included
         raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    except RecursionError:
+        raise ValueError("template nested too deeply") from None
     return source
+
+
+# `{% include %}` and its kind read other templates through a loader, which there is not.
+_LOADS = {
+    nodes.Include: "include",
+    nodes.Extends: "extends",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+}
+# Filters that take the name of a filter or test as an argument: its position, and which.
+_BY_NAME = {
+    "map": (0, "filter"),
+    "select": (0, "test"),
+    "reject": (0, "test"),
+    "selectattr": (1, "test"),
+    "rejectattr": (1, "test"),
+}
+
+
+def _unavailable(tree: nodes.Template, environment: Environment) -> list[str]:
+    """Each filter or test `tree` names that `environment` lacks, and each template it loads."""
+    known = {"filter": environment.filters, "test": environment.tests}
+    problems = [
+        f"{{% {_LOADS[type(node)]} %}} is not available (a template cannot load another)"
+        for node in tree.find_all(tuple(_LOADS))
+    ]
+    calls: list[nodes.Filter | nodes.Test] = [
+        *tree.find_all(nodes.Filter),
+        *tree.find_all(nodes.Test),
+    ]
+    for node in calls:
+        for kind, name in _names(node):
+            if name not in known[kind]:
+                problems.append(_unknown(kind, name, known[kind]))
+    return list(dict.fromkeys(problems))
+
+
+def _names(node: nodes.Filter | nodes.Test) -> list[tuple[str, str]]:
+    """The filter or test a node calls, and the one it names as an argument (`map('upper')`,
+    `select('odd')`), as (kind, name)."""
+    if isinstance(node, nodes.Test):
+        return [("test", node.name)]
+    named = [("filter", node.name)]
+    position, kind = _BY_NAME.get(node.name, (-1, ""))
+    argument = node.args[position] if 0 <= position < len(node.args) else None
+    if isinstance(argument, nodes.Const) and isinstance(argument.value, str):
+        named.append((kind, argument.value))
+    return named
+
+
+def _unknown(kind: str, name: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"Jinja's built-in {kind}s only"
+    return f"unknown {kind} {name!r} ({hint})"
 
 
 def render_body(source: str, context: Mapping[str, Any], *, what: str, escaping: Escaping) -> str:

@@ -92,6 +92,50 @@ def test_a_template_naming_what_its_context_lacks_is_refused(
 
 
 @pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("Welcome {{ customer_id | upperr }}", "unknown filter 'upperr' (did you mean 'upper'?)"),
+        # Jinja itself lets these through until the branch runs: then every change failed.
+        ("{% if to %}{{ to | upperr }}{% endif %}", "unknown filter 'upperr'"),
+        ("{% if customer_id is nosuchtest %}x{% endif %}", "unknown test 'nosuchtest'"),
+        ("{% filter xyzzy %}x{% endfilter %}", "unknown filter 'xyzzy' (Jinja's built-in"),
+        ("{{ ['a'] | map('upperr') | join }}", "unknown filter 'upperr'"),
+        ("{{ [1] | selectattr('real', 'od') | list }}", "unknown test 'od' (did you mean 'odd'?)"),
+        ("{% include 'header.txt' %}", "{% include %} is not available"),
+        ("{% extends 'base.txt' %}", "{% extends %} is not available"),
+        ("{% import 'macros.txt' as m %}", "{% import %} is not available"),
+        ("{% from 'macros.txt' import x %}", "{% from ... import %} is not available"),
+        (
+            "{% block a %}{% endblock %}{% block a %}{% endblock %}",
+            "template syntax error on line 1: block 'a' defined twice",
+        ),
+        ("{{ customer_id" + "|e" * 5000 + " }}", "template nested too deeply"),
+    ],
+)
+def test_a_template_that_could_only_fail_when_rendered_is_refused_naming_what(
+    template: str, message: str
+) -> None:
+    # Before: a traceback (a misspelt filter at the top level), or accepted and then failing
+    # on every change that reached it, which lost the action.
+    with pytest.raises(PlaybooksError) as caught:
+        parse_playbooks(books(task=template.replace('"', "'")), source="team.yaml")
+    assert str(caught.value).startswith(
+        f"team.yaml: playbook 'vip', field actions.0.title: {message}"
+    ), str(caught.value)
+
+
+def test_the_filters_and_tests_jinja_has_are_accepted() -> None:
+    template = (
+        "{{ to | upper }} {{ ['a'] | map('upper') | join }} {{ [1] | select('odd') | list }}"
+        " {% if customer.name is defined %}{{ customer.name | title }}{% endif %}"
+        " {{ [customer] | map(attribute='id') | first }}"
+    )
+    books_ = parse_playbooks(books(task=template), source="x.yaml")
+    plan = plan_actions(change("value_tier", "silver", "gold"), books_)
+    assert not plan.failures
+
+
+@pytest.mark.parametrize(
     "template",
     [
         "{{ features.m_score }} {{ features['spend_365d'] }} {{ change.features.r_score }}",

@@ -308,6 +308,20 @@ async def test_the_service_refuses_to_start_with_an_invalid_playbooks_file(tmp_p
         await run(settings)
 
 
+async def test_the_service_refuses_to_start_on_a_misspelt_template_filter(tmp_path: Path) -> None:
+    # Before: the template's TemplateAssertionError went through as a traceback.
+    books = tmp_path / "playbooks.yaml"
+    text = default_playbooks_path().read_text()
+    books.write_text(text.replace("{{ customer_id }} is at risk", "{{ customer_id | upperr }}"))
+    settings = ActionsSettings(api_keys="k", playbooks_file=books)
+    with pytest.raises(SystemExit) as refused:
+        await run(settings)
+    assert str(refused.value) == (
+        f"actions: invalid playbooks file: {books}: template 'care_alert', field subject:"
+        " unknown filter 'upperr' (did you mean 'upper'?)"
+    )
+
+
 async def test_the_service_refuses_to_start_when_a_playbook_names_a_class_the_rules_lack(
     tmp_path: Path,
 ) -> None:

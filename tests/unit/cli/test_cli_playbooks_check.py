@@ -66,3 +66,16 @@ def test_an_unusable_rules_file_is_named(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert result.output.startswith(f"invalid: {missing}: field (file): cannot read"), result.output
+
+
+def test_a_misspelt_filter_is_refused_in_one_line_not_a_traceback(tmp_path: Path) -> None:
+    books = tmp_path / "playbooks.yaml"
+    text = default_playbooks_path().read_text()
+    old = "Senior account manager: welcome gold customer {{ customer_id }}"
+    books.write_text(text.replace(old, "Welcome {{ customer_id | upperr }}"))
+    result = CliRunner().invoke(app, ["playbooks", "check", str(books)], env=CLEAN)
+    assert (result.exit_code, result.exception.__class__) == (1, SystemExit), result.output
+    assert result.output == (
+        f"invalid: {books}: playbook 'gold_upgrade', field actions.0.title: unknown filter"
+        " 'upperr' (did you mean 'upper'?)\n"
+    )
