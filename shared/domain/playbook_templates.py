@@ -14,7 +14,7 @@ leave out just the action it belongs to.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import Enum, StrEnum
 from functools import cache
 from typing import Any
@@ -79,13 +79,8 @@ class Scope(StrEnum):
 # What templates can name: the one list that `change_context` and `scoped` build the render
 # context from, and that `unknown_names` checks templates against. A name outside it would
 # render as empty text (Jinja's default for an undefined name), so it is refused at load.
-CHANGE_NAMES = frozenset(
-    [
-        *(field.alias or name for name, field in TierChanged.model_fields.items()),
-        "customer",
-        "change",
-    ]
-)
+CHANGE_FIELDS = frozenset(field.alias or name for name, field in TierChanged.model_fields.items())
+CHANGE_NAMES = CHANGE_FIELDS | {"customer", "change"}
 SCOPE_NAMES: dict[Scope, tuple[str, ...]] = {
     Scope.TASK: ("playbook",),
     Scope.ALERT: ("playbook", "audience"),
@@ -120,27 +115,51 @@ def scoped(base: Mapping[str, Any], scope: Scope, **values: str) -> dict[str, An
 
 def unknown_names(source: str, names: frozenset[str]) -> list[str]:
     """What a (syntactically valid) template reads that would render as empty text: top-level
-    names outside `names`, and features outside the catalogue read as `features.x` or
-    `features['x']` (also through `change`). Attributes stay open: each customer has its own."""
+    names outside `names`, fields `change.x` (or `change['x']`) a change does not have, and
+    features outside the catalogue read as `features.x` or `features['x']` (also through
+    `change`). Attributes stay open: each customer has its own."""
     tree = _environment(Escaping.HTML).parse(source)
     try:  # it compiles the template: `check_template` has refused what that fails on
         undeclared = meta.find_undeclared_variables(tree)
     except (TemplateError, RecursionError) as exc:
         return [f"template error: {exc}"]
     problems = [f"unknown variable {name!r}" for name in sorted(undeclared - names)]
+    for target, key in _lookups(tree):
+        if target == "change" and key not in CHANGE_FIELDS:
+            close = difflib.get_close_matches(key, sorted(CHANGE_FIELDS), n=1)
+            problems.append(
+                f"unknown change field {key!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+            )
+        elif target == "features" and key not in FEATURES:
+            problems.append(f"unknown feature {key!r}")
+    return list(dict.fromkeys(problems))
+
+
+def read_features(source: str) -> list[str]:
+    """The features a (valid) template reads by name: `features.x`, `features['x']`, also
+    through `change`. One read by a computed key (`features[name]`) is not among them."""
+    tree = _environment(Escaping.HTML).parse(source)
+    return list(dict.fromkeys(key for target, key in _lookups(tree) if target == "features"))
+
+
+def _lookups(tree: nodes.Template) -> Iterator[tuple[str, str]]:
+    """Each key written out that the template looks up in the change's `features` or in
+    `change` itself, as ("features" or "change", key); a method (`features.items()`) is not."""
     assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx != "load"}
-    called = {id(call.node) for call in tree.find_all(nodes.Call)}  # features.items(): a method
+    called = {id(call.node) for call in tree.find_all(nodes.Call)}
     lookups: list[nodes.Getattr | nodes.Getitem] = [
         *tree.find_all(nodes.Getattr),
         *tree.find_all(nodes.Getitem),
     ]
     for node in lookups:
         key = _key(node)
-        if id(node) in called or key is None or not _is_features(node.node, assigned):
+        if id(node) in called or key is None:
             continue
-        if key not in FEATURES:
-            problems.append(f"unknown feature {key!r}")
-    return list(dict.fromkeys(problems))
+        if _is_features(node.node, assigned):
+            yield "features", key
+        elif _is_name(node.node, "change", assigned):
+            yield "change", key
 
 
 def _key(node: nodes.Getattr | nodes.Getitem) -> str | None:
@@ -157,17 +176,14 @@ def _key(node: nodes.Getattr | nodes.Getitem) -> str | None:
 def _is_features(node: nodes.Node, assigned: set[str]) -> bool:
     """Whether `node` is the change's features: `features`, `change.features` or
     `change['features']`, unless the template assigns that name itself."""
-    if isinstance(node, nodes.Name):
-        return node.name == "features" and "features" not in assigned
     if isinstance(node, nodes.Getattr | nodes.Getitem):
-        parent = node.node
-        return (
-            _key(node) == "features"
-            and isinstance(parent, nodes.Name)
-            and parent.name == "change"
-            and "change" not in assigned
-        )
-    return False
+        return _key(node) == "features" and _is_name(node.node, "change", assigned)
+    return _is_name(node, "features", assigned)
+
+
+def _is_name(node: nodes.Node, name: str, assigned: set[str]) -> bool:
+    """Whether `node` is the context's `name`: not one the template assigns itself."""
+    return isinstance(node, nodes.Name) and node.name == name and name not in assigned
 
 
 def check_template(source: str) -> str:

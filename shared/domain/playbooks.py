@@ -54,6 +54,7 @@ from shared.domain.playbook_templates import (
     Scope,
     TemplateFailed,
     change_context,
+    read_features,
     render_body,
     render_plain,
     scoped,
@@ -79,6 +80,7 @@ __all__ = [
     "check_classes",
     "check_conditions",
     "check_playbooks",
+    "check_template_features",
     "default_playbooks_path",
     "defer_past_quiet_hours",
     "load_playbooks",
@@ -165,9 +167,11 @@ def check_classes(
 
 def check_against_rules(playbooks: Playbooks, rules: Rules) -> None:
     """Everything the playbooks expect of the changes the rules make: their classes
-    (`check_classes`) and the features their conditions read (`check_conditions`)."""
+    (`check_classes`) and the features their conditions and templates read
+    (`check_conditions`, `check_template_features`)."""
     check_classes(playbooks, rules.declared_classes(), declared_by=rules.source)
     check_conditions(playbooks, rules)
+    check_template_features(playbooks, rules)
 
 
 def check_conditions(playbooks: Playbooks, rules: Rules) -> None:
@@ -178,19 +182,75 @@ def check_conditions(playbooks: Playbooks, rules: Rules) -> None:
     for where, field, transition in _transitions(playbooks):
         if transition.if_ is None:
             continue
-        carried = carried_features(rules, transition.dimension)
-        targets = transition.to or tuple(carried)
-        available = frozenset().union(*(carried[name] for name in targets))
+        available = _carried(rules, transition)
         for leaf in leaves(transition.if_):
-            if leaf.feature is None or leaf.feature in available:
-                continue
-            to = f" to {', '.join(targets)}" if transition.to else ""
-            message = (
-                f"feature {leaf.feature!r} is in no {transition.dimension.value} change{to} of"
-                f" {rules.source}: a change carries only what the rule that decided it read"
-                f" ({', '.join(sorted(available)) or 'nothing'})"
-            )
-            raise PlaybooksError(message, source=playbooks.source, where=where, field=f"{field}.if")
+            if leaf.feature is not None and leaf.feature not in available:
+                message = _not_carried(leaf.feature, transition, available, rules)
+                raise PlaybooksError(
+                    message, source=playbooks.source, where=where, field=f"{field}.if"
+                )
+
+
+def check_template_features(playbooks: Playbooks, rules: Rules) -> None:
+    """Refuse a template reading a feature no change its playbook acts on carries, as
+    `check_conditions` does an `if`: `{{ features.spend_365d }}` on a gold change rendered
+    as empty text. Each template is checked for every playbook whose actions render it (a
+    sequence's steps for each playbook enrolling in it)."""
+    for book in playbooks.playbooks:
+        available = _carried(rules, book.when)
+        for where, field, source in _rendered(playbooks, book):
+            for feature in read_features(source):
+                if feature not in available:
+                    message = _not_carried(feature, book.when, available, rules)
+                    if where != f"playbook {book.name!r}":  # a sequence's, or a named one
+                        message += f"; playbook {book.name!r} renders it"
+                    raise PlaybooksError(message, source=playbooks.source, where=where, field=field)
+
+
+def _carried(rules: Rules, transition: Transition) -> frozenset[str]:
+    """The features some change matching `transition` carries."""
+    carried = carried_features(rules, transition.dimension)
+    return frozenset().union(*(carried[name] for name in transition.to or carried))
+
+
+def _not_carried(
+    feature: str, transition: Transition, available: frozenset[str], rules: Rules
+) -> str:
+    to = f" to {', '.join(transition.to)}" if transition.to else ""
+    return (
+        f"feature {feature!r} is in no {transition.dimension.value} change{to} of"
+        f" {rules.source}: a change carries only what the rule that decided it read"
+        f" ({', '.join(sorted(available)) or 'nothing'})"
+    )
+
+
+def _rendered(playbooks: Playbooks, book: Playbook) -> Iterator[tuple[str, str, str]]:
+    """Every template `book`'s actions render, as (where it is written, field, source)."""
+    for index, action in enumerate(book.actions):
+        field = f"actions.{index}"
+        match action:
+            case TaskAction():
+                yield f"playbook {book.name!r}", f"{field}.title", action.title
+            case AlertAction():
+                yield from _content(playbooks, action, f"playbook {book.name!r}", field)
+            case EnrolAction():
+                where = f"sequence {action.sequence!r}"
+                for step_index, step in enumerate(playbooks.sequences[action.sequence].steps):
+                    yield from _content(playbooks, step, where, f"steps.{step_index}")
+
+
+def _content(
+    playbooks: Playbooks, content: AlertAction | Step, where: str, field: str
+) -> Iterator[tuple[str, str, str]]:
+    """An alert's or step's templates: its recipient, and its inline or named message."""
+    if content.to is not None:
+        yield where, f"{field}.to", content.to
+    if content.template is not None:
+        where, field = f"template {content.template!r}", ""
+    message = playbooks.message(content)
+    for key, source in (("subject", message.subject), ("text", message.text)):
+        if source is not None:
+            yield where, f"{field}.{key}".lstrip("."), source
 
 
 def _transitions(playbooks: Playbooks) -> Iterator[tuple[str, str, Transition]]:

@@ -56,6 +56,18 @@ playbooks:
             "actions.1.to",
             "unknown feature 'spend'",
         ),
+        (
+            books(task="Call {{ change.custmer_id }} ({{ change['to'] }})"),
+            "playbook 'vip'",
+            "actions.0.title",
+            "unknown change field 'custmer_id' (did you mean 'customer_id'?) (a task title",
+        ),
+        (
+            books(alert="text: \"{{ change['tier'] }}\""),
+            "playbook 'vip'",
+            "actions.1.text",
+            "unknown change field 'tier' (an alert can use ",
+        ),
         (  # `audience` is an alert's, not a step's
             books(step="subject: '{{ audience }}', text: hi"),
             "sequence 's'",
@@ -142,6 +154,8 @@ def test_the_filters_and_tests_jinja_has_are_accepted() -> None:
         "{% for k, v in features.items() %}{{ k }}={{ v }} {% endfor %}",
         "{{ customer.segment }} {{ attributes.anything }} {{ range(2) | list }}",
         "{% set features = {'x': 1} %}{{ features.x }}",  # the template's own `features`
+        "{{ change.customer_id }} {{ change['from'] }} {{ change.items() | list }}",
+        "{% for change in [{'x': 1}] %}{{ change.x }}{% endfor %}",
     ],
 )
 def test_features_and_attributes_the_context_may_hold_are_accepted(template: str) -> None:

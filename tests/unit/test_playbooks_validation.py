@@ -511,3 +511,72 @@ def test_a_condition_on_what_the_deciding_rules_read_or_on_attributes_is_accepte
     exits += " op: gt, value: 1}}]}}}"
     with pytest.raises(PlaybooksError, match="feature 'tenure_days' is in no value_tier change"):
         check_against_rules(parse_playbooks(book(extra=exits), source="x.yaml"), DEFAULT_RULES)
+
+
+ALERT = "{kind: alert, channel: log, audience: vip, "
+STEP_S = "sequences: {s: {steps: [{name: a, offset: 1d, channel: email, "
+
+
+@pytest.mark.parametrize(
+    ("actions", "extra", "where", "field", "message"),
+    [
+        (
+            "{kind: task, title: 'Welcome {{ features.spend_365d }}', queue: q, due_in: 1d}",
+            "",
+            "playbook 'vip'",
+            "actions.0.title",
+            "feature 'spend_365d' is in no value_tier change to gold of",
+        ),
+        (
+            ALERT + "text: \"{{ change['features']['tenure_days'] }}\"}",
+            "",
+            "playbook 'vip'",
+            "actions.0.text",
+            "feature 'tenure_days' is in no value_tier change to gold of",
+        ),
+        (
+            ALERT + "text: hi, to: '{{ features.r_score }}@example.com'}",
+            "",
+            "playbook 'vip'",
+            "actions.0.to",
+            "feature 'r_score' is in no value_tier change to gold of",
+        ),
+        (
+            ALERT + "template: note}",
+            "templates: {note: {subject: '{{ features.spend_365d }}', text: hi}}",
+            "template 'note'",
+            "subject",
+            "feature 'spend_365d' is in no value_tier change to gold of",
+        ),
+        (
+            "{kind: enrol, sequence: s}",
+            STEP_S + "text: 'spent {{ features.spend_365d }}'}]}}",
+            "sequence 's'",
+            "steps.0.text",
+            "feature 'spend_365d' is in no value_tier change to gold of",
+        ),
+    ],
+)
+def test_a_template_reading_a_feature_no_change_of_its_playbook_carries_is_refused(
+    actions: str, extra: str, where: str, field: str, message: str
+) -> None:
+    # Before: accepted, while the same feature in the playbook's `if` was refused; it
+    # rendered as empty text on every change.
+    books = parse_playbooks(book(actions, extra=extra), source="team.yaml")
+    with pytest.raises(PlaybooksError) as caught:
+        check_against_rules(books, DEFAULT_RULES)
+    error = caught.value
+    assert (error.where, error.field) == (where, field), str(error)
+    assert str(error).startswith(f"team.yaml: {where}, field {field}: {message}")
+    assert "a change carries only what the rule that decided it read (days_since" in str(error)
+    assert str(error).endswith("renders it") == (where != "playbook 'vip'")
+
+
+def test_a_template_reading_what_its_playbooks_changes_carry_is_accepted() -> None:
+    title = "{kind: task, title: '{{ features.m_score }} {{ change.features.f_score }}',"
+    actions = title + " queue: q, due_in: 1d}, {kind: enrol, sequence: s}"
+    # a sequence no playbook enrols in renders for no change: nothing to check it against
+    extra = STEP_S + "text: '{{ features.days_since_last_purchase }}'}]}, unused: {steps:"
+    extra += " [{name: a, offset: 1d, channel: log, text: '{{ features.tenure_days }}'}]}}"
+    check_against_rules(parse_playbooks(book(actions, extra=extra), source="x.yaml"), DEFAULT_RULES)
+    check_against_rules(load_playbooks(default_playbooks_path()), DEFAULT_RULES)
