@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from datetime import time, timedelta
+from email.utils import getaddresses
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -15,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -70,12 +73,32 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(
 Template = Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator(check_template)]
 
 
+_Values = TypeVar("_Values", bound=Sequence[Any])
+
+
 def _one_or_many(raw: Any) -> Any:
     return [raw] if isinstance(raw, str) else raw
 
 
-Classes = Annotated[tuple[Name, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
-Causes = Annotated[tuple[ChangeCause, ...], BeforeValidator(_one_or_many), Field(min_length=1)]
+def _distinct(values: _Values) -> _Values:
+    """Refuse a list naming one value twice (`cause: [event, event]`): a slip, not a wish."""
+    seen: set[object] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{str(getattr(value, 'value', value))!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+Classes = Annotated[
+    tuple[Name, ...], BeforeValidator(_one_or_many), Field(min_length=1), AfterValidator(_distinct)
+]
+Causes = Annotated[
+    tuple[ChangeCause, ...],
+    BeforeValidator(_one_or_many),
+    Field(min_length=1),
+    AfterValidator(_distinct),
+]
 
 
 _CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
@@ -113,6 +136,37 @@ class Channel(StrEnum):
     WEBHOOK = "webhook"
     EMAIL = "email"
     LOG = "log"
+
+
+_MARKUP = ("{{", "{%", "{#")
+
+
+def check_recipient(to: str | None, channel: Channel | None, what: str) -> str | None:
+    """An alert's or step's `to`: only on e-mail (another channel has no recipient and would
+    ignore it), and, when written out rather than a template, one e-mail address (one that
+    is not failed every send)."""
+    if to is None or channel is None:  # no channel: its own error says why
+        return to
+    if channel is not Channel.EMAIL:
+        raise ValueError(
+            f"`to` is an e-mail recipient, and {what} by {channel.value} sends no e-mail:"
+            " remove it, or send by `channel: email`"
+        )
+    if not any(mark in to for mark in _MARKUP) and not _one_address(to):
+        raise ValueError(
+            f"{to!r} is not one e-mail address: write e.g. ops@example.com, or a template"
+            " such as {{ customer.email }}"
+        )
+    return to
+
+
+def _one_address(text: str) -> bool:
+    """What the e-mail channel takes: one address (`name@domain`, a display name allowed)."""
+    addresses = getaddresses([text])
+    if len(addresses) != 1 or "=?" in text:
+        return False
+    local, at, domain = addresses[0][1].rpartition("@")
+    return bool(local and at and domain) and not any(c.isspace() for c in addresses[0][1])
 
 
 class Priority(StrEnum):
@@ -177,6 +231,15 @@ class Transition(_Model):
     cause: Causes | None = None
     if_: Condition | None = Field(None, alias="if")
 
+    @model_validator(mode="after")
+    def _can_match(self) -> Transition:
+        if self.from_ is not None and self.from_ == self.to and len(self.to) == 1:
+            raise ValueError(
+                f"`from` and `to` are both {self.to[0]!r}: a change always moves to another"
+                " class than the one it leaves, so this matches none"
+            )
+        return self
+
 
 class TaskAction(_Model):
     kind: Literal["task"]
@@ -192,6 +255,11 @@ class AlertAction(_Content):
     channel: Channel
     audience: Name = Field(description="Who the alert is for (vip, retention, care, ...).")
     to: Template | None = Field(None, description="E-mail recipient (template).")
+
+    @field_validator("to")
+    @classmethod
+    def _email_recipient(cls, to: str | None, info: ValidationInfo) -> str | None:
+        return check_recipient(to, info.data.get("channel"), "an alert")
 
 
 class EnrolAction(_Model):
@@ -232,6 +300,11 @@ class Step(_Content):
         None, description="E-mail recipient; default the customer's e-mail."
     )
 
+    @field_validator("to")
+    @classmethod
+    def _email_recipient(cls, to: str | None, info: ValidationInfo) -> str | None:
+        return check_recipient(to, info.data.get("channel"), "a step")
+
 
 class QuietHours(_Model):
     """Steps due inside [start, end) local time are sent at `end` instead; so is a step
@@ -264,7 +337,7 @@ class ExitOn(_Model):
     """What ends an enrolment early: matching tier changes, or goal events (e.g. a purchase)."""
 
     changes: list[Transition] = Field(default_factory=list)
-    events: list[GoalEvent] = Field(default_factory=list)
+    events: Annotated[list[GoalEvent], AfterValidator(_distinct)] = Field(default_factory=list)
 
 
 class SequenceDef(_Model):
@@ -276,6 +349,16 @@ class SequenceDef(_Model):
     reentry: Reentry = Reentry.ALLOW
     reentry_after: Duration | None = Field(None, description="Cool-down before re-entry.")
     quiet_hours: QuietHours | None = None
+
+    @field_validator("reentry_after")
+    @classmethod
+    def _reentry_allowed(cls, after: timedelta | None, info: ValidationInfo) -> timedelta | None:
+        if after is not None and info.data.get("reentry") is Reentry.NEVER:
+            raise ValueError(
+                "`reentry: never` lets no customer enrol again, after any wait: remove"
+                " `reentry_after`, or make it `reentry: allow`"
+            )
+        return after
 
     @field_validator("steps")
     @classmethod

@@ -51,7 +51,9 @@ playbooks:
             "unknown feature 'm_scor' (an alert can use ",
         ),
         (
-            books(alert="text: hi, to: \"{{ change['features']['spend'] }}\""),
+            books(alert="text: hi, to: \"{{ change['features']['spend'] }}\"").replace(
+                "channel: log", "channel: email"
+            ),
             "playbook 'vip'",
             "actions.1.to",
             "unknown feature 'spend'",

@@ -28,6 +28,7 @@ from shared.domain.playbooks import (
 from shared.domain.rules import default_rules_path, load_rules
 
 GOOD_ACTION = "{kind: task, title: t, queue: q, due_in: 1d}"
+SEQ = "sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}], "
 
 
 def book(
@@ -200,6 +201,85 @@ playbooks:
             "exit_on.events.0",
             "purchase",
         ),
+        # Settings that contradict each other, or that nothing reads: each was accepted
+        # and then silently never matched, or was ignored.
+        (
+            book(when="{dimension: value_tier, from: gold, to: gold}"),
+            "playbook 'vip'",
+            "when",
+            "`from` and `to` are both 'gold': a change always moves to another class",
+        ),
+        (
+            book(
+                extra=SEQ + "exit_on: {changes: [{dimension: value_tier, from: [none],"
+                " to: none}]}}}"
+            ),
+            "sequence 's'",
+            "exit_on.changes.0",
+            "`from` and `to` are both 'none'",
+        ),
+        (
+            book(when="{dimension: value_tier, to: gold, cause: [event, event]}"),
+            "playbook 'vip'",
+            "when.cause",
+            "'event' is listed twice",
+        ),
+        (
+            book(when="{dimension: value_tier, from: [silver, bronze, silver]}"),
+            "playbook 'vip'",
+            "when.from",
+            "'silver' is listed twice",
+        ),
+        (
+            book(extra=SEQ + "exit_on: {events: [purchase, purchase]}}}"),
+            "sequence 's'",
+            "exit_on.events",
+            "'purchase' is listed twice",
+        ),
+        (
+            book(extra=SEQ + "reentry: never, reentry_after: 30d}}"),
+            "sequence 's'",
+            "reentry_after",
+            "`reentry: never` lets no customer enrol again, after any wait: remove",
+        ),
+        (
+            book("{kind: alert, channel: webhook, audience: ops, text: hi, to: ops@example.com}"),
+            "playbook 'vip'",
+            "actions.0.to",
+            "`to` is an e-mail recipient, and an alert by webhook sends no e-mail: remove it,"
+            " or send by `channel: email`",
+        ),
+        (
+            book("{kind: alert, channel: log, audience: ops, text: hi, to: ops@example.com}"),
+            "playbook 'vip'",
+            "actions.0.to",
+            "an alert by log sends no e-mail",
+        ),
+        (
+            book("{kind: alert, channel: email, audience: ops, text: hi, to: not-an-address}"),
+            "playbook 'vip'",
+            "actions.0.to",
+            "'not-an-address' is not one e-mail address: write e.g. ops@example.com, or a"
+            " template such as {{ customer.email }}",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: webhook, text: x,"
+                " to: '{{ customer.email }}'}]}}"
+            ),
+            "sequence 's'",
+            "steps.0.to",
+            "a step by webhook sends no e-mail",
+        ),
+        (
+            book(
+                extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: email, text: x,"
+                " to: 'a@example.com, b@example.com'}]}}"
+            ),
+            "sequence 's'",
+            "steps.0.to",
+            "'a@example.com, b@example.com' is not one e-mail address",
+        ),
     ],
 )
 def test_an_invalid_playbook_is_refused_naming_file_playbook_and_field(
@@ -211,6 +291,22 @@ def test_an_invalid_playbook_is_refused_naming_file_playbook_and_field(
     assert (error.source, error.where, error.field) == ("team.yaml", where, field)
     assert message in str(error)
     assert str(error).startswith(f"team.yaml: {where}, field {field}: ")
+
+
+def test_settings_that_agree_are_accepted() -> None:
+    alerts = (
+        "{kind: alert, channel: email, audience: ops, text: hi, to: 'Ops <ops@example.com>'},"
+        " {kind: alert, channel: email, audience: ops, text: hi, to: '{{ customer.email }}'},"
+        " {kind: alert, channel: webhook, audience: ops, text: hi}"
+    )
+    text = book(
+        alerts,
+        # a sequence no playbook enrols in is kept: its active enrolments run to their end
+        extra=SEQ + "reentry: allow, reentry_after: 30d, exit_on: {events: [purchase]}}}",
+        when="{dimension: value_tier, from: [gold, silver], to: gold, cause: [event, time]}",
+    )
+    books = parse_playbooks(text, source="x.yaml")
+    assert books.sequences["s"].reentry_after == timedelta(days=30)
 
 
 def test_two_playbooks_with_one_name_are_refused() -> None:
@@ -514,6 +610,7 @@ def test_a_condition_on_what_the_deciding_rules_read_or_on_attributes_is_accepte
 
 
 ALERT = "{kind: alert, channel: log, audience: vip, "
+EMAIL_ALERT = "{kind: alert, channel: email, audience: vip, "
 STEP_S = "sequences: {s: {steps: [{name: a, offset: 1d, channel: email, "
 
 
@@ -535,7 +632,7 @@ STEP_S = "sequences: {s: {steps: [{name: a, offset: 1d, channel: email, "
             "feature 'tenure_days' is in no value_tier change to gold of",
         ),
         (
-            ALERT + "text: hi, to: '{{ features.r_score }}@example.com'}",
+            EMAIL_ALERT + "text: hi, to: '{{ features.r_score }}@example.com'}",
             "",
             "playbook 'vip'",
             "actions.0.to",
