@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Sequence
@@ -74,6 +75,16 @@ Template = Annotated[str, Field(min_length=1, max_length=20_000), AfterValidator
 
 
 _Values = TypeVar("_Values", bound=Sequence[Any])
+
+
+def _none_is_empty(raw: Any, *, empty: Any) -> Any:
+    return empty if raw is None else raw
+
+
+# A section with each entry commented out (`templates:` and nothing under it) is YAML's
+# null: read as empty, like a section left out, rather than refused as "not a dictionary".
+EmptyDict = BeforeValidator(functools.partial(_none_is_empty, empty={}))
+EmptyList = BeforeValidator(functools.partial(_none_is_empty, empty=[]))
 
 
 def _one_or_many(raw: Any) -> Any:
@@ -336,8 +347,10 @@ class QuietHours(_Model):
 class ExitOn(_Model):
     """What ends an enrolment early: matching tier changes, or goal events (e.g. a purchase)."""
 
-    changes: list[Transition] = Field(default_factory=list)
-    events: Annotated[list[GoalEvent], AfterValidator(_distinct)] = Field(default_factory=list)
+    changes: Annotated[list[Transition], EmptyList] = Field(default_factory=list)
+    events: Annotated[list[GoalEvent], EmptyList, AfterValidator(_distinct)] = Field(
+        default_factory=list
+    )
 
 
 class SequenceDef(_Model):
@@ -345,7 +358,7 @@ class SequenceDef(_Model):
 
     description: str | None = None
     steps: Annotated[list[Step], Field(min_length=1, max_length=100)]
-    exit_on: ExitOn = Field(default_factory=ExitOn)
+    exit_on: Annotated[ExitOn, EmptyDict] = Field(default_factory=ExitOn)
     reentry: Reentry = Reentry.ALLOW
     reentry_after: Duration | None = Field(None, description="Cool-down before re-entry.")
     quiet_hours: QuietHours | None = None
@@ -382,9 +395,9 @@ class PlaybooksFile(_Model):
     """The YAML document as written by people."""
 
     description: str | None = None
-    templates: dict[Name, Message] = Field(default_factory=dict)
-    sequences: dict[Name, SequenceDef] = Field(default_factory=dict)
-    playbooks: Annotated[list[Playbook], Field(min_length=1)]
+    templates: Annotated[dict[Name, Message], EmptyDict] = Field(default_factory=dict)
+    sequences: Annotated[dict[Name, SequenceDef], EmptyDict] = Field(default_factory=dict)
+    playbooks: Annotated[list[Playbook], EmptyList, Field(min_length=1)]
 
     @model_validator(mode="after")
     def _references(self) -> PlaybooksFile:

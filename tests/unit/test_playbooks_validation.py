@@ -309,6 +309,21 @@ def test_settings_that_agree_are_accepted() -> None:
     assert books.sequences["s"].reentry_after == timedelta(days=30)
 
 
+def test_a_section_with_every_entry_commented_out_is_empty() -> None:
+    # Before: "Input should be a valid dictionary" (YAML reads the emptied section as null).
+    emptied = book(
+        extra="templates:\n  # spare: {text: x}\nsequences:\n  s:\n    steps: [{name: a,"
+        " offset: 1d, channel: log, text: x}]\n    exit_on:\n      events:\n      changes:\n"
+    )
+    left_out = book(extra=SEQ + "}}")
+    books = parse_playbooks(emptied, source="x.yaml")
+    assert books.templates == {} and books.sequences["s"].exit_on.events == []
+    assert books.version == parse_playbooks(left_out, source="x.yaml").version
+    assert parse_playbooks(book(extra=SEQ + "exit_on: }}"), source="x.yaml").version == (
+        books.version
+    )
+
+
 def test_two_playbooks_with_one_name_are_refused() -> None:
     text = book().replace("name: vip", "name: first")
     with pytest.raises(PlaybooksError, match="playbook 'first', field name: two playbooks share"):
