@@ -401,10 +401,9 @@ def playbooks_check(
     from shared.domain.rules import load_rules
 
     if rules is None:
-        from services.actions.settings import ActionsSettings
-        from shared.settings import settings_or_exit
+        from cli.rules import actions_rules_file
 
-        rules = settings_or_exit(ActionsSettings).rules_file  # the service's setting, exactly
+        rules = actions_rules_file()  # the service's setting, exactly, and nothing else
     checked = rules
     try:
         declared = load_rules(rules)

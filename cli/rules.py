@@ -54,6 +54,28 @@ def file_problem(file: Path, exc: Exception) -> str:
     return str(exc)
 
 
+def actions_rules_file() -> Path:
+    """The rules file the actions service checks its playbooks against (ACTIONS_RULES_FILE,
+    else SCORER_RULES_FILE, else the shipped rules), read as the service reads it but alone:
+    `playbooks check` is not stopped by another actions setting (a port, a webhook without
+    its secret) that has nothing to do with the file. Exits 2 if the setting is invalid."""
+    from pydantic import Field
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from services.actions.settings import ActionsSettings
+    from shared.settings import default_rules_file, settings_or_exit
+
+    variables = ActionsSettings.model_fields["rules_file"].validation_alias  # the service's
+
+    class ActionsRulesFile(BaseSettings):
+        model_config = SettingsConfigDict(
+            frozen=True, populate_by_name=True, extra="ignore", hide_input_in_errors=True
+        )
+        rules_file: Path = Field(default_factory=default_rules_file, validation_alias=variables)
+
+    return settings_or_exit(ActionsRulesFile).rules_file
+
+
 def diff_matrices(file: Path, console: Console) -> Matrices | None:
     """The migration matrix per dimension if `file` replaced the rules; None after printing one
     line on what went wrong: the file, or the database holding today's customers."""

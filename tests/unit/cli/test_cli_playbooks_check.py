@@ -79,3 +79,15 @@ def test_a_misspelt_filter_is_refused_in_one_line_not_a_traceback(tmp_path: Path
         f"invalid: {books}: playbook 'gold_upgrade', field actions.0.title: unknown filter"
         " 'upperr' (did you mean 'upper'?)\n"
     )
+
+
+def test_only_the_rules_file_setting_of_the_actions_service_is_read(tmp_path: Path) -> None:
+    # Before: exit 2 on these, which have nothing to do with the file, and no check.
+    unrelated = {"ACTIONS_PORT": "80800", "ACTIONS_WEBHOOK_URL": "https://hooks.example.com/x"}
+    rules, books = _renamed(tmp_path)
+    for file, env in (
+        (default_playbooks_path(), {**CLEAN, **unrelated}),
+        (books, {**CLEAN, **unrelated, "ACTIONS_RULES_FILE": str(rules)}),
+    ):
+        result = CliRunner().invoke(app, ["playbooks", "check", str(file)], env=env)
+        assert result.exit_code == 0 and "valid (version" in result.output, result.output
