@@ -193,7 +193,7 @@ def rules_check(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Rules YAML file to validate.")],
 ) -> None:
     """Validate a rules file; prints its version and rules, or the precise error (exit 1)."""
-    from cli.rules import file_problem
+    from cli.rules import file_problem, reader_may_leave
     from shared.domain.rules import RulesError, load_rules
 
     try:
@@ -202,10 +202,11 @@ def rules_check(
         line = f"[red]invalid:[/red] {escape(file_problem(file, exc))}"
         console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         raise typer.Exit(1) from exc
-    typer.echo(f"{file}: valid (version {rules.version})")
     from cli.rules_summary import rules_table
 
-    Console().print(rules_table(rules))
+    with reader_may_leave() as out:
+        typer.echo(f"{file}: valid (version {rules.version})")
+        out.print(rules_table(rules))
 
 
 @rules_app.command("diff")
@@ -396,7 +397,7 @@ def playbooks_check(
 ) -> None:
     """Validate a playbooks file, and its classes against the rules; prints a summary or the
     precise error (exit 1)."""
-    from cli.rules import file_problem
+    from cli.rules import file_problem, reader_may_leave
     from shared.domain.playbooks import check_playbooks
     from shared.domain.rules import load_rules
 
@@ -408,11 +409,13 @@ def playbooks_check(
     try:
         declared = load_rules(rules)
         checked = file
-        typer.echo(check_playbooks(file, declared))
+        summary = check_playbooks(file, declared)
     except (ValueError, OSError) as exc:
         line = f"[red]invalid:[/red] {escape(file_problem(checked, exc))}"
         console.print(line, soft_wrap=True)  # one line however long: scripts grep it
         raise typer.Exit(1) from exc
+    with reader_may_leave():
+        typer.echo(summary)
 
 
 # A list item in a command's docstring: `0  every row is in;` starts a line of its own.

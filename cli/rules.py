@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -45,6 +47,27 @@ def matrix_table(title: str, matrix: Matrix, declared: Sequence[str] = ()) -> Ta
     for source in in_order(matrix, declared):
         table.add_row(str(source), *[str(matrix[source].get(t, 0)) for t in targets])
     return table
+
+
+class _StdoutConsole(Console):
+    def on_broken_pipe(self) -> None:
+        # Rich's own exits 1, as if the check had failed: `reader_may_leave` handles it.
+        self.quiet = True
+        raise BrokenPipeError
+
+
+@contextlib.contextmanager
+def reader_may_leave() -> Iterator[Console]:
+    """Write a check's result to stdout (`typer.echo`, or the console given), whose reader may
+    stop reading early (`| head -1`, `| grep -q valid`): the exit code stays the check's, not
+    1 for the closed pipe. As Python's note on SIGPIPE says, what is left of stdout goes to
+    /dev/null, so the flush at exit is quiet."""
+    try:
+        yield _StdoutConsole()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def file_problem(file: Path, exc: Exception) -> str:
