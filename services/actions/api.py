@@ -26,6 +26,7 @@ from services.actions.db import RequestDatabase
 from services.actions.queries import RequeueFilter, TaskFilter, TransitionRefused
 from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
+from shared.domain.playbook_model import Priority
 from shared.contracts import ID_MAX_CHARS, EventTime
 from shared.http import (
     KEYED_NO_UNKNOWN_QUERY,
@@ -262,15 +263,18 @@ def api_router() -> APIRouter:
         queue: Annotated[str | None, Query(min_length=1, max_length=64, pattern=NO_NUL)] = None,
         status: TaskStatus | None = None,
         overdue: Annotated[bool | None, Query(description="Open and past due.")] = None,
+        assignee: Annotated[
+            str | None, Query(min_length=1, max_length=128, pattern=NO_NUL,
+                              description="Assigned to this name (as stored: stripped).")
+        ] = None,
+        priority: Priority | None = None,
         limit: Limit = 50, cursor: Cursor = None,
     ) -> TaskPage:  # fmt: skip
         now = _now(request)
         after = decode_cursor(cursor)
+        found = TaskFilter(customer_id, queue, status, overdue, assignee, priority)
         async with _database(request).connection() as conn:
-            rows = await queries.list_tasks(
-                conn, TaskFilter(customer_id, queue, status, overdue), now=now, after=after,
-                limit=limit,
-            )  # fmt: skip
+            rows = await queries.list_tasks(conn, found, now=now, after=after, limit=limit)
         items, next_cursor = _page(rows, limit)
         return TaskPage(items=[_task(r, now) for r in items], next_cursor=next_cursor)
 

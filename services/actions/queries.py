@@ -24,6 +24,8 @@ class TaskFilter:
     queue: str | None = None
     status: TaskStatus | None = None
     overdue: bool | None = None
+    assignee: str | None = None
+    priority: str | None = None
 
 
 class _Where:
@@ -48,7 +50,10 @@ async def list_tasks(
 ) -> list[dict[str, Any]]:
     """One page of tasks in id order (`limit` + 1 rows tell whether another page exists)."""
     where = _Where()
-    for column, value in (("customer_id", f.customer_id), ("queue", f.queue), ("status", f.status)):
+    for column, value in (
+        ("customer_id", f.customer_id), ("queue", f.queue), ("status", f.status),
+        ("assignee", f.assignee), ("priority", f.priority),
+    ):  # fmt: skip
         if value is not None:
             where.add(f"{column} = {{}}", str(value))
     if f.overdue is not None:

@@ -70,6 +70,28 @@ async def test_tasks_filter_by_customer_queue_status_and_overdue(
     assert [t["customer_id"] for t in await _items(api, overdue="true")] == ["d"]
 
 
+async def test_tasks_filter_by_assignee_and_priority(api: httpx.AsyncClient) -> None:
+    # An agent's own tasks, and the urgent work first: both were a 422 (`query_unknown`).
+    [a] = await _items(api, customer_id="a")
+    [b] = await _items(api, customer_id="b")
+    for task, name in ((a, "ann"), (b, "bob")):
+        assigned = await api.patch(f"/v1/tasks/{task['id']}",
+                                   json={"action": "assign", "assignee": f" {name} "})  # fmt: skip
+        assert assigned.status_code == 200, assigned.text
+    assert [t["customer_id"] for t in await _items(api, assignee="ann")] == ["a"]
+    assert await _items(api, assignee="nobody") == []
+    by_priority = {p: [t["customer_id"] for t in await _items(api, priority=p)]
+                   for p in ("high", "normal")}  # fmt: skip
+    everyone = await _items(api)
+    assert by_priority == {
+        p: [t["customer_id"] for t in everyone if t["priority"] == p] for p in ("high", "normal")
+    }
+    assert by_priority["high"], everyone
+    refused = await api.get("/v1/tasks", params={"priority": "asap"})
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["query.priority"]
+
+
 async def test_a_filter_given_twice_is_422_not_its_last_value(api: httpx.AsyncClient) -> None:
     for query in ("status=open&status=done", "customer_id=a&limit=5&customer_id=b"):
         response = await api.get(f"/v1/tasks?{query}")
