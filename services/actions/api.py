@@ -26,8 +26,8 @@ from services.actions.db import RequestDatabase
 from services.actions.queries import RequeueFilter, TaskFilter, TransitionRefused
 from services.actions.tasks import TaskCommand, TaskStatus
 from shared.clock import Clock
-from shared.domain.playbook_model import Priority
 from shared.contracts import ID_MAX_CHARS, EventTime
+from shared.domain.playbook_model import Priority
 from shared.http import (
     KEYED_NO_UNKNOWN_QUERY,
     PROBLEM_JSON,
