@@ -91,10 +91,11 @@ _ATTRIBUTE_SCHEMA = {
 EventAttributeValue = Annotated[
     AttributeValue, PlainValidator(_attribute_value), WithJsonSchema(_ATTRIBUTE_SCHEMA)
 ]
-Attributes = Annotated[
-    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], EventAttributeValue],
-    Field(max_length=64),
-]
+ATTRIBUTE_KEY_MAX_CHARS = 64
+# An attribute's name as ingest accepts it (and a rules condition may name); ingest also
+# refuses a NUL character in it (`nul_paths`), as in every text.
+AttributeKey = Annotated[str, StringConstraints(min_length=1, max_length=ATTRIBUTE_KEY_MAX_CHARS)]
+Attributes = Annotated[dict[AttributeKey, EventAttributeValue], Field(max_length=64)]
 
 
 def _time_as_text(value: object) -> object:
@@ -161,6 +162,14 @@ EventTime = Annotated[AwareDatetime, BeforeValidator(_time_as_text)]
 # How JSON spells the one character Postgres text cannot hold. A raw NUL byte is not valid
 # JSON, so a body without this escape holds no NUL and needs no closer look.
 NUL_ESCAPE = b"\\u0000"
+NUL_REASON = "Text must not contain a NUL character (U+0000)"
+
+
+def refuse_nul(text: str) -> str:
+    """`text`, unless it holds a NUL character (ValueError): Postgres text cannot hold one."""
+    if "\x00" in text:
+        raise ValueError(NUL_REASON)
+    return text
 
 
 def nul_paths(value: object, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:

@@ -37,6 +37,7 @@ from shared.contracts import (
     EVENT_MODELS,
     ID_PATTERN,
     ID_PATTERN_REASON,
+    NUL_REASON,
     STRICT_JSON,
     CustomerEvent,
     ShortText,
@@ -273,7 +274,7 @@ def _nul_error(path: tuple[str | int, ...], *, batch: bool) -> FieldError:
     index = path[1] if batch and len(path) >= 2 and isinstance(path[1], int) else None
     return FieldError(
         field=_dotted(path),
-        reason="Text must not contain a NUL character (U+0000)",
+        reason=NUL_REASON,
         type="string_nul",
         index=index,
     )

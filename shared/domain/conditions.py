@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.contracts import AttributeKey, refuse_nul
 from shared.domain.features import BOOLEAN_FEATURES, FEATURES, FeatureValue
 
 Op = Literal["lt", "le", "gt", "ge", "eq", "ne"]
@@ -67,7 +69,7 @@ class _Model(BaseModel):
 
 class _Leaf(_Model):
     feature: str | None = None
-    attribute: Annotated[str, Field(min_length=1)] | None = None
+    attribute: Annotated[AttributeKey, AfterValidator(refuse_nul)] | None = None
 
     @field_validator("feature")
     @classmethod

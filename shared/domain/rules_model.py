@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from shared.contracts import Dimension
+from shared.contracts import Dimension, refuse_nul
 from shared.domain.conditions import OPERATORS, Condition
 from shared.domain.features import BOOLEAN_FEATURES, FEATURES, SCORE_FEATURES
 
-Name = Annotated[str, Field(min_length=1, max_length=64)]
+# A class is named in playbooks (`to: gold`), in metrics labels and in `rules diff`, whose
+# marker for "no class yet" is "(unclassified)": the names playbooks can write, no more.
+CLASS_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+ClassName = Annotated[str, Field(min_length=1, max_length=64, pattern=CLASS_NAME_PATTERN)]
+# A rule's name is free text (it is stored with each change it decides), but Postgres text
+# cannot hold a NUL character.
+RuleName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(refuse_nul)]
 
 
 class RuleProblem(ValueError):
@@ -33,15 +46,15 @@ class _Model(BaseModel):
 class Rule(_Model):
     """One `{name, when, then}` rule; the first matching rule of a dimension wins."""
 
-    name: Name
+    name: RuleName
     when: Condition
-    then: Name
+    then: ClassName
 
 
 class DimensionRules(_Model):
     """Classes of one dimension, best first (a move later in the list is a downgrade)."""
 
-    classes: Annotated[list[Name], Field(min_length=1)]
+    classes: Annotated[list[ClassName], Field(min_length=1)]
     rules: Annotated[list[Rule], Field(min_length=1)]
 
     @model_validator(mode="after")

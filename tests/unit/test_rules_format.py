@@ -393,6 +393,51 @@ ERRORS = {
         "value_tier.classes",
         "listed twice",
     ),
+    # Postgres text cannot hold NUL: accepted, every scorer batch then failed on writing.
+    "a NUL character in a class": (
+        _broken("[active, semi_active, inactive]", '["active\\0", semi_active, inactive]'),
+        None,
+        "activity_level.classes.0",
+        "should match pattern '^[A-Za-z0-9_.-]+$'",
+    ),
+    "a NUL character in then": (
+        _broken("then: semi_active", 'then: "semi_active\\0"'),
+        "semi_active",
+        "activity_level.rules.1.then",
+        "should match pattern",
+    ),
+    # Playbooks could not name it (`to: high value`).
+    "a class with a space": (
+        _broken("[gold, silver, bronze, none]", '["high value", silver, bronze, none]'),
+        None,
+        "value_tier.classes.0",
+        "should match pattern",
+    ),
+    # `rules diff` shows customers without a class yet under this marker.
+    "a class named like the unclassified marker": (
+        _broken("[gold, silver, bronze, none]", '[gold, silver, bronze, "(unclassified)"]'),
+        None,
+        "value_tier.classes.3",
+        "should match pattern",
+    ),
+    "a NUL character in a rule name": (
+        _broken("- name: bronze\n", '- name: "bronze\\0"\n'),
+        "bronze\x00",
+        "value_tier.rules.2.name",
+        "NUL character",
+    ),
+    "a NUL character in an attribute key": (
+        _broken(M_SCORE_4, '{attribute: "region\\0", op: eq, value: emea}'),
+        "gold",
+        "value_tier.rules.0.when.all.0.attribute",
+        "must not contain a NUL character",
+    ),
+    "an attribute key longer than ingest accepts": (
+        _broken(M_SCORE_4, "{attribute: " + "r" * 65 + ", op: eq, value: emea}"),
+        "gold",
+        "value_tier.rules.0.when.all.0.attribute",
+        "at most 64 characters",
+    ),
 }
 
 
