@@ -5,7 +5,8 @@ A condition is one of
   {feature|attribute: X, between: [a, b]}          (a <= x <= b)
   {feature|attribute: X, in: [v1, v2, ...]}
   {all: [...]}, {any: [...]}, {not: {...}}, or the string "always".
-A comparison with a missing (None) value is false.
+A comparison with a missing (None) value is false: `ne null` holds for a value, and
+`eq null` (or null in `in`), which could never hold, is refused.
 """
 
 from __future__ import annotations
@@ -101,6 +102,16 @@ class _Leaf(_Model):
             if not boolean and not _is_number(value):
                 raise ValueError(f"feature {self.feature!r} is a number; {value!r} is not one")
 
+    def _missing_idiom(self) -> str:
+        # A missing value makes every comparison false, `eq null` too; `ne null` holds for a
+        # value, so its negation holds for none.
+        target = "feature" if self.feature is not None else "attribute"
+        name = self.feature if self.feature is not None else self.attribute
+        return (
+            "a comparison with a missing value is false; for no value, write"
+            f" `{{not: {{{target}: {name}, op: ne, value: null}}}}`"
+        )
+
     def key(self) -> str:
         """The name this leaf reads, as it appears in a Classification's `read` values."""
         return self.feature if self.feature is not None else f"attributes.{self.attribute}"
@@ -125,6 +136,8 @@ class Compare(_Leaf):
 
     @model_validator(mode="after")
     def _typed(self) -> Compare:
+        if self.op == "eq" and self.value is None:
+            raise ValueError(f"`eq null` never holds: {self._missing_idiom()}")
         self._check_values([self.value])
         return self
 
@@ -145,6 +158,8 @@ class Member(_Leaf):
 
     @model_validator(mode="after")
     def _typed(self) -> Member:
+        if None in self.in_:
+            raise ValueError(f"null in `in` never matches: {self._missing_idiom()}")
         self._check_values(self.in_)
         return self
 

@@ -110,6 +110,12 @@ playbooks:
             "unknown feature",
         ),
         (
+            book(when="{dimension: value_tier, if: {feature: latest_nps, op: eq, value: null}}"),
+            "playbook 'vip'",
+            "when.if",
+            "`eq null` never holds",
+        ),
+        (
             book(
                 extra="sequences: {s: {steps: [{name: a, offset: -1d, channel: email, text: x}]}}"
             ),

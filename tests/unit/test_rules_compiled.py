@@ -42,11 +42,14 @@ def leaves(draw: st.DrawFn) -> dict[str, Any]:
     if kind == "compare":
         op = draw(st.sampled_from(["lt", "le", "gt", "ge", "eq", "ne"]))
         value = draw(numbers if op in ("lt", "le", "gt", "ge") else allowed)
+        if value is None and op == "eq":  # refused, as it never holds: `ne null` is the test
+            op = "ne"
         return {**where, "op": op, "value": value}
     if kind == "between":
         low, high = sorted([draw(numbers), draw(numbers)])
         return {**where, "between": [low, high]}
-    return {**where, "in": draw(st.lists(allowed, min_size=1, max_size=3))}
+    options = allowed.filter(lambda option: option is not None)  # null is refused in `in`
+    return {**where, "in": draw(st.lists(options, min_size=1, max_size=3))}
 
 
 conditions = st.recursive(

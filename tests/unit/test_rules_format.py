@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from shared.contracts import Dimension
+from shared.domain.conditions import evaluate
 from shared.domain.features import FEATURES, FeatureValue
 from shared.domain.rules import (
     Rules,
@@ -432,6 +433,26 @@ ERRORS = {
         "value_tier.rules.0.when.all.0.attribute",
         "must not contain a NUL character",
     ),
+    # A missing value makes every comparison false: `eq null` could never hold.
+    "eq null on a feature": (
+        _broken(M_SCORE_4, "{feature: latest_nps, op: eq, value: null}"),
+        "gold",
+        "value_tier.rules.0.when.all.0",
+        "`eq null` never holds: a comparison with a missing value is false; for no value,"
+        " write `{not: {feature: latest_nps, op: ne, value: null}}`",
+    ),
+    "eq null on an attribute": (
+        _broken(M_SCORE_4, "{attribute: region, op: eq, value: ~}"),
+        "gold",
+        "value_tier.rules.0.when.all.0",
+        "write `{not: {attribute: region, op: ne, value: null}}`",
+    ),
+    "null in in": (
+        _broken(M_SCORE_4, "{attribute: region, in: [emea, null]}"),
+        "gold",
+        "value_tier.rules.0.when.all.0",
+        "null in `in` never matches",
+    ),
     "an attribute key longer than ingest accepts": (
         _broken(M_SCORE_4, "{attribute: " + "r" * 65 + ", op: eq, value: emea}"),
         "gold",
@@ -494,3 +515,23 @@ def test_true_and_false_only_ever_equal_boolean_features() -> None:
         classify(features(has_purchased=True), {}, load_rules(default_rules_path())).value_tier
         == "bronze"
     )
+
+
+@pytest.mark.parametrize(
+    ("attributes", "nps", "tier"),
+    [({}, None, "bronze"), ({"region": "emea"}, None, "none"), ({}, 7, "none")],
+)
+def test_not_ne_null_holds_for_a_missing_value(
+    attributes: dict[str, Any], nps: int | None, tier: str
+) -> None:
+    """The idiom the refusal of `eq null` points to, on a feature and on an attribute."""
+    text = DEFAULT.replace(
+        "when: {feature: has_purchased, op: eq, value: true}",
+        "when: {all: [{not: {feature: latest_nps, op: ne, value: null}},"
+        " {not: {attribute: region, op: ne, value: null}}]}",
+    )
+    rules = parse_rules(text, source="t")
+    values = features(latest_nps=nps)
+    assert classify(values, attributes, rules).value_tier == tier
+    when = rules.dimension(Dimension.VALUE_TIER).rules[2].when
+    assert evaluate(when, values, attributes) is (tier == "bronze")
