@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 from yaml.constructor import ConstructorError
-from yaml.nodes import CollectionNode, MappingNode, Node
+from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode
 
 # Far beyond any real file, far below what exhausts memory or the stack: an alias expands
 # to a copy of what it names wherever it is read, so a few lines can name 10^9 values.
@@ -60,8 +62,18 @@ def content_version(parsed: BaseModel) -> str:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping: PyYAML silently keeps the
-    last, so a rule edited in two places would quietly lose one of the edits."""
+    """SafeLoader that reads plain scalars by the YAML 1.2 core schema, and refuses a key
+    given twice in one mapping: PyYAML silently keeps the last, so a rule edited in two
+    places would quietly lose one of the edits.
+
+    PyYAML implements YAML 1.1, whose implicit types surprise people writing rules: `NO` (a
+    country) and `off` read as false, `yes` as true, `01067` (a postal code) as the octal
+    567, `1:30` as 90, and `1e5` stays text. YAML 1.2's core schema: true / false in three
+    spellings, null, `~`, integers (`0o` octal, `0x` hexadecimal), floats with an optional
+    exponent, .inf and .nan; anything else is text. `<<` merge keys stay.
+    """
+
+    yaml_implicit_resolvers = {}  # its own, not SafeLoader's: filled from _CORE_SCHEMA below
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[Any, int] = {}
@@ -110,3 +122,50 @@ def _expanded_size(
     if depth + known[1] > MAX_DEPTH:
         raise fail(f"not valid YAML: nested more than {MAX_DEPTH} levels deep")
     return known
+
+
+def _construct_bool(loader: _StrictLoader, node: ScalarNode) -> bool:
+    text = loader.construct_scalar(node)
+    if text.lower() not in ("true", "false"):  # an explicit `!!bool yes`
+        raise ConstructorError(None, None, f"{text!r} is not true or false", node.start_mark)
+    return text.lower() == "true"
+
+
+def _construct_int(loader: _StrictLoader, node: ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    base, digits = {"0o": (8, text[2:]), "0x": (16, text[2:])}.get(text[:2], (10, text))
+    try:  # an explicit `!!int` may tag anything
+        return int(digits, base)
+    except ValueError:
+        raise ConstructorError(None, None, f"{text!r} is not an integer", node.start_mark) from None
+
+
+def _construct_float(loader: _StrictLoader, node: ScalarNode) -> float:
+    text = loader.construct_scalar(node)
+    special = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+    try:  # an explicit `!!float` may tag anything
+        return special[text.lower()] if text.lower() in special else float(text)
+    except ValueError:
+        raise ConstructorError(None, None, f"{text!r} is not a number", node.start_mark) from None
+
+
+# The YAML 1.2 core schema's tag resolution (yaml.org/spec/1.2.2, 10.3.2), in PyYAML's terms:
+# (tag, pattern, the characters a matching scalar can begin with). Integers before floats.
+_CORE_SCHEMA = (
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^[-+]?[0-9]+$", "-+0123456789"),
+    ("int", r"^0o[0-7]+$", "0"),
+    ("int", r"^0x[0-9a-fA-F]+$", "0"),
+    ("float", r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$", "-+0123456789."),
+    ("float", r"^[-+]?(?:\.inf|\.Inf|\.INF)$", "-+."),
+    ("float", r"^(?:\.nan|\.NaN|\.NAN)$", "."),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("merge", r"^<<$", "<"),
+)
+for _tag, _pattern, _first in _CORE_SCHEMA:
+    _StrictLoader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first)
+    )
+_StrictLoader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)

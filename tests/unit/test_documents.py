@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.contracts import Dimension
+from shared.domain.conditions import Member
 from shared.domain.documents import MAX_DEPTH, yaml_mapping
 from shared.domain.playbooks import (
     PlaybooksError,
@@ -77,3 +79,40 @@ def test_broken_yaml_is_reported_on_one_line_naming_the_file() -> None:
     message = str(refused.value)
     assert '"mine.yaml", line 1' in message and "<unicode string>" not in message
     assert "\n" not in message
+
+
+# YAML 1.1 (PyYAML's) read a country code NO as false, a postal code 01067 as the octal 567,
+# 21:00 as the base-60 number 1260, and left 1e5 as text: the files are read as YAML 1.2.
+CORE_SCHEMA = {
+    "NO": "NO", "no": "no", "yes": "yes", "Off": "Off", "on": "on", "y": "y",
+    "true": True, "True": True, "TRUE": True, "false": False, "FALSE": False, "tRue": "tRue",
+    "01067": 1067, "-007": -7, "+7": 7, "0o17": 15, "0x1F": 31, "0b11": "0b11", "1_000": "1_000",
+    "1:30": "1:30", "21:00": "21:00", "1e5": 100000.0, "1E-3": 0.001, "2.5": 2.5, ".5": 0.5,
+    "-.inf": float("-inf"), "2024-01-01": "2024-01-01", "~": None, "null": None, "NULL": None,
+    "Null": None, "None": "None", "=": "=", '"01067"': "01067", "'NO'": "NO",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("plain", "read"), CORE_SCHEMA.items(), ids=CORE_SCHEMA.keys())
+def test_plain_scalars_are_read_by_the_yaml_1_2_core_schema(plain: str, read: object) -> None:
+    value = yaml_mapping(f"a: {plain}\n", fail=ValueError)["a"]
+    assert (type(value), value) == (type(read), read)
+
+
+def test_a_key_that_yaml_1_1_read_as_a_boolean_stays_text() -> None:
+    assert yaml_mapping("on: 1\nno: 2\n", fail=ValueError) == {"on": 1, "no": 2}
+
+
+@pytest.mark.parametrize("tagged", ["!!int x", "!!float abc", "!!bool yes", "!!bool maybe"])
+def test_an_explicit_core_tag_on_a_value_it_cannot_hold_is_refused_as_yaml(tagged: str) -> None:
+    with pytest.raises(RulesError, match=r"^t\.yaml: field \(file\): not valid YAML: '"):
+        parse_rules(f"a: {tagged}\n", source="t.yaml")
+
+
+def test_a_country_list_in_a_rule_reads_as_text() -> None:
+    text = RULES.replace(
+        "when: {feature: lifetime_orders, op: eq, value: 1}",
+        "when: {attribute: country, in: [NO, SE, 01067]}",
+    )
+    rule = parse_rules(text, source="t").dimension(Dimension.LIFECYCLE_STAGE).rules[3]
+    assert rule.when == Member(attribute="country", in_=["NO", "SE", 1067])

@@ -164,12 +164,11 @@ playbooks:
         (
             book(
                 extra="sequences: {s: {steps: [{name: a, offset: 1d, channel: log, text: x}],"
-                " quiet_hours: {start: 21:00, end: 08:00, timezone: Europe/Berlin}}}"
+                " quiet_hours: {start: 2100, end: '08:00', timezone: Europe/Berlin}}}"
             ),
             "sequence 's'",
             "quiet_hours.start",
-            "1260 is a number, not a time of day (YAML reads an unquoted 21:00 as one);"
-            ' write "HH:MM" or "HH:MM:SS", quoted, e.g. start: "21:00"',
+            "2100 is a number, not a time of day",
         ),
         (
             book(
@@ -369,9 +368,10 @@ def test_check_summarises_the_default_file_and_its_version_is_a_content_hash(
     [
         ("'21:00'", '"08:00"'),
         ("'21:00:00'", "'08:00:00'"),
+        ("21:00", "08:00"),  # YAML 1.2: text (YAML 1.1 read 21:00 as the base-60 number 1260)
     ],
 )
-def test_quoted_quiet_hours_are_naive_wall_clock_times_in_the_sequence_zone(
+def test_quiet_hours_quoted_or_not_are_naive_wall_clock_times_in_the_sequence_zone(
     start: str, end: str
 ) -> None:
     text = book(
