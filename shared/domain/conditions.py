@@ -49,8 +49,15 @@ def _finite(value: object) -> object:
     return value
 
 
+def _number(value: object) -> object:
+    # Lax, true read as 1 and "1" as 1: `between: [true, 5]` was silently `between: [1, 5]`.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"Input should be a number, not {value!r}")
+    return _finite(value)
+
+
 Scalar = Annotated[bool | int | float | str | None, BeforeValidator(_finite)]
-Number = Annotated[int | float, BeforeValidator(_finite)]
+Number = Annotated[int | float, BeforeValidator(_number)]
 
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "lt": operator.lt,

@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     field_validator,
     model_validator,
 )
@@ -97,8 +98,8 @@ class Band(_Model):
     """`score` when `<feature> <op> <value>`; bands are tried in order."""
 
     op: Literal["lt", "le", "gt", "ge", "eq"]
-    value: float
-    score: Annotated[int, Field(ge=1, le=5)]
+    value: Annotated[float, Strict()]  # lax, `value: true` was 1.0 and `value: '20'` 20.0
+    score: Annotated[int, Strict(), Field(ge=1, le=5)]  # lax, `score: true` was 1
 
 
 class ScoreRules(_Model):
@@ -107,7 +108,7 @@ class ScoreRules(_Model):
     feature: str
     better: Literal["higher", "lower"]
     bands: Annotated[list[Band], Field(min_length=1)]
-    otherwise: Annotated[int, Field(ge=0, le=5)] = 0
+    otherwise: Annotated[int, Strict(), Field(ge=0, le=5)] = 0
 
     @field_validator("feature")
     @classmethod
@@ -156,7 +157,8 @@ class Scores(_Model):
 class Hysteresis(_Model):
     """Minimum time in a class before a downgrade on that dimension takes effect."""
 
-    min_dwell_days: Annotated[float, Field(ge=0, le=3650)]  # ten years: dates stay in range
+    # Ten years: dates stay in range. Strict: lax, `min_dwell_days: true` was one day.
+    min_dwell_days: Annotated[float, Strict(), Field(ge=0, le=3650)]
 
 
 class RulesFile(_Model):

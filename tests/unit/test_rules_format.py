@@ -453,6 +453,61 @@ ERRORS = {
         "value_tier.rules.0.when.all.0",
         "null in `in` never matches",
     ),
+    # Lax pydantic read true as 1 and '20' as 20: score bands, dwell and `between` are strict.
+    "a band score of true": (
+        _broken("{op: le, value: 30, score: 5}", "{op: le, value: 30, score: true}"),
+        None,
+        "scores.recency.bands.0.score",
+        "Input should be a valid integer",
+    ),
+    "a band score of 5.0": (
+        _broken("{op: le, value: 30, score: 5}", "{op: le, value: 30, score: 5.0}"),
+        None,
+        "scores.recency.bands.0.score",
+        "Input should be a valid integer",
+    ),
+    "a band value of true": (
+        _broken("{op: le, value: 30, score: 5}", "{op: le, value: true, score: 5}"),
+        None,
+        "scores.recency.bands.0.value",
+        "Input should be a valid number",
+    ),
+    "a quoted band value": (
+        _broken("{op: le, value: 30, score: 5}", "{op: le, value: '30', score: 5}"),
+        None,
+        "scores.recency.bands.0.value",
+        "Input should be a valid number",
+    ),
+    "an otherwise of true": (
+        _broken("    otherwise: 0\n", "    otherwise: true\n"),
+        None,
+        "scores.frequency.otherwise",
+        "Input should be a valid integer",
+    ),
+    "a dwell of true": (
+        _broken("hysteresis: {}", "hysteresis: {value_tier: {min_dwell_days: true}}"),
+        None,
+        "hysteresis.value_tier.min_dwell_days",
+        "Input should be a valid number",
+    ),
+    "a quoted dwell": (
+        _broken("hysteresis: {}", "hysteresis: {value_tier: {min_dwell_days: '14'}}"),
+        None,
+        "hysteresis.value_tier.min_dwell_days",
+        "Input should be a valid number",
+    ),
+    "a bound of between of true": (
+        _broken(M_SCORE_4, "{feature: m_score, between: [true, 5]}"),
+        "gold",
+        "value_tier.rules.0.when.all.0.between.0",
+        "Input should be a number, not True",
+    ),
+    "quoted bounds of between": (
+        _broken(M_SCORE_4, "{attribute: size, between: ['1', '5']}"),
+        "gold",
+        "value_tier.rules.0.when.all.0.between.0",
+        "Input should be a number, not '1'",
+    ),
     "an attribute key longer than ingest accepts": (
         _broken(M_SCORE_4, "{attribute: " + "r" * 65 + ", op: eq, value: emea}"),
         "gold",
@@ -535,3 +590,11 @@ def test_not_ne_null_holds_for_a_missing_value(
     assert classify(values, attributes, rules).value_tier == tier
     when = rules.dimension(Dimension.VALUE_TIER).rules[2].when
     assert evaluate(when, values, attributes) is (tier == "bronze")
+
+
+def test_a_band_threshold_written_as_an_integer_keeps_the_version() -> None:
+    """Strict floats still take integers, read as floats: the version does not change."""
+    base = parse_rules(DEFAULT, source="a")
+    written = DEFAULT.replace("{op: ge, value: 20, score: 5}", "{op: ge, value: 20.0, score: 5}")
+    assert parse_rules(written, source="b").version == base.version
+    assert base.scores.frequency.bands[0].value == 20.0
