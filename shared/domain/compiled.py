@@ -163,9 +163,26 @@ def _leaf_test(leaf: Compare | Between | Member) -> Callable[[Any], bool]:
             align_low, align_high = aligner(low), aligner(high)
             return lambda actual: bool(align_low(actual) <= actual <= align_high(actual))
         case Member(in_=options):
-            aligners = tuple(aligner(option) for option in options)
-            return lambda actual: any(actual == align(actual) for align in aligners)
+            return _membership(options)
     raise TypeError(f"not a leaf: {leaf!r}")
+
+
+def _membership(options: Sequence[Any]) -> Callable[[Any], bool]:
+    """`any(actual == align(actual, option) ...)` as set lookups: a list of 90,000 account
+    ids took 12 ms per customer item by item. `align` keeps true / false apart from numbers
+    (True == 1 in Python), so they get a set of their own; a Decimal is compared with the
+    options as Decimals (0.3 as Decimal("0.3")). Equal numbers hash alike (1, 1.0,
+    Decimal(1)), so the lookups hold exactly where `==` does. A missing option never equals."""
+    booleans = frozenset(o for o in options if isinstance(o, bool))
+    others = frozenset(o for o in options if o is not None and not isinstance(o, bool))
+    as_decimals = frozenset(_as_decimal(o) for o in others)
+
+    def test(actual: Any) -> bool:
+        if isinstance(actual, bool):
+            return actual in booleans
+        return actual in (as_decimals if isinstance(actual, Decimal) else others)
+
+    return test
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,67 @@ def test_equality_with_a_bool_holds_for_that_bool_only(threshold: bool, actual: 
     assert evaluate(condition, features, {}) is (actual is threshold)
 
 
+# A long `in` list is looked up in sets, not compared item by item: the same answers.
+MEMBERSHIP: list[tuple[list[Any], Any, bool]] = [
+    # (options, actual, holds)
+    ([1], True, False),  # True == 1 in Python, but not in a rule
+    ([True], 1, False),
+    ([True], True, True),
+    ([False], 0, False),
+    ([False], False, True),
+    ([1], 1.0, True),  # numbers equal as numbers
+    ([1.0], 1, True),
+    ([1], Decimal("1.00"), True),
+    ([0.3], Decimal("0.3"), True),  # a YAML float against an exact amount
+    ([0.3], 0.3, True),
+    ([0.1], Decimal("0.1000000000000000055511151231257827"), False),
+    (["1"], 1, False),  # text is not a number
+    ([1], "1", False),
+    (["emea", "apac"], "emea", True),
+    (["emea"], "EMEA", False),
+    (["a", 1, True], None, False),  # a missing value is in no list
+    ([1, "a"], [1], False),  # unhashable: false, as an equality test would be
+    ([f"acct-{n}" for n in range(90_000)], "acct-89999", True),
+    ([f"acct-{n}" for n in range(90_000)], "acct-90000", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "actual", "holds"), MEMBERSHIP, ids=[f"{m[:3]!r}-{a!r}" for m, a, _ in MEMBERSHIP]
+)
+def test_membership_in_a_list_is_equality_with_one_of_its_values(
+    options: list[Any], actual: Any, holds: bool
+) -> None:
+    condition: Condition = TypeAdapter(Condition).validate_python(
+        {"attribute": "account", "in": options}
+    )
+    assert compile_condition(condition)({}, {"account": actual}) is holds
+    assert evaluate(condition, {}, {"account": actual}) is holds
+
+
+class _CountedText(str):
+    """Text that counts the equality tests made with it."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        type(self).compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_a_value_is_looked_up_in_a_long_list_not_compared_with_each_item() -> None:
+    """Not a timing test: 90,000 comparisons per customer took 12 ms; a lookup makes few."""
+    condition: Condition = TypeAdapter(Condition).validate_python(
+        {"attribute": "account", "in": [f"acct-{n}" for n in range(90_000)]}
+    )
+    check = compile_condition(condition)
+    assert check({}, {"account": _CountedText("acct-45000")}) is True
+    assert check({}, {"account": _CountedText("acct-none")}) is False
+    assert _CountedText.compared <= 2
+
+
 bands = st.lists(
     st.fixed_dictionaries(
         {
