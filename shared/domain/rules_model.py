@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
@@ -169,7 +170,10 @@ class RulesFile(_Model):
     value_tier: DimensionRules
     activity_level: DimensionRules
     lifecycle_stage: DimensionRules
-    hysteresis: dict[Dimension, Hysteresis] = Field(default_factory=dict)
+    # `hysteresis:` with every entry commented out is null: no hysteresis, as when absent.
+    hysteresis: Annotated[
+        dict[Dimension, Hysteresis], BeforeValidator(lambda raw: {} if raw is None else raw)
+    ] = Field(default_factory=dict)
 
 
 class Rules(RulesFile):

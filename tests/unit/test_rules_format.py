@@ -598,3 +598,11 @@ def test_a_band_threshold_written_as_an_integer_keeps_the_version() -> None:
     written = DEFAULT.replace("{op: ge, value: 20, score: 5}", "{op: ge, value: 20.0, score: 5}")
     assert parse_rules(written, source="b").version == base.version
     assert base.scores.frequency.bands[0].value == 20.0
+
+
+def test_a_hysteresis_section_with_every_entry_commented_out_is_no_hysteresis() -> None:
+    emptied = DEFAULT.replace("hysteresis: {}", "hysteresis:\n  # value_tier: {min_dwell_days: 14}")
+    assert emptied != DEFAULT
+    rules = parse_rules(emptied, source="t")
+    assert rules.hysteresis == {}
+    assert rules.version == parse_rules(DEFAULT, source="t").version
