@@ -295,6 +295,33 @@ class _NeverEqual:
 _NEVER_EQUAL = _NeverEqual()
 
 
+def always_holds(condition: Condition) -> bool:
+    """Whether the condition holds whatever the values, by its form (`{any: [always, ...]}`);
+    a leaf may hold for every value it meets, but that is not looked into."""
+    match condition:
+        case "always":
+            return True
+        case All(all=parts):
+            return all(always_holds(p) for p in parts)
+        case AnyOf(any=parts):
+            return any(always_holds(p) for p in parts)
+        case Not(not_=inner):
+            return never_holds(inner)
+    return False
+
+
+def never_holds(condition: Condition) -> bool:
+    """Whether the condition holds for no values, by its form (`{not: always}`)."""
+    match condition:
+        case All(all=parts):
+            return any(never_holds(p) for p in parts)
+        case AnyOf(any=parts):
+            return all(never_holds(p) for p in parts)
+        case Not(not_=inner):
+            return always_holds(inner)
+    return False
+
+
 def leaves(condition: Condition) -> Iterator[_Leaf]:
     """Every leaf comparison in the condition, depth first."""
     match condition:

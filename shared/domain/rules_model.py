@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -11,12 +12,13 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    TypeAdapter,
     field_validator,
     model_validator,
 )
 
 from shared.contracts import Dimension, refuse_nul
-from shared.domain.conditions import OPERATORS, Condition
+from shared.domain.conditions import OPERATORS, Condition, always_holds, never_holds
 from shared.domain.features import BOOLEAN_FEATURES, FEATURES, SCORE_FEATURES
 
 # A class is named in playbooks (`to: gold`), in metrics labels and in `rules diff`, whose
@@ -77,22 +79,49 @@ class DimensionRules(_Model):
             message = "the last rule must be `when: always`, so every customer gets a class"
             field = f"rules.{len(self.rules) - 1}.when"
             raise RuleProblem(message, rule=self.rules[-1].name, field=field)
-        # Silent dead ends: customers could never be in such a class, and a playbook for it
-        # would never fire.
-        for index, rule in enumerate(self.rules[:-1]):
-            if rule.when == "always":
-                after = ", ".join(r.name for r in self.rules[index + 1 :])
-                message = f"`when: always` before the last rule: {after} could never match"
-                raise RuleProblem(message, rule=rule.name, field=f"rules.{index}.when")
+        self._reachable()
         given = {rule.then for rule in self.rules}
         if unused := [name for name in self.classes if name not in given]:
             message = f"no rule gives class {unused[0]!r}: add a rule for it or remove it"
             raise RuleProblem(message, rule=None, field=f"classes.{self.classes.index(unused[0])}")
         return self
 
+    def _reachable(self) -> None:
+        # Silent dead ends: customers could never be in such a class, and a playbook for it
+        # would never fire. By the conditions' form only: `ge 30` after `ge 20` is not seen.
+        earlier: dict[str, str] = {}  # each condition's canonical form -> the first rule's name
+        for index, rule in enumerate(self.rules[:-1]):
+            field = f"rules.{index}.when"
+            if always_holds(rule.when):
+                after = ", ".join(r.name for r in self.rules[index + 1 :])
+                written = (
+                    "`when: always`" if rule.when == "always" else "a `when` that always holds"
+                )
+                message = f"{written} before the last rule: {after} could never match"
+                raise RuleProblem(message, rule=rule.name, field=field)
+            if never_holds(rule.when):
+                message = "this `when` never holds (`not: always`): the rule could never match"
+                raise RuleProblem(message, rule=rule.name, field=field)
+            key = _canonical(rule.when)
+            if key in earlier:
+                message = (
+                    f"the same `when` as rule {earlier[key]!r} before it: the rule could never"
+                    " match"
+                )
+                raise RuleProblem(message, rule=rule.name, field=field)
+            earlier[key] = rule.name
+
     def rank(self, class_name: str) -> int | None:
         """Position of a class (0 = best), None when the class is not declared."""
         return self.classes.index(class_name) if class_name in self.classes else None
+
+
+_CONDITION = TypeAdapter(Condition)
+
+
+def _canonical(condition: Condition) -> str:
+    # JSON keeps true apart from 1, which Python's == (and so the models' ==) does not.
+    return json.dumps(_CONDITION.dump_python(condition, mode="json", by_alias=True), sort_keys=True)
 
 
 class Band(_Model):

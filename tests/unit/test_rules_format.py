@@ -367,6 +367,46 @@ ERRORS = {
         "value_tier.rules.1.when",
         "silver, bronze, none could never match",
     ),
+    # RULES.md: no rule is left unreachable. Judged by the conditions' form only.
+    "a condition that always holds before the last rule": (
+        _broken(
+            "when: {feature: has_purchased, op: eq, value: true}",
+            "when: {any: [always, {feature: has_purchased, op: eq, value: true}]}",
+        ),
+        "bronze",
+        "value_tier.rules.2.when",
+        "a `when` that always holds before the last rule: none could never match",
+    ),
+    "all of always before the last rule": (
+        _broken("when: {feature: has_purchased, op: eq, value: true}", "when: {all: [always]}"),
+        "bronze",
+        "value_tier.rules.2.when",
+        "a `when` that always holds before the last rule",
+    ),
+    "not always": (
+        _broken("when: {feature: has_purchased, op: eq, value: true}", "when: {not: always}"),
+        "bronze",
+        "value_tier.rules.2.when",
+        "this `when` never holds",
+    ),
+    "all of something and not always": (
+        _broken(
+            "when: {feature: has_purchased, op: eq, value: true}",
+            "when: {all: [{feature: has_purchased, op: eq, value: true}, {not: {any: [always]}}]}",
+        ),
+        "bronze",
+        "value_tier.rules.2.when",
+        "this `when` never holds",
+    ),
+    "a condition an earlier rule has": (
+        _broken(
+            "{feature: days_since_last_activity, op: le, value: 30}",
+            "{feature: days_since_last_activity, op: le, value: 7}",
+        ),
+        "semi_active",
+        "activity_level.rules.1.when",
+        "the same `when` as rule 'active' before it: the rule could never match",
+    ),
     "a class no rule gives": (
         _broken("[gold, silver, bronze, none]", "[gold, goldd, silver, bronze, none]"),
         None,
@@ -606,3 +646,18 @@ def test_a_hysteresis_section_with_every_entry_commented_out_is_no_hysteresis() 
     rules = parse_rules(emptied, source="t")
     assert rules.hysteresis == {}
     assert rules.version == parse_rules(DEFAULT, source="t").version
+
+
+def test_conditions_that_only_look_alike_are_not_refused_as_repeats() -> None:
+    """True is not 1 in a rule (nor `any` of a never-holding part unreachable)."""
+    text = DEFAULT.replace(
+        "    - name: inactive\n",
+        "    - {name: b2b, when: {attribute: b2b, op: eq, value: true}, then: semi_active}\n"
+        "    - {name: b2b_one, when: {attribute: b2b, op: eq, value: 1}, then: semi_active}\n"
+        "    - name: maybe\n"
+        "      when: {any: [{not: always}, {attribute: b2b, op: eq, value: x}]}\n"
+        "      then: semi_active\n"
+        "    - name: inactive\n",
+    )
+    rules = parse_rules(text, source="t").dimension(Dimension.ACTIVITY_LEVEL).rules
+    assert [rule.name for rule in rules][2:5] == ["b2b", "b2b_one", "maybe"]
