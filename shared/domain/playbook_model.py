@@ -125,11 +125,8 @@ def parse_local_time(raw: Any) -> time:
             raise ValueError(_NO_ZONE)
         return raw
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        # YAML 1.1 reads an unquoted 21:00 as the base-60 number 1260 (and 08:00 as a string).
-        raise ValueError(
-            f"{raw!r} is a number, not a time of day (YAML reads an unquoted 21:00 as one);"
-            f" {_TIME_FORMAT}"
-        )
+        # e.g. `start: 2100`, or 1260 from a loader still reading YAML 1.1's base-60 21:00.
+        raise ValueError(f"{raw!r} is a number, not a time of day; {_TIME_FORMAT}")
     text = raw.strip() if isinstance(raw, str) else ""
     if _ZONED_TIME.match(text):
         raise ValueError(f"{raw!r}: {_NO_ZONE}")
