@@ -96,6 +96,16 @@ def unconfigured_channels(playbooks: Playbooks, channels: ChannelConfig) -> list
     return sorted(c.value for c in asked - configured)
 
 
+def alerts_without_recipient(playbooks: Playbooks, channels: ChannelConfig) -> list[str]:
+    """The playbooks with an e-mail alert that names no `to` while ACTIONS_ALERT_EMAIL_TO is
+    unset: with e-mail configured, each of their alerts is written to the log instead."""
+    if channels.alert_email_to or not channels.email:
+        return []  # without e-mail, `unconfigured_channels` says so already
+    return sorted({book.name for book in playbooks.playbooks for a in book.actions
+                   if isinstance(a, AlertAction) and a.channel is Channel.EMAIL
+                   and not a.to})  # fmt: skip
+
+
 @dataclass(frozen=True)
 class DeliveryRow:
     """One external message to send (an alert, a task push or a sequence step)."""

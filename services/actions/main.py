@@ -13,7 +13,11 @@ from services.actions import store
 from services.actions.app import create_app
 from services.actions.channels import Channels, SmtpChannel, SmtpConfig, WebhookChannel
 from services.actions.db import Pool, create_api_pool, create_pool, migrate
-from services.actions.effects import ChannelConfig, unconfigured_channels
+from services.actions.effects import (
+    ChannelConfig,
+    alerts_without_recipient,
+    unconfigured_channels,
+)
 from services.actions.metrics import actions_metrics
 from services.actions.settings import ActionsSettings
 from services.actions.workers import Parts, build_loops
@@ -120,6 +124,10 @@ async def _serve(
         log.warning("playbooks send by channels this process has no settings for: their"
                     " messages are written to the log (tierstream_actions_log_fallbacks_total)",
                     channels=missing)  # fmt: skip
+    if unaddressed := alerts_without_recipient(playbooks, configured):
+        log.warning("e-mail alerts with no `to` and ACTIONS_ALERT_EMAIL_TO unset: they are"
+                    " written to the log (tierstream_actions_log_fallbacks_total)",
+                    playbooks=unaddressed)  # fmt: skip
     await _end_removed_sequences(parts)
     loops = build_loops(parts, build_channels(settings, client, clock), configured)
     ready = readiness(api_pool, broker, within=settings.ready_timeout_s)

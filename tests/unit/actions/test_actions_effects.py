@@ -10,6 +10,7 @@ from services.actions.effects import (
     ChannelConfig,
     EnrolRow,
     TaskRow,
+    alerts_without_recipient,
     collect_effects,
     idempotency_key,
     step_rows,
@@ -237,3 +238,12 @@ def test_the_channels_the_playbooks_ask_for_without_settings_are_named() -> None
     assert unconfigured_channels(BOOKS, NONE) == ["email", "webhook"]
     assert unconfigured_channels(BOOKS, replace(NONE, webhook=True)) == ["email"]
     assert unconfigured_channels(BOOKS, ALL) == []
+
+
+def test_email_alerts_without_an_address_are_named_when_email_is_configured() -> None:
+    # The shipped care alert (at_risk) goes by e-mail with no `to`: with SMTP set up but no
+    # ACTIONS_ALERT_EMAIL_TO, every one of them went to the log without a start-up word.
+    no_address = replace(ALL, alert_email_to=None)
+    assert alerts_without_recipient(BOOKS, no_address) == ["at_risk"]
+    assert alerts_without_recipient(BOOKS, ALL) == []
+    assert alerts_without_recipient(BOOKS, NONE) == []  # unconfigured_channels names e-mail
