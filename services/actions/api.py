@@ -9,7 +9,7 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -65,8 +65,19 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
 _CURSOR = re.compile(r"id:([0-9]{1,19})")
 _PAST = {"assign": "assigned", "complete": "completed", "cancel": "cancelled"}
 _CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {"description": "Transition not allowed", "content": {PROBLEM_JSON: {}}}
+    409: {"description": "Transition not allowed", "content": {PROBLEM_JSON: {}}},
+    412: {
+        "description": "Changed since the version `If-Match` names",
+        "content": {PROBLEM_JSON: {}},
+    },
 }
+_ETAG = {"ETag": {"description": "The task's version, for `If-Match` on a PATCH.",
+                  "schema": {"type": "string"}}}  # fmt: skip
+IfMatch = Annotated[
+    str | None,
+    Header(max_length=1024, description="Change the task only if it is still this version"
+           " (its `ETag`; `*`: any): another agent's change meanwhile is a 412."),
+]  # fmt: skip
 # A body that is not JSON at all is a 400 (shared/http.py), one over 64 KiB a 413 (BodyLimit).
 _NOT_JSON: dict[int | str, dict[str, Any]] = {
     400: {"description": "The body is not valid JSON", "content": {PROBLEM_JSON: {}}},
@@ -278,33 +289,47 @@ def api_router() -> APIRouter:
         items, next_cursor = _page(rows, limit)
         return TaskPage(items=[_task(r, now) for r in items], next_cursor=next_cursor)
 
-    @router.get("/tasks/{task_id}", tags=["tasks"], summary="One task", responses=_NOT_FOUND)
-    async def get_task(request: Request, _: SourceDep, task_id: TaskId) -> TaskOut:
+    @router.get(
+        "/tasks/{task_id}", tags=["tasks"], summary="One task",
+        description="Its `ETag` header is the version a PATCH's `If-Match` takes.",
+        responses={200: {"headers": _ETAG}, **_NOT_FOUND},
+    )  # fmt: skip
+    async def get_task(
+        request: Request, response: Response, _: SourceDep, task_id: TaskId
+    ) -> TaskOut:
         async with _database(request).connection() as conn:
             row = await queries.get_task(conn, task_id)
         if row is None:
             raise ProblemError(404, "Not found", f"No task {task_id}.")
+        response.headers["ETag"] = queries.task_etag(row)
         return _task(row, _now(request))
 
     @router.patch(
         "/tasks/{task_id}", tags=["tasks"], summary="Assign, complete or cancel a task",
-        responses={**_NOT_JSON, **_NOT_FOUND, **_CONFLICT},
+        responses={200: {"headers": _ETAG}, **_NOT_JSON, **_NOT_FOUND, **_CONFLICT},
     )  # fmt: skip
     async def patch_task(
-        request: Request, _: SourceDep, task_id: TaskId, patch: Annotated[TaskPatch, Body()]
-    ) -> TaskOut:
+        request: Request, response: Response, _: SourceDep, task_id: TaskId,
+        patch: Annotated[TaskPatch, Body()], if_match: IfMatch = None,
+    ) -> TaskOut:  # fmt: skip
         now = _now(request)
         assignee = patch.assignee if isinstance(patch, AssignTask) else None
         try:
             async with _database(request).connection() as conn:
+                command = TaskCommand(patch.action)
                 row = await queries.update_task(
-                    conn, task_id, TaskCommand(patch.action), assignee=assignee, now=now
+                    conn, task_id, command, assignee=assignee, now=now, if_match=if_match
                 )
         except TransitionRefused as exc:
             detail = f"Task {task_id} is {exc.status}; it cannot be {_PAST[patch.action]}."
             raise ProblemError(409, "Conflict", detail) from exc
+        except queries.ChangedMeanwhile as exc:
+            detail = (f"Task {task_id} changed since the version If-Match names (now"
+                      f" {exc.etag}): read it again, then decide.")  # fmt: skip
+            raise ProblemError(412, "Precondition failed", detail) from exc
         if row is None:
             raise ProblemError(404, "Not found", f"No task {task_id}.")
+        response.headers["ETag"] = queries.task_etag(row)
         return _task(row, now)
 
     @router.get("/sequences/enrollments", tags=["sequences"], summary="Enrolments and steps")

@@ -3,9 +3,13 @@ enrolments with their steps, alerts, and putting dead deliveries back to be sent
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from services.actions.db import Connection, Pool
 from services.actions.tasks import TaskCommand, TaskStatus, next_status
@@ -15,6 +19,7 @@ TASK_COLUMNS = (
     "id, customer_id, tier_change_id, playbook, title, queue, assignee, priority, status,"
     " due_at, created_at, updated_at, completed_at"
 )
+_TASK_COLUMN_NAMES = [name.strip() for name in TASK_COLUMNS.split(",")]
 _STEP_STATUS = {"pending": "scheduled", "sent": "sent", "cancelled": "cancelled", "dead": "failed"}
 
 
@@ -79,19 +84,38 @@ class TransitionRefused(Exception):
         self.status = status
 
 
+class ChangedMeanwhile(Exception):
+    """The task is no longer the version the caller's `If-Match` names."""
+
+    def __init__(self, etag: str) -> None:
+        super().__init__(etag)
+        self.etag = etag
+
+
+def task_etag(row: Mapping[str, Any] | asyncpg.Record) -> str:
+    """The task's entity tag: a digest of its stored columns, so any change makes a new one."""
+    text = "\x1f".join(str(row[column]) for column in _TASK_COLUMN_NAMES)
+    return f'"{hashlib.sha256(text.encode()).hexdigest()[:20]}"'
+
+
 async def update_task(
-    conn: Connection, task_id: int, command: TaskCommand, *, assignee: str | None, now: datetime
-) -> dict[str, Any] | None:
-    """Apply a command; None when unknown, TransitionRefused when the state forbids it."""
+    conn: Connection, task_id: int, command: TaskCommand, *, assignee: str | None, now: datetime,
+    if_match: str | None = None,
+) -> dict[str, Any] | None:  # fmt: skip
+    """Apply a command; None when unknown, TransitionRefused when the state forbids it,
+    ChangedMeanwhile when `if_match` (an ETag, or `*`) is not the task's current one."""
     async with conn.transaction():
-        current = await conn.fetchval(
-            "SELECT status FROM actions.task WHERE id = $1 FOR UPDATE", task_id
+        current = await conn.fetchrow(
+            f"SELECT {TASK_COLUMNS} FROM actions.task WHERE id = $1 FOR UPDATE", task_id
         )
         if current is None:
             return None
-        status = next_status(TaskStatus(current), command)
+        etag = task_etag(current)
+        if if_match is not None and if_match.strip() != "*" and etag not in _etags(if_match):
+            raise ChangedMeanwhile(etag)
+        status = next_status(TaskStatus(current["status"]), command)
         if status is None:
-            raise TransitionRefused(current)
+            raise TransitionRefused(current["status"])
         row = await conn.fetchrow(
             "UPDATE actions.task SET status = $2::text, assignee = COALESCE($3, assignee),"
             " updated_at = $4::timestamptz,"
@@ -100,6 +124,11 @@ async def update_task(
             task_id, status.value, assignee, now,
         )  # fmt: skip
     return dict(row) if row else None
+
+
+def _etags(header: str) -> set[str]:
+    """The entity tags of an If-Match header (a list; weak ones never match: RFC 9110)."""
+    return {tag.strip() for tag in header.split(",") if tag.strip().startswith('"')}
 
 
 async def list_enrolments(

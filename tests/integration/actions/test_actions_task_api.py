@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -90,6 +91,40 @@ async def test_tasks_filter_by_assignee_and_priority(api: httpx.AsyncClient) -> 
     refused = await api.get("/v1/tasks", params={"priority": "asap"})
     assert refused.status_code == 422
     assert [e["field"] for e in refused.json()["errors"]] == ["query.priority"]
+
+
+async def test_if_match_lets_one_of_two_agents_take_a_task_and_tells_the_other(
+    api: httpx.AsyncClient,
+) -> None:
+    # Both read the task, then both assign it: without If-Match both got a 200 and the last
+    # one silently won.
+    [a] = await _items(api, customer_id="a")
+    url = f"/v1/tasks/{a['id']}"
+    read = await api.get(url)
+    etag = read.headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"'), etag
+    assert (await api.get(url)).headers["etag"] == etag  # the same until it changes
+    takes = await asyncio.gather(*[
+        api.patch(url, json={"action": "assign", "assignee": name}, headers={"If-Match": etag})
+        for name in ("ann", "bob")
+    ])  # fmt: skip
+    assert sorted(t.status_code for t in takes) == [200, 412], [t.text for t in takes]
+    [won] = [t for t in takes if t.status_code == 200]
+    [lost] = [t for t in takes if t.status_code == 412]
+    assert (
+        won.headers["etag"] != etag and won.headers["etag"] == (await api.get(url)).headers["etag"]
+    )
+    assert lost.headers["content-type"] == "application/problem+json"
+    assert won.headers["etag"] in lost.json()["detail"]
+    assert (await api.get(url)).json()["assignee"] == won.json()["assignee"]
+    # The current version, any version, or none: as before.
+    current = won.headers["etag"]
+    for header in ({"If-Match": f'W/"x", {current}'}, {"If-Match": "*"}, {}):
+        again = await api.patch(url, json={"action": "assign", "assignee": "cy"}, headers=header)
+        assert again.status_code == 200, (header, again.text)
+        current = again.headers["etag"]
+    stale = await api.patch(url, json={"action": "complete"}, headers={"If-Match": etag})
+    assert stale.status_code == 412 and (await api.get(url)).json()["status"] == "open"
 
 
 async def test_a_filter_given_twice_is_422_not_its_last_value(api: httpx.AsyncClient) -> None:
