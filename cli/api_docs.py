@@ -23,9 +23,8 @@ Each running service serves its full document, with every request and response s
   request body's own field (`assignee`). A body that is not JSON is a 400, one over the
   route's limit a 413. A 503 (broker or database away) carries `Retry-After`. A query
   parameter the route does not read is a 422 (`query_unknown`), not ignored, and so is one
-  given twice (`query_repeated`); a path with a
-  trailing slash is a 404, but for `/v1/customers/`, which reads as a customer with an
-  empty id (a 422).
+  given twice (`query_repeated`); a path with a trailing slash is a 404, but for
+  `/v1/customers/`, which reads as a customer with an empty id (a 422).
 - **Sending events (ingest).** A batch is all or nothing: a 202 lists the accepted
   `event_ids`; a 422 names each failing event (`index`) and nothing was published. An
   `event_id` seen before is acknowledged and then dropped by the scorer, whatever its body:
@@ -39,6 +38,11 @@ Each running service serves its full document, with every request and response s
 - **Paging.** List routes take `limit` and an opaque `cursor`; pass the `next_cursor` of
   a page to get the next one, until it is `null`. The change feed (`GET /v1/changes`) also
   answers a `tail_cursor`: ask again with it later for only the changes published since.
+  The actions lists (tasks, enrolments, alerts) are listings in id order, not feeds: with
+  several actions replicas, a row committed while you page may take an id before your
+  cursor, so list again from the start to see everything (the feed has no such gap).
+- **Versions.** A task's `GET` and `PATCH` answer its `ETag`; a `PATCH` with `If-Match`
+  changes it only if it is still that version (else a 412, nothing changed).
 - **Times** are RFC 3339 with a zone (`2026-01-01T00:00:00Z`); a time without one is a 422.
 """
 
