@@ -222,12 +222,15 @@ async def _lock_enrolment(conn: Connection, delivery: Delivery) -> None:
 
 async def _finish_step(conn: Connection, delivery: Delivery, *, now: datetime) -> str | None:
     """End the enrolment once none of its steps is pending any more: `completed` when one
-    of them went out, `failed` when every one died (nothing reached the customer)."""
+    of them reached the customer, `failed` when none did: every one died, or went to the log
+    for want of its channel or an address (a `fallback`: counted as `completed`, a sequence
+    that reached nobody passed for done)."""
     if delivery.enrolment_id is None:
         return None
     await conn.execute(
         "UPDATE actions.enrolment SET ended_at = $2, status = CASE WHEN EXISTS (SELECT 1"
-        " FROM actions.delivery WHERE enrolment_id = $1 AND sent_at IS NOT NULL)"
+        " FROM actions.delivery WHERE enrolment_id = $1 AND sent_at IS NOT NULL"
+        "                             AND NOT payload ? 'fallback')"
         " THEN 'completed' ELSE 'failed' END"
         " WHERE id = $1 AND status = 'active' AND NOT EXISTS (SELECT 1 FROM actions.delivery"
         " WHERE enrolment_id = $1 AND status = 'pending')",

@@ -456,6 +456,27 @@ async def test_an_enrolment_whose_every_step_died_ends_failed_not_completed(
     assert enrolment["status"] == "completed"  # something did reach the customer
 
 
+@pytest.mark.parametrize(("email", "ended"), [(None, "failed"), ("n@example.com", "completed")])
+async def test_an_enrolment_whose_steps_all_went_to_the_log_for_want_of_email_ends_failed(
+    pool: Pool, actions_db: str, email: str | None, ended: str
+) -> None:
+    # Every step written to the log because e-mail was not configured (or the customer had
+    # no address) reached nobody, yet the enrolment ended `completed`. A step sent by e-mail
+    # (configured since) did reach the customer.
+    await _enrol_newbie(pool, load_playbooks(default_playbooks_path()), channels=LOG,
+                        email=email)  # fmt: skip
+    with smtp_server() as (port, mailbox):
+        clock = FixedClock(NOW + 365 * DAY)
+        for channels in (Channels(), _mail(port), Channels(), Channels()):  # e-mail once
+            dispatcher = _dispatcher(pool, channels, CollectorRegistry(), kinds=("step",),
+                                     clock=clock)  # fmt: skip
+            await _dispatch_round(dispatcher)
+            clock.advance(30 * DAY)  # past the next step's time, however late this one was
+    assert len(mailbox) == (1 if email else 0)
+    [enrolment] = await fetch(actions_db, "SELECT status FROM actions.enrolment")
+    assert enrolment["status"] == ended
+
+
 async def test_a_step_cancelled_while_it_is_sent_stays_cancelled_and_counts_once(
     pool: Pool, actions_db: str
 ) -> None:
