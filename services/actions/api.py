@@ -24,7 +24,7 @@ from pydantic import (
 from services.actions import queries
 from services.actions.db import RequestDatabase
 from services.actions.queries import RequeueFilter, TaskFilter, TransitionRefused
-from services.actions.tasks import TaskCommand, TaskStatus
+from services.actions.tasks import DONE, TaskCommand, TaskStatus
 from shared.clock import Clock
 from shared.contracts import ID_MAX_CHARS, EventTime
 from shared.domain.playbook_model import Priority
@@ -63,7 +63,6 @@ _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such task", "content": {PROBLEM_JSON: {}}}
 }
 _CURSOR = re.compile(r"id:([0-9]{1,19})")
-_PAST = {"assign": "assigned", "complete": "completed", "cancel": "cancelled"}
 _CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"description": "Transition not allowed", "content": {PROBLEM_JSON: {}}},
     412: {
@@ -318,10 +317,16 @@ def api_router() -> APIRouter:
             async with _database(request).connection() as conn:
                 command = TaskCommand(patch.action)
                 row = await queries.update_task(
-                    conn, task_id, command, assignee=assignee, now=now, if_match=if_match
+                    conn,
+                    task_id,
+                    command,
+                    assignee=assignee,
+                    now=now,
+                    if_match=if_match,
+                    push=request.app.state.crm_push,
                 )
         except TransitionRefused as exc:
-            detail = f"Task {task_id} is {exc.status}; it cannot be {_PAST[patch.action]}."
+            detail = f"Task {task_id} is {exc.status}; it cannot be {DONE[command]}."
             raise ProblemError(409, "Conflict", detail) from exc
         except queries.ChangedMeanwhile as exc:
             detail = (f"Task {task_id} changed since the version If-Match names (now"
@@ -349,7 +354,8 @@ def api_router() -> APIRouter:
         description="Dead deliveries of one kind (optionally one channel and a window of "
         "creation times) become pending again, their attempts counted from zero and their "
         "idempotency keys unchanged, and go out in the next dispatch round. Deliveries that "
-        "went out after all (`sent_at` set), and pushes of tasks no longer open, stay dead.",
+        "went out after all (`sent_at` set), and pushes of a task no longer as they show it (a"
+        " task closed since, but for the push of its last change), stay dead.",
     )  # fmt: skip
     async def requeue(
         request: Request, source: SourceDep, which: Annotated[RequeueDead, Body()]

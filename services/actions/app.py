@@ -50,6 +50,7 @@ def create_app(
     )
     app.state.database = RequestDatabase(pool, settings.api_db_timeout_s) if pool else None
     app.state.clock = clock or clock_for(settings.now)
+    app.state.crm_push = settings.crm_webhook_url is not None  # task changes go to the CRM
     app.state.api_keys = ApiKeys(settings.api_key_map(), allow_anonymous=settings.allow_anonymous)
     install_problem_handlers(app, database_errors=TRANSIENT_DB_ERRORS)
 

@@ -291,17 +291,20 @@ def step_rows(enrolment_id: int, row: EnrolRow, channels: ChannelConfig) -> list
     return out
 
 
-def task_push_row(task: dict[str, Any], *, now: datetime) -> DeliveryRow:
-    """A new task pushed to the CRM webhook.
+def task_push_row(task: dict[str, Any], *, now: datetime, event: str = "created") -> DeliveryRow:
+    """A task pushed to the CRM webhook: new (`created`), or as an API call left it
+    (`assigned`, `completed`, `cancelled`), the payload's `task_event`.
 
     Its body is the push's Slack-compatible `text`: the title (plain, customer data and all)
     escaped as Slack escapes, so a customer id cannot ping @channel or post a link where the
     CRM URL is a chat hook. The payload's task and the subject keep the raw title, as data.
     """
+    key = (idempotency_key("task", task["id"], task["tier_change_id"]) if event == "created"
+           else idempotency_key("task", task["id"], event, task["updated_at"]))  # fmt: skip
     return DeliveryRow(
-        key=idempotency_key("task", task["id"], task["tier_change_id"]),
-        kind="task", customer_id=task["customer_id"], tier_change_id=task["tier_change_id"],
-        playbook=task["playbook"], audience=task["queue"], channel="webhook", recipient=None,
-        subject=task["title"], body=slack_escape(task["title"]), payload={"task": task},
+        key=key, kind="task", customer_id=task["customer_id"],
+        tier_change_id=task["tier_change_id"], playbook=task["playbook"],
+        audience=task["queue"], channel="webhook", recipient=None, subject=task["title"],
+        body=slack_escape(task["title"]), payload={"task": task, "task_event": event},
         due_at=now,
     )  # fmt: skip

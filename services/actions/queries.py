@@ -11,8 +11,10 @@ from typing import Any
 
 import asyncpg
 
+from services.actions import store
 from services.actions.db import Connection, Pool
-from services.actions.tasks import TaskCommand, TaskStatus, next_status
+from services.actions.effects import task_push_row
+from services.actions.tasks import DONE, TaskCommand, TaskStatus, next_status
 from shared.pg import row_count
 
 TASK_COLUMNS = (
@@ -100,10 +102,11 @@ def task_etag(row: Mapping[str, Any] | asyncpg.Record) -> str:
 
 async def update_task(
     conn: Connection, task_id: int, command: TaskCommand, *, assignee: str | None, now: datetime,
-    if_match: str | None = None,
+    if_match: str | None = None, push: bool = False,
 ) -> dict[str, Any] | None:  # fmt: skip
     """Apply a command; None when unknown, TransitionRefused when the state forbids it,
-    ChangedMeanwhile when `if_match` (an ETag, or `*`) is not the task's current one."""
+    ChangedMeanwhile when `if_match` (an ETag, or `*`) is not the task's current one.
+    `push`: queue the task as it is now for the CRM webhook, in the same transaction."""
     async with conn.transaction():
         current = await conn.fetchrow(
             f"SELECT {TASK_COLUMNS} FROM actions.task WHERE id = $1 FOR UPDATE", task_id
@@ -123,6 +126,9 @@ async def update_task(
             f" WHERE id = $1 RETURNING {TASK_COLUMNS}",
             task_id, status.value, assignee, now,
         )  # fmt: skip
+        if push and row is not None:
+            pushed = task_push_row(store.task_json(row), now=now, event=DONE[command])
+            await store.insert_deliveries(conn, [pushed], now=now)
     return dict(row) if row else None
 
 
@@ -219,16 +225,22 @@ class RequeueFilter:
     created_until: datetime | None = None
 
 
+_TASK_AS_IT_IS = (
+    "EXISTS (SELECT 1 FROM actions.task AS t WHERE t.id = (payload -> 'task' ->> 'id')::bigint"
+    " AND (t.status = 'open' OR t.updated_at = (payload -> 'task' ->> 'updated_at')::timestamptz))"
+)
+
+
 async def requeue_dead(conn: Connection, which: RequeueFilter) -> int:
     """Put the dead deliveries `which` selects back to pending, attempts from zero, due at
     once; returns how many. Never those that went out after all (`sent_at` set: an earlier
-    attempt succeeded after the last was refused), nor the pushes of tasks no longer open.
+    attempt succeeded after the last was refused), nor the pushes of tasks no longer open
+    but their last (the one that closed the task).
     Each keeps its idempotency key."""
     where = _Where()
     where.add("status = 'dead' AND sent_at IS NULL AND kind = {}", which.kind)
-    if which.kind == "task":  # a task done or cancelled meanwhile is not pushed again
-        where.add("EXISTS (SELECT 1 FROM actions.task AS t WHERE t.status = 'open'"
-                  " AND t.id = (payload -> 'task' ->> 'id')::bigint)")  # fmt: skip
+    if which.kind == "task":  # only a push of the task as it is: open, or its latest change
+        where.add(_TASK_AS_IT_IS)
     if which.channel is not None:
         where.add("channel = {}", which.channel)
     if which.created_from is not None:

@@ -63,8 +63,9 @@ class ActionsSettings(ConsumingServiceSettings):
     )
     crm_webhook_url: str | None = Field(
         None,
-        description="New tasks are pushed here when set, an absolute http(s) URL (empty: unset), "
-        "signed with ACTIONS_WEBHOOK_SECRET, which it then requires.",
+        description="Tasks are pushed here when set, when created and when the API assigns,"
+        " completes or cancels them: an absolute http(s) URL (empty: unset), signed with"
+        " ACTIONS_WEBHOOK_SECRET, which it then requires.",
     )
     smtp_host: str | None = Field(
         None, description="SMTP server; unset or empty: e-mail goes to the log."

@@ -326,10 +326,11 @@ async def upsert_tasks(
         [r.priority for r in rows], [r.assignee for r in rows], [r.due_at for r in rows],
         [r.triggers for r in rows], now,
     )  # fmt: skip
-    return [_task_json(row) for row in result if row["created"]]
+    return [task_json(row) for row in result if row["created"]]
 
 
-def _task_json(row: Any) -> dict[str, Any]:
+def task_json(row: Any) -> dict[str, Any]:
+    """A task row as the CRM push carries it (times as ISO text)."""
     out = {k: row[k] for k in _TASK_COLUMNS.replace(" ", "").split(",")}
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in out.items()}
 

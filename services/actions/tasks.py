@@ -17,6 +17,11 @@ class TaskCommand(StrEnum):
     CANCEL = "cancel"
 
 
+# What a command did, as the API's errors and the CRM push's `task_event` name it.
+DONE = {TaskCommand.ASSIGN: "assigned", TaskCommand.COMPLETE: "completed",
+        TaskCommand.CANCEL: "cancelled"}  # fmt: skip
+
+
 def next_status(current: TaskStatus, command: TaskCommand) -> TaskStatus | None:
     """The status after `command`, or None when the transition is not allowed."""
     match (current, command):

@@ -187,7 +187,8 @@ async def test_the_push_of_a_task_finished_meanwhile_is_not_requeued(
     changes = [tier_change(f"g{i}", f"vip{i}", "value_tier", "silver", "gold") for i in (1, 2)]
     await apply_changes(pool, changes, now=NOW, channels=crm)
     await fetch(actions_db, "UPDATE actions.delivery SET status = 'dead' WHERE kind = 'task'")
-    await fetch(actions_db, "UPDATE actions.task SET status = 'done' WHERE customer_id = 'vip1'")
+    done = "status = 'done', updated_at = updated_at + interval '1 hour'"  # as the API does
+    await fetch(actions_db, f"UPDATE actions.task SET {done} WHERE customer_id = 'vip1'")
     async with pool.acquire() as conn:
         assert await queries.requeue_dead(conn, RequeueFilter("task")) == 1
     rows = await fetch(actions_db, "SELECT customer_id, status FROM actions.delivery"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -10,12 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
+from services.actions import queries
 from services.actions.app import create_app
 from services.actions.db import Pool, create_pool
+from services.actions.queries import RequeueFilter
 from services.actions.settings import ActionsSettings
 from shared.clock import FixedClock
 from tests.integration.actions.seeding import apply_changes
-from tests.integration.actions.support import AUTH, DAY, KEY, NOW, tier_change
+from tests.integration.actions.support import AUTH, DAY, KEY, NOW, fetch, tier_change
 from tests.support.metrics_text import sample_value
 
 CUSTOMERS = ["a", "b", "c", "d", "e"]
@@ -125,6 +128,45 @@ async def test_if_match_lets_one_of_two_agents_take_a_task_and_tells_the_other(
         current = again.headers["etag"]
     stale = await api.patch(url, json={"action": "complete"}, headers={"If-Match": etag})
     assert stale.status_code == 412 and (await api.get(url)).json()["status"] == "open"
+
+
+async def test_with_a_crm_each_change_through_the_api_is_pushed_and_its_last_requeueable(
+    pool: Pool, actions_db: str, clock: FixedClock
+) -> None:
+    # The CRM heard of new tasks only: its copy of a task done, cancelled or assigned in
+    # Tierstream stayed open and unassigned for ever.
+    settings = ActionsSettings(database_url=actions_db, api_keys=f"test:{KEY}",
+                               crm_webhook_url="http://crm.example/hook",
+                               webhook_secret="s" * 32)  # fmt: skip
+    app = create_app(settings, pool=pool, clock=clock)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://actions", headers=AUTH) as api:  # fmt: skip
+        [a] = await _items(api, customer_id="a")
+        url = f"/v1/tasks/{a['id']}"
+        assert (await api.patch(url, json={"action": "assign", "assignee": "ann"})).is_success
+        clock.advance(timedelta(minutes=5))
+        assert (await api.patch(url, json={"action": "complete"})).is_success
+    pushes = await fetch(actions_db, "SELECT payload, status FROM actions.delivery"
+                         " WHERE kind = 'task' ORDER BY id")  # fmt: skip
+    events = [
+        (p["payload"]["task_event"], p["payload"]["task"]["status"],
+         p["payload"]["task"]["assignee"])
+        for p in map(_json, pushes)
+    ]  # fmt: skip
+    assert events == [("assigned", "open", "ann"), ("completed", "done", "ann")]
+    assert {p["status"] for p in pushes} == {"pending"}
+    # Dead, only the push of the task as it is now goes out again.
+    await fetch(actions_db, "UPDATE actions.delivery SET status = 'dead' WHERE kind = 'task'")
+    async with pool.acquire() as conn:
+        assert await queries.requeue_dead(conn, RequeueFilter("task")) == 1
+    [again] = await fetch(actions_db, "SELECT payload FROM actions.delivery"
+                          " WHERE kind = 'task' AND status = 'pending'")  # fmt: skip
+    assert _json(again)["payload"]["task_event"] == "completed"
+
+
+def _json(row: dict[str, Any]) -> dict[str, Any]:
+    payload = row["payload"]
+    return {**row, "payload": json.loads(payload) if isinstance(payload, str) else payload}
 
 
 async def test_a_filter_given_twice_is_422_not_its_last_value(api: httpx.AsyncClient) -> None:

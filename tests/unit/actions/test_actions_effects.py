@@ -214,10 +214,15 @@ def test_a_task_push_carries_the_task_and_a_key_per_task_and_trigger() -> None:
     assert (row.kind, row.channel, row.payload, row.body) == (
         "task",
         "webhook",
-        {"task": task},
+        {"task": task, "task_event": "created"},
         "Call",
     )
     assert row.key == idempotency_key("task", 5, "chg")
+    # A change through the API: one push per change, keyed by what it did and when.
+    task["updated_at"] = "2026-05-01T09:00:00+00:00"
+    done = task_push_row(task, now=NOW, event="completed")
+    assert done.payload == {"task": task, "task_event": "completed"}
+    assert done.key == idempotency_key("task", 5, "completed", "2026-05-01T09:00:00+00:00")
 
 
 def test_a_task_push_escapes_its_slack_text_and_keeps_the_raw_title_as_data() -> None:
@@ -230,7 +235,7 @@ def test_a_task_push_escapes_its_slack_text_and_keeps_the_raw_title_as_data() ->
     assert row.body == (
         "Welcome &lt;!channel&gt; *pwn* &lt;https://evil.example|click&gt; &amp; co"
     )
-    assert row.payload == {"task": task} and row.subject == title
+    assert row.payload == {"task": task, "task_event": "created"} and row.subject == title
 
 
 def test_the_channels_the_playbooks_ask_for_without_settings_are_named() -> None:
