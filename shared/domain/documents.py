@@ -19,17 +19,27 @@ from yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode
 # to a copy of what it names wherever it is read, so a few lines can name 10^9 values.
 MAX_DEPTH = 128
 MAX_VALUES = 100_000
+# Read before any parsing: PyYAML builds the whole node tree before the count above, and a
+# 27 MB file took 1.5 GB and 39 s to be refused (a larger one was killed for memory).
+MAX_BYTES = 8 * 1024 * 1024
 _MERGE = "tag:yaml.org,2002:merge"
 
 
 def read_document(path: str | Path, *, fail: Callable[[str], Exception]) -> str:
-    """The file's text; `fail(reason)` builds the error for a file unread or not UTF-8."""
+    """The file's text; `fail(reason)` builds the error for a file unread, over MAX_BYTES or
+    not UTF-8."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            raw = file.read(MAX_BYTES + 1)
     except OSError as exc:
         raise fail(f"cannot read: {exc.strerror}") from exc
+    if len(raw) > MAX_BYTES:
+        raise fail(f"larger than {MAX_BYTES // (1024 * 1024)} MiB: not a rules or playbooks file")
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise fail(f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at {exc.start}") from exc
+        line = raw[: exc.start].count(b"\n") + 1
+        raise fail(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line}") from exc
 
 
 def yaml_mapping(
@@ -116,7 +126,8 @@ def _expanded_size(
                 size, height = size + child_size, max(height, child_height + 1)
                 if size > MAX_VALUES:
                     raise fail(
-                        f"not valid YAML: more than {MAX_VALUES:,} values once aliases expand"
+                        f"not valid YAML: more than {MAX_VALUES:,} values (an alias counts"
+                        " as all the values it names)"
                     )
         seen[id(node)] = known = (size, height)
     if depth + known[1] > MAX_DEPTH:

@@ -9,7 +9,7 @@ import pytest
 
 from shared.contracts import Dimension
 from shared.domain.conditions import Member
-from shared.domain.documents import MAX_DEPTH, yaml_mapping
+from shared.domain.documents import MAX_BYTES, MAX_DEPTH, yaml_mapping
 from shared.domain.playbooks import (
     PlaybooksError,
     default_playbooks_path,
@@ -44,7 +44,7 @@ def test_a_merge_key_may_be_overridden_and_equal_keys_in_other_mappings_are_fine
 def test_an_alias_bomb_is_refused_before_it_expands() -> None:
     lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
-    with pytest.raises(RulesError, match=r"more than 100,000 values once aliases expand"):
+    with pytest.raises(RulesError, match=r"more than 100,000 values \(an alias counts as all"):
         parse_rules("\n".join(lines) + "\n", source="bomb.yaml")
 
 
@@ -68,8 +68,22 @@ def test_a_file_that_is_not_utf8_is_refused_with_the_byte(tmp_path: Path) -> Non
     with pytest.raises(RulesError, match=r"latin1\.yaml: .*not UTF-8 text: byte 0xe8"):
         load_rules(path)
     path.write_bytes(b"\xff\xfe" + default_playbooks_path().read_bytes())
-    with pytest.raises(PlaybooksError, match=r"not UTF-8 text: byte 0xff at 0"):
+    with pytest.raises(PlaybooksError, match=r"not UTF-8 text: byte 0xff on line 1$"):
         load_playbooks(path)
+    text = default_playbooks_path().read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_bytes("".join(text[:40]).encode() + b"# caf\xe9\n" + "".join(text[40:]).encode())
+    with pytest.raises(PlaybooksError, match=r"not UTF-8 text: byte 0xe9 on line 41$"):
+        load_playbooks(path)
+
+
+def test_a_file_past_the_size_limit_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    # PyYAML built the whole tree first: 27 MB took 1.5 GB and 39 s to be refused.
+    path = tmp_path / "huge.yaml"
+    path.write_text(RULES + "# padding\n" * (MAX_BYTES // 10 + 1), encoding="utf-8")
+    with pytest.raises(RulesError, match=r"huge\.yaml: .*larger than 8 MiB"):
+        load_rules(path)
+    path.write_text(RULES + "#\n" * 1000, encoding="utf-8")  # comments alone are fine
+    load_rules(path)
 
 
 def test_broken_yaml_is_reported_on_one_line_naming_the_file() -> None:
