@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,38 @@ def yaml_mapping(
     if not isinstance(data, dict):
         raise fail("the file must be a YAML mapping")
     return data
+
+
+def line_of(text: str, loc: Sequence[str | int]) -> int | None:
+    """The line (from 1) where the value at `loc` (mapping keys and list indexes, as a
+    validation error names it) starts in the document, or where the deepest part of it that
+    exists does: a schema error then points into a long file. None if it cannot be read."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        found = _child(node, part)
+        if found is None:
+            continue  # a name the schema adds (a union member's tag): the value is the same
+        node, line = found, found.start_mark.line + 1
+    return line
+
+
+def _child(node: Node, part: str | int) -> Node | None:
+    if isinstance(node, MappingNode):
+        return next((value for key, value in node.value
+                     if isinstance(key, ScalarNode) and key.value == str(part)), None)  # fmt: skip
+    if isinstance(node, CollectionNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        child: Node = node.value[part]
+        return child
+    return None
 
 
 def content_version(parsed: BaseModel) -> str:

@@ -8,6 +8,7 @@ costs only its action, never the change's sequence exits or the other actions.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from shared.contracts import Dimension, TierChanged
 from shared.domain.compiled import carried_features
 from shared.domain.conditions import TAG_PREFIX, evaluate, leaves
-from shared.domain.documents import content_version, read_document, yaml_mapping
+from shared.domain.documents import content_version, line_of, read_document, yaml_mapping
 from shared.domain.playbook_model import (
     AlertAction,
     Channel,
@@ -99,11 +100,13 @@ class PlaybooksError(ValueError):
     """An invalid playbooks file; the message names the file, the playbook and the field."""
 
     def __init__(
-        self, message: str, *, source: str, where: str | None = None, field: str = ""
-    ) -> None:
+        self, message: str, *, source: str, where: str | None = None, field: str = "",
+        line: int | None = None,
+    ) -> None:  # fmt: skip
         place = f"{where}, " if where else ""
-        super().__init__(f"{source}: {place}field {field or '(file)'}: {message}")
-        self.source, self.where, self.field = source, where, field
+        at = f"{source}:{line}" if line else source  # file:line, as editors read it
+        super().__init__(f"{at}: {place}field {field or '(file)'}: {message}")
+        self.source, self.where, self.field, self.line = source, where, field, line
 
 
 class Playbooks(PlaybooksFile):
@@ -269,25 +272,51 @@ def parse_playbooks(text: str, *, source: str) -> Playbooks:
     try:
         parsed = PlaybooksFile.model_validate(data)
     except ValidationError as exc:
-        raise _playbooks_error(exc, data, source) from exc
+        raise _playbooks_error(exc, data, source, text) from exc
     version = content_version(parsed)
     return Playbooks.model_validate(
         {**parsed.model_dump(by_alias=True), "version": version, "source": source}
     )
 
 
-def _playbooks_error(exc: ValidationError, data: dict[str, Any], source: str) -> PlaybooksError:
+def _playbooks_error(
+    exc: ValidationError, data: dict[str, Any], source: str, text: str
+) -> PlaybooksError:
     error = exc.errors()[0]
     loc = [p for p in error["loc"] if not str(p).startswith(TAG_PREFIX) and p not in _KINDS]
     problem = (error.get("ctx") or {}).get("error")
     if isinstance(problem, PlaybookProblem):
-        return PlaybooksError(str(problem), source=source, where=problem.where, field=problem.field)
+        path = _problem_path(problem.where, problem.field, data) or loc
+        return PlaybooksError(str(problem), source=source, where=problem.where,
+                              field=problem.field, line=line_of(text, path))  # fmt: skip
     where, rest = _where(loc, data)
     message = str(error["msg"]).removeprefix("Value error, ")
-    return PlaybooksError(message, source=source, where=where, field=".".join(map(str, rest)))
+    return PlaybooksError(message, source=source, where=where, field=".".join(map(str, rest)),
+                          line=line_of(text, loc))  # fmt: skip
 
 
 _KINDS = ("task", "alert", "enrol")
+
+
+def _problem_path(where: str | None, field: str, data: dict[str, Any]) -> list[str | int]:
+    """The document path a problem names as `playbook 'x'` / `sequence 'y'` / `template 'z'`
+    and a dotted field (empty when `where` names nothing `_where` writes)."""
+    kind, _, quoted = (where or "").partition(" ")
+    try:
+        name = ast.literal_eval(quoted)
+    except (ValueError, SyntaxError):
+        return []
+    path: list[str | int]
+    if kind == "playbook":
+        books = data.get("playbooks")
+        found = [i for i, book in enumerate(books if isinstance(books, list) else [])
+                 if isinstance(book, dict) and book.get("name") == name]  # fmt: skip
+        path = ["playbooks", found[0]] if found else ["playbooks"]
+    elif kind in ("sequence", "template"):
+        path = [f"{kind}s", name]
+    else:
+        return []
+    return path + [int(part) if part.isdigit() else part for part in field.split(".") if part]
 
 
 def _where(loc: list[Any], data: dict[str, Any]) -> tuple[str | None, list[Any]]:

@@ -17,7 +17,7 @@ from shared.domain.compiled import (
     compiled_rules,
 )
 from shared.domain.conditions import TAG_PREFIX
-from shared.domain.documents import content_version, read_document, yaml_mapping
+from shared.domain.documents import content_version, line_of, read_document, yaml_mapping
 from shared.domain.features import FeatureValue
 from shared.domain.population import CutPoints, quintile_score
 from shared.domain.review import next_review_at
@@ -41,11 +41,13 @@ class RulesError(ValueError):
     """An invalid rules file; the message names the file, the rule and the field."""
 
     def __init__(
-        self, message: str, *, source: str, rule: str | None = None, field: str = ""
-    ) -> None:
+        self, message: str, *, source: str, rule: str | None = None, field: str = "",
+        line: int | None = None,
+    ) -> None:  # fmt: skip
         where = f"rule {rule!r}, " if rule else ""
-        super().__init__(f"{source}: {where}field {field or '(file)'}: {message}")
-        self.source, self.rule, self.field = source, rule, field
+        at = f"{source}:{line}" if line else source  # file:line, as editors read it
+        super().__init__(f"{at}: {where}field {field or '(file)'}: {message}")
+        self.source, self.rule, self.field, self.line = source, rule, field, line
 
 
 def default_rules_path() -> Path:
@@ -66,26 +68,33 @@ def parse_rules(text: str, *, source: str) -> Rules:
     try:
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:
-        raise _rules_error(exc, data, source) from exc
+        raise _rules_error(exc, data, source, text) from exc
     version = content_version(parsed)
     return Rules.model_validate(
         {**parsed.model_dump(by_alias=True), "version": version, "source": source}
     )
 
 
-def _rules_error(exc: ValidationError, data: dict[str, Any], source: str) -> RulesError:
+def _rules_error(exc: ValidationError, data: dict[str, Any], source: str, text: str) -> RulesError:
     error = exc.errors()[0]
     loc = [part for part in error["loc"] if not str(part).startswith(TAG_PREFIX)]
     problem = (error.get("ctx") or {}).get("error")
     if isinstance(problem, RuleProblem):
+        path = [*loc, *problem.field.split(".")] if problem.field else loc
         field = ".".join(str(part) for part in [*loc, problem.field])
-        return RulesError(str(problem), source=source, rule=problem.rule, field=field)
+        return RulesError(str(problem), source=source, rule=problem.rule, field=field,
+                          line=line_of(text, [_index(part) for part in path]))  # fmt: skip
     rule = None
     if len(loc) >= 3 and loc[1] == "rules" and isinstance(loc[2], int):
         rule = _rule_name(data, str(loc[0]), loc[2])
     field = ".".join(str(part) for part in loc)
     message = error["msg"].removeprefix("Value error, ")
-    return RulesError(message, source=source, rule=rule, field=field)
+    return RulesError(message, source=source, rule=rule, field=field, line=line_of(text, loc))
+
+
+def _index(part: str | int) -> str | int:
+    """A list index written in a dotted field name, as a number."""
+    return int(part) if isinstance(part, str) and part.isdigit() else part
 
 
 def _rule_name(data: dict[str, Any], dimension: str, index: int) -> str:

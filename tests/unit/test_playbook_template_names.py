@@ -102,7 +102,9 @@ def test_a_template_naming_what_its_context_lacks_is_refused(
         parse_playbooks(text, source="team.yaml")
     error = caught.value
     assert (error.where, error.field) == (where, field), str(error)
-    assert str(error).startswith(f"team.yaml: {where}, field {field}: {message}"), str(error)
+    assert str(error).startswith(f"team.yaml:{error.line}: {where}, field {field}: {message}"), str(
+        error
+    )
 
 
 @pytest.mark.parametrize(
@@ -133,8 +135,10 @@ def test_a_template_that_could_only_fail_when_rendered_is_refused_naming_what(
     # on every change that reached it, which lost the action.
     with pytest.raises(PlaybooksError) as caught:
         parse_playbooks(books(task=template.replace('"', "'")), source="team.yaml")
+    line = caught.value.line
+    assert line is not None and "title" in books(task="x").splitlines()[line - 1], line
     assert str(caught.value).startswith(
-        f"team.yaml: playbook 'vip', field actions.0.title: {message}"
+        f"team.yaml:{line}: playbook 'vip', field actions.0.title: {message}"
     ), str(caught.value)
 
 

@@ -295,7 +295,9 @@ def test_an_invalid_playbook_is_refused_naming_file_playbook_and_field(
     error = caught.value
     assert (error.source, error.where, error.field) == ("team.yaml", where, field)
     assert message in str(error)
-    assert str(error).startswith(f"team.yaml: {where}, field {field}: ")
+    assert error.line is not None, error  # the line the field is on, in a long file
+    assert str(error).startswith(f"team.yaml:{error.line}: {where}, field {field}: ")
+    _assert_on_the_line(text, error.line, field)
 
 
 def test_settings_that_agree_are_accepted() -> None:
@@ -519,7 +521,7 @@ def test_a_duration_without_a_unit_is_refused(text: str, where: str, field: str)
     # Before: read as seconds, so `due_in: 2` made a task due two seconds after the change.
     with pytest.raises(PlaybooksError) as caught:
         parse_playbooks(text, source="x.yaml")
-    assert str(caught.value).startswith(f"x.yaml: {where}, field {field}: ")
+    assert str(caught.value).startswith(f"x.yaml:{caught.value.line}: {where}, field {field}: ")
     assert "is a number without a unit; write e.g. 2d, 24h, 90m, 1d12h, 1w or P2D" in str(
         caught.value
     )
@@ -698,3 +700,13 @@ def test_a_template_reading_what_its_playbooks_changes_carry_is_accepted() -> No
     extra += " [{name: a, offset: 1d, channel: log, text: '{{ features.tenure_days }}'}]}}"
     check_against_rules(parse_playbooks(book(actions, extra=extra), source="x.yaml"), DEFAULT_RULES)
     check_against_rules(load_playbooks(default_playbooks_path()), DEFAULT_RULES)
+
+
+def _assert_on_the_line(text: str, line: int, field: str) -> None:
+    """The line an error names holds the last key its field names (the mapping holding it
+    when the field is a list item or the file)."""
+    names = [part for part in field.split(".") if part and not part.isdigit()]
+    if names:
+        assert names[-1] in text.splitlines()[line - 1] or any(
+            name in text.splitlines()[line - 1] for name in names
+        ), (line, field, text.splitlines()[line - 1])

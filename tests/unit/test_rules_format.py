@@ -566,7 +566,8 @@ def test_an_invalid_rules_file_is_refused_naming_file_rule_and_field(
     error = caught.value
     assert (error.source, error.rule) == ("candidate.yaml", rule)
     assert error.field.startswith(field)
-    assert str(error).startswith("candidate.yaml: ")
+    assert error.line is not None, error  # the line the field is on, in a long file
+    assert str(error).startswith(f"candidate.yaml:{error.line}: ")
     assert message in str(error)
     assert field in str(error)
     if rule is not None:

@@ -304,7 +304,7 @@ async def test_the_service_refuses_to_start_with_an_invalid_playbooks_file(tmp_p
         "playbooks:\n  - name: x\n    when: {dimension: value_tier}\n    actions: []\n"
     )
     settings = ActionsSettings(api_keys="k", playbooks_file=broken)
-    with pytest.raises(SystemExit, match=r"playbooks.yaml: playbook 'x', field actions"):
+    with pytest.raises(SystemExit, match=r"playbooks.yaml:\d+: playbook 'x', field actions"):
         await run(settings)
 
 
@@ -316,8 +316,9 @@ async def test_the_service_refuses_to_start_on_a_misspelt_template_filter(tmp_pa
     settings = ActionsSettings(api_keys="k", playbooks_file=books)
     with pytest.raises(SystemExit) as refused:
         await run(settings)
+    line = _line_with(books, "{{ customer_id | upperr }}")
     assert str(refused.value) == (
-        f"actions: invalid playbooks file: {books}: template 'care_alert', field subject:"
+        f"actions: invalid playbooks file: {books}:{line}: template 'care_alert', field subject:"
         " unknown filter 'upperr' (did you mean 'upper'?)"
     )
 
@@ -351,7 +352,7 @@ async def test_the_service_checks_the_classes_against_the_rules_file_it_is_given
     with pytest.raises(SystemExit, match=r"'gold' is not a value_tier class of .*rules\.yaml"):
         await run(settings)
     rules.write_text("scores: {}\n")
-    with pytest.raises(SystemExit, match=r"^actions: invalid rules file: .*rules\.yaml: "):
+    with pytest.raises(SystemExit, match=r"^actions: invalid rules file: .*rules\.yaml:\d+: "):
         await run(settings)
 
 
@@ -368,3 +369,8 @@ def test_the_rules_file_is_the_scorers_unless_set_for_actions(
 async def test_the_service_refuses_to_start_without_api_keys() -> None:
     with pytest.raises(SystemExit, match="no API keys"):
         await run(ActionsSettings(api_keys="", allow_anonymous=False))
+
+
+def _line_with(path: Path, text: str) -> int:
+    """The number of the first line of the file holding `text`."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)

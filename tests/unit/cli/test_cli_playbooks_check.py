@@ -75,8 +75,11 @@ def test_a_misspelt_filter_is_refused_in_one_line_not_a_traceback(tmp_path: Path
     books.write_text(text.replace(old, "Welcome {{ customer_id | upperr }}"))
     result = CliRunner().invoke(app, ["playbooks", "check", str(books)], env=CLEAN)
     assert (result.exit_code, result.exception.__class__) == (1, SystemExit), result.output
+    line = next(
+        n for n, text in enumerate(books.read_text().splitlines(), 1) if "| upperr }}" in text
+    )
     assert result.output == (
-        f"invalid: {books}: playbook 'gold_upgrade', field actions.0.title: unknown filter"
+        f"invalid: {books}:{line}: playbook 'gold_upgrade', field actions.0.title: unknown filter"
         " 'upperr' (did you mean 'upper'?)\n"
     )
 
