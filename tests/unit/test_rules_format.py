@@ -662,3 +662,13 @@ def test_conditions_that_only_look_alike_are_not_refused_as_repeats() -> None:
     )
     rules = parse_rules(text, source="t").dimension(Dimension.ACTIVITY_LEVEL).rules
     assert [rule.name for rule in rules][2:5] == ["b2b", "b2b_one", "maybe"]
+
+
+def test_an_error_names_the_line_of_the_field_in_a_long_file() -> None:
+    # A path such as value_tier.rules.0.then alone sent the author counting list items.
+    text = DEFAULT.replace("then: gold", "then: platinum", 1)
+    with pytest.raises(RulesError) as caught:
+        parse_rules(text, source="rules.yaml")
+    line = caught.value.line
+    assert line is not None and "then: platinum" in text.splitlines()[line - 1], line
+    assert str(caught.value).startswith(f"rules.yaml:{line}: rule ")
