@@ -204,12 +204,7 @@ async def test_a_refused_send_counts_a_retry_or_at_the_last_attempt_a_dead_lette
 async def test_a_recipient_refused_for_now_is_retried_for_good_dead_lettered_and_never_logged(
     pool: Pool, actions_db: str, reply: str, outcome: str, status: str
 ) -> None:
-    email = DeliveryRow(key="k1", kind="alert", customer_id="c1", tier_change_id="t1",
-                        playbook="vip", audience="care", channel="email",
-                        recipient="Carol <Carol@Example.com>", subject="s", body="b",
-                        payload={}, due_at=NOW)  # fmt: skip
-    async with pool.acquire() as conn:
-        await actions_store.insert_deliveries(conn, [email], now=NOW)
+    await _seed_email_alert(pool, recipient="Carol <Carol@Example.com>")
     clock, registry = FixedClock(NOW), CollectorRegistry()
     with smtp_server(rcpt_reply=reply) as (port, mailbox), capture_logs() as logs:
         mail = SmtpChannel(SmtpConfig("127.0.0.1", port, "actions@example.com", timeout_s=5))
@@ -230,11 +225,11 @@ async def test_a_recipient_refused_for_now_is_retried_for_good_dead_lettered_and
     assert logs and not [line for line in logs if "example.com" in str(line).lower()]
 
 
-async def _seed_email_alert(pool: Pool) -> None:
+async def _seed_email_alert(pool: Pool, recipient: str = "carol@example.com") -> None:
+    """One e-mail alert, due now."""
     email = DeliveryRow(key="k1", kind="alert", customer_id="c1", tier_change_id="t1",
-                        playbook="vip", audience="care", channel="email",
-                        recipient="carol@example.com", subject="s", body="b",
-                        payload={}, due_at=NOW)  # fmt: skip
+                        playbook="vip", audience="care", channel="email", recipient=recipient,
+                        subject="s", body="b", payload={}, due_at=NOW)  # fmt: skip
     async with pool.acquire() as conn:
         await actions_store.insert_deliveries(conn, [email], now=NOW)
 
