@@ -163,6 +163,8 @@ class SmtpConfig:
     password: str | None = None
     starttls: bool | None = None  # None: when the server offers it; required with a login
     timeout_s: float = 10.0
+    reply_to: str | None = None
+    list_unsubscribe: str | None = None  # sequence steps' header, checked by the settings
 
     @property
     def start_tls(self) -> bool | None:
@@ -203,6 +205,10 @@ class SmtpChannel:
         msg["Date"] = format_datetime(self.clock.now().astimezone(UTC), usegmt=False)
         msg["Message-ID"] = f"<{delivery.key}@tierstream>"
         msg["X-Tierstream-Idempotency-Key"] = delivery.key
+        if self.config.reply_to:
+            msg["Reply-To"] = self.config.reply_to
+        if self.config.list_unsubscribe and delivery.kind == "step":  # to customers, not teams
+            msg["List-Unsubscribe"] = self.config.list_unsubscribe
         msg.set_content(html.unescape(delivery.body))
         paragraphs = "".join(f"<p>{p}</p>" for p in delivery.body.split("\n") if p.strip())
         msg.add_alternative(f"<html><body>{paragraphs}</body></html>", subtype="html")

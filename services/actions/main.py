@@ -79,6 +79,7 @@ def build_channels(settings: ActionsSettings, client: httpx.AsyncClient, clock: 
         email = SmtpChannel(SmtpConfig(
             settings.smtp_host, settings.smtp_port, settings.smtp_from, settings.smtp_user,
             password, settings.smtp_starttls, settings.delivery_timeout_s,
+            settings.smtp_reply_to, settings.smtp_list_unsubscribe,
         ), clock)  # fmt: skip
     return Channels(webhook=webhook, crm=crm, email=email)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import httpx
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from shared.domain.playbook_model import is_one_address
 from shared.settings import ConsumingServiceSettings, default_rules_file
 from shared.topics import ACTIONS_GROUP
 
@@ -22,7 +24,9 @@ def _default_playbooks_file() -> Path:
 # Optional settings where an empty value means "not configured" (None), never "configured as ''".
 _OPTIONAL = (
     "webhook_url", "crm_webhook_url", "smtp_host", "smtp_user", "smtp_password", "alert_email_to",
+    "smtp_reply_to", "smtp_list_unsubscribe",
 )  # fmt: skip
+_UNSUBSCRIBE = re.compile(r"<(mailto:[^<>\s]+@[^<>\s]+|https://[^<>\s]+)>")
 
 
 class ActionsSettings(ConsumingServiceSettings):
@@ -82,6 +86,17 @@ class ActionsSettings(ConsumingServiceSettings):
     )
     alert_email_to: str | None = Field(
         None, description="Recipient of e-mail alerts that name none (e.g. the care team)."
+    )
+    smtp_reply_to: str | None = Field(
+        None,
+        description="Reply-To of e-mails (one address), where customers' answers to sequence"
+        " steps go; unset: replies go to ACTIONS_SMTP_FROM.",
+    )
+    smtp_list_unsubscribe: str | None = Field(
+        None,
+        description="List-Unsubscribe header of sequence steps' e-mails (RFC 2369), e.g."
+        " `<mailto:unsubscribe@example.com>` or `<https://example.com/unsubscribe>, <mailto:"
+        "...>`: how a customer stops them (bulk senders must give one). Unset: none.",
     )
     dispatch_interval_s: float = Field(0.5, gt=0, description="Dispatcher poll when idle.")
     step_max_lag: int = Field(
@@ -155,6 +170,23 @@ class ActionsSettings(ConsumingServiceSettings):
         # docker-compose passes "" for a variable that is not set: that means "not configured".
         raw = value.get_secret_value() if isinstance(value, SecretStr) else value
         return None if isinstance(raw, str) and not raw.strip() else value
+
+    @field_validator("smtp_reply_to")
+    @classmethod
+    def _one_address(cls, value: str | None) -> str | None:
+        if value is not None and not is_one_address(value):
+            raise ValueError("must be one e-mail address")
+        return value
+
+    @field_validator("smtp_list_unsubscribe")
+    @classmethod
+    def _unsubscribe_links(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        links = [part.strip() for part in value.split(",")]
+        if not all(_UNSUBSCRIBE.fullmatch(link) for link in links):
+            raise ValueError("must be one or more <mailto:...> or <https://...>, comma-separated")
+        return ", ".join(links)
 
     @field_validator("webhook_url", "crm_webhook_url")
     @classmethod

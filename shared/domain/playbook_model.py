@@ -160,7 +160,7 @@ def check_recipient(to: str | None, channel: Channel | None, what: str) -> str |
             f"`to` is an e-mail recipient, and {what} by {channel.value} sends no e-mail:"
             " remove it, or send by `channel: email`"
         )
-    if not any(mark in to for mark in _MARKUP) and not _one_address(to):
+    if not any(mark in to for mark in _MARKUP) and not is_one_address(to):
         raise ValueError(
             f"{to!r} is not one e-mail address: write e.g. ops@example.com, or a template"
             " such as {{ customer.email }}"
@@ -168,7 +168,7 @@ def check_recipient(to: str | None, channel: Channel | None, what: str) -> str |
     return to
 
 
-def _one_address(text: str) -> bool:
+def is_one_address(text: str) -> bool:
     """What the e-mail channel takes: one address (`name@domain`, a display name allowed)."""
     addresses = getaddresses([text])
     if len(addresses) != 1 or "=?" in text:

@@ -17,7 +17,7 @@ from shared.clock import FixedClock, SystemClock
 from shared.domain.playbooks import default_playbooks_path, load_playbooks
 
 OPTIONAL = ("WEBHOOK_URL", "CRM_WEBHOOK_URL", "SMTP_HOST", "SMTP_USER", "SMTP_PASSWORD",
-            "ALERT_EMAIL_TO")  # fmt: skip
+            "ALERT_EMAIL_TO", "SMTP_REPLY_TO", "SMTP_LIST_UNSUBSCRIBE")  # fmt: skip
 
 
 async def test_empty_urls_hosts_and_secrets_mean_not_configured(
@@ -73,3 +73,48 @@ def test_retention_is_off_at_0_and_keeps_goal_events_for_the_longest_sequence_at
     monkeypatch.setenv("ACTIONS_INBOX_RETENTION_DAYS", "7")
     # The welcome sequence's day-14 check-in outlives a 7-day inbox retention.
     assert retention_for(ActionsSettings(), books) == Retention(7, timedelta(days=14))
+
+
+def test_steps_carry_reply_to_and_list_unsubscribe_and_alerts_no_unsubscribe() -> None:
+    # The check-in mail says "reply to tell us": replies went to tierstream@localhost, and
+    # customers had no way to stop the mails.
+    unsubscribe = " <https://example.com/u> ,<mailto:stop@example.com?subject=stop>"
+    settings = ActionsSettings(smtp_host="mail", smtp_reply_to="Care <care@example.com>",
+                               smtp_list_unsubscribe=unsubscribe)  # fmt: skip
+    assert settings.smtp_list_unsubscribe == (
+        "<https://example.com/u>, <mailto:stop@example.com?subject=stop>"
+    )
+    email = build_channels(settings, httpx.AsyncClient(), SystemClock()).email
+    assert isinstance(email, SmtpChannel)
+
+    def delivery(kind: str) -> Delivery:
+        return Delivery(id=1, key="k", kind=kind, customer_id="c", channel="email",
+                        recipient="c@example.com", subject="s", body="b", payload={})  # fmt: skip
+
+    step = email.message(delivery("step"))
+    assert step["Reply-To"] == "Care <care@example.com>"
+    assert step["List-Unsubscribe"] == settings.smtp_list_unsubscribe
+    alert = email.message(delivery("alert"))
+    assert alert["Reply-To"] == "Care <care@example.com>" and alert["List-Unsubscribe"] is None
+    plain = build_channels(ActionsSettings(smtp_host="mail"), httpx.AsyncClient(), SystemClock())
+    assert isinstance(plain.email, SmtpChannel)
+    unset = plain.email.message(delivery("step"))
+    assert unset["Reply-To"] is None and unset["List-Unsubscribe"] is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("smtp_reply_to", "a@example.com, b@example.com"),
+        ("smtp_reply_to", "not an address"),
+        ("smtp_list_unsubscribe", "https://example.com/u"),  # RFC 2369 wants <...>
+        ("smtp_list_unsubscribe", "<http://example.com/u>"),  # in clear
+        ("smtp_list_unsubscribe", "<javascript:alert(1)>"),
+        ("smtp_list_unsubscribe", "<mailto:nobody>"),
+    ],
+)
+def test_a_reply_to_or_unsubscribe_header_that_cannot_work_is_refused(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        ActionsSettings.model_validate({name: value})
