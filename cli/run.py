@@ -22,6 +22,8 @@ from rich.panel import Panel
 
 from cli.database import failure_reason, redacted, refuse_bad_url
 from cli.infra import Infra, start_infra
+from cli.settings import url_variable, variable
+from cli.supervisor import SERVICES as DEFAULT_PORTS
 from cli.supervisor import Supervisor, service_ports
 from shared.embedded import die_with_parent
 from shared.settings import parse_api_keys
@@ -178,7 +180,7 @@ def ports_in_use(env: Mapping[str, str], ports: dict[str, int]) -> str | None:
     """Which service port another program holds, if any: the readiness check would take its
     answers for the service's (the banner came, and the demo went to it) while the service
     itself failed to bind and was restarted forever."""
-    taken = []
+    taken = {}
     for name, port in ports.items():
         host = env.get(f"{name.upper()}_HOST", "127.0.0.1")
         with socket.socket() as probe:
@@ -187,13 +189,22 @@ def ports_in_use(env: Mapping[str, str], ports: dict[str, int]) -> str | None:
             try:
                 probe.bind((host, port))
             except OSError:
-                taken.append(f"{name.upper()}_PORT={port}")
+                taken[f"{name.upper()}_PORT"] = port
     if not taken:
         return None
     return (
-        f"in use by another program: {', '.join(taken)}"
-        " (another `tierstream run`? stop it, or set another port)"
+        f"in use by another program: {', '.join(f'{k}={v}' for k, v in taken.items())}"
+        f" (another `tierstream run`? stop it, or set another port: {other_ports(taken)})"
     )
+
+
+def other_ports(taken: Mapping[str, int]) -> str:
+    """A command that runs on other ports than `taken` ({"INGEST_PORT": 8080}): 10000 higher
+    (lower, past 65535). "set another port" alone did not say how."""
+    moved = [
+        f"{name}={port + 10000 if port <= 55535 else port - 10000}" for name, port in taken.items()
+    ]
+    return f"{' '.join(moved)} make run"
 
 
 def _wait_ready(
@@ -254,12 +265,36 @@ def try_line(keys: dict[str, str], ports: dict[str, int], *, generated: str | No
     return f"try:     curl -H 'Authorization: Bearer {example}' {url}"
 
 
+def cli_exports(ports: Mapping[str, int], *, generated: str | None) -> list[str]:
+    """Lines that point `simulate`, `import` and `report` in another shell at this run, when a
+    service is not on its default port: they read TIERSTREAM_*_URL, whose defaults are the
+    default ports (someone else's `run`, maybe). With the key, when `run` generated it."""
+    if dict(ports) == DEFAULT_PORTS:
+        return []
+    lines = [f"for {CLI_COMMANDS} in another shell:"]
+    lines += [
+        export_line(url_variable(service), f"http://127.0.0.1:{ports[service]}")
+        for service in SERVICES
+    ]
+    if generated:
+        lines.append(export_line(variable("api_key"), generated))
+    return lines
+
+
+CLI_COMMANDS = "`tierstream simulate`, `import` and `report`"
+
+
 def print_banner(
-    console: Console, infra: Infra, lines: list[str], *, after: Sequence[str] = ()
+    console: Console,
+    infra: Infra,
+    lines: list[str],
+    *,
+    after: Sequence[str] = (),
+    exports: Sequence[str] = (),
 ) -> None:
     """The panel, then, outside it and unwrapped so that they can be copied (and parsed),
-    the `after` lines and the addresses of the broker and the database (without its
-    password)."""
+    the `after` lines, the addresses of the broker and the database (without its
+    password), and the `exports` lines."""
     console.print(Panel("\n".join(lines), title="Tierstream is running", expand=False))
     for line in after:
         console.print(line, soft_wrap=True, highlight=False, markup=False)
@@ -273,6 +308,8 @@ def print_banner(
         # Not exported to your shell, the database commands failed on a default address.
         console.print(f"for {DATABASE_COMMANDS} in another shell:", highlight=False)
         line = export_line("DATABASE_URL", infra.database_url)
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    for line in exports:
         console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
@@ -328,7 +365,9 @@ def run_system(console: Console, *, demo: bool = True, forget_offsets: bool = Fa
         after = [try_line(keys, ports, generated=generated)]
         if quiet_services(os.environ):
             after.append(QUIET_NOTE)
-        print_banner(console, infra, banner_lines(keys, ports, generated=generated), after=after)
+        lines = banner_lines(keys, ports, generated=generated)
+        exports = cli_exports(ports, generated=generated)
+        print_banner(console, infra, lines, after=after, exports=exports)
         demo_proc = _start_demo(env, keys["ingest"], ports["ingest"]) if demo else None
         if demo_proc is not None:
             stack.callback(_kill_if_running, demo_proc)

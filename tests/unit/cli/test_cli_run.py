@@ -26,6 +26,7 @@ from cli.run import (
     api_key_for,
     banner_lines,
     first_api_key,
+    other_ports,
     ports_in_use,
     print_banner,
     try_line,
@@ -115,11 +116,19 @@ def test_a_service_port_another_program_listens_on_is_named() -> None:
         other.listen()
         taken = other.getsockname()[1]
         ports = {"ingest": taken, "scorer": free_port(), "actions": free_port()}
+        other = taken + 10000 if taken <= 55535 else taken - 10000
         assert ports_in_use({}, ports) == (
-            f"in use by another program: INGEST_PORT={taken}"
-            " (another `tierstream run`? stop it, or set another port)"
+            f"in use by another program: INGEST_PORT={taken} (another `tierstream run`? stop"
+            f" it, or set another port: INGEST_PORT={other} make run)"
         )
     assert ports_in_use({}, ports) is None
+
+
+def test_the_taken_port_message_shows_how_to_set_other_ports() -> None:
+    # "set another port" did not say how: only docs/CONFIGURATION.md named INGEST_PORT.
+    assert other_ports({"INGEST_PORT": 8080, "ACTIONS_PORT": 60000}) == (
+        "INGEST_PORT=18080 ACTIONS_PORT=50000 make run"
+    )
 
 
 def test_the_embedded_database_is_printed_as_given_and_a_password_hidden_in_place() -> None:
@@ -328,7 +337,7 @@ def test_the_banner_prints_the_line_that_gives_another_shell_run_s_database(
     # `tierstream rules diff` and `migrate` read DATABASE_URL, which `run` keeps to its
     # children: in another shell they failed on the default address, and nothing said why.
     assert offline_run() == 0
-    [line] = [line for line in offline_run.output.splitlines() if line.startswith("export ")]
+    [line] = [line for line in offline_run.output.splitlines() if "DATABASE_URL=" in line]
     pasted = subprocess.run(["sh", "-c", f'{line}\nprintf %s "$DATABASE_URL"'], env={},
                             capture_output=True, text=True, check=True)  # fmt: skip
     assert pasted.stdout == EMBEDDED_URL
@@ -341,7 +350,8 @@ def test_no_export_line_gives_away_the_password_of_your_database(
     monkeypatch.setenv("DATABASE_URL", yours)
     infra = Infra("127.0.0.1:9092", yours, embedded_kafka=True, embedded_postgres=False)
     assert offline_run(infra=infra) == 0
-    assert "PASSW0RD" not in offline_run.output and "export " not in offline_run.output
+    assert "PASSW0RD" not in offline_run.output
+    assert "export DATABASE_URL" not in offline_run.output
 
 
 @pytest.mark.parametrize("database_url", [None, "postgresql://postgres@127.0.0.1:1/tierstream"])
@@ -382,3 +392,54 @@ def test_rules_diff_failing_on_the_default_database_says_where_run_s_is(
     assert line.startswith("cannot read today's customers from postgresql://postgres@127.0.0.1:")
     hint = "DATABASE_URL is not set: for the database of a `tierstream run`, paste the"
     assert (hint in line) is (database_url is None)
+
+
+def pasted(lines: list[str], *names: str) -> dict[str, str]:
+    """The variables `names` as a shell has them after the `export` lines among `lines`."""
+    exports = [line for line in lines if line.startswith("export ")]
+    script = "\n".join([*exports, *(f'printf "%s\\n" "${name}"' for name in names)])
+    shell = subprocess.run(["sh", "-c", script], env={}, capture_output=True, text=True,
+                           check=True)  # fmt: skip
+    return dict(zip(names, shell.stdout.splitlines(), strict=True))
+
+
+CLI_VARIABLES = ("TIERSTREAM_INGEST_URL", "TIERSTREAM_SCORER_URL", "TIERSTREAM_ACTIONS_URL",
+                 "TIERSTREAM_API_KEY")  # fmt: skip
+
+
+def test_on_other_ports_the_banner_prints_the_lines_that_point_the_cli_at_this_run(
+    offline_run: OfflineRun,
+) -> None:
+    # Only DATABASE_URL was given: `tierstream report` in another shell went to the default
+    # port 8081, another `run`'s maybe.
+    assert offline_run() == 0
+    printed = offline_run.output.splitlines()
+    [key] = [line.split()[-2] for line in printed if line.startswith("│ API key ")]
+    assert "for `tierstream simulate`, `import` and `report` in another shell:" in printed
+    ports = offline_run.ports
+    assert pasted(printed, *CLI_VARIABLES) == {
+        "TIERSTREAM_INGEST_URL": f"http://127.0.0.1:{ports['ingest']}",
+        "TIERSTREAM_SCORER_URL": f"http://127.0.0.1:{ports['scorer']}",
+        "TIERSTREAM_ACTIONS_URL": f"http://127.0.0.1:{ports['actions']}",
+        "TIERSTREAM_API_KEY": key,
+    }
+
+
+def test_on_other_ports_your_own_key_is_not_exported(
+    offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIERSTREAM_API_KEYS", "shop:MY-PRODUCTION-KEY")
+    assert offline_run() == 0
+    assert "MY-PRODUCTION-KEY" not in offline_run.output
+    assert "export TIERSTREAM_SCORER_URL=" in offline_run.output
+    assert "export TIERSTREAM_API_KEY=" not in offline_run.output
+
+
+def test_on_the_default_ports_the_cli_needs_no_lines(
+    offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli.run, "ports_in_use", lambda env, ports: None)  # 8080 may be taken
+    for name, port in PORTS.items():
+        monkeypatch.setenv(f"{name.upper()}_PORT", str(port))
+    assert offline_run() == 0
+    assert "export TIERSTREAM_" not in offline_run.output
