@@ -22,9 +22,8 @@ from rich.panel import Panel
 
 from cli.database import failure_reason, redacted, refuse_bad_url
 from cli.infra import Infra, start_infra
-from cli.settings import url_variable, variable
-from cli.supervisor import SERVICES as DEFAULT_PORTS
-from cli.supervisor import Supervisor, service_ports
+from cli.settings import Service, default_url, url_variable, variable
+from cli.supervisor import Supervisor, service_ports, service_urls
 from shared.embedded import die_with_parent
 from shared.settings import parse_api_keys
 
@@ -75,7 +74,7 @@ def first_api_key(raw: str) -> str:
     return next(iter(parse_api_keys(raw)), "")
 
 
-SERVICES = ("ingest", "scorer", "actions")
+SERVICES: tuple[Service, ...] = ("ingest", "scorer", "actions")
 
 
 def api_key_for(env: Mapping[str, str], service: str) -> str:
@@ -182,20 +181,34 @@ def ports_in_use(env: Mapping[str, str], ports: dict[str, int]) -> str | None:
     itself failed to bind and was restarted forever."""
     taken = {}
     for name, port in ports.items():
-        host = env.get(f"{name.upper()}_HOST", "127.0.0.1")
-        with socket.socket() as probe:
-            # As uvicorn binds: a port left in TIME_WAIT by an earlier run is free.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                taken[f"{name.upper()}_PORT"] = port
+        if not _can_bind(env.get(f"{name.upper()}_HOST", "127.0.0.1"), port):
+            taken[f"{name.upper()}_PORT"] = port
     if not taken:
         return None
     return (
         f"in use by another program: {', '.join(f'{k}={v}' for k, v in taken.items())}"
         f" (another `tierstream run`? stop it, or set another port: {other_ports(taken)})"
     )
+
+
+def _can_bind(host: str, port: int) -> bool:
+    """Whether a service could listen on `host`:`port` now (an IPv6 host such as :: too: an
+    IPv4 socket took it for a port in use). A host that does not resolve is left to the
+    service to report."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, UnicodeError):
+        return True
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by an earlier run is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            return False
+    return True
 
 
 def other_ports(taken: Mapping[str, int]) -> str:
@@ -208,34 +221,44 @@ def other_ports(taken: Mapping[str, int]) -> str:
 
 
 def _wait_ready(
-    supervisor: Supervisor, stop: _Stop, ports: dict[str, int], keys: dict[str, str],
+    supervisor: Supervisor, stop: _Stop, urls: dict[str, str], keys: dict[str, str],
     timeout: float = 90.0,
-) -> bool:  # fmt: skip
-    """True once every service answers /readyz, with its key (TIERSTREAM_OPEN_PROBES=false
-    closes the probes to requests without one)."""
+) -> dict[str, str]:  # fmt: skip
+    """The services that did not answer /readyz at their URL (with their key:
+    TIERSTREAM_OPEN_PROBES=false closes the probes to requests without one) before the
+    deadline, each with its last answer or connection error; empty: all are ready."""
     deadline = time.monotonic() + timeout
-    pending = dict(ports)
+    pending = dict.fromkeys(urls, "no answer yet")
     while pending and time.monotonic() < deadline and not stop.requested:
         supervisor.tick()
-        for name, port in list(pending.items()):
+        for name in list(pending):
             auth = {"Authorization": f"Bearer {keys[name]}"} if keys.get(name) else {}
             try:
-                url = f"http://127.0.0.1:{port}/readyz"
-                if httpx.get(url, headers=auth, timeout=1).status_code == 200:
-                    pending.pop(name)
-            except httpx.HTTPError:
-                pass
+                response = httpx.get(f"{urls[name]}/readyz", headers=auth, timeout=1)
+            except httpx.HTTPError as exc:
+                pending[name] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                continue
+            if response.status_code == 200:
+                pending.pop(name)
+            else:
+                pending[name] = f"HTTP {response.status_code}"
         time.sleep(0.3)
-    return not pending
+    return pending
 
 
-def banner_lines(
-    keys: dict[str, str], ports: dict[str, int], *, generated: str | None
-) -> list[str]:
+def not_ready_line(pending: Mapping[str, str], urls: Mapping[str, str]) -> str:
+    """One line naming each service that never answered ready, where, and its last answer:
+    "services did not become ready in time" left the user to guess which, and where."""
+    named = "; ".join(
+        f"{name} at {urls[name]}/readyz (last: {why})" for name, why in pending.items()
+    )
+    return f"did not become ready in time: {named}"
+
+
+def banner_lines(keys: dict[str, str], urls: dict[str, str], *, generated: str | None) -> list[str]:
     """The banner's panel: short lines, which an 80-column terminal (or a pipe) does not wrap.
     Only the key `run` generated (`generated`) is shown: keys of your own
     (TIERSTREAM_API_KEYS, <SERVICE>_API_KEYS) stay off the terminal and its scrollback."""
-    i, s, a = ports["ingest"], ports["scorer"], ports["actions"]
 
     def shown(service: str) -> str:
         key = keys[service]
@@ -247,35 +270,38 @@ def banner_lines(
         key_lines = [f"{f'{name} key':<16}{shown(name)}" for name in keys]
     # The routes are on each /docs page: listed here, they wrapped mid-path at 80 columns.
     return [
-        f"ingest   http://127.0.0.1:{i}/docs",
-        f"scorer   http://127.0.0.1:{s}/docs",
-        f"actions  http://127.0.0.1:{a}/docs",
-        f"metrics  http://127.0.0.1:{{{i},{s},{a}}}/metrics",
+        *(f"{name:<9}{urls[name]}/docs" for name in SERVICES),
+        f"metrics  {metrics_urls(urls)}",
         "",
         *key_lines,
         "Ctrl-C stops everything.",
     ]
 
 
-def try_line(keys: dict[str, str], ports: dict[str, int], *, generated: str | None) -> str:
+def metrics_urls(urls: Mapping[str, str]) -> str:
+    """The services' /metrics, as one URL with the ports in braces when they share a host."""
+    bases, ports = zip(*(url.rpartition(":")[::2] for url in urls.values()), strict=True)
+    if len(set(bases)) == 1:
+        return f"{bases[0]}:{{{','.join(ports)}}}/metrics"
+    return "/metrics of each address above"
+
+
+def try_line(keys: dict[str, str], urls: dict[str, str], *, generated: str | None) -> str:
     """A request to try, printed outside the panel: inside, it wrapped and could not be
     pasted as it was."""
     example = keys["scorer"] if keys["scorer"] == generated else "<your key>"
-    url = f"http://127.0.0.1:{ports['scorer']}/v1/stats/tiers"
+    url = f"{urls['scorer']}/v1/stats/tiers"
     return f"try:     curl -H 'Authorization: Bearer {example}' {url}"
 
 
-def cli_exports(ports: Mapping[str, int], *, generated: str | None) -> list[str]:
+def cli_exports(urls: Mapping[str, str], *, generated: str | None) -> list[str]:
     """Lines that point `simulate`, `import` and `report` in another shell at this run, when a
-    service is not on its default port: they read TIERSTREAM_*_URL, whose defaults are the
+    service is not at its default address: they read TIERSTREAM_*_URL, whose defaults are the
     default ports (someone else's `run`, maybe). With the key, when `run` generated it."""
-    if dict(ports) == DEFAULT_PORTS:
+    if all(urls[service] == default_url(service) for service in SERVICES):
         return []
     lines = [f"for {CLI_COMMANDS} in another shell:"]
-    lines += [
-        export_line(url_variable(service), f"http://127.0.0.1:{ports[service]}")
-        for service in SERVICES
-    ]
+    lines += [export_line(url_variable(service), urls[service]) for service in SERVICES]
     if generated:
         lines.append(export_line(variable("api_key"), generated))
     return lines
@@ -316,11 +342,10 @@ def print_banner(
 DATABASE_COMMANDS = "`tierstream migrate` and `tierstream rules diff`"
 
 
-def _start_demo(env: dict[str, str], key: str, ingest_port: int) -> subprocess.Popen[bytes]:
+def _start_demo(env: dict[str, str], key: str, ingest_url: str) -> subprocess.Popen[bytes]:
     # This run's ingest, whatever TIERSTREAM_INGEST_URL the shell holds (from `import` or
     # `simulate` against another one): the demo's events must reach the services just started.
-    demo_env = {**env, "TIERSTREAM_API_KEY": key,
-                "TIERSTREAM_INGEST_URL": f"http://127.0.0.1:{ingest_port}"}  # fmt: skip
+    demo_env = {**env, "TIERSTREAM_API_KEY": key, "TIERSTREAM_INGEST_URL": ingest_url}
     return subprocess.Popen(
         [sys.executable, "-m", "cli.demo"], env=demo_env, preexec_fn=die_with_parent
     )
@@ -339,7 +364,7 @@ def run_system(console: Console, *, demo: bool = True, forget_offsets: bool = Fa
     if database_url := os.environ.get("DATABASE_URL"):
         refuse_bad_url(database_url, console)  # before starting anything
     _refuse_bad_settings()
-    ports = service_ports(os.environ)
+    ports, urls = service_ports(os.environ), service_urls(os.environ)
     # Before starting anything: found after the broker, Postgres, migrations and topics,
     # a second `run` took seconds to say so.
     if taken := ports_in_use(os.environ, ports):
@@ -356,19 +381,19 @@ def run_system(console: Console, *, demo: bool = True, forget_offsets: bool = Fa
         supervisor = Supervisor(env, log=console.print)
         stack.callback(supervisor.stop)  # LIFO: services stop before the infrastructure
         supervisor.start()
-        keys = {service: api_key_for(env, service) for service in SERVICES}
-        if not _wait_ready(supervisor, stop, ports, keys):
+        keys: dict[str, str] = {service: api_key_for(env, service) for service in SERVICES}
+        if pending := _wait_ready(supervisor, stop, urls, keys):
             if stop.requested:
                 return 0
-            console.print("[red]services did not become ready in time[/red]")
+            console.print(f"[red]{escape(not_ready_line(pending, urls))}[/red]", soft_wrap=True)
             return 1
-        after = [try_line(keys, ports, generated=generated)]
+        after = [try_line(keys, urls, generated=generated)]
         if quiet_services(os.environ):
             after.append(QUIET_NOTE)
-        lines = banner_lines(keys, ports, generated=generated)
-        exports = cli_exports(ports, generated=generated)
+        lines = banner_lines(keys, urls, generated=generated)
+        exports = cli_exports(urls, generated=generated)
         print_banner(console, infra, lines, after=after, exports=exports)
-        demo_proc = _start_demo(env, keys["ingest"], ports["ingest"]) if demo else None
+        demo_proc = _start_demo(env, keys["ingest"], urls["ingest"]) if demo else None
         if demo_proc is not None:
             stack.callback(_kill_if_running, demo_proc)
         while not stop.requested:

@@ -14,9 +14,31 @@ from shared.embedded import die_with_parent
 SERVICES = {"ingest": 8080, "scorer": 8081, "actions": 8082}
 
 
+DEFAULT_HOST = "127.0.0.1"
+
+
 def service_ports(env: Mapping[str, str]) -> dict[str, int]:
     """Each service's HTTP port, honouring INGEST_PORT / SCORER_PORT / ACTIONS_PORT."""
     return {name: int(env.get(f"{name.upper()}_PORT", port)) for name, port in SERVICES.items()}
+
+
+def service_hosts(env: Mapping[str, str]) -> dict[str, str]:
+    """Each service's bind address, honouring INGEST_HOST / SCORER_HOST / ACTIONS_HOST."""
+    return {name: env.get(f"{name.upper()}_HOST", DEFAULT_HOST) for name in SERVICES}
+
+
+def local_url(host: str, port: int) -> str:
+    """The base URL at which this machine reaches a service bound to `host`:port. A wildcard
+    address (0.0.0.0, ::) is no address to connect to: its loopback is."""
+    wildcards = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # noqa: S104 (read, not bound)
+    host = wildcards.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def service_urls(env: Mapping[str, str]) -> dict[str, str]:
+    """Each service's base URL on this machine, from its configured host and port."""
+    hosts, ports = service_hosts(env), service_ports(env)
+    return {name: local_url(hosts[name], ports[name]) for name in SERVICES}
 
 
 @dataclass

@@ -64,14 +64,15 @@ def test_each_service_is_given_a_key_it_accepts(
 
 
 PORTS = {"ingest": 8080, "scorer": 8081, "actions": 8082}
+URLS = {name: f"http://127.0.0.1:{port}" for name, port in PORTS.items()}
 
 
 def test_the_banner_shows_a_generated_key_and_never_one_of_yours() -> None:
     # It printed TIERSTREAM_API_KEYS' key twice (the key line and the curl example) into the
     # terminal's scrollback; only a key made for this run is the user's to see there.
     def banner(keys: dict[str, str], generated: str | None) -> str:
-        lines = banner_lines(keys, PORTS, generated=generated)
-        return "\n".join([*lines, try_line(keys, PORTS, generated=generated)])
+        lines = banner_lines(keys, URLS, generated=generated)
+        return "\n".join([*lines, try_line(keys, URLS, generated=generated)])
 
     made = "generated-for-this-run"
     assert banner(dict.fromkeys(PORTS, made), made).count(made) == 2
@@ -174,6 +175,13 @@ class OfflineRun:
     demo: subprocess.Popen[bytes] | None = None
     output: str = ""
     timed_out: bool = False  # stopped at the deadline, not when `stop_when` said so
+    polled: dict[str, str] = field(default_factory=dict)  # the URLs the readiness check got
+    not_ready: dict[str, str] = field(default_factory=dict)  # what the readiness check finds
+
+    def wait_ready(self, supervisor: object, stop: object, urls: dict[str, str],
+                   keys: dict[str, str]) -> dict[str, str]:  # fmt: skip
+        self.polled = dict(urls)
+        return self.not_ready
 
     def __call__(
         self, *, stop_when: Callable[[OfflineRun], bool] = lambda run: True, demo: bool = False,
@@ -219,7 +227,7 @@ class OfflineRun:
             cli.run, "_bootstrap", lambda env, **_: run.steps.append("bootstrap")
         )
         self.monkeypatch.setattr(cli.run, "Supervisor", Supervisor)
-        self.monkeypatch.setattr(cli.run, "_wait_ready", lambda *args: True)
+        self.monkeypatch.setattr(cli.run, "_wait_ready", self.wait_ready)
         self.monkeypatch.setattr(cli.run, "_start_demo", start_demo)
         self.monkeypatch.setattr(cli.run, "_Stop", Stop)
         console = Console(record=True, width=80)  # as on a pipe: 80 columns
@@ -304,7 +312,8 @@ def test_the_banner_fits_80_columns_and_its_command_is_on_one_line(
     ports = offline_run.ports
     keys = dict.fromkeys(ports, key)
     panel = [line for line in printed if line[:1] in "╭│╰"]
-    expected = banner_lines(keys, ports, generated=key)
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    expected = banner_lines(keys, urls, generated=key)
     assert [line[2:-2].rstrip() for line in panel[1:-1]] == expected  # none wrapped
     scorer = ports["scorer"]
     command = f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{scorer}/v1/stats/tiers"
@@ -443,3 +452,87 @@ def test_on_the_default_ports_the_cli_needs_no_lines(
         monkeypatch.setenv(f"{name.upper()}_PORT", str(port))
     assert offline_run() == 0
     assert "export TIERSTREAM_" not in offline_run.output
+
+
+@pytest.mark.parametrize(
+    ("host", "reached"),
+    [("127.0.0.2", "127.0.0.2"), ("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]")],
+)
+def test_run_polls_and_prints_the_address_the_services_bind_to(
+    offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch, host: str, reached: str
+) -> None:
+    # With INGEST_HOST=127.0.0.2, `run` polled 127.0.0.1 for 90 s, then failed; the banner
+    # would have shown 127.0.0.1 too.
+    monkeypatch.setattr(cli.run, "ports_in_use", lambda env, ports: None)  # no IPv6 here, maybe
+    for name in PORTS:
+        monkeypatch.setenv(f"{name.upper()}_HOST", host)
+    assert offline_run() == 0
+    ports = offline_run.ports
+    urls = {name: f"http://{reached}:{port}" for name, port in ports.items()}
+    assert offline_run.polled == urls
+    printed = offline_run.output.splitlines()
+    assert f"│ ingest   {urls['ingest']}/docs" in " ".join(printed)
+    assert (
+        f"metrics  http://{reached}:{{{ports['ingest']},{ports['scorer']},{ports['actions']}}}/metrics"
+        in (offline_run.output)
+    )
+    assert pasted(printed, "TIERSTREAM_SCORER_URL") == {"TIERSTREAM_SCORER_URL": urls["scorer"]}
+    assert f"{urls['scorer']}/v1/stats/tiers" in offline_run.output
+
+
+def test_services_on_different_hosts_have_their_metrics_told_apart() -> None:
+    urls = {**URLS, "ingest": "http://127.0.0.2:8080"}
+    lines = banner_lines(dict.fromkeys(URLS, "k"), urls, generated="k")
+    assert "ingest   http://127.0.0.2:8080/docs" in lines
+    assert "metrics  /metrics of each address above" in lines
+
+
+def test_a_service_that_never_became_ready_is_named_with_its_address(
+    offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "services did not become ready in time" named none of them, nor where it looked.
+    offline_run.not_ready = {"scorer": "ConnectError: [Errno 111] Connection refused"}
+    assert offline_run(stop_when=lambda run: False) == 1
+    scorer = offline_run.ports["scorer"]
+    assert (
+        f"did not become ready in time: scorer at http://127.0.0.1:{scorer}/readyz"
+        " (last: ConnectError: [Errno 111] Connection refused)"
+    ) in " ".join(offline_run.output.split())
+
+
+class _Ticks:
+    def tick(self) -> None:
+        pass
+
+
+def test_the_readiness_check_polls_each_service_at_its_url_and_keeps_the_last_answer() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    stop = SimpleNamespace(requested=False)
+    pending = cli.run._wait_ready(_Ticks(), stop, {"scorer": url}, {"scorer": "k"}, timeout=0.5)  # type: ignore[arg-type]
+    assert list(pending) == ["scorer"] and pending["scorer"].startswith("ConnectError")
+
+
+def test_a_wildcard_host_is_reached_at_its_loopback() -> None:
+    from cli.supervisor import local_url, service_urls
+
+    assert local_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert local_url("::", 8080) == "http://[::1]:8080"
+    assert local_url("fe80::1", 8080) == "http://[fe80::1]:8080"
+    assert local_url("localhost", 8080) == "http://localhost:8080"
+    assert service_urls({"SCORER_HOST": "127.0.0.2", "SCORER_PORT": "18081"})["scorer"] == (
+        "http://127.0.0.2:18081"
+    )
+
+
+def test_an_ipv6_host_is_probed_as_ipv6() -> None:
+    # Probed with an IPv4 socket, `::` was reported as a port in use.
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as s6:
+            s6.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    assert ports_in_use({"INGEST_HOST": "::1"}, {"ingest": free_port()}) is None
