@@ -3,6 +3,7 @@ settings read once, the URL checked before any connection, and problems told in 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
@@ -37,7 +38,7 @@ def redacted(url: str) -> str:
         for key, sep, value in (item.partition("=") for item in parts.query.split("&"))
     )
     netloc = parts.netloc
-    if parts.password is not None:
+    if parts.password:  # an empty one (`postgres:@`, the embedded server's) hides nothing
         user = netloc.rpartition("@")[0].partition(":")[0]
         netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
     if (netloc, query) == (parts.netloc, parts.query):
@@ -80,3 +81,46 @@ def unset_database_url_hint(env: Mapping[str, str]) -> str:
         "; DATABASE_URL is not set: for the database of a `tierstream run`, paste the"
         " `export DATABASE_URL=...` line it printed"
     )
+
+
+def socket_directories(url: str) -> list[str]:
+    """The Unix-socket directories DATABASE_URL connects through (libpq's `host=/dir`, in the
+    query or percent-encoded as the host); none for a TCP host or a URL that is not one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return []
+    query = parsed.query.get("host", ())
+    hosts = [query] if isinstance(query, str) else list(query)
+    if parsed.host:
+        hosts.append(unquote(parsed.host))
+    return [host for host in hosts if host.startswith("/")]
+
+
+def missing_server(url: str) -> str | None:
+    """Why nothing can answer at DATABASE_URL when its socket directory is not there (None:
+    it is, or the URL names a TCP host). A `DATABASE_URL` exported from an ended
+    `tierstream run` failed with a bare "No such file or directory"."""
+    missing = [d for d in socket_directories(url) if not os.path.isdir(d)]
+    if not missing:
+        return None
+    if all("tierstream-pg-" in d for d in missing):
+        return (
+            f"the embedded Postgres of an earlier `tierstream run` is gone ({missing[0]} no"
+            " longer exists): unset DATABASE_URL, or paste the `export DATABASE_URL=...` line"
+            " of a running one"
+        )
+    return (
+        f"the socket directory {missing[0]} does not exist: is the server running, and is"
+        " DATABASE_URL's host= its directory?"
+    )
+
+
+def database_url_hint(env: Mapping[str, str], url: str) -> str:
+    """What to add to a database command's failure: DATABASE_URL unset (its default is not a
+    `tierstream run`'s database), or naming a server that is gone."""
+    gone = missing_server(url)
+    return unset_database_url_hint(env) or (f"; {gone}" if gone else "")

@@ -119,9 +119,9 @@ def migrate(
         console.print(f"[red]--to:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     except (OSError, SQLAlchemyError, MigrationError) as exc:
-        from cli.database import unset_database_url_hint
+        from cli.database import database_url_hint
 
-        hint = unset_database_url_hint(os.environ)
+        hint = database_url_hint(os.environ, url)
         why = escape(f"{redacted(url)}: {failure_reason(exc)}{hint}")
         console.print(f"[red]cannot migrate[/red] {why}", soft_wrap=True)
         raise typer.Exit(1) from None

@@ -104,7 +104,7 @@ def diff_matrices(file: Path, console: Console) -> Matrices | None:
     line on what went wrong: the file, or the database holding today's customers."""
     import asyncpg
 
-    from cli.database import database_settings, unset_database_url_hint
+    from cli.database import database_settings, database_url_hint
     from services.scorer.rules_cli import diff_rules
     from services.scorer.settings import ScorerSettings
     from shared.domain.rules import RulesError, load_rules
@@ -126,7 +126,7 @@ def diff_matrices(file: Path, console: Console) -> Matrices | None:
         where = escape(redacted(settings.database_url))  # never its password
         console.print(
             f"[red]cannot read today's customers from {where}:[/red] {_db_problem(exc)}"
-            + escape(unset_database_url_hint(os.environ)),
+            + escape(database_url_hint(os.environ, settings.database_url)),
             soft_wrap=True,  # one line, however long the URL: scripts grep it
         )
         return None

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
-from cli.database import failure_reason, redacted, refuse_bad_url
+from cli.database import failure_reason, missing_server, redacted, refuse_bad_url
 from cli.infra import Infra, start_infra
 from cli.settings import Service, default_url, url_variable, variable
 from cli.supervisor import Supervisor, service_ports, service_urls
@@ -156,7 +156,9 @@ def _bootstrap(
     try:
         asyncio.run(upgrade_all(settings.database_url))
     except (OSError, SQLAlchemyError, MigrationError) as exc:  # what `tierstream migrate` says
-        return f"cannot migrate {redacted(settings.database_url)}: {failure_reason(exc)}"
+        gone = missing_server(settings.database_url)
+        why = f"{failure_reason(exc)}; {gone}" if gone else failure_reason(exc)
+        return f"cannot migrate {redacted(settings.database_url)}: {why}"
     try:  # as each service would refuse, in one line instead of restarts without end
         asyncio.run(refuse_recorded_other(settings.database_url, settings.topic_namespace))
         if fresh_broker and (
@@ -363,6 +365,9 @@ def run_system(console: Console, *, demo: bool = True, forget_offsets: bool = Fa
     stop = _Stop()
     if database_url := os.environ.get("DATABASE_URL"):
         refuse_bad_url(database_url, console)  # before starting anything
+        if gone := missing_server(database_url):  # an ended run's, exported in this shell
+            console.print(f"[red]cannot start: {escape(gone)}[/red]", soft_wrap=True)
+            return 1
     _refuse_bad_settings()
     ports, urls = service_ports(os.environ), service_urls(os.environ)
     # Before starting anything: found after the broker, Postgres, migrations and topics,

@@ -23,3 +23,9 @@ from cli.database import redacted
 )
 def test_passwords_are_hidden_in_the_user_part_and_the_query(url: str, shown: str) -> None:
     assert redacted(url) == shown
+
+
+def test_an_empty_password_is_shown_as_the_nothing_it_is() -> None:
+    # `postgres:***@` for the embedded server's empty password suggested one to look for.
+    url = "postgresql://postgres:@/postgres?host=/tmp/tierstream-pg-x/pgdata"
+    assert redacted(url) == url
