@@ -200,7 +200,7 @@ def _document(service: Service, url: str, response: httpx.Response) -> dict[str,
     return body
 
 
-def _retry_after(response: httpx.Response | str, attempt: int) -> float:
+def _retry_after(response: httpx.Response | httpx.TransportError, attempt: int) -> float:
     """Seconds to wait: the server's Retry-After when given, else a capped back-off."""
     header = response.headers.get("Retry-After") if isinstance(response, httpx.Response) else None
     if header is not None:
@@ -234,15 +234,56 @@ def _bad_url(service: Service, base: str, exc: Exception) -> ApiError:
     )
 
 
-def _unavailable(url: str, retry_for: float, last: httpx.Response | str) -> ApiError:
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error is a refusal: nothing listens at the address (httpx wraps
+    the OS's ConnectionRefusedError twice)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _connection_error(exc: httpx.TransportError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _unreachable(service: Service, url: str, exc: httpx.TransportError) -> ApiError:
+    """No answer from a service: a refused connection means nothing listens at the address
+    (not that the service refused anything: "ingest refused the events" misled)."""
+    if not isinstance(exc, httpx.ConnectError):  # connected, then no answer (a timeout)
+        return ApiError(0, f"no answer from {service} at {url}: {_connection_error(exc)}")
+    why = (
+        "nothing is listening there (connection refused)"
+        if _refused(exc)
+        else _connection_error(exc)
+    )
+    return ApiError(
+        0,
+        f"could not reach {service} at {url}: {why}; is {service} running, and"
+        f" {url_variable(service)} its address?",
+    )
+
+
+def _unavailable(
+    url: str, retry_for: float, last: httpx.Response | httpx.TransportError
+) -> ApiError:
     """Still no acceptance at the deadline: the last answer (a 503), or the last connection
-    error."""
+    error (ingest answered before: it may be restarting)."""
     if isinstance(last, httpx.Response):
         why = f"HTTP {last.status_code}: {_detail(last, _problem(last), key_sent=True)}"
-        status = last.status_code
-    else:
-        status, why = 0, last
-    return ApiError(status, f"ingest unavailable at {url} for {retry_for:.0f}s (last: {why})")
+        return ApiError(
+            last.status_code, f"ingest unavailable at {url} for {retry_for:.0f}s (last: {why})"
+        )
+    gone = ": nothing is listening there any more" if _refused(last) else ""
+    return ApiError(
+        0,
+        f"could not reach ingest at {url} for {retry_for:.0f}s{gone}"
+        f" (last: {_connection_error(last)})",
+    )
 
 
 class ApiClient:
@@ -260,6 +301,7 @@ class ApiClient:
         headers = {"Authorization": f"Bearer {endpoints.api_key}"} if endpoints.api_key else {}
         self.endpoints = endpoints
         self.retry_for = retry_for  # how long a send keeps retrying 503s / connection errors
+        self._ingest_answered = False  # until then, a refused connection is not retried
         self._sleep, self._clock = sleep, clock
         self._http = httpx.Client(headers=headers, timeout=timeout)
 
@@ -276,7 +318,9 @@ class ApiClient:
         self._http.close()
 
     def send_batch(self, events: Sequence[Mapping[str, Any]]) -> list[str]:
-        """POST one batch; retries 503 (honouring Retry-After) and connection errors.
+        """POST one batch; retries 503 (honouring Retry-After) and connection errors, the
+        latter only once ingest has answered (it may be restarting): before, nothing ever
+        answered at the address, and 60 s of retries ended in the same error.
 
         Returns the accepted event ids; raises `BatchRejected` on 422 and 413, `ApiError`
         otherwise (a URL without http:// at once, without retrying).
@@ -287,22 +331,26 @@ class ApiClient:
         attempt = 0
         while True:
             response = self._post_once(url, content)
-            if isinstance(response, httpx.Response) and response.status_code != 503:
-                return self._accepted(response)
+            if isinstance(response, httpx.Response):
+                self._ingest_answered = True
+                if response.status_code != 503:
+                    return self._accepted(response)
+            elif not self._ingest_answered and isinstance(response, httpx.ConnectError):
+                raise _unreachable("ingest", self.endpoints.url("ingest"), response)
             left = deadline - self._clock()
             if left <= 0:
                 raise _unavailable(url, self.retry_for, response)
             self._sleep(min(_retry_after(response, attempt), left))  # never past the deadline
             attempt += 1
 
-    def _post_once(self, url: str, content: bytes) -> httpx.Response | str:
-        """The answer, or why none came (a connection error: worth retrying)."""
+    def _post_once(self, url: str, content: bytes) -> httpx.Response | httpx.TransportError:
+        """The answer, or why none came (a connection error: maybe worth retrying)."""
         try:
             return self._http.post(url, content=content, headers=_JSON)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise _bad_url("ingest", self.endpoints.url("ingest"), exc) from exc
         except httpx.TransportError as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return exc
 
     def _accepted(self, response: httpx.Response) -> list[str]:
         body = _problem(response)
@@ -333,7 +381,7 @@ class ApiClient:
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise _bad_url(service, self.endpoints.url(service), exc) from exc
         except httpx.TransportError as exc:
-            raise ApiError(0, f"{service} unreachable at {url}: {exc}") from exc
+            raise _unreachable(service, self.endpoints.url(service), exc) from exc
         body = _problem(response)
         if response.status_code >= 300:
             detail = _detail(response, body, key_sent=bool(self.endpoints.api_key))

@@ -128,8 +128,10 @@ def run_simulate(options: SimulateOptions, console: Console) -> int:
         try:
             accepted = _send_with_progress(population, options, endpoints, console)
         except ApiError as exc:
-            why = escape(_why(exc))
-            console.print(f"[red]ingest refused the events:[/red] {why}", soft_wrap=True)
+            # Refused: ingest answered no (4xx). No answer, a 5xx or a bad URL is no refusal.
+            refused = 400 <= exc.status < 500
+            told = "ingest refused the events" if refused else "could not send the events"
+            console.print(f"[red]{told}:[/red] {escape(_why(exc))}", soft_wrap=True)
             return 1
     console.print(summary_table(population, accepted, time.monotonic() - started))
     return 0

@@ -15,8 +15,8 @@ Answer = Callable[[str, str, Any], tuple[int, dict[str, str], Any]]
 
 
 @contextmanager
-def json_server(answer: Answer) -> Iterator[str]:
-    """Serve `answer` on a free local port for the block; yields the base URL."""
+def json_server(answer: Answer, *, port: int = 0) -> Iterator[str]:
+    """Serve `answer` on `port` (0: a free local port) for the block; yields the base URL."""
 
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, method: str) -> None:
@@ -39,7 +39,7 @@ def json_server(answer: Answer) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -195,13 +197,81 @@ def test_a_long_retry_after_never_sleeps_past_the_retry_deadline(
     assert clock.waits == [60.0]
 
 
-def test_unreachable_ingest_names_the_last_connection_error() -> None:
+def test_an_address_nothing_listens_at_fails_at_once_saying_so() -> None:
+    # `simulate` showed "sending 0/3" for 60 s, then "ingest refused the events: ingest
+    # unavailable at ...": nothing had ever answered there, and nothing had refused anything.
     url = f"http://127.0.0.1:{free_port()}"
+    clock = FakeClock()
     with (
-        client_for(url, [], retry_for=0) as client,
-        pytest.raises(ApiError, match=r"unavailable .*\(last: ConnectError: .*refused"),
-    ):
+        ApiClient(Endpoints(url, url, url, "k"), retry_for=60, sleep=clock.sleep,
+                  clock=clock) as client,
+        pytest.raises(ApiError) as caught,
+    ):  # fmt: skip
         client.send_batch([{"event_id": "e1"}])
+    assert clock.waits == []
+    assert str(caught.value) == (
+        f"could not reach ingest at {url}: nothing is listening there (connection refused);"
+        " is ingest running, and TIERSTREAM_INGEST_URL its address?"
+    )
+    assert not caught.value.lasting  # `import` stops with 1: run again once ingest is up
+
+
+def test_an_ingest_that_answered_before_is_waited_for_while_it_restarts() -> None:
+    # Once ingest has answered, a refused connection is a restart (its supervisor's, or a
+    # deploy's): the send waits for it, as before.
+    answers = [accepted(["e1"]), accepted(["e2"])]
+
+    def answer(method: str, path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+        return answers.pop(0)
+
+    clock = FakeClock()
+    with ExitStack() as restarted:
+
+        def sleep_then_restart(seconds: float) -> None:
+            clock.sleep(seconds)
+            if len(clock.waits) == 3:  # back after three refused tries, on the same port
+                restarted.enter_context(json_server(answer, port=port))
+
+        with json_server(answer) as url:
+            port = int(url.rpartition(":")[2])
+            endpoints = Endpoints(url, url, url, "k")
+            client = ApiClient(endpoints, retry_for=60, sleep=sleep_then_restart, clock=clock)
+            assert client.send_batch([{"event_id": "e1"}]) == ["e1"]
+        with client:  # ingest stopped: its port refuses connections until the restart
+            assert client.send_batch([{"event_id": "e2"}]) == ["e2"]
+    assert len(clock.waits) == 3
+
+
+def test_an_ingest_gone_for_good_after_answering_is_told_after_the_retries(
+    server: tuple[str, Script],
+) -> None:
+    url, script = server
+    script.answers = [accepted(["e1"])]
+    clock = FakeClock()
+    with socket.socket() as holder:  # a port nothing listens on, for the second address
+        holder.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{holder.getsockname()[1]}"
+    client = ApiClient(Endpoints(url, url, url, "k"), retry_for=60, sleep=clock.sleep, clock=clock)
+    with client:
+        assert client.send_batch([{"event_id": "e1"}]) == ["e1"]
+        client.endpoints = Endpoints(gone, gone, gone, "k")  # as if ingest had stopped
+        with pytest.raises(ApiError) as caught:
+            client.send_batch([{"event_id": "e2"}])
+    assert sum(clock.waits) == 60
+    assert str(caught.value).startswith(
+        f"could not reach ingest at {gone}/v1/events/batch for 60s: nothing is listening there"
+        " any more (last: ConnectError: "
+    )
+
+
+def test_a_report_against_nothing_says_nothing_listens() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with client_for(url, []) as client, pytest.raises(ApiError) as caught:
+        client.get("scorer", "/v1/stats/tiers")
+    assert str(caught.value) == (
+        f"could not reach scorer at {url}: nothing is listening there (connection refused);"
+        " is scorer running, and TIERSTREAM_SCORER_URL its address?"
+    )
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:18480", "localhost:8080", "ftp://127.0.0.1:1"])

@@ -3,6 +3,7 @@ it at the console's width, 80 columns by default): scripts grep these lines."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,16 @@ def test_each_rejected_row_of_an_import_is_one_line(narrow: None, tmp_path: Path
     env = {"TIERSTREAM_INGEST_URL": f"http://127.0.0.1:{free_port()}"}  # nothing to send
     args = ["import", str(source), "--type", "login"]
     one_line_with(args, "line 2: ", f"occurred_at: '{when}' is not ISO 8601", env=env)
+
+
+def test_simulate_against_nothing_says_it_could_not_reach_ingest_at_once(narrow: None) -> None:
+    # It showed "sending 0/3" for 60 s, then "ingest refused the events: ingest unavailable
+    # at ...": nothing had refused anything, nothing listened there.
+    closed = f"http://127.0.0.1:{free_port()}"
+    args = ["simulate", "--customers", "5", "--days", "60"]
+    started = time.monotonic()
+    line = one_line_with(
+        args, "could not send the events: could not reach ingest at ", closed,
+        "nothing is listening there", env={"TIERSTREAM_INGEST_URL": closed},
+    )  # fmt: skip
+    assert time.monotonic() - started < 30 and "refused the events" not in line
