@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ROOTS = {"kafka", "postgres"}  # infrastructure with nothing to wait for
 PORTS = {"ingest": 8080, "scorer": 8081, "actions": 8082}
+PORT_VARIABLES = [f"{service.upper()}_PORT" for service in PORTS]
 
 
 def _compose_binary() -> Path:
@@ -30,7 +31,8 @@ def _compose_binary() -> Path:
 
 def _config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
-    clean.pop("TIERSTREAM_API_KEYS", None)
+    for name in ("TIERSTREAM_API_KEYS", "TIERSTREAM_PUBLISH_ADDRESS", *PORT_VARIABLES):
+        clean.pop(name, None)  # a `tierstream run` on other ports in this shell, say
     return subprocess.run(
         [str(_compose_binary()), "-f", str(path), "config", "--format", "json"],
         capture_output=True,
@@ -42,11 +44,18 @@ def _config(path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 @cache
-def _services() -> dict[str, Any]:
-    result = _config(ROOT / "docker-compose.yml", TIERSTREAM_API_KEYS="demo:change-me")
+def _services(**env: str) -> dict[str, Any]:
+    result = _config(ROOT / "docker-compose.yml", TIERSTREAM_API_KEYS="demo:change-me", **env)
     assert result.returncode == 0, result.stderr
     services: dict[str, Any] = json.loads(result.stdout)["services"]
     return services
+
+
+def _published(services: dict[str, Any], name: str) -> list[tuple[str, str, int]]:
+    """A service's published ports as (host address, host port, container port)."""
+    return [
+        (p.get("host_ip", ""), str(p["published"]), p["target"]) for p in services[name]["ports"]
+    ]
 
 
 def test_compose_config_accepts_the_file_with_every_service() -> None:
@@ -141,3 +150,29 @@ def test_the_broker_and_database_keep_their_data_in_named_volumes(
     assert mounts, f"{service} has no named volume"
     if setting is not None:
         assert spec["environment"][setting] in mounts
+
+
+def test_every_published_port_listens_on_localhost_only_by_default() -> None:
+    # ingest, scorer and actions were published on every interface ("8080:8080") while
+    # Prometheus and Grafana bound 127.0.0.1.
+    services = _services()
+    for name, port in {**PORTS, "prometheus": 9090, "grafana": 3000}.items():
+        assert _published(services, name) == [("127.0.0.1", str(port), port)], name
+
+
+def test_the_services_host_ports_can_be_moved_off_taken_ones() -> None:
+    moved = {
+        variable: str(10000 + port)
+        for variable, port in zip(PORT_VARIABLES, PORTS.values(), strict=True)
+    }
+    services = _services(**moved)
+    for name, port in PORTS.items():
+        # The container keeps its port: its healthcheck and Prometheus' targets use it.
+        assert _published(services, name) == [("127.0.0.1", str(10000 + port), port)], name
+
+
+def test_the_services_can_be_published_on_every_interface_when_asked() -> None:
+    services = _services(TIERSTREAM_PUBLISH_ADDRESS="0.0.0.0")
+    for name, port in PORTS.items():
+        assert _published(services, name) == [("0.0.0.0", str(port), port)], name
+    assert _published(services, "grafana") == [("127.0.0.1", "3000", 3000)]
