@@ -19,6 +19,7 @@ import gc
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -133,6 +134,20 @@ def instructions(*, population: int, batches: int, batch: int, apply: bool = Tru
     return int(found.group(1))
 
 
+VALGRIND_MISSING = (
+    "valgrind is needed to count instructions (--callgrind, `make bench-cpu`) and is not on"
+    " PATH: install it (Debian/Ubuntu: apt-get install valgrind; Fedora: dnf install valgrind;"
+    " macOS: not available, run it in a Linux container)"
+)
+
+
+def require_valgrind() -> None:
+    """Exit with one line saying how to get valgrind when it is not installed: the first
+    callgrind run ended in a FileNotFoundError traceback."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit(VALGRIND_MISSING)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_model", description=__doc__)
     parser.add_argument("--population", type=int, default=5000, help="existing customers")
@@ -148,6 +163,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = {"population": args.population, "batch": args.batch}
     if args.callgrind:
+        require_valgrind()
         # The baseline builds the same batches (their events, encoded), so the difference is
         # the scorer's work on them alone.
         with Console(stderr=True).status("callgrind: the setup alone, then with the batches"):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,3 +67,15 @@ def test_garbage_collection_is_enabled_again_when_a_timed_batch_fails(
     finally:
         gc.enable()  # for the tests after this one, whatever happened
     assert enabled
+
+
+def test_counting_instructions_without_valgrind_says_how_to_get_it(tmp_path: Path) -> None:
+    # `make bench-cpu` ended in a FileNotFoundError traceback.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.cpu_model", "--callgrind"],
+        env={**os.environ, "PATH": str(tmp_path)},  # no valgrind on it
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [cpu_model.VALGRIND_MISSING]
+    assert "apt-get install valgrind" in done.stderr
