@@ -1,5 +1,7 @@
 # Tierstream developer commands. `make help` lists them.
 SHELL := /bin/bash
+# The interpreter that creates .venv (Python >= 3.11): `make PYTHON=python3.12 run` when
+# python3 is older.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,9 +13,16 @@ STAMP := $(VENV)/.installed
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
+# Both checks name what was found and the way out: "Python >= 3.11 is required" alone did not.
+HOW_TO_CHOOSE := install Python 3.11 or newer and name it, e.g. make PYTHON=python3.12 $(or $(MAKECMDGOALS),install)
+
+# PYTHON only creates .venv: a later install (pyproject.toml changed) uses .venv's own.
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if [ ! -x $(BIN)/python ]; then \
+	  command -v $(PYTHON) >/dev/null 2>&1 || { echo "PYTHON=$(PYTHON) is not a command: $(HOW_TO_CHOOSE)" >&2; exit 1; }; \
+	  $(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if v >= (3, 11) else "Python >= 3.11 is required, and $(PYTHON) is Python %d.%d.%d: $(HOW_TO_CHOOSE)" % tuple(v[:3]))' \
+	    && $(PYTHON) -m venv $(VENV); \
+	fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
@@ -31,7 +40,7 @@ test: $(STAMP) ## Run the whole test suite: unit, integration and e2e against re
 	$(BIN)/python -m pytest tests
 
 .PHONY: test-unit
-test-unit: $(STAMP) ## Run only the pure-domain unit tests (milliseconds)
+test-unit: $(STAMP) ## Run only the unit tests, no broker or Postgres (about 30 s)
 	$(BIN)/python -m pytest tests/unit
 
 .PHONY: test-faults
