@@ -7,7 +7,6 @@ import os
 import secrets
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,8 +22,9 @@ from rich.panel import Panel
 from cli.database import failure_reason, missing_server, redacted, refuse_bad_url
 from cli.infra import Infra, start_infra
 from cli.settings import Service, default_url, url_variable, variable
-from cli.supervisor import Supervisor, service_ports, service_urls
+from cli.supervisor import Supervisor, service_hosts, service_ports, service_urls
 from shared.embedded import die_with_parent
+from shared.ports import in_use_line, ports_taken
 from shared.settings import parse_api_keys
 
 
@@ -181,45 +181,10 @@ def ports_in_use(env: Mapping[str, str], ports: dict[str, int]) -> str | None:
     """Which service port another program holds, if any: the readiness check would take its
     answers for the service's (the banner came, and the demo went to it) while the service
     itself failed to bind and was restarted forever."""
-    taken = {}
-    for name, port in ports.items():
-        if not _can_bind(env.get(f"{name.upper()}_HOST", "127.0.0.1"), port):
-            taken[f"{name.upper()}_PORT"] = port
-    if not taken:
-        return None
-    return (
-        f"in use by another program: {', '.join(f'{k}={v}' for k, v in taken.items())}"
-        f" (another `tierstream run`? stop it, or set another port: {other_ports(taken)})"
-    )
-
-
-def _can_bind(host: str, port: int) -> bool:
-    """Whether a service could listen on `host`:`port` now (an IPv6 host such as :: too: an
-    IPv4 socket took it for a port in use). A host that does not resolve is left to the
-    service to report."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except (OSError, UnicodeError):
-        return True
-    with socket.socket(family, kind, proto) as probe:
-        # As uvicorn binds: a port left in TIME_WAIT by an earlier run is free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError:
-            return False
-    return True
-
-
-def other_ports(taken: Mapping[str, int]) -> str:
-    """A command that runs on other ports than `taken` ({"INGEST_PORT": 8080}): 10000 higher
-    (lower, past 65535). "set another port" alone did not say how."""
-    moved = [
-        f"{name}={port + 10000 if port <= 55535 else port - 10000}" for name, port in taken.items()
-    ]
-    return f"{' '.join(moved)} make run"
+    hosts = service_hosts(env)
+    addresses = {f"{name.upper()}_PORT": (hosts[name], port) for name, port in ports.items()}
+    taken = ports_taken(addresses)
+    return in_use_line(taken, "make run") if taken else None
 
 
 def _wait_ready(

@@ -6,27 +6,43 @@ import asyncio
 import contextlib
 import signal
 import socket
+import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
 
 from shared.logging import get_logger
-from shared.settings import S, settings_or_exit
+from shared.ports import in_use_line, ports_taken
+from shared.settings import ServiceSettings, env_name, settings_or_exit
 
 log = get_logger(__name__)
 Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+Settings = TypeVar("Settings", bound=ServiceSettings)
 
 
-def service_settings(cls: type[S]) -> S:
+def service_settings(cls: type[Settings]) -> Settings:
     """A service's settings and the shared tracing settings, checked before anything starts
-    (one line and exit 2 for a bad value: the tracer is made only after connecting)."""
+    (one line and exit 2 for a bad value: the tracer is made only after connecting), and its
+    port (one line and exit 1 when another program holds it)."""
     from shared.tracing import TracingSettings
 
     settings = settings_or_exit(cls)
     settings_or_exit(TracingSettings)
+    refuse_taken_port(cls, settings)
     return settings
+
+
+def refuse_taken_port(cls: type[ServiceSettings], settings: ServiceSettings) -> None:
+    """Exit 1 after one line naming the port's variable when another program holds the port:
+    uvicorn found it after the broker and the database, logged "[Errno 98] address already
+    in use" and exited 3, naming neither INGEST_PORT nor what to do."""
+    variable = env_name(cls, "port")
+    if taken := ports_taken({variable: (settings.host, settings.port)}):
+        service = variable.removesuffix("_PORT").lower()
+        print(f"cannot start: {in_use_line(taken, f'tierstream {service}')}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def run_service(main: Coroutine[Any, Any, None], *, event_loop: str) -> None:

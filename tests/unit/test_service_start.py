@@ -3,7 +3,10 @@ anything else keeps its traceback."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 import asyncpg
 import pytest
@@ -114,3 +117,25 @@ def test_any_other_error_keeps_its_traceback() -> None:
         # Raised while handling a refused connection, not from it: still a bug.
         bug.__context__ = ConnectionRefusedError(111, "refused")
         assert start_failure(bug) is None
+
+
+@pytest.mark.parametrize("service", ["ingest", "scorer", "actions"])
+def test_a_service_whose_port_is_taken_names_its_variable_in_one_line(service: str) -> None:
+    # uvicorn found it once the broker and the database answered, logged "[Errno 98] address
+    # already in use" and exited 3, naming no variable.
+    variable = f"{service.upper()}_PORT"
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        env = {**os.environ, variable: str(taken), "TIERSTREAM_API_KEYS": "k:key-0123456789",
+               "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}  # fmt: skip
+        env.pop(f"{service.upper()}_HOST", None)
+        done = subprocess.run([sys.executable, "-m", f"services.{service}"], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    moved = taken + 10000 if taken <= 55535 else taken - 10000
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"cannot start: in use by another program: {variable}={taken} (another `tierstream"
+        f" run`? stop it, or set another port: {variable}={moved} tierstream {service})"
+    ]

@@ -26,12 +26,12 @@ from cli.run import (
     api_key_for,
     banner_lines,
     first_api_key,
-    other_ports,
     ports_in_use,
     print_banner,
     try_line,
 )
 from shared.embedded import free_port
+from shared.ports import other_ports
 
 
 @pytest.mark.parametrize(
@@ -127,7 +127,7 @@ def test_a_service_port_another_program_listens_on_is_named() -> None:
 
 def test_the_taken_port_message_shows_how_to_set_other_ports() -> None:
     # "set another port" did not say how: only docs/CONFIGURATION.md named INGEST_PORT.
-    assert other_ports({"INGEST_PORT": 8080, "ACTIONS_PORT": 60000}) == (
+    assert other_ports({"INGEST_PORT": 8080, "ACTIONS_PORT": 60000}, "make run") == (
         "INGEST_PORT=18080 ACTIONS_PORT=50000 make run"
     )
 
