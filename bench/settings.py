@@ -8,33 +8,55 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.scorer.settings import ScorerSettings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("raw_produce", "raw_consume", "raw_pg_merge", "ingest", "scorer", "e2e")
+# Defaults as values, not factories or None: `--help` printed "(default factory:
+# BenchSettings.<lambda>)" and "(default: null)" for them.
+CORES = os.cpu_count() or 1
+SCORER_BATCH = int(ScorerSettings.model_fields["batch_max_records"].default)
+
+
+# Printed as written (argparse keeps a description's line breaks here): wrapped for 80 columns.
+HELP = """\
+Measures Tierstream's throughput and latency on this machine, next to the machine's
+raw limits (Kafka produce and consume, Postgres merge), prints a table and writes the
+figures to --output. With the defaults it takes 5-7 minutes on 2 cores.
+
+Every option is also a BENCH_* variable: --e2e-rate 2000 or BENCH_E2E_RATE=2000.
+docs/BENCHMARKS.md explains each phase and figure."""
 
 
 class BenchSettings(BaseSettings):
-    """Benchmark configuration; defaults meet issue 8 and finish in 5-7 minutes on 2 cores."""
+    """What the benchmark runs; `python -m bench --help` shows HELP and each option."""
 
     model_config = SettingsConfigDict(
         env_prefix="BENCH_", frozen=True, extra="ignore", cli_kebab_case=True,
         cli_prog_name="python -m bench", cli_implicit_flags=True,
+        json_schema_extra={"description": HELP},  # the help's text, before the class docstring
     )  # fmt: skip
 
     runs: int = Field(3, ge=1, description="Timed runs of each phase (median, min, max).")
     seed: int = Field(7, description="Seed of the simulated population.")
     phases: str = Field(",".join(PHASES), description="Comma-separated phases to run.")
     events: int = Field(
-        200_000, ge=1000, description="Mixed events of the scorer and raw phases (>= 200,000)."
+        200_000,
+        ge=1000,
+        description="Mixed events of the scorer and raw phases (at least this many).",
     )
     customers: int = Field(20_000, ge=1, description="Customers those events belong to.")
     partitions: int = Field(6, ge=1, description="Partitions per topic (production default).")
     scorer_processes: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1,
-        description="Scorer processes of the group run (scorer_group_*; 1 skips it).",
+        CORES, ge=1,
+        description="Scorer processes of the group run (scorer_group_*; 1 skips it); the "
+        "default is this machine's cores.",
     )  # fmt: skip
-    batch: int | None = Field(
-        None, ge=1, description="Events per raw Postgres merge transaction (default: the scorer's)."
-    )
+    batch: int = Field(
+        SCORER_BATCH, ge=1,
+        description="Events per raw Postgres merge transaction and raw consumer poll; the "
+        "default is the scorer's (SCORER_BATCH_MAX_RECORDS' default).",
+    )  # fmt: skip
     ingest_events: int = Field(100_000, ge=1000, description="Events posted per ingest run.")
     ingest_batch: int = Field(1000, ge=1, description="Events per ingest HTTP request.")
     ingest_concurrency: int = Field(4, ge=1, description="Ingest requests in flight.")
@@ -95,10 +117,7 @@ class BenchSettings(BaseSettings):
 
     def merge_batch(self) -> int:
         """Events per raw merge transaction: as asked, else the scorer's batch size."""
-        from services.scorer.settings import ScorerSettings
-
-        default = ScorerSettings.model_fields["batch_max_records"].default
-        return self.batch or int(default)
+        return self.batch
 
     def wants(self, phase: str) -> bool:
         """Whether `phase` was asked for."""
