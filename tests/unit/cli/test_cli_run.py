@@ -306,9 +306,7 @@ def test_the_banner_fits_80_columns_and_its_command_is_on_one_line(
 ) -> None:
     # At 80 columns (a pipe's width) the panel wrapped the `try:` command and the route
     # lists mid-token: what was pasted from it was not the command.
-    assert offline_run() == 0
-    printed = offline_run.output.splitlines()
-    [key] = [line.split()[-2] for line in printed if line.startswith("│ API key ")]
+    printed, key = _banner_of_a_run(offline_run)
     ports = offline_run.ports
     keys = dict.fromkeys(ports, key)
     panel = [line for line in printed if line[:1] in "╭│╰"]
@@ -421,9 +419,7 @@ def test_on_other_ports_the_banner_prints_the_lines_that_point_the_cli_at_this_r
 ) -> None:
     # Only DATABASE_URL was given: `tierstream report` in another shell went to the default
     # port 8081, another `run`'s maybe.
-    assert offline_run() == 0
-    printed = offline_run.output.splitlines()
-    [key] = [line.split()[-2] for line in printed if line.startswith("│ API key ")]
+    printed, key = _banner_of_a_run(offline_run)
     assert "for `tierstream simulate`, `import` and `report` in another shell:" in printed
     ports = offline_run.ports
     assert pasted(printed, *CLI_VARIABLES) == {
@@ -536,3 +532,11 @@ def test_an_ipv6_host_is_probed_as_ipv6() -> None:
     except OSError:
         pytest.skip("no IPv6 loopback")
     assert ports_in_use({"INGEST_HOST": "::1"}, {"ingest": free_port()}) is None
+
+
+def _banner_of_a_run(offline_run: OfflineRun) -> tuple[list[str], str]:
+    """Run it; its printed lines and the API key the panel shows."""
+    assert offline_run() == 0
+    printed = offline_run.output.splitlines()
+    [key] = [line.split()[-2] for line in printed if line.startswith("│ API key ")]
+    return printed, key
