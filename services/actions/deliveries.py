@@ -144,7 +144,8 @@ async def record_sent(
             return Recorded(applied=False, decided=decided)
         if status == "cancelled":
             return Recorded(applied=True, cancelled=True)
-        await conn.execute(_KEEP_SPACING, delivery.id, now)
+        if delivery.enrolment_id is not None:  # a step: alerts and pushes have no spacing
+            await conn.execute(_KEEP_SPACING, delivery.id, now)
         return Recorded(applied=True, sequence=await _finish_step(conn, delivery, now=now))
 
 
