@@ -210,7 +210,12 @@ def _money(value: object) -> object:
             raise PydanticCustomError(
                 "decimal_parsing", "Input should be a decimal number such as 12.50"
             )
-        value = Decimal(value)
+        try:
+            value = Decimal(value)
+        except InvalidOperation:  # an exponent past the context's ("1e9999999999"): was a 500
+            raise PydanticCustomError(
+                "decimal_parsing", "Input should be a decimal number such as 12.50"
+            ) from None
     if isinstance(value, Decimal) and value.is_finite():
         if value.is_zero() and value.is_signed():  # -0 (and -0.00): a zero, shown unsigned
             value = abs(value)
@@ -225,7 +230,15 @@ def _money(value: object) -> object:
     return value
 
 
-Money = Annotated[Decimal, BeforeValidator(_money)]
+def _money_schema(schema: dict[str, Any]) -> None:
+    """Text amounts in the JSON Schema take the pattern `_money` reads: a generator (or a
+    sender) reading the schema made text that could never be an amount."""
+    for branch in schema.get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["pattern"] = f"^{_DECIMAL_TEXT.pattern}$"
+
+
+Money = Annotated[Decimal, BeforeValidator(_money), Field(json_schema_extra=_money_schema)]
 
 
 # Validation context of what a sender may send (ingest validates decoded JSON with it): an
