@@ -325,9 +325,7 @@ def test_the_readme_shows_what_make_run_prints(
     offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The sample in the README had neither the route lists nor the `try:` line of the panel.
-    monkeypatch.setattr(cli.run, "ports_in_use", lambda env, ports: None)  # 8080 may be taken
-    for name, port in PORTS.items():
-        monkeypatch.setenv(f"{name.upper()}_PORT", str(port))
+    _on_the_default_ports(monkeypatch)
     monkeypatch.setattr(secrets, "token_urlsafe", lambda size: "<printed-key>")
     url = "postgresql://postgres:@/postgres?host=/tmp/tierstream-pg-<random>/pgdata"
     infra = Infra("127.0.0.1:9092", url, embedded_kafka=True, embedded_postgres=True)
@@ -443,9 +441,7 @@ def test_on_other_ports_your_own_key_is_not_exported(
 def test_on_the_default_ports_the_cli_needs_no_lines(
     offline_run: OfflineRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli.run, "ports_in_use", lambda env, ports: None)  # 8080 may be taken
-    for name, port in PORTS.items():
-        monkeypatch.setenv(f"{name.upper()}_PORT", str(port))
+    _on_the_default_ports(monkeypatch)
     assert offline_run() == 0
     assert "export TIERSTREAM_" not in offline_run.output
 
@@ -540,3 +536,10 @@ def _banner_of_a_run(offline_run: OfflineRun) -> tuple[list[str], str]:
     printed = offline_run.output.splitlines()
     [key] = [line.split()[-2] for line in printed if line.startswith("│ API key ")]
     return printed, key
+
+
+def _on_the_default_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The services on their default ports, whether or not another program holds them."""
+    monkeypatch.setattr(cli.run, "ports_in_use", lambda env, ports: None)  # 8080 may be taken
+    for name, port in PORTS.items():
+        monkeypatch.setenv(f"{name.upper()}_PORT", str(port))
