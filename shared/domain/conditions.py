@@ -56,7 +56,14 @@ def _number(value: object) -> object:
     return _finite(value)
 
 
-Scalar = Annotated[bool | int | float | str | None, BeforeValidator(_finite)]
+def _text(value: object) -> object:
+    # Text as everywhere else (attribute values reach the scorer through ingest's check).
+    return refuse_nul(value) if isinstance(value, str) else value
+
+
+Scalar = Annotated[
+    bool | int | float | str | None, BeforeValidator(_finite), BeforeValidator(_text)
+]
 Number = Annotated[int | float, BeforeValidator(_number)]
 
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {

@@ -65,6 +65,11 @@ class DimensionRules(_Model):
     def _consistent(self) -> DimensionRules:
         if len(set(self.classes)) != len(self.classes):
             raise RuleProblem("a class is listed twice", rule=None, field="classes")
+        folded = [name.casefold() for name in self.classes]
+        if len(set(folded)) != len(folded):  # `gold` and `Gold`: a playbook's typo of the other
+            first = next(name for name in self.classes if folded.count(name.casefold()) > 1)
+            raise RuleProblem(f"two classes differ only in case ({first!r})", rule=None,
+                              field="classes")  # fmt: skip
         seen: set[str] = set()
         for index, rule in enumerate(self.rules):
             if rule.name in seen:

@@ -434,6 +434,22 @@ ERRORS = {
         "value_tier.classes",
         "listed twice",
     ),
+    "a NUL character in a condition's value": (
+        _broken(
+            "when: {feature: has_purchased, op: eq, value: true}",
+            'when: {attribute: plan, op: eq, value: "enter\\0prise"}',
+        ),
+        "bronze",
+        "value_tier.rules",
+        "NUL character",
+    ),
+    # A playbook naming `Gold` acted on one of them, and its author meant the other.
+    "two classes differing only in case": (
+        _broken("[gold, silver, bronze, none]", "[gold, Gold, silver, bronze, none]"),
+        None,
+        "value_tier.classes",
+        "two classes differ only in case ('gold')",
+    ),
     # Postgres text cannot hold NUL: accepted, every scorer batch then failed on writing.
     "a NUL character in a class": (
         _broken("[active, semi_active, inactive]", '["active\\0", semi_active, inactive]'),
