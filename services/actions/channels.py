@@ -26,6 +26,7 @@ import httpx
 
 from services.actions.effects import ChannelConfig
 from shared.clock import Clock, SystemClock
+from shared.domain.playbook_model import is_one_address
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -189,13 +190,12 @@ class SmtpChannel:
             raise PermanentDeliveryError("no recipient address")
         # One recipient, as the playbook format says: a customer attribute such as
         # "a@x, b@y" must not send one customer's message to two mailboxes.
-        addresses = getaddresses([delivery.recipient])
-        # An RFC 2047 encoded word ("=?utf-8?q?a=40x=2C_b=40y?= <z@z>") is one address to
-        # the check above, but its decoded display name lists others to a mail client.
-        if len(addresses) != 1 or "@" not in addresses[0][1] or "=?" in delivery.recipient:
+        # The playbook check's rule, for a rendered recipient (e.g. {{ customer.email }}); it
+        # refuses RFC 2047 encoded words, whose decoded display name may list others.
+        if not is_one_address(delivery.recipient):
             # Not echoed: errors are logged, and logs hold no customer data (SECURITY.md).
             raise PermanentDeliveryError("the recipient is not one e-mail address")
-        name, address = addresses[0]
+        [(name, address)] = getaddresses([delivery.recipient])
         msg = EmailMessage()
         msg["From"] = self.config.sender
         # Rebuilt from its parts, so the name is quoted as one name whatever it holds.

@@ -14,14 +14,10 @@ import asyncpg
 from services.actions import store
 from services.actions.db import Connection, Pool
 from services.actions.effects import task_push_row
+from services.actions.store import TASK_COLUMN_NAMES, TASK_COLUMNS
 from services.actions.tasks import DONE, TaskCommand, TaskStatus, next_status
 from shared.pg import row_count
 
-TASK_COLUMNS = (
-    "id, customer_id, tier_change_id, playbook, title, queue, assignee, priority, status,"
-    " due_at, created_at, updated_at, completed_at"
-)
-_TASK_COLUMN_NAMES = [name.strip() for name in TASK_COLUMNS.split(",")]
 _STEP_STATUS = {"pending": "scheduled", "sent": "sent", "cancelled": "cancelled", "dead": "failed"}
 
 
@@ -96,7 +92,7 @@ class ChangedMeanwhile(Exception):
 
 def task_etag(row: Mapping[str, Any] | asyncpg.Record) -> str:
     """The task's entity tag: a digest of its stored columns, so any change makes a new one."""
-    text = "\x1f".join(str(row[column]) for column in _TASK_COLUMN_NAMES)
+    text = "\x1f".join(str(row[column]) for column in TASK_COLUMN_NAMES)
     return f'"{hashlib.sha256(text.encode()).hexdigest()[:20]}"'
 
 

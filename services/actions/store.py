@@ -290,10 +290,12 @@ async def insert_ended_enrolments(
     return [by_key[row["customer_id"], row["sequence"]] for row in result]
 
 
-_TASK_COLUMNS = (
+# A task as the API shows it, the CRM push carries it and its ETag digests it.
+TASK_COLUMNS = (
     "id, customer_id, tier_change_id, playbook, title, queue, assignee, priority, status,"
     " due_at, created_at, updated_at, completed_at"
 )
+TASK_COLUMN_NAMES = tuple(name.strip() for name in TASK_COLUMNS.split(","))
 
 
 async def upsert_tasks(
@@ -319,7 +321,7 @@ async def upsert_tasks(
         " queue = EXCLUDED.queue, priority = EXCLUDED.priority,"
         " assignee = COALESCE(t.assignee, EXCLUDED.assignee),"
         " due_at = LEAST(t.due_at, EXCLUDED.due_at), updated_at = EXCLUDED.updated_at,"
-        f" triggers = t.triggers + EXCLUDED.triggers RETURNING {_TASK_COLUMNS},"
+        f" triggers = t.triggers + EXCLUDED.triggers RETURNING {TASK_COLUMNS},"
         " (xmax = 0) AS created",
         [r.customer_id for r in rows], [r.tier_change_id for r in rows],
         [r.playbook for r in rows], [r.title for r in rows], [r.queue for r in rows],
@@ -331,7 +333,7 @@ async def upsert_tasks(
 
 def task_json(row: Any) -> dict[str, Any]:
     """A task row as the CRM push carries it (times as ISO text)."""
-    out = {k: row[k] for k in _TASK_COLUMNS.replace(" ", "").split(",")}
+    out = {k: row[k] for k in TASK_COLUMN_NAMES}
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in out.items()}
 
 
